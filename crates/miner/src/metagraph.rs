@@ -1,0 +1,164 @@
+//! What the policies know of the subnet: who is registered, with which stake and permit.
+//!
+//! Snapshots are immutable and swapped atomically when refreshed, so the request path reads
+//! them without taking a lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+/// One registered neuron, as the chain reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NeuronInfo {
+    /// Position of the neuron on the subnet.
+    pub uid: u16,
+    /// SS58 address of the hotkey.
+    pub hotkey: String,
+    /// SS58 address of the coldkey that owns the hotkey (may be empty when unknown).
+    #[serde(default)]
+    pub coldkey: String,
+    /// Total stake, in τ (1 τ = 1e9 rao).
+    #[serde(default)]
+    pub stake: f64,
+    /// Whether the neuron may set weights (is a validator).
+    #[serde(default)]
+    pub validator_permit: bool,
+    /// The axon address the neuron published, as `ip:port`, if any.
+    #[serde(default)]
+    pub axon: Option<String>,
+}
+
+/// What a policy needs to know of one caller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CallerInfo {
+    /// The caller's uid on the subnet.
+    pub uid: u16,
+    /// Its stake, in τ.
+    pub stake: f64,
+    /// Whether it holds a validator permit.
+    pub validator_permit: bool,
+}
+
+/// An immutable view of a subnet at one block.
+#[derive(Debug, Clone, Default)]
+pub struct Metagraph {
+    /// The subnet.
+    pub netuid: u16,
+    /// The block this view was read at.
+    pub block: u64,
+    /// When this view was read.
+    pub fetched_at: Option<SystemTime>,
+    neurons: Vec<NeuronInfo>,
+    by_hotkey: HashMap<String, usize>,
+}
+
+impl Metagraph {
+    /// Builds a view from the neurons of `netuid` at `block`.
+    pub fn new(netuid: u16, block: u64, neurons: Vec<NeuronInfo>) -> Self {
+        let by_hotkey = neurons
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.hotkey.clone(), i))
+            .collect();
+        Metagraph {
+            netuid,
+            block,
+            fetched_at: Some(SystemTime::now()),
+            neurons,
+            by_hotkey,
+        }
+    }
+
+    /// All neurons, in the order given.
+    pub fn neurons(&self) -> &[NeuronInfo] {
+        &self.neurons
+    }
+
+    /// The neuron whose hotkey is `hotkey`, if registered.
+    pub fn neuron(&self, hotkey: &str) -> Option<&NeuronInfo> {
+        self.by_hotkey.get(hotkey).map(|&i| &self.neurons[i])
+    }
+}
+
+/// The policies' read-only window on the subnet.
+pub trait MetagraphView: Send + Sync + 'static {
+    /// What is known of `hotkey`; `None` when it is not registered.
+    fn caller(&self, hotkey: &str) -> Option<CallerInfo>;
+    /// The current block (drives the prompt cache's span).
+    fn block(&self) -> u64;
+}
+
+/// A metagraph snapshot that a refresher (e.g. the chain client) replaces atomically.
+#[derive(Debug, Default)]
+pub struct SharedMetagraph {
+    current: ArcSwap<Metagraph>,
+}
+
+impl SharedMetagraph {
+    /// Starts with `initial`.
+    pub fn new(initial: Metagraph) -> Self {
+        SharedMetagraph {
+            current: ArcSwap::from_pointee(initial),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Metagraph> {
+        self.current.load_full()
+    }
+
+    /// Replaces the snapshot; readers see either the old or the new one, never a mix.
+    pub fn store(&self, next: Metagraph) {
+        self.current.store(Arc::new(next));
+    }
+}
+
+impl MetagraphView for SharedMetagraph {
+    fn caller(&self, hotkey: &str) -> Option<CallerInfo> {
+        self.current.load().neuron(hotkey).map(|n| CallerInfo {
+            uid: n.uid,
+            stake: n.stake,
+            validator_permit: n.validator_permit,
+        })
+    }
+
+    fn block(&self) -> u64 {
+        self.current.load().block
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn neuron(uid: u16, hotkey: &str, stake: f64) -> NeuronInfo {
+        NeuronInfo {
+            uid,
+            hotkey: hotkey.into(),
+            coldkey: String::new(),
+            stake,
+            validator_permit: stake > 10.0,
+            axon: None,
+        }
+    }
+
+    #[test]
+    fn lookup_and_atomic_swap() {
+        let shared = SharedMetagraph::new(Metagraph::new(1, 10, vec![neuron(0, "a", 100.0)]));
+        assert_eq!(shared.caller("a").map(|c| c.uid), Some(0));
+        assert!(shared.caller("b").is_none());
+        let before = shared.load();
+        shared.store(Metagraph::new(1, 11, vec![neuron(3, "b", 1.0)]));
+        assert_eq!(shared.block(), 11);
+        assert!(shared.caller("a").is_none());
+        assert_eq!(
+            shared.caller("b").map(|c| (c.uid, c.validator_permit)),
+            Some((3, false))
+        );
+        // A reader holding the old snapshot keeps a consistent view.
+        assert_eq!(before.block, 10);
+        assert!(before.neuron("a").is_some());
+    }
+}
