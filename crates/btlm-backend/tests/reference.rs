@@ -1,0 +1,279 @@
+//! The tiny checkpoint against the outputs of an independent PyTorch implementation.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use prompting_btlm_backend::model::{Btlm, Config, LoadOptions, argmax};
+use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::tokenizer::BtlmTokenizer;
+use prompting_btlm_backend::weights::Checkpoint;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    tolerance_abs: f32,
+    eos_token_id: u32,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    prompt: String,
+    input_ids: Vec<u32>,
+    last_logits: Vec<f32>,
+    first_position_logits_top5: Vec<u32>,
+    greedy_24: Vec<u32>,
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
+}
+
+fn reference() -> Reference {
+    let text = std::fs::read_to_string(fixture().join("reference_outputs.json")).expect("read");
+    serde_json::from_str(&text).expect("parse reference")
+}
+
+fn load(file: &str, opts: &LoadOptions) -> Btlm {
+    let dir = fixture();
+    let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
+        .expect("config");
+    let ckpt = Checkpoint::open(&[dir.join(file)]).expect("checkpoint");
+    Btlm::load(&cfg, &ckpt, opts).expect("model")
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn greedy(model: &Btlm, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache();
+    let logits = model.prefill(prompt, &mut cache, 512).expect("prefill");
+    let mut next = argmax(&logits.to_vec1::<f32>().expect("vec")).expect("argmax");
+    let mut out = vec![next];
+    while out.len() < n {
+        let l = model.next_token_logits(next, &mut cache).expect("step");
+        next = argmax(&l).expect("argmax");
+        out.push(next);
+    }
+    out
+}
+
+#[test]
+fn tokenizer_matches_reference_ids_and_tokenizer_json() {
+    let r = reference();
+    let built = BtlmTokenizer::from_dir(&fixture()).expect("vocab/merges tokenizer");
+    let json = BtlmTokenizer::from_tokenizer_json(&fixture().join("tokenizer.json.reference"))
+        .expect("tokenizer.json");
+    assert_eq!(built.eos_token_id(), r.eos_token_id);
+    for case in &r.cases {
+        let ids = built.encode(&case.prompt).expect("encode");
+        assert_eq!(ids, case.input_ids, "prompt {:?}", case.prompt);
+        assert_eq!(json.encode(&case.prompt).expect("encode"), ids);
+        assert_eq!(built.decode(&ids).expect("decode"), case.prompt);
+    }
+    // Some extra text exercising the byte-level regex (contractions, digits, spaces, newlines).
+    for text in [
+        "I'm  here\n\n  42,000 times!?",
+        "\t tabs\r\nand\u{a0}nbsp",
+        "日本語 🙂🙂",
+    ] {
+        assert_eq!(
+            built.encode(text).expect("encode"),
+            json.encode(text).expect("encode"),
+            "{text:?}"
+        );
+    }
+}
+
+fn check_logits_and_greedy(file: &str) {
+    let r = reference();
+    let model = load(file, &LoadOptions::default());
+    for case in &r.cases {
+        let mut cache = model.new_cache();
+        let logits = model
+            .prefill(&case.input_ids, &mut cache, 512)
+            .expect("forward")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let diff = max_abs_diff(&logits, &case.last_logits);
+        assert!(
+            diff <= r.tolerance_abs,
+            "{file}: {:?}: max |Δlogit| {diff}",
+            case.prompt
+        );
+        // Position 0 only sees the first token.
+        let mut cache = model.new_cache();
+        let first = model
+            .prefill(&case.input_ids[..1], &mut cache, 512)
+            .expect("forward")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let mut order: Vec<u32> = (0..first.len() as u32).collect();
+        order.sort_by(|&a, &b| first[b as usize].total_cmp(&first[a as usize]));
+        assert_eq!(&order[..5], &case.first_position_logits_top5[..]);
+
+        assert_eq!(
+            greedy(&model, &case.input_ids, 24),
+            case.greedy_24,
+            "{file}: {:?}",
+            case.prompt
+        );
+    }
+}
+
+#[test]
+fn safetensors_matches_reference() {
+    check_logits_and_greedy("model.safetensors");
+}
+
+#[test]
+fn pytorch_bin_matches_reference() {
+    check_logits_and_greedy("pytorch_model.bin");
+}
+
+#[test]
+fn incremental_decoding_equals_full_forward() {
+    let r = reference();
+    let model = load("model.safetensors", &LoadOptions::default());
+    for case in &r.cases {
+        // The prompt, then 8 greedy tokens fed one at a time through the cache...
+        let mut seq = case.input_ids.clone();
+        seq.extend(greedy(&model, &case.input_ids, 8));
+        let mut cache = model.new_cache();
+        let mut incremental = Vec::new();
+        for (i, &tok) in seq.iter().enumerate() {
+            let l = model.next_token_logits(tok, &mut cache).expect("step");
+            if i + 1 == seq.len() {
+                incremental = l;
+            }
+        }
+        assert_eq!(cache.seq_len(), seq.len());
+        // ...equal one full forward pass without cache, and chunked prefills of odd sizes.
+        for chunk in [seq.len(), 5, 3] {
+            let mut fresh = model.new_cache();
+            let full = model
+                .prefill(&seq, &mut fresh, chunk)
+                .expect("full")
+                .to_vec1::<f32>()
+                .expect("vec");
+            let d = max_abs_diff(&full, &incremental);
+            assert!(d < 1e-4, "chunk {chunk}: {d}");
+        }
+    }
+}
+
+#[test]
+fn half_precision_is_close() {
+    let r = reference();
+    for (dtype, tol) in [(DType::BF16, 0.1f32), (DType::F16, 0.02)] {
+        let model = load(
+            "model.safetensors",
+            &LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            },
+        );
+        for case in &r.cases {
+            let mut cache = model.new_cache();
+            let logits = model
+                .prefill(&case.input_ids, &mut cache, 512)
+                .expect("forward")
+                .to_vec1::<f32>()
+                .expect("vec");
+            let d = max_abs_diff(&logits, &case.last_logits);
+            eprintln!("{dtype:?}: max |Δlogit| {d}");
+            // bf16 keeps 8 bits of mantissa: logits of magnitude ~4 move by a few 1e-2.
+            assert!(d < tol, "{dtype:?} {:?}: {d}", case.prompt);
+        }
+    }
+}
+
+#[test]
+fn quantized_models_load_and_stay_close() {
+    let r = reference();
+    for (q, tol) in [(Quantization::Q8_0, 0.25f32), (Quantization::Q4k, 1.0)] {
+        let model = load(
+            "pytorch_model.bin",
+            &LoadOptions {
+                quantization: q,
+                ..LoadOptions::default()
+            },
+        );
+        for case in &r.cases {
+            let mut cache = model.new_cache();
+            let logits = model
+                .prefill(&case.input_ids, &mut cache, 512)
+                .expect("forward")
+                .to_vec1::<f32>()
+                .expect("vec");
+            let d = max_abs_diff(&logits, &case.last_logits);
+            eprintln!("{q}: max |Δlogit| {d}");
+            assert!(d < tol, "{q}: {:?}: max |Δlogit| {d}", case.prompt);
+            let out = greedy(&model, &case.input_ids, 8);
+            assert_eq!(out.len(), 8);
+            assert!(
+                out.iter()
+                    .all(|&t| (t as usize) < model.config().vocab_size)
+            );
+        }
+    }
+}
+
+#[test]
+fn quantization_needs_f32() {
+    let dir = fixture();
+    let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
+        .expect("config");
+    let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
+    let err = Btlm::load(
+        &cfg,
+        &ckpt,
+        &LoadOptions {
+            dtype: DType::BF16,
+            quantization: Quantization::Q8_0,
+            device: Device::Cpu,
+        },
+    )
+    .expect_err("bf16 + q8_0");
+    assert!(err.to_string().contains("--btlm.dtype f32"), "{err}");
+}
+
+#[test]
+fn checkpoint_shape_mismatch_is_reported() {
+    let dir = fixture();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
+            .expect("json");
+    v["n_inner"] = 171.into();
+    let cfg = Config::from_json(&v.to_string()).expect("config");
+    let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
+    let err = Btlm::load(&cfg, &ckpt, &LoadOptions::default()).expect_err("bad shape");
+    assert!(err.to_string().contains("mlp.c_fc.weight"), "{err}");
+}
+
+#[test]
+fn batch_of_two_equals_single_runs() {
+    let r = reference();
+    let model = load("model.safetensors", &LoadOptions::default());
+    let a = &r.cases[0].input_ids[..10];
+    let b = &r.cases[1].input_ids[..10];
+    let flat: Vec<u32> = a.iter().chain(b).copied().collect();
+    let ids = Tensor::from_vec(flat, (2, 10), &Device::Cpu).expect("ids");
+    let mut cache = model.new_cache();
+    let both = model.forward(&ids, &mut cache).expect("forward");
+    for (i, p) in [a, b].into_iter().enumerate() {
+        let mut c = model.new_cache();
+        let single = model
+            .prefill(p, &mut c, 512)
+            .expect("single")
+            .to_vec1::<f32>()
+            .expect("v");
+        let row = both.get(i).expect("row").to_vec1::<f32>().expect("v");
+        assert!(max_abs_diff(&row, &single) < 1e-4);
+    }
+}
