@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod generation;
 pub mod model;
 pub mod options;
 pub mod tokenizer;

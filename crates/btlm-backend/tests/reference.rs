@@ -3,6 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use std::ops::ControlFlow;
+
+use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate};
 use prompting_btlm_backend::model::{Btlm, Config, LoadOptions, argmax};
 use prompting_btlm_backend::options::Quantization;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
@@ -23,6 +26,9 @@ struct Case {
     last_logits: Vec<f32>,
     first_position_logits_top5: Vec<u32>,
     greedy_24: Vec<u32>,
+    greedy_24_text: String,
+    greedy_24_no_repeat_ngram_2: Vec<u32>,
+    greedy_24_no_repeat_ngram_2_text: String,
 }
 
 fn fixture() -> PathBuf {
@@ -276,4 +282,122 @@ fn batch_of_two_equals_single_runs() {
         let row = both.get(i).expect("row").to_vec1::<f32>().expect("v");
         assert!(max_abs_diff(&row, &single) < 1e-4);
     }
+}
+
+fn check_generate(file: &str) {
+    let r = reference();
+    let model = load(file, &LoadOptions::default());
+    let tok = BtlmTokenizer::from_dir(&fixture()).expect("tokenizer");
+    for case in &r.cases {
+        for (ngram, tokens, text) in [
+            (0, &case.greedy_24, &case.greedy_24_text),
+            (
+                2,
+                &case.greedy_24_no_repeat_ngram_2,
+                &case.greedy_24_no_repeat_ngram_2_text,
+            ),
+        ] {
+            let cfg = GenerationConfig {
+                max_new_tokens: 24,
+                no_repeat_ngram_size: ngram,
+                stop: Vec::new(),
+                ..GenerationConfig::default()
+            };
+            let mut streamed = String::new();
+            let g = generate(&model, &tok, &case.input_ids, &cfg, None, |t| {
+                streamed.push_str(t);
+                ControlFlow::Continue(())
+            })
+            .expect("generate");
+            assert_eq!(&g.tokens, tokens, "{file} ngram {ngram}: {:?}", case.prompt);
+            assert_eq!(&g.text, text);
+            assert_eq!(streamed, g.text, "streamed pieces add up to the completion");
+            assert_eq!(g.finish, FinishReason::Length);
+            assert_eq!(g.prompt_tokens, case.input_ids.len());
+        }
+    }
+}
+
+#[test]
+fn generate_matches_reference_safetensors() {
+    check_generate("model.safetensors");
+}
+
+#[test]
+fn generate_matches_reference_pytorch_bin() {
+    check_generate("pytorch_model.bin");
+}
+
+#[test]
+fn generation_stops_at_stop_strings_and_on_request() {
+    let r = reference();
+    let model = load("model.safetensors", &LoadOptions::default());
+    let tok = BtlmTokenizer::from_dir(&fixture()).expect("tokenizer");
+    let case = &r.cases[1];
+    // The no-repeat completion contains " that"; use it as a stop string.
+    let base = GenerationConfig {
+        max_new_tokens: 24,
+        stop: vec![" that".into()],
+        ..GenerationConfig::default()
+    };
+    let full = &case.greedy_24_no_repeat_ngram_2_text;
+    let at = full.find(" that").expect("reference text has ' that'");
+    let mut streamed = String::new();
+    let g = generate(&model, &tok, &case.input_ids, &base, None, |t| {
+        streamed.push_str(t);
+        ControlFlow::Continue(())
+    })
+    .expect("generate");
+    assert_eq!(g.finish, FinishReason::Stop);
+    assert_eq!(g.text, full[..at]);
+    assert_eq!(streamed, g.text);
+    assert!(g.tokens.len() < 24);
+
+    // The consumer stops after the first piece.
+    let mut pieces = 0;
+    let g = generate(&model, &tok, &case.input_ids, &base, None, |_| {
+        pieces += 1;
+        ControlFlow::Break(())
+    })
+    .expect("generate");
+    assert_eq!((g.finish, pieces), (FinishReason::Cancelled, 1));
+
+    // A deadline already past stops before the prompt is run.
+    let past = std::time::Instant::now();
+    let g = generate(&model, &tok, &case.input_ids, &base, Some(past), |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("generate");
+    assert_eq!(g.finish, FinishReason::Deadline);
+    assert!(g.tokens.is_empty() && g.text.is_empty());
+}
+
+#[test]
+fn long_prompts_are_cut_from_the_left() {
+    let model = load("model.safetensors", &LoadOptions::default());
+    let tok = BtlmTokenizer::from_dir(&fixture()).expect("tokenizer");
+    let ctx = model.config().n_positions;
+    let prompt: Vec<u32> = (0..ctx as u32 + 40).map(|i| i % 997).collect();
+    let cfg = GenerationConfig {
+        max_new_tokens: 8,
+        stop: Vec::new(),
+        ..GenerationConfig::default()
+    };
+    let g = generate(&model, &tok, &prompt, &cfg, None, |_| {
+        ControlFlow::Continue(())
+    })
+    .expect("generate");
+    assert_eq!(g.prompt_tokens, ctx - 8);
+    // Same as running the kept suffix directly.
+    let kept = &prompt[prompt.len() - (ctx - 8)..];
+    let h = generate(
+        &model,
+        &tok,
+        kept,
+        &cfg,
+        None,
+        |_| ControlFlow::Continue(()),
+    )
+    .expect("generate");
+    assert_eq!(g.tokens, h.tokens);
 }
