@@ -90,6 +90,26 @@ pub trait MetagraphView: Send + Sync + 'static {
     fn block(&self) -> u64;
 }
 
+impl MetagraphView for Metagraph {
+    fn caller(&self, hotkey: &str) -> Option<CallerInfo> {
+        self.neuron(hotkey).map(CallerInfo::from)
+    }
+
+    fn block(&self) -> u64 {
+        self.block
+    }
+}
+
+impl From<&NeuronInfo> for CallerInfo {
+    fn from(n: &NeuronInfo) -> Self {
+        CallerInfo {
+            uid: n.uid,
+            stake: n.stake,
+            validator_permit: n.validator_permit,
+        }
+    }
+}
+
 /// A metagraph snapshot that a refresher (e.g. the chain client) replaces atomically.
 #[derive(Debug, Default)]
 pub struct SharedMetagraph {
@@ -117,11 +137,7 @@ impl SharedMetagraph {
 
 impl MetagraphView for SharedMetagraph {
     fn caller(&self, hotkey: &str) -> Option<CallerInfo> {
-        self.current.load().neuron(hotkey).map(|n| CallerInfo {
-            uid: n.uid,
-            stake: n.stake,
-            validator_permit: n.validator_permit,
-        })
+        self.current.load().neuron(hotkey).map(CallerInfo::from)
     }
 
     fn block(&self) -> u64 {

@@ -1,0 +1,81 @@
+//! A backend's text stream held to the request's deadline, keeping its worker slot until it
+//! ends or is dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use tokio::time::{Instant, Sleep};
+
+use crate::scheduler::Slot;
+use crate::stats::{Outcome, RequestTracker};
+use crate::traits::{MinerError, TextStream};
+
+/// Yields the backend's chunks until the backend ends, fails, or the deadline passes (then
+/// one [`MinerError::Timeout`] and the end). The first error ends the stream.
+pub(crate) struct BoundedStream {
+    inner: Option<TextStream>,
+    deadline: Pin<Box<Sleep>>,
+    slot: Option<Slot>,
+    tracker: Option<RequestTracker>,
+}
+
+impl BoundedStream {
+    pub(crate) fn new(
+        inner: TextStream,
+        deadline: Instant,
+        slot: Slot,
+        tracker: RequestTracker,
+    ) -> Self {
+        BoundedStream {
+            inner: Some(inner),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            slot: Some(slot),
+            tracker: Some(tracker),
+        }
+    }
+
+    /// Drops the backend stream, gives the slot back and counts the outcome.
+    fn finish(&mut self, outcome: Outcome) {
+        self.inner = None;
+        self.slot = None;
+        if let Some(tracker) = self.tracker.take() {
+            tracker.finish(outcome);
+        }
+    }
+}
+
+impl Stream for BoundedStream {
+    type Item = Result<String, MinerError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.inner.is_none() {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let error = match &this.tracker {
+                Some(tracker) => tracker.timeout(),
+                None => MinerError::Timeout(0.0),
+            };
+            this.finish(Outcome::TimedOut);
+            return Poll::Ready(Some(Err(error)));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Err(error))) => {
+                this.finish(Outcome::of::<()>(&Err(error.clone())));
+                Poll::Ready(Some(Err(error)))
+            }
+            Poll::Ready(None) => {
+                this.finish(Outcome::Served);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
