@@ -29,9 +29,49 @@ pub struct RequiredField {
 /// Adding a synapse type means implementing this trait; the envelope
 /// ([`crate::Synapse`]), the JSON codec and the header codec are generic over it.
 ///
-/// Deserialization must give the Python defaults to fields that have one
-/// (`#[serde(default)]`), ignore unknown fields (serde's default), and serialize every
-/// field (Python's `model_dump()` keeps `None` as `null`).
+/// The type must serialize as a JSON object (a struct with named fields). Deserialization
+/// must give the Python defaults to fields that have one (`#[serde(default)]`), ignore
+/// unknown fields (serde's default), and serialize every field (Python's `model_dump()`
+/// keeps `None` as `null`).
+///
+/// ```
+/// use prompting_synapse::{PyStr, RequiredField, Synapse, SynapseBody};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Python: `class Dummy(bt.Synapse): input: int; text: str = "hello";
+/// /// required_hash_fields = ["input", "text"]`.
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// struct Dummy {
+///     input: i64,
+///     #[serde(default = "hello")]
+///     text: String,
+/// }
+///
+/// fn hello() -> String {
+///     "hello".into()
+/// }
+///
+/// impl SynapseBody for Dummy {
+///     const NAME: &'static str = "Dummy";
+///     const HASH_FIELDS: &'static [&'static str] = &["input", "text"];
+///     const REQUIRED_FIELDS: &'static [RequiredField] =
+///         &[RequiredField { name: "input", empty_json: "0" }];
+///
+///     fn hash_field(&self, name: &str) -> Option<&dyn PyStr> {
+///         match name {
+///             "input" => Some(&self.input),
+///             "text" => Some(&self.text),
+///             _ => None,
+///         }
+///     }
+/// }
+///
+/// let synapse = Synapse::<Dummy>::from_json(br#"{"input": 21}"#)?;
+/// assert_eq!(synapse.body.text, "hello");
+/// let headers = synapse.to_headers();
+/// assert!(headers.contains(&("bt_header_input_obj_input".into(), "MA==".into())));
+/// # Ok::<(), prompting_synapse::BodyError>(())
+/// ```
 pub trait SynapseBody:
     Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static
 {

@@ -166,6 +166,11 @@ impl<B: SynapseBody> Synapse<B> {
 
     /// The JSON of this synapse, compact (as a Python axon answers; a Python dendrite
     /// sends the same fields with `", "`/`": "` separators, which parse the same).
+    ///
+    /// # Panics
+    ///
+    /// If `B` does not serialize as a JSON object, which breaks the [`SynapseBody`]
+    /// contract (a programming error, never caused by received data).
     pub fn to_json(&self) -> String {
         let wire = Wire {
             name: &self.name,
