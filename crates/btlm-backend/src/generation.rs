@@ -330,18 +330,30 @@ pub fn fit_context(tokens: &[u32], max_new_tokens: usize, context: usize) -> (&[
     }
 }
 
+/// An interruption check that ends generation once `deadline` has passed.
+pub fn until(deadline: Instant) -> impl FnMut() -> Option<FinishReason> {
+    move || (Instant::now() >= deadline).then_some(FinishReason::Deadline)
+}
+
+/// An interruption check that never interrupts.
+pub fn never() -> Option<FinishReason> {
+    None
+}
+
 /// Generates a completion of `prompt`.
 ///
-/// `on_text` receives each final piece of text as soon as it is known (complete UTF-8, never
-/// part of a stop string) and may return `Break` to stop. Generation also stops at eos, at a
-/// stop string, after `max_new_tokens`, and once `deadline` has passed (checked before each
-/// forward pass).
+/// `interrupt` is called before each forward pass (the prompt's included); returning
+/// `Some(reason)` (e.g. [`FinishReason::Deadline`], see [`until`], or
+/// [`FinishReason::Cancelled`]) ends generation. `on_text` receives each final piece of
+/// text as soon as it is known (complete UTF-8, never part of a stop string) and may return
+/// `Break` to stop. Generation also stops at eos, at a stop string and after
+/// `max_new_tokens`.
 pub fn generate(
     model: &Btlm,
     tokenizer: &BtlmTokenizer,
     prompt: &[u32],
     cfg: &GenerationConfig,
-    deadline: Option<Instant>,
+    mut interrupt: impl FnMut() -> Option<FinishReason>,
     mut on_text: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation> {
     cfg.validate()?;
@@ -353,7 +365,6 @@ pub fn generate(
     }
     let (prompt, max_new) = fit_context(prompt, cfg.max_new_tokens, model.config().n_positions);
     let eos = tokenizer.eos_token_id();
-    let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
     let mut seq = prompt.to_vec();
     let mut ban = NgramBan::new(cfg.no_repeat_ngram_size, &seq);
     let mut selector = TokenSelector::new(cfg);
@@ -363,8 +374,8 @@ pub fn generate(
     let mut cache = model.new_cache();
 
     let finish = 'run: {
-        if past(deadline) {
-            break 'run FinishReason::Deadline;
+        if let Some(reason) = interrupt() {
+            break 'run reason;
         }
         let mut logits = model
             .prefill(prompt, &mut cache, cfg.prefill_chunk)?
@@ -391,8 +402,8 @@ pub fn generate(
             if last {
                 break 'run FinishReason::Length;
             }
-            if past(deadline) {
-                break 'run FinishReason::Deadline;
+            if let Some(reason) = interrupt() {
+                break 'run reason;
             }
             logits = model.next_token_logits(next, &mut cache)?;
         }

@@ -1,11 +1,57 @@
-//! Native BTLM backend: Cerebras `btlm-3b-8k-base` run with candle.
+//! Native BTLM backend: Cerebras `btlm-3b-8k-base` run with candle, replacing the Python
+//! `CerebrasBTLMMiner` of text-prompting v2.1.6 (a transformers pipeline on a GPU).
+//!
+//! - [`model`]: the BTLM network (ALiBi, SwiGLU, muP scales) with a KV cache; f32, bf16/f16
+//!   and q8_0/q4k quantized weights; loads `pytorch_model.bin` (the only weights on the hub)
+//!   and `.safetensors`.
+//! - [`tokenizer`]: GPT-2 byte-level BPE, built from `vocab.json` + `merges.txt` when there
+//!   is no `tokenizer.json` (the hub repo has none).
+//! - [`generation`]: greedy or sampled decoding, repetition penalty, Hugging Face's
+//!   `no_repeat_ngram_size`, stop strings, incremental UTF-8 output.
+//! - [`prompt`]: the Python miner's prompt format; [`args`]: its `--btlm.*` flags.
+//! - [`engine`]: a worker thread owning the model, fed by a bounded queue;
+//!   [`miner::BtlmMiner`] implements [`prompting_miner::Miner`] on top of it.
+//!
+//! ```no_run
+//! use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let args = BtlmArgs { quantize: prompting_btlm_backend::options::Quantization::Q8_0, ..Default::default() };
+//! let miner = BtlmMiner::from_args(&args)?; // downloads (or finds in the HF cache) and loads
+//! # Ok(()) }
+//! ```
+//!
+//! # Differences from the Python miner
+//!
+//! - **Completion text.** Python returned `generated_text.split(":")[-1]`, i.e. only what
+//!   followed the *last colon* of prompt + output, so any answer containing a colon
+//!   ("Note: …", "12:30") was cut. Here the completion is exactly the generated
+//!   continuation (without the leading text of the prompt). It also stops before the stop
+//!   strings (default `"\nuser:"`, `"\nsystem:"`) instead of letting the model write the
+//!   next turns; the stop string is not part of the completion.
+//! - **Device.** `--btlm.device` defaults to `cpu` (Python: `cuda`); CUDA needs the `cuda`
+//!   feature. On CPU, `--btlm.dtype bf16|f16` stores half-precision weights and computes
+//!   with f32 activations (candle has no fast CPU bf16 matmul).
+//! - **Sampling.** `--btlm.top_k` defaults to 50 and `--btlm.top_p` to 1, the values
+//!   transformers used implicitly. A temperature of 0 means greedy.
+//! - **Empty requests** (no messages) are refused as bad requests; Python generated from
+//!   `"assistant: "` alone.
+//! - **Tokenization cleanup.** transformers' `clean_up_tokenization_spaces` is not applied:
+//!   the text is the exact decoding of the generated tokens.
 #![warn(missing_docs)]
 
+pub mod args;
+pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod hub;
+pub mod miner;
 pub mod model;
 pub mod options;
+pub mod prompt;
 pub mod tokenizer;
 pub mod weights;
 
+pub use args::BtlmArgs;
 pub use error::{BtlmError, Result};
+pub use miner::BtlmMiner;

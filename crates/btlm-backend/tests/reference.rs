@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 
-use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate};
+use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate, never, until};
 use prompting_btlm_backend::model::{Btlm, Config, LoadOptions, argmax};
 use prompting_btlm_backend::options::Quantization;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
@@ -304,7 +304,7 @@ fn check_generate(file: &str) {
                 ..GenerationConfig::default()
             };
             let mut streamed = String::new();
-            let g = generate(&model, &tok, &case.input_ids, &cfg, None, |t| {
+            let g = generate(&model, &tok, &case.input_ids, &cfg, never, |t| {
                 streamed.push_str(t);
                 ControlFlow::Continue(())
             })
@@ -343,7 +343,7 @@ fn generation_stops_at_stop_strings_and_on_request() {
     let full = &case.greedy_24_no_repeat_ngram_2_text;
     let at = full.find(" that").expect("reference text has ' that'");
     let mut streamed = String::new();
-    let g = generate(&model, &tok, &case.input_ids, &base, None, |t| {
+    let g = generate(&model, &tok, &case.input_ids, &base, never, |t| {
         streamed.push_str(t);
         ControlFlow::Continue(())
     })
@@ -355,7 +355,7 @@ fn generation_stops_at_stop_strings_and_on_request() {
 
     // The consumer stops after the first piece.
     let mut pieces = 0;
-    let g = generate(&model, &tok, &case.input_ids, &base, None, |_| {
+    let g = generate(&model, &tok, &case.input_ids, &base, never, |_| {
         pieces += 1;
         ControlFlow::Break(())
     })
@@ -364,7 +364,7 @@ fn generation_stops_at_stop_strings_and_on_request() {
 
     // A deadline already past stops before the prompt is run.
     let past = std::time::Instant::now();
-    let g = generate(&model, &tok, &case.input_ids, &base, Some(past), |_| {
+    let g = generate(&model, &tok, &case.input_ids, &base, until(past), |_| {
         ControlFlow::Continue(())
     })
     .expect("generate");
@@ -383,21 +383,16 @@ fn long_prompts_are_cut_from_the_left() {
         stop: Vec::new(),
         ..GenerationConfig::default()
     };
-    let g = generate(&model, &tok, &prompt, &cfg, None, |_| {
+    let g = generate(&model, &tok, &prompt, &cfg, never, |_| {
         ControlFlow::Continue(())
     })
     .expect("generate");
     assert_eq!(g.prompt_tokens, ctx - 8);
     // Same as running the kept suffix directly.
     let kept = &prompt[prompt.len() - (ctx - 8)..];
-    let h = generate(
-        &model,
-        &tok,
-        kept,
-        &cfg,
-        None,
-        |_| ControlFlow::Continue(()),
-    )
+    let h = generate(&model, &tok, kept, &cfg, never, |_| {
+        ControlFlow::Continue(())
+    })
     .expect("generate");
     assert_eq!(g.tokens, h.tokens);
 }

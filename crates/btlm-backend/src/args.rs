@@ -1,0 +1,360 @@
+//! `--btlm.*` settings: the Python miner's flags (same names and defaults) plus the native
+//! backend's own. Usable from the command line (`clap`) and from a TOML file (`serde`, keys
+//! without the `btlm.` prefix).
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use serde::Deserialize;
+
+use crate::error::{BtlmError, Result};
+use crate::generation::{DEFAULT_STOP, GenerationConfig};
+use crate::options::{ModelDType, Quantization};
+use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
+
+/// The default model repository.
+pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
+
+/// Settings of the BTLM backend.
+#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BtlmArgs {
+    /// Device to load the model on: cpu, cuda or cuda:N (CUDA needs the `cuda` feature).
+    #[arg(long = "btlm.device", default_value = "cpu")]
+    pub device: String,
+    /// The maximum number of new tokens of a completion.
+    #[arg(long = "btlm.max_length", default_value_t = 100)]
+    pub max_length: usize,
+    /// Sample instead of greedy decoding.
+    #[arg(long = "btlm.do_sample")]
+    pub do_sample: bool,
+    /// Never repeat an n-gram of this size (0: off).
+    #[arg(long = "btlm.no_repeat_ngram_size", default_value_t = 2)]
+    pub no_repeat_ngram_size: usize,
+    /// Start every prompt with --btlm.system_prompt instead of the caller's system message.
+    #[arg(long = "btlm.do_prompt_injection")]
+    pub do_prompt_injection: bool,
+    /// The system prompt used with --btlm.do_prompt_injection.
+    #[arg(long = "btlm.system_prompt", default_value = DEFAULT_SYSTEM_PROMPT)]
+    pub system_prompt: String,
+    /// Sampling temperature (0: greedy).
+    #[arg(long = "btlm.temperature", default_value_t = 0.7)]
+    pub temperature: f64,
+    /// Hugging Face model repository.
+    #[arg(long = "btlm.model_id", default_value = DEFAULT_MODEL_ID)]
+    pub model_id: String,
+    /// Repository revision (branch, tag or commit).
+    #[arg(long = "btlm.revision", default_value = "main")]
+    pub revision: String,
+    /// Load the model from this directory instead of the hub (config.json, vocab.json +
+    /// merges.txt or tokenizer.json, model.safetensors or pytorch_model.bin).
+    #[arg(long = "btlm.model_dir")]
+    pub model_dir: Option<PathBuf>,
+    /// Weight dtype (on CPU, bf16/f16 weights run with f32 activations).
+    #[arg(long = "btlm.dtype", value_enum, default_value_t = ModelDType::F32)]
+    pub dtype: ModelDType,
+    /// Quantize the weights at load time (CPU; q8_0 ≈ f32 quality, q4k smaller and faster).
+    #[arg(long = "btlm.quantize", value_enum, default_value_t = Quantization::None)]
+    pub quantize: Quantization,
+    /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
+    #[arg(long = "btlm.top_k", default_value_t = 50)]
+    pub top_k: usize,
+    /// Nucleus sampling mass, in (0, 1].
+    #[arg(long = "btlm.top_p", default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Repetition penalty (1: off).
+    #[arg(long = "btlm.repetition_penalty", default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Random seed for sampling (default: from the OS).
+    #[arg(long = "btlm.seed")]
+    pub seed: Option<u64>,
+    /// Requests that may wait for the model while it is busy; more are refused (overloaded).
+    #[arg(long = "btlm.queue_size", default_value_t = 16)]
+    pub queue_size: usize,
+    /// Stop strings (repeatable; the default stops before the next `user:`/`system:` turn;
+    /// pass an empty string to disable).
+    #[arg(long = "btlm.stop", default_values_t = DEFAULT_STOP.map(String::from))]
+    pub stop: Vec<String>,
+}
+
+impl Default for BtlmArgs {
+    fn default() -> Self {
+        BtlmArgs {
+            device: "cpu".into(),
+            max_length: 100,
+            do_sample: false,
+            no_repeat_ngram_size: 2,
+            do_prompt_injection: false,
+            system_prompt: DEFAULT_SYSTEM_PROMPT.into(),
+            temperature: 0.7,
+            model_id: DEFAULT_MODEL_ID.into(),
+            revision: "main".into(),
+            model_dir: None,
+            dtype: ModelDType::F32,
+            quantize: Quantization::None,
+            top_k: 50,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+            seed: None,
+            queue_size: 16,
+            stop: DEFAULT_STOP.map(String::from).to_vec(),
+        }
+    }
+}
+
+impl BtlmArgs {
+    /// Reads settings from TOML text (keys as the field names, e.g. `max_length = 64`).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| BtlmError::InvalidArgument {
+            name: "config file",
+            reason: e.to_string(),
+        })
+    }
+
+    /// The generation defaults these settings describe.
+    pub fn generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: self.max_length,
+            do_sample: self.do_sample,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            seed: self.seed,
+            stop: self
+                .stop
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            ..GenerationConfig::default()
+        }
+    }
+
+    /// The prompt format these settings describe.
+    pub fn prompt_format(&self) -> PromptFormat {
+        PromptFormat {
+            do_prompt_injection: self.do_prompt_injection,
+            system_prompt: self.system_prompt.clone(),
+        }
+    }
+
+    /// Checks every setting (without loading anything), naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        parse_device(&self.device)?;
+        self.generation().validate()?;
+        if self.queue_size == 0 {
+            return Err(BtlmError::InvalidArgument {
+                name: "--btlm.queue_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.model_dir.is_none() && self.model_id.trim().is_empty() {
+            return Err(BtlmError::InvalidArgument {
+                name: "--btlm.model_id",
+                reason: "is empty (or pass --btlm.model_dir)".into(),
+            });
+        }
+        if self.quantize != Quantization::None && self.dtype != ModelDType::F32 {
+            return Err(BtlmError::InvalidArgument {
+                name: "--btlm.dtype",
+                reason: format!(
+                    "--btlm.quantize {} runs with f32 activations; use --btlm.dtype f32",
+                    self.quantize
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let bad = |reason: String| BtlmError::InvalidArgument {
+        name: "--btlm.device",
+        reason,
+    };
+    let spec = spec.trim();
+    if spec == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| bad(format!("{spec:?}: expected cpu, cuda or cuda:N")))?,
+        None => return Err(bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
+    };
+    cuda_device(ordinal)
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal)
+        .map_err(|e| BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Err(BtlmError::Device(format!(
+        "cuda:{ordinal} requested but this build has no CUDA support; rebuild with \
+         `--features cuda` or use --btlm.device cpu"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        btlm: BtlmArgs,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<BtlmArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("miner").chain(args.iter().copied())).map(|c| c.btlm)
+    }
+
+    #[test]
+    fn clap_defaults_equal_default_and_python() {
+        let a = parse(&[]).expect("no args");
+        assert_eq!(a, BtlmArgs::default());
+        assert_eq!(a.max_length, 100);
+        assert_eq!(a.no_repeat_ngram_size, 2);
+        assert!(!a.do_sample && !a.do_prompt_injection);
+        assert_eq!(a.temperature, 0.7);
+        assert_eq!(a.system_prompt, DEFAULT_SYSTEM_PROMPT);
+        assert_eq!(a.stop, vec!["\nuser:".to_string(), "\nsystem:".to_string()]);
+        a.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn python_flag_names_parse() {
+        let a = parse(&[
+            "--btlm.device",
+            "cpu",
+            "--btlm.max_length",
+            "32",
+            "--btlm.do_sample",
+            "--btlm.no_repeat_ngram_size",
+            "3",
+            "--btlm.do_prompt_injection",
+            "--btlm.system_prompt",
+            "Be nice.",
+            "--btlm.temperature",
+            "0.2",
+            "--btlm.dtype",
+            "bf16",
+            "--btlm.quantize",
+            "q8_0",
+            "--btlm.model_dir",
+            "/models/btlm",
+            "--btlm.seed",
+            "9",
+            "--btlm.stop",
+            "END",
+        ])
+        .expect("parse");
+        assert_eq!(a.max_length, 32);
+        assert!(a.do_sample && a.do_prompt_injection);
+        assert_eq!(a.no_repeat_ngram_size, 3);
+        assert_eq!(a.system_prompt, "Be nice.");
+        assert_eq!(a.dtype, ModelDType::Bf16);
+        assert_eq!(a.quantize, Quantization::Q8_0);
+        assert_eq!(a.model_dir, Some(PathBuf::from("/models/btlm")));
+        assert_eq!(a.seed, Some(9));
+        assert_eq!(a.stop, vec!["END".to_string()]);
+        // bf16 + q8_0 is refused by validation.
+        let err = a.validate().expect_err("bf16 + q8_0").to_string();
+        assert!(err.contains("--btlm.dtype"), "{err}");
+        assert!(parse(&["--btlm.quantize", "q5"]).is_err());
+        assert!(parse(&["--btlm.dtype", "f64"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases: [(BtlmArgs, &str); 6] = [
+            (
+                BtlmArgs {
+                    device: "tpu".into(),
+                    ..Default::default()
+                },
+                "--btlm.device",
+            ),
+            (
+                BtlmArgs {
+                    device: "cuda:x".into(),
+                    ..Default::default()
+                },
+                "--btlm.device",
+            ),
+            (
+                BtlmArgs {
+                    max_length: 0,
+                    ..Default::default()
+                },
+                "--btlm.max_length",
+            ),
+            (
+                BtlmArgs {
+                    temperature: -0.5,
+                    ..Default::default()
+                },
+                "--btlm.temperature",
+            ),
+            (
+                BtlmArgs {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "--btlm.top_p",
+            ),
+            (
+                BtlmArgs {
+                    queue_size: 0,
+                    ..Default::default()
+                },
+                "--btlm.queue_size",
+            ),
+        ];
+        for (a, name) in cases {
+            let err = a.validate().expect_err(name).to_string();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_get_it() {
+        for spec in ["cuda", "cuda:1"] {
+            let err = parse_device(spec).expect_err(spec).to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    #[test]
+    fn toml_config() {
+        let a = BtlmArgs::from_toml(
+            "max_length = 64\ndo_sample = true\ndtype = \"f16\"\nquantize = \"q4k\"\nstop = []\n",
+        )
+        .expect("toml");
+        assert_eq!(a.max_length, 64);
+        assert!(a.do_sample);
+        assert_eq!(a.dtype, ModelDType::F16);
+        assert_eq!(a.quantize, Quantization::Q4k);
+        assert!(a.generation().stop.is_empty());
+        assert_eq!(
+            a.system_prompt, DEFAULT_SYSTEM_PROMPT,
+            "unset keys keep defaults"
+        );
+        let err = BtlmArgs::from_toml("max_lenght = 3")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("max_lenght"), "{err}");
+        assert!(BtlmArgs::from_toml("quantize = \"q2\"").is_err());
+    }
+}
