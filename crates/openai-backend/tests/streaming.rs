@@ -1,0 +1,331 @@
+//! `prompt_stream` against a local chat-completions server speaking server-sent events.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use futures::StreamExt;
+use prompting_miner::{Miner, MinerError, TextStream};
+use serde_json::json;
+use support::*;
+
+const KEY: &str = "sk-stream-key-77";
+
+async fn collect(stream: TextStream) -> Vec<Result<String, MinerError>> {
+    stream.collect().await
+}
+
+/// An OpenAI-like stream of `pieces` for choice 0, written as raw SSE and cut into chunks at
+/// awkward places (inside `data:`, inside JSON, between CR and LF).
+fn awkward_sse(pieces: &[&str]) -> Vec<String> {
+    let mut text = String::from(": keep-alive\r\n\r\n");
+    text.push_str(&format!(
+        "data: {}\r\n\r\n",
+        json!({"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": null}]})
+    ));
+    for piece in pieces {
+        text.push_str(&format!("data: {}\r\n\r\n", delta(0, piece)));
+        // A second choice (n = 2) interleaves and must be ignored.
+        text.push_str(&format!("data:{}\n\n", delta(1, "IGNORED")));
+    }
+    text.push_str(&format!("data: {}\n\n", finish()));
+    text.push_str("data: [DONE]\n\n");
+    let bytes = text.into_bytes();
+    // Cut at every 7th byte, always on a char boundary (the text is ASCII apart from JSON
+    // escapes, which serde_json writes as ASCII too).
+    bytes
+        .chunks(7)
+        .map(|chunk| String::from_utf8(chunk.to_vec()).expect("ASCII chunk"))
+        .collect()
+}
+
+#[tokio::test]
+async fn stream_yields_the_deltas_of_the_first_choice() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            awkward_sse(&["Hel", "lo", ", wor", "ld!"]),
+            Duration::from_millis(1),
+        ))
+    })
+    .await;
+    let backend = backend(args_with_key(&[&upstream.base_url], KEY));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+    let items = collect(stream).await;
+
+    assert_eq!(
+        items,
+        vec![
+            Ok("Hel".to_owned()),
+            Ok("lo".to_owned()),
+            Ok(", wor".to_owned()),
+            Ok("ld!".to_owned())
+        ]
+    );
+    let sent = &upstream.requests()[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    let header = |name: &str| sent.headers.get(name).and_then(|v| v.to_str().ok());
+    assert_eq!(header("authorization"), Some("Bearer sk-stream-key-77"));
+    assert_eq!(header("content-type"), Some("application/json"));
+    assert_eq!(header("accept"), Some("text/event-stream"));
+    assert_eq!(sent.body["stream"], json!(true));
+    assert_eq!(sent.body["model"], json!("gpt-3.5-turbo"));
+    assert_eq!(sent.body["max_tokens"], json!(100));
+}
+
+#[tokio::test]
+async fn stream_setup_is_retried_on_server_errors() {
+    let upstream = MockUpstream::start(|hit, _| {
+        reply(if hit < 2 {
+            api_error(StatusCode::SERVICE_UNAVAILABLE, "warming up")
+        } else {
+            sse_reply(awkward_sse(&["third ", "time"]), Duration::ZERO)
+        })
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(
+        collect(stream).await,
+        vec![Ok("third ".to_owned()), Ok("time".to_owned())]
+    );
+    assert_eq!(upstream.hits(), 3);
+}
+
+#[tokio::test]
+async fn stream_refused_upstream_fails_before_streaming() {
+    let upstream =
+        MockUpstream::start(|_, _| reply(api_error(StatusCode::UNAUTHORIZED, "Invalid token")))
+            .await;
+    let backend = backend(args_with_key(&[&upstream.base_url], KEY));
+
+    let result = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await;
+
+    assert_eq!(
+        result.err(),
+        Some(MinerError::Backend(
+            "upstream returned 401 Unauthorized: Invalid token".into()
+        ))
+    );
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn stream_past_the_deadline_ends_with_a_timeout() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![
+                format!("data: {}\n\n", delta(0, "Hel")),
+                format!("data: {}\n\n", delta(0, "lo")),
+            ],
+            Duration::from_secs(10),
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let started = Instant::now();
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_millis(500)))
+        .await
+        .expect("stream starts");
+    let items = collect(stream).await;
+
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[0], Ok("Hel".to_owned()));
+    assert!(matches!(items[1], Err(MinerError::Timeout(_))), "{items:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(450), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[tokio::test]
+async fn stream_stalled_longer_than_the_timeout_is_an_error() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![
+                format!("data: {}\n\n", delta(0, "Hel")),
+                format!("data: {}\n\n", delta(0, "lo")),
+            ],
+            Duration::from_secs(10),
+        ))
+    })
+    .await;
+    let backend = backend(prompting_openai_backend::OpenAiArgs {
+        timeout: 0.3,
+        ..args(&[&upstream.base_url])
+    });
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+    let items = collect(stream).await;
+
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(
+        matches!(&items[1], Err(MinerError::Backend(m)) if m.starts_with("the upstream stream stalled")),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn stream_cut_before_done_is_an_error() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![format!("data: {}\n\n", delta(0, "partial"))],
+            Duration::ZERO,
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(
+        collect(stream).await,
+        vec![
+            Ok("partial".to_owned()),
+            Err(MinerError::Backend(
+                "the upstream stream ended before [DONE]".into()
+            ))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn stream_finished_without_done_or_final_blank_line_is_accepted() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![
+                format!("data: {}\n\n", delta(0, "all")),
+                format!("data: {}", finish()),
+            ],
+            Duration::ZERO,
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(collect(stream).await, vec![Ok("all".to_owned())]);
+}
+
+#[tokio::test]
+async fn stream_error_object_is_reported_without_the_key() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![
+                format!("data: {}\n\n", delta(0, "so far")),
+                format!(
+                    "data: {}\n\n",
+                    json!({"error": {"message": format!("engine died (key {KEY})")}})
+                ),
+                "data: [DONE]\n\n".to_owned(),
+            ],
+            Duration::ZERO,
+        ))
+    })
+    .await;
+    let backend = backend(args_with_key(&[&upstream.base_url], KEY));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(
+        collect(stream).await,
+        vec![
+            Ok("so far".to_owned()),
+            Err(MinerError::Backend(
+                "the upstream stream failed: engine died (key <redacted>)".into()
+            ))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn stream_with_a_malformed_chunk_is_an_error() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![
+                "data: {\"choices\": [\n\n".to_owned(),
+                "data: [DONE]\n\n".to_owned(),
+            ],
+            Duration::ZERO,
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+    let items = collect(stream).await;
+
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(
+        matches!(&items[0], Err(MinerError::Backend(m)) if m.starts_with("the upstream sent a malformed stream chunk")),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn stream_without_any_choice_is_an_error() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(sse_reply(
+            vec![
+                format!("data: {}\n\n", json!({"id": "x", "choices": []})),
+                "data: [DONE]\n\n".to_owned(),
+            ],
+            Duration::ZERO,
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(
+        collect(stream).await,
+        vec![Err(MinerError::Backend(
+            "the upstream stream has no choices".into()
+        ))]
+    );
+}
+
+#[tokio::test]
+async fn json_answer_to_a_stream_request_is_one_chunk() {
+    let upstream = MockUpstream::start(|_, _| reply(completion("not streamed"))).await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(collect(stream).await, vec![Ok("not streamed".to_owned())]);
+}
