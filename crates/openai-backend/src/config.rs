@@ -84,62 +84,62 @@ impl FromStr for ApiKey {
 #[serde(default, deny_unknown_fields)]
 pub struct OpenAiArgs {
     /// OpenAI model to use for completion.
-    #[arg(long = "openai.model_name", default_value = DEFAULT_MODEL_NAME)]
+    #[arg(id = "openai.model_name", long = "openai.model_name", default_value = DEFAULT_MODEL_NAME)]
     pub model_name: String,
 
     /// The maximum number of tokens to generate in the completion (callers may override).
-    #[arg(long = "openai.max_tokens", default_value_t = DEFAULT_MAX_TOKENS)]
+    #[arg(id = "openai.max_tokens", long = "openai.max_tokens", default_value_t = DEFAULT_MAX_TOKENS)]
     pub max_tokens: u32,
 
     /// Sampling temperature to use, between 0 and 2 (callers may override).
-    #[arg(long = "openai.temperature", default_value_t = DEFAULT_TEMPERATURE, allow_negative_numbers = true)]
+    #[arg(id = "openai.temperature", long = "openai.temperature", default_value_t = DEFAULT_TEMPERATURE, allow_negative_numbers = true)]
     pub temperature: f32,
 
     /// Nucleus sampling parameter, top_p probability mass, between 0 and 1 (callers may
     /// override).
-    #[arg(long = "openai.top_p", default_value_t = DEFAULT_TOP_P, allow_negative_numbers = true)]
+    #[arg(id = "openai.top_p", long = "openai.top_p", default_value_t = DEFAULT_TOP_P, allow_negative_numbers = true)]
     pub top_p: f32,
 
     /// How many completions to generate for each prompt (only the first is used).
-    #[arg(long = "openai.n", default_value_t = DEFAULT_N)]
+    #[arg(id = "openai.n", long = "openai.n", default_value_t = DEFAULT_N)]
     pub n: u32,
 
     /// Penalty for tokens based on their presence in the text so far, between -2 and 2.
-    #[arg(long = "openai.presence_penalty", default_value_t = DEFAULT_PRESENCE_PENALTY, allow_negative_numbers = true)]
+    #[arg(id = "openai.presence_penalty", long = "openai.presence_penalty", default_value_t = DEFAULT_PRESENCE_PENALTY, allow_negative_numbers = true)]
     pub presence_penalty: f32,
 
     /// Penalty for tokens based on their frequency in the text so far, between -2 and 2.
-    #[arg(long = "openai.frequency_penalty", default_value_t = DEFAULT_FREQUENCY_PENALTY, allow_negative_numbers = true)]
+    #[arg(id = "openai.frequency_penalty", long = "openai.frequency_penalty", default_value_t = DEFAULT_FREQUENCY_PENALTY, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
 
     /// Accepted for compatibility with the Python miner; unused, since chat models have no
     /// suffix.
-    #[arg(long = "openai.suffix")]
+    #[arg(id = "openai.suffix", long = "openai.suffix")]
     pub suffix: Option<String>,
 
     /// Base URL of a chat-completions API (`{base_url}/chat/completions` is called).
     /// Repeat the flag to use several upstreams: round-robin, with failover.
-    #[arg(long = "openai.base_url", default_value = DEFAULT_BASE_URL, action = ArgAction::Append)]
+    #[arg(id = "openai.base_url", long = "openai.base_url", default_value = DEFAULT_BASE_URL, action = ArgAction::Append)]
     #[serde(deserialize_with = "one_or_many")]
     pub base_url: Vec<String>,
 
     /// API key sent as `Authorization: Bearer <key>`; required by api.openai.com, optional
     /// for self-hosted upstreams.
-    #[arg(long = "openai.api_key", env = API_KEY_ENV, hide_env_values = true)]
+    #[arg(id = "openai.api_key", long = "openai.api_key", env = API_KEY_ENV, hide_env_values = true)]
     pub api_key: Option<ApiKey>,
 
     /// Seconds one upstream call may take before the next upstream is tried.
-    #[arg(long = "openai.timeout", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    #[arg(id = "openai.timeout", long = "openai.timeout", default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub timeout: f64,
 
     /// How many times a failed call (429, 5xx, connection error, timeout) is retried,
     /// within the request's deadline.
-    #[arg(long = "openai.max_retries", default_value_t = DEFAULT_MAX_RETRIES)]
+    #[arg(id = "openai.max_retries", long = "openai.max_retries", default_value_t = DEFAULT_MAX_RETRIES)]
     pub max_retries: u32,
 
     /// Seconds to wait before the first retry on an upstream already tried; doubles at
     /// each further retry (capped), and `Retry-After` wins when it asks for longer.
-    #[arg(long = "openai.retry_backoff", default_value_t = DEFAULT_RETRY_BACKOFF_SECS)]
+    #[arg(id = "openai.retry_backoff", long = "openai.retry_backoff", default_value_t = DEFAULT_RETRY_BACKOFF_SECS)]
     pub retry_backoff: f64,
 }
 
@@ -288,9 +288,13 @@ fn endpoint(base_url: &str) -> Result<Url, OpenAiError> {
 impl OpenAiArgs {
     /// Fills `api_key` from `OPENAI_API_KEY` when it is unset; for settings read from a config
     /// file (clap already does this for the command line).
-    pub fn with_api_key_from_env(mut self) -> Self {
+    pub fn with_api_key_from_env(self) -> Self {
+        self.with_api_key_from(|name| std::env::var(name).ok())
+    }
+
+    fn with_api_key_from(mut self, lookup: impl FnOnce(&str) -> Option<String>) -> Self {
         if self.api_key.is_none()
-            && let Ok(key) = std::env::var(API_KEY_ENV)
+            && let Some(key) = lookup(API_KEY_ENV)
         {
             self.api_key = Some(ApiKey::new(key));
         }
@@ -485,6 +489,43 @@ mod tests {
     }
 
     #[test]
+    fn flattens_next_to_other_backends_with_the_same_field_names() {
+        #[derive(clap::Args, Debug)]
+        struct Other {
+            #[arg(long = "other.temperature", default_value_t = 0.7)]
+            temperature: f64,
+            #[arg(long = "other.max_tokens", default_value_t = 5)]
+            max_tokens: u32,
+            #[arg(long = "other.timeout", default_value_t = 1.0)]
+            timeout: f64,
+        }
+        #[derive(Parser, Debug)]
+        struct Both {
+            #[command(flatten)]
+            openai: OpenAiArgs,
+            #[command(flatten)]
+            other: Other,
+        }
+        use clap::CommandFactory;
+        Both::command().debug_assert();
+        let both = Both::try_parse_from(["miner", "--openai.temperature", "1.25"]).expect("parses");
+        assert_eq!(both.openai.temperature, 1.25);
+        assert_eq!(both.other.temperature, 0.7);
+    }
+
+    #[test]
+    fn help_never_prints_the_key_from_the_environment() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let api_key = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "openai.api_key")
+            .expect("api_key argument");
+        assert!(api_key.is_hide_env_values_set());
+        assert_eq!(api_key.get_env(), Some(std::ffi::OsStr::new(API_KEY_ENV)));
+    }
+
+    #[test]
     fn negative_max_tokens_is_refused_by_the_parser() {
         assert!(parse(&["--openai.max_tokens", "-1"]).is_err());
     }
@@ -506,6 +547,20 @@ mod tests {
         assert_eq!(parsed.base_url.len(), 2);
 
         assert!(toml::from_str::<OpenAiArgs>("modelname = \"typo\"").is_err());
+    }
+
+    #[test]
+    fn config_file_settings_take_the_key_from_the_environment_only_when_unset() {
+        let lookup = |name: &str| (name == API_KEY_ENV).then(|| "sk-env".to_owned());
+        let from_env = local().with_api_key_from(lookup);
+        assert_eq!(from_env.api_key, Some(ApiKey::new("sk-env")));
+        let explicit = OpenAiArgs {
+            api_key: Some(ApiKey::new("sk-file")),
+            ..local()
+        }
+        .with_api_key_from(lookup);
+        assert_eq!(explicit.api_key, Some(ApiKey::new("sk-file")));
+        assert_eq!(local().with_api_key_from(|_| None).api_key, None);
     }
 
     #[test]
