@@ -1,0 +1,175 @@
+//! Operator flags of the axon, with bittensor's names where it has them.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::server::ServerLimits;
+
+/// Where the axon listens, what it publishes, and its limits.
+#[derive(Debug, Clone, clap::Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AxonArgs {
+    /// Address to bind.
+    #[arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP")]
+    pub ip: IpAddr,
+    /// Port to bind.
+    #[arg(long = "axon.port", default_value_t = 8091, env = "BT_AXON_PORT")]
+    pub port: u16,
+    /// IP published on chain (defaults to the bind address).
+    #[arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP")]
+    pub external_ip: Option<IpAddr>,
+    /// Port published on chain (defaults to the bind port).
+    #[arg(long = "axon.external_port", env = "BT_AXON_EXTERNAL_PORT")]
+    pub external_port: Option<u16>,
+    /// Tokio worker threads serving requests (default: one per core).
+    #[arg(long = "axon.max_workers", env = "BT_AXON_MAX_WORKERS")]
+    pub max_workers: Option<usize>,
+    /// Connections served at once.
+    #[arg(long = "axon.max_connections", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[arg(long = "axon.max_body_bytes", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    #[arg(long = "axon.max_header_bytes", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Seconds a client has to send the request head, and again the body.
+    #[arg(long = "axon.read_timeout", default_value_t = 10.0)]
+    pub read_timeout: f64,
+    /// Largest request `timeout` honoured, in seconds (longer ones are capped).
+    #[arg(long = "axon.max_request_timeout", default_value_t = 300.0)]
+    pub max_request_timeout: f64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(long = "axon.shutdown_grace", default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+    /// Endpoints (`hotkey:uuid`) whose last nonce is remembered.
+    #[arg(long = "axon.nonce_capacity", default_value_t = 100_000)]
+    pub nonce_capacity: usize,
+}
+
+impl Default for AxonArgs {
+    fn default() -> Self {
+        AxonArgs {
+            ip: IpAddr::from([0, 0, 0, 0]),
+            port: 8091,
+            external_ip: None,
+            external_port: None,
+            max_workers: None,
+            max_connections: 1024,
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            read_timeout: 10.0,
+            max_request_timeout: 300.0,
+            shutdown_grace: 30.0,
+            nonce_capacity: 100_000,
+        }
+    }
+}
+
+/// A flag value that makes no sense.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid --axon.{flag}: {reason}")]
+pub struct AxonConfigError {
+    /// The flag, without its `--axon.` prefix.
+    pub flag: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl AxonArgs {
+    /// Checks every value; the first nonsense one is the error.
+    pub fn validate(&self) -> Result<(), AxonConfigError> {
+        let positive = |flag: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(AxonConfigError {
+                    flag,
+                    reason: format!("must be a positive number of seconds, got {value}"),
+                })
+            }
+        };
+        let nonzero = |flag: &'static str, value: usize| {
+            if value > 0 {
+                Ok(())
+            } else {
+                Err(AxonConfigError {
+                    flag,
+                    reason: "must be at least 1".into(),
+                })
+            }
+        };
+        positive("read_timeout", self.read_timeout)?;
+        positive("max_request_timeout", self.max_request_timeout)?;
+        if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
+            return Err(AxonConfigError {
+                flag: "shutdown_grace",
+                reason: format!("must be zero or more seconds, got {}", self.shutdown_grace),
+            });
+        }
+        nonzero("max_connections", self.max_connections)?;
+        nonzero("max_body_bytes", self.max_body_bytes)?;
+        nonzero("nonce_capacity", self.nonce_capacity)?;
+        if let Some(workers) = self.max_workers {
+            nonzero("max_workers", workers)?;
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(AxonConfigError {
+                flag: "max_header_bytes",
+                reason: format!("must be at least 1024, got {}", self.max_header_bytes),
+            });
+        }
+        if self.port == 0 && self.external_port.is_none() {
+            // Port 0 binds an ephemeral port: fine locally, but nothing sensible to publish.
+            tracing::warn!("--axon.port 0 binds an ephemeral port");
+        }
+        Ok(())
+    }
+
+    /// The connection limits for [`crate::server::serve`].
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: Duration::from_secs_f64(self.read_timeout),
+            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        axon: AxonArgs,
+    }
+
+    #[test]
+    fn python_flag_names_and_defaults() {
+        let cli = Cli::parse_from(["x", "--axon.port", "9000", "--axon.external_ip", "1.2.3.4"]);
+        assert_eq!(cli.axon.port, 9000);
+        assert_eq!(cli.axon.external_ip, Some(IpAddr::from([1, 2, 3, 4])));
+        assert_eq!(cli.axon.ip, IpAddr::from([0, 0, 0, 0]));
+        assert!(cli.axon.validate().is_ok());
+        let defaults = Cli::parse_from(["x"]).axon;
+        assert_eq!(defaults.max_body_bytes, AxonArgs::default().max_body_bytes);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let args = AxonArgs {
+            read_timeout: 0.0,
+            ..AxonArgs::default()
+        };
+        assert_eq!(args.validate().unwrap_err().flag, "read_timeout");
+        let args = AxonArgs {
+            max_connections: 0,
+            ..AxonArgs::default()
+        };
+        assert_eq!(args.validate().unwrap_err().flag, "max_connections");
+    }
+}

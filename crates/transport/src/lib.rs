@@ -1,0 +1,5 @@
+//! Transports in front of the miner pipeline: the axon (HTTP server) and dendrite (client)
+//! of the legacy synapse protocol, btauth/1, an OpenAI-compatible endpoint and gRPC.
+
+pub mod axon;
+pub mod server;
