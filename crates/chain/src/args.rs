@@ -1,0 +1,185 @@
+//! Command-line and configuration-file settings of the chain client.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The finney (main network) endpoint.
+pub const FINNEY_ENDPOINT: &str = "wss://entrypoint-finney.opentensor.ai:443";
+/// The test network endpoint.
+pub const TEST_ENDPOINT: &str = "wss://test.finney.opentensor.ai:443";
+/// A subtensor node on this machine.
+pub const LOCAL_ENDPOINT: &str = "ws://127.0.0.1:9944";
+
+/// Seconds per block on subtensor.
+pub const BLOCK_TIME: Duration = Duration::from_secs(12);
+
+/// The named subtensor networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The main network.
+    #[default]
+    Finney,
+    /// The test network.
+    Test,
+    /// A node on this machine (`ws://127.0.0.1:9944`).
+    Local,
+}
+
+impl Network {
+    /// The WebSocket endpoint of this network.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Network::Finney => FINNEY_ENDPOINT,
+            Network::Test => TEST_ENDPOINT,
+            Network::Local => LOCAL_ENDPOINT,
+        }
+    }
+}
+
+/// How the miner talks to subtensor: which node, which subnet, and what it writes there.
+///
+/// Flags keep the Python miner's dotted names; in a configuration file the fields use their
+/// Rust names (`network`, `chain_endpoint`, `netuid`, ...), all optional.
+#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubtensorArgs {
+    /// The subtensor network to use.
+    #[arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", value_enum, default_value_t = Network::Finney)]
+    pub network: Network,
+    /// An explicit endpoint (`ws://` or `wss://`), overriding `--subtensor.network`.
+    #[arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")]
+    pub chain_endpoint: Option<String>,
+    /// The subnet the miner serves.
+    #[arg(long = "netuid", default_value_t = 1)]
+    pub netuid: u16,
+    /// Blocks between two metagraph refreshes (and weight settings).
+    #[arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub blocks_per_epoch: u64,
+    /// Do not publish the axon's ip:port on chain.
+    #[arg(long = "miner.no_serve")]
+    pub no_serve: bool,
+    /// Do not set weights every epoch.
+    #[arg(long = "miner.no_set_weights")]
+    pub no_set_weights: bool,
+    /// Seconds allowed to open the connection and read the runtime.
+    #[arg(long = "subtensor.connect_timeout", default_value_t = 30)]
+    pub connect_timeout_secs: u64,
+    /// Seconds allowed for one chain call, including waiting for a transaction's inclusion.
+    #[arg(long = "subtensor.call_timeout", default_value_t = 60)]
+    pub call_timeout_secs: u64,
+}
+
+impl Default for SubtensorArgs {
+    fn default() -> Self {
+        SubtensorArgs {
+            network: Network::Finney,
+            chain_endpoint: None,
+            netuid: 1,
+            blocks_per_epoch: 100,
+            no_serve: false,
+            no_set_weights: false,
+            connect_timeout_secs: 30,
+            call_timeout_secs: 60,
+        }
+    }
+}
+
+impl SubtensorArgs {
+    /// The endpoint to connect to: the explicit one if given, else the network's.
+    pub fn endpoint(&self) -> &str {
+        match &self.chain_endpoint {
+            Some(endpoint) if !endpoint.trim().is_empty() => endpoint.trim(),
+            _ => self.network.endpoint(),
+        }
+    }
+
+    /// Deadline for connecting and reading the runtime.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs.max(1))
+    }
+
+    /// Deadline for one chain call.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_secs.max(1))
+    }
+
+    /// Time between two refreshes: `blocks_per_epoch` blocks of 12 s.
+    pub fn epoch(&self) -> Duration {
+        BLOCK_TIME * u32::try_from(self.blocks_per_epoch.max(1)).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        subtensor: SubtensorArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<SubtensorArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("miner").chain(args.iter().copied()))
+            .map(|cli| cli.subtensor)
+    }
+
+    #[test]
+    fn defaults_match_the_python_miner() {
+        // The variables may be set in a developer's shell; only check when they are not.
+        if std::env::var_os("BT_SUBTENSOR_NETWORK").is_some()
+            || std::env::var_os("BT_SUBTENSOR_CHAIN_ENDPOINT").is_some()
+        {
+            return;
+        }
+        let args = parse(&[]).expect("defaults parse");
+        assert_eq!(args, SubtensorArgs::default());
+        assert_eq!(args.endpoint(), FINNEY_ENDPOINT);
+        assert_eq!(args.epoch(), Duration::from_secs(1200));
+    }
+
+    #[test]
+    fn flags_select_network_and_endpoint() {
+        let args = parse(&[
+            "--subtensor.network",
+            "test",
+            "--netuid",
+            "8",
+            "--miner.blocks_per_epoch",
+            "5",
+            "--miner.no_serve",
+            "--miner.no_set_weights",
+        ])
+        .expect("parse");
+        assert_eq!(args.endpoint(), TEST_ENDPOINT);
+        assert_eq!((args.netuid, args.blocks_per_epoch), (8, 5));
+        assert!(args.no_serve && args.no_set_weights);
+
+        let args = parse(&[
+            "--subtensor.network",
+            "local",
+            "--subtensor.chain_endpoint",
+            "ws://127.0.0.1:1234",
+        ])
+        .expect("parse");
+        assert_eq!(args.endpoint(), "ws://127.0.0.1:1234");
+        assert!(parse(&["--miner.blocks_per_epoch", "0"]).is_err());
+        assert!(parse(&["--miner.blocks_per_epoch", "1.5"]).is_err());
+        assert!(parse(&["--subtensor.network", "mainnet"]).is_err());
+    }
+
+    #[test]
+    fn deserializes_from_a_config_file() {
+        let args: SubtensorArgs =
+            serde_json::from_str(r#"{"network": "local", "netuid": 21, "no_serve": true}"#)
+                .expect("deserialize");
+        assert_eq!(args.endpoint(), LOCAL_ENDPOINT);
+        assert_eq!(args.netuid, 21);
+        assert!(args.no_serve);
+        assert_eq!(args.blocks_per_epoch, 100);
+        assert!(serde_json::from_str::<SubtensorArgs>(r#"{"netwrk": "local"}"#).is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! Subtensor client for the prompting miners.
+//!
+//! A miner on the real network reads who is registered and staked (for its blacklist and
+//! priority), publishes its axon's ip:port, refuses to start when its hotkey is not registered,
+//! and optionally sets weights. This crate does that through [subxt]'s dynamic API against the
+//! node's JSON-RPC over WebSocket, with the runtime metadata read from the node at connect:
+//!
+//! - [`connect`] → [`Subtensor`]; [`Subtensor::fetch_metagraph`] (one
+//!   `NeuronInfoRuntimeApi.get_neurons_lite` call decoded by field name),
+//!   [`Subtensor::ensure_registered`], [`Subtensor::serve_axon`], [`Subtensor::set_weights`];
+//! - [`spawn_sync`] keeps a [`SharedMetagraph`](prompting_miner::metagraph::SharedMetagraph)
+//!   fresh in the background and reports a [`SyncStatus`].
+//!
+//! See `docs/chain.md` for what is read and written on chain.
+
+pub mod args;
+pub mod axon_addr;
+pub mod client;
+pub mod error;
+pub mod legacy_2023;
+pub mod neurons;
+pub mod signer;
+pub mod sync;
+pub mod weights;
+
+pub use args::{Network, SubtensorArgs};
+pub use client::{ServeAxon, ServeOutcome, Subtensor, connect, registered_neuron};
+pub use error::ChainError;
+pub use signer::ExtrinsicSigner;
+pub use sync::{SyncOptions, SyncSnapshot, SyncStatus, spawn_sync};

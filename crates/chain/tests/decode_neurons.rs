@@ -1,0 +1,152 @@
+//! Decoding `get_neurons_lite` results: synthetic neurons through the finney metadata's types,
+//! and the 2023 vector captured from bittensor 6.4.4.
+
+mod common;
+
+use common::{TestNeuron, encode_neurons, metadata, neuron_value};
+use prompting_chain::ChainError;
+use prompting_chain::legacy_2023::{decode_state_call_2023, decode_vec_2023};
+use prompting_chain::neurons::{decode_neurons_lite, neuron_from_value, neurons_lite_output_type};
+use subxt::ext::scale_value::{Composite, Value, ValueDef};
+use subxt::utils::AccountId32;
+
+fn fixture() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/neurons_lite_2023.json")).expect("fixture is JSON")
+}
+
+fn hex_field(fixture: &serde_json::Value, key: &str) -> Vec<u8> {
+    let text = fixture[key].as_str().expect("hex string");
+    hex::decode(text.trim_start_matches("0x")).expect("valid hex")
+}
+
+#[test]
+fn synthetic_neurons_round_trip_through_the_finney_types() {
+    let metadata = metadata();
+    let mut staked = TestNeuron::new(0, [1; 32]);
+    staked.stakes = vec![([7; 32], 1_500_000_000), ([8; 32], 2_500_000_000)];
+    staked.validator_permit = true;
+    staked.ip = 0x7f00_0001;
+    staked.ip_type = 4;
+    staked.port = 8091;
+    let mut v6 = TestNeuron::new(1, [2; 32]);
+    v6.ip = u128::from(
+        "2001:db8::7"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("literal"),
+    );
+    v6.ip_type = 6;
+    v6.port = 443;
+    let bare = TestNeuron::new(65535, [3; 32]);
+
+    let bytes = encode_neurons(&metadata, &[staked, v6, bare]);
+    let ty = neurons_lite_output_type(&metadata).expect("runtime API");
+    let neurons = decode_neurons_lite(metadata.types(), ty, &bytes).expect("decodes");
+
+    assert_eq!(neurons.len(), 3);
+    assert_eq!(neurons[0].uid, 0);
+    assert_eq!(neurons[0].hotkey, AccountId32([1; 32]).to_string());
+    assert_eq!(neurons[0].coldkey, AccountId32([0xcc; 32]).to_string());
+    assert_eq!(neurons[0].stake, 4.0);
+    assert!(neurons[0].validator_permit);
+    assert_eq!(neurons[0].axon.as_deref(), Some("127.0.0.1:8091"));
+    assert_eq!(neurons[1].axon.as_deref(), Some("[2001:db8::7]:443"));
+    assert_eq!(neurons[1].stake, 0.0);
+    assert!(!neurons[1].validator_permit);
+    assert_eq!(neurons[2].uid, 65535);
+    assert_eq!(neurons[2].axon, None);
+
+    // Truncated or padded data is refused rather than half-read.
+    assert!(decode_neurons_lite(metadata.types(), ty, &bytes[..bytes.len() - 1]).is_err());
+    let mut padded = bytes.clone();
+    padded.push(0);
+    assert!(matches!(
+        decode_neurons_lite(metadata.types(), ty, &padded),
+        Err(ChainError::Decode { .. })
+    ));
+}
+
+#[test]
+fn a_missing_field_is_named_in_the_error() {
+    let value = neuron_value(&TestNeuron::new(5, [9; 32]));
+    let ValueDef::Composite(Composite::Named(fields)) = value.value else {
+        panic!("neuron is a struct");
+    };
+    let without_permit = Value::named_composite(
+        fields
+            .into_iter()
+            .filter(|(name, _)| name != "validator_permit"),
+    );
+    let err = neuron_from_value(&without_permit).expect_err("field missing");
+    assert!(matches!(
+        err,
+        ChainError::MissingField {
+            field: "validator_permit",
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("`validator_permit`"), "{err}");
+}
+
+fn check_2023_neuron(
+    neurons: &[prompting_miner::metagraph::NeuronInfo],
+    fixture: &serde_json::Value,
+) {
+    let expected = &fixture["scale_decoded"];
+    assert_eq!(neurons.len(), 1);
+    let n = &neurons[0];
+    assert_eq!(n.hotkey, expected["hotkey"].as_str().expect("hotkey"));
+    assert_eq!(n.coldkey, expected["coldkey"].as_str().expect("coldkey"));
+    assert_eq!(n.uid.to_string(), expected["uid"].as_str().expect("uid"));
+    // "τ10.000000000"
+    assert_eq!(n.stake, 10.0);
+    assert!(
+        expected["stake"]
+            .as_str()
+            .expect("stake")
+            .contains("10.000000000")
+    );
+    assert_eq!(expected["validator_permit"].as_str(), Some("True"));
+    assert!(n.validator_permit);
+    // "AxonInfo( /ipv4/1.2.3.4:8091, ..."
+    assert!(
+        expected["axon_info"]
+            .as_str()
+            .expect("axon")
+            .contains("/ipv4/1.2.3.4:8091")
+    );
+    assert_eq!(n.axon.as_deref(), Some("1.2.3.4:8091"));
+}
+
+#[test]
+fn the_2023_vector_decodes_with_its_own_registry() {
+    let fixture = fixture();
+    let wrapped = hex_field(&fixture, "state_call_result_hex(Vec<u8> wrapping)");
+    check_2023_neuron(
+        &decode_state_call_2023(&wrapped).expect("wrapped form"),
+        &fixture,
+    );
+    let raw = hex_field(&fixture, "scale_vec_neuroninfolite_hex");
+    check_2023_neuron(&decode_vec_2023(&raw).expect("raw form"), &fixture);
+    // The wrapping is required, and must be exact.
+    assert!(decode_state_call_2023(&raw).is_err());
+    assert!(decode_vec_2023(&wrapped).is_err());
+}
+
+#[test]
+fn the_2023_bytes_still_match_todays_type() {
+    // The NeuronInfoLite layout has not changed since 2023; only the Vec<u8> wrapping of the
+    // runtime-API result went away.
+    let fixture = fixture();
+    let metadata = metadata();
+    let ty = neurons_lite_output_type(&metadata).expect("runtime API");
+    let raw = hex_field(&fixture, "scale_vec_neuroninfolite_hex");
+    check_2023_neuron(
+        &decode_neurons_lite(metadata.types(), ty, &raw).expect("decodes"),
+        &fixture,
+    );
+    // And the netuid argument encodes as the 2023 state_call data did.
+    assert_eq!(
+        hex_field(&fixture, "state_call_data_for_netuid_1"),
+        1u16.to_le_bytes()
+    );
+}
