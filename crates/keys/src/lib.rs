@@ -2,7 +2,7 @@
 //!
 //! - [`Keypair`]: sr25519 keys (schnorrkel, signing context `substrate`) from a 32-byte mini
 //!   secret, a BIP-39 mnemonic (substrate-bip39) or a keyfile's 64-byte `privateKey`;
-//! - [`verify`], [`verify_hex`], [`verify_ed25519`]: signature checks (sr25519 also accepts a
+//! - [`verify`], [`verify_hex`], [`verify_ed25519`]: signature checks (each also accepts a
 //!   signature over `<Bytes>` + message + `</Bytes>`, as Python does);
 //! - [`PublicKey`] and [`ss58`]: account ids and their SS58 addresses (prefix 42 by default);
 //! - [`keyfile`] and [`wallet`]: keyfile JSON, `$NACL` encryption and the on-disk wallet layout.

@@ -119,6 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn two_byte_prefixes_match_python_scalecodec() {
+        // scalecodec.utils.ss58.ss58_encode(ALICE_HEX, 255 / 16383).
+        let cases = [
+            (255, "yGHXkYLYqxijLKKfd9Q2CB9shRVu8rPNBS53wvwGTutYg4zTg"),
+            (16383, "yNa8JpqfFB3q8A29rCwSgxvdU94ufJw2yKKxDgznS5m1PoFvn"),
+        ];
+        for (prefix, address) in cases {
+            assert_eq!(encode(&alice(), prefix), address);
+            assert_eq!(decode(address), Ok((alice(), prefix)));
+        }
+    }
+
+    #[test]
     fn rejects_a_bad_checksum() {
         let mut chars: Vec<char> = ALICE.chars().collect();
         let last = chars.len() - 1;

@@ -38,14 +38,21 @@ pub fn verify_hex(ss58: &str, message: &[u8], signature_hex: &str) -> Result<boo
     Ok(verify(&public, message, &signature))
 }
 
-/// Whether `signature` is a valid ed25519 signature by `public` over `message` (RFC 8032
-/// verification as `ed25519-dalek` implements it; not the `<Bytes>` wrapping).
+/// Whether `signature` is an ed25519 signature by `public` over `message` or, as bittensor's
+/// `verify` also accepts, over `<Bytes>` + message + `</Bytes>`.
+///
+/// Uses `ed25519-dalek`'s strict verification: honest signatures always pass; crafted edge
+/// cases (small-order keys, non-canonical points) that the ZIP-215 rules of Substrate's
+/// `ed25519-zebra` would tolerate are refused.
 pub fn verify_ed25519(public: &PublicKey, message: &[u8], signature: &[u8; 64]) -> bool {
     let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public.as_bytes()) else {
         return false;
     };
     let signature = ed25519_dalek::Signature::from_bytes(signature);
     key.verify_strict(message, &signature).is_ok()
+        || key
+            .verify_strict(&wrap_in_bytes_tags(message), &signature)
+            .is_ok()
 }
 
 fn wrap_in_bytes_tags(message: &[u8]) -> Vec<u8> {
@@ -108,6 +115,8 @@ mod tests {
         let signature = signing.sign(b"btauth").to_bytes();
         assert!(verify_ed25519(&public, b"btauth", &signature));
         assert!(!verify_ed25519(&public, b"btauth!", &signature));
+        let wrapped = signing.sign(b"<Bytes>btauth</Bytes>").to_bytes();
+        assert!(verify_ed25519(&public, b"btauth", &wrapped));
         // An sr25519 signature is not an ed25519 one.
         let sr = Keypair::from_mini_secret(&[9u8; 32]);
         assert!(!verify_ed25519(

@@ -1,5 +1,6 @@
 //! Cross-checks against the pinned Python `bittensor-wallet` 4.1.1 (venv `bt10`): our
-//! signatures verify in Python, Python's verify here, and wallet files cross over both ways.
+//! signatures verify in Python, Python's verify here, and wallet files cross over both ways;
+//! plus ed25519 signatures of bittensor 11's `sp_core` (venv `bt11`, used by btauth/1).
 
 use prompting_keys::{Keypair, Wallet, verify_hex};
 use prompting_testkit::{Venv, run_python};
@@ -142,4 +143,87 @@ fn wallets_python_writes_load_here() {
     assert_eq!(wallet.load_hotkey_public().unwrap().to_ss58(), lines[0]);
     assert_eq!(wallet.load_coldkeypub().unwrap().to_ss58(), lines[1]);
     assert_eq!(lines[1], "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY");
+}
+
+const SS58_SCRIPT: &str = r#"
+import sys
+from scalecodec.utils.ss58 import ss58_encode
+for pair in sys.argv[1:]:
+    account, prefix = pair.split(":")
+    print(ss58_encode("0x" + account, int(prefix)))
+"#;
+
+#[test]
+fn ss58_addresses_match_python_for_one_and_two_byte_prefixes() {
+    let prefixes = [0u16, 2, 42, 63, 64, 255, 1284, 4096, 16383];
+    let cases: Vec<([u8; 32], u16)> = prefixes
+        .iter()
+        .enumerate()
+        .map(|(index, &prefix)| {
+            let keypair = Keypair::from_mini_secret(&[index as u8; 32]);
+            (*keypair.public_key().as_bytes(), prefix)
+        })
+        .collect();
+    let args: Vec<String> = cases
+        .iter()
+        .map(|(account, prefix)| format!("{}:{prefix}", hex::encode(account)))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = python_lines(SS58_SCRIPT, &args);
+    assert_eq!(lines.len(), cases.len());
+    for ((account, prefix), python) in cases.iter().zip(&lines) {
+        assert_eq!(&prompting_keys::ss58::encode(account, *prefix), python);
+        assert_eq!(
+            prompting_keys::ss58::decode(python),
+            Ok((*account, *prefix))
+        );
+    }
+}
+
+const ED25519_SCRIPT: &str = r#"
+import sys
+from bittensor import sp_core
+mnemonic = sys.argv[1]
+keypair = sp_core.Keypair.create_from_mnemonic(mnemonic, sp_core.CRYPTO_ED25519)
+print(bytes(keypair.public_key).hex())
+for message_hex in sys.argv[2:]:
+    signature = sp_core.sign(bytes.fromhex(message_hex), mnemonic=mnemonic, crypto_type=sp_core.CRYPTO_ED25519)
+    print(bytes(signature).hex())
+"#;
+
+#[test]
+fn python_ed25519_signatures_verify_here() {
+    let (_, mnemonic) = Keypair::generate();
+    let payload = "btauth/1\ned25519\nPOST\n/Prompting";
+    let wrapped = format!("<Bytes>{payload}</Bytes>");
+    let args = [
+        mnemonic.clone(),
+        hex::encode(payload),
+        hex::encode(&wrapped),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_python(Venv::Bt11, ED25519_SCRIPT, &args, b"");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let mut public = [0u8; 32];
+    hex::decode_to_slice(lines[0], &mut public).unwrap();
+    let public = prompting_keys::PublicKey(public);
+    for line in &lines[1..] {
+        let mut signature = [0u8; 64];
+        hex::decode_to_slice(line, &mut signature).unwrap();
+        assert!(prompting_keys::verify_ed25519(
+            &public,
+            payload.as_bytes(),
+            &signature
+        ));
+        assert!(!prompting_keys::verify_ed25519(
+            &public, b"other", &signature
+        ));
+        assert!(!prompting_keys::verify(
+            &public,
+            payload.as_bytes(),
+            &signature
+        ));
+    }
 }
