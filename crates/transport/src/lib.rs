@@ -2,4 +2,6 @@
 //! of the legacy synapse protocol, btauth/1, an OpenAI-compatible endpoint and gRPC.
 
 pub mod axon;
+pub mod clock;
+pub mod metrics;
 pub mod server;

@@ -1,0 +1,109 @@
+//! What every axon route shares: identity, pipeline, replay table, limits, metrics.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prompting_keys::Keypair;
+use prompting_miner::Pipeline;
+
+use super::config::AxonArgs;
+use super::nonce::NonceTable;
+use crate::clock::{Clock, SystemClock};
+use crate::metrics::Metrics;
+
+/// The version this axon reports in `bt_header_axon_version`: the bittensor protocol level
+/// it speaks (10.5.0, as `version_as_int`).
+pub const PROTOCOL_VERSION: u64 = 10_005_000;
+
+/// Per-request limits.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Largest body, bytes.
+    pub max_body_bytes: usize,
+    /// Time to receive the body.
+    pub read_timeout: Duration,
+    /// Cap on a request's own `timeout`, seconds.
+    pub max_request_timeout: f64,
+}
+
+/// State shared by the axon's routes.
+pub struct AxonState {
+    pub(crate) keypair: Arc<Keypair>,
+    pub(crate) hotkey: String,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) nonces: NonceTable,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) limits: RequestLimits,
+    pub(crate) metrics: Metrics,
+    pub(crate) uuid: String,
+    pub(crate) external_ip: String,
+    pub(crate) external_port: u16,
+    last_axon_nonce: AtomicU64,
+}
+
+impl AxonState {
+    /// State for an axon signing as `keypair`, serving `pipeline` with `args`' limits.
+    pub fn new(keypair: Arc<Keypair>, pipeline: Pipeline, args: &AxonArgs) -> Self {
+        let external_ip = args.external_ip.unwrap_or(args.ip);
+        let external_ip = if external_ip.is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            external_ip
+        };
+        // Nonces are remembered at least as long as a request may take: a replay older
+        // than that fails the freshness rule anyway.
+        let retention = Duration::from_secs_f64(args.max_request_timeout + 60.0);
+        AxonState {
+            hotkey: keypair.ss58_address(),
+            keypair,
+            pipeline,
+            nonces: NonceTable::new(args.nonce_capacity, retention),
+            clock: Arc::new(SystemClock),
+            limits: RequestLimits {
+                max_body_bytes: args.max_body_bytes,
+                read_timeout: Duration::from_secs_f64(args.read_timeout),
+                max_request_timeout: args.max_request_timeout,
+            },
+            metrics: Metrics::new(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            external_ip: external_ip.to_string(),
+            external_port: args.external_port.unwrap_or(args.port),
+            last_axon_nonce: AtomicU64::new(0),
+        }
+    }
+
+    /// Replaces the clock (tests replaying recorded nonces).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The metrics registry, to add gauges before serving.
+    pub fn metrics_mut(&mut self) -> &mut Metrics {
+        &mut self.metrics
+    }
+
+    /// The axon's hotkey, SS58.
+    pub fn hotkey(&self) -> &str {
+        &self.hotkey
+    }
+
+    /// The pipeline requests go to.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// A fresh axon nonce: now in ns, strictly increasing.
+    pub(crate) fn next_axon_nonce(&self) -> u64 {
+        let now = u64::try_from(self.clock.now_ns()).unwrap_or(u64::MAX);
+        let previous = self
+            .last_axon_nonce
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(previous + 1)
+    }
+}
