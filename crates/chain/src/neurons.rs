@@ -5,10 +5,10 @@
 //! that adds or reorders fields still decodes, and one that drops a field we need gives an
 //! error naming it.
 
+use prompting_keys::ss58::{BITTENSOR_PREFIX, encode};
 use prompting_miner::metagraph::NeuronInfo;
 use scale_info::PortableRegistry;
 use subxt::ext::scale_value::{self, Composite, Primitive, Value, ValueDef};
-use subxt::utils::AccountId32;
 
 use crate::axon_addr::format_axon;
 use crate::error::ChainError;
@@ -168,7 +168,7 @@ fn account<T>(
         return Err(wrong);
     }
     let raw: [u8; 32] = bytes.try_into().map_err(|_| wrong)?;
-    Ok(AccountId32(raw).to_string())
+    Ok(encode(&raw, BITTENSOR_PREFIX))
 }
 
 /// An unsigned integer, looking through single-field wrappers (`NetUid(u16)`, compacts...).

@@ -1,14 +1,15 @@
 //! Who signs the miner's transactions: its hotkey (sr25519).
 
+use prompting_keys::ss58::{BITTENSOR_PREFIX, encode};
 use subxt::config::PolkadotConfig;
 use subxt::utils::{AccountId32, MultiSignature};
 
-/// Signing context of substrate sr25519 signatures.
-pub const SIGNING_CONTEXT: &[u8] = b"substrate";
+pub use prompting_keys::SIGNING_CONTEXT;
 
 /// A hotkey able to sign transactions.
 ///
-/// Implemented for `schnorrkel::Keypair`; the wallet crate's key type plugs in through it.
+/// Implemented for the wallet's [`prompting_keys::Keypair`]; a remote or hardware signer can
+/// implement it too.
 pub trait ExtrinsicSigner: Send + Sync {
     /// The public key (account id) of the hotkey.
     fn account(&self) -> [u8; 32];
@@ -17,17 +18,17 @@ pub trait ExtrinsicSigner: Send + Sync {
 
     /// SS58 address (prefix 42) of the hotkey.
     fn ss58(&self) -> String {
-        AccountId32(self.account()).to_string()
+        encode(&self.account(), BITTENSOR_PREFIX)
     }
 }
 
-impl ExtrinsicSigner for schnorrkel::Keypair {
+impl ExtrinsicSigner for prompting_keys::Keypair {
     fn account(&self) -> [u8; 32] {
-        self.public.to_bytes()
+        self.public_key().0
     }
 
     fn sign(&self, payload: &[u8]) -> [u8; 64] {
-        self.sign_simple(SIGNING_CONTEXT, payload).to_bytes()
+        prompting_keys::Keypair::sign(self, payload)
     }
 }
 
@@ -47,30 +48,29 @@ impl subxt::tx::Signer<PolkadotConfig> for SubxtSigner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schnorrkel::{ExpansionMode, MiniSecretKey};
 
     #[test]
     fn signs_verifiably_and_encodes_ss58() {
         // The axon hotkey of the shared v6 vectors: seed 0x02 * 32.
-        let keypair = MiniSecretKey::from_bytes(&[2u8; 32])
-            .expect("32 bytes")
-            .expand_to_keypair(ExpansionMode::Ed25519);
+        let keypair = prompting_keys::Keypair::from_mini_secret(&[2u8; 32]);
         let signer: &dyn ExtrinsicSigner = &keypair;
         assert_eq!(
             signer.ss58(),
             "5CfCr47V5Dte6bwxNBE8K9oNnQd9fiay6aDEEkgYtFv7w4Fq"
         );
-        let signature = signer.sign(b"payload");
-        let signature = schnorrkel::Signature::from_bytes(&signature).expect("64 bytes");
+        // subxt's own SS58 rendering of the account agrees.
+        assert_eq!(AccountId32(signer.account()).to_string(), signer.ss58());
+        let public = schnorrkel::PublicKey::from_bytes(&signer.account()).expect("public key");
+        let signature =
+            schnorrkel::Signature::from_bytes(&ExtrinsicSigner::sign(&keypair, b"payload"))
+                .expect("64 bytes");
         assert!(
-            keypair
-                .public
+            public
                 .verify_simple(SIGNING_CONTEXT, b"payload", &signature)
                 .is_ok()
         );
         assert!(
-            keypair
-                .public
+            public
                 .verify_simple(SIGNING_CONTEXT, b"other", &signature)
                 .is_err()
         );

@@ -26,10 +26,10 @@ async fn connect(node: &LoopbackNode) -> Subtensor {
 }
 
 fn neurons() -> Vec<TestNeuron> {
-    let mut validator = TestNeuron::new(0, keypair(1).public.to_bytes());
+    let mut validator = TestNeuron::new(0, keypair(1).public_key().0);
     validator.stakes = vec![([5; 32], 2_000_000_000_000)];
     validator.validator_permit = true;
-    let mut miner = TestNeuron::new(1, keypair(2).public.to_bytes());
+    let mut miner = TestNeuron::new(1, keypair(2).public_key().0);
     miner.ip = 0x0a00_0001;
     miner.ip_type = 4;
     miner.port = 8091;

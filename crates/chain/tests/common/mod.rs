@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use parity_scale_codec::Decode;
-use schnorrkel::{ExpansionMode, MiniSecretKey};
 use subxt::ext::scale_encode::EncodeAsType;
 use subxt::ext::scale_value::Value;
 
@@ -17,10 +16,8 @@ pub fn metadata() -> subxt::Metadata {
 }
 
 /// An sr25519 keypair from a 32-byte seed, as substrate-interface derives it.
-pub fn keypair(seed: u8) -> schnorrkel::Keypair {
-    MiniSecretKey::from_bytes(&[seed; 32])
-        .expect("32 bytes")
-        .expand_to_keypair(ExpansionMode::Ed25519)
+pub fn keypair(seed: u8) -> prompting_keys::Keypair {
+    prompting_keys::Keypair::from_mini_secret(&[seed; 32])
 }
 
 /// A neuron to put on the synthetic chain.

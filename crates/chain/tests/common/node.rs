@@ -189,8 +189,42 @@ impl NodeState {
                 }
                 Ok(lock(&self.neurons_lite).clone())
             }
+            "AccountNonceApi_account_nonce" => {
+                let account: [u8; 32] = data
+                    .try_into()
+                    .map_err(|_| rpc_error("bad account argument"))?;
+                let nonce = self.nonce_of(&account);
+                let ty = self
+                    .metadata
+                    .runtime_api_trait_by_name("AccountNonceApi")
+                    .and_then(|api| api.method_by_name("account_nonce"))
+                    .ok_or_else(|| rpc_error("no AccountNonceApi in metadata"))?
+                    .output_ty();
+                Value::u128(u128::from(nonce))
+                    .encode_as_type(ty, self.metadata.types())
+                    .map_err(|e| rpc_error(e.to_string()))
+            }
             other => Err(rpc_error(format!("loopback node: no runtime API {other}"))),
         }
+    }
+
+    /// Signed extrinsics submitted by `account` so far (its next nonce).
+    fn nonce_of(&self, account: &[u8; 32]) -> u64 {
+        let submitted = lock(&self.submitted);
+        let from_account = submitted.iter().filter(|bytes| {
+            subxt::ext::subxt_core::blocks::decode_from::<subxt::config::PolkadotConfig>(
+                vec![bytes.to_vec()],
+                self.metadata.clone(),
+            )
+            .ok()
+            .and_then(|exts| exts.iter().next())
+            .and_then(|ext| {
+                ext.address_bytes()
+                    .map(|a| a.get(1..) == Some(&account[..]))
+            })
+            .unwrap_or(false)
+        });
+        from_account.count() as u64
     }
 
     /// Includes `extrinsic` in a new block, with a success or failure event for it.
@@ -325,14 +359,6 @@ fn module(state: Arc<NodeState>) -> RpcModule<Arc<NodeState>> {
         }
         let hash = optional_hash(&params, 1)?;
         Ok(state.block(hash).map(|b| hex0x(&b.events)))
-    })
-    .expect("register");
-    m.register_method("system_accountNextIndex", |params, state, _| {
-        let account: String = params.sequence().next()?;
-        let submitted = lock(&state.submitted).len();
-        // Nonces only need to be plausible: count what this node has seen.
-        let _ = account;
-        Ok::<_, ErrorObjectOwned>(submitted as u64)
     })
     .expect("register");
     m.register_subscription(
