@@ -270,7 +270,7 @@ async fn set_weights_submits_the_signed_call() {
 }
 
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..800 {
         if check() {
             return;
         }

@@ -99,7 +99,7 @@ async fn connecting_to_nothing_fails_within_the_timeout() {
 }
 
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
+    for _ in 0..800 {
         if check() {
             return;
         }
