@@ -3,5 +3,6 @@
 
 pub mod axon;
 pub mod clock;
+pub mod dendrite;
 pub mod metrics;
 pub mod server;
