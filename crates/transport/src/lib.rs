@@ -2,6 +2,7 @@
 //! of the legacy synapse protocol, btauth/1, an OpenAI-compatible endpoint and gRPC.
 
 pub mod axon;
+pub mod btauth;
 pub mod clock;
 pub mod dendrite;
 pub mod metrics;
