@@ -274,20 +274,28 @@ struct Projection {
     bias: Option<Tensor>,
 }
 
+/// From this many rows on (prompt processing), ggml-stored weights are expanded to f32 and
+/// multiplied with the blocked dense kernel, which beats one pass of ggml dot products per row.
+const DEQUANTIZE_MIN_ROWS: usize = 16;
+
 impl Projection {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims
+            .split_last()
+            .ok_or_else(|| candle_core::Error::Msg("projection of a scalar".into()).bt())?;
+        let rows = lead.iter().product::<usize>();
+        let dense = |w: &Tensor| -> candle_core::Result<Tensor> {
+            let out = w.dim(1)?;
+            let y = x.reshape((rows, *last))?.matmul(w)?;
+            let mut shape = lead.to_vec();
+            shape.push(out);
+            y.reshape(shape)
+        };
         let y = match &self.weight {
-            Weight::Dense(w) => {
-                let dims = x.dims().to_vec();
-                let (last, lead) = dims
-                    .split_last()
-                    .ok_or_else(|| candle_core::Error::Msg("projection of a scalar".into()).bt())?;
-                let rows = lead.iter().product::<usize>();
-                let out = w.dim(1)?;
-                let y = x.reshape((rows, *last))?.matmul(w)?;
-                let mut shape = lead.to_vec();
-                shape.push(out);
-                y.reshape(shape)?
+            Weight::Dense(w) => dense(w)?,
+            Weight::Quantized(QMatMul::QTensor(q)) if rows >= DEQUANTIZE_MIN_ROWS => {
+                dense(&q.dequantize(x.device())?.t()?)?
             }
             Weight::Quantized(q) => q.forward(&x.contiguous()?)?,
         };

@@ -220,6 +220,20 @@ fn quantized_models_load_and_stay_close() {
             let d = max_abs_diff(&logits, &case.last_logits);
             eprintln!("{q}: max |Δlogit| {d}");
             assert!(d < tol, "{q}: {:?}: max |Δlogit| {d}", case.prompt);
+            // Long chunks expand the weights for a dense product, single tokens use ggml
+            // dot products: both stay within the same tolerance.
+            let mut c1 = model.new_cache();
+            let stepwise = model
+                .prefill(&case.input_ids, &mut c1, 1)
+                .expect("stepwise")
+                .to_vec1::<f32>()
+                .expect("vec");
+            let d1 = max_abs_diff(&stepwise, &case.last_logits);
+            assert!(
+                d1 < tol,
+                "{q} stepwise: {:?}: max |Δlogit| {d1}",
+                case.prompt
+            );
             let out = greedy(&model, &case.input_ids, 8);
             assert_eq!(out.len(), 8);
             assert!(
@@ -395,4 +409,49 @@ fn long_prompts_are_cut_from_the_left() {
     })
     .expect("generate");
     assert_eq!(g.tokens, h.tokens);
+}
+
+#[test]
+fn learned_positions_need_a_wpe_table() {
+    let dir = fixture();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
+            .expect("json");
+    v["position_embedding_type"] = "learned".into();
+    let cfg = Config::from_json(&v.to_string()).expect("config");
+    let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
+    let err = Btlm::load(&cfg, &ckpt, &LoadOptions::default()).expect_err("no wpe");
+    assert!(err.to_string().contains("transformer.wpe.weight"), "{err}");
+
+    // With a table the model loads, and the table is used: random rows change the logits
+    // compared with an all-zero table.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).expect("load");
+    let ids = &reference().cases[2].input_ids;
+    let mut last = Vec::new();
+    for scale in [0.0f64, 0.05] {
+        let wpe = (Tensor::randn(0f32, 1.0, (cfg.n_positions, cfg.n_embd), &Device::Cpu)
+            .expect("randn")
+            * scale)
+            .expect("scale");
+        tensors.insert("transformer.wpe.weight".into(), wpe);
+        let path = tmp.path().join(format!("wpe-{scale}.safetensors"));
+        candle_core::safetensors::save(&tensors, &path).expect("save");
+        let model = Btlm::load(
+            &cfg,
+            &Checkpoint::open(&[path]).expect("open"),
+            &LoadOptions::default(),
+        )
+        .expect("learned model");
+        let mut cache = model.new_cache();
+        last.push(
+            model
+                .prefill(ids, &mut cache, 512)
+                .expect("forward")
+                .to_vec1::<f32>()
+                .expect("vec"),
+        );
+    }
+    assert!(max_abs_diff(&last[0], &last[1]) > 1e-3);
 }
