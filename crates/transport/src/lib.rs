@@ -5,5 +5,6 @@ pub mod axon;
 pub mod btauth;
 pub mod clock;
 pub mod dendrite;
+pub mod grpc;
 pub mod metrics;
 pub mod server;

@@ -1,0 +1,209 @@
+//! btauth/1 in front of the generated service: reads the call's single request message,
+//! verifies the signature over it and hands the caller to the handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tokio::time::Instant;
+use tonic::Status;
+use tonic::body::Body as TonicBody;
+use tonic::codegen::{BoxFuture, Service, StdError};
+use tonic::server::NamedService;
+
+use super::status::http_status_of;
+use crate::axon::AxonState;
+use crate::axon::body::{BodyReadError, read_body};
+use crate::btauth::{BtAuthVerifier, VerifiedCaller};
+
+/// The signed target of `Prompt` calls.
+pub const METHOD_PROMPT: &str = "/prompting.v1.Miner/Prompt";
+/// The signed target of `PromptStream` calls.
+pub const METHOD_PROMPT_STREAM: &str = "/prompting.v1.Miner/PromptStream";
+
+/// Length of the gRPC message prefix: compression flag and big-endian length.
+const FRAME_PREFIX: usize = 5;
+
+/// When the call arrived: its deadline counts from here.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival(pub(crate) Instant);
+
+/// A gRPC service behind btauth/1: every call must carry exactly one uncompressed request
+/// message signed by its sender (see [`crate::grpc`]). Verified calls reach `S` with the
+/// [`VerifiedCaller`] in their extensions; others are answered `UNAUTHENTICATED` (or
+/// `INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED` when the
+/// message cannot be read) without reaching `S`.
+#[derive(Clone)]
+pub struct AuthenticatedService<S> {
+    inner: S,
+    state: Arc<AxonState>,
+    verifier: Arc<BtAuthVerifier>,
+}
+
+impl<S> std::fmt::Debug for AuthenticatedService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthenticatedService")
+            .field("hotkey", &self.state.hotkey())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> AuthenticatedService<S> {
+    /// `inner` behind `verifier`, reading bodies within `state`'s request limits.
+    pub fn new(inner: S, state: Arc<AxonState>, verifier: Arc<BtAuthVerifier>) -> Self {
+        AuthenticatedService {
+            inner,
+            state,
+            verifier,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for AuthenticatedService<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<Request<B>> for AuthenticatedService<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<TonicBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError>,
+{
+    type Response = Response<TonicBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The clone is the one polled ready; keep it for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = Arc::clone(&self.state);
+        let verifier = Arc::clone(&self.verifier);
+        Box::pin(async move {
+            let arrival = Instant::now();
+            let route = route_of(request.uri().path()).to_string();
+            match authenticate(&state, &verifier, request).await {
+                Ok(request) => {
+                    let mut request = request;
+                    request.extensions_mut().insert(Arrival(arrival));
+                    inner.call(request).await
+                }
+                Err(status) => {
+                    tracing::debug!(route, code = ?status.code(), message = status.message(), "gRPC call refused");
+                    state.metrics.observe(
+                        "grpc",
+                        &route,
+                        http_status_of(status.code()),
+                        arrival.elapsed(),
+                    );
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+/// The method name of a gRPC path (`/pkg.Service/Method` → `Method`).
+pub(crate) fn route_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+async fn authenticate<B>(
+    state: &AxonState,
+    verifier: &BtAuthVerifier,
+    request: Request<B>,
+) -> Result<Request<Full<Bytes>>, Status>
+where
+    B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError>,
+{
+    let (mut parts, body) = request.into_parts();
+    let body = axum::body::Body::new(body);
+    let bytes = read_body(body, state.limits.max_body_bytes, state.limits.read_timeout)
+        .await
+        .map_err(|error| match error {
+            BodyReadError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
+            BodyReadError::TimedOut { .. } => Status::deadline_exceeded(error.to_string()),
+            BodyReadError::Broken(_) => Status::invalid_argument(error.to_string()),
+        })?;
+    let message = single_message(&bytes)?;
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |target| target.as_str());
+    let caller: VerifiedCaller = verifier
+        .verify(&parts.method, target, &parts.headers, message)
+        .map_err(|error| Status::unauthenticated(error.to_string()))?;
+    parts.extensions.insert(caller);
+    Ok(Request::from_parts(parts, Full::new(bytes)))
+}
+
+/// The message bytes of a body holding exactly one uncompressed gRPC message.
+fn single_message(body: &[u8]) -> Result<&[u8], Status> {
+    let Some((prefix, rest)) = body.split_first_chunk::<FRAME_PREFIX>() else {
+        return Err(Status::invalid_argument(
+            "the call must carry exactly one request message",
+        ));
+    };
+    if prefix[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed request messages are not supported",
+        ));
+    }
+    let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
+    if usize::try_from(length).ok() != Some(rest.len()) {
+        return Err(Status::invalid_argument(
+            "the call must carry exactly one request message",
+        ));
+    }
+    Ok(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn frame(flag: u8, message: &[u8]) -> Vec<u8> {
+        let mut body = vec![flag];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        body
+    }
+
+    #[test]
+    fn one_frame_yields_its_message() {
+        assert_eq!(single_message(&frame(0, b"abc")).ok(), Some(&b"abc"[..]));
+        assert_eq!(single_message(&frame(0, b"")).ok(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn other_bodies_are_refused() {
+        let mut two = frame(0, b"abc");
+        two.extend(frame(0, b"def"));
+        let truncated = &frame(0, b"abc")[..6];
+        for body in [&b""[..], &b"\0\0\0"[..], truncated, &two] {
+            let status = single_message(body).expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{body:?}");
+        }
+        let status = single_message(&frame(1, b"abc")).expect_err("compressed");
+        assert_eq!(status.code(), Code::Unimplemented);
+    }
+
+    #[test]
+    fn routes_are_method_names() {
+        assert_eq!(route_of(METHOD_PROMPT), "Prompt");
+        assert_eq!(route_of(METHOD_PROMPT_STREAM), "PromptStream");
+    }
+}
