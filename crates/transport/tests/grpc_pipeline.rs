@@ -363,6 +363,60 @@ async fn the_grpc_timeout_header_shortens_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_cover_the_bytes_sent_in_any_valid_encoding() {
+    let axon = start().await;
+    // Fields out of order (messages before roles): valid protobuf that prost would never
+    // produce, so the server must check the bytes it received, not a re-encoding.
+    let mut encoded = Vec::new();
+    for (field, text) in [(2u8, "hi"), (1, "user")] {
+        encoded.push(field << 3 | 2);
+        encoded.push(u8::try_from(text.len()).expect("short"));
+        encoded.extend_from_slice(text.as_bytes());
+    }
+    let decoded = PromptRequest::decode(encoded.as_slice()).expect("valid protobuf");
+    assert_eq!(decoded, request("hi", 0.0));
+    assert_ne!(decoded.encode_to_vec(), encoded);
+
+    let nonce = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos(),
+    )
+    .expect("nonce fits i64");
+    let headers = sign_request(
+        &validator_key(),
+        &Method::POST,
+        METHOD_PROMPT,
+        &encoded,
+        Some(&axon.hotkey),
+        nonce,
+    )
+    .expect("sign");
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(encoded.len()).expect("small").to_be_bytes());
+    body.extend_from_slice(&encoded);
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let response = http2
+        .post(format!("http://{}{METHOD_PROMPT}", axon.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(response.headers().get("grpc-status"), None, "{response:?}");
+    let answer = response.bytes().await.expect("body");
+    let message = answer.get(5..).expect("one response frame");
+    let response = proto::PromptResponse::decode(message).expect("PromptResponse");
+    assert_eq!(response.completion, "echo: hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_http1_and_grpc_share_the_port() {
     let axon = start().await;
     let client = client(&axon, validator_key()).await;

@@ -250,6 +250,25 @@ mod tests {
     }
 
     #[test]
+    fn signed_bodies_are_the_documented_encoding() {
+        // The example of the "gRPC" section of docs/protocols.md.
+        let message = request(
+            vec!["user".into()],
+            vec!["What is the capital of France?".into()],
+            Duration::from_secs(12),
+        );
+        let body = message.encode_to_vec();
+        assert_eq!(
+            hex::encode(&body),
+            "0a0475736572121e5768617420697320746865206361706974616c206f66204672616e63653f190000000000002840"
+        );
+        assert_eq!(
+            crate::btauth::body_sha256_hex(&body),
+            "345b50158a54df8f049435192d9eb8f21447a556eba5fa71663fe14568dcbfde"
+        );
+    }
+
+    #[test]
     fn unusable_timeouts_are_refused() {
         for timeout in [-1.0, f64::NAN, f64::INFINITY] {
             assert!(matches!(
