@@ -1,0 +1,306 @@
+//! The miner process: wallet, metagraph source, axon, chain tasks, shutdown.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use prompting_chain::{ServeAxon, ServeOutcome, Subtensor, SyncOptions, spawn_sync};
+use prompting_keys::Keypair;
+use prompting_keys::wallet::WalletError;
+use prompting_miner::{
+    DevMetagraph, MetagraphView, Miner, Pipeline, SharedMetagraph, StaticMetagraph,
+};
+use prompting_transport::axon::{self, AxonArgs, AxonState};
+use prompting_transport::server::shutdown_signal;
+use tokio::net::TcpListener;
+
+use crate::args::CommonArgs;
+use crate::error::ServiceError;
+
+/// Where the pipeline learns who is registered.
+enum Source {
+    /// `--dev`: everyone is a validator.
+    Dev,
+    /// `--metagraph.file`.
+    File(Arc<SharedMetagraph>),
+    /// The chain, refreshed in the background.
+    Chain {
+        subtensor: Subtensor,
+        shared: Arc<SharedMetagraph>,
+    },
+}
+
+/// A miner ready to serve: settings checked, hotkey loaded, port bound, metagraph read (and,
+/// on a chain, registration checked). Built by [`Service::prepare`], before the backend is
+/// (possibly slowly) loaded, so that those failures come first; then [`Service::run`].
+pub struct Service {
+    args: CommonArgs,
+    keypair: Arc<Keypair>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    source: Source,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("hotkey", &self.keypair.ss58_address())
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommonArgs {
+    /// Checks the settings; the first problem is the error.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        self.axon
+            .validate()
+            .map_err(|e| ServiceError::Config(e.to_string()))?;
+        self.miner
+            .validate()
+            .map_err(|e| ServiceError::Config(e.to_string()))?;
+        if self.uses_chain() && !self.subtensor.no_serve {
+            let ip = self.axon.external_ip.unwrap_or(self.axon.ip);
+            if ip.is_unspecified() {
+                return Err(ServiceError::Config(format!(
+                    "--axon.external_ip is needed to publish the axon on chain when it binds \
+                     {ip} (or pass --miner.no_serve)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the metagraph comes from the chain (neither `--dev` nor `--metagraph.file`).
+    pub fn uses_chain(&self) -> bool {
+        !self.dev && self.metagraph_file.is_none()
+    }
+
+    /// The address to bind: `--axon.ip` and `--axon.port`, except that `--dev` without an
+    /// explicit `--axon.ip` binds 127.0.0.1.
+    pub fn bind_addr(&self) -> SocketAddr {
+        let ip = if self.dev && !self.axon_ip_given {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.axon.ip
+        };
+        SocketAddr::new(ip, self.axon.port)
+    }
+}
+
+/// Builds the tokio runtime of a miner binary: multi-threaded, with `--axon.max_workers`
+/// worker threads when set (one per core otherwise).
+pub fn runtime(args: &CommonArgs) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("miner-worker");
+    if let Some(workers) = args.axon.max_workers {
+        builder.worker_threads(workers);
+    }
+    builder.build()
+}
+
+/// Prepares the service with `args` and runs it with `backend` until SIGINT/SIGTERM.
+pub async fn run(args: CommonArgs, backend: Arc<dyn Miner>) -> Result<(), ServiceError> {
+    Service::prepare(args).await?.run(backend).await
+}
+
+impl Service {
+    /// Checks the settings, loads the hotkey (creating it under `--dev`), binds the port and
+    /// reads the metagraph: from `--metagraph.file`, or from the chain after checking the
+    /// hotkey is registered; `--dev` trusts every caller.
+    pub async fn prepare(args: CommonArgs) -> Result<Service, ServiceError> {
+        args.validate()?;
+        if args.dev {
+            tracing::warn!(
+                "--dev: DEVELOPMENT MODE, no chain. EVERY CALLER IS TREATED AS A REGISTERED \
+                 VALIDATOR; never use this on a real network."
+            );
+        }
+        let keypair = Arc::new(load_hotkey(&args)?);
+        let bind = args.bind_addr();
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| ServiceError::Bind { addr: bind, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServiceError::Bind { addr: bind, source })?;
+        let source = if args.dev {
+            Source::Dev
+        } else if let Some(path) = &args.metagraph_file {
+            let shared = StaticMetagraph::shared(path)?;
+            let snapshot = shared.load();
+            tracing::info!(
+                file = %path.display(),
+                neurons = snapshot.neurons().len(),
+                netuid = snapshot.netuid,
+                "metagraph read from file (not refreshed)"
+            );
+            if snapshot.neuron(&keypair.ss58_address()).is_none() {
+                tracing::warn!(
+                    hotkey = %keypair.ss58_address(),
+                    "the miner's own hotkey is not in the metagraph file"
+                );
+            }
+            Source::File(Arc::new(shared))
+        } else {
+            chain_source(&args, &keypair).await?
+        };
+        Ok(Service {
+            args,
+            keypair,
+            listener,
+            local_addr,
+            source,
+        })
+    }
+
+    /// The address the axon listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The hotkey the axon signs with.
+    pub fn hotkey(&self) -> &Keypair {
+        &self.keypair
+    }
+
+    /// Serves `backend` until SIGINT or SIGTERM, then drains in-flight requests.
+    pub async fn run(self, backend: Arc<dyn Miner>) -> Result<(), ServiceError> {
+        self.run_until(backend, shutdown_signal()).await
+    }
+
+    /// Serves `backend` until `shutdown` resolves, then drains in-flight requests (up to
+    /// `--axon.shutdown_grace`). On a chain, first publishes the axon (unless
+    /// `--miner.no_serve`) and starts the metagraph refresh, which also sets weights every
+    /// epoch unless `--miner.no_set_weights`.
+    pub async fn run_until(
+        self,
+        backend: Arc<dyn Miner>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServiceError> {
+        let Service {
+            args,
+            keypair,
+            listener,
+            local_addr,
+            source,
+        } = self;
+        let miner_name = backend.name().to_string();
+        let (metagraph, chain): (Arc<dyn MetagraphView>, _) = match source {
+            Source::Dev => (Arc::new(DevMetagraph::new()), None),
+            Source::File(shared) => (shared, None),
+            Source::Chain { subtensor, shared } => (shared.clone(), Some((subtensor, shared))),
+        };
+        let pipeline = Pipeline::new(args.miner.clone(), metagraph, backend)
+            .map_err(|e| ServiceError::Config(e.to_string()))?;
+        let axon_args = AxonArgs {
+            ip: local_addr.ip(),
+            port: local_addr.port(),
+            ..args.axon.clone()
+        };
+        let mut state = AxonState::new(Arc::clone(&keypair), pipeline, &axon_args)
+            .map_err(|e| ServiceError::Config(e.to_string()))?;
+
+        let mut sync_task = None;
+        if let Some((subtensor, shared)) = chain {
+            if !args.subtensor.no_serve {
+                let external = SocketAddr::new(
+                    args.axon.external_ip.unwrap_or(local_addr.ip()),
+                    args.axon.external_port.unwrap_or(local_addr.port()),
+                );
+                let serve = ServeAxon::new(args.subtensor.netuid, external);
+                match subtensor.serve_axon(keypair.as_ref(), &serve).await {
+                    Ok(ServeOutcome::AlreadyServed) => {}
+                    Ok(ServeOutcome::Included { .. }) => {}
+                    Err(e) => return Err(ServiceError::chain("publishing the axon", e)),
+                }
+            }
+            let signer: Arc<Keypair> = Arc::clone(&keypair);
+            let (task, status) = spawn_sync(
+                subtensor,
+                shared,
+                signer,
+                SyncOptions::from_args(&args.subtensor),
+            );
+            state.metrics_mut().add_gauge_source(
+                "metagraph_age_seconds",
+                "Seconds since the metagraph was last refreshed from the chain",
+                Arc::new(move || status.snapshot().age().map(|age| age.as_secs_f64())),
+            );
+            sync_task = Some(task);
+        }
+
+        let state = Arc::new(state);
+        let router = axon::router(Arc::clone(&state));
+        tracing::info!(
+            "serving on {local_addr} as hotkey {} (miner: {miner_name})",
+            keypair.ss58_address()
+        );
+        let served = axon::run(listener, router, axon_args.server_limits(), shutdown).await;
+        if let Some(task) = sync_task {
+            task.abort();
+        }
+        served.map_err(ServiceError::Serve)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The hotkey: loaded, or under `--dev` created first when missing.
+fn load_hotkey(args: &CommonArgs) -> Result<Keypair, ServiceError> {
+    let wallet = args.wallet.wallet();
+    if args.dev {
+        let status = wallet
+            .create_hotkey_if_missing()
+            .map_err(ServiceError::Wallet)?;
+        let keypair = status.keypair();
+        if status.was_created() {
+            tracing::warn!(
+                hotkey = %keypair.ss58_address(),
+                file = %wallet.hotkey_path().display(),
+                "--dev: created a new development hotkey"
+            );
+        } else {
+            tracing::info!(
+                hotkey = %keypair.ss58_address(),
+                file = %wallet.hotkey_path().display(),
+                "--dev: using the existing hotkey"
+            );
+        }
+        return Ok(status.into_keypair());
+    }
+    wallet.load_hotkey().map_err(|e| match e {
+        WalletError::NotFound { path } => ServiceError::MissingHotkey {
+            path,
+            name: wallet.name.clone(),
+            hotkey: wallet.hotkey.clone(),
+        },
+        other => ServiceError::Wallet(other),
+    })
+}
+
+/// Connects to subtensor, reads the metagraph and checks the hotkey is registered.
+async fn chain_source(args: &CommonArgs, keypair: &Keypair) -> Result<Source, ServiceError> {
+    let netuid = args.subtensor.netuid;
+    let subtensor = prompting_chain::connect(&args.subtensor)
+        .await
+        .map_err(|e| ServiceError::chain("connecting", e))?;
+    let metagraph = subtensor
+        .fetch_metagraph(netuid)
+        .await
+        .map_err(|e| ServiceError::chain("reading the metagraph", e))?;
+    let hotkey = keypair.ss58_address();
+    let neuron = prompting_chain::registered_neuron(&metagraph, &hotkey)
+        .map_err(|e| ServiceError::chain("checking registration", e))?;
+    tracing::info!(
+        netuid,
+        uid = neuron.uid,
+        block = metagraph.block,
+        neurons = metagraph.neurons().len(),
+        "hotkey registered"
+    );
+    Ok(Source::Chain {
+        subtensor,
+        shared: Arc::new(SharedMetagraph::new(metagraph)),
+    })
+}

@@ -1,0 +1,194 @@
+//! `Service`: the dev hotkey, the wallet and bind errors, the metagraph file, and a served
+//! request cycle on loopback.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prompting_keys::Wallet;
+use prompting_miner::{Miner, MinerError, PromptRequest};
+use prompting_service::{CommonArgs, Service, ServiceError};
+use tokio::sync::oneshot;
+
+struct Echo;
+
+#[async_trait]
+impl Miner for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
+        Ok(request.messages.join(" "))
+    }
+}
+
+fn dev_args(wallet_path: &Path) -> CommonArgs {
+    let mut args = CommonArgs {
+        dev: true,
+        ..CommonArgs::default()
+    };
+    args.wallet.path = wallet_path.to_path_buf();
+    args.wallet.name = "devwallet".into();
+    args.wallet.hotkey = "devhotkey".into();
+    args.axon.port = 0;
+    args.axon.shutdown_grace = 1.0;
+    args
+}
+
+/// `GET path` over HTTP/1.0 with a bounded wait; the whole response.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    response
+}
+
+#[tokio::test]
+async fn dev_mode_creates_a_hotkey_binds_loopback_and_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = dev_args(dir.path());
+    let wallet = Wallet::new(dir.path(), "devwallet", "devhotkey");
+    assert!(!wallet.hotkey_path().exists());
+
+    let service = Service::prepare(args.clone()).await.expect("prepare");
+    assert!(wallet.hotkey_path().is_file(), "the dev hotkey is created");
+    let hotkey = service.hotkey().ss58_address();
+    assert_eq!(
+        wallet.load_hotkey_public().expect("pub file").to_string(),
+        hotkey
+    );
+    let addr = service.local_addr();
+    assert_eq!(addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_ne!(addr.port(), 0);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(service.run_until(Arc::new(Echo), async {
+        let _ = stopped.await;
+    }));
+    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+        .await
+        .expect("client task");
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    assert!(health.contains(&hotkey), "{health}");
+    assert!(health.contains("\"miner\":\"echo\""), "{health}");
+    stop.send(()).expect("server still running");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("stops after the shutdown signal")
+        .expect("server task")
+        .expect("clean shutdown");
+
+    // A second start reuses the same hotkey.
+    let again = Service::prepare(args).await.expect("prepare again");
+    assert_eq!(again.hotkey().ss58_address(), hotkey);
+}
+
+#[tokio::test]
+async fn a_missing_hotkey_is_one_error_naming_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = dev_args(dir.path());
+    args.dev = false;
+    args.metagraph_file = Some(dir.path().join("metagraph.toml"));
+    let err = Service::prepare(args).await.expect_err("no hotkey");
+    assert!(matches!(err, ServiceError::MissingHotkey { .. }), "{err:?}");
+    let message = err.to_string();
+    let path = Wallet::new(dir.path(), "devwallet", "devhotkey").hotkey_path();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(message.contains("--dev"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}
+
+#[tokio::test]
+async fn a_corrupt_hotkey_is_an_error_naming_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wallet = Wallet::new(dir.path(), "devwallet", "devhotkey");
+    std::fs::create_dir_all(wallet.hotkeys_dir()).expect("mkdir");
+    std::fs::write(wallet.hotkey_path(), "not json").expect("write");
+    let mut args = dev_args(dir.path());
+    args.dev = false;
+    args.metagraph_file = Some(dir.path().join("metagraph.toml"));
+    let err = Service::prepare(args).await.expect_err("corrupt hotkey");
+    assert!(matches!(err, ServiceError::Wallet(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&wallet.hotkey_path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_error_naming_the_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut args = dev_args(dir.path());
+    args.axon.port = port;
+    let err = Service::prepare(args).await.expect_err("port in use");
+    match &err {
+        ServiceError::Bind { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse)
+        }
+        other => panic!("expected a bind error, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("cannot listen on 127.0.0.1:{port}: ")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_metagraph_file_replaces_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wallet = Wallet::new(dir.path(), "devwallet", "devhotkey");
+    let hotkey = wallet
+        .create_hotkey_if_missing()
+        .expect("hotkey")
+        .into_keypair()
+        .ss58_address();
+    let file = dir.path().join("metagraph.toml");
+    std::fs::write(
+        &file,
+        format!("netuid = 3\n[[neurons]]\nuid = 0\nhotkey = \"{hotkey}\"\n"),
+    )
+    .expect("write metagraph");
+    let mut args = dev_args(dir.path());
+    args.dev = false;
+    args.axon.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    args.metagraph_file = Some(file.clone());
+    let service = Service::prepare(args.clone()).await.expect("prepare");
+    assert_eq!(service.hotkey().ss58_address(), hotkey);
+
+    args.metagraph_file = Some(dir.path().join("absent.toml"));
+    let err = Service::prepare(args).await.expect_err("no metagraph file");
+    assert!(matches!(err, ServiceError::Metagraph(_)), "{err:?}");
+    assert!(err.to_string().contains("absent.toml"), "{err}");
+}
+
+#[tokio::test]
+async fn publishing_on_chain_needs_an_external_ip_when_binding_everywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = dev_args(dir.path());
+    args.dev = false;
+    let err = Service::prepare(args.clone())
+        .await
+        .expect_err("no external ip");
+    assert!(matches!(err, ServiceError::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("--axon.external_ip"), "{err}");
+
+    args.axon.max_connections = 0;
+    args.subtensor.no_serve = true;
+    let err = Service::prepare(args).await.expect_err("bad axon flag");
+    assert!(err.to_string().contains("--axon.max_connections"), "{err}");
+}
