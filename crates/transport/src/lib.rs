@@ -7,4 +7,5 @@ pub mod clock;
 pub mod dendrite;
 pub mod grpc;
 pub mod metrics;
+pub mod openai;
 pub mod server;

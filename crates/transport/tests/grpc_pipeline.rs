@@ -4,76 +4,36 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{AxonSetup, validator_key};
 use futures::StreamExt;
 use http::Method;
 use prompting_keys::Keypair;
-use prompting_miner::Pipeline;
 use prompting_synapse::{Prompting, Synapse};
-use prompting_transport::axon::{self, AxonState};
-use prompting_transport::btauth::{BtAuthConfig, BtAuthVerifier, sign_request};
+use prompting_transport::btauth::sign_request;
 use prompting_transport::dendrite::{AxonTarget, Dendrite};
 use prompting_transport::grpc::proto::miner_client::MinerClient;
 use prompting_transport::grpc::proto::{self, PromptRequest};
-use prompting_transport::grpc::{self, GrpcClient, GrpcClientError, METHOD_PROMPT};
+use prompting_transport::grpc::{GrpcClient, GrpcClientError, METHOD_PROMPT};
 use prost::Message;
-use tokio::sync::oneshot;
 use tonic::Code;
 use tonic::metadata::MetadataMap;
-
-/// `AxonState::new`'s answer, whether it can fail (btauth settings in the state) or not.
-trait IntoState {
-    fn into_state(self) -> AxonState;
-}
-
-impl IntoState for AxonState {
-    fn into_state(self) -> AxonState {
-        self
-    }
-}
-
-impl<E: std::fmt::Debug> IntoState for Result<AxonState, E> {
-    fn into_state(self) -> AxonState {
-        self.expect("valid axon settings")
-    }
-}
 
 /// An axon whose router also serves gRPC; stops when dropped.
 struct GrpcAxon {
     addr: std::net::SocketAddr,
     hotkey: String,
-    _stop: oneshot::Sender<()>,
+    _axon: common::TestAxon,
 }
 
 async fn start() -> GrpcAxon {
     let validator = validator_key().ss58_address();
-    let setup = AxonSetup::new(&[&validator]);
-    let pipeline =
-        Pipeline::new(setup.config, setup.metagraph, setup.miner).expect("valid miner config");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let mut args = setup.args.clone();
-    args.port = addr.port();
-    let state = Arc::new(AxonState::new(Arc::new(setup.keypair), pipeline, &args).into_state());
-    let verifier = BtAuthVerifier::new(BtAuthConfig::new(state.hotkey())).expect("verifier");
-    let router = axon::router(state.clone()).merge(grpc::router(state.clone(), Arc::new(verifier)));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let limits = args.server_limits();
-    tokio::spawn(async move {
-        let _ = axon::run(listener, router, limits, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let axon = AxonSetup::new(&[&validator]).start().await;
     GrpcAxon {
-        addr,
-        hotkey: state.hotkey().to_string(),
-        _stop: stop,
+        addr: axon.addr,
+        hotkey: axon.state.hotkey().to_string(),
+        _axon: axon,
     }
 }
 

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::btauth::BtAuthArgs;
 use crate::server::ServerLimits;
 
 /// Where the axon listens, what it publishes, and its limits.
@@ -45,6 +46,9 @@ pub struct AxonArgs {
     /// Endpoints (`hotkey:uuid`) whose last nonce is remembered.
     #[arg(long = "axon.nonce_capacity", default_value_t = 100_000)]
     pub nonce_capacity: usize,
+    /// btauth/1 verification (bittensor 11 validators, the OpenAI-compatible routes).
+    #[command(flatten)]
+    pub btauth: BtAuthArgs,
 }
 
 impl Default for AxonArgs {
@@ -62,6 +66,7 @@ impl Default for AxonArgs {
             max_request_timeout: 300.0,
             shutdown_grace: 30.0,
             nonce_capacity: 100_000,
+            btauth: BtAuthArgs::default(),
         }
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use prompting_keys::Keypair;
 use prompting_miner::Pipeline;
 
-use super::config::AxonArgs;
+use super::config::{AxonArgs, AxonConfigError};
 use super::nonce::NonceTable;
+use crate::btauth::BtAuthVerifier;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
 
@@ -34,6 +35,7 @@ pub struct AxonState {
     pub(crate) hotkey: String,
     pub(crate) pipeline: Pipeline,
     pub(crate) nonces: NonceTable,
+    pub(crate) btauth: Arc<BtAuthVerifier>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: RequestLimits,
     pub(crate) metrics: Metrics,
@@ -45,7 +47,12 @@ pub struct AxonState {
 
 impl AxonState {
     /// State for an axon signing as `keypair`, serving `pipeline` with `args`' limits.
-    pub fn new(keypair: Arc<Keypair>, pipeline: Pipeline, args: &AxonArgs) -> Self {
+    /// Fails when the btauth/1 settings make no sense.
+    pub fn new(
+        keypair: Arc<Keypair>,
+        pipeline: Pipeline,
+        args: &AxonArgs,
+    ) -> Result<Self, AxonConfigError> {
         let external_ip = args.external_ip.unwrap_or(args.ip);
         let external_ip = if external_ip.is_unspecified() {
             IpAddr::from([127, 0, 0, 1])
@@ -55,8 +62,16 @@ impl AxonState {
         // Nonces are remembered at least as long as a request may take: a replay older
         // than that fails the freshness rule anyway.
         let retention = Duration::from_secs_f64(args.max_request_timeout + 60.0);
-        AxonState {
-            hotkey: keypair.ss58_address(),
+        let hotkey = keypair.ss58_address();
+        let btauth = BtAuthVerifier::new(args.btauth.config(hotkey.clone())).map_err(|e| {
+            AxonConfigError {
+                flag: "btauth",
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(AxonState {
+            hotkey,
+            btauth: Arc::new(btauth),
             keypair,
             pipeline,
             nonces: NonceTable::new(args.nonce_capacity, retention),
@@ -71,10 +86,16 @@ impl AxonState {
             external_ip: external_ip.to_string(),
             external_port: args.external_port.unwrap_or(args.port),
             last_axon_nonce: AtomicU64::new(0),
-        }
+        })
     }
 
-    /// Replaces the clock (tests replaying recorded nonces).
+    /// Replaces the btauth/1 verifier (tests with a manual clock).
+    pub fn with_btauth(mut self, verifier: BtAuthVerifier) -> Self {
+        self.btauth = Arc::new(verifier);
+        self
+    }
+
+    /// Replaces the clock of the legacy protocol (tests replaying recorded nonces).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

@@ -155,13 +155,11 @@ impl Miner for GrpcMiner {
     }
 }
 
-/// The `prompting.v1.Miner` service over `state`'s pipeline behind btauth/1 checked by
-/// `verifier` (share the verifier with the other btauth/1 routes, so they share its replay
-/// store). A tower service of `http` requests, usable with `tonic::transport::Server` too.
-pub fn service(
-    state: Arc<AxonState>,
-    verifier: Arc<BtAuthVerifier>,
-) -> AuthenticatedService<MinerServer<GrpcMiner>> {
+/// The `prompting.v1.Miner` service over `state`'s pipeline behind btauth/1, checked by the
+/// axon's verifier (one replay store for every btauth/1 route). A tower service of `http`
+/// requests, usable with `tonic::transport::Server` too.
+pub fn service(state: Arc<AxonState>) -> AuthenticatedService<MinerServer<GrpcMiner>> {
+    let verifier: Arc<BtAuthVerifier> = Arc::clone(&state.btauth);
     let max_message = state.limits.max_body_bytes;
     let server =
         MinerServer::new(GrpcMiner::new(Arc::clone(&state))).max_decoding_message_size(max_message);
@@ -169,11 +167,10 @@ pub fn service(
 }
 
 /// The gRPC routes (`/prompting.v1.Miner/{method}`) of [`service`], without a fallback:
-/// merge them into the axon's router (`axon::router(state).merge(grpc::router(..))`) to serve
-/// gRPC (h2c) and HTTP/1.1 on one port.
-pub fn router(state: Arc<AxonState>, verifier: Arc<BtAuthVerifier>) -> Router {
+/// `axon::router` merges them, so gRPC (h2c) and HTTP/1.1 share the axon's port.
+pub fn router(state: Arc<AxonState>) -> Router {
     let path = format!("/{}/{{*method}}", MinerServer::<GrpcMiner>::NAME);
-    Router::new().route_service(&path, service(state, verifier))
+    Router::new().route_service(&path, service(state))
 }
 
 /// Serves only the gRPC routes on `listener` (the `--grpc.port` listener) with `limits` until
@@ -181,9 +178,8 @@ pub fn router(state: Arc<AxonState>, verifier: Arc<BtAuthVerifier>) -> Router {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AxonState>,
-    verifier: Arc<BtAuthVerifier>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    crate::server::serve(listener, router(state, verifier), limits, shutdown).await
+    crate::server::serve(listener, router(state), limits, shutdown).await
 }

@@ -131,7 +131,8 @@ impl AxonSetup {
         let addr = listener.local_addr().expect("local addr");
         let mut args = self.args.clone();
         args.port = addr.port();
-        let mut state = AxonState::new(Arc::new(self.keypair), pipeline, &args);
+        let mut state =
+            AxonState::new(Arc::new(self.keypair), pipeline, &args).expect("valid axon args");
         if let Some(clock) = self.clock {
             state = state.with_clock(clock);
         }

@@ -1,0 +1,212 @@
+//! Sends signed legacy `Prompting` requests to one axon, from many hotkeys, closed-loop
+//! (`--concurrency`) or at a fixed rate (`--rate`), bounded in count and time, and reports
+//! throughput, latency percentiles and status counts as text and JSON. Loopback only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use parking_lot::Mutex;
+use prompting_benches::{Percentiles, hotkeys};
+use prompting_synapse::{Prompting, Synapse};
+use prompting_transport::dendrite::{AxonTarget, Dendrite};
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// The axon, ip:port (must be a loopback address).
+    #[arg(long)]
+    target: SocketAddr,
+    /// The axon's hotkey (SS58).
+    #[arg(long)]
+    axon_hotkey: String,
+    /// Client hotkeys to spread requests over.
+    #[arg(long, default_value_t = 16)]
+    hotkeys: usize,
+    /// Index of the first client key in the shared key list (key 0 is the echo-server's).
+    #[arg(long, default_value_t = 1)]
+    key_offset: usize,
+    /// Requests in flight at once (closed loop). Ignored with --rate.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests per second (open loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 12.0)]
+    timeout: f64,
+    /// Label printed with the results.
+    #[arg(long, default_value = "run")]
+    label: String,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    label: String,
+    mode: String,
+    requests: u64,
+    elapsed_s: f64,
+    throughput_rps: f64,
+    success_rate: f64,
+    latency_ok: Option<Percentiles>,
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.target.ip().is_loopback() {
+        bail!("--target must be a loopback address, got {}", args.target);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(run(args))
+}
+
+async fn one_call(
+    dendrite: &Dendrite,
+    target: &AxonTarget,
+    timeout: Duration,
+    n: u64,
+    tally: &Mutex<Tally>,
+) {
+    let synapse = Synapse::new(Prompting::new(
+        vec!["system".into(), "user".into()],
+        vec!["You are helpful.".into(), format!("Question number {n}?")],
+    ));
+    let started = Instant::now();
+    let response = dendrite.call(target, synapse, timeout).await;
+    let elapsed = started.elapsed();
+    let mut tally = tally.lock();
+    *tally.statuses.entry(response.status_code).or_default() += 1;
+    if response.is_success() {
+        tally.latencies.push(elapsed);
+    } else if let Some(failure) = &response.failure {
+        *tally.errors.entry(failure.to_string()).or_default() += 1;
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let keys = hotkeys(args.key_offset + args.hotkeys.max(1));
+    let dendrites: Vec<Arc<Dendrite>> = keys[args.key_offset..]
+        .iter()
+        .map(|k| Dendrite::new(k.clone()).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .context("dendrite")?;
+    let target = Arc::new(AxonTarget::new(args.target, args.axon_hotkey.clone()));
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop_at = Instant::now() + Duration::from_secs_f64(args.duration);
+    let started = Instant::now();
+    let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = {
+        let issued = issued.clone();
+        let limit = args.requests;
+        move || {
+            let n = issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (n < limit && Instant::now() < stop_at).then_some(n)
+        }
+    };
+    let mode;
+    if let Some(rate) = args.rate {
+        mode = format!("open loop at {rate} req/s");
+        let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = tokio::task::JoinSet::new();
+        while let Some(n) = next() {
+            ticker.tick().await;
+            let dendrite = dendrites[n as usize % dendrites.len()].clone();
+            let (target, tally) = (target.clone(), tally.clone());
+            tasks.spawn(async move { one_call(&dendrite, &target, timeout, n, &tally).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    } else {
+        mode = format!("closed loop, {} in flight", args.concurrency);
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..args.concurrency.max(1) {
+            let (dendrites, target, tally, next) = (
+                dendrites.clone(),
+                target.clone(),
+                tally.clone(),
+                next.clone(),
+            );
+            workers.spawn(async move {
+                while let Some(n) = next() {
+                    let dendrite = &dendrites[n as usize % dendrites.len()];
+                    one_call(dendrite, &target, timeout, n, &tally).await;
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut tally = Arc::try_unwrap(tally)
+        .map(Mutex::into_inner)
+        .unwrap_or_else(|shared| std::mem::take(&mut *shared.lock()));
+    let requests: u64 = tally.statuses.values().sum();
+    let ok = tally.statuses.get(&200).copied().unwrap_or(0);
+    let report = Report {
+        label: args.label.clone(),
+        mode,
+        requests,
+        elapsed_s: elapsed,
+        throughput_rps: ok as f64 / elapsed,
+        success_rate: if requests == 0 {
+            0.0
+        } else {
+            ok as f64 / requests as f64
+        },
+        latency_ok: Percentiles::of(&mut tally.latencies),
+        statuses: tally.statuses,
+        errors: tally.errors,
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn print_report(report: &Report) {
+    println!("== {} ({})", report.label, report.mode);
+    println!(
+        "requests {}  elapsed {:.2}s  ok/s {:.1}  success {:.2}%",
+        report.requests,
+        report.elapsed_s,
+        report.throughput_rps,
+        report.success_rate * 100.0
+    );
+    if let Some(p) = &report.latency_ok {
+        println!(
+            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+            p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
+        );
+    }
+    println!("statuses {:?}", report.statuses);
+    if !report.errors.is_empty() {
+        println!("errors {:?}", report.errors);
+    }
+}
