@@ -68,6 +68,10 @@ pub struct Args {
 pub enum Protocol {
     /// bittensor 6.x–10.x signed synapse requests (`POST /Prompting`).
     Legacy,
+    /// bittensor 11 btauth/1-signed JSON (`POST /Prompting`); no streaming.
+    Btauth,
+    /// gRPC (`prompting.v1.Miner`) authenticated with btauth/1, on the axon's port.
+    Grpc,
 }
 
 impl Args {

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
     };
     let outcome = match args.protocol {
         Protocol::Legacy => runtime.block_on(output::run_legacy(&args, keypair)),
+        Protocol::Btauth => runtime.block_on(output::run_btauth(&args, keypair)),
+        Protocol::Grpc => runtime.block_on(output::run_grpc(&args, keypair)),
     };
     match outcome {
         Ok(code) => code,

@@ -7,7 +7,10 @@ use anyhow::Context;
 use futures::StreamExt;
 use prompting_keys::Keypair;
 use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody};
-use prompting_transport::dendrite::{AxonTarget, Dendrite, DendriteResponse, StreamItem};
+use prompting_transport::dendrite::{
+    AxonTarget, BtAuthClient, Dendrite, DendriteResponse, StreamItem,
+};
+use prompting_transport::grpc::GrpcClient;
 use serde_json::{Value, json};
 
 use crate::cli::Args;
@@ -29,6 +32,108 @@ pub async fn run_legacy(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCod
             println!("{}", response.synapse.body.completion);
         }
         finish(&response, args)
+    }
+}
+
+/// Calls the axon with btauth/1-signed JSON and prints the completion.
+pub async fn run_btauth(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
+    if args.stream {
+        anyhow::bail!("--stream needs --protocol legacy or grpc");
+    }
+    let client = BtAuthClient::new(keypair).context("cannot create the btauth/1 client")?;
+    let target = AxonTarget::new(args.axon, args.axon_hotkey.clone());
+    let (roles, messages) = args.conversation();
+    let outcome = client
+        .prompt(&target, roles, messages, args.timeout())
+        .await
+        .map_err(|error| (error.status_code(), error.to_string()));
+    simple_outcome(outcome, args)
+}
+
+/// Calls the axon's gRPC service (btauth/1 in the metadata) and prints the completion.
+pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
+    let client = GrpcClient::connect(&args.axon.to_string(), keypair, args.axon_hotkey.clone())
+        .await
+        .context("cannot connect over gRPC")?;
+    let (roles, messages) = args.conversation();
+    if !args.stream {
+        let outcome = client
+            .prompt(roles, messages, args.timeout())
+            .await
+            .map_err(|error| (grpc_status(&error), error.to_string()));
+        return simple_outcome(outcome, args);
+    }
+    let mut chunks = match client.prompt_stream(roles, messages, args.timeout()).await {
+        Ok(chunks) => chunks,
+        Err(error) => return simple_outcome(Err((grpc_status(&error), error.to_string())), args),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut completion = String::new();
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(text) => {
+                if !args.json {
+                    stdout
+                        .write_all(text.as_bytes())
+                        .context("cannot write to stdout")?;
+                    stdout.flush().context("cannot write to stdout")?;
+                }
+                completion.push_str(&text);
+            }
+            Err(error) => {
+                return simple_outcome(Err((grpc_status(&error), error.to_string())), args);
+            }
+        }
+    }
+    if !args.json {
+        writeln!(stdout).context("cannot write to stdout")?;
+        drop(stdout);
+        eprintln!("200 Success");
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(stdout);
+    simple_outcome(Ok(completion), args)
+}
+
+/// The HTTP-like status of a gRPC failure, by the axon's mapping.
+fn grpc_status(error: &prompting_transport::grpc::GrpcClientError) -> u16 {
+    use tonic::Code;
+    match error.code() {
+        Some(Code::InvalidArgument) => 400,
+        Some(Code::Unauthenticated) => 401,
+        Some(Code::PermissionDenied) => 403,
+        Some(Code::DeadlineExceeded) => 408,
+        Some(Code::ResourceExhausted | Code::Unavailable) => 503,
+        _ => 500,
+    }
+}
+
+/// Prints a completion or a failure of the btauth/1 and gRPC protocols.
+fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> anyhow::Result<ExitCode> {
+    match outcome {
+        Ok(completion) => {
+            if args.json {
+                let document = json!({"status_code": 200, "completion": completion});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&document).context("cannot print the response")?
+                );
+            } else {
+                println!("{completion}");
+                eprintln!("200 Success");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((status, message)) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"status_code": status, "status_message": message})
+                );
+            }
+            eprintln!("dendrite: {status} {message}");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

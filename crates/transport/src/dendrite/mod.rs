@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+pub mod btauth;
 mod client;
 pub mod error;
 pub mod legacy;
@@ -39,6 +40,7 @@ pub mod response;
 pub mod target;
 mod utf8;
 
+pub use btauth::{BtAuthCallError, BtAuthClient};
 pub use client::{
     DEFAULT_DENDRITE_IP, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RESPONSE_BYTES, DENDRITE_VERSION,
     Dendrite, DendriteBuilder,
