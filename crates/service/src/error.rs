@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use prompting_chain::ChainError;
 use prompting_keys::wallet::WalletError;
 
-/// Every way the service can fail; each message is one line naming what to fix.
+/// Every way the service can fail; each message is one line naming what to fix, and already
+/// includes its cause (no variant has a separate `source()`, so printing an error chain
+/// repeats nothing).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// The hotkey file does not exist.
@@ -24,43 +26,92 @@ pub enum ServiceError {
     },
     /// The hotkey file exists but cannot be read or used (the message names the file).
     #[error("cannot load the wallet hotkey: {0}")]
-    Wallet(#[source] WalletError),
+    Wallet(WalletError),
     /// A setting is invalid or settings contradict each other.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The metagraph file cannot be used (the message names the file).
     #[error("{0}")]
-    Metagraph(#[from] prompting_miner::MetagraphError),
+    Metagraph(prompting_miner::MetagraphError),
     /// The listening socket cannot be opened.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
         /// The operating system's error (e.g. address already in use).
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Talking to subtensor failed.
-    #[error("subtensor: {what}: {source}")]
+    #[error("subtensor: {what}: {error}")]
     Chain {
         /// What the service was doing.
         what: &'static str,
         /// The chain client's error.
-        source: ChainError,
+        error: ChainError,
     },
     /// The hotkey is not registered on the subnet (the Python miner's start-up check).
     #[error("{0}")]
     NotRegistered(ChainError),
     /// The server stopped with an error.
     #[error("the server failed: {0}")]
-    Serve(#[source] std::io::Error),
+    Serve(std::io::Error),
 }
 
 impl ServiceError {
     /// The error for a failed chain call, keeping "not registered" apart.
-    pub(crate) fn chain(what: &'static str, source: ChainError) -> Self {
-        match source {
-            ChainError::NotRegistered { .. } => ServiceError::NotRegistered(source),
-            source => ServiceError::Chain { what, source },
+    pub(crate) fn chain(what: &'static str, error: ChainError) -> Self {
+        match error {
+            ChainError::NotRegistered { .. } => ServiceError::NotRegistered(error),
+            error => ServiceError::Chain { what, error },
         }
+    }
+}
+
+/// `err` and its causes on one line, `: `-separated, leaving out a cause whose text the line
+/// already ends with (errors that print their cause and also return it from `source()`).
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(err);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        let text = text.trim();
+        if !text.is_empty() && !line.ends_with(text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(text);
+        }
+        next = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read f.toml: {source}")]
+    struct Repeats {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("starting")]
+    struct Context {
+        source: Repeats,
+    }
+
+    #[test]
+    fn causes_are_joined_without_repetition() {
+        let err = Context {
+            source: Repeats {
+                source: std::io::Error::other("gone\nfor good"),
+            },
+        };
+        assert_eq!(
+            one_line(&err),
+            "starting: cannot read f.toml: gone for good"
+        );
     }
 }

@@ -54,6 +54,6 @@ pub mod service;
 
 pub use args::{CommonArgs, LoggingArgs, MinerCli, WalletArgs};
 pub use config_file::{CliError, parse_args};
-pub use error::ServiceError;
+pub use error::{ServiceError, one_line};
 pub use logging::init_logging;
 pub use service::{Service, run, runtime};

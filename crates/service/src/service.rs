@@ -120,14 +120,14 @@ impl Service {
         let bind = args.bind_addr();
         let listener = TcpListener::bind(bind)
             .await
-            .map_err(|source| ServiceError::Bind { addr: bind, source })?;
+            .map_err(|error| ServiceError::Bind { addr: bind, error })?;
         let local_addr = listener
             .local_addr()
-            .map_err(|source| ServiceError::Bind { addr: bind, source })?;
+            .map_err(|error| ServiceError::Bind { addr: bind, error })?;
         let source = if args.dev {
             Source::Dev
         } else if let Some(path) = &args.metagraph_file {
-            let shared = StaticMetagraph::shared(path)?;
+            let shared = StaticMetagraph::shared(path).map_err(ServiceError::Metagraph)?;
             let snapshot = shared.load();
             tracing::info!(
                 file = %path.display(),

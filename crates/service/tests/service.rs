@@ -107,6 +107,10 @@ async fn a_missing_hotkey_is_one_error_naming_its_file() {
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains("--dev"), "{message}");
     assert!(!message.contains('\n'), "{message}");
+    assert!(
+        std::error::Error::source(&err).is_none(),
+        "the message says it all"
+    );
 }
 
 #[tokio::test]
@@ -136,8 +140,8 @@ async fn a_port_in_use_is_one_error_naming_the_address() {
     args.axon.port = port;
     let err = Service::prepare(args).await.expect_err("port in use");
     match &err {
-        ServiceError::Bind { source, .. } => {
-            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse)
+        ServiceError::Bind { error, .. } => {
+            assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse)
         }
         other => panic!("expected a bind error, got {other:?}"),
     }
