@@ -1,0 +1,165 @@
+//! The built `btlm-miner` binary end to end on the tiny checkpoint, queried by a real Python
+//! bittensor 10.5 Dendrite (needs the venv made by `scripts/setup-python.sh`; fails, does not
+//! skip, without it).
+
+#[path = "../../openai-miner/tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
+use prompting_miner::{Miner, PromptRequest, Protocol};
+use support::{MinerProcess, free_port, hotkey_under, python_dendrite, run_to_exit};
+
+const BIN: &str = env!("CARGO_BIN_EXE_btlm-miner");
+
+fn tiny_checkpoint() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/btlm-backend/tests/fixtures/btlm-tiny")
+}
+
+/// The reference greedy continuation (24 tokens, `no_repeat_ngram_size` 2) of reference case
+/// 1, "user: Write one sentence about the sea.\nassistant: ".
+fn reference_text() -> String {
+    let text = std::fs::read_to_string(tiny_checkpoint().join("reference_outputs.json"))
+        .expect("read the reference outputs");
+    let outputs: serde_json::Value = serde_json::from_str(&text).expect("reference JSON");
+    let case = &outputs["cases"][1];
+    assert_eq!(
+        case["prompt"],
+        "user: Write one sentence about the sea.\nassistant: "
+    );
+    case["greedy_24_no_repeat_ngram_2_text"]
+        .as_str()
+        .expect("reference text")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_miner_answers_a_python_dendrite_with_the_greedy_completion() {
+    let roles: &[&str] = &["user"];
+    let messages: &[&str] = &["Write one sentence about the sea."];
+
+    // What the library generates for that prompt with the same settings.
+    let library = BtlmMiner::from_args(&BtlmArgs {
+        model_dir: Some(tiny_checkpoint()),
+        max_length: 8,
+        ..BtlmArgs::default()
+    })
+    .expect("load the tiny checkpoint");
+    let request = PromptRequest::new(
+        roles.iter().map(|s| s.to_string()).collect(),
+        messages.iter().map(|s| s.to_string()).collect(),
+        "5LibraryCaller",
+        Protocol::Legacy,
+        Duration::from_secs(60),
+    );
+    let expected = library.prompt(&request).await.expect("library completion");
+    assert!(!expected.is_empty());
+    assert!(
+        reference_text().starts_with(&expected),
+        "8 greedy tokens start the 24-token reference: {expected:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wallets = dir.path().join("wallets");
+    let port = free_port();
+    let args: Vec<String> = [
+        "--dev",
+        "--wallet.path",
+        &wallets.display().to_string(),
+        "--axon.port",
+        &port.to_string(),
+        "--btlm.model_dir",
+        &tiny_checkpoint().display().to_string(),
+        "--btlm.max_length",
+        "8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
+    miner.wait_ready(Duration::from_secs(120)).await;
+    let hotkey = hotkey_under(&wallets);
+    assert!(
+        miner.log().contains(&format!(
+            "serving on 127.0.0.1:{port} as hotkey {hotkey} (miner: btlm-tiny)"
+        )),
+        "{}",
+        miner.log()
+    );
+
+    let seen = python_dendrite(port, &hotkey, &[(roles, messages)], 30.0).await;
+    let answer = &seen[0];
+    assert_eq!(
+        answer["dendrite_status_code"],
+        200,
+        "{answer}\n{}",
+        miner.log()
+    );
+    assert_eq!(answer["completion"], expected.as_str(), "{answer}");
+}
+
+#[test]
+fn a_missing_model_dir_is_one_line_and_a_failure_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let absent = dir.path().join("no-model");
+    let args: Vec<String> = [
+        "--dev",
+        "--wallet.path",
+        &dir.path().display().to_string(),
+        "--axon.port",
+        &free_port().to_string(),
+        "--btlm.model_dir",
+        &absent.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (status, stderr) = run_to_exit(BIN, &args, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("btlm-miner: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].starts_with("btlm-miner: error: cannot load the model: "),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains(&absent.display().to_string()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_btlm_flags_stop_before_the_wallet_is_touched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--dev",
+        "--wallet.path",
+        &dir.path().display().to_string(),
+        "--btlm.device",
+        "tpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (status, stderr) = run_to_exit(BIN, &args, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .trim()
+            .starts_with("btlm-miner: error: invalid BTLM settings: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--btlm.device"), "{stderr}");
+    assert!(
+        std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .next()
+            .is_none(),
+        "no hotkey was created"
+    );
+}
