@@ -126,6 +126,10 @@ async fn dev_miner_answers_a_python_dendrite_through_the_upstream() {
             {"role": "user", "content": "What is the capital of France?"}
         ])
     );
+
+    let status = miner.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", miner.log());
+    assert!(miner.log().contains("SIGTERM received"), "{}", miner.log());
 }
 
 #[test]

@@ -99,6 +99,29 @@ impl MinerProcess {
     }
 }
 
+impl MinerProcess {
+    /// Sends SIGTERM and waits (at most `limit`) for the process to exit; its status.
+    pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the miner") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the miner did not stop within {limit:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for MinerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
