@@ -196,3 +196,31 @@ async fn publishing_on_chain_needs_an_external_ip_when_binding_everywhere() {
     let err = Service::prepare(args).await.expect_err("bad axon flag");
     assert!(err.to_string().contains("--axon.max_connections"), "{err}");
 }
+
+#[tokio::test]
+async fn an_unreachable_chain_is_one_error_naming_the_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Wallet::new(dir.path(), "devwallet", "devhotkey")
+        .create_hotkey_if_missing()
+        .expect("hotkey");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let endpoint = format!("ws://127.0.0.1:{closed}");
+    let mut args = dev_args(dir.path());
+    args.dev = false;
+    args.axon.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    args.subtensor.chain_endpoint = Some(endpoint.clone());
+    args.subtensor.connect_timeout_secs = 5;
+    let err = tokio::time::timeout(Duration::from_secs(30), Service::prepare(args))
+        .await
+        .expect("bounded by the connect timeout")
+        .expect_err("no chain");
+    assert!(matches!(err, ServiceError::Chain { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.starts_with("subtensor: connecting: "), "{message}");
+    assert!(message.contains(&endpoint), "{message}");
+}
