@@ -46,6 +46,10 @@ pub struct AxonArgs {
     /// Endpoints (`hotkey:uuid`) whose last nonce is remembered.
     #[arg(long = "axon.nonce_capacity", default_value_t = 100_000)]
     pub nonce_capacity: usize,
+    /// Seconds below an endpoint's highest nonce within which an unseen nonce is still
+    /// accepted (concurrent requests arrive out of order); 0 is bittensor's strict rule.
+    #[arg(long = "axon.nonce_reorder_window", default_value_t = 1.0)]
+    pub nonce_reorder_window: f64,
     /// btauth/1 verification (bittensor 11 validators, the OpenAI-compatible routes).
     #[command(flatten)]
     pub btauth: BtAuthArgs,
@@ -66,6 +70,7 @@ impl Default for AxonArgs {
             max_request_timeout: 300.0,
             shutdown_grace: 30.0,
             nonce_capacity: 100_000,
+            nonce_reorder_window: 1.0,
             btauth: BtAuthArgs::default(),
         }
     }
@@ -110,6 +115,14 @@ impl AxonArgs {
             return Err(AxonConfigError {
                 flag: "shutdown_grace",
                 reason: format!("must be zero or more seconds, got {}", self.shutdown_grace),
+            });
+        }
+        if !(self.nonce_reorder_window.is_finite()
+            && (0.0..=60.0).contains(&self.nonce_reorder_window))
+        {
+            return Err(AxonConfigError {
+                flag: "nonce_reorder_window",
+                reason: format!("must be 0 to 60 seconds, got {}", self.nonce_reorder_window),
             });
         }
         nonzero("max_connections", self.max_connections)?;

@@ -235,7 +235,10 @@ fn verify<B: PromptSynapse>(state: &AxonState, synapse: &Synapse<B>) -> Result<S
         Ok(false) => return Err(format!("Signature mismatch with {message} and {signature}")),
         Err(err) => return Err(format!("Invalid signature: {err}")),
     }
-    state.nonces.record(&endpoint, nonce, now);
+    state
+        .nonces
+        .record(&endpoint, nonce, now)
+        .map_err(|e| e.to_string())?;
     Ok(hotkey.to_string())
 }
 

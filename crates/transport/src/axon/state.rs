@@ -74,7 +74,11 @@ impl AxonState {
             btauth: Arc::new(btauth),
             keypair,
             pipeline,
-            nonces: NonceTable::new(args.nonce_capacity, retention),
+            nonces: NonceTable::new(
+                args.nonce_capacity,
+                retention,
+                Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
+            ),
             clock: Arc::new(SystemClock),
             limits: RequestLimits {
                 max_body_bytes: args.max_body_bytes,
