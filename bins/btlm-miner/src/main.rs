@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
-use prompting_service::{CliError, CommonArgs, MinerCli, Service};
+use prompting_service::{CommonArgs, MinerCli, Service};
 
 /// A Prompting miner running Cerebras BTLM-3B-8K natively.
 #[derive(Debug, Parser)]
@@ -26,25 +26,7 @@ impl MinerCli for Cli {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match prompting_service::parse_args(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(CliError::Usage(err)) => err.exit(),
-        Err(err) => {
-            eprintln!("btlm-miner: error: {}", prompting_service::one_line(&err));
-            return ExitCode::from(2);
-        }
-    };
-    prompting_service::init_logging(&cli.common.logging);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "btlm-miner: error: {}",
-                prompting_service::one_line(err.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    prompting_service::cli_main("btlm-miner", run)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use prompting_openai_backend::{OpenAiArgs, OpenAiBackend};
-use prompting_service::{CliError, CommonArgs, MinerCli, Service};
+use prompting_service::{CommonArgs, MinerCli, Service};
 
 /// A Prompting miner answering through an OpenAI-compatible chat-completions API.
 #[derive(Debug, Parser)]
@@ -26,25 +26,7 @@ impl MinerCli for Cli {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match prompting_service::parse_args(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(CliError::Usage(err)) => err.exit(),
-        Err(err) => {
-            eprintln!("openai-miner: error: {}", prompting_service::one_line(&err));
-            return ExitCode::from(2);
-        }
-    };
-    prompting_service::init_logging(&cli.common.logging);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!(
-                "openai-miner: error: {}",
-                prompting_service::one_line(err.as_ref())
-            );
-            ExitCode::FAILURE
-        }
-    }
+    prompting_service::cli_main("openai-miner", run)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

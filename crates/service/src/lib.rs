@@ -47,12 +47,14 @@
 //! ```
 
 pub mod args;
+mod cli_main;
 pub mod config_file;
 pub mod error;
 pub mod logging;
 pub mod service;
 
 pub use args::{CommonArgs, LoggingArgs, MinerCli, WalletArgs};
+pub use cli_main::cli_main;
 pub use config_file::{CliError, parse_args};
 pub use error::{ServiceError, one_line};
 pub use logging::init_logging;
