@@ -4,6 +4,10 @@
 //! Interop tests must not silently pass when Python is missing: [`python`] panics with the
 //! command that installs it.
 
+mod raw_http;
+
+pub use raw_http::RawHttp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -7,8 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{AxonSetup, header, replay, split_http};
+use common::{AxonSetup, header, replay};
 use prompting_synapse::{Prompting, Synapse, SynapseHeaders};
+use prompting_testkit::RawHttp;
 use prompting_transport::clock::FixedClock;
 use serde_json::Value;
 
@@ -17,8 +18,8 @@ fn exchanges() -> Value {
 }
 
 fn nonce_of(raw_request: &str) -> u128 {
-    let (_, headers, _) = split_http(raw_request);
-    header(&headers, "bt_header_dendrite_nonce")
+    RawHttp::parse(raw_request.as_bytes())
+        .header("bt_header_dendrite_nonce")
         .expect("nonce header")
         .parse()
         .expect("numeric nonce")
@@ -144,15 +145,16 @@ async fn recorded_attacks_are_refused() {
         .as_str()
         .expect("request");
     let (status, headers, _) = replay(axon.addr, corrupted).await;
-    let (_, recorded_headers, _) = split_http(
+    let recorded = RawHttp::parse(
         results["corrupted_signature"]["response"]
             .as_str()
-            .expect("response"),
+            .expect("response")
+            .as_bytes(),
     );
     assert_eq!(status, 401);
     assert_eq!(
         header(&headers, "bt_header_axon_status_message"),
-        header(&recorded_headers, "bt_header_axon_status_message")
+        recorded.header("bt_header_axon_status_message")
     );
 
     // The axon verifies against its own hotkey, whatever the header claims.

@@ -7,7 +7,7 @@ mod dendrite_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dendrite_support::{RawHttp, fixture, fixture_json, key};
+use dendrite_support::{RawHttp, fixture, fixture_json, header_map, key};
 use prompting_keys::Keypair;
 use prompting_synapse::{
     Prompting, PyStr, RequiredField, Synapse, SynapseBody, python_repr::float_repr,
@@ -210,7 +210,7 @@ fn client_view_of(request: &RawHttp, response: &RawHttp) -> DendriteResponse<Pro
     let (_, mut synapse, _, _) = rebuild(request);
     let raw = RawResponse {
         status: response.status(),
-        headers: response.header_map(),
+        headers: header_map(response),
         body: response.body.clone(),
         url: format!("http://127.0.0.1:{AXON_PORT}/Prompting"),
     };
@@ -505,7 +505,7 @@ fn signed_6_4_4_responses_verify() {
         synapse.dendrite.hotkey = recorded.header("bt_header_dendrite_hotkey").map(Into::into);
         let raw = RawResponse {
             status: recorded.status(),
-            headers: recorded.header_map(),
+            headers: header_map(&recorded),
             body: recorded.body.clone(),
             url: "http://127.0.0.1:18092/Dummy".into(),
         };

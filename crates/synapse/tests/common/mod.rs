@@ -23,75 +23,26 @@ pub fn fixture_json(path: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
-/// One raw HTTP/1.1 message as recorded.
-#[derive(Debug, Clone)]
-pub struct RawHttp {
-    /// The request or status line.
-    pub start_line: String,
-    /// Headers in wire order, names as sent.
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: Vec<u8>,
-}
+pub use prompting_testkit::RawHttp;
 
-impl RawHttp {
-    /// Splits a recorded message (CRLF line ends).
-    pub fn parse(raw: &[u8]) -> RawHttp {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("head/body separator");
-        let head = std::str::from_utf8(&raw[..split]).expect("ASCII head");
-        let mut lines = head.split("\r\n");
-        let start_line = lines.next().expect("start line").to_owned();
-        let headers = lines
-            .map(|line| {
-                let (name, value) = line.split_once(": ").expect("header line");
-                (name.to_owned(), value.to_owned())
-            })
-            .collect();
-        RawHttp {
-            start_line,
-            headers,
-            body: raw[split + 4..].to_vec(),
-        }
-    }
-
-    /// The HTTP status of a response.
-    pub fn status(&self) -> u16 {
-        self.start_line
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .expect("status line")
-    }
-
-    /// The first value of a header (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The headers that `Synapse.to_headers()` makes (the rest are HTTP's own).
-    pub fn synapse_headers(&self) -> Vec<(String, String)> {
-        self.headers
-            .iter()
-            .filter(|(name, _)| {
-                name.starts_with("bt_header_")
-                    || [
-                        "name",
-                        "timeout",
-                        "header_size",
-                        "total_size",
-                        "computed_body_hash",
-                    ]
-                    .contains(&name.as_str())
-            })
-            .cloned()
-            .collect()
-    }
+/// The headers of `message` that `Synapse.to_headers()` makes (the rest are HTTP's own).
+pub fn synapse_headers(message: &RawHttp) -> Vec<(String, String)> {
+    message
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("bt_header_")
+                || [
+                    "name",
+                    "timeout",
+                    "header_size",
+                    "total_size",
+                    "computed_body_hash",
+                ]
+                .contains(&name.as_str())
+        })
+        .cloned()
+        .collect()
 }
 
 fn default_text() -> String {

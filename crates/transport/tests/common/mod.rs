@@ -11,6 +11,7 @@ use prompting_miner::{
     Metagraph, MetagraphView, Miner, MinerConfig, MinerError, NeuronInfo, Pipeline, PromptRequest,
     SharedMetagraph, TextStream,
 };
+use prompting_testkit::RawHttp;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::clock::Clock;
 use tokio::sync::oneshot;
@@ -154,28 +155,13 @@ impl AxonSetup {
     }
 }
 
-/// Splits a recorded raw HTTP message into (start line, headers, body).
-pub fn split_http(raw: &str) -> (String, Vec<(String, String)>, String) {
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .or_else(|| raw.split_once("\n\n"))
-        .expect("recorded HTTP message has a blank line");
-    let mut lines = head.lines();
-    let start = lines.next().unwrap_or_default().to_string();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
-        .collect();
-    (start, headers, body.to_string())
-}
-
 /// Sends a recorded request (its synapse headers and body, byte for byte) to `addr`.
 pub async fn replay(addr: SocketAddr, raw_request: &str) -> (u16, Vec<(String, String)>, String) {
-    let (start, headers, body) = split_http(raw_request);
-    let path = start.split_whitespace().nth(1).expect("request target");
+    let recorded = RawHttp::parse(raw_request.as_bytes());
+    let path = recorded.target();
     let client = reqwest::Client::new();
     let mut request = client.post(format!("http://{addr}{path}"));
-    for (name, value) in headers {
+    for (name, value) in &recorded.headers {
         let lower = name.to_ascii_lowercase();
         if matches!(
             lower.as_str(),
@@ -185,7 +171,11 @@ pub async fn replay(addr: SocketAddr, raw_request: &str) -> (u16, Vec<(String, S
         }
         request = request.header(name, value);
     }
-    let response = request.body(body).send().await.expect("send to axon");
+    let response = request
+        .body(recorded.body.clone())
+        .send()
+        .await
+        .expect("send to axon");
     let status = response.status().as_u16();
     let headers = response
         .headers()

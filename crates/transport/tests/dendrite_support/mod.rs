@@ -33,68 +33,18 @@ pub fn key(name: &str) -> Keypair {
     keypair
 }
 
-/// One recorded HTTP/1.1 message.
-#[derive(Debug, Clone)]
-pub struct RawHttp {
-    /// The request or status line.
-    pub start_line: String,
-    /// Headers in wire order.
-    pub headers: Vec<(String, String)>,
-    /// The body.
-    pub body: Vec<u8>,
-}
+pub use prompting_testkit::RawHttp;
 
-impl RawHttp {
-    /// Splits a recorded message (CRLF line ends).
-    pub fn parse(raw: &[u8]) -> RawHttp {
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("head/body separator");
-        let head = std::str::from_utf8(&raw[..split]).expect("UTF-8 head");
-        let mut lines = head.split("\r\n");
-        let start_line = lines.next().expect("start line").to_owned();
-        let headers = lines
-            .map(|line| {
-                let (name, value) = line.split_once(": ").expect("header line");
-                (name.to_owned(), value.to_owned())
-            })
-            .collect();
-        RawHttp {
-            start_line,
-            headers,
-            body: raw[split + 4..].to_vec(),
-        }
+/// The headers of a recorded message as an `http::HeaderMap`.
+pub fn header_map(message: &RawHttp) -> http::HeaderMap {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in &message.headers {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            http::HeaderValue::from_bytes(value.as_bytes()).expect("header value"),
+        );
     }
-
-    /// The status of a response.
-    pub fn status(&self) -> u16 {
-        self.start_line
-            .split(' ')
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .expect("status line")
-    }
-
-    /// The headers as an `http::HeaderMap`.
-    pub fn header_map(&self) -> http::HeaderMap {
-        let mut map = http::HeaderMap::new();
-        for (name, value) in &self.headers {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-                http::HeaderValue::from_bytes(value.as_bytes()).expect("header value"),
-            );
-        }
-        map
-    }
-
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
+    map
 }
 
 pub mod python_axon;
