@@ -186,3 +186,36 @@ async fn stale_first_nonce_is_refused() {
         "{message}"
     );
 }
+
+/// A request recorded from bittensor 6.4.4's dendrite (`../shared/vectors/v6/request_raw.http`,
+/// synapse `Dummy`, dendrite version 644: monotonic nonces, no freshness rule) sent to our
+/// `/Prompting` route. The verifier only needs the headers: it accepts the 6.4.4 signature and
+/// nonce (the answer is then 400, the Dummy body lacks `roles`), and refuses the replay with
+/// 401.
+#[tokio::test]
+async fn bittensor_6_4_4_requests_verify_and_replays_are_refused() {
+    let raw = include_str!("fixtures/legacy/v6_4_4_request.http")
+        .replace("POST /Dummy", "POST /Prompting");
+    let dendrite = RawHttp::parse(raw.as_bytes())
+        .header("bt_header_dendrite_hotkey")
+        .expect("dendrite hotkey")
+        .to_string();
+    let mut setup = AxonSetup::new(&[&dendrite]);
+    // The recording's axon: substrate-interface's Keypair.create_from_seed(0x02 * 32).
+    setup.keypair = prompting_keys::Keypair::from_mini_secret(&[2; 32]);
+    let axon = setup.start().await;
+    assert_eq!(
+        axon.state.hotkey(),
+        "5CfCr47V5Dte6bwxNBE8K9oNnQd9fiay6aDEEkgYtFv7w4Fq"
+    );
+    let (status, headers, body) = replay(axon.addr, &raw).await;
+    assert_eq!(status, 400, "{body}");
+    let message = header(&headers, "bt_header_axon_status_message").expect("message");
+    assert!(message.contains("roles"), "{message}");
+    let (status, headers, _) = replay(axon.addr, &raw).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        header(&headers, "bt_header_axon_status_message"),
+        Some("Not Verified with error: Nonce is too old, a newer one was last processed")
+    );
+}
