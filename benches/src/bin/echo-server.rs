@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers.max(1))

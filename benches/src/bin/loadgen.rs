@@ -1,4 +1,5 @@
-//! Sends signed legacy `Prompting` requests to one axon, from many hotkeys, closed-loop
+//! Sends signed `Prompting` requests (legacy synapse, or btauth/1 with `--protocol btauth`)
+//! to one axon, from many hotkeys, closed-loop
 //! (`--concurrency`) or at a fixed rate (`--rate`), bounded in count and time, and reports
 //! throughput, latency percentiles and status counts as text and JSON. Loopback only.
 
@@ -12,7 +13,7 @@ use clap::Parser;
 use parking_lot::Mutex;
 use prompting_benches::{Percentiles, hotkeys};
 use prompting_synapse::{Prompting, Synapse};
-use prompting_transport::dendrite::{AxonTarget, Dendrite};
+use prompting_transport::dendrite::{AxonTarget, BtAuthClient, Dendrite};
 
 #[derive(Parser, Clone)]
 struct Args {
@@ -43,12 +44,27 @@ struct Args {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 12.0)]
     timeout: f64,
+    /// Wire protocol: `legacy` (bittensor 6.x–10.x synapse) or `btauth` (bittensor 11).
+    #[arg(long, value_enum, default_value_t = Wire::Legacy)]
+    protocol: Wire,
     /// Label printed with the results.
     #[arg(long, default_value = "run")]
     label: String,
     /// Write the results as JSON here too.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Wire {
+    Legacy,
+    Btauth,
+}
+
+/// One signing client per hotkey, speaking the chosen protocol.
+enum Client {
+    Legacy(Dendrite),
+    Btauth(Box<BtAuthClient>),
 }
 
 #[derive(Default)]
@@ -85,35 +101,54 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn one_call(
-    dendrite: &Dendrite,
+    client: &Client,
     target: &AxonTarget,
     timeout: Duration,
     n: u64,
     tally: &Mutex<Tally>,
 ) {
-    let synapse = Synapse::new(Prompting::new(
-        vec!["system".into(), "user".into()],
-        vec!["You are helpful.".into(), format!("Question number {n}?")],
-    ));
+    let roles = vec!["system".to_string(), "user".to_string()];
+    let messages = vec![
+        "You are helpful.".to_string(),
+        format!("Question number {n}?"),
+    ];
     let started = Instant::now();
-    let response = dendrite.call(target, synapse, timeout).await;
+    let (status, error) = match client {
+        Client::Legacy(dendrite) => {
+            let synapse = Synapse::new(Prompting::new(roles, messages));
+            let response = dendrite.call(target, synapse, timeout).await;
+            (
+                response.status_code,
+                response.failure.map(|f| f.to_string()),
+            )
+        }
+        Client::Btauth(client) => match client.prompt(target, roles, messages, timeout).await {
+            Ok(_) => (200, None),
+            Err(error) => (error.status_code(), Some(error.to_string())),
+        },
+    };
     let elapsed = started.elapsed();
     let mut tally = tally.lock();
-    *tally.statuses.entry(response.status_code).or_default() += 1;
-    if response.is_success() {
+    *tally.statuses.entry(status).or_default() += 1;
+    if status == 200 {
         tally.latencies.push(elapsed);
-    } else if let Some(failure) = &response.failure {
-        *tally.errors.entry(failure.to_string()).or_default() += 1;
+    } else if let Some(error) = error {
+        *tally.errors.entry(error).or_default() += 1;
     }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let keys = hotkeys(args.key_offset + args.hotkeys.max(1));
-    let dendrites: Vec<Arc<Dendrite>> = keys[args.key_offset..]
+    let dendrites: Vec<Arc<Client>> = keys[args.key_offset..]
         .iter()
-        .map(|k| Dendrite::new(k.clone()).map(Arc::new))
+        .map(|k| match args.protocol {
+            Wire::Legacy => Dendrite::new(k.clone()).map(|d| Arc::new(Client::Legacy(d))),
+            Wire::Btauth => {
+                BtAuthClient::new(k.clone()).map(|c| Arc::new(Client::Btauth(Box::new(c))))
+            }
+        })
         .collect::<Result<_, _>>()
-        .context("dendrite")?;
+        .context("client")?;
     let target = Arc::new(AxonTarget::new(args.target, args.axon_hotkey.clone()));
     let timeout = Duration::from_secs_f64(args.timeout);
     let tally = Arc::new(Mutex::new(Tally::default()));
