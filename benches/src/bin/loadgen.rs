@@ -167,14 +167,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(rate) = args.rate {
         mode = format!("open loop at {rate} req/s");
         let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        // tokio's timer has 1 ms resolution: at thousands of requests per second its ticks
+        // release requests in bursts, which shows up as the server's tail latency. A pacing
+        // thread with the OS's high-resolution sleep releases them evenly.
+        let (release, mut released) = tokio::sync::mpsc::unbounded_channel();
+        let pacer = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut due = start;
+            while let Some(n) = next() {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if release.send(n).is_err() {
+                    break;
+                }
+                due += interval;
+            }
+        });
         let mut tasks = tokio::task::JoinSet::new();
-        while let Some(n) = next() {
-            ticker.tick().await;
+        while let Some(n) = released.recv().await {
             let dendrite = dendrites[n as usize % dendrites.len()].clone();
             let (target, tally) = (target.clone(), tally.clone());
             tasks.spawn(async move { one_call(&dendrite, &target, timeout, n, &tally).await });
+        }
+        if pacer.join().is_err() {
+            bail!("the pacing thread panicked");
         }
         while tasks.join_next().await.is_some() {}
     } else {
