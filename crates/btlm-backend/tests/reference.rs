@@ -56,6 +56,16 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The logits at the last position of a fresh forward pass over `ids`.
+fn last_logits(model: &Btlm, ids: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache();
+    model
+        .prefill(ids, &mut cache, 512)
+        .expect("forward")
+        .to_vec1::<f32>()
+        .expect("vec")
+}
+
 fn greedy(model: &Btlm, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = model.new_cache();
     let logits = model.prefill(prompt, &mut cache, 512).expect("prefill");
@@ -100,12 +110,7 @@ fn check_logits_and_greedy(file: &str) {
     let r = reference();
     let model = load(file, &LoadOptions::default());
     for case in &r.cases {
-        let mut cache = model.new_cache();
-        let logits = model
-            .prefill(&case.input_ids, &mut cache, 512)
-            .expect("forward")
-            .to_vec1::<f32>()
-            .expect("vec");
+        let logits = last_logits(&model, &case.input_ids);
         let diff = max_abs_diff(&logits, &case.last_logits);
         assert!(
             diff <= r.tolerance_abs,
@@ -185,12 +190,7 @@ fn half_precision_is_close() {
             },
         );
         for case in &r.cases {
-            let mut cache = model.new_cache();
-            let logits = model
-                .prefill(&case.input_ids, &mut cache, 512)
-                .expect("forward")
-                .to_vec1::<f32>()
-                .expect("vec");
+            let logits = last_logits(&model, &case.input_ids);
             let d = max_abs_diff(&logits, &case.last_logits);
             eprintln!("{dtype:?}: max |Δlogit| {d}");
             // bf16 keeps 8 bits of mantissa: logits of magnitude ~4 move by a few 1e-2.
@@ -211,12 +211,7 @@ fn quantized_models_load_and_stay_close() {
             },
         );
         for case in &r.cases {
-            let mut cache = model.new_cache();
-            let logits = model
-                .prefill(&case.input_ids, &mut cache, 512)
-                .expect("forward")
-                .to_vec1::<f32>()
-                .expect("vec");
+            let logits = last_logits(&model, &case.input_ids);
             let d = max_abs_diff(&logits, &case.last_logits);
             eprintln!("{q}: max |Δlogit| {d}");
             assert!(d < tol, "{q}: {:?}: max |Δlogit| {d}", case.prompt);

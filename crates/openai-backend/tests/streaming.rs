@@ -16,6 +16,22 @@ async fn collect(stream: TextStream) -> Vec<Result<String, MinerError>> {
     stream.collect().await
 }
 
+/// What `prompt_stream` yields (10 s deadline) when one upstream answers at once with the SSE
+/// `chunks`, the backend holding `key` if given.
+async fn stream_of(chunks: Vec<String>, key: Option<&str>) -> Vec<Result<String, MinerError>> {
+    let upstream =
+        MockUpstream::start(move |_, _| reply(sse_reply(chunks.clone(), Duration::ZERO))).await;
+    let backend = backend(match key {
+        Some(key) => args_with_key(&[&upstream.base_url], key),
+        None => args(&[&upstream.base_url]),
+    });
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+    collect(stream).await
+}
+
 /// An OpenAI-like stream of `pieces` for choice 0, written as raw SSE and cut into chunks at
 /// awkward places (inside `data:`, inside JSON, between CR and LF).
 fn awkward_sse(pieces: &[&str]) -> Vec<String> {
@@ -182,22 +198,10 @@ async fn stream_stalled_longer_than_the_timeout_is_an_error() {
 
 #[tokio::test]
 async fn stream_cut_before_done_is_an_error() {
-    let upstream = MockUpstream::start(|_, _| {
-        reply(sse_reply(
-            vec![format!("data: {}\n\n", delta(0, "partial"))],
-            Duration::ZERO,
-        ))
-    })
-    .await;
-    let backend = backend(args(&[&upstream.base_url]));
-
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
+    let items = stream_of(vec![format!("data: {}\n\n", delta(0, "partial"))], None).await;
 
     assert_eq!(
-        collect(stream).await,
+        items,
         vec![
             Ok("partial".to_owned()),
             Err(MinerError::Backend(
@@ -209,51 +213,35 @@ async fn stream_cut_before_done_is_an_error() {
 
 #[tokio::test]
 async fn stream_finished_without_done_or_final_blank_line_is_accepted() {
-    let upstream = MockUpstream::start(|_, _| {
-        reply(sse_reply(
-            vec![
-                format!("data: {}\n\n", delta(0, "all")),
-                format!("data: {}", finish()),
-            ],
-            Duration::ZERO,
-        ))
-    })
+    let items = stream_of(
+        vec![
+            format!("data: {}\n\n", delta(0, "all")),
+            format!("data: {}", finish()),
+        ],
+        None,
+    )
     .await;
-    let backend = backend(args(&[&upstream.base_url]));
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-
-    assert_eq!(collect(stream).await, vec![Ok("all".to_owned())]);
+    assert_eq!(items, vec![Ok("all".to_owned())]);
 }
 
 #[tokio::test]
 async fn stream_error_object_is_reported_without_the_key() {
-    let upstream = MockUpstream::start(|_, _| {
-        reply(sse_reply(
-            vec![
-                format!("data: {}\n\n", delta(0, "so far")),
-                format!(
-                    "data: {}\n\n",
-                    json!({"error": {"message": format!("engine died (key {KEY})")}})
-                ),
-                "data: [DONE]\n\n".to_owned(),
-            ],
-            Duration::ZERO,
-        ))
-    })
+    let items = stream_of(
+        vec![
+            format!("data: {}\n\n", delta(0, "so far")),
+            format!(
+                "data: {}\n\n",
+                json!({"error": {"message": format!("engine died (key {KEY})")}})
+            ),
+            "data: [DONE]\n\n".to_owned(),
+        ],
+        Some(KEY),
+    )
     .await;
-    let backend = backend(args_with_key(&[&upstream.base_url], KEY));
-
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
 
     assert_eq!(
-        collect(stream).await,
+        items,
         vec![
             Ok("so far".to_owned()),
             Err(MinerError::Backend(
@@ -265,23 +253,14 @@ async fn stream_error_object_is_reported_without_the_key() {
 
 #[tokio::test]
 async fn stream_with_a_malformed_chunk_is_an_error() {
-    let upstream = MockUpstream::start(|_, _| {
-        reply(sse_reply(
-            vec![
-                "data: {\"choices\": [\n\n".to_owned(),
-                "data: [DONE]\n\n".to_owned(),
-            ],
-            Duration::ZERO,
-        ))
-    })
+    let items = stream_of(
+        vec![
+            "data: {\"choices\": [\n\n".to_owned(),
+            "data: [DONE]\n\n".to_owned(),
+        ],
+        None,
+    )
     .await;
-    let backend = backend(args(&[&upstream.base_url]));
-
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-    let items = collect(stream).await;
 
     assert_eq!(items.len(), 1, "{items:?}");
     assert!(
@@ -292,25 +271,17 @@ async fn stream_with_a_malformed_chunk_is_an_error() {
 
 #[tokio::test]
 async fn stream_without_any_choice_is_an_error() {
-    let upstream = MockUpstream::start(|_, _| {
-        reply(sse_reply(
-            vec![
-                format!("data: {}\n\n", json!({"id": "x", "choices": []})),
-                "data: [DONE]\n\n".to_owned(),
-            ],
-            Duration::ZERO,
-        ))
-    })
+    let items = stream_of(
+        vec![
+            format!("data: {}\n\n", json!({"id": "x", "choices": []})),
+            "data: [DONE]\n\n".to_owned(),
+        ],
+        None,
+    )
     .await;
-    let backend = backend(args(&[&upstream.base_url]));
-
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
 
     assert_eq!(
-        collect(stream).await,
+        items,
         vec![Err(MinerError::Backend(
             "the upstream stream has no choices".into()
         ))]
