@@ -150,6 +150,8 @@ async fn serve<B: PromptSynapse>(
         let message = format!("Not Verified with error: {mismatch}");
         return error(state, &mut from_headers, 401, message, start);
     }
+    // Verified equal to the body's hash: the answer's header reuses it.
+    let body_hash = claimed.to_owned();
     let timeout = synapse.timeout;
     if !(timeout.is_finite() && timeout > 0.0) {
         let message = format!("timeout must be a positive number of seconds, got {timeout}");
@@ -167,7 +169,7 @@ async fn serve<B: PromptSynapse>(
 
     if B::STREAMING {
         return match state.pipeline.prompt_stream(request).await {
-            Ok(stream) => stream_response(state, &mut synapse, stream, start),
+            Ok(stream) => stream_response(state, &mut synapse, body_hash, stream, start),
             Err(err) => {
                 let status = err.status_code();
                 error(
@@ -185,7 +187,8 @@ async fn serve<B: PromptSynapse>(
             synapse.body.set_completion(completion);
             synapse.axon.status_code = Some(200);
             synapse.axon.status_message = Some("Success".into());
-            finish(state, &mut synapse, start)
+            stamp_axon(state, &mut synapse, start);
+            json_response(synapse.to_response_with_hash(body_hash))
         }
         Err(err) => {
             let status = err.status_code();
@@ -298,7 +301,10 @@ fn finish<B: PromptSynapse>(
     start: Instant,
 ) -> Response {
     stamp_axon(state, synapse, start);
-    let parts = synapse.to_response();
+    json_response(synapse.to_response())
+}
+
+fn json_response(parts: prompting_synapse::ResponseParts) -> Response {
     let mut response = Response::new(Body::from(parts.body));
     *response.status_mut() =
         StatusCode::from_u16(parts.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -321,13 +327,14 @@ fn put_headers(map: &mut HeaderMap, pairs: &[(String, String)]) {
 fn stream_response<B: PromptSynapse>(
     state: &AxonState,
     synapse: &mut Synapse<B>,
+    body_hash: String,
     stream: prompting_miner::TextStream,
     start: Instant,
 ) -> Response {
     synapse.axon.status_code = Some(200);
     synapse.axon.status_message = Some("Success".into());
     stamp_axon(state, synapse, start);
-    let headers = synapse.to_headers();
+    let headers = synapse.to_headers_with_hash(body_hash);
     let caller = synapse.dendrite.hotkey.clone().unwrap_or_default();
     let body = stream.map(move |chunk| match chunk {
         Ok(text) => Ok(Bytes::from(text)),
