@@ -3,6 +3,7 @@
 
 pub mod axon;
 pub mod btauth;
+pub mod caller_class;
 pub mod clock;
 pub mod dendrite;
 pub mod grpc;

@@ -21,7 +21,9 @@ use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody, Synaps
 use tokio::time::Instant;
 
 use super::body::read_body;
+use super::nonce::NonceClaim;
 use super::state::{AxonState, PROTOCOL_VERSION};
+use crate::caller_class::ClassifyCaller;
 use crate::server::PeerAddr;
 
 /// A synapse carrying a chat prompt that the pipeline can answer.
@@ -213,19 +215,16 @@ fn verify<B: PromptSynapse>(state: &AxonState, synapse: &Synapse<B>) -> Result<S
         .filter(|h| !h.is_empty())
         .ok_or("Missing dendrite hotkey")?;
     let nonce = synapse.dendrite.nonce.ok_or("Missing Nonce")?;
-    let uuid = synapse.dendrite.uuid.as_deref().unwrap_or("None");
-    let endpoint = format!("{hotkey}:{uuid}");
+    let claim = NonceClaim {
+        hotkey,
+        uuid: synapse.dendrite.uuid.as_deref().unwrap_or("None"),
+        nonce,
+        dendrite_version: synapse.dendrite.version,
+        timeout_seconds: synapse.timeout,
+        class: state.pipeline.class_of(hotkey),
+    };
     let now = state.clock.now_ns();
-    state
-        .nonces
-        .check(
-            &endpoint,
-            nonce,
-            synapse.dendrite.version,
-            synapse.timeout,
-            now,
-        )
-        .map_err(|e| e.to_string())?;
+    state.nonces.check(&claim, now).map_err(|e| e.to_string())?;
     let signature = synapse
         .dendrite
         .signature
@@ -240,7 +239,7 @@ fn verify<B: PromptSynapse>(state: &AxonState, synapse: &Synapse<B>) -> Result<S
     }
     state
         .nonces
-        .record(&endpoint, nonce, now)
+        .record(&claim, now)
         .map_err(|e| e.to_string())?;
     Ok(hotkey.to_string())
 }

@@ -9,8 +9,9 @@ use prompting_keys::Keypair;
 use prompting_miner::Pipeline;
 
 use super::config::{AxonArgs, AxonConfigError};
-use super::nonce::NonceTable;
+use super::nonce::{NonceLimits, NonceTable};
 use crate::btauth::BtAuthVerifier;
+use crate::caller_class::ClassifyCaller;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
 
@@ -59,9 +60,6 @@ impl AxonState {
         } else {
             external_ip
         };
-        // Nonces are remembered at least as long as a request may take: a replay older
-        // than that fails the freshness rule anyway.
-        let retention = Duration::from_secs_f64(args.max_request_timeout + 60.0);
         let hotkey = keypair.ss58_address();
         let btauth = BtAuthVerifier::new(args.btauth.config(hotkey.clone())).map_err(|e| {
             AxonConfigError {
@@ -69,16 +67,20 @@ impl AxonState {
                 reason: e.to_string(),
             }
         })?;
+        let classify: Arc<dyn ClassifyCaller> = Arc::new(pipeline.clone());
         Ok(AxonState {
             hotkey,
-            btauth: Arc::new(btauth),
+            btauth: Arc::new(btauth.with_classifier(classify)),
             keypair,
             pipeline,
-            nonces: NonceTable::new(
-                args.nonce_capacity,
-                retention,
-                Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
-            ),
+            nonces: NonceTable::new(NonceLimits {
+                shared_capacity: args.nonce_capacity,
+                per_key_capacity: args.nonce_capacity_per_key,
+                max_keys: args.nonce_max_keys,
+                reorder_window: Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
+                max_request_timeout: Duration::try_from_secs_f64(args.max_request_timeout)
+                    .unwrap_or(Duration::MAX),
+            }),
             clock: Arc::new(SystemClock),
             limits: RequestLimits {
                 max_body_bytes: args.max_body_bytes,
@@ -93,9 +95,11 @@ impl AxonState {
         })
     }
 
-    /// Replaces the btauth/1 verifier (tests with a manual clock).
+    /// Replaces the btauth/1 verifier (tests with a manual clock). Its replay store learns
+    /// who is registered from this axon's pipeline.
     pub fn with_btauth(mut self, verifier: BtAuthVerifier) -> Self {
-        self.btauth = Arc::new(verifier);
+        let classify: Arc<dyn ClassifyCaller> = Arc::new(self.pipeline.clone());
+        self.btauth = Arc::new(verifier.with_classifier(classify));
         self
     }
 
