@@ -45,6 +45,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod hub;
+pub mod kernels;
 pub mod miner;
 pub mod model;
 pub mod options;
