@@ -8,15 +8,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{AxonSetup, miner_key, validator_key};
 use http::Method;
 use prompting_keys::Keypair;
 use prompting_synapse::{Prompting, Synapse};
-use prompting_transport::btauth::{BtAuthClock, ManualClock, sign_request};
-use prompting_transport::clock::Clock;
+use prompting_transport::btauth::sign_request;
+use prompting_transport::clock::{Clock, ManualClock};
 use prompting_transport::dendrite::legacy::PreparedRequest;
 use prompting_transport::dendrite::{AxonTarget, Dendrite};
 use serde_json::json;
@@ -37,28 +36,41 @@ fn wall_ns() -> u64 {
     .expect("nanoseconds fit u64")
 }
 
-/// A wall clock the test moves by hand, shared by the axon and the dendrites.
-struct TestClock(AtomicU64);
-
-impl TestClock {
-    fn starting_now() -> Arc<TestClock> {
-        Arc::new(TestClock(AtomicU64::new(wall_ns())))
-    }
-
-    fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).expect("short step");
-        self.0.fetch_add(by, Ordering::SeqCst);
-    }
-
-    fn ns(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
+/// A manual clock starting now, shared by an axon and its dendrites.
+fn clock_now() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        i64::try_from(wall_ns()).expect("nanoseconds fit i64"),
+    ))
 }
 
-impl Clock for TestClock {
-    fn now_ns(&self) -> u128 {
-        u128::from(self.ns())
+/// Re-signs a prepared legacy request for another nonce (above what a dendrite's clock
+/// gives: nonces are u64 on the wire).
+fn with_nonce(request: &PreparedRequest, key: &Keypair, nonce: u64) -> PreparedRequest {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("prepared request without {name}"))
+    };
+    let message = format!(
+        "{nonce}.{}.{}.{}.{}",
+        header("bt_header_dendrite_hotkey"),
+        header("bt_header_axon_hotkey"),
+        header("bt_header_dendrite_uuid"),
+        header("computed_body_hash"),
+    );
+    let signature = key.sign_hex(message.as_bytes());
+    let mut resigned = request.clone();
+    for (name, value) in &mut resigned.headers {
+        if name.eq_ignore_ascii_case("bt_header_dendrite_nonce") {
+            *value = nonce.to_string();
+        } else if name.eq_ignore_ascii_case("bt_header_dendrite_signature") {
+            *value = signature.clone();
+        }
     }
+    resigned
 }
 
 fn target(addr: SocketAddr) -> AxonTarget {
@@ -120,10 +132,10 @@ async fn unregistered_nonce_flood_does_not_lock_out_a_legacy_validator() {
     for i in 0..101u64 {
         let attacker = Dendrite::builder(stranger_key())
             .uuid(format!("flood-{i}"))
-            .clock(Arc::new(move || u64::MAX - 1_000 - i))
             .build()
             .expect("dendrite");
         let request = attacker.prepare(&target, &mut prompt("x"), Duration::from_secs(300));
+        let request = with_nonce(&request, &stranger_key(), u64::MAX - 1_000 + i);
         let (status, message) = send(&request, &[], &[], Some("{bad json")).await;
         assert_eq!(status, 400, "flood request {i}: {message}");
     }
@@ -147,16 +159,15 @@ async fn unregistered_nonce_flood_does_not_lock_out_a_legacy_validator() {
 #[tokio::test]
 async fn replays_are_refused_after_the_table_forgot_them() {
     let validator = validator_key();
-    let clock = TestClock::starting_now();
+    let clock = clock_now();
     let mut setup = AxonSetup::new(&[&validator.ss58_address()]);
     setup.args.max_request_timeout = 10.0;
     setup.clock = Some(clock.clone());
     let axon = setup.start().await;
     let target = target(axon.addr);
 
-    let dendrite_clock = clock.clone();
     let honest = Dendrite::builder(validator_key())
-        .clock(Arc::new(move || dendrite_clock.ns()))
+        .clock(clock.clone())
         .build()
         .expect("dendrite");
     let captured = [
@@ -170,10 +181,9 @@ async fn replays_are_refused_after_the_table_forgot_them() {
 
     // Long after the axon's longest request timeout: then any signed request churns the
     // table, and the captures come back with their unsigned headers changed.
-    clock.advance(Duration::from_secs(600));
-    let churn_clock = clock.clone();
+    clock.advance_ns(600_000_000_000);
     let churn = Dendrite::builder(stranger_key())
-        .clock(Arc::new(move || churn_clock.ns()))
+        .clock(clock.clone())
         .build()
         .expect("dendrite");
     let request = churn.prepare(&target, &mut prompt("churn"), Duration::from_secs(5));
@@ -190,9 +200,7 @@ async fn replays_are_refused_after_the_table_forgot_them() {
 #[tokio::test]
 async fn unregistered_btauth_flood_does_not_lock_out_a_validator() {
     let validator = validator_key();
-    let clock = Arc::new(ManualClock::new(
-        i64::try_from(wall_ns()).expect("nanoseconds fit i64"),
-    ));
+    let clock = clock_now();
     let mut setup = AxonSetup::new(&[&validator.ss58_address()]);
     setup.args.btauth.replay_capacity = 100;
     setup.btauth_clock = Some(clock.clone());

@@ -223,7 +223,8 @@ fn verify<B: PromptSynapse>(state: &AxonState, synapse: &Synapse<B>) -> Result<S
         timeout_seconds: synapse.timeout,
         class: state.pipeline.class_of(hotkey),
     };
-    let now = state.clock.now_ns();
+    // The nonce table counts in unsigned nanoseconds; a clock before 1970 reads as 0.
+    let now = u128::try_from(state.clock.now_ns()).unwrap_or(0);
     state.nonces.check(&claim, now).map_err(|e| e.to_string())?;
     let signature = synapse
         .dendrite

@@ -2,7 +2,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prompting_keys::Keypair;
@@ -14,6 +13,7 @@ use crate::btauth::BtAuthVerifier;
 use crate::caller_class::ClassifyCaller;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
+use crate::nonce::NonceSource;
 
 /// The version this axon reports in `bt_header_axon_version`: the bittensor protocol level
 /// it speaks (10.5.0, as `version_as_int`).
@@ -43,7 +43,8 @@ pub struct AxonState {
     pub(crate) uuid: String,
     pub(crate) external_ip: String,
     pub(crate) external_port: u16,
-    last_axon_nonce: AtomicU64,
+    /// Nonces of the axon's signed answers, from [`AxonState::clock`].
+    axon_nonces: NonceSource,
 }
 
 impl AxonState {
@@ -91,7 +92,7 @@ impl AxonState {
             uuid: uuid::Uuid::new_v4().to_string(),
             external_ip: external_ip.to_string(),
             external_port: args.external_port.unwrap_or(args.port),
-            last_axon_nonce: AtomicU64::new(0),
+            axon_nonces: NonceSource::new(),
         })
     }
 
@@ -105,6 +106,7 @@ impl AxonState {
 
     /// Replaces the clock of the legacy protocol (tests replaying recorded nonces).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.axon_nonces = NonceSource::with_clock(Arc::clone(&clock));
         self.clock = clock;
         self
     }
@@ -126,13 +128,6 @@ impl AxonState {
 
     /// A fresh axon nonce: now in ns, strictly increasing.
     pub(crate) fn next_axon_nonce(&self) -> u64 {
-        let now = u64::try_from(self.clock.now_ns()).unwrap_or(u64::MAX);
-        let previous = self
-            .last_axon_nonce
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(previous + 1)
+        self.axon_nonces.next()
     }
 }

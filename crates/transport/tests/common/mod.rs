@@ -13,7 +13,7 @@ use prompting_miner::{
 };
 use prompting_testkit::RawHttp;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
-use prompting_transport::btauth::{BtAuthClock, BtAuthVerifier};
+use prompting_transport::btauth::BtAuthVerifier;
 use prompting_transport::clock::Clock;
 use tokio::sync::oneshot;
 
@@ -107,7 +107,7 @@ pub struct AxonSetup {
     pub args: AxonArgs,
     pub clock: Option<Arc<dyn Clock>>,
     /// The clock of the btauth/1 verifier (default: the system clock).
-    pub btauth_clock: Option<Arc<dyn BtAuthClock>>,
+    pub btauth_clock: Option<Arc<dyn Clock>>,
 }
 
 impl AxonSetup {
