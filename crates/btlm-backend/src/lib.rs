@@ -49,6 +49,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod hub;
+pub mod kernels;
 mod layers;
 pub mod linear;
 pub mod loader;
