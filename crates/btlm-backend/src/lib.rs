@@ -53,6 +53,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod hub;
+pub mod kernels;
 pub mod kv_cache;
 mod layers;
 pub mod linear;
