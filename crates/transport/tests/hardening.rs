@@ -1,7 +1,8 @@
-//! Attacks on the axon's replay tables (issue 12): whatever an unregistered or low-stake key
-//! sends, a registered validator's fresh, honest request is served, and no request the axon
-//! accepted is ever served again. Capacities are set small (`--axon.nonce_capacity 100`,
-//! `--btauth.replay_capacity 100`) so that filling a table takes a hundred requests, not a
+//! Attacks on the axon (issue 12): whatever an unregistered or low-stake key sends, a
+//! registered validator's fresh, honest request is served, no request the axon accepted is
+//! ever served again, and no connection holds a slot without making progress. Capacities are
+//! set small (`--axon.nonce_capacity 100`, `--btauth.replay_capacity 100`,
+//! `--axon.max_connections 4`) so that filling a table takes a hundred requests, not a
 //! hundred thousand.
 
 mod common;
@@ -14,11 +15,14 @@ use common::{AxonSetup, miner_key, validator_key};
 use http::Method;
 use prompting_keys::Keypair;
 use prompting_synapse::{Prompting, Synapse};
+use prompting_transport::axon::AxonArgs;
 use prompting_transport::btauth::sign_request;
 use prompting_transport::clock::{Clock, ManualClock};
 use prompting_transport::dendrite::legacy::PreparedRequest;
 use prompting_transport::dendrite::{AxonTarget, Dendrite};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const STRANGER_MNEMONIC: &str = "zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo wrong";
 
@@ -245,4 +249,212 @@ async fn unregistered_btauth_flood_does_not_lock_out_a_validator() {
     let status = response.status();
     let body = response.text().await.expect("body");
     assert_eq!(status, 200, "the validator after the flood: {body}");
+}
+
+/// Axon flags as an operator gives them (so a test of a new flag fails, not miscompiles,
+/// where the flag does not exist).
+fn axon_args(flags: &[&str]) -> AxonArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        axon: AxonArgs,
+    }
+    let mut argv = vec!["miner", "--axon.ip", "127.0.0.1", "--axon.port", "0"];
+    argv.extend_from_slice(flags);
+    match <Cli as clap::Parser>::try_parse_from(argv) {
+        Ok(cli) => cli.axon,
+        Err(err) => panic!("flags {flags:?}: {err}"),
+    }
+}
+
+/// Reads until the server closes the connection (EOF or reset): true if it did within
+/// `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+fn h2_preface() -> Vec<u8> {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    bytes
+}
+
+/// A HEADERS frame (stream 1, end of stream) for `GET /healthz` over h2c, HPACK literals.
+fn h2_get_healthz() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.extend_from_slice(&[0x44, 8]); // :path, literal, 8 bytes
+    block.extend_from_slice(b"/healthz");
+    block.extend_from_slice(&[0x41, 9]); // :authority, literal, 9 bytes
+    block.extend_from_slice(b"127.0.0.1");
+    let len = block.len();
+    let mut frame = vec![0, 0, len as u8, 0x1, 0x5, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// Sends `GET /healthz` on a keep-alive HTTP/1.1 connection and reads the whole answer.
+async fn h1_healthz(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    read_h1_response(stream).await
+}
+
+/// Sends a prepared legacy request on `stream` (HTTP/1.1, kept alive) and reads the answer.
+async fn h1_post(stream: &mut TcpStream, request: &PreparedRequest) -> String {
+    let path = request
+        .url
+        .splitn(4, '/')
+        .nth(3)
+        .map(|p| format!("/{p}"))
+        .expect("path");
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for (name, value) in &request.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", request.body.len()));
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    stream
+        .write_all(request.body.as_bytes())
+        .await
+        .expect("write body");
+    read_h1_response(stream).await
+}
+
+async fn read_h1_response(stream: &mut TcpStream) -> String {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "connection closed before the answer was complete");
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().expect("length"))
+                })
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Issue 12, D1: sockets that send nothing, a byte, part of the HTTP/2 preface, or the
+/// preface and SETTINGS but no request must be closed within `--axon.read_timeout`.
+#[tokio::test]
+async fn stalled_connections_are_closed_within_the_read_timeout() {
+    let mut setup = AxonSetup::new(&[]);
+    setup.args = axon_args(&["--axon.read_timeout", "1"]);
+    let axon = setup.start().await;
+    let payloads: Vec<(&str, Vec<u8>)> = vec![
+        ("nothing", Vec::new()),
+        ("one byte", b"P".to_vec()),
+        ("part of the HTTP/2 preface", b"PRI * HTTP/2.0\r\n".to_vec()),
+        ("the HTTP/2 preface and SETTINGS", h2_preface()),
+        ("part of an HTTP/1.1 request line", b"GET".to_vec()),
+    ];
+    let mut checks = Vec::new();
+    for (what, payload) in payloads {
+        let addr = axon.addr;
+        checks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(&payload).await.expect("write");
+            (
+                what,
+                closed_within(&mut stream, Duration::from_secs(4)).await,
+            )
+        }));
+    }
+    for check in checks {
+        let (what, closed) = check.await.expect("task");
+        assert!(closed, "a connection that sent {what} is still open");
+    }
+}
+
+/// Issue 12, D1: keep-alive HTTP/1.1 and HTTP/2 connections are closed after
+/// `--axon.idle_timeout` without a request.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let mut setup = AxonSetup::new(&[]);
+    setup.args = axon_args(&["--axon.read_timeout", "8", "--axon.idle_timeout", "1"]);
+    let axon = setup.start().await;
+
+    let mut h1 = TcpStream::connect(axon.addr).await.expect("connect");
+    let answer = h1_healthz(&mut h1).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut h2 = TcpStream::connect(axon.addr).await.expect("connect");
+    h2.write_all(&h2_preface()).await.expect("preface");
+    h2.write_all(&h2_get_healthz()).await.expect("request");
+
+    assert!(
+        closed_within(&mut h1, Duration::from_secs(4)).await,
+        "idle HTTP/1.1 connection still open"
+    );
+    assert!(
+        closed_within(&mut h2, Duration::from_secs(4)).await,
+        "idle HTTP/2 connection still open"
+    );
+}
+
+/// Issue 12, D1: with every connection slot taken by idle sockets, a new connection is
+/// served at once: the oldest idle connection of the lowest-ranked caller gives way (a
+/// registered validator's idle keep-alive connection outranks sockets that never sent an
+/// authenticated request).
+#[tokio::test]
+async fn at_the_connection_limit_the_oldest_idle_connection_gives_way() {
+    let validator = validator_key();
+    let mut setup = AxonSetup::new(&[&validator.ss58_address()]);
+    setup.args = axon_args(&["--axon.max_connections", "4", "--axon.read_timeout", "30"]);
+    let axon = setup.start().await;
+    let target = target(axon.addr);
+
+    // The oldest connection: a validator's, kept alive after an answered request.
+    let honest = Dendrite::new(validator_key()).expect("dendrite");
+    let mut kept = TcpStream::connect(axon.addr).await.expect("connect");
+    let request = honest.prepare(&target, &mut prompt("hello"), Duration::from_secs(12));
+    let answer = h1_post(&mut kept, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Then three sockets that say nothing.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(axon.addr).await.expect("connect"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A fifth connection is served without waiting.
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/healthz", axon.addr))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("the new connection is served");
+    assert_eq!(response.status(), 200);
+
+    // The oldest silent socket gave way; the others and the validator's connection did not.
+    assert!(closed_within(&mut silent[0], Duration::from_secs(2)).await);
+    for other in &mut silent[1..] {
+        assert!(!closed_within(other, Duration::from_millis(200)).await);
+    }
+    let request = honest.prepare(&target, &mut prompt("again"), Duration::from_secs(12));
+    let answer = h1_post(&mut kept, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
