@@ -111,10 +111,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         AxonState::new(Arc::new(miner_key.clone()), pipeline, &axon_args).context("axon args")?,
     );
     println!("listening {addr} {}", miner_key.ss58_address());
+    let limits = state.server_limits();
     axon::run(
         listener,
         axon::router(state),
-        axon_args.server_limits(),
+        limits,
         prompting_transport::server::shutdown_signal(),
     )
     .await?;

@@ -49,6 +49,7 @@ pub mod blacklist;
 mod bounded_stream;
 pub mod config;
 pub mod dev_metagraph;
+pub mod log_limit;
 pub mod metagraph;
 pub mod pipeline;
 pub mod priority;

@@ -236,7 +236,7 @@ impl Service {
             "serving on {local_addr} as hotkey {} (miner: {miner_name})",
             keypair.ss58_address()
         );
-        let served = axon::run(listener, router, axon_args.server_limits(), shutdown).await;
+        let served = axon::run(listener, router, state.server_limits(), shutdown).await;
         if let Some(task) = sync_task {
             task.abort();
         }

@@ -53,3 +53,17 @@ impl ClassifyCaller for Pipeline {
         }
     }
 }
+
+/// How much a connection used by `hotkey` is worth keeping when the connection limit is
+/// reached: 0 for unregistered keys, 1 + the stake in milli-τ for registered ones, the most
+/// for whitelisted ones. Idle connections of lower rank give way first.
+pub fn caller_rank(pipeline: &Pipeline, hotkey: &str) -> u64 {
+    if pipeline.is_whitelisted(hotkey) {
+        return u64::MAX;
+    }
+    match pipeline.caller(hotkey) {
+        // A NaN or negative stake ranks as none; the cast saturates at the top.
+        Some(info) => 1 + (info.stake.max(0.0) * 1e3) as u64,
+        None => 0,
+    }
+}

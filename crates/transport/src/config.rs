@@ -25,7 +25,8 @@ pub struct AxonArgs {
     /// Tokio worker threads serving requests (default: one per core).
     #[arg(long = "axon.max_workers", env = "BT_AXON_MAX_WORKERS")]
     pub max_workers: Option<usize>,
-    /// Connections served at once.
+    /// Connections served at once. At the limit, the idle connection of the lowest-ranked
+    /// caller gives way to a new one.
     #[arg(long = "axon.max_connections", default_value_t = 1024)]
     pub max_connections: usize,
     /// Largest request body accepted, in bytes (larger: 413).
@@ -34,9 +35,19 @@ pub struct AxonArgs {
     /// Largest request head (request line and headers) accepted, in bytes.
     #[arg(long = "axon.max_header_bytes", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
-    /// Seconds a client has to send the request head, and again the body.
+    /// Seconds a new connection has to deliver its first request (and any client a request
+    /// head, and again the body).
     #[arg(long = "axon.read_timeout", default_value_t = 10.0)]
     pub read_timeout: f64,
+    /// Seconds a connection may stay open with no request in flight (HTTP/1.1 keep-alive,
+    /// HTTP/2).
+    #[arg(long = "axon.idle_timeout", default_value_t = 60.0)]
+    pub idle_timeout: f64,
+    /// Seconds between two log lines of one kind that callers can cause (refusals,
+    /// evictions, failed connections); the events in between are counted in the next line
+    /// and in /metrics.
+    #[arg(long = "axon.log_interval", default_value_t = 10.0)]
+    pub log_interval: f64,
     /// Largest request `timeout` honoured, in seconds (longer ones are capped).
     #[arg(long = "axon.max_request_timeout", default_value_t = 300.0)]
     pub max_request_timeout: f64,
@@ -75,6 +86,8 @@ impl Default for AxonArgs {
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 64 * 1024,
             read_timeout: 10.0,
+            idle_timeout: 60.0,
+            log_interval: 10.0,
             max_request_timeout: 300.0,
             shutdown_grace: 30.0,
             nonce_capacity: 100_000,
@@ -120,6 +133,13 @@ impl AxonArgs {
             }
         };
         positive("read_timeout", self.read_timeout)?;
+        positive("idle_timeout", self.idle_timeout)?;
+        if !(self.log_interval.is_finite() && self.log_interval >= 0.0) {
+            return Err(AxonConfigError {
+                flag: "log_interval",
+                reason: format!("must be zero or more seconds, got {}", self.log_interval),
+            });
+        }
         positive("max_request_timeout", self.max_request_timeout)?;
         if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
             return Err(AxonConfigError {
@@ -155,13 +175,22 @@ impl AxonArgs {
         Ok(())
     }
 
-    /// The connection limits for [`crate::server::serve`].
+    /// The connection limits for [`crate::server::serve`] (without counters: the axon's
+    /// [`crate::edge::AxonState::server_limits`] adds its own).
     pub fn server_limits(&self) -> ServerLimits {
+        let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
+        let read_timeout = seconds(self.read_timeout);
         ServerLimits {
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
-            header_read_timeout: Duration::from_secs_f64(self.read_timeout),
-            shutdown_grace: Duration::from_secs_f64(self.shutdown_grace),
+            header_read_timeout: read_timeout,
+            idle_timeout: seconds(self.idle_timeout),
+            // Reading the body, the longest request, then writing the answer.
+            request_lifetime: seconds(self.max_request_timeout)
+                .saturating_add(read_timeout.saturating_mul(2)),
+            shutdown_grace: seconds(self.shutdown_grace),
+            log_interval: seconds(self.log_interval),
+            stats: None,
         }
     }
 }

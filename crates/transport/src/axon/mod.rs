@@ -8,6 +8,7 @@ mod divert;
 pub mod ops;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ pub use crate::config::{AxonArgs, AxonConfigError};
 pub use crate::edge::AxonState;
 pub use crate::legacy::{PROTOCOL_VERSION, PromptSynapse, SYNAPSES};
 
+use crate::caller_class::CallerClass;
 use crate::server::{ServerLimits, serve};
 use crate::{btauth_json, grpc, legacy, openai};
 use divert::Divert;
@@ -26,6 +28,24 @@ use divert::Divert;
 /// `POST /Prompting` is both the legacy synapse and bittensor 11's btauth/1 JSON: requests
 /// carrying `X-Bittensor-Version` go to the latter ([`btauth_json::claims`]).
 pub fn router(state: Arc<AxonState>) -> Router {
+    let replay = state.btauth.replay_counters();
+    state.metrics.add_counter_source(
+        "btauth_replay_early_forgets",
+        "btauth/1 requests forgotten by the replay store before they expired (their room was full: --btauth.replay_capacity for unregistered keys, --btauth.replay_capacity_per_key for each registered key), by class of caller",
+        "class",
+        Arc::new(move || {
+            vec![
+                (
+                    CallerClass::Unregistered.as_str(),
+                    replay.early_forgets_unregistered.load(Ordering::Relaxed),
+                ),
+                (
+                    CallerClass::Registered.as_str(),
+                    replay.early_forgets_registered.load(Ordering::Relaxed),
+                ),
+            ]
+        }),
+    );
     let signed = btauth_json::routes(Arc::clone(&state));
     Router::new()
         .merge(

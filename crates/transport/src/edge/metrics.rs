@@ -80,6 +80,18 @@ pub struct Metrics {
     capacity: Gauge,
     queue_capacity: Gauge,
     sources: Vec<(String, String, GaugeSource)>,
+    counters: parking_lot::Mutex<Vec<CounterFamily>>,
+}
+
+/// Counters read when `/metrics` is scraped: one value per label value.
+pub type CounterSource = Arc<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
+
+/// A counter family read from a [`CounterSource`].
+struct CounterFamily {
+    name: String,
+    help: String,
+    label: &'static str,
+    source: CounterSource,
 }
 
 fn latency_histogram() -> Histogram {
@@ -156,7 +168,25 @@ impl Metrics {
             capacity,
             queue_capacity,
             sources: Vec::new(),
+            counters: parking_lot::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds a counter family `prompting_{name}_total{{label="…"}}` read from `source` at
+    /// every scrape (for tables and loops that count in atomics of their own).
+    pub fn add_counter_source(
+        &self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        source: CounterSource,
+    ) {
+        self.counters.lock().push(CounterFamily {
+            name: format!("prompting_{name}"),
+            help: help.to_string(),
+            label,
+            source,
+        });
     }
 
     /// Adds a gauge `prompting_{name}` read from `source` at every scrape (omitted while it
@@ -201,6 +231,19 @@ impl Metrics {
                 "prompting_pipeline_outcomes_total{{outcome=\"{}\"}} {count}\n",
                 outcome.as_str()
             ));
+        }
+        for family in self.counters.lock().iter() {
+            let name = &family.name;
+            extra.push_str(&format!(
+                "# HELP {name} {}\n# TYPE {name} counter\n",
+                family.help
+            ));
+            for (value, count) in (family.source)() {
+                extra.push_str(&format!(
+                    "{name}_total{{{}=\"{value}\"}} {count}\n",
+                    family.label
+                ));
+            }
         }
         for (name, help, source) in &self.sources {
             if let Some(value) = source() {

@@ -14,6 +14,7 @@ use crate::caller_class::ClassifyCaller;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AxonArgs, AxonConfigError};
 use crate::nonce::NonceSource;
+use crate::server::{CloseReason, ConnectionStats, ServerLimits};
 
 /// Per-request limits.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct AxonState {
     pub(crate) external_port: u16,
     /// The operator's settings the state was made from (protocols read their own).
     pub(crate) args: AxonArgs,
+    /// The server loop's counters (connections open, closed and why).
+    pub(crate) connections: Arc<ConnectionStats>,
     /// Nonces of the axon's signed answers, from [`AxonState::with_clock`]'s clock.
     axon_nonces: NonceSource,
 }
@@ -66,7 +69,11 @@ impl AxonState {
             }
         })?;
         let classify: Arc<dyn ClassifyCaller> = Arc::new(pipeline.clone());
+        let connections = Arc::new(ConnectionStats::default());
+        let mut metrics = Metrics::new();
+        register_connection_metrics(&mut metrics, &connections);
         Ok(AxonState {
+            connections,
             hotkey,
             btauth: Arc::new(btauth.with_classifier(classify)),
             keypair,
@@ -77,13 +84,22 @@ impl AxonState {
                 read_timeout: Duration::from_secs_f64(args.read_timeout),
                 max_request_timeout: args.max_request_timeout,
             },
-            metrics: Metrics::new(),
+            metrics,
             uuid: uuid::Uuid::new_v4().to_string(),
             external_ip: external_ip.to_string(),
             external_port: args.external_port.unwrap_or(args.port),
             args: args.clone(),
             axon_nonces: NonceSource::new(),
         })
+    }
+
+    /// The connection limits of `--axon.*` for [`crate::server::serve`], counting into this
+    /// axon's `/metrics`.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            stats: Some(Arc::clone(&self.connections)),
+            ..self.args.server_limits()
+        }
     }
 
     /// Replaces the btauth/1 verifier (tests with a manual clock). Its replay store learns
@@ -121,4 +137,39 @@ impl AxonState {
     pub(crate) fn next_axon_nonce(&self) -> u64 {
         self.axon_nonces.next()
     }
+}
+
+/// Registers the server loop's counters: connections accepted, open, closed by the server and
+/// why, and failed accepts.
+fn register_connection_metrics(metrics: &mut Metrics, stats: &Arc<ConnectionStats>) {
+    let open = Arc::clone(stats);
+    metrics.add_gauge_source(
+        "connections_open",
+        "Connections open now",
+        Arc::new(move || Some(open.open() as f64)),
+    );
+    let closed = Arc::clone(stats);
+    metrics.add_counter_source(
+        "connections_closed",
+        "Connections the server closed, by reason (no first request within --axon.read_timeout, idle past --axon.idle_timeout, gave way at --axon.max_connections, a request outlived its longest life)",
+        "reason",
+        Arc::new(move || {
+            CloseReason::ALL
+                .iter()
+                .map(|reason| (reason.as_str(), closed.closed(*reason)))
+                .collect()
+        }),
+    );
+    let accepted = Arc::clone(stats);
+    metrics.add_counter_source(
+        "connections",
+        "Connections accepted, and accept() calls that failed (out of file descriptors and the like)",
+        "outcome",
+        Arc::new(move || {
+            vec![
+                ("accepted", accepted.accepted()),
+                ("accept_failed", accepted.accept_errors()),
+            ]
+        }),
+    );
 }

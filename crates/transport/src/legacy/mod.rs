@@ -11,6 +11,7 @@ mod reply;
 mod verify;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,10 +24,11 @@ use prompting_miner::{PromptRequest, Protocol};
 use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody, SynapseHeaders};
 use tokio::time::Instant;
 
+use crate::caller_class::{CallerClass, caller_rank};
 use crate::deadline::{budget, deadline};
 use crate::edge::auth::read;
 use crate::edge::{AxonState, Rejection};
-use crate::server::PeerAddr;
+use crate::server::{ConnectionHandle, PeerAddr};
 use nonce_table::{NonceLimits, NonceTable};
 use reply::Reply;
 
@@ -93,6 +95,24 @@ pub fn routes(state: Arc<AxonState>) -> Router {
         max_request_timeout: Duration::try_from_secs_f64(args.max_request_timeout)
             .unwrap_or(Duration::MAX),
     });
+    let counters = nonces.counters();
+    state.metrics.add_counter_source(
+        "nonce_table_early_evictions",
+        "Legacy endpoints forgotten while a replay of them was still possible (their table was full: --axon.nonce_capacity for unregistered keys, --axon.nonce_capacity_per_key for each registered key), by class of caller",
+        "class",
+        Arc::new(move || {
+            vec![
+                (
+                    CallerClass::Unregistered.as_str(),
+                    counters.early_evictions_unregistered.load(Ordering::Relaxed),
+                ),
+                (
+                    CallerClass::Registered.as_str(),
+                    counters.early_evictions_registered.load(Ordering::Relaxed),
+                ),
+            ]
+        }),
+    );
     let legacy = Arc::new(Legacy {
         edge: state,
         nonces,
@@ -135,6 +155,7 @@ pub fn unknown_synapse(state: &AxonState) -> Router {
 async fn handle<B: PromptSynapse>(
     State(legacy): State<Arc<Legacy>>,
     peer: Option<axum::Extension<PeerAddr>>,
+    connection: Option<axum::Extension<ConnectionHandle>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -142,7 +163,16 @@ async fn handle<B: PromptSynapse>(
     // What Python's preprocess builds: a synapse from the headers alone. Error responses
     // carry its headers (so their computed_body_hash is that of empty inputs, as in Python).
     let mut reply = Reply::<B>::new(&legacy.edge, start);
-    let outcome = serve::<B>(&legacy, &mut reply, peer.map(|p| p.0), &headers, body).await;
+    let connection = connection.map(|c| c.0);
+    let outcome = serve::<B>(
+        &legacy,
+        &mut reply,
+        peer.map(|p| p.0),
+        connection.as_ref(),
+        &headers,
+        body,
+    )
+    .await;
     match outcome {
         Ok(response) => response,
         Err(rejection) => reply.refuse(rejection),
@@ -154,6 +184,7 @@ async fn serve<B: PromptSynapse>(
     legacy: &Legacy,
     reply: &mut Reply<'_, B>,
     peer: Option<PeerAddr>,
+    connection: Option<&ConnectionHandle>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Rejection> {
@@ -164,6 +195,9 @@ async fn serve<B: PromptSynapse>(
     set_peer(&mut reply.synapse, peer);
 
     let caller = verify::verify(legacy, &reply.synapse).map_err(Rejection::NotVerified)?;
+    if let Some(connection) = connection {
+        connection.rank_caller(caller_rank(&state.pipeline, &caller));
+    }
 
     let bytes = read(state, body).await?;
     let mut synapse = Synapse::<B>::from_request(&parsed, &bytes)

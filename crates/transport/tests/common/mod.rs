@@ -149,7 +149,7 @@ impl AxonSetup {
         let state = Arc::new(state);
         let router = axon::router(state.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let limits = args.server_limits();
+        let limits = state.server_limits();
         tokio::spawn(async move {
             let _ = axon::run(listener, router, limits, async {
                 let _ = stopped.await;
