@@ -29,6 +29,8 @@ pub struct LogLimiter {
     next_ns: AtomicU64,
     /// Events not logged since the last line.
     suppressed: AtomicU64,
+    /// Events counted since the limiter was made.
+    total: AtomicU64,
 }
 
 /// The instant limiters count from.
@@ -45,12 +47,14 @@ impl LogLimiter {
             interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
             next_ns: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+            total: AtomicU64::new(0),
         }
     }
 
     /// Counts one event. `Some(n)` when it may be logged now, `n` being the events left
     /// unlogged since the previous line (put it in the line); `None` when it is only counted.
     pub fn admit(&self) -> Option<u64> {
+        self.total.fetch_add(1, Ordering::Relaxed);
         let now = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
         let next = self.next_ns.load(Ordering::Relaxed);
         if now >= next
@@ -68,6 +72,11 @@ impl LogLimiter {
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         None
+    }
+
+    /// Events counted since the limiter was made, logged or not (for `/metrics`).
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Events counted but not logged since the last line.
@@ -96,6 +105,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(limiter.admit(), Some(100));
         assert_eq!(limiter.admit(), None);
+        assert_eq!(limiter.total(), 103);
     }
 
     #[test]

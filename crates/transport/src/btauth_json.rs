@@ -17,9 +17,11 @@ use prompting_miner::{PromptRequest, Protocol, SamplingOverrides};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use crate::caller_class::caller_rank;
 use crate::deadline::{budget, deadline};
 use crate::edge::auth::{authenticate, is_signed};
 use crate::edge::{AxonState, Rejection};
+use crate::server::ConnectionHandle;
 
 /// The route this protocol serves.
 pub const PATH: &str = "/Prompting";
@@ -51,11 +53,15 @@ async fn prompting(
     State(state): State<Arc<AxonState>>,
     method: Method,
     uri: Uri,
+    connection: Option<axum::Extension<ConnectionHandle>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Rejection> {
     let start = Instant::now();
     let auth = authenticate(&state, &method, &uri, &headers, body).await?;
+    if let Some(connection) = connection {
+        connection.rank_caller(caller_rank(&state.pipeline, &auth.caller));
+    }
     let request: PromptBody = serde_json::from_slice(&auth.body)
         .map_err(|e| Rejection::Malformed(format!("invalid JSON body: {e}")))?;
     let budget = budget(request.timeout, state.limits.max_request_timeout)?;

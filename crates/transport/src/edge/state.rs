@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use prompting_keys::Keypair;
 use prompting_miner::Pipeline;
+use prompting_miner::log_limit::LogLimiter;
 
 use super::metrics::Metrics;
 use crate::btauth::BtAuthVerifier;
@@ -43,6 +44,9 @@ pub struct AxonState {
     pub(crate) args: AxonArgs,
     /// The server loop's counters (connections open, closed and why).
     pub(crate) connections: Arc<ConnectionStats>,
+    /// Streamed answers that failed after their headers were sent (a backend or upstream
+    /// fault: logged once per `--axon.log_interval`, all counted in `/metrics`).
+    pub(crate) stream_failures: Arc<LogLimiter>,
     /// Nonces of the axon's signed answers, from [`AxonState::with_clock`]'s clock.
     axon_nonces: NonceSource,
 }
@@ -72,8 +76,19 @@ impl AxonState {
         let connections = Arc::new(ConnectionStats::default());
         let mut metrics = Metrics::new();
         register_connection_metrics(&mut metrics, &connections);
+        let stream_failures = Arc::new(LogLimiter::new(
+            Duration::try_from_secs_f64(args.log_interval).unwrap_or(Duration::MAX),
+        ));
+        let failures = Arc::clone(&stream_failures);
+        metrics.add_counter_source(
+            "streams_failed_midway",
+            "Streamed answers (legacy StreamPrompting, gRPC PromptStream) that failed after their headers were sent",
+            "outcome",
+            Arc::new(move || vec![("aborted", failures.total())]),
+        );
         Ok(AxonState {
             connections,
+            stream_failures,
             hotkey,
             btauth: Arc::new(btauth.with_classifier(classify)),
             keypair,

@@ -113,12 +113,15 @@ impl Miner for GrpcMiner {
             .pipeline_request(request)
             .map_err(|rejection| refused("PromptStream", rejection))?;
         let caller = request.caller.clone();
+        let failures = Arc::clone(&self.state.stream_failures);
         match self.state.pipeline.prompt_stream(request).await {
             Ok(stream) => {
                 let chunks = stream.map(move |chunk| match chunk {
                     Ok(text) => Ok(PromptChunk { text }),
                     Err(error) => {
-                        tracing::warn!(caller = %caller, %error, "gRPC stream failed midway");
+                        if let Some(suppressed) = failures.admit() {
+                            tracing::warn!(caller = %caller, %error, suppressed, "gRPC stream failed midway");
+                        }
                         Err(Status::from(Rejection::from(error)))
                     }
                 });

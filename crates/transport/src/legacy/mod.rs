@@ -94,7 +94,8 @@ pub fn routes(state: Arc<AxonState>) -> Router {
         reorder_window: Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
         max_request_timeout: Duration::try_from_secs_f64(args.max_request_timeout)
             .unwrap_or(Duration::MAX),
-    });
+    })
+    .with_log_interval(Duration::try_from_secs_f64(args.log_interval).unwrap_or(Duration::MAX));
     let counters = nonces.counters();
     state.metrics.add_counter_source(
         "nonce_table_early_evictions",

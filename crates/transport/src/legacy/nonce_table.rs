@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prompting_miner::log_limit::LogLimiter;
 
 use crate::caller_class::CallerClass;
 
@@ -327,6 +328,8 @@ pub struct NonceTable {
     freshness_ns: u128,
     max_timeout_ns: u128,
     counters: Arc<NonceCounters>,
+    /// One warning per interval about early evictions (a flood can cause one per request).
+    eviction_log: LogLimiter,
     inner: Mutex<Tables>,
 }
 
@@ -339,6 +342,7 @@ impl NonceTable {
             freshness_ns: ALLOWED_DELTA_NS + max_timeout_ns,
             max_timeout_ns,
             counters: Arc::new(NonceCounters::default()),
+            eviction_log: LogLimiter::default(),
             inner: Mutex::new(Tables {
                 shared: Group::new(limits.shared_capacity),
                 keyed: HashMap::new(),
@@ -347,6 +351,13 @@ impl NonceTable {
             }),
             limits,
         }
+    }
+
+    /// Writes the early-eviction warning at most once per `interval` (the events in
+    /// between are counted in the next line, and all of them in [`NonceTable::counters`]).
+    pub fn with_log_interval(mut self, interval: Duration) -> Self {
+        self.eviction_log = LogLimiter::new(interval);
+        self
     }
 
     /// The counters, shared (for `/metrics`).
@@ -474,10 +485,16 @@ impl NonceTable {
             CallerClass::Registered => &self.counters.early_evictions_registered,
         };
         counter.fetch_add(count, Ordering::Relaxed);
-        tracing::warn!(
-            class = class.as_str(),
-            "legacy nonce table full: evicting a live endpoint (raise --axon.nonce_capacity)"
-        );
+        if let Some(suppressed) = self.eviction_log.admit() {
+            tracing::warn!(
+                class = class.as_str(),
+                count,
+                suppressed,
+                "legacy nonce table full: evicting a live endpoint (raise --axon.nonce_capacity; \
+                 `suppressed` earlier evictions went unlogged, all are counted in \
+                 prompting_nonce_table_early_evictions_total)"
+            );
+        }
     }
 
     /// Drops stale endpoints everywhere, and registered keys' tables left empty.

@@ -3,6 +3,8 @@
 //! built from the request's headers alone, with the [`Rejection`]'s status and its
 //! [`legacy message`](Rejection::legacy_message).
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
@@ -77,12 +79,15 @@ impl<'a, B: PromptSynapse> Reply<'a, B> {
         stamp_axon(self.state, &mut synapse, self.start);
         let headers = synapse.to_headers_with_hash(body_hash);
         let caller = synapse.dendrite.hotkey.clone().unwrap_or_default();
+        let failures = Arc::clone(&self.state.stream_failures);
         let body = stream.map(move |chunk| match chunk {
             Ok(text) => Ok(Bytes::from(text)),
             Err(err) => {
                 // Headers are gone already: abort the body so the client sees an incomplete
                 // response instead of a completion that silently stopped.
-                tracing::warn!(caller = %caller, error = %err, "stream failed midway");
+                if let Some(suppressed) = failures.admit() {
+                    tracing::warn!(caller = %caller, error = %err, suppressed, "stream failed midway");
+                }
                 Err(std::io::Error::other(err.to_string()))
             }
         });
