@@ -165,6 +165,9 @@ struct ConnState {
     inner: Mutex<ConnInner>,
     /// Something changed that may move the connection's deadline.
     changed: Notify,
+    /// The registry's: told when the connection becomes idle (a waiting new connection
+    /// may take its slot).
+    registry_changed: Arc<Notify>,
 }
 
 struct ConnInner {
@@ -182,7 +185,7 @@ struct ConnInner {
 }
 
 impl ConnState {
-    fn new(id: u64, now: Instant) -> ConnState {
+    fn new(id: u64, now: Instant, registry_changed: Arc<Notify>) -> ConnState {
         ConnState {
             id,
             accepted_at: now,
@@ -195,6 +198,7 @@ impl ConnState {
                 evicted: false,
             }),
             changed: Notify::new(),
+            registry_changed,
         }
     }
 
@@ -245,11 +249,15 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let mut inner = self.conn.inner.lock();
         inner.active.remove(&self.seq);
-        if inner.active.is_empty() {
+        let idle = inner.active.is_empty();
+        if idle {
             inner.idle_since = Instant::now();
         }
         drop(inner);
         self.conn.changed.notify_one();
+        if idle {
+            self.conn.registry_changed.notify_one();
+        }
     }
 }
 
@@ -280,7 +288,7 @@ struct Registry {
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
     next_id: AtomicU64,
     /// A connection closed or became idle.
-    changed: Notify,
+    changed: Arc<Notify>,
 }
 
 impl Registry {
@@ -304,7 +312,11 @@ impl Registry {
             stats.count_close(CloseReason::GaveWay);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnState::new(id, Instant::now()));
+        let conn = Arc::new(ConnState::new(
+            id,
+            Instant::now(),
+            Arc::clone(&self.changed),
+        ));
         conns.insert(id, Arc::clone(&conn));
         Some(conn)
     }
@@ -399,7 +411,7 @@ pub async fn serve(
         capacity: limits.max_connections.max(1),
         conns: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
-        changed: Notify::new(),
+        changed: Arc::new(Notify::new()),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

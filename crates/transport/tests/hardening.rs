@@ -458,3 +458,50 @@ async fn at_the_connection_limit_the_oldest_idle_connection_gives_way() {
     let answer = h1_post(&mut kept, &request).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// Issue 12, D1: when every slot is busy, a new connection waits only until one of them
+/// goes idle (it then gives way), not until one closes.
+#[tokio::test]
+async fn at_the_connection_limit_a_busy_connection_gives_way_once_idle() {
+    let validator = validator_key();
+    let mut setup = AxonSetup::new(&[&validator.ss58_address()]);
+    setup.args = axon_args(&["--axon.max_connections", "2", "--axon.read_timeout", "30"]);
+    let axon = setup.start().await;
+    let target = target(axon.addr);
+
+    // Both slots busy: each connection has a request that takes 3 s ("sleep").
+    let mut busy = Vec::new();
+    for i in 0..2 {
+        let honest = Dendrite::builder(validator_key())
+            .uuid(format!("busy-{i}"))
+            .build()
+            .expect("dendrite");
+        let request = honest.prepare(&target, &mut prompt("sleep"), Duration::from_secs(12));
+        let addr = axon.addr;
+        busy.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let answer = h1_post(&mut stream, &request).await;
+            // Kept open (idle) afterwards.
+            (answer, stream)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = std::time::Instant::now();
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/healthz", axon.addr))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("served once a busy connection went idle");
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    for task in busy {
+        let (answer, _stream) = task.await.expect("task");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
