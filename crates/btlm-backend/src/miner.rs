@@ -87,6 +87,7 @@ impl BtlmMiner {
             device: parse_device(&args.device)?,
             dtype: args.dtype.dtype(),
             quantization: args.quantize,
+            ..LoadOptions::default()
         };
         let (model, tokenizer) = load_model(&files, &opts)?;
         let name = match &args.model_dir {
