@@ -1,9 +1,10 @@
 //! How a checkpoint becomes model weights: the run format chosen from [`LoadOptions`], and
-//! a [`Loader`] the layers read their tensors through (in the manner of candle's
+//! a `Loader` the layers read their tensors through (in the manner of candle's
 //! `VarBuilder`). On CPU, projection weights are packed for [`crate::kernels`] tensor by
 //! tensor, straight from the checkpoint's dtype.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -11,6 +12,7 @@ use crate::error::{BtlmError, Result};
 use crate::kernels::{KernelPath, PackedMatrix, WeightFormat};
 use crate::linear::pack_tensor;
 use crate::options::Quantization;
+use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
 
 /// How to load a checkpoint.
@@ -29,6 +31,9 @@ pub struct LoadOptions {
     /// The CPU kernel path; `None`: [`KernelPath::active`] (the best this CPU runs, or
     /// `BTLM_KERNELS`).
     pub kernels: Option<KernelPath>,
+    /// Where quantized (q8_0, q4k) CPU weights are cached for the next start; the default is
+    /// [`WeightCache::Off`] (the miner turns it on, see `--btlm.weight_cache`).
+    pub weight_cache: WeightCache,
 }
 
 impl Default for LoadOptions {
@@ -38,8 +43,20 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             quantization: Quantization::None,
             kernels: None,
+            weight_cache: WeightCache::Off,
         }
     }
+}
+
+/// The converted-weights cache of one load.
+#[derive(Debug)]
+struct CacheState {
+    path: PathBuf,
+    key: String,
+    /// The file of an earlier load, if it matched.
+    hit: Option<CachedWeights>,
+    /// Matrices converted by this load (written to the cache when the load completes).
+    fresh: Mutex<Vec<(String, Arc<PackedMatrix>)>>,
 }
 
 /// Reads tensors from a checkpoint in the run format: activations, norms, biases and dense
@@ -52,6 +69,7 @@ pub(crate) struct Loader<'a> {
     dtype: DType,
     packed: Option<WeightFormat>,
     kernel_path: KernelPath,
+    cache: Option<CacheState>,
 }
 
 impl<'a> Loader<'a> {
@@ -102,13 +120,64 @@ impl<'a> Loader<'a> {
         } else {
             opts.dtype
         };
+        // Only quantization is slow enough to be worth a second copy on disk (repacking
+        // f32/bf16/f16 runs at memory speed).
+        let cache = packed.filter(|f| f.quantized()).and_then(|format| {
+            let path = pack_cache::cache_path(&opts.weight_cache, ckpt.files(), format)?;
+            let key = match pack_cache::source_key(ckpt.files()) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hash the checkpoint: no weight cache");
+                    return None;
+                }
+            };
+            let hit = CachedWeights::open(&path, format, &key);
+            match &hit {
+                Some(c) => tracing::info!(path = %path.display(), matrices = c.len(), "using cached converted weights"),
+                None => tracing::info!(path = %path.display(), "converting weights (cached for the next start)"),
+            }
+            Some(CacheState {
+                path,
+                key,
+                hit,
+                fresh: Mutex::new(Vec::new()),
+            })
+        });
         Ok(Loader {
             ckpt,
             device: opts.device.clone(),
             dtype,
             packed,
             kernel_path,
+            cache,
         })
+    }
+
+    /// Ends the load: writes the matrices this load converted to the weight cache (when
+    /// it is on and nothing came from it). A cache that cannot be written is only logged.
+    pub(crate) fn finish(&self) {
+        let Some(cache) = &self.cache else { return };
+        let Some(format) = self.packed else { return };
+        if cache.hit.is_some() {
+            return;
+        }
+        let fresh = std::mem::take(&mut *cache.fresh.lock().unwrap_or_else(|e| e.into_inner()));
+        if fresh.is_empty() {
+            return;
+        }
+        let t = std::time::Instant::now();
+        match pack_cache::write(&cache.path, format, &cache.key, &fresh) {
+            Ok(()) => tracing::info!(
+                path = %cache.path.display(),
+                seconds = t.elapsed().as_secs_f64(),
+                "converted weights cached"
+            ),
+            Err(e) => tracing::warn!(
+                path = %cache.path.display(),
+                error = %e,
+                "cannot write the converted-weights cache"
+            ),
+        }
     }
 
     /// The checkpoint read from.
@@ -176,10 +245,28 @@ impl<'a> Loader<'a> {
         transposed: bool,
         get: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Arc<PackedMatrix>> {
+        if let Some(m) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.hit.as_ref())
+            .and_then(|hit| hit.get(name, n_out, n_in))
+            .filter(|m| m.format() == format)
+        {
+            return Ok(Arc::new(m));
+        }
         let t = get()?;
         let m = pack_tensor(&t, format, n_out, n_in, transposed)
             .map_err(|e| BtlmError::Checkpoint(format!("{name}: {e}")))?;
-        Ok(Arc::new(m))
+        let m = Arc::new(m);
+        if let Some(c) = &self.cache
+            && c.hit.is_none()
+        {
+            c.fresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name.to_string(), m.clone()));
+        }
+        Ok(m)
     }
 
     /// Reads a tensor that must exist with `shape`, converted to the activation dtype.

@@ -84,6 +84,7 @@ impl Btlm {
         };
         let slopes = alibi_slopes(cfg.n_head);
         check_stored_slopes(ld.checkpoint(), &slopes, cfg.n_head)?;
+        ld.finish();
         Ok(Btlm {
             cfg: cfg.clone(),
             wte,

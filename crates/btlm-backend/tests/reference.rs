@@ -7,10 +7,11 @@ use std::ops::ControlFlow;
 
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate, never, until};
-use prompting_btlm_backend::kernels::KernelPath;
+use prompting_btlm_backend::kernels::{KernelPath, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::pack_cache::{self, CachedWeights, WeightCache};
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
 use prompting_btlm_backend::weights::Checkpoint;
@@ -311,6 +312,7 @@ fn quantization_needs_f32() {
             quantization: Quantization::Q8_0,
             device: Device::Cpu,
             kernels: None,
+            weight_cache: WeightCache::Off,
         },
     )
     .expect_err("bf16 + q8_0");
@@ -531,4 +533,70 @@ fn learned_positions_need_a_wpe_table() {
         );
     }
     assert!(max_abs_diff(&last[0], &last[1]) > 1e-3);
+}
+
+#[test]
+fn converted_weights_are_cached_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture().join(f), dir.path().join(f)).expect("copy fixture");
+    }
+    let cfg =
+        Config::from_json(&std::fs::read_to_string(dir.path().join("config.json")).expect("cfg"))
+            .expect("config");
+    let ckpt_file = dir.path().join("model.safetensors");
+    let ids = &reference().cases[0].input_ids;
+    for quantization in [Quantization::Q4k, Quantization::Q8_0] {
+        let opts = LoadOptions {
+            quantization,
+            weight_cache: WeightCache::Beside,
+            ..LoadOptions::default()
+        };
+        let ckpt = Checkpoint::open(std::slice::from_ref(&ckpt_file)).expect("checkpoint");
+        let converted = Btlm::load(&cfg, &ckpt, &opts).expect("model");
+        let format = match quantization {
+            Quantization::Q4k => WeightFormat::Q4K,
+            _ => WeightFormat::Q8_0,
+        };
+        let cache =
+            pack_cache::cache_path(&WeightCache::Beside, ckpt.files(), format).expect("cache path");
+        assert!(cache.is_file(), "{} written", cache.display());
+        let written = std::fs::metadata(&cache)
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        let cached = Btlm::load(&cfg, &ckpt, &opts).expect("model from cache");
+        assert_eq!(
+            std::fs::metadata(&cache)
+                .expect("meta")
+                .modified()
+                .expect("mtime"),
+            written,
+            "a cache hit does not rewrite the file"
+        );
+        assert_eq!(
+            last_logits(&converted, ids),
+            last_logits(&cached, ids),
+            "{quantization}: same logits from the cache"
+        );
+    }
+    // A changed checkpoint (one weight of the last tensor) invalidates the cache: the next
+    // load converts again and replaces the file with one for the new content.
+    let before = pack_cache::source_key(std::slice::from_ref(&ckpt_file)).expect("key");
+    let mut bytes = std::fs::read(&ckpt_file).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&ckpt_file, &bytes).expect("write");
+    let after = pack_cache::source_key(std::slice::from_ref(&ckpt_file)).expect("key");
+    assert_ne!(before, after);
+    let cache = dir.path().join(".btlm-cache/model.q4k.packed");
+    assert!(CachedWeights::open(&cache, WeightFormat::Q4K, &after).is_none());
+    let ckpt = Checkpoint::open(std::slice::from_ref(&ckpt_file)).expect("checkpoint");
+    let opts = LoadOptions {
+        quantization: Quantization::Q4k,
+        weight_cache: WeightCache::Beside,
+        ..LoadOptions::default()
+    };
+    Btlm::load(&cfg, &ckpt, &opts).expect("model");
+    assert!(CachedWeights::open(&cache, WeightFormat::Q4K, &after).is_some());
 }

@@ -19,6 +19,7 @@ use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
 
@@ -51,6 +52,10 @@ struct Cli {
     /// Only the kernel-only matmul measurement (no checkpoint, no model).
     #[arg(long)]
     matmul_only: bool,
+    /// Cache converted weights: `off`, `beside` (beside the checkpoint) or a directory.
+    /// Run twice to measure a second start.
+    #[arg(long, default_value = "off")]
+    weight_cache: String,
     /// Internal: measure one format and print one result line.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -150,10 +155,16 @@ fn measure(
             dtype,
             quantization,
             kernels: None,
+            weight_cache: match cli.weight_cache.as_str() {
+                "off" => WeightCache::Off,
+                "beside" => WeightCache::Beside,
+                dir => WeightCache::Dir(dir.into()),
+            },
         },
     )?;
     drop(ckpt);
     let load_s = t.elapsed().as_secs_f64();
+    let load_rss = peak_rss_mib();
     let prompt: Vec<u32> = (0..cli.prompt as u32).map(|i| (i * 7919) % 50000).collect();
 
     // Warm-up (allocations, thread pools).
@@ -172,10 +183,11 @@ fn measure(
     }
     let decode_s = t.elapsed().as_secs_f64();
     Ok(format!(
-        "RESULT {format} {load_s} {} {} {}",
+        "RESULT {format} {load_s} {} {} {} {load_rss} {}",
         cli.prompt as f64 / prefill_s,
         cli.decode as f64 / decode_s,
-        peak_rss_mib()
+        peak_rss_mib(),
+        KernelPath::active()?,
     ))
 }
 
@@ -221,9 +233,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "{:<6} {:>7} {:>12} {:>11} {:>9} {:>12} {:>10} {:>9} {:>13} {:>13}",
+        "{:<6} {:<7} {:>7} {:>13} {:>12} {:>11} {:>9} {:>12} {:>10} {:>9} {:>13} {:>13}",
         "format",
+        "kernels",
         "load s",
+        "load RSS MiB",
         "prefill t/s",
         "decode t/s",
         "ms/token",
@@ -246,6 +260,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cli.decode.to_string(),
                 "--checkpoint",
                 &ckpt.to_string_lossy(),
+                "--weight-cache",
+                &cli.weight_cache,
                 "--child",
                 format,
             ])
@@ -258,12 +274,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             continue;
         };
-        let v: Vec<f64> = line
-            .split_whitespace()
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let kpath = fields.last().copied().unwrap_or("?");
+        let v: Vec<f64> = fields
+            .iter()
             .skip(2)
             .filter_map(|x| x.parse().ok())
             .collect();
-        let [load_s, prefill, decode, rss] = v[..] else {
+        let [load_s, prefill, decode, rss, load_rss] = v[..] else {
             println!("{format:<6} unparsable: {line}");
             continue;
         };
@@ -272,7 +290,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let gbs = bytes * decode / 1e9;
         let est_full = decode * bytes / weight_bytes_per_token(&full, wf);
         println!(
-            "{format:<6} {load_s:>7.1} {prefill:>12.1} {decode:>11.2} {:>9.1} {:>12.0} {gbs:>10.2} {:>8.0}% {rss:>13.0} {est_full:>13.2}",
+            "{format:<6} {kpath:<7} {load_s:>7.1} {load_rss:>13.0} {prefill:>12.1} {decode:>11.2} {:>9.1} {:>12.0} {gbs:>10.2} {:>8.0}% {rss:>13.0} {est_full:>13.2}",
             1000.0 / decode,
             bytes / 1e6,
             100.0 * gbs / bw_read,
