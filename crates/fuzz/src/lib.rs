@@ -325,7 +325,7 @@ pub fn fuzz(
         }
     }
     while execs < budget.execs {
-        if execs % 4096 == 0 {
+        if execs.is_multiple_of(4096) {
             for (bad, why) in target.flush() {
                 record(bad, why, &mut findings);
             }
