@@ -165,6 +165,7 @@ async fn serve<B: PromptSynapse>(
         protocol: Protocol::Legacy,
         deadline: start + budget,
         sampling: Default::default(),
+        report: Default::default(),
     };
 
     if B::STREAMING {

@@ -126,6 +126,7 @@ pub async fn prompting(
             protocol: Protocol::BtAuth,
             deadline: deadline(state, start, request.timeout)?,
             sampling: SamplingOverrides::default(),
+            report: Default::default(),
         };
         Ok::<_, Refused>(state.pipeline.prompt(request).await?)
     }

@@ -79,6 +79,7 @@ impl GrpcMiner {
             protocol: Protocol::Grpc,
             deadline: arrival + budget,
             sampling,
+            report: Default::default(),
         };
         Ok(request)
     }

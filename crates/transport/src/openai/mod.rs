@@ -14,14 +14,14 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
-use prompting_miner::{PromptRequest, Protocol, SamplingOverrides, TextStream};
+use prompting_miner::{CompletionReport, PromptRequest, Protocol, SamplingOverrides, TextStream};
 use tokio::time::Instant;
 
 use crate::axon::AxonState;
 use crate::axon::signed::{Refused, authenticate, deadline};
 use schema::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
-    ErrorBody, ErrorDetail,
+    ErrorBody, ErrorDetail, Usage,
 };
 
 fn unix_seconds() -> u64 {
@@ -125,12 +125,14 @@ async fn serve(
             temperature: chat.temperature,
             top_p: chat.top_p,
         },
+        report: CompletionReport::default(),
     };
+    let report = request.report.clone();
     let model = state.pipeline.miner().name().to_string();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if chat.stream {
         let stream = state.pipeline.prompt_stream(request).await?;
-        let events = sse_events(stream, id, model, unix_seconds());
+        let events = sse_events(stream, report, id, model, unix_seconds());
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
@@ -147,13 +149,23 @@ async fn serve(
                 role: "assistant",
                 content: completion,
             },
-            finish_reason: "stop",
+            finish_reason: finish_reason(&report),
         }],
+        usage: report.usage().map(|usage| Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        }),
     };
     Ok(axum::Json(answer).into_response())
 }
 
-fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<&'static str>) -> Event {
+/// Why the backend stopped generating; `stop` when it did not say.
+fn finish_reason(report: &CompletionReport) -> String {
+    report.finish_reason().unwrap_or_else(|| "stop".to_owned())
+}
+
+fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<String>) -> Event {
     let chunk = ChatChunk {
         id: id.to_string(),
         object: "chat.completion.chunk",
@@ -169,10 +181,12 @@ fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<&'sta
 }
 
 /// The SSE stream of an answer: a role chunk, one chunk per text piece, a final chunk with
-/// `finish_reason: "stop"`, then `[DONE]`. A backend failure midway sends an error event and
+/// the backend's `finish_reason` (read from `report` once the text ended; `stop` when the
+/// backend did not say), then `[DONE]`. A backend failure midway sends an error event and
 /// ends the stream without `[DONE]`.
 fn sse_events(
     text: TextStream,
+    report: CompletionReport,
     id: String,
     model: String,
     created: u64,
@@ -229,7 +243,13 @@ fn sse_events(
     let tail = futures::stream::once(async move {
         (!failed.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
             vec![
-                chunk(&id, &model, created, Delta::default(), Some("stop")),
+                chunk(
+                    &id,
+                    &model,
+                    created,
+                    Delta::default(),
+                    Some(finish_reason(&report)),
+                ),
                 Event::default().data("[DONE]"),
             ]
         })
