@@ -1,7 +1,8 @@
 //! The `--openai.*` settings (command line or TOML config file) and their validation.
 //!
 //! Names and defaults of the generation settings are those of the text-prompting v2.1.6
-//! `OpenAIMiner`; `base_url`, `api_key`, `timeout`, `max_retries` and `retry_backoff` are new.
+//! `OpenAIMiner`; `base_url`, `api_key`, `timeout`, `max_retries`, `retry_backoff`,
+//! `probe_interval` and `stream_usage` are new.
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +37,10 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 /// Default `--openai.retry_backoff`, in seconds.
 pub const DEFAULT_RETRY_BACKOFF_SECS: f64 = 0.5;
+/// Default `--openai.probe_interval`, in seconds.
+pub const DEFAULT_PROBE_INTERVAL_SECS: f64 = 1.0;
+/// Default `--openai.stream_usage`.
+pub const DEFAULT_STREAM_USAGE: bool = true;
 /// The environment variable `--openai.api_key` falls back to.
 pub const API_KEY_ENV: &str = "OPENAI_API_KEY";
 
@@ -141,6 +146,17 @@ pub struct OpenAiArgs {
     /// each further retry (capped), and `Retry-After` wins when it asks for longer.
     #[arg(id = "openai.retry_backoff", long = "openai.retry_backoff", default_value_t = DEFAULT_RETRY_BACKOFF_SECS)]
     pub retry_backoff: f64,
+
+    /// While every upstream cools down after a `Retry-After`, one request at a time still
+    /// probes one of them, at most once per this many seconds; a probe that succeeds ends the
+    /// cool-down.
+    #[arg(id = "openai.probe_interval", long = "openai.probe_interval", default_value_t = DEFAULT_PROBE_INTERVAL_SECS)]
+    pub probe_interval: f64,
+
+    /// Ask streamed answers for their token usage (`stream_options.include_usage`, counted in
+    /// `/metrics`); `false` for servers that refuse the field.
+    #[arg(id = "openai.stream_usage", long = "openai.stream_usage", default_value_t = DEFAULT_STREAM_USAGE, action = ArgAction::Set)]
+    pub stream_usage: bool,
 }
 
 impl Default for OpenAiArgs {
@@ -159,6 +175,8 @@ impl Default for OpenAiArgs {
             timeout: DEFAULT_TIMEOUT_SECS,
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff: DEFAULT_RETRY_BACKOFF_SECS,
+            probe_interval: DEFAULT_PROBE_INTERVAL_SECS,
+            stream_usage: DEFAULT_STREAM_USAGE,
         }
     }
 }
@@ -205,6 +223,8 @@ pub(crate) struct Settings {
     pub timeout: Duration,
     pub max_retries: u32,
     pub retry_backoff: Duration,
+    pub probe_interval: Duration,
+    pub stream_usage: bool,
 }
 
 /// Checks a temperature (OpenAI accepts 0 to 2).
@@ -388,6 +408,8 @@ impl OpenAiArgs {
             timeout: seconds("timeout", self.timeout, false)?,
             max_retries: self.max_retries,
             retry_backoff: seconds("retry_backoff", self.retry_backoff, true)?,
+            probe_interval: seconds("probe_interval", self.probe_interval, true)?,
+            stream_usage: self.stream_usage,
         })
     }
 }
@@ -465,6 +487,10 @@ mod tests {
             "4",
             "--openai.retry_backoff",
             "0",
+            "--openai.probe_interval",
+            "0.25",
+            "--openai.stream_usage",
+            "false",
         ])
         .expect("flags parse");
         assert_eq!(
@@ -483,6 +509,8 @@ mod tests {
                 timeout: 2.5,
                 max_retries: 4,
                 retry_backoff: 0.0,
+                probe_interval: 0.25,
+                stream_usage: false,
             }
         );
         parsed.validate().expect("valid");
@@ -696,6 +724,13 @@ mod tests {
                     ..local()
                 },
                 "retry_backoff",
+            ),
+            (
+                OpenAiArgs {
+                    probe_interval: f64::NAN,
+                    ..local()
+                },
+                "probe_interval",
             ),
             (
                 OpenAiArgs {
