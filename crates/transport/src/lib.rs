@@ -7,5 +7,6 @@ pub mod clock;
 pub mod dendrite;
 pub mod grpc;
 pub mod metrics;
+pub mod nonce;
 pub mod openai;
 pub mod server;

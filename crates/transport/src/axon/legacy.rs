@@ -216,7 +216,8 @@ fn verify<B: PromptSynapse>(state: &AxonState, synapse: &Synapse<B>) -> Result<S
     let nonce = synapse.dendrite.nonce.ok_or("Missing Nonce")?;
     let uuid = synapse.dendrite.uuid.as_deref().unwrap_or("None");
     let endpoint = format!("{hotkey}:{uuid}");
-    let now = state.clock.now_ns();
+    // The nonce table counts in unsigned nanoseconds; a clock before 1970 reads as 0.
+    let now = u128::try_from(state.clock.now_ns()).unwrap_or(0);
     state
         .nonces
         .check(

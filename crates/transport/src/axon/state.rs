@@ -2,7 +2,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prompting_keys::Keypair;
@@ -13,6 +12,7 @@ use super::nonce::NonceTable;
 use crate::btauth::BtAuthVerifier;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
+use crate::nonce::NonceSource;
 
 /// The version this axon reports in `bt_header_axon_version`: the bittensor protocol level
 /// it speaks (10.5.0, as `version_as_int`).
@@ -42,7 +42,8 @@ pub struct AxonState {
     pub(crate) uuid: String,
     pub(crate) external_ip: String,
     pub(crate) external_port: u16,
-    last_axon_nonce: AtomicU64,
+    /// Nonces of the axon's signed answers, from [`AxonState::clock`].
+    axon_nonces: NonceSource,
 }
 
 impl AxonState {
@@ -89,7 +90,7 @@ impl AxonState {
             uuid: uuid::Uuid::new_v4().to_string(),
             external_ip: external_ip.to_string(),
             external_port: args.external_port.unwrap_or(args.port),
-            last_axon_nonce: AtomicU64::new(0),
+            axon_nonces: NonceSource::new(),
         })
     }
 
@@ -101,6 +102,7 @@ impl AxonState {
 
     /// Replaces the clock of the legacy protocol (tests replaying recorded nonces).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.axon_nonces = NonceSource::with_clock(Arc::clone(&clock));
         self.clock = clock;
         self
     }
@@ -122,13 +124,6 @@ impl AxonState {
 
     /// A fresh axon nonce: now in ns, strictly increasing.
     pub(crate) fn next_axon_nonce(&self) -> u64 {
-        let now = u64::try_from(self.clock.now_ns()).unwrap_or(u64::MAX);
-        let previous = self
-            .last_axon_nonce
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(previous + 1)
+        self.axon_nonces.next()
     }
 }

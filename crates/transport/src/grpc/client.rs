@@ -17,7 +17,8 @@ use super::auth::{METHOD_PROMPT, METHOD_PROMPT_STREAM};
 use super::deadline::DEFAULT_TIMEOUT_S;
 use super::proto::miner_client::MinerClient;
 use super::proto::{self, PromptChunk};
-use crate::btauth::{BtAuthSignError, BtAuthSigner, NonceSource};
+use crate::btauth::{BtAuthSignError, BtAuthSigner};
+use crate::nonce::NonceSource;
 
 /// Time the client waits past a call's own timeout for the server's answer (its
 /// `DEADLINE_EXCEEDED` included) before giving up itself.
