@@ -156,6 +156,16 @@ impl Pipeline {
         &self.inner.miner
     }
 
+    /// What the metagraph knows of `hotkey` now; `None` when it is not registered.
+    pub fn caller(&self, hotkey: &str) -> Option<crate::metagraph::CallerInfo> {
+        self.inner.metagraph.caller(hotkey)
+    }
+
+    /// Whether `hotkey` is in `--miner.blacklist.whitelist`.
+    pub fn is_whitelisted(&self, hotkey: &str) -> bool {
+        self.inner.identity.is_whitelisted(hotkey)
+    }
+
     /// The settings in force.
     pub fn config(&self) -> &MinerConfig {
         &self.inner.config
