@@ -234,7 +234,16 @@ impl OpenAiBackend {
                     upstream = %upstream.label,
                     "the upstream sent an empty event stream: asking again without streaming to learn why"
                 );
-                let text = self.complete_once(upstream, plain).await?.record(report);
+                // The server may close the connection of the empty stream right after it,
+                // while the client's pool already hands it out again: a request on it gets no
+                // answer. Such a failure is asked again at once, on a new connection.
+                let answer = match self.complete_once(upstream, plain).await {
+                    Err(Failure::Retriable(failure)) if failure.kind == RetryKind::Connection => {
+                        self.complete_once(upstream, plain).await
+                    }
+                    answer => answer,
+                };
+                let text = answer?.record(report);
                 Ok(Box::pin(futures::stream::once(async move { Ok(text) })))
             }
         }

@@ -34,10 +34,10 @@ pub(crate) struct StreamLimits {
 /// Why a stream failed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum StreamError {
-    /// The upstream answered 200 but closed its event stream without sending a single event
-    /// (llama.cpp's Python server does so for any error raised before the first token, e.g.
-    /// a prompt longer than its context): the reason can only be learnt by asking again
-    /// without streaming.
+    /// The upstream answered 200 but ended its event stream, properly or by breaking the
+    /// connection, without sending a single byte of it (llama.cpp's Python server does so for
+    /// any error raised before the first token, e.g. a prompt longer than its context): the
+    /// reason can only be learnt by asking again without streaming.
     Empty,
     /// Any other failure, classified for retrying.
     Failed(Failure),
@@ -116,6 +116,7 @@ pub(crate) async fn start(
         parser: SseParser::new(),
         ready: VecDeque::new(),
         ended: false,
+        saw_bytes: false,
         saw_event: false,
         saw_choice: false,
         saw_finish: false,
@@ -150,6 +151,8 @@ struct SseCompletion {
     ready: VecDeque<Result<String, StreamError>>,
     /// No more items will be added to `ready`.
     ended: bool,
+    /// At least one byte of the body arrived.
+    saw_bytes: bool,
     /// At least one event (of any kind) arrived.
     saw_event: bool,
     /// A chunk with a choice of index 0 was seen.
@@ -202,13 +205,17 @@ impl SseCompletion {
                         self.limits.idle.as_secs_f64()
                     ),
                 )),
-                Ok(Some(Ok(bytes))) => match self.parser.push(&bytes) {
+                Ok(Some(Ok(bytes))) => match {
+                    self.saw_bytes |= !bytes.is_empty();
+                    self.parser.push(&bytes)
+                } {
                     Ok(events) => events.into_iter().for_each(|event| self.handle(event)),
                     Err(e) => self.fail(retriable(
                         RetryKind::Connection,
                         format!("the upstream stream is malformed: {e}"),
                     )),
                 },
+                Ok(Some(Err(_))) if !self.saw_bytes => self.fail(StreamError::Empty),
                 Ok(Some(Err(error))) => {
                     let message = match crate::failure::from_transport(&error, self.scrubber()) {
                         Failure::Retriable(failure) => failure.message,

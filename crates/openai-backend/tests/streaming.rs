@@ -251,6 +251,14 @@ async fn stream_error_object_is_reported_without_the_key() {
     );
 }
 
+/// llama-cpp-python's answer to a prompt longer than its context, raw.
+fn context_overflow() -> Vec<u8> {
+    raw_json(
+        "400 Bad Request",
+        &json!({"error": {"message": "This model's maximum context length is 256 tokens."}}),
+    )
+}
+
 /// The error `prompt_stream` (10 s deadline) fails with when one upstream always answers
 /// with the SSE `chunks`, and how many calls it took.
 async fn start_error(chunks: Vec<String>) -> (MinerError, usize) {
@@ -377,6 +385,79 @@ async fn an_empty_event_stream_is_asked_again_without_streaming_to_learn_why() {
     assert_eq!(requests[0].body["stream"], json!(true));
     assert!(requests[1].body.get("stream").is_none());
     assert!(requests[1].body.get("stream_options").is_none());
+}
+
+#[tokio::test]
+async fn an_event_stream_broken_before_its_first_byte_is_asked_again_without_streaming() {
+    // What llama-cpp-python 0.3.36 really sends for a prompt longer than its context when
+    // streaming: 200 and event-stream headers, then the connection closes mid-body.
+    let (base_url, requests) = raw_upstream(|body, _| {
+        Some(if body["stream"] == json!(true) {
+            (BROKEN_SSE_HEAD.to_vec(), true)
+        } else {
+            (context_overflow(), true)
+        })
+    })
+    .await;
+    let backend = backend(args(&[&base_url]));
+
+    let error = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .err();
+
+    assert_eq!(
+        error,
+        Some(MinerError::BadRequest(
+            "upstream returned 400 Bad Request: This model's maximum context length is 256 tokens."
+                .into()
+        ))
+    );
+    let requests = requests.lock().expect("requests").clone();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["stream"], json!(true));
+    assert!(requests[1].get("stream").is_none());
+}
+
+#[tokio::test]
+async fn the_connection_an_empty_stream_came_on_may_be_dead_for_the_question_why() {
+    // llama-cpp-python ends the empty stream properly, then closes the connection: the next
+    // request the client sends on it (from its pool) gets no answer.
+    let (base_url, requests) = raw_upstream(|body, n| {
+        if n > 0 {
+            return None;
+        }
+        Some(if body["stream"] == json!(true) {
+            ([BROKEN_SSE_HEAD, b"0\r\n\r\n"].concat(), false)
+        } else {
+            (context_overflow(), true)
+        })
+    })
+    .await;
+    let backend = backend(args(&[&base_url]));
+
+    let error = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .err();
+
+    assert_eq!(
+        error,
+        Some(MinerError::BadRequest(
+            "upstream returned 400 Bad Request: This model's maximum context length is 256 tokens."
+                .into()
+        ))
+    );
+    let requests = requests.lock().expect("requests").clone();
+    let streamed: Vec<bool> = requests
+        .iter()
+        .map(|r| r["stream"] == json!(true))
+        .collect();
+    assert_eq!(
+        streamed,
+        [true, false, false],
+        "one stream, then asked twice why"
+    );
 }
 
 #[tokio::test]
