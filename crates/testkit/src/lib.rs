@@ -4,8 +4,10 @@
 //! Interop tests must not silently pass when Python is missing: [`python`] panics with the
 //! command that installs it.
 
+mod llama;
 mod raw_http;
 
+pub use llama::LlamaServer;
 pub use raw_http::RawHttp;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ pub enum Venv {
     Bt10,
     /// `bittensor==11.3.0`: `bittensor.http_auth` (btauth/1).
     Bt11,
+    /// `llama-cpp-python[server]==0.3.36` (llama.cpp's OpenAI-compatible server) and `gguf`.
+    Llama,
 }
 
 impl Venv {
@@ -25,6 +29,7 @@ impl Venv {
         match self {
             Venv::Bt10 => "bt10",
             Venv::Bt11 => "bt11",
+            Venv::Llama => "llama",
         }
     }
 
@@ -32,6 +37,7 @@ impl Venv {
         match self {
             Venv::Bt10 => "PROMPTING_BT10_PYTHON",
             Venv::Bt11 => "PROMPTING_BT11_PYTHON",
+            Venv::Llama => "PROMPTING_LLAMA_PYTHON",
         }
     }
 }
@@ -70,8 +76,9 @@ pub fn python(venv: Venv) -> PathBuf {
         .join("bin/python");
     assert!(
         path.is_file(),
-        "{} is missing: run `scripts/setup-python.sh` (or `bash .ci/run`) first",
-        path.display()
+        "{} is missing: run `scripts/setup-python.sh {}` (or `bash .ci/run`) first",
+        path.display(),
+        venv.dir_name()
     );
     path
 }
