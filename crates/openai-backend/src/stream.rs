@@ -205,16 +205,18 @@ impl SseCompletion {
                         self.limits.idle.as_secs_f64()
                     ),
                 )),
-                Ok(Some(Ok(bytes))) => match {
+                Ok(Some(Ok(bytes))) => {
                     self.saw_bytes |= !bytes.is_empty();
-                    self.parser.push(&bytes)
-                } {
-                    Ok(events) => events.into_iter().for_each(|event| self.handle(event)),
-                    Err(e) => self.fail(retriable(
-                        RetryKind::Connection,
-                        format!("the upstream stream is malformed: {e}"),
-                    )),
-                },
+                    let pushed = self.parser.push(&bytes);
+                    match pushed {
+                        Ok(events) => events.into_iter().for_each(|event| self.handle(event)),
+                        Err(e) => self.fail(retriable(
+                            RetryKind::Connection,
+                            format!("the upstream stream is malformed: {e}"),
+                        )),
+                    }
+                }
+
                 Ok(Some(Err(_))) if !self.saw_bytes => self.fail(StreamError::Empty),
                 Ok(Some(Err(error))) => {
                     let message = match crate::failure::from_transport(&error, self.scrubber()) {
