@@ -134,15 +134,16 @@ pub fn unknown_synapse(state: &AxonState) -> Router {
 /// Serves one legacy request for synapse `B`.
 async fn handle<B: PromptSynapse>(
     State(legacy): State<Arc<Legacy>>,
-    peer: Option<axum::Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request<Body>,
 ) -> Response {
     let start = Instant::now();
+    // The whole request rather than a `HeaderMap` extractor, which would copy the headers.
+    let (parts, body) = request.into_parts();
+    let peer = parts.extensions.get::<PeerAddr>().copied();
     // What Python's preprocess builds: a synapse from the headers alone. Error responses
     // carry its headers (so their computed_body_hash is that of empty inputs, as in Python).
     let mut reply = Reply::<B>::new(&legacy.edge, start);
-    let outcome = serve::<B>(&legacy, &mut reply, peer.map(|p| p.0), &headers, body).await;
+    let outcome = serve::<B>(&legacy, &mut reply, peer, &parts.headers, body).await;
     match outcome {
         Ok(response) => response,
         Err(rejection) => reply.refuse(rejection),
