@@ -40,7 +40,11 @@ async fn main() -> ExitCode {
         eprintln!("usage: validator IP:PORT=HOTKEY... PROMPT");
         return ExitCode::from(2);
     };
-    let targets = match axons.iter().map(|a| parse_axon(a)).collect::<Result<Vec<_>, _>>() {
+    let targets = match axons
+        .iter()
+        .map(|a| parse_axon(a))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(targets) => targets,
         Err(error) => {
             eprintln!("validator: {error}");

@@ -12,22 +12,40 @@ use crate::server::ServerLimits;
 #[serde(default, deny_unknown_fields)]
 pub struct AxonArgs {
     /// Address to bind.
-    #[cfg_attr(feature = "cli", arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP"))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP")
+    )]
     pub ip: IpAddr,
     /// Port to bind.
-    #[cfg_attr(feature = "cli", arg(long = "axon.port", default_value_t = 8091, env = "BT_AXON_PORT"))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.port", default_value_t = 8091, env = "BT_AXON_PORT")
+    )]
     pub port: u16,
     /// IP published on chain (defaults to the bind address).
-    #[cfg_attr(feature = "cli", arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP"))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP")
+    )]
     pub external_ip: Option<IpAddr>,
     /// Port published on chain (defaults to the bind port).
-    #[cfg_attr(feature = "cli", arg(long = "axon.external_port", env = "BT_AXON_EXTERNAL_PORT"))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.external_port", env = "BT_AXON_EXTERNAL_PORT")
+    )]
     pub external_port: Option<u16>,
     /// Tokio worker threads serving requests (default: one per core).
-    #[cfg_attr(feature = "cli", arg(long = "axon.max_workers", env = "BT_AXON_MAX_WORKERS"))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.max_workers", env = "BT_AXON_MAX_WORKERS")
+    )]
     pub max_workers: Option<usize>,
     /// Connections served at once.
-    #[cfg_attr(feature = "cli", arg(long = "axon.max_connections", default_value_t = 1024))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.max_connections", default_value_t = 1024)
+    )]
     pub max_connections: usize,
     /// Largest request body accepted, in bytes (larger: 413).
     #[cfg_attr(feature = "cli", arg(long = "axon.max_body_bytes", default_value_t = 1024 * 1024))]
@@ -36,20 +54,35 @@ pub struct AxonArgs {
     #[cfg_attr(feature = "cli", arg(long = "axon.max_header_bytes", default_value_t = 64 * 1024))]
     pub max_header_bytes: usize,
     /// Seconds a client has to send the request head, and again the body.
-    #[cfg_attr(feature = "cli", arg(long = "axon.read_timeout", default_value_t = 10.0))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.read_timeout", default_value_t = 10.0)
+    )]
     pub read_timeout: f64,
     /// Largest request `timeout` honoured, in seconds (longer ones are capped).
-    #[cfg_attr(feature = "cli", arg(long = "axon.max_request_timeout", default_value_t = 300.0))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.max_request_timeout", default_value_t = 300.0)
+    )]
     pub max_request_timeout: f64,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[cfg_attr(feature = "cli", arg(long = "axon.shutdown_grace", default_value_t = 30.0))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.shutdown_grace", default_value_t = 30.0)
+    )]
     pub shutdown_grace: f64,
     /// Endpoints (`hotkey:uuid`) whose last nonce is remembered.
-    #[cfg_attr(feature = "cli", arg(long = "axon.nonce_capacity", default_value_t = 100_000))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.nonce_capacity", default_value_t = 100_000)
+    )]
     pub nonce_capacity: usize,
     /// Seconds below an endpoint's highest nonce within which an unseen nonce is still
     /// accepted (concurrent requests arrive out of order); 0 is bittensor's strict rule.
-    #[cfg_attr(feature = "cli", arg(long = "axon.nonce_reorder_window", default_value_t = 1.0))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.nonce_reorder_window", default_value_t = 1.0)
+    )]
     pub nonce_reorder_window: f64,
     /// btauth/1 verification (bittensor 11 validators, the OpenAI-compatible routes).
     #[cfg_attr(feature = "cli", command(flatten))]

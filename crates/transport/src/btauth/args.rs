@@ -18,7 +18,10 @@ pub struct BtAuthArgs {
     pub max_future: f64,
     /// Also accept requests not bound to a receiver (no `X-Bittensor-Receiver`); a receiver
     /// that is present must still be this server's hotkey.
-    #[cfg_attr(feature = "cli", arg(long = "btauth.allow_any_receiver", default_value_t = false))]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btauth.allow_any_receiver", default_value_t = false)
+    )]
     pub allow_any_receiver: bool,
     /// How many accepted requests are remembered to refuse replays.
     #[cfg_attr(feature = "cli", arg(long = "btauth.replay_capacity", default_value_t = DEFAULT_REPLAY_CAPACITY))]

@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use prompting_miner::{PromptRequest, Protocol};
-use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody, SynapseHeaders};
+use prompting_synapse::{
+    Prompting, PromptingBody, StreamPrompting, Synapse, SynapseBody, SynapseHeaders,
+};
 use tokio::time::Instant;
 
 use crate::deadline::{budget, deadline};
@@ -49,21 +51,8 @@ pub trait PromptSynapse: SynapseBody + Default + Send + Sync + 'static {
     fn set_completion(&mut self, completion: String);
 }
 
-impl PromptSynapse for Prompting {
-    const STREAMING: bool = false;
-    fn roles(&self) -> &[String] {
-        &self.roles
-    }
-    fn messages(&self) -> &[String] {
-        &self.messages
-    }
-    fn set_completion(&mut self, completion: String) {
-        self.completion = completion;
-    }
-}
-
-impl PromptSynapse for StreamPrompting {
-    const STREAMING: bool = true;
+impl<const STREAMING: bool> PromptSynapse for PromptingBody<STREAMING> {
+    const STREAMING: bool = STREAMING;
     fn roles(&self) -> &[String] {
         &self.roles
     }

@@ -2,7 +2,7 @@
 //! our `GrpcClient` against an axon with the echo miner — unary, streaming, the pipeline's
 //! refusals, btauth/1 failures, deadlines — and HTTP/1.1 legacy calls on the same port.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! of the recording. The axon uses the recorded miner hotkey, so real Python signatures
 //! verify.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

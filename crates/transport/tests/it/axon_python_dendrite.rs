@@ -2,7 +2,7 @@
 //! a validator meets, with the status the Python client reports. Needs the venv made by
 //! `scripts/setup-python.sh` (fails, does not skip, without it).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! btauth/1 on the axon: the signed `POST /Prompting` route and the OpenAI-compatible
 //! routes, from our signer and from a real bittensor 11.3 validator (`http_auth.sign`).
 
-mod common;
+use crate::common;
 
 use common::{AxonSetup, VALIDATOR_MNEMONIC, miner_key, validator_key};
 use futures::StreamExt;
