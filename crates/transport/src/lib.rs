@@ -26,6 +26,8 @@ pub mod axon;
 #[cfg(feature = "server")]
 pub mod btauth_json;
 #[cfg(feature = "server")]
+pub mod caller_class;
+#[cfg(feature = "server")]
 pub mod config;
 #[cfg(feature = "server")]
 pub mod edge;

@@ -12,4 +12,5 @@ mod btauth_vectors;
 mod dendrite_python_axon;
 mod dendrite_vectors;
 mod grpc_pipeline;
+mod hardening;
 mod proto_generated;
