@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
+use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
@@ -39,6 +40,10 @@ struct Cli {
     /// Where the random checkpoint is written (reused if present).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N (CUDA needs `--features cuda`; quantized formats are
+    /// CPU-only, and "of bw" stays relative to the CPU's memory bandwidth).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Internal: measure one format and print one result line.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -184,7 +189,7 @@ fn measure(
         &cfg,
         &ckpt,
         &LoadOptions {
-            device: Device::Cpu,
+            device: parse_device(&cli.device)?,
             dtype,
             quantization,
         },
@@ -235,8 +240,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bw_read = read_bandwidth(threads);
     let bw_copy = copy_bandwidth();
     println!(
-        "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads",
-        cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size, cfg.n_layer, cli.prompt, cli.decode
+        "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads, device {}",
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.n_inner,
+        cfg.vocab_size,
+        cfg.n_layer,
+        cli.prompt,
+        cli.decode,
+        cli.device
     );
     println!(
         "memory bandwidth: read {bw_read:.1} GB/s ({threads} threads), read {bw_read_1:.1} GB/s (1 thread), memcpy {bw_copy:.1} GB/s (read+write)"
@@ -267,6 +279,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cli.decode.to_string(),
                 "--checkpoint",
                 &ckpt.to_string_lossy(),
+                "--device",
+                &cli.device,
                 "--child",
                 format,
             ])

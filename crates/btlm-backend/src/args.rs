@@ -407,6 +407,19 @@ mod tests {
         }
     }
 
+    /// No machine has 100 GPUs: with or without a GPU (and with the driver stub of
+    /// scripts/check-cuda.sh), opening one is a typed device error naming the ordinal.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn an_unavailable_cuda_device_is_a_device_error() {
+        match parse_device("cuda:99") {
+            Err(BtlmError::Device(msg)) => {
+                assert!(msg.contains("cannot open CUDA device 99"), "{msg}")
+            }
+            other => panic!("expected a device error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn toml_config() {
         let a = BtlmArgs::from_toml(
