@@ -182,6 +182,8 @@ fn an_unavailable_cuda_device_is_one_line_before_the_wallet() {
     .collect();
     let (status, stderr) = run_to_exit(BIN, &args, Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{stderr}");
+    // The binary writes one line; without candle's backtrace (shown under RUST_BACKTRACE).
+    assert!(!stderr.contains("candle_core::"), "{stderr}");
     let lines: Vec<&str> = stderr.trim().lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
