@@ -56,7 +56,16 @@ if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then
   export CUDA_COMPUTE_CAP=$cap
 fi
 [ "$CUDA_COMPUTE_CAP" -ge 75 ] || fail "compute capability $CUDA_COMPUTE_CAP: CUDA 13 targets 7.5 and newer"
-ldconfig -p | grep -q 'libcuda\.so\.1 ' || fail "the driver's libcuda.so.1 is not in the linker cache (ldconfig -p)"
+# The driver's libcuda.so.1: in the linker cache or on LD_LIBRARY_PATH (containers).
+driver_lib() {
+  ldconfig -p 2>/dev/null | grep 'libcuda\.so\.1 ' >/dev/null && return 0
+  local d
+  for d in $(echo "${LD_LIBRARY_PATH:-}" | tr ':' ' '); do
+    [ -e "$d/libcuda.so.1" ] && return 0
+  done
+  return 1
+}
+driver_lib || fail "the driver's libcuda.so.1 is neither in the linker cache (ldconfig -p) nor on LD_LIBRARY_PATH"
 
 # shellcheck source=scripts/cuda-env.sh
 source scripts/cuda-env.sh
@@ -68,18 +77,18 @@ logs="$repo/target/cuda/gpu-check"
 mkdir -p "$logs"
 echo "gpu-check: driver CUDA $driver_cuda, toolkit $CUDA_TOOLKIT_VERSION, CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
 
-features=(--features prompting-btlm-backend/cuda,btlm-miner/cuda)
-cargo build --release -p prompting-btlm-backend -p btlm-miner "${features[@]}" --all-targets
+cargo build --release -p prompting-btlm-backend -p btlm-miner \
+  --features prompting-btlm-backend/cuda,btlm-miner/cuda --all-targets
 miner="$CARGO_TARGET_DIR/release/btlm-miner"
 libcuda=$(ldd "$miner" | awk '/libcuda\.so\.1/ { print $3 }')
-[ -n "$libcuda" ] || fail "btlm-miner does not load libcuda.so.1: $(ldd "$miner")"
+[ -n "$libcuda" ] && [ "$libcuda" != not ] || fail "libcuda.so.1 of btlm-miner: $(ldd "$miner" | grep libcuda)"
 case "$(readlink -f "$libcuda")" in
 "$repo"/target/*) fail "libcuda.so.1 resolves to the link-time stub $libcuda, not the driver" ;;
 esac
 echo "gpu-check: libcuda.so.1 -> $libcuda"
 
 echo "gpu-check: tests (reference outputs on cuda)"
-BTLM_TEST_DEVICE=cuda cargo test --release -p prompting-btlm-backend "${features[@]}" 2>&1 |
+BTLM_TEST_DEVICE=cuda cargo test --release -p prompting-btlm-backend --features cuda 2>&1 |
   tee "$logs/tests.log"
 
 echo "gpu-check: btlm-miner on cuda"
@@ -105,7 +114,7 @@ rm -rf "$tmp"
 grep "serving on" "$logs/miner.log"
 
 echo "gpu-check: bench on cuda"
-cargo run --release -p prompting-btlm-backend "${features[@]}" --example bench -- \
+cargo run --release -p prompting-btlm-backend --features cuda --example bench -- \
   --device cuda --formats f32,bf16,f16 --layers "${BENCH_LAYERS:-4}" 2>&1 | tee "$logs/bench.log"
 if grep -q " failed: " "$logs/bench.log"; then
   fail "a bench format failed (see $logs/bench.log)"
