@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Parser;
 use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
