@@ -251,8 +251,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // With RUST_BACKTRACE set candle attaches a backtrace, which its Display prints: keep
+        // the message one line (the cause, e.g. DriverError(CUDA_ERROR_NO_DEVICE, ...)).
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -438,6 +445,20 @@ mod tests {
         for spec in ["cuda", "cuda:1"] {
             let err = parse_device(spec).expect_err(spec).to_string();
             assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    /// No machine has 100 GPUs: with or without a GPU (and with the driver stub of
+    /// scripts/check-cuda.sh), opening one is a typed device error naming the ordinal.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn an_unavailable_cuda_device_is_a_device_error() {
+        match parse_device("cuda:99") {
+            Err(BtlmError::Device(msg)) => {
+                assert!(msg.contains("cannot open CUDA device 99"), "{msg}");
+                assert!(!msg.contains('\n'), "one line, no backtrace: {msg}");
+            }
+            other => panic!("expected a device error, got {other:?}"),
         }
     }
 
