@@ -49,7 +49,6 @@ pub mod blacklist;
 mod bounded_stream;
 pub mod config;
 pub mod dev_metagraph;
-pub mod metagraph;
 pub mod pipeline;
 pub mod priority;
 pub mod prompt_cache;
@@ -60,6 +59,9 @@ mod scheduler;
 pub mod static_metagraph;
 pub mod stats;
 pub mod traits;
+
+/// The subnet snapshots the policies read (the `prompting-metagraph` crate, re-exported).
+pub use prompting_metagraph as metagraph;
 
 pub use blacklist::{Refusal, RefusalKind};
 pub use config::{BlacklistConfig, ConfigError, MinerConfig, PriorityConfig};

@@ -1,14 +1,19 @@
-//! Test-only helpers shared by the workspace's interop tests: where the pinned Python
-//! venvs (made by `scripts/setup-python.sh`) and the shared vectors live.
+//! Test-only helpers shared by the workspace's tests: where the pinned Python venvs (made by
+//! `scripts/setup-python.sh`) and the shared vectors live, recorded HTTP exchanges
+//! ([`RawHttp`]), an [`Echo`] miner and [`wait_until`].
 //!
 //! Interop tests must not silently pass when Python is missing: [`python`] panics with the
 //! command that installs it.
 
+mod echo;
 mod llama;
 mod raw_http;
+mod wait;
 
+pub use echo::Echo;
 pub use llama::LlamaServer;
 pub use raw_http::RawHttp;
+pub use wait::wait_until;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
