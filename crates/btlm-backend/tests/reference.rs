@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 
+use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate, never, until};
 use prompting_btlm_backend::kernels::{KernelPath, WeightFormat};
@@ -45,12 +46,24 @@ fn reference() -> Reference {
     serde_json::from_str(&text).expect("parse reference")
 }
 
+/// The device the models of these tests run on: `BTLM_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`
+/// as `--btlm.device`), cpu when unset. scripts/gpu-check.sh runs these tests with `cuda`.
+fn test_device() -> Device {
+    let spec = std::env::var("BTLM_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    parse_device(&spec).unwrap_or_else(|e| panic!("BTLM_TEST_DEVICE={spec}: {e}"))
+}
+
+/// Loads `file` on [`test_device`]; quantized formats are CPU-only and stay on the CPU.
 fn load(file: &str, opts: &LoadOptions) -> Btlm {
     let dir = fixture();
     let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
         .expect("config");
     let ckpt = Checkpoint::open(&[dir.join(file)]).expect("checkpoint");
-    Btlm::load(&cfg, &ckpt, opts).expect("model")
+    let mut opts = opts.clone();
+    if opts.quantization == Quantization::None {
+        opts.device = test_device();
+    }
+    Btlm::load(&cfg, &ckpt, &opts).expect("model")
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

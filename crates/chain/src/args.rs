@@ -15,7 +15,8 @@ pub const LOCAL_ENDPOINT: &str = "ws://127.0.0.1:9944";
 pub const BLOCK_TIME: Duration = Duration::from_secs(12);
 
 /// The named subtensor networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// The main network.
@@ -42,32 +43,42 @@ impl Network {
 ///
 /// Flags keep the Python miner's dotted names; in a configuration file the fields use their
 /// Rust names (`network`, `chain_endpoint`, `netuid`, ...), all optional.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct SubtensorArgs {
     /// The subtensor network to use.
-    #[arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", value_enum, default_value_t = Network::Finney)]
+    #[cfg_attr(feature = "cli", arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", value_enum, default_value_t = Network::Finney))]
     pub network: Network,
     /// An explicit endpoint (`ws://` or `wss://`), overriding `--subtensor.network`.
-    #[arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")
+    )]
     pub chain_endpoint: Option<String>,
     /// The subnet the miner serves.
-    #[arg(long = "netuid", default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long = "netuid", default_value_t = 1))]
     pub netuid: u16,
     /// Blocks between two metagraph refreshes (and weight settings).
-    #[arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[cfg_attr(feature = "cli", arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..)))]
     pub blocks_per_epoch: u64,
     /// Do not publish the axon's ip:port on chain.
-    #[arg(long = "miner.no_serve")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.no_serve"))]
     pub no_serve: bool,
     /// Do not set weights every epoch.
-    #[arg(long = "miner.no_set_weights")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.no_set_weights"))]
     pub no_set_weights: bool,
     /// Seconds allowed to open the connection and read the runtime.
-    #[arg(long = "subtensor.connect_timeout", default_value_t = 30)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.connect_timeout", default_value_t = 30)
+    )]
     pub connect_timeout_secs: u64,
     /// Seconds allowed for one chain call, including waiting for a transaction's inclusion.
-    #[arg(long = "subtensor.call_timeout", default_value_t = 60)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.call_timeout", default_value_t = 60)
+    )]
     pub call_timeout_secs: u64,
 }
 

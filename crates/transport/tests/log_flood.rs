@@ -5,6 +5,8 @@
 //!
 //! Its own test binary: it installs a global log subscriber that captures every line.
 
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::io::Write;

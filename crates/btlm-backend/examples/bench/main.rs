@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Parser;
+use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
@@ -43,6 +44,10 @@ struct Cli {
     /// Where the random checkpoint is written (reused if present).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N (CUDA needs `--features cuda`; quantized formats are
+    /// CPU-only, and "of bw" stays relative to the CPU's memory bandwidth).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Activation rows of the kernel-only matmul measurement.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,128")]
     matmul_rows: Vec<usize>,
@@ -151,7 +156,7 @@ fn measure(
         &cfg,
         &ckpt,
         &LoadOptions {
-            device: Device::Cpu,
+            device: parse_device(&cli.device)?,
             dtype,
             quantization,
             kernels: None,
@@ -210,8 +215,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bw_read = read_bandwidth(threads);
     let bw_copy = copy_bandwidth();
     println!(
-        "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads",
-        cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size, cfg.n_layer, cli.prompt, cli.decode
+        "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads, device {}",
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.n_inner,
+        cfg.vocab_size,
+        cfg.n_layer,
+        cli.prompt,
+        cli.decode,
+        cli.device
     );
     println!(
         "memory bandwidth: read {bw_read:.1} GB/s ({threads} threads), read {bw_read_1:.1} GB/s (1 thread), memcpy {bw_copy:.1} GB/s (read+write)"
@@ -260,6 +272,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cli.decode.to_string(),
                 "--checkpoint",
                 &ckpt.to_string_lossy(),
+                "--device",
+                &cli.device,
                 "--weight-cache",
                 &cli.weight_cache,
                 "--child",

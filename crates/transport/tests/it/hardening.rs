@@ -5,7 +5,7 @@
 //! `--axon.max_connections 4`) so that filling a table takes a hundred requests, not a
 //! hundred thousand.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,11 +6,9 @@
 //! `--axon.nonce_capacity_per_key 16`, `--axon.max_connections 8`) so that each flood
 //! overflows its bound with a few hundred requests, not a hundred thousand.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{AxonSetup, VALIDATOR_MNEMONIC, miner_key, validator_key};
+use crate::common::{AxonSetup, VALIDATOR_MNEMONIC, miner_key, validator_key};
 use prompting_keys::Keypair;
 use prompting_miner::{Metagraph, NeuronInfo, SharedMetagraph};
 use prompting_testkit::{Venv, run_python};
@@ -61,7 +59,7 @@ async fn validators_are_served_through_every_flood() {
         "lowstake_flood": 40,
         "sockets": 12,
     });
-    let script = include_str!("python/bt10_flood.py");
+    let script = include_str!("../python/bt10_flood.py");
     let out = tokio::task::spawn_blocking(move || {
         run_python(Venv::Bt10, script, &[], spec.to_string().as_bytes())
     })
