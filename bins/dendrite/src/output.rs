@@ -1,7 +1,6 @@
 //! Running a call and printing its outcome.
 
 use std::io::Write;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use futures::StreamExt;
@@ -13,17 +12,30 @@ use prompting_transport::dendrite::{
 use prompting_transport::grpc::GrpcClient;
 use serde_json::{Value, json};
 
+use prompting_cli::Failure;
+
 use crate::cli::Args;
 
-/// Calls the axon with the legacy protocol and prints the outcome; the exit code says
-/// whether the axon answered 200.
-pub async fn run_legacy(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
-    let dendrite = Dendrite::new(keypair).context("cannot create the dendrite")?;
+/// The outcome of a call: `Ok` when the axon answered 200.
+pub type Outcome = Result<(), Failure>;
+
+/// A local failure (stdout, client set-up): the environment's.
+fn local(error: anyhow::Error) -> Failure {
+    Failure::runtime(error)
+}
+
+/// Calls the axon with the legacy protocol and prints the outcome.
+pub async fn run_legacy(args: &Args, keypair: Keypair) -> Outcome {
+    let dendrite = Dendrite::new(keypair)
+        .context("cannot create the dendrite")
+        .map_err(local)?;
     let target = AxonTarget::new(args.axon, args.axon_hotkey.clone());
     let (roles, messages) = args.conversation();
     if args.stream {
         let synapse = Synapse::new(StreamPrompting::new(roles, messages));
-        let response = stream(&dendrite, &target, synapse, args).await?;
+        let response = stream(&dendrite, &target, synapse, args)
+            .await
+            .map_err(local)?;
         finish(&response, args)
     } else {
         let synapse = Synapse::new(Prompting::new(roles, messages));
@@ -36,11 +48,13 @@ pub async fn run_legacy(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCod
 }
 
 /// Calls the axon with btauth/1-signed JSON and prints the completion.
-pub async fn run_btauth(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
+pub async fn run_btauth(args: &Args, keypair: Keypair) -> Outcome {
     if args.stream {
-        anyhow::bail!("--stream needs --protocol legacy or grpc");
+        return Err(Failure::usage("--stream needs --protocol legacy or grpc"));
     }
-    let client = BtAuthClient::new(keypair).context("cannot create the btauth/1 client")?;
+    let client = BtAuthClient::new(keypair)
+        .context("cannot create the btauth/1 client")
+        .map_err(local)?;
     let target = AxonTarget::new(args.axon, args.axon_hotkey.clone());
     let (roles, messages) = args.conversation();
     let outcome = client
@@ -51,10 +65,11 @@ pub async fn run_btauth(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCod
 }
 
 /// Calls the axon's gRPC service (btauth/1 in the metadata) and prints the completion.
-pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
+pub async fn run_grpc(args: &Args, keypair: Keypair) -> Outcome {
     let client = GrpcClient::connect(&args.axon.to_string(), keypair, args.axon_hotkey.clone())
         .await
-        .context("cannot connect over gRPC")?;
+        .context("cannot connect over gRPC")
+        .map_err(local)?;
     let (roles, messages) = args.conversation();
     if !args.stream {
         let outcome = client
@@ -73,10 +88,7 @@ pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode>
         match chunk {
             Ok(text) => {
                 if !args.json {
-                    stdout
-                        .write_all(text.as_bytes())
-                        .context("cannot write to stdout")?;
-                    stdout.flush().context("cannot write to stdout")?;
+                    write_now(&mut stdout, &text).map_err(local)?;
                 }
                 completion.push_str(&text);
             }
@@ -86,10 +98,12 @@ pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode>
         }
     }
     if !args.json {
-        writeln!(stdout).context("cannot write to stdout")?;
+        writeln!(stdout)
+            .context("cannot write to stdout")
+            .map_err(local)?;
         drop(stdout);
         eprintln!("200 Success");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     drop(stdout);
     simple_outcome(Ok(completion), args)
@@ -108,21 +122,31 @@ fn grpc_status(error: &prompting_transport::grpc::GrpcClientError) -> u16 {
     }
 }
 
+/// Writes `text` to stdout at once.
+fn write_now(stdout: &mut impl Write, text: &str) -> anyhow::Result<()> {
+    stdout
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")
+}
+
 /// Prints a completion or a failure of the btauth/1 and gRPC protocols.
-fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> anyhow::Result<ExitCode> {
+fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> Outcome {
     match outcome {
         Ok(completion) => {
             if args.json {
                 let document = json!({"status_code": 200, "completion": completion});
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&document).context("cannot print the response")?
+                    serde_json::to_string_pretty(&document)
+                        .context("cannot print the response")
+                        .map_err(local)?
                 );
             } else {
                 println!("{completion}");
                 eprintln!("200 Success");
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Err((status, message)) => {
             if args.json {
@@ -131,8 +155,7 @@ fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> anyhow
                     json!({"status_code": status, "status_message": message})
                 );
             }
-            eprintln!("dendrite: {status} {message}");
-            Ok(ExitCode::FAILURE)
+            Err(Failure::runtime(format!("{status} {message}")))
         }
     }
 }
@@ -151,10 +174,7 @@ async fn stream(
         match item {
             StreamItem::Text(text) => {
                 if !args.json {
-                    stdout
-                        .write_all(text.as_bytes())
-                        .context("cannot write to stdout")?;
-                    stdout.flush().context("cannot write to stdout")?;
+                    write_now(&mut stdout, &text)?;
                     printed = true;
                 }
             }
@@ -169,13 +189,15 @@ async fn stream(
     anyhow::bail!("the stream ended without an outcome")
 }
 
-/// Prints the status (stderr) or the JSON (stdout) and picks the exit code.
-fn finish<B: SynapseBody>(response: &DendriteResponse<B>, args: &Args) -> anyhow::Result<ExitCode> {
+/// Prints the status (stderr) or the JSON (stdout); a failure unless the axon answered 200.
+fn finish<B: SynapseBody>(response: &DendriteResponse<B>, args: &Args) -> Outcome {
     if args.json {
-        let document = response_json(response)?;
+        let document = response_json(response).map_err(local)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&document).context("cannot print the response")?
+            serde_json::to_string_pretty(&document)
+                .context("cannot print the response")
+                .map_err(local)?
         );
     }
     if response.is_success() {
@@ -187,13 +209,12 @@ fn finish<B: SynapseBody>(response: &DendriteResponse<B>, args: &Args) -> anyhow
                 timing(response)
             );
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     } else {
-        eprintln!(
-            "dendrite: {} {}",
+        Err(Failure::runtime(format!(
+            "{} {}",
             response.status_code, response.status_message
-        );
-        Ok(ExitCode::FAILURE)
+        )))
     }
 }
 

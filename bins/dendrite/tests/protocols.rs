@@ -131,7 +131,7 @@ fn a_wrong_receiver_is_refused_on_every_protocol() {
         assert_eq!(out.status.code(), Some(1), "{protocol}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.starts_with(&format!("dendrite: {status}")),
+            stderr.starts_with(&format!("dendrite: error: {status}")),
             "{protocol}: {stderr}"
         );
     }

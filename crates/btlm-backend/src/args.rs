@@ -12,6 +12,9 @@ use crate::generation::{DEFAULT_STOP, GenerationConfig};
 use crate::options::{ModelDType, Quantization};
 use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
 
+/// The default `--btlm.device`, the Python miner's: the first GPU when there is one.
+pub const DEFAULT_DEVICE: &str = "cuda";
+
 /// The default model repository.
 pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 
@@ -19,8 +22,9 @@ pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BtlmArgs {
-    /// Device to load the model on: cpu, cuda or cuda:N (CUDA needs the `cuda` feature).
-    #[arg(long = "btlm.device", default_value = "cpu")]
+    /// Device to load the model on: cpu, cuda or cuda:N. A CUDA device this build (without
+    /// the `cuda` feature) or machine cannot open falls back to the CPU with one warning.
+    #[arg(long = "btlm.device", default_value = DEFAULT_DEVICE)]
     pub device: String,
     /// The maximum number of new tokens of a completion.
     #[arg(long = "btlm.max_length", default_value_t = 100)]
@@ -80,7 +84,7 @@ pub struct BtlmArgs {
 impl Default for BtlmArgs {
     fn default() -> Self {
         BtlmArgs {
-            device: "cpu".into(),
+            device: DEFAULT_DEVICE.into(),
             max_length: 100,
             do_sample: false,
             no_repeat_ngram_size: 2,
@@ -142,7 +146,7 @@ impl BtlmArgs {
 
     /// Checks every setting (without loading anything), naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        parse_device(&self.device)?;
+        device_ordinal(&self.device)?;
         self.generation().validate()?;
         if self.queue_size == 0 {
             return Err(BtlmError::InvalidArgument {
@@ -169,39 +173,54 @@ impl BtlmArgs {
     }
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
+/// Parses and opens `cpu`, `cuda` or `cuda:N`. A CUDA device this build or machine cannot
+/// open falls back to the CPU, with one warning line saying why.
 pub fn parse_device(spec: &str) -> Result<Device> {
+    match device_ordinal(spec)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => match cuda_device(ordinal) {
+            Ok(device) => Ok(device),
+            Err(reason) => {
+                tracing::warn!(
+                    "--btlm.device {}: {reason}; running on the CPU",
+                    spec.trim()
+                );
+                Ok(Device::Cpu)
+            }
+        },
+    }
+}
+
+/// Checks the spelling of a `--btlm.device` value: `None` for `cpu`, the ordinal for `cuda`
+/// (0) or `cuda:N`.
+pub fn device_ordinal(spec: &str) -> Result<Option<usize>> {
     let bad = |reason: String| BtlmError::InvalidArgument {
         name: "--btlm.device",
         reason,
     };
     let spec = spec.trim();
     if spec == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
-    let ordinal = match spec.strip_prefix("cuda") {
-        Some("") => 0,
+    match spec.strip_prefix("cuda") {
+        Some("") => Ok(Some(0)),
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| bad(format!("{spec:?}: expected cpu, cuda or cuda:N")))?,
-        None => return Err(bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
-    };
-    cuda_device(ordinal)
+            .map(Some)
+            .ok_or_else(|| bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
+        None => Err(bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
+    }
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+fn cuda_device(ordinal: usize) -> std::result::Result<Device, String> {
+    Device::new_cuda(ordinal).map_err(|e| format!("cannot open CUDA device {ordinal} ({e})"))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device(ordinal: usize) -> Result<Device> {
-    Err(BtlmError::Device(format!(
-        "cuda:{ordinal} requested but this build has no CUDA support; rebuild with \
-         `--features cuda` or use --btlm.device cpu"
-    )))
+fn cuda_device(_ordinal: usize) -> std::result::Result<Device, String> {
+    Err("this build has no CUDA support (build with `--features cuda` for a GPU)".into())
 }
 
 #[cfg(test)]
@@ -329,11 +348,14 @@ mod tests {
 
     #[cfg(not(feature = "cuda"))]
     #[test]
-    fn cuda_without_the_feature_says_how_to_get_it() {
+    fn cuda_without_the_feature_falls_back_to_the_cpu() {
+        assert_eq!(BtlmArgs::default().device, "cuda", "the Python default");
         for spec in ["cuda", "cuda:1"] {
-            let err = parse_device(spec).expect_err(spec).to_string();
-            assert!(err.contains("--features cuda"), "{err}");
+            assert!(parse_device(spec).expect(spec).is_cpu());
         }
+        assert_eq!(device_ordinal("cuda:1").expect("valid"), Some(1));
+        assert_eq!(device_ordinal("cpu").expect("valid"), None);
+        assert!(parse_device("gpu").is_err());
     }
 
     #[test]

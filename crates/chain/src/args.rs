@@ -14,9 +14,13 @@ pub const LOCAL_ENDPOINT: &str = "ws://127.0.0.1:9944";
 /// Seconds per block on subtensor.
 pub const BLOCK_TIME: Duration = Duration::from_secs(12);
 
-/// The named subtensor networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+/// The archive network endpoint (a node keeping every block's state).
+pub const ARCHIVE_ENDPOINT: &str = "wss://archive.chain.opentensor.ai:443";
+
+/// A `--subtensor.network` value, as bittensor accepts it: a network name or a node's
+/// `ws://`/`wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Network {
     /// The main network.
     #[default]
@@ -25,16 +29,70 @@ pub enum Network {
     Test,
     /// A node on this machine (`ws://127.0.0.1:9944`).
     Local,
+    /// The archive nodes of the main network.
+    Archive,
+    /// Any node, by its `ws://` or `wss://` URL.
+    Url(String),
 }
+
+/// A `--subtensor.network` value that is neither a network name nor a WebSocket URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown network {0:?}: expected finney, test, local, archive, or a ws:// or wss:// URL")]
+pub struct UnknownNetwork(pub String);
 
 impl Network {
     /// The WebSocket endpoint of this network.
-    pub fn endpoint(self) -> &'static str {
+    pub fn endpoint(&self) -> &str {
         match self {
             Network::Finney => FINNEY_ENDPOINT,
             Network::Test => TEST_ENDPOINT,
             Network::Local => LOCAL_ENDPOINT,
+            Network::Archive => ARCHIVE_ENDPOINT,
+            Network::Url(url) => url,
         }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = UnknownNetwork;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        Ok(match text.to_ascii_lowercase().as_str() {
+            "finney" => Network::Finney,
+            "test" => Network::Test,
+            "local" => Network::Local,
+            "archive" => Network::Archive,
+            lower
+                if lower
+                    .strip_prefix("ws://")
+                    .or_else(|| lower.strip_prefix("wss://"))
+                    .is_some_and(|host| !host.is_empty()) =>
+            {
+                Network::Url(text.to_string())
+            }
+            _ => return Err(UnknownNetwork(text.to_string())),
+        })
+    }
+}
+
+impl TryFrom<String> for Network {
+    type Error = UnknownNetwork;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Network::Finney => "finney",
+            Network::Test => "test",
+            Network::Local => "local",
+            Network::Archive => "archive",
+            Network::Url(url) => url,
+        })
     }
 }
 
@@ -45,8 +103,8 @@ impl Network {
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SubtensorArgs {
-    /// The subtensor network to use.
-    #[arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", value_enum, default_value_t = Network::Finney)]
+    /// The subtensor network: finney, test, local, archive, or a node's `ws://`/`wss://` URL.
+    #[arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", default_value_t = Network::Finney, value_parser = parse_network)]
     pub network: Network,
     /// An explicit endpoint (`ws://` or `wss://`), overriding `--subtensor.network`.
     #[arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")]
@@ -84,6 +142,10 @@ impl Default for SubtensorArgs {
             call_timeout_secs: 60,
         }
     }
+}
+
+fn parse_network(text: &str) -> Result<Network, UnknownNetwork> {
+    text.parse()
 }
 
 impl SubtensorArgs {
@@ -169,6 +231,33 @@ mod tests {
         assert!(parse(&["--miner.blocks_per_epoch", "0"]).is_err());
         assert!(parse(&["--miner.blocks_per_epoch", "1.5"]).is_err());
         assert!(parse(&["--subtensor.network", "mainnet"]).is_err());
+        assert!(parse(&["--subtensor.network", "ws://"]).is_err());
+        assert!(parse(&["--subtensor.network", "http://127.0.0.1:9944"]).is_err());
+    }
+
+    #[test]
+    fn network_takes_what_bittensor_takes() {
+        for (value, endpoint) in [
+            ("finney", FINNEY_ENDPOINT),
+            ("test", TEST_ENDPOINT),
+            ("local", LOCAL_ENDPOINT),
+            ("archive", ARCHIVE_ENDPOINT),
+            ("Archive", ARCHIVE_ENDPOINT),
+            ("ws://10.0.0.5:9944", "ws://10.0.0.5:9944"),
+            ("wss://node.example:443/", "wss://node.example:443/"),
+        ] {
+            let args = parse(&["--subtensor.network", value]).expect(value);
+            assert_eq!(args.endpoint(), endpoint, "{value}");
+        }
+        let args: SubtensorArgs =
+            serde_json::from_str(r#"{"network": "ws://127.0.0.1:1"}"#).expect("deserialize");
+        assert_eq!(args.endpoint(), "ws://127.0.0.1:1");
+        let err = parse(&["--subtensor.network", "mainnet"]).expect_err("unknown");
+        assert!(
+            err.to_string()
+                .contains("expected finney, test, local, archive"),
+            "{err}"
+        );
     }
 
     #[test]

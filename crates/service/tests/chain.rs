@@ -97,7 +97,7 @@ async fn a_registered_miner_publishes_its_axon_and_reports_the_metagraph_age() {
     let dir = tempfile::tempdir().expect("tempdir");
     let args = chain_args(&node, dir.path(), 2);
     let service = Service::prepare(args).await.expect("prepare");
-    let addr = service.local_addr();
+    let addr = service.local_addr().expect("an axon");
     assert!(
         node.state.submitted().is_empty(),
         "nothing is written before run"
@@ -143,4 +143,43 @@ async fn a_registered_miner_publishes_its_axon_and_reports_the_metagraph_age() {
         .expect("stops after the shutdown signal")
         .expect("server task")
         .expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_start_axon_runs_the_chain_duties_without_binding_or_publishing() {
+    let node = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = chain_args(&node, dir.path(), 2);
+    // Binding everywhere without --axon.external_ip is fine: nothing is published.
+    args.axon.ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    args.no_start_axon = true;
+    args.subtensor.no_set_weights = false;
+    let service = Service::prepare(args).await.expect("prepare");
+    assert!(!service.starts_axon());
+    assert_eq!(service.local_addr(), None);
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(service.run_without_axon_until(async {
+        let _ = stopped.await;
+    }));
+    // The sync task refreshes the metagraph and sets weights: one extrinsic, no serve_axon.
+    let started = Instant::now();
+    while node.state.submitted().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no weights were set"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(()).expect("still running");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stops after the shutdown signal")
+        .expect("task")
+        .expect("clean shutdown");
+    assert_eq!(
+        node.state.submitted().len(),
+        1,
+        "set_weights only, no serve_axon"
+    );
 }
