@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use prompting_keys::{Keypair, PublicKey, ss58};
 
 use super::*;
+use crate::clock::ManualClock;
 
 const NOW: i64 = 1_795_300_000_000_000_000;
 const SECOND: i64 = 1_000_000_000;
@@ -494,6 +495,12 @@ fn nonsense_configurations_are_refused() {
     let mut config = BtAuthConfig::new(server_hotkey());
     config.replay_capacity = 0;
     assert_eq!(build(config), Some(BtAuthConfigError::ZeroReplayCapacity));
+    let mut config = BtAuthConfig::new(server_hotkey());
+    config.replay_capacity_per_key = 0;
+    assert_eq!(
+        build(config),
+        Some(BtAuthConfigError::ZeroReplayCapacityPerKey)
+    );
     let mut config = BtAuthConfig::new(server_hotkey());
     config.max_age_s = 0.0;
     config.max_future_s = 0.0;
