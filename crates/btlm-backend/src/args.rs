@@ -23,8 +23,8 @@ pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 #[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BtlmArgs {
-    /// Device to load the model on: cpu, cuda or cuda:N. A CUDA device this build (without
-    /// the `cuda` feature) or machine cannot open falls back to the CPU with one warning.
+    /// Device to load the model on: cpu, cuda or cuda:N. A build without the `cuda` feature
+    /// runs on the CPU (one warning); a `cuda` build stops when it cannot open the GPU.
     #[arg(long = "btlm.device", default_value = DEFAULT_DEVICE)]
     pub device: String,
     /// The maximum number of new tokens of a completion.
@@ -185,7 +185,7 @@ impl BtlmArgs {
 
     /// Checks every setting (without loading anything), naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        device_ordinal(&self.device)?;
+        check_device(&self.device)?;
         self.generation().validate()?;
         self.engine().validate()?;
         if self.model_dir.is_none() && self.model_id.trim().is_empty() {
@@ -207,21 +207,25 @@ impl BtlmArgs {
     }
 }
 
-/// Parses and opens `cpu`, `cuda` or `cuda:N`. A CUDA device this build or machine cannot
-/// open falls back to the CPU, with one warning line saying why.
+/// Parses and opens `cpu`, `cuda` or `cuda:N`.
+///
+/// A build with the `cuda` feature opens the GPU or fails with [`BtlmError::Device`] (a GPU
+/// build asked for a GPU it cannot open is a mistake worth stopping for). A build without it
+/// runs on the CPU after one warning: `--btlm.device cuda` is the Python miners' default, so
+/// their command lines carry it.
 pub fn parse_device(spec: &str) -> Result<Device> {
     match device_ordinal(spec)? {
         None => Ok(Device::Cpu),
-        Some(ordinal) => match cuda_device(ordinal) {
-            Ok(device) => Ok(device),
-            Err(reason) => {
-                tracing::warn!(
-                    "--btlm.device {}: {reason}; running on the CPU",
-                    spec.trim()
-                );
-                Ok(Device::Cpu)
-            }
-        },
+        Some(ordinal) => cuda_device(ordinal),
+    }
+}
+
+/// Checks a `--btlm.device` value without the warning of [`parse_device`]: its spelling, and
+/// in a `cuda` build that the GPU opens.
+pub fn check_device(spec: &str) -> Result<()> {
+    match device_ordinal(spec)? {
+        Some(ordinal) if cfg!(feature = "cuda") => cuda_device(ordinal).map(drop),
+        _ => Ok(()),
     }
 }
 
@@ -248,13 +252,18 @@ pub fn device_ordinal(spec: &str) -> Result<Option<usize>> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> std::result::Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| format!("cannot open CUDA device {ordinal} ({e})"))
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal)
+        .map_err(|e| BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device(_ordinal: usize) -> std::result::Result<Device, String> {
-    Err("this build has no CUDA support (build with `--features cuda` for a GPU)".into())
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    tracing::warn!(
+        "--btlm.device cuda:{ordinal}: this build has no CUDA support (build with \
+         `--features cuda` for a GPU, see README); running on the CPU"
+    );
+    Ok(Device::Cpu)
 }
 
 #[cfg(test)]
@@ -427,6 +436,7 @@ mod tests {
         assert_eq!(device_ordinal("cuda:1").expect("valid"), Some(1));
         assert_eq!(device_ordinal("cpu").expect("valid"), None);
         assert!(parse_device("gpu").is_err());
+        assert!(check_device("cuda:3").is_ok() && check_device("gpu").is_err());
     }
 
     #[test]
