@@ -15,7 +15,7 @@ for name in bt10 bt11; do
     echo "python venv $name: up to date"
     continue
   fi
-  echo "python venv $name: installing $(grep -i '^bittensor==' "$req")"
+  echo "python venv $name: pip is installing $(grep -c "==" "$req") pinned packages of $(basename "$req") ($(grep -i "^bittensor==" "$req")) into target/py/$name (a minute or two, quiet)"
   rm -rf "$dir"
   "$py" -m venv "$dir"
   "$dir/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
