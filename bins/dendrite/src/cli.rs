@@ -38,7 +38,8 @@ pub struct Args {
     #[arg(long, default_value_t = 12.0, value_parser = parse_timeout)]
     pub timeout: f64,
 
-    /// Use `StreamPrompting` and print the text as it arrives.
+    /// Stream the answer and print the text as it arrives (`StreamPrompting`, gRPC's
+    /// `PromptStream`, or OpenAI's server-sent events).
     #[arg(long)]
     pub stream: bool,
 
@@ -72,6 +73,8 @@ pub enum Protocol {
     Btauth,
     /// gRPC (`prompting.v1.Miner`) authenticated with btauth/1, on the axon's port.
     Grpc,
+    /// OpenAI's chat completions (`POST /v1/chat/completions`) signed with btauth/1.
+    Openai,
 }
 
 impl Args {

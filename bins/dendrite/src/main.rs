@@ -3,6 +3,7 @@
 //! ```text
 //! dendrite --axon 127.0.0.1:8091 --axon.hotkey 5EHg... "What is the capital of France?"
 //! dendrite --axon [::1]:8091 --axon.hotkey 5EHg... --system "Be brief." --stream "Hi"
+//! dendrite --protocol openai --axon 127.0.0.1:8091 --axon.hotkey 5EHg... "Hi"
 //! ```
 //!
 //! Exit codes: 0 when the axon answered 200; 1 for any other answer, an unreachable axon or
@@ -35,5 +36,6 @@ fn run(args: &Args) -> Result<(), Failure> {
         Protocol::Legacy => runtime.block_on(output::run_legacy(args, keypair)),
         Protocol::Btauth => runtime.block_on(output::run_btauth(args, keypair)),
         Protocol::Grpc => runtime.block_on(output::run_grpc(args, keypair)),
+        Protocol::Openai => runtime.block_on(output::run_openai(args, keypair)),
     }
 }

@@ -6,10 +6,13 @@ use anyhow::Context;
 use futures::StreamExt;
 use prompting_keys::Keypair;
 use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody};
+use prompting_transport::btauth::BtAuthSigner;
 use prompting_transport::dendrite::{
     AxonTarget, BtAuthClient, Dendrite, DendriteResponse, StreamItem,
 };
 use prompting_transport::grpc::GrpcClient;
+use prompting_transport::nonce::NonceSource;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use prompting_cli::Failure;
@@ -120,6 +123,121 @@ fn grpc_status(error: &prompting_transport::grpc::GrpcClientError) -> u16 {
         Some(Code::ResourceExhausted | Code::Unavailable) => 503,
         _ => 500,
     }
+}
+
+/// The OpenAI route the axon serves, also the btauth/1-signed target.
+const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+
+/// Calls the axon's OpenAI-compatible route, signed with btauth/1, and prints the completion
+/// (streamed from its server-sent events with `--stream`).
+pub async fn run_openai(args: &Args, keypair: Keypair) -> Outcome {
+    let (roles, messages) = args.conversation();
+    let messages: Vec<Value> = roles
+        .iter()
+        .zip(&messages)
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    let body = json!({
+        "model": "prompting",
+        "messages": messages,
+        "stream": args.stream,
+        "timeout": args.timeout,
+    })
+    .to_string()
+    .into_bytes();
+    let signer = BtAuthSigner::new(keypair, NonceSource::new());
+    let headers = signer
+        .sign(
+            &Method::POST,
+            CHAT_COMPLETIONS,
+            &body,
+            Some(&args.axon_hotkey),
+        )
+        .context("cannot sign the request")
+        .map_err(local)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(args.timeout())
+        .build()
+        .context("cannot create the HTTP client")
+        .map_err(local)?;
+    let url = format!("http://{}{CHAT_COMPLETIONS}", args.axon);
+    let response = http
+        .post(&url)
+        .headers(headers)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|error| Failure::runtime(format!("cannot reach {url}: {error}")))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return simple_outcome(Err((status, message)), args);
+    }
+    if !args.stream {
+        let value: Value = response
+            .json()
+            .await
+            .context("the answer is not JSON")
+            .map_err(local)?;
+        let completion = value["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| Failure::runtime("the answer has no choices[0].message.content"))?;
+        return simple_outcome(Ok(completion.to_owned()), args);
+    }
+    let completion = openai_events(response, args).await?;
+    if args.json {
+        return simple_outcome(Ok(completion), args);
+    }
+    eprintln!("200 Success");
+    Ok(())
+}
+
+/// Reads OpenAI's server-sent events up to `data: [DONE]`, printing each `delta.content` as it
+/// arrives unless `--json`; the whole completion.
+async fn openai_events(response: reqwest::Response, args: &Args) -> Result<String, Failure> {
+    let mut bytes = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut completion = String::new();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = bytes.next().await {
+        let chunk =
+            chunk.map_err(|error| Failure::runtime(format!("the stream broke: {error}")))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                if !args.json {
+                    writeln!(stdout)
+                        .context("cannot write to stdout")
+                        .map_err(local)?;
+                }
+                return Ok(completion);
+            }
+            let event: Value = serde_json::from_str(data)
+                .map_err(|error| Failure::runtime(format!("an event is not JSON: {error}")))?;
+            if let Some(message) = event["error"]["message"].as_str() {
+                return Err(Failure::runtime(format!("the stream failed: {message}")));
+            }
+            if let Some(text) = event["choices"][0]["delta"]["content"].as_str() {
+                if !args.json {
+                    write_now(&mut stdout, text).map_err(local)?;
+                }
+                completion.push_str(text);
+            }
+        }
+    }
+    Err(Failure::runtime("the stream ended without data: [DONE]"))
 }
 
 /// Writes `text` to stdout at once.
