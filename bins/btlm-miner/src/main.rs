@@ -66,6 +66,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
 mod python_flags;
 
 #[cfg(test)]
+#[path = "../../../crates/service/tests/support/readme.rs"]
+mod readme;
+
+#[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
@@ -139,5 +143,23 @@ mod tests {
             prompting_btlm_backend::options::Quantization::Q8_0
         );
         assert_eq!(cli.common.axon.port, 9999);
+    }
+
+    #[test]
+    fn the_readme_yaml_config_example_is_this_binarys() {
+        let examples = crate::readme::blocks("yaml");
+        assert_eq!(examples.len(), 1, "README.md shows one yaml config example");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("miner.yaml");
+        std::fs::write(&config, &examples[0]).expect("write config");
+        let config = config.display().to_string();
+        let cli: Cli = prompting_service::parse_args(["btlm-miner", "--config", &config])
+            .expect("README's example parses");
+        assert_eq!(cli.common.subtensor.netuid, 1);
+        assert_eq!(cli.common.axon.port, 8091);
+        assert!(cli.common.miner.blacklist.force_validator_permit);
+        assert_eq!(cli.btlm.device, "cpu");
+        assert_eq!(cli.btlm.max_length, 64);
+        assert!(cli.common.ignored.is_empty(), "{:?}", cli.common.ignored);
     }
 }

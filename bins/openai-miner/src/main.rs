@@ -54,6 +54,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
 mod python_flags;
 
 #[cfg(test)]
+#[path = "../../../crates/service/tests/support/readme.rs"]
+mod readme;
+
+#[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
@@ -119,5 +123,22 @@ mod tests {
             vec!["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"]
         );
         assert_eq!(cli.openai.presence_penalty, -0.5);
+    }
+
+    #[test]
+    fn the_readme_toml_config_example_is_this_binarys() {
+        let examples = crate::readme::blocks("toml");
+        assert_eq!(examples.len(), 1, "README.md shows one toml config example");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("miner.toml");
+        std::fs::write(&config, &examples[0]).expect("write config");
+        let config = config.display().to_string();
+        let cli: Cli = prompting_service::parse_args(["openai-miner", "--config", &config])
+            .expect("README's example parses");
+        assert_eq!(cli.common.subtensor.netuid, 1);
+        assert_eq!(cli.common.axon.port, 8091);
+        assert_eq!(cli.openai.model_name, "my-model");
+        assert_eq!(cli.openai.base_url.len(), 2);
+        assert!(cli.common.miner.blacklist.force_validator_permit);
     }
 }
