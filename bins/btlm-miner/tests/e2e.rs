@@ -168,7 +168,7 @@ fn invalid_btlm_flags_stop_before_the_wallet_is_touched() {
 }
 
 /// The warning of `--btlm.device cuda` (the Python default) on a build without CUDA.
-const NO_CUDA: &str = "--btlm.device cuda: this build has no CUDA support (build with `--features cuda` for a GPU); running on the CPU";
+const NO_CUDA: &str = "this build has no CUDA support (build with `--features cuda` for a GPU, see README); running on the CPU";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_v216_command_line_and_its_yaml_config_start_with_warnings_only() {
