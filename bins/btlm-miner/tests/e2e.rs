@@ -242,6 +242,7 @@ async fn a_python_v216_command_line_and_its_yaml_config_start_with_warnings_only
         }
         assert_warned(&warnings, &expected);
     }
+}
 
 /// A `cuda` build asked for a GPU it cannot open (none here, or no 100th one) says so on one
 /// line before the wallet is touched. scripts/check-cuda.sh runs this against a driver stub.
