@@ -11,6 +11,10 @@ step "cargo clippy -D warnings: lints (compiles every target; minutes on a fresh
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo doc -D warnings: API docs of every crate (about a minute, prints nothing)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+step "client-only build: a validator depending on the client side gets no server, pipeline or clap"
+scripts/check-client-deps.sh
+step "cargo publish --dry-run: every crate packages for crates.io (needs the registry index)"
+cargo publish --workspace --dry-run --no-verify --allow-dirty --quiet
 step "cargo test --workspace: every test"
 cargo test --workspace
 step "done: all checks passed"

@@ -100,32 +100,42 @@ impl std::fmt::Display for Network {
 ///
 /// Flags keep the Python miner's dotted names; in a configuration file the fields use their
 /// Rust names (`network`, `chain_endpoint`, `netuid`, ...), all optional.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct SubtensorArgs {
     /// The subtensor network: finney, test, local, archive, or a node's `ws://`/`wss://` URL.
-    #[arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", default_value_t = Network::Finney, value_parser = parse_network)]
+    #[cfg_attr(feature = "cli", arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", default_value_t = Network::Finney, value_parser = parse_network))]
     pub network: Network,
     /// An explicit endpoint (`ws://` or `wss://`), overriding `--subtensor.network`.
-    #[arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")
+    )]
     pub chain_endpoint: Option<String>,
     /// The subnet the miner serves.
-    #[arg(long = "netuid", default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long = "netuid", default_value_t = 1))]
     pub netuid: u16,
     /// Blocks between two metagraph refreshes (and weight settings).
-    #[arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[cfg_attr(feature = "cli", arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..)))]
     pub blocks_per_epoch: u64,
     /// Do not publish the axon's ip:port on chain.
-    #[arg(long = "miner.no_serve")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.no_serve"))]
     pub no_serve: bool,
     /// Do not set weights every epoch.
-    #[arg(long = "miner.no_set_weights")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.no_set_weights"))]
     pub no_set_weights: bool,
     /// Seconds allowed to open the connection and read the runtime.
-    #[arg(long = "subtensor.connect_timeout", default_value_t = 30)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.connect_timeout", default_value_t = 30)
+    )]
     pub connect_timeout_secs: u64,
     /// Seconds allowed for one chain call, including waiting for a transaction's inclusion.
-    #[arg(long = "subtensor.call_timeout", default_value_t = 60)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.call_timeout", default_value_t = 60)
+    )]
     pub call_timeout_secs: u64,
 }
 

@@ -8,7 +8,7 @@
 //! - [`connect`] → [`Subtensor`]; [`Subtensor::fetch_metagraph`] (one
 //!   `NeuronInfoRuntimeApi.get_neurons_lite` call decoded by field name),
 //!   [`Subtensor::ensure_registered`], [`Subtensor::serve_axon`], [`Subtensor::set_weights`];
-//! - [`spawn_sync`] keeps a [`SharedMetagraph`](prompting_miner::metagraph::SharedMetagraph)
+//! - [`spawn_sync`] keeps a [`SharedMetagraph`](prompting_metagraph::SharedMetagraph)
 //!   fresh in the background and reports a [`SyncStatus`].
 //!
 //! See `docs/chain.md` for what is read and written on chain.

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use prompting_miner::metagraph::SharedMetagraph;
+use prompting_metagraph::SharedMetagraph;
 use tokio::task::JoinHandle;
 
 use crate::args::{BLOCK_TIME, SubtensorArgs};
