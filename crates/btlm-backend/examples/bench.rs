@@ -15,8 +15,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use prompting_btlm_backend::model::{Btlm, Config, LoadOptions, argmax};
+use prompting_btlm_backend::config::Config;
+use prompting_btlm_backend::loader::LoadOptions;
+use prompting_btlm_backend::model::Btlm;
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
 
 #[derive(Parser, Debug)]

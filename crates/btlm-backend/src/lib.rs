@@ -1,13 +1,15 @@
 //! Native BTLM backend: Cerebras `btlm-3b-8k-base` run with candle, replacing the Python
 //! `CerebrasBTLMMiner` of text-prompting v2.1.6 (a transformers pipeline on a GPU).
 //!
-//! - [`model`]: the BTLM network (ALiBi, SwiGLU, muP scales) with a KV cache; f32, bf16/f16
-//!   and q8_0/q4k quantized weights; loads `pytorch_model.bin` (the only weights on the hub)
-//!   and `.safetensors`.
+//! - [`model`]: the BTLM network (ALiBi, SwiGLU, muP scales) with a KV cache, built from
+//!   [`config`], [`attention`], the block layers and [`linear`] projections (f32, bf16/f16
+//!   and q8_0/q4k quantized weights); [`loader`] picks the run format; [`weights`] reads
+//!   `pytorch_model.bin` (the only weights on the hub) and `.safetensors`.
 //! - [`tokenizer`]: GPT-2 byte-level BPE, built from `vocab.json` + `merges.txt` when there
 //!   is no `tokenizer.json` (the hub repo has none).
-//! - [`generation`]: greedy or sampled decoding, repetition penalty, Hugging Face's
-//!   `no_repeat_ngram_size`, stop strings, incremental UTF-8 output.
+//! - [`generation`]: decoding with stop strings and incremental UTF-8 output;
+//!   [`sampling`]: greedy or sampled token choice, repetition penalty, Hugging Face's
+//!   `no_repeat_ngram_size`.
 //! - [`prompt`]: the Python miner's prompt format; [`args`]: its `--btlm.*` flags.
 //! - [`engine`]: a worker thread owning the model, fed by a bounded queue;
 //!   [`miner::BtlmMiner`] implements [`prompting_miner::Miner`] on top of it.
@@ -41,14 +43,21 @@
 #![warn(missing_docs)]
 
 pub mod args;
+pub mod attention;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod hub;
+pub mod kernels;
+mod layers;
+pub mod linear;
+pub mod loader;
 pub mod miner;
 pub mod model;
 pub mod options;
 pub mod prompt;
+pub mod sampling;
 pub mod tokenizer;
 pub mod weights;
 

@@ -8,11 +8,13 @@ use prompting_miner::{Miner, MinerError, PromptRequest, TextStream};
 use tokio::time::Instant;
 
 use crate::args::{BtlmArgs, parse_device};
+use crate::config::Config;
 use crate::engine::{Engine, Event, SubmitError};
 use crate::error::{BtlmError, Result};
 use crate::generation::{FinishReason, GenerationConfig};
 use crate::hub::{HubOptions, ModelFiles, TokenizerFiles, files_from_hub, files_in_dir};
-use crate::model::{Btlm, Config, LoadOptions};
+use crate::loader::LoadOptions;
+use crate::model::Btlm;
 use crate::prompt::PromptFormat;
 use crate::tokenizer::BtlmTokenizer;
 use crate::weights::Checkpoint;

@@ -5,9 +5,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
 
+use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate, never, until};
-use prompting_btlm_backend::model::{Btlm, Config, LoadOptions, argmax};
+use prompting_btlm_backend::loader::LoadOptions;
+use prompting_btlm_backend::model::Btlm;
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
 use prompting_btlm_backend::weights::Checkpoint;
 use serde::Deserialize;

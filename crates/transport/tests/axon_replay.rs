@@ -10,14 +10,14 @@ use std::sync::Arc;
 use common::{AxonSetup, header, replay};
 use prompting_synapse::{Prompting, Synapse, SynapseHeaders};
 use prompting_testkit::RawHttp;
-use prompting_transport::clock::FixedClock;
+use prompting_transport::clock::ManualClock;
 use serde_json::Value;
 
 fn exchanges() -> Value {
     serde_json::from_str(include_str!("fixtures/legacy/exchanges.json")).expect("fixture json")
 }
 
-fn nonce_of(raw_request: &str) -> u128 {
+fn nonce_of(raw_request: &str) -> i64 {
     RawHttp::parse(raw_request.as_bytes())
         .header("bt_header_dendrite_nonce")
         .expect("nonce header")
@@ -48,7 +48,7 @@ async fn recorded_exchanges_get_python_compatible_answers() {
     let exchanges = data["exchanges"].as_array().expect("exchanges");
     let first = exchanges[0]["request"].as_str().expect("request");
     let mut setup = AxonSetup::new(&[validator]);
-    setup.clock = Some(Arc::new(FixedClock(nonce_of(first) + 1_000_000_000)));
+    setup.clock = Some(Arc::new(ManualClock::new(nonce_of(first) + 1_000_000_000)));
     let axon = setup.start().await;
     assert_eq!(axon.state.hotkey(), miner);
 
@@ -117,7 +117,7 @@ async fn recorded_attacks_are_refused() {
         .as_str()
         .expect("request");
     let mut setup = AxonSetup::new(&[validator]);
-    setup.clock = Some(Arc::new(FixedClock(nonce_of(fresh) + 1_000_000_000)));
+    setup.clock = Some(Arc::new(ManualClock::new(nonce_of(fresh) + 1_000_000_000)));
     let axon = setup.start().await;
 
     // The unaltered request is accepted once...
@@ -174,7 +174,7 @@ async fn stale_first_nonce_is_refused() {
         .expect("request");
     let mut setup = AxonSetup::new(&[validator]);
     // 60 s after the recording: older than 4 s + the 5 s timeout.
-    setup.clock = Some(Arc::new(FixedClock(nonce_of(fresh) + 60_000_000_000)));
+    setup.clock = Some(Arc::new(ManualClock::new(nonce_of(fresh) + 60_000_000_000)));
     let axon = setup.start().await;
     let (status, headers, _) = replay(axon.addr, fresh).await;
     assert_eq!(status, 401);

@@ -11,9 +11,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use prompting_keys::{Keypair, ss58};
 use prompting_testkit::{Venv, run_python};
 use prompting_transport::btauth::{
-    ACCEPTED_SS58_PREFIXES, BtAuthConfig, BtAuthError, BtAuthKey, BtAuthVerifier, ManualClock,
-    PayloadFields, Scheme, VerifiedCaller, build_payload, sign_request,
+    ACCEPTED_SS58_PREFIXES, BtAuthConfig, BtAuthError, BtAuthKey, BtAuthVerifier, PayloadFields,
+    Scheme, VerifiedCaller, build_payload, sign_request,
 };
+use prompting_transport::clock::ManualClock;
 use serde_json::{Value, json};
 
 const SCRIPT: &str = include_str!("python/bt11_btauth.py");

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use prompting_keys::Keypair;
 use prompting_transport::btauth::{
-    BtAuthConfig, BtAuthError, BtAuthVerifier, HEADER_SIGNATURE, HEADER_VERSION, ManualClock,
-    PayloadFields, Scheme, build_payload, sign_request,
+    BtAuthConfig, BtAuthError, BtAuthVerifier, HEADER_SIGNATURE, HEADER_VERSION, PayloadFields,
+    Scheme, build_payload, sign_request,
 };
+use prompting_transport::clock::ManualClock;
 use serde::Deserialize;
 
 /// The sender of the vectors: `validator_hotkey` of `../shared/vectors/legacy/keys.json`.

@@ -12,6 +12,7 @@ use prompting_keys::Keypair;
 use prompting_synapse::{
     Prompting, PyStr, RequiredField, Synapse, SynapseBody, python_repr::float_repr,
 };
+use prompting_transport::clock::ManualClock;
 use prompting_transport::dendrite::response::{RawResponse, read_response, verify_axon_signature};
 use prompting_transport::dendrite::{AxonTarget, CallFailure, Dendrite, DendriteResponse};
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
@@ -101,14 +102,14 @@ fn rebuild(python: &RawHttp) -> (Dendrite, Synapse<Prompting>, Vec<(String, Stri
         .into_iter()
         .find(|k| k.ss58_address() == hotkey)
         .expect("a known dendrite key");
-    let nonce: u64 = python
+    let nonce: i64 = python
         .header("bt_header_dendrite_nonce")
         .and_then(|n| n.parse().ok())
         .expect("nonce");
     let dendrite = Dendrite::builder(keypair)
         .uuid(python.header("bt_header_dendrite_uuid").expect("uuid"))
         .external_ip(python.header("bt_header_dendrite_ip").expect("ip"))
-        .clock(Arc::new(move || nonce))
+        .clock(Arc::new(ManualClock::new(nonce)))
         .build()
         .expect("dendrite");
     let strings = |field: &str| -> Vec<String> {

@@ -1,56 +1,41 @@
-//! The axon: the miner's server. One port serves the legacy synapse routes, btauth/1-signed
-//! `/Prompting`, the OpenAI-compatible `/v1/*` routes, gRPC (h2c), `/metrics` and `/healthz`.
+//! The axon: the miner's server. It assembles the protocols' routes on one port: the legacy
+//! synapse routes ([`crate::legacy`]), btauth/1-signed `/Prompting` ([`crate::btauth_json`]),
+//! the OpenAI-compatible `/v1/*` routes ([`crate::openai`]), gRPC over h2c ([`crate::grpc`]),
+//! `/metrics` and `/healthz` ([`ops`]); [`run`] serves them with the connection limits of
+//! [`crate::server`].
 
-pub mod body;
-pub mod config;
-pub mod legacy;
-pub mod nonce;
-pub mod signed;
-pub mod state;
+mod divert;
+pub mod ops;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method};
-use axum::http::{StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use prompting_synapse::{Prompting, StreamPrompting, SynapseBody};
 use tokio::net::TcpListener;
 
-pub use config::{AxonArgs, AxonConfigError};
-pub use legacy::PromptSynapse;
-pub use state::{AxonState, PROTOCOL_VERSION};
+pub use crate::config::{AxonArgs, AxonConfigError};
+pub use crate::edge::AxonState;
+pub use crate::legacy::{PROTOCOL_VERSION, PromptSynapse, SYNAPSES};
 
 use crate::server::{ServerLimits, serve};
-
-/// The synapse routes this axon serves.
-pub const SYNAPSES: [&str; 2] = [Prompting::NAME, StreamPrompting::NAME];
+use crate::{btauth_json, grpc, legacy, openai};
+use divert::Divert;
 
 /// The axon's routes over `state`: legacy synapses, btauth/1, OpenAI-compatible, gRPC,
-/// metrics and health.
+/// metrics and health; any other path is answered as an unknown synapse.
+///
+/// `POST /Prompting` is both the legacy synapse and bittensor 11's btauth/1 JSON: requests
+/// carrying `X-Bittensor-Version` go to the latter ([`btauth_json::claims`]).
 pub fn router(state: Arc<AxonState>) -> Router {
+    let signed = btauth_json::routes(Arc::clone(&state));
     Router::new()
-        .route(
-            &format!("/{}", Prompting::NAME),
-            get(legacy::handle::<Prompting>).post(prompting_post),
+        .merge(
+            legacy::routes(Arc::clone(&state))
+                .route_layer(Divert::new(btauth_json::claims, signed)),
         )
-        .route(
-            &format!("/{}", StreamPrompting::NAME),
-            get(legacy::handle::<StreamPrompting>).post(legacy::handle::<StreamPrompting>),
-        )
-        .route(
-            "/v1/chat/completions",
-            post(crate::openai::chat_completions),
-        )
-        .route("/v1/models", get(crate::openai::models))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .fallback(not_found)
-        .with_state(state.clone())
-        .merge(crate::grpc::router(state))
+        .merge(openai::routes(Arc::clone(&state)))
+        .merge(grpc::routes(Arc::clone(&state)))
+        .merge(ops::routes(Arc::clone(&state)))
+        .fallback_service(legacy::unknown_synapse(&state))
 }
 
 /// Serves `router` on `listener` with `limits` until `shutdown` resolves.
@@ -61,65 +46,4 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     serve(listener, router, limits, shutdown).await
-}
-
-/// `POST /Prompting`: btauth/1-signed JSON when the btauth headers are present, the legacy
-/// synapse protocol otherwise.
-async fn prompting_post(
-    state: State<Arc<AxonState>>,
-    peer: Option<axum::Extension<crate::server::PeerAddr>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if signed::is_signed(&headers) {
-        signed::prompting(&state, method, uri, headers, body).await
-    } else {
-        legacy::handle::<Prompting>(state, peer, headers, body).await
-    }
-}
-
-async fn metrics(State(state): State<Arc<AxonState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(&state.pipeline),
-    )
-        .into_response()
-}
-
-async fn healthz(State(state): State<Arc<AxonState>>) -> Response {
-    let stats = state.pipeline.stats();
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "hotkey": state.hotkey,
-        "miner": state.pipeline.miner().name(),
-        "queue_depth": stats.queue_depth,
-        "in_flight": stats.in_flight,
-    }))
-    .into_response()
-}
-
-async fn not_found(State(state): State<Arc<AxonState>>, uri: Uri) -> Response {
-    let name = uri.path().trim_start_matches('/');
-    let available: Vec<String> = SYNAPSES.iter().map(|s| format!("'{s}'")).collect();
-    let message = format!(
-        "Synapse name '{name}' not found. Available synapses [{}]",
-        available.join(", ")
-    );
-    state
-        .metrics
-        .observe("legacy", "unknown", 404, std::time::Duration::ZERO);
-    (
-        StatusCode::NOT_FOUND,
-        [
-            ("bt_header_axon_status_code", "404".to_string()),
-            ("bt_header_axon_status_message", message.clone()),
-        ],
-        axum::Json(serde_json::json!({ "message": message })),
-    )
-        .into_response()
 }

@@ -9,7 +9,6 @@
 
 mod address;
 mod args;
-mod clock;
 mod error;
 mod payload;
 mod python;
@@ -19,10 +18,9 @@ mod verify;
 
 pub use address::ACCEPTED_SS58_PREFIXES;
 pub use args::BtAuthArgs;
-pub use clock::{BtAuthClock, ManualClock, SystemClock};
 pub use error::{BtAuthError, ErrorClass};
 pub use payload::{PayloadFields, Scheme, body_sha256_hex, build_payload};
-pub use sign::{BtAuthKey, BtAuthSignError, BtAuthSigner, NonceSource, sign_request};
+pub use sign::{BtAuthKey, BtAuthSignError, BtAuthSigner, sign_request};
 pub use verify::{
     BtAuthConfig, BtAuthConfigError, BtAuthVerifier, DEFAULT_REPLAY_CAPACITY, MAX_WINDOW_S,
     VerifiedCaller,

@@ -1,16 +1,14 @@
-//! The client side: btauth/1 headers for a request, and nonces for them.
+//! The client side: btauth/1 headers for a request, signed with a fresh nonce.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use http::Method;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use prompting_keys::Keypair;
 
-use super::clock::{BtAuthClock, SystemClock};
 use super::payload::{PayloadFields, Scheme, build_payload};
 use super::{HEADER_HOTKEY, HEADER_RECEIVER, HEADER_SIGNATURE, VERSION};
+use crate::nonce::NonceSource;
 
 /// A hotkey that can sign btauth/1 requests.
 pub trait BtAuthKey {
@@ -115,55 +113,6 @@ const HEADER_SIGNATURE_LOWER: &str = "x-bittensor-signature";
 const HEADER_CRYPTO_LOWER: &str = "x-bittensor-crypto";
 const HEADER_RECEIVER_LOWER: &str = "x-bittensor-receiver";
 
-/// Nonces for signed requests: the wall clock in nanoseconds, made strictly increasing so two
-/// requests signed in the same nanosecond (or across a clock step back) never share one.
-pub struct NonceSource {
-    last: AtomicI64,
-    clock: Arc<dyn BtAuthClock>,
-}
-
-impl fmt::Debug for NonceSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NonceSource")
-            .field("last", &self.last.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for NonceSource {
-    fn default() -> Self {
-        NonceSource::new()
-    }
-}
-
-impl NonceSource {
-    /// Nonces from the system clock.
-    pub fn new() -> NonceSource {
-        NonceSource::with_clock(Arc::new(SystemClock))
-    }
-
-    /// Nonces from `clock`.
-    pub fn with_clock(clock: Arc<dyn BtAuthClock>) -> NonceSource {
-        NonceSource {
-            last: AtomicI64::new(i64::MIN),
-            clock,
-        }
-    }
-
-    /// The next nonce: the current time, or one more than the previous nonce if the clock has
-    /// not moved past it.
-    pub fn next_nonce(&self) -> i64 {
-        let now = self.clock.now_ns();
-        let previous = self
-            .last
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                Some(now.max(last.saturating_add(1)))
-            })
-            .unwrap_or_else(|last| last);
-        now.max(previous.saturating_add(1))
-    }
-}
-
 /// A hotkey with its nonce source: signs requests with fresh nonces.
 pub struct BtAuthSigner<K> {
     key: K,
@@ -198,21 +147,16 @@ impl<K: BtAuthKey> BtAuthSigner<K> {
         body: &[u8],
         receiver: Option<&str>,
     ) -> Result<HeaderMap, BtAuthSignError> {
-        sign_request(
-            &self.key,
-            method,
-            target,
-            body,
-            receiver,
-            self.nonces.next_nonce(),
-        )
+        // Nonces fit in an i64 until the year 2262.
+        let nonce = i64::try_from(self.nonces.next()).unwrap_or(i64::MAX);
+        sign_request(&self.key, method, target, body, receiver, nonce)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btauth::{HEADER_CRYPTO, HEADER_NONCE, HEADER_VERSION, ManualClock};
+    use crate::btauth::{HEADER_CRYPTO, HEADER_NONCE, HEADER_VERSION};
 
     #[test]
     fn header_constants_are_the_lower_case_wire_names() {
@@ -229,37 +173,28 @@ mod tests {
     }
 
     #[test]
-    fn nonces_follow_the_clock_and_never_repeat() {
-        let clock = Arc::new(ManualClock::new(1_000));
-        let nonces = NonceSource::with_clock(clock.clone());
-        assert_eq!(nonces.next_nonce(), 1_000);
-        assert_eq!(nonces.next_nonce(), 1_001);
-        assert_eq!(nonces.next_nonce(), 1_002);
-        clock.set_now_ns(5_000);
-        assert_eq!(nonces.next_nonce(), 5_000);
-        clock.set_now_ns(10);
-        assert_eq!(nonces.next_nonce(), 5_001);
-    }
+    fn signers_take_a_new_nonce_for_every_request() {
+        use std::sync::Arc;
 
-    #[test]
-    fn nonces_are_unique_across_threads() {
-        let nonces = Arc::new(NonceSource::with_clock(Arc::new(ManualClock::new(7))));
-        let handles: Vec<_> = (0..4)
+        use crate::clock::ManualClock;
+
+        let clock = Arc::new(ManualClock::new(1_000));
+        let signer = BtAuthSigner::new(
+            Keypair::from_mini_secret(&[1u8; 32]),
+            NonceSource::with_clock(clock),
+        );
+        let nonces: Vec<_> = (0..3)
             .map(|_| {
-                let nonces = Arc::clone(&nonces);
-                std::thread::spawn(move || {
-                    (0..500).map(|_| nonces.next_nonce()).collect::<Vec<_>>()
-                })
+                let headers = signer
+                    .sign(&Method::POST, "/Prompting", b"{}", None)
+                    .expect("signed");
+                headers[HEADER_NONCE_LOWER]
+                    .to_str()
+                    .expect("ascii")
+                    .to_owned()
             })
             .collect();
-        let mut all: Vec<i64> = handles
-            .into_iter()
-            .flat_map(|handle| handle.join().expect("thread"))
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        assert_eq!(all.len(), 2_000);
-        assert_eq!(all.first(), Some(&7));
+        assert_eq!(nonces, ["1000", "1001", "1002"]);
     }
 
     #[test]

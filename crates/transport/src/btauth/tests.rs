@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use prompting_keys::{Keypair, PublicKey, ss58};
 
 use super::*;
+use crate::clock::ManualClock;
 
 const NOW: i64 = 1_795_300_000_000_000_000;
 const SECOND: i64 = 1_000_000_000;

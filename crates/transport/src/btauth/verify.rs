@@ -7,7 +7,6 @@ use http::{HeaderMap, Method};
 use prompting_keys::PublicKey;
 
 use super::address::decode_hotkey;
-use super::clock::{BtAuthClock, SystemClock};
 use super::error::BtAuthError;
 use super::payload::{PayloadFields, Scheme, build_payload};
 use super::python::{from_hex, int_exceeds, latin1, parse_int};
@@ -16,6 +15,7 @@ use super::{
     DEFAULT_MAX_AGE_S, DEFAULT_MAX_FUTURE_S, HEADER_CRYPTO, HEADER_HOTKEY, HEADER_NONCE,
     HEADER_RECEIVER, HEADER_SIGNATURE, HEADER_VERSION, VERSION,
 };
+use crate::clock::{Clock, SystemClock};
 
 /// The default number of accepted requests the replay store remembers.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
@@ -94,7 +94,7 @@ pub struct VerifiedCaller {
 /// as received), the headers and the raw body bytes.
 pub struct BtAuthVerifier {
     config: BtAuthConfig,
-    clock: Arc<dyn BtAuthClock>,
+    clock: Arc<dyn Clock>,
     replay: ReplayStore,
 }
 
@@ -115,7 +115,7 @@ impl BtAuthVerifier {
     /// A verifier reading the time from `clock`.
     pub fn with_clock(
         config: BtAuthConfig,
-        clock: Arc<dyn BtAuthClock>,
+        clock: Arc<dyn Clock>,
     ) -> Result<BtAuthVerifier, BtAuthConfigError> {
         if decode_hotkey(&config.hotkey).is_none() {
             return Err(BtAuthConfigError::InvalidHotkey(config.hotkey));

@@ -7,8 +7,9 @@ use http::Method;
 use prompting_keys::Keypair;
 use serde_json::{Value, json};
 
-use crate::btauth::{BtAuthSignError, BtAuthSigner, NonceSource};
+use crate::btauth::{BtAuthSignError, BtAuthSigner};
 use crate::dendrite::AxonTarget;
+use crate::nonce::NonceSource;
 
 /// Why a btauth/1 call gave no completion.
 #[derive(Debug, thiserror::Error)]

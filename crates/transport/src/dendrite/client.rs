@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use prompting_keys::Keypair;
 
+use crate::clock::Clock;
 use crate::dendrite::error::DendriteError;
-use crate::dendrite::nonce::{NanoClock, NonceSource};
+use crate::nonce::NonceSource;
 
 /// The `bt_header_dendrite_version` this client sends: bittensor 10.5.0's
 /// `version_as_int` (`10 * 1000² + 5 * 1000 + 0`).
@@ -52,7 +53,7 @@ pub(crate) struct Inner {
 pub struct DendriteBuilder {
     keypair: Keypair,
     uuid: Option<String>,
-    clock: Option<NanoClock>,
+    clock: Option<Arc<dyn Clock>>,
     external_ip: Option<String>,
     max_concurrency: usize,
     max_response_bytes: usize,
@@ -101,7 +102,7 @@ impl DendriteBuilder {
     }
 
     /// The clock nonces come from, instead of the system clock (tests and replays).
-    pub fn clock(mut self, clock: NanoClock) -> DendriteBuilder {
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> DendriteBuilder {
         self.clock = Some(clock);
         self
     }

@@ -456,11 +456,13 @@ mod tests {
     use prompting_keys::Keypair;
     use prompting_synapse::Prompting;
 
+    use crate::clock::ManualClock;
+
     fn dendrite() -> Dendrite {
         Dendrite::builder(Keypair::from_mini_secret(&[1; 32]))
             .uuid("49c892ca-e602-11f1-86a3-02fc00000001")
             .external_ip("127.0.0.1")
-            .clock(Arc::new(|| 1_795_303_292_740_406_005))
+            .clock(Arc::new(ManualClock::new(1_795_303_292_740_406_005)))
             .build()
             .expect("client")
     }

@@ -35,7 +35,6 @@ pub mod btauth;
 mod client;
 pub mod error;
 pub mod legacy;
-pub mod nonce;
 pub mod response;
 pub mod target;
 mod utf8;

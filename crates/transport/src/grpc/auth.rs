@@ -14,15 +14,9 @@ use tonic::body::Body as TonicBody;
 use tonic::codegen::{BoxFuture, Service, StdError};
 use tonic::server::NamedService;
 
-use super::status::http_status_of;
-use crate::axon::AxonState;
-use crate::axon::body::{BodyReadError, read_body};
-use crate::btauth::{BtAuthVerifier, VerifiedCaller};
-
-/// The signed target of `Prompt` calls.
-pub const METHOD_PROMPT: &str = "/prompting.v1.Miner/Prompt";
-/// The signed target of `PromptStream` calls.
-pub const METHOD_PROMPT_STREAM: &str = "/prompting.v1.Miner/PromptStream";
+use crate::btauth::VerifiedCaller;
+use crate::edge::auth::{read, verify};
+use crate::edge::{AxonState, Rejection};
 
 /// Length of the gRPC message prefix: compression flag and big-endian length.
 const FRAME_PREFIX: usize = 5;
@@ -37,10 +31,9 @@ pub(crate) struct Arrival(pub(crate) Instant);
 /// `INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED` when the
 /// message cannot be read) without reaching `S`.
 #[derive(Clone)]
-pub struct AuthenticatedService<S> {
+pub(crate) struct AuthenticatedService<S> {
     inner: S,
     state: Arc<AxonState>,
-    verifier: Arc<BtAuthVerifier>,
 }
 
 impl<S> std::fmt::Debug for AuthenticatedService<S> {
@@ -52,13 +45,10 @@ impl<S> std::fmt::Debug for AuthenticatedService<S> {
 }
 
 impl<S> AuthenticatedService<S> {
-    /// `inner` behind `verifier`, reading bodies within `state`'s request limits.
-    pub fn new(inner: S, state: Arc<AxonState>, verifier: Arc<BtAuthVerifier>) -> Self {
-        AuthenticatedService {
-            inner,
-            state,
-            verifier,
-        }
+    /// `inner` behind the axon's btauth/1 verifier, reading bodies within `state`'s request
+    /// limits.
+    pub(crate) fn new(inner: S, state: Arc<AxonState>) -> Self {
+        AuthenticatedService { inner, state }
     }
 }
 
@@ -89,24 +79,16 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = Arc::clone(&self.state);
-        let verifier = Arc::clone(&self.verifier);
         Box::pin(async move {
             let arrival = Instant::now();
-            let route = route_of(request.uri().path()).to_string();
-            match authenticate(&state, &verifier, request).await {
-                Ok(request) => {
-                    let mut request = request;
+            match authenticate(&state, request).await {
+                Ok(mut request) => {
                     request.extensions_mut().insert(Arrival(arrival));
                     inner.call(request).await
                 }
-                Err(status) => {
-                    tracing::debug!(route, code = ?status.code(), message = status.message(), "gRPC call refused");
-                    state.metrics.observe(
-                        "grpc",
-                        &route,
-                        http_status_of(status.code()),
-                        arrival.elapsed(),
-                    );
+                Err((path, rejection)) => {
+                    let status = Status::from(rejection);
+                    tracing::debug!(path, code = ?status.code(), message = status.message(), "gRPC call refused");
                     Ok(status.into_http())
                 }
             }
@@ -114,58 +96,47 @@ where
     }
 }
 
-/// The method name of a gRPC path (`/pkg.Service/Method` → `Method`).
-pub(crate) fn route_of(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
+/// Reads the call's message and verifies its signature; on failure, the call's path (for the
+/// log) and why.
 async fn authenticate<B>(
     state: &AxonState,
-    verifier: &BtAuthVerifier,
     request: Request<B>,
-) -> Result<Request<Full<Bytes>>, Status>
+) -> Result<Request<Full<Bytes>>, (String, Rejection)>
 where
     B: tonic::codegen::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<StdError>,
 {
     let (mut parts, body) = request.into_parts();
-    let body = axum::body::Body::new(body);
-    let bytes = read_body(body, state.limits.max_body_bytes, state.limits.read_timeout)
-        .await
-        .map_err(|error| match error {
-            BodyReadError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
-            BodyReadError::TimedOut { .. } => Status::deadline_exceeded(error.to_string()),
-            BodyReadError::Broken(_) => Status::invalid_argument(error.to_string()),
-        })?;
-    let message = single_message(&bytes)?;
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path(), |target| target.as_str());
-    let caller: VerifiedCaller = verifier
-        .verify(&parts.method, target, &parts.headers, message)
-        .map_err(|error| Status::unauthenticated(error.to_string()))?;
-    parts.extensions.insert(caller);
-    Ok(Request::from_parts(parts, Full::new(bytes)))
+    let checked = async {
+        let bytes = read(state, axum::body::Body::new(body)).await?;
+        let message = single_message(&bytes)?;
+        let caller: VerifiedCaller =
+            verify(state, &parts.method, &parts.uri, &parts.headers, message)?;
+        Ok::<_, Rejection>((bytes, caller))
+    };
+    match checked.await {
+        Ok((bytes, caller)) => {
+            parts.extensions.insert(caller);
+            Ok(Request::from_parts(parts, Full::new(bytes)))
+        }
+        Err(rejection) => Err((parts.uri.path().to_owned(), rejection)),
+    }
 }
 
 /// The message bytes of a body holding exactly one uncompressed gRPC message.
-fn single_message(body: &[u8]) -> Result<&[u8], Status> {
+fn single_message(body: &[u8]) -> Result<&[u8], Rejection> {
+    let not_one = || Rejection::Malformed("the call must carry exactly one request message".into());
     let Some((prefix, rest)) = body.split_first_chunk::<FRAME_PREFIX>() else {
-        return Err(Status::invalid_argument(
-            "the call must carry exactly one request message",
-        ));
+        return Err(not_one());
     };
     if prefix[0] != 0 {
-        return Err(Status::unimplemented(
+        return Err(Rejection::Unsupported(
             "compressed request messages are not supported",
         ));
     }
     let length = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);
     if usize::try_from(length).ok() != Some(rest.len()) {
-        return Err(Status::invalid_argument(
-            "the call must carry exactly one request message",
-        ));
+        return Err(not_one());
     }
     Ok(rest)
 }
@@ -194,16 +165,10 @@ mod tests {
         two.extend(frame(0, b"def"));
         let truncated = &frame(0, b"abc")[..6];
         for body in [&b""[..], &b"\0\0\0"[..], truncated, &two] {
-            let status = single_message(body).expect_err("refused");
-            assert_eq!(status.code(), Code::InvalidArgument, "{body:?}");
+            let rejection = single_message(body).expect_err("refused");
+            assert_eq!(rejection.grpc_code(), Code::InvalidArgument, "{body:?}");
         }
-        let status = single_message(&frame(1, b"abc")).expect_err("compressed");
-        assert_eq!(status.code(), Code::Unimplemented);
-    }
-
-    #[test]
-    fn routes_are_method_names() {
-        assert_eq!(route_of(METHOD_PROMPT), "Prompt");
-        assert_eq!(route_of(METHOD_PROMPT_STREAM), "PromptStream");
+        let rejection = single_message(&frame(1, b"abc")).expect_err("compressed");
+        assert_eq!(rejection.grpc_code(), Code::Unimplemented);
     }
 }

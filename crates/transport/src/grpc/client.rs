@@ -13,11 +13,12 @@ use tonic::Code;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
-use super::auth::{METHOD_PROMPT, METHOD_PROMPT_STREAM};
-use super::deadline::DEFAULT_TIMEOUT_S;
 use super::proto::miner_client::MinerClient;
 use super::proto::{self, PromptChunk};
-use crate::btauth::{BtAuthSignError, BtAuthSigner, NonceSource};
+use super::{METHOD_PROMPT, METHOD_PROMPT_STREAM};
+use crate::btauth::{BtAuthSignError, BtAuthSigner};
+use crate::deadline::{DEFAULT_TIMEOUT_S, TimeoutError, budget, deadline};
+use crate::nonce::NonceSource;
 
 /// Time the client waits past a call's own timeout for the server's answer (its
 /// `DEADLINE_EXCEEDED` included) before giving up itself.
@@ -44,8 +45,8 @@ pub enum GrpcClientError {
     #[error("cannot sign the request: {0}")]
     Sign(#[from] BtAuthSignError),
     /// The timeout is negative or not finite.
-    #[error("timeout must be a non-negative number of seconds, got {0}")]
-    InvalidTimeout(f64),
+    #[error(transparent)]
+    InvalidTimeout(#[from] TimeoutError),
     /// The server (or the connection) answered with a status other than `OK`.
     #[error("gRPC status {:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
@@ -201,22 +202,16 @@ struct LocalDeadline {
     seconds: f64,
 }
 
+/// The deadline rule of the server ([`crate::deadline`]: 0 is the default) without its cap,
+/// plus [`GRACE`].
 fn local_deadline(timeout_s: f64) -> Result<LocalDeadline, GrpcClientError> {
-    if !timeout_s.is_finite() || timeout_s < 0.0 {
-        return Err(GrpcClientError::InvalidTimeout(timeout_s));
-    }
-    let seconds = if timeout_s == 0.0 {
-        DEFAULT_TIMEOUT_S
-    } else {
-        timeout_s
-    };
-    // Durations overflow past ~1.8e19 s; nobody waits that long.
-    let wait = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX / 2) + GRACE;
-    let now = Instant::now();
-    let at = now
-        .checked_add(wait)
-        .unwrap_or(now + Duration::from_secs(86_400 * 365));
-    Ok(LocalDeadline { at, seconds })
+    let requested = (timeout_s != 0.0).then_some(timeout_s);
+    let wait = budget(requested, f64::INFINITY)?;
+    let at = deadline(Instant::now(), wait.saturating_add(GRACE));
+    Ok(LocalDeadline {
+        at,
+        seconds: requested.unwrap_or(DEFAULT_TIMEOUT_S),
+    })
 }
 
 /// `chunks` as text, ending with [`GrpcClientError::TimedOut`] at `deadline` and after the
@@ -273,7 +268,9 @@ mod tests {
         for timeout in [-1.0, f64::NAN, f64::INFINITY] {
             assert!(matches!(
                 local_deadline(timeout),
-                Err(GrpcClientError::InvalidTimeout(_))
+                Err(GrpcClientError::InvalidTimeout(TimeoutError::NotPositive(
+                    _
+                )))
             ));
         }
         assert!(local_deadline(1e300).is_ok());

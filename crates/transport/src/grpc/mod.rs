@@ -7,11 +7,12 @@
 //! message (the bytes of its gRPC frame, without the 5-byte prefix). The `x-bittensor-*`
 //! values travel as request metadata.
 //!
-//! Serving: [`router`] gives the gRPC routes (all under `/prompting.v1.Miner/`) as an
-//! [`axum::Router`] without a fallback, to merge into the axon's router so one port serves
-//! HTTP/1.1 and gRPC (h2c); [`GrpcArgs`] adds an optional separate `--grpc.port` listener.
+//! Serving: [`routes`] gives the gRPC routes (all under `/prompting.v1.Miner/`) as an
+//! [`axum::Router`] without a fallback, which the axon merges so one port serves HTTP/1.1
+//! and gRPC (h2c).
 //!
-//! Pipeline errors map to gRPC codes (see [`status_of`]):
+//! Refusals map to gRPC codes as [`Rejection::grpc_code`](crate::edge::Rejection::grpc_code)
+//! says; the pipeline's:
 //!
 //! | miner error | HTTP | gRPC |
 //! |---|---|---|
@@ -23,17 +24,15 @@
 //!
 //! A request that fails btauth/1 gets `UNAUTHENTICATED` with the verifier's message.
 
-mod args;
 mod auth;
 mod client;
-mod deadline;
 pub mod proto;
 mod service;
-mod status;
 
-pub use args::GrpcArgs;
-pub use auth::{AuthenticatedService, METHOD_PROMPT, METHOD_PROMPT_STREAM};
 pub use client::{ChunkStream, GrpcClient, GrpcClientError};
-pub use deadline::{DEFAULT_TIMEOUT_S, parse_grpc_timeout};
-pub use service::{GrpcMiner, router, serve, service};
-pub use status::{code_of, status_of};
+pub use service::routes;
+
+/// The signed target of `Prompt` calls.
+pub const METHOD_PROMPT: &str = "/prompting.v1.Miner/Prompt";
+/// The signed target of `PromptStream` calls.
+pub const METHOD_PROMPT_STREAM: &str = "/prompting.v1.Miner/PromptStream";

@@ -1,69 +1,64 @@
-//! The `prompting.v1.Miner` service over the pipeline, and how it is served.
+//! The `prompting.v1.Miner` service over the pipeline, and its routes on the axon.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
 use futures::{Stream, StreamExt};
 use prompting_miner::{PromptRequest, Protocol, SamplingOverrides};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 
 use super::auth::{Arrival, AuthenticatedService};
-use super::deadline::budget;
 use super::proto::miner_server::{Miner, MinerServer};
 use super::proto::{self, PromptChunk, PromptResponse};
-use super::status::{http_status_of, status_of};
-use crate::axon::AxonState;
-use crate::btauth::{BtAuthVerifier, VerifiedCaller};
-use crate::server::ServerLimits;
+use super::{METHOD_PROMPT, METHOD_PROMPT_STREAM};
+use crate::btauth::VerifiedCaller;
+use crate::deadline::{budget, deadline, parse_grpc_timeout};
+use crate::edge::{AxonState, Rejection};
 
 /// The handlers of `prompting.v1.Miner`: each call goes through the axon's pipeline as a
 /// [`Protocol::Grpc`] request from the btauth/1-verified caller.
 ///
-/// It trusts the [`VerifiedCaller`] its requests carry, so serve it only behind
-/// [`AuthenticatedService`] (as [`service`] and [`router`] do); a call without one is
-/// refused `UNAUTHENTICATED`.
-pub struct GrpcMiner {
+/// It trusts the [`VerifiedCaller`] its requests carry, so it is only served behind
+/// [`AuthenticatedService`] (as [`routes`] does); a call without one is refused
+/// `UNAUTHENTICATED`.
+struct GrpcMiner {
     state: Arc<AxonState>,
 }
 
 impl GrpcMiner {
-    /// Handlers over `state`'s pipeline.
-    pub fn new(state: Arc<AxonState>) -> Self {
-        GrpcMiner { state }
-    }
-
     /// The pipeline request of a verified call, with its deadline.
     fn pipeline_request(
         &self,
         request: Request<proto::PromptRequest>,
-        arrival: Instant,
-    ) -> Result<PromptRequest, Status> {
+    ) -> Result<PromptRequest, Rejection> {
+        let arrival = request
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
         let caller = request
             .extensions()
             .get::<VerifiedCaller>()
             .map(|caller| caller.hotkey.clone())
-            .ok_or_else(|| Status::unauthenticated("btauth/1 verification is required"))?;
-        let grpc_timeout = match request.metadata().get("grpc-timeout") {
+            .ok_or(Rejection::Unauthenticated)?;
+        let header_limit = match request.metadata().get("grpc-timeout") {
             None => None,
-            Some(value) => Some(
-                value
+            Some(value) => {
+                let value = value
                     .to_str()
-                    .map_err(|_| Status::invalid_argument("grpc-timeout is not ASCII"))?
-                    .to_string(),
-            ),
+                    .map_err(|_| Rejection::Malformed("grpc-timeout is not ASCII".into()))?;
+                Some(parse_grpc_timeout(value)?)
+            }
         };
         let message = request.into_inner();
-        let budget = budget(
-            message.timeout,
-            grpc_timeout.as_deref(),
-            self.state.limits.max_request_timeout,
-        )
-        .map_err(Status::invalid_argument)?;
+        // proto3 cannot tell an unset `timeout` from 0: both mean the default.
+        let requested = (message.timeout != 0.0).then_some(message.timeout);
+        let mut budget = budget(requested, self.state.limits.max_request_timeout)?;
+        if let Some(limit) = header_limit {
+            budget = budget.min(limit);
+        }
         let sampling = message
             .sampling
             .map(|sampling| SamplingOverrides {
@@ -72,37 +67,22 @@ impl GrpcMiner {
                 top_p: sampling.top_p,
             })
             .unwrap_or_default();
-        let request = PromptRequest {
+        Ok(PromptRequest {
             roles: message.roles,
             messages: message.messages,
             caller,
             protocol: Protocol::Grpc,
-            deadline: arrival + budget,
+            deadline: deadline(arrival, budget),
             sampling,
-        };
-        Ok(request)
-    }
-
-    fn observe(&self, route: &str, status: Option<&Status>, arrival: Instant) {
-        let code = status.map_or(tonic::Code::Ok, Status::code);
-        self.state
-            .metrics
-            .observe("grpc", route, http_status_of(code), arrival.elapsed());
-    }
-
-    fn refused(&self, route: &str, status: Status, arrival: Instant) -> Status {
-        tracing::debug!(route, code = ?status.code(), message = status.message(), "gRPC call failed");
-        self.observe(route, Some(&status), arrival);
-        status
+        })
     }
 }
 
-/// When the call arrived (set by [`AuthenticatedService`]), else now.
-fn arrival_of<T>(request: &Request<T>) -> Instant {
-    request
-        .extensions()
-        .get::<Arrival>()
-        .map_or_else(Instant::now, |arrival| arrival.0)
+/// Logs a refused call and makes it a status.
+fn refused(method: &str, rejection: Rejection) -> Status {
+    let status = Status::from(rejection);
+    tracing::debug!(method, code = ?status.code(), message = status.message(), "gRPC call failed");
+    status
 }
 
 /// The stream of `PromptStream` answers.
@@ -114,16 +94,12 @@ impl Miner for GrpcMiner {
         &self,
         request: Request<proto::PromptRequest>,
     ) -> Result<Response<PromptResponse>, Status> {
-        let arrival = arrival_of(&request);
         let request = self
-            .pipeline_request(request, arrival)
-            .map_err(|status| self.refused("Prompt", status, arrival))?;
+            .pipeline_request(request)
+            .map_err(|rejection| refused("Prompt", rejection))?;
         match self.state.pipeline.prompt(request).await {
-            Ok(completion) => {
-                self.observe("Prompt", None, arrival);
-                Ok(Response::new(PromptResponse { completion }))
-            }
-            Err(error) => Err(self.refused("Prompt", status_of(&error), arrival)),
+            Ok(completion) => Ok(Response::new(PromptResponse { completion })),
+            Err(error) => Err(refused("Prompt", error.into())),
         }
     }
 
@@ -133,53 +109,61 @@ impl Miner for GrpcMiner {
         &self,
         request: Request<proto::PromptRequest>,
     ) -> Result<Response<ChunkResults>, Status> {
-        let arrival = arrival_of(&request);
         let request = self
-            .pipeline_request(request, arrival)
-            .map_err(|status| self.refused("PromptStream", status, arrival))?;
+            .pipeline_request(request)
+            .map_err(|rejection| refused("PromptStream", rejection))?;
         let caller = request.caller.clone();
         match self.state.pipeline.prompt_stream(request).await {
             Ok(stream) => {
-                self.observe("PromptStream", None, arrival);
                 let chunks = stream.map(move |chunk| match chunk {
                     Ok(text) => Ok(PromptChunk { text }),
                     Err(error) => {
                         tracing::warn!(caller = %caller, %error, "gRPC stream failed midway");
-                        Err(status_of(&error))
+                        Err(Status::from(Rejection::from(error)))
                     }
                 });
                 Ok(Response::new(Box::pin(chunks)))
             }
-            Err(error) => Err(self.refused("PromptStream", status_of(&error), arrival)),
+            Err(error) => Err(refused("PromptStream", error.into())),
         }
     }
 }
 
-/// The `prompting.v1.Miner` service over `state`'s pipeline behind btauth/1, checked by the
-/// axon's verifier (one replay store for every btauth/1 route). A tower service of `http`
-/// requests, usable with `tonic::transport::Server` too.
-pub fn service(state: Arc<AxonState>) -> AuthenticatedService<MinerServer<GrpcMiner>> {
-    let verifier: Arc<BtAuthVerifier> = Arc::clone(&state.btauth);
-    let max_message = state.limits.max_body_bytes;
-    let server =
-        MinerServer::new(GrpcMiner::new(Arc::clone(&state))).max_decoding_message_size(max_message);
-    AuthenticatedService::new(server, state, verifier)
+/// The metrics route of a gRPC path: its method, or `unknown` for a path that names none of
+/// this service's methods (so callers cannot mint label values).
+fn method_label(path: &str) -> &'static str {
+    match path {
+        METHOD_PROMPT => "Prompt",
+        METHOD_PROMPT_STREAM => "PromptStream",
+        _ => "unknown",
+    }
 }
 
-/// The gRPC routes (`/prompting.v1.Miner/{method}`) of [`service`], without a fallback:
-/// `axon::router` merges them, so gRPC (h2c) and HTTP/1.1 share the axon's port.
-pub fn router(state: Arc<AxonState>) -> Router {
+/// The gRPC routes (`/prompting.v1.Miner/{method}`) over `state`'s pipeline behind btauth/1,
+/// checked by the axon's verifier (one replay store for every btauth/1 route), each call
+/// counted as `grpc`/`{method}`. Merged into the axon's router, gRPC (h2c) and HTTP/1.1 share
+/// the axon's port.
+pub fn routes(state: Arc<AxonState>) -> Router {
     let path = format!("/{}/{{*method}}", MinerServer::<GrpcMiner>::NAME);
-    Router::new().route_service(&path, service(state))
+    let server = MinerServer::new(GrpcMiner {
+        state: Arc::clone(&state),
+    })
+    .max_decoding_message_size(state.limits.max_body_bytes);
+    let observe = state.metrics.layer_by_path("grpc", method_label);
+    let service = tower::ServiceBuilder::new()
+        .layer(observe)
+        .service(AuthenticatedService::new(server, state));
+    Router::new().route_service(&path, service)
 }
 
-/// Serves only the gRPC routes on `listener` (the `--grpc.port` listener) with `limits` until
-/// `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AxonState>,
-    limits: ServerLimits,
-    shutdown: impl Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    crate::server::serve(listener, router(state), limits, shutdown).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_routes_are_the_method_names() {
+        assert_eq!(method_label(METHOD_PROMPT), "Prompt");
+        assert_eq!(method_label(METHOD_PROMPT_STREAM), "PromptStream");
+        assert_eq!(method_label("/prompting.v1.Miner/Other"), "unknown");
+    }
 }

@@ -1,28 +1,43 @@
 //! An OpenAI-compatible chat-completions endpoint on the axon, authenticated with btauth/1:
 //! `POST /v1/chat/completions` (JSON, or Server-Sent Events with `stream: true`) and
-//! `GET /v1/models`. Requests go through the same pipeline as every other protocol.
+//! `GET /v1/models`. Requests go through the same pipeline as every other protocol; errors
+//! have OpenAI's shape ([`OpenAiRejection`]).
 
 pub mod schema;
+mod sse;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::{Stream, StreamExt};
-use prompting_miner::{PromptRequest, Protocol, SamplingOverrides, TextStream};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prompting_miner::{PromptRequest, Protocol, SamplingOverrides};
 use tokio::time::Instant;
 
-use crate::axon::AxonState;
-use crate::axon::signed::{Refused, authenticate, deadline};
-use schema::{
-    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, Choice, ChunkChoice, Delta,
-    ErrorBody, ErrorDetail,
-};
+use crate::deadline::{budget, deadline};
+use crate::edge::auth::authenticate;
+use crate::edge::{AxonState, OpenAiRejection, Rejection};
+use schema::{AssistantMessage, ChatCompletion, ChatRequest, Choice};
+
+/// The chat-completions route.
+pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+/// The model list route.
+pub const MODELS: &str = "/v1/models";
+
+/// The routes of this protocol over `state`; chat completions are counted as
+/// `openai`/`/v1/chat/completions`.
+pub fn routes(state: Arc<AxonState>) -> Router {
+    let observe = state.metrics.layer("openai", CHAT_COMPLETIONS);
+    Router::new()
+        .route(CHAT_COMPLETIONS, post(chat_completions).layer(observe))
+        .route(MODELS, get(models))
+        .with_state(state)
+}
 
 fn unix_seconds() -> u64 {
     SystemTime::now()
@@ -31,46 +46,15 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-fn error_kind(status: u16) -> &'static str {
-    match status {
-        400 | 413 => "invalid_request_error",
-        401 => "authentication_error",
-        403 => "permission_error",
-        408 => "timeout",
-        503 => "rate_limit_error",
-        _ => "server_error",
-    }
-}
-
-fn openai_error(refused: &Refused) -> Response {
-    let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = ErrorBody {
-        error: ErrorDetail {
-            message: refused.message.clone(),
-            kind: error_kind(refused.status),
-            code: refused.class,
-        },
-    };
-    (status, axum::Json(body)).into_response()
-}
-
 /// Turns OpenAI messages into the pipeline's roles and messages.
-fn to_prompt(request: &ChatRequest) -> Result<(Vec<String>, Vec<String>), Refused> {
+fn to_prompt(request: &ChatRequest) -> Result<(Vec<String>, Vec<String>), Rejection> {
     if request.messages.is_empty() {
-        return Err(Refused {
-            status: 400,
-            message: "messages must not be empty".into(),
-            class: None,
-        });
+        return Err(Rejection::Malformed("messages must not be empty".into()));
     }
     let mut roles = Vec::with_capacity(request.messages.len());
     let mut messages = Vec::with_capacity(request.messages.len());
     for message in &request.messages {
-        let text = message.content.text().map_err(|message| Refused {
-            status: 400,
-            message,
-            class: None,
-        })?;
+        let text = message.content.text().map_err(Rejection::Malformed)?;
         roles.push(message.role.clone());
         messages.push(text);
     }
@@ -78,48 +62,25 @@ fn to_prompt(request: &ChatRequest) -> Result<(Vec<String>, Vec<String>), Refuse
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(
+async fn chat_completions(
     State(state): State<Arc<AxonState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
-) -> Response {
+) -> Result<Response, OpenAiRejection> {
     let start = Instant::now();
-    let response = match serve(&state, method, uri, headers, body, start).await {
-        Ok(response) => response,
-        Err(refused) => openai_error(&refused),
-    };
-    state.metrics.observe(
-        "openai",
-        "/v1/chat/completions",
-        response.status().as_u16(),
-        start.elapsed(),
-    );
-    response
-}
-
-async fn serve(
-    state: &AxonState,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-    start: Instant,
-) -> Result<Response, Refused> {
-    let auth = authenticate(state, &method, &uri, &headers, body).await?;
-    let chat: ChatRequest = serde_json::from_slice(&auth.body).map_err(|e| Refused {
-        status: 400,
-        message: format!("invalid chat completions request: {e}"),
-        class: None,
-    })?;
+    let auth = authenticate(&state, &method, &uri, &headers, body).await?;
+    let chat: ChatRequest = serde_json::from_slice(&auth.body)
+        .map_err(|e| Rejection::Malformed(format!("invalid chat completions request: {e}")))?;
     let (roles, messages) = to_prompt(&chat)?;
+    let budget = budget(chat.timeout, state.limits.max_request_timeout)?;
     let request = PromptRequest {
         roles,
         messages,
         caller: auth.caller,
         protocol: Protocol::OpenAi,
-        deadline: deadline(state, start, chat.timeout)?,
+        deadline: deadline(start, budget),
         sampling: SamplingOverrides {
             max_tokens: chat.max_completion_tokens.or(chat.max_tokens),
             temperature: chat.temperature,
@@ -130,7 +91,7 @@ async fn serve(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if chat.stream {
         let stream = state.pipeline.prompt_stream(request).await?;
-        let events = sse_events(stream, id, model, unix_seconds());
+        let events = sse::sse_events(stream, id, model, unix_seconds());
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
@@ -150,102 +111,14 @@ async fn serve(
             finish_reason: "stop",
         }],
     };
-    Ok(axum::Json(answer).into_response())
-}
-
-fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<&'static str>) -> Event {
-    let chunk = ChatChunk {
-        id: id.to_string(),
-        object: "chat.completion.chunk",
-        created,
-        model: model.to_string(),
-        choices: vec![ChunkChoice {
-            index: 0,
-            delta,
-            finish_reason: finish,
-        }],
-    };
-    Event::default().data(serde_json::to_string(&chunk).unwrap_or_default())
-}
-
-/// The SSE stream of an answer: a role chunk, one chunk per text piece, a final chunk with
-/// `finish_reason: "stop"`, then `[DONE]`. A backend failure midway sends an error event and
-/// ends the stream without `[DONE]`.
-fn sse_events(
-    text: TextStream,
-    id: String,
-    model: String,
-    created: u64,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send {
-    let first = chunk(
-        &id,
-        &model,
-        created,
-        Delta {
-            role: Some("assistant"),
-            content: None,
-        },
-        None,
-    );
-    let (body_id, body_model) = (id.clone(), model.clone());
-    let body = text.scan(false, move |failed, piece| {
-        if *failed {
-            return futures::future::ready(None);
-        }
-        let event = match piece {
-            Ok(content) => chunk(
-                &body_id,
-                &body_model,
-                created,
-                Delta {
-                    role: None,
-                    content: Some(content),
-                },
-                None,
-            ),
-            Err(error) => {
-                *failed = true;
-                let status = error.status_code();
-                let body = ErrorBody {
-                    error: ErrorDetail {
-                        message: error.to_string(),
-                        kind: error_kind(status),
-                        code: None,
-                    },
-                };
-                Event::default().data(serde_json::to_string(&body).unwrap_or_default())
-            }
-        };
-        futures::future::ready(Some((event, *failed)))
-    });
-    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen = failed.clone();
-    let body = body.map(move |(event, failed_now)| {
-        if failed_now {
-            seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        event
-    });
-    let tail = futures::stream::once(async move {
-        (!failed.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
-            vec![
-                chunk(&id, &model, created, Delta::default(), Some("stop")),
-                Event::default().data("[DONE]"),
-            ]
-        })
-    })
-    .flat_map(|events| futures::stream::iter(events.unwrap_or_default()));
-    futures::stream::once(async move { first })
-        .chain(body)
-        .chain(tail)
-        .map(Ok)
+    Ok(Json(answer).into_response())
 }
 
 /// `GET /v1/models`: the one model this miner serves. Public (names nothing secret), so
 /// OpenAI clients can discover the endpoint before signing.
-pub async fn models(State(state): State<Arc<AxonState>>) -> Response {
+async fn models(State(state): State<Arc<AxonState>>) -> Response {
     let name = state.pipeline.miner().name();
-    axum::Json(serde_json::json!({
+    Json(serde_json::json!({
         "object": "list",
         "data": [{ "id": name, "object": "model", "created": 0, "owned_by": "prompting-rs" }],
     }))

@@ -1,4 +1,5 @@
-//! The subset of OpenAI's chat-completions schema the miner serves.
+//! The subset of OpenAI's chat-completions schema the miner serves (the error shape is
+//! [`crate::edge::rejection::OpenAiErrorBody`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -150,26 +151,6 @@ pub struct Delta {
     /// Text.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
-}
-
-/// OpenAI's error body.
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// OpenAI's error detail.
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorDetail {
-    /// What went wrong.
-    pub message: String,
-    /// `invalid_request_error`, `authentication_error`, `permission_error`, `rate_limit_error`,
-    /// `timeout`, `server_error`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// The bittensor class of an authentication error, if any.
-    pub code: Option<&'static str>,
 }
 
 #[cfg(test)]

@@ -1,53 +1,43 @@
-//! Request nonces: nanosecond wall-clock timestamps (Python's `time.time_ns()`), strictly
-//! increasing for one dendrite.
+//! The one nonce source of the transports: nanosecond wall-clock timestamps (Python's
+//! `time.time_ns()`), strictly increasing for one source.
 //!
-//! An axon (bittensor ≥ 7.2 rules, which apply because the dendrite version is ≥ 7002000)
-//! keeps the last nonce per `hotkey:uuid` and refuses a request whose nonce is not greater
-//! (`Nonce is too old, a newer one was last processed`), and refuses a first nonce older
-//! than its window (about `timeout` + 4 s). Two requests made in the same nanosecond, or
-//! after the system clock stepped back, would collide; this source never repeats or goes
-//! back: each nonce is `max(now, previous + 1)`.
+//! Both protocols that sign requests use it: the legacy dendrite (an axon keeps the last nonce
+//! per `hotkey:uuid` and refuses one that is not greater, and a first nonce older than about
+//! `timeout` + 4 s), btauth/1 (a verifier refuses a `(hotkey, nonce)` pair it has seen, and
+//! nonces outside its freshness window), and the axon's own response nonces. Two nonces taken
+//! in the same nanosecond, or after the system clock stepped back, would collide; this source
+//! never repeats or goes back: each nonce is `max(now, previous + 1)`.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A wall clock in nanoseconds since the Unix epoch.
-pub type NanoClock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system clock as [`NanoClock`] (0 before 1970, saturating after year 2554).
-pub fn system_clock() -> NanoClock {
-    Arc::new(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    })
-}
+use crate::clock::{Clock, SystemClock};
 
 /// Strictly increasing nanosecond nonces, shareable between tasks.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use prompting_transport::dendrite::nonce::NonceSource;
+/// use prompting_transport::clock::ManualClock;
+/// use prompting_transport::nonce::NonceSource;
 ///
-/// let stopped = NonceSource::with_clock(Arc::new(|| 1_795_303_292_740_406_005));
+/// let stopped = NonceSource::with_clock(Arc::new(ManualClock::new(1_795_303_292_740_406_005)));
 /// assert_eq!(stopped.next(), 1_795_303_292_740_406_005);
 /// assert_eq!(stopped.next(), 1_795_303_292_740_406_006);
 /// ```
 pub struct NonceSource {
-    clock: NanoClock,
+    clock: Arc<dyn Clock>,
     last: AtomicU64,
 }
 
 impl NonceSource {
     /// Nonces from the system clock.
     pub fn new() -> NonceSource {
-        NonceSource::with_clock(system_clock())
+        NonceSource::with_clock(Arc::new(SystemClock))
     }
 
-    /// Nonces from `clock` (tests and replays).
-    pub fn with_clock(clock: NanoClock) -> NonceSource {
+    /// Nonces from `clock` (tests and replays). A wall clock before 1970 reads as 0.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> NonceSource {
         NonceSource {
             clock,
             last: AtomicU64::new(0),
@@ -57,7 +47,7 @@ impl NonceSource {
     /// The next nonce: the clock's time, or one more than the previous nonce if the clock
     /// has not moved past it.
     pub fn next(&self) -> u64 {
-        let now = (self.clock)();
+        let now = u64::try_from(self.clock.now_ns()).unwrap_or(0);
         let mut previous = self.last.load(Ordering::Relaxed);
         loop {
             let candidate = now.max(previous.saturating_add(1));
@@ -80,8 +70,8 @@ impl Default for NonceSource {
     }
 }
 
-impl std::fmt::Debug for NonceSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for NonceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NonceSource")
             .field("last", &self.last.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -91,8 +81,8 @@ impl std::fmt::Debug for NonceSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use std::collections::HashSet;
-    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn system_nonces_are_nanosecond_timestamps() {
@@ -104,20 +94,21 @@ mod tests {
 
     #[test]
     fn nonces_increase_when_the_clock_stalls_or_steps_back() {
-        let time = Arc::new(AtomicU64::new(1_000));
-        let clock_time = Arc::clone(&time);
-        let source = NonceSource::with_clock(Arc::new(move || clock_time.load(Ordering::SeqCst)));
+        let clock = Arc::new(ManualClock::new(1_000));
+        let source = NonceSource::with_clock(clock.clone());
         assert_eq!(source.next(), 1_000);
         assert_eq!(source.next(), 1_001);
-        time.store(500, Ordering::SeqCst);
+        clock.set_now_ns(500);
         assert_eq!(source.next(), 1_002);
-        time.store(5_000, Ordering::SeqCst);
+        clock.set_now_ns(5_000);
         assert_eq!(source.next(), 5_000);
+        clock.set_now_ns(-5);
+        assert_eq!(source.next(), 5_001);
     }
 
     #[test]
     fn concurrent_nonces_are_unique() {
-        let source = Arc::new(NonceSource::with_clock(Arc::new(|| 7)));
+        let source = Arc::new(NonceSource::with_clock(Arc::new(ManualClock::new(7))));
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let source = Arc::clone(&source);
@@ -131,6 +122,7 @@ mod tests {
             }
         }
         assert_eq!(all.len(), 4_000);
+        assert!(all.contains(&7));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 /// Why a body could not be read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BodyReadError {
     /// Larger than the limit (HTTP 413).
     #[error("request body is larger than {limit} bytes")]
@@ -37,12 +37,16 @@ impl BodyReadError {
     }
 }
 
-/// Reads all of `body`, at most `limit` bytes, within `timeout`.
+/// Reads all of `body`, at most `limit` bytes, within `timeout`. A body whose declared
+/// length (`Content-Length`) is over the limit is refused before anything is read.
 pub async fn read_body(
     body: Body,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, BodyReadError> {
+    if usize::try_from(body.size_hint().lower()).map_or(true, |declared| declared > limit) {
+        return Err(BodyReadError::TooLarge { limit });
+    }
     let limited = Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(BodyReadError::TimedOut {
@@ -69,6 +73,40 @@ mod tests {
         assert_eq!(ok.unwrap(), Bytes::from("hello"));
         let big = read_body(Body::from("hello!"), 5, Duration::from_secs(1)).await;
         assert!(matches!(big, Err(BodyReadError::TooLarge { limit: 5 })));
+        // A stream of unknown length is cut at the limit.
+        let chunks = ["hel", "lo!"].map(|chunk| Ok::<_, std::io::Error>(Bytes::from(chunk)));
+        let streamed = Body::from_stream(futures::stream::iter(chunks));
+        let big = read_body(streamed, 5, Duration::from_secs(1)).await;
+        assert!(matches!(big, Err(BodyReadError::TooLarge { limit: 5 })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn declared_lengths_over_the_limit_are_refused_unread() {
+        // Nothing arrives: only the declared length can refuse it, and at once.
+        let declared = SizedPending(6);
+        let err = read_body(Body::new(declared), 5, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BodyReadError::TooLarge { limit: 5 }));
+    }
+
+    /// A body that declares `.0` bytes and never sends any.
+    struct SizedPending(u64);
+
+    impl HttpBody for SizedPending {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.0)
+        }
     }
 
     #[tokio::test(start_paused = true)]

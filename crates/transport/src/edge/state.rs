@@ -1,22 +1,18 @@
-//! What every axon route shares: identity, pipeline, replay table, limits, metrics.
+//! What every protocol route shares: the axon's identity, the pipeline, the btauth/1
+//! verifier (one replay store for every btauth/1 route), the clock, the limits, the metrics.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prompting_keys::Keypair;
 use prompting_miner::Pipeline;
 
-use super::config::{AxonArgs, AxonConfigError};
-use super::nonce::NonceTable;
+use super::metrics::Metrics;
 use crate::btauth::BtAuthVerifier;
 use crate::clock::{Clock, SystemClock};
-use crate::metrics::Metrics;
-
-/// The version this axon reports in `bt_header_axon_version`: the bittensor protocol level
-/// it speaks (10.5.0, as `version_as_int`).
-pub const PROTOCOL_VERSION: u64 = 10_005_000;
+use crate::config::{AxonArgs, AxonConfigError};
+use crate::nonce::NonceSource;
 
 /// Per-request limits.
 #[derive(Debug, Clone)]
@@ -34,7 +30,6 @@ pub struct AxonState {
     pub(crate) keypair: Arc<Keypair>,
     pub(crate) hotkey: String,
     pub(crate) pipeline: Pipeline,
-    pub(crate) nonces: NonceTable,
     pub(crate) btauth: Arc<BtAuthVerifier>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: RequestLimits,
@@ -42,7 +37,10 @@ pub struct AxonState {
     pub(crate) uuid: String,
     pub(crate) external_ip: String,
     pub(crate) external_port: u16,
-    last_axon_nonce: AtomicU64,
+    /// The operator's settings the state was made from (protocols read their own).
+    pub(crate) args: AxonArgs,
+    /// Nonces of the axon's signed answers, from [`AxonState::with_clock`]'s clock.
+    axon_nonces: NonceSource,
 }
 
 impl AxonState {
@@ -59,9 +57,6 @@ impl AxonState {
         } else {
             external_ip
         };
-        // Nonces are remembered at least as long as a request may take: a replay older
-        // than that fails the freshness rule anyway.
-        let retention = Duration::from_secs_f64(args.max_request_timeout + 60.0);
         let hotkey = keypair.ss58_address();
         let btauth = BtAuthVerifier::new(args.btauth.config(hotkey.clone())).map_err(|e| {
             AxonConfigError {
@@ -74,11 +69,6 @@ impl AxonState {
             btauth: Arc::new(btauth),
             keypair,
             pipeline,
-            nonces: NonceTable::new(
-                args.nonce_capacity,
-                retention,
-                Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
-            ),
             clock: Arc::new(SystemClock),
             limits: RequestLimits {
                 max_body_bytes: args.max_body_bytes,
@@ -89,7 +79,8 @@ impl AxonState {
             uuid: uuid::Uuid::new_v4().to_string(),
             external_ip: external_ip.to_string(),
             external_port: args.external_port.unwrap_or(args.port),
-            last_axon_nonce: AtomicU64::new(0),
+            args: args.clone(),
+            axon_nonces: NonceSource::new(),
         })
     }
 
@@ -99,8 +90,10 @@ impl AxonState {
         self
     }
 
-    /// Replaces the clock of the legacy protocol (tests replaying recorded nonces).
+    /// Replaces the clock of the legacy protocol and of the axon's nonces (tests replaying
+    /// recorded requests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.axon_nonces = NonceSource::with_clock(Arc::clone(&clock));
         self.clock = clock;
         self
     }
@@ -122,13 +115,6 @@ impl AxonState {
 
     /// A fresh axon nonce: now in ns, strictly increasing.
     pub(crate) fn next_axon_nonce(&self) -> u64 {
-        let now = u64::try_from(self.clock.now_ns()).unwrap_or(u64::MAX);
-        let previous = self
-            .last_axon_nonce
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(previous + 1)
+        self.axon_nonces.next()
     }
 }

@@ -1,0 +1,324 @@
+//! AVX-512 kernels (F, BW, VL, VNNI, BF16: Zen 4, Sapphire Rapids, Cooper Lake and later).
+//!
+//! One 64-byte weight vector covers 16 output rows; it is loaded once and multiplied with
+//! up to [`MAX_ROWS`] activation rows, each broadcast from memory: f32/f16 with FMA, bf16
+//! with `vdpbf16ps` (pairs of inputs), q8_0 and q4k with `vpdpbusd` (groups of 4 inputs,
+//! unsigned weights × signed 8-bit activations), block scales applied in f32 per 32 inputs.
+
+// Indexed loops over register arrays (rows × halves) read like the arithmetic they do.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::acts::Acts;
+use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
+
+/// Activation rows per kernel call.
+pub const MAX_ROWS: usize = 8;
+
+/// Whether this CPU runs these kernels.
+pub fn supported() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512bf16")
+}
+
+/// Reads 4 bytes at `p` as one i32 lane value.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn bcast4(p: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 4 readable bytes at `p`.
+    _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
+}
+
+/// One tile times `out.len()` (1..=8) activation rows starting at `row0`.
+///
+/// # Safety
+/// The CPU must support the features of [`supported`]; `tile` must be one whole tile of
+/// `format` for `k_pad` inputs, and `acts` must be prepared for `format` with at least
+/// `row0 + out.len()` rows of `k_pad` inputs. (The dispatcher checks all of this.)
+pub unsafe fn tile(
+    format: WeightFormat,
+    tile: &[u8],
+    k_pad: usize,
+    acts: &Acts<'_>,
+    row0: usize,
+    out: &mut [[f32; TILE]],
+) {
+    macro_rules! rows {
+        ($f:ident, $($arg:expr),*) => {
+            // SAFETY: forwarded contract of this function.
+            unsafe {
+                match out.len() {
+                    1 => $f::<1>($($arg),*, out),
+                    2 => $f::<2>($($arg),*, out),
+                    3 => $f::<3>($($arg),*, out),
+                    4 => $f::<4>($($arg),*, out),
+                    5 => $f::<5>($($arg),*, out),
+                    6 => $f::<6>($($arg),*, out),
+                    7 => $f::<7>($($arg),*, out),
+                    8 => $f::<8>($($arg),*, out),
+                    n => unreachable!("{n} rows per call"),
+                }
+            }
+        };
+    }
+    let t = tile.as_ptr();
+    match (format, acts) {
+        (WeightFormat::F32, Acts::F32 { x }) => {
+            rows!(f32_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
+        }
+        (WeightFormat::F16, Acts::F32 { x }) => {
+            rows!(f16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
+        }
+        (WeightFormat::Bf16, Acts::Bf16 { x }) => {
+            rows!(bf16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
+        }
+        (WeightFormat::Q8_0 | WeightFormat::Q4K, Acts::Q8 { q, d, sum }) => {
+            let nb = k_pad / QBLOCK;
+            let a = Q8Rows {
+                q: q[row0 * k_pad..].as_ptr(),
+                d: d[row0 * nb..].as_ptr(),
+                sum: sum[row0 * nb..].as_ptr(),
+                k_pad,
+                nb,
+            };
+            if format == WeightFormat::Q8_0 {
+                rows!(q8_0_rows, t, nb, &a)
+            } else {
+                rows!(q4k_rows, t, k_pad / QK_K, &a)
+            }
+        }
+        _ => unreachable!("activations are prepared for the weight format"),
+    }
+}
+
+/// Pointers to the first of the rows of quantized activations a call works on.
+struct Q8Rows {
+    q: *const i8,
+    d: *const f32,
+    sum: *const i32,
+    /// Stride of `q`.
+    k_pad: usize,
+    /// Stride of `d` and `sum`.
+    nb: usize,
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn store<const R: usize>(acc: &[__m512; R], out: &mut [[f32; TILE]]) {
+    for r in 0..R {
+        // SAFETY: `out[r]` is 16 floats; `out` has R rows (checked by the dispatcher).
+        unsafe { _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]) };
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn f32_rows<const R: usize>(
+    w: *const u8,
+    k_pad: usize,
+    x: *const f32,
+    stride: usize,
+    out: &mut [[f32; TILE]],
+) {
+    let w = w.cast::<f32>();
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    let mut k = 0;
+    // SAFETY (whole body): the tile holds 16·k_pad floats; every row holds k_pad floats.
+    unsafe {
+        while k + 2 <= k_pad {
+            let w0 = _mm512_loadu_ps(w.add(k * TILE));
+            let w1 = _mm512_loadu_ps(w.add((k + 1) * TILE));
+            for r in 0..R {
+                let xr = x.add(r * stride + k);
+                acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*xr), w0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(_mm512_set1_ps(*xr.add(1)), w1, acc1[r]);
+            }
+            k += 2;
+        }
+        if k < k_pad {
+            let w0 = _mm512_loadu_ps(w.add(k * TILE));
+            for r in 0..R {
+                acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r * stride + k)), w0, acc0[r]);
+            }
+        }
+        for r in 0..R {
+            acc0[r] = _mm512_add_ps(acc0[r], acc1[r]);
+        }
+        store::<R>(&acc0, out);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn f16_rows<const R: usize>(
+    w: *const u8,
+    k_pad: usize,
+    x: *const f32,
+    stride: usize,
+    out: &mut [[f32; TILE]],
+) {
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    let mut k = 0;
+    // SAFETY (whole body): the tile holds 16·k_pad halves; every row holds k_pad floats.
+    unsafe {
+        while k + 2 <= k_pad {
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * 32).cast()));
+            let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * 32 + 32).cast()));
+            for r in 0..R {
+                let xr = x.add(r * stride + k);
+                acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*xr), w0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(_mm512_set1_ps(*xr.add(1)), w1, acc1[r]);
+            }
+            k += 2;
+        }
+        if k < k_pad {
+            let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * 32).cast()));
+            for r in 0..R {
+                acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(r * stride + k)), w0, acc0[r]);
+            }
+        }
+        for r in 0..R {
+            acc0[r] = _mm512_add_ps(acc0[r], acc1[r]);
+        }
+        store::<R>(&acc0, out);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn bf16_rows<const R: usize>(
+    w: *const u8,
+    k_pad: usize,
+    x: *const u16,
+    stride: usize,
+    out: &mut [[f32; TILE]],
+) {
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    let pairs = k_pad / 2;
+    let mut p = 0;
+    let bh = |v: __m512i| -> __m512bh {
+        // SAFETY: both are 512 bits of plain data.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    };
+    // SAFETY (whole body): the tile holds k_pad/2 vectors of 64 bytes; every row holds
+    // k_pad bf16 values (k_pad is even).
+    unsafe {
+        while p + 2 <= pairs {
+            let w0 = bh(_mm512_loadu_si512(w.add(p * 64).cast()));
+            let w1 = bh(_mm512_loadu_si512(w.add(p * 64 + 64).cast()));
+            for r in 0..R {
+                let xr = x.add(r * stride + 2 * p).cast::<u8>();
+                acc0[r] = _mm512_dpbf16_ps(acc0[r], bh(bcast4(xr)), w0);
+                acc1[r] = _mm512_dpbf16_ps(acc1[r], bh(bcast4(xr.add(4))), w1);
+            }
+            p += 2;
+        }
+        if p < pairs {
+            let w0 = bh(_mm512_loadu_si512(w.add(p * 64).cast()));
+            for r in 0..R {
+                let xr = x.add(r * stride + 2 * p).cast::<u8>();
+                acc0[r] = _mm512_dpbf16_ps(acc0[r], bh(bcast4(xr)), w0);
+            }
+        }
+        for r in 0..R {
+            acc0[r] = _mm512_add_ps(acc0[r], acc1[r]);
+        }
+        store::<R>(&acc0, out);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn q8_0_rows<const R: usize>(
+    w: *const u8,
+    nblocks: usize,
+    a: &Q8Rows,
+    out: &mut [[f32; TILE]],
+) {
+    let mut accf = [_mm512_setzero_ps(); R];
+    // SAFETY (whole body): the tile holds `nblocks` blocks of 544 bytes; every activation
+    // row holds nblocks·32 quants and nblocks scales and sums.
+    unsafe {
+        for b in 0..nblocks {
+            let blk = w.add(b * Q8_0_TILE_BLOCK);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+            let mut acci = [_mm512_setzero_si512(); R];
+            for g in 0..8 {
+                let wv = _mm512_loadu_si512(blk.add(2 * TILE + g * 64).cast());
+                for r in 0..R {
+                    let ar = a.q.add(r * a.k_pad + b * QBLOCK + g * 4).cast::<u8>();
+                    acci[r] = _mm512_dpbusd_epi32(acci[r], wv, bcast4(ar));
+                }
+            }
+            for r in 0..R {
+                let i = r * a.nb + b;
+                // Weights are stored as q + 128: remove 128 · Σ a.
+                let corr = _mm512_set1_epi32(128 * *a.sum.add(i));
+                let t = _mm512_cvtepi32_ps(_mm512_sub_epi32(acci[r], corr));
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.add(i)));
+                accf[r] = _mm512_fmadd_ps(t, scale, accf[r]);
+            }
+        }
+        store::<R>(&accf, out);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn q4k_rows<const R: usize>(
+    w: *const u8,
+    nsuper: usize,
+    a: &Q8Rows,
+    out: &mut [[f32; TILE]],
+) {
+    let mut accf = [_mm512_setzero_ps(); R];
+    let nib = _mm512_set1_epi8(0x0f);
+    let three = _mm512_set1_epi32(3);
+    let fifteen = _mm512_set1_epi32(15);
+    // SAFETY (whole body): the tile holds `nsuper` blocks of 2304 bytes; every activation
+    // row holds nsuper·256 quants and nsuper·8 scales and sums.
+    unsafe {
+        for s in 0..nsuper {
+            let blk = w.add(s * Q4K_TILE_BLOCK);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::D).cast()));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
+            let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
+            for j in 0..8 {
+                let lo =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(q4k_off::LO + j * TILE).cast()));
+                let sc = _mm512_or_si512(
+                    _mm512_and_si512(lo, fifteen),
+                    _mm512_slli_epi32::<4>(_mm512_and_si512(hi, three)),
+                );
+                let m = _mm512_or_si512(
+                    _mm512_srli_epi32::<4>(lo),
+                    _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<16>(hi), three)),
+                );
+                hi = _mm512_srli_epi32::<2>(hi);
+                let dsc = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+                let dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
+                let mut acci = [_mm512_setzero_si512(); R];
+                let qs = blk.add(q4k_off::QS + j * 256);
+                for v in 0..4 {
+                    let qv = _mm512_loadu_si512(qs.add(v * 64).cast());
+                    let ql = _mm512_and_si512(qv, nib);
+                    let qh = _mm512_and_si512(_mm512_srli_epi16::<4>(qv), nib);
+                    for r in 0..R {
+                        let ar = a.q.add(r * a.k_pad + s * QK_K + j * QBLOCK).cast::<u8>();
+                        acci[r] = _mm512_dpbusd_epi32(acci[r], ql, bcast4(ar.add(v * 4)));
+                        acci[r] = _mm512_dpbusd_epi32(acci[r], qh, bcast4(ar.add(v * 4 + 16)));
+                    }
+                }
+                for r in 0..R {
+                    let i = r * a.nb + s * (QK_K / QBLOCK) + j;
+                    let mins = _mm512_mul_ps(dm, _mm512_set1_ps(*a.sum.add(i) as f32));
+                    let t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(acci[r]), dsc, mins);
+                    accf[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*a.d.add(i)), accf[r]);
+                }
+            }
+        }
+        store::<R>(&accf, out);
+    }
+}

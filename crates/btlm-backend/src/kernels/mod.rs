@@ -1,0 +1,250 @@
+//! CPU matrix kernels for BTLM: `y = x · Wᵀ + b` for a few activation rows (decode, one
+//! row per running sequence) up to whole prompts (prefill), with `W` stored in one of the
+//! packed [`WeightFormat`]s.
+//!
+//! The instruction set is chosen at run time ([`KernelPath::active`]): AVX-512 (with VNNI
+//! and BF16), AVX2 + FMA + F16C, or the portable [`scalar`] reference, so a plain
+//! `cargo build --release` gets the fast paths. `BTLM_KERNELS=avx512|avx2|scalar` forces a
+//! path (tests run every path the CPU supports).
+//!
+//! Work is split over output tiles on rayon's global pool (the one candle's own matrix
+//! products use); each tile is read once per call and multiplied with every activation row
+//! while it sits in cache, so decode streams the weights once per step whatever the batch.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+pub mod format;
+pub mod pack;
+pub mod quant;
+pub mod scalar;
+pub mod storage;
+
+pub use acts::Acts;
+pub use format::{TILE, WeightFormat};
+pub use pack::{PackedMatrix, Source, SourceData};
+pub use storage::Bytes;
+
+/// Errors of the kernels' entry points.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// Operand sizes disagree.
+    #[error("matrix shapes: {0}")]
+    Shape(String),
+    /// The requested instruction set is not available on this CPU or platform.
+    #[error("kernel path {0} is not supported by this CPU")]
+    Unsupported(KernelPath),
+    /// `BTLM_KERNELS` names no path.
+    #[error("BTLM_KERNELS={0:?}: expected auto, avx512, avx2 or scalar")]
+    BadOverride(String),
+}
+
+/// An instruction set the kernels can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// AVX-512 F/BW/VL with VNNI and BF16.
+    Avx512,
+    /// AVX2 with FMA and F16C.
+    Avx2,
+    /// Portable Rust.
+    Scalar,
+}
+
+impl fmt::Display for KernelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KernelPath::Avx512 => "avx512",
+            KernelPath::Avx2 => "avx2",
+            KernelPath::Scalar => "scalar",
+        })
+    }
+}
+
+impl KernelPath {
+    /// Every path, fastest first.
+    pub const ALL: [KernelPath; 3] = [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Scalar];
+
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self {
+            KernelPath::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => avx512::supported(),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => avx2::supported(),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest path this CPU supports.
+    pub fn detect() -> KernelPath {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.supported())
+            .unwrap_or(KernelPath::Scalar)
+    }
+
+    /// The path named by `value` (`auto` or empty: [`Self::detect`]), if this CPU runs it.
+    pub fn parse_override(value: &str) -> Result<KernelPath, KernelError> {
+        let path = match value.trim() {
+            "" | "auto" => return Ok(Self::detect()),
+            "avx512" => KernelPath::Avx512,
+            "avx2" => KernelPath::Avx2,
+            "scalar" => KernelPath::Scalar,
+            other => return Err(KernelError::BadOverride(other.to_string())),
+        };
+        if path.supported() {
+            Ok(path)
+        } else {
+            Err(KernelError::Unsupported(path))
+        }
+    }
+
+    /// The path of this process: `BTLM_KERNELS` if set, else [`Self::detect`]; decided once.
+    pub fn active() -> Result<KernelPath, KernelError> {
+        static ACTIVE: OnceLock<Result<KernelPath, KernelError>> = OnceLock::new();
+        ACTIVE
+            .get_or_init(|| {
+                Self::parse_override(&std::env::var("BTLM_KERNELS").unwrap_or_default())
+            })
+            .clone()
+    }
+
+    /// Activation rows one kernel call handles.
+    fn max_rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => avx512::MAX_ROWS,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => avx2::MAX_ROWS,
+            _ => 8,
+        }
+    }
+}
+
+/// A raw output pointer shared by the tasks of one product; each task writes its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint columns (their own tiles) of the output, which outlives them.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer to element `i` (a method, so that closures capture the whole `OutPtr`).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Tiles per parallel task: enough tasks for work stealing between busy cores, each still a
+/// long contiguous stream for the hardware prefetchers.
+fn tiles_per_task(tiles: usize, rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = if rows >= 16 { 8 * threads } else { 4 * threads };
+    tiles.div_ceil(tasks).max(1)
+}
+
+/// `y = x · Wᵀ (+ bias)` for `rows` rows: `x` is `rows × n_in`, `y` is `rows × n_out`.
+pub fn matmul(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let (n_in, n_out) = (w.n_in(), w.n_out());
+    if x.len() != rows * n_in || y.len() != rows * n_out {
+        return Err(KernelError::Shape(format!(
+            "{rows} rows: x has {} values and y {} for a {n_out}×{n_in} matrix",
+            x.len(),
+            y.len()
+        )));
+    }
+    if let Some(b) = bias
+        && b.len() != n_out
+    {
+        return Err(KernelError::Shape(format!(
+            "bias of {} values for {n_out} outputs",
+            b.len()
+        )));
+    }
+    if !path.supported() {
+        return Err(KernelError::Unsupported(path));
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
+    let out = OutPtr(y.as_mut_ptr());
+    let per_task = tiles_per_task(w.tiles(), rows);
+    let tasks = w.tiles().div_ceil(per_task);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let first = task * per_task;
+        let last = (first + per_task).min(w.tiles());
+        let mut buf = [[0f32; TILE]; 8];
+        for t in first..last {
+            let col = t * TILE;
+            let ncols = (n_out - col).min(TILE);
+            let mut row0 = 0;
+            while row0 < rows {
+                let nr = (rows - row0).min(path.max_rows());
+                run_tile(path, w, t, &acts, row0, &mut buf[..nr]);
+                for (r, vals) in buf[..nr].iter().enumerate() {
+                    let start = (row0 + r) * n_out + col;
+                    // SAFETY: `start + ncols <= rows * n_out = y.len()`, and columns
+                    // `col..col + ncols` belong to this task's tile only.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(start), ncols) };
+                    match bias {
+                        Some(b) => {
+                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
+                                *d = v + bv;
+                            }
+                        }
+                        None => dst.copy_from_slice(&vals[..ncols]),
+                    }
+                }
+                row0 += nr;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One tile of `w` times `out.len()` rows of `acts` from `row0`, on `path`.
+fn run_tile(
+    path: KernelPath,
+    w: &PackedMatrix,
+    t: usize,
+    acts: &Acts<'_>,
+    row0: usize,
+    out: &mut [[f32; TILE]],
+) {
+    let tile = w.tile(t);
+    let k_pad = w.k_pad();
+    match path {
+        KernelPath::Scalar => scalar::tile(w.format(), tile, k_pad, acts, row0, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `matmul` checked that the CPU supports the path; `tile` is a whole tile of
+        // `w` (PackedMatrix guarantees its size); `acts` was prepared from `rows × n_in`
+        // values for this format and `row0 + out.len() <= rows`.
+        KernelPath::Avx512 => unsafe { avx512::tile(w.format(), tile, k_pad, acts, row0, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx2 => unsafe { avx2::tile(w.format(), tile, k_pad, acts, row0, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the scalar path is supported here"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

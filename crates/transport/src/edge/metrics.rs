@@ -1,0 +1,391 @@
+//! Prometheus metrics of the axon: requests by protocol/route/status and their latency,
+//! recorded once per request by [`ObserveLayer`] around each protocol route, and the
+//! pipeline's queue gauges read at scrape time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use prompting_miner::Pipeline;
+use tower::{Layer, Service};
+
+use super::rejection::http_status_of_grpc;
+
+/// Labels of one answered request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    protocol: &'static str,
+    route: &'static str,
+    status: u16,
+    reason: &'static str,
+}
+
+/// Labels of a latency observation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    protocol: &'static str,
+    route: &'static str,
+}
+
+/// The request counters and latency histograms: a cheap handle on the registry's families,
+/// what [`ObserveLayer`] records into.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+}
+
+impl RequestMetrics {
+    fn new() -> RequestMetrics {
+        RequestMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        }
+    }
+
+    /// Records one answered request.
+    fn observe(&self, protocol: &'static str, route: &'static str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                protocol,
+                route,
+                status,
+                reason: reason_of(status),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&LatencyLabels { protocol, route })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// A gauge whose value is read when `/metrics` is scraped (e.g. the metagraph's age).
+pub type GaugeSource = Arc<dyn Fn() -> Option<f64> + Send + Sync>;
+
+/// The transports' metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: RequestMetrics,
+    queue_depth: Gauge,
+    in_flight: Gauge,
+    capacity: Gauge,
+    queue_capacity: Gauge,
+    sources: Vec<(String, String, GaugeSource)>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// The short reason label of an HTTP status, for dashboards.
+pub fn reason_of(status: u16) -> &'static str {
+    match status {
+        200 => "ok",
+        400 => "bad_request",
+        401 => "not_verified",
+        403 => "blacklisted",
+        404 => "not_found",
+        408 => "timeout",
+        413 => "too_large",
+        500 => "backend_error",
+        503 => "overloaded",
+        _ => "other",
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with the transport metrics registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("prompting");
+        let requests = RequestMetrics::new();
+        registry.register(
+            "requests",
+            "Requests answered, by protocol, route, HTTP status and reason",
+            requests.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers, by protocol and route",
+            requests.latency.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Requests waiting in the priority queue",
+            queue_depth.clone(),
+        );
+        let queue_capacity = Gauge::default();
+        registry.register(
+            "queue_capacity",
+            "Size of the priority queue",
+            queue_capacity.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "backend_in_flight",
+            "Backend calls running",
+            in_flight.clone(),
+        );
+        let capacity = Gauge::default();
+        registry.register(
+            "backend_capacity",
+            "Backend calls allowed at once",
+            capacity.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            queue_depth,
+            in_flight,
+            capacity,
+            queue_capacity,
+            sources: Vec::new(),
+        }
+    }
+
+    /// Adds a gauge `prompting_{name}` read from `source` at every scrape (omitted while it
+    /// returns `None`).
+    pub fn add_gauge_source(&mut self, name: &str, help: &str, source: GaugeSource) {
+        self.sources
+            .push((format!("prompting_{name}"), help.to_string(), source));
+    }
+
+    /// A layer recording every response of the service it wraps as `protocol`/`route`.
+    pub fn layer(&self, protocol: &'static str, route: &'static str) -> ObserveLayer {
+        ObserveLayer::new(self.requests.clone(), protocol, Route::Fixed(route))
+    }
+
+    /// A layer recording every response of the service it wraps as `protocol`, with the
+    /// route `route_of(path)` (which must map unknown paths to a fixed label).
+    pub fn layer_by_path(
+        &self,
+        protocol: &'static str,
+        route_of: fn(&str) -> &'static str,
+    ) -> ObserveLayer {
+        ObserveLayer::new(self.requests.clone(), protocol, Route::ByPath(route_of))
+    }
+
+    /// The Prometheus text exposition, with the pipeline's gauges read now.
+    pub fn render(&self, pipeline: &Pipeline) -> String {
+        let stats = pipeline.stats();
+        self.queue_depth.set(stats.queue_depth as i64);
+        self.queue_capacity.set(stats.queue_capacity as i64);
+        self.in_flight.set(stats.in_flight as i64);
+        self.capacity.set(stats.capacity as i64);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            return "# metrics encoding failed\n".to_string();
+        }
+        // `encode` ends with "# EOF"; put the extra gauges and the pipeline counters before it.
+        let eof = out.rfind("# EOF").unwrap_or(out.len());
+        let mut extra = String::new();
+        extra.push_str("# HELP prompting_pipeline_outcomes Requests that reached the pipeline, by outcome.\n# TYPE prompting_pipeline_outcomes counter\n");
+        for (outcome, count) in &stats.outcomes {
+            extra.push_str(&format!(
+                "prompting_pipeline_outcomes_total{{outcome=\"{}\"}} {count}\n",
+                outcome.as_str()
+            ));
+        }
+        for (name, help, source) in &self.sources {
+            if let Some(value) = source() {
+                extra.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+                ));
+            }
+        }
+        out.insert_str(eof, &extra);
+        out
+    }
+}
+
+/// How an [`ObserveLayer`] names the route of a request.
+#[derive(Clone, Copy)]
+enum Route {
+    Fixed(&'static str),
+    ByPath(fn(&str) -> &'static str),
+}
+
+struct Labels {
+    metrics: RequestMetrics,
+    protocol: &'static str,
+    route: Route,
+}
+
+/// Records each request once, when its response (headers) is ready: a count by protocol,
+/// route, HTTP status and reason, and the time it took. A gRPC answer counts with the HTTP
+/// status of its `grpc-status` (see [`http_status_of_grpc`]); a streamed body's later
+/// failure does not change the count.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    labels: Arc<Labels>,
+}
+
+impl ObserveLayer {
+    fn new(metrics: RequestMetrics, protocol: &'static str, route: Route) -> ObserveLayer {
+        ObserveLayer {
+            labels: Arc::new(Labels {
+                metrics,
+                protocol,
+                route,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            labels: Arc::clone(&self.labels),
+        }
+    }
+}
+
+/// The service of [`ObserveLayer`].
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    labels: Arc<Labels>,
+}
+
+impl<S, B, R> Service<http::Request<B>> for Observe<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let route = match self.labels.route {
+            Route::Fixed(route) => route,
+            Route::ByPath(route_of) => route_of(request.uri().path()),
+        };
+        ObserveFuture {
+            inner: self.inner.call(request),
+            labels: Arc::clone(&self.labels),
+            route,
+            start: Instant::now(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Observe`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        labels: Arc<Labels>,
+        route: &'static str,
+        start: Instant,
+    }
+}
+
+impl<F, R, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            let status = match response.headers().get("grpc-status") {
+                Some(code) => {
+                    let code = code.to_str().ok().and_then(|code| code.parse::<i32>().ok());
+                    http_status_of_grpc(code.map_or(tonic::Code::Unknown, tonic::Code::from))
+                }
+                None => response.status().as_u16(),
+            };
+            this.labels.metrics.observe(
+                this.labels.protocol,
+                this.route,
+                status,
+                this.start.elapsed(),
+            );
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn count(metrics: &Metrics, protocol: &'static str, route: &'static str, status: u16) -> u64 {
+        metrics
+            .requests
+            .requests
+            .get_or_create(&RequestLabels {
+                protocol,
+                route,
+                status,
+                reason: reason_of(status),
+            })
+            .get()
+    }
+
+    async fn answer(layer: &ObserveLayer, path: &str, grpc_status: Option<&'static str>) {
+        let service = layer.layer(tower::service_fn(move |_: http::Request<()>| async move {
+            let mut response = http::Response::new(());
+            if let Some(code) = grpc_status {
+                response
+                    .headers_mut()
+                    .insert("grpc-status", code.parse().expect("value"));
+            }
+            Ok::<_, Infallible>(response)
+        }));
+        let request = http::Request::get(path).body(()).expect("request");
+        service.oneshot(request).await.expect("infallible");
+    }
+
+    #[tokio::test]
+    async fn each_response_is_counted_once_with_its_status() {
+        let metrics = Metrics::new();
+        let legacy = metrics.layer("legacy", "Prompting");
+        answer(&legacy, "/Prompting", None).await;
+        answer(&legacy, "/Prompting", None).await;
+        assert_eq!(count(&metrics, "legacy", "Prompting", 200), 2);
+
+        let grpc = metrics.layer_by_path("grpc", |path| {
+            if path == "/p.S/Prompt" {
+                "Prompt"
+            } else {
+                "unknown"
+            }
+        });
+        // PERMISSION_DENIED in a trailers-only answer, and a path naming no method.
+        answer(&grpc, "/p.S/Prompt", Some("7")).await;
+        answer(&grpc, "/p.S/Anything", Some("0")).await;
+        assert_eq!(count(&metrics, "grpc", "Prompt", 403), 1);
+        assert_eq!(count(&metrics, "grpc", "unknown", 200), 1);
+        assert_eq!(count(&metrics, "grpc", "Prompt", 200), 0);
+    }
+}

@@ -1,0 +1,203 @@
+//! The legacy synapse protocol (bittensor 6.x–10.x dendrites): `POST /{SynapseName}`.
+//!
+//! Per request: parse headers → verify (signature, nonce: [`verify`]) → read body (size and
+//! time limits) → body hash → pipeline (blacklist, priority queue, backend with the deadline)
+//! → answer as a Python axon does ([`reply`]). Unlike Python, the signature is checked before
+//! the blacklist, so nobody can spend another hotkey's rate limit or queue slot, and the
+//! request's `timeout` is enforced here.
+
+pub mod nonce_table;
+mod reply;
+mod verify;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use prompting_miner::{PromptRequest, Protocol};
+use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody, SynapseHeaders};
+use tokio::time::Instant;
+
+use crate::deadline::{budget, deadline};
+use crate::edge::auth::read;
+use crate::edge::{AxonState, Rejection};
+use crate::server::PeerAddr;
+use nonce_table::NonceTable;
+use reply::Reply;
+
+/// The version this axon reports in `bt_header_axon_version`: the bittensor protocol level
+/// it speaks (10.5.0, as `version_as_int`).
+pub const PROTOCOL_VERSION: u64 = 10_005_000;
+
+/// The synapse routes this axon serves.
+pub const SYNAPSES: &[&str] = &[Prompting::NAME, StreamPrompting::NAME];
+
+/// A synapse carrying a chat prompt that the pipeline can answer.
+pub trait PromptSynapse: SynapseBody + Default + Send + Sync + 'static {
+    /// Whether the completion is streamed as text chunks instead of a JSON synapse.
+    const STREAMING: bool;
+    /// Roles of the turns.
+    fn roles(&self) -> &[String];
+    /// Contents of the turns.
+    fn messages(&self) -> &[String];
+    /// Stores the answer.
+    fn set_completion(&mut self, completion: String);
+}
+
+impl PromptSynapse for Prompting {
+    const STREAMING: bool = false;
+    fn roles(&self) -> &[String] {
+        &self.roles
+    }
+    fn messages(&self) -> &[String] {
+        &self.messages
+    }
+    fn set_completion(&mut self, completion: String) {
+        self.completion = completion;
+    }
+}
+
+impl PromptSynapse for StreamPrompting {
+    const STREAMING: bool = true;
+    fn roles(&self) -> &[String] {
+        &self.roles
+    }
+    fn messages(&self) -> &[String] {
+        &self.messages
+    }
+    fn set_completion(&mut self, completion: String) {
+        self.completion = completion;
+    }
+}
+
+/// What the legacy routes share: the axon's state and the nonces seen per endpoint.
+pub(crate) struct Legacy {
+    pub(crate) edge: Arc<AxonState>,
+    pub(crate) nonces: NonceTable,
+}
+
+/// The synapse routes (`GET`/`POST /Prompting`, `/StreamPrompting`) over `state`, each
+/// request counted as `legacy`/`{SynapseName}`, with a replay table of their own.
+pub fn routes(state: Arc<AxonState>) -> Router {
+    let args = &state.args;
+    // Nonces are remembered at least as long as a request may take: a replay older than
+    // that fails the freshness rule anyway.
+    let retention = Duration::from_secs_f64(args.max_request_timeout + 60.0);
+    let nonces = NonceTable::new(
+        args.nonce_capacity,
+        retention,
+        Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
+    );
+    let legacy = Arc::new(Legacy {
+        edge: state,
+        nonces,
+    });
+    Router::new()
+        .route(
+            &format!("/{}", Prompting::NAME),
+            route::<Prompting>(&legacy),
+        )
+        .route(
+            &format!("/{}", StreamPrompting::NAME),
+            route::<StreamPrompting>(&legacy),
+        )
+        .with_state(legacy)
+}
+
+fn route<B: PromptSynapse>(legacy: &Legacy) -> MethodRouter<Arc<Legacy>> {
+    get(handle::<B>)
+        .post(handle::<B>)
+        .layer(legacy.edge.metrics.layer("legacy", B::NAME))
+}
+
+/// The answer to a route that is no synapse: 404 `Synapse name 'X' not found...`, unsigned,
+/// counted as `legacy`/`unknown`.
+pub fn unknown_synapse(state: &AxonState) -> Router {
+    Router::new().fallback_service(
+        tower::ServiceBuilder::new()
+            .layer(state.metrics.layer("legacy", "unknown"))
+            .service_fn(|request: Request<Body>| async move {
+                let rejection = Rejection::UnknownSynapse {
+                    name: request.uri().path().trim_start_matches('/').to_owned(),
+                    available: SYNAPSES,
+                };
+                Ok::<_, std::convert::Infallible>(rejection.into_legacy_unsigned())
+            }),
+    )
+}
+
+/// Serves one legacy request for synapse `B`.
+async fn handle<B: PromptSynapse>(
+    State(legacy): State<Arc<Legacy>>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    // What Python's preprocess builds: a synapse from the headers alone. Error responses
+    // carry its headers (so their computed_body_hash is that of empty inputs, as in Python).
+    let mut reply = Reply::<B>::new(&legacy.edge, start);
+    let outcome = serve::<B>(&legacy, &mut reply, peer.map(|p| p.0), &headers, body).await;
+    match outcome {
+        Ok(response) => response,
+        Err(rejection) => reply.refuse(rejection),
+    }
+    .into_response()
+}
+
+async fn serve<B: PromptSynapse>(
+    legacy: &Legacy,
+    reply: &mut Reply<'_, B>,
+    peer: Option<PeerAddr>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, Rejection> {
+    let state = &legacy.edge;
+    let parsed = SynapseHeaders::from_header_map(headers)
+        .map_err(|err| Rejection::Malformed(err.to_string()))?;
+    reply.synapse.apply_headers(&parsed);
+    set_peer(&mut reply.synapse, peer);
+
+    let caller = verify::verify(legacy, &reply.synapse).map_err(Rejection::NotVerified)?;
+
+    let bytes = read(state, body).await?;
+    let mut synapse = Synapse::<B>::from_request(&parsed, &bytes)
+        .map_err(|err| Rejection::Malformed(err.to_string()))?;
+    set_peer(&mut synapse, peer);
+    let claimed = parsed.computed_body_hash.as_deref().unwrap_or_default();
+    synapse
+        .verify_body_hash(claimed)
+        .map_err(|mismatch| Rejection::NotVerified(mismatch.to_string()))?;
+    // Verified equal to the body's hash: the answer's header reuses it.
+    let body_hash = claimed.to_owned();
+    let timeout = synapse.timeout;
+    reply.timeout = timeout;
+    let budget = budget(Some(timeout), state.limits.max_request_timeout)?;
+    let request = PromptRequest {
+        roles: synapse.body.roles().to_vec(),
+        messages: synapse.body.messages().to_vec(),
+        caller,
+        protocol: Protocol::Legacy,
+        deadline: deadline(reply.start, budget),
+        sampling: Default::default(),
+    };
+    if B::STREAMING {
+        let stream = state.pipeline.prompt_stream(request).await?;
+        return Ok(reply.stream(synapse, body_hash, stream));
+    }
+    let completion = state.pipeline.prompt(request).await?;
+    synapse.body.set_completion(completion);
+    Ok(reply.answer(synapse, body_hash))
+}
+
+fn set_peer<B>(synapse: &mut Synapse<B>, peer: Option<PeerAddr>) {
+    if let Some(PeerAddr(addr)) = peer {
+        synapse.dendrite.ip = Some(addr.ip().to_string());
+        synapse.dendrite.port = Some(addr.port());
+    }
+}
