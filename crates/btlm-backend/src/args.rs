@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use serde::Deserialize;
 
+use crate::engine::EngineConfig;
 use crate::error::{BtlmError, Result};
 use crate::generation::{DEFAULT_STOP, GenerationConfig};
 use crate::options::{ModelDType, Quantization};
@@ -68,9 +69,30 @@ pub struct BtlmArgs {
     /// Random seed for sampling (default: from the OS).
     #[arg(long = "btlm.seed")]
     pub seed: Option<u64>,
-    /// Requests that may wait for the model while it is busy; more are refused (overloaded).
+    /// Requests that may wait for a batch slot; more are refused (overloaded).
     #[arg(long = "btlm.queue_size", default_value_t = 16)]
     pub queue_size: usize,
+    /// Sequences generated together: each step advances all of them with one pass over the
+    /// weights. Also the number of requests the miner's priority queue lets run at once.
+    #[arg(long = "btlm.max_batch", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Key/value cache budget in MiB: a request reserves prompt plus new tokens when it
+    /// joins the batch; one that does not fit waits, one that never fits is refused.
+    #[arg(long = "btlm.kv_cache_mb", default_value_t = 4096)]
+    pub kv_cache_mb: usize,
+    /// Prompt tokens run per forward pass and per step, so that a long prompt does not stall
+    /// the other sequences of the batch.
+    #[arg(long = "btlm.prefill_chunk", default_value_t = 64)]
+    pub prefill_chunk: usize,
+    /// Run prompt pieces in the same pass as the decode rows of the batch (one pass over
+    /// the weights per step) instead of in passes of their own (answers then never depend
+    /// on what else runs).
+    #[arg(long = "btlm.piggyback_prefill")]
+    pub piggyback_prefill: bool,
+    /// Benchmarks only: never pick the end-of-text token, so every completion runs to
+    /// --btlm.max_length tokens. Not for serving.
+    #[arg(long = "btlm.ignore_eos")]
+    pub ignore_eos: bool,
     /// Stop strings (repeatable; the default stops before the next `user:`/`system:` turn;
     /// pass an empty string to disable).
     #[arg(long = "btlm.stop", default_values_t = DEFAULT_STOP.map(String::from))]
@@ -97,6 +119,11 @@ impl Default for BtlmArgs {
             repetition_penalty: 1.0,
             seed: None,
             queue_size: 16,
+            max_batch: 8,
+            kv_cache_mb: 4096,
+            prefill_chunk: 64,
+            piggyback_prefill: false,
+            ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
         }
     }
@@ -128,7 +155,19 @@ impl BtlmArgs {
                 .filter(|s| !s.is_empty())
                 .cloned()
                 .collect(),
-            ..GenerationConfig::default()
+            prefill_chunk: self.prefill_chunk,
+            ignore_eos: self.ignore_eos,
+        }
+    }
+
+    /// The engine limits these settings describe.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            max_batch: self.max_batch,
+            kv_cache_bytes: self.kv_cache_mb.saturating_mul(1 << 20),
+            prefill_tokens_per_step: self.prefill_chunk,
+            queue_size: self.queue_size,
+            piggyback_prefill: self.piggyback_prefill,
         }
     }
 
@@ -144,12 +183,7 @@ impl BtlmArgs {
     pub fn validate(&self) -> Result<()> {
         parse_device(&self.device)?;
         self.generation().validate()?;
-        if self.queue_size == 0 {
-            return Err(BtlmError::InvalidArgument {
-                name: "--btlm.queue_size",
-                reason: "must be at least 1".into(),
-            });
-        }
+        self.engine().validate()?;
         if self.model_dir.is_none() && self.model_id.trim().is_empty() {
             return Err(BtlmError::InvalidArgument {
                 name: "--btlm.model_id",
@@ -324,6 +358,43 @@ mod tests {
         for (a, name) in cases {
             let err = a.validate().expect_err(name).to_string();
             assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn engine_flags_parse_and_are_checked() {
+        let a = parse(&[
+            "--btlm.max_batch",
+            "4",
+            "--btlm.kv_cache_mb",
+            "512",
+            "--btlm.prefill_chunk",
+            "32",
+            "--btlm.piggyback_prefill",
+            "--btlm.ignore_eos",
+        ])
+        .expect("parse");
+        let e = a.engine();
+        assert_eq!(
+            (e.max_batch, e.kv_cache_bytes, e.prefill_tokens_per_step),
+            (4, 512 << 20, 32)
+        );
+        assert!(e.piggyback_prefill);
+        let g = a.generation();
+        assert_eq!(g.prefill_chunk, 32);
+        assert!(g.ignore_eos);
+        for (flag, edit) in [
+            (
+                "--btlm.max_batch",
+                (|a: &mut BtlmArgs| a.max_batch = 0) as fn(&mut BtlmArgs),
+            ),
+            ("--btlm.kv_cache_mb", |a| a.kv_cache_mb = 0),
+            ("--btlm.prefill_chunk", |a| a.prefill_chunk = 0),
+        ] {
+            let mut bad = BtlmArgs::default();
+            edit(&mut bad);
+            let err = bad.validate().expect_err(flag).to_string();
+            assert!(err.contains(flag), "{err}");
         }
     }
 

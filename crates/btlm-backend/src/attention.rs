@@ -1,10 +1,10 @@
 //! Causal self-attention with ALiBi position biases and a key/value cache.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::kv_cache::LayerKv;
 use crate::linear::Projection;
 use crate::loader::Loader;
 
@@ -32,7 +32,7 @@ pub fn alibi_slopes(n_heads: usize) -> Vec<f64> {
     slopes
 }
 
-/// Causal mask plus ALiBi bias, `[1, h, t, offset + t]`, for queries at `offset..offset + t`
+/// Causal mask plus ALiBi bias, `[h, t, offset + t]`, for queries at `offset..offset + t`
 /// (`slopes`: one per head, or `None` for a plain causal mask).
 pub(crate) fn attention_bias(
     n_head: usize,
@@ -56,7 +56,7 @@ pub(crate) fn attention_bias(
             }
         }
     }
-    Tensor::from_vec(data, (1, n_head, t, total), device)
+    Tensor::from_vec(data, (n_head, t, total), device)
 }
 
 /// One block's attention: fused `c_attn` (GPT-2 `Conv1D`) → q | k | v, scores
@@ -96,32 +96,61 @@ impl Attention {
         })
     }
 
-    /// `x`: `[b·t, e]` (rows of `b` sequences of `t` tokens); `bias`: `[1, h, t, T]` f32
-    /// (mask + ALiBi). Returns `[b·t, e]`.
+    /// `x`: `[rows, e]`, the rows of several sequences one after the other; `parts`: for
+    /// each sequence its rows, the bias of its queries (see [`attention_bias`]) and its
+    /// block cache. Each sequence attends to its own keys only. Returns `[rows, e]`.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
-        (b, t): (usize, usize),
-        bias: &Tensor,
-        cache: &mut KvCache,
+        parts: &mut [AttentionPart<'_>],
     ) -> candle_core::Result<Tensor> {
         let e = x.dim(1)?;
-        let qkv = self.c_attn.forward(x)?.reshape((b, t, 3 * e))?;
+        let qkv = self.c_attn.forward(x)?;
+        let mut outputs = Vec::with_capacity(parts.len());
+        for part in parts.iter_mut() {
+            let rows = qkv.narrow(0, part.start, part.len)?;
+            outputs.push(self.attend(&rows, part)?);
+        }
+        let y = match outputs.len() {
+            1 => outputs.swap_remove(0),
+            _ => Tensor::cat(&outputs, 0)?,
+        };
+        debug_assert_eq!(y.dim(1).ok(), Some(e));
+        self.c_proj.forward(&y)
+    }
+
+    /// Attention of one sequence's `t` query rows (`qkv: [t, 3e]`), giving `[t, e]`.
+    fn attend(&self, qkv: &Tensor, part: &mut AttentionPart<'_>) -> candle_core::Result<Tensor> {
+        let (t, e3) = qkv.dims2()?;
+        let e = e3 / 3;
         let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, i * e, e)?
-                .reshape((b, t, self.n_head, self.head_dim))?
-                .transpose(1, 2)?
+            qkv.narrow(1, i * e, e)?
+                .reshape((t, self.n_head, self.head_dim))?
+                .transpose(0, 1)?
                 .contiguous()
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        let (k, v) = cache.append(&k, &v)?;
+        let (k, v) = part.kv.append(&k, &v, part.reserve)?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let scores = (scores * self.scale)?.broadcast_add(bias)?;
+        let scores = (scores * self.scale)?.broadcast_add(part.bias)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape((b * t, e))?;
-        self.c_proj.forward(&y)
+        y.transpose(0, 1)?.reshape((t, e))
     }
+}
+
+/// One sequence's share of an attention call.
+pub(crate) struct AttentionPart<'a> {
+    /// First row of the sequence in the step's activations.
+    pub(crate) start: usize,
+    /// Number of its rows (tokens run this step).
+    pub(crate) len: usize,
+    /// Mask and ALiBi bias of its queries, `[h, len, positions]`.
+    pub(crate) bias: &'a Tensor,
+    /// Its cache for this block.
+    pub(crate) kv: &'a mut LayerKv,
+    /// Capacity to allocate if the cache is still empty.
+    pub(crate) reserve: usize,
 }
 
 #[cfg(test)]

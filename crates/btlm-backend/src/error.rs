@@ -36,6 +36,9 @@ pub enum BtlmError {
     /// The requested device is unavailable in this build or on this machine.
     #[error("device: {0}")]
     Device(String),
+    /// A batched model step failed (every sequence of that step fails with it).
+    #[error("engine: {0}")]
+    Engine(String),
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

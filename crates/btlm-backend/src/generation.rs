@@ -5,8 +5,8 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use crate::error::{BtlmError, Result};
-use crate::model::Btlm;
-use crate::sampling::{NgramBan, TokenSelector};
+use crate::model::{Btlm, Segment};
+use crate::sequence::Sequence;
 use crate::tokenizer::BtlmTokenizer;
 
 /// The stop strings used unless configured otherwise: the model must not write the next
@@ -35,8 +35,12 @@ pub struct GenerationConfig {
     pub seed: Option<u64>,
     /// Generation stops before any of these strings; they are not part of the completion.
     pub stop: Vec<String>,
-    /// Longest prompt piece run in one forward pass (bounds attention memory).
+    /// Longest prompt piece run in one forward pass (bounds attention memory and how long
+    /// a prompt holds up the other sequences of a batch).
     pub prefill_chunk: usize,
+    /// Never pick the end-of-text token (benchmarks: every completion runs to the token
+    /// limit).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerationConfig {
@@ -51,7 +55,8 @@ impl Default for GenerationConfig {
             no_repeat_ngram_size: 2,
             seed: None,
             stop: DEFAULT_STOP.iter().map(|s| s.to_string()).collect(),
-            prefill_chunk: 256,
+            prefill_chunk: 64,
+            ignore_eos: false,
         }
     }
 }
@@ -83,7 +88,7 @@ impl GenerationConfig {
             );
         }
         if self.prefill_chunk == 0 {
-            return bad("prefill_chunk", "must be at least 1".into());
+            return bad("--btlm.prefill_chunk", "must be at least 1".into());
         }
         Ok(())
     }
@@ -207,9 +212,10 @@ pub fn never() -> Option<FinishReason> {
     None
 }
 
-/// Generates a completion of `prompt`.
+/// Generates a completion of `prompt`, alone: the [`Sequence`] state machine driven with a
+/// batch of one.
 ///
-/// `interrupt` is called before each forward pass (the prompt's included); returning
+/// `interrupt` is called before each forward pass (each prompt piece's included); returning
 /// `Some(reason)` (e.g. [`FinishReason::Deadline`], see [`until`], or
 /// [`FinishReason::Cancelled`]) ends generation. `on_text` receives each final piece of
 /// text as soon as it is known (complete UTF-8, never part of a stop string) and may return
@@ -223,73 +229,38 @@ pub fn generate(
     mut interrupt: impl FnMut() -> Option<FinishReason>,
     mut on_text: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    cfg.validate()?;
-    if prompt.is_empty() {
-        return Err(BtlmError::InvalidArgument {
-            name: "prompt",
-            reason: "the prompt has no tokens".into(),
-        });
-    }
-    let (prompt, max_new) = fit_context(prompt, cfg.max_new_tokens, model.config().n_positions);
-    let eos = tokenizer.eos_token_id();
-    let mut seq = prompt.to_vec();
-    let mut ban = NgramBan::new(cfg.no_repeat_ngram_size, &seq);
-    let mut selector = TokenSelector::new(cfg);
-    let mut assembler = TextAssembler::new(&cfg.stop);
-    let mut out: Vec<u32> = Vec::new();
-    let mut text = String::new();
-    let mut cache = model.new_cache();
-
-    let finish = 'run: {
+    let mut seq = Sequence::new(
+        prompt,
+        cfg,
+        model.config().n_positions,
+        tokenizer.eos_token_id(),
+    )?;
+    let mut cache = model.new_cache_with_capacity(seq.max_positions());
+    while seq.finished().is_none() {
         if let Some(reason) = interrupt() {
-            break 'run reason;
+            seq.stop(reason);
+            break;
         }
-        let mut logits = model
-            .prefill(prompt, &mut cache, cfg.prefill_chunk)?
-            .to_vec1::<f32>()?;
-        loop {
-            let next = selector.select(&mut logits, &seq, &ban);
-            out.push(next);
-            seq.push(next);
-            ban.push(&seq);
-            if next == eos {
-                break 'run FinishReason::Eos;
-            }
-            text = tokenizer.decode(&out)?;
-            let last = out.len() >= max_new;
-            let (chunk, stopped) = assembler.update(&text, false);
-            if let Some(c) = chunk
-                && on_text(&c).is_break()
-            {
-                break 'run FinishReason::Cancelled;
-            }
-            if stopped {
-                break 'run FinishReason::Stop;
-            }
-            if last {
-                break 'run FinishReason::Length;
-            }
-            if let Some(reason) = interrupt() {
-                break 'run reason;
-            }
-            logits = model.next_token_logits(next, &mut cache)?;
-        }
-    };
-    if matches!(finish, FinishReason::Eos | FinishReason::Length) {
-        let (chunk, _) = assembler.update(&text, true);
-        if let Some(c) = chunk {
-            // The consumer may stop here too; nothing is left to generate anyway.
-            let _ = on_text(&c);
+        let logits = seq.wants_logits();
+        let out = model.forward_batch(&mut [Segment {
+            tokens: seq.pending(),
+            cache: &mut cache,
+            logits,
+        }])?;
+        let mut row = if logits {
+            Some(out.squeeze(0)?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let text = seq.advance(row.as_deref_mut(), tokenizer)?;
+        if let Some(t) = text
+            && on_text(&t).is_break()
+            && seq.finished().is_none()
+        {
+            seq.stop(FinishReason::Cancelled);
         }
     }
-    let released = assembler.emitted();
-    text.truncate(released);
-    Ok(Generation {
-        text,
-        tokens: out,
-        prompt_tokens: prompt.len(),
-        finish,
-    })
+    Ok(seq.into_generation())
 }
 
 #[cfg(test)]

@@ -2,9 +2,8 @@
 //! (`h += attn(ln_1(h))`, `h += mlp(ln_2(h))`). Activations are `[rows, n_embd]`.
 
 use candle_core::Tensor;
-use candle_nn::kv_cache::KvCache;
 
-use crate::attention::Attention;
+use crate::attention::{Attention, AttentionPart};
 use crate::config::Config;
 use crate::error::Result;
 use crate::linear::Projection;
@@ -85,16 +84,14 @@ impl Block {
         })
     }
 
-    /// `x: [b·t, n_embd]` (`b` sequences of `t` tokens sharing `cache`); `bias` as
-    /// [`Attention::forward`] takes it.
+    /// `x: [rows, n_embd]`, the rows of the sequences described by `parts` (see
+    /// [`Attention::forward`]).
     pub(crate) fn forward(
         &self,
         x: &Tensor,
-        bt: (usize, usize),
-        bias: &Tensor,
-        cache: &mut KvCache,
+        parts: &mut [AttentionPart<'_>],
     ) -> candle_core::Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln_1.forward(x)?, bt, bias, cache)?)?;
+        let h = (x + self.attn.forward(&self.ln_1.forward(x)?, parts)?)?;
         &h + self.mlp.forward(&self.ln_2.forward(&h)?)?
     }
 }

@@ -11,8 +11,11 @@
 //!   [`sampling`]: greedy or sampled token choice, repetition penalty, Hugging Face's
 //!   `no_repeat_ngram_size`.
 //! - [`prompt`]: the Python miner's prompt format; [`args`]: its `--btlm.*` flags.
-//! - [`engine`]: a worker thread owning the model, fed by a bounded queue;
-//!   [`miner::BtlmMiner`] implements [`prompting_miner::Miner`] on top of it.
+//! - [`engine`]: one thread owning the model runs steps that advance every running
+//!   sequence together (continuous batching; [`sequence`] is the per-request state machine
+//!   the engine and [`generation::generate`] share); [`miner::BtlmMiner`] implements
+//!   [`prompting_miner::Miner`] on top of it and reports its batch slots as the pipeline's
+//!   capacity.
 //!
 //! ```no_run
 //! use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
@@ -44,12 +47,14 @@
 
 pub mod args;
 pub mod attention;
+mod batcher;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod hub;
 pub mod kernels;
+pub mod kv_cache;
 mod layers;
 pub mod linear;
 pub mod loader;
@@ -58,6 +63,7 @@ pub mod model;
 pub mod options;
 pub mod prompt;
 pub mod sampling;
+pub mod sequence;
 pub mod tokenizer;
 pub mod weights;
 

@@ -64,7 +64,8 @@ pub fn load_model(files: &ModelFiles, opts: &LoadOptions) -> Result<(Btlm, BtlmT
 }
 
 /// The native BTLM miner: formats conversations like the Python `CerebrasBTLMMiner` and
-/// generates on a dedicated worker thread.
+/// generates on the batching [`Engine`], whose batch slots it reports as its
+/// [capacity](Miner::capacity).
 #[derive(Debug, Clone)]
 pub struct BtlmMiner {
     engine: Engine,
@@ -99,7 +100,8 @@ impl BtlmMiner {
         Self::new(model, tokenizer, args, name)
     }
 
-    /// Wraps an already loaded model (the generation and prompt settings come from `args`).
+    /// Wraps an already loaded model (the engine limits, generation and prompt settings come
+    /// from `args`).
     pub fn new(
         model: Btlm,
         tokenizer: BtlmTokenizer,
@@ -107,7 +109,14 @@ impl BtlmMiner {
         name: impl Into<String>,
     ) -> Result<Self> {
         args.validate()?;
-        let engine = Engine::start(model, tokenizer, args.queue_size)?;
+        let engine = Engine::start(model, tokenizer, args.engine())?;
+        Self::with_engine(engine, args, name)
+    }
+
+    /// Wraps a running engine (any [`StepModel`](crate::engine::StepModel)); the generation
+    /// and prompt settings come from `args`, the limits from the engine.
+    pub fn with_engine(engine: Engine, args: &BtlmArgs, name: impl Into<String>) -> Result<Self> {
+        args.validate()?;
         Ok(BtlmMiner {
             engine,
             format: args.prompt_format(),
@@ -116,7 +125,7 @@ impl BtlmMiner {
         })
     }
 
-    /// The worker handle (counters, tokenizer).
+    /// The engine handle (counters, tokenizer, limits).
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -172,6 +181,10 @@ impl Miner for BtlmMiner {
         &self.name
     }
 
+    fn capacity(&self) -> Option<usize> {
+        Some(self.engine.config().max_batch)
+    }
+
     async fn prompt(&self, request: &PromptRequest) -> std::result::Result<String, MinerError> {
         let mut stream = self.prompt_stream(request).await?;
         let mut completion = String::new();
@@ -198,9 +211,12 @@ impl Miner for BtlmMiner {
         tracing::debug!(prompt = %prompt, "btlm prompt");
         let rx = self
             .engine
-            .submit(prompt, config, Some(deadline.into_std()))
+            .submit(&prompt, config, Some(deadline.into_std()))
             .map_err(|e| match e {
-                SubmitError::QueueFull => MinerError::Overloaded(e.to_string()),
+                SubmitError::QueueFull | SubmitError::TooLarge { .. } => {
+                    MinerError::Overloaded(e.to_string())
+                }
+                SubmitError::Invalid(_) => MinerError::BadRequest(e.to_string()),
                 SubmitError::WorkerGone => MinerError::Backend(e.to_string()),
             })?;
         // Ends after the last piece, or with one error. Dropping the stream drops the

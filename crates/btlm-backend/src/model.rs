@@ -15,37 +15,26 @@
 //!   its own `lm_head.weight`).
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 
-use crate::attention::{alibi_slopes, attention_bias};
+use crate::attention::{AttentionPart, alibi_slopes, attention_bias};
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::{BtlmError, Result};
+use crate::kv_cache::{Cache, bytes_per_token};
 use crate::layers::{Block, LayerNorm};
 use crate::linear::Projection;
 use crate::loader::{LoadOptions, Loader};
 use crate::weights::Checkpoint;
 
-/// The key/value cache of one generation: keys and values of every block for the tokens
-/// seen so far. Create one per sequence with [`Btlm::new_cache`].
-#[derive(Debug, Clone)]
-pub struct Cache {
-    layers: Vec<KvCache>,
-    seq_len: usize,
-}
-
-impl Cache {
-    /// Number of tokens already processed.
-    pub fn seq_len(&self) -> usize {
-        self.seq_len
-    }
-
-    /// Forgets every token.
-    pub fn reset(&mut self) {
-        for l in &mut self.layers {
-            l.reset();
-        }
-        self.seq_len = 0;
-    }
+/// One sequence's share of a [`Btlm::forward_batch`] step: tokens to run after those
+/// already in its cache (`C`: the cache type, [`Cache`] for [`Btlm`]).
+#[derive(Debug)]
+pub struct Segment<'a, C = Cache> {
+    /// The tokens (at least one).
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the tokens are appended to it.
+    pub cache: &'a mut C,
+    /// Whether the logits after the last token are wanted.
+    pub logits: bool,
 }
 
 /// The BTLM language model (weights only: per-sequence state lives in a [`Cache`], so one
@@ -123,15 +112,20 @@ impl Btlm {
         self.dtype
     }
 
-    /// An empty cache for a new sequence.
+    /// An empty cache for a new sequence, growing as tokens arrive.
     pub fn new_cache(&self) -> Cache {
-        Cache {
-            // Grows in steps of 256 positions rather than reserving the whole context.
-            layers: (0..self.cfg.n_layer)
-                .map(|_| KvCache::new(2, 256))
-                .collect(),
-            seq_len: 0,
-        }
+        Cache::new(self.cfg.n_layer, 0)
+    }
+
+    /// An empty cache that allocates room for `tokens` positions on its first token (it
+    /// still grows past them if needed).
+    pub fn new_cache_with_capacity(&self, tokens: usize) -> Cache {
+        Cache::new(self.cfg.n_layer, tokens)
+    }
+
+    /// Bytes of cache one token of a sequence takes (keys and values of every block).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        bytes_per_token(self.cfg.n_layer, self.cfg.n_embd, self.dtype)
     }
 
     /// The ALiBi slopes, or `None` for learned positions.
@@ -140,45 +134,81 @@ impl Btlm {
             .then_some(self.slopes.as_slice())
     }
 
-    /// Runs `input_ids` (`[batch, t]`, u32) after the tokens already in `cache`, appends them
-    /// to it, and returns the f32 logits of the last position, `[batch, vocab]`.
-    pub fn forward(&self, input_ids: &Tensor, cache: &mut Cache) -> candle_core::Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let offset = cache.seq_len;
-        if t == 0 {
-            candle_core::bail!("forward needs at least one token");
+    /// Runs one step for several sequences at once: the tokens of every segment go through
+    /// each projection together (`[rows, n_embd]`, one pass over the weights), each
+    /// sequence attends to its own cache with its own positions. Appends the tokens to the
+    /// caches and returns the f32 logits after the last token of each segment that asked
+    /// for them, `[n, vocab]`, in segment order.
+    pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> candle_core::Result<Tensor> {
+        if segments.is_empty() {
+            candle_core::bail!("forward needs at least one sequence");
         }
-        if cache.layers.len() != self.blocks.len() {
-            candle_core::bail!("the cache belongs to another model");
-        }
-        let mut h = self
-            .wte
-            .embedding(&input_ids.flatten_all()?)?
-            .to_dtype(self.dtype)?
-            .reshape((b, t, self.cfg.n_embd))?;
-        if let Some(wpe) = &self.wpe {
-            if offset + t > self.cfg.n_positions {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut biases = Vec::with_capacity(segments.len());
+        let mut last_rows = Vec::new();
+        for s in segments.iter() {
+            let (offset, t) = (s.cache.seq_len(), s.tokens.len());
+            if t == 0 {
+                candle_core::bail!("forward needs at least one token per sequence");
+            }
+            if s.cache.layers.len() != self.blocks.len() {
+                candle_core::bail!("the cache belongs to another model");
+            }
+            if self.wpe.is_some() && offset + t > self.cfg.n_positions {
                 candle_core::bail!(
                     "position {} is past the learned position table ({})",
                     offset + t,
                     self.cfg.n_positions
                 );
             }
-            let pos = Tensor::arange(offset as u32, (offset + t) as u32, &self.device)?;
-            h = h.broadcast_add(&wpe.embedding(&pos)?.unsqueeze(0)?)?;
+            ids.extend_from_slice(s.tokens);
+            positions.extend(offset as u32..(offset + t) as u32);
+            biases.push(attention_bias(
+                self.cfg.n_head,
+                self.alibi(),
+                offset,
+                t,
+                &self.device,
+            )?);
+            if s.logits {
+                last_rows.push((ids.len() - 1) as u32);
+            }
         }
-        let mut h = (h * self.cfg.embeddings_scale)?.reshape((b * t, self.cfg.n_embd))?;
-        let bias = attention_bias(self.cfg.n_head, self.alibi(), offset, t, &self.device)?;
-        for (block, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            h = block.forward(&h, (b, t), &bias, kv)?;
+        let rows = ids.len();
+        let ids = Tensor::from_vec(ids, rows, &self.device)?;
+        let mut h = self.wte.embedding(&ids)?.to_dtype(self.dtype)?;
+        if let Some(wpe) = &self.wpe {
+            let pos = Tensor::from_vec(positions, rows, &self.device)?;
+            h = (h + wpe.embedding(&pos)?)?;
         }
-        cache.seq_len += t;
-        let last = h
-            .reshape((b, t, self.cfg.n_embd))?
-            .narrow(1, t - 1, 1)?
-            .squeeze(1)?;
-        let last = self.ln_f.forward(&last)?;
-        let logits = self.lm_head.forward(&last)?;
+        let mut h = (h * self.cfg.embeddings_scale)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut start = 0;
+            let mut parts = Vec::with_capacity(segments.len());
+            for (s, bias) in segments.iter_mut().zip(&biases) {
+                let len = s.tokens.len();
+                let reserve = s.cache.reserve();
+                parts.push(AttentionPart {
+                    start,
+                    len,
+                    bias,
+                    kv: &mut s.cache.layers[i],
+                    reserve,
+                });
+                start += len;
+            }
+            h = block.forward(&h, &mut parts)?;
+        }
+        for s in segments.iter_mut() {
+            s.cache.advance(s.tokens.len());
+        }
+        let n = last_rows.len();
+        if n == 0 {
+            return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
+        }
+        let last = h.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
+        let logits = self.lm_head.forward(&self.ln_f.forward(&last)?)?;
         (logits.to_dtype(DType::F32)? * self.cfg.output_logits_scale)?.contiguous()
     }
 
@@ -191,9 +221,17 @@ impl Btlm {
         chunk: usize,
     ) -> candle_core::Result<Tensor> {
         let mut logits = None;
-        for piece in tokens.chunks(chunk.max(1)) {
-            let ids = Tensor::new(piece, &self.device)?.unsqueeze(0)?;
-            logits = Some(self.forward(&ids, cache)?);
+        let pieces: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            let l = self.forward_batch(&mut [Segment {
+                tokens: piece,
+                cache,
+                logits: last,
+            }])?;
+            if last {
+                logits = Some(l);
+            }
         }
         match logits {
             Some(l) => l.squeeze(0),
@@ -207,8 +245,13 @@ impl Btlm {
         token: u32,
         cache: &mut Cache,
     ) -> candle_core::Result<Vec<f32>> {
-        let ids = Tensor::new(&[token], &self.device)?.unsqueeze(0)?;
-        self.forward(&ids, cache)?.squeeze(0)?.to_vec1::<f32>()
+        self.forward_batch(&mut [Segment {
+            tokens: &[token],
+            cache,
+            logits: true,
+        }])?
+        .squeeze(0)?
+        .to_vec1::<f32>()
     }
 }
 

@@ -168,11 +168,13 @@ fn long_request(timeout: Duration) -> PromptRequest {
     r
 }
 
+/// One batch slot and one queue place: a second request waits, a third is refused.
 fn long_args() -> BtlmArgs {
     BtlmArgs {
         no_repeat_ngram_size: 0,
         stop: Vec::new(),
         queue_size: 1,
+        max_batch: 1,
         ..args()
     }
 }

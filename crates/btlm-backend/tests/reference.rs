@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate, never, until};
 use prompting_btlm_backend::loader::LoadOptions;
-use prompting_btlm_backend::model::Btlm;
+use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::Quantization;
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
@@ -275,25 +275,48 @@ fn checkpoint_shape_mismatch_is_reported() {
 }
 
 #[test]
-fn batch_of_two_equals_single_runs() {
+fn one_step_for_several_sequences_equals_single_runs() {
     let r = reference();
     let model = load("model.safetensors", &LoadOptions::default());
-    let a = &r.cases[0].input_ids[..10];
-    let b = &r.cases[1].input_ids[..10];
-    let flat: Vec<u32> = a.iter().chain(b).copied().collect();
-    let ids = Tensor::from_vec(flat, (2, 10), &Device::Cpu).expect("ids");
-    let mut cache = model.new_cache();
-    let both = model.forward(&ids, &mut cache).expect("forward");
-    for (i, p) in [a, b].into_iter().enumerate() {
-        let mut c = model.new_cache();
-        let single = model
-            .prefill(p, &mut c, 512)
-            .expect("single")
-            .to_vec1::<f32>()
-            .expect("v");
+    // Sequence a has 6 tokens in its cache and runs 1 more (decode); b runs a 9-token prompt
+    // piece from scratch; c has 3 cached and runs 4 without wanting logits.
+    let (a, b, c) = (
+        &r.cases[0].input_ids,
+        &r.cases[1].input_ids,
+        &r.cases[2].input_ids,
+    );
+    let (mut ca, mut cb, mut cc) = (model.new_cache(), model.new_cache(), model.new_cache());
+    model.prefill(&a[..6], &mut ca, 512).expect("a");
+    model.prefill(&c[..3], &mut cc, 512).expect("c");
+    let both = model
+        .forward_batch(&mut [
+            Segment {
+                tokens: &a[6..7],
+                cache: &mut ca,
+                logits: true,
+            },
+            Segment {
+                tokens: &b[..9],
+                cache: &mut cb,
+                logits: true,
+            },
+            Segment {
+                tokens: &c[3..7],
+                cache: &mut cc,
+                logits: false,
+            },
+        ])
+        .expect("batched step");
+    assert_eq!(both.dims(), [2, model.config().vocab_size]);
+    assert_eq!((ca.seq_len(), cb.seq_len(), cc.seq_len()), (7, 9, 7));
+    for (i, p) in [&a[..7], &b[..9]].into_iter().enumerate() {
+        let single = last_logits(&model, p);
         let row = both.get(i).expect("row").to_vec1::<f32>().expect("v");
         assert!(max_abs_diff(&row, &single) < 1e-4);
     }
+    // c's cache holds the same keys as a single run: its next step agrees too.
+    let next = model.next_token_logits(c[7], &mut cc).expect("c step");
+    assert!(max_abs_diff(&next, &last_logits(&model, &c[..8])) < 1e-4);
 }
 
 fn check_generate(file: &str) {

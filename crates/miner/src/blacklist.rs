@@ -169,6 +169,11 @@ impl IdentityPolicy {
         }
     }
 
+    /// Whether `hotkey` is whitelisted.
+    pub fn is_whitelisted(&self, hotkey: &str) -> bool {
+        self.whitelist.contains(hotkey)
+    }
+
     /// Judges `hotkey`, known to the metagraph as `caller` (`None`: not registered).
     pub fn check(&self, hotkey: &str, caller: Option<&CallerInfo>) -> IdentityVerdict {
         if self.whitelist.contains(hotkey) {

@@ -117,6 +117,19 @@ impl Pipeline {
         );
         let rate_window =
             MINUTE.saturating_mul(u32::try_from(b.min_request_period).unwrap_or(u32::MAX));
+        let workers = match miner.capacity() {
+            Some(capacity) if capacity < config.max_concurrent => {
+                tracing::info!(
+                    max_concurrent = config.max_concurrent,
+                    capacity,
+                    backend = miner.name(),
+                    "the backend runs {capacity} requests at once: the priority queue grants \
+                     {capacity} worker slots"
+                );
+                capacity.max(1)
+            }
+            _ => config.max_concurrent,
+        };
         let prompt_cache = b.use_prompt_cache.then(|| {
             Mutex::new(PromptCache::new(
                 b.prompt_cache_block_span,
@@ -129,7 +142,7 @@ impl Pipeline {
                 rate_window,
                 history: Mutex::new(history),
                 prompt_cache,
-                scheduler: Scheduler::new(config.max_concurrent, config.max_queue),
+                scheduler: Scheduler::new(workers, config.max_queue),
                 counters: Arc::new(Counters::default()),
                 config,
                 metagraph,
@@ -141,6 +154,16 @@ impl Pipeline {
     /// The backend.
     pub fn miner(&self) -> &Arc<dyn Miner> {
         &self.inner.miner
+    }
+
+    /// What the metagraph knows of `hotkey` now; `None` when it is not registered.
+    pub fn caller(&self, hotkey: &str) -> Option<crate::metagraph::CallerInfo> {
+        self.inner.metagraph.caller(hotkey)
+    }
+
+    /// Whether `hotkey` is in `--miner.blacklist.whitelist`.
+    pub fn is_whitelisted(&self, hotkey: &str) -> bool {
+        self.inner.identity.is_whitelisted(hotkey)
     }
 
     /// The settings in force.
@@ -300,6 +323,7 @@ mod tests {
     /// records which calls started, finished, or were cancelled mid-way.
     struct GatedMiner {
         gate: Arc<Semaphore>,
+        capacity: Option<usize>,
         started: parking_lot::Mutex<Vec<String>>,
         finished: AtomicUsize,
         cancelled: Arc<AtomicUsize>,
@@ -309,6 +333,7 @@ mod tests {
         fn default() -> Self {
             GatedMiner {
                 gate: Arc::new(Semaphore::new(0)),
+                capacity: None,
                 started: parking_lot::Mutex::new(Vec::new()),
                 finished: AtomicUsize::new(0),
                 cancelled: Arc::new(AtomicUsize::new(0)),
@@ -331,6 +356,10 @@ mod tests {
     impl Miner for GatedMiner {
         fn name(&self) -> &str {
             "gated"
+        }
+
+        fn capacity(&self) -> Option<usize> {
+            self.capacity
         }
 
         async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
@@ -396,9 +425,13 @@ mod tests {
     }
 
     fn fixture(edit: impl FnOnce(&mut MinerConfig)) -> Fixture {
+        fixture_with(GatedMiner::default(), edit)
+    }
+
+    fn fixture_with(miner: GatedMiner, edit: impl FnOnce(&mut MinerConfig)) -> Fixture {
         let mut config = MinerConfig::default();
         edit(&mut config);
-        let miner = Arc::new(GatedMiner::default());
+        let miner = Arc::new(miner);
         let metagraph = Arc::new(SharedMetagraph::new(subnet(100)));
         let pipeline = Pipeline::new(
             config,
@@ -618,6 +651,51 @@ mod tests {
             *f.miner.started.lock(),
             ["filler", "high-1", "mid-1", "low-1", "low-2"]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backend_capacity_bounds_the_workers_and_keeps_priority_order() {
+        let miner = GatedMiner {
+            capacity: Some(2),
+            ..GatedMiner::default()
+        };
+        // --miner.max_concurrent 8, but the backend runs 2 at once: the third request waits
+        // in the priority queue, not in the backend.
+        let f = fixture_with(miner, |c| c.max_concurrent = 8);
+        assert_eq!(f.pipeline.stats().capacity, 2);
+        warm_up(&f, &["low", "mid", "high"]).await;
+        let mut fillers = Vec::new();
+        for message in ["filler-1", "filler-2"] {
+            fillers.push(spawn_prompt(&f.pipeline, request("filler", message)));
+            settle().await;
+        }
+        let mut queued = Vec::new();
+        for (caller, message) in [("low", "low"), ("mid", "mid"), ("high", "high")] {
+            queued.push(spawn_prompt(&f.pipeline, request(caller, message)));
+            settle().await;
+        }
+        let stats = f.pipeline.stats();
+        assert_eq!((stats.in_flight, stats.queue_depth), (2, 3));
+        assert_eq!(f.miner.started.lock().len(), 2, "the backend saw only two");
+        // Each answer frees one slot, which goes to the best waiting request.
+        for _ in 0..5 {
+            f.miner.gate.add_permits(1);
+            settle().await;
+        }
+        for handle in fillers.into_iter().chain(queued) {
+            assert!(handle.await.expect("joined").is_ok());
+        }
+        assert_eq!(
+            *f.miner.started.lock(),
+            ["filler-1", "filler-2", "high", "mid", "low"]
+        );
+        // A capacity above --miner.max_concurrent does not raise it.
+        let roomy = GatedMiner {
+            capacity: Some(64),
+            ..GatedMiner::default()
+        };
+        let f = fixture_with(roomy, |c| c.max_concurrent = 3);
+        assert_eq!(f.pipeline.stats().capacity, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,7 +48,7 @@ impl MinerError {
 ///
 /// Backends implement [`Miner::prompt`]; [`Miner::prompt_stream`] defaults to one chunk with
 /// the whole completion. Who may call, and in which order, is the pipeline's job, not the
-/// backend's.
+/// backend's: a backend with a fixed number of slots says so with [`Miner::capacity`].
 ///
 /// ```
 /// use async_trait::async_trait;
@@ -69,6 +69,15 @@ impl MinerError {
 pub trait Miner: Send + Sync + 'static {
     /// A short name for logs and `/v1/models` (e.g. the model id).
     fn name(&self) -> &str;
+
+    /// How many requests the backend runs at once, when it has a fixed number of slots (e.g.
+    /// the batch slots of a batching model engine). The pipeline then grants at most this
+    /// many worker slots (`min(--miner.max_concurrent, capacity)`), so requests wait in its
+    /// priority queue rather than in a queue of the backend: the highest-priority waiting
+    /// request always takes the next free slot. `None` (the default): no limit of its own.
+    fn capacity(&self) -> Option<usize> {
+        None
+    }
 
     /// Answers the prompt with a full completion.
     async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError>;

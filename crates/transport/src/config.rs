@@ -43,9 +43,17 @@ pub struct AxonArgs {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long = "axon.shutdown_grace", default_value_t = 30.0)]
     pub shutdown_grace: f64,
-    /// Endpoints (`hotkey:uuid`) whose last nonce is remembered.
+    /// Legacy endpoints (`hotkey:uuid`) of unregistered keys whose nonces are remembered,
+    /// all such keys together.
     #[arg(long = "axon.nonce_capacity", default_value_t = 100_000)]
     pub nonce_capacity: usize,
+    /// Legacy endpoints (`uuid`s) remembered for each registered or whitelisted key.
+    #[arg(long = "axon.nonce_capacity_per_key", default_value_t = 256)]
+    pub nonce_capacity_per_key: usize,
+    /// Registered or whitelisted keys given a nonce table of their own (more than a subnet
+    /// has uids); further keys share the unregistered keys' table.
+    #[arg(long = "axon.nonce_max_keys", default_value_t = 4096)]
+    pub nonce_max_keys: usize,
     /// Seconds below an endpoint's highest nonce within which an unseen nonce is still
     /// accepted (concurrent requests arrive out of order); 0 is bittensor's strict rule.
     #[arg(long = "axon.nonce_reorder_window", default_value_t = 1.0)]
@@ -70,6 +78,8 @@ impl Default for AxonArgs {
             max_request_timeout: 300.0,
             shutdown_grace: 30.0,
             nonce_capacity: 100_000,
+            nonce_capacity_per_key: 256,
+            nonce_max_keys: 4096,
             nonce_reorder_window: 1.0,
             btauth: BtAuthArgs::default(),
         }
@@ -128,6 +138,7 @@ impl AxonArgs {
         nonzero("max_connections", self.max_connections)?;
         nonzero("max_body_bytes", self.max_body_bytes)?;
         nonzero("nonce_capacity", self.nonce_capacity)?;
+        nonzero("nonce_capacity_per_key", self.nonce_capacity_per_key)?;
         if let Some(workers) = self.max_workers {
             nonzero("max_workers", workers)?;
         }

@@ -9,6 +9,7 @@
 pub mod axon;
 pub mod btauth;
 pub mod btauth_json;
+pub mod caller_class;
 pub mod clock;
 pub mod config;
 pub mod deadline;

@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 
-use super::verify::{BtAuthConfig, DEFAULT_REPLAY_CAPACITY};
+use super::verify::{
+    BtAuthConfig, DEFAULT_REPLAY_CAPACITY, DEFAULT_REPLAY_CAPACITY_PER_KEY, DEFAULT_REPLAY_MAX_KEYS,
+};
 use super::{DEFAULT_MAX_AGE_S, DEFAULT_MAX_FUTURE_S};
 
 /// Operator settings of btauth/1 verification. Every key is optional in a config file.
@@ -19,9 +21,20 @@ pub struct BtAuthArgs {
     /// that is present must still be this server's hotkey.
     #[arg(long = "btauth.allow_any_receiver", default_value_t = false)]
     pub allow_any_receiver: bool,
-    /// How many accepted requests are remembered to refuse replays.
+    /// How many accepted requests of unregistered keys (all together) are remembered to
+    /// refuse replays.
     #[arg(long = "btauth.replay_capacity", default_value_t = DEFAULT_REPLAY_CAPACITY)]
     pub replay_capacity: usize,
+    /// How many accepted requests of each registered or whitelisted key are remembered.
+    #[arg(
+        long = "btauth.replay_capacity_per_key",
+        default_value_t = DEFAULT_REPLAY_CAPACITY_PER_KEY
+    )]
+    pub replay_capacity_per_key: usize,
+    /// How many registered or whitelisted keys get room of their own in the replay store
+    /// (more than a subnet has uids); further keys share the unregistered keys' room.
+    #[arg(long = "btauth.replay_max_keys", default_value_t = DEFAULT_REPLAY_MAX_KEYS)]
+    pub replay_max_keys: usize,
 }
 
 impl Default for BtAuthArgs {
@@ -31,6 +44,8 @@ impl Default for BtAuthArgs {
             max_future: DEFAULT_MAX_FUTURE_S,
             allow_any_receiver: false,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            replay_capacity_per_key: DEFAULT_REPLAY_CAPACITY_PER_KEY,
+            replay_max_keys: DEFAULT_REPLAY_MAX_KEYS,
         }
     }
 }
@@ -45,6 +60,8 @@ impl BtAuthArgs {
             max_age_s: self.max_age,
             max_future_s: self.max_future,
             replay_capacity: self.replay_capacity,
+            replay_capacity_per_key: self.replay_capacity_per_key,
+            replay_max_keys: self.replay_max_keys,
         }
     }
 }

@@ -20,10 +20,11 @@ pub use address::ACCEPTED_SS58_PREFIXES;
 pub use args::BtAuthArgs;
 pub use error::{BtAuthError, ErrorClass};
 pub use payload::{PayloadFields, Scheme, body_sha256_hex, build_payload};
+pub use replay::ReplayCounters;
 pub use sign::{BtAuthKey, BtAuthSignError, BtAuthSigner, sign_request};
 pub use verify::{
-    BtAuthConfig, BtAuthConfigError, BtAuthVerifier, DEFAULT_REPLAY_CAPACITY, MAX_WINDOW_S,
-    VerifiedCaller,
+    BtAuthConfig, BtAuthConfigError, BtAuthVerifier, DEFAULT_REPLAY_CAPACITY,
+    DEFAULT_REPLAY_CAPACITY_PER_KEY, DEFAULT_REPLAY_MAX_KEYS, MAX_WINDOW_S, VerifiedCaller,
 };
 
 /// The protocol line that starts every payload.

@@ -496,6 +496,12 @@ fn nonsense_configurations_are_refused() {
     config.replay_capacity = 0;
     assert_eq!(build(config), Some(BtAuthConfigError::ZeroReplayCapacity));
     let mut config = BtAuthConfig::new(server_hotkey());
+    config.replay_capacity_per_key = 0;
+    assert_eq!(
+        build(config),
+        Some(BtAuthConfigError::ZeroReplayCapacityPerKey)
+    );
+    let mut config = BtAuthConfig::new(server_hotkey());
     config.max_age_s = 0.0;
     config.max_future_s = 0.0;
     assert_eq!(build(config), None);

@@ -10,15 +10,22 @@ use super::address::decode_hotkey;
 use super::error::BtAuthError;
 use super::payload::{PayloadFields, Scheme, build_payload};
 use super::python::{from_hex, int_exceeds, latin1, parse_int};
-use super::replay::{Admission, ReplayStore};
+use super::replay::{Admission, ReplayCounters, ReplayLimits, ReplayStore};
 use super::{
     DEFAULT_MAX_AGE_S, DEFAULT_MAX_FUTURE_S, HEADER_CRYPTO, HEADER_HOTKEY, HEADER_NONCE,
     HEADER_RECEIVER, HEADER_SIGNATURE, HEADER_VERSION, VERSION,
 };
+use crate::caller_class::{ClassifyCaller, NobodyRegistered};
 use crate::clock::{Clock, SystemClock};
 
-/// The default number of accepted requests the replay store remembers.
+/// The default number of accepted requests of unregistered keys the replay store remembers.
 pub const DEFAULT_REPLAY_CAPACITY: usize = 100_000;
+
+/// The default number of accepted requests remembered for each registered key.
+pub const DEFAULT_REPLAY_CAPACITY_PER_KEY: usize = 4096;
+
+/// The default number of registered keys given a replay store of their own.
+pub const DEFAULT_REPLAY_MAX_KEYS: usize = 4096;
 
 /// The largest freshness window (either side) a verifier accepts, in seconds.
 pub const MAX_WINDOW_S: f64 = 1e9;
@@ -38,8 +45,14 @@ pub struct BtAuthConfig {
     pub max_age_s: f64,
     /// How far ahead of this server's clock a nonce may be, in seconds.
     pub max_future_s: f64,
-    /// How many accepted requests the replay store remembers at most.
+    /// How many accepted requests of unregistered keys (all together) the replay store
+    /// remembers at most.
     pub replay_capacity: usize,
+    /// How many accepted requests of each registered key the replay store remembers at most.
+    pub replay_capacity_per_key: usize,
+    /// How many registered keys get room of their own in the replay store; further keys
+    /// share the unregistered keys' room.
+    pub replay_max_keys: usize,
 }
 
 impl BtAuthConfig {
@@ -52,6 +65,8 @@ impl BtAuthConfig {
             max_age_s: DEFAULT_MAX_AGE_S,
             max_future_s: DEFAULT_MAX_FUTURE_S,
             replay_capacity: DEFAULT_REPLAY_CAPACITY,
+            replay_capacity_per_key: DEFAULT_REPLAY_CAPACITY_PER_KEY,
+            replay_max_keys: DEFAULT_REPLAY_MAX_KEYS,
         }
     }
 }
@@ -73,6 +88,9 @@ pub enum BtAuthConfigError {
     /// The replay store must hold at least one entry.
     #[error("--btauth.replay_capacity must be at least 1")]
     ZeroReplayCapacity,
+    /// Each registered key's room in the replay store must hold at least one entry.
+    #[error("--btauth.replay_capacity_per_key must be at least 1")]
+    ZeroReplayCapacityPerKey,
 }
 
 /// The authenticated sender of a verified request.
@@ -96,6 +114,7 @@ pub struct BtAuthVerifier {
     config: BtAuthConfig,
     clock: Arc<dyn Clock>,
     replay: ReplayStore,
+    classify: Arc<dyn ClassifyCaller>,
 }
 
 impl fmt::Debug for BtAuthVerifier {
@@ -131,17 +150,36 @@ impl BtAuthVerifier {
         if config.replay_capacity == 0 {
             return Err(BtAuthConfigError::ZeroReplayCapacity);
         }
+        if config.replay_capacity_per_key == 0 {
+            return Err(BtAuthConfigError::ZeroReplayCapacityPerKey);
+        }
         // Python requires the store to keep entries at least `max_age + allowed_skew`.
         let window_ns = ((config.max_age_s + config.max_future_s) * 1e9).ceil() as u64;
-        let replay = ReplayStore::new(
-            config.replay_capacity,
-            window_ns.saturating_add(RETENTION_MARGIN_NS),
-        );
+        let replay = ReplayStore::new(ReplayLimits {
+            shared_capacity: config.replay_capacity,
+            per_key_capacity: config.replay_capacity_per_key,
+            max_keys: config.replay_max_keys,
+            retention_ns: window_ns.saturating_add(RETENTION_MARGIN_NS),
+        });
         Ok(BtAuthVerifier {
             config,
             clock,
             replay,
+            classify: Arc::new(NobodyRegistered),
         })
+    }
+
+    /// Tells the replay store which callers are registered (see [`crate::caller_class::CallerClass`]): each of
+    /// those gets room of its own, which no other key's requests can take. Without it every
+    /// caller shares one room.
+    pub fn with_classifier(mut self, classify: Arc<dyn ClassifyCaller>) -> BtAuthVerifier {
+        self.classify = classify;
+        self
+    }
+
+    /// The replay store's counters (for `/metrics`).
+    pub fn replay_counters(&self) -> Arc<ReplayCounters> {
+        self.replay.counters()
     }
 
     /// The configuration.
@@ -221,9 +259,10 @@ impl BtAuthVerifier {
             return Err(BtAuthError::BadSignature);
         }
 
+        let class = self.classify.class_of(&public_key.to_ss58());
         match self
             .replay
-            .check_and_store(&sender, nonce, self.clock.monotonic_ns())
+            .check_and_store(&sender, nonce, class, self.clock.monotonic_ns())
         {
             Admission::Fresh => Ok(VerifiedCaller {
                 hotkey: sender,

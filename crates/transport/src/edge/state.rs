@@ -10,6 +10,7 @@ use prompting_miner::Pipeline;
 
 use super::metrics::Metrics;
 use crate::btauth::BtAuthVerifier;
+use crate::caller_class::ClassifyCaller;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{AxonArgs, AxonConfigError};
 use crate::nonce::NonceSource;
@@ -64,9 +65,10 @@ impl AxonState {
                 reason: e.to_string(),
             }
         })?;
+        let classify: Arc<dyn ClassifyCaller> = Arc::new(pipeline.clone());
         Ok(AxonState {
             hotkey,
-            btauth: Arc::new(btauth),
+            btauth: Arc::new(btauth.with_classifier(classify)),
             keypair,
             pipeline,
             clock: Arc::new(SystemClock),
@@ -84,9 +86,11 @@ impl AxonState {
         })
     }
 
-    /// Replaces the btauth/1 verifier (tests with a manual clock).
+    /// Replaces the btauth/1 verifier (tests with a manual clock). Its replay store learns
+    /// who is registered from this axon's pipeline.
     pub fn with_btauth(mut self, verifier: BtAuthVerifier) -> Self {
-        self.btauth = Arc::new(verifier);
+        let classify: Arc<dyn ClassifyCaller> = Arc::new(self.pipeline.clone());
+        self.btauth = Arc::new(verifier.with_classifier(classify));
         self
     }
 

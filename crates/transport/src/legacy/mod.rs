@@ -27,7 +27,7 @@ use crate::deadline::{budget, deadline};
 use crate::edge::auth::read;
 use crate::edge::{AxonState, Rejection};
 use crate::server::PeerAddr;
-use nonce_table::NonceTable;
+use nonce_table::{NonceLimits, NonceTable};
 use reply::Reply;
 
 /// The version this axon reports in `bt_header_axon_version`: the bittensor protocol level
@@ -85,14 +85,14 @@ pub(crate) struct Legacy {
 /// request counted as `legacy`/`{SynapseName}`, with a replay table of their own.
 pub fn routes(state: Arc<AxonState>) -> Router {
     let args = &state.args;
-    // Nonces are remembered at least as long as a request may take: a replay older than
-    // that fails the freshness rule anyway.
-    let retention = Duration::from_secs_f64(args.max_request_timeout + 60.0);
-    let nonces = NonceTable::new(
-        args.nonce_capacity,
-        retention,
-        Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
-    );
+    let nonces = NonceTable::new(NonceLimits {
+        shared_capacity: args.nonce_capacity,
+        per_key_capacity: args.nonce_capacity_per_key,
+        max_keys: args.nonce_max_keys,
+        reorder_window: Duration::from_secs_f64(args.nonce_reorder_window.clamp(0.0, 60.0)),
+        max_request_timeout: Duration::try_from_secs_f64(args.max_request_timeout)
+            .unwrap_or(Duration::MAX),
+    });
     let legacy = Arc::new(Legacy {
         edge: state,
         nonces,

@@ -2,7 +2,9 @@
 
 use prompting_synapse::Synapse;
 
+use super::nonce_table::NonceClaim;
 use super::{Legacy, PromptSynapse};
+use crate::caller_class::ClassifyCaller;
 
 /// Checks the dendrite's signature and nonce against this axon's own hotkey (not the one the
 /// headers name). Returns the caller's hotkey, or bittensor's reason for refusing (the
@@ -19,19 +21,19 @@ pub(super) fn verify<B: PromptSynapse>(
         .filter(|h| !h.is_empty())
         .ok_or("Missing dendrite hotkey")?;
     let nonce = synapse.dendrite.nonce.ok_or("Missing Nonce")?;
-    let uuid = synapse.dendrite.uuid.as_deref().unwrap_or("None");
-    let endpoint = format!("{hotkey}:{uuid}");
+    let claim = NonceClaim {
+        hotkey,
+        uuid: synapse.dendrite.uuid.as_deref().unwrap_or("None"),
+        nonce,
+        dendrite_version: synapse.dendrite.version,
+        timeout_seconds: synapse.timeout,
+        class: state.pipeline.class_of(hotkey),
+    };
     // The nonce table counts in unsigned nanoseconds; a clock before 1970 reads as 0.
     let now = u128::try_from(state.clock.now_ns()).unwrap_or(0);
     legacy
         .nonces
-        .check(
-            &endpoint,
-            nonce,
-            synapse.dendrite.version,
-            synapse.timeout,
-            now,
-        )
+        .check(&claim, now)
         .map_err(|e| e.to_string())?;
     let signature = synapse
         .dendrite
@@ -47,7 +49,7 @@ pub(super) fn verify<B: PromptSynapse>(
     }
     legacy
         .nonces
-        .record(&endpoint, nonce, now)
+        .record(&claim, now)
         .map_err(|e| e.to_string())?;
     Ok(hotkey.to_string())
 }

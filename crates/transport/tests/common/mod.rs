@@ -13,6 +13,7 @@ use prompting_miner::{
 };
 use prompting_testkit::RawHttp;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
+use prompting_transport::btauth::BtAuthVerifier;
 use prompting_transport::clock::Clock;
 use tokio::sync::oneshot;
 
@@ -105,6 +106,8 @@ pub struct AxonSetup {
     pub config: MinerConfig,
     pub args: AxonArgs,
     pub clock: Option<Arc<dyn Clock>>,
+    /// The clock of the btauth/1 verifier (default: the system clock).
+    pub btauth_clock: Option<Arc<dyn Clock>>,
 }
 
 impl AxonSetup {
@@ -120,6 +123,7 @@ impl AxonSetup {
                 ..AxonArgs::default()
             },
             clock: None,
+            btauth_clock: None,
         }
     }
 
@@ -136,6 +140,11 @@ impl AxonSetup {
             AxonState::new(Arc::new(self.keypair), pipeline, &args).expect("valid axon args");
         if let Some(clock) = self.clock {
             state = state.with_clock(clock);
+        }
+        if let Some(clock) = self.btauth_clock {
+            let config = args.btauth.config(state.hotkey().to_string());
+            let verifier = BtAuthVerifier::with_clock(config, clock).expect("valid btauth args");
+            state = state.with_btauth(verifier);
         }
         let state = Arc::new(state);
         let router = axon::router(state.clone());

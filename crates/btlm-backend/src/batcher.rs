@@ -1,0 +1,345 @@
+//! The engine thread's loop (continuous batching). At every step boundary it
+//!
+//! 1. takes in new requests (they wait, first come first served, for a batch slot and room
+//!    in the key/value cache budget: prompt plus new tokens are reserved at admission);
+//! 2. ends the sequences whose receiver is gone (cancelled) or whose deadline passed;
+//! 3. admits waiting requests while a slot and cache room are free;
+//! 4. runs one step: every decoding sequence advances by one token, and prompts advance by
+//!    one piece each (the oldest first, within the per-step prompt-token budget), either in
+//!    the same pass as the decode rows or in passes of their own;
+//! 5. retires finished sequences (their slot and cache are free for the next step).
+//!
+//! A step that fails or panics fails the sequences it ran; the engine keeps serving.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::{EngineConfig, EngineStats, Event, StepModel, send};
+use crate::error::BtlmError;
+use crate::generation::FinishReason;
+use crate::model::Segment;
+use crate::sequence::Sequence;
+use crate::tokenizer::BtlmTokenizer;
+
+/// A submitted request.
+#[derive(Debug)]
+pub(crate) struct Job {
+    /// Its generation state (prompt tokenized and fitted to the context).
+    pub(crate) sequence: Sequence,
+    /// Cache bytes reserved while it runs.
+    pub(crate) kv_bytes: usize,
+    /// When the caller stops waiting.
+    pub(crate) deadline: Option<Instant>,
+    /// Where its events go; closed when the caller went away.
+    pub(crate) events: UnboundedSender<Event>,
+}
+
+impl Job {
+    /// Why it must end now, if it must.
+    fn interruption(&self, now: Instant) -> Option<FinishReason> {
+        if self.events.is_closed() {
+            Some(FinishReason::Cancelled)
+        } else if self.deadline.is_some_and(|d| now >= d) {
+            Some(FinishReason::Deadline)
+        } else {
+            None
+        }
+    }
+}
+
+/// A sequence in the batch.
+struct Running<C> {
+    job: Job,
+    cache: C,
+    /// Set when a step it ran in failed.
+    failed: Option<BtlmError>,
+}
+
+/// The engine thread's state.
+pub(crate) struct Batcher<M: StepModel> {
+    model: M,
+    tokenizer: Arc<BtlmTokenizer>,
+    config: EngineConfig,
+    stats: Arc<EngineStats>,
+    waiting: VecDeque<Job>,
+    running: Vec<Running<M::Cache>>,
+    kv_reserved: usize,
+}
+
+impl<M: StepModel> Batcher<M> {
+    pub(crate) fn new(
+        model: M,
+        tokenizer: Arc<BtlmTokenizer>,
+        config: EngineConfig,
+        stats: Arc<EngineStats>,
+    ) -> Self {
+        Batcher {
+            model,
+            tokenizer,
+            config,
+            stats,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            kv_reserved: 0,
+        }
+    }
+
+    /// Serves jobs until every sender is dropped and the last sequence ended.
+    pub(crate) fn run(mut self, jobs: Receiver<Job>) {
+        let mut open = true;
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                if !open {
+                    break;
+                }
+                match jobs.recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            while open {
+                match jobs.try_recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.interrupt(Instant::now());
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            self.retire();
+        }
+        tracing::debug!("btlm engine: all handles dropped, stopping");
+    }
+
+    /// Ends waiting and running requests whose caller left or whose deadline passed.
+    fn interrupt(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            match self.waiting[i].interruption(now) {
+                Some(reason) => {
+                    if let Some(mut job) = self.waiting.remove(i) {
+                        self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+                        job.sequence.stop(reason);
+                        self.finish(job, None);
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        for r in &mut self.running {
+            if let Some(reason) = r.job.interruption(now) {
+                r.job.sequence.stop(reason);
+            }
+        }
+    }
+
+    /// Moves waiting requests into the batch while a slot and cache room are free (first
+    /// come first served: a request that does not fit yet holds back those behind it).
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_batch {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            if self.kv_reserved + front.kv_bytes > self.config.kv_cache_bytes {
+                break;
+            }
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.kv_reserved += job.kv_bytes;
+            let cache = self.model.new_cache(job.sequence.max_positions());
+            self.running.push(Running {
+                job,
+                cache,
+                failed: None,
+            });
+        }
+        self.publish_gauges();
+    }
+
+    /// One step: decode rows of every decoding sequence and one prompt piece per prefilling
+    /// sequence within the prompt-token budget.
+    fn step(&mut self) {
+        let mut decode = Vec::new();
+        let mut prefill = Vec::new();
+        let mut prompt_tokens = 0;
+        for (i, r) in self.running.iter().enumerate() {
+            let seq = &r.job.sequence;
+            if seq.finished().is_some() {
+                continue;
+            }
+            if !seq.is_prefilling() {
+                decode.push(i);
+                continue;
+            }
+            let n = seq.pending().len();
+            if prefill.is_empty() || prompt_tokens + n <= self.config.prefill_tokens_per_step {
+                prefill.push(i);
+                prompt_tokens += n;
+            }
+        }
+        let batch = decode.len() + prefill.len();
+        if batch == 0 {
+            return;
+        }
+        let passes: Vec<Vec<usize>> = if self.config.piggyback_prefill {
+            vec![decode.into_iter().chain(prefill).collect()]
+        } else {
+            std::iter::once(decode)
+                .chain(prefill.into_iter().map(|i| vec![i]))
+                .filter(|p| !p.is_empty())
+                .collect()
+        };
+        for pass in passes {
+            self.run_pass(&pass);
+        }
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.peak_batch.fetch_max(batch, Ordering::Relaxed);
+    }
+
+    /// Runs the pending tokens of the sequences at `indices` (ascending) in one model pass
+    /// and hands each its logits.
+    fn run_pass(&mut self, indices: &[usize]) {
+        let model = &self.model;
+        let running = &mut self.running;
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut segments: Vec<Segment<'_, M::Cache>> = running
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| indices.contains(i))
+                .map(|(_, r)| Segment {
+                    tokens: r.job.sequence.pending(),
+                    logits: r.job.sequence.wants_logits(),
+                    cache: &mut r.cache,
+                })
+                .collect();
+            model.step(&mut segments)
+        }));
+        let logits = match outcome {
+            Ok(Ok(logits)) => logits,
+            Ok(Err(e)) => {
+                tracing::warn!("btlm engine: step failed: {e}");
+                self.fail(indices, &format!("the model step failed: {e}"));
+                return;
+            }
+            Err(panic) => {
+                let msg = panic_message(panic.as_ref());
+                tracing::error!("btlm engine: step panicked: {msg}");
+                self.fail(indices, &format!("the model step panicked: {msg}"));
+                return;
+            }
+        };
+        let mut rows = logits.into_iter();
+        for &i in indices {
+            let Some(r) = self.running.get_mut(i) else {
+                continue;
+            };
+            let seq = &mut r.job.sequence;
+            let mut row = if seq.wants_logits() {
+                match rows.next() {
+                    Some(row) => Some(row),
+                    None => {
+                        r.failed = Some(BtlmError::Engine(
+                            "the model returned fewer logits than asked".into(),
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            match seq.advance(row.as_deref_mut(), &self.tokenizer) {
+                Ok(Some(text)) => {
+                    if !send(&r.job.events, Event::Text(text)) {
+                        seq.stop(FinishReason::Cancelled);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => r.failed = Some(e),
+            }
+        }
+    }
+
+    /// Marks the sequences at `indices` failed.
+    fn fail(&mut self, indices: &[usize], reason: &str) {
+        for &i in indices {
+            if let Some(r) = self.running.get_mut(i) {
+                r.failed = Some(BtlmError::Engine(reason.to_string()));
+            }
+        }
+    }
+
+    /// Removes finished and failed sequences from the batch and reports them.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let r = &self.running[i];
+            if r.failed.is_none() && r.job.sequence.finished().is_none() {
+                i += 1;
+                continue;
+            }
+            let r = self.running.remove(i);
+            self.kv_reserved -= r.job.kv_bytes;
+            drop(r.cache);
+            self.finish(r.job, r.failed);
+        }
+        self.publish_gauges();
+    }
+
+    /// Counts and reports the end of a request.
+    fn finish(&self, job: Job, failed: Option<BtlmError>) {
+        let count = |c: &std::sync::atomic::AtomicU64| {
+            c.fetch_add(1, Ordering::Relaxed);
+        };
+        let result = match failed {
+            Some(e) => {
+                count(&self.stats.failed);
+                Err(e)
+            }
+            None => {
+                let g = job.sequence.into_generation();
+                self.stats
+                    .tokens
+                    .fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
+                match g.finish {
+                    FinishReason::Cancelled => count(&self.stats.cancelled),
+                    FinishReason::Deadline => count(&self.stats.timed_out),
+                    FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
+                        count(&self.stats.completed)
+                    }
+                }
+                Ok(g)
+            }
+        };
+        // The receiver may be gone; nothing to do then.
+        send(&job.events, Event::Done(result));
+    }
+
+    fn publish_gauges(&self) {
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Release);
+        self.stats
+            .kv_reserved_bytes
+            .store(self.kv_reserved, Ordering::Release);
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,163 @@
+//! The key/value cache of one sequence: every block's keys and values for the tokens seen so
+//! far, stored `[heads, capacity, head_dim]` per block.
+//!
+//! A cache made with a capacity (the tokens reserved for a request: prompt plus new tokens)
+//! allocates it once, on the first token; without one it grows by [`GROW_BY`] positions.
+
+use candle_core::{DType, Tensor};
+
+/// Positions added at a time to a cache that has no reserved capacity.
+pub const GROW_BY: usize = 256;
+
+/// One block's keys and values.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerKv {
+    /// `[h, capacity, d]` keys and values, allocated on the first append.
+    data: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `k`, `v` (`[h, t, d]`) and returns the keys and values of every position so
+    /// far (`[h, len, d]` views). `reserve` is the capacity to allocate when empty.
+    pub(crate) fn append(
+        &mut self,
+        k: &Tensor,
+        v: &Tensor,
+        reserve: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (h, t, d) = k.dims3()?;
+        let needed = self.len + t;
+        let (ks, vs) = match self.data.take() {
+            None => {
+                let cap = if reserve >= needed {
+                    reserve
+                } else {
+                    needed.div_ceil(GROW_BY) * GROW_BY
+                };
+                // Zeroed allocations are lazily backed by the OS: reserving is cheap.
+                let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
+                (zeros()?, zeros()?)
+            }
+            Some((ks, vs)) if ks.dim(1)? < needed => {
+                let extra = (needed - ks.dim(1)?).div_ceil(GROW_BY) * GROW_BY;
+                let pad = || Tensor::zeros((h, extra, d), k.dtype(), k.device());
+                (
+                    Tensor::cat(&[&ks, &pad()?], 1)?,
+                    Tensor::cat(&[&vs, &pad()?], 1)?,
+                )
+            }
+            Some(kv) => kv,
+        };
+        ks.slice_set(k, 1, self.len)?;
+        vs.slice_set(v, 1, self.len)?;
+        self.len = needed;
+        let views = (ks.narrow(1, 0, needed)?, vs.narrow(1, 0, needed)?);
+        self.data = Some((ks, vs));
+        Ok(views)
+    }
+}
+
+/// The key/value cache of one sequence. Create one per sequence with
+/// [`Btlm::new_cache`](crate::model::Btlm::new_cache) or
+/// [`Btlm::new_cache_with_capacity`](crate::model::Btlm::new_cache_with_capacity).
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub(crate) layers: Vec<LayerKv>,
+    seq_len: usize,
+    reserve: usize,
+}
+
+impl Cache {
+    /// An empty cache for `n_layer` blocks reserving `capacity` positions (0: grow on
+    /// demand).
+    pub(crate) fn new(n_layer: usize, capacity: usize) -> Self {
+        Cache {
+            layers: (0..n_layer)
+                .map(|_| LayerKv { data: None, len: 0 })
+                .collect(),
+            seq_len: 0,
+            reserve: capacity,
+        }
+    }
+
+    /// Number of tokens already processed.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// The capacity allocated on the first token.
+    pub(crate) fn reserve(&self) -> usize {
+        self.reserve
+    }
+
+    /// Records that `t` more tokens went through every block.
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.seq_len += t;
+    }
+
+    /// Forgets every token (and frees the memory).
+    pub fn reset(&mut self) {
+        for l in &mut self.layers {
+            l.data = None;
+            l.len = 0;
+        }
+        self.seq_len = 0;
+    }
+}
+
+/// Bytes of cache one token takes in a model of `n_layer` blocks of width `n_embd` whose
+/// activations are `dtype` (keys and values).
+pub fn bytes_per_token(n_layer: usize, n_embd: usize, dtype: DType) -> usize {
+    2 * n_layer * n_embd * dtype.size_in_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn kv(h: usize, t: usize, d: usize, start: f32) -> Tensor {
+        Tensor::arange(start, start + (h * t * d) as f32, &Device::Cpu)
+            .and_then(|x| x.reshape((h, t, d)))
+            .expect("tensor")
+    }
+
+    #[test]
+    fn appends_past_the_reservation_grow_and_keep_the_contents() {
+        let mut layer = LayerKv { data: None, len: 0 };
+        let a = kv(2, 3, 4, 0.0);
+        let (k, _) = layer.append(&a, &a, 4).expect("append");
+        assert_eq!(k.dims(), [2, 3, 4]);
+        let b = kv(2, 2, 4, 100.0);
+        let (k, v) = layer.append(&b, &b, 4).expect("grow");
+        assert_eq!(k.dims(), [2, 5, 4]);
+        let expected = Tensor::cat(&[&a, &b], 1).expect("cat");
+        for got in [k, v] {
+            let diff = (got - &expected)
+                .and_then(|d| d.abs()?.sum_all()?.to_scalar::<f32>())
+                .expect("diff");
+            assert_eq!(diff, 0.0);
+        }
+        assert_eq!(
+            layer.data.as_ref().map(|(k, _)| k.dim(1).ok()),
+            Some(Some(4 + GROW_BY))
+        );
+    }
+
+    #[test]
+    fn reset_frees_and_counts_bytes() {
+        let mut c = Cache::new(2, 10);
+        let a = kv(1, 2, 2, 0.0);
+        for l in &mut c.layers {
+            l.append(&a, &a, c.reserve).expect("append");
+        }
+        c.advance(2);
+        assert_eq!(c.seq_len(), 2);
+        c.reset();
+        assert_eq!(c.seq_len(), 0);
+        assert!(c.layers.iter().all(|l| l.data.is_none()));
+        assert_eq!(bytes_per_token(32, 2560, DType::F32), 655_360);
+        assert_eq!(bytes_per_token(32, 2560, DType::F16), 327_680);
+    }
+}

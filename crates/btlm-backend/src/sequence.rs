@@ -1,0 +1,268 @@
+//! One generation as a step state machine, driven the same way by [`generate`] (a batch of
+//! one) and by the batched [`engine`](crate::engine): ask it for its
+//! [pending tokens](Sequence::pending), run them through the model, hand back the logits
+//! ([`Sequence::advance`]); it picks the next token, applies the stop conditions and
+//! releases final text.
+//!
+//! [`generate`]: crate::generation::generate
+
+use crate::error::{BtlmError, Result};
+use crate::generation::{FinishReason, Generation, GenerationConfig, TextAssembler, fit_context};
+use crate::sampling::{NgramBan, TokenSelector};
+use crate::tokenizer::BtlmTokenizer;
+
+/// The state of one completion: prompt and generated tokens, how many of them the model's
+/// cache holds, the sampler, the n-gram ban and the text released so far.
+#[derive(Debug)]
+pub struct Sequence {
+    cfg: GenerationConfig,
+    max_new: usize,
+    eos: u32,
+    /// Prompt (after any left cut) followed by the generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens of `tokens` already run through the model.
+    fed: usize,
+    ban: NgramBan,
+    selector: TokenSelector,
+    assembler: TextAssembler,
+    /// The generated tokens decoded (eos excluded).
+    text: String,
+    finish: Option<FinishReason>,
+}
+
+impl Sequence {
+    /// A sequence completing `prompt` in a model of `context` positions whose end token is
+    /// `eos`. The prompt is cut from the left to leave room for the new tokens.
+    pub fn new(prompt: &[u32], cfg: &GenerationConfig, context: usize, eos: u32) -> Result<Self> {
+        cfg.validate()?;
+        if prompt.is_empty() {
+            return Err(BtlmError::InvalidArgument {
+                name: "prompt",
+                reason: "the prompt has no tokens".into(),
+            });
+        }
+        let (prompt, max_new) = fit_context(prompt, cfg.max_new_tokens, context);
+        Ok(Sequence {
+            cfg: cfg.clone(),
+            max_new,
+            eos,
+            tokens: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            fed: 0,
+            ban: NgramBan::new(cfg.no_repeat_ngram_size, prompt),
+            selector: TokenSelector::new(cfg),
+            assembler: TextAssembler::new(&cfg.stop),
+            text: String::new(),
+            finish: None,
+        })
+    }
+
+    /// Prompt tokens kept (after any left cut).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// Positions this sequence can occupy in the cache: prompt plus new tokens.
+    pub fn max_positions(&self) -> usize {
+        self.prompt_len + self.max_new
+    }
+
+    /// Whether prompt tokens are still to be run.
+    pub fn is_prefilling(&self) -> bool {
+        self.fed < self.prompt_len
+    }
+
+    /// Why it ended, once it has.
+    pub fn finished(&self) -> Option<FinishReason> {
+        self.finish
+    }
+
+    /// The prompt piece size for prefill (the configuration's `prefill_chunk`).
+    pub fn prefill_chunk(&self) -> usize {
+        self.cfg.prefill_chunk
+    }
+
+    /// The tokens to run next: the next prompt piece (at most
+    /// [`prefill_chunk`](Self::prefill_chunk) tokens) while prefilling, then the last
+    /// generated token. Empty once finished.
+    pub fn pending(&self) -> &[u32] {
+        if self.finish.is_some() {
+            return &[];
+        }
+        let end = (self.fed + self.cfg.prefill_chunk).min(self.tokens.len());
+        &self.tokens[self.fed..end]
+    }
+
+    /// Whether running [`pending`](Self::pending) yields the logits of the next token (the
+    /// last prompt piece, and every decode step).
+    pub fn wants_logits(&self) -> bool {
+        let n = self.pending().len();
+        n > 0 && self.fed + n == self.tokens.len()
+    }
+
+    /// Records that the pending tokens went through the model; `logits` (required when
+    /// [`wants_logits`](Self::wants_logits) was true) picks the next token. Returns newly
+    /// final text: complete UTF-8 that is not part of a stop string, plus everything left
+    /// when the sequence ends at eos or at the token limit.
+    pub fn advance(
+        &mut self,
+        logits: Option<&mut [f32]>,
+        tokenizer: &BtlmTokenizer,
+    ) -> Result<Option<String>> {
+        let wanted = self.wants_logits();
+        let n = self.pending().len();
+        self.fed += n;
+        let logits = match (wanted, logits) {
+            (false, _) => return Ok(None),
+            (true, Some(l)) => l,
+            (true, None) => {
+                return Err(BtlmError::InvalidArgument {
+                    name: "logits",
+                    reason: "the last prompt piece and every decode step need logits".into(),
+                });
+            }
+        };
+        if self.cfg.ignore_eos
+            && let Some(l) = logits.get_mut(self.eos as usize)
+        {
+            *l = f32::NEG_INFINITY;
+        }
+        let next = self.selector.select(logits, &self.tokens, &self.ban);
+        self.tokens.push(next);
+        self.ban.push(&self.tokens);
+        if next == self.eos {
+            self.finish = Some(FinishReason::Eos);
+            return Ok(self.flush(None));
+        }
+        self.text = tokenizer.decode(&self.tokens[self.prompt_len..])?;
+        let (chunk, stopped) = self.assembler.update(&self.text, false);
+        if stopped {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(chunk);
+        }
+        if self.generated() >= self.max_new {
+            self.finish = Some(FinishReason::Length);
+            return Ok(self.flush(chunk));
+        }
+        Ok(chunk)
+    }
+
+    /// Ends the sequence early (deadline, cancellation); text not yet released is dropped.
+    pub fn stop(&mut self, reason: FinishReason) {
+        self.finish.get_or_insert(reason);
+    }
+
+    /// The outcome. A sequence that has not finished counts as cancelled.
+    pub fn into_generation(self) -> Generation {
+        let mut text = self.text;
+        text.truncate(self.assembler.emitted());
+        Generation {
+            text,
+            tokens: self.tokens[self.prompt_len..].to_vec(),
+            prompt_tokens: self.prompt_len,
+            finish: self.finish.unwrap_or(FinishReason::Cancelled),
+        }
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// `pending` text followed by everything not yet released.
+    fn flush(&mut self, pending: Option<String>) -> Option<String> {
+        let (rest, _) = self.assembler.update(&self.text, true);
+        match (pending, rest) {
+            (Some(a), Some(b)) => Some(a + &b),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn tokenizer() -> BtlmTokenizer {
+        BtlmTokenizer::from_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny"),
+        )
+        .expect("tiny tokenizer")
+    }
+
+    /// Logits that make `token` the greedy choice.
+    fn pick(token: u32, vocab: usize) -> Vec<f32> {
+        let mut l = vec![0.0; vocab];
+        l[token as usize] = 10.0;
+        l
+    }
+
+    fn cfg(max_new: usize, chunk: usize) -> GenerationConfig {
+        GenerationConfig {
+            max_new_tokens: max_new,
+            no_repeat_ngram_size: 0,
+            prefill_chunk: chunk,
+            stop: Vec::new(),
+            ..GenerationConfig::default()
+        }
+    }
+
+    #[test]
+    fn prefill_in_pieces_then_one_token_per_step() {
+        let tok = tokenizer();
+        let prompt: Vec<u32> = (10..17).collect();
+        let mut s = Sequence::new(&prompt, &cfg(3, 3), 512, 1000).expect("sequence");
+        assert_eq!(s.max_positions(), 10);
+        let mut pieces = Vec::new();
+        while s.is_prefilling() {
+            pieces.push(s.pending().to_vec());
+            let want = s.wants_logits();
+            let mut l = pick(40, 1001);
+            s.advance(want.then_some(&mut l[..]), &tok)
+                .expect("advance");
+        }
+        assert_eq!(pieces, vec![vec![10, 11, 12], vec![13, 14, 15], vec![16]]);
+        // The last piece produced token 40, which is now pending.
+        assert_eq!(s.pending(), &[40]);
+        assert!(s.wants_logits());
+        let mut l = pick(41, 1001);
+        s.advance(Some(&mut l), &tok).expect("step");
+        let mut l = pick(42, 1001);
+        let last = s.advance(Some(&mut l), &tok).expect("last step");
+        assert_eq!(s.finished(), Some(FinishReason::Length));
+        assert!(s.pending().is_empty() && !s.wants_logits());
+        let g = s.into_generation();
+        assert_eq!(g.tokens, vec![40, 41, 42]);
+        assert_eq!(g.prompt_tokens, 7);
+        assert_eq!(last.is_some(), !g.text.is_empty());
+        assert_eq!(g.text, tok.decode(&[40, 41, 42]).expect("decode"));
+    }
+
+    #[test]
+    fn eos_and_early_stops() {
+        let tok = tokenizer();
+        let mut s = Sequence::new(&[5, 6], &cfg(10, 8), 512, 1000).expect("sequence");
+        let mut l = pick(1000, 1001);
+        s.advance(Some(&mut l), &tok).expect("eos");
+        assert_eq!(s.finished(), Some(FinishReason::Eos));
+        assert_eq!(s.into_generation().tokens, vec![1000]);
+
+        let mut s = Sequence::new(&[5, 6], &cfg(10, 8), 512, 1000).expect("sequence");
+        s.stop(FinishReason::Deadline);
+        s.stop(FinishReason::Cancelled);
+        assert_eq!(
+            s.finished(),
+            Some(FinishReason::Deadline),
+            "first reason kept"
+        );
+        assert!(s.pending().is_empty());
+
+        // A decode step without logits is a caller bug, reported as an error.
+        let mut s = Sequence::new(&[5], &cfg(10, 8), 512, 1000).expect("sequence");
+        assert!(s.advance(None, &tok).is_err());
+        // So are empty prompts and bad settings.
+        assert!(Sequence::new(&[], &cfg(10, 8), 512, 1000).is_err());
+        assert!(Sequence::new(&[1], &cfg(0, 8), 512, 1000).is_err());
+    }
+}

@@ -1,0 +1,697 @@
+//! The batching engine: answers in a batch equal answers alone (tiny checkpoint, every
+//! weight format), streaming per sequence, cancellation, the cache budget, deadlines, a
+//! panicking step, and admission in the pipeline's priority order. Scripted models (no
+//! weights) make the scheduling tests deterministic: they step only when the test lets
+//! them.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use candle_core::DType;
+use prompting_btlm_backend::config::Config;
+use prompting_btlm_backend::engine::{Engine, EngineConfig, Event, StepModel, SubmitError};
+use prompting_btlm_backend::error::{BtlmError, Result};
+use prompting_btlm_backend::generation::{FinishReason, Generation, GenerationConfig, generate};
+use prompting_btlm_backend::loader::LoadOptions;
+use prompting_btlm_backend::model::{Btlm, Segment};
+use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::tokenizer::BtlmTokenizer;
+use prompting_btlm_backend::weights::Checkpoint;
+use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Longest any test waits for the engine.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
+}
+
+fn tokenizer() -> BtlmTokenizer {
+    BtlmTokenizer::from_dir(&fixture()).expect("tiny tokenizer")
+}
+
+fn load(file: &str, opts: &LoadOptions) -> Btlm {
+    let dir = fixture();
+    let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
+        .expect("config");
+    let ckpt = Checkpoint::open(&[dir.join(file)]).expect("checkpoint");
+    Btlm::load(&cfg, &ckpt, opts).expect("model")
+}
+
+/// A permit counter the scripted models wait on before each step (at most [`PATIENCE`]).
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    open: bool,
+    permits: usize,
+    /// A step is waiting for a permit.
+    blocked: bool,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut s = self.state.lock().expect("gate");
+        let t0 = Instant::now();
+        while !s.open && s.permits == 0 {
+            s.blocked = true;
+            self.changed.notify_all();
+            let (next, _) = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(50))
+                .expect("gate");
+            s = next;
+            assert!(t0.elapsed() < PATIENCE, "the test never let the step run");
+        }
+        s.blocked = false;
+        if !s.open {
+            s.permits -= 1;
+        }
+        self.changed.notify_all();
+    }
+
+    fn allow(&self, steps: usize) {
+        self.state.lock().expect("gate").permits += steps;
+        self.changed.notify_all();
+    }
+
+    fn set_open(&self, open: bool) {
+        self.state.lock().expect("gate").open = open;
+        self.changed.notify_all();
+    }
+
+    /// Waits until a step waits for a permit.
+    fn wait_blocked(&self) {
+        let mut s = self.state.lock().expect("gate");
+        let t0 = Instant::now();
+        while !s.blocked {
+            let (next, _) = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(50))
+                .expect("gate");
+            s = next;
+            assert!(t0.elapsed() < PATIENCE, "the engine never stepped");
+        }
+    }
+}
+
+/// A model without weights: the next token is always [`Scripted::NEXT`]; every step waits at
+/// the gate, records its segments, and panics when a segment holds the poison token.
+#[derive(Clone)]
+struct Scripted {
+    gate: Arc<Gate>,
+    /// Per step: the tokens of each segment.
+    steps: Arc<Mutex<Vec<Vec<Vec<u32>>>>>,
+    /// Prompts in the order their first piece ran.
+    started: Arc<Mutex<Vec<Vec<u32>>>>,
+    poison: Option<u32>,
+    vocab: usize,
+}
+
+impl Scripted {
+    const NEXT: u32 = 500;
+    const KV_BYTES_PER_TOKEN: usize = 1000;
+
+    fn new() -> Self {
+        Scripted {
+            gate: Arc::new(Gate::default()),
+            steps: Arc::default(),
+            started: Arc::default(),
+            poison: None,
+            vocab: 1001,
+        }
+    }
+
+    fn peak_batch(&self) -> usize {
+        let steps = self.steps.lock().expect("steps");
+        steps.iter().map(Vec::len).max().unwrap_or(0)
+    }
+}
+
+impl StepModel for Scripted {
+    type Cache = usize;
+
+    fn context(&self) -> usize {
+        512
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        Self::KV_BYTES_PER_TOKEN
+    }
+
+    fn new_cache(&self, _positions: usize) -> usize {
+        0
+    }
+
+    fn step(&self, segments: &mut [Segment<'_, usize>]) -> Result<Vec<Vec<f32>>> {
+        self.gate.pass();
+        let mut rows = Vec::new();
+        for s in segments.iter_mut() {
+            if let Some(p) = self.poison {
+                assert!(!s.tokens.contains(&p), "poisoned segment");
+            }
+            if *s.cache == 0 {
+                self.started
+                    .lock()
+                    .expect("started")
+                    .push(s.tokens.to_vec());
+            }
+            *s.cache += s.tokens.len();
+            if s.logits {
+                let mut row = vec![0.0; self.vocab];
+                row[Self::NEXT as usize] = 1.0;
+                rows.push(row);
+            }
+        }
+        let seen = segments.iter().map(|s| s.tokens.to_vec()).collect();
+        self.steps.lock().expect("steps").push(seen);
+        Ok(rows)
+    }
+}
+
+/// Lets the first step of the wrapped model wait until the test releases it, so that every
+/// request submitted meanwhile joins the batch at the next step boundary.
+struct HeldFirstStep<M> {
+    inner: M,
+    release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl<M: StepModel + Sync> StepModel for HeldFirstStep<M> {
+    type Cache = M::Cache;
+
+    fn context(&self) -> usize {
+        self.inner.context()
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        self.inner.kv_bytes_per_token()
+    }
+
+    fn new_cache(&self, positions: usize) -> M::Cache {
+        self.inner.new_cache(positions)
+    }
+
+    fn step(&self, segments: &mut [Segment<'_, M::Cache>]) -> Result<Vec<Vec<f32>>> {
+        let held = self.release.lock().expect("release").take();
+        if let Some(rx) = held {
+            rx.recv_timeout(PATIENCE)
+                .map_err(|_| BtlmError::Engine("never released".into()))?;
+        }
+        self.inner.step(segments)
+    }
+}
+
+/// Everything a request's receiver got.
+#[derive(Debug)]
+struct Outcome {
+    pieces: Vec<String>,
+    done: Result<Generation>,
+}
+
+fn collect(mut rx: UnboundedReceiver<Event>) -> Outcome {
+    let mut pieces = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        assert!(t0.elapsed() < PATIENCE, "no Done event");
+        match rx.try_recv() {
+            Ok(Event::Text(t)) => pieces.push(t),
+            Ok(Event::Done(done)) => return Outcome { pieces, done },
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("engine dropped the request: {e}"),
+        }
+    }
+}
+
+fn engine_config(max_batch: usize) -> EngineConfig {
+    EngineConfig {
+        max_batch,
+        kv_cache_bytes: 64 << 20,
+        prefill_tokens_per_step: 8,
+        queue_size: 16,
+        piggyback_prefill: false,
+    }
+}
+
+fn greedy(max_new: usize, ngram: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: max_new,
+        no_repeat_ngram_size: ngram,
+        stop: Vec::new(),
+        prefill_chunk: 8,
+        ..GenerationConfig::default()
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    prompt: String,
+    input_ids: Vec<u32>,
+    greedy_24: Vec<u32>,
+    greedy_24_no_repeat_ngram_2: Vec<u32>,
+}
+
+fn reference() -> Reference {
+    let text = std::fs::read_to_string(fixture().join("reference_outputs.json")).expect("read");
+    serde_json::from_str(&text).expect("reference")
+}
+
+/// Runs the four reference prompts together in one engine (all four join the batch while
+/// the first step is held; prompts of 13–57 tokens are prefilled in pieces of 8 while the
+/// others decode) and alone with [`generate`]; the answers must be identical. Each sequence
+/// has its own settings: greedy with and without the n-gram ban, and a seeded sample.
+fn check_batched_equals_alone(model: Btlm, label: &str, piggyback: bool, exact_reference: bool) {
+    let r = reference();
+    let tok = tokenizer();
+    let settings: Vec<GenerationConfig> = (0..r.cases.len())
+        .map(|i| match i {
+            3 => GenerationConfig {
+                do_sample: true,
+                temperature: 0.9,
+                top_k: 20,
+                seed: Some(11),
+                ..greedy(24, 0)
+            },
+            i => greedy(24, if i % 2 == 0 { 0 } else { 2 }),
+        })
+        .collect();
+    let alone: Vec<Generation> = r
+        .cases
+        .iter()
+        .zip(&settings)
+        .map(|(case, cfg)| {
+            generate(
+                &model,
+                &tok,
+                &case.input_ids,
+                cfg,
+                || None,
+                |_| ControlFlow::Continue(()),
+            )
+            .expect("alone")
+        })
+        .collect();
+    let (release, held) = std::sync::mpsc::channel();
+    let engine = Engine::start(
+        HeldFirstStep {
+            inner: model,
+            release: Mutex::new(Some(held)),
+        },
+        tok.clone(),
+        EngineConfig {
+            piggyback_prefill: piggyback,
+            ..engine_config(4)
+        },
+    )
+    .expect("engine");
+    let receivers: Vec<_> = r
+        .cases
+        .iter()
+        .zip(&settings)
+        .map(|(case, cfg)| {
+            engine
+                .submit(&case.prompt, cfg.clone(), None)
+                .expect("submit")
+        })
+        .collect();
+    release.send(()).expect("release");
+    for (i, (rx, alone)) in receivers.into_iter().zip(&alone).enumerate() {
+        let out = collect(rx);
+        let g = out.done.expect("batched generation");
+        assert_eq!(g.tokens, alone.tokens, "{label}: case {i}");
+        assert_eq!(g.text, alone.text, "{label}: case {i}");
+        assert_eq!(g.finish, FinishReason::Length);
+        assert_eq!(out.pieces.concat(), g.text, "{label}: streamed pieces");
+        assert!(out.pieces.len() > 1, "{label}: case {i} streamed in pieces");
+        if exact_reference && i < 3 {
+            let expected = if i % 2 == 0 {
+                &r.cases[i].greedy_24
+            } else {
+                &r.cases[i].greedy_24_no_repeat_ngram_2
+            };
+            assert_eq!(&g.tokens, expected, "{label}: case {i} vs PyTorch");
+        }
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.peak_batch.load(Ordering::Relaxed), 4, "{label}");
+    assert_eq!(stats.completed.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.running.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.kv_reserved_bytes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn batched_answers_equal_answers_alone_f32() {
+    let model = load("model.safetensors", &LoadOptions::default());
+    check_batched_equals_alone(model.clone(), "f32", false, true);
+    check_batched_equals_alone(model, "f32 piggyback", true, true);
+    let bin = load("pytorch_model.bin", &LoadOptions::default());
+    check_batched_equals_alone(bin, "f32 .bin", false, true);
+}
+
+#[test]
+fn batched_answers_equal_answers_alone_half_and_quantized() {
+    for (label, opts) in [
+        (
+            "bf16",
+            LoadOptions {
+                dtype: DType::BF16,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "f16",
+            LoadOptions {
+                dtype: DType::F16,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q8_0",
+            LoadOptions {
+                quantization: Quantization::Q8_0,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q4k",
+            LoadOptions {
+                quantization: Quantization::Q4k,
+                ..LoadOptions::default()
+            },
+        ),
+    ] {
+        check_batched_equals_alone(load("model.safetensors", &opts), label, false, false);
+    }
+}
+
+fn scripted_engine(model: &Scripted, config: EngineConfig) -> Engine {
+    Engine::start(model.clone(), tokenizer(), config).expect("engine")
+}
+
+#[test]
+fn a_dropped_receiver_frees_its_slot_at_the_next_step() {
+    let model = Scripted::new();
+    let engine = scripted_engine(&model, engine_config(1));
+    let mut a = engine
+        .submit("hello there", greedy(400, 0), None)
+        .expect("a");
+    model.gate.allow(1);
+    // A's prompt step produced its first token and text.
+    let t0 = Instant::now();
+    loop {
+        match a.try_recv() {
+            Ok(Event::Text(_)) => break,
+            Ok(Event::Done(d)) => panic!("ended early: {d:?}"),
+            Err(_) => {
+                assert!(t0.elapsed() < PATIENCE, "no first piece");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    // The engine waits in A's second step; A's receiver goes away meanwhile.
+    model.gate.wait_blocked();
+    drop(a);
+    let b = engine.submit("bye", greedy(3, 0), None).expect("b");
+    model.gate.set_open(true);
+    let out = collect(b);
+    assert_eq!(out.done.expect("b").finish, FinishReason::Length);
+    let stats = engine.stats();
+    assert_eq!(stats.cancelled.load(Ordering::Relaxed), 1);
+    // A's two tokens, B's three: A ran no step after its receiver went away, and B had
+    // its slot at the next step.
+    assert_eq!(stats.tokens.load(Ordering::Relaxed), 5);
+    assert_eq!(model.peak_batch(), 1);
+}
+
+#[test]
+fn the_cache_budget_refuses_what_never_fits_and_queues_what_does_not_fit_yet() {
+    let model = Scripted::new();
+    let tok = tokenizer();
+    let prompt = "hello";
+    let n = tok.encode(prompt).expect("encode").len();
+    // Room for one request of the prompt plus 10 tokens, not two.
+    let budget = (n + 10) * Scripted::KV_BYTES_PER_TOKEN + 10;
+    let engine = scripted_engine(
+        &model,
+        EngineConfig {
+            kv_cache_bytes: budget,
+            ..engine_config(4)
+        },
+    );
+    let err = engine
+        .submit(prompt, greedy(40, 0), None)
+        .expect_err("never fits");
+    assert!(matches!(err, SubmitError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("--btlm.kv_cache_mb"), "{err}");
+    let first = engine.submit(prompt, greedy(10, 0), None).expect("first");
+    model.gate.wait_blocked();
+    let second = engine.submit(prompt, greedy(10, 0), None).expect("second");
+    let stats = engine.stats();
+    assert_eq!(stats.waiting.load(Ordering::Relaxed), 1);
+    model.gate.set_open(true);
+    for rx in [first, second] {
+        assert_eq!(collect(rx).done.expect("done").tokens.len(), 10);
+    }
+    assert_eq!(
+        model.peak_batch(),
+        1,
+        "never together: the budget holds one"
+    );
+    assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_deadline_ends_its_sequence_and_the_rest_of_the_batch_goes_on() {
+    let model = Scripted::new();
+    let engine = scripted_engine(&model, engine_config(4));
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let short = engine
+        .submit("hello", greedy(100, 0), Some(deadline))
+        .expect("short");
+    let long = engine.submit("bye", greedy(5, 0), None).expect("long");
+    model.gate.allow(2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Instant::now() > deadline);
+    model.gate.set_open(true);
+    let s = collect(short).done.expect("short");
+    assert_eq!(s.finish, FinishReason::Deadline);
+    assert!(s.tokens.len() < 100);
+    let l = collect(long).done.expect("long");
+    assert_eq!((l.finish, l.tokens.len()), (FinishReason::Length, 5));
+    assert_eq!(engine.stats().timed_out.load(Ordering::Relaxed), 1);
+}
+
+/// Prompt pieces run in passes of their own (the default): a panic fails the sequence of
+/// that pass only; with piggybacking the whole batch shares one pass and fails together.
+#[test]
+fn a_panicking_step_fails_its_sequences_and_the_engine_keeps_serving() {
+    for piggyback in [false, true] {
+        panicking_step(piggyback);
+    }
+}
+
+fn panicking_step(piggyback: bool) {
+    let tok = tokenizer();
+    let poison = *tok
+        .encode("poison")
+        .expect("encode")
+        .first()
+        .expect("a token");
+    let model = Scripted {
+        poison: Some(poison),
+        ..Scripted::new()
+    };
+    let engine = scripted_engine(
+        &model,
+        EngineConfig {
+            piggyback_prefill: piggyback,
+            ..engine_config(4)
+        },
+    );
+    // Hold a first request in its step while the next two arrive: they share the next step.
+    let first = engine.submit("hello", greedy(1, 0), None).expect("first");
+    model.gate.wait_blocked();
+    let bad = engine.submit("poison", greedy(5, 0), None).expect("bad");
+    let good = engine.submit("bye", greedy(5, 0), None).expect("good");
+    model.gate.set_open(true);
+    assert!(collect(first).done.is_ok());
+    let err = collect(bad).done.expect_err("failed with its step");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    let good = collect(good).done;
+    if piggyback {
+        let err = good.expect_err("same pass as the poison");
+        assert!(err.to_string().contains("panicked"), "{err}");
+    } else {
+        assert_eq!(good.expect("own pass").tokens.len(), 5);
+    }
+    let after = engine.submit("bye", greedy(3, 0), None).expect("after");
+    assert_eq!(collect(after).done.expect("served").tokens.len(), 3);
+    let stats = engine.stats();
+    let failed = if piggyback { 2 } else { 1 };
+    assert_eq!(stats.failed.load(Ordering::Relaxed), failed);
+    assert_eq!(stats.running.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn the_queue_bound_and_bad_prompts_are_refused_at_submission() {
+    let model = Scripted::new();
+    let engine = scripted_engine(
+        &model,
+        EngineConfig {
+            queue_size: 1,
+            ..engine_config(1)
+        },
+    );
+    let _running = engine.submit("hello", greedy(5, 0), None).expect("runs");
+    model.gate.wait_blocked();
+    let _waiting = engine.submit("hello", greedy(5, 0), None).expect("waits");
+    assert_eq!(
+        engine.submit("hello", greedy(5, 0), None).err(),
+        Some(SubmitError::QueueFull)
+    );
+    assert!(matches!(
+        engine.submit("", greedy(5, 0), None),
+        Err(SubmitError::Invalid(_))
+    ));
+    assert!(matches!(
+        engine.submit("hello", greedy(0, 0), None),
+        Err(SubmitError::Invalid(_))
+    ));
+    model.gate.set_open(true);
+}
+
+mod priority {
+    //! The miner's batch slots are what the pipeline's priority queue hands out.
+
+    use super::*;
+    use prompting_miner::{
+        Metagraph, MetagraphView, Miner, MinerConfig, NeuronInfo, Pipeline, PromptRequest,
+        Protocol, SharedMetagraph,
+    };
+
+    fn neuron(uid: u16, hotkey: &str, stake: f64) -> NeuronInfo {
+        NeuronInfo {
+            uid,
+            hotkey: hotkey.into(),
+            coldkey: String::new(),
+            stake,
+            validator_permit: true,
+            axon: None,
+        }
+    }
+
+    fn request(caller: &str) -> PromptRequest {
+        let mut r = PromptRequest::new(
+            vec!["user".into()],
+            vec![format!("question from {caller}")],
+            caller,
+            Protocol::Legacy,
+            PATIENCE,
+        );
+        r.sampling.max_tokens = Some(4);
+        r
+    }
+
+    async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while !ready() {
+            assert!(t0.elapsed() < PATIENCE, "waited too long for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_best_waiting_request_gets_the_next_batch_slot() {
+        let model = Scripted::new();
+        let args = BtlmArgs {
+            no_repeat_ngram_size: 0,
+            stop: Vec::new(),
+            ..BtlmArgs::default()
+        };
+        let engine = Engine::start(model.clone(), tokenizer(), engine_config(1)).expect("engine");
+        let miner = Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"));
+        assert_eq!(miner.capacity(), Some(1));
+        let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(
+            1,
+            100,
+            vec![
+                neuron(0, "low", 1.0),
+                neuron(1, "mid", 50.0),
+                neuron(2, "high", 1000.0),
+                neuron(3, "filler", 10.0),
+            ],
+        )));
+        let pipeline = Pipeline::new(
+            MinerConfig::default(),
+            metagraph as Arc<dyn MetagraphView>,
+            Arc::clone(&miner) as Arc<dyn Miner>,
+        )
+        .expect("pipeline");
+        assert_eq!(
+            pipeline.stats().capacity,
+            1,
+            "max_concurrent 8, one batch slot"
+        );
+        // A first request gives each caller a history (and so its stake as priority).
+        model.gate.set_open(true);
+        for caller in ["low", "mid", "high"] {
+            pipeline.prompt(request(caller)).await.expect("warm-up");
+        }
+        model.gate.set_open(false);
+        model.started.lock().expect("started").clear();
+
+        let filler = tokio::spawn({
+            let p = pipeline.clone();
+            async move { p.prompt(request("filler")).await }
+        });
+        let gate = Arc::clone(&model.gate);
+        tokio::task::spawn_blocking(move || gate.wait_blocked())
+            .await
+            .expect("blocked");
+        let mut queued = Vec::new();
+        for (i, caller) in ["low", "mid", "high"].into_iter().enumerate() {
+            let p = pipeline.clone();
+            queued.push(tokio::spawn(async move { p.prompt(request(caller)).await }));
+            wait_for("the request to queue", || {
+                pipeline.stats().queue_depth == i + 1
+            })
+            .await;
+        }
+        model.gate.set_open(true);
+        assert!(filler.await.expect("joined").is_ok());
+        for handle in queued {
+            assert!(handle.await.expect("joined").is_ok());
+        }
+        let tok = tokenizer();
+        let label: HashMap<Vec<u32>, &str> = ["filler", "low", "mid", "high"]
+            .into_iter()
+            .map(|c| {
+                let text = miner.prompt_text(&request(c));
+                (tok.encode(&text).expect("encode"), c)
+            })
+            .collect();
+        let order: Vec<&str> = model
+            .started
+            .lock()
+            .expect("started")
+            .iter()
+            .map(|p| label.get(p).copied().unwrap_or("?"))
+            .collect();
+        assert_eq!(order, ["filler", "high", "mid", "low"]);
+    }
+}
