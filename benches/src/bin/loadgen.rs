@@ -47,6 +47,9 @@ struct Args {
     /// Wire protocol: `legacy` (bittensor 6.x–10.x synapse) or `btauth` (bittensor 11).
     #[arg(long, value_enum, default_value_t = Wire::Legacy)]
     protocol: Wire,
+    /// Pad the user message to this many bytes (longer prompts for model backends).
+    #[arg(long, default_value_t = 0)]
+    message_bytes: usize,
     /// Label printed with the results.
     #[arg(long, default_value = "run")]
     label: String,
@@ -70,6 +73,8 @@ enum Client {
 #[derive(Default)]
 struct Tally {
     latencies: Vec<Duration>,
+    /// Bytes of the successful completions.
+    completion_bytes: u64,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
 }
@@ -82,6 +87,8 @@ struct Report {
     elapsed_s: f64,
     throughput_rps: f64,
     success_rate: f64,
+    /// Mean completion length of the successful answers, bytes.
+    mean_completion_bytes: f64,
     latency_ok: Option<Percentiles>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
@@ -100,31 +107,43 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
+/// The user message of request `n`, padded with words to `bytes` bytes.
+fn question(n: u64, bytes: usize) -> String {
+    let mut q = format!("Question number {n}?");
+    const FILLER: [&str; 8] = [
+        " Please", " answer", " with", " care", " and", " some", " detail", ".",
+    ];
+    let mut i = 0;
+    while q.len() < bytes {
+        q.push_str(FILLER[i % FILLER.len()]);
+        i += 1;
+    }
+    q
+}
+
 async fn one_call(
     client: &Client,
     target: &AxonTarget,
     timeout: Duration,
-    n: u64,
+    (n, message_bytes): (u64, usize),
     tally: &Mutex<Tally>,
 ) {
     let roles = vec!["system".to_string(), "user".to_string()];
-    let messages = vec![
-        "You are helpful.".to_string(),
-        format!("Question number {n}?"),
-    ];
+    let messages = vec!["You are helpful.".to_string(), question(n, message_bytes)];
     let started = Instant::now();
-    let (status, error) = match client {
+    let (status, error, completion) = match client {
         Client::Legacy(dendrite) => {
             let synapse = Synapse::new(Prompting::new(roles, messages));
             let response = dendrite.call(target, synapse, timeout).await;
             (
                 response.status_code,
                 response.failure.map(|f| f.to_string()),
+                response.synapse.body.completion.len(),
             )
         }
         Client::Btauth(client) => match client.prompt(target, roles, messages, timeout).await {
-            Ok(_) => (200, None),
-            Err(error) => (error.status_code(), Some(error.to_string())),
+            Ok(completion) => (200, None, completion.len()),
+            Err(error) => (error.status_code(), Some(error.to_string()), 0),
         },
     };
     let elapsed = started.elapsed();
@@ -132,6 +151,7 @@ async fn one_call(
     *tally.statuses.entry(status).or_default() += 1;
     if status == 200 {
         tally.latencies.push(elapsed);
+        tally.completion_bytes += completion as u64;
     } else if let Some(error) = error {
         *tally.errors.entry(error).or_default() += 1;
     }
@@ -189,7 +209,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         while let Some(n) = released.recv().await {
             let dendrite = dendrites[n as usize % dendrites.len()].clone();
             let (target, tally) = (target.clone(), tally.clone());
-            tasks.spawn(async move { one_call(&dendrite, &target, timeout, n, &tally).await });
+            let call = (n, args.message_bytes);
+            tasks.spawn(async move { one_call(&dendrite, &target, timeout, call, &tally).await });
         }
         if pacer.join().is_err() {
             bail!("the pacing thread panicked");
@@ -205,10 +226,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tally.clone(),
                 next.clone(),
             );
+            let message_bytes = args.message_bytes;
             workers.spawn(async move {
                 while let Some(n) = next() {
                     let dendrite = &dendrites[n as usize % dendrites.len()];
-                    one_call(dendrite, &target, timeout, n, &tally).await;
+                    one_call(dendrite, &target, timeout, (n, message_bytes), &tally).await;
                 }
             });
         }
@@ -230,6 +252,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             0.0
         } else {
             ok as f64 / requests as f64
+        },
+        mean_completion_bytes: if ok == 0 {
+            0.0
+        } else {
+            tally.completion_bytes as f64 / ok as f64
         },
         latency_ok: Percentiles::of(&mut tally.latencies),
         statuses: tally.statuses,
@@ -258,7 +285,10 @@ fn print_report(report: &Report) {
             p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms
         );
     }
-    println!("statuses {:?}", report.statuses);
+    println!(
+        "statuses {:?}  mean completion {:.0} bytes",
+        report.statuses, report.mean_completion_bytes
+    );
     if !report.errors.is_empty() {
         println!("errors {:?}", report.errors);
     }

@@ -163,3 +163,40 @@ fn invalid_btlm_flags_stop_before_the_wallet_is_touched() {
         "no hotkey was created"
     );
 }
+
+/// A `cuda` build asked for a GPU it cannot open (none here, or no 100th one) says so on one
+/// line before the wallet is touched. scripts/check-cuda.sh runs this against a driver stub.
+#[cfg(feature = "cuda")]
+#[test]
+fn an_unavailable_cuda_device_is_one_line_before_the_wallet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "--dev",
+        "--wallet.path",
+        &dir.path().display().to_string(),
+        "--btlm.device",
+        "cuda:99",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (status, stderr) = run_to_exit(BIN, &args, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    // The binary writes one line; without candle's backtrace (shown under RUST_BACKTRACE).
+    assert!(!stderr.contains("candle_core::"), "{stderr}");
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(
+            "btlm-miner: error: invalid BTLM settings: device: cannot open CUDA device 99: "
+        ),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path())
+            .expect("read dir")
+            .next()
+            .is_none(),
+        "no hotkey was created"
+    );
+}

@@ -11,6 +11,7 @@ use crate::engine::EngineConfig;
 use crate::error::{BtlmError, Result};
 use crate::generation::{DEFAULT_STOP, GenerationConfig};
 use crate::options::{ModelDType, Quantization};
+use crate::pack_cache::WeightCache;
 use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
 
 /// The default model repository.
@@ -89,6 +90,12 @@ pub struct BtlmArgs {
     /// on what else runs).
     #[arg(long = "btlm.piggyback_prefill")]
     pub piggyback_prefill: bool,
+    /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
+    /// start maps them instead of quantizing again: `beside` (a `.btlm-cache`
+    /// folder beside the checkpoint, in the hub cache for hub downloads), `off`, or a
+    /// directory. Invalidated when the checkpoint changes.
+    #[arg(long = "btlm.weight_cache", default_value = "beside")]
+    pub weight_cache: String,
     /// Benchmarks only: never pick the end-of-text token, so every completion runs to
     /// --btlm.max_length tokens. Not for serving.
     #[arg(long = "btlm.ignore_eos")]
@@ -123,6 +130,7 @@ impl Default for BtlmArgs {
             kv_cache_mb: 4096,
             prefill_chunk: 64,
             piggyback_prefill: false,
+            weight_cache: "beside".into(),
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
         }
@@ -168,6 +176,15 @@ impl BtlmArgs {
             prefill_tokens_per_step: self.prefill_chunk,
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
+        }
+    }
+
+    /// The converted-weights cache these settings describe.
+    pub fn weight_cache(&self) -> WeightCache {
+        match self.weight_cache.trim() {
+            "beside" => WeightCache::Beside,
+            "off" | "" => WeightCache::Off,
+            dir => WeightCache::Dir(PathBuf::from(dir)),
         }
     }
 
@@ -226,8 +243,15 @@ pub fn parse_device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Device::new_cuda(ordinal)
-        .map_err(|e| BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        // With RUST_BACKTRACE set candle attaches a backtrace, which its Display prints: keep
+        // the message one line (the cause, e.g. DriverError(CUDA_ERROR_NO_DEVICE, ...)).
+        let e = match e {
+            candle_core::Error::WithBacktrace { inner, .. } => *inner,
+            e => e,
+        };
+        BtlmError::Device(format!("cannot open CUDA device {ordinal}: {e}"))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -251,6 +275,15 @@ mod tests {
 
     fn parse(args: &[&str]) -> std::result::Result<BtlmArgs, clap::Error> {
         Cli::try_parse_from(std::iter::once("miner").chain(args.iter().copied())).map(|c| c.btlm)
+    }
+
+    #[test]
+    fn weight_cache_places() {
+        assert_eq!(BtlmArgs::default().weight_cache(), WeightCache::Beside);
+        let a = parse(&["--btlm.weight_cache", "off"]).expect("off");
+        assert_eq!(a.weight_cache(), WeightCache::Off);
+        let a = parse(&["--btlm.weight_cache", "/tmp/w"]).expect("dir");
+        assert_eq!(a.weight_cache(), WeightCache::Dir(PathBuf::from("/tmp/w")));
     }
 
     #[test]
@@ -404,6 +437,20 @@ mod tests {
         for spec in ["cuda", "cuda:1"] {
             let err = parse_device(spec).expect_err(spec).to_string();
             assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    /// No machine has 100 GPUs: with or without a GPU (and with the driver stub of
+    /// scripts/check-cuda.sh), opening one is a typed device error naming the ordinal.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn an_unavailable_cuda_device_is_a_device_error() {
+        match parse_device("cuda:99") {
+            Err(BtlmError::Device(msg)) => {
+                assert!(msg.contains("cannot open CUDA device 99"), "{msg}");
+                assert!(!msg.contains('\n'), "one line, no backtrace: {msg}");
+            }
+            other => panic!("expected a device error, got {other:?}"),
         }
     }
 

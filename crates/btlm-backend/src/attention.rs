@@ -83,13 +83,8 @@ impl Attention {
             scale /= (layer + 1) as f64;
         }
         Ok(Attention {
-            c_attn: Projection::load_conv1d(
-                ld,
-                &format!("{prefix}.c_attn"),
-                (e, 3 * e),
-                (e, 3 * e),
-            )?,
-            c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (e, e), (e, e))?,
+            c_attn: Projection::load_conv1d(ld, &format!("{prefix}.c_attn"), (e, 3 * e))?,
+            c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (e, e))?,
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
             scale,

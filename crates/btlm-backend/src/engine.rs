@@ -1,5 +1,5 @@
 //! The inference engine: one thread owns the model and runs *steps*; every step advances all
-//! running sequences together (continuous batching, see [`batcher`](crate::batcher)).
+//! running sequences together (continuous batching, see the private `batcher` module).
 //! Callers [`submit`](Engine::submit) requests from any thread and receive their text as
 //! [`Event`]s.
 //!

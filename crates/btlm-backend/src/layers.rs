@@ -42,15 +42,13 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    /// Loads `{prefix}.c_fc`, `.c_fc2` and `.c_proj`; the inner size is padded to whole
-    /// ggml blocks for block formats.
+    /// Loads `{prefix}.c_fc`, `.c_fc2` and `.c_proj`.
     pub(crate) fn load(ld: &Loader<'_>, prefix: &str, cfg: &Config) -> Result<Self> {
         let (e, inner) = (cfg.n_embd, cfg.n_inner);
-        let pad = ld.padded(inner);
         Ok(Mlp {
-            c_fc: Projection::load_conv1d(ld, &format!("{prefix}.c_fc"), (e, inner), (e, pad))?,
-            c_fc2: Projection::load_conv1d(ld, &format!("{prefix}.c_fc2"), (e, inner), (e, pad))?,
-            c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (inner, e), (pad, e))?,
+            c_fc: Projection::load_conv1d(ld, &format!("{prefix}.c_fc"), (e, inner))?,
+            c_fc2: Projection::load_conv1d(ld, &format!("{prefix}.c_fc2"), (e, inner))?,
+            c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (inner, e))?,
         })
     }
 

@@ -61,6 +61,7 @@ pub mod loader;
 pub mod miner;
 pub mod model;
 pub mod options;
+pub mod pack_cache;
 pub mod prompt;
 pub mod sampling;
 pub mod sequence;

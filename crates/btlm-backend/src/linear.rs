@@ -1,4 +1,5 @@
-//! Projections: `y = x · W (+ b)` with `W` dense or stored in a ggml format.
+//! Projections: `y = x · W (+ b)`, on CPU with the packed [`crate::kernels`] (every weight
+//! format), on GPUs with candle's dense matrix product in the model dtype.
 //!
 //! The model only sees [`Projection::forward`] on `[rows, in]` activations (one row per
 //! token of every sequence in a step), so how the product is computed — which kernel, which
@@ -6,106 +7,176 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use crate::error::Result;
+use crate::error::{BtlmError, Result};
+use crate::kernels::{self, KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
 use crate::loader::Loader;
 
 /// The weight matrix of a projection.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// `[in, out]` (may be a transposed view).
+    /// `[in, out]` candle tensor (may be a transposed view): GPUs.
     Dense(Tensor),
-    /// ggml blocks of the `[out, in]` matrix.
-    Quantized(QMatMul),
+    /// Packed `[out, in]` tiles multiplied by the CPU kernels of `path`.
+    Packed {
+        matrix: Arc<PackedMatrix>,
+        path: KernelPath,
+    },
 }
-
-/// From this many rows on (prompt processing), ggml-stored weights are expanded to f32 and
-/// multiplied with the blocked dense kernel, which beats one pass of ggml dot products per row.
-const DEQUANTIZE_MIN_ROWS: usize = 16;
 
 /// A linear map `[rows, in] → [rows, out]` with an optional bias.
 #[derive(Debug, Clone)]
 pub struct Projection {
     weight: Weight,
     bias: Option<Tensor>,
+    /// The bias as f32 values, fused into the packed kernels' output.
+    bias_f32: Option<Arc<Vec<f32>>>,
 }
 
 impl Projection {
-    /// Loads a GPT-2 `Conv1D` (`{prefix}.weight: [in, out]`, `{prefix}.bias: [out]`),
-    /// padded with zeros to `pad_in`/`pad_out` (exact: padded outputs are zero, padded
-    /// inputs multiply zeros).
+    /// Loads a GPT-2 `Conv1D` (`{prefix}.weight: [in, out]`, `{prefix}.bias: [out]`).
     pub(crate) fn load_conv1d(
         ld: &Loader<'_>,
         prefix: &str,
         (n_in, n_out): (usize, usize),
-        (pad_in, pad_out): (usize, usize),
     ) -> Result<Self> {
-        let w = ld.tensor(&format!("{prefix}.weight"), &[n_in, n_out])?;
-        let b = ld.tensor(&format!("{prefix}.bias"), &[n_out])?;
-        let w = w
-            .pad_with_zeros(0, 0, pad_in - n_in)?
-            .pad_with_zeros(1, 0, pad_out - n_out)?;
-        let b = b.pad_with_zeros(0, 0, pad_out - n_out)?;
-        let weight = match ld.ggml() {
-            None => Weight::Dense(w),
-            Some(q) => to_ggml(&w.t()?, q, prefix)?,
-        };
-        Ok(Projection {
-            weight,
-            bias: Some(b),
-        })
+        let name = format!("{prefix}.weight");
+        match ld.packed_format() {
+            None => {
+                let w = ld.tensor(&name, &[n_in, n_out])?;
+                let bias = ld.tensor(&format!("{prefix}.bias"), &[n_out])?;
+                Ok(Projection {
+                    weight: Weight::Dense(w),
+                    bias: Some(bias),
+                    bias_f32: None,
+                })
+            }
+            Some(format) => {
+                let matrix = ld.packed(&name, format, n_out, n_in, true)?;
+                let bias = ld.tensor(&format!("{prefix}.bias"), &[n_out])?;
+                Self::packed(ld, matrix, Some(bias))
+            }
+        }
     }
 
     /// An `nn.Linear`-style `[out, in]` matrix without bias (the output head).
-    pub(crate) fn from_out_in(ld: &Loader<'_>, w_out_in: &Tensor, name: &str) -> Result<Self> {
-        let weight = match ld.ggml() {
-            None => Weight::Dense(w_out_in.to_dtype(ld.dtype())?.t()?),
-            Some(q) => to_ggml(w_out_in, q, name)?,
+    pub(crate) fn from_out_in(ld: &Loader<'_>, name: &str, w_out_in: &Tensor) -> Result<Self> {
+        match ld.packed_format() {
+            None => Ok(Projection {
+                weight: Weight::Dense(w_out_in.to_dtype(ld.dtype())?.t()?),
+                bias: None,
+                bias_f32: None,
+            }),
+            Some(format) => {
+                let (n_out, n_in) = w_out_in.dims2()?;
+                let matrix =
+                    ld.packed_from(name, format, n_out, n_in, false, || Ok(w_out_in.clone()))?;
+                Self::packed(ld, matrix, None)
+            }
+        }
+    }
+
+    fn packed(ld: &Loader<'_>, matrix: Arc<PackedMatrix>, bias: Option<Tensor>) -> Result<Self> {
+        let bias_f32 = match &bias {
+            Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+            None => None,
         };
-        Ok(Projection { weight, bias: None })
+        Ok(Projection {
+            weight: Weight::Packed {
+                matrix,
+                path: ld.kernel_path(),
+            },
+            bias: None,
+            bias_f32,
+        })
+    }
+
+    /// The packed weights and the kernel path, on CPU.
+    pub fn packed_matrix(&self) -> Option<(&PackedMatrix, KernelPath)> {
+        match &self.weight {
+            Weight::Packed { matrix, path } => Some((matrix, *path)),
+            Weight::Dense(_) => None,
+        }
     }
 
     /// `x · W + b` for `x: [rows, in]`, giving `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rows = x.dims2()?.0;
-        let y = match &self.weight {
-            Weight::Dense(w) => x.matmul(w)?,
-            Weight::Quantized(QMatMul::QTensor(q)) if rows >= DEQUANTIZE_MIN_ROWS => {
-                x.matmul(&q.dequantize(x.device())?.t()?)?
+        match &self.weight {
+            Weight::Dense(w) => {
+                let y = x.matmul(w)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
             }
-            Weight::Quantized(q) => q.forward(&x.contiguous()?)?,
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+            Weight::Packed { matrix, path } => {
+                let (rows, n_in) = x.dims2()?;
+                if n_in != matrix.n_in() {
+                    candle_core::bail!(
+                        "projection of {n_in} inputs, weights take {}",
+                        matrix.n_in()
+                    );
+                }
+                let x = x.to_dtype(DType::F32)?.contiguous()?;
+                let mut y = vec![0f32; rows * matrix.n_out()];
+                let bias = self.bias_f32.as_deref().map(Vec::as_slice);
+                with_f32_slice(&x, |xs| {
+                    kernels::matmul(*path, matrix, xs, rows, bias, &mut y)
+                })?
+                .map_err(|e| candle_core::Error::Msg(e.to_string()).bt())?;
+                Tensor::from_vec(y, (rows, matrix.n_out()), &Device::Cpu)
+            }
         }
     }
 }
 
-/// Stores an `[out, in]` matrix in a ggml format; block formats whose block does not divide
-/// `in` fall back to q8_0 (32), then to dense f32.
-fn to_ggml(w_out_in: &Tensor, q: GgmlDType, name: &str) -> Result<Weight> {
-    let k = w_out_in.dim(1)?;
-    let w = w_out_in.to_dtype(DType::F32)?.contiguous()?;
-    let chosen = [q, GgmlDType::Q8_0]
-        .into_iter()
-        .find(|d| k.is_multiple_of(d.block_size()));
-    match chosen {
-        Some(d) => {
-            if d != q {
-                tracing::debug!(
-                    "{name}: input size {k} is not a multiple of {q:?} blocks, using {d:?}"
-                );
-            }
-            let qt = QTensor::quantize(&w, d)?;
-            // Built directly: `QMatMul::from_qtensor` would expand f16/bf16 back to f32.
-            Ok(Weight::Quantized(QMatMul::QTensor(Arc::new(qt))))
+/// Calls `f` with the values of a contiguous f32 CPU tensor.
+fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("packed projections run on CPU tensors");
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("non-contiguous activations".into()).bt())?;
+    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
+}
+
+/// Packs a CPU tensor holding `W` (`[n_out, n_in]`, or `[n_in, n_out]` when `transposed`)
+/// in its own dtype (no f32 copy of bf16 checkpoints).
+pub(crate) fn pack_tensor(
+    t: &Tensor,
+    format: WeightFormat,
+    n_out: usize,
+    n_in: usize,
+    transposed: bool,
+) -> Result<PackedMatrix> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(BtlmError::Device(
+            "weights are packed from CPU tensors".into(),
+        ));
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| BtlmError::Checkpoint("non-contiguous weight tensor".into()))?;
+    let data = match t.dtype() {
+        DType::F32 => SourceData::F32(&cpu.as_slice::<f32>()?[start..end]),
+        DType::BF16 => SourceData::Bf16(&cpu.as_slice::<half::bf16>()?[start..end]),
+        DType::F16 => SourceData::F16(&cpu.as_slice::<half::f16>()?[start..end]),
+        other => {
+            return Err(BtlmError::Checkpoint(format!(
+                "weights of dtype {other:?} (f32, bf16 or f16 expected)"
+            )));
         }
-        None => {
-            tracing::debug!("{name}: input size {k} cannot be quantized, keeping f32");
-            Ok(Weight::Dense(w.t()?))
-        }
-    }
+    };
+    let src = Source {
+        data,
+        n_out,
+        n_in,
+        transposed,
+    };
+    PackedMatrix::pack(format, &src).map_err(|e| BtlmError::Checkpoint(e.to_string()))
 }

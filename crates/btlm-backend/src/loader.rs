@@ -1,19 +1,25 @@
 //! How a checkpoint becomes model weights: the run format chosen from [`LoadOptions`], and
-//! a [`Loader`] the layers read their tensors through (in the manner of candle's
-//! `VarBuilder`).
+//! a `Loader` the layers read their tensors through (in the manner of candle's
+//! `VarBuilder`). On CPU, projection weights are packed for [`crate::kernels`] tensor by
+//! tensor, straight from the checkpoint's dtype.
 
-use candle_core::quantized::GgmlDType;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{BtlmError, Result};
+use crate::kernels::{KernelPath, PackedMatrix, WeightFormat};
+use crate::linear::pack_tensor;
 use crate::options::Quantization;
+use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
 
 /// How to load a checkpoint.
 ///
-/// On CPU, candle's dense matrix multiplication is f32/f16 only and slow for half types, so
-/// `bf16`/`f16` there means half-precision *weights* (read by candle's ggml kernels) with f32
-/// activations, like llama.cpp. On CUDA the whole model runs in `dtype`.
+/// On CPU, projection weights are stored in `dtype` (or quantized) and multiplied by the
+/// crate's own kernels with f32 activations (bf16 weights take bf16-rounded activations,
+/// like PyTorch bf16); everything else runs in f32. On CUDA the whole model runs in `dtype`.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Where the model runs.
@@ -22,6 +28,12 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Quantize the matrix multiplications (CPU, requires `dtype` f32).
     pub quantization: Quantization,
+    /// The CPU kernel path; `None`: [`KernelPath::active`] (the best this CPU runs, or
+    /// `BTLM_KERNELS`).
+    pub kernels: Option<KernelPath>,
+    /// Where quantized (q8_0, q4k) CPU weights are cached for the next start; the default is
+    /// [`WeightCache::Off`] (the miner turns it on, see `--btlm.weight_cache`).
+    pub weight_cache: WeightCache,
 }
 
 impl Default for LoadOptions {
@@ -30,22 +42,34 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             quantization: Quantization::None,
+            kernels: None,
+            weight_cache: WeightCache::Off,
         }
     }
 }
 
+/// The converted-weights cache of one load.
+#[derive(Debug)]
+struct CacheState {
+    path: PathBuf,
+    key: String,
+    /// The file of an earlier load, if it matched.
+    hit: Option<CachedWeights>,
+    /// Matrices converted by this load (written to the cache when the load completes).
+    fresh: Mutex<Vec<(String, Arc<PackedMatrix>)>>,
+}
+
 /// Reads tensors from a checkpoint in the run format: activations, norms, biases and dense
-/// weights in [`Loader::dtype`]; projection weights either dense or in a ggml format
-/// ([`Loader::ggml`]: a quantized block type, or f16/bf16 on CPU).
+/// weights in [`Loader::dtype`]; projection weights either dense (GPUs) or packed for the
+/// CPU kernels ([`Loader::packed_format`]).
 #[derive(Debug)]
 pub(crate) struct Loader<'a> {
     ckpt: &'a Checkpoint,
     device: Device,
     dtype: DType,
-    ggml: Option<GgmlDType>,
-    /// Whether `--btlm.quantize` asked for a block format (not only half-precision storage).
-    quantized: bool,
-    weight_dtype: DType,
+    packed: Option<WeightFormat>,
+    kernel_path: KernelPath,
+    cache: Option<CacheState>,
 }
 
 impl<'a> Loader<'a> {
@@ -67,32 +91,93 @@ impl<'a> Loader<'a> {
                 reason: "the quantized path is for CPU; use a dense dtype on GPUs".into(),
             });
         }
-        let on_cpu = opts.device.is_cpu();
-        let ggml = match (quant, opts.dtype) {
-            (Some(q), _) => Some(q),
-            (None, DType::BF16) if on_cpu => Some(GgmlDType::BF16),
-            (None, DType::F16) if on_cpu => Some(GgmlDType::F16),
-            (None, DType::F32 | DType::BF16 | DType::F16) => None,
-            (None, other) => {
-                return Err(BtlmError::InvalidArgument {
-                    name: "--btlm.dtype",
-                    reason: format!("{other:?} is not supported (f32, bf16 or f16)"),
-                });
+        let packed = if opts.device.is_cpu() {
+            Some(match (opts.quantization, opts.dtype) {
+                (Quantization::Q8_0, _) => WeightFormat::Q8_0,
+                (Quantization::Q4k, _) => WeightFormat::Q4K,
+                (Quantization::None, DType::F32) => WeightFormat::F32,
+                (Quantization::None, DType::BF16) => WeightFormat::Bf16,
+                (Quantization::None, DType::F16) => WeightFormat::F16,
+                (Quantization::None, other) => return Err(unsupported_dtype(other)),
+            })
+        } else {
+            match opts.dtype {
+                DType::F32 | DType::BF16 | DType::F16 => None,
+                other => return Err(unsupported_dtype(other)),
             }
         };
-        let dtype = if ggml.is_some() {
+        let kernel_path = match opts.kernels {
+            Some(p) if p.supported() => p,
+            Some(p) => {
+                return Err(BtlmError::Device(format!(
+                    "kernel path {p} is not supported by this CPU"
+                )));
+            }
+            None => KernelPath::active().map_err(|e| BtlmError::Device(e.to_string()))?,
+        };
+        let dtype = if packed.is_some() {
             DType::F32
         } else {
             opts.dtype
         };
+        // Only quantization is slow enough to be worth a second copy on disk (repacking
+        // f32/bf16/f16 runs at memory speed).
+        let cache = packed.filter(|f| f.quantized()).and_then(|format| {
+            let path = pack_cache::cache_path(&opts.weight_cache, ckpt.files(), format)?;
+            let key = match pack_cache::source_key(ckpt.files()) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hash the checkpoint: no weight cache");
+                    return None;
+                }
+            };
+            let hit = CachedWeights::open(&path, format, &key);
+            match &hit {
+                Some(c) => tracing::info!(path = %path.display(), matrices = c.len(), "using cached converted weights"),
+                None => tracing::info!(path = %path.display(), "converting weights (cached for the next start)"),
+            }
+            Some(CacheState {
+                path,
+                key,
+                hit,
+                fresh: Mutex::new(Vec::new()),
+            })
+        });
         Ok(Loader {
             ckpt,
             device: opts.device.clone(),
             dtype,
-            ggml,
-            quantized: quant.is_some(),
-            weight_dtype: opts.dtype,
+            packed,
+            kernel_path,
+            cache,
         })
+    }
+
+    /// Ends the load: writes the matrices this load converted to the weight cache (when
+    /// it is on and nothing came from it). A cache that cannot be written is only logged.
+    pub(crate) fn finish(&self) {
+        let Some(cache) = &self.cache else { return };
+        let Some(format) = self.packed else { return };
+        if cache.hit.is_some() {
+            return;
+        }
+        let fresh = std::mem::take(&mut *cache.fresh.lock().unwrap_or_else(|e| e.into_inner()));
+        if fresh.is_empty() {
+            return;
+        }
+        let t = std::time::Instant::now();
+        match pack_cache::write(&cache.path, format, &cache.key, &fresh) {
+            Ok(()) => tracing::info!(
+                path = %cache.path.display(),
+                seconds = t.elapsed().as_secs_f64(),
+                "converted weights cached"
+            ),
+            Err(e) => tracing::warn!(
+                path = %cache.path.display(),
+                error = %e,
+                "cannot write the converted-weights cache"
+            ),
+        }
     }
 
     /// The checkpoint read from.
@@ -110,28 +195,78 @@ impl<'a> Loader<'a> {
         self.dtype
     }
 
-    /// The ggml storage of projection weights, if any.
-    pub(crate) fn ggml(&self) -> Option<GgmlDType> {
-        self.ggml
+    /// The packed format of projection weights (CPU), or `None` for dense candle tensors.
+    pub(crate) fn packed_format(&self) -> Option<WeightFormat> {
+        self.packed
+    }
+
+    /// The CPU kernel path the packed projections use.
+    pub(crate) fn kernel_path(&self) -> KernelPath {
+        self.kernel_path
     }
 
     /// The dtype an embedding table is kept in: it is only gathered from, so it stays in the
     /// weight dtype (f16 for quantized models); rows are converted after the lookup.
     pub(crate) fn table_dtype(&self) -> DType {
-        match self.ggml {
-            None => self.dtype,
-            Some(_) if self.quantized => DType::F16,
-            Some(_) => self.weight_dtype,
+        match self.packed {
+            None | Some(WeightFormat::F32) => self.dtype,
+            Some(WeightFormat::Bf16) => DType::BF16,
+            Some(WeightFormat::F16 | WeightFormat::Q8_0 | WeightFormat::Q4K) => DType::F16,
         }
     }
 
-    /// `n` rounded up to a whole number of ggml blocks (the quantized path pads the MLP's
-    /// inner size; padding is exact: padded outputs are zero and multiply zeros).
-    pub(crate) fn padded(&self, n: usize) -> usize {
-        match self.ggml {
-            Some(q) => n.div_ceil(q.block_size()) * q.block_size(),
-            None => n,
+    /// The checkpoint tensor `name` (`[n_out, n_in]`, or `[n_in, n_out]` when `transposed`),
+    /// packed in `format`.
+    pub(crate) fn packed(
+        &self,
+        name: &str,
+        format: WeightFormat,
+        n_out: usize,
+        n_in: usize,
+        transposed: bool,
+    ) -> Result<Arc<PackedMatrix>> {
+        let shape = if transposed {
+            [n_in, n_out]
+        } else {
+            [n_out, n_in]
+        };
+        self.packed_from(name, format, n_out, n_in, transposed, || {
+            self.ckpt.require(name, &shape, &Device::Cpu)
+        })
+    }
+
+    /// As [`Self::packed`], with the tensor obtained from `get` (only called when needed).
+    pub(crate) fn packed_from(
+        &self,
+        name: &str,
+        format: WeightFormat,
+        n_out: usize,
+        n_in: usize,
+        transposed: bool,
+        get: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Arc<PackedMatrix>> {
+        if let Some(m) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.hit.as_ref())
+            .and_then(|hit| hit.get(name, n_out, n_in))
+            .filter(|m| m.format() == format)
+        {
+            return Ok(Arc::new(m));
         }
+        let t = get()?;
+        let m = pack_tensor(&t, format, n_out, n_in, transposed)
+            .map_err(|e| BtlmError::Checkpoint(format!("{name}: {e}")))?;
+        let m = Arc::new(m);
+        if let Some(c) = &self.cache
+            && c.hit.is_none()
+        {
+            c.fresh
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name.to_string(), m.clone()));
+        }
+        Ok(m)
     }
 
     /// Reads a tensor that must exist with `shape`, converted to the activation dtype.
@@ -140,5 +275,12 @@ impl<'a> Loader<'a> {
             .ckpt
             .require(name, shape, &self.device)?
             .to_dtype(self.dtype)?)
+    }
+}
+
+fn unsupported_dtype(dtype: DType) -> BtlmError {
+    BtlmError::InvalidArgument {
+        name: "--btlm.dtype",
+        reason: format!("{dtype:?} is not supported (f32, bf16 or f16)"),
     }
 }

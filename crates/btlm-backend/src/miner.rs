@@ -88,6 +88,8 @@ impl BtlmMiner {
             device: parse_device(&args.device)?,
             dtype: args.dtype.dtype(),
             quantization: args.quantize,
+            weight_cache: args.weight_cache(),
+            ..LoadOptions::default()
         };
         let (model, tokenizer) = load_model(&files, &opts)?;
         let name = match &args.model_dir {

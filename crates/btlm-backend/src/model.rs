@@ -74,7 +74,7 @@ impl Btlm {
             Some(h) => h,
             None => wte_raw.clone(),
         };
-        let lm_head = Projection::from_out_in(&ld, &head_raw, "lm_head")?;
+        let lm_head = Projection::from_out_in(&ld, "lm_head.weight", &head_raw)?;
         let wte = wte_raw.to_dtype(ld.table_dtype())?;
         let wpe = match cfg.position_embedding_type {
             PositionEmbeddingType::Learned => {
@@ -84,6 +84,7 @@ impl Btlm {
         };
         let slopes = alibi_slopes(cfg.n_head);
         check_stored_slopes(ld.checkpoint(), &slopes, cfg.n_head)?;
+        ld.finish();
         Ok(Btlm {
             cfg: cfg.clone(),
             wte,

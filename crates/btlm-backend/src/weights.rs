@@ -115,6 +115,11 @@ impl Checkpoint {
         }
     }
 
+    /// The checkpoint files.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
     /// The names of all tensors, sorted.
     pub fn names(&self) -> &[String] {
         &self.names

@@ -8,19 +8,24 @@
 //!
 //! Each format runs in its own child process so that peak RSS is per format.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use clap::Parser;
+use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
+use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
+
+mod checkpoint;
+mod matmul;
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -39,6 +44,23 @@ struct Cli {
     /// Where the random checkpoint is written (reused if present).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N (CUDA needs `--features cuda`; quantized formats are
+    /// CPU-only, and "of bw" stays relative to the CPU's memory bandwidth).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Activation rows of the kernel-only matmul measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,128")]
+    matmul_rows: Vec<usize>,
+    /// Skip the kernel-only matmul measurement.
+    #[arg(long)]
+    skip_matmul: bool,
+    /// Only the kernel-only matmul measurement (no checkpoint, no model).
+    #[arg(long)]
+    matmul_only: bool,
+    /// Cache converted weights: `off`, `beside` (beside the checkpoint) or a directory.
+    /// Run twice to measure a second start.
+    #[arg(long, default_value = "off")]
+    weight_cache: String,
     /// Internal: measure one format and print one result line.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -51,65 +73,15 @@ fn config(layers: usize) -> Config {
     }
 }
 
-fn write_checkpoint(cfg: &Config, path: &Path) -> candle_core::Result<()> {
-    let dev = Device::Cpu;
-    let e = cfg.n_embd;
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    let randn = |shape: &[usize]| Tensor::randn(0f32, 0.02, shape, &dev);
-    t.insert(
-        "transformer.wte.weight".into(),
-        randn(&[cfg.vocab_size, e])?,
-    );
-    t.insert(
-        "transformer.ln_f.weight".into(),
-        Tensor::ones(e, DType::F32, &dev)?,
-    );
-    t.insert(
-        "transformer.ln_f.bias".into(),
-        Tensor::zeros(e, DType::F32, &dev)?,
-    );
-    for i in 0..cfg.n_layer {
-        let p = format!("transformer.h.{i}");
-        for ln in ["ln_1", "ln_2"] {
-            t.insert(
-                format!("{p}.{ln}.weight"),
-                Tensor::ones(e, DType::F32, &dev)?,
-            );
-            t.insert(
-                format!("{p}.{ln}.bias"),
-                Tensor::zeros(e, DType::F32, &dev)?,
-            );
-        }
-        for (name, n_in, n_out) in [
-            ("attn.c_attn", e, 3 * e),
-            ("attn.c_proj", e, e),
-            ("mlp.c_fc", e, cfg.n_inner),
-            ("mlp.c_fc2", e, cfg.n_inner),
-            ("mlp.c_proj", cfg.n_inner, e),
-        ] {
-            t.insert(format!("{p}.{name}.weight"), randn(&[n_in, n_out])?);
-            t.insert(
-                format!("{p}.{name}.bias"),
-                Tensor::zeros(n_out, DType::F32, &dev)?,
-            );
-        }
-    }
-    candle_core::safetensors::save(&t, path)
-}
-
-/// Bytes of matmul weights read to produce one token (padding of the quantized MLP included).
-fn weight_bytes_per_token(cfg: &Config, format: &str) -> f64 {
-    let (bytes_per_weight, block) = match format {
-        "f32" => (4.0, 1),
-        "bf16" | "f16" => (2.0, 1),
-        "q8_0" => (34.0 / 32.0, 32),
-        "q4k" => (144.0 / 256.0, 256),
-        _ => (4.0, 1),
+/// Bytes of packed projection weights read to produce one token (tile and block padding
+/// included).
+fn weight_bytes_per_token(cfg: &Config, format: WeightFormat) -> f64 {
+    let bytes = |n_in: usize, n_out: usize| {
+        (n_out.div_ceil(TILE) * format.tile_bytes(format.padded_k(n_in))) as f64
     };
-    let e = cfg.n_embd as f64;
-    let inner = (cfg.n_inner.div_ceil(block) * block) as f64;
-    let per_layer = e * 3.0 * e + e * e + 3.0 * e * inner;
-    (cfg.n_layer as f64 * per_layer + cfg.vocab_size as f64 * e) * bytes_per_weight
+    let (e, inner) = (cfg.n_embd, cfg.n_inner);
+    let per_layer = bytes(e, 3 * e) + bytes(e, e) + 2.0 * bytes(e, inner) + bytes(inner, e);
+    cfg.n_layer as f64 * per_layer + bytes(e, cfg.vocab_size)
 }
 
 /// Peak resident set size of this process, in MiB (Linux).
@@ -184,13 +156,20 @@ fn measure(
         &cfg,
         &ckpt,
         &LoadOptions {
-            device: Device::Cpu,
+            device: parse_device(&cli.device)?,
             dtype,
             quantization,
+            kernels: None,
+            weight_cache: match cli.weight_cache.as_str() {
+                "off" => WeightCache::Off,
+                "beside" => WeightCache::Beside,
+                dir => WeightCache::Dir(dir.into()),
+            },
         },
     )?;
     drop(ckpt);
     let load_s = t.elapsed().as_secs_f64();
+    let load_rss = peak_rss_mib();
     let prompt: Vec<u32> = (0..cli.prompt as u32).map(|i| (i * 7919) % 50000).collect();
 
     // Warm-up (allocations, thread pools).
@@ -209,10 +188,11 @@ fn measure(
     }
     let decode_s = t.elapsed().as_secs_f64();
     Ok(format!(
-        "RESULT {format} {load_s} {} {} {}",
+        "RESULT {format} {load_s} {} {} {} {load_rss} {}",
         cli.prompt as f64 / prefill_s,
         cli.decode as f64 / decode_s,
-        peak_rss_mib()
+        peak_rss_mib(),
+        KernelPath::active()?,
     ))
 }
 
@@ -226,25 +206,50 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", measure(&cli, &ckpt, format)?);
         return Ok(());
     }
-    if !ckpt.is_file() {
+    if !ckpt.is_file() && !cli.matmul_only {
         eprintln!("writing random checkpoint {} ...", ckpt.display());
-        write_checkpoint(&cfg, &ckpt)?;
+        checkpoint::write(&cfg, &ckpt)?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bw_read_1 = read_bandwidth(1);
     let bw_read = read_bandwidth(threads);
     let bw_copy = copy_bandwidth();
     println!(
-        "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads",
-        cfg.n_embd, cfg.n_head, cfg.n_inner, cfg.vocab_size, cfg.n_layer, cli.prompt, cli.decode
+        "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads, device {}",
+        cfg.n_embd,
+        cfg.n_head,
+        cfg.n_inner,
+        cfg.vocab_size,
+        cfg.n_layer,
+        cli.prompt,
+        cli.decode,
+        cli.device
     );
     println!(
         "memory bandwidth: read {bw_read:.1} GB/s ({threads} threads), read {bw_read_1:.1} GB/s (1 thread), memcpy {bw_copy:.1} GB/s (read+write)"
     );
+    let path = KernelPath::active()?;
     println!(
-        "{:<6} {:>7} {:>12} {:>11} {:>9} {:>12} {:>10} {:>9} {:>13} {:>13}",
+        "kernel path: {path} (detected {}; BTLM_KERNELS overrides)",
+        KernelPath::detect()
+    );
+    if !cli.skip_matmul {
+        let formats = cli
+            .formats
+            .iter()
+            .map(|f| f.parse::<WeightFormat>())
+            .collect::<Result<Vec<_>, _>>()?;
+        matmul::run(path, &formats, &cli.matmul_rows, bw_read);
+    }
+    if cli.matmul_only {
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<7} {:>7} {:>13} {:>12} {:>11} {:>9} {:>12} {:>10} {:>9} {:>13} {:>13}",
         "format",
+        "kernels",
         "load s",
+        "load RSS MiB",
         "prefill t/s",
         "decode t/s",
         "ms/token",
@@ -267,6 +272,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cli.decode.to_string(),
                 "--checkpoint",
                 &ckpt.to_string_lossy(),
+                "--device",
+                &cli.device,
+                "--weight-cache",
+                &cli.weight_cache,
                 "--child",
                 format,
             ])
@@ -279,20 +288,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             continue;
         };
-        let v: Vec<f64> = line
-            .split_whitespace()
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let kpath = fields.last().copied().unwrap_or("?");
+        let v: Vec<f64> = fields
+            .iter()
             .skip(2)
             .filter_map(|x| x.parse().ok())
             .collect();
-        let [load_s, prefill, decode, rss] = v[..] else {
+        let [load_s, prefill, decode, rss, load_rss] = v[..] else {
             println!("{format:<6} unparsable: {line}");
             continue;
         };
-        let bytes = weight_bytes_per_token(&cfg, format);
+        let wf: WeightFormat = format.parse()?;
+        let bytes = weight_bytes_per_token(&cfg, wf);
         let gbs = bytes * decode / 1e9;
-        let est_full = decode * bytes / weight_bytes_per_token(&full, format);
+        let est_full = decode * bytes / weight_bytes_per_token(&full, wf);
         println!(
-            "{format:<6} {load_s:>7.1} {prefill:>12.1} {decode:>11.2} {:>9.1} {:>12.0} {gbs:>10.2} {:>8.0}% {rss:>13.0} {est_full:>13.2}",
+            "{format:<6} {kpath:<7} {load_s:>7.1} {load_rss:>13.0} {prefill:>12.1} {decode:>11.2} {:>9.1} {:>12.0} {gbs:>10.2} {:>8.0}% {rss:>13.0} {est_full:>13.2}",
             1000.0 / decode,
             bytes / 1e6,
             100.0 * gbs / bw_read,

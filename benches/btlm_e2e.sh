@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# End-to-end BTLM serving benchmark: the real `btlm-miner` binary on a random checkpoint of
+# BTLM-3B-8K's shape, queried through the legacy axon protocol by `loadgen` (signed
+# `Prompting` requests from registered validator hotkeys), 100-token completions.
+#
+#   1. writes the model once (config, tokenizer of the full vocabulary, bf16 weights) under
+#      $BENCH_MODELS (default /work/bench-models when it exists, else target/bench-models);
+#   2. for each format: starts btlm-miner (--metagraph.file with the load generator's keys,
+#      --btlm.ignore_eos and no stop strings so every answer is exactly $TOKENS tokens), then
+#      for each concurrency N: N validators in a closed loop, $ROUNDS answers each:
+#      p50/p99 time to the full answer and aggregate tokens/s (answers x $TOKENS / time);
+#   3. the flood: low-stake callers at $FLOOD_X x the miner's measured capacity while one
+#      high-stake validator asks one question at a time, both with the validator timeout
+#      ($TIMEOUT s); the validator's success rate within the timeout is the figure.
+#
+# Usage (one command; heavy: take the bench lock on a shared machine):
+#   flock /work/.bench.lock benches/btlm_e2e.sh
+#   LAYERS=4 FORMATS="q4k f32" CONC="1 8" benches/btlm_e2e.sh      # quick iteration
+# Knobs (environment): LAYERS (32), FORMATS ("f32 bf16 q8_0 q4k"), CONC ("1 2 4 8"),
+#   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt), MAX_BATCH (8),
+#   TIMEOUT (12), FLOOD_FORMAT (q4k; "" skips the flood), FLOOD_LAYERS ($LAYERS),
+#   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), EXTRA_MINER_ARGS,
+#   OUT (the results folder, default target/bench-results/btlm-e2e).
+# Results: $OUT/{summary.md,*.json,*.log}.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+LAYERS="${LAYERS:-32}"
+FORMATS="${FORMATS:-f32 bf16 q8_0 q4k}"
+CONC="${CONC:-1 2 4 8}"
+ROUNDS="${ROUNDS:-2}"
+TOKENS="${TOKENS:-100}"
+MESSAGE_BYTES="${MESSAGE_BYTES:-0}"
+MAX_BATCH="${MAX_BATCH:-8}"
+TIMEOUT="${TIMEOUT:-12}"
+FLOOD_FORMAT="${FLOOD_FORMAT-q4k}"
+FLOOD_LAYERS="${FLOOD_LAYERS:-$LAYERS}"
+FLOOD_TOKENS="${FLOOD_TOKENS:-$TOKENS}"
+FLOOD_SECONDS="${FLOOD_SECONDS:-120}"
+FLOOD_X="${FLOOD_X:-10}"
+EXTRA_MINER_ARGS="${EXTRA_MINER_ARGS:-}"
+if [ -z "${BENCH_MODELS:-}" ]; then
+  if [ -d /work/bench-models ] && [ -w /work/bench-models ]; then
+    BENCH_MODELS=/work/bench-models
+  else
+    BENCH_MODELS="$root/target/bench-models"
+  fi
+fi
+out="${OUT:-$root/target/bench-results/btlm-e2e}"
+mkdir -p "$out" "$BENCH_MODELS"
+
+echo "== build (RUSTFLAGS=${RUSTFLAGS:-none})"
+cargo build --release --quiet -p prompting-btlm-backend --example write_random_model
+cargo build --release --quiet -p btlm-miner
+cargo build --release --quiet -p prompting-benches --bin loadgen --bin bench-identities
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+
+model_dir() { echo "$BENCH_MODELS/btlm-random-${1}l"; }
+for layers in $(echo "$LAYERS $FLOOD_LAYERS" | tr ' ' '\n' | sort -u); do
+  "$bin/examples/write_random_model" --layers "$layers" --out "$(model_dir "$layers")"
+done
+
+wallet="$out/wallet"
+miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$out/metagraph.toml" \
+  --clients 64 --validator-stake 10000 --client-stake 1)"
+
+pid=""
+cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); v=d
+for k in sys.argv[2].split('.'): v=(v or {}).get(k)
+print(v if v is not None else 'nan')" "$1" "$2"; }
+format_flags() {
+  case "$1" in
+    f32) echo "--btlm.dtype f32" ;;
+    bf16) echo "--btlm.dtype bf16" ;;
+    f16) echo "--btlm.dtype f16" ;;
+    q8_0) echo "--btlm.quantize q8_0" ;;
+    q4k) echo "--btlm.quantize q4k" ;;
+    *) echo "unknown format $1" >&2; exit 2 ;;
+  esac
+}
+
+# start_miner FORMAT LAYERS TOKENS LOG: starts btlm-miner, waits until it listens.
+start_miner() {
+  local format="$1" layers="$2" tokens="$3" log="$4"
+  port="$(free_port)"
+  # shellcheck disable=SC2046,SC2086
+  "$bin/btlm-miner" --metagraph.file "$out/metagraph.toml" --wallet.path "$wallet" \
+    --axon.ip 127.0.0.1 --axon.port "$port" --axon.max_request_timeout 3600 \
+    --miner.blacklist.min_request_period 0 \
+    --btlm.model_dir "$(model_dir "$layers")" $(format_flags "$format") \
+    --btlm.max_length "$tokens" --btlm.ignore_eos --btlm.stop "" \
+    --btlm.max_batch "$MAX_BATCH" $EXTRA_MINER_ARGS >"$log" 2>&1 &
+  pid=$!
+  local started=$SECONDS
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! kill -0 "$pid" 2>/dev/null; then echo "btlm-miner exited:" >&2; tail -5 "$log" >&2; exit 1; fi
+    if (( SECONDS - started > 1800 )); then echo "btlm-miner did not start in 30 min" >&2; exit 1; fi
+    sleep 1
+  done
+  echo "   loaded in $(( SECONDS - started )) s"
+}
+# stop_miner: records the miner's peak RSS (MiB) in $rss and stops it.
+stop_miner() {
+  rss="$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo nan)"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=""
+}
+load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
+  --message-bytes "$MESSAGE_BYTES" --duration 100000 "$@"; }
+
+summary="$out/summary.md"
+{
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, max_batch $MAX_BATCH, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo
+  echo "| format | validators | answers | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+} >"$summary"
+
+declare -A capacity
+for format in $FORMATS; do
+  echo "== $format, $LAYERS layers"
+  start_miner "$format" "$LAYERS" "$TOKENS" "$out/miner-$format.log"
+  load --key-offset 2 --hotkeys 1 --concurrency 1 --requests 1 --timeout 3600 \
+    --label "$format warm-up" >/dev/null
+  single=""
+  rows=()
+  for n in $CONC; do
+    json="$out/$format-c$n.json"
+    load --key-offset 2 --hotkeys "$n" --concurrency "$n" --requests $(( n * ROUNDS )) \
+      --timeout 3600 --label "$format, $n validators" --json "$json"
+    within="$(python3 - "$json" "$TIMEOUT" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d.get("latency_ok") or {}
+ok = d["statuses"].get("200", 0)
+print(f'{d["throughput_rps"]} {p.get("p50_ms", float("nan"))/1e3:.2f} {p.get("p99_ms", float("nan"))/1e3:.2f} {ok}')
+EOF
+)"
+    read -r rps p50 p99 ok <<<"$within"
+    tps="$(python3 -c "print(f'{$rps * $TOKENS:.2f}')")"
+    single="${single:-$tps}"
+    ratio="$(python3 -c "print(f'{$tps / max($single, 1e-9):.2f}')")"
+    capacity[$format]="$rps"
+    rows+=("| $format | $n | $ok | $p50 | $p99 | $tps | $ratio | $(python3 -c "print('yes' if $p99 <= $TIMEOUT else 'no')") |")
+  done
+  stop_miner
+  for row in "${rows[@]}"; do echo "$row $rss |" >>"$summary"; done
+done
+
+if [ -n "$FLOOD_FORMAT" ]; then
+  echo "== flood: $FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS-token answers"
+  start_miner "$FLOOD_FORMAT" "$FLOOD_LAYERS" "$FLOOD_TOKENS" "$out/miner-flood.log"
+  # The miner's capacity in answers/s at full batch (measured here).
+  load --key-offset 2 --hotkeys "$MAX_BATCH" --concurrency "$MAX_BATCH" \
+    --requests $(( MAX_BATCH * 2 )) --timeout 3600 --label "flood capacity" \
+    --json "$out/flood-capacity.json" >/dev/null
+  cap="$(field "$out/flood-capacity.json" throughput_rps)"
+  rate="$(python3 -c "print(max(0.05, $FLOOD_X * $cap))")"
+  echo "   capacity $cap answers/s; flood at $rate req/s from 16 low-stake keys"
+  load --key-offset 2 --hotkeys 16 --rate "$rate" --duration "$FLOOD_SECONDS" \
+    --timeout "$TIMEOUT" --label "flood (stake 1)" --json "$out/flood-low.json" &
+  flood=$!
+  load --key-offset 1 --hotkeys 1 --concurrency 1 --duration "$FLOOD_SECONDS" \
+    --timeout "$TIMEOUT" --label "validator (stake 10000)" --json "$out/flood-validator.json"
+  wait "$flood"
+  stop_miner
+  {
+    echo
+    echo "flood ($FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS tokens, ${FLOOD_SECONDS} s): capacity $cap answers/s, low-stake flood at $rate req/s"
+    echo
+    echo "| caller | requests | success within ${TIMEOUT} s | p50 s | p99 s | statuses |"
+    echo "| --- | ---: | ---: | ---: | ---: | --- |"
+    for who in validator low; do
+      python3 - "$out/flood-$who.json" "$who" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+p = d.get("latency_ok") or {}
+s = lambda k: f'{p[k]/1e3:.2f}' if k in p else "-"
+print(f'| {sys.argv[2]} | {d["requests"]} | {d["success_rate"]*100:.1f}% | {s("p50_ms")} | {s("p99_ms")} | {d["statuses"]} |')
+EOF
+    done
+  } >>"$summary"
+fi
+echo
+cat "$summary"

@@ -1,0 +1,64 @@
+//! Writes the identities a load test against a real miner binary needs: the miner's wallet
+//! (key 0 of [`prompting_benches::hotkeys`], the key `loadgen --axon-hotkey` then names) and
+//! a metagraph file (`--metagraph.file`) registering key 0 as the miner, key 1 as a validator
+//! with `--validator-stake` and keys 2..=`--clients` with `--client-stake`, all with a
+//! validator permit. Prints the miner's hotkey.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use prompting_benches::hotkeys;
+use prompting_keys::Wallet;
+
+#[derive(Parser)]
+struct Args {
+    /// Wallets folder to write the miner's hotkey into (wallet `default`, hotkey `default`).
+    #[arg(long)]
+    wallet_path: PathBuf,
+    /// The metagraph file to write (.toml).
+    #[arg(long)]
+    metagraph: PathBuf,
+    /// Client keys registered after the miner (key 1 is the validator).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Stake of key 1, τ.
+    #[arg(long, default_value_t = 10_000.0)]
+    validator_stake: f64,
+    /// Stake of keys 2 and above, τ.
+    #[arg(long, default_value_t = 1.0)]
+    client_stake: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let keys = hotkeys(args.clients + 1);
+    let miner = &keys[0];
+    let wallet = Wallet::new(&args.wallet_path, "default", "default");
+    match wallet.load_hotkey() {
+        Ok(existing) if existing.ss58_address() == miner.ss58_address() => {}
+        _ => {
+            let _ = std::fs::remove_file(wallet.hotkey_path());
+            wallet
+                .write_hotkey(miner)
+                .context("write the miner's hotkey")?;
+        }
+    }
+    let mut toml = String::from("netuid = 1\nblock = 1\n");
+    for (uid, key) in keys.iter().enumerate() {
+        let stake = match uid {
+            0 => 0.0,
+            1 => args.validator_stake,
+            _ => args.client_stake,
+        };
+        toml.push_str(&format!(
+            "\n[[neurons]]\nuid = {uid}\nhotkey = \"{}\"\nstake = {stake:.1}\nvalidator_permit = {}\n",
+            key.ss58_address(),
+            uid != 0,
+        ));
+    }
+    std::fs::write(&args.metagraph, toml)
+        .with_context(|| format!("write {}", args.metagraph.display()))?;
+    println!("{}", miner.ss58_address());
+    Ok(())
+}

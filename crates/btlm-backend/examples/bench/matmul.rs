@@ -1,0 +1,113 @@
+//! Throughput of the packed matrix kernels alone on BTLM-3B's projection shapes, for a few
+//! activation rows (decode steps of 1..16 sequences) and a prompt-sized block (prefill).
+//!
+//! One layer's five matrices are packed from random values, then copied into fresh buffers
+//! until the set is well above the L3 cache, so every pass streams weights from memory.
+
+use std::time::Instant;
+
+use prompting_btlm_backend::kernels::{
+    Bytes, KernelPath, PackedMatrix, Source, SourceData, WeightFormat, matmul,
+};
+
+/// The projections of one BTLM-3B block as `(n_in, n_out)`.
+const LAYER: [(usize, usize); 5] = [
+    (2560, 7680), // attn.c_attn
+    (2560, 2560), // attn.c_proj
+    (2560, 6826), // mlp.c_fc
+    (2560, 6826), // mlp.c_fc2
+    (6826, 2560), // mlp.c_proj
+];
+
+/// The weight set is at least this large (the L3 of the machines measured is 32 MiB).
+const MIN_SET_BYTES: usize = 400 << 20;
+
+fn random_matrix(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+        })
+        .collect()
+}
+
+fn copy(m: &PackedMatrix) -> PackedMatrix {
+    let src = m.bytes().as_slice();
+    let bytes = Bytes::owned_with(src.len(), |b| b.copy_from_slice(src));
+    PackedMatrix::from_bytes(m.format(), m.n_out(), m.n_in(), bytes).expect("same shape")
+}
+
+/// Prints one line per row count: time of one pass over the set, weight bytes streamed per
+/// second and as a share of `bw_read`, and what that means for a 32-layer model.
+pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_read: f64) {
+    println!(
+        "matmul kernels ({path}): one pass over {MIN_SET_BYTES_MB} MB+ of packed BTLM-3B projections",
+    );
+    println!(
+        "{:<6} {:>5} {:>10} {:>9} {:>8} {:>16}",
+        "format", "rows", "ms/layer", "GB/s", "of bw", "32L rows/s"
+    );
+    for &format in formats {
+        let t = Instant::now();
+        let layer: Vec<PackedMatrix> = LAYER
+            .iter()
+            .enumerate()
+            .map(|(i, &(n_in, n_out))| {
+                let w = random_matrix(n_in * n_out, i as u64 + 1);
+                PackedMatrix::pack(
+                    format,
+                    &Source {
+                        data: SourceData::F32(&w),
+                        n_out,
+                        n_in,
+                        transposed: true,
+                    },
+                )
+                .expect("pack")
+            })
+            .collect();
+        let pack_s = t.elapsed().as_secs_f64();
+        let layer_bytes: usize = layer.iter().map(|m| m.bytes().len()).sum();
+        let copies = MIN_SET_BYTES.div_ceil(layer_bytes);
+        let mut set: Vec<PackedMatrix> = Vec::with_capacity(copies * LAYER.len());
+        for _ in 0..copies {
+            set.extend(layer.iter().map(copy));
+        }
+        drop(layer);
+        eprintln!(
+            "{format}: packed one layer in {pack_s:.1} s ({:.1} MB), {copies} copies",
+            layer_bytes as f64 / 1e6
+        );
+        for &rows in rows_list {
+            let xs: Vec<Vec<f32>> = set
+                .iter()
+                .map(|m| random_matrix(rows * m.n_in(), 99))
+                .collect();
+            let mut ys: Vec<Vec<f32>> = set.iter().map(|m| vec![0f32; rows * m.n_out()]).collect();
+            let mut pass = || {
+                let t = Instant::now();
+                for ((m, x), y) in set.iter().zip(&xs).zip(ys.iter_mut()) {
+                    matmul(path, m, x, rows, None, y).expect("matmul");
+                }
+                t.elapsed().as_secs_f64()
+            };
+            pass();
+            let reps = if rows > 16 { 1 } else { 4 };
+            let best = (0..reps).map(|_| pass()).fold(f64::MAX, f64::min);
+            let per_layer = best / copies as f64;
+            let gbs = (layer_bytes * copies) as f64 / best / 1e9;
+            println!(
+                "{:<6} {rows:>5} {:>10.2} {gbs:>9.1} {:>7.0}% {:>16.1}",
+                format.name(),
+                per_layer * 1e3,
+                100.0 * gbs / bw_read,
+                rows as f64 / (32.0 * per_layer),
+            );
+        }
+    }
+}
+
+const MIN_SET_BYTES_MB: usize = MIN_SET_BYTES >> 20;
