@@ -6,4 +6,8 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+# A validator depending on the client side alone gets no server, miner pipeline or clap.
+scripts/check-client-deps.sh
+# Every crate packages for crates.io, internal dependencies by version (needs the registry index).
+cargo publish --workspace --dry-run --no-verify --allow-dirty --quiet
 cargo test --workspace

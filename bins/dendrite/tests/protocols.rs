@@ -6,22 +6,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use prompting_keys::Keypair;
-use prompting_miner::{DevMetagraph, Miner, MinerConfig, MinerError, Pipeline, PromptRequest};
+use prompting_miner::{DevMetagraph, MinerConfig, Pipeline};
+use prompting_testkit::Echo;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
-
-struct Echo;
-
-#[async_trait]
-impl Miner for Echo {
-    fn name(&self) -> &str {
-        "echo"
-    }
-    async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
-        Ok(format!("echo: {}", request.messages.join(" | ")))
-    }
-}
 
 /// Starts an axon on its own runtime thread; returns its address and hotkey.
 fn start_axon() -> (SocketAddr, String) {

@@ -18,91 +18,107 @@ use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
 pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 
 /// Settings of the BTLM backend.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct BtlmArgs {
     /// Device to load the model on: cpu, cuda or cuda:N (CUDA needs the `cuda` feature).
-    #[arg(long = "btlm.device", default_value = "cpu")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.device", default_value = "cpu"))]
     pub device: String,
     /// The maximum number of new tokens of a completion.
-    #[arg(long = "btlm.max_length", default_value_t = 100)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.max_length", default_value_t = 100))]
     pub max_length: usize,
     /// Sample instead of greedy decoding.
-    #[arg(long = "btlm.do_sample")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.do_sample"))]
     pub do_sample: bool,
     /// Never repeat an n-gram of this size (0: off).
-    #[arg(long = "btlm.no_repeat_ngram_size", default_value_t = 2)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.no_repeat_ngram_size", default_value_t = 2)
+    )]
     pub no_repeat_ngram_size: usize,
     /// Start every prompt with --btlm.system_prompt instead of the caller's system message.
-    #[arg(long = "btlm.do_prompt_injection")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.do_prompt_injection"))]
     pub do_prompt_injection: bool,
     /// The system prompt used with --btlm.do_prompt_injection.
-    #[arg(long = "btlm.system_prompt", default_value = DEFAULT_SYSTEM_PROMPT)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.system_prompt", default_value = DEFAULT_SYSTEM_PROMPT))]
     pub system_prompt: String,
     /// Sampling temperature (0: greedy).
-    #[arg(long = "btlm.temperature", default_value_t = 0.7)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.temperature", default_value_t = 0.7))]
     pub temperature: f64,
     /// Hugging Face model repository.
-    #[arg(long = "btlm.model_id", default_value = DEFAULT_MODEL_ID)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.model_id", default_value = DEFAULT_MODEL_ID))]
     pub model_id: String,
     /// Repository revision (branch, tag or commit).
-    #[arg(long = "btlm.revision", default_value = "main")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.revision", default_value = "main"))]
     pub revision: String,
     /// Load the model from this directory instead of the hub (config.json, vocab.json +
     /// merges.txt or tokenizer.json, model.safetensors or pytorch_model.bin).
-    #[arg(long = "btlm.model_dir")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.model_dir"))]
     pub model_dir: Option<PathBuf>,
     /// Weight dtype (on CPU, bf16/f16 weights run with f32 activations).
-    #[arg(long = "btlm.dtype", value_enum, default_value_t = ModelDType::F32)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.dtype", value_enum, default_value_t = ModelDType::F32))]
     pub dtype: ModelDType,
     /// Quantize the weights at load time (CPU; q8_0 ≈ f32 quality, q4k smaller and faster).
-    #[arg(long = "btlm.quantize", value_enum, default_value_t = Quantization::None)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.quantize", value_enum, default_value_t = Quantization::None))]
     pub quantize: Quantization,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
-    #[arg(long = "btlm.top_k", default_value_t = 50)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.top_k", default_value_t = 50))]
     pub top_k: usize,
     /// Nucleus sampling mass, in (0, 1].
-    #[arg(long = "btlm.top_p", default_value_t = 1.0)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.top_p", default_value_t = 1.0))]
     pub top_p: f64,
     /// Repetition penalty (1: off).
-    #[arg(long = "btlm.repetition_penalty", default_value_t = 1.0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.repetition_penalty", default_value_t = 1.0)
+    )]
     pub repetition_penalty: f32,
     /// Random seed for sampling (default: from the OS).
-    #[arg(long = "btlm.seed")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.seed"))]
     pub seed: Option<u64>,
     /// Requests that may wait for a batch slot; more are refused (overloaded).
-    #[arg(long = "btlm.queue_size", default_value_t = 16)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.queue_size", default_value_t = 16))]
     pub queue_size: usize,
     /// Sequences generated together: each step advances all of them with one pass over the
     /// weights. Also the number of requests the miner's priority queue lets run at once.
-    #[arg(long = "btlm.max_batch", default_value_t = 8)]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.max_batch", default_value_t = 8))]
     pub max_batch: usize,
     /// Key/value cache budget in MiB: a request reserves prompt plus new tokens when it
     /// joins the batch; one that does not fit waits, one that never fits is refused.
-    #[arg(long = "btlm.kv_cache_mb", default_value_t = 4096)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.kv_cache_mb", default_value_t = 4096)
+    )]
     pub kv_cache_mb: usize,
     /// Prompt tokens run per forward pass and per step, so that a long prompt does not stall
     /// the other sequences of the batch.
-    #[arg(long = "btlm.prefill_chunk", default_value_t = 64)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.prefill_chunk", default_value_t = 64)
+    )]
     pub prefill_chunk: usize,
     /// Run prompt pieces in the same pass as the decode rows of the batch (one pass over
     /// the weights per step) instead of in passes of their own (answers then never depend
     /// on what else runs).
-    #[arg(long = "btlm.piggyback_prefill")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.piggyback_prefill"))]
     pub piggyback_prefill: bool,
     /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
     /// start maps them instead of quantizing again: `beside` (a `.btlm-cache`
     /// folder beside the checkpoint, in the hub cache for hub downloads), `off`, or a
     /// directory. Invalidated when the checkpoint changes.
-    #[arg(long = "btlm.weight_cache", default_value = "beside")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.weight_cache", default_value = "beside")
+    )]
     pub weight_cache: String,
     /// Benchmarks only: never pick the end-of-text token, so every completion runs to
     /// --btlm.max_length tokens. Not for serving.
-    #[arg(long = "btlm.ignore_eos")]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.ignore_eos"))]
     pub ignore_eos: bool,
     /// Stop strings (repeatable; the default stops before the next `user:`/`system:` turn;
     /// pass an empty string to disable).
-    #[arg(long = "btlm.stop", default_values_t = DEFAULT_STOP.map(String::from))]
+    #[cfg_attr(feature = "cli", arg(long = "btlm.stop", default_values_t = DEFAULT_STOP.map(String::from)))]
     pub stop: Vec<String>,
 }
 
@@ -138,14 +154,6 @@ impl Default for BtlmArgs {
 }
 
 impl BtlmArgs {
-    /// Reads settings from TOML text (keys as the field names, e.g. `max_length = 64`).
-    pub fn from_toml(text: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| BtlmError::InvalidArgument {
-            name: "config file",
-            reason: e.to_string(),
-        })
-    }
-
     /// The generation defaults these settings describe.
     pub fn generation(&self) -> GenerationConfig {
         GenerationConfig {
@@ -455,8 +463,9 @@ mod tests {
     }
 
     #[test]
-    fn toml_config() {
-        let a = BtlmArgs::from_toml(
+    fn config_file_keys() {
+        let from_toml = |text: &str| toml::from_str::<BtlmArgs>(text);
+        let a = from_toml(
             "max_length = 64\ndo_sample = true\ndtype = \"f16\"\nquantize = \"q4k\"\nstop = []\n",
         )
         .expect("toml");
@@ -469,10 +478,8 @@ mod tests {
             a.system_prompt, DEFAULT_SYSTEM_PROMPT,
             "unset keys keep defaults"
         );
-        let err = BtlmArgs::from_toml("max_lenght = 3")
-            .expect_err("typo")
-            .to_string();
+        let err = from_toml("max_lenght = 3").expect_err("typo").to_string();
         assert!(err.contains("max_lenght"), "{err}");
-        assert!(BtlmArgs::from_toml("quantize = \"q2\"").is_err());
+        assert!(from_toml("quantize = \"q2\"").is_err());
     }
 }

@@ -7,7 +7,8 @@ use candle_core::quantized::GgmlDType;
 use serde::Deserialize;
 
 /// The floating-point type of dense weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ModelDType {
     /// 32-bit floats (the default; required by the quantized path).
@@ -41,18 +42,19 @@ impl fmt::Display for ModelDType {
 }
 
 /// Weight quantization of the matrix multiplications (ggml block formats, CPU-friendly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Quantization {
     /// Dense weights in the model dtype.
     #[default]
     None,
     /// 8-bit blocks of 32 weights (~1.06 bytes per weight); close to f32 quality.
-    #[value(name = "q8_0")]
+    #[cfg_attr(feature = "cli", value(name = "q8_0"))]
     #[serde(rename = "q8_0")]
     Q8_0,
     /// 4-bit k-quant super-blocks of 256 weights (~0.56 bytes per weight).
-    #[value(name = "q4k")]
+    #[cfg_attr(feature = "cli", value(name = "q4k"))]
     #[serde(rename = "q4k")]
     Q4k,
 }

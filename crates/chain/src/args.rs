@@ -15,7 +15,8 @@ pub const LOCAL_ENDPOINT: &str = "ws://127.0.0.1:9944";
 pub const BLOCK_TIME: Duration = Duration::from_secs(12);
 
 /// The named subtensor networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
     /// The main network.
@@ -42,48 +43,64 @@ impl Network {
 ///
 /// Flags keep the Python miner's dotted names; in a configuration file the fields use their
 /// Rust names (`network`, `chain_endpoint`, `netuid`, ...), all optional.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct SubtensorArgs {
     /// The subtensor network to use.
-    #[arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", value_enum, default_value_t = Network::Finney)]
+    #[cfg_attr(feature = "cli", arg(long = "subtensor.network", env = "BT_SUBTENSOR_NETWORK", value_enum, default_value_t = Network::Finney))]
     pub network: Network,
     /// An explicit endpoint (`ws://` or `wss://`), overriding `--subtensor.network`.
-    #[arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.chain_endpoint", env = "BT_SUBTENSOR_CHAIN_ENDPOINT")
+    )]
     pub chain_endpoint: Option<String>,
     /// The subnet the miner serves.
-    #[arg(long = "netuid", default_value_t = 1)]
+    #[cfg_attr(feature = "cli", arg(long = "netuid", default_value_t = 1))]
     pub netuid: u16,
     /// Blocks between two metagraph refreshes (and weight settings).
-    #[arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    #[cfg_attr(feature = "cli", arg(long = "miner.blocks_per_epoch", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..)))]
     pub blocks_per_epoch: u64,
     /// Do not publish the axon's ip:port on chain.
-    #[arg(long = "miner.no_serve")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.no_serve"))]
     pub no_serve: bool,
     /// Set weights every epoch, all on the miner's own uid (as the Python miner did). Off by
     /// default: today's subtensor leaves a miner's self-weight out of consensus (only the
     /// subnet owner's counts), and most subnets have commit-reveal on, where plain
     /// `set_weights` is refused; see docs/chain.md.
-    #[arg(long = "miner.set_weights", conflicts_with = "no_set_weights")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "miner.set_weights", conflicts_with = "no_set_weights")
+    )]
     pub set_weights: bool,
     /// Do not set weights (the default; kept so existing command lines and config files still
     /// work).
-    #[arg(long = "miner.no_set_weights")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.no_set_weights"))]
     pub no_set_weights: bool,
     /// The `version_key` sent with `set_weights`. Default: the subnet's `WeightsVersionKey`,
     /// read from the chain before each `set_weights`.
-    #[arg(long = "miner.weights_version_key", value_name = "N")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "miner.weights_version_key", value_name = "N")
+    )]
     pub weights_version_key: Option<u64>,
     /// Seconds per block (12 on finney and the test network; a local node built with fast
     /// blocks makes one every 0.25 s). Turns block counts (the epoch, rate limits) into
     /// waits.
-    #[arg(long = "subtensor.block_time", value_name = "SECONDS", default_value_t = 12.0, value_parser = parse_block_time)]
+    #[cfg_attr(feature = "cli", arg(long = "subtensor.block_time", value_name = "SECONDS", default_value_t = 12.0, value_parser = parse_block_time))]
     pub block_time_secs: f64,
     /// Seconds allowed to open the connection and read the runtime.
-    #[arg(long = "subtensor.connect_timeout", default_value_t = 30)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.connect_timeout", default_value_t = 30)
+    )]
     pub connect_timeout_secs: u64,
     /// Seconds allowed for one chain call, including waiting for a transaction's inclusion.
-    #[arg(long = "subtensor.call_timeout", default_value_t = 60)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "subtensor.call_timeout", default_value_t = 60)
+    )]
     pub call_timeout_secs: u64,
 }
 
@@ -147,9 +164,11 @@ impl SubtensorArgs {
 }
 
 /// Longest accepted `--subtensor.block_time`.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 const MAX_BLOCK_TIME_SECS: f64 = 3600.0;
 
 /// `--subtensor.block_time`: seconds, more than 0 and at most an hour.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 fn parse_block_time(text: &str) -> Result<f64, String> {
     let secs: f64 = text
         .trim()

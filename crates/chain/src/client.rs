@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prompting_miner::metagraph::{Metagraph, NeuronInfo};
+use prompting_metagraph::{Metagraph, NeuronInfo};
 use subxt::backend::legacy::LegacyRpcMethods;
 use subxt::backend::rpc::RpcClient;
 use subxt::blocks::BlockRef;

@@ -7,7 +7,7 @@
 //! compact encodings), and decodes through the same by-name reader as current runtimes.
 
 use parity_scale_codec::{Compact, Decode};
-use prompting_miner::metagraph::NeuronInfo;
+use prompting_metagraph::NeuronInfo;
 use scale_info::{MetaType, PortableRegistry, Registry, TypeInfo};
 
 use crate::error::ChainError;

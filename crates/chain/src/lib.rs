@@ -10,7 +10,7 @@
 //!   [`Subtensor::ensure_registered`], [`Subtensor::serve_axon`],
 //!   [`Subtensor::set_own_weights`] (both check the subnet's rules at the best block before
 //!   sending), [`Subtensor::set_weights`];
-//! - [`spawn_sync`] keeps a [`SharedMetagraph`](prompting_miner::metagraph::SharedMetagraph)
+//! - [`spawn_sync`] keeps a [`SharedMetagraph`](prompting_metagraph::SharedMetagraph)
 //!   fresh in the background, keeps the axon published, sets weights when asked, and reports
 //!   a [`SyncStatus`];
 //! - refusals carry the chain's reason by name ([`Rejection`]), whether the transaction pool

@@ -6,7 +6,7 @@
 //! error naming it.
 
 use prompting_keys::ss58::{BITTENSOR_PREFIX, encode};
-use prompting_miner::metagraph::NeuronInfo;
+use prompting_metagraph::NeuronInfo;
 use scale_info::PortableRegistry;
 use subxt::ext::scale_value::{self, Composite, Primitive, Value, ValueDef};
 

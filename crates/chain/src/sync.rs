@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use prompting_miner::metagraph::SharedMetagraph;
+use prompting_metagraph::SharedMetagraph;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 

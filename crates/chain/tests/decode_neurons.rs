@@ -130,10 +130,7 @@ fn a_missing_field_is_named_in_the_error() {
     assert!(err.to_string().contains("`validator_permit`"), "{err}");
 }
 
-fn check_2023_neuron(
-    neurons: &[prompting_miner::metagraph::NeuronInfo],
-    fixture: &serde_json::Value,
-) {
+fn check_2023_neuron(neurons: &[prompting_metagraph::NeuronInfo], fixture: &serde_json::Value) {
     let expected = &fixture["scale_decoded"];
     assert_eq!(neurons.len(), 1);
     let n = &neurons[0];

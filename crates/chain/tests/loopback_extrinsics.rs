@@ -15,7 +15,8 @@ use prompting_chain::{
     ChainError, ExtrinsicSigner, ServeAxon, ServeOutcome, Subtensor, SubtensorArgs, SyncOptions,
     spawn_sync,
 };
-use prompting_miner::metagraph::{Metagraph, SharedMetagraph};
+use prompting_metagraph::{Metagraph, SharedMetagraph};
+use prompting_testkit::wait_until;
 use subxt::config::PolkadotConfig;
 use subxt::ext::scale_value::{Composite, Primitive, Value, ValueDef};
 
@@ -265,16 +266,6 @@ async fn set_weights_submits_the_signed_call() {
         subtensor.set_weights(&hotkey, 1, &[1, 2], &[1], 1).await,
         Err(ChainError::InvalidArgument(_))
     ));
-}
-
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..800 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

@@ -11,7 +11,8 @@ use common::{TestNeuron, keypair};
 use prompting_chain::{
     ChainError, ExtrinsicSigner, Subtensor, SubtensorArgs, SyncOptions, spawn_sync,
 };
-use prompting_miner::metagraph::{Metagraph, SharedMetagraph};
+use prompting_metagraph::{Metagraph, SharedMetagraph};
+use prompting_testkit::wait_until;
 
 async fn connect(node: &LoopbackNode) -> Subtensor {
     let args = SubtensorArgs {
@@ -107,16 +108,6 @@ async fn connecting_to_nothing_fails_within_the_timeout() {
         matches!(err, ChainError::Connect { .. } | ChainError::Timeout { .. }),
         "{err}"
     );
-}
-
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..800 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use prompting_chain::{
     ChainError, ExtrinsicSigner, Rejection, ServeAxon, ServeOutcome, Subtensor, SubtensorArgs,
     SyncOptions, SyncStatus, WeightsOutcome, spawn_sync,
 };
-use prompting_miner::metagraph::{Metagraph, SharedMetagraph};
+use prompting_metagraph::{Metagraph, SharedMetagraph};
 use subxt::config::PolkadotConfig;
 use subxt::ext::scale_value::{Composite, Value};
 

@@ -1,6 +1,6 @@
 //! The pipeline's settings, with the Python miner's flag names and defaults.
 //!
-//! [`MinerConfig`] is both a `clap` argument group (flags such as
+//! [`MinerConfig`] is both a `clap` argument group (feature `cli`; flags such as
 //! `--miner.blacklist.whitelist`) and the `[miner]` table of a TOML config file:
 //!
 //! ```toml
@@ -21,7 +21,6 @@
 //! know are ignored, so binaries may keep their own `miner.*` settings in the same table.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde::Deserialize;
 
@@ -39,44 +38,29 @@ pub enum ConfigError {
     /// The same hotkey is both whitelisted and blacklisted.
     #[error("hotkey {0} is in both --miner.blacklist.whitelist and --miner.blacklist.blacklist")]
     WhitelistedAndBlacklisted(String),
-    /// A config file could not be read.
-    #[error("cannot read config file {path}: {reason}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The operating system's explanation.
-        reason: String,
-    },
-    /// A config file is not valid TOML or its `[miner]` table has values of the wrong type.
-    #[error("config file {path} is invalid: {reason}")]
-    Parse {
-        /// The file (`<string>` when parsed from memory).
-        path: String,
-        /// The parser's explanation.
-        reason: String,
-    },
 }
 
 /// All settings of the pipeline: worker pool, queue, blacklist and priority.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default)]
 pub struct MinerConfig {
     /// Number of backend calls run at the same time; further requests wait in the priority
     /// queue.
-    #[arg(long = "miner.max_concurrent", default_value_t = DEFAULT_MAX_CONCURRENT)]
+    #[cfg_attr(feature = "cli", arg(long = "miner.max_concurrent", default_value_t = DEFAULT_MAX_CONCURRENT))]
     pub max_concurrent: usize,
 
     /// Number of requests that may wait for a worker; when full, the lowest-priority request
     /// is refused as overloaded. 0 means no waiting at all.
-    #[arg(long = "miner.max_queue", default_value_t = DEFAULT_MAX_QUEUE)]
+    #[cfg_attr(feature = "cli", arg(long = "miner.max_queue", default_value_t = DEFAULT_MAX_QUEUE))]
     pub max_queue: usize,
 
     /// Who may call.
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub blacklist: BlacklistConfig,
 
     /// In which order waiting requests are served.
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub priority: PriorityConfig,
 }
 
@@ -97,80 +81,84 @@ impl Default for MinerConfig {
 }
 
 /// The blacklist's settings (`--miner.blacklist.*`).
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default)]
 pub struct BlacklistConfig {
     /// Hotkeys always allowed: they skip every other blacklist check (the prompt cache, which
     /// is not part of the Python blacklist, still applies). Space- or comma-separated,
     /// repeatable.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.blacklist.whitelist",
         num_args = 0..,
         value_delimiter = ',',
         action = clap::ArgAction::Append
-    )]
+    ))]
     pub whitelist: Vec<String>,
 
     /// Hotkeys always refused. Space- or comma-separated, repeatable.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.blacklist.blacklist",
         num_args = 0..,
         value_delimiter = ',',
         action = clap::ArgAction::Append
-    )]
+    ))]
     pub blacklist: Vec<String>,
 
     /// Only serve hotkeys that hold a validator permit.
-    #[arg(long = "miner.blacklist.force_validator_permit")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.blacklist.force_validator_permit"))]
     pub force_validator_permit: bool,
 
     /// Serve hotkeys that are not registered on the subnet (a security risk).
-    #[arg(long = "miner.blacklist.allow_non_registered")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.blacklist.allow_non_registered"))]
     pub allow_non_registered: bool,
 
     /// Minimum stake a caller must hold, in α of the subnet: its stake weight as bittensor
     /// 10's `metagraph.S` reports it (alpha staked to the hotkey, also through parent/child
     /// keys, plus the chain's TaoWeight × its root τ); unregistered callers hold 0. See
     /// docs/chain.md.
-    #[arg(
-        long = "miner.blacklist.minimum_stake_requirement",
-        default_value_t = 0.0
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "miner.blacklist.minimum_stake_requirement",
+            default_value_t = 0.0
+        )
     )]
     pub minimum_stake_requirement: f64,
 
     /// Refuse a prompt whose messages were already seen within
     /// `--miner.blacklist.prompt_cache_block_span` blocks.
-    #[arg(long = "miner.blacklist.use_prompt_cache")]
+    #[cfg_attr(feature = "cli", arg(long = "miner.blacklist.use_prompt_cache"))]
     pub use_prompt_cache: bool,
 
     /// How many blocks a prompt stays in the prompt cache.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.blacklist.prompt_cache_block_span",
         default_value_t = DEFAULT_PROMPT_CACHE_BLOCK_SPAN
-    )]
+    ))]
     pub prompt_cache_block_span: u64,
 
     /// Most prompts the cache remembers; the oldest is forgotten first.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.blacklist.prompt_cache_size",
         default_value_t = DEFAULT_PROMPT_CACHE_SIZE
-    )]
+    ))]
     pub prompt_cache_size: usize,
 
     /// Window, in minutes, in which a hotkey may make at most
     /// `--miner.priority.len_request_timestamps` accepted requests. 0 disables the limit.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.blacklist.min_request_period",
         default_value_t = DEFAULT_MIN_REQUEST_PERIOD
-    )]
+    ))]
     pub min_request_period: u64,
 
     /// Most distinct hotkeys whose request history is kept; the least recently seen is
     /// forgotten first.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.blacklist.max_tracked_hotkeys",
         default_value_t = DEFAULT_MAX_TRACKED_HOTKEYS
-    )]
+    ))]
     pub max_tracked_hotkeys: usize,
 }
 
@@ -201,35 +189,39 @@ impl Default for BlacklistConfig {
 }
 
 /// The priority's settings (`--miner.priority.*`).
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default)]
 pub struct PriorityConfig {
     /// Priority of unregistered callers and of a hotkey's first request.
-    #[arg(long = "miner.priority.default", default_value_t = 0.0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "miner.priority.default", default_value_t = 0.0)
+    )]
     pub default: f64,
 
     /// Minutes of quiet after which a caller's stake counts twice as much (the period is
     /// measured back to its 10th most recent request).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.priority.time_stake_multiplicate",
         default_value_t = DEFAULT_TIME_STAKE_MULTIPLICATE
-    )]
+    ))]
     pub time_stake_multiplicate: u64,
 
     /// Request timestamps kept per hotkey; also the number of requests allowed per
     /// `--miner.blacklist.min_request_period`.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.priority.len_request_timestamps",
         default_value_t = DEFAULT_LEN_REQUEST_TIMESTAMPS
-    )]
+    ))]
     pub len_request_timestamps: usize,
 
     /// Minutes after its last request when a hotkey's history is forgotten (its next
     /// request then counts as its first).
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "miner.priority.history_retention",
         default_value_t = DEFAULT_HISTORY_RETENTION
-    )]
+    ))]
     pub history_retention: u64,
 }
 
@@ -251,13 +243,6 @@ impl Default for PriorityConfig {
     }
 }
 
-/// The `[miner]` table of a config file; other top-level tables are ignored.
-#[derive(Deserialize)]
-struct ConfigFile {
-    #[serde(default)]
-    miner: MinerConfig,
-}
-
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         flag,
@@ -266,31 +251,6 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl MinerConfig {
-    /// Reads the `[miner]` table of a TOML document (see the module docs); the result is
-    /// validated.
-    pub fn from_toml(text: &str) -> Result<MinerConfig, ConfigError> {
-        Self::parse_toml(text, "<string>")
-    }
-
-    /// Reads the `[miner]` table of a TOML file; the result is validated.
-    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<MinerConfig, ConfigError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::parse_toml(&text, &path.display().to_string())
-    }
-
-    fn parse_toml(text: &str, path: &str) -> Result<MinerConfig, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_string(),
-            reason: e.message().to_string(),
-        })?;
-        file.miner.validate()?;
-        Ok(file.miner)
-    }
-
     /// Checks the settings make sense together; the pipeline refuses to start otherwise.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrent == 0 {
@@ -366,6 +326,109 @@ impl MinerConfig {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_tables_fill_nested_settings_and_keep_defaults() {
+        let c: MinerConfig = toml::from_str(
+            r#"
+            max_concurrent = 3
+            name = "binaries may keep their own keys here"
+
+            [blacklist]
+            whitelist = ["w"]
+            minimum_stake_requirement = 10.0
+
+            [priority]
+            default = 2.0
+            "#,
+        )
+        .expect("valid toml");
+        assert_eq!(c.max_concurrent, 3);
+        assert_eq!(c.max_queue, DEFAULT_MAX_QUEUE);
+        assert_eq!(c.blacklist.whitelist, ["w"]);
+        assert_eq!(c.blacklist.minimum_stake_requirement, 10.0);
+        assert_eq!(c.blacklist.prompt_cache_block_span, 7200);
+        assert_eq!(c.priority.default, 2.0);
+        assert_eq!(c.priority.len_request_timestamps, 50);
+        assert_eq!(
+            toml::from_str::<MinerConfig>("").expect("empty"),
+            MinerConfig::default()
+        );
+    }
+
+    fn flag_of(err: ConfigError) -> &'static str {
+        match err {
+            ConfigError::Invalid { flag, .. } => flag,
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn nonsense_is_refused_naming_the_flag() {
+        let check = |edit: fn(&mut MinerConfig)| {
+            let mut c = MinerConfig::default();
+            edit(&mut c);
+            flag_of(c.validate().unwrap_err())
+        };
+        assert_eq!(check(|c| c.max_concurrent = 0), "miner.max_concurrent");
+        assert_eq!(
+            check(|c| c.blacklist.minimum_stake_requirement = -1.0),
+            "miner.blacklist.minimum_stake_requirement"
+        );
+        assert_eq!(
+            check(|c| c.blacklist.minimum_stake_requirement = f64::NAN),
+            "miner.blacklist.minimum_stake_requirement"
+        );
+        assert_eq!(
+            check(|c| {
+                c.blacklist.use_prompt_cache = true;
+                c.blacklist.prompt_cache_size = 0;
+            }),
+            "miner.blacklist.prompt_cache_size"
+        );
+        assert_eq!(
+            check(|c| c.blacklist.max_tracked_hotkeys = 0),
+            "miner.blacklist.max_tracked_hotkeys"
+        );
+        assert_eq!(
+            check(|c| c.blacklist.whitelist = vec![" ".into()]),
+            "miner.blacklist.whitelist"
+        );
+        assert_eq!(
+            check(|c| c.priority.default = f64::INFINITY),
+            "miner.priority.default"
+        );
+        assert_eq!(
+            check(|c| c.priority.time_stake_multiplicate = 0),
+            "miner.priority.time_stake_multiplicate"
+        );
+        assert_eq!(
+            check(|c| c.priority.len_request_timestamps = 0),
+            "miner.priority.len_request_timestamps"
+        );
+        assert_eq!(
+            check(|c| c.priority.history_retention = 1),
+            "miner.priority.history_retention"
+        );
+        let mut c = MinerConfig::default();
+        c.blacklist.whitelist = vec!["k".into()];
+        c.blacklist.blacklist = vec!["k".into()];
+        assert_eq!(
+            c.validate().unwrap_err(),
+            ConfigError::WhitelistedAndBlacklisted("k".into())
+        );
+        // A queue of zero is a valid choice: no waiting at all.
+        let c = MinerConfig {
+            max_queue: 0,
+            ..MinerConfig::default()
+        };
+        c.validate().expect("valid");
+    }
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod cli_tests {
     use super::*;
     use clap::Parser;
 
@@ -446,128 +509,6 @@ mod tests {
         assert_eq!(c.priority.len_request_timestamps, 20);
         assert_eq!(c.priority.history_retention, 60);
         assert_eq!((c.max_concurrent, c.max_queue), (2, 4));
-        c.validate().expect("valid");
-    }
-
-    #[test]
-    fn toml_fills_nested_tables_and_keeps_defaults() {
-        let c = MinerConfig::from_toml(
-            r#"
-            [wallet]
-            name = "ignored"
-
-            [miner]
-            max_concurrent = 3
-            name = "binaries may keep their own keys here"
-
-            [miner.blacklist]
-            whitelist = ["w"]
-            minimum_stake_requirement = 10.0
-
-            [miner.priority]
-            default = 2.0
-            "#,
-        )
-        .expect("valid toml");
-        assert_eq!(c.max_concurrent, 3);
-        assert_eq!(c.max_queue, DEFAULT_MAX_QUEUE);
-        assert_eq!(c.blacklist.whitelist, ["w"]);
-        assert_eq!(c.blacklist.minimum_stake_requirement, 10.0);
-        assert_eq!(c.blacklist.prompt_cache_block_span, 7200);
-        assert_eq!(c.priority.default, 2.0);
-        assert_eq!(c.priority.len_request_timestamps, 50);
-        assert_eq!(
-            MinerConfig::from_toml("").expect("empty"),
-            MinerConfig::default()
-        );
-    }
-
-    #[test]
-    fn toml_errors_are_reported() {
-        let err = MinerConfig::from_toml("[miner]\nmax_concurrent = \"many\"").unwrap_err();
-        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
-        let err = MinerConfig::from_toml("[miner]\nmax_concurrent = 0").unwrap_err();
-        assert!(err.to_string().contains("miner.max_concurrent"), "{err}");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("nope.toml");
-        let err = MinerConfig::from_toml_file(&missing).unwrap_err();
-        assert!(err.to_string().contains("nope.toml"), "{err}");
-        let file = dir.path().join("miner.toml");
-        std::fs::write(&file, "[miner.blacklist]\nuse_prompt_cache = true\n").expect("write");
-        assert!(
-            MinerConfig::from_toml_file(&file)
-                .expect("valid")
-                .blacklist
-                .use_prompt_cache
-        );
-    }
-
-    fn flag_of(err: ConfigError) -> &'static str {
-        match err {
-            ConfigError::Invalid { flag, .. } => flag,
-            other => panic!("unexpected {other}"),
-        }
-    }
-
-    #[test]
-    fn nonsense_is_refused_naming_the_flag() {
-        let check = |edit: fn(&mut MinerConfig)| {
-            let mut c = MinerConfig::default();
-            edit(&mut c);
-            flag_of(c.validate().unwrap_err())
-        };
-        assert_eq!(check(|c| c.max_concurrent = 0), "miner.max_concurrent");
-        assert_eq!(
-            check(|c| c.blacklist.minimum_stake_requirement = -1.0),
-            "miner.blacklist.minimum_stake_requirement"
-        );
-        assert_eq!(
-            check(|c| c.blacklist.minimum_stake_requirement = f64::NAN),
-            "miner.blacklist.minimum_stake_requirement"
-        );
-        assert_eq!(
-            check(|c| {
-                c.blacklist.use_prompt_cache = true;
-                c.blacklist.prompt_cache_size = 0;
-            }),
-            "miner.blacklist.prompt_cache_size"
-        );
-        assert_eq!(
-            check(|c| c.blacklist.max_tracked_hotkeys = 0),
-            "miner.blacklist.max_tracked_hotkeys"
-        );
-        assert_eq!(
-            check(|c| c.blacklist.whitelist = vec![" ".into()]),
-            "miner.blacklist.whitelist"
-        );
-        assert_eq!(
-            check(|c| c.priority.default = f64::INFINITY),
-            "miner.priority.default"
-        );
-        assert_eq!(
-            check(|c| c.priority.time_stake_multiplicate = 0),
-            "miner.priority.time_stake_multiplicate"
-        );
-        assert_eq!(
-            check(|c| c.priority.len_request_timestamps = 0),
-            "miner.priority.len_request_timestamps"
-        );
-        assert_eq!(
-            check(|c| c.priority.history_retention = 1),
-            "miner.priority.history_retention"
-        );
-        let mut c = MinerConfig::default();
-        c.blacklist.whitelist = vec!["k".into()];
-        c.blacklist.blacklist = vec!["k".into()];
-        assert_eq!(
-            c.validate().unwrap_err(),
-            ConfigError::WhitelistedAndBlacklisted("k".into())
-        );
-        // A queue of zero is a valid choice: no waiting at all.
-        let c = MinerConfig {
-            max_queue: 0,
-            ..MinerConfig::default()
-        };
         c.validate().expect("valid");
     }
 }

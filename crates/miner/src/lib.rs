@@ -49,10 +49,10 @@ pub mod blacklist;
 mod bounded_stream;
 pub mod config;
 pub mod dev_metagraph;
-pub mod metagraph;
 pub mod pipeline;
 pub mod priority;
 pub mod prompt_cache;
+pub mod report;
 pub mod request;
 pub mod request_history;
 mod scheduler;
@@ -60,12 +60,16 @@ pub mod static_metagraph;
 pub mod stats;
 pub mod traits;
 
+/// The subnet snapshots the policies read (the `prompting-metagraph` crate, re-exported).
+pub use prompting_metagraph as metagraph;
+
 pub use blacklist::{Refusal, RefusalKind};
 pub use config::{BlacklistConfig, ConfigError, MinerConfig, PriorityConfig};
 pub use dev_metagraph::DevMetagraph;
 pub use metagraph::{CallerInfo, Metagraph, MetagraphView, NeuronInfo, SharedMetagraph};
 pub use pipeline::Pipeline;
 pub use priority::priority;
+pub use report::{CompletionInfo, CompletionReport, TokenUsage};
 pub use request::{PromptRequest, Protocol, SamplingOverrides};
 pub use static_metagraph::{MetagraphError, StaticMetagraph};
 pub use stats::{Outcome, PipelineStats};

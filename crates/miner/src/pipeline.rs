@@ -175,7 +175,7 @@ impl Pipeline {
     /// the request's deadline the work is cancelled and the answer is
     /// [`MinerError::Timeout`].
     pub async fn prompt(&self, request: PromptRequest) -> Result<String, MinerError> {
-        let tracker = RequestTracker::new(&self.inner.counters);
+        let tracker = RequestTracker::new(&self.inner.counters, &request.report);
         let result = self.run_prompt(&request, &tracker).await;
         tracker.finish(Outcome::of(&result));
         result
@@ -196,11 +196,15 @@ impl Pipeline {
     /// Like [`Pipeline::prompt`], streaming. The worker slot is held until the stream ends
     /// or is dropped; the deadline bounds the whole stream (past it, the stream yields one
     /// [`MinerError::Timeout`] and ends).
+    ///
+    /// The stream is returned only once the backend produced its first non-empty chunk (or
+    /// ended without text): a failure before that is this call's error, so every transport
+    /// can still answer it with an error status instead of a success that breaks off.
     pub async fn prompt_stream(&self, request: PromptRequest) -> Result<TextStream, MinerError> {
-        let tracker = RequestTracker::new(&self.inner.counters);
+        let tracker = RequestTracker::new(&self.inner.counters, &request.report);
         let started = match self.enter(&request, &tracker).await {
             Ok(slot) => {
-                let call = self.inner.miner.prompt_stream(&request);
+                let call = first_chunk(self.inner.miner.prompt_stream(&request));
                 match tokio::time::timeout_at(request.deadline, call).await {
                     Ok(Ok(stream)) => Ok((stream, slot)),
                     Ok(Err(error)) => Err(error),
@@ -239,6 +243,7 @@ impl Pipeline {
                 .prompt_cache
                 .as_ref()
                 .map_or(0, |cache| cache.lock().len()),
+            usage: self.inner.counters.usage(),
         }
     }
 
@@ -304,6 +309,27 @@ impl Pipeline {
             }
         }
         Ok(priority)
+    }
+}
+
+/// Waits for the first non-empty chunk of the stream `started` resolves to; returns the
+/// stream again, starting with that chunk (or empty when the backend ended without text).
+/// An error before the first chunk is returned as the error.
+async fn first_chunk(
+    started: impl std::future::Future<Output = Result<TextStream, MinerError>>,
+) -> Result<TextStream, MinerError> {
+    use futures::StreamExt;
+    let mut stream = started.await?;
+    loop {
+        match stream.next().await {
+            Some(Ok(chunk)) if chunk.is_empty() => continue,
+            Some(Ok(chunk)) => {
+                let first = futures::stream::once(async move { Ok(chunk) });
+                return Ok(Box::pin(first.chain(stream)));
+            }
+            Some(Err(error)) => return Err(error),
+            None => return Ok(Box::pin(futures::stream::empty())),
+        }
     }
 }
 
@@ -793,6 +819,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn streaming_holds_the_slot_until_the_end() {
         let f = fixture(|c| c.max_concurrent = 1);
+        // The stream is handed out once its first chunk is there.
+        f.miner.gate.add_permits(1);
         let mut stream = f
             .pipeline
             .prompt_stream(request("high", "stream"))
@@ -805,7 +833,7 @@ mod tests {
             1,
             "waits while the stream runs"
         );
-        f.miner.gate.add_permits(2);
+        f.miner.gate.add_permits(1);
         assert_eq!(stream.next().await, Some(Ok("chunk0".into())));
         assert_eq!(stream.next().await, Some(Ok("chunk1".into())));
         settle().await;
@@ -821,12 +849,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_a_stream_frees_its_slot() {
         let f = fixture(|c| c.max_concurrent = 1);
+        f.miner.gate.add_permits(1);
         let mut stream = f
             .pipeline
             .prompt_stream(request("high", "stream"))
             .await
             .expect("stream");
-        f.miner.gate.add_permits(1);
         assert_eq!(stream.next().await, Some(Ok("chunk0".into())));
         let next = spawn_prompt(&f.pipeline, request("mid", "next"));
         settle().await;
@@ -840,12 +868,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_bounds_the_whole_stream() {
         let f = fixture(|c| c.max_concurrent = 1);
+        f.miner.gate.add_permits(1);
         let mut stream = f
             .pipeline
             .prompt_stream(request("high", "stream"))
             .await
             .expect("stream");
-        f.miner.gate.add_permits(1);
         assert_eq!(stream.next().await, Some(Ok("chunk0".into())));
         // No more permits: the next chunk never comes, the deadline ends the stream.
         let timed_out = stream.next().await;
@@ -854,6 +882,85 @@ mod tests {
         let stats = f.pipeline.stats();
         assert_eq!(stats.in_flight, 0);
         assert_eq!(stats.outcomes[&Outcome::TimedOut], 1);
+    }
+
+    /// A backend whose streams yield `items` (one stream per call).
+    struct ScriptedStream(Vec<Result<String, MinerError>>);
+
+    #[async_trait]
+    impl Miner for ScriptedStream {
+        fn name(&self) -> &str {
+            "scripted"
+        }
+
+        async fn prompt(&self, _: &PromptRequest) -> Result<String, MinerError> {
+            Err(MinerError::Backend("only streams".into()))
+        }
+
+        async fn prompt_stream(&self, _: &PromptRequest) -> Result<TextStream, MinerError> {
+            Ok(Box::pin(futures::stream::iter(self.0.clone())))
+        }
+    }
+
+    fn scripted(items: Vec<Result<String, MinerError>>) -> Pipeline {
+        Pipeline::new(
+            MinerConfig::default(),
+            Arc::new(SharedMetagraph::new(subnet(100))),
+            Arc::new(ScriptedStream(items)),
+        )
+        .expect("valid config")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_failing_before_its_first_chunk_is_an_error_not_a_stream() {
+        let broken = MinerError::Backend("the upstream stream broke off".into());
+        let pipeline = scripted(vec![Ok(String::new()), Err(broken.clone())]);
+        let result = pipeline.prompt_stream(request("high", "s")).await;
+        assert_eq!(result.err(), Some(broken));
+        let stats = pipeline.stats();
+        assert_eq!(stats.outcomes[&Outcome::BackendError], 1);
+        assert_eq!(stats.in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_starts_with_its_first_non_empty_chunk() {
+        let later = MinerError::Backend("midway".into());
+        let pipeline = scripted(vec![
+            Ok(String::new()),
+            Ok("first".into()),
+            Ok(String::new()),
+            Err(later.clone()),
+        ]);
+        let stream = pipeline
+            .prompt_stream(request("high", "s"))
+            .await
+            .expect("started");
+        let items: Vec<_> = stream.collect().await;
+        assert_eq!(
+            items,
+            vec![Ok("first".into()), Ok(String::new()), Err(later)]
+        );
+        // An answer without any text is an empty stream, not an error.
+        let empty = scripted(vec![Ok(String::new())]);
+        let stream = empty
+            .prompt_stream(request("high", "s"))
+            .await
+            .expect("started");
+        assert_eq!(stream.collect::<Vec<_>>().await, vec![]);
+        assert_eq!(empty.stats().outcomes[&Outcome::Served], 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_returned_only_once_its_first_chunk_arrived() {
+        let f = fixture(|c| c.max_concurrent = 1);
+        let pipeline = f.pipeline.clone();
+        let started =
+            tokio::spawn(async move { pipeline.prompt_stream(request("high", "stream")).await });
+        settle().await;
+        assert!(!started.is_finished(), "no chunk yet, no stream");
+        f.miner.gate.add_permits(1);
+        let mut stream = started.await.expect("joined").expect("stream");
+        assert_eq!(stream.next().await, Some(Ok("chunk0".into())));
     }
 
     #[tokio::test(start_paused = true)]

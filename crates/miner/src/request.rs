@@ -3,6 +3,8 @@
 use std::fmt;
 use tokio::time::Instant;
 
+use crate::report::CompletionReport;
+
 /// The wire protocol a request arrived by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -61,6 +63,9 @@ pub struct PromptRequest {
     pub deadline: Instant,
     /// Caller-provided generation settings.
     pub sampling: SamplingOverrides,
+    /// How the answer ended and what it cost, filled in by the backend (shared by clones of
+    /// the request: keep a clone to read it after the pipeline consumed the request).
+    pub report: CompletionReport,
 }
 
 impl PromptRequest {
@@ -79,6 +84,7 @@ impl PromptRequest {
             protocol,
             deadline: Instant::now() + timeout,
             sampling: SamplingOverrides::default(),
+            report: CompletionReport::default(),
         }
     }
 

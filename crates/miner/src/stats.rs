@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::time::Instant;
 
 use crate::blacklist::RefusalKind;
+use crate::report::{CompletionReport, TokenUsage};
 use crate::traits::MinerError;
 
 /// How a request ended.
@@ -89,6 +90,9 @@ pub struct PipelineStats {
     pub tracked_hotkeys: usize,
     /// Prompts in the prompt cache.
     pub prompt_cache_entries: usize,
+    /// Tokens of the answered requests whose backend reported them (see
+    /// [`CompletionReport`]), summed.
+    pub usage: TokenUsage,
 }
 
 /// The pipeline's counters, shared with in-flight requests.
@@ -96,6 +100,8 @@ pub struct PipelineStats {
 pub(crate) struct Counters {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     refusals: [AtomicU64; RefusalKind::ALL.len()],
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
 }
 
 impl Counters {
@@ -105,6 +111,20 @@ impl Counters {
 
     pub(crate) fn count_refusal(&self, kind: RefusalKind) {
         self.refusals[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_usage(&self, usage: TokenUsage) {
+        self.prompt_tokens
+            .fetch_add(usage.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(usage.completion_tokens, Ordering::Relaxed);
+    }
+
+    pub(crate) fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+        }
     }
 
     pub(crate) fn outcomes(&self) -> BTreeMap<Outcome, u64> {
@@ -123,18 +143,21 @@ impl Counters {
 }
 
 /// Counts one request's outcome exactly once: [`RequestTracker::finish`] when it ends,
-/// [`Outcome::Cancelled`] when dropped unfinished (its caller went away).
+/// [`Outcome::Cancelled`] when dropped unfinished (its caller went away); and then the
+/// tokens its backend reported.
 #[derive(Debug)]
 pub(crate) struct RequestTracker {
     counters: Arc<Counters>,
+    report: CompletionReport,
     arrived: Instant,
     finished: bool,
 }
 
 impl RequestTracker {
-    pub(crate) fn new(counters: &Arc<Counters>) -> Self {
+    pub(crate) fn new(counters: &Arc<Counters>, report: &CompletionReport) -> Self {
         RequestTracker {
             counters: Arc::clone(counters),
+            report: report.clone(),
             arrived: Instant::now(),
             finished: false,
         }
@@ -155,6 +178,9 @@ impl Drop for RequestTracker {
     fn drop(&mut self) {
         if !self.finished {
             self.counters.count_outcome(Outcome::Cancelled);
+        }
+        if let Some(usage) = self.report.usage() {
+            self.counters.count_usage(usage);
         }
     }
 }
@@ -197,10 +223,40 @@ mod tests {
     #[test]
     fn tracker_counts_once_and_cancelled_when_dropped() {
         let c = Arc::new(Counters::default());
-        RequestTracker::new(&c).finish(Outcome::Served);
-        drop(RequestTracker::new(&c));
+        let report = CompletionReport::default();
+        RequestTracker::new(&c, &report).finish(Outcome::Served);
+        drop(RequestTracker::new(&c, &report));
         let outcomes = c.outcomes();
         assert_eq!(outcomes[&Outcome::Served], 1);
         assert_eq!(outcomes[&Outcome::Cancelled], 1);
+        assert_eq!(c.usage(), TokenUsage::default());
+    }
+
+    #[test]
+    fn reported_tokens_are_summed_when_requests_end() {
+        let c = Arc::new(Counters::default());
+        let report = CompletionReport::default();
+        let tracker = RequestTracker::new(&c, &report);
+        report.set_usage(TokenUsage {
+            prompt_tokens: 30,
+            completion_tokens: 8,
+        });
+        assert_eq!(c.usage(), TokenUsage::default(), "counted at the end");
+        tracker.finish(Outcome::Served);
+        // A cancelled request's tokens were spent too.
+        let other = CompletionReport::default();
+        other.set_usage(TokenUsage {
+            prompt_tokens: 2,
+            completion_tokens: 1,
+        });
+        drop(RequestTracker::new(&c, &other));
+        drop(RequestTracker::new(&c, &CompletionReport::default()));
+        assert_eq!(
+            c.usage(),
+            TokenUsage {
+                prompt_tokens: 32,
+                completion_tokens: 9
+            }
+        );
     }
 }

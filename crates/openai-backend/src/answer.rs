@@ -1,10 +1,10 @@
 //! Reading a successful upstream answer: bounded body reads and the full-completion parse.
 
-use prompting_miner::MinerError;
+use prompting_miner::{CompletionReport, MinerError, TokenUsage};
 use reqwest::Response;
 
 use crate::failure::{Failure, Scrubber, from_transport};
-use crate::wire::ChatCompletion;
+use crate::wire::{ChatCompletion, Usage};
 
 /// Largest full completion accepted, in bytes.
 pub(crate) const MAX_COMPLETION_BYTES: usize = 16 << 20;
@@ -29,11 +29,35 @@ pub(crate) async fn read_limited(
     Ok((body, false))
 }
 
-/// Reads a full chat completion and returns `choices[0].message.content`.
+/// A full completion: the first choice's text, why it ended, what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Answer {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Option<TokenUsage>,
+}
+
+impl Answer {
+    /// Writes the finish reason and usage into `report`; returns the text.
+    pub fn record(self, report: &CompletionReport) -> String {
+        report.clear();
+        if let Some(reason) = &self.finish_reason
+            && !report.set_finish_reason(reason)
+        {
+            tracing::debug!(reason = %reason, "ignoring an unusual finish_reason from the upstream");
+        }
+        if let Some(usage) = self.usage {
+            report.set_usage(usage);
+        }
+        self.text
+    }
+}
+
+/// Reads a full chat completion.
 pub(crate) async fn read_completion(
     response: Response,
     scrubber: Scrubber<'_>,
-) -> Result<String, Failure> {
+) -> Result<Answer, Failure> {
     let (body, truncated) = read_limited(response, MAX_COMPLETION_BYTES)
         .await
         .map_err(|e| from_transport(&e, scrubber))?;
@@ -46,17 +70,28 @@ pub(crate) async fn read_completion(
     parse_completion(&body, scrubber).map_err(Failure::Fatal)
 }
 
-/// Parses a full chat completion body and returns `choices[0].message.content`.
-pub(crate) fn parse_completion(body: &[u8], scrubber: Scrubber<'_>) -> Result<String, MinerError> {
+/// Parses a full chat completion body: `choices[0].message.content`, its `finish_reason` and
+/// the `usage`.
+pub(crate) fn parse_completion(body: &[u8], scrubber: Scrubber<'_>) -> Result<Answer, MinerError> {
     let completion: ChatCompletion = serde_json::from_slice(body).map_err(|e| {
         MinerError::Backend(format!(
             "the upstream answer is not a valid chat completion: {}",
             scrubber.scrub(&e.to_string())
         ))
     })?;
-    completion
-        .into_first_content()
-        .map_err(|why| MinerError::Backend(why.to_owned()))
+    let usage = completion.usage.map(Usage::into);
+    let choice = completion
+        .into_first_choice()
+        .map_err(|why| MinerError::Backend(why.to_owned()))?;
+    let finish_reason = choice.finish_reason.clone();
+    let text = choice
+        .into_content()
+        .map_err(|why| MinerError::Backend(why.to_owned()))?;
+    Ok(Answer {
+        text,
+        finish_reason,
+        usage,
+    })
 }
 
 #[cfg(test)]
@@ -80,7 +115,11 @@ mod tests {
         );
         assert_eq!(
             parse_completion(br#"{"choices":[{"message":{"content":"ok"}}]}"#, NO_KEY),
-            Ok("ok".into())
+            Ok(Answer {
+                text: "ok".into(),
+                finish_reason: None,
+                usage: None
+            })
         );
     }
 }

@@ -6,21 +6,21 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prompting_miner::{Miner, MinerError, PromptRequest, TextStream};
+use prompting_miner::{CompletionReport, Miner, MinerError, PromptRequest, TextStream};
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use reqwest::{Client, Response, redirect};
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::answer::{MAX_ERROR_BODY_BYTES, read_completion, read_limited};
+use crate::answer::{Answer, MAX_ERROR_BODY_BYTES, read_completion, read_limited};
 use crate::config::{
     ApiKey, OpenAiArgs, Settings, check_max_tokens, check_temperature, check_top_p,
 };
 use crate::error::OpenAiError;
 use crate::failure::{self, Failure, Retriable, RetryKind, Scrubber};
 use crate::retry::backoff;
-use crate::stream::{StreamLimits, completion_stream};
-use crate::upstream::{Upstream, UpstreamPool};
-use crate::wire::{ChatMessage, ChatRequest};
+use crate::stream::{self, StreamError, StreamLimits};
+use crate::upstream::{Plan, Upstream, UpstreamPool};
+use crate::wire::{ChatMessage, ChatRequest, StreamOptions};
 
 /// Longest wait for a TCP/TLS connection to be set up (shorter when `--openai.timeout` is).
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ impl OpenAiBackend {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| OpenAiError::Client(e.to_string()))?;
-        let upstreams = UpstreamPool::new(settings.upstreams.clone());
+        let upstreams = UpstreamPool::new(settings.upstreams.clone(), settings.probe_interval);
         tracing::info!(
             model = %settings.model_name,
             upstreams = ?settings.upstreams.iter().map(|(label, _)| label).collect::<Vec<_>>(),
@@ -156,6 +156,9 @@ impl OpenAiBackend {
             presence_penalty: defaults.presence_penalty,
             frequency_penalty: defaults.frequency_penalty,
             stream,
+            stream_options: (stream && self.settings.stream_usage).then_some(StreamOptions {
+                include_usage: true,
+            }),
         })
     }
 
@@ -199,16 +202,63 @@ impl OpenAiBackend {
         ))
     }
 
-    /// Calls upstreams until one answers with a 2xx that `on_success` accepts, a failure is
-    /// not worth retrying, the retries run out, or the deadline passes.
-    async fn with_retries<T, F, Fut>(
+    /// One full (non-streamed) completion from one upstream.
+    async fn complete_once(
         &self,
-        request: &PromptRequest,
+        upstream: &Upstream,
         body: &ChatRequest<'_>,
-        on_success: F,
+    ) -> Result<Answer, Failure> {
+        let response = self.send_once(upstream, body).await?;
+        read_completion(response, self.scrubber()).await
+    }
+
+    /// One streamed completion from one upstream, up to its first text chunk. An upstream
+    /// that closes its event stream without a single event is asked once more without
+    /// streaming, which answers the same failure with a status (or the completion, served
+    /// as one chunk).
+    async fn stream_once(
+        &self,
+        upstream: &Upstream,
+        body: &ChatRequest<'_>,
+        plain: &ChatRequest<'_>,
+        limits: StreamLimits,
+        report: &CompletionReport,
+    ) -> Result<TextStream, Failure> {
+        let response = self.send_once(upstream, body).await?;
+        let api_key = self.settings.api_key.clone();
+        match stream::start(response, limits, api_key, report.clone()).await {
+            Ok(started) => Ok(started.into_stream()),
+            Err(StreamError::Failed(failure)) => Err(failure),
+            Err(StreamError::Empty) => {
+                tracing::info!(
+                    upstream = %upstream.label,
+                    "the upstream sent an empty event stream: asking again without streaming to learn why"
+                );
+                // The server may close the connection of the empty stream right after it,
+                // while the client's pool already hands it out again: a request on it gets no
+                // answer. Such a failure is asked again at once, on a new connection.
+                let answer = match self.complete_once(upstream, plain).await {
+                    Err(Failure::Retriable(failure)) if failure.kind == RetryKind::Connection => {
+                        self.complete_once(upstream, plain).await
+                    }
+                    answer => answer,
+                };
+                let text = answer?.record(report);
+                Ok(Box::pin(futures::stream::once(async move { Ok(text) })))
+            }
+        }
+    }
+
+    /// Calls upstreams with `attempt` until one succeeds, a failure is not worth retrying,
+    /// the retries run out, or the deadline passes. Each attempt runs within
+    /// `--openai.timeout`.
+    async fn with_retries<'a, T, F, Fut>(
+        &'a self,
+        request: &PromptRequest,
+        attempt: F,
     ) -> Result<T, MinerError>
     where
-        F: Fn(Response) -> Fut,
+        F: Fn(&'a Upstream) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
         let started = Instant::now();
@@ -220,45 +270,67 @@ impl OpenAiBackend {
         let mut attempts = 0u32;
         let mut cursor = pool.next_start();
         let mut last_failure: Option<Retriable> = None;
+        let give_up_waiting = |last_failure: Option<Retriable>, attempts: u32, wait: f64| {
+            match last_failure {
+                Some(failure) => failure.give_up(&format!(
+                    "gave up after {attempts} attempt(s): the next one would start past the request deadline"
+                )),
+                None => MinerError::Overloaded(format!(
+                    "the upstream asked to wait {wait:.1} more seconds, past the request deadline"
+                )),
+            }
+        };
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(MinerError::Timeout(budget_secs));
             }
-            let pick = pool.pick(cursor, now);
-            let upstream = pool.get(pick.index);
-            let mut ready = pick.ready_at.unwrap_or(now);
-            if tried[pick.index] {
+            // Registered before planning, so a probe ending meanwhile is not missed.
+            let probe_ended = pool.probe_ended();
+            let (index, mut ready) = match pool.plan(cursor, now) {
+                Plan::Call { index, at } => (index, at),
+                Plan::Wait { until } => {
+                    if until >= deadline {
+                        // Only a probe in flight can free an upstream in time.
+                        if timeout_at(deadline, probe_ended).await.is_err() {
+                            let wait = until.saturating_duration_since(now).as_secs_f64();
+                            return Err(give_up_waiting(last_failure, attempts, wait));
+                        }
+                    } else {
+                        let _ = timeout_at(until, probe_ended).await;
+                    }
+                    continue;
+                }
+            };
+            if tried[index] {
                 ready = ready.max(now + backoff(self.settings.retry_backoff, backoffs));
-                backoffs += 1;
             }
             if ready >= deadline {
                 let wait = ready.saturating_duration_since(now).as_secs_f64();
-                return Err(match last_failure {
-                    Some(failure) => failure.give_up(&format!(
-                        "gave up after {attempts} attempt(s): the next one would start past the request deadline"
-                    )),
-                    None => MinerError::Overloaded(format!(
-                        "the upstream asked to wait {wait:.1} more seconds, past the request deadline"
-                    )),
-                });
+                return Err(give_up_waiting(last_failure, attempts, wait));
             }
             if ready > now {
                 sleep_until(ready).await;
             }
+            let Some(claim) = pool.claim(index, Instant::now()) else {
+                // Another request took the probe meanwhile: plan again.
+                continue;
+            };
+            if tried[index] {
+                backoffs += 1;
+            }
+            let upstream = pool.get(index);
             attempts += 1;
-            tried[pick.index] = true;
+            tried[index] = true;
             let call_deadline = (Instant::now() + self.settings.timeout).min(deadline);
-            let outcome = timeout_at(call_deadline, async {
-                let response = self.send_once(upstream, body).await?;
-                on_success(response).await
-            })
-            .await;
+            let outcome = timeout_at(call_deadline, attempt(upstream)).await;
             let failure = match outcome {
                 Ok(Ok(value)) => {
+                    pool.recovered(index);
                     tracing::debug!(
                         upstream = %upstream.label,
                         attempts,
+                        probe = claim.is_probe(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "upstream answered"
                     );
@@ -285,18 +357,21 @@ impl OpenAiBackend {
             tracing::warn!(
                 upstream = %upstream.label,
                 attempt = attempts,
+                probe = claim.is_probe(),
                 error = %failure.message,
                 retry_after_ms = failure.retry_after.map(|d| d.as_millis() as u64),
                 "upstream call failed"
             );
             if let Some(wait) = failure.retry_after {
-                pool.cool_down(pick.index, Instant::now() + wait);
+                let now = Instant::now();
+                pool.cool_down(claim.index(), now, now + wait);
             }
+            drop(claim);
             if attempts > self.settings.max_retries {
                 return Err(failure.give_up(&format!("gave up after {attempts} attempt(s)")));
             }
             last_failure = Some(failure);
-            cursor = pick.index + 1;
+            cursor = index + 1;
         }
     }
 }
@@ -309,19 +384,19 @@ impl Miner for OpenAiBackend {
 
     async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
         let body = self.chat_request(request, false)?;
-        let scrubber = self.scrubber();
-        self.with_retries(request, &body, |response| {
-            read_completion(response, scrubber)
-        })
-        .await
+        let answer = self
+            .with_retries(request, |upstream| self.complete_once(upstream, &body))
+            .await?;
+        Ok(answer.record(&request.report))
     }
 
+    /// Streams the completion. Returns once the first text chunk arrived: failures before it
+    /// (refusals, connection errors, streams that break off or stall) are retried like
+    /// [`Miner::prompt`]'s, so no caller is told "success" for an answer that never starts.
     async fn prompt_stream(&self, request: &PromptRequest) -> Result<TextStream, MinerError> {
         let started = Instant::now();
         let body = self.chat_request(request, true)?;
-        let response = self
-            .with_retries(request, &body, |response| async move { Ok(response) })
-            .await?;
+        let plain = self.chat_request(request, false)?;
         let limits = StreamLimits {
             deadline: request.deadline,
             budget_secs: request
@@ -330,11 +405,10 @@ impl Miner for OpenAiBackend {
                 .as_secs_f64(),
             idle: self.settings.timeout,
         };
-        Ok(completion_stream(
-            response,
-            limits,
-            self.settings.api_key.clone(),
-        ))
+        self.with_retries(request, |upstream| {
+            self.stream_once(upstream, &body, &plain, limits, &request.report)
+        })
+        .await
     }
 }
 

@@ -1,12 +1,14 @@
 //! The `--openai.*` settings (command line or TOML config file) and their validation.
 //!
 //! Names and defaults of the generation settings are those of the text-prompting v2.1.6
-//! `OpenAIMiner`; `base_url`, `api_key`, `timeout`, `max_retries` and `retry_backoff` are new.
+//! `OpenAIMiner`; `base_url`, `api_key`, `timeout`, `max_retries`, `retry_backoff`,
+//! `probe_interval` and `stream_usage` are new.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+#[cfg(feature = "cli")]
 use clap::ArgAction;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
@@ -36,6 +38,10 @@ pub const DEFAULT_TIMEOUT_SECS: f64 = 60.0;
 pub const DEFAULT_MAX_RETRIES: u32 = 2;
 /// Default `--openai.retry_backoff`, in seconds.
 pub const DEFAULT_RETRY_BACKOFF_SECS: f64 = 0.5;
+/// Default `--openai.probe_interval`, in seconds.
+pub const DEFAULT_PROBE_INTERVAL_SECS: f64 = 1.0;
+/// Default `--openai.stream_usage`.
+pub const DEFAULT_STREAM_USAGE: bool = true;
 /// The environment variable `--openai.api_key` falls back to.
 pub const API_KEY_ENV: &str = "OPENAI_API_KEY";
 
@@ -80,67 +86,79 @@ impl FromStr for ApiKey {
 ///
 /// Call [`OpenAiArgs::validate`] (or just [`OpenAiBackend::new`](crate::OpenAiBackend::new),
 /// which does) to check the values.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct OpenAiArgs {
     /// OpenAI model to use for completion.
-    #[arg(id = "openai.model_name", long = "openai.model_name", default_value = DEFAULT_MODEL_NAME)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.model_name", long = "openai.model_name", default_value = DEFAULT_MODEL_NAME))]
     pub model_name: String,
 
     /// The maximum number of tokens to generate in the completion (callers may override).
-    #[arg(id = "openai.max_tokens", long = "openai.max_tokens", default_value_t = DEFAULT_MAX_TOKENS)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.max_tokens", long = "openai.max_tokens", default_value_t = DEFAULT_MAX_TOKENS))]
     pub max_tokens: u32,
 
     /// Sampling temperature to use, between 0 and 2 (callers may override).
-    #[arg(id = "openai.temperature", long = "openai.temperature", default_value_t = DEFAULT_TEMPERATURE, allow_negative_numbers = true)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.temperature", long = "openai.temperature", default_value_t = DEFAULT_TEMPERATURE, allow_negative_numbers = true))]
     pub temperature: f32,
 
     /// Nucleus sampling parameter, top_p probability mass, between 0 and 1 (callers may
     /// override).
-    #[arg(id = "openai.top_p", long = "openai.top_p", default_value_t = DEFAULT_TOP_P, allow_negative_numbers = true)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.top_p", long = "openai.top_p", default_value_t = DEFAULT_TOP_P, allow_negative_numbers = true))]
     pub top_p: f32,
 
     /// How many completions to generate for each prompt (only the first is used).
-    #[arg(id = "openai.n", long = "openai.n", default_value_t = DEFAULT_N)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.n", long = "openai.n", default_value_t = DEFAULT_N))]
     pub n: u32,
 
     /// Penalty for tokens based on their presence in the text so far, between -2 and 2.
-    #[arg(id = "openai.presence_penalty", long = "openai.presence_penalty", default_value_t = DEFAULT_PRESENCE_PENALTY, allow_negative_numbers = true)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.presence_penalty", long = "openai.presence_penalty", default_value_t = DEFAULT_PRESENCE_PENALTY, allow_negative_numbers = true))]
     pub presence_penalty: f32,
 
     /// Penalty for tokens based on their frequency in the text so far, between -2 and 2.
-    #[arg(id = "openai.frequency_penalty", long = "openai.frequency_penalty", default_value_t = DEFAULT_FREQUENCY_PENALTY, allow_negative_numbers = true)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.frequency_penalty", long = "openai.frequency_penalty", default_value_t = DEFAULT_FREQUENCY_PENALTY, allow_negative_numbers = true))]
     pub frequency_penalty: f32,
 
     /// Accepted for compatibility with the Python miner; unused, since chat models have no
     /// suffix.
-    #[arg(id = "openai.suffix", long = "openai.suffix")]
+    #[cfg_attr(feature = "cli", arg(id = "openai.suffix", long = "openai.suffix"))]
     pub suffix: Option<String>,
 
     /// Base URL of a chat-completions API (`{base_url}/chat/completions` is called).
     /// Repeat the flag to use several upstreams: round-robin, with failover.
-    #[arg(id = "openai.base_url", long = "openai.base_url", default_value = DEFAULT_BASE_URL, action = ArgAction::Append)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.base_url", long = "openai.base_url", default_value = DEFAULT_BASE_URL, action = ArgAction::Append))]
     #[serde(deserialize_with = "one_or_many")]
     pub base_url: Vec<String>,
 
     /// API key sent as `Authorization: Bearer <key>`; required by api.openai.com, optional
     /// for self-hosted upstreams.
-    #[arg(id = "openai.api_key", long = "openai.api_key", env = API_KEY_ENV, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.api_key", long = "openai.api_key", env = API_KEY_ENV, hide_env_values = true))]
     pub api_key: Option<ApiKey>,
 
     /// Seconds one upstream call may take before the next upstream is tried.
-    #[arg(id = "openai.timeout", long = "openai.timeout", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.timeout", long = "openai.timeout", default_value_t = DEFAULT_TIMEOUT_SECS))]
     pub timeout: f64,
 
     /// How many times a failed call (429, 5xx, connection error, timeout) is retried,
     /// within the request's deadline.
-    #[arg(id = "openai.max_retries", long = "openai.max_retries", default_value_t = DEFAULT_MAX_RETRIES)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.max_retries", long = "openai.max_retries", default_value_t = DEFAULT_MAX_RETRIES))]
     pub max_retries: u32,
 
     /// Seconds to wait before the first retry on an upstream already tried; doubles at
     /// each further retry (capped), and `Retry-After` wins when it asks for longer.
-    #[arg(id = "openai.retry_backoff", long = "openai.retry_backoff", default_value_t = DEFAULT_RETRY_BACKOFF_SECS)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.retry_backoff", long = "openai.retry_backoff", default_value_t = DEFAULT_RETRY_BACKOFF_SECS))]
     pub retry_backoff: f64,
+
+    /// While every upstream cools down after a `Retry-After`, one request at a time still
+    /// probes one of them, at most once per this many seconds; a probe that succeeds ends the
+    /// cool-down.
+    #[arg(id = "openai.probe_interval", long = "openai.probe_interval", default_value_t = DEFAULT_PROBE_INTERVAL_SECS)]
+    pub probe_interval: f64,
+
+    /// Ask streamed answers for their token usage (`stream_options.include_usage`, counted in
+    /// `/metrics`); `false` for servers that refuse the field.
+    #[arg(id = "openai.stream_usage", long = "openai.stream_usage", default_value_t = DEFAULT_STREAM_USAGE, action = ArgAction::Set)]
+    pub stream_usage: bool,
 }
 
 impl Default for OpenAiArgs {
@@ -159,6 +177,8 @@ impl Default for OpenAiArgs {
             timeout: DEFAULT_TIMEOUT_SECS,
             max_retries: DEFAULT_MAX_RETRIES,
             retry_backoff: DEFAULT_RETRY_BACKOFF_SECS,
+            probe_interval: DEFAULT_PROBE_INTERVAL_SECS,
+            stream_usage: DEFAULT_STREAM_USAGE,
         }
     }
 }
@@ -205,6 +225,8 @@ pub(crate) struct Settings {
     pub timeout: Duration,
     pub max_retries: u32,
     pub retry_backoff: Duration,
+    pub probe_interval: Duration,
+    pub stream_usage: bool,
 }
 
 /// Checks a temperature (OpenAI accepts 0 to 2).
@@ -388,6 +410,8 @@ impl OpenAiArgs {
             timeout: seconds("timeout", self.timeout, false)?,
             max_retries: self.max_retries,
             retry_backoff: seconds("retry_backoff", self.retry_backoff, true)?,
+            probe_interval: seconds("probe_interval", self.probe_interval, true)?,
+            stream_usage: self.stream_usage,
         })
     }
 }
@@ -465,6 +489,10 @@ mod tests {
             "4",
             "--openai.retry_backoff",
             "0",
+            "--openai.probe_interval",
+            "0.25",
+            "--openai.stream_usage",
+            "false",
         ])
         .expect("flags parse");
         assert_eq!(
@@ -483,6 +511,8 @@ mod tests {
                 timeout: 2.5,
                 max_retries: 4,
                 retry_backoff: 0.0,
+                probe_interval: 0.25,
+                stream_usage: false,
             }
         );
         parsed.validate().expect("valid");
@@ -696,6 +726,13 @@ mod tests {
                     ..local()
                 },
                 "retry_backoff",
+            ),
+            (
+                OpenAiArgs {
+                    probe_interval: f64::NAN,
+                    ..local()
+                },
+                "probe_interval",
             ),
             (
                 OpenAiArgs {

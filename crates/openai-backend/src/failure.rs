@@ -109,6 +109,9 @@ pub(crate) fn from_status(
     };
     match status {
         StatusCode::TOO_MANY_REQUESTS => retriable(RetryKind::RateLimited),
+        s if s.is_server_error() && is_validation_failure(&detail) => {
+            Failure::Fatal(MinerError::BadRequest(message))
+        }
         s if s.is_server_error() => retriable(RetryKind::ServerError),
         StatusCode::BAD_REQUEST
         | StatusCode::PAYLOAD_TOO_LARGE
@@ -118,6 +121,15 @@ pub(crate) fn from_status(
         ))),
         _ => Failure::Fatal(MinerError::Backend(message)),
     }
+}
+
+/// Whether an upstream's 5xx message says it refused the request as invalid rather than
+/// failed: llama.cpp's Python server answers 500 with pydantic's "N validation errors: ..."
+/// for requests it cannot parse (e.g. an unknown role). Sending the same request again
+/// cannot succeed, so such failures are not retried.
+fn is_validation_failure(detail: &str) -> bool {
+    let detail = detail.to_ascii_lowercase();
+    detail.contains("validation error") || detail.contains("validationerror")
 }
 
 /// Classifies an error of the HTTP client (connection, TLS, broken body...).
@@ -223,6 +235,27 @@ mod tests {
             assert_eq!(failure.kind, RetryKind::ServerError);
             assert!(matches!(failure.give_up("x"), MinerError::Backend(_)));
         }
+    }
+
+    #[test]
+    fn server_errors_that_are_validation_failures_are_fatal_bad_requests() {
+        // What llama-cpp-python 0.3.36 answers for a message with an unknown role.
+        let body = r#"{"error":{"message":"7 validation errors:\n  {'type': 'literal_error', 'loc': ('body', 'messages', 0, 'ChatCompletionRequestSystemMessage', 'role'), 'msg': \"Input should be 'system'\"}","type":"internal_server_error","param":null,"code":null}}"#;
+        let error = fatal(500, body);
+        assert!(
+            matches!(&error, MinerError::BadRequest(m)
+                if m.starts_with("upstream returned 500 Internal Server Error: 7 validation errors:")),
+            "{error:?}"
+        );
+        assert!(matches!(
+            fatal(503, "1 validation error for ChatCompletionRequest"),
+            MinerError::BadRequest(_)
+        ));
+        // Other server errors stay retriable.
+        assert_eq!(
+            retriable(500, HeaderMap::new()).kind,
+            RetryKind::ServerError
+        );
     }
 
     #[test]

@@ -24,17 +24,47 @@ pub(crate) struct ChatRequest<'a> {
     pub frequency_penalty: f32,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Sent with `stream` only (OpenAI refuses it otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// `stream_options` of a streamed request.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct StreamOptions {
+    /// Ask for a last chunk carrying the token usage.
+    pub include_usage: bool,
+}
+
+/// Token counts, as OpenAI reports them (`usage`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub(crate) struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+impl From<Usage> for prompting_miner::TokenUsage {
+    fn from(usage: Usage) -> Self {
+        prompting_miner::TokenUsage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        }
+    }
 }
 
 /// A full (non-streamed) completion.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChatCompletion {
     pub choices: Vec<Choice>,
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct Choice {
     pub message: AssistantMessage,
+    pub finish_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +79,8 @@ pub(crate) struct ChatChunk {
     #[serde(default)]
     pub choices: Vec<ChunkChoice>,
     pub error: Option<serde_json::Value>,
+    /// On the last chunk (with no choices) when `stream_options.include_usage` was asked.
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,15 +111,19 @@ pub(crate) fn error_message(body: &serde_json::Value) -> Option<String> {
 }
 
 impl ChatCompletion {
-    /// `choices[0].message.content`, or why there is none.
-    pub fn into_first_content(self) -> Result<String, &'static str> {
-        let first = self
-            .choices
+    /// The first choice, or why there is none.
+    pub fn into_first_choice(self) -> Result<Choice, &'static str> {
+        self.choices
             .into_iter()
             .next()
-            .ok_or("the upstream answer has no choices")?;
-        first
-            .message
+            .ok_or("the upstream answer has no choices")
+    }
+}
+
+impl Choice {
+    /// `message.content`, or why there is none.
+    pub fn into_content(self) -> Result<String, &'static str> {
+        self.message
             .content
             .ok_or("the upstream's first choice has no message content")
     }
@@ -114,6 +150,7 @@ mod tests {
             presence_penalty: 0.1,
             frequency_penalty: 0.1,
             stream: false,
+            stream_options: None,
         };
         // On the wire (not through `to_value`, which widens f32 to f64 digits).
         let text = serde_json::to_string(&request).expect("serializes");
@@ -134,10 +171,14 @@ mod tests {
         );
         let streaming = serde_json::to_value(ChatRequest {
             stream: true,
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
             ..request
         })
         .expect("serializes");
         assert_eq!(streaming["stream"], json!(true));
+        assert_eq!(streaming["stream_options"], json!({"include_usage": true}));
     }
 
     #[test]
@@ -145,7 +186,8 @@ mod tests {
         let parse = |v: serde_json::Value| {
             serde_json::from_value::<ChatCompletion>(v)
                 .expect("parses")
-                .into_first_content()
+                .into_first_choice()
+                .and_then(Choice::into_content)
         };
         assert_eq!(
             parse(json!({"id": "x", "choices": [
@@ -156,6 +198,15 @@ mod tests {
         );
         assert!(parse(json!({"choices": []})).is_err());
         assert!(parse(json!({"choices": [{"message": {"content": null}}]})).is_err());
+        let completion: ChatCompletion = serde_json::from_value(json!({
+            "choices": [{"message": {"content": "x"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 35, "completion_tokens": 2, "total_tokens": 37}
+        }))
+        .expect("parses");
+        let usage = completion.usage.expect("usage");
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (35, 2));
+        let choice = completion.into_first_choice().expect("choice");
+        assert_eq!(choice.finish_reason.as_deref(), Some("length"));
     }
 
     #[test]

@@ -3,12 +3,14 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use futures::FutureExt;
-use prompting_miner::{Miner, MinerError, SamplingOverrides};
+use prompting_miner::{Miner, MinerError, SamplingOverrides, TokenUsage};
 use serde_json::json;
 use support::*;
 
@@ -185,37 +187,175 @@ async fn slow_answer_past_the_deadline_times_out() {
     assert_eq!(upstream.hits(), 1);
 }
 
+/// An answer of 429 asking to wait `seconds`.
+fn rate_limited(seconds: &'static str) -> axum::response::Response {
+    let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "slow down");
+    response
+        .headers_mut()
+        .insert("retry-after", seconds.parse().expect("header value"));
+    response
+}
+
 #[tokio::test]
-async fn retry_after_past_the_deadline_gives_up_at_once() {
-    let upstream = MockUpstream::start(|_, _| {
-        let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "slow down");
-        response
-            .headers_mut()
-            .insert("retry-after", "30".parse().expect("header value"));
-        reply(response)
-    })
-    .await;
-    let backend = backend(args(&[&upstream.base_url]));
+async fn retry_after_past_the_deadline_is_probed_then_given_up() {
+    let upstream = MockUpstream::start(|_, _| reply(rate_limited("30"))).await;
+    let backend = backend(prompting_openai_backend::OpenAiArgs {
+        probe_interval: 0.5,
+        ..args(&[&upstream.base_url])
+    });
 
     let started = Instant::now();
     let answer = backend.prompt(&prompt(Duration::from_secs(3))).await;
 
-    assert!(
-        matches!(&answer, Err(MinerError::Overloaded(m))
-            if m.starts_with("upstream returned 429 Too Many Requests: slow down")
-            && m.contains("past the request deadline")),
-        "{answer:?}"
+    assert_eq!(
+        answer,
+        Err(MinerError::Overloaded(
+            "upstream returned 429 Too Many Requests: slow down (gave up after 3 attempt(s))"
+                .into()
+        ))
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(upstream.hits(), 1);
+    // The two retries were probes, one probe interval apart, not a 30 s wait.
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(950), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(upstream.hits(), 3);
+}
 
-    // The upstream asked for 30 s: the next request does not call it either.
-    let answer = backend.prompt(&prompt(Duration::from_secs(3))).await;
+#[tokio::test]
+async fn one_rate_limit_does_not_black_out_a_single_upstream() {
+    // D6: one `429 Retry-After: 100`, then the upstream is fine again.
+    let upstream = MockUpstream::start(|hit, _| {
+        reply(if hit == 0 {
+            rate_limited("100")
+        } else {
+            completion("back")
+        })
+    })
+    .await;
+    let backend = backend(prompting_openai_backend::OpenAiArgs {
+        max_retries: 0,
+        probe_interval: 0.2,
+        ..args(&[&upstream.base_url])
+    });
+
+    let limited = backend.prompt(&prompt(Duration::from_secs(5))).await;
     assert!(
-        matches!(answer, Err(MinerError::Overloaded(_))),
+        matches!(&limited, Err(MinerError::Overloaded(m)) if m.contains("429")),
+        "{limited:?}"
+    );
+    // The next request probes the upstream (after the probe interval) and is served; the
+    // probe's success ends the cool-down, so the one after goes at once.
+    assert_eq!(
+        backend.prompt(&prompt(Duration::from_secs(5))).await,
+        Ok("back".to_owned())
+    );
+    let started = Instant::now();
+    assert_eq!(
+        backend.prompt(&prompt(Duration::from_secs(5))).await,
+        Ok("back".to_owned())
+    );
+    assert!(started.elapsed() < Duration::from_millis(150));
+    assert_eq!(upstream.hits(), 3);
+}
+
+#[tokio::test]
+async fn while_rate_limited_one_request_at_a_time_reaches_the_upstream() {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (now, max) = (Arc::clone(&in_flight), Arc::clone(&most));
+    let upstream = MockUpstream::start(move |_, _| {
+        let (now, max) = (Arc::clone(&now), Arc::clone(&max));
+        async move {
+            let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(running, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            rate_limited("100")
+        }
+        .boxed()
+    })
+    .await;
+    let backend = Arc::new(backend(prompting_openai_backend::OpenAiArgs {
+        max_retries: 0,
+        probe_interval: 0.0,
+        ..args(&[&upstream.base_url])
+    }));
+    // The first 429 starts the cool-down.
+    assert!(
+        backend
+            .prompt(&prompt(Duration::from_secs(5)))
+            .await
+            .is_err()
+    );
+
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let backend = Arc::clone(&backend);
+            tokio::spawn(async move { backend.prompt(&prompt(Duration::from_secs(5))).await })
+        })
+        .collect();
+    for call in calls {
+        let answer = call.await.expect("joined");
+        assert!(
+            matches!(&answer, Err(MinerError::Overloaded(m)) if m.contains("429")),
+            "{answer:?}"
+        );
+    }
+    // Each request probed once, one after the other.
+    assert_eq!(upstream.hits(), 6);
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_validation_failure_reported_as_a_server_error_is_not_retried() {
+    // What llama-cpp-python answers for an unknown role (a 500, where FastAPI would say 422).
+    let upstream = MockUpstream::start(|_, _| {
+        reply(api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "7 validation errors:\n  {'type': 'literal_error', 'loc': ('body', 'messages', 0, 'ChatCompletionRequestSystemMessage', 'role'), 'msg': \"Input should be 'system'\", 'input': 'wizard'}",
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let answer = backend.prompt(&prompt(Duration::from_secs(10))).await;
+
+    assert!(
+        matches!(&answer, Err(MinerError::BadRequest(m))
+            if m.starts_with("upstream returned 500 Internal Server Error: 7 validation errors:")),
         "{answer:?}"
     );
     assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn finish_reason_and_usage_of_the_answer_reach_the_report() {
+    let upstream = MockUpstream::start(|_, _| {
+        reply(json_reply(
+            StatusCode::OK,
+            json!({
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "trunc"},
+                             "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 35, "completion_tokens": 2, "total_tokens": 37}
+            }),
+        ))
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+    let request = prompt(Duration::from_secs(10));
+
+    assert_eq!(backend.prompt(&request).await, Ok("trunc".to_owned()));
+
+    assert_eq!(request.report.finish_reason().as_deref(), Some("length"));
+    assert_eq!(
+        request.report.usage(),
+        Some(TokenUsage {
+            prompt_tokens: 35,
+            completion_tokens: 2
+        })
+    );
+    // Usage is asked of streams only (OpenAI refuses `stream_options` otherwise).
+    assert!(upstream.requests()[0].body.get("stream_options").is_none());
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use futures::StreamExt;
-use prompting_miner::{Miner, MinerError, TextStream};
+use prompting_miner::{Miner, MinerError, TextStream, TokenUsage};
 use serde_json::json;
 use support::*;
 
@@ -251,41 +251,295 @@ async fn stream_error_object_is_reported_without_the_key() {
     );
 }
 
-#[tokio::test]
-async fn stream_with_a_malformed_chunk_is_an_error() {
-    let items = stream_of(
-        vec![
-            "data: {\"choices\": [\n\n".to_owned(),
-            "data: [DONE]\n\n".to_owned(),
-        ],
-        None,
+/// llama-cpp-python's answer to a prompt longer than its context, raw.
+fn context_overflow() -> Vec<u8> {
+    raw_json(
+        "400 Bad Request",
+        &json!({"error": {"message": "This model's maximum context length is 256 tokens."}}),
     )
+}
+
+/// The error `prompt_stream` (10 s deadline) fails with when one upstream always answers
+/// with the SSE `chunks`, and how many calls it took.
+async fn start_error(chunks: Vec<String>) -> (MinerError, usize) {
+    let upstream =
+        MockUpstream::start(move |_, _| reply(sse_reply(chunks.clone(), Duration::ZERO))).await;
+    let backend = backend(args(&[&upstream.base_url]));
+    let error = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .err()
+        .expect("the stream fails before its first chunk");
+    (error, upstream.hits())
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_before_any_text_is_retried_then_an_error() {
+    let (error, hits) = start_error(vec![
+        "data: {\"choices\": [\n\n".to_owned(),
+        "data: [DONE]\n\n".to_owned(),
+    ])
     .await;
 
-    assert_eq!(items.len(), 1, "{items:?}");
     assert!(
-        matches!(&items[0], Err(MinerError::Backend(m)) if m.starts_with("the upstream sent a malformed stream chunk")),
-        "{items:?}"
+        matches!(&error, MinerError::Backend(m)
+            if m.starts_with("the upstream sent a malformed stream chunk")
+            && m.ends_with("(gave up after 3 attempt(s))")),
+        "{error:?}"
+    );
+    assert_eq!(hits, 3);
+}
+
+#[tokio::test]
+async fn a_stream_without_any_choice_is_an_error_and_not_retried() {
+    let (error, hits) = start_error(vec![
+        format!("data: {}\n\n", json!({"id": "x", "choices": []})),
+        "data: [DONE]\n\n".to_owned(),
+    ])
+    .await;
+
+    assert_eq!(
+        error,
+        MinerError::Backend("the upstream stream has no choices".into())
+    );
+    assert_eq!(hits, 1);
+}
+
+#[tokio::test]
+async fn an_error_event_with_a_client_error_code_is_a_bad_request_and_not_retried() {
+    let (error, hits) = start_error(vec![format!(
+        "data: {}\n\n",
+        json!({"error": {"message": "prompt too long", "type": "BadRequestError", "code": 400}})
+    )])
+    .await;
+
+    assert_eq!(
+        error,
+        MinerError::BadRequest("the upstream stream failed: prompt too long".into())
+    );
+    assert_eq!(hits, 1);
+}
+
+#[tokio::test]
+async fn a_stream_breaking_off_before_its_first_chunk_is_retried() {
+    // D5: the upstream opens the stream, then closes it before any text (once).
+    let upstream = MockUpstream::start(|hit, _| {
+        reply(if hit == 0 {
+            sse_reply(
+                vec![format!(
+                    "data: {}\n\n",
+                    json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+                )],
+                Duration::ZERO,
+            )
+        } else {
+            sse_reply(awkward_sse(&["second ", "try"]), Duration::ZERO)
+        })
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+
+    assert_eq!(
+        collect(stream).await,
+        vec![Ok("second ".to_owned()), Ok("try".to_owned())]
+    );
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[tokio::test]
+async fn an_empty_event_stream_is_asked_again_without_streaming_to_learn_why() {
+    // llama.cpp's Python server answers a prompt longer than its context with 200 and an
+    // empty event stream when streaming, and with 400 and the reason otherwise.
+    let upstream = MockUpstream::start(|_, body| {
+        reply(if body["stream"] == json!(true) {
+            sse_reply(Vec::new(), Duration::ZERO)
+        } else {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                "This model's maximum context length is 256 tokens.",
+            )
+        })
+    })
+    .await;
+    let backend = backend(args(&[&upstream.base_url]));
+
+    let error = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .err();
+
+    assert_eq!(
+        error,
+        Some(MinerError::BadRequest(
+            "upstream returned 400 Bad Request: This model's maximum context length is 256 tokens."
+                .into()
+        ))
+    );
+    let requests = upstream.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].body["stream"], json!(true));
+    assert!(requests[1].body.get("stream").is_none());
+    assert!(requests[1].body.get("stream_options").is_none());
+}
+
+#[tokio::test]
+async fn an_event_stream_broken_before_its_first_byte_is_asked_again_without_streaming() {
+    // What llama-cpp-python 0.3.36 really sends for a prompt longer than its context when
+    // streaming: 200 and event-stream headers, then the connection closes mid-body.
+    let (base_url, requests) = raw_upstream(|body, _| {
+        Some(if body["stream"] == json!(true) {
+            (BROKEN_SSE_HEAD.to_vec(), true)
+        } else {
+            (context_overflow(), true)
+        })
+    })
+    .await;
+    let backend = backend(args(&[&base_url]));
+
+    let error = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .err();
+
+    assert_eq!(
+        error,
+        Some(MinerError::BadRequest(
+            "upstream returned 400 Bad Request: This model's maximum context length is 256 tokens."
+                .into()
+        ))
+    );
+    let requests = requests.lock().expect("requests").clone();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0]["stream"], json!(true));
+    assert!(requests[1].get("stream").is_none());
+}
+
+#[tokio::test]
+async fn the_connection_an_empty_stream_came_on_may_be_dead_for_the_question_why() {
+    // llama-cpp-python ends the empty stream properly, then closes the connection: the next
+    // request the client sends on it (from its pool) gets no answer.
+    let (base_url, requests) = raw_upstream(|body, n| {
+        if n > 0 {
+            return None;
+        }
+        Some(if body["stream"] == json!(true) {
+            ([BROKEN_SSE_HEAD, b"0\r\n\r\n"].concat(), false)
+        } else {
+            (context_overflow(), true)
+        })
+    })
+    .await;
+    let backend = backend(args(&[&base_url]));
+
+    let error = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .err();
+
+    assert_eq!(
+        error,
+        Some(MinerError::BadRequest(
+            "upstream returned 400 Bad Request: This model's maximum context length is 256 tokens."
+                .into()
+        ))
+    );
+    let requests = requests.lock().expect("requests").clone();
+    let streamed: Vec<bool> = requests
+        .iter()
+        .map(|r| r["stream"] == json!(true))
+        .collect();
+    assert_eq!(
+        streamed,
+        [true, false, false],
+        "one stream, then asked twice why"
     );
 }
 
 #[tokio::test]
-async fn stream_without_any_choice_is_an_error() {
-    let items = stream_of(
-        vec![
-            format!("data: {}\n\n", json!({"id": "x", "choices": []})),
-            "data: [DONE]\n\n".to_owned(),
-        ],
-        None,
-    )
+async fn an_empty_event_stream_followed_by_an_answer_serves_it_as_one_chunk() {
+    let upstream = MockUpstream::start(|hit, _| {
+        reply(if hit == 0 {
+            sse_reply(Vec::new(), Duration::ZERO)
+        } else {
+            completion("recovered")
+        })
+    })
     .await;
+    let backend = backend(args(&[&upstream.base_url]));
+    let request = prompt(Duration::from_secs(10));
 
+    let stream = backend
+        .prompt_stream(&request)
+        .await
+        .expect("stream starts");
+
+    assert_eq!(collect(stream).await, vec![Ok("recovered".to_owned())]);
+    assert_eq!(request.report.finish_reason().as_deref(), Some("stop"));
+}
+
+#[tokio::test]
+async fn finish_reason_and_usage_of_the_stream_reach_the_report() {
+    let sse = vec![
+        format!("data: {}\n\n", delta(0, "cut ")),
+        format!("data: {}\n\n", delta(0, "short")),
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        ),
+        format!(
+            "data: {}\n\n",
+            json!({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}})
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ];
+    let upstream =
+        MockUpstream::start(move |_, _| reply(sse_reply(sse.clone(), Duration::ZERO))).await;
+    let backend = backend(args(&[&upstream.base_url]));
+    let request = prompt(Duration::from_secs(10));
+
+    let stream = backend
+        .prompt_stream(&request)
+        .await
+        .expect("stream starts");
     assert_eq!(
-        items,
-        vec![Err(MinerError::Backend(
-            "the upstream stream has no choices".into()
-        ))]
+        collect(stream).await,
+        vec![Ok("cut ".to_owned()), Ok("short".to_owned())]
     );
+
+    assert_eq!(request.report.finish_reason().as_deref(), Some("length"));
+    assert_eq!(
+        request.report.usage(),
+        Some(TokenUsage {
+            prompt_tokens: 12,
+            completion_tokens: 2
+        })
+    );
+    assert_eq!(
+        upstream.requests()[0].body["stream_options"],
+        json!({"include_usage": true})
+    );
+}
+
+#[tokio::test]
+async fn stream_usage_is_not_asked_when_turned_off() {
+    let upstream =
+        MockUpstream::start(|_, _| reply(sse_reply(awkward_sse(&["x"]), Duration::ZERO))).await;
+    let backend = backend(prompting_openai_backend::OpenAiArgs {
+        stream_usage: false,
+        ..args(&[&upstream.base_url])
+    });
+
+    let stream = backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+        .expect("stream starts");
+    assert_eq!(collect(stream).await, vec![Ok("x".to_owned())]);
+    assert!(upstream.requests()[0].body.get("stream_options").is_none());
 }
 
 #[tokio::test]

@@ -12,26 +12,12 @@ use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use common::node::{FIRST_HEAD, LoopbackNode, NodeConfig, Verdict};
 use common::{TestNeuron, keypair};
 use prompting_keys::Wallet;
-use prompting_miner::{Miner, MinerError, PromptRequest};
 use prompting_service::{CommonArgs, Service, ServiceError};
+use prompting_testkit::Echo;
 use tokio::sync::oneshot;
-
-struct Echo;
-
-#[async_trait]
-impl Miner for Echo {
-    fn name(&self) -> &str {
-        "echo"
-    }
-
-    async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
-        Ok(request.messages.join(" "))
-    }
-}
 
 /// Validator uid 0 (seed 1) and our miner uid 1 (seed 2), its axon published at
 /// 10.0.0.1:8091 `served_ago` blocks before the node's first head.

@@ -7,24 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use prompting_keys::Wallet;
-use prompting_miner::{Miner, MinerError, PromptRequest};
 use prompting_service::{CommonArgs, Service, ServiceError};
+use prompting_testkit::Echo;
 use tokio::sync::oneshot;
-
-struct Echo;
-
-#[async_trait]
-impl Miner for Echo {
-    fn name(&self) -> &str {
-        "echo"
-    }
-
-    async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
-        Ok(request.messages.join(" "))
-    }
-}
 
 fn dev_args(wallet_path: &Path) -> CommonArgs {
     let mut args = CommonArgs {

@@ -73,7 +73,7 @@ pub use body_hash::{body_hash_of, sha3_256_hex};
 pub use error::{BodyError, BodyHashMismatch, HeaderError};
 pub use headers::SynapseHeaders;
 pub use lenient::DEFAULT_TIMEOUT;
-pub use prompting::{Prompting, StreamPrompting};
+pub use prompting::{Prompting, PromptingBody, StreamPrompting};
 pub use python_repr::{PyStr, is_python_printable};
 pub use synapse::{RequestParts, ResponseParts, Synapse};
 pub use terminal::TerminalInfo;

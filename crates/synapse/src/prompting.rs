@@ -39,18 +39,27 @@ const PROMPTING_REQUIRED: &[RequiredField] = &[
 /// assert_eq!(synapse.timeout, 12.0);
 /// # Ok::<(), prompting_synapse::BodyError>(())
 /// ```
+pub type Prompting = PromptingBody<false>;
+
+/// text-prompting's `StreamPrompting` synapse: the same fields as [`Prompting`], but the
+/// axon streams the completion as text chunks instead of answering with JSON.
+pub type StreamPrompting = PromptingBody<true>;
+
+/// The body both text-prompting synapses share; `STREAMING` tells [`StreamPrompting`]
+/// (the completion streamed as text chunks) from [`Prompting`] (one JSON answer).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prompting {
+pub struct PromptingBody<const STREAMING: bool> {
     /// Who said each message (`"system"`, `"user"`, `"assistant"`).
     pub roles: Vec<String>,
     /// The messages, in order.
     pub messages: Vec<String>,
-    /// The miner's answer (`""` in requests).
+    /// The miner's answer (`""` in requests; for [`StreamPrompting`], accumulated from the
+    /// streamed chunks).
     #[serde(default, deserialize_with = "null_as_empty")]
     pub completion: String,
 }
 
-impl Prompting {
+impl<const STREAMING: bool> PromptingBody<STREAMING> {
     /// A request for `messages` said by `roles`, with an empty completion.
     pub fn new(roles: Vec<String>, messages: Vec<String>) -> Self {
         Self {
@@ -61,49 +70,7 @@ impl Prompting {
     }
 }
 
-impl SynapseBody for Prompting {
-    const NAME: &'static str = "Prompting";
-    const HASH_FIELDS: &'static [&'static str] = &["messages"];
-    const REQUIRED_FIELDS: &'static [RequiredField] = PROMPTING_REQUIRED;
-
-    fn hash_field(&self, name: &str) -> Option<&dyn PyStr> {
-        match name {
-            "roles" => Some(&self.roles),
-            "messages" => Some(&self.messages),
-            "completion" => Some(&self.completion),
-            _ => None,
-        }
-    }
-
-    /// Keeps the frozen `roles` and `messages`; takes the server's `completion`.
-    fn accept_response(&mut self, from_server: Self) {
-        self.completion = from_server.completion;
-    }
-}
-
-/// text-prompting's `StreamPrompting` synapse: the same fields as [`Prompting`], but the
-/// axon streams the completion as text chunks instead of answering with JSON.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamPrompting {
-    /// Who said each message.
-    pub roles: Vec<String>,
-    /// The messages, in order.
-    pub messages: Vec<String>,
-    /// The completion accumulated from the streamed chunks.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub completion: String,
-}
-
-impl StreamPrompting {
-    /// A request for `messages` said by `roles`, with an empty completion.
-    pub fn new(roles: Vec<String>, messages: Vec<String>) -> Self {
-        Self {
-            roles,
-            messages,
-            completion: String::new(),
-        }
-    }
-
+impl PromptingBody<true> {
     /// Absorbs one streamed chunk as text-prompting's `process_streaming_response` does:
     /// the chunk is split on `\n`, every non-empty piece is appended to `completion`
     /// (so newlines are dropped), and the pieces are returned (what Python yields).
@@ -125,8 +92,12 @@ impl StreamPrompting {
     }
 }
 
-impl SynapseBody for StreamPrompting {
-    const NAME: &'static str = "StreamPrompting";
+impl<const STREAMING: bool> SynapseBody for PromptingBody<STREAMING> {
+    const NAME: &'static str = if STREAMING {
+        "StreamPrompting"
+    } else {
+        "Prompting"
+    };
     const HASH_FIELDS: &'static [&'static str] = &["messages"];
     const REQUIRED_FIELDS: &'static [RequiredField] = PROMPTING_REQUIRED;
 
@@ -183,6 +154,12 @@ mod tests {
         assert_eq!(local.messages, ["hi"]);
         assert_eq!(local.roles, ["user"]);
         assert_eq!(local.completion, "hello");
+    }
+
+    #[test]
+    fn each_synapse_has_its_python_name() {
+        assert_eq!(Prompting::NAME, "Prompting");
+        assert_eq!(StreamPrompting::NAME, "StreamPrompting");
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! Test-only helpers shared by the workspace's interop tests: where the pinned Python
-//! venvs (made by `scripts/setup-python.sh`) and the shared vectors live.
+//! Test-only helpers shared by the workspace's tests: where the pinned Python venvs (made by
+//! `scripts/setup-python.sh`) and the shared vectors live, recorded HTTP exchanges
+//! ([`RawHttp`]), an [`Echo`] miner and [`wait_until`].
 //!
 //! Interop tests must not silently pass when Python is missing: [`python`] panics with the
 //! command that installs it.
 
+mod echo;
+mod llama;
 mod raw_http;
+mod wait;
 
+pub use echo::Echo;
+pub use llama::LlamaServer;
 pub use raw_http::RawHttp;
+pub use wait::wait_until;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -18,6 +25,8 @@ pub enum Venv {
     Bt10,
     /// `bittensor==11.3.0`: `bittensor.http_auth` (btauth/1).
     Bt11,
+    /// `llama-cpp-python[server]==0.3.36` (llama.cpp's OpenAI-compatible server) and `gguf`.
+    Llama,
 }
 
 impl Venv {
@@ -25,6 +34,7 @@ impl Venv {
         match self {
             Venv::Bt10 => "bt10",
             Venv::Bt11 => "bt11",
+            Venv::Llama => "llama",
         }
     }
 
@@ -32,6 +42,7 @@ impl Venv {
         match self {
             Venv::Bt10 => "PROMPTING_BT10_PYTHON",
             Venv::Bt11 => "PROMPTING_BT11_PYTHON",
+            Venv::Llama => "PROMPTING_LLAMA_PYTHON",
         }
     }
 }
@@ -70,8 +81,9 @@ pub fn python(venv: Venv) -> PathBuf {
         .join("bin/python");
     assert!(
         path.is_file(),
-        "{} is missing: run `scripts/setup-python.sh` (or `bash .ci/run`) first",
-        path.display()
+        "{} is missing: run `scripts/setup-python.sh {}` (or `bash .ci/run`) first",
+        path.display(),
+        venv.dir_name()
     );
     path
 }

@@ -66,6 +66,7 @@ async fn prompting(
         protocol: Protocol::BtAuth,
         deadline: deadline(start, budget),
         sampling: SamplingOverrides::default(),
+        report: Default::default(),
     };
     let completion = state.pipeline.prompt(request).await?;
     Ok(Json(serde_json::json!({ "completion": completion })).into_response())

@@ -7,59 +7,99 @@ use crate::btauth::BtAuthArgs;
 use crate::server::ServerLimits;
 
 /// Where the axon listens, what it publishes, and its limits.
-#[derive(Debug, Clone, clap::Args, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct AxonArgs {
     /// Address to bind.
-    #[arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP")
+    )]
     pub ip: IpAddr,
     /// Port to bind.
-    #[arg(long = "axon.port", default_value_t = 8091, env = "BT_AXON_PORT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.port", default_value_t = 8091, env = "BT_AXON_PORT")
+    )]
     pub port: u16,
     /// IP published on chain (defaults to the bind address).
-    #[arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP")
+    )]
     pub external_ip: Option<IpAddr>,
     /// Port published on chain (defaults to the bind port).
-    #[arg(long = "axon.external_port", env = "BT_AXON_EXTERNAL_PORT")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.external_port", env = "BT_AXON_EXTERNAL_PORT")
+    )]
     pub external_port: Option<u16>,
     /// Tokio worker threads serving requests (default: one per core).
-    #[arg(long = "axon.max_workers", env = "BT_AXON_MAX_WORKERS")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.max_workers", env = "BT_AXON_MAX_WORKERS")
+    )]
     pub max_workers: Option<usize>,
     /// Connections served at once.
-    #[arg(long = "axon.max_connections", default_value_t = 1024)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.max_connections", default_value_t = 1024)
+    )]
     pub max_connections: usize,
     /// Largest request body accepted, in bytes (larger: 413).
-    #[arg(long = "axon.max_body_bytes", default_value_t = 1024 * 1024)]
+    #[cfg_attr(feature = "cli", arg(long = "axon.max_body_bytes", default_value_t = 1024 * 1024))]
     pub max_body_bytes: usize,
     /// Largest request head (request line and headers) accepted, in bytes.
-    #[arg(long = "axon.max_header_bytes", default_value_t = 64 * 1024)]
+    #[cfg_attr(feature = "cli", arg(long = "axon.max_header_bytes", default_value_t = 64 * 1024))]
     pub max_header_bytes: usize,
     /// Seconds a client has to send the request head, and again the body.
-    #[arg(long = "axon.read_timeout", default_value_t = 10.0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.read_timeout", default_value_t = 10.0)
+    )]
     pub read_timeout: f64,
     /// Largest request `timeout` honoured, in seconds (longer ones are capped).
-    #[arg(long = "axon.max_request_timeout", default_value_t = 300.0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.max_request_timeout", default_value_t = 300.0)
+    )]
     pub max_request_timeout: f64,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[arg(long = "axon.shutdown_grace", default_value_t = 30.0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.shutdown_grace", default_value_t = 30.0)
+    )]
     pub shutdown_grace: f64,
     /// Legacy endpoints (`hotkey:uuid`) of unregistered keys whose nonces are remembered,
     /// all such keys together.
-    #[arg(long = "axon.nonce_capacity", default_value_t = 100_000)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.nonce_capacity", default_value_t = 100_000)
+    )]
     pub nonce_capacity: usize,
     /// Legacy endpoints (`uuid`s) remembered for each registered or whitelisted key.
-    #[arg(long = "axon.nonce_capacity_per_key", default_value_t = 256)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.nonce_capacity_per_key", default_value_t = 256)
+    )]
     pub nonce_capacity_per_key: usize,
     /// Registered or whitelisted keys given a nonce table of their own (more than a subnet
     /// has uids); further keys share the unregistered keys' table.
-    #[arg(long = "axon.nonce_max_keys", default_value_t = 4096)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.nonce_max_keys", default_value_t = 4096)
+    )]
     pub nonce_max_keys: usize,
     /// Seconds below an endpoint's highest nonce within which an unseen nonce is still
     /// accepted (concurrent requests arrive out of order); 0 is bittensor's strict rule.
-    #[arg(long = "axon.nonce_reorder_window", default_value_t = 1.0)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "axon.nonce_reorder_window", default_value_t = 1.0)
+    )]
     pub nonce_reorder_window: f64,
     /// btauth/1 verification (bittensor 11 validators, the OpenAI-compatible routes).
-    #[command(flatten)]
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub btauth: BtAuthArgs,
 }
 
@@ -169,6 +209,25 @@ impl AxonArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nonsense_is_refused() {
+        let args = AxonArgs {
+            read_timeout: 0.0,
+            ..AxonArgs::default()
+        };
+        assert_eq!(args.validate().unwrap_err().flag, "read_timeout");
+        let args = AxonArgs {
+            max_connections: 0,
+            ..AxonArgs::default()
+        };
+        assert_eq!(args.validate().unwrap_err().flag, "max_connections");
+    }
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod cli_tests {
+    use super::*;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -186,19 +245,5 @@ mod tests {
         assert!(cli.axon.validate().is_ok());
         let defaults = Cli::parse_from(["x"]).axon;
         assert_eq!(defaults.max_body_bytes, AxonArgs::default().max_body_bytes);
-    }
-
-    #[test]
-    fn nonsense_is_refused() {
-        let args = AxonArgs {
-            read_timeout: 0.0,
-            ..AxonArgs::default()
-        };
-        assert_eq!(args.validate().unwrap_err().flag, "read_timeout");
-        let args = AxonArgs {
-            max_connections: 0,
-            ..AxonArgs::default()
-        };
-        assert_eq!(args.validate().unwrap_err().flag, "max_connections");
     }
 }

@@ -6,17 +6,34 @@
 //! [`btauth_json`], [`openai`], [`grpc`]), what their routes share ([`edge`]), the
 //! [`axon`] that assembles them, its flags ([`config`]) and the HTTP [`server`] loop.
 
-pub mod axon;
+//!
+//! Cargo features: `client` and `server` (both by default) select the sides; `cli` adds clap
+//! `Args` to the server's flag types. A validator that only calls miners depends on
+//! `default-features = false, features = ["client"]` and builds no HTTP server, no miner
+//! pipeline and no clap (`examples/validator.rs`).
+
 pub mod btauth;
-pub mod btauth_json;
-pub mod caller_class;
 pub mod clock;
-pub mod config;
 pub mod deadline;
-pub mod dendrite;
-pub mod edge;
 pub mod grpc;
-pub mod legacy;
 pub mod nonce;
+
+#[cfg(feature = "client")]
+pub mod dendrite;
+
+#[cfg(feature = "server")]
+pub mod axon;
+#[cfg(feature = "server")]
+pub mod btauth_json;
+#[cfg(feature = "server")]
+pub mod caller_class;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod edge;
+#[cfg(feature = "server")]
+pub mod legacy;
+#[cfg(feature = "server")]
 pub mod openai;
+#[cfg(feature = "server")]
 pub mod server;

@@ -168,6 +168,75 @@ pub fn sse_reply(chunks: Vec<String>, pause: Duration) -> Response {
         .expect("valid response")
 }
 
+/// An upstream on 127.0.0.1 written at the byte level, for answers a proper HTTP server
+/// does not give. `answer(body, n)` gets the JSON body of the `n`th request (from 0) on its
+/// connection and returns the raw bytes to send back and whether to close the connection
+/// after them, or `None` to close it without answering. Its base URL and the bodies read.
+pub async fn raw_upstream<F>(answer: F) -> (String, Arc<Mutex<Vec<Value>>>)
+where
+    F: Fn(&Value, usize) -> Option<(Vec<u8>, bool)> + Send + Sync + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (answer, record) = (Arc::new(answer), Arc::clone(&seen));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (answer, record) = (Arc::clone(&answer), Arc::clone(&record));
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 8192];
+                for n in 0.. {
+                    let body = loop {
+                        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|line| line.strip_prefix("content-length:"))
+                                .and_then(|value| value.trim().parse().ok())
+                                .unwrap_or(0);
+                            if data.len() >= end + 4 + length {
+                                let body = data[end + 4..end + 4 + length].to_vec();
+                                data.drain(..end + 4 + length);
+                                break body;
+                            }
+                        }
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => data.extend_from_slice(&buf[..read]),
+                        }
+                    };
+                    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let reply = answer(&body, n);
+                    record.lock().unwrap_or_else(|p| p.into_inner()).push(body);
+                    let Some((bytes, close)) = reply else { return };
+                    if socket.write_all(&bytes).await.is_err() || close {
+                        let _ = socket.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), seen)
+}
+
+/// The head of a `200 text/event-stream` answer, chunked (close the connection after it
+/// for a body that breaks off before its first byte).
+pub const BROKEN_SSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+
+/// A raw HTTP/1.1 answer with a JSON body.
+pub fn raw_json(status_line: &str, body: &Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "HTTP/1.1 {status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The `data:` JSON of a stream chunk carrying `content` for choice `index`.
 pub fn delta(index: u32, content: &str) -> String {
     json!({

@@ -8,32 +8,36 @@ use super::verify::{
 use super::{DEFAULT_MAX_AGE_S, DEFAULT_MAX_FUTURE_S};
 
 /// Operator settings of btauth/1 verification. Every key is optional in a config file.
-#[derive(Debug, Clone, PartialEq, clap::Args, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct BtAuthArgs {
     /// How old a request's nonce may be, in seconds.
-    #[arg(long = "btauth.max_age", default_value_t = DEFAULT_MAX_AGE_S)]
+    #[cfg_attr(feature = "cli", arg(long = "btauth.max_age", default_value_t = DEFAULT_MAX_AGE_S))]
     pub max_age: f64,
     /// How far ahead of this server's clock a request's nonce may be, in seconds.
-    #[arg(long = "btauth.max_future", default_value_t = DEFAULT_MAX_FUTURE_S)]
+    #[cfg_attr(feature = "cli", arg(long = "btauth.max_future", default_value_t = DEFAULT_MAX_FUTURE_S))]
     pub max_future: f64,
     /// Also accept requests not bound to a receiver (no `X-Bittensor-Receiver`); a receiver
     /// that is present must still be this server's hotkey.
-    #[arg(long = "btauth.allow_any_receiver", default_value_t = false)]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btauth.allow_any_receiver", default_value_t = false)
+    )]
     pub allow_any_receiver: bool,
     /// How many accepted requests of unregistered keys (all together) are remembered to
     /// refuse replays.
-    #[arg(long = "btauth.replay_capacity", default_value_t = DEFAULT_REPLAY_CAPACITY)]
+    #[cfg_attr(feature = "cli", arg(long = "btauth.replay_capacity", default_value_t = DEFAULT_REPLAY_CAPACITY))]
     pub replay_capacity: usize,
     /// How many accepted requests of each registered or whitelisted key are remembered.
-    #[arg(
+    #[cfg_attr(feature = "cli", arg(
         long = "btauth.replay_capacity_per_key",
         default_value_t = DEFAULT_REPLAY_CAPACITY_PER_KEY
-    )]
+    ))]
     pub replay_capacity_per_key: usize,
     /// How many registered or whitelisted keys get room of their own in the replay store
     /// (more than a subnet has uids); further keys share the unregistered keys' room.
-    #[arg(long = "btauth.replay_max_keys", default_value_t = DEFAULT_REPLAY_MAX_KEYS)]
+    #[cfg_attr(feature = "cli", arg(long = "btauth.replay_max_keys", default_value_t = DEFAULT_REPLAY_MAX_KEYS))]
     pub replay_max_keys: usize,
 }
 
@@ -68,6 +72,19 @@ impl BtAuthArgs {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_keys_are_optional_and_checked() {
+        let args: BtAuthArgs = serde_json::from_str(r#"{"max_age": 5.0}"#).expect("partial table");
+        assert_eq!(args.max_age, 5.0);
+        assert_eq!(args.max_future, DEFAULT_MAX_FUTURE_S);
+        assert!(serde_json::from_str::<BtAuthArgs>(r#"{"max_agee": 5.0}"#).is_err());
+    }
+}
+
+#[cfg(all(test, feature = "cli"))]
+mod cli_tests {
     use super::*;
     use clap::Parser;
 
@@ -104,13 +121,5 @@ mod tests {
         assert!(!config.require_receiver);
         assert_eq!((config.max_age_s, config.max_future_s), (30.0, 0.5));
         assert_eq!(config.replay_capacity, 7);
-    }
-
-    #[test]
-    fn config_file_keys_are_optional_and_checked() {
-        let args: BtAuthArgs = serde_json::from_str(r#"{"max_age": 5.0}"#).expect("partial table");
-        assert_eq!(args.max_age, 5.0);
-        assert_eq!(args.max_future, DEFAULT_MAX_FUTURE_S);
-        assert!(serde_json::from_str::<BtAuthArgs>(r#"{"max_agee": 5.0}"#).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! and the error messages.
 
 mod address;
+#[cfg(feature = "server")]
 mod args;
 mod error;
 mod payload;
@@ -17,6 +18,7 @@ mod sign;
 mod verify;
 
 pub use address::ACCEPTED_SS58_PREFIXES;
+#[cfg(feature = "server")]
 pub use args::BtAuthArgs;
 pub use error::{BtAuthError, ErrorClass};
 pub use payload::{PayloadFields, Scheme, body_sha256_hex, build_payload};

@@ -202,6 +202,15 @@ impl Metrics {
                 outcome.as_str()
             ));
         }
+        extra.push_str("# HELP prompting_backend_tokens Tokens of answered requests whose backend reported them, by kind.\n# TYPE prompting_backend_tokens counter\n");
+        for (kind, count) in [
+            ("prompt", stats.usage.prompt_tokens),
+            ("completion", stats.usage.completion_tokens),
+        ] {
+            extra.push_str(&format!(
+                "prompting_backend_tokens_total{{kind=\"{kind}\"}} {count}\n"
+            ));
+        }
         for (name, help, source) in &self.sources {
             if let Some(value) = source() {
                 extra.push_str(&format!(

@@ -24,12 +24,17 @@
 //!
 //! A request that fails btauth/1 gets `UNAUTHENTICATED` with the verifier's message.
 
+#[cfg(feature = "server")]
 mod auth;
+#[cfg(feature = "client")]
 mod client;
 pub mod proto;
+#[cfg(feature = "server")]
 mod service;
 
+#[cfg(feature = "client")]
 pub use client::{ChunkStream, GrpcClient, GrpcClientError};
+#[cfg(feature = "server")]
 pub use service::routes;
 
 /// The signed target of `Prompt` calls.

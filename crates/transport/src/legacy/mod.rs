@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use prompting_miner::{PromptRequest, Protocol};
-use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody, SynapseHeaders};
+use prompting_synapse::{
+    Prompting, PromptingBody, StreamPrompting, Synapse, SynapseBody, SynapseHeaders,
+};
 use tokio::time::Instant;
 
 use crate::deadline::{budget, deadline};
@@ -49,21 +51,8 @@ pub trait PromptSynapse: SynapseBody + Default + Send + Sync + 'static {
     fn set_completion(&mut self, completion: String);
 }
 
-impl PromptSynapse for Prompting {
-    const STREAMING: bool = false;
-    fn roles(&self) -> &[String] {
-        &self.roles
-    }
-    fn messages(&self) -> &[String] {
-        &self.messages
-    }
-    fn set_completion(&mut self, completion: String) {
-        self.completion = completion;
-    }
-}
-
-impl PromptSynapse for StreamPrompting {
-    const STREAMING: bool = true;
+impl<const STREAMING: bool> PromptSynapse for PromptingBody<STREAMING> {
+    const STREAMING: bool = STREAMING;
     fn roles(&self) -> &[String] {
         &self.roles
     }
@@ -134,15 +123,16 @@ pub fn unknown_synapse(state: &AxonState) -> Router {
 /// Serves one legacy request for synapse `B`.
 async fn handle<B: PromptSynapse>(
     State(legacy): State<Arc<Legacy>>,
-    peer: Option<axum::Extension<PeerAddr>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request<Body>,
 ) -> Response {
     let start = Instant::now();
+    // The whole request rather than a `HeaderMap` extractor, which would copy the headers.
+    let (parts, body) = request.into_parts();
+    let peer = parts.extensions.get::<PeerAddr>().copied();
     // What Python's preprocess builds: a synapse from the headers alone. Error responses
     // carry its headers (so their computed_body_hash is that of empty inputs, as in Python).
     let mut reply = Reply::<B>::new(&legacy.edge, start);
-    let outcome = serve::<B>(&legacy, &mut reply, peer.map(|p| p.0), &headers, body).await;
+    let outcome = serve::<B>(&legacy, &mut reply, peer, &parts.headers, body).await;
     match outcome {
         Ok(response) => response,
         Err(rejection) => reply.refuse(rejection),
@@ -185,6 +175,7 @@ async fn serve<B: PromptSynapse>(
         protocol: Protocol::Legacy,
         deadline: deadline(reply.start, budget),
         sampling: Default::default(),
+        report: Default::default(),
     };
     if B::STREAMING {
         let stream = state.pipeline.prompt_stream(request).await?;

@@ -16,13 +16,13 @@ use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prompting_miner::{PromptRequest, Protocol, SamplingOverrides};
+use prompting_miner::{CompletionReport, PromptRequest, Protocol, SamplingOverrides};
 use tokio::time::Instant;
 
 use crate::deadline::{budget, deadline};
 use crate::edge::auth::authenticate;
 use crate::edge::{AxonState, OpenAiRejection, Rejection};
-use schema::{AssistantMessage, ChatCompletion, ChatRequest, Choice};
+use schema::{AssistantMessage, ChatCompletion, ChatRequest, Choice, Usage};
 
 /// The chat-completions route.
 pub const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
@@ -86,12 +86,14 @@ async fn chat_completions(
             temperature: chat.temperature,
             top_p: chat.top_p,
         },
+        report: CompletionReport::default(),
     };
+    let report = request.report.clone();
     let model = state.pipeline.miner().name().to_string();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if chat.stream {
         let stream = state.pipeline.prompt_stream(request).await?;
-        let events = sse::sse_events(stream, id, model, unix_seconds());
+        let events = sse::sse_events(stream, report, id, model, unix_seconds());
         return Ok(Sse::new(events)
             .keep_alive(KeepAlive::default())
             .into_response());
@@ -108,8 +110,13 @@ async fn chat_completions(
                 role: "assistant",
                 content: completion,
             },
-            finish_reason: "stop",
+            finish_reason: sse::finish_reason(&report),
         }],
+        usage: report.usage().map(|usage| Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        }),
     };
     Ok(Json(answer).into_response())
 }

@@ -94,6 +94,20 @@ pub struct ChatCompletion {
     pub model: String,
     /// One choice.
     pub choices: Vec<Choice>,
+    /// What the answer cost, when the backend reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Token counts of an answer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Usage {
+    /// Tokens of the prompt.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// Their sum.
+    pub total_tokens: u64,
 }
 
 /// A full choice.
@@ -103,8 +117,8 @@ pub struct Choice {
     pub index: u32,
     /// The assistant's message.
     pub message: AssistantMessage,
-    /// `stop`.
-    pub finish_reason: &'static str,
+    /// Why generation stopped, as the backend said (`stop` when it did not).
+    pub finish_reason: String,
 }
 
 /// The assistant's answer.
@@ -138,8 +152,9 @@ pub struct ChunkChoice {
     pub index: u32,
     /// What is new.
     pub delta: Delta,
-    /// `stop` on the last chunk, else null.
-    pub finish_reason: Option<&'static str>,
+    /// On the last chunk, why generation stopped, as the backend said (`stop` when it did
+    /// not); else null.
+    pub finish_reason: Option<String>,
 }
 
 /// New text (or the role, on the first chunk).

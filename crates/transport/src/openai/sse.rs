@@ -5,12 +5,17 @@ use std::sync::Arc;
 
 use axum::response::sse::Event;
 use futures::{Stream, StreamExt};
-use prompting_miner::TextStream;
+use prompting_miner::{CompletionReport, TextStream};
 
 use super::schema::{ChatChunk, ChunkChoice, Delta};
 use crate::edge::{OpenAiRejection, Rejection};
 
-fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<&'static str>) -> Event {
+/// Why the backend stopped generating, as it reported; `stop` when it did not say.
+pub(super) fn finish_reason(report: &CompletionReport) -> String {
+    report.finish_reason().unwrap_or_else(|| "stop".to_owned())
+}
+
+fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<String>) -> Event {
     let chunk = ChatChunk {
         id: id.to_string(),
         object: "chat.completion.chunk",
@@ -26,10 +31,12 @@ fn chunk(id: &str, model: &str, created: u64, delta: Delta, finish: Option<&'sta
 }
 
 /// The SSE stream of an answer: a role chunk, one chunk per text piece, a final chunk with
-/// `finish_reason: "stop"`, then `[DONE]`. A backend failure midway sends an error event and
-/// ends the stream without `[DONE]`.
+/// the backend's `finish_reason` (read from `report` once the text ended, see
+/// [`finish_reason`]), then `[DONE]`. A backend failure midway sends an error event and ends
+/// the stream without `[DONE]`.
 pub(super) fn sse_events(
     text: TextStream,
+    report: CompletionReport,
     id: String,
     model: String,
     created: u64,
@@ -79,7 +86,13 @@ pub(super) fn sse_events(
     let tail = futures::stream::once(async move {
         (!failed.load(std::sync::atomic::Ordering::Relaxed)).then(|| {
             vec![
-                chunk(&id, &model, created, Delta::default(), Some("stop")),
+                chunk(
+                    &id,
+                    &model,
+                    created,
+                    Delta::default(),
+                    Some(finish_reason(&report)),
+                ),
                 Event::default().data("[DONE]"),
             ]
         })

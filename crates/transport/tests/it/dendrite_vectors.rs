@@ -2,7 +2,7 @@
 //! `Dendrite` sent (headers, order, body, signature) and the client view of every recorded
 //! axon response (10.5, 6.12.4, 6.4.4).
 
-mod dendrite_support;
+use crate::dendrite_support;
 
 use std::sync::Arc;
 use std::time::Duration;

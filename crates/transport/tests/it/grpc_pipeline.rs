@@ -2,7 +2,7 @@
 //! our `GrpcClient` against an axon with the echo miner — unary, streaming, the pipeline's
 //! refusals, btauth/1 failures, deadlines — and HTTP/1.1 legacy calls on the same port.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -130,9 +130,12 @@ async fn unregistered_hotkeys_are_permission_denied() {
 
 /// A raw client, to send metadata of our own.
 async fn raw_client(axon: &GrpcAxon) -> MinerClient<tonic::transport::Channel> {
-    MinerClient::connect(format!("http://{}", axon.addr))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", axon.addr))
+        .expect("endpoint")
+        .connect()
         .await
-        .expect("connect")
+        .expect("connect");
+    MinerClient::new(channel)
 }
 
 fn signed(

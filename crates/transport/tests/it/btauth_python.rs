@@ -17,7 +17,7 @@ use prompting_transport::btauth::{
 use prompting_transport::clock::ManualClock;
 use serde_json::{Value, json};
 
-const SCRIPT: &str = include_str!("python/bt11_btauth.py");
+const SCRIPT: &str = include_str!("../python/bt11_btauth.py");
 /// `validator_hotkey` and `miner_hotkey` of `../shared/vectors/legacy/keys.json`.
 const SENDER_MNEMONIC: &str =
     "letter advice cage absurd amount doctor acoustic avoid letter advice cage above";

@@ -1,7 +1,7 @@
 //! btauth/1 on the axon: the signed `POST /Prompting` route and the OpenAI-compatible
 //! routes, from our signer and from a real bittensor 11.3 validator (`http_auth.sign`).
 
-mod common;
+use crate::common;
 
 use common::{AxonSetup, VALIDATOR_MNEMONIC, miner_key, validator_key};
 use futures::StreamExt;
@@ -142,7 +142,7 @@ async fn bittensor_11_validator_over_http() {
         "validator_mnemonic": VALIDATOR_MNEMONIC,
         "stranger_mnemonic": STRANGER_MNEMONIC,
     });
-    let script = include_str!("python/bt11_http_client.py");
+    let script = include_str!("../python/bt11_http_client.py");
     let out = tokio::task::spawn_blocking(move || {
         run_python(Venv::Bt11, script, &[], spec.to_string().as_bytes())
     })

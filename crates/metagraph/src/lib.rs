@@ -1,5 +1,7 @@
-//! What the policies know of the subnet: who is registered, with which stake and permit.
+//! What a miner knows of its subnet: who is registered, with which stake and permit.
 //!
+//! The chain client (`prompting-chain`) fills these types and the miner pipeline
+//! (`prompting-miner`) reads them; this crate sits under both so neither pulls the other.
 //! Snapshots are immutable and swapped atomically when refreshed, so the request path reads
 //! them without taking a lock.
 

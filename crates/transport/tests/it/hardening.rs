@@ -4,7 +4,7 @@
 //! `--btauth.replay_capacity 100`) so that filling a table takes a hundred requests, not a
 //! hundred thousand.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! synapses: success, unicode, the axon's own refusals, client-side timeouts, fan-out and
 //! streaming. Fails (does not skip) when the venv is missing.
 
-mod dendrite_support;
+use crate::dendrite_support;
 
 use std::time::{Duration, Instant};
 

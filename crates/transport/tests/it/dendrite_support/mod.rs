@@ -1,7 +1,5 @@
 //! Helpers of the dendrite tests: fixtures, recorded HTTP messages, keys.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 
 use prompting_keys::Keypair;

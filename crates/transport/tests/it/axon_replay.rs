@@ -3,7 +3,7 @@
 //! of the recording. The axon uses the recorded miner hotkey, so real Python signatures
 //! verify.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -14,7 +14,7 @@ use prompting_transport::clock::ManualClock;
 use serde_json::Value;
 
 fn exchanges() -> Value {
-    serde_json::from_str(include_str!("fixtures/legacy/exchanges.json")).expect("fixture json")
+    serde_json::from_str(include_str!("../fixtures/legacy/exchanges.json")).expect("fixture json")
 }
 
 fn nonce_of(raw_request: &str) -> i64 {
@@ -194,7 +194,7 @@ async fn stale_first_nonce_is_refused() {
 /// 401.
 #[tokio::test]
 async fn bittensor_6_4_4_requests_verify_and_replays_are_refused() {
-    let raw = include_str!("fixtures/legacy/v6_4_4_request.http")
+    let raw = include_str!("../fixtures/legacy/v6_4_4_request.http")
         .replace("POST /Dummy", "POST /Prompting");
     let dendrite = RawHttp::parse(raw.as_bytes())
         .header("bt_header_dendrite_hotkey")

@@ -2,7 +2,7 @@
 //! a validator meets, with the status the Python client reports. Needs the venv made by
 //! `scripts/setup-python.sh` (fails, does not skip, without it).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ async fn python_dendrite_gets_right_answers_and_statuses() {
         "stranger_mnemonic": STRANGER_MNEMONIC,
         "blocked_mnemonic": COLDKEY_MNEMONIC,
     });
-    let script = include_str!("python/bt10_dendrite.py");
+    let script = include_str!("../python/bt10_dendrite.py");
     let out = tokio::task::spawn_blocking(move || {
         run_python(Venv::Bt10, script, &[], spec.to_string().as_bytes())
     })

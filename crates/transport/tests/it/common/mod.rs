@@ -1,5 +1,4 @@
 //! Shared pieces of the transport integration tests: test miners, an axon on loopback, keys.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
