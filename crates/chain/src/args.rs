@@ -122,9 +122,31 @@ pub struct SubtensorArgs {
     /// Do not publish the axon's ip:port on chain.
     #[cfg_attr(feature = "cli", arg(long = "miner.no_serve"))]
     pub no_serve: bool,
-    /// Do not set weights every epoch.
+    /// Set weights every epoch, all on the miner's own uid (as the Python miner did). Off by
+    /// default: today's subtensor leaves a miner's self-weight out of consensus (only the
+    /// subnet owner's counts), and most subnets have commit-reveal on, where plain
+    /// `set_weights` is refused; see docs/chain.md.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "miner.set_weights", conflicts_with = "no_set_weights")
+    )]
+    pub set_weights: bool,
+    /// Do not set weights (the default; kept so existing command lines and config files still
+    /// work).
     #[cfg_attr(feature = "cli", arg(long = "miner.no_set_weights"))]
     pub no_set_weights: bool,
+    /// The `version_key` sent with `set_weights`. Default: the subnet's `WeightsVersionKey`,
+    /// read from the chain before each `set_weights`.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "miner.weights_version_key", value_name = "N")
+    )]
+    pub weights_version_key: Option<u64>,
+    /// Seconds per block (12 on finney and the test network; a local node built with fast
+    /// blocks makes one every 0.25 s). Turns block counts (the epoch, rate limits) into
+    /// waits.
+    #[cfg_attr(feature = "cli", arg(long = "subtensor.block_time", value_name = "SECONDS", default_value_t = 12.0, value_parser = parse_block_time))]
+    pub block_time_secs: f64,
     /// Seconds allowed to open the connection and read the runtime.
     #[cfg_attr(
         feature = "cli",
@@ -147,7 +169,10 @@ impl Default for SubtensorArgs {
             netuid: 1,
             blocks_per_epoch: 100,
             no_serve: false,
+            set_weights: false,
             no_set_weights: false,
+            weights_version_key: None,
+            block_time_secs: BLOCK_TIME.as_secs_f64(),
             connect_timeout_secs: 30,
             call_timeout_secs: 60,
         }
@@ -177,9 +202,45 @@ impl SubtensorArgs {
         Duration::from_secs(self.call_timeout_secs.max(1))
     }
 
-    /// Time between two refreshes: `blocks_per_epoch` blocks of 12 s.
+    /// Whether weights are set every epoch: `--miner.set_weights` and not
+    /// `--miner.no_set_weights`.
+    pub fn sets_weights(&self) -> bool {
+        self.set_weights && !self.no_set_weights
+    }
+
+    /// The chain's block time (`--subtensor.block_time`; 12 s when the value is unusable,
+    /// which the flag's parser refuses anyway).
+    pub fn block_time(&self) -> Duration {
+        Duration::try_from_secs_f64(self.block_time_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(BLOCK_TIME)
+    }
+
+    /// Time between two refreshes: `blocks_per_epoch` blocks.
     pub fn epoch(&self) -> Duration {
-        BLOCK_TIME * u32::try_from(self.blocks_per_epoch.max(1)).unwrap_or(u32::MAX)
+        self.block_time()
+            .saturating_mul(u32::try_from(self.blocks_per_epoch.max(1)).unwrap_or(u32::MAX))
+    }
+}
+
+/// Longest accepted `--subtensor.block_time`.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+const MAX_BLOCK_TIME_SECS: f64 = 3600.0;
+
+/// `--subtensor.block_time`: seconds, more than 0 and at most an hour.
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+fn parse_block_time(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if secs.is_finite() && secs > 0.0 && secs <= MAX_BLOCK_TIME_SECS {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "must be more than 0 and at most {MAX_BLOCK_TIME_SECS} seconds, got {text}"
+        ))
     }
 }
 
@@ -229,6 +290,7 @@ mod tests {
         assert_eq!(args.endpoint(), TEST_ENDPOINT);
         assert_eq!((args.netuid, args.blocks_per_epoch), (8, 5));
         assert!(args.no_serve && args.no_set_weights);
+        assert!(!args.sets_weights());
 
         let args = parse(&[
             "--subtensor.network",
@@ -243,6 +305,46 @@ mod tests {
         assert!(parse(&["--subtensor.network", "mainnet"]).is_err());
         assert!(parse(&["--subtensor.network", "ws://"]).is_err());
         assert!(parse(&["--subtensor.network", "http://127.0.0.1:9944"]).is_err());
+        let fast = parse(&[
+            "--subtensor.block_time",
+            "0.25",
+            "--miner.blocks_per_epoch",
+            "4",
+        ])
+        .expect("parse");
+        assert_eq!(fast.block_time(), Duration::from_millis(250));
+        assert_eq!(fast.epoch(), Duration::from_secs(1));
+        for bad in ["0", "-1", "NaN", "inf", "7200", "soon"] {
+            assert!(parse(&["--subtensor.block_time", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn setting_weights_is_opt_in() {
+        let args = parse(&[]).expect("defaults parse");
+        assert!(!args.sets_weights(), "off by default");
+        assert_eq!(args.weights_version_key, None);
+        let args = parse(&[
+            "--miner.set_weights",
+            "--miner.weights_version_key",
+            "2001000",
+        ])
+        .expect("parse");
+        assert!(args.sets_weights());
+        assert_eq!(args.weights_version_key, Some(2_001_000));
+        // The old opt-out is still accepted, and contradicting it is an error.
+        assert!(
+            !parse(&["--miner.no_set_weights"])
+                .expect("parse")
+                .sets_weights()
+        );
+        assert!(parse(&["--miner.set_weights", "--miner.no_set_weights"]).is_err());
+        assert!(parse(&["--miner.weights_version_key", "-1"]).is_err());
+        let args: SubtensorArgs =
+            serde_json::from_str(r#"{"set_weights": true, "weights_version_key": 7}"#)
+                .expect("deserialize");
+        assert!(args.sets_weights());
+        assert_eq!(args.weights_version_key, Some(7));
     }
 
     #[test]

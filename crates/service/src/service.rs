@@ -4,7 +4,8 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use prompting_chain::{ServeAxon, ServeOutcome, Subtensor, SyncOptions, spawn_sync};
+use prompting_chain::axon_addr::unservable_reason;
+use prompting_chain::{ServeAxon, Subtensor, SyncOptions, spawn_sync};
 use prompting_keys::Keypair;
 use prompting_keys::wallet::WalletError;
 use prompting_miner::{
@@ -81,6 +82,14 @@ impl CommonArgs {
                 return Err(ServiceError::Config(format!(
                     "--axon.external_ip is needed to publish the axon on chain when it binds \
                      {ip} (or pass --miner.no_serve)"
+                )));
+            }
+            // The port is only known once bound; judge the ip with a placeholder port.
+            let port = self.axon.external_port.unwrap_or(self.axon.port).max(1);
+            if let Some(why) = unservable_reason(SocketAddr::new(ip, port)) {
+                return Err(ServiceError::Config(format!(
+                    "cannot publish the axon at {ip} on chain: {why}; set --axon.external_ip to \
+                     the address validators can reach (or pass --miner.no_serve)"
                 )));
             }
         }
@@ -261,9 +270,10 @@ impl Service {
     }
 
     /// Serves `backend` until `shutdown` resolves, then drains in-flight requests (up to
-    /// `--axon.shutdown_grace`). On a chain, first publishes the axon (unless
-    /// `--miner.no_serve`) and starts the metagraph refresh, which also sets weights every
-    /// epoch unless `--miner.no_set_weights`.
+    /// `--axon.shutdown_grace`). On a chain, starts the background chain duties: the
+    /// metagraph refresh, publishing the axon (unless `--miner.no_serve`; a refusal or a
+    /// serving rate limit is a warning and retried, never fatal), and with
+    /// `--miner.set_weights` the weights (see `prompting_chain::sync`).
     pub async fn run_until(
         self,
         backend: Arc<dyn Miner>,
@@ -298,24 +308,22 @@ impl Service {
 
         let mut sync_task = None;
         if let Some((subtensor, shared)) = chain {
-            if !args.subtensor.no_serve {
+            let serve = (!args.subtensor.no_serve).then(|| {
                 let external = SocketAddr::new(
                     args.axon.external_ip.unwrap_or(local_addr.ip()),
                     args.axon.external_port.unwrap_or(local_addr.port()),
                 );
-                let serve = ServeAxon::new(args.subtensor.netuid, external);
-                match subtensor.serve_axon(keypair.as_ref(), &serve).await {
-                    Ok(ServeOutcome::AlreadyServed) => {}
-                    Ok(ServeOutcome::Included { .. }) => {}
-                    Err(e) => return Err(ServiceError::chain("publishing the axon", e)),
-                }
-            }
+                ServeAxon::new(args.subtensor.netuid, external)
+            });
             let signer: Arc<Keypair> = Arc::clone(&keypair);
             let (task, status) = spawn_sync(
                 subtensor,
                 shared,
                 signer,
-                SyncOptions::from_args(&args.subtensor),
+                SyncOptions {
+                    serve,
+                    ..SyncOptions::from_args(&args.subtensor)
+                },
             );
             state.metrics_mut().add_gauge_source(
                 "metagraph_age_seconds",

@@ -263,6 +263,9 @@ async fn an_unreachable_chain_is_one_error_naming_the_endpoint() {
     let mut args = dev_args(dir.path());
     args.dev = false;
     args.axon.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    // 127.0.0.1 cannot be published on chain (refused at start-up); this test is about the
+    // connection.
+    args.subtensor.no_serve = true;
     args.subtensor.chain_endpoint = Some(endpoint.clone());
     args.subtensor.connect_timeout_secs = 5;
     let err = tokio::time::timeout(Duration::from_secs(30), Service::prepare(args))
