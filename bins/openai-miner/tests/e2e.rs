@@ -413,6 +413,9 @@ fn every_start_up_mistake_is_one_line_with_the_exit_code_of_its_kind() {
                 "127.0.0.1",
                 "--axon.port",
                 "0",
+                // A loopback axon is not publishable (subtensor's InvalidIpAddress).
+                "--axon.external_ip",
+                "10.0.0.1",
             ][..],
             1,
             "openai-miner: error: subtensor: connecting: ",
