@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
-use prompting_service::{CommonArgs, MinerCli, Service};
+use prompting_service::python_compat::{Arity, IgnoredFlag};
+use prompting_service::{CommonArgs, Failure, MinerCli, Service};
 
 /// A Prompting miner running Cerebras BTLM-3B-8K natively.
 #[derive(Debug, Parser)]
@@ -20,6 +21,13 @@ struct Cli {
 }
 
 impl MinerCli for Cli {
+    const PYTHON_IGNORED: &'static [IgnoredFlag] = &[IgnoredFlag {
+        name: "btlm.use_deepspeed",
+        arity: Arity::Switch,
+        python_default: None,
+        reason: "BTLM runs natively with candle (DeepSpeed is a PyTorch library)",
+    }];
+
     fn common_mut(&mut self) -> &mut CommonArgs {
         &mut self.common
     }
@@ -29,27 +37,80 @@ fn main() -> ExitCode {
     prompting_service::cli_main("btlm-miner", run)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    cli.btlm.validate().context("invalid BTLM settings")?;
-    let runtime = prompting_service::runtime(&cli.common).context("cannot start the runtime")?;
+fn run(cli: Cli) -> Result<(), Failure> {
+    cli.btlm
+        .validate()
+        .context("invalid BTLM settings")
+        .map_err(Failure::usage)?;
+    let runtime = prompting_service::runtime(&cli.common)
+        .context("cannot start the runtime")
+        .map_err(Failure::runtime)?;
     runtime.block_on(async {
         // Wallet, port and chain first: they fail fast, loading the model takes minutes.
         let service = Service::prepare(cli.common).await?;
+        if !service.starts_axon() {
+            return Ok(service.run_without_axon().await?);
+        }
         let args = cli.btlm;
         let miner = tokio::task::spawn_blocking(move || BtlmMiner::from_args(&args))
             .await
-            .context("the model loader panicked")?
-            .context("cannot load the model")?;
-        service.run(Arc::new(miner)).await?;
-        anyhow::Ok(())
+            .context("the model loader panicked")
+            .and_then(|loaded| loaded.context("cannot load the model"))
+            .map_err(Failure::runtime)?;
+        Ok(service.run(Arc::new(miner)).await?)
     })
 }
+
+#[cfg(test)]
+#[path = "../../../crates/service/tests/support/python_flags.rs"]
+mod python_flags;
+
+#[cfg(test)]
+#[path = "../../../crates/service/tests/support/readme.rs"]
+mod readme;
 
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    use crate::python_flags;
+
+    #[test]
+    fn every_python_flag_of_the_btlm_miner_is_accepted_as_the_fixture_says() {
+        python_flags::check_parser::<Cli>("btlm");
+    }
+
+    #[test]
+    fn the_yaml_bittensor_prints_for_the_python_btlm_miner_is_read() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../crates/service/tests/fixtures/bittensor-6.1-btlm-miner.yaml"
+        );
+        let mut cli: Cli =
+            prompting_service::parse_args(["btlm-miner", "--config", path]).expect("parse");
+        let common = cli.common_mut();
+        assert!(common.mock_subtensor && common.logging.debug);
+        assert_eq!(common.wallet.name, "miner");
+        assert_eq!(common.axon.ip, std::net::IpAddr::from([0u16; 8]));
+        assert!(common.miner.blacklist.force_validator_permit);
+        let lines = prompting_service::python_compat::warning_lines(&common.ignored);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ignored ") && l.contains("--wandb.on")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ignored --btlm.use_deepspeed")),
+            "{lines:?}"
+        );
+        assert_eq!(cli.btlm.max_length, 32);
+        assert_eq!(cli.btlm.device, "cuda");
+    }
 
     #[test]
     fn flags_do_not_clash() {
@@ -82,5 +143,23 @@ mod tests {
             prompting_btlm_backend::options::Quantization::Q8_0
         );
         assert_eq!(cli.common.axon.port, 9999);
+    }
+
+    #[test]
+    fn the_readme_yaml_config_example_is_this_binarys() {
+        let examples = crate::readme::blocks("yaml");
+        assert_eq!(examples.len(), 1, "README.md shows one yaml config example");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("miner.yaml");
+        std::fs::write(&config, &examples[0]).expect("write config");
+        let config = config.display().to_string();
+        let cli: Cli = prompting_service::parse_args(["btlm-miner", "--config", &config])
+            .expect("README's example parses");
+        assert_eq!(cli.common.subtensor.netuid, 1);
+        assert_eq!(cli.common.axon.port, 8091);
+        assert!(cli.common.miner.blacklist.force_validator_permit);
+        assert_eq!(cli.btlm.device, "cpu");
+        assert_eq!(cli.btlm.max_length, 64);
+        assert!(cli.common.ignored.is_empty(), "{:?}", cli.common.ignored);
     }
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
 use prompting_miner::{Miner, PromptRequest, Protocol};
-use support::{MinerProcess, free_port, hotkey_under, python_dendrite, run_to_exit};
+use support::{
+    MinerProcess, PYTHON_V216_WARNINGS, assert_warned, free_port, hotkey_under, python_dendrite,
+    python_v216_flags, run_to_exit, warnings_only,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_btlm-miner");
 
@@ -147,7 +150,7 @@ fn invalid_btlm_flags_stop_before_the_wallet_is_touched() {
     .map(|s| s.to_string())
     .collect();
     let (status, stderr) = run_to_exit(BIN, &args, Duration::from_secs(30));
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(status.code(), Some(2), "a flag mistake: {stderr}");
     assert!(
         stderr
             .trim()
@@ -162,6 +165,83 @@ fn invalid_btlm_flags_stop_before_the_wallet_is_touched() {
             .is_none(),
         "no hotkey was created"
     );
+}
+
+/// The warning of `--btlm.device cuda` (the Python default) on a build without CUDA.
+const NO_CUDA: &str = "this build has no CUDA support (build with `--features cuda` for a GPU, see README); running on the CPU";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_v216_command_line_and_its_yaml_config_start_with_warnings_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wallets = dir.path().join("wallets");
+    for name in ["default", "miner"] {
+        prompting_keys::Wallet::new(&wallets, name, "default")
+            .create_hotkey_if_missing()
+            .expect("create a hotkey");
+    }
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../crates/service/tests/fixtures/bittensor-6.1-btlm-miner.yaml"
+    );
+    let mut command_line = python_v216_flags(&dir.path().join("logs"));
+    command_line.extend(
+        [
+            "--btlm.use_deepspeed",
+            "--btlm.device",
+            "cuda",
+            "--btlm.max_length",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let from_yaml = vec!["--config".to_string(), config.to_string()];
+    for (case, given, wallet) in [
+        ("command line", command_line, "default"),
+        ("YAML", from_yaml, "miner"),
+    ] {
+        let port = free_port();
+        let mut args = given;
+        args.extend(
+            [
+                "--wallet.path",
+                &wallets.display().to_string(),
+                "--axon.ip",
+                "127.0.0.1",
+                "--axon.port",
+                &port.to_string(),
+                "--btlm.model_dir",
+                &tiny_checkpoint().display().to_string(),
+            ]
+            .map(String::from),
+        );
+        let log = dir.path().join(format!("{wallet}.log"));
+        let mut miner = MinerProcess::spawn(BIN, &args, port, &log);
+        miner.wait_ready(Duration::from_secs(120)).await;
+        let hotkey = prompting_keys::Wallet::new(&wallets, wallet, "default")
+            .load_hotkey_public()
+            .expect("hotkey")
+            .to_string();
+        let roles: &[&str] = &["user"];
+        let messages: &[&str] = &["Write one sentence about the sea."];
+        let seen = python_dendrite(port, &hotkey, &[(roles, messages)], 30.0).await;
+        assert_eq!(seen[0]["dendrite_status_code"], 200, "{case}: {}", seen[0]);
+        let status = miner.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{case}: {status}\n{}", miner.log());
+        let warnings = warnings_only(&miner.log());
+        let mut expected = vec![
+            "ignored --btlm.use_deepspeed: BTLM runs natively with candle",
+            "--miner.mock_subtensor: no chain.",
+        ];
+        if !cfg!(feature = "cuda") {
+            expected.push(NO_CUDA);
+        }
+        if case == "command line" {
+            expected.extend(PYTHON_V216_WARNINGS);
+        } else {
+            expected.extend(["ignored --no_version_checking", "--wandb.project_name"]);
+        }
+        assert_warned(&warnings, &expected);
+    }
 }
 
 /// A `cuda` build asked for a GPU it cannot open (none here, or no 100th one) says so on one

@@ -31,14 +31,15 @@ pub struct Args {
     pub axon: SocketAddr,
 
     /// The SS58 address of the axon's hotkey (the request is signed for it).
-    #[arg(long = "axon.hotkey", value_name = "SS58")]
+    #[arg(long = "axon.hotkey", value_name = "SS58", value_parser = parse_ss58)]
     pub axon_hotkey: String,
 
     /// Seconds to wait for the whole answer.
     #[arg(long, default_value_t = 12.0, value_parser = parse_timeout)]
     pub timeout: f64,
 
-    /// Use `StreamPrompting` and print the text as it arrives.
+    /// Stream the answer and print the text as it arrives (`StreamPrompting`, gRPC's
+    /// `PromptStream`, or OpenAI's server-sent events).
     #[arg(long)]
     pub stream: bool,
 
@@ -72,6 +73,8 @@ pub enum Protocol {
     Btauth,
     /// gRPC (`prompting.v1.Miner`) authenticated with btauth/1, on the axon's port.
     Grpc,
+    /// OpenAI's chat completions (`POST /v1/chat/completions`) signed with btauth/1.
+    Openai,
 }
 
 impl Args {
@@ -99,6 +102,14 @@ impl Args {
     }
 }
 
+/// An SS58 address, checked (base58, checksum, length) before anything is sent.
+fn parse_ss58(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    prompting_keys::ss58::decode(text)
+        .map(|_| text.to_string())
+        .map_err(|error| format!("{text:?} is not an SS58 address ({error})"))
+}
+
 fn parse_timeout(text: &str) -> Result<f64, String> {
     let seconds: f64 = text
         .parse()
@@ -116,13 +127,16 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
 mod tests {
     use super::*;
 
+    /// A valid SS58 address.
+    const AXON: &str = "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAe";
+
     fn parse(extra: &[&str]) -> Args {
         let mut argv = vec![
             "dendrite",
             "--axon",
             "127.0.0.1:8091",
             "--axon.hotkey",
-            "5Axon",
+            AXON,
         ];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv).expect("valid flags")
@@ -152,9 +166,29 @@ mod tests {
         assert!(parse_timeout("nan").is_err());
         assert_eq!(parse_timeout("0.5"), Ok(0.5));
         assert!(
-            Args::try_parse_from(["dendrite", "--axon", "nowhere", "--axon.hotkey", "5A", "x"])
+            Args::try_parse_from(["dendrite", "--axon", "nowhere", "--axon.hotkey", AXON, "x"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_axon_hotkey_must_be_ss58() {
+        for bad in [
+            "<ss58>",
+            "5Axon",
+            "5EHgWw2Af1pnoc7f1A8bfmM97W3DAYW8xr82RfhLL9oAabAf",
+        ] {
+            let err = Args::try_parse_from([
+                "dendrite",
+                "--axon",
+                "127.0.0.1:1",
+                "--axon.hotkey",
+                bad,
+                "x",
+            ])
+            .expect_err(bad);
+            assert!(err.to_string().contains("is not an SS58 address"), "{err}");
+        }
     }
 
     #[test]
@@ -164,7 +198,7 @@ mod tests {
             "--axon",
             "[::1]:8091",
             "--axon.hotkey",
-            "5A",
+            AXON,
             "x",
         ])
         .expect("valid");

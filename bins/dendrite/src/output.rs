@@ -1,29 +1,44 @@
 //! Running a call and printing its outcome.
 
 use std::io::Write;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use futures::StreamExt;
 use prompting_keys::Keypair;
 use prompting_synapse::{Prompting, StreamPrompting, Synapse, SynapseBody};
+use prompting_transport::btauth::BtAuthSigner;
 use prompting_transport::dendrite::{
     AxonTarget, BtAuthClient, Dendrite, DendriteResponse, StreamItem,
 };
 use prompting_transport::grpc::GrpcClient;
+use prompting_transport::nonce::NonceSource;
+use reqwest::Method;
 use serde_json::{Value, json};
+
+use prompting_cli::Failure;
 
 use crate::cli::Args;
 
-/// Calls the axon with the legacy protocol and prints the outcome; the exit code says
-/// whether the axon answered 200.
-pub async fn run_legacy(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
-    let dendrite = Dendrite::new(keypair).context("cannot create the dendrite")?;
+/// The outcome of a call: `Ok` when the axon answered 200.
+pub type Outcome = Result<(), Failure>;
+
+/// A local failure (stdout, client set-up): the environment's.
+fn local(error: anyhow::Error) -> Failure {
+    Failure::runtime(error)
+}
+
+/// Calls the axon with the legacy protocol and prints the outcome.
+pub async fn run_legacy(args: &Args, keypair: Keypair) -> Outcome {
+    let dendrite = Dendrite::new(keypair)
+        .context("cannot create the dendrite")
+        .map_err(local)?;
     let target = AxonTarget::new(args.axon, args.axon_hotkey.clone());
     let (roles, messages) = args.conversation();
     if args.stream {
         let synapse = Synapse::new(StreamPrompting::new(roles, messages));
-        let response = stream(&dendrite, &target, synapse, args).await?;
+        let response = stream(&dendrite, &target, synapse, args)
+            .await
+            .map_err(local)?;
         finish(&response, args)
     } else {
         let synapse = Synapse::new(Prompting::new(roles, messages));
@@ -36,11 +51,13 @@ pub async fn run_legacy(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCod
 }
 
 /// Calls the axon with btauth/1-signed JSON and prints the completion.
-pub async fn run_btauth(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
+pub async fn run_btauth(args: &Args, keypair: Keypair) -> Outcome {
     if args.stream {
-        anyhow::bail!("--stream needs --protocol legacy or grpc");
+        return Err(Failure::usage("--stream needs --protocol legacy or grpc"));
     }
-    let client = BtAuthClient::new(keypair).context("cannot create the btauth/1 client")?;
+    let client = BtAuthClient::new(keypair)
+        .context("cannot create the btauth/1 client")
+        .map_err(local)?;
     let target = AxonTarget::new(args.axon, args.axon_hotkey.clone());
     let (roles, messages) = args.conversation();
     let outcome = client
@@ -51,10 +68,11 @@ pub async fn run_btauth(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCod
 }
 
 /// Calls the axon's gRPC service (btauth/1 in the metadata) and prints the completion.
-pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode> {
+pub async fn run_grpc(args: &Args, keypair: Keypair) -> Outcome {
     let client = GrpcClient::connect(&args.axon.to_string(), keypair, args.axon_hotkey.clone())
         .await
-        .context("cannot connect over gRPC")?;
+        .context("cannot connect over gRPC")
+        .map_err(local)?;
     let (roles, messages) = args.conversation();
     if !args.stream {
         let outcome = client
@@ -73,10 +91,7 @@ pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode>
         match chunk {
             Ok(text) => {
                 if !args.json {
-                    stdout
-                        .write_all(text.as_bytes())
-                        .context("cannot write to stdout")?;
-                    stdout.flush().context("cannot write to stdout")?;
+                    write_now(&mut stdout, &text).map_err(local)?;
                 }
                 completion.push_str(&text);
             }
@@ -86,10 +101,12 @@ pub async fn run_grpc(args: &Args, keypair: Keypair) -> anyhow::Result<ExitCode>
         }
     }
     if !args.json {
-        writeln!(stdout).context("cannot write to stdout")?;
+        writeln!(stdout)
+            .context("cannot write to stdout")
+            .map_err(local)?;
         drop(stdout);
         eprintln!("200 Success");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     drop(stdout);
     simple_outcome(Ok(completion), args)
@@ -108,21 +125,146 @@ fn grpc_status(error: &prompting_transport::grpc::GrpcClientError) -> u16 {
     }
 }
 
+/// The OpenAI route the axon serves, also the btauth/1-signed target.
+const CHAT_COMPLETIONS: &str = "/v1/chat/completions";
+
+/// Calls the axon's OpenAI-compatible route, signed with btauth/1, and prints the completion
+/// (streamed from its server-sent events with `--stream`).
+pub async fn run_openai(args: &Args, keypair: Keypair) -> Outcome {
+    let (roles, messages) = args.conversation();
+    let messages: Vec<Value> = roles
+        .iter()
+        .zip(&messages)
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    let body = json!({
+        "model": "prompting",
+        "messages": messages,
+        "stream": args.stream,
+        "timeout": args.timeout,
+    })
+    .to_string()
+    .into_bytes();
+    let signer = BtAuthSigner::new(keypair, NonceSource::new());
+    let headers = signer
+        .sign(
+            &Method::POST,
+            CHAT_COMPLETIONS,
+            &body,
+            Some(&args.axon_hotkey),
+        )
+        .context("cannot sign the request")
+        .map_err(local)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(args.timeout())
+        .build()
+        .context("cannot create the HTTP client")
+        .map_err(local)?;
+    let url = format!("http://{}{CHAT_COMPLETIONS}", args.axon);
+    let response = http
+        .post(&url)
+        .headers(headers)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|error| Failure::runtime(format!("cannot reach {url}: {error}")))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        return simple_outcome(Err((status, message)), args);
+    }
+    if !args.stream {
+        let value: Value = response
+            .json()
+            .await
+            .context("the answer is not JSON")
+            .map_err(local)?;
+        let completion = value["choices"][0]["message"]["content"]
+            .as_str()
+            .ok_or_else(|| Failure::runtime("the answer has no choices[0].message.content"))?;
+        return simple_outcome(Ok(completion.to_owned()), args);
+    }
+    let completion = openai_events(response, args).await?;
+    if args.json {
+        return simple_outcome(Ok(completion), args);
+    }
+    eprintln!("200 Success");
+    Ok(())
+}
+
+/// Reads OpenAI's server-sent events up to `data: [DONE]`, printing each `delta.content` as it
+/// arrives unless `--json`; the whole completion.
+async fn openai_events(response: reqwest::Response, args: &Args) -> Result<String, Failure> {
+    let mut bytes = response.bytes_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut completion = String::new();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(chunk) = bytes.next().await {
+        let chunk =
+            chunk.map_err(|error| Failure::runtime(format!("the stream broke: {error}")))?;
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                if !args.json {
+                    writeln!(stdout)
+                        .context("cannot write to stdout")
+                        .map_err(local)?;
+                }
+                return Ok(completion);
+            }
+            let event: Value = serde_json::from_str(data)
+                .map_err(|error| Failure::runtime(format!("an event is not JSON: {error}")))?;
+            if let Some(message) = event["error"]["message"].as_str() {
+                return Err(Failure::runtime(format!("the stream failed: {message}")));
+            }
+            if let Some(text) = event["choices"][0]["delta"]["content"].as_str() {
+                if !args.json {
+                    write_now(&mut stdout, text).map_err(local)?;
+                }
+                completion.push_str(text);
+            }
+        }
+    }
+    Err(Failure::runtime("the stream ended without data: [DONE]"))
+}
+
+/// Writes `text` to stdout at once.
+fn write_now(stdout: &mut impl Write, text: &str) -> anyhow::Result<()> {
+    stdout
+        .write_all(text.as_bytes())
+        .context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")
+}
+
 /// Prints a completion or a failure of the btauth/1 and gRPC protocols.
-fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> anyhow::Result<ExitCode> {
+fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> Outcome {
     match outcome {
         Ok(completion) => {
             if args.json {
                 let document = json!({"status_code": 200, "completion": completion});
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&document).context("cannot print the response")?
+                    serde_json::to_string_pretty(&document)
+                        .context("cannot print the response")
+                        .map_err(local)?
                 );
             } else {
                 println!("{completion}");
                 eprintln!("200 Success");
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Err((status, message)) => {
             if args.json {
@@ -131,8 +273,7 @@ fn simple_outcome(outcome: Result<String, (u16, String)>, args: &Args) -> anyhow
                     json!({"status_code": status, "status_message": message})
                 );
             }
-            eprintln!("dendrite: {status} {message}");
-            Ok(ExitCode::FAILURE)
+            Err(Failure::runtime(format!("{status} {message}")))
         }
     }
 }
@@ -151,10 +292,7 @@ async fn stream(
         match item {
             StreamItem::Text(text) => {
                 if !args.json {
-                    stdout
-                        .write_all(text.as_bytes())
-                        .context("cannot write to stdout")?;
-                    stdout.flush().context("cannot write to stdout")?;
+                    write_now(&mut stdout, &text)?;
                     printed = true;
                 }
             }
@@ -169,13 +307,15 @@ async fn stream(
     anyhow::bail!("the stream ended without an outcome")
 }
 
-/// Prints the status (stderr) or the JSON (stdout) and picks the exit code.
-fn finish<B: SynapseBody>(response: &DendriteResponse<B>, args: &Args) -> anyhow::Result<ExitCode> {
+/// Prints the status (stderr) or the JSON (stdout); a failure unless the axon answered 200.
+fn finish<B: SynapseBody>(response: &DendriteResponse<B>, args: &Args) -> Outcome {
     if args.json {
-        let document = response_json(response)?;
+        let document = response_json(response).map_err(local)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&document).context("cannot print the response")?
+            serde_json::to_string_pretty(&document)
+                .context("cannot print the response")
+                .map_err(local)?
         );
     }
     if response.is_success() {
@@ -187,13 +327,12 @@ fn finish<B: SynapseBody>(response: &DendriteResponse<B>, args: &Args) -> anyhow
                 timing(response)
             );
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(())
     } else {
-        eprintln!(
-            "dendrite: {} {}",
+        Err(Failure::runtime(format!(
+            "{} {}",
             response.status_code, response.status_message
-        );
-        Ok(ExitCode::FAILURE)
+        )))
     }
 }
 

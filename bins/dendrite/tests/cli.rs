@@ -199,7 +199,9 @@ fn refusals_exit_non_zero_with_one_line() {
         let stderr = text(&output.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(
-            stderr.contains("403 Forbidden. Key is blacklisted: hotkey not registered."),
+            stderr.starts_with(
+                "dendrite: error: 403 Forbidden. Key is blacklisted: hotkey not registered."
+            ),
             "{stderr}"
         );
     }
@@ -241,12 +243,56 @@ fn a_missing_wallet_is_one_clear_line() {
         ])
         .output()
         .expect("run the dendrite binary");
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = text(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("dendrite: error: cannot load the hotkey: "),
+        "{stderr}"
+    );
     let expected_path = dir.path().join("nobody/hotkeys/default");
     assert!(
         stderr.contains(&expected_path.display().to_string()),
         "{stderr}"
     );
+}
+
+#[test]
+fn argument_mistakes_are_one_line_and_exit_2() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_dendrite"))
+            .args(args)
+            .output()
+            .expect("run the dendrite binary")
+    };
+    for (args, expected) in [
+        (
+            &["--axon", "127.0.0.1:9", "--axon.hotkey", "<ss58>", "hi"][..],
+            "dendrite: error: invalid value '<ss58>' for '--axon.hotkey <SS58>': \"<ss58>\" is not an SS58 address",
+        ),
+        (
+            &["--axon", "nowhere", "--axon.hotkey", AXON_HOTKEY, "hi"][..],
+            "dendrite: error: invalid value 'nowhere' for '--axon <AXON>'",
+        ),
+        (
+            &[
+                "--axon",
+                "127.0.0.1:9",
+                "--axon.hotkey",
+                AXON_HOTKEY,
+                "--bogus",
+                "hi",
+            ][..],
+            "dendrite: error: unexpected argument '--bogus' found",
+        ),
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{output:?}");
+        let stderr = text(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with(expected), "{stderr}");
+    }
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(text(&help.stdout).contains("--axon.hotkey"));
 }

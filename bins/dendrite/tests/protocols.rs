@@ -82,7 +82,7 @@ fn dendrite(addr: SocketAddr, hotkey: &str, extra: &[&str]) -> Output {
 #[test]
 fn every_protocol_gets_the_completion() {
     let (addr, hotkey) = start_axon();
-    for protocol in ["legacy", "btauth", "grpc"] {
+    for protocol in ["legacy", "btauth", "grpc", "openai"] {
         let out = dendrite(addr, &hotkey, &["--protocol", protocol, "hello"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -92,7 +92,7 @@ fn every_protocol_gets_the_completion() {
         );
         assert_eq!(stdout.trim_end(), "echo: be brief | hello", "{protocol}");
     }
-    for protocol in ["legacy", "grpc"] {
+    for protocol in ["legacy", "grpc", "openai"] {
         let out = dendrite(
             addr,
             &hotkey,
@@ -114,12 +114,17 @@ fn every_protocol_gets_the_completion() {
 fn a_wrong_receiver_is_refused_on_every_protocol() {
     let (addr, _) = start_axon();
     let other = Keypair::from_mini_secret(&[8; 32]).ss58_address();
-    for (protocol, status) in [("legacy", "401"), ("btauth", "401"), ("grpc", "401")] {
+    for (protocol, status) in [
+        ("legacy", "401"),
+        ("btauth", "401"),
+        ("grpc", "401"),
+        ("openai", "401"),
+    ] {
         let out = dendrite(addr, &other, &["--protocol", protocol, "hello"]);
         assert_eq!(out.status.code(), Some(1), "{protocol}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.starts_with(&format!("dendrite: {status}")),
+            stderr.starts_with(&format!("dendrite: error: {status}")),
             "{protocol}: {stderr}"
         );
     }

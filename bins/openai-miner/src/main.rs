@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use prompting_openai_backend::{OpenAiArgs, OpenAiBackend};
-use prompting_service::{CommonArgs, MinerCli, Service};
+use prompting_service::{CommonArgs, Failure, MinerCli, Service};
 
 /// A Prompting miner answering through an OpenAI-compatible chat-completions API.
 #[derive(Debug, Parser)]
@@ -29,21 +29,70 @@ fn main() -> ExitCode {
     prompting_service::cli_main("openai-miner", run)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let backend = OpenAiBackend::new(cli.openai).context("cannot set up the OpenAI backend")?;
-    let runtime = prompting_service::runtime(&cli.common).context("cannot start the runtime")?;
+fn run(cli: Cli) -> Result<(), Failure> {
+    cli.openai
+        .validate()
+        .context("cannot set up the OpenAI backend")
+        .map_err(Failure::usage)?;
+    let backend = OpenAiBackend::new(cli.openai)
+        .context("cannot set up the OpenAI backend")
+        .map_err(Failure::runtime)?;
+    let runtime = prompting_service::runtime(&cli.common)
+        .context("cannot start the runtime")
+        .map_err(Failure::runtime)?;
     runtime.block_on(async {
         let service = Service::prepare(cli.common).await?;
-        service.run(Arc::new(backend)).await
-    })?;
-    Ok(())
+        if !service.starts_axon() {
+            return Ok(service.run_without_axon().await?);
+        }
+        Ok(service.run(Arc::new(backend)).await?)
+    })
 }
+
+#[cfg(test)]
+#[path = "../../../crates/service/tests/support/python_flags.rs"]
+mod python_flags;
+
+#[cfg(test)]
+#[path = "../../../crates/service/tests/support/readme.rs"]
+mod readme;
 
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    use crate::python_flags;
+
+    #[test]
+    fn every_python_flag_of_the_openai_miner_is_accepted_as_the_fixture_says() {
+        python_flags::check_parser::<Cli>("openai");
+    }
+
+    #[test]
+    fn the_yaml_bittensor_prints_for_the_python_openai_miner_is_read() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../crates/service/tests/fixtures/bittensor-6.1-openai-miner.yaml"
+        );
+        let mut cli: Cli =
+            prompting_service::parse_args(["openai-miner", "--config", path]).expect("parse");
+        let common = cli.common_mut();
+        assert!(common.mock_subtensor && common.logging.debug);
+        assert_eq!(common.wallet.name, "miner");
+        assert_eq!(common.axon.ip, std::net::IpAddr::from([0u16; 8]));
+        assert!(common.miner.blacklist.force_validator_permit);
+        let lines = prompting_service::python_compat::warning_lines(&common.ignored);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ignored ") && l.contains("--wandb.on")),
+            "{lines:?}"
+        );
+        assert_eq!(cli.openai.model_name, "my-model");
+        assert_eq!(cli.openai.max_tokens, 64);
+    }
 
     #[test]
     fn flags_do_not_clash() {
@@ -74,5 +123,22 @@ mod tests {
             vec!["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"]
         );
         assert_eq!(cli.openai.presence_penalty, -0.5);
+    }
+
+    #[test]
+    fn the_readme_toml_config_example_is_this_binarys() {
+        let examples = crate::readme::blocks("toml");
+        assert_eq!(examples.len(), 1, "README.md shows one toml config example");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("miner.toml");
+        std::fs::write(&config, &examples[0]).expect("write config");
+        let config = config.display().to_string();
+        let cli: Cli = prompting_service::parse_args(["openai-miner", "--config", &config])
+            .expect("README's example parses");
+        assert_eq!(cli.common.subtensor.netuid, 1);
+        assert_eq!(cli.common.axon.port, 8091);
+        assert_eq!(cli.openai.model_name, "my-model");
+        assert_eq!(cli.openai.base_url.len(), 2);
+        assert!(cli.common.miner.blacklist.force_validator_permit);
     }
 }

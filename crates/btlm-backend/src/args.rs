@@ -14,6 +14,9 @@ use crate::options::{ModelDType, Quantization};
 use crate::pack_cache::WeightCache;
 use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
 
+/// The default `--btlm.device`, the Python miner's: the first GPU when there is one.
+pub const DEFAULT_DEVICE: &str = "cuda";
+
 /// The default model repository.
 pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 
@@ -22,8 +25,9 @@ pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct BtlmArgs {
-    /// Device to load the model on: cpu, cuda or cuda:N (CUDA needs the `cuda` feature).
-    #[cfg_attr(feature = "cli", arg(long = "btlm.device", default_value = "cpu"))]
+    /// Device to load the model on: cpu, cuda or cuda:N. A build without the `cuda` feature
+    /// runs on the CPU (one warning); a `cuda` build stops when it cannot open the GPU.
+    #[cfg_attr(feature = "cli", arg(long = "btlm.device", default_value = DEFAULT_DEVICE))]
     pub device: String,
     /// The maximum number of new tokens of a completion.
     #[cfg_attr(feature = "cli", arg(long = "btlm.max_length", default_value_t = 100))]
@@ -125,7 +129,7 @@ pub struct BtlmArgs {
 impl Default for BtlmArgs {
     fn default() -> Self {
         BtlmArgs {
-            device: "cpu".into(),
+            device: DEFAULT_DEVICE.into(),
             max_length: 100,
             do_sample: false,
             no_repeat_ngram_size: 2,
@@ -206,7 +210,7 @@ impl BtlmArgs {
 
     /// Checks every setting (without loading anything), naming the first bad one.
     pub fn validate(&self) -> Result<()> {
-        parse_device(&self.device)?;
+        check_device(&self.device)?;
         self.generation().validate()?;
         self.engine().validate()?;
         if self.model_dir.is_none() && self.model_id.trim().is_empty() {
@@ -228,25 +232,48 @@ impl BtlmArgs {
     }
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`.
+/// Parses and opens `cpu`, `cuda` or `cuda:N`.
+///
+/// A build with the `cuda` feature opens the GPU or fails with [`BtlmError::Device`] (a GPU
+/// build asked for a GPU it cannot open is a mistake worth stopping for). A build without it
+/// runs on the CPU after one warning: `--btlm.device cuda` is the Python miners' default, so
+/// their command lines carry it.
 pub fn parse_device(spec: &str) -> Result<Device> {
+    match device_ordinal(spec)? {
+        None => Ok(Device::Cpu),
+        Some(ordinal) => cuda_device(ordinal),
+    }
+}
+
+/// Checks a `--btlm.device` value without the warning of [`parse_device`]: its spelling, and
+/// in a `cuda` build that the GPU opens.
+pub fn check_device(spec: &str) -> Result<()> {
+    match device_ordinal(spec)? {
+        Some(ordinal) if cfg!(feature = "cuda") => cuda_device(ordinal).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// Checks the spelling of a `--btlm.device` value: `None` for `cpu`, the ordinal for `cuda`
+/// (0) or `cuda:N`.
+pub fn device_ordinal(spec: &str) -> Result<Option<usize>> {
     let bad = |reason: String| BtlmError::InvalidArgument {
         name: "--btlm.device",
         reason,
     };
     let spec = spec.trim();
     if spec == "cpu" {
-        return Ok(Device::Cpu);
+        return Ok(None);
     }
-    let ordinal = match spec.strip_prefix("cuda") {
-        Some("") => 0,
+    match spec.strip_prefix("cuda") {
+        Some("") => Ok(Some(0)),
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| bad(format!("{spec:?}: expected cpu, cuda or cuda:N")))?,
-        None => return Err(bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
-    };
-    cuda_device(ordinal)
+            .map(Some)
+            .ok_or_else(|| bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
+        None => Err(bad(format!("{spec:?}: expected cpu, cuda or cuda:N"))),
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -264,10 +291,11 @@ fn cuda_device(ordinal: usize) -> Result<Device> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    Err(BtlmError::Device(format!(
-        "cuda:{ordinal} requested but this build has no CUDA support; rebuild with \
-         `--features cuda` or use --btlm.device cpu"
-    )))
+    tracing::warn!(
+        "--btlm.device cuda:{ordinal}: this build has no CUDA support (build with \
+         `--features cuda` for a GPU, see README); running on the CPU"
+    );
+    Ok(Device::Cpu)
 }
 
 #[cfg(test)]
@@ -441,11 +469,15 @@ mod tests {
 
     #[cfg(not(feature = "cuda"))]
     #[test]
-    fn cuda_without_the_feature_says_how_to_get_it() {
+    fn cuda_without_the_feature_falls_back_to_the_cpu() {
+        assert_eq!(BtlmArgs::default().device, "cuda", "the Python default");
         for spec in ["cuda", "cuda:1"] {
-            let err = parse_device(spec).expect_err(spec).to_string();
-            assert!(err.contains("--features cuda"), "{err}");
+            assert!(parse_device(spec).expect(spec).is_cpu());
         }
+        assert_eq!(device_ordinal("cuda:1").expect("valid"), Some(1));
+        assert_eq!(device_ordinal("cpu").expect("valid"), None);
+        assert!(parse_device("gpu").is_err());
+        assert!(check_device("cuda:3").is_ok() && check_device("gpu").is_err());
     }
 
     /// No machine has 100 GPUs: with or without a GPU (and with the driver stub of

@@ -34,8 +34,9 @@
 //!   continuation (without the leading text of the prompt). It also stops before the stop
 //!   strings (default `"\nuser:"`, `"\nsystem:"`) instead of letting the model write the
 //!   next turns; the stop string is not part of the completion.
-//! - **Device.** `--btlm.device` defaults to `cpu` (Python: `cuda`); CUDA needs the `cuda`
-//!   feature. On CPU, `--btlm.dtype bf16|f16` stores half-precision weights and computes
+//! - **Device.** `--btlm.device` defaults to `cuda`, as in Python; a build without the `cuda`
+//!   feature runs on the CPU after one warning, a `cuda` build stops with one error line when
+//!   it cannot open the GPU. On CPU, `--btlm.dtype bf16|f16` stores half-precision weights and computes
 //!   with f32 activations (candle has no fast CPU bf16 matmul).
 //! - **Sampling.** `--btlm.top_k` defaults to 50 and `--btlm.top_p` to 1, the values
 //!   transformers used implicitly. A temperature of 0 means greedy.

@@ -36,6 +36,38 @@ pub fn encode_ip(ip: IpAddr) -> (u128, u8) {
     }
 }
 
+/// Why an axon at `addr` cannot be published, if it cannot: subtensor refuses the address
+/// (`InvalidIpAddress` for `127.0.0.1`, `::1`, `255.255.255.255` and the all-ones IPv6
+/// address; `InvalidPort` for port 0) or validators could not dial it (any loopback, the
+/// unspecified or a multicast address). IPv4-mapped IPv6 addresses are judged as the IPv4
+/// address they are published as.
+pub fn unservable_reason(addr: SocketAddr) -> Option<&'static str> {
+    if addr.port() == 0 {
+        return Some("port 0 is refused by subtensor (InvalidPort)");
+    }
+    let ip = addr.ip().to_canonical();
+    if ip.is_unspecified() {
+        return Some("the unspecified address cannot be dialled by validators");
+    }
+    if ip.is_loopback() {
+        return Some(
+            "a loopback address: subtensor refuses 127.0.0.1 and ::1 (InvalidIpAddress) and \
+             validators cannot reach any loopback address",
+        );
+    }
+    let all_ones = match ip {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::BROADCAST,
+        IpAddr::V6(v6) => u128::from(v6) == u128::MAX,
+    };
+    if all_ones {
+        return Some("the all-ones address is refused by subtensor (InvalidIpAddress)");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast address cannot be served");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +92,39 @@ mod tests {
             format_axon(0x7f00_0001, 0, 1).as_deref(),
             Some("127.0.0.1:1")
         );
+    }
+
+    #[test]
+    fn loopback_and_other_unservable_addresses_are_named() {
+        for text in [
+            "127.0.0.1:8091",
+            "127.0.0.2:8091",
+            "[::1]:8091",
+            "[::ffff:127.0.0.1]:8091",
+            "0.0.0.0:8091",
+            "[::]:8091",
+            "255.255.255.255:8091",
+            "224.0.0.1:8091",
+            "203.0.113.5:0",
+        ] {
+            let addr: SocketAddr = text.parse().expect("literal");
+            assert!(
+                unservable_reason(addr).is_some(),
+                "{text} should be refused"
+            );
+        }
+        assert!(
+            unservable_reason("127.0.0.1:1".parse().expect("literal"))
+                .is_some_and(|why| why.contains("InvalidIpAddress"))
+        );
+        for text in [
+            "203.0.113.5:8091",
+            "[2001:db8::5]:9000",
+            "[::ffff:10.1.2.3]:1",
+        ] {
+            let addr: SocketAddr = text.parse().expect("literal");
+            assert_eq!(unservable_reason(addr), None, "{text}");
+        }
     }
 
     #[test]

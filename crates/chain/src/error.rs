@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::rejection::Rejection;
+
 /// Errors of the chain client.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -73,8 +75,16 @@ pub enum ChainError {
     Rejected {
         /// The call (`serve_axon`, `set_weights`).
         call: &'static str,
+        /// Why, in the chain's terms (pool code or pallet error, by name).
+        reason: Rejection,
+    },
+    /// The axon address cannot be published: subtensor or validators would refuse it.
+    #[error("cannot publish the axon address {addr} on chain: {why}")]
+    UnservableAddress {
+        /// The address.
+        addr: std::net::SocketAddr,
         /// Why.
-        reason: String,
+        why: &'static str,
     },
     /// Arguments that cannot be turned into a valid call.
     #[error("invalid argument: {0}")]
@@ -82,6 +92,14 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// The chain's reason when a transaction was refused.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            ChainError::Rejected { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
     /// Builds an [`ChainError::Rpc`] from any displayable client error.
     pub(crate) fn rpc(what: &'static str, err: impl std::fmt::Display) -> Self {
         ChainError::Rpc {

@@ -16,6 +16,11 @@ use crate::error::ChainError;
 /// Rao per τ.
 pub const RAO_PER_TAO: f64 = 1e9;
 
+/// The runtime-API trait the per-uid stake weights are read from.
+pub const SUBNET_INFO_API: &str = "SubnetInfoRuntimeApi";
+/// Its method returning a subnet's per-uid state, with the stake weights.
+pub const GET_SUBNET_STATE: &str = "get_subnet_state";
+
 /// The runtime-API trait the neurons are read from.
 pub const NEURON_INFO_API: &str = "NeuronInfoRuntimeApi";
 /// Its method returning every neuron of a subnet, without weights and bonds.
@@ -33,6 +38,105 @@ pub fn neurons_lite_output_type(metadata: &subxt::Metadata) -> Result<u32, Chain
         ChainError::MissingInMetadata(format!("method {NEURON_INFO_API}.{GET_NEURONS_LITE}"))
     })?;
     Ok(method.output_ty())
+}
+
+/// The type id of `get_subnet_state`'s result (an `Option<SubnetState>`) in `metadata`, or
+/// `None` when the runtime has no such method (before dynamic TAO).
+pub fn subnet_state_output_type(metadata: &subxt::Metadata) -> Option<u32> {
+    metadata
+        .runtime_api_trait_by_name(SUBNET_INFO_API)?
+        .method_by_name(GET_SUBNET_STATE)
+        .map(|method| method.output_ty())
+}
+
+/// Each hotkey's stake as bittensor 10's `metagraph.S` reads it, in units of 1e9 (α on a
+/// subnet), from a SCALE `Option<SubnetState>`: `total_stake` (the runtime's stake weight:
+/// the hotkey's alpha, inherited through parent/child keys, plus `TaoWeight` × its root τ),
+/// or `tao_stake` on the root subnet (netuid 0), as bittensor does. `None` when the subnet
+/// does not exist.
+pub fn decode_subnet_state_stakes(
+    types: &PortableRegistry,
+    ty: u32,
+    bytes: &[u8],
+    netuid: u16,
+) -> Result<Option<Vec<(String, f64)>>, ChainError> {
+    const STATE: &str = "SubnetState";
+    let mut input = bytes;
+    let value = scale_value::scale::decode_as_type(&mut input, ty, types).map_err(|e| {
+        ChainError::Decode {
+            what: "Option<SubnetState>",
+            reason: e.to_string(),
+        }
+    })?;
+    if !input.is_empty() {
+        return Err(ChainError::Decode {
+            what: "Option<SubnetState>",
+            reason: format!("{} trailing bytes", input.len()),
+        });
+    }
+    let state = match &value.value {
+        ValueDef::Variant(variant) if variant.name == "None" => return Ok(None),
+        ValueDef::Variant(variant) if variant.name == "Some" => {
+            variant.values.values().next().ok_or(ChainError::Decode {
+                what: "Option<SubnetState>",
+                reason: "Some without a value".into(),
+            })?
+        }
+        _ => {
+            return Err(ChainError::Decode {
+                what: "Option<SubnetState>",
+                reason: "not an Option".into(),
+            });
+        }
+    };
+    let fields = named(state, STATE)?;
+    let stake_field = if netuid == 0 {
+        "tao_stake"
+    } else {
+        "total_stake"
+    };
+    let list = |name: &'static str| match &field(fields, STATE, name)?.value {
+        ValueDef::Composite(items) => Ok(items.values().collect::<Vec<_>>()),
+        _ => Err(ChainError::FieldType {
+            ty: STATE,
+            field: name,
+            expected: "a list",
+        }),
+    };
+    let hotkeys = list("hotkeys")?;
+    let stakes = list(stake_field)?;
+    if hotkeys.len() != stakes.len() {
+        return Err(ChainError::Decode {
+            what: "SubnetState",
+            reason: format!(
+                "{} hotkeys but {} {stake_field} entries",
+                hotkeys.len(),
+                stakes.len()
+            ),
+        });
+    }
+    hotkeys
+        .into_iter()
+        .zip(stakes)
+        .map(|(hotkey, stake)| {
+            let mut bytes = Vec::with_capacity(32);
+            let raw: Option<[u8; 32]> = collect_bytes(hotkey, &mut bytes)
+                .then(|| bytes.try_into().ok())
+                .flatten();
+            let raw = raw.ok_or(ChainError::FieldType {
+                ty: STATE,
+                field: "hotkeys",
+                expected: "32-byte account ids",
+            })?;
+            let rao = unsigned(stake).ok_or(ChainError::FieldType {
+                ty: STATE,
+                field: stake_field,
+                expected: "amounts",
+            })?;
+            Ok((encode(&raw, BITTENSOR_PREFIX), rao as f64 / RAO_PER_TAO))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// Decodes a SCALE `Vec<NeuronInfoLite>` of type `ty` in `types` into neurons.
@@ -101,7 +205,10 @@ pub fn neuron_from_value<T>(value: &Value<T>) -> Result<NeuronInfo, ChainError> 
 }
 
 /// The named fields of a struct value.
-fn named<'a, T>(value: &'a Value<T>, ty: &'static str) -> Result<&'a Composite<T>, ChainError> {
+pub(crate) fn named<'a, T>(
+    value: &'a Value<T>,
+    ty: &'static str,
+) -> Result<&'a Composite<T>, ChainError> {
     match &value.value {
         ValueDef::Composite(composite @ Composite::Named(_)) => Ok(composite),
         _ => Err(ChainError::Decode {
@@ -111,7 +218,7 @@ fn named<'a, T>(value: &'a Value<T>, ty: &'static str) -> Result<&'a Composite<T
     }
 }
 
-fn field<'a, T>(
+pub(crate) fn field<'a, T>(
     fields: &'a Composite<T>,
     ty: &'static str,
     name: &'static str,
@@ -126,7 +233,7 @@ fn field<'a, T>(
     }
 }
 
-fn uint<T>(
+pub(crate) fn uint<T>(
     fields: &Composite<T>,
     ty: &'static str,
     name: &'static str,
@@ -138,7 +245,7 @@ fn uint<T>(
     })
 }
 
-fn boolean<T>(
+pub(crate) fn boolean<T>(
     fields: &Composite<T>,
     ty: &'static str,
     name: &'static str,
@@ -153,7 +260,7 @@ fn boolean<T>(
     }
 }
 
-fn account<T>(
+pub(crate) fn account<T>(
     fields: &Composite<T>,
     ty: &'static str,
     name: &'static str,
@@ -172,7 +279,7 @@ fn account<T>(
 }
 
 /// An unsigned integer, looking through single-field wrappers (`NetUid(u16)`, compacts...).
-fn unsigned<T>(value: &Value<T>) -> Option<u128> {
+pub(crate) fn unsigned<T>(value: &Value<T>) -> Option<u128> {
     match &value.value {
         ValueDef::Primitive(Primitive::U128(n)) => Some(*n),
         ValueDef::Composite(composite) if composite.len() == 1 => {

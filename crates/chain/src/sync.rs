@@ -1,15 +1,29 @@
-//! The background task keeping the metagraph fresh (and setting weights each epoch).
+//! The background task of the miner's chain duties: keep the metagraph fresh, keep the axon
+//! published, and (opt-in) set weights.
+//!
+//! One task, three duties with their own schedule:
+//!
+//! - **refresh** every epoch (`--miner.blocks_per_epoch` blocks); a failure keeps the last
+//!   good view and is retried with exponential backoff;
+//! - **serve** at start and whenever the metagraph shows another address for the hotkey.
+//!   An address subtensor's `ServingRateLimit` does not allow yet is retried at the block it
+//!   allows; any other failure is a warning, retried with backoff. Never fatal: bittensor
+//!   treats a failed serve the same way;
+//! - **weights** after each refresh, when enabled: skipped with one warning when the subnet
+//!   has commit-reveal on, sent at the block `WeightsSetRateLimit` allows when it is too
+//!   early, otherwise sent; failures are recorded and retried next epoch.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prompting_metagraph::SharedMetagraph;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::args::{BLOCK_TIME, SubtensorArgs};
-use crate::client::{Subtensor, WEIGHTS_VERSION_KEY};
+use crate::args::SubtensorArgs;
+use crate::client::{ServeAxon, ServeOutcome, Subtensor, WeightsOutcome};
+use crate::error::ChainError;
 use crate::signer::ExtrinsicSigner;
-use crate::weights::self_weights;
 
 /// How the sync task behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,27 +32,35 @@ pub struct SyncOptions {
     pub netuid: u16,
     /// Time between two successful refreshes.
     pub epoch: Duration,
-    /// First retry delay after a failed refresh; doubled at each further failure.
+    /// The chain's block time, to turn "allowed at block N" into a wait.
+    pub block_time: Duration,
+    /// First retry delay after a failure; doubled at each further failure.
     pub retry_min: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// The axon to publish and keep published (`None`: `--miner.no_serve`).
+    pub serve: Option<ServeAxon>,
     /// Whether to set weights (all on the miner's own uid) after each refresh.
     pub set_weights: bool,
-    /// The `version_key` passed to `set_weights`.
-    pub version_key: u64,
+    /// The `version_key` for `set_weights`; `None` reads the subnet's `WeightsVersionKey`.
+    pub version_key: Option<u64>,
 }
 
 impl SyncOptions {
-    /// Options from the command line: one epoch is `--miner.blocks_per_epoch` blocks.
+    /// Options from the command line: one epoch is `--miner.blocks_per_epoch` blocks; nothing
+    /// is served (set [`SyncOptions::serve`] with the external address).
     pub fn from_args(args: &SubtensorArgs) -> Self {
         let epoch = args.epoch();
+        let block_time = args.block_time();
         SyncOptions {
             netuid: args.netuid,
             epoch,
-            retry_min: BLOCK_TIME,
-            retry_max: epoch.max(BLOCK_TIME),
-            set_weights: !args.no_set_weights,
-            version_key: WEIGHTS_VERSION_KEY,
+            block_time,
+            retry_min: block_time,
+            retry_max: epoch.max(block_time),
+            serve: None,
+            set_weights: args.sets_weights(),
+            version_key: args.weights_version_key,
         }
     }
 
@@ -49,9 +71,18 @@ impl SyncOptions {
             .saturating_mul(1u32 << doublings)
             .min(self.retry_max.max(self.retry_min))
     }
+
+    /// The wait until block `allowed_at` may include a transaction, the best block being
+    /// `best`: the transaction must be sent on top of block `allowed_at - 1`. At least one
+    /// block time, so that a slower chain is re-checked rather than spun on.
+    pub fn wait_for_block(&self, best: u64, allowed_at: u64) -> Duration {
+        let blocks = allowed_at.saturating_sub(best.saturating_add(1)).max(1);
+        self.block_time
+            .saturating_mul(u32::try_from(blocks).unwrap_or(u32::MAX))
+    }
 }
 
-/// What `/metrics` shows of the sync: the metagraph's age and the last failure.
+/// What `/metrics` and logs show of the chain duties.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SyncSnapshot {
     /// When the metagraph was last refreshed.
@@ -62,10 +93,19 @@ pub struct SyncSnapshot {
     pub consecutive_failures: u32,
     /// The last refresh error (kept after a later success, for diagnosis).
     pub last_error: Option<String>,
+    /// When the axon was last found or made published on chain.
+    pub last_served: Option<SystemTime>,
+    /// Why the axon is not published (yet): the last serve failure or the rate limit being
+    /// waited out; cleared once published.
+    pub serve_pending: Option<String>,
     /// When weights were last set successfully.
     pub last_weights_set: Option<SystemTime>,
+    /// How many times weights were set successfully.
+    pub weights_set_total: u64,
     /// The last `set_weights` error.
     pub last_weights_error: Option<String>,
+    /// Why weights are currently not being set (commit-reveal subnet, rate limit), if so.
+    pub weights_skipped: Option<String>,
 }
 
 impl SyncSnapshot {
@@ -96,12 +136,8 @@ impl SyncStatus {
     }
 }
 
-/// Starts the background refresh: every epoch, fetch the metagraph of `options.netuid`, store it
-/// into `shared`, and (unless disabled) set weights on the signer's own uid. A failed refresh
-/// keeps the last good view, is logged and recorded in the status, and is retried with
-/// exponential backoff; a failed `set_weights` is logged and retried next epoch.
-///
-/// The first refresh happens at once. Abort the returned handle to stop.
+/// Starts the background chain duties (see the module documentation). The first refresh,
+/// and the first serve, happen at once. Abort the returned handle to stop.
 pub fn spawn_sync(
     subtensor: Subtensor,
     shared: Arc<SharedMetagraph>,
@@ -109,125 +145,291 @@ pub fn spawn_sync(
     options: SyncOptions,
 ) -> (JoinHandle<()>, Arc<SyncStatus>) {
     let status = Arc::new(SyncStatus::default());
-    let task_status = Arc::clone(&status);
-    let handle = tokio::spawn(async move {
-        let hotkey = signer.ss58();
-        loop {
-            let delay = match subtensor.fetch_metagraph(options.netuid).await {
-                Ok(metagraph) => {
-                    let block = metagraph.block;
-                    let own_uid = metagraph.neuron(&hotkey).map(|n| n.uid);
-                    shared.store(metagraph);
-                    task_status.update(|s| {
-                        s.last_success = Some(SystemTime::now());
-                        s.last_block = Some(block);
-                        s.consecutive_failures = 0;
-                    });
-                    tracing::debug!(netuid = options.netuid, block, "metagraph refreshed");
-                    if options.set_weights {
-                        set_own_weights(
-                            &subtensor,
-                            signer.as_ref(),
-                            &options,
-                            own_uid,
-                            &task_status,
-                        )
-                        .await;
-                    }
-                    options.epoch
-                }
-                Err(e) => {
-                    let mut failures = 0;
-                    task_status.update(|s| {
-                        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-                        s.last_error = Some(e.to_string());
-                        failures = s.consecutive_failures;
-                    });
-                    let delay = options.retry_delay(failures);
-                    tracing::warn!(
-                        netuid = options.netuid,
-                        error = %e,
-                        failures,
-                        retry_in = ?delay,
-                        "metagraph refresh failed; keeping the last view"
-                    );
-                    delay
-                }
-            };
-            tokio::time::sleep(delay).await;
-        }
-    });
-    (handle, status)
+    let duties = Duties {
+        subtensor,
+        shared,
+        signer,
+        status: Arc::clone(&status),
+        options,
+        refresh_failures: 0,
+        serve_failures: 0,
+        commit_reveal_warned: false,
+    };
+    (tokio::spawn(duties.run()), status)
 }
 
-async fn set_own_weights(
-    subtensor: &Subtensor,
-    signer: &dyn ExtrinsicSigner,
-    options: &SyncOptions,
-    own_uid: Option<u16>,
-    status: &SyncStatus,
-) {
-    let Some(uid) = own_uid else {
-        let message = format!(
-            "hotkey {} is not registered on netuid {}; weights not set",
-            signer.ss58(),
-            options.netuid
-        );
-        tracing::warn!("{message}");
-        status.update(|s| s.last_weights_error = Some(message));
-        return;
-    };
-    let (dests, weights) = self_weights(uid);
-    match subtensor
-        .set_weights(
-            signer,
-            options.netuid,
-            &dests,
-            &weights,
-            options.version_key,
-        )
-        .await
-    {
-        Ok(block_hash) => {
-            tracing::info!(uid, block = %block_hash, "weights set");
-            status.update(|s| s.last_weights_set = Some(SystemTime::now()));
-        }
-        Err(e) => {
-            tracing::warn!(uid, error = %e, "setting weights failed; retrying next epoch");
-            status.update(|s| s.last_weights_error = Some(e.to_string()));
+struct Duties {
+    subtensor: Subtensor,
+    shared: Arc<SharedMetagraph>,
+    signer: Arc<dyn ExtrinsicSigner>,
+    status: Arc<SyncStatus>,
+    options: SyncOptions,
+    refresh_failures: u32,
+    serve_failures: u32,
+    commit_reveal_warned: bool,
+}
+
+impl Duties {
+    async fn run(mut self) {
+        let start = Instant::now();
+        let mut next_refresh = start;
+        let mut serve_due = self.options.serve.map(|_| start);
+        let mut weights_due: Option<Instant> = None;
+        loop {
+            let wake = [Some(next_refresh), serve_due, weights_due]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_refresh);
+            tokio::time::sleep_until(wake).await;
+            let now = Instant::now();
+            if now >= next_refresh {
+                next_refresh = match self.refresh().await {
+                    Ok(axon_differs) => {
+                        if self.options.set_weights {
+                            weights_due = Some(weights_due.map_or(now, |due| due.min(now)));
+                        }
+                        if axon_differs && serve_due.is_none() {
+                            serve_due = Some(now);
+                        }
+                        now + self.options.epoch
+                    }
+                    Err(delay) => now + delay,
+                };
+            }
+            if serve_due.is_some_and(|due| now >= due) {
+                serve_due = self.serve().await.map(|wait| Instant::now() + wait);
+            }
+            if weights_due.is_some_and(|due| now >= due) {
+                weights_due = self.weights().await.map(|wait| Instant::now() + wait);
+            }
         }
     }
+
+    /// Refreshes the metagraph; `Ok(true)` when it shows another axon than ours for our
+    /// hotkey, `Err(retry delay)` on failure.
+    async fn refresh(&mut self) -> Result<bool, Duration> {
+        let netuid = self.options.netuid;
+        match self.subtensor.fetch_metagraph(netuid).await {
+            Ok(metagraph) => {
+                let block = metagraph.block;
+                let axon_differs =
+                    match (&self.options.serve, metagraph.neuron(&self.signer.ss58())) {
+                        (Some(serve), Some(neuron)) => !axon_matches(neuron.axon.as_deref(), serve),
+                        _ => false,
+                    };
+                self.shared.store(metagraph);
+                self.refresh_failures = 0;
+                self.status.update(|s| {
+                    s.last_success = Some(SystemTime::now());
+                    s.last_block = Some(block);
+                    s.consecutive_failures = 0;
+                });
+                tracing::debug!(netuid, block, "metagraph refreshed");
+                Ok(axon_differs)
+            }
+            Err(e) => {
+                self.refresh_failures = self.refresh_failures.saturating_add(1);
+                let failures = self.refresh_failures;
+                self.status.update(|s| {
+                    s.consecutive_failures = failures;
+                    s.last_error = Some(e.to_string());
+                });
+                let delay = self.options.retry_delay(failures);
+                tracing::warn!(
+                    netuid,
+                    error = %e,
+                    failures,
+                    retry_in = ?delay,
+                    "metagraph refresh failed; keeping the last view"
+                );
+                Err(delay)
+            }
+        }
+    }
+
+    /// Publishes the axon if needed; the wait before the next attempt, if one is needed.
+    async fn serve(&mut self) -> Option<Duration> {
+        let serve = self.options.serve?;
+        let result = self
+            .subtensor
+            .serve_axon(self.signer.as_ref(), &serve)
+            .await;
+        let (pending, retry) = match result {
+            Ok(ServeOutcome::AlreadyServed | ServeOutcome::Included { .. }) => {
+                self.serve_failures = 0;
+                self.status.update(|s| {
+                    s.last_served = Some(SystemTime::now());
+                    s.serve_pending = None;
+                });
+                return None;
+            }
+            Ok(ServeOutcome::RateLimited { best, allowed_at }) => {
+                let wait = self.options.wait_for_block(best, allowed_at);
+                let message = format!(
+                    "the hotkey served another address less than ServingRateLimit blocks ago; \
+                     serving {} at block {allowed_at} (best block {best})",
+                    serve.external
+                );
+                tracing::warn!(retry_in = ?wait, "{message}");
+                (message, Some(wait))
+            }
+            Err(e @ ChainError::UnservableAddress { .. }) => {
+                tracing::error!(error = %e, "the axon will not be published");
+                (e.to_string(), None)
+            }
+            Err(e) => {
+                let wait = if e.rejection().is_some_and(|r| r.is_rate_limit()) {
+                    // The chain's view moved since the check: re-check next block.
+                    self.options.block_time
+                } else {
+                    self.serve_failures = self.serve_failures.saturating_add(1);
+                    self.options.retry_delay(self.serve_failures)
+                };
+                tracing::warn!(axon = %serve.external, error = %e, retry_in = ?wait,
+                    "publishing the axon failed; the miner keeps serving and retries");
+                (e.to_string(), Some(wait))
+            }
+        };
+        self.status.update(|s| s.serve_pending = Some(pending));
+        retry
+    }
+
+    /// Sets weights if the subnet allows it now; the wait before the next attempt, if the
+    /// rate limit asks for one.
+    async fn weights(&mut self) -> Option<Duration> {
+        let netuid = self.options.netuid;
+        let result = self
+            .subtensor
+            .set_own_weights(self.signer.as_ref(), netuid, self.options.version_key)
+            .await;
+        match result {
+            Ok(WeightsOutcome::Set {
+                block_hash,
+                version_key,
+                uid,
+            }) => {
+                tracing::info!(uid, version_key, block = %block_hash, "weights set");
+                self.commit_reveal_warned = false;
+                self.status.update(|s| {
+                    s.last_weights_set = Some(SystemTime::now());
+                    s.weights_set_total = s.weights_set_total.saturating_add(1);
+                    s.weights_skipped = None;
+                });
+                None
+            }
+            Ok(WeightsOutcome::CommitReveal) => {
+                let message = format!(
+                    "commit-reveal is on for netuid {netuid} (CommitRevealWeightsEnabled): the chain \
+                     refuses plain set_weights there (CommitRevealEnabled) and this miner does not \
+                     commit weights; not setting weights"
+                );
+                if !self.commit_reveal_warned {
+                    tracing::warn!("{message}");
+                    self.commit_reveal_warned = true;
+                }
+                self.status.update(|s| s.weights_skipped = Some(message));
+                None
+            }
+            Ok(WeightsOutcome::TooEarly { best, allowed_at }) => {
+                let wait = self.options.wait_for_block(best, allowed_at);
+                let message = format!(
+                    "weights were set less than WeightsSetRateLimit blocks ago; setting them at \
+                     block {allowed_at} (best block {best})"
+                );
+                tracing::info!(retry_in = ?wait, "{message}");
+                self.status.update(|s| s.weights_skipped = Some(message));
+                Some(wait)
+            }
+            Err(e) => {
+                tracing::warn!(netuid, error = %e, "setting weights failed; retrying next epoch");
+                self.status
+                    .update(|s| s.last_weights_error = Some(e.to_string()));
+                e.rejection()
+                    .is_some_and(|r| r.is_rate_limit())
+                    .then_some(self.options.block_time)
+            }
+        }
+    }
+}
+
+/// Whether the metagraph's formatted axon (`ip:port`, `[v6]:port`) is the one to serve,
+/// comparing IPv4-mapped IPv6 addresses as IPv4 (as they are published).
+fn axon_matches(on_chain: Option<&str>, serve: &ServeAxon) -> bool {
+    let Some(on_chain) = on_chain.and_then(|text| text.parse::<std::net::SocketAddr>().ok()) else {
+        return false;
+    };
+    let wanted = serve.external;
+    // The metagraph does not carry the protocol; `serve_axon`'s own check compares it.
+    on_chain.ip().to_canonical() == wanted.ip().to_canonical() && on_chain.port() == wanted.port()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let options = SyncOptions {
+    fn options() -> SyncOptions {
+        SyncOptions {
             netuid: 1,
             epoch: Duration::from_secs(1200),
+            block_time: Duration::from_secs(12),
             retry_min: Duration::from_secs(12),
             retry_max: Duration::from_secs(100),
+            serve: None,
             set_weights: false,
-            version_key: 1,
-        };
+            version_key: None,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let options = options();
         let delays: Vec<u64> = (1..=6).map(|n| options.retry_delay(n).as_secs()).collect();
         assert_eq!(delays, [12, 24, 48, 96, 100, 100]);
         assert_eq!(options.retry_delay(u32::MAX).as_secs(), 100);
     }
 
     #[test]
+    fn waits_until_the_block_before_the_allowed_one() {
+        let options = options();
+        // Allowed at 150, best 140: send on top of 149, nine blocks from now.
+        assert_eq!(
+            options.wait_for_block(140, 150),
+            Duration::from_secs(9 * 12)
+        );
+        // Never less than one block.
+        assert_eq!(options.wait_for_block(149, 150), Duration::from_secs(12));
+        assert_eq!(options.wait_for_block(200, 150), Duration::from_secs(12));
+    }
+
+    #[test]
     fn options_follow_the_flags() {
         let args = SubtensorArgs {
             blocks_per_epoch: 10,
-            no_set_weights: true,
             netuid: 3,
             ..SubtensorArgs::default()
         };
         let options = SyncOptions::from_args(&args);
         assert_eq!(options.epoch, Duration::from_secs(120));
         assert_eq!((options.netuid, options.set_weights), (3, false));
+        assert_eq!(options.version_key, None);
+        let args = SubtensorArgs {
+            set_weights: true,
+            weights_version_key: Some(9),
+            ..SubtensorArgs::default()
+        };
+        let options = SyncOptions::from_args(&args);
+        assert!(options.set_weights);
+        assert_eq!(options.version_key, Some(9));
+    }
+
+    #[test]
+    fn metagraph_axons_compare_as_published() {
+        let serve = ServeAxon::new(1, "[::ffff:203.0.113.5]:8091".parse().expect("literal"));
+        assert!(axon_matches(Some("203.0.113.5:8091"), &serve));
+        assert!(!axon_matches(Some("203.0.113.5:8092"), &serve));
+        assert!(!axon_matches(None, &serve));
+        let serve = ServeAxon::new(1, "[2001:db8::5]:9000".parse().expect("literal"));
+        assert!(axon_matches(Some("[2001:db8::5]:9000"), &serve));
     }
 }

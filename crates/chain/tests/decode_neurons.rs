@@ -3,10 +3,13 @@
 
 mod common;
 
-use common::{TestNeuron, encode_neurons, metadata, neuron_value};
+use common::{TestNeuron, encode_neurons, encode_subnet_state, metadata, neuron_value};
 use prompting_chain::ChainError;
 use prompting_chain::legacy_2023::{decode_state_call_2023, decode_vec_2023};
-use prompting_chain::neurons::{decode_neurons_lite, neuron_from_value, neurons_lite_output_type};
+use prompting_chain::neurons::{
+    decode_neurons_lite, decode_subnet_state_stakes, neuron_from_value, neurons_lite_output_type,
+    subnet_state_output_type,
+};
 use subxt::ext::scale_value::{Composite, Value, ValueDef};
 use subxt::utils::AccountId32;
 
@@ -63,6 +66,46 @@ fn synthetic_neurons_round_trip_through_the_finney_types() {
         decode_neurons_lite(metadata.types(), ty, &padded),
         Err(ChainError::Decode { .. })
     ));
+}
+
+#[test]
+fn subnet_state_stake_weights_decode_by_hotkey() {
+    let metadata = metadata();
+    let ty = subnet_state_output_type(&metadata).expect("get_subnet_state at spec 365");
+    let mut validator = TestNeuron::new(0, [1; 32]);
+    validator.stakes = vec![([7; 32], 1_000_000_000_000)];
+    validator.stake_weight = Some(1_180_000_000_000);
+    let mut miner = TestNeuron::new(1, [2; 32]);
+    miner.stakes = vec![([8; 32], 5_000_000_000)];
+    let neurons = [validator, miner];
+
+    // A subnet: total_stake, the stake weight.
+    let bytes = encode_subnet_state(&metadata, 3, &neurons);
+    let stakes = decode_subnet_state_stakes(metadata.types(), ty, &bytes, 3)
+        .expect("decodes")
+        .expect("the subnet exists");
+    assert_eq!(
+        stakes,
+        vec![
+            (AccountId32([1; 32]).to_string(), 1180.0),
+            (AccountId32([2; 32]).to_string(), 5.0),
+        ]
+    );
+    // The root subnet: tao_stake, as bittensor reads it there (here the part of the weight
+    // that is not own alpha).
+    let stakes = decode_subnet_state_stakes(metadata.types(), ty, &bytes, 0)
+        .expect("decodes")
+        .expect("exists");
+    assert_eq!(stakes[0].1, 180.0);
+    assert_eq!(stakes[1].1, 0.0);
+    // No such subnet: None; truncated: an error.
+    assert_eq!(
+        decode_subnet_state_stakes(metadata.types(), ty, &[0], 3).expect("None decodes"),
+        None
+    );
+    assert!(
+        decode_subnet_state_stakes(metadata.types(), ty, &bytes[..bytes.len() - 1], 3).is_err()
+    );
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
-use common::node::{GENESIS, LoopbackNode, SPEC_VERSION, TX_VERSION};
-use common::{TestNeuron, encode_neurons, keypair, metadata};
+use common::node::{GENESIS, LoopbackNode, NodeConfig, SPEC_VERSION, TX_VERSION, Verdict};
+use common::{TestNeuron, keypair, metadata};
 use prompting_chain::signer::SIGNING_CONTEXT;
 use prompting_chain::{
     ChainError, ExtrinsicSigner, ServeAxon, ServeOutcome, Subtensor, SubtensorArgs, SyncOptions,
@@ -23,22 +23,44 @@ use subxt::ext::scale_value::{Composite, Primitive, Value, ValueDef};
 /// The miner's hotkey (uid 1 on the loopback chain).
 const MINER_SEED: u8 = 2;
 
-async fn setup(miner_axon: Option<(u128, u8, u16)>) -> (LoopbackNode, Subtensor) {
+/// A validator (uid 0) and the miner (uid 1, its axon published at `miner_axon` in block 5
+/// if given).
+fn neurons(miner_axon: Option<&str>) -> Vec<TestNeuron> {
     let mut validator = TestNeuron::new(0, keypair(1).public_key().0);
     validator.validator_permit = true;
     let mut miner = TestNeuron::new(1, keypair(MINER_SEED).public_key().0);
-    if let Some((ip, ip_type, port)) = miner_axon {
-        (miner.ip, miner.ip_type, miner.port) = (ip, ip_type, port);
+    if let Some(addr) = miner_axon {
+        miner = miner.served(addr, 5);
     }
-    let node = LoopbackNode::start(encode_neurons(&metadata(), &[validator, miner])).await;
+    vec![validator, miner]
+}
+
+async fn connect(node: &LoopbackNode) -> Subtensor {
     let args = SubtensorArgs {
         chain_endpoint: Some(node.url.clone()),
         connect_timeout_secs: 10,
         call_timeout_secs: 10,
         ..SubtensorArgs::default()
     };
-    let subtensor = prompting_chain::connect(&args).await.expect("connects");
+    prompting_chain::connect(&args).await.expect("connects")
+}
+
+async fn setup(miner_axon: Option<&str>) -> (LoopbackNode, Subtensor) {
+    setup_with(NodeConfig::new(neurons(miner_axon))).await
+}
+
+async fn setup_with(config: NodeConfig) -> (LoopbackNode, Subtensor) {
+    let node = LoopbackNode::start_with(config).await;
+    let subtensor = connect(&node).await;
     (node, subtensor)
+}
+
+/// A subnet with commit-reveal off and the given weights rate limit.
+fn plain_weights(limit: u64) -> NodeConfig {
+    let mut config = NodeConfig::new(neurons(None));
+    config.rules.commit_reveal = false;
+    config.rules.weights_rate_limit = limit;
+    config
 }
 
 /// A submitted extrinsic, decoded and checked to be signed by `signer`.
@@ -188,7 +210,7 @@ async fn serve_axon_publishes_ipv6() {
 
 #[tokio::test]
 async fn serve_axon_is_skipped_when_the_chain_has_the_same_address() {
-    let (node, subtensor) = setup(Some((0xcb00_7105, 4, 8091))).await;
+    let (node, subtensor) = setup(Some("203.0.113.5:8091")).await;
     let hotkey = keypair(MINER_SEED);
     let same = "203.0.113.5:8091".parse().expect("literal");
     let outcome = subtensor
@@ -209,30 +231,6 @@ async fn serve_axon_is_skipped_when_the_chain_has_the_same_address() {
 }
 
 #[tokio::test]
-async fn serve_axon_reports_a_dispatch_failure() {
-    let (node, subtensor) = setup(None).await;
-    *node.state.fail_next_extrinsic.lock().expect("lock") = Some("ServingRateLimitExceeded");
-    let err = subtensor
-        .serve_axon(
-            &keypair(MINER_SEED),
-            &ServeAxon::new(1, "203.0.113.5:8091".parse().expect("literal")),
-        )
-        .await
-        .expect_err("the runtime refused it");
-    assert!(matches!(
-        err,
-        ChainError::Rejected {
-            call: "serve_axon",
-            ..
-        }
-    ));
-    assert!(
-        err.to_string().contains("ServingRateLimitExceeded"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
 async fn serve_axon_refuses_an_unregistered_hotkey() {
     let (node, subtensor) = setup(None).await;
     let err = subtensor
@@ -248,7 +246,7 @@ async fn serve_axon_refuses_an_unregistered_hotkey() {
 
 #[tokio::test]
 async fn set_weights_submits_the_signed_call() {
-    let (node, subtensor) = setup(None).await;
+    let (node, subtensor) = setup_with(plain_weights(100)).await;
     let hotkey = keypair(MINER_SEED);
     subtensor
         .set_weights(&hotkey, 1, &[1], &[65535], 1)
@@ -271,49 +269,73 @@ async fn set_weights_submits_the_signed_call() {
 }
 
 #[tokio::test]
-async fn sync_sets_weights_on_its_own_uid_every_epoch_and_survives_failures() {
-    let (node, subtensor) = setup(None).await;
-    *node.state.fail_next_extrinsic.lock().expect("lock") = Some("SettingWeightsTooFast");
+async fn sync_sets_weights_on_its_own_uid_within_the_rate_limit_and_survives_failures() {
+    // Epochs of 50 ms, blocks of 20 ms, a limit of 5 blocks: the task waits out the limit
+    // instead of sending into it.
+    let (node, subtensor) = setup_with(plain_weights(5)).await;
     let shared = Arc::new(SharedMetagraph::new(Metagraph::default()));
     let options = SyncOptions {
         netuid: 1,
-        epoch: Duration::from_millis(100),
+        epoch: Duration::from_millis(50),
+        block_time: Duration::from_millis(20),
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
+        serve: None,
         set_weights: true,
-        version_key: 1,
+        version_key: None,
     };
     let hotkey = Arc::new(keypair(MINER_SEED));
     let signer: Arc<dyn ExtrinsicSigner> = hotkey.clone();
     let (task, status) = spawn_sync(subtensor, Arc::clone(&shared), signer, options);
 
-    // The first attempt fails on chain; it is recorded, and the next epoch tries again.
-    wait_until("two set_weights were submitted", || {
-        node.state.submitted().len() >= 2
+    wait_until("weights were set three times", || {
+        status.snapshot().weights_set_total >= 3
     })
     .await;
-    wait_until("a success is recorded", || {
-        status.snapshot().last_weights_set.is_some()
-    })
-    .await;
-    let snapshot = status.snapshot();
-    assert!(
-        snapshot
+    // The stake threshold rises above the miner's stake: the pool refuses set_weights
+    // (StakeAmountTooLow); the failure is recorded and the task goes on.
+    node.state
+        .modify(|rt| rt.rules.stake_threshold = 1_000_000_000);
+    wait_until("the pool refusal is recorded", || {
+        status
+            .snapshot()
             .last_weights_error
-            .as_deref()
-            .is_some_and(|e| e.contains("SettingWeightsTooFast")),
-        "{snapshot:?}"
-    );
-    assert_eq!(snapshot.consecutive_failures, 0);
+            .is_some_and(|e| e.contains("StakeAmountTooLow"))
+    })
+    .await;
+    node.state.modify(|rt| rt.rules.stake_threshold = 0);
+    let before = status.snapshot().weights_set_total;
+    wait_until("weights are set again", || {
+        status.snapshot().weights_set_total > before
+    })
+    .await;
+    task.abort();
+
     assert_eq!(shared.load().neurons().len(), 2);
-    for (index, bytes) in node.state.submitted().iter().enumerate() {
-        let call = decode_signed(&node, bytes, &hotkey);
-        assert_eq!(call.nonce, index as u64);
+    let submissions = node.state.submissions();
+    let mut included_at = Vec::new();
+    for (index, submission) in submissions.iter().enumerate() {
+        let call = decode_signed(&node, &submission.bytes, &hotkey);
         assert_eq!(call.call, "set_weights");
         assert_eq!(list(&call, "dests"), vec![1]);
         assert_eq!(list(&call, "weights"), vec![65535]);
+        // A refused transaction does not use its nonce: the next one takes it again.
+        assert_eq!(call.nonce, included_at.len() as u64, "submission {index}");
+        match &submission.verdict {
+            Verdict::Included { number, failure } => {
+                assert_eq!(*failure, None, "submission {index} failed on chain");
+                included_at.push(*number);
+            }
+            Verdict::PoolRejected { code, data } => {
+                assert_eq!((*code, data.as_str()), (1010, "Custom error: 1"));
+            }
+            other => panic!("submission {index}: {other:?}"),
+        }
     }
-    task.abort();
+    assert!(
+        included_at.windows(2).all(|w| w[1] - w[0] >= 5),
+        "every set_weights respects the 5-block limit: {included_at:?}"
+    );
 }
 
 #[tokio::test]
@@ -325,8 +347,10 @@ async fn sync_does_not_set_weights_when_disabled() {
         epoch: Duration::from_millis(50),
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(50),
+        block_time: Duration::from_millis(20),
+        serve: None,
         set_weights: false,
-        version_key: 1,
+        version_key: None,
     };
     let signer: Arc<dyn ExtrinsicSigner> = Arc::new(keypair(MINER_SEED));
     let (task, _status) = spawn_sync(subtensor, Arc::clone(&shared), signer, options);

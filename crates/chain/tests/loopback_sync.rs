@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::node::{FIRST_HEAD, LoopbackNode};
-use common::{TestNeuron, encode_neurons, keypair, metadata};
+use common::node::{FIRST_HEAD, LoopbackNode, NodeConfig};
+use common::{TestNeuron, keypair};
 use prompting_chain::{
     ChainError, ExtrinsicSigner, Subtensor, SubtensorArgs, SyncOptions, spawn_sync,
 };
@@ -39,11 +39,22 @@ fn neurons() -> Vec<TestNeuron> {
 
 #[tokio::test]
 async fn fetches_the_metagraph_through_the_runtime_api() {
-    let node = LoopbackNode::start(encode_neurons(&metadata(), &neurons())).await;
+    // Blocks on demand; finality two blocks behind the best block.
+    let node = LoopbackNode::start_with(NodeConfig {
+        block_time: None,
+        ..NodeConfig::new(neurons())
+    })
+    .await;
+    node.state.produce_blocks(5);
     let subtensor = connect(&node).await;
     let metagraph = subtensor.fetch_metagraph(21).await.expect("metagraph");
     assert_eq!(metagraph.netuid, 21);
-    assert_eq!(metagraph.block, u64::from(FIRST_HEAD));
+    // Read at the finalized block, not the best one.
+    assert_eq!(metagraph.block, u64::from(FIRST_HEAD + 3));
+    assert_eq!(
+        subtensor.best_block().await.expect("best block").number,
+        u64::from(FIRST_HEAD + 5)
+    );
     assert_eq!(*node.state.netuids_asked.lock().expect("lock"), vec![21]);
     let validator = metagraph
         .neuron(&keypair(1).ss58())
@@ -56,7 +67,7 @@ async fn fetches_the_metagraph_through_the_runtime_api() {
 
 #[tokio::test]
 async fn an_unregistered_hotkey_cannot_start() {
-    let node = LoopbackNode::start(encode_neurons(&metadata(), &neurons())).await;
+    let node = LoopbackNode::start(neurons()).await;
     let subtensor = connect(&node).await;
     let own = subtensor
         .ensure_registered(&keypair(2).ss58(), 1)
@@ -101,8 +112,7 @@ async fn connecting_to_nothing_fails_within_the_timeout() {
 
 #[tokio::test]
 async fn sync_refreshes_and_keeps_the_last_view_on_failure() {
-    let metadata = metadata();
-    let node = LoopbackNode::start(encode_neurons(&metadata, &neurons()[..1])).await;
+    let node = LoopbackNode::start(neurons()[..1].to_vec()).await;
     let subtensor = connect(&node).await;
     let shared = Arc::new(SharedMetagraph::new(Metagraph::default()));
     let options = SyncOptions {
@@ -110,19 +120,25 @@ async fn sync_refreshes_and_keeps_the_last_view_on_failure() {
         epoch: Duration::from_millis(100),
         retry_min: Duration::from_millis(50),
         retry_max: Duration::from_millis(200),
+        block_time: Duration::from_millis(20),
+        serve: None,
         set_weights: false,
-        version_key: 1,
+        version_key: None,
     };
     let signer: Arc<dyn ExtrinsicSigner> = Arc::new(keypair(2));
     let (task, status) = spawn_sync(subtensor, Arc::clone(&shared), signer, options);
 
     wait_until("the first refresh", || shared.load().neurons().len() == 1).await;
     assert!(status.snapshot().last_success.is_some());
-    assert_eq!(status.snapshot().last_block, Some(u64::from(FIRST_HEAD)));
+    assert!(
+        status
+            .snapshot()
+            .last_block
+            .is_some_and(|block| block >= u64::from(FIRST_HEAD))
+    );
 
     // The chain changes: the next epoch sees it.
-    node.state
-        .set_neurons_lite(encode_neurons(&metadata, &neurons()));
+    node.state.set_neurons(neurons());
     wait_until("the second neuron appears", || {
         shared.load().neurons().len() == 2
     })

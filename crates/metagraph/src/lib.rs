@@ -21,7 +21,8 @@ pub struct NeuronInfo {
     /// SS58 address of the coldkey that owns the hotkey (may be empty when unknown).
     #[serde(default)]
     pub coldkey: String,
-    /// Total stake, in τ (1 τ = 1e9 rao).
+    /// Stake, in α of the subnet (1 α = 1e9 units): the stake weight bittensor 10's
+    /// `metagraph.S` reports (see docs/chain.md); τ on chains before dynamic TAO.
     #[serde(default)]
     pub stake: f64,
     /// Whether the neuron may set weights (is a validator).
@@ -37,7 +38,7 @@ pub struct NeuronInfo {
 pub struct CallerInfo {
     /// The caller's uid on the subnet.
     pub uid: u16,
-    /// Its stake, in τ.
+    /// Its stake, in α (see [`NeuronInfo::stake`]).
     pub stake: f64,
     /// Whether it holds a validator permit.
     pub validator_permit: bool,

@@ -25,9 +25,9 @@ pub enum Refusal {
     ValidatorPermitRequiredNotRegistered,
     /// The caller's stake is below `--miner.blacklist.minimum_stake_requirement`.
     StakeBelowMinimum {
-        /// The caller's stake, in τ (0 when unregistered).
+        /// The caller's stake, in α (0 when unregistered).
         stake: f64,
-        /// The required minimum, in τ.
+        /// The required minimum, in α.
         minimum: f64,
     },
     /// The hotkey made too many accepted requests in the rate window.
@@ -72,7 +72,7 @@ impl fmt::Display for Refusal {
                 f.write_str("validator permit required, but hotkey not registered")
             }
             Refusal::StakeBelowMinimum { stake, minimum } => {
-                write!(f, "stake {stake} τ below minimum {minimum} τ")
+                write!(f, "stake {stake} α below minimum {minimum} α")
             }
             Refusal::RateLimited {
                 hotkey,
@@ -352,7 +352,7 @@ mod tests {
                 minimum: 1000.0
             }
             .to_string(),
-            "stake 2.5 τ below minimum 1000 τ"
+            "stake 2.5 α below minimum 1000 α"
         );
     }
 

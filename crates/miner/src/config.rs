@@ -113,7 +113,10 @@ pub struct BlacklistConfig {
     #[cfg_attr(feature = "cli", arg(long = "miner.blacklist.allow_non_registered"))]
     pub allow_non_registered: bool,
 
-    /// Minimum stake, in τ, a caller must hold (unregistered callers hold 0).
+    /// Minimum stake a caller must hold, in α of the subnet: its stake weight as bittensor
+    /// 10's `metagraph.S` reports it (alpha staked to the hotkey, also through parent/child
+    /// keys, plus the chain's TaoWeight × its root τ); unregistered callers hold 0. See
+    /// docs/chain.md.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -273,7 +276,7 @@ impl MinerConfig {
         if !stake.is_finite() || stake < 0.0 {
             return Err(invalid(
                 "miner.blacklist.minimum_stake_requirement",
-                format!("must be a finite number of τ ≥ 0, got {stake}"),
+                format!("must be a finite number of α ≥ 0, got {stake}"),
             ));
         }
         if b.use_prompt_cache && b.prompt_cache_size == 0 {

@@ -19,22 +19,22 @@ pub struct DevMetagraph {
 }
 
 impl DevMetagraph {
-    /// The stake every caller is given by [`DevMetagraph::new`], in τ.
+    /// The stake every caller is given by [`DevMetagraph::new`], in α.
     pub const DEFAULT_STAKE: f64 = 1000.0;
     /// Time per block (as on Bittensor chains).
     pub const BLOCK_TIME: Duration = Duration::from_secs(12);
 
-    /// Every caller is a validator holding [`DevMetagraph::DEFAULT_STAKE`] τ.
+    /// Every caller is a validator holding [`DevMetagraph::DEFAULT_STAKE`] α.
     pub fn new() -> Self {
         Self::with_stake(Self::DEFAULT_STAKE)
     }
 
-    /// Every caller is a validator holding `stake` τ.
+    /// Every caller is a validator holding `stake` α.
     pub fn with_stake(stake: f64) -> Self {
         tracing::warn!(
             stake,
             "DEVELOPMENT METAGRAPH: every caller is treated as a registered validator with \
-             {stake} τ; blacklist checks on registration, permit and stake are meaningless. \
+             {stake} α; blacklist checks on registration, permit and stake are meaningless. \
              Never use this on a real network."
         );
         DevMetagraph {

@@ -533,7 +533,7 @@ mod tests {
         let f = fixture(|c| c.blacklist.minimum_stake_requirement = 10.0);
         assert_eq!(
             f.pipeline.prompt(request("low", "hi")).await,
-            blacklisted("stake 1 τ below minimum 10 τ")
+            blacklisted("stake 1 α below minimum 10 α")
         );
         f.miner.gate.add_permits(1);
         assert!(f.pipeline.prompt(request("filler", "hi")).await.is_ok());

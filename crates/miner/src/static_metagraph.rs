@@ -129,7 +129,7 @@ fn check(neurons: &[NeuronInfo]) -> Result<(), String> {
         }
         if !n.stake.is_finite() || n.stake < 0.0 {
             return Err(format!(
-                "hotkey {} has stake {}, expected a finite number of τ ≥ 0",
+                "hotkey {} has stake {}, expected a finite number of α ≥ 0",
                 n.hotkey, n.stake
             ));
         }

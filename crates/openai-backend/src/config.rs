@@ -152,12 +152,12 @@ pub struct OpenAiArgs {
     /// While every upstream cools down after a `Retry-After`, one request at a time still
     /// probes one of them, at most once per this many seconds; a probe that succeeds ends the
     /// cool-down.
-    #[arg(id = "openai.probe_interval", long = "openai.probe_interval", default_value_t = DEFAULT_PROBE_INTERVAL_SECS)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.probe_interval", long = "openai.probe_interval", default_value_t = DEFAULT_PROBE_INTERVAL_SECS))]
     pub probe_interval: f64,
 
     /// Ask streamed answers for their token usage (`stream_options.include_usage`, counted in
     /// `/metrics`); `false` for servers that refuse the field.
-    #[arg(id = "openai.stream_usage", long = "openai.stream_usage", default_value_t = DEFAULT_STREAM_USAGE, action = ArgAction::Set)]
+    #[cfg_attr(feature = "cli", arg(id = "openai.stream_usage", long = "openai.stream_usage", default_value_t = DEFAULT_STREAM_USAGE, action = clap::ArgAction::Set))]
     pub stream_usage: bool,
 }
 

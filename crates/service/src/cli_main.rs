@@ -1,33 +1,29 @@
 //! The `main` every miner binary shares: parse the flags (and the config file), start
-//! logging, run, and turn the outcome into one stderr line and an exit code.
+//! logging, warn about ignored Python flags, run, and turn the outcome into one stderr line
+//! and an exit code ([`prompting_cli`]'s rule).
 
 use std::process::ExitCode;
 
-use crate::{CliError, MinerCli, init_logging, one_line, parse_args};
+use prompting_cli::Failure;
 
-/// Parses the command line into `C`, starts logging, and calls `run`. Exit codes: 0 when
-/// `run` returns `Ok` (after SIGINT/SIGTERM), 1 when it fails, 2 for a command-line or
-/// config-file mistake; failures print one line, `{binary}: error: ...`, on stderr.
-pub fn cli_main<C, E>(binary: &str, run: impl FnOnce(C) -> Result<(), E>) -> ExitCode
-where
-    C: MinerCli,
-    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
-{
-    let mut cli: C = match parse_args(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(CliError::Usage(err)) => err.exit(),
-        Err(err) => {
-            eprintln!("{binary}: error: {}", one_line(&err));
-            return ExitCode::from(2);
-        }
-    };
-    init_logging(&cli.common_mut().logging);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let err: &(dyn std::error::Error + 'static) = err.as_ref();
-            eprintln!("{binary}: error: {}", one_line(err));
-            ExitCode::FAILURE
-        }
-    }
+use crate::{CliError, MinerCli, init_logging, parse_args};
+
+/// Parses the command line into `C`, starts logging, warns about ignored Python flags and
+/// calls `run`. Exit codes: 0 when `run` returns `Ok` (after SIGINT/SIGTERM), 2 for a
+/// command-line, config-file or settings mistake, 1 for a failure of the environment;
+/// failures print one line, `{binary}: error: ...`, on stderr. `--help` and `--version`
+/// print as usual.
+pub fn cli_main<C: MinerCli>(binary: &str, run: impl FnOnce(C) -> Result<(), Failure>) -> ExitCode {
+    let outcome = parse_args::<C, _, _>(std::env::args_os())
+        .map_err(|err| match err {
+            CliError::Usage(err) if prompting_cli::is_informational(&err) => err.exit(),
+            other => Failure::from(other),
+        })
+        .and_then(|mut cli| {
+            let common = cli.common_mut();
+            init_logging(common).map_err(Failure::runtime)?;
+            common.warn_ignored();
+            run(cli)
+        });
+    prompting_cli::finish(binary, outcome)
 }

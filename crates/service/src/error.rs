@@ -67,51 +67,31 @@ impl ServiceError {
     }
 }
 
-/// `err` and its causes on one line, `: `-separated, leaving out a cause whose text the line
-/// already ends with (errors that print their cause and also return it from `source()`).
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = String::new();
-    let mut next = Some(err);
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        let text = text.trim();
-        if !text.is_empty() && !line.ends_with(text) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(text);
-        }
-        next = cause.source();
+impl ServiceError {
+    /// Whether the user can fix this by changing what they typed (flags, config file,
+    /// settings): exit 2, rather than 1 for the environment.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ServiceError::Config(_))
     }
-    line.replace('\n', " ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot read f.toml: {source}")]
-    struct Repeats {
-        source: std::io::Error,
+impl From<ServiceError> for prompting_cli::Failure {
+    fn from(error: ServiceError) -> Self {
+        if error.is_usage() {
+            prompting_cli::Failure::usage(error)
+        } else {
+            prompting_cli::Failure::runtime(error)
+        }
     }
+}
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("starting")]
-    struct Context {
-        source: Repeats,
-    }
-
-    #[test]
-    fn causes_are_joined_without_repetition() {
-        let err = Context {
-            source: Repeats {
-                source: std::io::Error::other("gone\nfor good"),
-            },
-        };
-        assert_eq!(
-            one_line(&err),
-            "starting: cannot read f.toml: gone for good"
-        );
+impl From<crate::config_file::CliError> for prompting_cli::Failure {
+    /// Every command-line and config-file error is the user's to fix (exit 2); clap's own
+    /// errors become its one line.
+    fn from(error: crate::config_file::CliError) -> Self {
+        match error {
+            crate::config_file::CliError::Usage(clap) => clap.into(),
+            other => prompting_cli::Failure::usage(other),
+        }
     }
 }

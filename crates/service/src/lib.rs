@@ -4,8 +4,11 @@
 //! - [`CommonArgs`]: the shared flags — wallet (`--wallet.*`), axon (`--axon.*`), pipeline
 //!   (`--miner.*`), chain (`--subtensor.*`, `--netuid`), `--dev`, `--metagraph.file`,
 //!   `--config`, `--logging.*` — flattened into the binary's parser ([`MinerCli`]).
-//! - [`parse_args`]: clap parsing with a `--config` TOML file underneath (see
-//!   [`config_file`] for the format and precedence).
+//! - [`parse_args`]: clap parsing with a `--config` TOML or bittensor YAML file underneath
+//!   (see [`config_file`] for the format and precedence), accepting the Python miners' flags
+//!   that mean nothing here with a warning ([`python_compat`]).
+//! - [`cli_main`]: the whole `main` of a miner binary, with the error-line and exit-code rule
+//!   of [`prompting_cli`].
 //! - [`Service`]: [`Service::prepare`] checks the settings, loads the hotkey, binds the port
 //!   and reads the metagraph (dev, file, or chain with the registration check); then
 //!   [`Service::run`] serves the backend behind the pipeline and the axon until SIGINT or
@@ -36,7 +39,8 @@
 //!         Err(CliError::Usage(e)) => e.exit(),
 //!         Err(e) => return Err(e.into()),
 //!     };
-//!     prompting_service::init_logging(&cli.common.logging);
+//!     prompting_service::init_logging(&cli.common)?;
+//!     cli.common.warn_ignored();
 //!     let runtime = prompting_service::runtime(&cli.common)?;
 //!     runtime.block_on(async {
 //!         let service = Service::prepare(cli.common).await?;
@@ -51,11 +55,13 @@ mod cli_main;
 pub mod config_file;
 pub mod error;
 pub mod logging;
+pub mod python_compat;
 pub mod service;
 
 pub use args::{CommonArgs, LoggingArgs, MinerCli, WalletArgs};
 pub use cli_main::cli_main;
 pub use config_file::{CliError, parse_args};
-pub use error::{ServiceError, one_line};
+pub use error::ServiceError;
 pub use logging::init_logging;
+pub use prompting_cli::{Failure, one_line};
 pub use service::{Service, run, runtime};

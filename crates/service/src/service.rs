@@ -4,7 +4,8 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use prompting_chain::{ServeAxon, ServeOutcome, Subtensor, SyncOptions, spawn_sync};
+use prompting_chain::axon_addr::unservable_reason;
+use prompting_chain::{ServeAxon, Subtensor, SyncOptions, spawn_sync};
 use prompting_keys::Keypair;
 use prompting_keys::wallet::WalletError;
 use prompting_miner::{
@@ -14,7 +15,9 @@ use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::server::shutdown_signal;
 use tokio::net::TcpListener;
 
-use crate::args::CommonArgs;
+use prompting_keys::wallet::{DEFAULT_HOTKEY_NAME, DEFAULT_WALLET_NAME};
+
+use crate::args::{CommonArgs, WalletArgs};
 use crate::error::ServiceError;
 
 /// Where the pipeline learns who is registered.
@@ -36,8 +39,8 @@ enum Source {
 pub struct Service {
     args: CommonArgs,
     keypair: Arc<Keypair>,
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    /// The bound port, unless `--miner.no_start_axon`.
+    axon: Option<(TcpListener, SocketAddr)>,
     source: Source,
 }
 
@@ -45,13 +48,14 @@ impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
             .field("hotkey", &self.keypair.ss58_address())
-            .field("local_addr", &self.local_addr)
+            .field("local_addr", &self.local_addr())
             .finish_non_exhaustive()
     }
 }
 
 impl CommonArgs {
-    /// Checks the settings; the first problem is the error.
+    /// Checks the settings; the first problem is the error. The external-address rule is
+    /// checked apart ([`CommonArgs::validate_publishing`]), after the wallet.
     pub fn validate(&self) -> Result<(), ServiceError> {
         self.axon
             .validate()
@@ -59,7 +63,20 @@ impl CommonArgs {
         self.miner
             .validate()
             .map_err(|e| ServiceError::Config(e.to_string()))?;
-        if self.uses_chain() && !self.subtensor.no_serve {
+        if self.no_start_axon && !self.uses_chain() {
+            return Err(ServiceError::Config(
+                "--miner.no_start_axon leaves nothing to do without a chain (it was given with \
+                 --dev, --miner.mock_subtensor or --metagraph.file)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The axon can be published on chain: publishing needs an address others can reach,
+    /// so binding 0.0.0.0 or :: needs `--axon.external_ip` (or `--miner.no_serve`).
+    pub fn validate_publishing(&self) -> Result<(), ServiceError> {
+        if self.publishes_axon() {
             let ip = self.axon.external_ip.unwrap_or(self.axon.ip);
             if ip.is_unspecified() {
                 return Err(ServiceError::Config(format!(
@@ -67,13 +84,28 @@ impl CommonArgs {
                      {ip} (or pass --miner.no_serve)"
                 )));
             }
+            // The port is only known once bound; judge the ip with a placeholder port.
+            let port = self.axon.external_port.unwrap_or(self.axon.port).max(1);
+            if let Some(why) = unservable_reason(SocketAddr::new(ip, port)) {
+                return Err(ServiceError::Config(format!(
+                    "cannot publish the axon at {ip} on chain: {why}; set --axon.external_ip to \
+                     the address validators can reach (or pass --miner.no_serve)"
+                )));
+            }
         }
         Ok(())
     }
 
-    /// Whether the metagraph comes from the chain (neither `--dev` nor `--metagraph.file`).
+    /// Whether the axon's address is published on chain: on a chain, with the axon started,
+    /// without `--miner.no_serve`.
+    pub fn publishes_axon(&self) -> bool {
+        self.uses_chain() && !self.no_start_axon && !self.subtensor.no_serve
+    }
+
+    /// Whether the metagraph comes from the chain (neither `--dev`, the mock subtensor nor
+    /// `--metagraph.file`).
     pub fn uses_chain(&self) -> bool {
-        !self.dev && self.metagraph_file.is_none()
+        !self.dev && !self.mock() && self.metagraph_file.is_none()
     }
 
     /// The address to bind: `--axon.ip` and `--axon.port`, except that `--dev` without an
@@ -105,9 +137,10 @@ pub async fn run(args: CommonArgs, backend: Arc<dyn Miner>) -> Result<(), Servic
 }
 
 impl Service {
-    /// Checks the settings, loads the hotkey (creating it under `--dev`), binds the port and
-    /// reads the metagraph: from `--metagraph.file`, or from the chain after checking the
-    /// hotkey is registered; `--dev` trusts every caller.
+    /// Checks the settings, loads the hotkey (creating it under `--dev`), checks the address
+    /// to publish, binds the port (unless `--miner.no_start_axon`) and reads the metagraph:
+    /// from `--metagraph.file`, or from the chain after checking the hotkey is registered;
+    /// `--dev` and the mock subtensor trust every caller.
     pub async fn prepare(args: CommonArgs) -> Result<Service, ServiceError> {
         args.validate()?;
         if args.dev {
@@ -115,16 +148,31 @@ impl Service {
                 "--dev: DEVELOPMENT MODE, no chain. EVERY CALLER IS TREATED AS A REGISTERED \
                  VALIDATOR; never use this on a real network."
             );
+        } else if args.mock() {
+            tracing::warn!(
+                "--miner.mock_subtensor: no chain. EVERY CALLER IS TREATED AS A REGISTERED \
+                 VALIDATOR; never use this on a real network."
+            );
         }
         let keypair = Arc::new(load_hotkey(&args)?);
-        let bind = args.bind_addr();
-        let listener = TcpListener::bind(bind)
-            .await
-            .map_err(|error| ServiceError::Bind { addr: bind, error })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|error| ServiceError::Bind { addr: bind, error })?;
-        let source = if args.dev {
+        args.validate_publishing()?;
+        let axon = if args.no_start_axon {
+            tracing::info!(
+                "--miner.no_start_axon: no axon; only the chain duties run (the axon is not \
+                 published)"
+            );
+            None
+        } else {
+            let bind = args.bind_addr();
+            let listener = TcpListener::bind(bind)
+                .await
+                .map_err(|error| ServiceError::Bind { addr: bind, error })?;
+            let local_addr = listener
+                .local_addr()
+                .map_err(|error| ServiceError::Bind { addr: bind, error })?;
+            Some((listener, local_addr))
+        };
+        let source = if args.dev || args.mock() {
             Source::Dev
         } else if let Some(path) = &args.metagraph_file {
             let shared = StaticMetagraph::shared(path).map_err(ServiceError::Metagraph)?;
@@ -148,15 +196,20 @@ impl Service {
         Ok(Service {
             args,
             keypair,
-            listener,
-            local_addr,
+            axon,
             source,
         })
     }
 
-    /// The address the axon listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The address the axon listens on; `None` with `--miner.no_start_axon`.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.axon.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// Whether [`Service::run`] serves an axon; when false (`--miner.no_start_axon`), call
+    /// [`Service::run_without_axon`] instead, without loading a backend.
+    pub fn starts_axon(&self) -> bool {
+        self.axon.is_some()
     }
 
     /// The hotkey the axon signs with.
@@ -169,10 +222,58 @@ impl Service {
         self.run_until(backend, shutdown_signal()).await
     }
 
+    /// With `--miner.no_start_axon`: runs the chain duties until SIGINT or SIGTERM.
+    pub async fn run_without_axon(self) -> Result<(), ServiceError> {
+        self.run_without_axon_until(shutdown_signal()).await
+    }
+
+    /// With `--miner.no_start_axon`: runs the chain duties (metagraph refresh, weights)
+    /// until `shutdown` resolves. Serves nothing; refuses when an axon was prepared.
+    pub async fn run_without_axon_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServiceError> {
+        if self.axon.is_some() {
+            return Err(ServiceError::Config(
+                "run_without_axon is for --miner.no_start_axon; this service has an axon".into(),
+            ));
+        }
+        let Service {
+            args,
+            keypair,
+            source,
+            ..
+        } = self;
+        let sync_task = match source {
+            Source::Chain { subtensor, shared } => {
+                let signer: Arc<Keypair> = Arc::clone(&keypair);
+                let (task, _status) = spawn_sync(
+                    subtensor,
+                    shared,
+                    signer,
+                    SyncOptions::from_args(&args.subtensor),
+                );
+                Some(task)
+            }
+            Source::Dev | Source::File(_) => None,
+        };
+        tracing::info!(
+            "running the chain duties only as hotkey {}",
+            keypair.ss58_address()
+        );
+        shutdown.await;
+        if let Some(task) = sync_task {
+            task.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
     /// Serves `backend` until `shutdown` resolves, then drains in-flight requests (up to
-    /// `--axon.shutdown_grace`). On a chain, first publishes the axon (unless
-    /// `--miner.no_serve`) and starts the metagraph refresh, which also sets weights every
-    /// epoch unless `--miner.no_set_weights`.
+    /// `--axon.shutdown_grace`). On a chain, starts the background chain duties: the
+    /// metagraph refresh, publishing the axon (unless `--miner.no_serve`; a refusal or a
+    /// serving rate limit is a warning and retried, never fatal), and with
+    /// `--miner.set_weights` the weights (see `prompting_chain::sync`).
     pub async fn run_until(
         self,
         backend: Arc<dyn Miner>,
@@ -181,10 +282,14 @@ impl Service {
         let Service {
             args,
             keypair,
-            listener,
-            local_addr,
+            axon,
             source,
         } = self;
+        let Some((listener, local_addr)) = axon else {
+            return Err(ServiceError::Config(
+                "--miner.no_start_axon: there is no axon to serve the backend on".into(),
+            ));
+        };
         let miner_name = backend.name().to_string();
         let (metagraph, chain): (Arc<dyn MetagraphView>, _) = match source {
             Source::Dev => (Arc::new(DevMetagraph::new()), None),
@@ -203,24 +308,22 @@ impl Service {
 
         let mut sync_task = None;
         if let Some((subtensor, shared)) = chain {
-            if !args.subtensor.no_serve {
+            let serve = (!args.subtensor.no_serve).then(|| {
                 let external = SocketAddr::new(
                     args.axon.external_ip.unwrap_or(local_addr.ip()),
                     args.axon.external_port.unwrap_or(local_addr.port()),
                 );
-                let serve = ServeAxon::new(args.subtensor.netuid, external);
-                match subtensor.serve_axon(keypair.as_ref(), &serve).await {
-                    Ok(ServeOutcome::AlreadyServed) => {}
-                    Ok(ServeOutcome::Included { .. }) => {}
-                    Err(e) => return Err(ServiceError::chain("publishing the axon", e)),
-                }
-            }
+                ServeAxon::new(args.subtensor.netuid, external)
+            });
             let signer: Arc<Keypair> = Arc::clone(&keypair);
             let (task, status) = spawn_sync(
                 subtensor,
                 shared,
                 signer,
-                SyncOptions::from_args(&args.subtensor),
+                SyncOptions {
+                    serve,
+                    ..SyncOptions::from_args(&args.subtensor)
+                },
             );
             state.metrics_mut().add_gauge_source(
                 "metagraph_age_seconds",
@@ -236,6 +339,10 @@ impl Service {
             "serving on {local_addr} as hotkey {} (miner: {miner_name})",
             keypair.ss58_address()
         );
+        tracing::info!(
+            "query it with: {}",
+            dendrite_command(local_addr, &args.wallet, &keypair.ss58_address())
+        );
         let served = axon::run(listener, router, state.server_limits(), shutdown).await;
         if let Some(task) = sync_task {
             task.abort();
@@ -243,6 +350,59 @@ impl Service {
         served.map_err(ServiceError::Serve)?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// A command that queries the axon at `local_addr` signed by the wallet of `wallet` (the
+/// miner's own hotkey), ready to paste into a POSIX shell: the `dendrite` binary next to this
+/// one when it exists, else `cargo run --release --bin dendrite --`.
+pub fn dendrite_command(local_addr: SocketAddr, wallet: &WalletArgs, hotkey: &str) -> String {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("dendrite")))
+        .filter(|path| path.is_file());
+    let program = match beside {
+        Some(path) => shell_quote(&path.display().to_string()),
+        None => "cargo run --release --bin dendrite --".to_string(),
+    };
+    let ip = match local_addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let target = SocketAddr::new(ip, local_addr.port());
+    let mut words = vec![program];
+    let wallet_path = prompting_keys::wallet::expand_home(&wallet.path);
+    words.extend([
+        "--wallet.path".to_string(),
+        shell_quote(&wallet_path.display().to_string()),
+    ]);
+    if wallet.name != DEFAULT_WALLET_NAME {
+        words.extend(["--wallet.name".to_string(), shell_quote(&wallet.name)]);
+    }
+    if wallet.hotkey != DEFAULT_HOTKEY_NAME {
+        words.extend(["--wallet.hotkey".to_string(), shell_quote(&wallet.hotkey)]);
+    }
+    words.extend([
+        "--axon".to_string(),
+        shell_quote(&target.to_string()),
+        "--axon.hotkey".to_string(),
+        shell_quote(hotkey),
+        shell_quote("What is the capital of France?"),
+    ]);
+    words.join(" ")
+}
+
+/// `word` quoted for a POSIX shell when it needs to be.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -303,4 +463,38 @@ async fn chain_source(args: &CommonArgs, keypair: &Keypair) -> Result<Source, Se
         subtensor,
         shared: Arc::new(SharedMetagraph::new(metagraph)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_keeps_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("/tmp/wallets"), "/tmp/wallets");
+        assert_eq!(shell_quote("127.0.0.1:8091"), "127.0.0.1:8091");
+        assert_eq!(shell_quote("[::1]:8091"), "'[::1]:8091'");
+        assert_eq!(shell_quote("my wallet"), "'my wallet'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn the_dendrite_command_targets_loopback_and_names_the_wallet() {
+        let wallet = WalletArgs {
+            path: "/tmp/my wallets".into(),
+            name: "miner".into(),
+            hotkey: DEFAULT_HOTKEY_NAME.into(),
+        };
+        let command = dendrite_command("0.0.0.0:8091".parse().expect("addr"), &wallet, "5Hot");
+        assert!(
+            command.ends_with(
+                " --wallet.path '/tmp/my wallets' --wallet.name miner --axon 127.0.0.1:8091 \
+                 --axon.hotkey 5Hot 'What is the capital of France?'"
+            ),
+            "{command}"
+        );
+        let command = dendrite_command("[::]:9".parse().expect("addr"), &wallet, "5Hot");
+        assert!(command.contains(" --axon '[::1]:9' "), "{command}");
+    }
 }

@@ -155,11 +155,13 @@ fn unknown_keys_and_bad_values_name_the_file_and_the_key() {
     assert!(message.contains("--axon.port"), "{message}");
     assert!(!message.contains('\n'), "one line: {message}");
 
+    // bittensor's printed config names its own file: skipped, with a warning.
     let config = write_config(dir.path(), "config = \"other.toml\"\n");
-    let message = invalid_message(parse(&["--config", &config]));
-    assert!(message.contains("unknown key `config`"), "{message}");
+    let args = parse(&["--config", &config]).expect("parse");
+    assert_eq!(args.ignored.len(), 1);
+    assert_eq!(args.ignored[0].flag, "config");
 
-    let config = write_config(dir.path(), "dev = \"yes\"\n");
+    let config = write_config(dir.path(), "dev = \"maybe\"\n");
     let message = invalid_message(parse(&["--config", &config]));
     assert!(
         message.contains("`dev`: expected true or false"),
@@ -203,4 +205,204 @@ fn command_line_mistakes_are_usage_errors() {
         Err(CliError::Usage(_))
     ));
     assert!(matches!(parse(&["--help"]), Err(CliError::Usage(_))));
+}
+
+#[path = "support/python_flags.rs"]
+mod python_flags;
+
+fn write_named(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+#[test]
+fn every_shared_python_flag_is_accepted_as_the_fixture_says() {
+    python_flags::check_parser::<Cli>("all");
+}
+
+#[test]
+fn ignored_python_flags_are_named_in_one_warning_per_reason() {
+    let args = parse(&[
+        "--wandb.on",
+        "--wandb.project_name",
+        "p",
+        "--miner.name",
+        "m",
+        "--neuron.device",
+        "cuda",
+        "--netuid",
+        "3",
+    ])
+    .expect("parse");
+    assert_eq!(args.subtensor.netuid, 3);
+    let lines = prompting_service::python_compat::warning_lines(&args.ignored);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("ignored --wandb.on, --wandb.project_name: "));
+    assert!(lines[0].ends_with("the metrics are on /metrics (Prometheus)"));
+    assert!(lines[1].starts_with("ignored --miner.name: "));
+    assert!(lines[2].starts_with("ignored --neuron.device: validator settings"));
+}
+
+/// A bittensor-style YAML file: nested tables, `__is_set`, nulls, quoted `'on'`, derived keys.
+const YAML: &str = r#"axon:
+  __is_set: {}
+  external_ip: null
+  ip: '[::]'
+  max_workers: 3
+  port: 9100
+config: null
+full_path: /home/operator/.bittensor/miners/default/default/netuid1/miner
+logging:
+  __is_set: {}
+  debug: true
+  record_log: false
+miner:
+  __is_set: {}
+  blacklist:
+    __is_set: {}
+    blacklist: []
+    force_validator_permit: yes
+    whitelist:
+    - 5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX
+  full_path: /home/operator/.bittensor/miners/default/default/Bittensor Miner
+  mock_subtensor: true
+  name: Bittensor Miner
+  root: ~/.bittensor/miners/
+netuid: 21
+strict: false
+subtensor:
+  chain_endpoint: wss://entrypoint-finney.opentensor.ai:443
+  network: finney
+wandb:
+  __is_set: {}
+  entity: null
+  'on': true
+  project_name: null
+"#;
+
+#[test]
+fn bittensor_yaml_configs_are_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_named(dir.path(), "miner.yaml", YAML);
+    let args = parse(&["--config", &config, "--axon.port", "9200"]).expect("parse");
+    assert_eq!(args.axon.ip, "::".parse::<IpAddr>().expect("ip"));
+    assert!(args.axon_ip_given);
+    assert_eq!(args.axon.port, 9200, "the command line wins");
+    assert_eq!(args.axon.max_workers, Some(3));
+    assert_eq!(args.axon.external_ip, None);
+    assert!(args.logging.debug && !args.logging.record_log);
+    assert!(
+        args.miner.blacklist.force_validator_permit,
+        "YAML 1.1 `yes`"
+    );
+    assert!(args.miner.blacklist.blacklist.is_empty());
+    assert_eq!(args.miner.blacklist.whitelist.len(), 1);
+    assert!(args.mock_subtensor);
+    assert_eq!(args.subtensor.netuid, 21);
+    // The Python defaults (miner.name, miner.root), nulls and `strict: false` change nothing
+    // there: only `wandb.on: true` is worth a warning.
+    let lines = prompting_service::python_compat::warning_lines(&args.ignored);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("ignored --wandb.on: "), "{lines:?}");
+
+    // `.yml` is YAML too; the extension decides.
+    let yml = write_named(dir.path(), "miner.yml", "netuid: 4\n");
+    assert_eq!(parse(&["--config", &yml]).expect("yml").subtensor.netuid, 4);
+    let other = write_named(dir.path(), "miner.conf", "netuid: 4\n");
+    let err = parse(&["--config", &other]).expect_err("unknown extension");
+    assert!(err.to_string().contains("unknown format"), "{err}");
+}
+
+#[test]
+fn yaml_mistakes_name_the_line_or_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_named(dir.path(), "bad.yaml", "axon:\n  port: 9100\n ip: 1\n");
+    let err = parse(&["--config", &config]).expect_err("bad indentation");
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!("config file {config}: line 3, column ")),
+        "{message}"
+    );
+    let config = write_named(dir.path(), "typo.yaml", "axon:\n  prot: 9100\n");
+    let err = parse(&["--config", &config]).expect_err("unknown key");
+    assert_eq!(
+        err.to_string(),
+        format!("config file {config}: unknown key `axon.prot` (there is no --axon.prot)")
+    );
+    let config = write_named(dir.path(), "value.yaml", "axon:\n  port: many\n");
+    let err = parse(&["--config", &config]).expect_err("bad value");
+    assert!(err.to_string().contains("many"), "{err}");
+    let config = write_named(dir.path(), "bool.yaml", "dev: maybe\n");
+    let err = parse(&["--config", &config]).expect_err("bad switch");
+    assert!(
+        err.to_string().contains("`dev`: expected true or false"),
+        "{err}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_name_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "netuid = 1\n[axon\nport = 1\n");
+    let err = parse(&["--config", &config]).expect_err("bad table header");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("config file {config}: line 2, column ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn network_and_endpoint_follow_their_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_named(
+        dir.path(),
+        "chain.yaml",
+        "subtensor:\n  chain_endpoint: wss://entrypoint-finney.opentensor.ai:443\n  network: finney\n",
+    );
+    // A network on the command line beats an endpoint from the file.
+    let args = parse(&["--config", &config, "--subtensor.network", "test"]).expect("parse");
+    assert_eq!(
+        args.subtensor.endpoint(),
+        prompting_chain::args::TEST_ENDPOINT
+    );
+    // From the same source the endpoint wins.
+    let args = parse(&["--config", &config]).expect("parse");
+    assert_eq!(
+        args.subtensor.endpoint(),
+        prompting_chain::args::FINNEY_ENDPOINT
+    );
+    let args = parse(&[
+        "--subtensor.network",
+        "test",
+        "--subtensor.chain_endpoint",
+        "ws://127.0.0.1:9944",
+    ])
+    .expect("parse");
+    assert_eq!(args.subtensor.endpoint(), "ws://127.0.0.1:9944");
+    // A URL as the network, as bittensor allows.
+    let args = parse(&["--subtensor.network", "ws://10.1.2.3:9944"]).expect("parse");
+    assert_eq!(args.subtensor.endpoint(), "ws://10.1.2.3:9944");
+}
+
+#[test]
+fn the_log_file_goes_where_the_python_miner_puts_it() {
+    let args = parse(&[
+        "--logging.record_log",
+        "--logging.logging_dir",
+        "/var/log/miners",
+        "--wallet.name",
+        "cold",
+        "--wallet.hotkey",
+        "hot",
+        "--netuid",
+        "9",
+    ])
+    .expect("parse");
+    assert_eq!(
+        args.log_file(),
+        Some("/var/log/miners/cold/hot/netuid9/miner/logs.log".into())
+    );
+    assert_eq!(parse(&[]).expect("parse").log_file(), None);
 }

@@ -51,7 +51,7 @@ async fn dev_mode_creates_a_hotkey_binds_loopback_and_serves() {
         wallet.load_hotkey_public().expect("pub file").to_string(),
         hotkey
     );
-    let addr = service.local_addr();
+    let addr = service.local_addr().expect("an axon");
     assert_eq!(addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
     assert_ne!(addr.port(), 0);
 
@@ -171,16 +171,80 @@ async fn publishing_on_chain_needs_an_external_ip_when_binding_everywhere() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = dev_args(dir.path());
     args.dev = false;
+    // The wallet is checked first: its error is the real one.
+    let err = Service::prepare(args.clone()).await.expect_err("no hotkey");
+    assert!(matches!(err, ServiceError::MissingHotkey { .. }), "{err:?}");
+    assert!(!err.is_usage());
+
+    Wallet::new(dir.path(), "devwallet", "devhotkey")
+        .create_hotkey_if_missing()
+        .expect("hotkey");
     let err = Service::prepare(args.clone())
         .await
         .expect_err("no external ip");
     assert!(matches!(err, ServiceError::Config(_)), "{err:?}");
+    assert!(err.is_usage());
     assert!(err.to_string().contains("--axon.external_ip"), "{err}");
 
     args.axon.max_connections = 0;
     args.subtensor.no_serve = true;
     let err = Service::prepare(args).await.expect_err("bad axon flag");
     assert!(err.to_string().contains("--axon.max_connections"), "{err}");
+}
+
+#[tokio::test]
+async fn the_mock_subtensor_trusts_everyone_with_an_existing_hotkey() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = dev_args(dir.path());
+    args.dev = false;
+    args.mock_subtensor = true;
+    // Unlike --dev, the hotkey is not created, and no external ip is needed.
+    let err = Service::prepare(args.clone()).await.expect_err("no hotkey");
+    assert!(matches!(err, ServiceError::MissingHotkey { .. }), "{err:?}");
+    let hotkey = Wallet::new(dir.path(), "devwallet", "devhotkey")
+        .create_hotkey_if_missing()
+        .expect("hotkey")
+        .keypair()
+        .ss58_address();
+    args.axon.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let service = Service::prepare(args).await.expect("prepare");
+    assert_eq!(service.hotkey().ss58_address(), hotkey);
+    let addr = service.local_addr().expect("an axon");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(service.run_until(Arc::new(Echo), async {
+        let _ = stopped.await;
+    }));
+    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+        .await
+        .expect("client task");
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    stop.send(()).expect("server still running");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("stops")
+        .expect("server task")
+        .expect("clean shutdown");
+
+    // bittensor's --subtensor._mock is the same switch.
+    let args = CommonArgs {
+        dev: false,
+        subtensor_mock: true,
+        ..dev_args(dir.path())
+    };
+    assert!(args.mock() && !args.uses_chain());
+}
+
+#[tokio::test]
+async fn no_start_axon_needs_a_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = dev_args(dir.path());
+    args.no_start_axon = true;
+    let err = Service::prepare(args).await.expect_err("nothing to do");
+    assert!(err.is_usage(), "{err:?}");
+    assert!(err.to_string().contains("--miner.no_start_axon"), "{err}");
 }
 
 #[tokio::test]
@@ -199,6 +263,9 @@ async fn an_unreachable_chain_is_one_error_naming_the_endpoint() {
     let mut args = dev_args(dir.path());
     args.dev = false;
     args.axon.ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    // 127.0.0.1 cannot be published on chain (refused at start-up); this test is about the
+    // connection.
+    args.subtensor.no_serve = true;
     args.subtensor.chain_endpoint = Some(endpoint.clone());
     args.subtensor.connect_timeout_secs = 5;
     let err = tokio::time::timeout(Duration::from_secs(30), Service::prepare(args))

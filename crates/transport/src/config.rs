@@ -11,11 +11,8 @@ use crate::server::ServerLimits;
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
 pub struct AxonArgs {
-    /// Address to bind.
-    #[cfg_attr(
-        feature = "cli",
-        arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP")
-    )]
+    /// Address to bind (IPv6 may be bracketed, as bittensor's default `[::]`).
+    #[cfg_attr(feature = "cli", arg(long = "axon.ip", default_value = "0.0.0.0", env = "BT_AXON_IP", value_parser = parse_ip))]
     pub ip: IpAddr,
     /// Port to bind.
     #[cfg_attr(
@@ -24,10 +21,7 @@ pub struct AxonArgs {
     )]
     pub port: u16,
     /// IP published on chain (defaults to the bind address).
-    #[cfg_attr(
-        feature = "cli",
-        arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP")
-    )]
+    #[cfg_attr(feature = "cli", arg(long = "axon.external_ip", env = "BT_AXON_EXTERNAL_IP", value_parser = parse_ip))]
     pub external_ip: Option<IpAddr>,
     /// Port published on chain (defaults to the bind port).
     #[cfg_attr(
@@ -143,6 +137,17 @@ impl Default for AxonArgs {
             btauth: BtAuthArgs::default(),
         }
     }
+}
+
+/// An IP address, IPv6 optionally in brackets (`[::]`, bittensor's default `--axon.ip`).
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    let text = text.trim();
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
 }
 
 /// A flag value that makes no sense.
@@ -280,5 +285,31 @@ mod cli_tests {
         assert!(cli.axon.validate().is_ok());
         let defaults = Cli::parse_from(["x"]).axon;
         assert_eq!(defaults.max_body_bytes, AxonArgs::default().max_body_bytes);
+    }
+
+    #[test]
+    fn bracketed_ipv6_is_accepted() {
+        let cli = Cli::parse_from(["x", "--axon.ip", "[::]", "--axon.external_ip", "[::1]"]);
+        assert_eq!(cli.axon.ip, IpAddr::from([0u16; 8]));
+        assert_eq!(
+            cli.axon.external_ip,
+            Some(IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1u16]))
+        );
+        assert!(parse_ip("[1.2.3.4").is_err());
+        assert!(parse_ip("host").is_err());
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let args = AxonArgs {
+            read_timeout: 0.0,
+            ..AxonArgs::default()
+        };
+        assert_eq!(args.validate().unwrap_err().flag, "read_timeout");
+        let args = AxonArgs {
+            max_connections: 0,
+            ..AxonArgs::default()
+        };
+        assert_eq!(args.validate().unwrap_err().flag, "max_connections");
     }
 }

@@ -23,6 +23,10 @@ const SCRUBBED_ENV: &[&str] = &[
     "BT_WALLET_PATH",
     "BT_SUBTENSOR_NETWORK",
     "BT_SUBTENSOR_CHAIN_ENDPOINT",
+    "BT_LOGGING_DEBUG",
+    "BT_LOGGING_TRACE",
+    "BT_LOGGING_RECORD_LOG",
+    "BT_LOGGING_LOGGING_DIR",
     "OPENAI_API_KEY",
     "RUST_LOG",
 ];
@@ -190,3 +194,90 @@ pub async fn python_dendrite(
         )
     })
 }
+
+/// The flags issue 14 lists from Python v2.1.6 miner command lines, verbatim (with values
+/// where they take one), but `--miner.no_start_axon`: with the mock subtensor there would be
+/// nothing left to run. `--miner.mock_subtensor` keeps the miner off the chain; the log file
+/// goes under `logging_dir`.
+pub fn python_v216_flags(logging_dir: &Path) -> Vec<String> {
+    let logging_dir = logging_dir.display().to_string();
+    [
+        "--netuid",
+        "1",
+        "--miner.root",
+        "~/.bittensor/miners/",
+        "--miner.name",
+        "my miner",
+        "--miner.mock_subtensor",
+        "--miner.blacklist.force_validator_permit",
+        "--miner.blocks_per_epoch",
+        "100",
+        "--wandb.on",
+        "--wandb.off",
+        "--wandb.project_name",
+        "prompting",
+        "--wandb.entity",
+        "my-team",
+        "--wandb.tags",
+        "miner",
+        "--wandb.run_name",
+        "run-1",
+        "--wandb.notes",
+        "switching to Rust",
+        "--wandb.offline",
+        "--wandb.job_type",
+        "mining",
+        "--wandb.weights_step_length",
+        "10",
+        "--logging.record_log",
+        "--logging.logging_dir",
+        &logging_dir,
+        "--logging.debug",
+        "--strict",
+        "--no_version_checking",
+        "--no_prompt",
+        "--neuron.device",
+        "cuda",
+        "--neuron.name",
+        "core_prompting_miner",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The warning lines of a miner's log, after checking it has no error line.
+pub fn warnings_only(log: &str) -> Vec<String> {
+    for line in log.lines() {
+        assert!(
+            !line.contains(" ERROR ") && !line.contains("error:"),
+            "an error in the log: {line}\n{log}"
+        );
+    }
+    log.lines()
+        .filter(|line| line.contains(" WARN "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts one of `warnings` contains each of `expected`.
+pub fn assert_warned(warnings: &[String], expected: &[&str]) {
+    for text in expected {
+        assert!(
+            warnings.iter().any(|line| line.contains(text)),
+            "no warning says {text:?}:\n{}",
+            warnings.join("\n")
+        );
+    }
+}
+
+/// The ignored-flag warnings every Python v2.1.6 command line of [`python_v216_flags`] gives.
+pub const PYTHON_V216_WARNINGS: &[&str] = &[
+    "ignored --miner.root, --miner.name: the Python miner's trial folder",
+    "ignored --wandb.on, --wandb.off, --wandb.project_name, --wandb.entity, --wandb.tags, --wandb.run_name, --wandb.notes, --wandb.offline, --wandb.job_type, --wandb.weights_step_length: Weights & Biases is not used here; the metrics are on /metrics (Prometheus)",
+    "ignored --strict: unknown flags are always refused here",
+    "ignored --no_version_checking: no version check is made",
+    "ignored --no_prompt: the miners never prompt",
+    "ignored --neuron.device, --neuron.name: validator settings; this is a miner",
+    "--miner.mock_subtensor: no chain.",
+];

@@ -49,7 +49,7 @@ pub(crate) struct ReplayLimits {
     pub(crate) retention_ns: u64,
 }
 
-/// Counters of a [`ReplayStore`], for `/metrics`.
+/// Counters of a `ReplayStore`, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct ReplayCounters {
     /// Pairs of unregistered keys forgotten before they expired.

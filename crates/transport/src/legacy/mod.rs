@@ -1,8 +1,8 @@
 //! The legacy synapse protocol (bittensor 6.x–10.x dendrites): `POST /{SynapseName}`.
 //!
-//! Per request: parse headers → verify (signature, nonce: [`verify`]) → read body (size and
+//! Per request: parse headers → verify (signature, nonce: `verify`) → read body (size and
 //! time limits) → body hash → pipeline (blacklist, priority queue, backend with the deadline)
-//! → answer as a Python axon does ([`reply`]). Unlike Python, the signature is checked before
+//! → answer as a Python axon does (`reply`). Unlike Python, the signature is checked before
 //! the blacklist, so nobody can spend another hotkey's rate limit or queue slot, and the
 //! request's `timeout` is enforced here.
 
