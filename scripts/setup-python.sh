@@ -57,7 +57,7 @@ for name in "${names[@]}"; do
     echo "python venv $name: up to date"
     continue
   fi
-  echo "python venv $name: pip is installing $(grep -c "==" "$req") pinned packages of $(basename "$req") ($(grep -i "^bittensor==" "$req")) into target/py/$name (a minute or two, quiet)"
+  echo "python venv $name: creating target/py/$name (pip works quietly for a minute or more)"
   rm -rf "$dir"
   mkdir -p "$root/target/py"
   "$py" -m venv "$dir"
