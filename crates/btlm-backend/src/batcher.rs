@@ -20,11 +20,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{EngineConfig, EngineStats, Event, StepModel, send};
 use crate::error::BtlmError;
 use crate::generation::FinishReason;
 use crate::model::Segment;
 use crate::sequence::Sequence;
+use crate::step::{EngineConfig, EngineStats, Event, StepModel, send};
 use crate::tokenizer::BtlmTokenizer;
 
 /// A submitted request.

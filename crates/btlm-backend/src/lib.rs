@@ -13,7 +13,7 @@
 //! - [`prompt`]: the Python miner's prompt format; [`args`]: its `--btlm.*` flags.
 //! - [`engine`]: one thread owning the model runs steps that advance every running
 //!   sequence together (continuous batching; [`sequence`] is the per-request state machine
-//!   the engine and [`generation::generate`] share); [`miner::BtlmMiner`] implements
+//!   the engine and [`sequence::generate`] share); [`miner::BtlmMiner`] implements
 //!   [`prompting_miner::Miner`] on top of it and reports its batch slots as the pipeline's
 //!   capacity.
 //!
@@ -66,6 +66,7 @@ pub mod pack_cache;
 pub mod prompt;
 pub mod sampling;
 pub mod sequence;
+mod step;
 pub mod tokenizer;
 pub mod weights;
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{BtlmError, Result};
-use crate::kernels::{self, KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
+use crate::error::Result;
+use crate::kernels::{self, KernelPath, PackedMatrix};
 use crate::loader::Loader;
 
 /// The weight matrix of a projection.
@@ -141,42 +141,4 @@ fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Re
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("non-contiguous activations".into()).bt())?;
     Ok(f(&cpu.as_slice::<f32>()?[start..end]))
-}
-
-/// Packs a CPU tensor holding `W` (`[n_out, n_in]`, or `[n_in, n_out]` when `transposed`)
-/// in its own dtype (no f32 copy of bf16 checkpoints).
-pub(crate) fn pack_tensor(
-    t: &Tensor,
-    format: WeightFormat,
-    n_out: usize,
-    n_in: usize,
-    transposed: bool,
-) -> Result<PackedMatrix> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Err(BtlmError::Device(
-            "weights are packed from CPU tensors".into(),
-        ));
-    };
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| BtlmError::Checkpoint("non-contiguous weight tensor".into()))?;
-    let data = match t.dtype() {
-        DType::F32 => SourceData::F32(&cpu.as_slice::<f32>()?[start..end]),
-        DType::BF16 => SourceData::Bf16(&cpu.as_slice::<half::bf16>()?[start..end]),
-        DType::F16 => SourceData::F16(&cpu.as_slice::<half::f16>()?[start..end]),
-        other => {
-            return Err(BtlmError::Checkpoint(format!(
-                "weights of dtype {other:?} (f32, bf16 or f16 expected)"
-            )));
-        }
-    };
-    let src = Source {
-        data,
-        n_out,
-        n_in,
-        transposed,
-    };
-    PackedMatrix::pack(format, &src).map_err(|e| BtlmError::Checkpoint(e.to_string()))
 }

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{BtlmError, Result};
-use crate::kernels::{KernelPath, PackedMatrix, WeightFormat};
-use crate::linear::pack_tensor;
+use crate::kernels::{KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
 use crate::options::Quantization;
 use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
@@ -283,4 +282,42 @@ fn unsupported_dtype(dtype: DType) -> BtlmError {
         name: "--btlm.dtype",
         reason: format!("{dtype:?} is not supported (f32, bf16 or f16)"),
     }
+}
+
+/// Packs a CPU tensor holding `W` (`[n_out, n_in]`, or `[n_in, n_out]` when `transposed`)
+/// in its own dtype (no f32 copy of bf16 checkpoints).
+pub(crate) fn pack_tensor(
+    t: &Tensor,
+    format: WeightFormat,
+    n_out: usize,
+    n_in: usize,
+    transposed: bool,
+) -> Result<PackedMatrix> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(BtlmError::Device(
+            "weights are packed from CPU tensors".into(),
+        ));
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| BtlmError::Checkpoint("non-contiguous weight tensor".into()))?;
+    let data = match t.dtype() {
+        DType::F32 => SourceData::F32(&cpu.as_slice::<f32>()?[start..end]),
+        DType::BF16 => SourceData::Bf16(&cpu.as_slice::<half::bf16>()?[start..end]),
+        DType::F16 => SourceData::F16(&cpu.as_slice::<half::f16>()?[start..end]),
+        other => {
+            return Err(BtlmError::Checkpoint(format!(
+                "weights of dtype {other:?} (f32, bf16 or f16 expected)"
+            )));
+        }
+    };
+    let src = Source {
+        data,
+        n_out,
+        n_in,
+        transposed,
+    };
+    PackedMatrix::pack(format, &src).map_err(|e| BtlmError::Checkpoint(e.to_string()))
 }

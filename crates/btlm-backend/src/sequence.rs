@@ -3,11 +3,13 @@
 //! [pending tokens](Sequence::pending), run them through the model, hand back the logits
 //! ([`Sequence::advance`]); it picks the next token, applies the stop conditions and
 //! releases final text.
-//!
-//! [`generate`]: crate::generation::generate
+
+use std::ops::ControlFlow;
+use std::time::Instant;
 
 use crate::error::{BtlmError, Result};
 use crate::generation::{FinishReason, Generation, GenerationConfig, TextAssembler, fit_context};
+use crate::model::{Btlm, Segment};
 use crate::sampling::{NgramBan, TokenSelector};
 use crate::tokenizer::BtlmTokenizer;
 
@@ -177,6 +179,67 @@ impl Sequence {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// An interruption check that ends generation once `deadline` has passed.
+pub fn until(deadline: Instant) -> impl FnMut() -> Option<FinishReason> {
+    move || (Instant::now() >= deadline).then_some(FinishReason::Deadline)
+}
+
+/// An interruption check that never interrupts.
+pub fn never() -> Option<FinishReason> {
+    None
+}
+
+/// Generates a completion of `prompt`, alone: the [`Sequence`] state machine driven with a
+/// batch of one.
+///
+/// `interrupt` is called before each forward pass (each prompt piece's included); returning
+/// `Some(reason)` (e.g. [`FinishReason::Deadline`], see [`until`], or
+/// [`FinishReason::Cancelled`]) ends generation. `on_text` receives each final piece of
+/// text as soon as it is known (complete UTF-8, never part of a stop string) and may return
+/// `Break` to stop. Generation also stops at eos, at a stop string and after
+/// `max_new_tokens`.
+pub fn generate(
+    model: &Btlm,
+    tokenizer: &BtlmTokenizer,
+    prompt: &[u32],
+    cfg: &GenerationConfig,
+    mut interrupt: impl FnMut() -> Option<FinishReason>,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Generation> {
+    let mut seq = Sequence::new(
+        prompt,
+        cfg,
+        model.config().n_positions,
+        tokenizer.eos_token_id(),
+    )?;
+    let mut cache = model.new_cache_with_capacity(seq.max_positions());
+    while seq.finished().is_none() {
+        if let Some(reason) = interrupt() {
+            seq.stop(reason);
+            break;
+        }
+        let logits = seq.wants_logits();
+        let out = model.forward_batch(&mut [Segment {
+            tokens: seq.pending(),
+            cache: &mut cache,
+            logits,
+        }])?;
+        let mut row = if logits {
+            Some(out.squeeze(0)?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let text = seq.advance(row.as_deref_mut(), tokenizer)?;
+        if let Some(t) = text
+            && on_text(&t).is_break()
+            && seq.finished().is_none()
+        {
+            seq.stop(FinishReason::Cancelled);
+        }
+    }
+    Ok(seq.into_generation())
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@ use std::ops::ControlFlow;
 
 use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
-use prompting_btlm_backend::generation::{FinishReason, GenerationConfig, generate, never, until};
+use prompting_btlm_backend::generation::{FinishReason, GenerationConfig};
 use prompting_btlm_backend::kernels::{KernelPath, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::Quantization;
 use prompting_btlm_backend::pack_cache::{self, CachedWeights, WeightCache};
 use prompting_btlm_backend::sampling::argmax;
+use prompting_btlm_backend::sequence::{generate, never, until};
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
 use prompting_btlm_backend::weights::Checkpoint;
 use serde::Deserialize;
