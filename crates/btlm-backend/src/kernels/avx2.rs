@@ -239,6 +239,12 @@ unsafe fn q8_0_rows<const R: usize>(
     }
 }
 
+/// One q4k tile for `R` activation rows.
+///
+/// The products of one sub-block are summed in i16 before widening (one `madd` per
+/// sub-block instead of one per 4 inputs): `maddubs` of 4-bit weights and 8-bit activations
+/// (|a| ≤ 127) is at most 2·15·127 per lane, and the eight of a sub-block's 32 inputs sum to
+/// at most 30480 < 2¹⁵.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
@@ -290,7 +296,8 @@ unsafe fn q4k_rows<const R: usize>(
                     dsc[h] = _mm256_mul_ps(d[h], _mm256_cvtepi32_ps(sc));
                     dm[h] = _mm256_mul_ps(dmin[h], _mm256_cvtepi32_ps(m));
                 }
-                let mut acci = [[_mm256_setzero_si256(); 2]; R];
+                // i16 sums of the sub-block's products (see the function docs).
+                let mut acc16 = [[_mm256_setzero_si256(); 2]; R];
                 let qs = blk.add(q4k_off::QS + j * 256);
                 for v in 0..4 {
                     for h in 0..2 {
@@ -301,8 +308,7 @@ unsafe fn q4k_rows<const R: usize>(
                             let ar = a.q.add(r * a.k_pad + s * QK_K + j * QBLOCK).cast::<u8>();
                             let pl = _mm256_maddubs_epi16(ql, bcast4(ar.add(v * 4)));
                             let ph = _mm256_maddubs_epi16(qh, bcast4(ar.add(v * 4 + 16)));
-                            let p = _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones);
-                            acci[r][h] = _mm256_add_epi32(acci[r][h], p);
+                            acc16[r][h] = _mm256_add_epi16(acc16[r][h], _mm256_add_epi16(pl, ph));
                         }
                     }
                 }
@@ -311,8 +317,9 @@ unsafe fn q4k_rows<const R: usize>(
                     let asum = _mm256_set1_ps(*a.sum.add(i) as f32);
                     let da = _mm256_set1_ps(*a.d.add(i));
                     for h in 0..2 {
+                        let isum = _mm256_madd_epi16(acc16[r][h], ones);
                         let t = _mm256_fmsub_ps(
-                            _mm256_cvtepi32_ps(acci[r][h]),
+                            _mm256_cvtepi32_ps(isum),
                             dsc[h],
                             _mm256_mul_ps(dm[h], asum),
                         );
