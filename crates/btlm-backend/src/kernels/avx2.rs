@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
+use super::simd::Q8Rows;
 
 /// Activation rows per kernel call (16 ymm registers hold 4 rows' accumulators).
 pub const MAX_ROWS: usize = 4;
@@ -23,70 +24,7 @@ pub fn supported() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// One tile times `out.len()` (1..=4) activation rows starting at `row0`.
-///
-/// # Safety
-/// As [`super::avx512::tile`], with the features of [`supported`].
-pub unsafe fn tile(
-    format: WeightFormat,
-    tile: &[u8],
-    k_pad: usize,
-    acts: &Acts<'_>,
-    row0: usize,
-    out: &mut [[f32; TILE]],
-) {
-    macro_rules! rows {
-        ($f:ident, $($arg:expr),*) => {
-            // SAFETY: forwarded contract of this function.
-            unsafe {
-                match out.len() {
-                    1 => $f::<1>($($arg),*, out),
-                    2 => $f::<2>($($arg),*, out),
-                    3 => $f::<3>($($arg),*, out),
-                    4 => $f::<4>($($arg),*, out),
-                    n => unreachable!("{n} rows per call"),
-                }
-            }
-        };
-    }
-    let t = tile.as_ptr();
-    match (format, acts) {
-        (WeightFormat::F32, Acts::F32 { x }) => {
-            rows!(f32_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::F16, Acts::F32 { x }) => {
-            rows!(f16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::Bf16, Acts::Bf16 { x }) => {
-            rows!(bf16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::Q8_0 | WeightFormat::Q4K, Acts::Q8 { q, d, sum }) => {
-            let nb = k_pad / QBLOCK;
-            let a = Q8Rows {
-                q: q[row0 * k_pad..].as_ptr(),
-                d: d[row0 * nb..].as_ptr(),
-                sum: sum[row0 * nb..].as_ptr(),
-                k_pad,
-                nb,
-            };
-            if format == WeightFormat::Q8_0 {
-                rows!(q8_0_rows, t, nb, &a)
-            } else {
-                rows!(q4k_rows, t, k_pad / QK_K, &a)
-            }
-        }
-        _ => unreachable!("activations are prepared for the weight format"),
-    }
-}
-
-/// Pointers to the first of the rows of quantized activations a call works on.
-struct Q8Rows {
-    q: *const i8,
-    d: *const f32,
-    sum: *const i32,
-    k_pad: usize,
-    nb: usize,
-}
+simd_tile!(1, 2, 3, 4);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
