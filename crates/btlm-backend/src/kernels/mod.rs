@@ -23,6 +23,9 @@ pub mod acts;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
+#[macro_use]
+mod simd;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -141,7 +144,7 @@ impl KernelPath {
 
     /// Which kernels multiply `rows` activation rows with `format` weights on this path.
     fn route(self, format: WeightFormat, rows: usize) -> Route {
-        if !many_rows_threshold().is_some_and(|min| rows >= min) {
+        if many_rows_threshold().is_none_or(|min| rows < min) {
             return Route::Tiles;
         }
         match (self, format) {
