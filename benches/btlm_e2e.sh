@@ -110,7 +110,7 @@ stop_miner() {
   pid=""
 }
 load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
-  --message-bytes "$MESSAGE_BYTES" --duration 100000 "$@"; }
+  --message-bytes "$MESSAGE_BYTES" --duration "${DURATION:-100000}" "$@"; }
 
 summary="$out/summary.md"
 {
@@ -161,10 +161,10 @@ if [ -n "$FLOOD_FORMAT" ]; then
   cap="$(field "$out/flood-capacity.json" throughput_rps)"
   rate="$(python3 -c "print(max(0.05, $FLOOD_X * $cap))")"
   echo "   capacity $cap answers/s; flood at $rate req/s from 16 low-stake keys"
-  load --key-offset 2 --hotkeys 16 --rate "$rate" --duration "$FLOOD_SECONDS" \
+  DURATION="$FLOOD_SECONDS" load --key-offset 2 --hotkeys 16 --rate "$rate" \
     --timeout "$TIMEOUT" --label "flood (stake 1)" --json "$out/flood-low.json" &
   flood=$!
-  load --key-offset 1 --hotkeys 1 --concurrency 1 --duration "$FLOOD_SECONDS" \
+  DURATION="$FLOOD_SECONDS" load --key-offset 1 --hotkeys 1 --concurrency 1 \
     --timeout "$TIMEOUT" --label "validator (stake 10000)" --json "$out/flood-validator.json"
   wait "$flood"
   stop_miner
