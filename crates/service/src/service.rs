@@ -14,6 +14,7 @@ use prompting_miner::{
 };
 use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::edge::Metrics;
+use prompting_transport::openai::api_key::API_KEY_CALLER;
 use prompting_transport::server::shutdown_signal;
 use tokio::net::TcpListener;
 
@@ -65,6 +66,10 @@ impl CommonArgs {
         self.miner
             .validate()
             .map_err(|e| ServiceError::Config(e.to_string()))?;
+        self.axon
+            .openai_api
+            .validate()
+            .map_err(|e| ServiceError::Config(format!("invalid --openai_api.key: {e}")))?;
         if self.no_start_axon && !self.uses_chain() {
             return Err(ServiceError::Config(
                 "--miner.no_start_axon leaves nothing to do without a chain (it was given with \
@@ -336,6 +341,9 @@ impl Service {
             sync_task = Some(task);
         }
 
+        if args.axon.openai_api.enabled() {
+            log_api_keys(&args);
+        }
         let state = Arc::new(state);
         let router = axon::router(Arc::clone(&state));
         tracing::info!(
@@ -353,6 +361,25 @@ impl Service {
         served.map_err(ServiceError::Serve)?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Says that `/v1/*` takes `--openai_api.key` bearer keys (how many, never which), and warns
+/// when the blacklist will refuse their caller.
+fn log_api_keys(args: &CommonArgs) {
+    let keys = args.axon.openai_api.keys.len();
+    tracing::info!(
+        "/v1/* also accepts `Authorization: Bearer <key>` with {keys} --openai_api.key key(s); \
+         their caller is `{API_KEY_CALLER}`"
+    );
+    let blacklist = &args.miner.blacklist;
+    let trusted = args.dev || args.mock() || blacklist.allow_non_registered;
+    if !trusted && !blacklist.whitelist.iter().any(|k| k == API_KEY_CALLER) {
+        tracing::warn!(
+            "callers with an --openai_api.key are not registered on the subnet, so the \
+             blacklist refuses them (403): add `--miner.blacklist.whitelist {API_KEY_CALLER}` \
+             to serve them"
+        );
     }
 }
 
