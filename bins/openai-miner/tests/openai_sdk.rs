@@ -66,9 +66,11 @@ async fn chat_completions(
     );
     events.push(chunk(json!({}), json!("stop")));
     if body["stream_options"]["include_usage"] == json!(true) {
-        events.push(json!({"id": "chatcmpl-up", "object": "chat.completion.chunk",
+        events.push(
+            json!({"id": "chatcmpl-up", "object": "chat.completion.chunk",
                            "created": 1_700_000_000, "model": "test-model", "choices": [],
-                           "usage": usage}));
+                           "usage": usage}),
+        );
     }
     let mut text: String = events
         .iter()
@@ -261,7 +263,10 @@ async fn the_openai_sdk_chats_plain_and_streamed_with_a_key_from_the_environment
     // A wrong key: 401, OpenAI's error shape, the SDK's AuthenticationError; streamed too.
     for case in ["wrong_key", "wrong_key_stream"] {
         let refused = &seen[case];
-        assert_eq!(refused["class"], "AuthenticationError", "{case}: {refused:#}");
+        assert_eq!(
+            refused["class"], "AuthenticationError",
+            "{case}: {refused:#}"
+        );
         assert_eq!(refused["status"], 401);
         assert_eq!(refused["code"], "invalid_api_key");
         assert_eq!(refused["type"], "authentication_error");
@@ -295,10 +300,7 @@ async fn the_openai_sdk_chats_plain_and_streamed_with_a_key_from_the_environment
 
     // The keys never reach the log, even at trace level; the start-up line counts them.
     let log = miner.log();
-    assert!(
-        log.contains("with 2 --openai_api.key key(s)"),
-        "{log}"
-    );
+    assert!(log.contains("with 2 --openai_api.key key(s)"), "{log}");
     for key in [FIRST_KEY, SECOND_KEY, "sk-test-wrong"] {
         assert!(!log.contains(key), "{key} is in the log:\n{log}");
     }

@@ -31,7 +31,12 @@ fn synthetic_neurons_round_trip_through_the_finney_types() {
     staked.ip = 0x7f00_0001;
     staked.ip_type = 4;
     staked.port = 8091;
-    (staked.rank, staked.trust, staked.consensus, staked.incentive) = (65535, 32768, 1, 13107);
+    (
+        staked.rank,
+        staked.trust,
+        staked.consensus,
+        staked.incentive,
+    ) = (65535, 32768, 1, 13107);
     staked.emission = 2_500_000_000;
     let mut v6 = TestNeuron::new(1, [2; 32]);
     v6.ip = u128::from(

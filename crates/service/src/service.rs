@@ -406,14 +406,24 @@ fn register_chain_metrics(
     );
     type Figure = fn(&NeuronInfo) -> f64;
     let figures: [(&str, &str, Figure); 7] = [
-        ("neuron_uid", "The miner's uid on the subnet", |n| f64::from(n.uid)),
+        ("neuron_uid", "The miner's uid on the subnet", |n| {
+            f64::from(n.uid)
+        }),
         (
             "neuron_stake",
             "The miner's stake weight, in alpha (bittensor's metagraph.S)",
             |n| n.stake,
         ),
-        ("neuron_rank", "The miner's rank (metagraph.R), 0 to 1", |n| n.rank),
-        ("neuron_trust", "The miner's trust (metagraph.T), 0 to 1", |n| n.trust),
+        (
+            "neuron_rank",
+            "The miner's rank (metagraph.R), 0 to 1",
+            |n| n.rank,
+        ),
+        (
+            "neuron_trust",
+            "The miner's trust (metagraph.T), 0 to 1",
+            |n| n.trust,
+        ),
         (
             "neuron_consensus",
             "The miner's consensus (metagraph.C), 0 to 1",

@@ -417,8 +417,12 @@ fn openai_api_keys_come_repeated_comma_separated_or_from_the_file() {
             .map(|k| k.expose().to_string())
             .collect()
     };
-    assert!(keys(&parse(&[]).expect("parse")).is_empty(), "off by default");
-    let args = parse(&["--openai_api.key", "sk-a", "--openai_api.key", "sk-b,sk-c"]).expect("parse");
+    assert!(
+        keys(&parse(&[]).expect("parse")).is_empty(),
+        "off by default"
+    );
+    let args =
+        parse(&["--openai_api.key", "sk-a", "--openai_api.key", "sk-b,sk-c"]).expect("parse");
     assert_eq!(keys(&args), ["sk-a", "sk-b", "sk-c"]);
     assert!(args.validate().is_ok());
 

@@ -202,7 +202,11 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     );
     // One line per epoch, steps 0, 1, 2, ... in order, blocks never going back.
     let steps: Vec<u64> = lines.iter().map(|line| field(line, "Step:")).collect();
-    assert_eq!(steps, (0..steps.len() as u64).collect::<Vec<_>>(), "{lines:#?}");
+    assert_eq!(
+        steps,
+        (0..steps.len() as u64).collect::<Vec<_>>(),
+        "{lines:#?}"
+    );
     assert!(steps.len() >= 2);
     let blocks: Vec<u64> = lines.iter().map(|line| first_block(line)).collect();
     assert!(blocks.windows(2).all(|w| w[0] <= w[1]), "{blocks:?}");

@@ -176,10 +176,7 @@ mod tests {
             check(&keys, &with_auth("sk-first")),
             Err(ApiKeyError::Incorrect)
         );
-        assert_eq!(
-            check(&keys, &HeaderMap::new()),
-            Err(ApiKeyError::Missing)
-        );
+        assert_eq!(check(&keys, &HeaderMap::new()), Err(ApiKeyError::Missing));
         assert_eq!(
             check(&[], &with_auth("Bearer sk-first")),
             Err(ApiKeyError::Incorrect)
@@ -192,16 +189,13 @@ mod tests {
             keys: keys(&["sk-secret-1", "bad key"]),
         };
         let debug = format!("{args:?}");
-        assert!(!debug.contains("secret") && debug.contains("<redacted>"), "{debug}");
+        assert!(
+            !debug.contains("secret") && debug.contains("<redacted>"),
+            "{debug}"
+        );
         let problem = args.validate().expect_err("a space");
         assert!(!problem.contains("bad key"), "{problem}");
-        assert!(
-            OpenAiApiArgs {
-                keys: keys(&[""])
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(OpenAiApiArgs { keys: keys(&[""]) }.validate().is_err());
         assert!(OpenAiApiArgs::default().validate().is_ok());
         assert!(!OpenAiApiArgs::default().enabled());
     }
