@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
+use super::simd::Q8Rows;
 
 /// Activation rows per kernel call (16 ymm registers hold 4 rows' accumulators).
 pub const MAX_ROWS: usize = 4;
@@ -23,70 +24,7 @@ pub fn supported() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// One tile times `out.len()` (1..=4) activation rows starting at `row0`.
-///
-/// # Safety
-/// As [`super::avx512::tile`], with the features of [`supported`].
-pub unsafe fn tile(
-    format: WeightFormat,
-    tile: &[u8],
-    k_pad: usize,
-    acts: &Acts<'_>,
-    row0: usize,
-    out: &mut [[f32; TILE]],
-) {
-    macro_rules! rows {
-        ($f:ident, $($arg:expr),*) => {
-            // SAFETY: forwarded contract of this function.
-            unsafe {
-                match out.len() {
-                    1 => $f::<1>($($arg),*, out),
-                    2 => $f::<2>($($arg),*, out),
-                    3 => $f::<3>($($arg),*, out),
-                    4 => $f::<4>($($arg),*, out),
-                    n => unreachable!("{n} rows per call"),
-                }
-            }
-        };
-    }
-    let t = tile.as_ptr();
-    match (format, acts) {
-        (WeightFormat::F32, Acts::F32 { x }) => {
-            rows!(f32_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::F16, Acts::F32 { x }) => {
-            rows!(f16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::Bf16, Acts::Bf16 { x }) => {
-            rows!(bf16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::Q8_0 | WeightFormat::Q4K, Acts::Q8 { q, d, sum }) => {
-            let nb = k_pad / QBLOCK;
-            let a = Q8Rows {
-                q: q[row0 * k_pad..].as_ptr(),
-                d: d[row0 * nb..].as_ptr(),
-                sum: sum[row0 * nb..].as_ptr(),
-                k_pad,
-                nb,
-            };
-            if format == WeightFormat::Q8_0 {
-                rows!(q8_0_rows, t, nb, &a)
-            } else {
-                rows!(q4k_rows, t, k_pad / QK_K, &a)
-            }
-        }
-        _ => unreachable!("activations are prepared for the weight format"),
-    }
-}
-
-/// Pointers to the first of the rows of quantized activations a call works on.
-struct Q8Rows {
-    q: *const i8,
-    d: *const f32,
-    sum: *const i32,
-    k_pad: usize,
-    nb: usize,
-}
+simd_tile!(1, 2, 3, 4);
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -239,6 +177,12 @@ unsafe fn q8_0_rows<const R: usize>(
     }
 }
 
+/// One q4k tile for `R` activation rows.
+///
+/// The products of one sub-block are summed in i16 before widening (one `madd` per
+/// sub-block instead of one per 4 inputs): `maddubs` of 4-bit weights and 8-bit activations
+/// (|a| ≤ 127) is at most 2·15·127 per lane, and the eight of a sub-block's 32 inputs sum to
+/// at most 30480 < 2¹⁵.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
@@ -290,7 +234,8 @@ unsafe fn q4k_rows<const R: usize>(
                     dsc[h] = _mm256_mul_ps(d[h], _mm256_cvtepi32_ps(sc));
                     dm[h] = _mm256_mul_ps(dmin[h], _mm256_cvtepi32_ps(m));
                 }
-                let mut acci = [[_mm256_setzero_si256(); 2]; R];
+                // i16 sums of the sub-block's products (see the function docs).
+                let mut acc16 = [[_mm256_setzero_si256(); 2]; R];
                 let qs = blk.add(q4k_off::QS + j * 256);
                 for v in 0..4 {
                     for h in 0..2 {
@@ -301,8 +246,7 @@ unsafe fn q4k_rows<const R: usize>(
                             let ar = a.q.add(r * a.k_pad + s * QK_K + j * QBLOCK).cast::<u8>();
                             let pl = _mm256_maddubs_epi16(ql, bcast4(ar.add(v * 4)));
                             let ph = _mm256_maddubs_epi16(qh, bcast4(ar.add(v * 4 + 16)));
-                            let p = _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones);
-                            acci[r][h] = _mm256_add_epi32(acci[r][h], p);
+                            acc16[r][h] = _mm256_add_epi16(acc16[r][h], _mm256_add_epi16(pl, ph));
                         }
                     }
                 }
@@ -311,8 +255,9 @@ unsafe fn q4k_rows<const R: usize>(
                     let asum = _mm256_set1_ps(*a.sum.add(i) as f32);
                     let da = _mm256_set1_ps(*a.d.add(i));
                     for h in 0..2 {
+                        let isum = _mm256_madd_epi16(acc16[r][h], ones);
                         let t = _mm256_fmsub_ps(
-                            _mm256_cvtepi32_ps(acci[r][h]),
+                            _mm256_cvtepi32_ps(isum),
                             dsc[h],
                             _mm256_mul_ps(dm[h], asum),
                         );

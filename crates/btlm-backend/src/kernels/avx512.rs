@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
+use super::simd::Q8Rows;
 
 /// Activation rows per kernel call.
 pub const MAX_ROWS: usize = 8;
@@ -33,78 +34,7 @@ unsafe fn bcast4(p: *const u8) -> __m512i {
     _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
 
-/// One tile times `out.len()` (1..=8) activation rows starting at `row0`.
-///
-/// # Safety
-/// The CPU must support the features of [`supported`]; `tile` must be one whole tile of
-/// `format` for `k_pad` inputs, and `acts` must be prepared for `format` with at least
-/// `row0 + out.len()` rows of `k_pad` inputs. (The dispatcher checks all of this.)
-pub unsafe fn tile(
-    format: WeightFormat,
-    tile: &[u8],
-    k_pad: usize,
-    acts: &Acts<'_>,
-    row0: usize,
-    out: &mut [[f32; TILE]],
-) {
-    macro_rules! rows {
-        ($f:ident, $($arg:expr),*) => {
-            // SAFETY: forwarded contract of this function.
-            unsafe {
-                match out.len() {
-                    1 => $f::<1>($($arg),*, out),
-                    2 => $f::<2>($($arg),*, out),
-                    3 => $f::<3>($($arg),*, out),
-                    4 => $f::<4>($($arg),*, out),
-                    5 => $f::<5>($($arg),*, out),
-                    6 => $f::<6>($($arg),*, out),
-                    7 => $f::<7>($($arg),*, out),
-                    8 => $f::<8>($($arg),*, out),
-                    n => unreachable!("{n} rows per call"),
-                }
-            }
-        };
-    }
-    let t = tile.as_ptr();
-    match (format, acts) {
-        (WeightFormat::F32, Acts::F32 { x }) => {
-            rows!(f32_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::F16, Acts::F32 { x }) => {
-            rows!(f16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::Bf16, Acts::Bf16 { x }) => {
-            rows!(bf16_rows, t, k_pad, x[row0 * k_pad..].as_ptr(), k_pad)
-        }
-        (WeightFormat::Q8_0 | WeightFormat::Q4K, Acts::Q8 { q, d, sum }) => {
-            let nb = k_pad / QBLOCK;
-            let a = Q8Rows {
-                q: q[row0 * k_pad..].as_ptr(),
-                d: d[row0 * nb..].as_ptr(),
-                sum: sum[row0 * nb..].as_ptr(),
-                k_pad,
-                nb,
-            };
-            if format == WeightFormat::Q8_0 {
-                rows!(q8_0_rows, t, nb, &a)
-            } else {
-                rows!(q4k_rows, t, k_pad / QK_K, &a)
-            }
-        }
-        _ => unreachable!("activations are prepared for the weight format"),
-    }
-}
-
-/// Pointers to the first of the rows of quantized activations a call works on.
-struct Q8Rows {
-    q: *const i8,
-    d: *const f32,
-    sum: *const i32,
-    /// Stride of `q`.
-    k_pad: usize,
-    /// Stride of `d` and `sum`.
-    nb: usize,
-}
+simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]

@@ -201,12 +201,12 @@ fn f16_at(b: &[u8], off: usize) -> f32 {
 pub(crate) fn weight_at(format: WeightFormat, tile: &[u8], i: usize, k: usize) -> f32 {
     match format {
         WeightFormat::F32 => {
-            let o = (k * TILE + i) * 4;
+            let o = dense_offset(format, i, k);
             f32::from_le_bytes([tile[o], tile[o + 1], tile[o + 2], tile[o + 3]])
         }
-        WeightFormat::F16 => f16_at(tile, (k * TILE + i) * 2),
+        WeightFormat::F16 => f16_at(tile, dense_offset(format, i, k)),
         WeightFormat::Bf16 => {
-            let o = ((k / 2 * TILE + i) * 2 + k % 2) * 2;
+            let o = dense_offset(format, i, k);
             bf16_to_f32(u16::from_le_bytes([tile[o], tile[o + 1]]))
         }
         WeightFormat::Q8_0 => {
@@ -229,6 +229,18 @@ pub(crate) fn weight_at(format: WeightFormat, tile: &[u8], i: usize, k: usize) -
     }
 }
 
+/// Byte offset of weight (row `i` of the tile, input `k`) in a dense tile: `[k][16]` for
+/// f32 and f16, `[k/2][16][2]` (VNNI pairs) for bf16.
+#[inline]
+fn dense_offset(format: WeightFormat, i: usize, k: usize) -> usize {
+    match format {
+        WeightFormat::F32 => (k * TILE + i) * 4,
+        WeightFormat::F16 => (k * TILE + i) * 2,
+        WeightFormat::Bf16 => ((k / 2 * TILE + i) * 2 + k % 2) * 2,
+        WeightFormat::Q8_0 | WeightFormat::Q4K => unreachable!("{format} tiles are not dense"),
+    }
+}
+
 /// The 6-bit scale and min of row `i`, sub-block `j` of a q4k tile block.
 pub(crate) fn q4k_scale_min(blk: &[u8], i: usize, j: usize) -> (u8, u8) {
     let o = q4k_off::HI + 4 * i;
@@ -243,27 +255,17 @@ pub(crate) fn q4k_scale_min(blk: &[u8], i: usize, j: usize) -> (u8, u8) {
 fn pack_tile(format: WeightFormat, rows: &[f32], k_pad: usize, out: &mut [u8]) {
     let at = |i: usize, k: usize| rows[i * k_pad + k];
     match format {
-        WeightFormat::F32 => {
+        WeightFormat::F32 | WeightFormat::F16 | WeightFormat::Bf16 => {
             for k in 0..k_pad {
                 for i in 0..TILE {
-                    let o = (k * TILE + i) * 4;
-                    out[o..o + 4].copy_from_slice(&at(i, k).to_le_bytes());
-                }
-            }
-        }
-        WeightFormat::F16 => {
-            for k in 0..k_pad {
-                for i in 0..TILE {
-                    let o = (k * TILE + i) * 2;
-                    out[o..o + 2].copy_from_slice(&half::f16::from_f32(at(i, k)).to_le_bytes());
-                }
-            }
-        }
-        WeightFormat::Bf16 => {
-            for k in 0..k_pad {
-                for i in 0..TILE {
-                    let o = ((k / 2 * TILE + i) * 2 + k % 2) * 2;
-                    out[o..o + 2].copy_from_slice(&f32_to_bf16(at(i, k)).to_le_bytes());
+                    let (o, v) = (dense_offset(format, i, k), at(i, k));
+                    match format {
+                        WeightFormat::F32 => out[o..o + 4].copy_from_slice(&v.to_le_bytes()),
+                        WeightFormat::F16 => {
+                            out[o..o + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes())
+                        }
+                        _ => out[o..o + 2].copy_from_slice(&f32_to_bf16(v).to_le_bytes()),
+                    }
                 }
             }
         }

@@ -45,10 +45,20 @@ impl Q4kBlock {
     }
 }
 
+/// Lanes of the partial sums in [`fit_sub_block`]: sums kept per lane (and added up at the
+/// end) let the compiler use SIMD registers, which a single running f32 sum forbids.
+const LANES: usize = 8;
+
+/// Adds up the lanes.
+#[inline]
+fn hsum(v: [f32; LANES]) -> f32 {
+    ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]))
+}
+
 /// Fits `x ≈ scale·l − min` with `l ∈ [0, 15]`, `min ≥ 0`, minimizing the error weighted by
 /// `w`: the quantization grid is searched around `15 / (max − min)`, each candidate refined
 /// by weighted least squares (the approach of ggml's `make_qkx2_quants`).
-fn fit_sub_block(x: &[f32], w: &[f32]) -> (f32, f32) {
+fn fit_sub_block(x: &[f32; QBLOCK], w: &[f32; QBLOCK]) -> (f32, f32) {
     let mut lo = x.iter().copied().fold(f32::INFINITY, f32::min).min(0.0);
     let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if hi <= lo {
@@ -56,29 +66,34 @@ fn fit_sub_block(x: &[f32], w: &[f32]) -> (f32, f32) {
     }
     let err_of = |scale: f32, lo: f32| -> f32 {
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        x.iter()
-            .zip(w)
-            .map(|(&v, &wt)| {
-                let l = round((v - lo) * inv).clamp(0.0, 15.0);
-                let e = scale * l + lo - v;
-                wt * e * e
-            })
-            .sum()
+        let mut acc = [0f32; LANES];
+        for (xs, ws) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
+            for k in 0..LANES {
+                let l = round((xs[k] - lo) * inv).clamp(0.0, 15.0);
+                let e = scale * l + lo - xs[k];
+                acc[k] += ws[k] * e * e;
+            }
+        }
+        hsum(acc)
     };
     let mut best_scale = (hi - lo) / 15.0;
     let mut best_err = err_of(best_scale, lo);
     let (lo0, range) = (lo, hi - lo);
     for step in 0..=20 {
         let iscale = (15.0 - 1.0 + 0.1 * step as f32) / range;
-        let (mut sw, mut sl, mut sl2, mut sx, mut sxl) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for (&v, &wt) in x.iter().zip(w) {
-            let l = round(iscale * (v - lo0)).clamp(0.0, 15.0);
-            sw += wt;
-            sl += wt * l;
-            sl2 += wt * l * l;
-            sx += wt * v;
-            sxl += wt * l * v;
+        let [mut sw, mut sl, mut sl2, mut sx, mut sxl] = [[0f32; LANES]; 5];
+        for (xs, ws) in x.chunks_exact(LANES).zip(w.chunks_exact(LANES)) {
+            for k in 0..LANES {
+                let (v, wt) = (xs[k], ws[k]);
+                let l = round(iscale * (v - lo0)).clamp(0.0, 15.0);
+                sw[k] += wt;
+                sl[k] += wt * l;
+                sl2[k] += wt * l * l;
+                sx[k] += wt * v;
+                sxl[k] += wt * l * v;
+            }
         }
+        let [sw, sl, sl2, sx, sxl] = [sw, sl, sl2, sx, sxl].map(hsum);
         let det = sw * sl2 - sl * sl;
         if det <= 0.0 {
             continue;
@@ -107,7 +122,9 @@ pub fn quantize_q4k(x: &[f32; QK_K]) -> Q4kBlock {
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
     for j in 0..8 {
-        let xs = &x[j * QBLOCK..(j + 1) * QBLOCK];
+        let xs: &[f32; QBLOCK] = x[j * QBLOCK..(j + 1) * QBLOCK]
+            .try_into()
+            .expect("sub-block of 32");
         let rms = (xs.iter().map(|v| v * v).sum::<f32>() / QBLOCK as f32).sqrt();
         let w: [f32; QBLOCK] = std::array::from_fn(|i| rms + xs[i].abs());
         (scales[j], mins[j]) = fit_sub_block(xs, &w);

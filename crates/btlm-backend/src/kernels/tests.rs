@@ -191,3 +191,39 @@ fn overrides_parse_and_unsupported_paths_are_refused() {
     }
     assert!(KernelPath::detect().supported());
 }
+
+/// The largest integer sums the quantized kernels accumulate: every 4-bit weight 15 (or
+/// every 8-bit weight ±127) against activations of ±127, where narrow (i16) partial sums
+/// would saturate if they were summed too long.
+#[test]
+fn extreme_quantized_values_do_not_saturate() {
+    let (n_out, n_in) = (32, 1024);
+    let w: Vec<f32> = (0..n_out * n_in)
+        .map(|i| if (i / n_in) % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    for format in [WeightFormat::Q4K, WeightFormat::Q8_0] {
+        let p = pack(format, &w, n_out, n_in);
+        for sign in [1.0f32, -1.0] {
+            let rows = 5;
+            let x = vec![sign; rows * n_in];
+            let reference = run(KernelPath::Scalar, &p, &x, rows, None);
+            for path in supported_paths() {
+                let y = run(path, &p, &x, rows, None);
+                for (i, (a, b)) in y.iter().zip(&reference).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs() + 1e-3,
+                        "{path} {format} sign {sign} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+            // And the reference is the plain product: ±n_in per output.
+            for (i, b) in reference.iter().enumerate() {
+                let expect = if (i % n_out) % 2 == 0 { sign } else { -sign } * n_in as f32;
+                assert!(
+                    (b - expect).abs() <= 0.02 * n_in as f32,
+                    "{format} [{i}]: {b}"
+                );
+            }
+        }
+    }
+}
