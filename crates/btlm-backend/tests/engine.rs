@@ -598,6 +598,7 @@ mod priority {
             stake,
             validator_permit: true,
             axon: None,
+            ..NeuronInfo::default()
         }
     }
 

@@ -192,7 +192,16 @@ fn measure(
         cli.prompt as f64 / prefill_s,
         cli.decode as f64 / decode_s,
         peak_rss_mib(),
-        KernelPath::active()?,
+        {
+            // Prefill / decode kernels, e.g. `avx2-many/avx2`.
+            let path = KernelPath::active()?;
+            let wf: WeightFormat = format.parse()?;
+            format!(
+                "{}/{}",
+                path.kernel_name(wf, cli.prompt),
+                path.kernel_name(wf, 1)
+            )
+        },
     ))
 }
 
@@ -245,9 +254,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     println!(
-        "{:<6} {:<7} {:>7} {:>13} {:>12} {:>11} {:>9} {:>12} {:>10} {:>9} {:>13} {:>13}",
+        "{:<6} {:<19} {:>7} {:>13} {:>12} {:>11} {:>9} {:>12} {:>10} {:>9} {:>13} {:>13}",
         "format",
-        "kernels",
+        "kernels (pre/dec)",
         "load s",
         "load RSS MiB",
         "prefill t/s",
@@ -304,7 +313,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let gbs = bytes * decode / 1e9;
         let est_full = decode * bytes / weight_bytes_per_token(&full, wf);
         println!(
-            "{format:<6} {kpath:<7} {load_s:>7.1} {load_rss:>13.0} {prefill:>12.1} {decode:>11.2} {:>9.1} {:>12.0} {gbs:>10.2} {:>8.0}% {rss:>13.0} {est_full:>13.2}",
+            "{format:<6} {kpath:<19} {load_s:>7.1} {load_rss:>13.0} {prefill:>12.1} {decode:>11.2} {:>9.1} {:>12.0} {gbs:>10.2} {:>8.0}% {rss:>13.0} {est_full:>13.2}",
             1000.0 / decode,
             bytes / 1e6,
             100.0 * gbs / bw_read,

@@ -47,8 +47,8 @@ pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_r
         "matmul kernels ({path}): one pass over {MIN_SET_BYTES_MB} MB+ of packed BTLM-3B projections",
     );
     println!(
-        "{:<6} {:>5} {:>10} {:>9} {:>8} {:>16}",
-        "format", "rows", "ms/layer", "GB/s", "of bw", "32L rows/s"
+        "{:<6} {:>5} {:<11} {:>10} {:>9} {:>8} {:>16} {:>9}",
+        "format", "rows", "kernels", "ms/layer", "GB/s", "of bw", "32L rows/s", "GFLOP/s"
     );
     for &format in formats {
         let t = Instant::now();
@@ -95,16 +95,19 @@ pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_r
                 t.elapsed().as_secs_f64()
             };
             pass();
-            let reps = if rows > 16 { 1 } else { 4 };
+            let reps = if rows > 16 { 3 } else { 4 };
             let best = (0..reps).map(|_| pass()).fold(f64::MAX, f64::min);
             let per_layer = best / copies as f64;
             let gbs = (layer_bytes * copies) as f64 / best / 1e9;
+            let flops = 2.0 * rows as f64 * LAYER.iter().map(|&(i, o)| (i * o) as f64).sum::<f64>();
             println!(
-                "{:<6} {rows:>5} {:>10.2} {gbs:>9.1} {:>7.0}% {:>16.1}",
+                "{:<6} {rows:>5} {:<11} {:>10.2} {gbs:>9.1} {:>7.0}% {:>16.1} {:>9.1}",
                 format.name(),
+                path.kernel_name(format, rows),
                 per_layer * 1e3,
                 100.0 * gbs / bw_read,
                 rows as f64 / (32.0 * per_layer),
+                flops / per_layer / 1e9,
             );
         }
     }

@@ -5,7 +5,10 @@
 //! The instruction set is chosen at run time ([`KernelPath::active`]): AVX-512 (with VNNI
 //! and BF16), AVX2 + FMA + F16C, or the portable [`scalar`] reference, so a plain
 //! `cargo build --release` gets the fast paths. `BTLM_KERNELS=avx512|avx2|scalar` forces a
-//! path (tests run every path the CPU supports).
+//! path (tests run every path the CPU supports). On the AVX2 path, products with at least
+//! [`MANY_ROWS`] activation rows (prefill, large batches) run cache-blocked many-rows
+//! kernels instead of the tile kernels (`BTLM_MANY_ROWS=N|off` moves or disables the
+//! threshold).
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
@@ -18,6 +21,8 @@ use rayon::prelude::*;
 
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 #[macro_use]
 mod simd;
 #[cfg(target_arch = "x86_64")]
@@ -25,6 +30,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod format;
+#[cfg(target_arch = "x86_64")]
+mod many;
 pub mod pack;
 pub mod quant;
 pub mod scalar;
@@ -45,13 +52,17 @@ pub enum KernelError {
     #[error("kernel path {0} is not supported by this CPU")]
     Unsupported(KernelPath),
     /// `BTLM_KERNELS` names no path.
-    #[error("BTLM_KERNELS={0:?}: expected auto, avx512, avx2 or scalar")]
+    #[error("BTLM_KERNELS={0:?}: expected auto, amx, avx512, avx2 or scalar")]
     BadOverride(String),
 }
 
 /// An instruction set the kernels can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
+    /// The AVX-512 kernels, and Intel AMX bf16 tile products for many rows of bf16, q8_0
+    /// and q4k weights (`amx.rs`). Opt-in (`BTLM_KERNELS=amx`): [`KernelPath::detect`] does not
+    /// choose it until its tests have run on an AMX machine.
+    Amx,
     /// AVX-512 F/BW/VL with VNNI and BF16.
     Avx512,
     /// AVX2 with FMA and F16C.
@@ -63,6 +74,7 @@ pub enum KernelPath {
 impl fmt::Display for KernelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            KernelPath::Amx => "amx",
             KernelPath::Avx512 => "avx512",
             KernelPath::Avx2 => "avx2",
             KernelPath::Scalar => "scalar",
@@ -72,12 +84,19 @@ impl fmt::Display for KernelPath {
 
 impl KernelPath {
     /// Every path, fastest first.
-    pub const ALL: [KernelPath; 3] = [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Scalar];
+    pub const ALL: [KernelPath; 4] = [
+        KernelPath::Amx,
+        KernelPath::Avx512,
+        KernelPath::Avx2,
+        KernelPath::Scalar,
+    ];
 
     /// Whether this CPU can run the path.
     pub fn supported(self) -> bool {
         match self {
             KernelPath::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Amx => amx::supported() && avx512::supported(),
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx512 => avx512::supported(),
             #[cfg(target_arch = "x86_64")]
@@ -87,10 +106,11 @@ impl KernelPath {
         }
     }
 
-    /// The fastest path this CPU supports.
+    /// The fastest path this CPU supports (AMX only on request, see [`KernelPath::Amx`]).
     pub fn detect() -> KernelPath {
         Self::ALL
             .into_iter()
+            .filter(|&p| p != KernelPath::Amx)
             .find(|p| p.supported())
             .unwrap_or(KernelPath::Scalar)
     }
@@ -99,6 +119,7 @@ impl KernelPath {
     pub fn parse_override(value: &str) -> Result<KernelPath, KernelError> {
         let path = match value.trim() {
             "" | "auto" => return Ok(Self::detect()),
+            "amx" => KernelPath::Amx,
             "avx512" => KernelPath::Avx512,
             "avx2" => KernelPath::Avx2,
             "scalar" => KernelPath::Scalar,
@@ -121,16 +142,82 @@ impl KernelPath {
             .clone()
     }
 
+    /// Which kernels multiply `rows` activation rows with `format` weights on this path.
+    fn route(self, format: WeightFormat, rows: usize) -> Route {
+        if many_rows_threshold().is_none_or(|min| rows < min) {
+            return Route::Tiles;
+        }
+        match (self, format) {
+            // Measured on AVX2 (Zen 3): the 8-bit tile kernels beat f32 products for q8_0
+            // and q4k, f32 weights run at the FMA peak either way; bf16/f16 gain 2×.
+            (KernelPath::Avx2, WeightFormat::Bf16 | WeightFormat::F16) => Route::Many,
+            // f32 and f16 keep their precision (AVX-512 tile kernels); bf16 rounding of
+            // bf16 weights is none, of 8-bit weights below their quantization error.
+            (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K) => {
+                Route::Amx
+            }
+            _ => Route::Tiles,
+        }
+    }
+
+    /// Whether a product with `rows` activation rows of `format` weights runs other
+    /// kernels than this path's tile kernels (from [`MANY_ROWS`] rows on).
+    pub fn many_rows(self, format: WeightFormat, rows: usize) -> bool {
+        self.route(format, rows) != Route::Tiles
+    }
+
+    /// The kernels a product with `rows` activation rows of `format` weights runs, for
+    /// reports: the path's name (its tile kernels), `avx2-many` or `amx-tiles`.
+    pub fn kernel_name(self, format: WeightFormat, rows: usize) -> String {
+        match self.route(format, rows) {
+            Route::Tiles if self == KernelPath::Amx => "avx512".into(),
+            Route::Tiles => self.to_string(),
+            Route::Many => "avx2-many".into(),
+            Route::Amx => "amx-tiles".into(),
+        }
+    }
+
     /// Activation rows one kernel call handles.
     fn max_rows(self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512 => avx512::MAX_ROWS,
+            KernelPath::Avx512 | KernelPath::Amx => avx512::MAX_ROWS,
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx2 => avx2::MAX_ROWS,
             _ => 8,
         }
     }
+}
+
+/// From this many activation rows on (prompts, large batches), the AVX2 path multiplies
+/// bf16 and f16 weights with the cache-blocked many-rows kernels (weights converted to f32
+/// once per block of 256 inputs and reused by every row, `many.rs`), and the opt-in AMX
+/// path bf16, q8_0 and q4k weights on the tile unit (`amx.rs`).
+/// `BTLM_MANY_ROWS=N` sets another threshold, `BTLM_MANY_ROWS=off` (or 0) disables them.
+pub const MANY_ROWS: usize = 16;
+
+/// The many-rows threshold of this process ([`MANY_ROWS`] or `BTLM_MANY_ROWS`), `None`
+/// when disabled; read once.
+pub fn many_rows_threshold() -> Option<usize> {
+    static MIN: OnceLock<Option<usize>> = OnceLock::new();
+    *MIN.get_or_init(|| match std::env::var("BTLM_MANY_ROWS") {
+        Ok(v) => match v.trim() {
+            "off" | "0" => None,
+            n => Some(n.parse().unwrap_or(MANY_ROWS)),
+        },
+        Err(_) => Some(MANY_ROWS),
+    })
+}
+
+/// The kernels of one product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The path's tile kernels, a few rows per call.
+    Tiles,
+    /// The AVX2 many-rows kernels (`many.rs`).
+    Many,
+    /// The AMX kernels (`amx.rs`).
+    Amx,
 }
 
 /// A raw output pointer shared by the tasks of one product; each task writes its own columns.
@@ -187,6 +274,21 @@ pub fn matmul(
     if rows == 0 {
         return Ok(());
     }
+    #[cfg(target_arch = "x86_64")]
+    match path.route(w.format(), rows) {
+        Route::Tiles => {}
+        // SAFETY: `path` is supported (checked above), so are the AVX2 features `many`
+        // needs; shapes were checked above.
+        Route::Many => {
+            unsafe { many::matmul(w, x, rows, bias, y) };
+            return Ok(());
+        }
+        // SAFETY: as above; the Amx path is supported only when AMX is usable.
+        Route::Amx => {
+            unsafe { amx::matmul(w, x, rows, bias, y) };
+            return Ok(());
+        }
+    }
     let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
     let out = OutPtr(y.as_mut_ptr());
     let per_task = tiles_per_task(w.tiles(), rows);
@@ -240,7 +342,9 @@ fn run_tile(
         // SAFETY: `matmul` checked that the CPU supports the path; `tile` is a whole tile of
         // `w` (PackedMatrix guarantees its size); `acts` was prepared from `rows × n_in`
         // values for this format and `row0 + out.len() <= rows`.
-        KernelPath::Avx512 => unsafe { avx512::tile(w.format(), tile, k_pad, acts, row0, out) },
+        KernelPath::Avx512 | KernelPath::Amx => unsafe {
+            avx512::tile(w.format(), tile, k_pad, acts, row0, out)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         KernelPath::Avx2 => unsafe { avx2::tile(w.format(), tile, k_pad, acts, row0, out) },

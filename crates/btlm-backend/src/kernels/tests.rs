@@ -82,9 +82,15 @@ fn every_path_matches_the_scalar_reference() {
                 let mags = magnitudes(&p, &x, rows);
                 for &path in &paths {
                     let y = run(path, &p, &x, rows, Some(&bias));
+                    // AMX rounds weights and activations to bf16 (up to 2^-8 per product).
+                    let rel = if path == KernelPath::Amx && path.many_rows(format, rows) {
+                        1.0 / 100.0
+                    } else {
+                        2e-6
+                    };
                     for (i, ((a, b), m)) in y.iter().zip(&reference).zip(&mags).enumerate() {
                         assert!(
-                            (a - b).abs() <= 2e-6 * m + 1e-5,
+                            (a - b).abs() <= rel * m + 1e-5,
                             "{path} {format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
                         );
                     }
@@ -192,6 +198,168 @@ fn overrides_parse_and_unsupported_paths_are_refused() {
     assert!(KernelPath::detect().supported());
 }
 
+/// The many-rows kernels (prefill) compute the product of the dequantized weights with the
+/// f32 activations (bf16-rounded for bf16 weights) up to f32 summation, on odd shapes: rows
+/// not a multiple of the micro-kernel's 6, outputs not a multiple of 16, inputs not a
+/// multiple of the 256-input blocks (n_inner 6826: the q4k tail).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn many_rows_kernels_compute_the_dequantized_product() {
+    if !many::supported() {
+        eprintln!("many-rows kernels not supported on this CPU: skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let cases = [
+        (1, 1, 16),
+        (17, 33, 16),
+        (40, 300, 23),
+        (16, 512, 6),
+        (35, 6826, 19),
+        (33, 257, 37),
+    ];
+    for format in WeightFormat::ALL {
+        for &(n_out, n_in, rows) in &cases {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let p = pack(format, &w, n_out, n_in);
+            let bias = random(n_out, &mut rng, 1.0);
+            let x = random(rows * n_in, &mut rng, 2.0);
+            let mut y = vec![f32::NAN; rows * n_out];
+            // SAFETY: supported (checked above); shapes as `matmul` checks them.
+            unsafe { many::matmul(&p, &x, rows, Some(&bias), &mut y) };
+            let mags = magnitudes(&p, &x, rows);
+            let wrows: Vec<Vec<f32>> = (0..n_out).map(|o| p.dequantize_row(o)).collect();
+            for r in 0..rows {
+                let xr = &x[r * n_in..(r + 1) * n_in];
+                for (o, wr) in wrows.iter().enumerate() {
+                    let exact: f64 = wr
+                        .iter()
+                        .zip(xr)
+                        .map(|(a, &b)| {
+                            let b = if format == WeightFormat::Bf16 {
+                                acts::bf16_to_f32(acts::f32_to_bf16(b))
+                            } else {
+                                b
+                            };
+                            *a as f64 * b as f64
+                        })
+                        .sum::<f64>()
+                        + bias[o] as f64;
+                    let got = y[r * n_out + o] as f64;
+                    let m = mags[r * n_out + o] as f64;
+                    assert!(
+                        (got - exact).abs() <= 2e-6 * m + 1e-5,
+                        "{format} {n_out}×{n_in} rows {rows} [{r}][{o}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `matmul` takes the many-rows kernels from the threshold on, and both sides agree.
+#[test]
+fn many_rows_dispatch_agrees_with_the_tile_kernels_on_dense_formats() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let (n_out, n_in) = (24, 130);
+    let rows = MANY_ROWS + 3;
+    // AMX rounds f16 weights to bf16: covered by `amx_tiles_compute_the_bf16_product`.
+    for path in supported_paths()
+        .into_iter()
+        .filter(|&p| p != KernelPath::Amx)
+    {
+        for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16] {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let p = pack(format, &w, n_out, n_in);
+            let x = random(rows * n_in, &mut rng, 2.0);
+            let all = run(path, &p, &x, rows, None);
+            let mags = magnitudes(&p, &x, rows);
+            // One row at a time never takes the many-rows kernels.
+            for r in 0..rows {
+                let one = run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, None);
+                for o in 0..n_out {
+                    let (a, b) = (all[r * n_out + o], one[o]);
+                    let m = mags[r * n_out + o];
+                    assert!(
+                        (a - b).abs() <= 2e-6 * m + 1e-6,
+                        "{path} {format} [{r}][{o}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// AMX: the product of bf16-rounded weights and activations, summed in f32, on the odd
+/// shapes (16-row blocks padded, 32-input steps padded, an odd last tile pairing itself).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_tiles_compute_the_bf16_product() {
+    if !amx::supported() {
+        eprintln!("AMX not available on this CPU (or refused by the OS): skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    let cases = [
+        (1, 1, 1),
+        (17, 33, 16),
+        (40, 300, 23),
+        (16, 512, 6),
+        (35, 6826, 33),
+        (48, 257, 37),
+    ];
+    let round = |v: f32| acts::bf16_to_f32(acts::f32_to_bf16(v));
+    for format in [
+        WeightFormat::F16,
+        WeightFormat::Bf16,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4K,
+    ] {
+        for &(n_out, n_in, rows) in &cases {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let p = pack(format, &w, n_out, n_in);
+            let bias = random(n_out, &mut rng, 1.0);
+            let x = random(rows * n_in, &mut rng, 2.0);
+            let mut y = vec![f32::NAN; rows * n_out];
+            // SAFETY: supported (checked above); shapes as `matmul` checks them.
+            unsafe { amx::matmul(&p, &x, rows, Some(&bias), &mut y) };
+            let mags = magnitudes(&p, &x, rows);
+            for o in 0..n_out {
+                let wr: Vec<f32> = p.dequantize_row(o).into_iter().map(round).collect();
+                for r in 0..rows {
+                    let exact: f64 = wr
+                        .iter()
+                        .zip(&x[r * n_in..(r + 1) * n_in])
+                        .map(|(a, &b)| *a as f64 * round(b) as f64)
+                        .sum::<f64>()
+                        + bias[o] as f64;
+                    let got = y[r * n_out + o] as f64;
+                    let m = mags[r * n_out + o] as f64;
+                    assert!(
+                        (got - exact).abs() <= 2e-6 * m + 1e-5,
+                        "{format} {n_out}×{n_in} rows {rows} [{r}][{o}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// AMX detection is consistent: the path is offered only when the unit is usable, and
+/// never chosen by detection alone.
+#[test]
+fn amx_is_opt_in() {
+    assert_ne!(KernelPath::detect(), KernelPath::Amx);
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        KernelPath::Amx.supported(),
+        amx::supported() && KernelPath::Avx512.supported()
+    );
+    match KernelPath::parse_override("amx") {
+        Ok(p) => assert_eq!(p, KernelPath::Amx),
+        Err(e) => assert_eq!(e, KernelError::Unsupported(KernelPath::Amx)),
+    }
+}
 /// The largest integer sums the quantized kernels accumulate: every 4-bit weight 15 (or
 /// every 8-bit weight ±127) against activations of ±127, where narrow (i16) partial sums
 /// would saturate if they were summed too long.

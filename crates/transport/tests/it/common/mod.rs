@@ -78,6 +78,7 @@ pub fn metagraph(validators: &[&str]) -> Arc<SharedMetagraph> {
             stake: 1000.0,
             validator_permit: true,
             axon: None,
+            ..NeuronInfo::default()
         })
         .collect();
     Arc::new(SharedMetagraph::new(Metagraph::new(1, 100, neurons)))

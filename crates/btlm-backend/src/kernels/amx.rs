@@ -1,0 +1,394 @@
+//! Intel AMX (tile matrix unit) many-rows kernels: bf16 products with f32 accumulation
+//! (`tdpbf16ps`), for prefill and large batches on Sapphire Rapids and later Xeons.
+//!
+//! AMX intrinsics are unstable in Rust, so the tile instructions are written with `asm!`.
+//! Linux hands out AMX register state only to processes that ask for it
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`supported`] asks once and
+//! also checks CPUID (AMX-TILE, AMX-BF16) and that the OS enabled the tile state in XCR0.
+//!
+//! Layout: per parallel task, two weight tiles (32 outputs) are converted into bf16 in the
+//! AMX `B` layout — pairs of inputs interleaved, `[k/2][16 outputs][2]`, which is the
+//! packed bf16 format itself — padded to a multiple of 32 inputs. Activations are rounded
+//! to bf16 once per call into `A` blocks of 16 rows × 32 inputs (1 KiB each, contiguous).
+//! The inner loop keeps a 32 × 32 block of f32 sums in four tile registers (`tmm0..3`) and
+//! streams `A` (`tmm4`, `tmm5`) and `B` (`tmm6`, `tmm7`) tiles through them.
+//!
+//! Arithmetic: weights and activations rounded to bf16, products and sums in f32 — what
+//! PyTorch's bf16 prefill computes. The dispatcher sends bf16, q8_0 and q4k weights here;
+//! f32 and f16 keep their precision on the AVX-512 kernels (this module computes f16 too,
+//! and its test covers it).
+//!
+//! **Status**: written and compiled on a machine without AMX (AMD Zen 3); the tests in
+//! `tests.rs` exercise it only where [`supported`] is true, so until they have run on an
+//! AMX machine this path is opt-in (`BTLM_KERNELS=amx`), never chosen by detection.
+
+use std::arch::asm;
+use std::arch::x86_64::{__cpuid, __cpuid_count};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::OutPtr;
+use super::acts::f32_to_bf16;
+use super::format::{TILE, WeightFormat};
+use super::pack::PackedMatrix;
+
+/// Inputs per `A`/`B` tile (16 rows of 64 bytes of bf16).
+const KC: usize = 32;
+/// Bytes of one tile register's worth of data (16 rows × 64 bytes).
+const TILE_BYTES: usize = 1024;
+
+/// `arch_prctl` request to be granted an extended state component.
+const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+/// The AMX tile data state component.
+const XFEATURE_XTILEDATA: u64 = 18;
+/// `arch_prctl`'s system call number on x86-64 Linux.
+const SYS_ARCH_PRCTL: u64 = 158;
+
+/// Whether this CPU has AMX-TILE and AMX-BF16, the OS enabled tile state, the kernel
+/// granted it to this process, and the AVX2 conversions are available. Decided once.
+pub fn supported() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| cpu_and_os_have_amx() && request_permission() && super::many::supported())
+}
+
+/// CPUID leaf 7 (EDX bit 22 AMX-BF16, bit 24 AMX-TILE) and XCR0 bits 17/18 (tile config
+/// and tile data enabled by the OS).
+// `__cpuid` is a safe function in newer Rust releases, unsafe in older ones.
+#[allow(unused_unsafe)]
+fn cpu_and_os_have_amx() -> bool {
+    // SAFETY: CPUID is available on every x86-64 CPU.
+    let max_leaf = unsafe { __cpuid(0) }.eax;
+    if max_leaf < 7 {
+        return false;
+    }
+    // SAFETY: as above; leaf 7 exists (checked).
+    let l7 = unsafe { __cpuid_count(7, 0) };
+    let amx_bf16 = l7.edx & (1 << 22) != 0;
+    let amx_tile = l7.edx & (1 << 24) != 0;
+    // SAFETY: as above.
+    let osxsave = unsafe { __cpuid(1) }.ecx & (1 << 27) != 0;
+    if !(amx_bf16 && amx_tile && osxsave) {
+        return false;
+    }
+    let (lo, _hi): (u32, u32);
+    // SAFETY: XGETBV with ECX = 0 reads XCR0; it is available when OSXSAVE is set.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") _hi,
+             options(nomem, nostack, preserves_flags));
+    }
+    lo & (0b11 << 17) == 0b11 << 17
+}
+
+/// Asks Linux for the AMX tile data state; true if granted.
+#[cfg(target_os = "linux")]
+fn request_permission() -> bool {
+    let ret: i64;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) only changes which
+    // extended register state this process may use; the syscall clobbers rcx and r11.
+    unsafe {
+        asm!("syscall",
+             inlateout("rax") SYS_ARCH_PRCTL as i64 => ret,
+             in("rdi") ARCH_REQ_XCOMP_PERM,
+             in("rsi") XFEATURE_XTILEDATA,
+             lateout("rcx") _, lateout("r11") _,
+             options(nostack));
+    }
+    ret == 0
+}
+
+/// Other systems: no known way to ask; AMX stays off.
+#[cfg(not(target_os = "linux"))]
+fn request_permission() -> bool {
+    false
+}
+
+/// The `ldtilecfg` operand: palette 1, all eight tiles 16 rows × 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl TileConfig {
+    fn all_16x64() -> Self {
+        let mut colsb = [0u16; 16];
+        let mut rows = [0u8; 16];
+        for t in 0..8 {
+            colsb[t] = 64;
+            rows[t] = 16;
+        }
+        TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb,
+            rows,
+        }
+    }
+}
+
+/// Tile registers configured on this thread for the duration of a task; released on drop.
+struct Tiles;
+
+impl Tiles {
+    /// # Safety
+    /// [`supported`] must be true.
+    unsafe fn configure() -> Tiles {
+        let cfg = TileConfig::all_16x64();
+        // SAFETY: AMX is supported and permitted (caller); the config is valid palette 1.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &raw const cfg, options(nostack, readonly, preserves_flags));
+        }
+        Tiles
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: tiles were configured by `configure` on this thread.
+        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
+}
+
+/// `C[2][2] (16×16 f32 each) = Σ_kc A[m][kc] · B[n][kc]` for `kcs` steps of 32 inputs:
+/// `a0`/`a1` the first `A` tiles of two 16-row blocks, `b0`/`b1` the first `B` tiles of
+/// two 16-output tiles, consecutive steps 1 KiB apart; `c` receives `[m][n][16][16]` f32.
+///
+/// # Safety
+/// Tiles configured ([`Tiles::configure`]); `kcs >= 1`; every pointer valid for `kcs`
+/// KiB (`c` for 4 KiB, writable).
+#[inline]
+unsafe fn block_2x2(
+    a0: *const u8,
+    a1: *const u8,
+    b0: *const u8,
+    b1: *const u8,
+    kcs: usize,
+    c: *mut f32,
+) {
+    // SAFETY: the caller's contract; tmm registers are not used by compiled code.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {s64}*1]",
+            "tileloadd tmm6, [{b0} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s64}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s64}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {s64}*1], tmm0",
+            "add {c}, 1024",
+            "tilestored [{c} + {s64}*1], tmm1",
+            "add {c}, 1024",
+            "tilestored [{c} + {s64}*1], tmm2",
+            "add {c}, 1024",
+            "tilestored [{c} + {s64}*1], tmm3",
+            a0 = inout(reg) a0 => _,
+            a1 = inout(reg) a1 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            c = inout(reg) c => _,
+            n = inout(reg) kcs => _,
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
+/// As [`block_2x2`] for one 16-row block: `c` receives `[n][16][16]` f32 (2 KiB).
+///
+/// # Safety
+/// As [`block_2x2`].
+#[inline]
+unsafe fn block_1x2(a0: *const u8, b0: *const u8, b1: *const u8, kcs: usize, c: *mut f32) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "2:",
+            "tileloadd tmm4, [{a0} + {s64}*1]",
+            "tileloadd tmm6, [{b0} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s64}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "add {a0}, 1024",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {s64}*1], tmm0",
+            "add {c}, 1024",
+            "tilestored [{c} + {s64}*1], tmm1",
+            a0 = inout(reg) a0 => _,
+            b0 = inout(reg) b0 => _,
+            b1 = inout(reg) b1 => _,
+            c = inout(reg) c => _,
+            n = inout(reg) kcs => _,
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
+/// Rounds `rows × n_in` activations to bf16 in `A` blocks: `[rows/16][k32/32][16][32]`,
+/// zero padded to whole blocks.
+fn pack_acts(x: &[f32], rows: usize, n_in: usize, k32: usize) -> Vec<u16> {
+    let mblocks = rows.div_ceil(TILE);
+    let kcs = k32 / KC;
+    let mut a = vec![0u16; mblocks * kcs * TILE_BYTES / 2];
+    a.par_chunks_mut(kcs * TILE_BYTES / 2)
+        .enumerate()
+        .for_each(|(mb, blk)| {
+            for i in 0..TILE.min(rows - mb * TILE) {
+                let row = &x[(mb * TILE + i) * n_in..(mb * TILE + i + 1) * n_in];
+                for (k, &v) in row.iter().enumerate() {
+                    blk[(k / KC) * (TILE_BYTES / 2) + i * KC + k % KC] = f32_to_bf16(v);
+                }
+            }
+        });
+    a
+}
+
+/// Converts weight tile `t` into `B` tiles (`[k32/32][16 pairs][16][2]` bf16) in `out`.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `out` holds `k32 · 16` values, `k32` = `w.k_pad()` rounded up to 32.
+unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut [u16]) {
+    let tile = w.tile(t);
+    let n_in = w.n_in();
+    out.fill(0);
+    if w.format() == WeightFormat::Bf16 {
+        // The packed bf16 tile is `[k_pad/2][16][2]`: the B layout already.
+        let n = w.k_pad() * TILE;
+        for (o, b) in out[..n].iter_mut().zip(tile.chunks_exact(2)) {
+            *o = u16::from_le_bytes([b[0], b[1]]);
+        }
+        return;
+    }
+    let mut k0 = 0;
+    while k0 < n_in {
+        let kn = (n_in - k0).min(super::many::KB);
+        // SAFETY: forwarded contract; `f32buf` holds KB · 16 floats.
+        unsafe { super::many::convert(w.format(), tile, k0, kn, f32buf) };
+        for k in 0..kn {
+            let kk = k0 + k;
+            let base = (kk / 2) * 2 * TILE + kk % 2;
+            for i in 0..TILE {
+                out[base + 2 * i] = f32_to_bf16(f32buf[k * TILE + i]);
+            }
+        }
+        k0 += kn;
+    }
+}
+
+/// `y = x · Wᵀ (+ bias)` on the tile unit; shapes checked by the caller.
+///
+/// # Safety
+/// [`supported`] must be true; `x` holds `rows × w.n_in()` values, `y` `rows × w.n_out()`
+/// and `bias`, if any, `w.n_out()`.
+pub unsafe fn matmul(
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (n_in, n_out) = (w.n_in(), w.n_out());
+    let k32 = w.k_pad().div_ceil(KC) * KC;
+    let kcs = k32 / KC;
+    let a = pack_acts(x, rows, n_in, k32);
+    let mblocks = rows.div_ceil(TILE);
+    let a_block = kcs * TILE_BYTES; // bytes of one 16-row block
+    let pairs = w.tiles().div_ceil(2);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..pairs).into_par_iter().for_each_init(
+        || {
+            (
+                vec![0u16; 2 * k32 * TILE],
+                vec![0f32; super::many::KB * TILE],
+                vec![0f32; 4 * TILE * TILE],
+            )
+        },
+        |(bbuf, f32buf, c), pair| {
+            let (wb0, wb1) = bbuf.split_at_mut(k32 * TILE);
+            let t0 = 2 * pair;
+            let t1 = (t0 + 1).min(w.tiles() - 1); // an odd last tile pairs with itself
+            // SAFETY: AVX2 is implied by `supported`; buffers sized for k32.
+            unsafe {
+                pack_weights(w, t0, f32buf, wb0);
+                if t1 != t0 {
+                    pack_weights(w, t1, f32buf, wb1);
+                } else {
+                    wb1.fill(0);
+                }
+            }
+            // SAFETY: supported (caller).
+            let _tiles = unsafe { Tiles::configure() };
+            let ab = a.as_ptr().cast::<u8>();
+            let (b0, b1) = (wb0.as_ptr().cast::<u8>(), wb1.as_ptr().cast::<u8>());
+            let mut mb = 0;
+            while mb < mblocks {
+                let two = mb + 1 < mblocks;
+                // SAFETY: A blocks `mb` (and `mb + 1`) and both B buffers hold `kcs` KiB;
+                // `c` holds 4 KiB.
+                unsafe {
+                    let a0 = ab.add(mb * a_block);
+                    if two {
+                        block_2x2(a0, a0.add(a_block), b0, b1, kcs, c.as_mut_ptr());
+                    } else {
+                        block_1x2(a0, b0, b1, kcs, c.as_mut_ptr());
+                    }
+                }
+                let mcount = if two { 2 } else { 1 };
+                for m in 0..mcount {
+                    for (n, t) in [t0, t1].into_iter().enumerate() {
+                        if n == 1 && t1 == t0 {
+                            continue;
+                        }
+                        let col = t * TILE;
+                        let ncols = (n_out - col).min(TILE);
+                        let cblk = &c[(m * 2 + n) * TILE * TILE..][..TILE * TILE];
+                        for i in 0..TILE {
+                            let r = (mb + m) * TILE + i;
+                            if r >= rows {
+                                break;
+                            }
+                            let vals = &cblk[i * TILE..(i + 1) * TILE];
+                            // SAFETY: `r * n_out + col + ncols <= y.len()`; this task owns
+                            // the columns of tiles t0 and t1.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(out.at(r * n_out + col), ncols)
+                            };
+                            match bias {
+                                Some(b) => {
+                                    for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
+                                        *d = v + bv;
+                                    }
+                                }
+                                None => dst.copy_from_slice(&vals[..ncols]),
+                            }
+                        }
+                    }
+                }
+                mb += mcount;
+            }
+        },
+    );
+}
