@@ -4,6 +4,7 @@
 #   target/py/bt11   bittensor 11.3.0 (http_auth / btauth/1)
 #   target/py/llama  llama.cpp's OpenAI-compatible server (llama-cpp-python 0.3.36, built
 #                    from source: about 4 minutes on 2 cores) and the `gguf` writer
+#   target/py/openai the official `openai` SDK 3.57.0 (about 20 s)
 # Usage: scripts/setup-python.sh [NAME...]   (no name: all of them)
 # Idempotent: a venv is rebuilt only when its requirements (or build flags) changed.
 set -euo pipefail
@@ -14,11 +15,11 @@ pip_flags=(--quiet --disable-pip-version-check)
 # The stamp of a venv: what its requirements say (rebuilt when it changes).
 stamp_of() {
   case "$1" in
-    bt10 | bt11) sha256sum "$root/python/requirements-$1.txt" | cut -d' ' -f1 ;;
+    bt10 | bt11 | openai) sha256sum "$root/python/requirements-$1.txt" | cut -d' ' -f1 ;;
     llama)
       { cat "$root/python/requirements-llama-build.txt" "$root/python/requirements-llama.txt"
         echo "CMAKE_ARGS=$llama_cmake_args"; } | sha256sum | cut -d' ' -f1 ;;
-    *) echo "unknown venv '$1' (bt10, bt11, llama)" >&2; exit 2 ;;
+    *) echo "unknown venv '$1' (bt10, bt11, llama, openai)" >&2; exit 2 ;;
   esac
 }
 
@@ -32,6 +33,11 @@ install() {
     bt10 | bt11)
       echo "python venv $name: installing $(grep -i '^bittensor==' "$root/python/requirements-$name.txt")"
       "$dir/bin/pip" install "${pip_flags[@]}" --no-deps -r "$root/python/requirements-$name.txt"
+      ;;
+    openai)
+      echo "python venv openai: installing $(grep -i '^openai==' "$root/python/requirements-openai.txt")"
+      "$dir/bin/pip" install "${pip_flags[@]}" --no-deps -r "$root/python/requirements-openai.txt"
+      "$dir/bin/pip" check
       ;;
     llama)
       echo "python venv llama: installing the pinned build tools"
@@ -48,7 +54,7 @@ install() {
 }
 
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(bt10 bt11 llama)
+[ ${#names[@]} -gt 0 ] || names=(bt10 bt11 llama openai)
 for name in "${names[@]}"; do
   dir="$root/target/py/$name"
   stamp="$dir/.requirements.sha256"

@@ -50,6 +50,7 @@ pub fn metagraph_of(keys: &[Keypair], stakes: impl Fn(usize) -> f64) -> Arc<Shar
             stake: stakes(i),
             validator_permit: true,
             axon: None,
+            ..NeuronInfo::default()
         })
         .collect();
     Arc::new(SharedMetagraph::new(Metagraph::new(1, 1, neurons)))

@@ -599,6 +599,7 @@ mod priority {
             stake,
             validator_permit: true,
             axon: None,
+            ..NeuronInfo::default()
         }
     }
 

@@ -782,6 +782,7 @@ mod tests {
             stake: 1.0,
             validator_permit: false,
             axon: None,
+            ..NeuronInfo::default()
         };
         let metagraph = Metagraph::new(11, 7, vec![neuron.clone()]);
         assert_eq!(

@@ -37,4 +37,4 @@ pub use client::{
 pub use error::ChainError;
 pub use rejection::Rejection;
 pub use signer::ExtrinsicSigner;
-pub use sync::{SyncOptions, SyncSnapshot, SyncStatus, spawn_sync};
+pub use sync::{EpochStatus, SyncOptions, SyncSnapshot, SyncStatus, spawn_sync};

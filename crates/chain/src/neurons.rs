@@ -201,7 +201,23 @@ pub fn neuron_from_value<T>(value: &Value<T>) -> Result<NeuronInfo, ChainError> 
         stake: total_stake_rao(field(fields, NEURON, "stake")?)? as f64 / RAO_PER_TAO,
         validator_permit: boolean(fields, NEURON, "validator_permit")?,
         axon: format_axon(ip, ip_type, port),
+        rank: u16_normalized(fields, "rank")?,
+        trust: u16_normalized(fields, "trust")?,
+        consensus: u16_normalized(fields, "consensus")?,
+        incentive: u16_normalized(fields, "incentive")?,
+        emission: uint(fields, NEURON, "emission")? as f64 / RAO_PER_TAO,
     })
+}
+
+/// A `NeuronInfoLite` score stored as a u16 fraction of 65535, as a float in [0, 1] (what
+/// bittensor's `u16_normalized_float` gives).
+fn u16_normalized<T>(fields: &Composite<T>, name: &'static str) -> Result<f64, ChainError> {
+    let raw = u16::try_from(uint(fields, NEURON, name)?).map_err(|_| ChainError::FieldType {
+        ty: NEURON,
+        field: name,
+        expected: "a u16",
+    })?;
+    Ok(f64::from(raw) / f64::from(u16::MAX))
 }
 
 /// The named fields of a struct value.

@@ -4,7 +4,8 @@
 //! One task, three duties with their own schedule:
 //!
 //! - **refresh** every epoch (`--miner.blocks_per_epoch` blocks); a failure keeps the last
-//!   good view and is retried with exponential backoff;
+//!   good view and is retried with exponential backoff. Each refresh logs one info line with
+//!   the miner's own figures, as the Python miners do at each epoch ([`EpochStatus`]);
 //! - **serve** at start and whenever the metagraph shows another address for the hotkey.
 //!   An address subtensor's `ServingRateLimit` does not allow yet is retried at the block it
 //!   allows; any other failure is a warning, retried with backoff. Never fatal: bittensor
@@ -16,7 +17,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use prompting_metagraph::SharedMetagraph;
+use prompting_metagraph::{Metagraph, SharedMetagraph};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -106,6 +107,71 @@ pub struct SyncSnapshot {
     pub last_weights_error: Option<String>,
     /// Why weights are currently not being set (commit-reveal subnet, rate limit), if so.
     pub weights_skipped: Option<String>,
+    /// Successful refreshes so far: the next epoch line's `Step` (the Python miners' count).
+    pub epochs: u64,
+}
+
+/// The miner's own figures at one epoch, read from the refreshed metagraph: what the Python
+/// miners log at each epoch. `Display` gives their line, `Step:0 | Block:.. | Stake:.. |
+/// Rank:.. | Trust:.. | Consensus:.. | Incentive:.. | Emission:..`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochStatus {
+    /// Epochs before this one (0 at the first refresh).
+    pub step: u64,
+    /// The metagraph's block.
+    pub block: u64,
+    /// The miner's uid.
+    pub uid: u16,
+    /// Its stake, in α (see `NeuronInfo::stake`).
+    pub stake: f64,
+    /// Its rank, trust, consensus and incentive, in [0, 1].
+    pub rank: f64,
+    /// See [`EpochStatus::rank`].
+    pub trust: f64,
+    /// See [`EpochStatus::rank`].
+    pub consensus: f64,
+    /// See [`EpochStatus::rank`].
+    pub incentive: f64,
+    /// Its emission, in units of 1e9 (α).
+    pub emission: f64,
+}
+
+impl EpochStatus {
+    /// The figures of `hotkey` in `metagraph` at epoch `step`; `None` when it is not
+    /// registered there.
+    pub fn of(metagraph: &Metagraph, hotkey: &str, step: u64) -> Option<EpochStatus> {
+        let neuron = metagraph.neuron(hotkey)?;
+        Some(EpochStatus {
+            step,
+            block: metagraph.block,
+            uid: neuron.uid,
+            stake: neuron.stake,
+            rank: neuron.rank,
+            trust: neuron.trust,
+            consensus: neuron.consensus,
+            incentive: neuron.incentive,
+            emission: neuron.emission,
+        })
+    }
+}
+
+impl std::fmt::Display for EpochStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `{:?}` keeps the decimal point of whole numbers (`1.0`), as Python prints floats.
+        write!(
+            f,
+            "Step:{} | Block:{} | Stake:{:?} | Rank:{:?} | Trust:{:?} | Consensus:{:?} | \
+             Incentive:{:?} | Emission:{:?}",
+            self.step,
+            self.block,
+            self.stake,
+            self.rank,
+            self.trust,
+            self.consensus,
+            self.incentive,
+            self.emission
+        )
+    }
 }
 
 impl SyncSnapshot {
@@ -213,17 +279,29 @@ impl Duties {
         match self.subtensor.fetch_metagraph(netuid).await {
             Ok(metagraph) => {
                 let block = metagraph.block;
-                let axon_differs =
-                    match (&self.options.serve, metagraph.neuron(&self.signer.ss58())) {
-                        (Some(serve), Some(neuron)) => !axon_matches(neuron.axon.as_deref(), serve),
-                        _ => false,
-                    };
+                let hotkey = self.signer.ss58();
+                let axon_differs = match (&self.options.serve, metagraph.neuron(&hotkey)) {
+                    (Some(serve), Some(neuron)) => !axon_matches(neuron.axon.as_deref(), serve),
+                    _ => false,
+                };
+                let step = self.status.snapshot().epochs;
+                match EpochStatus::of(&metagraph, &hotkey, step) {
+                    Some(epoch) => tracing::info!(netuid, uid = epoch.uid, "{epoch}"),
+                    None => tracing::warn!(
+                        netuid,
+                        block,
+                        %hotkey,
+                        "Step:{step} | the miner's hotkey is not registered in the metagraph \
+                         (deregistered?)"
+                    ),
+                }
                 self.shared.store(metagraph);
                 self.refresh_failures = 0;
                 self.status.update(|s| {
                     s.last_success = Some(SystemTime::now());
                     s.last_block = Some(block);
                     s.consecutive_failures = 0;
+                    s.epochs = s.epochs.saturating_add(1);
                 });
                 tracing::debug!(netuid, block, "metagraph refreshed");
                 Ok(axon_differs)
@@ -421,6 +499,37 @@ mod tests {
         let options = SyncOptions::from_args(&args);
         assert!(options.set_weights);
         assert_eq!(options.version_key, Some(9));
+    }
+
+    #[test]
+    fn the_epoch_line_is_the_python_miners_and_reads_our_neuron() {
+        use prompting_metagraph::NeuronInfo;
+        let ours = NeuronInfo {
+            uid: 7,
+            hotkey: "5Ours".into(),
+            stake: 12.5,
+            rank: 1.0,
+            trust: 0.25,
+            consensus: 0.0,
+            incentive: 0.5,
+            emission: 3.0,
+            ..NeuronInfo::default()
+        };
+        let other = NeuronInfo {
+            uid: 0,
+            hotkey: "5Other".into(),
+            rank: 0.75,
+            ..NeuronInfo::default()
+        };
+        let metagraph = Metagraph::new(1, 4242, vec![other, ours]);
+        let epoch = EpochStatus::of(&metagraph, "5Ours", 3).expect("registered");
+        assert_eq!(epoch.uid, 7);
+        assert_eq!(
+            epoch.to_string(),
+            "Step:3 | Block:4242 | Stake:12.5 | Rank:1.0 | Trust:0.25 | Consensus:0.0 | \
+             Incentive:0.5 | Emission:3.0"
+        );
+        assert_eq!(EpochStatus::of(&metagraph, "5Nobody", 0), None);
     }
 
     #[test]

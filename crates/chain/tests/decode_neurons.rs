@@ -31,6 +31,13 @@ fn synthetic_neurons_round_trip_through_the_finney_types() {
     staked.ip = 0x7f00_0001;
     staked.ip_type = 4;
     staked.port = 8091;
+    (
+        staked.rank,
+        staked.trust,
+        staked.consensus,
+        staked.incentive,
+    ) = (65535, 32768, 1, 13107);
+    staked.emission = 2_500_000_000;
     let mut v6 = TestNeuron::new(1, [2; 32]);
     v6.ip = u128::from(
         "2001:db8::7"
@@ -52,6 +59,13 @@ fn synthetic_neurons_round_trip_through_the_finney_types() {
     assert_eq!(neurons[0].stake, 4.0);
     assert!(neurons[0].validator_permit);
     assert_eq!(neurons[0].axon.as_deref(), Some("127.0.0.1:8091"));
+    // The scores as bittensor's metagraph reports them: u16 / 65535, emission in 1e9 units.
+    assert_eq!(neurons[0].rank, 1.0);
+    assert_eq!(neurons[0].trust, 32768.0 / 65535.0);
+    assert_eq!(neurons[0].consensus, 1.0 / 65535.0);
+    assert_eq!(neurons[0].incentive, 0.2);
+    assert_eq!(neurons[0].emission, 2.5);
+    assert_eq!((neurons[1].rank, neurons[1].emission), (0.0, 0.0));
     assert_eq!(neurons[1].axon.as_deref(), Some("[2001:db8::7]:443"));
     assert_eq!(neurons[1].stake, 0.0);
     assert!(!neurons[1].validator_permit);
@@ -155,6 +169,21 @@ fn check_2023_neuron(neurons: &[prompting_metagraph::NeuronInfo], fixture: &serd
             .contains("/ipv4/1.2.3.4:8091")
     );
     assert_eq!(n.axon.as_deref(), Some("1.2.3.4:8091"));
+    // The scores equal what bittensor 6.4.4 decoded (rank 1.0, emission τ1.0, incentive
+    // 0.5000076295109483, ...).
+    let score = |key: &str| -> f64 {
+        expected[key]
+            .as_str()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in the fixture"))
+    };
+    assert_eq!(n.rank, score("rank"));
+    assert_eq!(n.trust, score("trust"));
+    assert_eq!(n.consensus, score("consensus"));
+    assert_eq!(n.incentive, score("incentive"));
+    assert_eq!(n.emission, score("emission"));
+    assert_eq!((n.rank, n.emission), (1.0, 1.0));
+    assert!(n.incentive > 0.5 && n.incentive < 0.5001);
 }
 
 #[test]

@@ -12,7 +12,11 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 /// One registered neuron, as the chain reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+///
+/// The consensus scores (`rank`, `trust`, `consensus`, `incentive`) are the chain's u16
+/// values divided by 65535, and `emission` is in units of 1e9 (α on a subnet), as bittensor's
+/// `metagraph.R`/`T`/`C`/`I`/`E` report them; a metagraph file without them reads 0.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NeuronInfo {
     /// Position of the neuron on the subnet.
     pub uid: u16,
@@ -31,6 +35,21 @@ pub struct NeuronInfo {
     /// The axon address the neuron published, as `ip:port`, if any.
     #[serde(default)]
     pub axon: Option<String>,
+    /// Rank (bittensor's `metagraph.R`), in [0, 1].
+    #[serde(default)]
+    pub rank: f64,
+    /// Trust (`metagraph.T`), in [0, 1].
+    #[serde(default)]
+    pub trust: f64,
+    /// Consensus (`metagraph.C`), in [0, 1].
+    #[serde(default)]
+    pub consensus: f64,
+    /// Incentive (`metagraph.I`), in [0, 1].
+    #[serde(default)]
+    pub incentive: f64,
+    /// Emission per tempo (`metagraph.E`), in units of 1e9 (α on a subnet).
+    #[serde(default)]
+    pub emission: f64,
 }
 
 /// What a policy needs to know of one caller.
@@ -160,6 +179,7 @@ mod tests {
             stake,
             validator_permit: stake > 10.0,
             axon: None,
+            ..NeuronInfo::default()
         }
     }
 

@@ -43,6 +43,7 @@ use crate::traits::{Miner, MinerError, TextStream};
 ///     stake: 5000.0,
 ///     validator_permit: true,
 ///     axon: None,
+///     ..NeuronInfo::default()
 /// };
 /// let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(1, 100, vec![validator])));
 /// let pipeline = Pipeline::new(MinerConfig::default(), metagraph, Arc::new(Echo))?;
@@ -427,6 +428,7 @@ mod tests {
             stake,
             validator_permit,
             axon: None,
+            ..NeuronInfo::default()
         }
     }
 

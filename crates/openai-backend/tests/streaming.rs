@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use futures::StreamExt;
 use prompting_miner::{Miner, MinerError, TextStream, TokenUsage};
+use prompting_openai_backend::OpenAiBackend;
 use serde_json::json;
 use support::*;
 
@@ -14,6 +15,19 @@ const KEY: &str = "sk-stream-key-77";
 
 async fn collect(stream: TextStream) -> Vec<Result<String, MinerError>> {
     stream.collect().await
+}
+
+/// `backend.prompt_stream` of a one-message prompt with a 10 s deadline: how every test but the
+/// deadline and report ones asks.
+async fn ask(backend: &OpenAiBackend) -> Result<TextStream, MinerError> {
+    backend
+        .prompt_stream(&prompt(Duration::from_secs(10)))
+        .await
+}
+
+/// What [`ask`] yields from a stream that must start.
+async fn streamed(backend: &OpenAiBackend) -> Vec<Result<String, MinerError>> {
+    collect(ask(backend).await.expect("stream starts")).await
 }
 
 /// What `prompt_stream` yields (10 s deadline) when one upstream answers at once with the SSE
@@ -25,11 +39,7 @@ async fn stream_of(chunks: Vec<String>, key: Option<&str>) -> Vec<Result<String,
         Some(key) => args_with_key(&[&upstream.base_url], key),
         None => args(&[&upstream.base_url]),
     });
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-    collect(stream).await
+    streamed(&backend).await
 }
 
 /// An OpenAI-like stream of `pieces` for choice 0, written as raw SSE and cut into chunks at
@@ -67,11 +77,7 @@ async fn stream_yields_the_deltas_of_the_first_choice() {
     .await;
     let backend = backend(args_with_key(&[&upstream.base_url], KEY));
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-    let items = collect(stream).await;
+    let items = streamed(&backend).await;
 
     assert_eq!(
         items,
@@ -105,13 +111,8 @@ async fn stream_setup_is_retried_on_server_errors() {
     .await;
     let backend = backend(args(&[&upstream.base_url]));
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-
     assert_eq!(
-        collect(stream).await,
+        streamed(&backend).await,
         vec![Ok("third ".to_owned()), Ok("time".to_owned())]
     );
     assert_eq!(upstream.hits(), 3);
@@ -124,9 +125,7 @@ async fn stream_refused_upstream_fails_before_streaming() {
             .await;
     let backend = backend(args_with_key(&[&upstream.base_url], KEY));
 
-    let result = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await;
+    let result = ask(&backend).await;
 
     assert_eq!(
         result.err(),
@@ -183,11 +182,7 @@ async fn stream_stalled_longer_than_the_timeout_is_an_error() {
         ..args(&[&upstream.base_url])
     });
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-    let items = collect(stream).await;
+    let items = streamed(&backend).await;
 
     assert_eq!(items.len(), 2, "{items:?}");
     assert!(
@@ -265,8 +260,7 @@ async fn start_error(chunks: Vec<String>) -> (MinerError, usize) {
     let upstream =
         MockUpstream::start(move |_, _| reply(sse_reply(chunks.clone(), Duration::ZERO))).await;
     let backend = backend(args(&[&upstream.base_url]));
-    let error = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
+    let error = ask(&backend)
         .await
         .err()
         .expect("the stream fails before its first chunk");
@@ -339,13 +333,8 @@ async fn a_stream_breaking_off_before_its_first_chunk_is_retried() {
     .await;
     let backend = backend(args(&[&upstream.base_url]));
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-
     assert_eq!(
-        collect(stream).await,
+        streamed(&backend).await,
         vec![Ok("second ".to_owned()), Ok("try".to_owned())]
     );
     assert_eq!(upstream.hits(), 2);
@@ -368,10 +357,7 @@ async fn an_empty_event_stream_is_asked_again_without_streaming_to_learn_why() {
     .await;
     let backend = backend(args(&[&upstream.base_url]));
 
-    let error = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .err();
+    let error = ask(&backend).await.err();
 
     assert_eq!(
         error,
@@ -401,10 +387,7 @@ async fn an_event_stream_broken_before_its_first_byte_is_asked_again_without_str
     .await;
     let backend = backend(args(&[&base_url]));
 
-    let error = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .err();
+    let error = ask(&backend).await.err();
 
     assert_eq!(
         error,
@@ -436,10 +419,7 @@ async fn the_connection_an_empty_stream_came_on_may_be_dead_for_the_question_why
     .await;
     let backend = backend(args(&[&base_url]));
 
-    let error = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .err();
+    let error = ask(&backend).await.err();
 
     assert_eq!(
         error,
@@ -534,11 +514,7 @@ async fn stream_usage_is_not_asked_when_turned_off() {
         ..args(&[&upstream.base_url])
     });
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-    assert_eq!(collect(stream).await, vec![Ok("x".to_owned())]);
+    assert_eq!(streamed(&backend).await, vec![Ok("x".to_owned())]);
     assert!(upstream.requests()[0].body.get("stream_options").is_none());
 }
 
@@ -547,10 +523,8 @@ async fn json_answer_to_a_stream_request_is_one_chunk() {
     let upstream = MockUpstream::start(|_, _| reply(completion("not streamed"))).await;
     let backend = backend(args(&[&upstream.base_url]));
 
-    let stream = backend
-        .prompt_stream(&prompt(Duration::from_secs(10)))
-        .await
-        .expect("stream starts");
-
-    assert_eq!(collect(stream).await, vec![Ok("not streamed".to_owned())]);
+    assert_eq!(
+        streamed(&backend).await,
+        vec![Ok("not streamed".to_owned())]
+    );
 }

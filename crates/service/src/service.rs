@@ -5,13 +5,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use prompting_chain::axon_addr::unservable_reason;
-use prompting_chain::{ServeAxon, Subtensor, SyncOptions, spawn_sync};
+use prompting_chain::{ServeAxon, Subtensor, SyncOptions, SyncStatus, spawn_sync};
 use prompting_keys::Keypair;
 use prompting_keys::wallet::WalletError;
+use prompting_miner::metagraph::NeuronInfo;
 use prompting_miner::{
     DevMetagraph, MetagraphView, Miner, Pipeline, SharedMetagraph, StaticMetagraph,
 };
 use prompting_transport::axon::{self, AxonArgs, AxonState};
+use prompting_transport::edge::Metrics;
+use prompting_transport::openai::api_key::API_KEY_CALLER;
 use prompting_transport::server::shutdown_signal;
 use tokio::net::TcpListener;
 
@@ -63,6 +66,10 @@ impl CommonArgs {
         self.miner
             .validate()
             .map_err(|e| ServiceError::Config(e.to_string()))?;
+        self.axon
+            .openai_api
+            .validate()
+            .map_err(|e| ServiceError::Config(format!("invalid --openai_api.key: {e}")))?;
         if self.no_start_axon && !self.uses_chain() {
             return Err(ServiceError::Config(
                 "--miner.no_start_axon leaves nothing to do without a chain (it was given with \
@@ -318,21 +325,25 @@ impl Service {
             let signer: Arc<Keypair> = Arc::clone(&keypair);
             let (task, status) = spawn_sync(
                 subtensor,
-                shared,
+                Arc::clone(&shared),
                 signer,
                 SyncOptions {
                     serve,
                     ..SyncOptions::from_args(&args.subtensor)
                 },
             );
-            state.metrics_mut().add_gauge_source(
-                "metagraph_age_seconds",
-                "Seconds since the metagraph was last refreshed from the chain",
-                Arc::new(move || status.snapshot().age().map(|age| age.as_secs_f64())),
+            register_chain_metrics(
+                state.metrics_mut(),
+                &shared,
+                &status,
+                keypair.ss58_address(),
             );
             sync_task = Some(task);
         }
 
+        if args.axon.openai_api.enabled() {
+            log_api_keys(&args);
+        }
         let state = Arc::new(state);
         let router = axon::router(Arc::clone(&state));
         tracing::info!(
@@ -351,6 +362,100 @@ impl Service {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Says that `/v1/*` takes `--openai_api.key` bearer keys (how many, never which), and warns
+/// when the blacklist will refuse their caller.
+fn log_api_keys(args: &CommonArgs) {
+    let keys = args.axon.openai_api.keys.len();
+    tracing::info!(
+        "/v1/* also accepts `Authorization: Bearer <key>` with {keys} --openai_api.key key(s); \
+         their caller is `{API_KEY_CALLER}`"
+    );
+    let blacklist = &args.miner.blacklist;
+    let trusted = args.dev || args.mock() || blacklist.allow_non_registered;
+    if !trusted && !blacklist.whitelist.iter().any(|k| k == API_KEY_CALLER) {
+        tracing::warn!(
+            "callers with an --openai_api.key are not registered on the subnet, so the \
+             blacklist refuses them (403): add `--miner.blacklist.whitelist {API_KEY_CALLER}` \
+             to serve them"
+        );
+    }
+}
+
+/// The chain duties' figures on `/metrics`, read at each scrape: the metagraph's age and
+/// block, the miner's own uid, stake, rank, trust, consensus, incentive and emission (what the
+/// epoch line logs; absent while the hotkey is not in the metagraph), and the weights set.
+fn register_chain_metrics(
+    metrics: &mut Metrics,
+    shared: &Arc<SharedMetagraph>,
+    status: &Arc<SyncStatus>,
+    hotkey: String,
+) {
+    let age = Arc::clone(status);
+    metrics.add_gauge_source(
+        "metagraph_age_seconds",
+        "Seconds since the metagraph was last refreshed from the chain",
+        Arc::new(move || age.snapshot().age().map(|age| age.as_secs_f64())),
+    );
+    let block = Arc::clone(shared);
+    metrics.add_gauge_source(
+        "metagraph_block",
+        "Block of the metagraph last read from the chain",
+        Arc::new(move || Some(block.load().block as f64)),
+    );
+    type Figure = fn(&NeuronInfo) -> f64;
+    let figures: [(&str, &str, Figure); 7] = [
+        ("neuron_uid", "The miner's uid on the subnet", |n| {
+            f64::from(n.uid)
+        }),
+        (
+            "neuron_stake",
+            "The miner's stake weight, in alpha (bittensor's metagraph.S)",
+            |n| n.stake,
+        ),
+        (
+            "neuron_rank",
+            "The miner's rank (metagraph.R), 0 to 1",
+            |n| n.rank,
+        ),
+        (
+            "neuron_trust",
+            "The miner's trust (metagraph.T), 0 to 1",
+            |n| n.trust,
+        ),
+        (
+            "neuron_consensus",
+            "The miner's consensus (metagraph.C), 0 to 1",
+            |n| n.consensus,
+        ),
+        (
+            "neuron_incentive",
+            "The miner's incentive (metagraph.I), 0 to 1",
+            |n| n.incentive,
+        ),
+        (
+            "neuron_emission",
+            "The miner's emission per tempo, in alpha (metagraph.E)",
+            |n| n.emission,
+        ),
+    ];
+    for (name, help, figure) in figures {
+        let shared = Arc::clone(shared);
+        let hotkey = hotkey.clone();
+        metrics.add_gauge_source(
+            name,
+            help,
+            Arc::new(move || shared.load().neuron(&hotkey).map(figure)),
+        );
+    }
+    let weights = Arc::clone(status);
+    metrics.add_counter_source(
+        "weights_set",
+        "Weights set on chain by this miner (successful extrinsics, --miner.set_weights), by extrinsic",
+        "extrinsic",
+        Arc::new(move || vec![("set_weights", weights.snapshot().weights_set_total)]),
+    );
 }
 
 /// A command that queries the axon at `local_addr` signed by the wallet of `wallet` (the

@@ -406,3 +406,44 @@ fn the_log_file_goes_where_the_python_miner_puts_it() {
     );
     assert_eq!(parse(&[]).expect("parse").log_file(), None);
 }
+
+#[test]
+fn openai_api_keys_come_repeated_comma_separated_or_from_the_file() {
+    let keys = |args: &CommonArgs| -> Vec<String> {
+        args.axon
+            .openai_api
+            .keys
+            .iter()
+            .map(|k| k.expose().to_string())
+            .collect()
+    };
+    assert!(
+        keys(&parse(&[]).expect("parse")).is_empty(),
+        "off by default"
+    );
+    let args =
+        parse(&["--openai_api.key", "sk-a", "--openai_api.key", "sk-b,sk-c"]).expect("parse");
+    assert_eq!(keys(&args), ["sk-a", "sk-b", "sk-c"]);
+    assert!(args.validate().is_ok());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = dir.path().join("miner.yaml");
+    std::fs::write(&yaml, "openai_api:\n  key:\n  - sk-yaml-1\n  - sk-yaml-2\n").expect("write");
+    let args = parse(&["--config", &yaml.display().to_string()]).expect("parse");
+    assert_eq!(keys(&args), ["sk-yaml-1", "sk-yaml-2"]);
+    let toml = write_config(dir.path(), "[openai_api]\nkey = [\"sk-toml\"]\n");
+    let args = parse(&["--config", &toml]).expect("parse");
+    assert_eq!(keys(&args), ["sk-toml"]);
+    // The command line replaces the file's keys.
+    let args = parse(&["--config", &toml, "--openai_api.key", "sk-flag"]).expect("parse");
+    assert_eq!(keys(&args), ["sk-flag"]);
+
+    // An unusable key is refused at start-up without being quoted; Debug never shows keys.
+    let args = parse(&["--openai_api.key", "sk with space"]).expect("parse");
+    let error = args.validate().expect_err("a space").to_string();
+    assert!(
+        error.contains("--openai_api.key") && !error.contains("sk with space"),
+        "{error}"
+    );
+    assert!(!format!("{args:?}").contains("sk with space"));
+}

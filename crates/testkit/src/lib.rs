@@ -27,6 +27,8 @@ pub enum Venv {
     Bt11,
     /// `llama-cpp-python[server]==0.3.36` (llama.cpp's OpenAI-compatible server) and `gguf`.
     Llama,
+    /// `openai==3.57.0`: the official OpenAI Python SDK.
+    OpenAi,
 }
 
 impl Venv {
@@ -35,6 +37,7 @@ impl Venv {
             Venv::Bt10 => "bt10",
             Venv::Bt11 => "bt11",
             Venv::Llama => "llama",
+            Venv::OpenAi => "openai",
         }
     }
 
@@ -43,6 +46,7 @@ impl Venv {
             Venv::Bt10 => "PROMPTING_BT10_PYTHON",
             Venv::Bt11 => "PROMPTING_BT11_PYTHON",
             Venv::Llama => "PROMPTING_LLAMA_PYTHON",
+            Venv::OpenAi => "PROMPTING_OPENAI_PYTHON",
         }
     }
 }

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::btauth::BtAuthArgs;
+use crate::openai::api_key::OpenAiApiArgs;
 use crate::server::ServerLimits;
 
 /// Where the axon listens, what it publishes, and its limits.
@@ -112,6 +113,10 @@ pub struct AxonArgs {
     /// btauth/1 verification (bittensor 11 validators, the OpenAI-compatible routes).
     #[cfg_attr(feature = "cli", command(flatten))]
     pub btauth: BtAuthArgs,
+    /// Bearer keys plain OpenAI clients may use on `/v1/*` (`--openai_api.*`).
+    #[cfg_attr(feature = "cli", command(flatten))]
+    #[serde(skip)]
+    pub openai_api: OpenAiApiArgs,
 }
 
 impl Default for AxonArgs {
@@ -135,6 +140,7 @@ impl Default for AxonArgs {
             nonce_max_keys: 4096,
             nonce_reorder_window: 1.0,
             btauth: BtAuthArgs::default(),
+            openai_api: OpenAiApiArgs::default(),
         }
     }
 }

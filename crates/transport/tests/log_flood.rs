@@ -3,7 +3,10 @@
 //! (N early evictions) writes at most one warning per `--axon.log_interval`, while the metric
 //! counts all N.
 //!
-//! Its own test binary: it installs a global log subscriber that captures every line.
+//! Its own test binary, not a module of `tests/it`: it installs the process-wide log
+//! subscriber (`tracing_subscriber::fmt().init()`, once per process) that captures every line,
+//! which in the shared binary would either fail for the second installer or capture the other
+//! tests' lines. It shares `tests/it/common` by `#[path]`.
 
 #[allow(dead_code)]
 #[path = "it/common/mod.rs"]
@@ -13,11 +16,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{AxonSetup, miner_key};
-use prompting_keys::Keypair;
+use common::{AxonSetup, axon_args, miner_key, stranger_key, with_nonce};
 use prompting_synapse::{Prompting, Synapse};
-use prompting_transport::axon::AxonArgs;
-use prompting_transport::dendrite::legacy::PreparedRequest;
 use prompting_transport::dendrite::{AxonTarget, Dendrite};
 
 /// Every log line written, in order.
@@ -44,53 +44,6 @@ impl Captured {
             .map(str::to_owned)
             .collect()
     }
-}
-
-fn axon_args(flags: &[&str]) -> AxonArgs {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        axon: AxonArgs,
-    }
-    let mut argv = vec!["miner", "--axon.ip", "127.0.0.1", "--axon.port", "0"];
-    argv.extend_from_slice(flags);
-    match <Cli as clap::Parser>::try_parse_from(argv) {
-        Ok(cli) => cli.axon,
-        Err(err) => panic!("flags {flags:?}: {err}"),
-    }
-}
-
-fn stranger_key() -> Keypair {
-    Keypair::from_mnemonic("zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo wrong").expect("mnemonic")
-}
-
-/// Re-signs `request` with `nonce` (far in the future: a live endpoint for a long time).
-fn with_nonce(request: &PreparedRequest, key: &Keypair, nonce: u64) -> PreparedRequest {
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("prepared request without {name}"))
-    };
-    let message = format!(
-        "{nonce}.{}.{}.{}.{}",
-        header("bt_header_dendrite_hotkey"),
-        header("bt_header_axon_hotkey"),
-        header("bt_header_dendrite_uuid"),
-        header("computed_body_hash"),
-    );
-    let signature = key.sign_hex(message.as_bytes());
-    let mut resigned = request.clone();
-    for (name, value) in &mut resigned.headers {
-        if name.eq_ignore_ascii_case("bt_header_dendrite_nonce") {
-            *value = nonce.to_string();
-        } else if name.eq_ignore_ascii_case("bt_header_dendrite_signature") {
-            *value = signature.clone();
-        }
-    }
-    resigned
 }
 
 /// The value of the counter sample `name{label}` in a `/metrics` page.

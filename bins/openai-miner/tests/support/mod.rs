@@ -28,6 +28,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "BT_LOGGING_RECORD_LOG",
     "BT_LOGGING_LOGGING_DIR",
     "OPENAI_API_KEY",
+    "PROMPTING_OPENAI_API_KEY",
     "RUST_LOG",
 ];
 
@@ -57,8 +58,20 @@ pub struct MinerProcess {
 impl MinerProcess {
     /// Starts `bin` with `args`, serving on 127.0.0.1:`port`; its stderr goes to `log`.
     pub fn spawn(bin: &str, args: &[String], port: u16, log: &Path) -> MinerProcess {
+        Self::spawn_with_env(bin, args, &[], port, log)
+    }
+
+    /// [`MinerProcess::spawn`] with the environment variables `env` set.
+    pub fn spawn_with_env(
+        bin: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        port: u16,
+        log: &Path,
+    ) -> MinerProcess {
         let stderr = std::fs::File::create(log).expect("create the log file");
         let child = command(bin, args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

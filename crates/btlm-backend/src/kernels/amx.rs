@@ -14,7 +14,9 @@
 //! streams `A` (`tmm4`, `tmm5`) and `B` (`tmm6`, `tmm7`) tiles through them.
 //!
 //! Arithmetic: weights and activations rounded to bf16, products and sums in f32 — what
-//! PyTorch's bf16 prefill computes. f32 weights never come here (their prefill stays f32).
+//! PyTorch's bf16 prefill computes. The dispatcher sends bf16, q8_0 and q4k weights here;
+//! f32 and f16 keep their precision on the AVX-512 kernels (this module computes f16 too,
+//! and its test covers it).
 //!
 //! **Status**: written and compiled on a machine without AMX (AMD Zen 3); the tests in
 //! `tests.rs` exercise it only where [`supported`] is true, so until they have run on an

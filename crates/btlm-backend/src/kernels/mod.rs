@@ -59,8 +59,8 @@ pub enum KernelError {
 /// An instruction set the kernels can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
-    /// The AVX-512 kernels, and Intel AMX bf16 tile products for many rows of non-f32
-    /// weights (`amx.rs`). Opt-in (`BTLM_KERNELS=amx`): [`KernelPath::detect`] does not
+    /// The AVX-512 kernels, and Intel AMX bf16 tile products for many rows of bf16, q8_0
+    /// and q4k weights (`amx.rs`). Opt-in (`BTLM_KERNELS=amx`): [`KernelPath::detect`] does not
     /// choose it until its tests have run on an AMX machine.
     Amx,
     /// AVX-512 F/BW/VL with VNNI and BF16.
@@ -151,7 +151,11 @@ impl KernelPath {
             // Measured on AVX2 (Zen 3): the 8-bit tile kernels beat f32 products for q8_0
             // and q4k, f32 weights run at the FMA peak either way; bf16/f16 gain 2×.
             (KernelPath::Avx2, WeightFormat::Bf16 | WeightFormat::F16) => Route::Many,
-            (KernelPath::Amx, f) if f != WeightFormat::F32 => Route::Amx,
+            // f32 and f16 keep their precision (AVX-512 tile kernels); bf16 rounding of
+            // bf16 weights is none, of 8-bit weights below their quantization error.
+            (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K) => {
+                Route::Amx
+            }
             _ => Route::Tiles,
         }
     }
@@ -188,7 +192,7 @@ impl KernelPath {
 /// From this many activation rows on (prompts, large batches), the AVX2 path multiplies
 /// bf16 and f16 weights with the cache-blocked many-rows kernels (weights converted to f32
 /// once per block of 256 inputs and reused by every row, `many.rs`), and the opt-in AMX
-/// path every non-f32 format on the tile unit (`amx.rs`).
+/// path bf16, q8_0 and q4k weights on the tile unit (`amx.rs`).
 /// `BTLM_MANY_ROWS=N` sets another threshold, `BTLM_MANY_ROWS=off` (or 0) disables them.
 pub const MANY_ROWS: usize = 16;
 

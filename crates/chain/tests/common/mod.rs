@@ -41,6 +41,13 @@ pub struct TestNeuron {
     pub axon_block: u64,
     /// Block of the last weights (`LastUpdate`; 0: never).
     pub last_update: u64,
+    /// `rank`, `trust`, `consensus`, `incentive`: u16 fractions of 65535.
+    pub rank: u16,
+    pub trust: u16,
+    pub consensus: u16,
+    pub incentive: u16,
+    /// `emission`, in rao.
+    pub emission: u64,
 }
 
 impl TestNeuron {
@@ -59,6 +66,11 @@ impl TestNeuron {
             protocol: 0,
             axon_block: 0,
             last_update: 0,
+            rank: 0,
+            trust: 0,
+            consensus: 0,
+            incentive: 0,
+            emission: 0,
         }
     }
 
@@ -129,11 +141,11 @@ pub fn neuron_value(n: &TestNeuron) -> Value {
                     .map(|(ck, rao)| Value::unnamed_composite([account(ck), u(*rao)])),
             ),
         ),
-        ("rank", u(0u8)),
-        ("emission", u(0u8)),
-        ("incentive", u(0u8)),
-        ("consensus", u(0u8)),
-        ("trust", u(0u8)),
+        ("rank", u(n.rank)),
+        ("emission", u(n.emission)),
+        ("incentive", u(n.incentive)),
+        ("consensus", u(n.consensus)),
+        ("trust", u(n.trust)),
         ("validator_trust", u(0u8)),
         ("dividends", u(0u8)),
         ("last_update", u(n.last_update)),

@@ -175,7 +175,7 @@ mod tests {
     }
 
     /// A cheap cost for tests of everything but the cost itself (the shipped cost is checked
-    /// against Python-made files in `tests/nacl_vectors.rs`).
+    /// against Python-made files in `tests/it/nacl_vectors.rs`).
     const CHEAP: KdfCost = KdfCost {
         passes: 1,
         memory_kib: 64,

@@ -23,6 +23,7 @@ use tonic::{Code, Status};
 use super::body::BodyReadError;
 use crate::btauth::{BtAuthError, ErrorClass};
 use crate::deadline::TimeoutError;
+use crate::openai::api_key::ApiKeyError;
 
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -51,6 +52,9 @@ pub enum Rejection {
     /// A call that reached a handler without a verified caller (401, `UNAUTHENTICATED`).
     #[error("btauth/1 verification is required")]
     Unauthenticated,
+    /// An OpenAI-compatible request without a valid `--openai_api.key` bearer key (401).
+    #[error(transparent)]
+    ApiKey(#[from] ApiKeyError),
     /// The pipeline's answer: blacklisted, overloaded, timed out, backend failure, bad request.
     #[error(transparent)]
     Miner(#[from] MinerError),
@@ -83,7 +87,10 @@ impl Rejection {
         match self {
             Rejection::Malformed(_) | Rejection::Unsupported(_) | Rejection::Timeout(_) => 400,
             Rejection::Body(error) => error.status(),
-            Rejection::NotVerified(_) | Rejection::BtAuth(_) | Rejection::Unauthenticated => 401,
+            Rejection::NotVerified(_)
+            | Rejection::BtAuth(_)
+            | Rejection::Unauthenticated
+            | Rejection::ApiKey(_) => 401,
             Rejection::Miner(error) => error.status_code(),
             Rejection::UnknownSynapse { .. } => 404,
         }
@@ -143,9 +150,10 @@ impl Rejection {
             Rejection::Body(BodyReadError::TooLarge { .. }) => Code::ResourceExhausted,
             Rejection::Body(BodyReadError::TimedOut { .. }) => Code::DeadlineExceeded,
             Rejection::Body(BodyReadError::Broken(_)) => Code::InvalidArgument,
-            Rejection::NotVerified(_) | Rejection::BtAuth(_) | Rejection::Unauthenticated => {
-                Code::Unauthenticated
-            }
+            Rejection::NotVerified(_)
+            | Rejection::BtAuth(_)
+            | Rejection::Unauthenticated
+            | Rejection::ApiKey(_) => Code::Unauthenticated,
             Rejection::Miner(error) => match error {
                 MinerError::BadRequest(_) => Code::InvalidArgument,
                 MinerError::Blacklisted(_) => Code::PermissionDenied,
@@ -224,7 +232,8 @@ pub struct OpenAiErrorDetail {
     /// OpenAI's error type for the status (`invalid_request_error`, ...).
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// The btauth/1 error class of an authentication failure, else `null`.
+    /// The btauth/1 error class of an authentication failure, `invalid_api_key` for a
+    /// missing or wrong `--openai_api.key` bearer key, else `null`.
     pub code: Option<&'static str>,
 }
 
@@ -236,7 +245,10 @@ impl OpenAiRejection {
             error: OpenAiErrorDetail {
                 message: self.0.to_string(),
                 kind: openai_error_type(status),
-                code: self.0.class().map(ErrorClass::as_str),
+                code: match &self.0 {
+                    Rejection::ApiKey(_) => Some("invalid_api_key"),
+                    other => other.class().map(ErrorClass::as_str),
+                },
             },
         }
     }

@@ -1,8 +1,9 @@
-//! An OpenAI-compatible chat-completions endpoint on the axon, authenticated with btauth/1:
-//! `POST /v1/chat/completions` (JSON, or Server-Sent Events with `stream: true`) and
-//! `GET /v1/models`. Requests go through the same pipeline as every other protocol; errors
+//! An OpenAI-compatible chat-completions endpoint on the axon, authenticated with btauth/1
+//! (or, with `--openai_api.key`, a bearer key: [`api_key`]): `POST /v1/chat/completions`
+//! (JSON, or Server-Sent Events with `stream: true`) and `GET /v1/models`. Requests go through the same pipeline as every other protocol; errors
 //! have OpenAI's shape ([`OpenAiRejection`]).
 
+pub mod api_key;
 pub mod schema;
 mod sse;
 
@@ -20,7 +21,7 @@ use prompting_miner::{CompletionReport, PromptRequest, Protocol, SamplingOverrid
 use tokio::time::Instant;
 
 use crate::deadline::{budget, deadline};
-use crate::edge::auth::authenticate;
+use crate::edge::auth::{Authenticated, authenticate, is_signed, read};
 use crate::edge::{AxonState, OpenAiRejection, Rejection};
 use schema::{AssistantMessage, ChatCompletion, ChatRequest, Choice, Usage};
 
@@ -61,6 +62,27 @@ fn to_prompt(request: &ChatRequest) -> Result<(Vec<String>, Vec<String>), Reject
     Ok((roles, messages))
 }
 
+/// Who is calling: a btauth/1-signed request is verified as such; with `--openai_api.key`
+/// set, any other request must carry one of the keys (its caller is
+/// [`api_key::API_KEY_CALLER`]), checked before its body is read.
+async fn caller(
+    state: &AxonState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Authenticated, Rejection> {
+    let keys = &state.args.openai_api.keys;
+    if keys.is_empty() || is_signed(headers) {
+        return authenticate(state, method, uri, headers, body).await;
+    }
+    api_key::check(keys, headers)?;
+    Ok(Authenticated {
+        caller: api_key::API_KEY_CALLER.to_string(),
+        body: read(state, body).await?,
+    })
+}
+
 /// `POST /v1/chat/completions`.
 async fn chat_completions(
     State(state): State<Arc<AxonState>>,
@@ -70,7 +92,7 @@ async fn chat_completions(
     body: Body,
 ) -> Result<Response, OpenAiRejection> {
     let start = Instant::now();
-    let auth = authenticate(&state, &method, &uri, &headers, body).await?;
+    let auth = caller(&state, &method, &uri, &headers, body).await?;
     let chat: ChatRequest = serde_json::from_slice(&auth.body)
         .map_err(|e| Rejection::Malformed(format!("invalid chat completions request: {e}")))?;
     let (roles, messages) = to_prompt(&chat)?;

@@ -26,6 +26,7 @@ fn neuron(uid: u16, hotkey: String, stake: f64, validator_permit: bool) -> Neuro
         stake,
         validator_permit,
         axon: None,
+        ..NeuronInfo::default()
     }
 }
 

@@ -11,11 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{AxonSetup, miner_key, validator_key};
+use common::{AxonSetup, axon_args, miner_key, stranger_key, validator_key, with_nonce};
 use http::Method;
 use prompting_keys::Keypair;
 use prompting_synapse::{Prompting, Synapse};
-use prompting_transport::axon::AxonArgs;
 use prompting_transport::btauth::sign_request;
 use prompting_transport::clock::{Clock, ManualClock};
 use prompting_transport::dendrite::legacy::PreparedRequest;
@@ -23,12 +22,6 @@ use prompting_transport::dendrite::{AxonTarget, Dendrite};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const STRANGER_MNEMONIC: &str = "zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo wrong";
-
-fn stranger_key() -> Keypair {
-    Keypair::from_mnemonic(STRANGER_MNEMONIC).expect("mnemonic")
-}
 
 fn wall_ns() -> u64 {
     u64::try_from(
@@ -45,36 +38,6 @@ fn clock_now() -> Arc<ManualClock> {
     Arc::new(ManualClock::new(
         i64::try_from(wall_ns()).expect("nanoseconds fit i64"),
     ))
-}
-
-/// Re-signs a prepared legacy request for another nonce (above what a dendrite's clock
-/// gives: nonces are u64 on the wire).
-fn with_nonce(request: &PreparedRequest, key: &Keypair, nonce: u64) -> PreparedRequest {
-    let header = |name: &str| {
-        request
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_else(|| panic!("prepared request without {name}"))
-    };
-    let message = format!(
-        "{nonce}.{}.{}.{}.{}",
-        header("bt_header_dendrite_hotkey"),
-        header("bt_header_axon_hotkey"),
-        header("bt_header_dendrite_uuid"),
-        header("computed_body_hash"),
-    );
-    let signature = key.sign_hex(message.as_bytes());
-    let mut resigned = request.clone();
-    for (name, value) in &mut resigned.headers {
-        if name.eq_ignore_ascii_case("bt_header_dendrite_nonce") {
-            *value = nonce.to_string();
-        } else if name.eq_ignore_ascii_case("bt_header_dendrite_signature") {
-            *value = signature.clone();
-        }
-    }
-    resigned
 }
 
 fn target(addr: SocketAddr) -> AxonTarget {
@@ -249,22 +212,6 @@ async fn unregistered_btauth_flood_does_not_lock_out_a_validator() {
     let status = response.status();
     let body = response.text().await.expect("body");
     assert_eq!(status, 200, "the validator after the flood: {body}");
-}
-
-/// Axon flags as an operator gives them (so a test of a new flag fails, not miscompiles,
-/// where the flag does not exist).
-fn axon_args(flags: &[&str]) -> AxonArgs {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        axon: AxonArgs,
-    }
-    let mut argv = vec!["miner", "--axon.ip", "127.0.0.1", "--axon.port", "0"];
-    argv.extend_from_slice(flags);
-    match <Cli as clap::Parser>::try_parse_from(argv) {
-        Ok(cli) => cli.axon,
-        Err(err) => panic!("flags {flags:?}: {err}"),
-    }
 }
 
 /// Reads until the server closes the connection (EOF or reset): true if it did within

@@ -14,6 +14,7 @@ use prompting_testkit::RawHttp;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::btauth::BtAuthVerifier;
 use prompting_transport::clock::Clock;
+use prompting_transport::dendrite::legacy::PreparedRequest;
 use tokio::sync::oneshot;
 
 /// Mnemonics of the keys in `../shared/vectors/legacy/keys.json`.
@@ -77,6 +78,7 @@ pub fn metagraph(validators: &[&str]) -> Arc<SharedMetagraph> {
             stake: 1000.0,
             validator_permit: true,
             axon: None,
+            ..NeuronInfo::default()
         })
         .collect();
     Arc::new(SharedMetagraph::new(Metagraph::new(1, 100, neurons)))
@@ -204,4 +206,55 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
+}
+
+/// A key no metagraph registers (an outsider's).
+pub fn stranger_key() -> Keypair {
+    Keypair::from_mnemonic("zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo zoo wrong").expect("mnemonic")
+}
+
+/// Re-signs a prepared legacy request for another nonce (above what a dendrite's clock
+/// gives: nonces are u64 on the wire).
+pub fn with_nonce(request: &PreparedRequest, key: &Keypair, nonce: u64) -> PreparedRequest {
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("prepared request without {name}"))
+    };
+    let message = format!(
+        "{nonce}.{}.{}.{}.{}",
+        header("bt_header_dendrite_hotkey"),
+        header("bt_header_axon_hotkey"),
+        header("bt_header_dendrite_uuid"),
+        header("computed_body_hash"),
+    );
+    let signature = key.sign_hex(message.as_bytes());
+    let mut resigned = request.clone();
+    for (name, value) in &mut resigned.headers {
+        if name.eq_ignore_ascii_case("bt_header_dendrite_nonce") {
+            *value = nonce.to_string();
+        } else if name.eq_ignore_ascii_case("bt_header_dendrite_signature") {
+            *value = signature.clone();
+        }
+    }
+    resigned
+}
+
+/// Axon flags as an operator gives them (so a test of a new flag fails, not miscompiles,
+/// where the flag does not exist).
+pub fn axon_args(flags: &[&str]) -> AxonArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        axon: AxonArgs,
+    }
+    let mut argv = vec!["miner", "--axon.ip", "127.0.0.1", "--axon.port", "0"];
+    argv.extend_from_slice(flags);
+    match <Cli as clap::Parser>::try_parse_from(argv) {
+        Ok(cli) => cli.axon,
+        Err(err) => panic!("flags {flags:?}: {err}"),
+    }
 }

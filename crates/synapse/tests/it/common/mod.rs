@@ -1,8 +1,6 @@
 //! Helpers shared by the integration tests: raw HTTP messages, the v6 `Dummy` synapse,
 //! and running `python3`.
 
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! Keys and keyfiles written by Python bittensor load to the right identities, and keyfiles we
 //! write are byte-for-byte what bittensor-wallet 4 writes.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //! Surrogates (U+D800..U+DFFF) are not generated: a Rust `String` cannot hold them, so no
 //! `Synapse` can carry one (serde_json rejects a lone `\ud800` escape in a body).
 
-mod common;
+use crate::common;
 
 use common::python3;
 use prompting_synapse::headers::python_headers_dict_size;
@@ -29,7 +29,7 @@ fn printable_table_matches_running_python() {
     ))
     .expect("generator script");
     let generated = python3(&script, b"");
-    let committed = include_str!("../src/printable_table.rs");
+    let committed = include_str!("../../src/printable_table.rs");
     assert!(
         generated == committed,
         "src/printable_table.rs differs from what this python3 generates (Unicode version?): \

@@ -1,7 +1,7 @@
 //! Every signature recorded between real Python dendrites and axons verifies here, built from
 //! the headers exactly as bittensor builds the signed message; the corrupted one does not.
 
-mod support;
+use crate::support;
 
 use prompting_keys::verify_hex;
 use support::{HttpMessage, fixture, json_fixture};

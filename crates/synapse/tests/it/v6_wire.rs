@@ -1,7 +1,7 @@
 //! The bittensor 6.4.4 wire vectors (`v6/`), with the `Dummy` synapse: a second synapse
 //! type through the same generic codec.
 
-mod common;
+use crate::common;
 
 use common::{Dummy, RawHttp, fixture, fixture_json, synapse_headers};
 use prompting_synapse::{Synapse, SynapseHeaders};

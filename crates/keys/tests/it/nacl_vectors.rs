@@ -3,7 +3,7 @@
 //! one after another in a single test; wrong passwords and tampering are covered with a cheap
 //! cost by the unit tests of `keyfile::encryption`.
 
-mod support;
+use crate::support;
 
 use base64::Engine;
 use prompting_keys::Wallet;

@@ -1,8 +1,6 @@
 //! Test-only helpers: fixture paths and a tiny HTTP message splitter (the real header codec
 //! lives in `prompting-synapse`; these tests must not depend on it).
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 
 /// `tests/fixtures/<relative>`.

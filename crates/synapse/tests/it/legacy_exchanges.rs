@@ -2,7 +2,7 @@
 //! its body hash is recomputed, its synapse headers are reproduced; every response folds
 //! into the client's view the Python dendrite had.
 
-mod common;
+use crate::common;
 
 use common::{RawHttp, fixture_json, synapse_headers};
 use prompting_synapse::{Prompting, Synapse, SynapseHeaders};

@@ -1,6 +1,6 @@
 //! Every case of `legacy/body_hash.json` (bittensor 10.5.0), and the v6 `Dummy` hash.
 
-mod common;
+use crate::common;
 
 use common::{Dummy, fixture_json};
 use prompting_synapse::{Prompting, PyStr, Synapse, sha3_256_hex};
