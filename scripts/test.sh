@@ -13,6 +13,8 @@ step "cargo doc -D warnings: API docs of every crate (about a minute, prints not
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "client-only build: a validator depending on the client side gets no server, pipeline or clap"
 scripts/check-client-deps.sh
+step "import cycles: no crate's modules import each other in a cycle"
+python3 scripts/check-import-cycles.py
 step "cargo publish --dry-run: every crate packages for crates.io (needs the registry index)"
 cargo publish --workspace --dry-run --no-verify --allow-dirty --quiet
 step "cargo test --workspace: every test"

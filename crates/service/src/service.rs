@@ -12,9 +12,9 @@ use prompting_miner::metagraph::NeuronInfo;
 use prompting_miner::{
     DevMetagraph, MetagraphView, Miner, Pipeline, SharedMetagraph, StaticMetagraph,
 };
+use prompting_transport::api_key::API_KEY_CALLER;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::edge::Metrics;
-use prompting_transport::openai::api_key::API_KEY_CALLER;
 use prompting_transport::server::shutdown_signal;
 use tokio::net::TcpListener;
 

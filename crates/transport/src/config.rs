@@ -3,8 +3,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::api_key::OpenAiApiArgs;
 use crate::btauth::BtAuthArgs;
-use crate::openai::api_key::OpenAiApiArgs;
 use crate::server::ServerLimits;
 
 /// Where the axon listens, what it publishes, and its limits.

@@ -22,6 +22,8 @@ pub mod nonce;
 pub mod dendrite;
 
 #[cfg(feature = "server")]
+pub mod api_key;
+#[cfg(feature = "server")]
 pub mod axon;
 #[cfg(feature = "server")]
 pub mod btauth_json;

@@ -21,9 +21,9 @@ use serde::Serialize;
 use tonic::{Code, Status};
 
 use super::body::BodyReadError;
+use crate::api_key::ApiKeyError;
 use crate::btauth::{BtAuthError, ErrorClass};
 use crate::deadline::TimeoutError;
-use crate::openai::api_key::ApiKeyError;
 
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,9 +1,8 @@
 //! An OpenAI-compatible chat-completions endpoint on the axon, authenticated with btauth/1
-//! (or, with `--openai_api.key`, a bearer key: [`api_key`]): `POST /v1/chat/completions`
+//! (or, with `--openai_api.key`, a bearer key: [`crate::api_key`]): `POST /v1/chat/completions`
 //! (JSON, or Server-Sent Events with `stream: true`) and `GET /v1/models`. Requests go through the same pipeline as every other protocol; errors
 //! have OpenAI's shape ([`OpenAiRejection`]).
 
-pub mod api_key;
 pub mod schema;
 mod sse;
 
@@ -20,6 +19,7 @@ use axum::{Json, Router};
 use prompting_miner::{CompletionReport, PromptRequest, Protocol, SamplingOverrides};
 use tokio::time::Instant;
 
+use crate::api_key;
 use crate::deadline::{budget, deadline};
 use crate::edge::auth::{Authenticated, authenticate, is_signed, read};
 use crate::edge::{AxonState, OpenAiRejection, Rejection};
