@@ -108,7 +108,7 @@ pub enum FinishReason {
     Cancelled,
 }
 
-/// The outcome of [`generate`].
+/// The outcome of one completion ([`generate`](crate::sequence::generate) or the engine).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     /// The completion (without stop string or eos).
