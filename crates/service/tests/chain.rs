@@ -4,7 +4,7 @@
 //! re-serve waits for the limit without stopping the miner), and the metagraph age on
 //! `/metrics`.
 
-#[path = "../../chain/tests/common/mod.rs"]
+#[path = "../../chain/tests/it/common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};
@@ -153,9 +153,7 @@ async fn a_registered_miner_publishes_its_axon_and_reports_the_metagraph_age() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_start_axon_runs_the_chain_duties_without_binding_or_publishing() {
-    // Weights are only set where commit-reveal is off (the runtime's default is on).
-    let mut config = NodeConfig::new(neurons(1000));
-    config.rules.commit_reveal = false;
+    let config = NodeConfig::weights_open(neurons(1000));
     let node = LoopbackNode::start_with(config).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = chain_args(&node, dir.path(), 2);

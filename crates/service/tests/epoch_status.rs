@@ -3,7 +3,7 @@
 //! node (the chain crate's test node). Its own test binary: the log is captured through a
 //! global subscriber, which the chain duties' task (on any worker thread) writes to.
 
-#[path = "../../chain/tests/common/mod.rs"]
+#[path = "../../chain/tests/it/common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};
@@ -109,9 +109,8 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     miner.stakes = vec![([6; 32], 3_000_000_000)];
     (miner.rank, miner.trust, miner.consensus, miner.incentive) = (65535, 16384, 32768, 13107);
     miner.emission = 2_500_000_000;
-    let mut config = NodeConfig::new(vec![validator, miner]);
     // Weights are only set where commit-reveal is off; 20 blocks (0.4 s) between two.
-    config.rules.commit_reveal = false;
+    let mut config = NodeConfig::weights_open(vec![validator, miner]);
     config.rules.weights_rate_limit = 20;
     let node = LoopbackNode::start_with(config).await;
 

@@ -3,7 +3,7 @@
 //! threshold, loopback ips, per-account nonces with finality lagging behind the best block,
 //! and pool refusals with their custom codes. One test per defect of issue 18.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -236,8 +236,7 @@ async fn commit_reveal_subnets_get_no_set_weights_and_one_warning() {
 
 #[tokio::test]
 async fn the_version_key_comes_from_the_chain_unless_given() {
-    let mut config = NodeConfig::new(neurons());
-    config.rules.commit_reveal = false;
+    let mut config = NodeConfig::weights_open(neurons());
     config.rules.weights_version_key = 2_001_000;
     config.rules.weights_rate_limit = 1;
     let (node, subtensor) = start(config).await;
@@ -278,8 +277,7 @@ async fn the_version_key_comes_from_the_chain_unless_given() {
 
 #[tokio::test]
 async fn set_weights_right_after_serving_gets_the_next_nonce() {
-    let mut config = NodeConfig::new(neurons());
-    config.rules.commit_reveal = false;
+    let mut config = NodeConfig::weights_open(neurons());
     config.finality_lag = 5;
     let (node, subtensor) = start(config).await;
     let hotkey = keypair(MINER_SEED);
@@ -322,8 +320,7 @@ async fn weights_wait_for_the_rate_limit_instead_of_failing() {
     let head = u64::from(common::node::FIRST_HEAD);
     let mut neurons = neurons();
     neurons[1].last_update = head - 5;
-    let mut config = NodeConfig::new(neurons);
-    config.rules.commit_reveal = false;
+    let mut config = NodeConfig::weights_open(neurons);
     config.rules.weights_rate_limit = 30;
     let (node, subtensor) = start(config).await;
     let (task, status) = spawn(subtensor, sync_options(None, true));
@@ -351,8 +348,7 @@ async fn weights_wait_for_the_rate_limit_instead_of_failing() {
 async fn pool_refusals_are_named() {
     // The miner's stake weight (2 α) is below the chain's StakeThreshold (10 α): spec 365's
     // pool refuses set_weights with custom code 1.
-    let mut config = NodeConfig::new(neurons());
-    config.rules.commit_reveal = false;
+    let mut config = NodeConfig::weights_open(neurons());
     config.rules.stake_threshold = 10_000_000_000;
     let (node, subtensor) = start(config).await;
     let hotkey = keypair(MINER_SEED);

@@ -119,6 +119,14 @@ impl NodeConfig {
             block_time: Some(Duration::from_millis(20)),
         }
     }
+
+    /// Like [`NodeConfig::new`], on a subnet where `set_weights` is open: commit-reveal off
+    /// (the runtime's default is on, which refuses plain weights).
+    pub fn weights_open(neurons: Vec<TestNeuron>) -> Self {
+        let mut config = NodeConfig::new(neurons);
+        config.rules.commit_reveal = false;
+        config
+    }
 }
 
 /// The runtime state at one block.

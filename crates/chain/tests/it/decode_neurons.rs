@@ -1,7 +1,7 @@
 //! Decoding `get_neurons_lite` results: synthetic neurons through the finney metadata's types,
 //! and the 2023 vector captured from bittensor 6.4.4.
 
-mod common;
+use crate::common;
 
 use common::{TestNeuron, encode_neurons, encode_subnet_state, metadata, neuron_value};
 use prompting_chain::ChainError;
@@ -14,7 +14,8 @@ use subxt::ext::scale_value::{Composite, Value, ValueDef};
 use subxt::utils::AccountId32;
 
 fn fixture() -> serde_json::Value {
-    serde_json::from_str(include_str!("fixtures/neurons_lite_2023.json")).expect("fixture is JSON")
+    serde_json::from_str(include_str!("../fixtures/neurons_lite_2023.json"))
+        .expect("fixture is JSON")
 }
 
 fn hex_field(fixture: &serde_json::Value, key: &str) -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! The client against a loopback node: connect, metagraph sync, refresh failure, registration.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! `serve_axon` and `set_weights` against the loopback node: the submitted extrinsics decode
 //! back (through the metadata) to the expected calls, signed by the hotkey.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,8 +57,7 @@ async fn setup_with(config: NodeConfig) -> (LoopbackNode, Subtensor) {
 
 /// A subnet with commit-reveal off and the given weights rate limit.
 fn plain_weights(limit: u64) -> NodeConfig {
-    let mut config = NodeConfig::new(neurons(None));
-    config.rules.commit_reveal = false;
+    let mut config = NodeConfig::weights_open(neurons(None));
     config.rules.weights_rate_limit = limit;
     config
 }

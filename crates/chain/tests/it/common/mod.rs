@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: the finney metadata, synthetic neurons encoded
 //! through its own type registry, test keys, and the loopback node ([`node`]).
 
+// crates/service/tests includes this module by `#[path]` and uses only part of it.
 #![allow(dead_code)]
 
 use parity_scale_codec::Decode;
@@ -9,7 +10,7 @@ use subxt::ext::scale_encode::EncodeAsType;
 use subxt::ext::scale_value::{Composite, Value, ValueDef};
 
 /// The real finney runtime metadata (`meta` magic + versioned metadata; spec 365).
-pub const METADATA_BYTES: &[u8] = include_bytes!("../fixtures/finney-metadata.scale");
+pub const METADATA_BYTES: &[u8] = include_bytes!("../../fixtures/finney-metadata.scale");
 
 /// The decoded finney metadata.
 pub fn metadata() -> subxt::Metadata {
