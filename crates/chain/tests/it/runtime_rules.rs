@@ -15,6 +15,7 @@ use prompting_chain::{
     SyncOptions, SyncStatus, WeightsOutcome, spawn_sync,
 };
 use prompting_metagraph::{Metagraph, SharedMetagraph};
+use prompting_testkit::wait_until;
 use subxt::config::PolkadotConfig;
 use subxt::ext::scale_value::{Composite, Value};
 
@@ -74,16 +75,6 @@ fn spawn(
     let shared = Arc::new(SharedMetagraph::new(Metagraph::default()));
     let signer: Arc<dyn ExtrinsicSigner> = Arc::new(keypair(MINER_SEED));
     spawn_sync(subtensor, shared, signer, options)
-}
-
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..1200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// The calls the node included, with their block and dispatch error.
