@@ -84,24 +84,7 @@ mod tests {
 
     #[test]
     fn the_yaml_bittensor_prints_for_the_python_btlm_miner_is_read() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../crates/service/tests/fixtures/bittensor-6.1-btlm-miner.yaml"
-        );
-        let mut cli: Cli =
-            prompting_service::parse_args(["btlm-miner", "--config", path]).expect("parse");
-        let common = cli.common_mut();
-        assert!(common.mock_subtensor && common.logging.debug);
-        assert_eq!(common.wallet.name, "miner");
-        assert_eq!(common.axon.ip, std::net::IpAddr::from([0u16; 8]));
-        assert!(common.miner.blacklist.force_validator_permit);
-        let lines = prompting_service::python_compat::warning_lines(&common.ignored);
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("ignored ") && l.contains("--wandb.on")),
-            "{lines:?}"
-        );
+        let (cli, lines) = python_flags::read_python_yaml::<Cli>("btlm");
         assert!(
             lines
                 .iter()

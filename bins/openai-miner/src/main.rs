@@ -72,24 +72,7 @@ mod tests {
 
     #[test]
     fn the_yaml_bittensor_prints_for_the_python_openai_miner_is_read() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../crates/service/tests/fixtures/bittensor-6.1-openai-miner.yaml"
-        );
-        let mut cli: Cli =
-            prompting_service::parse_args(["openai-miner", "--config", path]).expect("parse");
-        let common = cli.common_mut();
-        assert!(common.mock_subtensor && common.logging.debug);
-        assert_eq!(common.wallet.name, "miner");
-        assert_eq!(common.axon.ip, std::net::IpAddr::from([0u16; 8]));
-        assert!(common.miner.blacklist.force_validator_permit);
-        let lines = prompting_service::python_compat::warning_lines(&common.ignored);
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("ignored ") && l.contains("--wandb.on")),
-            "{lines:?}"
-        );
+        let (cli, _) = python_flags::read_python_yaml::<Cli>("openai");
         assert_eq!(cli.openai.model_name, "my-model");
         assert_eq!(cli.openai.max_tokens, 64);
     }

@@ -118,3 +118,32 @@ pub fn check_parser<C: MinerCli + std::fmt::Debug>(binary: &str) {
         );
     }
 }
+
+/// Reads the YAML config that bittensor 6.1 prints for the Python `binary` miner (the fixture
+/// `bittensor-6.1-{binary}-miner.yaml`), checks the settings every miner takes from it, and
+/// returns the parsed command line with the start-up warning lines about ignored keys.
+#[allow(dead_code)] // used by the miner binaries' tests, not by the service's
+pub fn read_python_yaml<C: MinerCli>(binary: &str) -> (C, Vec<String>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../crates/service/tests/fixtures")
+        .join(format!("bittensor-6.1-{binary}-miner.yaml"));
+    let argv = [
+        format!("{binary}-miner"),
+        "--config".into(),
+        path.display().to_string(),
+    ];
+    let mut cli: C = parse_args(argv).expect("parse");
+    let common = cli.common_mut();
+    assert!(common.mock_subtensor && common.logging.debug);
+    assert_eq!(common.wallet.name, "miner");
+    assert_eq!(common.axon.ip, std::net::IpAddr::from([0u16; 8]));
+    assert!(common.miner.blacklist.force_validator_permit);
+    let lines = prompting_service::python_compat::warning_lines(&common.ignored);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ignored ") && l.contains("--wandb.on")),
+        "{lines:?}"
+    );
+    (cli, lines)
+}
