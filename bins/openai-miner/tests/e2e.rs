@@ -3,8 +3,9 @@
 //! `scripts/setup-python.sh`; fails, does not skip, without it); and its start-up errors.
 
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -15,18 +16,13 @@ use support::{
     MinerProcess, PYTHON_V216_WARNINGS, assert_warned, free_port, hotkey_under, python_dendrite,
     python_v216_flags, run_to_exit, warnings_only,
 };
+use upstream::{Requests, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openai-miner");
 const ANSWER: &str = "Paris — la capitale 🇫🇷";
 
-/// A chat-completions server on 127.0.0.1 that records the bodies it receives.
-struct Upstream {
-    base_url: String,
-    requests: Arc<Mutex<Vec<Value>>>,
-}
-
 async fn chat_completions(
-    State(requests): State<Arc<Mutex<Vec<Value>>>>,
+    State(requests): State<Requests>,
     Json(body): Json<Value>,
 ) -> Json<Value> {
     requests
@@ -47,40 +43,13 @@ async fn chat_completions(
     }))
 }
 
-impl Upstream {
-    async fn start() -> Upstream {
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let router = axum::Router::new()
-            .route("/v1/chat/completions", post(chat_completions))
-            .with_state(Arc::clone(&requests));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Upstream {
-            base_url: format!("http://{addr}/v1"),
-            requests,
-        }
-    }
-
-    fn requests(&self) -> Vec<Value> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
-
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_miner_answers_a_python_dendrite_through_the_upstream() {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start(post(chat_completions)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let wallets = dir.path().join("wallets");
     let port = free_port();
@@ -252,7 +221,7 @@ fn make_hotkey(wallets: &std::path::Path, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_v216_command_line_starts_with_warnings_only() {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start(post(chat_completions)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let wallets = dir.path().join("wallets");
     let hotkey = make_hotkey(&wallets, "default");
@@ -301,7 +270,7 @@ async fn a_python_v216_command_line_starts_with_warnings_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_yaml_config_bittensor_prints_starts_the_miner_with_warnings_only() {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start(post(chat_completions)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let wallets = dir.path().join("wallets");
     // The file names wallet `miner` (and binds [::]:8091; the command line moves it).

@@ -8,8 +8,9 @@
 
 mod callers;
 mod support;
+#[path = "support/upstream.rs"]
+mod upstream;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
@@ -20,24 +21,14 @@ use callers::Caller;
 use prompting_testkit::{Venv, run_python};
 use serde_json::{Value, json};
 use support::{MinerProcess, free_port, hotkey_under};
+use upstream::{Requests, Upstream};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openai-miner");
 const PIECES: [&str; 3] = ["Paris", " — la capitale", " 🇫🇷"];
 const FIRST_KEY: &str = "sk-test-first-0123456789";
 const SECOND_KEY: &str = "sk-test-second-abcdefghij";
 
-/// A chat-completions upstream on 127.0.0.1 answering JSON, or an event stream of
-/// [`PIECES`] when asked to stream (with a usage chunk when `stream_options.include_usage`);
-/// records the bodies it receives.
-struct Upstream {
-    base_url: String,
-    requests: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn chat_completions(
-    State(requests): State<Arc<Mutex<Vec<Value>>>>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn chat_completions(State(requests): State<Requests>, Json(body): Json<Value>) -> Response {
     requests
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -78,33 +69,6 @@ async fn chat_completions(
         .collect();
     text.push_str("data: [DONE]\n\n");
     ([("content-type", "text/event-stream")], text).into_response()
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let router = axum::Router::new()
-            .route("/v1/chat/completions", post(chat_completions))
-            .with_state(Arc::clone(&requests));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Upstream {
-            base_url: format!("http://{addr}/v1"),
-            requests,
-        }
-    }
-
-    fn requests(&self) -> Vec<Value> {
-        self.requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
 }
 
 /// Starts the miner with `flags` (plus the upstream and a fresh port) and `env`.
@@ -182,7 +146,7 @@ fn texts(chunks: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_chats_plain_and_streamed_with_a_key_from_the_environment() {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start(post(chat_completions)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = format!("{FIRST_KEY},{SECOND_KEY}");
     let miner = miner(
@@ -308,7 +272,7 @@ async fn the_openai_sdk_chats_plain_and_streamed_with_a_key_from_the_environment
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_from_the_yaml_config_is_judged_by_the_blacklist_as_openai_api_key() {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start(post(chat_completions)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     // A metagraph where nobody calling here is registered.
     let metagraph = dir.path().join("metagraph.json");
@@ -389,7 +353,7 @@ async fn a_key_from_the_yaml_config_is_judged_by_the_blacklist_as_openai_api_key
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_keys_a_bearer_key_is_refused_as_before() {
-    let upstream = Upstream::start().await;
+    let upstream = Upstream::start(post(chat_completions)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let miner = miner(dir.path(), &upstream, &["--dev"], &[]).await;
     let (status, body) = plain_post(&miner, Some(&format!("Bearer {FIRST_KEY}"))).await;
