@@ -82,7 +82,10 @@ pub unsafe fn amx_on_this_thread(
 /// answer): call it first in a process, on the emulator.
 pub fn feature_report() -> u32 {
     let detected = KernelPath::detect();
-    let index = KernelPath::ALL.iter().position(|&p| p == detected).unwrap_or(3) as u32;
+    let index = KernelPath::ALL
+        .iter()
+        .position(|&p| p == detected)
+        .unwrap_or(3) as u32;
     (avx512::supported() as u32)
         | (((detected == KernelPath::Avx512) as u32) << 1)
         | ((amx::cpu_and_os_have_amx() as u32) << 2)
