@@ -70,7 +70,13 @@ pub extern "C" fn emu_case_new(
         1 | 2 => {
             let sign = if kind == 1 { 1.0 } else { -1.0 };
             let w = (0..n_out * n_in)
-                .map(|i| if (i / n_in).is_multiple_of(2) { 1.0 } else { -1.0 })
+                .map(|i| {
+                    if (i / n_in).is_multiple_of(2) {
+                        1.0
+                    } else {
+                        -1.0
+                    }
+                })
                 .collect();
             (w, vec![sign; rows * n_in])
         }
