@@ -65,21 +65,36 @@ unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
 
+/// How far ahead of the weights being multiplied the many-row kernels prefetch: their
+/// arithmetic fills the out-of-order window, so the core would otherwise issue the reads of
+/// the stream late (the single-row kernels do little else than read and need no help).
+const PREFETCH: usize = 4096;
+
+/// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
+/// prefetch never faults).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn ahead(p: *const u8) {
+    // A hint: it reads nothing observable and never faults.
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+}
+
 /// The first `N` accumulators of `acc`.
 fn head<const N: usize>(acc: &mut [[__m256; 2]]) -> &mut Acc<N> {
     acc.first_chunk_mut::<N>()
         .expect("the caller passes at least N accumulators")
 }
 
-/// A dense kernel body for `R` rows: `$block::<G>(k0, k1, first_row, acc)` adds inputs
-/// `k0..k1` of rows `first_row..first_row + G` to `acc`. Up to [`GROUP`] rows run as one
-/// group over all inputs; more run as two groups over blocks of [`DENSE_KB`] inputs, so
-/// the second group reads the block's weights from L1.
+/// A dense kernel body for `R` rows: `$block::<G>(k0, k1, first_row, acc, prefetch)` adds
+/// inputs `k0..k1` of rows `first_row..first_row + G` to `acc`. Up to [`GROUP`] rows run as
+/// one group over all inputs; more run as two groups over blocks of [`DENSE_KB`] inputs, so
+/// the second group reads the block's weights from L1, and the first prefetches the weights
+/// [`PREFETCH`] bytes ahead (the second group's pass issues no memory reads of its own).
 macro_rules! dense_rows {
-    ($r:ident, $k_pad:expr, $out:expr, |$k0:ident, $k1:ident, $row:ident, $acc:ident| $block:ident $args:tt) => {{
+    ($r:ident, $k_pad:expr, $out:expr, |$k0:ident, $k1:ident, $row:ident, $acc:ident, $pf:ident| $block:ident $args:tt) => {{
         let mut all = [[_mm256_setzero_ps(); 2]; $r];
         if $r <= GROUP {
-            let ($k0, $k1, $row, $acc) = (0, $k_pad, 0usize, head::<$r>(&mut all));
+            let ($k0, $k1, $row, $acc, $pf) = (0, $k_pad, 0usize, head::<$r>(&mut all), false);
             $block::<$r> $args;
         } else {
             let (first, rest) = all.split_at_mut(GROUP);
@@ -87,10 +102,10 @@ macro_rules! dense_rows {
             while k < $k_pad {
                 let ($k0, $k1) = (k, (k + DENSE_KB).min($k_pad));
                 {
-                    let ($row, $acc) = (0usize, head::<GROUP>(first));
+                    let ($row, $acc, $pf) = (0usize, head::<GROUP>(first), true);
                     $block::<GROUP> $args;
                 }
-                let $row = GROUP;
+                let ($row, $pf) = (GROUP, false);
                 match $r.saturating_sub(GROUP) {
                     1 => { let $acc = head::<1>(rest); $block::<1> $args; }
                     2 => { let $acc = head::<2>(rest); $block::<2> $args; }
@@ -115,11 +130,15 @@ unsafe fn f32_block<const G: usize>(
     x: *const f32,
     stride: usize,
     acc: &mut Acc<G>,
+    prefetch: bool,
 ) {
     let mut a = *acc;
     // SAFETY (whole body): the tile holds 16·k_pad floats and every row k_pad, k1 ≤ k_pad.
     unsafe {
         for k in k0..k1 {
+            if prefetch {
+                ahead(w.add(k * TILE).cast());
+            }
             let w0 = _mm256_loadu_ps(w.add(k * TILE));
             let w1 = _mm256_loadu_ps(w.add(k * TILE + 8));
             for r in 0..G {
@@ -143,13 +162,14 @@ unsafe fn f32_rows<const R: usize>(
     let w = w.cast::<f32>();
     // SAFETY: the tile holds 16·k_pad floats; every one of the R rows holds k_pad floats.
     unsafe {
-        dense_rows!(R, k_pad, out, |k0, k1, row, acc| f32_block(
+        dense_rows!(R, k_pad, out, |k0, k1, row, acc, pf| f32_block(
             w,
             k0,
             k1,
             x.add(row * stride),
             stride,
-            acc
+            acc,
+            pf
         ))
     }
 }
@@ -164,11 +184,15 @@ unsafe fn f16_block<const G: usize>(
     x: *const f32,
     stride: usize,
     acc: &mut Acc<G>,
+    prefetch: bool,
 ) {
     let mut a = *acc;
     // SAFETY (whole body): the tile holds 16·k_pad halves and every row k_pad floats.
     unsafe {
         for k in k0..k1 {
+            if prefetch && k % 2 == 0 {
+                ahead(w.add(k * 32));
+            }
             let w0 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(k * 32).cast()));
             let w1 = _mm256_cvtph_ps(_mm_loadu_si128(w.add(k * 32 + 16).cast()));
             for r in 0..G {
@@ -191,13 +215,14 @@ unsafe fn f16_rows<const R: usize>(
 ) {
     // SAFETY: the tile holds 16·k_pad halves; every one of the R rows holds k_pad floats.
     unsafe {
-        dense_rows!(R, k_pad, out, |k0, k1, row, acc| f16_block(
+        dense_rows!(R, k_pad, out, |k0, k1, row, acc, pf| f16_block(
             w,
             k0,
             k1,
             x.add(row * stride),
             stride,
-            acc
+            acc,
+            pf
         ))
     }
 }
@@ -214,6 +239,7 @@ unsafe fn bf16_block<const G: usize>(
     x: *const u16,
     stride: usize,
     acc: &mut Acc<G>,
+    prefetch: bool,
 ) {
     let mut a = *acc;
     let high = _mm256_set1_epi32(0xffff_0000_u32 as i32);
@@ -221,6 +247,9 @@ unsafe fn bf16_block<const G: usize>(
     // k_pad bf16 values (k_pad, k0 and k1 are even).
     unsafe {
         for p in k0 / 2..k1 / 2 {
+            if prefetch {
+                ahead(w.add(p * 64));
+            }
             let v0 = _mm256_loadu_si256(w.add(p * 64).cast());
             let v1 = _mm256_loadu_si256(w.add(p * 64 + 32).cast());
             let even = [
@@ -256,13 +285,14 @@ unsafe fn bf16_rows<const R: usize>(
     // SAFETY: the tile holds k_pad/2 vectors of 64 bytes; every one of the R rows holds
     // k_pad bf16 values; DENSE_KB is even, so every block starts and ends on a pair.
     unsafe {
-        dense_rows!(R, k_pad, out, |k0, k1, row, acc| bf16_block(
+        dense_rows!(R, k_pad, out, |k0, k1, row, acc, pf| bf16_block(
             w,
             k0,
             k1,
             x.add(row * stride),
             stride,
-            acc
+            acc,
+            pf
         ))
     }
 }
@@ -337,6 +367,12 @@ unsafe fn q8_0_rows_wide<const R: usize>(
             for h in 0..2 {
                 let mut acci = [_mm256_setzero_si256(); R];
                 for g in 0..8 {
+                    // The block's 544 bytes, 64 at a time over its first half (see `ahead`).
+                    if h == 0 {
+                        ahead(blk.add(g * 64));
+                    } else if g == 0 {
+                        ahead(blk.add(512));
+                    }
                     let v = _mm256_loadu_si256(blk.add(2 * TILE + g * 64 + h * 32).cast());
                     let ws = _mm256_xor_si256(v, flip);
                     let wa = _mm256_abs_epi8(ws);
@@ -502,6 +538,10 @@ unsafe fn q4k_rows_wide<const R: usize>(
             let blk = w.add(s * Q4K_TILE_BLOCK);
             let (d, dmin, mut hi) = q4k_block_scales(blk);
             for j in 0..8 {
+                // The block's 2304 bytes, 288 per sub-block (see `ahead`).
+                for l in 0..5 {
+                    ahead(blk.add(j * 288 + l * 64));
+                }
                 let (dsc, dm) = q4k_scales(blk, j, &d, &dmin, &mut hi);
                 let qs = blk.add(q4k_off::QS + j * 256);
                 for h in 0..2 {
