@@ -43,9 +43,13 @@ import bochscpu.memory as mem
 
 PAGE = 4096
 
-# Index of `sapphire_rapids` in the `cpu.model` enum of bochscpu-python 0.4.0 (Bochs 2.8's
-# CPU database); `Emulator.__init__` checks the CPUID brand string and features.
+# Index of `sapphire_rapids` in the `cpu.model` enum of bochscpu-python 0.4.0 (Bochs's CPU
+# database); check_kernels.py checks the CPUID brand string. Other Intel models with AVX-512
+# or AVX2 there, for the detection check: 26 corei7_skylake_x, 27 corei3_cnl (bochscpu's
+# default), 28 corei7_icelake_u, 29 tigerlake, 31 arrow_lake.
 SAPPHIRE_RAPIDS = 30
+OTHER_MODELS = {26: "corei7_skylake_x", 27: "corei3_cnl", 28: "corei7_icelake_u",
+                29: "tigerlake", 31: "arrow_lake"}
 BRAND = b"Intel(R) Xeon(R) w9-3475X"
 
 # The stubs report to Python with `clflush [mailbox + N]` (the `clflush` hook; port I/O
@@ -159,11 +163,19 @@ def _host_regions() -> list[tuple[int, int, str]]:
 class Amx:
     """The AMX-TILE / AMX-BF16 state and instructions (palette 1), emulated in Python."""
 
+    # How TDPBF16PS sums: "sequential" (the intrinsics guide's pseudocode: each product
+    # added to the accumulator in turn) or "lanes" (the current SDM's form as read here: the
+    # even and the odd products summed separately over the instruction's k, then added
+    # together and to the accumulator). Both round to nearest even with FTZ after each add.
+    SUMMATIONS = ("sequential", "lanes")
+
     def __init__(self) -> None:
         self.release()
         self.executed: dict[str, int] = {}
+        self.summation = "sequential"
 
     def release(self) -> None:
+        """TILERELEASE (and the state at the start of each call)."""
         self.palette = 0
         self.rows = [0] * 8
         self.colsb = [0] * 8
@@ -258,9 +270,17 @@ class Amx:
             av = self._bf16(self.tiles[a, :m, :acols].view(np.uint16))  # m × 2k
             bv = self._bf16(self.tiles[b, :k, :bcols].view(np.uint16))  # k × 2n
             c = self.tiles[dst, :m, :dcols].view(np.float32).copy()  # m × n
-            for kk in range(k):
-                c = self._ftz(c + av[:, 2 * kk, None] * bv[kk, 0::2][None, :])
-                c = self._ftz(c + av[:, 2 * kk + 1, None] * bv[kk, 1::2][None, :])
+            if self.summation == "sequential":
+                for kk in range(k):
+                    c = self._ftz(c + av[:, 2 * kk, None] * bv[kk, 0::2][None, :])
+                    c = self._ftz(c + av[:, 2 * kk + 1, None] * bv[kk, 1::2][None, :])
+            else:
+                even = np.zeros_like(c)
+                odd = np.zeros_like(c)
+                for kk in range(k):
+                    even = self._ftz(even + av[:, 2 * kk, None] * bv[kk, 0::2][None, :])
+                    odd = self._ftz(odd + av[:, 2 * kk + 1, None] * bv[kk, 1::2][None, :])
+                c = self._ftz(c + self._ftz(even + odd))
         self.tiles[dst] = 0
         self.tiles[dst, :m, :dcols] = c.astype(np.float32).view(np.uint8).reshape(m, dcols)
 
@@ -322,8 +342,8 @@ class DecoderFix:
 class Emulator:
     """One emulated Sapphire Rapids core that calls functions of this process."""
 
-    def __init__(self, stack_size: int = 8 << 20):
-        select_cpu_model(SAPPHIRE_RAPIDS)
+    def __init__(self, model: int = SAPPHIRE_RAPIDS, stack_size: int = 8 << 20):
+        select_cpu_model(model)
         self.pt = PageTables()
         self.amx = Amx()
         self.regions = _host_regions()

@@ -77,10 +77,17 @@ pub unsafe fn amx_on_this_thread(
 }
 
 /// What this CPU's feature checks say, as bits: 1 the AVX-512 kernels are supported,
-/// 2 [`KernelPath::detect`] chooses them, 4 CPUID and XCR0 show usable AMX. Runs
-/// `std_detect` (which caches its answer): call it first in a process, on the emulator.
+/// 2 [`KernelPath::detect`] chooses them, 4 CPUID and XCR0 show usable AMX, bits 3..4 the
+/// index of `detect`'s choice in [`KernelPath::ALL`]. Runs `std_detect` (which caches its
+/// answer): call it first in a process, on the emulator.
 pub fn feature_report() -> u32 {
+    let detected = KernelPath::detect();
+    let index = KernelPath::ALL
+        .iter()
+        .position(|&p| p == detected)
+        .unwrap_or(3) as u32;
     (avx512::supported() as u32)
-        | (((KernelPath::detect() == KernelPath::Avx512) as u32) << 1)
+        | (((detected == KernelPath::Avx512) as u32) << 1)
         | ((amx::cpu_and_os_have_amx() as u32) << 2)
+        | (index << 3)
 }
