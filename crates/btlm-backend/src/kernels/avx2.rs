@@ -7,9 +7,11 @@
 //!
 //! AVX2 has 16 vector registers, so the kernels for many rows (batched decode) are shaped
 //! so that their accumulators fit: the dense formats run groups of [`GROUP`] rows over
-//! blocks of [`DENSE_KB`] inputs that stay in L1 while every group reads them; q8_0 and q4k
-//! from [`WIDE_ROWS`] rows on handle one 8-column half of a block at a time, with only that
-//! half's integer sums in registers and the f32 sums updated once per block.
+//! blocks of [`DENSE_KB`] inputs that stay in L1 while every group reads them; from
+//! [`WIDE_ROWS`] rows on, q8_0 handles one 8-column half of a block at a time (only that
+//! half's integer sums in registers) and q4k runs groups of up to 4 rows over each
+//! sub-block; their f32 sums are updated once per block. These kernels also prefetch the
+//! weight stream ([`PREFETCH`]).
 
 // Indexed loops over register arrays (rows × halves) read like the arithmetic they do.
 #![allow(clippy::needless_range_loop)]
@@ -517,10 +519,11 @@ unsafe fn q4k_block_scales(blk: *const u8) -> ([__m256; 2], [__m256; 2], [__m256
     }
 }
 
-/// [`q4k_rows`] for [`WIDE_ROWS`] rows and more: each sub-block is done one 8-column half
-/// at a time with that half's 8 unpacked weight vectors (4 groups × low/high nibbles) held
-/// in registers while every row multiplies them; a row's i16 sum is widened and scaled as
-/// soon as it is complete, so only a few vectors besides the weights are live.
+/// [`q4k_rows`] for [`WIDE_ROWS`] rows and more: the rows run in groups of up to 4 over
+/// each sub-block, so that a group's i16 sums (4 rows × 2 halves), one group of unpacked
+/// weights (both halves) and the broadcast activations fit the 16 registers; the f32 sums
+/// are updated once per sub-block. (Measured against one 8-column half at a time with
+/// all rows, which broadcasts every activation twice: 5-20% faster at 8 rows.)
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_rows_wide<const R: usize>(
@@ -530,55 +533,89 @@ unsafe fn q4k_rows_wide<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     let mut accf = [[_mm256_setzero_ps(); 2]; R];
-    let nib = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     // SAFETY (whole body): as in `q4k_rows`.
     unsafe {
         for s in 0..nsuper {
             let blk = w.add(s * Q4K_TILE_BLOCK);
             let (d, dmin, mut hi) = q4k_block_scales(blk);
             for j in 0..8 {
-                // The block's 2304 bytes, 288 per sub-block (see `ahead`).
                 for l in 0..5 {
                     ahead(blk.add(j * 288 + l * 64));
                 }
                 let (dsc, dm) = q4k_scales(blk, j, &d, &dmin, &mut hi);
-                let qs = blk.add(q4k_off::QS + j * 256);
-                for h in 0..2 {
-                    let mut ql = [_mm256_setzero_si256(); 4];
-                    let mut qh = [_mm256_setzero_si256(); 4];
-                    for v in 0..4 {
-                        let qv = _mm256_loadu_si256(qs.add(v * 64 + h * 32).cast());
-                        ql[v] = _mm256_and_si256(qv, nib);
-                        qh[v] = _mm256_and_si256(_mm256_srli_epi16::<4>(qv), nib);
+                let sub = Q4kSub { blk, s, j, dsc, dm };
+                let mut row = 0;
+                while row < R {
+                    let acc = &mut accf[row..];
+                    match R - row {
+                        1 => q4k_group::<1>(&sub, a, row, head::<1>(acc)),
+                        2 => q4k_group::<2>(&sub, a, row, head::<2>(acc)),
+                        3 => q4k_group::<3>(&sub, a, row, head::<3>(acc)),
+                        _ => q4k_group::<4>(&sub, a, row, head::<4>(acc)),
                     }
-                    for r in 0..R {
-                        let ar = a.q.add(r * a.k_pad + s * QK_K + j * QBLOCK).cast::<u8>();
-                        let mut p = [_mm256_setzero_si256(); 4];
-                        for v in 0..4 {
-                            p[v] = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(ql[v], bcast4(ar.add(v * 4))),
-                                _mm256_maddubs_epi16(qh[v], bcast4(ar.add(v * 4 + 16))),
-                            );
-                        }
-                        // i16 sums of the sub-block's products (see `q4k_rows`).
-                        let sum16 = _mm256_add_epi16(
-                            _mm256_add_epi16(p[0], p[1]),
-                            _mm256_add_epi16(p[2], p[3]),
-                        );
-                        let i = r * a.nb + s * (QK_K / QBLOCK) + j;
-                        let asum = _mm256_set1_ps(*a.sum.add(i) as f32);
-                        let da = _mm256_set1_ps(*a.d.add(i));
-                        let t = _mm256_fmsub_ps(
-                            _mm256_cvtepi32_ps(_mm256_madd_epi16(sum16, ones)),
-                            dsc[h],
-                            _mm256_mul_ps(dm[h], asum),
-                        );
-                        accf[r][h] = _mm256_fmadd_ps(t, da, accf[r][h]);
-                    }
+                    row += 4;
                 }
             }
         }
         store::<R>(&accf, out);
+    }
+}
+
+/// One q4k sub-block of a tile block with its f32 scales.
+struct Q4kSub {
+    blk: *const u8,
+    s: usize,
+    j: usize,
+    dsc: [__m256; 2],
+    dm: [__m256; 2],
+}
+
+/// Adds sub-block `sub` times rows `row..row + G` to `acc`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_group<const G: usize>(sub: &Q4kSub, a: &Q8Rows, row: usize, acc: &mut Acc<G>) {
+    let nib = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc16 = [[_mm256_setzero_si256(); 2]; G];
+    // SAFETY (whole body): `sub.blk` is a whole q4k tile block, rows `row..row + G` hold
+    // their quants, scales and sums (the caller's contract).
+    unsafe {
+        let qs = sub.blk.add(q4k_off::QS + sub.j * 256);
+        for v in 0..4 {
+            let mut ql = [_mm256_setzero_si256(); 2];
+            let mut qh = [_mm256_setzero_si256(); 2];
+            for h in 0..2 {
+                let qv = _mm256_loadu_si256(qs.add(v * 64 + h * 32).cast());
+                ql[h] = _mm256_and_si256(qv, nib);
+                qh[h] = _mm256_and_si256(_mm256_srli_epi16::<4>(qv), nib);
+            }
+            for r in 0..G {
+                let ar =
+                    a.q.add((row + r) * a.k_pad + sub.s * QK_K + sub.j * QBLOCK + v * 4)
+                        .cast::<u8>();
+                let (al, ah) = (bcast4(ar), bcast4(ar.add(16)));
+                for h in 0..2 {
+                    let p = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(ql[h], al),
+                        _mm256_maddubs_epi16(qh[h], ah),
+                    );
+                    acc16[r][h] = _mm256_add_epi16(acc16[r][h], p);
+                }
+            }
+        }
+        for r in 0..G {
+            let i = (row + r) * a.nb + sub.s * (QK_K / QBLOCK) + sub.j;
+            let asum = _mm256_set1_ps(*a.sum.add(i) as f32);
+            let da = _mm256_set1_ps(*a.d.add(i));
+            for h in 0..2 {
+                let isum = _mm256_madd_epi16(acc16[r][h], ones);
+                let t = _mm256_fmsub_ps(
+                    _mm256_cvtepi32_ps(isum),
+                    sub.dsc[h],
+                    _mm256_mul_ps(sub.dm[h], asum),
+                );
+                acc[r][h] = _mm256_fmadd_ps(t, da, acc[r][h]);
+            }
+        }
     }
 }
