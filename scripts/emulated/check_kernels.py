@@ -1,7 +1,10 @@
 """Runs the AVX-512 and AMX kernels of prompting-btlm-backend on an emulated Sapphire Rapids
-core against the scalar reference, one case per line (see check-kernels-emulated.sh).
+core against the scalar reference, one case per line (see check-kernels-emulated.sh), then
+the AVX-512 cases again on an emulated Ice Lake (AVX-512 VNNI without BF16: bf16 weights
+take the AVX2 bf16 kernel there).
 
 Usage: check_kernels.py LIB.so [--path avx512|amx|all] [--quick] [--filter TEXT]
+                        [--model NAME]
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import time
 import subprocess
 
 from spr_emulator import BRAND, OTHER_MODELS, SAPPHIRE_RAPIDS, Emulator, EmulationError
+
+# The model without AVX512-BF16 the AVX-512 cases also run on (by default, after SPR).
+NO_BF16_MODEL = "corei7_icelake_u"
 
 FORMATS = ["f32", "f16", "bf16", "q8_0", "q4k"]  # WeightFormat::ALL order
 # The shapes and row counts of `every_path_matches_the_scalar_reference` (tests.rs).
@@ -63,6 +69,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer row counts, no 6826-input AMX cases")
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     ap.add_argument("--detect-model", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--model", choices=["sapphire_rapids"] + list(OTHER_MODELS.values()),
+                    default="sapphire_rapids",
+                    help="the emulated CPU (other than sapphire_rapids: AVX-512 cases only; "
+                         f"sapphire_rapids also runs them on {NO_BF16_MODEL} after its own)")
     ap.add_argument("--amx-sum", choices=["sequential", "lanes", "both"], default="both",
                     help="TDPBF16PS summation order(s) to emulate (see spr_emulator.Amx)")
     args = ap.parse_args()
@@ -73,20 +83,26 @@ def main() -> int:
     for name in ("emu_case_reset", "emu_case_free"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
     lib.emu_case_check.restype = ctypes.c_size_t
+    lib.emu_case_run_avx512.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
     lib.emu_case_check.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t]
     addr = lambda name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
 
     if args.detect_model is not None:
         return detect_on_model(args.detect_model, addr("emu_feature_report"))
+    spr = args.model == "sapphire_rapids"
+    if not spr and args.path != "avx512":
+        print(f"FAIL: --model {args.model} runs the AVX-512 cases only (--path avx512)")
+        return 1
     detect_ok = True
-    if args.path == "all" and not args.filter:
+    if spr and args.path == "all" and not args.filter:
         for model, name in OTHER_MODELS.items():
             out = subprocess.run([sys.executable, __file__, args.lib, "--detect-model", str(model)],
                                  capture_output=True, text=True)
             print(out.stdout.strip() or f"FAIL detect on {name}: {out.stderr.strip()[-300:]}")
             detect_ok &= out.returncode == 0
 
-    emu = Emulator()
+    model = SAPPHIRE_RAPIDS if spr else next(k for k, v in OTHER_MODELS.items() if v == args.model)
+    emu = Emulator(model=model)
     t0 = time.time()
     # The CPU the kernels see: std_detect's view, first thing in this process.
     brand = b"".join(struct_bytes(emu.cpuid(leaf)) for leaf in (0x80000002, 0x80000003, 0x80000004))
@@ -101,11 +117,15 @@ def main() -> int:
     print(f"{'PASS' if ok_detect else 'FAIL'} detect: avx512 supported={bool(report & 1)}, "
           f"KernelPath::detect() = avx512: {bool(report & 2)}, "
           f"AMX in CPUID/XCR0: {bool(report & 4)} (bochscpu has no AMX; emulated by spr_emulator.py)")
-    if not brand.startswith(BRAND):
-        print(f"FAIL: expected the Sapphire Rapids model ({BRAND.decode()}), got {brand!r}")
+    if brand.startswith(BRAND) != spr:
+        print(f"FAIL: expected the {args.model} model, got {brand!r}")
         return 1
+    # AVX512-BF16 (CPUID 7.1 EAX bit 5): without it the AVX-512 path runs bf16 weights on
+    # the AVX2 bf16 kernel; a VDPBF16PS would fault (#UD) and fail its case.
+    has_bf16 = bool(l7_1[0] >> 5 & 1)
+    print(f"AVX512-BF16: {'yes' if has_bf16 else 'no (bf16 weights: AVX2 kernel)'}")
 
-    raw_ok, fixed_ok = emu.check_vdpbf16ps()
+    raw_ok, fixed_ok = emu.check_vdpbf16ps() if has_bf16 else (True, True)
     print(f"{'PASS' if fixed_ok else 'FAIL'} emulator: VDPBF16PS with a disp8 memory operand "
           f"{'correct' if raw_ok else 'wrong in Bochs (disp8*4 instead of *64)'}"
           f"{', corrected at decode' if fixed_ok and not raw_ok else ''}")
@@ -134,7 +154,10 @@ def main() -> int:
             emu.amx.summation = path.split("/")[1]
         try:
             lib.emu_case_reset(case)
-            emu.call(addr(f"emu_case_run_{kernel}"), case)
+            if kernel == "amx":
+                emu.call(addr("emu_case_run_amx"), case)
+            else:
+                emu.call(addr("emu_case_run_avx512"), case, int(has_bf16))
             bad = lib.emu_case_check(case, 1 if kernel == "amx" else 0, msg, len(msg))
             detail = f"{bad} of {rows * n_out} outputs off, first {msg.value.decode()}" if bad else ""
         except EmulationError as e:
@@ -157,6 +180,13 @@ def main() -> int:
         failed += 1
         print("FAIL: some VDPBF16PS instructions could not be checked for the Bochs defect")
     sys.stdout.flush()
+    if spr and args.path in ("avx512", "all"):
+        # The AVX-512 cases on a CPU without AVX512-BF16 (Ice Lake, Cascade Lake class).
+        cmd = [sys.executable, __file__, args.lib, "--model", NO_BF16_MODEL, "--path", "avx512"]
+        cmd += (["--quick"] if args.quick else []) + (["--filter", args.filter] if args.filter else [])
+        print(f"--- AVX-512 cases on {NO_BF16_MODEL} (no AVX512-BF16) ---")
+        sys.stdout.flush()
+        failed += subprocess.run(cmd).returncode != 0
     # Skip interpreter teardown: bochscpu's objects crash at exit (nanobind leak checks).
     os._exit(1 if failed else 0)
 
@@ -166,12 +196,14 @@ PATHS = ["amx", "avx512", "avx2", "scalar"]  # KernelPath::ALL
 
 def expected_path(emu: Emulator) -> str:
     """The path the kernels should choose, from CPUID alone (XCR0 enables every vector
-    state here): avx512 needs AVX-512 F, BW, VL, VNNI and BF16; avx2 AVX2, FMA and F16C."""
-    l1, l7, l7_1 = emu.cpuid(1), emu.cpuid(7, 0), emu.cpuid(7, 1)
+    state here): avx2 needs AVX2, FMA and F16C; avx512 those and AVX-512 F, BW, VL and VNNI
+    (not BF16: without it bf16 weights take the AVX2 kernel)."""
+    l1, l7 = emu.cpuid(1), emu.cpuid(7, 0)
     bit = lambda reg, n: bool(reg >> n & 1)
-    if (all(bit(l7[1], n) for n in (16, 30, 31)) and bit(l7[2], 11) and bit(l7_1[0], 5)):
+    avx2 = bit(l7[1], 5) and bit(l1[2], 12) and bit(l1[2], 29)
+    if avx2 and all(bit(l7[1], n) for n in (16, 30, 31)) and bit(l7[2], 11):
         return "avx512"
-    if bit(l7[1], 5) and bit(l1[2], 12) and bit(l1[2], 29):
+    if avx2:
         return "avx2"
     return "scalar"
 
