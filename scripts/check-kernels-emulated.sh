@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the AVX-512 and AMX kernels of prompting-btlm-backend on an emulated Sapphire Rapids
-# core and compares every case with the scalar reference (pass/fail per case):
+# core and compares every case with the scalar reference (pass/fail per case), then the AVX-512
+# cases on an emulated Ice Lake (AVX-512 VNNI without BF16: bf16 weights on the AVX2 kernel):
 #
 #   scripts/check-kernels-emulated.sh [--dev] [--path avx512|amx|all] [--quick] [--filter TEXT]
 #

@@ -136,12 +136,14 @@ pub unsafe extern "C" fn emu_case_reset(case: *mut Case) {
     case.y.fill(f32::NAN);
 }
 
-/// Runs the AVX-512 tile kernels of the case (emulated: AVX-512 F/BW/VL/VNNI/BF16).
+/// Runs the AVX-512 tile kernels of the case (emulated: AVX-512 F/BW/VL/VNNI, AVX2/FMA/F16C,
+/// and AVX512-BF16 if `bf16` != 0; without it bf16 weights run on the AVX2 kernel).
 ///
 /// # Safety
-/// `case` from [`emu_case_new`]; the CPU runs AVX-512 F/BW/VL/VNNI/BF16.
+/// `case` from [`emu_case_new`]; the CPU runs AVX-512 F/BW/VL/VNNI and AVX2/FMA/F16C, and
+/// AVX512-BF16 if `bf16` != 0.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn emu_case_run_avx512(case: *mut Case) {
+pub unsafe extern "C" fn emu_case_run_avx512(case: *mut Case, bf16: u32) {
     // SAFETY: the caller's contract.
     let case = unsafe { &mut *case };
     let bias = Some(&case.bias[..]);
@@ -154,6 +156,7 @@ pub unsafe extern "C" fn emu_case_run_avx512(case: *mut Case) {
             case.rows,
             bias,
             &mut case.y,
+            bf16 != 0,
         )
     };
 }

@@ -1,9 +1,13 @@
-//! AVX-512 kernels (F, BW, VL, VNNI, BF16: Zen 4, Sapphire Rapids, Cooper Lake and later).
+//! AVX-512 kernels (F, BW, VL, VNNI: Cascade Lake, Ice Lake, Sapphire Rapids, Zen 4 and
+//! later; the bf16 kernel also needs AVX512-BF16: Cooper Lake, Sapphire Rapids, Zen 4).
 //!
 //! One 64-byte weight vector covers 16 output rows; it is loaded once and multiplied with
 //! up to [`MAX_ROWS`] activation rows, each broadcast from memory: f32/f16 with FMA, bf16
 //! with `vdpbf16ps` (pairs of inputs), q8_0 and q4k with `vpdpbusd` (groups of 4 inputs,
 //! unsigned weights × signed 8-bit activations), block scales applied in f32 per 32 inputs.
+//! Only `bf16_rows` enables AVX512-BF16: on CPUs without it ([`has_bf16`] false) the
+//! dispatcher (`run_tile` in `kernels/mod.rs`) runs bf16 weights on the AVX2 bf16 kernel,
+//! which reads the same packed tiles and bf16 activations.
 
 // Indexed loops over register arrays (rows × halves) read like the arithmetic they do.
 #![allow(clippy::needless_range_loop)]
@@ -17,18 +21,25 @@ use super::simd::Q8Rows;
 /// Activation rows per kernel call.
 pub const MAX_ROWS: usize = 8;
 
-/// Whether this CPU runs these kernels.
+/// Whether this CPU runs these kernels: AVX-512 F/BW/VL/VNNI, and AVX2/FMA/F16C for the
+/// AVX2 bf16 kernel that replaces `bf16_rows` without [`has_bf16`].
 pub fn supported() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
-        && is_x86_feature_detected!("avx512bf16")
+        && super::avx2::supported()
+}
+
+/// Whether this CPU also has AVX512-BF16 (`vdpbf16ps`), which `bf16_rows` needs
+/// (`std_detect` caches the answer).
+pub fn has_bf16() -> bool {
+    is_x86_feature_detected!("avx512bf16")
 }
 
 /// Reads 4 bytes at `p` as one i32 lane value.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn bcast4(p: *const u8) -> __m512i {
     // SAFETY: the caller guarantees 4 readable bytes at `p`.
     _mm512_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
@@ -37,7 +48,7 @@ unsafe fn bcast4(p: *const u8) -> __m512i {
 simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn store<const R: usize>(acc: &[__m512; R], out: &mut [[f32; TILE]]) {
     for r in 0..R {
         // SAFETY: `out[r]` is 16 floats; `out` has R rows (checked by the dispatcher).
@@ -45,7 +56,7 @@ unsafe fn store<const R: usize>(acc: &[__m512; R], out: &mut [[f32; TILE]]) {
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn f32_rows<const R: usize>(
     w: *const u8,
     k_pad: usize,
@@ -82,7 +93,7 @@ unsafe fn f32_rows<const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn f16_rows<const R: usize>(
     w: *const u8,
     k_pad: usize,
@@ -161,7 +172,7 @@ unsafe fn bf16_rows<const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q8_0_rows<const R: usize>(
     w: *const u8,
     nblocks: usize,
@@ -196,7 +207,7 @@ unsafe fn q8_0_rows<const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
     nsuper: usize,

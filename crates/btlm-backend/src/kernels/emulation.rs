@@ -12,10 +12,13 @@ use super::amx::{self, Scratch};
 use super::{Acts, KernelPath, OutPtr, PackedMatrix, avx512, tiles_into};
 
 /// `y = x · Wᵀ (+ bias)` on `path`'s tile kernels (all tiles, this thread), `acts`
-/// prepared with [`Acts::prepare`] for `w`'s format and `rows` rows.
+/// prepared with [`Acts::prepare`] for `w`'s format and `rows` rows; `avx512_bf16`: whether
+/// the CPU has AVX512-BF16 (without it, the AVX-512 path runs bf16 weights on the AVX2
+/// kernel, as [`super::matmul`] does).
 ///
 /// # Safety
-/// The CPU must support `path`'s instructions (not checked); `y` holds `rows × w.n_out()`
+/// The CPU must support `path`'s instructions, and AVX512-BF16 if `avx512_bf16` (not
+/// checked); `y` holds `rows × w.n_out()`
 /// values, `bias`, if any, `w.n_out()`.
 pub unsafe fn tiles_on_this_thread(
     path: KernelPath,
@@ -24,10 +27,11 @@ pub unsafe fn tiles_on_this_thread(
     rows: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    avx512_bf16: bool,
 ) {
     assert!(y.len() == rows * w.n_out(), "output size");
     tiles_into(
-        path,
+        path.tile_path(w.format(), avx512_bf16),
         w,
         acts,
         rows,

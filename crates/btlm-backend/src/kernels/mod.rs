@@ -2,14 +2,17 @@
 //! row per running sequence) up to whole prompts (prefill), with `W` stored in one of the
 //! packed [`WeightFormat`]s.
 //!
-//! The instruction set is chosen at run time ([`KernelPath::active`]): AVX-512 (with VNNI
-//! and BF16), AVX2 + FMA + F16C, or the portable [`scalar`] reference, so a plain
-//! `cargo build --release` gets the fast paths. `BTLM_KERNELS=avx512|avx2|scalar` forces a
-//! path (tests run every path the CPU supports; `scripts/check-kernels-emulated.sh` runs the
-//! AVX-512 and AMX kernels on an emulated Sapphire Rapids, for machines without them). On
-//! the AVX2 path, products with at least [`MANY_ROWS`] activation rows (prefill, large
-//! batches) run cache-blocked many-rows kernels instead of the tile kernels
-//! (`BTLM_MANY_ROWS=N|off` moves or disables the threshold).
+//! The instruction set is chosen at run time ([`KernelPath::active`]): AVX-512 (F/BW/VL with
+//! VNNI), AVX2 + FMA + F16C, or the portable [`scalar`] reference, so a plain
+//! `cargo build --release` gets the fast paths. The AVX-512 bf16 kernel also needs
+//! AVX512-BF16; on AVX-512 CPUs without it (Cascade Lake, Ice Lake, Tiger Lake) the AVX-512
+//! path runs bf16 weights on the AVX2 bf16 kernel and every other format on AVX-512.
+//! `BTLM_KERNELS=avx512|avx2|scalar` forces a path (tests run every path the CPU supports;
+//! `scripts/check-kernels-emulated.sh` runs the AVX-512 and AMX kernels on an emulated
+//! Sapphire Rapids and the AVX-512 ones on an emulated Ice Lake without AVX512-BF16, for
+//! machines without them). On the AVX2 path, products with at least [`MANY_ROWS`]
+//! activation rows (prefill, large batches) run cache-blocked many-rows kernels instead of
+//! the tile kernels (`BTLM_MANY_ROWS=N|off` moves or disables the threshold).
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
@@ -67,7 +70,8 @@ pub enum KernelPath {
     /// and q4k weights (`amx.rs`). Opt-in (`BTLM_KERNELS=amx`): [`KernelPath::detect`] does not
     /// choose it until its tests have run on an AMX machine.
     Amx,
-    /// AVX-512 F/BW/VL with VNNI and BF16.
+    /// AVX-512 F/BW/VL with VNNI (and AVX2/FMA/F16C). bf16 weights need AVX512-BF16 too;
+    /// without it they run on the AVX2 bf16 kernel (reported as `avx512 (bf16 on avx2)`).
     Avx512,
     /// AVX2 with FMA and F16C.
     Avx2,
@@ -100,7 +104,7 @@ impl KernelPath {
         match self {
             KernelPath::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Amx => amx::supported() && avx512::supported(),
+            KernelPath::Amx => amx::supported() && avx512::supported() && avx512::has_bf16(),
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx512 => avx512::supported(),
             #[cfg(target_arch = "x86_64")]
@@ -146,6 +150,19 @@ impl KernelPath {
             .clone()
     }
 
+    /// The path whose tile kernels multiply `format` weights on this path, `avx512_bf16`
+    /// telling whether the CPU has AVX512-BF16: without it the AVX-512 paths run bf16
+    /// weights on the AVX2 bf16 kernel (the same packed tiles and bf16 activations, see
+    /// `avx2.rs`); otherwise the path itself.
+    fn tile_path(self, format: WeightFormat, avx512_bf16: bool) -> KernelPath {
+        match (self, format) {
+            (KernelPath::Avx512 | KernelPath::Amx, WeightFormat::Bf16) if !avx512_bf16 => {
+                KernelPath::Avx2
+            }
+            _ => self,
+        }
+    }
+
     /// Which kernels multiply `rows` activation rows with `format` weights on this path.
     fn route(self, format: WeightFormat, rows: usize) -> Route {
         if many_rows_threshold().is_none_or(|min| rows < min) {
@@ -171,9 +188,16 @@ impl KernelPath {
     }
 
     /// The kernels a product with `rows` activation rows of `format` weights runs, for
-    /// reports: the path's name (its tile kernels), `avx2-many` or `amx-tiles`.
+    /// reports: the path's name (its tile kernels), `avx512 (bf16 on avx2)` (bf16 weights
+    /// without AVX512-BF16), `avx2-many` or `amx-tiles`.
     pub fn kernel_name(self, format: WeightFormat, rows: usize) -> String {
         match self.route(format, rows) {
+            Route::Tiles
+                if self != KernelPath::Avx2
+                    && self.tile_path(format, avx512_bf16()) == KernelPath::Avx2 =>
+            {
+                "avx512 (bf16 on avx2)".into()
+            }
             Route::Tiles if self == KernelPath::Amx => "avx512".into(),
             Route::Tiles => self.to_string(),
             Route::Many => "avx2-many".into(),
@@ -190,6 +214,18 @@ impl KernelPath {
             KernelPath::Avx2 => avx2::MAX_ROWS,
             _ => 8,
         }
+    }
+}
+
+/// Whether this CPU has AVX512-BF16 (see [`KernelPath::Avx512`]).
+fn avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::has_bf16()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -294,20 +330,24 @@ pub fn matmul(
         }
     }
     let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
+    // Without AVX512-BF16 the AVX-512 paths run bf16 weights on the AVX2 kernel, which the
+    // CPU then supports too (`avx512::supported` requires AVX2, FMA and F16C).
+    let tiles = path.tile_path(w.format(), avx512_bf16());
     let out = OutPtr(y.as_mut_ptr());
     let per_task = tiles_per_task(w.tiles(), rows);
     let tasks = w.tiles().div_ceil(per_task);
     (0..tasks).into_par_iter().for_each(|task| {
         let first = task * per_task;
         let last = (first + per_task).min(w.tiles());
-        tiles_into(path, w, &acts, rows, bias, out, first..last);
+        tiles_into(tiles, w, &acts, rows, bias, out, first..last);
     });
     Ok(())
 }
 
 /// Tiles `range` of `w` times all `rows` rows of `acts` (`+ bias`) into their columns of
 /// `out` (`rows × n_out`), one kernel call per tile and up to `path.max_rows()` rows.
-/// `path` must be supported, `out` must hold `rows × w.n_out()` values, and no other task
+/// `path` must be supported, with AVX512-BF16 for bf16 weights on an AVX-512 path (see
+/// [`KernelPath::tile_path`]), `out` must hold `rows × w.n_out()` values, and no other task
 /// may write these tiles' columns (the tasks of [`matmul`] take disjoint ranges).
 fn tiles_into(
     path: KernelPath,
@@ -360,7 +400,8 @@ fn run_tile(
     match path {
         KernelPath::Scalar => scalar::tile(w.format(), tile, k_pad, acts, row0, out),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `matmul` checked that the CPU supports the path; `tile` is a whole tile of
+        // SAFETY: `matmul` checked that the CPU supports the path and (`tile_path`) that it
+        // has AVX512-BF16 if the format is bf16; `tile` is a whole tile of
         // `w` (PackedMatrix guarantees its size); `acts` was prepared from `rows × n_in`
         // values for this format and `row0 + out.len() <= rows`.
         KernelPath::Avx512 | KernelPath::Amx => unsafe {

@@ -433,3 +433,48 @@ fn every_row_count_matches_the_scalar_reference() {
         }
     }
 }
+
+/// On AVX-512 CPUs without AVX512-BF16 (Cascade Lake, Ice Lake) the AVX-512 path runs bf16
+/// weights on the AVX2 bf16 kernel, every other format on its own kernels; the AVX2 kernel
+/// computes the product from the tiles and activations the AVX-512 path prepares.
+#[test]
+fn avx512_without_bf16_runs_bf16_weights_on_the_avx2_kernel() {
+    use KernelPath::{Amx, Avx2, Avx512, Scalar};
+    for format in WeightFormat::ALL {
+        let fallback = if format == WeightFormat::Bf16 {
+            Avx2
+        } else {
+            Avx512
+        };
+        assert_eq!(Avx512.tile_path(format, false), fallback, "{format}");
+        assert_eq!(Avx512.tile_path(format, true), Avx512, "{format}");
+        assert_eq!(Amx.tile_path(format, true), Amx, "{format}");
+        for path in [Avx2, Scalar] {
+            assert_eq!(path.tile_path(format, false), path, "{format}");
+        }
+    }
+    if !Avx2.supported() {
+        eprintln!("no AVX2 here: the fallback kernel is not run");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for (n_out, n_in, rows) in [(17, 33, 9), (40, 300, 8), (35, 2560, 3)] {
+        let w = random(n_out * n_in, &mut rng, 0.1);
+        let p = pack(WeightFormat::Bf16, &w, n_out, n_in);
+        let bias = random(n_out, &mut rng, 1.0);
+        let x = random(rows * n_in, &mut rng, 2.0);
+        let reference = run(Scalar, &p, &x, rows, Some(&bias));
+        let mags = magnitudes(&p, &x, rows);
+        let acts = Acts::prepare(WeightFormat::Bf16, &x, rows, n_in, p.k_pad());
+        let mut y = vec![f32::NAN; rows * n_out];
+        let out = OutPtr(y.as_mut_ptr());
+        let path = Avx512.tile_path(WeightFormat::Bf16, false);
+        tiles_into(path, &p, &acts, rows, Some(&bias), out, 0..p.tiles());
+        for (i, ((a, b), m)) in y.iter().zip(&reference).zip(&mags).enumerate() {
+            assert!(
+                (a - b).abs() <= 2e-6 * m + 1e-5,
+                "{n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
+            );
+        }
+    }
+}
