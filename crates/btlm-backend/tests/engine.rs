@@ -702,4 +702,100 @@ mod priority {
             .collect();
         assert_eq!(order, ["filler", "high", "mid", "low"]);
     }
+
+    /// When the key/value cache budget, not the batch slots, is what binds, the requests
+    /// already inside the engine are admitted in the pipeline's priority order too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_budget_admits_in_the_pipelines_priority_order() {
+        let model = Scripted::new();
+        let args = BtlmArgs {
+            no_repeat_ngram_size: 0,
+            stop: Vec::new(),
+            ..BtlmArgs::default()
+        };
+        let tok = tokenizer();
+        let label: Vec<(Vec<u32>, &str)> = ["filler", "low", "mid", "high"]
+            .into_iter()
+            .map(|c| {
+                let text = args
+                    .prompt_format()
+                    .format(&request(c).roles, &request(c).messages);
+                (tok.encode(&text).expect("encode"), c)
+            })
+            .collect();
+        let longest = label.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        // Room for one request (its prompt and 4 new tokens) at a time, in 4 batch slots.
+        let budget = (longest + 4) * Scripted::KV_BYTES_PER_TOKEN;
+        let shortest = label.iter().map(|(ids, _)| ids.len()).min().unwrap_or(0);
+        assert!(budget < 2 * (shortest + 4) * Scripted::KV_BYTES_PER_TOKEN);
+        let config = EngineConfig {
+            kv_cache_bytes: budget,
+            ..engine_config(4)
+        };
+        let engine = Engine::start(model.clone(), tokenizer(), config).expect("engine");
+        let miner = Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"));
+        let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(
+            1,
+            100,
+            vec![
+                neuron(0, "low", 1.0),
+                neuron(1, "mid", 50.0),
+                neuron(2, "high", 1000.0),
+                neuron(3, "filler", 10.0),
+            ],
+        )));
+        let pipeline = Pipeline::new(
+            MinerConfig::default(),
+            metagraph as Arc<dyn MetagraphView>,
+            Arc::clone(&miner) as Arc<dyn Miner>,
+        )
+        .expect("pipeline");
+        assert_eq!(pipeline.stats().capacity, 4, "four batch slots");
+        model.gate.set_open(true);
+        for caller in ["low", "mid", "high"] {
+            pipeline.prompt(request(caller)).await.expect("warm-up");
+        }
+        model.gate.set_open(false);
+        model.started.lock().expect("started").clear();
+
+        let filler = tokio::spawn({
+            let p = pipeline.clone();
+            async move { p.prompt(request("filler")).await }
+        });
+        let gate = Arc::clone(&model.gate);
+        tokio::task::spawn_blocking(move || gate.wait_blocked())
+            .await
+            .expect("blocked");
+        // Each takes a batch slot of the pipeline at once and waits inside the engine for
+        // cache room, in the worst order of arrival.
+        let mut queued = Vec::new();
+        for (i, caller) in ["low", "mid", "high"].into_iter().enumerate() {
+            let p = pipeline.clone();
+            queued.push(tokio::spawn(async move { p.prompt(request(caller)).await }));
+            wait_for("the request to wait in the engine", || {
+                miner.engine().stats().waiting.load(Ordering::Acquire) == i + 1
+            })
+            .await;
+        }
+        assert_eq!(
+            pipeline.stats().queue_depth,
+            0,
+            "none waits in the pipeline"
+        );
+        model.gate.set_open(true);
+        assert!(filler.await.expect("joined").is_ok());
+        for handle in queued {
+            assert!(handle.await.expect("joined").is_ok());
+        }
+        let label: HashMap<Vec<u32>, &str> = label.into_iter().collect();
+        let order: Vec<&str> = model
+            .started
+            .lock()
+            .expect("started")
+            .iter()
+            .map(|p| label.get(p).copied().unwrap_or("?"))
+            .collect();
+        assert_eq!(order, ["filler", "high", "mid", "low"]);
+        assert_eq!(model.peak_batch(), 1, "the budget holds one at a time");
+    }
 }
