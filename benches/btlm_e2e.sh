@@ -95,7 +95,7 @@ start_miner() {
     --btlm.max_batch "$MAX_BATCH" $EXTRA_MINER_ARGS >"$log" 2>&1 &
   pid=$!
   local started=$SECONDS
-  # The listening socket exists before the model is loaded: wait for the "serving on" line.
+  # The miner listens once the model is loaded ("serving on"); wait for that line.
   until grep -q "serving on" "$log" 2>/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then echo "btlm-miner exited:" >&2; tail -5 "$log" >&2; exit 1; fi
     if (( SECONDS - started > 1800 )); then echo "btlm-miner did not start in 30 min" >&2; exit 1; fi
