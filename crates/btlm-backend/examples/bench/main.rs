@@ -57,6 +57,11 @@ struct Cli {
     /// Only the kernel-only matmul measurement (no checkpoint, no model).
     #[arg(long)]
     matmul_only: bool,
+    /// The kernel-only measurement in cache on one thread, timed in CPU time (the compute
+    /// ceiling of each row count, little disturbed by other processes); implies
+    /// `--matmul-only`.
+    #[arg(long)]
+    matmul_in_cache: bool,
     /// Cache converted weights: `off`, `beside` (beside the checkpoint) or a directory.
     /// Run twice to measure a second start.
     #[arg(long, default_value = "off")]
@@ -211,6 +216,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ckpt = cli.checkpoint.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("btlm-bench-{}l.safetensors", cli.layers))
     });
+    if cli.matmul_in_cache {
+        let path = KernelPath::active()?;
+        let formats = cli
+            .formats
+            .iter()
+            .map(|f| f.parse::<WeightFormat>())
+            .collect::<Result<Vec<_>, _>>()?;
+        matmul::run_in_cache(path, &formats, &cli.matmul_rows);
+        return Ok(());
+    }
     if let Some(format) = &cli.child {
         println!("{}", measure(&cli, &ckpt, format)?);
         return Ok(());

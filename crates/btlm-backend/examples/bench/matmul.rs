@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use prompting_btlm_backend::kernels::{
-    Bytes, KernelPath, PackedMatrix, Source, SourceData, WeightFormat, matmul,
+    Acts, Bytes, KernelPath, PackedMatrix, Source, SourceData, TILE, WeightFormat, matmul,
 };
 
 /// The projections of one BTLM-3B block as `(n_in, n_out)`.
@@ -114,3 +114,95 @@ pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_r
 }
 
 const MIN_SET_BYTES_MB: usize = MIN_SET_BYTES >> 20;
+
+/// Packed bytes of the in-cache matrix: well inside a core's L2 (512 KiB on Zen 3), so
+/// that a neighbour on the same core disturbs it little.
+const IN_CACHE_BYTES: usize = 256 << 10;
+
+/// Nanoseconds this thread has run on a CPU (`/proc/thread-self/schedstat`), if readable.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// The best CPU time per call of `f` over many short windows (the quietest moments of a
+/// busy machine).
+fn best_cpu_secs(mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..40 {
+        let (t0, c0) = (Instant::now(), thread_cpu_ns());
+        let mut calls = 0u32;
+        while t0.elapsed().as_secs_f64() < 0.01 || calls < 4 {
+            f();
+            calls += 1;
+        }
+        let cpu = match (c0, thread_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 * 1e-9,
+            _ => t0.elapsed().as_secs_f64(),
+        };
+        best = best.min(cpu / calls as f64);
+    }
+    best
+}
+
+/// Prints one line per row count: one matrix of 2560 inputs and ~256 KiB of packed weights,
+/// multiplied over and over on one thread, timed in this thread's CPU time (wall-clock
+/// where that is not readable): weight bytes per CPU-second and the products per second
+/// relative to one row, the preparation of the activations (timed apart) taken off.
+pub fn run_in_cache(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize]) {
+    let clock = if thread_cpu_ns().is_some() {
+        "thread CPU time"
+    } else {
+        "wall-clock"
+    };
+    println!("matmul kernels ({path}) in cache, one thread, {clock}");
+    println!(
+        "{:<6} {:>5} {:<11} {:>8} {:>12} {:>14}",
+        "format", "rows", "kernels", "outputs", "GB/s (core)", "× of 1 row"
+    );
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool");
+    let n_in = 2560;
+    for &format in formats {
+        let tiles = (IN_CACHE_BYTES / format.tile_bytes(format.padded_k(n_in))).max(1);
+        let n_out = tiles * TILE;
+        let w = random_matrix(n_in * n_out, 5);
+        let m = PackedMatrix::pack(
+            format,
+            &Source {
+                data: SourceData::F32(&w),
+                n_out,
+                n_in,
+                transposed: false,
+            },
+        )
+        .expect("pack");
+        let mut one_row = None;
+        for &rows in rows_list {
+            let x = random_matrix(rows * n_in, 99);
+            let mut y = vec![0f32; rows * n_out];
+            // The activations are prepared once per call (quantized, rounded): timed
+            // apart and taken off, so that the figure is the tile kernels'.
+            let total = pool.install(|| {
+                best_cpu_secs(|| matmul(path, &m, &x, rows, None, &mut y).expect("matmul"))
+            });
+            let prep = pool.install(|| {
+                best_cpu_secs(|| {
+                    std::hint::black_box(Acts::prepare(format, &x, rows, n_in, m.k_pad()));
+                })
+            });
+            let secs = total - prep;
+            let per_row = secs / rows as f64;
+            let base = *one_row.get_or_insert(if rows == 1 { per_row } else { f64::NAN });
+            println!(
+                "{:<6} {rows:>5} {:<11} {n_out:>8} {:>12.1} {:>14.2}",
+                format.name(),
+                path.kernel_name(format, rows),
+                m.bytes().len() as f64 / secs / 1e9,
+                base / per_row,
+            );
+        }
+    }
+}

@@ -18,9 +18,12 @@
 //! f32 and f16 keep their precision on the AVX-512 kernels (this module computes f16 too,
 //! and its test covers it).
 //!
-//! **Status**: written and compiled on a machine without AMX (AMD Zen 3); the tests in
-//! `tests.rs` exercise it only where [`supported`] is true, so until they have run on an
-//! AMX machine this path is opt-in (`BTLM_KERNELS=amx`), never chosen by detection.
+//! **Status**: written on a machine without AMX (AMD Zen 3). The tests in `tests.rs` run it
+//! only where [`supported`] is true; `scripts/check-kernels-emulated.sh` runs
+//! [`pair_product`] (everything but the rayon split and [`supported`]) on an emulated
+//! Sapphire Rapids core whose tile instructions are emulated from the SDM (docs/benchmarks.md,
+//! "Kernels on an emulated Sapphire Rapids"). Until the tests have run on real AMX hardware
+//! this path stays opt-in (`BTLM_KERNELS=amx`), never chosen by detection.
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -56,7 +59,7 @@ pub fn supported() -> bool {
 /// and tile data enabled by the OS).
 // `__cpuid` is a safe function in newer Rust releases, unsafe in older ones.
 #[allow(unused_unsafe)]
-fn cpu_and_os_have_amx() -> bool {
+pub(super) fn cpu_and_os_have_amx() -> bool {
     // SAFETY: CPUID is available on every x86-64 CPU.
     let max_leaf = unsafe { __cpuid(0) }.eax;
     if max_leaf < 7 {
@@ -310,85 +313,124 @@ pub unsafe fn matmul(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    let (n_in, n_out) = (w.n_in(), w.n_out());
+    let k32 = w.k_pad().div_ceil(KC) * KC;
+    let a = pack_acts(x, rows, w.n_in(), k32);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..w.tiles().div_ceil(2)).into_par_iter().for_each_init(
+        || Scratch::new(w),
+        // SAFETY: the caller's contract; pairs write disjoint columns.
+        |scratch, pair| unsafe { pair_product(w, &a, rows, bias, out, pair, scratch) },
+    );
+}
+
+/// The buffers of one task of [`matmul`]: two weight tiles in the `B` layout, one block of
+/// converted f32 weights, and the 32 × 32 f32 results of one block.
+pub(super) struct Scratch {
+    bbuf: Vec<u16>,
+    f32buf: Vec<f32>,
+    c: Vec<f32>,
+}
+
+impl Scratch {
+    /// Buffers for products with `w`.
+    pub(super) fn new(w: &PackedMatrix) -> Scratch {
+        let k32 = w.k_pad().div_ceil(KC) * KC;
+        Scratch {
+            bbuf: vec![0u16; 2 * k32 * TILE],
+            f32buf: vec![0f32; super::many::KB * TILE],
+            c: vec![0f32; 4 * TILE * TILE],
+        }
+    }
+}
+
+/// The activations of `rows × w.n_in()` values `x` in the `A` layout [`pair_product`] reads.
+#[cfg(feature = "emulation")]
+pub(super) fn pack_acts_for(w: &PackedMatrix, x: &[f32], rows: usize) -> Vec<u16> {
+    pack_acts(x, rows, w.n_in(), w.k_pad().div_ceil(KC) * KC)
+}
+
+/// Output tiles `2·pair` and `2·pair + 1` of `w` (the last tile alone if the count is odd)
+/// for all `rows` rows: packs the weights, multiplies them with every 16-row block of `a`
+/// ([`pack_acts_for`]) on the tile unit, adds `bias` and writes the columns to `out`.
+///
+/// # Safety
+/// AMX usable on this thread (tile data permitted), AVX2/FMA/F16C; `out` holds
+/// `rows × w.n_out()` values of which this call alone writes these tiles' columns; `a` was
+/// packed for `w` and `rows`; `scratch` was made for `w`; `bias`, if any, holds `w.n_out()`.
+pub(super) unsafe fn pair_product(
+    w: &PackedMatrix,
+    a: &[u16],
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+    pair: usize,
+    scratch: &mut Scratch,
+) {
+    let n_out = w.n_out();
     let k32 = w.k_pad().div_ceil(KC) * KC;
     let kcs = k32 / KC;
-    let a = pack_acts(x, rows, n_in, k32);
     let mblocks = rows.div_ceil(TILE);
     let a_block = kcs * TILE_BYTES; // bytes of one 16-row block
-    let pairs = w.tiles().div_ceil(2);
-    let out = OutPtr(y.as_mut_ptr());
-    (0..pairs).into_par_iter().for_each_init(
-        || {
-            (
-                vec![0u16; 2 * k32 * TILE],
-                vec![0f32; super::many::KB * TILE],
-                vec![0f32; 4 * TILE * TILE],
-            )
-        },
-        |(bbuf, f32buf, c), pair| {
-            let (wb0, wb1) = bbuf.split_at_mut(k32 * TILE);
-            let t0 = 2 * pair;
-            let t1 = (t0 + 1).min(w.tiles() - 1); // an odd last tile pairs with itself
-            // SAFETY: AVX2 is implied by `supported`; buffers sized for k32.
-            unsafe {
-                pack_weights(w, t0, f32buf, wb0);
-                if t1 != t0 {
-                    pack_weights(w, t1, f32buf, wb1);
-                } else {
-                    wb1.fill(0);
-                }
+    let Scratch { bbuf, f32buf, c } = scratch;
+    let (wb0, wb1) = bbuf.split_at_mut(k32 * TILE);
+    let t0 = 2 * pair;
+    let t1 = (t0 + 1).min(w.tiles() - 1); // an odd last tile pairs with itself
+    // SAFETY: AVX2 (caller); buffers sized for k32.
+    unsafe {
+        pack_weights(w, t0, f32buf, wb0);
+        if t1 != t0 {
+            pack_weights(w, t1, f32buf, wb1);
+        } else {
+            wb1.fill(0);
+        }
+    }
+    // SAFETY: AMX usable (caller).
+    let _tiles = unsafe { Tiles::configure() };
+    let ab = a.as_ptr().cast::<u8>();
+    let (b0, b1) = (wb0.as_ptr().cast::<u8>(), wb1.as_ptr().cast::<u8>());
+    let mut mb = 0;
+    while mb < mblocks {
+        let two = mb + 1 < mblocks;
+        // SAFETY: A blocks `mb` (and `mb + 1`) and both B buffers hold `kcs` KiB; `c` holds
+        // 4 KiB.
+        unsafe {
+            let a0 = ab.add(mb * a_block);
+            if two {
+                block_2x2(a0, a0.add(a_block), b0, b1, kcs, c.as_mut_ptr());
+            } else {
+                block_1x2(a0, b0, b1, kcs, c.as_mut_ptr());
             }
-            // SAFETY: supported (caller).
-            let _tiles = unsafe { Tiles::configure() };
-            let ab = a.as_ptr().cast::<u8>();
-            let (b0, b1) = (wb0.as_ptr().cast::<u8>(), wb1.as_ptr().cast::<u8>());
-            let mut mb = 0;
-            while mb < mblocks {
-                let two = mb + 1 < mblocks;
-                // SAFETY: A blocks `mb` (and `mb + 1`) and both B buffers hold `kcs` KiB;
-                // `c` holds 4 KiB.
-                unsafe {
-                    let a0 = ab.add(mb * a_block);
-                    if two {
-                        block_2x2(a0, a0.add(a_block), b0, b1, kcs, c.as_mut_ptr());
-                    } else {
-                        block_1x2(a0, b0, b1, kcs, c.as_mut_ptr());
-                    }
+        }
+        let mcount = if two { 2 } else { 1 };
+        for m in 0..mcount {
+            for (n, t) in [t0, t1].into_iter().enumerate() {
+                if n == 1 && t1 == t0 {
+                    continue;
                 }
-                let mcount = if two { 2 } else { 1 };
-                for m in 0..mcount {
-                    for (n, t) in [t0, t1].into_iter().enumerate() {
-                        if n == 1 && t1 == t0 {
-                            continue;
-                        }
-                        let col = t * TILE;
-                        let ncols = (n_out - col).min(TILE);
-                        let cblk = &c[(m * 2 + n) * TILE * TILE..][..TILE * TILE];
-                        for i in 0..TILE {
-                            let r = (mb + m) * TILE + i;
-                            if r >= rows {
-                                break;
-                            }
-                            let vals = &cblk[i * TILE..(i + 1) * TILE];
-                            // SAFETY: `r * n_out + col + ncols <= y.len()`; this task owns
-                            // the columns of tiles t0 and t1.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(out.at(r * n_out + col), ncols)
-                            };
-                            match bias {
-                                Some(b) => {
-                                    for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
-                                        *d = v + bv;
-                                    }
-                                }
-                                None => dst.copy_from_slice(&vals[..ncols]),
+                let col = t * TILE;
+                let ncols = (n_out - col).min(TILE);
+                let cblk = &c[(m * 2 + n) * TILE * TILE..][..TILE * TILE];
+                for i in 0..TILE {
+                    let r = (mb + m) * TILE + i;
+                    if r >= rows {
+                        break;
+                    }
+                    let vals = &cblk[i * TILE..(i + 1) * TILE];
+                    // SAFETY: `r * n_out + col + ncols <= out`'s size; this call owns the
+                    // columns of tiles t0 and t1.
+                    let dst =
+                        unsafe { std::slice::from_raw_parts_mut(out.at(r * n_out + col), ncols) };
+                    match bias {
+                        Some(b) => {
+                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
+                                *d = v + bv;
                             }
                         }
+                        None => dst.copy_from_slice(&vals[..ncols]),
                     }
                 }
-                mb += mcount;
             }
-        },
-    );
+        }
+        mb += mcount;
+    }
 }

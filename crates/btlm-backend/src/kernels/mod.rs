@@ -29,6 +29,9 @@ mod simd;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(all(target_arch = "x86_64", feature = "emulation"))]
+#[doc(hidden)]
+pub mod emulation;
 pub mod format;
 #[cfg(target_arch = "x86_64")]
 mod many;
@@ -296,33 +299,50 @@ pub fn matmul(
     (0..tasks).into_par_iter().for_each(|task| {
         let first = task * per_task;
         let last = (first + per_task).min(w.tiles());
-        let mut buf = [[0f32; TILE]; 8];
-        for t in first..last {
-            let col = t * TILE;
-            let ncols = (n_out - col).min(TILE);
-            let mut row0 = 0;
-            while row0 < rows {
-                let nr = (rows - row0).min(path.max_rows());
-                run_tile(path, w, t, &acts, row0, &mut buf[..nr]);
-                for (r, vals) in buf[..nr].iter().enumerate() {
-                    let start = (row0 + r) * n_out + col;
-                    // SAFETY: `start + ncols <= rows * n_out = y.len()`, and columns
-                    // `col..col + ncols` belong to this task's tile only.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(start), ncols) };
-                    match bias {
-                        Some(b) => {
-                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
-                                *d = v + bv;
-                            }
-                        }
-                        None => dst.copy_from_slice(&vals[..ncols]),
-                    }
-                }
-                row0 += nr;
-            }
-        }
+        tiles_into(path, w, &acts, rows, bias, out, first..last);
     });
     Ok(())
+}
+
+/// Tiles `range` of `w` times all `rows` rows of `acts` (`+ bias`) into their columns of
+/// `out` (`rows × n_out`), one kernel call per tile and up to `path.max_rows()` rows.
+/// `path` must be supported, `out` must hold `rows × w.n_out()` values, and no other task
+/// may write these tiles' columns (the tasks of [`matmul`] take disjoint ranges).
+fn tiles_into(
+    path: KernelPath,
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+    range: std::ops::Range<usize>,
+) {
+    let n_out = w.n_out();
+    let mut buf = [[0f32; TILE]; 8];
+    for t in range {
+        let col = t * TILE;
+        let ncols = (n_out - col).min(TILE);
+        let mut row0 = 0;
+        while row0 < rows {
+            let nr = (rows - row0).min(path.max_rows());
+            run_tile(path, w, t, acts, row0, &mut buf[..nr]);
+            for (r, vals) in buf[..nr].iter().enumerate() {
+                let start = (row0 + r) * n_out + col;
+                // SAFETY: `start + ncols <= rows * n_out`, the size of `out` (caller), and
+                // columns `col..col + ncols` belong to this range's tiles only.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(start), ncols) };
+                match bias {
+                    Some(b) => {
+                        for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
+                            *d = v + bv;
+                        }
+                    }
+                    None => dst.copy_from_slice(&vals[..ncols]),
+                }
+            }
+            row0 += nr;
+        }
+    }
 }
 
 /// One tile of `w` times `out.len()` rows of `acts` from `row0`, on `path`.

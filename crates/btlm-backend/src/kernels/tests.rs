@@ -371,8 +371,10 @@ fn extreme_quantized_values_do_not_saturate() {
         .collect();
     for format in [WeightFormat::Q4K, WeightFormat::Q8_0] {
         let p = pack(format, &w, n_out, n_in);
-        for sign in [1.0f32, -1.0] {
-            let rows = 5;
+        for (sign, rows) in [1.0f32, -1.0]
+            .into_iter()
+            .flat_map(|s| (1..=8).map(move |r| (s, r)))
+        {
             let x = vec![sign; rows * n_in];
             let reference = run(KernelPath::Scalar, &p, &x, rows, None);
             for path in supported_paths() {
@@ -391,6 +393,42 @@ fn extreme_quantized_values_do_not_saturate() {
                     (b - expect).abs() <= 0.02 * n_in as f32,
                     "{format} [{i}]: {b}"
                 );
+            }
+        }
+    }
+}
+
+/// Every row count a kernel call can take (1 to 8 on every path, and the 8-row chunks plus
+/// a remainder of 9 to 15 rows), every format, on odd shapes: outputs not a multiple of 16,
+/// inputs past one 256-input block of the dense kernels and not a multiple of it (301:
+/// an odd bf16 pair count), and n_inner 6826 (the q4k tail).
+#[test]
+fn every_row_count_matches_the_scalar_reference() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let shapes = [(17, 33), (40, 301), (16, 1024), (35, 6826)];
+    let paths = supported_paths();
+    for format in WeightFormat::ALL {
+        for &(n_out, n_in) in &shapes {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let p = pack(format, &w, n_out, n_in);
+            let max_rows = if n_in > 1000 { 8 } else { 15 };
+            let x = random(max_rows * n_in, &mut rng, 2.0);
+            let reference = run(KernelPath::Scalar, &p, &x, max_rows, None);
+            let mags = magnitudes(&p, &x, max_rows);
+            for rows in 1..=max_rows {
+                let x = &x[..rows * n_in];
+                for &path in &paths {
+                    if path == KernelPath::Amx && path.many_rows(format, rows) {
+                        continue; // bf16 rounding: `amx_tiles_compute_the_bf16_product`
+                    }
+                    let y = run(path, &p, x, rows, None);
+                    for (i, ((a, b), m)) in y.iter().zip(&reference).zip(&mags).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 2e-6 * m + 1e-5,
+                            "{path} {format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
+                        );
+                    }
+                }
             }
         }
     }

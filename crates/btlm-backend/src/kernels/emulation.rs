@@ -1,0 +1,93 @@
+//! Test-only entry points for running the AVX-512 and AMX kernels on an emulated CPU
+//! (`scripts/check-kernels-emulated.sh`, feature `emulation`; not part of the API).
+//!
+//! The emulator runs a piece of this process's own code on an emulated Sapphire Rapids
+//! core without an operating system: what it runs must not allocate, make system calls or
+//! hand work to other threads. So these functions run the same per-tile and per-pair code
+//! as [`super::matmul`], on the calling thread only, with every buffer prepared before
+//! (activations, AMX scratch), and they do not consult `std_detect` (which caches the host
+//! CPU's features): the caller vouches for the instruction set.
+
+use super::amx::{self, Scratch};
+use super::{Acts, KernelPath, OutPtr, PackedMatrix, avx512, tiles_into};
+
+/// `y = x · Wᵀ (+ bias)` on `path`'s tile kernels (all tiles, this thread), `acts`
+/// prepared with [`Acts::prepare`] for `w`'s format and `rows` rows.
+///
+/// # Safety
+/// The CPU must support `path`'s instructions (not checked); `y` holds `rows × w.n_out()`
+/// values, `bias`, if any, `w.n_out()`.
+pub unsafe fn tiles_on_this_thread(
+    path: KernelPath,
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    assert!(y.len() == rows * w.n_out(), "output size");
+    tiles_into(
+        path,
+        w,
+        acts,
+        rows,
+        bias,
+        OutPtr(y.as_mut_ptr()),
+        0..w.tiles(),
+    );
+}
+
+/// The inputs of one AMX product prepared outside the emulator: activations in the `A`
+/// layout and one task's scratch buffers.
+pub struct AmxInputs {
+    a: Vec<u16>,
+    scratch: Scratch,
+}
+
+impl AmxInputs {
+    /// Packs `rows × w.n_in()` activations `x` for [`amx_on_this_thread`].
+    pub fn prepare(w: &PackedMatrix, x: &[f32], rows: usize) -> AmxInputs {
+        AmxInputs {
+            a: amx::pack_acts_for(w, x, rows),
+            scratch: Scratch::new(w),
+        }
+    }
+}
+
+/// `y = x · Wᵀ (+ bias)` on the AMX kernels (every pair of tiles in turn, this thread).
+///
+/// # Safety
+/// AMX-TILE/BF16 usable and AVX2/FMA/F16C (not checked); `inputs` prepared for `w` and
+/// `rows`; `y` holds `rows × w.n_out()` values, `bias`, if any, `w.n_out()`.
+pub unsafe fn amx_on_this_thread(
+    w: &PackedMatrix,
+    inputs: &mut AmxInputs,
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    assert!(y.len() == rows * w.n_out(), "output size");
+    let out = OutPtr(y.as_mut_ptr());
+    for pair in 0..w.tiles().div_ceil(2) {
+        // SAFETY: the caller's contract; one pair at a time.
+        unsafe {
+            amx::pair_product(w, &inputs.a, rows, bias, out, pair, &mut inputs.scratch);
+        }
+    }
+}
+
+/// What this CPU's feature checks say, as bits: 1 the AVX-512 kernels are supported,
+/// 2 [`KernelPath::detect`] chooses them, 4 CPUID and XCR0 show usable AMX, bits 3..4 the
+/// index of `detect`'s choice in [`KernelPath::ALL`]. Runs `std_detect` (which caches its
+/// answer): call it first in a process, on the emulator.
+pub fn feature_report() -> u32 {
+    let detected = KernelPath::detect();
+    let index = KernelPath::ALL
+        .iter()
+        .position(|&p| p == detected)
+        .unwrap_or(3) as u32;
+    (avx512::supported() as u32)
+        | (((detected == KernelPath::Avx512) as u32) << 1)
+        | ((amx::cpu_and_os_have_amx() as u32) << 2)
+        | (index << 3)
+}
