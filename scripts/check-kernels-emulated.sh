@@ -2,7 +2,10 @@
 # Runs the AVX-512 and AMX kernels of prompting-btlm-backend on an emulated Sapphire Rapids
 # core and compares every case with the scalar reference (pass/fail per case):
 #
-#   scripts/check-kernels-emulated.sh [--path avx512|amx|all] [--quick] [--filter TEXT]
+#   scripts/check-kernels-emulated.sh [--dev] [--path avx512|amx|all] [--quick] [--filter TEXT]
+#
+# --dev: the dev-profile build of the kernels (reuses `cargo test`'s dependencies; slower to
+# emulate, and the code differs from release: run the default release check for a verdict).
 #
 # The emulator is Bochs's CPU as a library (PyPI bochscpu-python 0.4.0, its
 # `sapphire_rapids` model); scripts/emulated/spr_emulator.py runs the kernels of
@@ -41,9 +44,16 @@ if ! "$dir/venv/bin/python" -c 'import bochscpu' 2>/dev/null; then
         || { echo "check-kernels-emulated: bochscpu does not load"; exit 1; }
 fi
 
-nice -n 19 cargo build --quiet --release -p prompting-btlm-backend --features emulation \
-    --example emulated_kernels
-lib=$root/target/release/examples/libemulated_kernels.so
+profile=release
+if [ "${1:-}" = "--dev" ]; then
+    profile=dev
+    shift
+fi
+nice -n 19 cargo build --quiet --profile "$profile" -p prompting-btlm-backend \
+    --features emulation --example emulated_kernels
+out=release
+[ "$profile" = release ] || out=debug
+lib=$root/target/$out/examples/libemulated_kernels.so
 
 start=$(date +%s)
 status=0

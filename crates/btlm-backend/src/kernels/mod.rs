@@ -5,10 +5,11 @@
 //! The instruction set is chosen at run time ([`KernelPath::active`]): AVX-512 (with VNNI
 //! and BF16), AVX2 + FMA + F16C, or the portable [`scalar`] reference, so a plain
 //! `cargo build --release` gets the fast paths. `BTLM_KERNELS=avx512|avx2|scalar` forces a
-//! path (tests run every path the CPU supports). On the AVX2 path, products with at least
-//! [`MANY_ROWS`] activation rows (prefill, large batches) run cache-blocked many-rows
-//! kernels instead of the tile kernels (`BTLM_MANY_ROWS=N|off` moves or disables the
-//! threshold).
+//! path (tests run every path the CPU supports; `scripts/check-kernels-emulated.sh` runs the
+//! AVX-512 and AMX kernels on an emulated Sapphire Rapids, for machines without them). On
+//! the AVX2 path, products with at least [`MANY_ROWS`] activation rows (prefill, large
+//! batches) run cache-blocked many-rows kernels instead of the tile kernels
+//! (`BTLM_MANY_ROWS=N|off` moves or disables the threshold).
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
