@@ -20,7 +20,9 @@
 #   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt), MAX_BATCH (8),
 #   TIMEOUT (12), FLOOD_FORMAT (q4k; "" skips the flood), FLOOD_LAYERS ($LAYERS),
 #   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), EXTRA_MINER_ARGS,
-#   OUT (the results folder, default target/bench-results/btlm-e2e).
+#   OUT (the results folder, default target/bench-results/btlm-e2e),
+#   PREBUILT (a folder holding release builds of btlm-miner, loadgen, bench-identities and
+#   examples/write_random_model: run those instead of building).
 # Results: $OUT/{summary.md,*.json,*.log}.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -49,11 +51,16 @@ fi
 out="${OUT:-$root/target/bench-results/btlm-e2e}"
 mkdir -p "$out" "$BENCH_MODELS"
 
-echo "== build (RUSTFLAGS=${RUSTFLAGS:-none})"
-cargo build --release --quiet -p prompting-btlm-backend --example write_random_model
-cargo build --release --quiet -p btlm-miner
-cargo build --release --quiet -p prompting-benches --bin loadgen --bin bench-identities
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+if [ -n "${PREBUILT:-}" ]; then
+  echo "== prebuilt binaries in $PREBUILT (not built here)"
+  bin="$PREBUILT"
+else
+  echo "== build (RUSTFLAGS=${RUSTFLAGS:-none})"
+  cargo build --release --quiet -p prompting-btlm-backend --example write_random_model
+  cargo build --release --quiet -p btlm-miner
+  cargo build --release --quiet -p prompting-benches --bin loadgen --bin bench-identities
+  bin="${CARGO_TARGET_DIR:-$root/target}/release"
+fi
 
 model_dir() { echo "$BENCH_MODELS/btlm-random-${1}l"; }
 for layers in $(echo "$LAYERS $FLOOD_LAYERS" | tr ' ' '\n' | sort -u); do
@@ -95,7 +102,7 @@ start_miner() {
     --btlm.max_batch "$MAX_BATCH" $EXTRA_MINER_ARGS >"$log" 2>&1 &
   pid=$!
   local started=$SECONDS
-  # The listening socket exists before the model is loaded: wait for the "serving on" line.
+  # The miner listens once the model is loaded ("serving on"); wait for that line.
   until grep -q "serving on" "$log" 2>/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then echo "btlm-miner exited:" >&2; tail -5 "$log" >&2; exit 1; fi
     if (( SECONDS - started > 1800 )); then echo "btlm-miner did not start in 30 min" >&2; exit 1; fi

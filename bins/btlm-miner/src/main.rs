@@ -46,7 +46,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .context("cannot start the runtime")
         .map_err(Failure::runtime)?;
     runtime.block_on(async {
-        // Wallet, port and chain first: they fail fast, loading the model takes minutes.
+        // Wallet, port and chain first: they fail fast, loading the model takes minutes. The
+        // port is bound but listens only from `run` on, once the model is loaded.
         let service = Service::prepare(cli.common).await?;
         if !service.starts_axon() {
             return Ok(service.run_without_axon().await?);

@@ -1,7 +1,8 @@
 //! The engine thread's loop (continuous batching). At every step boundary it
 //!
-//! 1. takes in new requests (they wait, first come first served, for a batch slot and room
-//!    in the key/value cache budget: prompt plus new tokens are reserved at admission);
+//! 1. takes in new requests (they wait, highest priority first and first come first served
+//!    among equals, for a batch slot and room in the key/value cache budget: prompt plus new
+//!    tokens are reserved at admission);
 //! 2. ends the sequences whose receiver is gone (cancelled) or whose deadline passed;
 //! 3. admits waiting requests while a slot and cache room are free;
 //! 4. runs one step: every decoding sequence advances by one token, and prompts advance by
@@ -10,6 +11,17 @@
 //! 5. retires finished sequences (their slot and cache are free for the next step).
 //!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
+//!
+//! **Admission order.** The pipeline hands out the batch slots in priority order (the
+//! miner's [capacity](prompting_miner::Miner::capacity) is `max_batch`), but when the cache
+//! budget binds before the slots do, requests wait here too; they are admitted by their
+//! priority ([`Job::priority`], the pipeline's, carried by the miner), ties by arrival. The
+//! best waiting request that does not fit yet holds back every request behind it, even
+//! smaller ones that would fit (head-of-line blocking, no skipping): every running sequence
+//! ends within its token limit or deadline, so the head is admitted as soon as enough of
+//! them end, whereas letting smaller lower-priority requests past it would let a steady
+//! stream of them keep the budget busy and starve it. The price is cache room left idle
+//! while the head waits for enough of it.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -38,6 +50,8 @@ pub(crate) struct Job {
     pub(crate) deadline: Option<Instant>,
     /// Where its events go; closed when the caller went away.
     pub(crate) events: UnboundedSender<Event>,
+    /// Its rank in the wait queue: higher first (never NaN).
+    pub(crate) priority: f64,
 }
 
 impl Job {
@@ -90,6 +104,12 @@ impl<M: StepModel> Batcher<M> {
         }
     }
 
+    /// Queues `job` behind every waiting job of the same or a higher priority.
+    fn enqueue(&mut self, job: Job) {
+        let at = self.waiting.partition_point(|w| w.priority >= job.priority);
+        self.waiting.insert(at, job);
+    }
+
     /// Serves jobs until every sender is dropped and the last sequence ended.
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
         let mut open = true;
@@ -99,13 +119,13 @@ impl<M: StepModel> Batcher<M> {
                     break;
                 }
                 match jobs.recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(job) => self.enqueue(job),
                     Err(_) => break,
                 }
             }
             while open {
                 match jobs.try_recv() {
-                    Ok(job) => self.waiting.push_back(job),
+                    Ok(job) => self.enqueue(job),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => open = false,
                 }
@@ -142,8 +162,9 @@ impl<M: StepModel> Batcher<M> {
         }
     }
 
-    /// Moves waiting requests into the batch while a slot and cache room are free (first
-    /// come first served: a request that does not fit yet holds back those behind it).
+    /// Moves waiting requests into the batch while a slot and cache room are free, best
+    /// first (the queue is kept in that order); a request that does not fit yet holds back
+    /// those behind it (see the module's "Admission order").
     fn admit(&mut self) {
         while self.running.len() < self.config.max_batch {
             let Some(front) = self.waiting.front() else {

@@ -7,7 +7,9 @@
 //! (prompt plus new tokens, reserved at admission) fit in [`EngineConfig::kv_cache_bytes`],
 //! and at most [`EngineConfig::queue_size`] requests wait for a batch slot. A request that
 //! can never fit is refused at once ([`SubmitError::TooLarge`]); one that cannot fit yet
-//! waits.
+//! waits. Waiting requests are admitted highest [priority](Engine::submit_ranked) first,
+//! first come first served among equals; the best one that does not fit yet holds back the
+//! rest, so that smaller, lower-ranked requests cannot starve it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -73,13 +75,27 @@ impl Engine {
         })
     }
 
-    /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
-    /// cancels the request (its batch slot is free at the next step).
+    /// Queues a request at priority 0 ([`Engine::submit_ranked`]); its events arrive on the
+    /// returned receiver. Dropping the receiver cancels the request (its batch slot is free
+    /// at the next step).
     pub fn submit(
         &self,
         prompt: &str,
         config: GenerationConfig,
         deadline: Option<Instant>,
+    ) -> std::result::Result<UnboundedReceiver<Event>, SubmitError> {
+        self.submit_ranked(prompt, config, deadline, 0.0)
+    }
+
+    /// Queues a request with a `priority` (e.g. the pipeline's, from the caller's stake):
+    /// while requests wait for a batch slot or cache room, the highest is admitted first,
+    /// the first submitted among equals. NaN ranks lowest. Otherwise as [`Engine::submit`].
+    pub fn submit_ranked(
+        &self,
+        prompt: &str,
+        config: GenerationConfig,
+        deadline: Option<Instant>,
+        priority: f64,
     ) -> std::result::Result<UnboundedReceiver<Event>, SubmitError> {
         let invalid = |e: BtlmError| SubmitError::Invalid(e.to_string());
         let ids = self.tokenizer.encode(prompt).map_err(invalid)?;
@@ -108,6 +124,11 @@ impl Engine {
             kv_bytes,
             deadline,
             events,
+            priority: if priority.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                priority
+            },
         };
         if self.jobs.send(job).is_err() {
             self.stats.waiting.fetch_sub(1, Ordering::AcqRel);

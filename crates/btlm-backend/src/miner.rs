@@ -65,7 +65,9 @@ pub fn load_model(files: &ModelFiles, opts: &LoadOptions) -> Result<(Btlm, BtlmT
 
 /// The native BTLM miner: formats conversations like the Python `CerebrasBTLMMiner` and
 /// generates on the batching [`Engine`], whose batch slots it reports as its
-/// [capacity](Miner::capacity).
+/// [capacity](Miner::capacity). It submits each request with the pipeline's
+/// [priority](PromptRequest::priority) (0 when unset), so that requests waiting inside the
+/// engine for cache room are admitted in the pipeline's order too.
 #[derive(Debug, Clone)]
 pub struct BtlmMiner {
     engine: Engine,
@@ -213,7 +215,12 @@ impl Miner for BtlmMiner {
         tracing::debug!(prompt = %prompt, "btlm prompt");
         let rx = self
             .engine
-            .submit(&prompt, config, Some(deadline.into_std()))
+            .submit_ranked(
+                &prompt,
+                config,
+                Some(deadline.into_std()),
+                request.priority.unwrap_or(0.0),
+            )
             .map_err(|e| match e {
                 SubmitError::QueueFull | SubmitError::TooLarge { .. } => {
                     MinerError::Overloaded(e.to_string())

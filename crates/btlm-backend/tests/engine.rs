@@ -482,6 +482,117 @@ fn the_cache_budget_refuses_what_never_fits_and_queues_what_does_not_fit_yet() {
     assert_eq!(stats.rejected.load(Ordering::Relaxed), 1);
 }
 
+/// The order in which the scripted model saw the prompts' first pieces, by prompt text.
+fn start_order<'a>(model: &Scripted, prompts: &[&'a str]) -> Vec<&'a str> {
+    let tok = tokenizer();
+    let label: HashMap<Vec<u32>, &str> = prompts
+        .iter()
+        .map(|p| (tok.encode(p).expect("encode"), *p))
+        .collect();
+    assert_eq!(label.len(), prompts.len(), "prompts encode apart");
+    model
+        .started
+        .lock()
+        .expect("started")
+        .iter()
+        .map(|ids| label.get(ids).copied().unwrap_or("?"))
+        .collect()
+}
+
+/// Room in the cache for the longest of `prompts` plus `new_tokens`, and `extra` bytes.
+fn room_for(prompts: &[&str], new_tokens: usize, extra: usize) -> usize {
+    let tok = tokenizer();
+    let longest = prompts
+        .iter()
+        .map(|p| tok.encode(p).expect("encode").len())
+        .max()
+        .unwrap_or(0);
+    (longest + new_tokens) * Scripted::KV_BYTES_PER_TOKEN + extra
+}
+
+#[test]
+fn waiting_requests_are_admitted_highest_priority_first_ties_oldest_first() {
+    let model = Scripted::new();
+    let prompts = ["first", "low", "nan", "mid", "low again", "high"];
+    // Batch slots to spare, cache room for one request at a time.
+    let engine = scripted_engine(
+        &model,
+        EngineConfig {
+            kv_cache_bytes: room_for(&prompts, 3, 0),
+            ..engine_config(8)
+        },
+    );
+    let first = engine
+        .submit_ranked("first", greedy(3, 0), None, 0.0)
+        .expect("first");
+    model.gate.wait_blocked();
+    let mut queued = Vec::new();
+    for (prompt, priority) in [
+        ("low", 1.0),
+        ("nan", f64::NAN),
+        ("mid", 5.0),
+        ("low again", 1.0),
+        ("high", 10.0),
+    ] {
+        queued.push(
+            engine
+                .submit_ranked(prompt, greedy(3, 0), None, priority)
+                .expect("queued"),
+        );
+    }
+    model.gate.set_open(true);
+    for rx in std::iter::once(first).chain(queued) {
+        assert_eq!(collect(rx).done.expect("done").tokens.len(), 3);
+    }
+    assert_eq!(
+        start_order(&model, &prompts),
+        ["first", "high", "mid", "low", "low again", "nan"]
+    );
+    assert_eq!(model.peak_batch(), 1, "the budget holds one at a time");
+}
+
+/// The best waiting request does not fit yet, smaller lower-ranked ones would: they wait
+/// behind it rather than take the room it waits for (which a steady stream of them could do
+/// forever).
+#[test]
+fn a_high_priority_request_that_does_not_fit_yet_is_not_overtaken_by_smaller_ones() {
+    let model = Scripted::new();
+    let prompts = ["small", "big", "low one", "low two"];
+    // Room for the big request alone, or for the small ones together, never for the big
+    // one beside another.
+    let budget = room_for(&["big"], 30, 0);
+    assert!(room_for(&prompts, 3, 0) * 3 <= budget);
+    let engine = scripted_engine(
+        &model,
+        EngineConfig {
+            kv_cache_bytes: budget,
+            ..engine_config(8)
+        },
+    );
+    let running = engine
+        .submit_ranked("small", greedy(3, 0), None, 0.0)
+        .expect("small");
+    model.gate.wait_blocked();
+    let big = engine
+        .submit_ranked("big", greedy(30, 0), None, 10.0)
+        .expect("big");
+    let lows: Vec<_> = ["low one", "low two"]
+        .into_iter()
+        .map(|p| engine.submit_ranked(p, greedy(3, 0), None, 1.0).expect(p))
+        .collect();
+    // The low ones would fit beside the running one: only the rule holds them back.
+    model.gate.set_open(true);
+    assert_eq!(collect(running).done.expect("small").tokens.len(), 3);
+    assert_eq!(collect(big).done.expect("big").tokens.len(), 30);
+    for rx in lows {
+        assert_eq!(collect(rx).done.expect("low").tokens.len(), 3);
+    }
+    assert_eq!(
+        start_order(&model, &prompts),
+        ["small", "big", "low one", "low two"]
+    );
+}
+
 #[test]
 fn a_deadline_ends_its_sequence_and_the_rest_of_the_batch_goes_on() {
     let model = Scripted::new();
@@ -701,5 +812,101 @@ mod priority {
             .map(|p| label.get(p).copied().unwrap_or("?"))
             .collect();
         assert_eq!(order, ["filler", "high", "mid", "low"]);
+    }
+
+    /// When the key/value cache budget, not the batch slots, is what binds, the requests
+    /// already inside the engine are admitted in the pipeline's priority order too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_budget_admits_in_the_pipelines_priority_order() {
+        let model = Scripted::new();
+        let args = BtlmArgs {
+            no_repeat_ngram_size: 0,
+            stop: Vec::new(),
+            ..BtlmArgs::default()
+        };
+        let tok = tokenizer();
+        let label: Vec<(Vec<u32>, &str)> = ["filler", "low", "mid", "high"]
+            .into_iter()
+            .map(|c| {
+                let text = args
+                    .prompt_format()
+                    .format(&request(c).roles, &request(c).messages);
+                (tok.encode(&text).expect("encode"), c)
+            })
+            .collect();
+        let longest = label.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        // Room for one request (its prompt and 4 new tokens) at a time, in 4 batch slots.
+        let budget = (longest + 4) * Scripted::KV_BYTES_PER_TOKEN;
+        let shortest = label.iter().map(|(ids, _)| ids.len()).min().unwrap_or(0);
+        assert!(budget < 2 * (shortest + 4) * Scripted::KV_BYTES_PER_TOKEN);
+        let config = EngineConfig {
+            kv_cache_bytes: budget,
+            ..engine_config(4)
+        };
+        let engine = Engine::start(model.clone(), tokenizer(), config).expect("engine");
+        let miner = Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"));
+        let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(
+            1,
+            100,
+            vec![
+                neuron(0, "low", 1.0),
+                neuron(1, "mid", 50.0),
+                neuron(2, "high", 1000.0),
+                neuron(3, "filler", 10.0),
+            ],
+        )));
+        let pipeline = Pipeline::new(
+            MinerConfig::default(),
+            metagraph as Arc<dyn MetagraphView>,
+            Arc::clone(&miner) as Arc<dyn Miner>,
+        )
+        .expect("pipeline");
+        assert_eq!(pipeline.stats().capacity, 4, "four batch slots");
+        model.gate.set_open(true);
+        for caller in ["low", "mid", "high"] {
+            pipeline.prompt(request(caller)).await.expect("warm-up");
+        }
+        model.gate.set_open(false);
+        model.started.lock().expect("started").clear();
+
+        let filler = tokio::spawn({
+            let p = pipeline.clone();
+            async move { p.prompt(request("filler")).await }
+        });
+        let gate = Arc::clone(&model.gate);
+        tokio::task::spawn_blocking(move || gate.wait_blocked())
+            .await
+            .expect("blocked");
+        // Each takes a batch slot of the pipeline at once and waits inside the engine for
+        // cache room, in the worst order of arrival.
+        let mut queued = Vec::new();
+        for (i, caller) in ["low", "mid", "high"].into_iter().enumerate() {
+            let p = pipeline.clone();
+            queued.push(tokio::spawn(async move { p.prompt(request(caller)).await }));
+            wait_for("the request to wait in the engine", || {
+                miner.engine().stats().waiting.load(Ordering::Acquire) == i + 1
+            })
+            .await;
+        }
+        assert_eq!(
+            pipeline.stats().queue_depth,
+            0,
+            "none waits in the pipeline"
+        );
+        model.gate.set_open(true);
+        assert!(filler.await.expect("joined").is_ok());
+        for handle in queued {
+            assert!(handle.await.expect("joined").is_ok());
+        }
+        let label: HashMap<Vec<u32>, &str> = label.into_iter().collect();
+        let order: Vec<&str> = model
+            .started
+            .lock()
+            .expect("started")
+            .iter()
+            .map(|p| label.get(p).copied().unwrap_or("?"))
+            .collect();
+        assert_eq!(order, ["filler", "high", "mid", "low"]);
+        assert_eq!(model.peak_batch(), 1, "the budget holds one at a time");
     }
 }

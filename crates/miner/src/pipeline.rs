@@ -175,16 +175,16 @@ impl Pipeline {
     /// Runs `request` through the blacklist and the priority queue, then the backend; past
     /// the request's deadline the work is cancelled and the answer is
     /// [`MinerError::Timeout`].
-    pub async fn prompt(&self, request: PromptRequest) -> Result<String, MinerError> {
+    pub async fn prompt(&self, mut request: PromptRequest) -> Result<String, MinerError> {
         let tracker = RequestTracker::new(&self.inner.counters, &request.report);
-        let result = self.run_prompt(&request, &tracker).await;
+        let result = self.run_prompt(&mut request, &tracker).await;
         tracker.finish(Outcome::of(&result));
         result
     }
 
     async fn run_prompt(
         &self,
-        request: &PromptRequest,
+        request: &mut PromptRequest,
         tracker: &RequestTracker,
     ) -> Result<String, MinerError> {
         let slot = self.enter(request, tracker).await?;
@@ -201,9 +201,12 @@ impl Pipeline {
     /// The stream is returned only once the backend produced its first non-empty chunk (or
     /// ended without text): a failure before that is this call's error, so every transport
     /// can still answer it with an error status instead of a success that breaks off.
-    pub async fn prompt_stream(&self, request: PromptRequest) -> Result<TextStream, MinerError> {
+    pub async fn prompt_stream(
+        &self,
+        mut request: PromptRequest,
+    ) -> Result<TextStream, MinerError> {
         let tracker = RequestTracker::new(&self.inner.counters, &request.report);
-        let started = match self.enter(&request, &tracker).await {
+        let started = match self.enter(&mut request, &tracker).await {
             Ok(slot) => {
                 let call = first_chunk(self.inner.miner.prompt_stream(&request));
                 match tokio::time::timeout_at(request.deadline, call).await {
@@ -248,10 +251,11 @@ impl Pipeline {
         }
     }
 
-    /// Admits the request and waits for a worker slot.
+    /// Admits the request, sets its [`priority`](PromptRequest::priority) and waits for a
+    /// worker slot.
     async fn enter(
         &self,
-        request: &PromptRequest,
+        request: &mut PromptRequest,
         tracker: &RequestTracker,
     ) -> Result<Slot, MinerError> {
         let priority = self.admit(request).map_err(|refusal| {
@@ -265,6 +269,7 @@ impl Pipeline {
             MinerError::Blacklisted(refusal.to_string())
         })?;
         tracing::trace!(caller = %request.caller, priority, "request admitted");
+        request.priority = Some(priority);
         self.inner
             .scheduler
             .acquire(priority, request.deadline)
@@ -352,6 +357,8 @@ mod tests {
         gate: Arc<Semaphore>,
         capacity: Option<usize>,
         started: parking_lot::Mutex<Vec<String>>,
+        /// The priority of each call, in call order.
+        priorities: parking_lot::Mutex<Vec<Option<f64>>>,
         finished: AtomicUsize,
         cancelled: Arc<AtomicUsize>,
     }
@@ -362,6 +369,7 @@ mod tests {
                 gate: Arc::new(Semaphore::new(0)),
                 capacity: None,
                 started: parking_lot::Mutex::new(Vec::new()),
+                priorities: parking_lot::Mutex::new(Vec::new()),
                 finished: AtomicUsize::new(0),
                 cancelled: Arc::new(AtomicUsize::new(0)),
             }
@@ -392,6 +400,7 @@ mod tests {
         async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
             let label = request.messages.join(" ");
             self.started.lock().push(label.clone());
+            self.priorities.lock().push(request.priority);
             let mut witness = CancelWitness(Arc::clone(&self.cancelled), true);
             let permit = self
                 .gate
@@ -406,6 +415,7 @@ mod tests {
 
         async fn prompt_stream(&self, request: &PromptRequest) -> Result<TextStream, MinerError> {
             self.started.lock().push(request.messages.join(" "));
+            self.priorities.lock().push(request.priority);
             let gate = Arc::clone(&self.gate);
             Ok(Box::pin(futures::stream::unfold(0, move |i| {
                 let gate = Arc::clone(&gate);
@@ -679,6 +689,28 @@ mod tests {
             *f.miner.started.lock(),
             ["filler", "high-1", "mid-1", "low-1", "low-2"]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backend_is_told_each_requests_priority() {
+        let f = fixture(|_| {});
+        warm_up(&f, &["high"]).await;
+        f.miner.priorities.lock().clear();
+        f.miner.gate.add_permits(3);
+        assert!(f.pipeline.prompt(request("high", "ranked")).await.is_ok());
+        // A hotkey's first request: the default priority (--miner.priority.default).
+        assert!(f.pipeline.prompt(request("low", "first")).await.is_ok());
+        let stream = f
+            .pipeline
+            .prompt_stream(request("high", "streamed"))
+            .await
+            .expect("stream");
+        drop(stream);
+        assert_eq!(
+            *f.miner.priorities.lock(),
+            [Some(1000.0), Some(0.0), Some(1000.0)]
+        );
+        assert_eq!(request("high", "unranked").priority, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -63,6 +63,11 @@ pub struct PromptRequest {
     pub deadline: Instant,
     /// Caller-provided generation settings.
     pub sampling: SamplingOverrides,
+    /// The caller's priority (see [`priority`](crate::priority::priority)): `None` when the
+    /// request is built; the [`Pipeline`](crate::Pipeline) sets it once the blacklist
+    /// admitted the request, before the backend sees it. A backend that queues requests
+    /// itself (e.g. a batching engine waiting for memory) serves the highest first.
+    pub priority: Option<f64>,
     /// How the answer ended and what it cost, filled in by the backend (shared by clones of
     /// the request: keep a clone to read it after the pipeline consumed the request).
     pub report: CompletionReport,
@@ -84,6 +89,7 @@ impl PromptRequest {
             protocol,
             deadline: Instant::now() + timeout,
             sampling: SamplingOverrides::default(),
+            priority: None,
             report: CompletionReport::default(),
         }
     }

@@ -10,9 +10,10 @@
 //! - [`cli_main`]: the whole `main` of a miner binary, with the error-line and exit-code rule
 //!   of [`prompting_cli`].
 //! - [`Service`]: [`Service::prepare`] checks the settings, loads the hotkey, binds the port
-//!   and reads the metagraph (dev, file, or chain with the registration check); then
-//!   [`Service::run`] serves the backend behind the pipeline and the axon until SIGINT or
-//!   SIGTERM, and drains.
+//!   and reads the metagraph (dev, file, or chain with the registration check); then, once
+//!   the binary loaded its backend, [`Service::run`] listens (connections are refused until
+//!   then) and serves the backend behind the pipeline and the axon until SIGINT or SIGTERM,
+//!   and drains.
 //!
 //! ```no_run
 //! use std::sync::Arc;

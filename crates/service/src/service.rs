@@ -16,7 +16,7 @@ use prompting_transport::api_key::API_KEY_CALLER;
 use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::edge::Metrics;
 use prompting_transport::server::shutdown_signal;
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 
 use prompting_keys::wallet::{DEFAULT_HOTKEY_NAME, DEFAULT_WALLET_NAME};
 
@@ -39,11 +39,16 @@ enum Source {
 /// A miner ready to serve: settings checked, hotkey loaded, port bound, metagraph read (and,
 /// on a chain, registration checked). Built by [`Service::prepare`], before the backend is
 /// (possibly slowly) loaded, so that those failures come first; then [`Service::run`].
+///
+/// The port is bound by `prepare` but listens only from `run` on, once the backend is
+/// loaded: until then a connection is refused at once (as by the Python miner, which starts
+/// its axon after loading the model) rather than accepted into the kernel's backlog and
+/// answered only after the load.
 pub struct Service {
     args: CommonArgs,
     keypair: Arc<Keypair>,
-    /// The bound port, unless `--miner.no_start_axon`.
-    axon: Option<(TcpListener, SocketAddr)>,
+    /// The bound (not yet listening) socket, unless `--miner.no_start_axon`.
+    axon: Option<(TcpSocket, SocketAddr)>,
     source: Source,
 }
 
@@ -127,6 +132,27 @@ impl CommonArgs {
     }
 }
 
+/// Connections the kernel queues for the axon before it accepts them (as tokio's
+/// `TcpListener::bind`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr` that does not listen yet: the port is taken (a port in use by a
+/// listening socket fails here), but connections are refused until it listens. Address reuse
+/// is on (as for tokio's `TcpListener::bind`), so a restart is not refused for the previous
+/// run's connections in TIME_WAIT; two sockets bound this way to one port both bind, and the
+/// second to listen fails then.
+fn bind_unlistening(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Builds the tokio runtime of a miner binary: multi-threaded, with `--axon.max_workers`
 /// worker threads when set (one per core otherwise).
 pub fn runtime(args: &CommonArgs) -> std::io::Result<tokio::runtime::Runtime> {
@@ -145,7 +171,8 @@ pub async fn run(args: CommonArgs, backend: Arc<dyn Miner>) -> Result<(), Servic
 
 impl Service {
     /// Checks the settings, loads the hotkey (creating it under `--dev`), checks the address
-    /// to publish, binds the port (unless `--miner.no_start_axon`) and reads the metagraph:
+    /// to publish, binds the port (unless `--miner.no_start_axon`; it listens only from
+    /// [`Service::run`] on) and reads the metagraph:
     /// from `--metagraph.file`, or from the chain after checking the hotkey is registered;
     /// `--dev` and the mock subtensor trust every caller.
     pub async fn prepare(args: CommonArgs) -> Result<Service, ServiceError> {
@@ -171,13 +198,12 @@ impl Service {
             None
         } else {
             let bind = args.bind_addr();
-            let listener = TcpListener::bind(bind)
-                .await
-                .map_err(|error| ServiceError::Bind { addr: bind, error })?;
-            let local_addr = listener
+            let socket =
+                bind_unlistening(bind).map_err(|error| ServiceError::Bind { addr: bind, error })?;
+            let local_addr = socket
                 .local_addr()
                 .map_err(|error| ServiceError::Bind { addr: bind, error })?;
-            Some((listener, local_addr))
+            Some((socket, local_addr))
         };
         let source = if args.dev || args.mock() {
             Source::Dev
@@ -208,7 +234,8 @@ impl Service {
         })
     }
 
-    /// The address the axon listens on; `None` with `--miner.no_start_axon`.
+    /// The address the axon is bound to (it listens from [`Service::run`] on); `None` with
+    /// `--miner.no_start_axon`.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.axon.as_ref().map(|(_, addr)| *addr)
     }
@@ -224,7 +251,8 @@ impl Service {
         &self.keypair
     }
 
-    /// Serves `backend` until SIGINT or SIGTERM, then drains in-flight requests.
+    /// Listens and serves `backend` until SIGINT or SIGTERM, then drains in-flight requests.
+    /// Call it once the backend is loaded: connections are refused until then.
     pub async fn run(self, backend: Arc<dyn Miner>) -> Result<(), ServiceError> {
         self.run_until(backend, shutdown_signal()).await
     }
@@ -276,7 +304,8 @@ impl Service {
         Ok(())
     }
 
-    /// Serves `backend` until `shutdown` resolves, then drains in-flight requests (up to
+    /// Listens (logging "serving on") and serves `backend` until `shutdown` resolves, then
+    /// drains in-flight requests (up to
     /// `--axon.shutdown_grace`). On a chain, starts the background chain duties: the
     /// metagraph refresh, publishing the axon (unless `--miner.no_serve`; a refusal or a
     /// serving rate limit is a warning and retried, never fatal), and with
@@ -292,7 +321,7 @@ impl Service {
             axon,
             source,
         } = self;
-        let Some((listener, local_addr)) = axon else {
+        let Some((socket, local_addr)) = axon else {
             return Err(ServiceError::Config(
                 "--miner.no_start_axon: there is no axon to serve the backend on".into(),
             ));
@@ -312,6 +341,13 @@ impl Service {
         };
         let mut state = AxonState::new(Arc::clone(&keypair), pipeline, &axon_args)
             .map_err(|e| ServiceError::Config(e.to_string()))?;
+        // Listen before the chain duties publish the axon.
+        let listener = socket
+            .listen(LISTEN_BACKLOG)
+            .map_err(|error| ServiceError::Bind {
+                addr: local_addr,
+                error,
+            })?;
 
         let mut sync_task = None;
         if let Some((subtensor, shared)) = chain {

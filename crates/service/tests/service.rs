@@ -1,5 +1,5 @@
-//! `Service`: the dev hotkey, the wallet and bind errors, the metagraph file, and a served
-//! request cycle on loopback.
+//! `Service`: the dev hotkey, the wallet and bind errors, the metagraph file, a served
+//! request cycle on loopback, and no connection accepted before the backend is loaded.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
@@ -78,6 +78,59 @@ async fn dev_mode_creates_a_hotkey_binds_loopback_and_serves() {
     // A second start reuses the same hotkey.
     let again = Service::prepare(args).await.expect("prepare again");
     assert_eq!(again.hotkey().ss58_address(), hotkey);
+}
+
+/// A miner binary loads its backend between `prepare` and `run` (the BTLM model: up to
+/// minutes). Meanwhile the port is taken but refuses connections, rather than letting them
+/// wait in the kernel's backlog for the load; from `run` on it serves.
+#[tokio::test]
+async fn the_port_refuses_connections_until_the_loaded_backend_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::prepare(dev_args(dir.path()))
+        .await
+        .expect("prepare");
+    let addr = service.local_addr().expect("an axon");
+    let (loaded, load) = oneshot::channel::<Arc<Echo>>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    // As the binaries do: load the backend (here: until the test releases it), then run.
+    let server = tokio::spawn(async move {
+        let backend = load.await.expect("the test releases the load");
+        service
+            .run_until(backend, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let early = tokio::task::spawn_blocking(move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .await
+    .expect("client task");
+    match early {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a connection was accepted before the backend was loaded"),
+    }
+    assert!(loaded.send(Arc::new(Echo)).is_ok(), "the server task waits");
+    let health = tokio::task::spawn_blocking(move || {
+        let t0 = std::time::Instant::now();
+        while let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "not serving 10 s after the load: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        http_get(addr, "/healthz")
+    })
+    .await
+    .expect("client task");
+    assert!(health.contains("\"miner\":\"echo\""), "{health}");
+    stop.send(()).expect("server still running");
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("stops after the shutdown signal")
+        .expect("server task")
+        .expect("clean shutdown");
 }
 
 #[tokio::test]

@@ -72,6 +72,7 @@ async fn prompting(
         protocol: Protocol::BtAuth,
         deadline: deadline(start, budget),
         sampling: SamplingOverrides::default(),
+        priority: None,
         report: Default::default(),
     };
     let completion = state.pipeline.prompt(request).await?;

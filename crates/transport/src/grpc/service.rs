@@ -74,6 +74,7 @@ impl GrpcMiner {
             protocol: Protocol::Grpc,
             deadline: deadline(arrival, budget),
             sampling,
+            priority: None,
             report: Default::default(),
         })
     }

@@ -209,6 +209,7 @@ async fn serve<B: PromptSynapse>(
         protocol: Protocol::Legacy,
         deadline: deadline(reply.start, budget),
         sampling: Default::default(),
+        priority: None,
         report: Default::default(),
     };
     if B::STREAMING {

@@ -108,6 +108,7 @@ async fn chat_completions(
             temperature: chat.temperature,
             top_p: chat.top_p,
         },
+        priority: None,
         report: CompletionReport::default(),
     };
     let report = request.report.clone();
