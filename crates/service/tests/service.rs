@@ -26,8 +26,21 @@ fn dev_args(wallet_path: &Path) -> CommonArgs {
 }
 
 /// `GET path` over HTTP/1.0 with a bounded wait; the whole response.
+/// GET `path`, once the port listens: `run_until` starts listening a moment after it is
+/// spawned, so a refused connection is retried for up to 10 s.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    let started = std::time::Instant::now();
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(stream) => break stream,
+            Err(e) => assert!(
+                e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && started.elapsed() < Duration::from_secs(10),
+                "not serving: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -111,19 +124,9 @@ async fn the_port_refuses_connections_until_the_loaded_backend_is_served() {
         Ok(_) => panic!("a connection was accepted before the backend was loaded"),
     }
     assert!(loaded.send(Arc::new(Echo)).is_ok(), "the server task waits");
-    let health = tokio::task::spawn_blocking(move || {
-        let t0 = std::time::Instant::now();
-        while let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "not serving 10 s after the load: {e}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        http_get(addr, "/healthz")
-    })
-    .await
-    .expect("client task");
+    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+        .await
+        .expect("client task");
     assert!(health.contains("\"miner\":\"echo\""), "{health}");
     stop.send(()).expect("server still running");
     tokio::time::timeout(Duration::from_secs(10), server)
