@@ -17,6 +17,8 @@ step "import cycles: no crate's modules import each other in a cycle"
 python3 scripts/check-import-cycles.py
 step "cargo publish --dry-run: every crate packages for crates.io (needs the registry index)"
 cargo publish --workspace --dry-run --no-verify --allow-dirty --quiet
+step "AVX-512 kernels on emulated Sapphire Rapids and Ice Lake CPUs (bochscpu, dev build, quick cases: ~4 min)"
+scripts/check-kernels-emulated.sh --dev --quick
 step "cargo test --workspace: every test"
 cargo test --workspace
 step "done: all checks passed"
