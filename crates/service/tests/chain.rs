@@ -7,7 +7,9 @@
 #[path = "../../chain/tests/it/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
+#[path = "support/http.rs"]
+mod http;
+
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,17 +61,6 @@ fn chain_args(node: &LoopbackNode, dir: &std::path::Path, seed: u8) -> CommonArg
 /// The external address the tests publish (TEST-NET-3).
 const EXTERNAL_IP: &str = "203.0.113.9";
 
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    response
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unregistered_hotkey_stops_with_the_registration_message() {
     let node = node().await;
@@ -111,7 +102,7 @@ async fn a_registered_miner_publishes_its_axon_and_reports_the_metagraph_age() {
         let metrics = tokio::task::spawn_blocking(move || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200))
                 .ok()
-                .map(|_| http_get(addr, "/metrics"))
+                .map(|_| http::get(addr, "/metrics"))
         })
         .await
         .expect("client task");
@@ -236,7 +227,7 @@ async fn a_rate_limited_serve_does_not_stop_the_miner_and_is_retried() {
         let started = Instant::now();
         loop {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return http_get(addr, "/healthz");
+                return http::get(addr, "/healthz");
             }
             assert!(started.elapsed() < Duration::from_secs(30), "no server");
             std::thread::sleep(Duration::from_millis(50));

@@ -6,8 +6,11 @@
 #[path = "../../chain/tests/it/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+#[path = "support/http.rs"]
+mod http;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,25 +52,8 @@ fn epoch_lines() -> Vec<String> {
         .collect()
 }
 
-/// `None` while the port refuses connections: `run_until` starts listening a moment after it
-/// is spawned.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        Ok(stream) => stream,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return None,
-        Err(e) => panic!("connect: {e}"),
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    Some(response)
-}
-
-async fn metrics(addr: SocketAddr) -> Option<String> {
-    tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+async fn metrics(addr: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || http::get(addr, "/metrics"))
         .await
         .expect("client task")
 }
@@ -84,16 +70,12 @@ async fn metrics_until(addr: SocketAddr, what: &str, ready: impl Fn(&str) -> boo
     let started = Instant::now();
     loop {
         let page = metrics(addr).await;
-        if let Some(page) = &page
-            && ready(page)
-        {
-            return page.clone();
+        if ready(&page) {
+            return page;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "{what} never showed on /metrics:\n{}",
-            page.as_deref()
-                .unwrap_or("(the port refused every connection)")
+            "{what} never showed on /metrics:\n{page}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -223,7 +205,7 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     // lies between the extrinsics sent before the scrape (less the one possibly in flight)
     // and those sent after it.
     let sent_before = node.state.submitted().len() as f64;
-    let counted = sample(&metrics(addr).await.expect("listening"), WEIGHTS_SET).expect("counter");
+    let counted = sample(&metrics(addr).await, WEIGHTS_SET).expect("counter");
     let sent_after = node.state.submitted().len() as f64;
     assert!(
         sent_before - 1.0 <= counted && counted <= sent_after,

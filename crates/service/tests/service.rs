@@ -1,7 +1,9 @@
 //! `Service`: the dev hotkey, the wallet and bind errors, the metagraph file, a served
 //! request cycle on loopback, and no connection accepted before the backend is loaded.
 
-use std::io::{Read, Write};
+#[path = "support/http.rs"]
+mod http;
+
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -26,30 +28,6 @@ fn dev_args(wallet_path: &Path) -> CommonArgs {
 }
 
 /// `GET path` over HTTP/1.0 with a bounded wait; the whole response.
-/// GET `path`, once the port listens: `run_until` starts listening a moment after it is
-/// spawned, so a refused connection is retried for up to 10 s.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    let started = std::time::Instant::now();
-    let mut stream = loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-            Ok(stream) => break stream,
-            Err(e) => assert!(
-                e.kind() == std::io::ErrorKind::ConnectionRefused
-                    && started.elapsed() < Duration::from_secs(10),
-                "not serving: {e}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    response
-}
-
 #[tokio::test]
 async fn dev_mode_creates_a_hotkey_binds_loopback_and_serves() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -72,7 +50,7 @@ async fn dev_mode_creates_a_hotkey_binds_loopback_and_serves() {
     let server = tokio::spawn(service.run_until(Arc::new(Echo), async {
         let _ = stopped.await;
     }));
-    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+    let health = tokio::task::spawn_blocking(move || http::get(addr, "/healthz"))
         .await
         .expect("client task");
     assert!(
@@ -124,7 +102,7 @@ async fn the_port_refuses_connections_until_the_loaded_backend_is_served() {
         Ok(_) => panic!("a connection was accepted before the backend was loaded"),
     }
     assert!(loaded.send(Arc::new(Echo)).is_ok(), "the server task waits");
-    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+    let health = tokio::task::spawn_blocking(move || http::get(addr, "/healthz"))
         .await
         .expect("client task");
     assert!(health.contains("\"miner\":\"echo\""), "{health}");
@@ -270,7 +248,7 @@ async fn the_mock_subtensor_trusts_everyone_with_an_existing_hotkey() {
     let server = tokio::spawn(service.run_until(Arc::new(Echo), async {
         let _ = stopped.await;
     }));
-    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+    let health = tokio::task::spawn_blocking(move || http::get(addr, "/healthz"))
         .await
         .expect("client task");
     assert!(
