@@ -53,10 +53,17 @@ pub fn load_model(files: &ModelFiles, opts: &LoadOptions) -> Result<(Btlm, BtlmT
     let started = std::time::Instant::now();
     let ckpt = Checkpoint::open(&files.weights)?;
     let model = Btlm::load(&cfg, &ckpt, opts)?;
+    let kernels = match opts.kernels {
+        Some(path) => path.to_string(),
+        None => {
+            crate::kernels::KernelPath::active().map_or_else(|e| e.to_string(), |p| p.to_string())
+        }
+    };
     tracing::info!(
         files = ?files.weights,
         dtype = ?opts.dtype,
         quantization = %opts.quantization,
+        kernels = %kernels,
         seconds = started.elapsed().as_secs_f64(),
         "BTLM loaded"
     );
