@@ -726,6 +726,29 @@ mod priority {
         r
     }
 
+    /// Gives "low", "mid" and "high" a history (so their stake is their priority), then
+    /// starts a "filler" request and returns once the model is blocked on it.
+    async fn warm_up_then_fill(
+        pipeline: &Pipeline,
+        model: &Scripted,
+    ) -> tokio::task::JoinHandle<Result<String, prompting_miner::MinerError>> {
+        model.gate.set_open(true);
+        for caller in ["low", "mid", "high"] {
+            pipeline.prompt(request(caller)).await.expect("warm-up");
+        }
+        model.gate.set_open(false);
+        model.started.lock().expect("started").clear();
+        let filler = tokio::spawn({
+            let p = pipeline.clone();
+            async move { p.prompt(request("filler")).await }
+        });
+        let gate = Arc::clone(&model.gate);
+        tokio::task::spawn_blocking(move || gate.wait_blocked())
+            .await
+            .expect("blocked");
+        filler
+    }
+
     async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
         let t0 = Instant::now();
         while !ready() {
@@ -767,21 +790,7 @@ mod priority {
             "max_concurrent 8, one batch slot"
         );
         // A first request gives each caller a history (and so its stake as priority).
-        model.gate.set_open(true);
-        for caller in ["low", "mid", "high"] {
-            pipeline.prompt(request(caller)).await.expect("warm-up");
-        }
-        model.gate.set_open(false);
-        model.started.lock().expect("started").clear();
-
-        let filler = tokio::spawn({
-            let p = pipeline.clone();
-            async move { p.prompt(request("filler")).await }
-        });
-        let gate = Arc::clone(&model.gate);
-        tokio::task::spawn_blocking(move || gate.wait_blocked())
-            .await
-            .expect("blocked");
+        let filler = warm_up_then_fill(&pipeline, &model).await;
         let mut queued = Vec::new();
         for (i, caller) in ["low", "mid", "high"].into_iter().enumerate() {
             let p = pipeline.clone();
@@ -862,21 +871,7 @@ mod priority {
         )
         .expect("pipeline");
         assert_eq!(pipeline.stats().capacity, 4, "four batch slots");
-        model.gate.set_open(true);
-        for caller in ["low", "mid", "high"] {
-            pipeline.prompt(request(caller)).await.expect("warm-up");
-        }
-        model.gate.set_open(false);
-        model.started.lock().expect("started").clear();
-
-        let filler = tokio::spawn({
-            let p = pipeline.clone();
-            async move { p.prompt(request("filler")).await }
-        });
-        let gate = Arc::clone(&model.gate);
-        tokio::task::spawn_blocking(move || gate.wait_blocked())
-            .await
-            .expect("blocked");
+        let filler = warm_up_then_fill(&pipeline, &model).await;
         // Each takes a batch slot of the pipeline at once and waits inside the engine for
         // cache room, in the worst order of arrival.
         let mut queued = Vec::new();
