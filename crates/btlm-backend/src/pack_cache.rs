@@ -251,22 +251,13 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{Source, SourceData};
+    use crate::kernels::Source;
 
     fn matrix(format: WeightFormat, n_out: usize, n_in: usize, seed: usize) -> PackedMatrix {
         let w: Vec<f32> = (0..n_out * n_in)
             .map(|i| (((i + seed) * 7919 % 1009) as f32 / 1009.0 - 0.5) * 0.1)
             .collect();
-        PackedMatrix::pack(
-            format,
-            &Source {
-                data: SourceData::F32(&w),
-                n_out,
-                n_in,
-                transposed: false,
-            },
-        )
-        .expect("pack")
+        PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack")
     }
 
     #[test]

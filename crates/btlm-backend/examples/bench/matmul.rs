@@ -169,16 +169,7 @@ pub fn run_in_cache(path: KernelPath, formats: &[WeightFormat], rows_list: &[usi
         let tiles = (IN_CACHE_BYTES / format.tile_bytes(format.padded_k(n_in))).max(1);
         let n_out = tiles * TILE;
         let w = random_matrix(n_in * n_out, 5);
-        let m = PackedMatrix::pack(
-            format,
-            &Source {
-                data: SourceData::F32(&w),
-                n_out,
-                n_in,
-                transposed: false,
-            },
-        )
-        .expect("pack");
+        let m = PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack");
         let mut one_row = None;
         for &rows in rows_list {
             let x = random_matrix(rows * n_in, 99);

@@ -52,7 +52,17 @@ pub struct Source<'a> {
     pub transposed: bool,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// Row-major f32 weights `[n_out, n_in]`.
+    pub fn f32(w: &'a [f32], n_out: usize, n_in: usize) -> Self {
+        Source {
+            data: SourceData::F32(w),
+            n_out,
+            n_in,
+            transposed: false,
+        }
+    }
+
     /// Copies output rows `o0..o0 + 16` (zero past `n_out` and past `n_in`) into `buf`
     /// (`16 × k_pad`).
     fn gather_tile(&self, o0: usize, k_pad: usize, buf: &mut [f32]) {
@@ -329,16 +339,7 @@ mod tests {
         let (n_out, n_in) = (21, 13);
         let w = matrix(n_out, n_in);
         for format in [WeightFormat::F32, WeightFormat::F16, WeightFormat::Bf16] {
-            let p = PackedMatrix::pack(
-                format,
-                &Source {
-                    data: SourceData::F32(&w),
-                    n_out,
-                    n_in,
-                    transposed: false,
-                },
-            )
-            .expect("pack");
+            let p = PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack");
             assert_eq!(p.tiles(), 2);
             for o in 0..n_out {
                 let row = p.dequantize_row(o);
@@ -367,16 +368,7 @@ mod tests {
             .collect();
         let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
         for format in WeightFormat::ALL {
-            let a = PackedMatrix::pack(
-                format,
-                &Source {
-                    data: SourceData::F32(&w),
-                    n_out,
-                    n_in,
-                    transposed: false,
-                },
-            )
-            .expect("pack");
+            let a = PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack");
             let b = PackedMatrix::pack(
                 format,
                 &Source {
@@ -413,16 +405,7 @@ mod tests {
             (WeightFormat::Q8_0, 0.05 / 127.0),
             (WeightFormat::Q4K, 0.006),
         ] {
-            let p = PackedMatrix::pack(
-                format,
-                &Source {
-                    data: SourceData::F32(&w),
-                    n_out,
-                    n_in,
-                    transposed: false,
-                },
-            )
-            .expect("pack");
+            let p = PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack");
             assert_eq!(p.k_pad(), format.padded_k(6826));
             for o in [0, 7, 15] {
                 let row = p.dequantize_row(o);
@@ -439,16 +422,7 @@ mod tests {
     #[test]
     fn wrong_sizes_are_refused() {
         let w = matrix(4, 4);
-        let err = PackedMatrix::pack(
-            WeightFormat::F32,
-            &Source {
-                data: SourceData::F32(&w),
-                n_out: 4,
-                n_in: 5,
-                transposed: false,
-            },
-        )
-        .expect_err("size");
+        let err = PackedMatrix::pack(WeightFormat::F32, &Source::f32(&w, 4, 5)).expect_err("size");
         assert!(err.to_string().contains("4×5"), "{err}");
         let bytes = Bytes::owned_with(10, |_| {});
         assert!(PackedMatrix::from_bytes(WeightFormat::F32, 1, 1, bytes.clone()).is_err());

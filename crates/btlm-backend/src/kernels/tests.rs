@@ -12,16 +12,7 @@ fn random(n: usize, rng: &mut impl Rng, scale: f32) -> Vec<f32> {
 }
 
 fn pack(format: WeightFormat, w: &[f32], n_out: usize, n_in: usize) -> PackedMatrix {
-    PackedMatrix::pack(
-        format,
-        &Source {
-            data: SourceData::F32(w),
-            n_out,
-            n_in,
-            transposed: false,
-        },
-    )
-    .expect("pack")
+    PackedMatrix::pack(format, &Source::f32(w, n_out, n_in)).expect("pack")
 }
 
 /// `Σ_k |W[o][k]| · |x[r][k]|`: the scale of rounding differences of one output.
