@@ -36,10 +36,15 @@ impl BoundedStream {
         }
     }
 
-    /// Drops the backend stream, gives the slot back and counts the outcome.
+    /// Drops the backend stream, gives the slot back (a service-time sample when the stream
+    /// ran to its end or to the deadline) and counts the outcome.
     fn finish(&mut self, outcome: Outcome) {
         self.inner = None;
-        self.slot = None;
+        if let Some(slot) = self.slot.take() {
+            if matches!(outcome, Outcome::Served | Outcome::TimedOut) {
+                slot.finish();
+            }
+        }
         if let Some(tracker) = self.tracker.take() {
             tracker.finish(outcome);
         }

@@ -243,3 +243,29 @@ async fn a_high_stake_validator_is_served_in_time_under_the_flood() {
     let (_, _, summary) = tally(flood.await.expect("flood ran")).await;
     eprintln!("validator: {asked} answers, all in time; flood: {summary}");
 }
+
+/// Why a backed-up queue serves the newest first among equals: with the deadline checks
+/// alone (oldest first), the waiter granted is the one with the least time left — it waited
+/// longest — so answers come late in their budget, and a slower-than-estimated one misses
+/// its deadline; newest first grants the one with the most time left.
+#[tokio::test(start_paused = true)]
+async fn newest_first_when_backed_up_answers_sooner_than_oldest_first() {
+    let newest = flood(|_| {}).await;
+    let oldest = flood(|c| c.admission.fifo = true).await;
+    let plain = flood(|c| {
+        c.admission.fifo = true;
+        c.admission.ignore_deadlines = true;
+    })
+    .await;
+    eprintln!("newest first: {}", newest.summary);
+    eprintln!("oldest first: {}", oldest.summary);
+    eprintln!("oldest first, deadlines ignored: {}", plain.summary);
+    assert!(newest.goodput >= oldest.goodput);
+    assert!(
+        newest.mean_answer_s < 0.5 * oldest.mean_answer_s,
+        "{} / {}",
+        newest.summary,
+        oldest.summary
+    );
+    assert!(oldest.goodput > 2.0 * plain.goodput);
+}
