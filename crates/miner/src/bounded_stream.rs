@@ -40,10 +40,9 @@ impl BoundedStream {
     /// ran to its end or to the deadline) and counts the outcome.
     fn finish(&mut self, outcome: Outcome) {
         self.inner = None;
-        if let Some(slot) = self.slot.take() {
-            if matches!(outcome, Outcome::Served | Outcome::TimedOut) {
-                slot.finish();
-            }
+        // Otherwise the slot is just dropped: given back without a sample.
+        if let (Some(slot), Outcome::Served | Outcome::TimedOut) = (self.slot.take(), outcome) {
+            slot.finish();
         }
         if let Some(tracker) = self.tracker.take() {
             tracker.finish(outcome);
