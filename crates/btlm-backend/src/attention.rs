@@ -1,12 +1,25 @@
 //! Causal self-attention with ALiBi position biases and a key/value cache.
+//!
+//! f32 activations on the CPU (every CPU model) attend in plain Rust, one task per
+//! sequence and head on the step's team of threads; other devices use candle's tensor operations
+//! with a precomputed mask and ALiBi bias.
+
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::Config;
+use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
-use crate::linear::Projection;
+use crate::linear::{Projection, with_f32_slice};
 use crate::loader::Loader;
+use crate::team::Team;
+
+/// Whether activations of `dtype` on `device` attend on the CPU path (see the module
+/// documentation); the others need an [`attention_bias`] per sequence.
+pub(crate) fn attends_on_cpu(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
 
 /// ALiBi slopes for `n_heads` heads (the geometric series of the ALiBi paper, interleaved
 /// for head counts that are not powers of two).
@@ -68,6 +81,8 @@ pub(crate) struct Attention {
     n_head: usize,
     head_dim: usize,
     scale: f64,
+    /// ALiBi slopes, one per head (`None`: learned positions, a plain causal mask).
+    slopes: Option<Vec<f32>>,
 }
 
 impl Attention {
@@ -88,46 +103,148 @@ impl Attention {
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
             scale,
+            slopes: (cfg.position_embedding_type == PositionEmbeddingType::Alibi).then(|| {
+                alibi_slopes(cfg.n_head)
+                    .into_iter()
+                    .map(|s| s as f32)
+                    .collect()
+            }),
         })
     }
 
     /// `x`: `[rows, e]`, the rows of several sequences one after the other; `parts`: for
-    /// each sequence its rows, the bias of its queries (see [`attention_bias`]) and its
-    /// block cache. Each sequence attends to its own keys only. Returns `[rows, e]`.
+    /// each sequence, in row order, its rows, the bias of its queries (see
+    /// [`attention_bias`]; not needed on the CPU path) and its block cache. Each sequence
+    /// attends to its own keys only. Returns `[rows, e]`.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
     ) -> candle_core::Result<Tensor> {
-        let e = x.dim(1)?;
-        let qkv = self.c_attn.forward(x)?;
-        let mut outputs = Vec::with_capacity(parts.len());
-        for part in parts.iter_mut() {
-            let rows = qkv.narrow(0, part.start, part.len)?;
-            outputs.push(self.attend(&rows, part)?);
-        }
-        let y = match outputs.len() {
-            1 => outputs.swap_remove(0),
-            _ => Tensor::cat(&outputs, 0)?,
+        let qkv = self.c_attn.forward_on(x, team)?;
+        let y = if attends_on_cpu(qkv.device(), qkv.dtype()) {
+            self.attend_on_cpu(&qkv, parts, team)?
+        } else {
+            let mut outputs = Vec::with_capacity(parts.len());
+            for part in parts.iter_mut() {
+                let rows = qkv.narrow(0, part.start, part.len)?;
+                outputs.push(self.attend(&rows, part)?);
+            }
+            match outputs.len() {
+                1 => outputs.swap_remove(0),
+                _ => Tensor::cat(&outputs, 0)?,
+            }
         };
-        debug_assert_eq!(y.dim(1).ok(), Some(e));
-        self.c_proj.forward(&y)
+        self.c_proj.forward_on(&y, team)
+    }
+
+    /// The `[t, e]` queries, keys or values (`i` = 0, 1, 2) of `qkv: [t, 3e]` as `[h, t, d]`.
+    fn heads(&self, qkv: &Tensor, i: usize) -> candle_core::Result<Tensor> {
+        let (t, e3) = qkv.dims2()?;
+        let e = e3 / 3;
+        qkv.narrow(1, i * e, e)?
+            .reshape((t, self.n_head, self.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()
+    }
+
+    /// The CPU path of [`Self::forward`] for f32 `qkv: [rows, 3e]`: appends every
+    /// sequence's keys and values to its cache, then runs one task per sequence and head.
+    fn attend_on_cpu(
+        &self,
+        qkv: &Tensor,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, e3) = qkv.dims2()?;
+        let (e, h, d) = (e3 / 3, self.n_head, self.head_dim);
+        let mut cached = Vec::with_capacity(parts.len());
+        let mut next_row = 0;
+        for part in parts.iter_mut() {
+            if part.start != next_row {
+                candle_core::bail!("attention parts must cover the rows in order");
+            }
+            next_row += part.len;
+            let mine = qkv.narrow(0, part.start, part.len)?;
+            let (k, v) = (self.heads(&mine, 1)?, self.heads(&mine, 2)?);
+            let (k, v) = part.kv.append(&k, &v, part.reserve)?;
+            let positions = k.dim(1)?;
+            cached.push((k, v, positions - part.len));
+        }
+        if next_row != rows {
+            candle_core::bail!("attention parts cover {next_row} of {rows} rows");
+        }
+        let storages: Vec<_> = cached
+            .iter()
+            .map(|(k, v, _)| (k.storage_and_layout(), v.storage_and_layout()))
+            .collect();
+        let views = storages
+            .iter()
+            .map(|((ks, kl), (vs, vl))| Ok((CachedHeads::new(ks, kl)?, CachedHeads::new(vs, vl)?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Per sequence `[h][t][d]`, the sequences one after the other.
+        let mut out = vec![0f32; rows * e];
+        {
+            let mut slots = Vec::with_capacity(parts.len() * h);
+            let mut rest = out.as_mut_slice();
+            for part in parts.iter() {
+                let (mine, tail) = rest.split_at_mut(part.len * e);
+                slots.extend(mine.chunks_mut(part.len * d).map(Mutex::new));
+                rest = tail;
+            }
+            let scale = self.scale as f32;
+            with_f32_slice(qkv, |qkv| {
+                team.for_each(slots.len(), &|task| {
+                    let (p, head) = (task / h, task % h);
+                    let (part, (keys, values)) = (&parts[p], &views[p]);
+                    let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());
+                    for (qi, o) in slot.chunks_exact_mut(d).enumerate() {
+                        let q = &qkv[(part.start + qi) * e3 + head * d..][..d];
+                        let query = Query {
+                            q,
+                            position: cached[p].2 + qi,
+                            scale,
+                            slope: self.slopes.as_ref().map(|s| s[head]),
+                        };
+                        query.attend(&keys.head(head), &values.head(head), o);
+                    }
+                });
+            })?;
+        }
+        // `[h][t][d]` → `[t][h·d]` per sequence (one row: the same layout).
+        if parts.iter().any(|p| p.len > 1) {
+            let mut y = vec![0f32; rows * e];
+            for part in parts.iter() {
+                let (t, base) = (part.len, part.start * e);
+                for head in 0..h {
+                    for qi in 0..t {
+                        let src = base + (head * t + qi) * d;
+                        let dst = base + qi * e + head * d;
+                        y[dst..dst + d].copy_from_slice(&out[src..src + d]);
+                    }
+                }
+            }
+            out = y;
+        }
+        Tensor::from_vec(out, (rows, e), &Device::Cpu)
     }
 
     /// Attention of one sequence's `t` query rows (`qkv: [t, 3e]`), giving `[t, e]`.
     fn attend(&self, qkv: &Tensor, part: &mut AttentionPart<'_>) -> candle_core::Result<Tensor> {
         let (t, e3) = qkv.dims2()?;
         let e = e3 / 3;
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(1, i * e, e)?
-                .reshape((t, self.n_head, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()
+        let Some(bias) = part.bias else {
+            candle_core::bail!("attention off the CPU path needs the bias of its queries");
         };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let (q, k, v) = (
+            self.heads(qkv, 0)?,
+            self.heads(qkv, 1)?,
+            self.heads(qkv, 2)?,
+        );
         let (k, v) = part.kv.append(&k, &v, part.reserve)?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let scores = (scores * self.scale)?.broadcast_add(part.bias)?;
+        let scores = (scores * self.scale)?.broadcast_add(bias)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v.contiguous()?)?;
         y.transpose(0, 1)?.reshape((t, e))
@@ -140,12 +257,133 @@ pub(crate) struct AttentionPart<'a> {
     pub(crate) start: usize,
     /// Number of its rows (tokens run this step).
     pub(crate) len: usize,
-    /// Mask and ALiBi bias of its queries, `[h, len, positions]`.
-    pub(crate) bias: &'a Tensor,
+    /// Mask and ALiBi bias of its queries, `[h, len, positions]` (off the CPU path only,
+    /// see [`attends_on_cpu`]).
+    pub(crate) bias: Option<&'a Tensor>,
     /// Its cache for this block.
     pub(crate) kv: &'a mut LayerKv,
     /// Capacity to allocate if the cache is still empty.
     pub(crate) reserve: usize,
+}
+
+/// One head's keys or values of a sequence's cache, `[h, positions, d]` in a CPU f32
+/// storage (any strides with contiguous rows).
+struct CachedHeads<'a> {
+    data: &'a [f32],
+    start: usize,
+    head_stride: usize,
+    position_stride: usize,
+    positions: usize,
+    d: usize,
+}
+
+impl<'a> CachedHeads<'a> {
+    fn new(
+        storage: &'a candle_core::Storage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<Self> {
+        let candle_core::Storage::Cpu(cpu) = storage else {
+            candle_core::bail!("the CPU attention path needs a CPU cache");
+        };
+        let (&[_, positions, d], &[head_stride, position_stride, 1]) =
+            (layout.dims(), layout.stride())
+        else {
+            candle_core::bail!(
+                "cache of shape {:?} and strides {:?}",
+                layout.dims(),
+                layout.stride()
+            );
+        };
+        Ok(CachedHeads {
+            data: cpu.as_slice::<f32>()?,
+            start: layout.start_offset(),
+            head_stride,
+            position_stride,
+            positions,
+            d,
+        })
+    }
+
+    /// Head `head`'s rows.
+    fn head(&self, head: usize) -> HeadRows<'a> {
+        HeadRows {
+            data: &self.data[self.start + head * self.head_stride..],
+            stride: self.position_stride,
+            positions: self.positions,
+            d: self.d,
+        }
+    }
+}
+
+/// The `positions` rows of `d` values of one head, `stride` values apart.
+struct HeadRows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    positions: usize,
+    d: usize,
+}
+
+impl HeadRows<'_> {
+    fn row(&self, j: usize) -> &[f32] {
+        &self.data[j * self.stride..][..self.d]
+    }
+}
+
+/// One query row of one head.
+struct Query<'a> {
+    q: &'a [f32],
+    /// Its position in the sequence (it sees keys `0..=position`).
+    position: usize,
+    scale: f32,
+    /// The head's ALiBi slope (`None`: no position bias).
+    slope: Option<f32>,
+}
+
+impl Query<'_> {
+    /// `out = softmax(q·kⱼ · scale − slope·(position − j))ⱼ · V` over keys `0..=position`.
+    fn attend(&self, keys: &HeadRows<'_>, values: &HeadRows<'_>, out: &mut [f32]) {
+        let n = (self.position + 1).min(keys.positions);
+        let mut scores: Vec<f32> = (0..n)
+            .map(|j| {
+                let s = dot(self.q, keys.row(j)) * self.scale;
+                match self.slope {
+                    Some(m) => s + -m * (self.position - j) as f32,
+                    None => s,
+                }
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in &mut scores {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        out.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let p = s / sum;
+            for (o, v) in out.iter_mut().zip(values.row(j)) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
+/// `a · b` with eight partial sums (vectorizable).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

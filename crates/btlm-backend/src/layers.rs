@@ -1,13 +1,14 @@
 //! The layers of a BTLM block: layer norm, SwiGLU MLP, and the block itself
 //! (`h += attn(ln_1(h))`, `h += mlp(ln_2(h))`). Activations are `[rows, n_embd]`.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{Attention, AttentionPart};
 use crate::config::Config;
 use crate::error::Result;
-use crate::linear::Projection;
+use crate::linear::{Projection, with_f32_slice};
 use crate::loader::Loader;
+use crate::team::Team;
 
 /// Layer normalisation over the last dimension.
 #[derive(Debug, Clone)]
@@ -27,9 +28,45 @@ impl LayerNorm {
         })
     }
 
-    /// Normalises each row of `x`.
+    /// Normalises each row of `x`. f32 rows on the CPU are normalised on this thread (the
+    /// arithmetic of candle's `layer_norm`, which forks rayon's pool for more than one row).
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)
+        let x = x.contiguous()?;
+        if !(x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32) {
+            return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps);
+        }
+        let (rows, n) = x.dims2()?;
+        let (weight, bias) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
+        if weight.len() != n {
+            candle_core::bail!(
+                "layer norm of {} values applied to rows of {n}",
+                weight.len()
+            );
+        }
+        let mut y = vec![0f32; rows * n];
+        with_f32_slice(&x, |xs| {
+            for (src, dst) in xs.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+                layer_norm_row(src, &weight, &bias, self.eps, dst);
+            }
+        })?;
+        Tensor::from_vec(y, (rows, n), &Device::Cpu)
+    }
+}
+
+/// `dst = (src − mean) / √(var + eps) · weight + bias` for one row, as candle's CPU
+/// `layer_norm` computes it (f32 sums in order, variance as `E[x²] − mean²`).
+fn layer_norm_row(src: &[f32], weight: &[f32], bias: &[f32], eps: f32, dst: &mut [f32]) {
+    let n = src.len() as f32;
+    let (mut sum, mut sum2) = (0f32, 0f32);
+    for &v in src {
+        sum += v;
+        sum2 += v * v;
+    }
+    let mean = sum / n;
+    let var = sum2 / n - mean * mean;
+    let inv_std = (var + eps).sqrt().recip();
+    for (((d, &s), &w), &b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
+        *d = (s - mean) * inv_std * w + b;
     }
 }
 
@@ -52,11 +89,16 @@ impl Mlp {
         })
     }
 
-    /// `x: [rows, n_embd] → [rows, n_embd]`.
-    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let up = self.c_fc.forward(x)?;
-        let gate = candle_nn::ops::silu(&self.c_fc2.forward(x)?)?;
-        self.c_proj.forward(&(up * gate)?)
+    /// `x: [rows, n_embd] → [rows, n_embd]` (both up-projections in one section of `team`).
+    pub(crate) fn forward(&self, x: &Tensor, team: &Team<'_>) -> candle_core::Result<Tensor> {
+        let [up, gate] = <[Tensor; 2]>::try_from(Projection::forward_all(
+            &[&self.c_fc, &self.c_fc2],
+            x,
+            team,
+        )?)
+        .map_err(|_| candle_core::Error::Msg("two projections give two outputs".into()))?;
+        let gate = candle_nn::ops::silu(&gate)?;
+        self.c_proj.forward_on(&(up * gate)?, team)
     }
 }
 
@@ -83,13 +125,14 @@ impl Block {
     }
 
     /// `x: [rows, n_embd]`, the rows of the sequences described by `parts` (see
-    /// [`Attention::forward`]).
+    /// [`Attention::forward`]), the parallel work on `team`.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
     ) -> candle_core::Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln_1.forward(x)?, parts)?)?;
-        &h + self.mlp.forward(&self.ln_2.forward(&h)?)?
+        let h = (x + self.attn.forward(&self.ln_1.forward(x)?, parts, team)?)?;
+        &h + self.mlp.forward(&self.ln_2.forward(&h)?, team)?
     }
 }
