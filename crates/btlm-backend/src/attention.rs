@@ -78,6 +78,12 @@ pub(crate) fn attention_bias(
 pub(crate) struct Attention {
     c_attn: Projection,
     c_proj: Projection,
+    heads: Heads,
+}
+
+/// The attention between the projections: `q | k | v` rows in, one output row per query.
+#[derive(Debug, Clone)]
+struct Heads {
     n_head: usize,
     head_dim: usize,
     scale: f64,
@@ -100,15 +106,17 @@ impl Attention {
         Ok(Attention {
             c_attn: Projection::load_conv1d(ld, &format!("{prefix}.c_attn"), (e, 3 * e))?,
             c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (e, e))?,
-            n_head: cfg.n_head,
-            head_dim: cfg.head_dim(),
-            scale,
-            slopes: (cfg.position_embedding_type == PositionEmbeddingType::Alibi).then(|| {
-                alibi_slopes(cfg.n_head)
-                    .into_iter()
-                    .map(|s| s as f32)
-                    .collect()
-            }),
+            heads: Heads {
+                n_head: cfg.n_head,
+                head_dim: cfg.head_dim(),
+                scale,
+                slopes: (cfg.position_embedding_type == PositionEmbeddingType::Alibi).then(|| {
+                    alibi_slopes(cfg.n_head)
+                        .into_iter()
+                        .map(|s| s as f32)
+                        .collect()
+                }),
+            },
         })
     }
 
@@ -123,20 +131,31 @@ impl Attention {
         team: &Team<'_>,
     ) -> candle_core::Result<Tensor> {
         let qkv = self.c_attn.forward_on(x, team)?;
-        let y = if attends_on_cpu(qkv.device(), qkv.dtype()) {
-            self.attend_on_cpu(&qkv, parts, team)?
-        } else {
-            let mut outputs = Vec::with_capacity(parts.len());
-            for part in parts.iter_mut() {
-                let rows = qkv.narrow(0, part.start, part.len)?;
-                outputs.push(self.attend(&rows, part)?);
-            }
-            match outputs.len() {
-                1 => outputs.swap_remove(0),
-                _ => Tensor::cat(&outputs, 0)?,
-            }
-        };
+        let y = self.heads.forward(&qkv, parts, team)?;
         self.c_proj.forward_on(&y, team)
+    }
+}
+
+impl Heads {
+    /// `qkv: [rows, 3e]` of the sequences of `parts` (see [`Attention::forward`]) → `[rows, e]`.
+    fn forward(
+        &self,
+        qkv: &Tensor,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+    ) -> candle_core::Result<Tensor> {
+        if attends_on_cpu(qkv.device(), qkv.dtype()) {
+            return self.attend_on_cpu(qkv, parts, team);
+        }
+        let mut outputs = Vec::with_capacity(parts.len());
+        for part in parts.iter_mut() {
+            let rows = qkv.narrow(0, part.start, part.len)?;
+            outputs.push(self.attend(&rows, part)?);
+        }
+        match outputs.len() {
+            1 => Ok(outputs.swap_remove(0)),
+            _ => Tensor::cat(&outputs, 0),
+        }
     }
 
     /// The `[t, e]` queries, keys or values (`i` = 0, 1, 2) of `qkv: [t, 3e]` as `[h, t, d]`.
@@ -389,6 +408,132 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_cache::Cache;
+    use crate::team;
+
+    /// Runs steps of two sequences (`lens`: tokens of each per step) through the tensor
+    /// path (with [`attention_bias`]) and through the CPU path on a team of `threads`,
+    /// returning both outputs of every step.
+    fn both_paths(heads: &Heads, lens: &[[usize; 2]], threads: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let e = heads.n_head * heads.head_dim;
+        let mut tensor_caches = [Cache::new(1, 0), Cache::new(1, 16)];
+        let mut cpu_caches = tensor_caches.clone();
+        let mut outputs = Vec::new();
+        for (step, lens) in lens.iter().enumerate() {
+            let rows: usize = lens.iter().sum();
+            let qkv: Vec<f32> = (0..rows * 3 * e)
+                .map(|i| ((i * 7 + step * 13) as f32 * 0.61).sin())
+                .collect();
+            let qkv = Tensor::from_vec(qkv, (rows, 3 * e), &Device::Cpu).expect("qkv");
+            let offsets = tensor_caches.each_ref().map(|c| c.seq_len());
+            let biases: Vec<Tensor> = lens
+                .iter()
+                .zip(offsets)
+                .map(|(&t, offset)| {
+                    attention_bias(
+                        heads.n_head,
+                        heads.slopes.as_deref(),
+                        offset,
+                        t,
+                        &Device::Cpu,
+                    )
+                    .expect("bias")
+                })
+                .collect();
+            let mut tensor_out = Vec::new();
+            let mut start = 0;
+            for ((cache, &t), bias) in tensor_caches.iter_mut().zip(lens).zip(&biases) {
+                let reserve = cache.reserve();
+                let mut part = AttentionPart {
+                    start,
+                    len: t,
+                    bias: Some(bias),
+                    kv: &mut cache.layers[0],
+                    reserve,
+                };
+                let mine = qkv.narrow(0, start, t).expect("rows");
+                let y = heads.attend(&mine, &mut part).expect("tensor path");
+                tensor_out.extend(y.flatten_all().and_then(|y| y.to_vec1::<f32>()).expect("y"));
+                cache.advance(t);
+                start += t;
+            }
+            let mut parts = Vec::new();
+            let mut start = 0;
+            for (cache, &t) in cpu_caches.iter_mut().zip(lens) {
+                let reserve = cache.reserve();
+                parts.push(AttentionPart {
+                    start,
+                    len: t,
+                    bias: None,
+                    kv: &mut cache.layers[0],
+                    reserve,
+                });
+                start += t;
+            }
+            let cpu_out = team::run(threads, |team| heads.forward(&qkv, &mut parts, team))
+                .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
+                .expect("cpu path");
+            drop(parts);
+            for (cache, &t) in cpu_caches.iter_mut().zip(lens) {
+                cache.advance(t);
+            }
+            outputs.push((tensor_out, cpu_out));
+        }
+        outputs
+    }
+
+    #[test]
+    fn cpu_attention_equals_the_tensor_path() {
+        let (n_head, head_dim) = (4, 12); // rows of 12: a tail after the 8-wide dot
+        let alibi: Vec<f32> = alibi_slopes(n_head).into_iter().map(|s| s as f32).collect();
+        // Prompts of different lengths, then decode rows and pieces of several rows.
+        let lens = [[3, 5], [1, 1], [4, 1], [1, 2]];
+        for slopes in [Some(alibi), None] {
+            let heads = Heads {
+                n_head,
+                head_dim,
+                scale: 1.0 / head_dim as f64,
+                slopes,
+            };
+            for threads in [1, 2, 3] {
+                for (step, (want, got)) in both_paths(&heads, &lens, threads).iter().enumerate() {
+                    assert_eq!(want.len(), got.len());
+                    let diff = want
+                        .iter()
+                        .zip(got)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "{threads} threads, step {step}, alibi {}: {diff}",
+                        heads.slopes.is_some()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_attention_refuses_parts_out_of_row_order() {
+        let heads = Heads {
+            n_head: 2,
+            head_dim: 4,
+            scale: 0.25,
+            slopes: None,
+        };
+        let qkv = Tensor::zeros((3, 24), DType::F32, &Device::Cpu).expect("qkv");
+        let mut caches = [Cache::new(1, 0), Cache::new(1, 0)];
+        let [a, b] = &mut caches;
+        let mut parts = [(1, 2, a), (0, 1, b)].map(|(start, len, c)| AttentionPart {
+            start,
+            len,
+            bias: None,
+            kv: &mut c.layers[0],
+            reserve: 0,
+        });
+        let r = team::run(2, |team| heads.forward(&qkv, &mut parts, team));
+        assert!(r.is_err());
+    }
 
     #[test]
     fn slopes_power_of_two() {
