@@ -23,6 +23,7 @@ use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::weights::Checkpoint;
 
 #[derive(Parser, Debug)]
@@ -42,9 +43,13 @@ struct Cli {
     /// Decode steps timed per batch size.
     #[arg(long, default_value_t = 8)]
     steps: usize,
+    /// Cache converted weights: `off`, `beside` (beside the checkpoint, where a second run
+    /// loads them in seconds instead of converting again) or a directory.
+    #[arg(long, default_value = "beside")]
+    weight_cache: String,
 }
 
-fn options(format: &str) -> anyhow::Result<LoadOptions> {
+fn options(format: &str, weight_cache: &str) -> anyhow::Result<LoadOptions> {
     let (dtype, quantization) = match format {
         "f32" => (DType::F32, Quantization::None),
         "bf16" => (DType::BF16, Quantization::None),
@@ -57,6 +62,11 @@ fn options(format: &str) -> anyhow::Result<LoadOptions> {
     Ok(LoadOptions {
         dtype,
         quantization,
+        weight_cache: match weight_cache {
+            "off" => WeightCache::Off,
+            "beside" => WeightCache::Beside,
+            dir => WeightCache::Dir(dir.into()),
+        },
         ..LoadOptions::default()
     })
 }
@@ -73,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     );
     for format in &cli.formats {
         let t0 = Instant::now();
-        let model = Btlm::load(&cfg, &ckpt, &options(format)?)?;
+        let model = Btlm::load(&cfg, &ckpt, &options(format, &cli.weight_cache)?)?;
         eprintln!("{format}: loaded in {:.1} s", t0.elapsed().as_secs_f64());
         let mut caches: Vec<_> = (0..max_batch).map(|_| model.new_cache()).collect();
         let prompts: Vec<Vec<u32>> = (0..max_batch)

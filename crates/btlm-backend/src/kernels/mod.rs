@@ -44,11 +44,13 @@ pub mod pack;
 pub mod quant;
 pub mod scalar;
 pub mod self_check;
+mod split;
 pub mod storage;
 
 pub use acts::Acts;
 pub use format::{TILE, WeightFormat};
 pub use pack::{PackedMatrix, Source, SourceData};
+pub use split::TileProduct;
 pub use storage::Bytes;
 
 /// Errors of the kernels' entry points.
@@ -306,14 +308,14 @@ fn tiles_per_task(tiles: usize, rows: usize) -> usize {
     tiles.div_ceil(tasks).max(1)
 }
 
-/// `y = x · Wᵀ (+ bias)` for `rows` rows: `x` is `rows × n_in`, `y` is `rows × n_out`.
-pub fn matmul(
+/// Checks the operands of a product (see [`matmul`]) and that the CPU runs `path`.
+fn check_operands(
     path: KernelPath,
     w: &PackedMatrix,
     x: &[f32],
     rows: usize,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &[f32],
 ) -> Result<(), KernelError> {
     let (n_in, n_out) = (w.n_in(), w.n_out());
     if x.len() != rows * n_in || y.len() != rows * n_out {
@@ -334,6 +336,20 @@ pub fn matmul(
     if !path.supported() {
         return Err(KernelError::Unsupported(path));
     }
+    Ok(())
+}
+
+/// `y = x · Wᵀ (+ bias)` for `rows` rows: `x` is `rows × n_in`, `y` is `rows × n_out`.
+pub fn matmul(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_operands(path, w, x, rows, bias, y)?;
+    let n_in = w.n_in();
     if rows == 0 {
         return Ok(());
     }
