@@ -1,6 +1,7 @@
 //! The converted-weights cache: the packed projection matrices of one checkpoint in one
-//! [`WeightFormat`], written once after a load that had to convert them, and memory-mapped
-//! (nothing converted, nothing copied) at every later start.
+//! [`WeightFormat`], written once after a load that had to convert them, and read whole
+//! into huge-page memory (nothing converted; see `kernels::storage` for why not mapped) at
+//! every later start.
 //!
 //! A cache file is `MAGIC`, the length of a JSON index (u64, little endian), the index, then
 //! every matrix's packed bytes at a 64-byte aligned offset. The index records the format,
@@ -20,10 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::kernels::storage::read_to_memory;
 use crate::kernels::{Bytes, PackedMatrix, WeightFormat};
 
 /// First bytes of a cache file.
@@ -108,7 +110,7 @@ pub fn cache_path(place: &WeightCache, files: &[PathBuf], format: WeightFormat) 
     Some(dir.join(format!("{stem}.{}.packed", format.name())))
 }
 
-/// Packed matrices read from a cache file (memory-mapped).
+/// Packed matrices read from a cache file (one region of memory, views of it).
 #[derive(Debug)]
 pub struct CachedWeights {
     map: Arc<Mmap>,
@@ -120,10 +122,8 @@ impl CachedWeights {
     /// Opens `path` if it holds `format` for the checkpoint of `key`; `None` if it is
     /// missing, stale or unreadable (then the weights are converted again).
     pub fn open(path: &Path, format: WeightFormat, key: &str) -> Option<Self> {
-        let file = File::open(path).ok()?;
-        // SAFETY: cache files are written to a temporary name and renamed into place, never
-        // modified afterwards; like every mmap-based loader we rely on nobody truncating them.
-        let map = unsafe { MmapOptions::new().populate().map(&file) }.ok()?;
+        let mut file = File::open(path).ok()?;
+        let map = read_to_memory(&mut file).ok()?;
         let (index, start) = read_index(&map)?;
         if index.format != format.name() || index.key != key {
             return None;

@@ -36,7 +36,7 @@ fn random_matrix(n: usize, seed: u64) -> Vec<f32> {
 
 fn copy(m: &PackedMatrix) -> PackedMatrix {
     let src = m.bytes().as_slice();
-    let bytes = Bytes::owned_with(src.len(), |b| b.copy_from_slice(src));
+    let bytes = Bytes::owned_with(src.len(), |b| b.copy_from_slice(src)).expect("memory");
     PackedMatrix::from_bytes(m.format(), m.n_out(), m.n_in(), bytes).expect("same shape")
 }
 

@@ -62,6 +62,9 @@ pub enum KernelError {
     /// The requested instruction set is not available on this CPU or platform.
     #[error("kernel path {0} is not supported by this CPU")]
     Unsupported(KernelPath),
+    /// The OS refused the memory for packed weights.
+    #[error("no memory for packed weights: {0}")]
+    Memory(String),
     /// `BTLM_KERNELS` names no path.
     #[error("BTLM_KERNELS={0:?}: expected auto, amx, avx512, avx2 or scalar")]
     BadOverride(String),

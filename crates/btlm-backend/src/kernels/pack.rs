@@ -118,7 +118,8 @@ impl PackedMatrix {
                     pack_tile(format, buf, k_pad, out);
                 },
             );
-        });
+        })
+        .map_err(|e| KernelError::Memory(format!("{} bytes: {e}", tiles * tile_bytes)))?;
         Ok(PackedMatrix {
             format,
             n_out: src.n_out,
@@ -424,9 +425,9 @@ mod tests {
         let w = matrix(4, 4);
         let err = PackedMatrix::pack(WeightFormat::F32, &Source::f32(&w, 4, 5)).expect_err("size");
         assert!(err.to_string().contains("4×5"), "{err}");
-        let bytes = Bytes::owned_with(10, |_| {});
+        let bytes = Bytes::owned_with(10, |_| {}).expect("memory");
         assert!(PackedMatrix::from_bytes(WeightFormat::F32, 1, 1, bytes.clone()).is_err());
-        let ok = Bytes::owned_with(64, |_| {});
+        let ok = Bytes::owned_with(64, |_| {}).expect("memory");
         assert!(PackedMatrix::from_bytes(WeightFormat::F32, 16, 1, ok).is_ok());
     }
 }

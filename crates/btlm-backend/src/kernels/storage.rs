@@ -1,15 +1,20 @@
-//! Byte buffers for packed weights: owned and 64-byte aligned, or a slice of a memory map.
+//! Byte buffers for packed weights: owned, or a slice of a shared memory region (the
+//! converted-weights cache).
+//!
+//! Owned buffers, and the cache's region ([`read_to_memory`]), are anonymous memory maps
+//! advised to use transparent huge pages on Linux: decode streams every weight once per
+//! token, and from 4 KiB pages (the page cache of a mapped file, or a default heap
+//! allocation) it ran ~10% slower (32-layer q4k, docs/benchmarks.md "Weights in huge
+//! pages"): a TLB miss every 4 KiB of a 1.5 GB stream, and prefetchers that stop at 4 KiB
+//! boundaries. Maps are page aligned, so every buffer is 64-byte aligned.
 
+use std::fs::File;
+use std::io::Read;
 use std::sync::Arc;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut, MmapOptions};
 
-/// A 64-byte aligned chunk (the size of a cache line and of an AVX-512 vector).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// Read-only bytes, either owned (aligned to 64) or borrowed from a shared memory map.
+/// Read-only bytes, owned or borrowed from a shared memory region; 64-byte aligned.
 #[derive(Clone)]
 pub struct Bytes {
     inner: Inner,
@@ -18,7 +23,7 @@ pub struct Bytes {
 #[derive(Clone)]
 enum Inner {
     Owned {
-        lines: Arc<Vec<Line>>,
+        map: Arc<Mmap>,
         len: usize,
     },
     Mapped {
@@ -26,6 +31,25 @@ enum Inner {
         offset: usize,
         len: usize,
     },
+}
+
+/// Zeroed anonymous memory of `len` bytes (at least one page), advised to use huge pages.
+fn anonymous(len: usize) -> std::io::Result<MmapMut> {
+    let map = MmapOptions::new().len(len.max(1)).map_anon()?;
+    // Only advice: without huge pages (disabled, or none free) the region still works.
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    Ok(map)
+}
+
+/// The whole of `file` read into anonymous memory advised to use huge pages (see the
+/// module documentation), for views with [`Bytes::mapped`].
+pub fn read_to_memory(file: &mut File) -> std::io::Result<Mmap> {
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| std::io::Error::other("file larger than the address space"))?;
+    let mut map = anonymous(len)?;
+    file.read_exact(&mut map[..len])?;
+    map.make_read_only()
 }
 
 impl std::fmt::Debug for Bytes {
@@ -39,19 +63,17 @@ impl std::fmt::Debug for Bytes {
 }
 
 impl Bytes {
-    /// Takes ownership of bytes written by `fill` into a zeroed, 64-byte aligned buffer.
-    pub fn owned_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
-        let mut lines = vec![Line([0; 64]); len.div_ceil(64)];
-        // SAFETY: `Line` is 64 plain bytes with no padding, so the vector's storage is
-        // `lines.len() * 64` initialized bytes; `len` does not exceed that.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), len) };
-        fill(bytes);
-        Bytes {
+    /// Takes ownership of bytes written by `fill` into a zeroed buffer (anonymous memory
+    /// advised to use huge pages). Fails only if the OS refuses the memory.
+    pub fn owned_with(len: usize, fill: impl FnOnce(&mut [u8])) -> std::io::Result<Self> {
+        let mut map = anonymous(len)?;
+        fill(&mut map[..len]);
+        Ok(Bytes {
             inner: Inner::Owned {
-                lines: Arc::new(lines),
+                map: Arc::new(map.make_read_only()?),
                 len,
             },
-        }
+        })
     }
 
     /// A view of `len` bytes at `offset` of a memory map; `None` if out of range.
@@ -65,11 +87,7 @@ impl Bytes {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         match &self.inner {
-            Inner::Owned { lines, len } => {
-                // SAFETY: as in `owned_with`: the lines hold at least `len` initialized bytes,
-                // and they live as long as `self` (shared, never mutated after creation).
-                unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<u8>(), *len) }
-            }
+            Inner::Owned { map, len } => &map[..*len],
             Inner::Mapped { map, offset, len } => &map[*offset..*offset + *len],
         }
     }
@@ -86,7 +104,7 @@ impl Bytes {
         self.len() == 0
     }
 
-    /// Whether the bytes live in a memory map (the converted-weights cache).
+    /// Whether the bytes are a view of a shared region (the converted-weights cache).
     pub fn is_mapped(&self) -> bool {
         matches!(self.inner, Inner::Mapped { .. })
     }
@@ -102,12 +120,13 @@ mod tests {
             for (i, x) in s.iter_mut().enumerate() {
                 *x = i as u8;
             }
-        });
+        })
+        .expect("memory");
         assert_eq!(b.len(), 100);
         assert_eq!(b.as_slice()[99], 99);
         assert_eq!(b.as_slice().as_ptr() as usize % 64, 0);
         assert!(!b.is_mapped());
-        assert!(Bytes::owned_with(0, |_| {}).is_empty());
+        assert!(Bytes::owned_with(0, |_| {}).expect("memory").is_empty());
     }
 
     #[test]
@@ -123,5 +142,22 @@ mod tests {
         assert!(v.is_mapped());
         assert!(Bytes::mapped(map.clone(), 3, 2).is_none());
         assert!(Bytes::mapped(map, usize::MAX, 2).is_none());
+    }
+
+    #[test]
+    fn files_are_read_into_memory_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let mut file = std::fs::File::open(&path).expect("open");
+        let map = Arc::new(read_to_memory(&mut file).expect("read"));
+        assert_eq!(&map[..data.len()], &data[..]);
+        let v = Bytes::mapped(map, 64, 100).expect("in range");
+        assert_eq!(v.as_slice(), &data[64..164]);
+        assert_eq!(v.as_slice().as_ptr() as usize % 64, 0);
+        std::fs::write(&path, b"").expect("truncate");
+        let mut empty = std::fs::File::open(&path).expect("open");
+        assert!(read_to_memory(&mut empty).is_ok());
     }
 }
