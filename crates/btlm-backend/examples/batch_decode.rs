@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Every sequence first holds `--context` tokens (prefilled together), then each batch size
-//! runs `--steps` decode steps; the median step time is reported.
+//! runs `--steps` decode steps; the median step time is reported. Quantized weights come from
+//! the converted-weights cache beside the checkpoint when one matches (`--weight-cache`):
+//! converting BTLM-3B's 32 layers to q4k takes minutes.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,6 +25,7 @@ use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::weights::Checkpoint;
 
 #[derive(Parser, Debug)]
@@ -42,9 +45,13 @@ struct Cli {
     /// Decode steps timed per batch size.
     #[arg(long, default_value_t = 8)]
     steps: usize,
+    /// Converted-weights cache of the quantized formats: `beside` (`.btlm-cache/` beside the
+    /// checkpoint, read if it matches, else written), `off`, or a directory.
+    #[arg(long, default_value = "beside")]
+    weight_cache: String,
 }
 
-fn options(format: &str) -> anyhow::Result<LoadOptions> {
+fn options(format: &str, weight_cache: &str) -> anyhow::Result<LoadOptions> {
     let (dtype, quantization) = match format {
         "f32" => (DType::F32, Quantization::None),
         "bf16" => (DType::BF16, Quantization::None),
@@ -53,10 +60,16 @@ fn options(format: &str) -> anyhow::Result<LoadOptions> {
         "q4k" => (DType::F32, Quantization::Q4k),
         other => bail!("unknown format {other}"),
     };
+    let weight_cache = match weight_cache {
+        "beside" => WeightCache::Beside,
+        "off" => WeightCache::Off,
+        dir => WeightCache::Dir(PathBuf::from(dir)),
+    };
     // The CPU is the default device.
     Ok(LoadOptions {
         dtype,
         quantization,
+        weight_cache,
         ..LoadOptions::default()
     })
 }
@@ -73,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     );
     for format in &cli.formats {
         let t0 = Instant::now();
-        let model = Btlm::load(&cfg, &ckpt, &options(format)?)?;
+        let model = Btlm::load(&cfg, &ckpt, &options(format, &cli.weight_cache)?)?;
         eprintln!("{format}: loaded in {:.1} s", t0.elapsed().as_secs_f64());
         let mut caches: Vec<_> = (0..max_batch).map(|_| model.new_cache()).collect();
         let prompts: Vec<Vec<u32>> = (0..max_batch)
