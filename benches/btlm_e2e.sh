@@ -9,9 +9,11 @@
 #      --btlm.ignore_eos and no stop strings so every answer is exactly $TOKENS tokens), then
 #      for each concurrency N: N validators in a closed loop, $ROUNDS answers each:
 #      p50/p99 time to the full answer and aggregate tokens/s (answers x $TOKENS / time);
-#   3. the flood: low-stake callers at $FLOOD_X x the miner's measured capacity while one
-#      high-stake validator asks one question at a time, both with the validator timeout
-#      ($TIMEOUT s); the validator's success rate within the timeout is the figure.
+#   3. the flood: low-stake callers at $FLOOD_X x the miner's measured capacity while
+#      $FLOOD_VALIDATORS high-stake validators (default 1) each ask one question at a time,
+#      all with the validator timeout ($TIMEOUT s); the validators' success rate within the
+#      timeout is the figure (more validators: more samples of it per minute, each validator
+#      also competing with the others).
 #
 # Usage (one command; heavy: take the bench lock on a shared machine):
 #   flock /work/.bench.lock benches/btlm_e2e.sh
@@ -19,7 +21,8 @@
 # Knobs (environment): LAYERS (32), FORMATS ("f32 bf16 q8_0 q4k"), CONC ("1 2 4 8"),
 #   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt), MAX_BATCH (8),
 #   TIMEOUT (12), FLOOD_FORMAT (q4k; "" skips the flood), FLOOD_LAYERS ($LAYERS),
-#   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), EXTRA_MINER_ARGS,
+#   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), FLOOD_VALIDATORS (1),
+#   EXTRA_MINER_ARGS,
 #   OUT (the results folder, default target/bench-results/btlm-e2e),
 #   PREBUILT (a folder holding release builds of btlm-miner, loadgen, bench-identities and
 #   examples/write_random_model: run those instead of building).
@@ -40,6 +43,9 @@ FLOOD_LAYERS="${FLOOD_LAYERS:-$LAYERS}"
 FLOOD_TOKENS="${FLOOD_TOKENS:-$TOKENS}"
 FLOOD_SECONDS="${FLOOD_SECONDS:-120}"
 FLOOD_X="${FLOOD_X:-10}"
+FLOOD_VALIDATORS="${FLOOD_VALIDATORS:-1}"
+# Keys: 0 the miner, 1..=FLOOD_VALIDATORS the high-stake validators, then low-stake clients.
+clients_from=$(( 1 + FLOOD_VALIDATORS ))
 EXTRA_MINER_ARGS="${EXTRA_MINER_ARGS:-}"
 if [ -z "${BENCH_MODELS:-}" ]; then
   if [ -d /work/bench-models ] && [ -w /work/bench-models ]; then
@@ -69,7 +75,8 @@ done
 
 wallet="$out/wallet"
 miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$out/metagraph.toml" \
-  --clients 64 --validator-stake 10000 --client-stake 1)"
+  --clients $(( 64 + FLOOD_VALIDATORS )) --validators "$FLOOD_VALIDATORS" \
+  --validator-stake 10000 --client-stake 1)"
 
 pid=""
 cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; }
@@ -132,13 +139,13 @@ declare -A capacity
 for format in $FORMATS; do
   echo "== $format, $LAYERS layers"
   start_miner "$format" "$LAYERS" "$TOKENS" "$out/miner-$format.log"
-  load --key-offset 2 --hotkeys 1 --concurrency 1 --requests 1 --timeout 3600 \
+  load --key-offset "$clients_from" --hotkeys 1 --concurrency 1 --requests 1 --timeout 3600 \
     --label "$format warm-up" >/dev/null
   single=""
   rows=()
   for n in $CONC; do
     json="$out/$format-c$n.json"
-    load --key-offset 2 --hotkeys "$n" --concurrency "$n" --requests $(( n * ROUNDS )) \
+    load --key-offset "$clients_from" --hotkeys "$n" --concurrency "$n" --requests $(( n * ROUNDS )) \
       --timeout 3600 --label "$format, $n validators" --json "$json"
     within="$(python3 - "$json" "$TIMEOUT" <<'EOF'
 import json, sys
@@ -163,22 +170,23 @@ if [ -n "$FLOOD_FORMAT" ]; then
   echo "== flood: $FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS-token answers"
   start_miner "$FLOOD_FORMAT" "$FLOOD_LAYERS" "$FLOOD_TOKENS" "$out/miner-flood.log"
   # The miner's capacity in answers/s at full batch (measured here).
-  load --key-offset 2 --hotkeys "$MAX_BATCH" --concurrency "$MAX_BATCH" \
+  load --key-offset "$clients_from" --hotkeys "$MAX_BATCH" --concurrency "$MAX_BATCH" \
     --requests $(( MAX_BATCH * 2 )) --timeout 3600 --label "flood capacity" \
     --json "$out/flood-capacity.json" >/dev/null
   cap="$(field "$out/flood-capacity.json" throughput_rps)"
   rate="$(python3 -c "print(max(0.05, $FLOOD_X * $cap))")"
   echo "   capacity $cap answers/s; flood at $rate req/s from 16 low-stake keys"
-  DURATION="$FLOOD_SECONDS" load --key-offset 2 --hotkeys 16 --rate "$rate" \
+  DURATION="$FLOOD_SECONDS" load --key-offset "$clients_from" --hotkeys 16 --rate "$rate" \
     --timeout "$TIMEOUT" --label "flood (stake 1)" --json "$out/flood-low.json" &
   flood=$!
-  DURATION="$FLOOD_SECONDS" load --key-offset 1 --hotkeys 1 --concurrency 1 \
-    --timeout "$TIMEOUT" --label "validator (stake 10000)" --json "$out/flood-validator.json"
+  DURATION="$FLOOD_SECONDS" load --key-offset 1 --hotkeys "$FLOOD_VALIDATORS" \
+    --concurrency "$FLOOD_VALIDATORS" --timeout "$TIMEOUT" \
+    --label "$FLOOD_VALIDATORS validator(s) (stake 10000)" --json "$out/flood-validator.json"
   wait "$flood"
   stop_miner
   {
     echo
-    echo "flood ($FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS tokens, ${FLOOD_SECONDS} s): capacity $cap answers/s, low-stake flood at $rate req/s"
+    echo "flood ($FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS tokens, ${FLOOD_SECONDS} s): capacity $cap answers/s, low-stake flood at $rate req/s, $FLOOD_VALIDATORS high-stake validator(s) asking one at a time each"
     echo
     echo "| caller | requests | success within ${TIMEOUT} s | p50 s | p99 s | statuses |"
     echo "| --- | ---: | ---: | ---: | ---: | --- |"

@@ -1,8 +1,8 @@
 //! Writes the identities a load test against a real miner binary needs: the miner's wallet
 //! (key 0 of [`prompting_benches::hotkeys`], the key `loadgen --axon-hotkey` then names) and
-//! a metagraph file (`--metagraph.file`) registering key 0 as the miner, key 1 as a validator
-//! with `--validator-stake` and keys 2..=`--clients` with `--client-stake`, all with a
-//! validator permit. Prints the miner's hotkey.
+//! a metagraph file (`--metagraph.file`) registering key 0 as the miner, keys 1..=`--validators`
+//! as validators with `--validator-stake` and the following keys up to `--clients` with
+//! `--client-stake`, all with a validator permit. Prints the miner's hotkey.
 
 use std::path::PathBuf;
 
@@ -19,13 +19,16 @@ struct Args {
     /// The metagraph file to write (.toml).
     #[arg(long)]
     metagraph: PathBuf,
-    /// Client keys registered after the miner (key 1 is the validator).
+    /// Client keys registered after the miner (the first `--validators` are the validators).
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Stake of key 1, τ.
+    /// How many of the first client keys (from key 1) have `--validator-stake`.
+    #[arg(long, default_value_t = 1)]
+    validators: usize,
+    /// Stake of the validator keys, τ.
     #[arg(long, default_value_t = 10_000.0)]
     validator_stake: f64,
-    /// Stake of keys 2 and above, τ.
+    /// Stake of the other client keys, τ.
     #[arg(long, default_value_t = 1.0)]
     client_stake: f64,
 }
@@ -48,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     for (uid, key) in keys.iter().enumerate() {
         let stake = match uid {
             0 => 0.0,
-            1 => args.validator_stake,
+            v if v <= args.validators => args.validator_stake,
             _ => args.client_stake,
         };
         toml.push_str(&format!(

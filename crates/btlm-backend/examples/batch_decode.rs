@@ -11,9 +11,7 @@
 //! ```
 //!
 //! Every sequence first holds `--context` tokens (prefilled together), then each batch size
-//! runs `--steps` decode steps; the median step time is reported. Quantized weights come from
-//! the converted-weights cache beside the checkpoint when one matches (`--weight-cache`):
-//! converting BTLM-3B's 32 layers to q4k takes minutes.
+//! runs `--steps` decode steps; the median step time is reported.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,8 +43,8 @@ struct Cli {
     /// Decode steps timed per batch size.
     #[arg(long, default_value_t = 8)]
     steps: usize,
-    /// Converted-weights cache of the quantized formats: `beside` (`.btlm-cache/` beside the
-    /// checkpoint, read if it matches, else written), `off`, or a directory.
+    /// Cache converted weights: `off`, `beside` (beside the checkpoint, where a second run
+    /// loads them in seconds instead of converting again) or a directory.
     #[arg(long, default_value = "beside")]
     weight_cache: String,
 }
@@ -60,16 +58,15 @@ fn options(format: &str, weight_cache: &str) -> anyhow::Result<LoadOptions> {
         "q4k" => (DType::F32, Quantization::Q4k),
         other => bail!("unknown format {other}"),
     };
-    let weight_cache = match weight_cache {
-        "beside" => WeightCache::Beside,
-        "off" => WeightCache::Off,
-        dir => WeightCache::Dir(PathBuf::from(dir)),
-    };
     // The CPU is the default device.
     Ok(LoadOptions {
         dtype,
         quantization,
-        weight_cache,
+        weight_cache: match weight_cache {
+            "off" => WeightCache::Off,
+            "beside" => WeightCache::Beside,
+            dir => WeightCache::Dir(dir.into()),
+        },
         ..LoadOptions::default()
     })
 }

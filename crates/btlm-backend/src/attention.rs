@@ -1,12 +1,25 @@
 //! Causal self-attention with ALiBi position biases and a key/value cache.
+//!
+//! f32 activations on the CPU (every CPU model) attend in plain Rust, one task per
+//! sequence and head on the step's team of threads; other devices use candle's tensor operations
+//! with a precomputed mask and ALiBi bias.
+
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::Config;
+use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
-use crate::linear::Projection;
+use crate::linear::{Projection, with_f32_slice};
 use crate::loader::Loader;
+use crate::team::Team;
+
+/// Whether activations of `dtype` on `device` attend on the CPU path (see the module
+/// documentation); the others need an [`attention_bias`] per sequence.
+pub(crate) fn attends_on_cpu(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
 
 /// ALiBi slopes for `n_heads` heads (the geometric series of the ALiBi paper, interleaved
 /// for head counts that are not powers of two).
@@ -65,9 +78,17 @@ pub(crate) fn attention_bias(
 pub(crate) struct Attention {
     c_attn: Projection,
     c_proj: Projection,
+    heads: Heads,
+}
+
+/// The attention between the projections: `q | k | v` rows in, one output row per query.
+#[derive(Debug, Clone)]
+struct Heads {
     n_head: usize,
     head_dim: usize,
     scale: f64,
+    /// ALiBi slopes, one per head (`None`: learned positions, a plain causal mask).
+    slopes: Option<Vec<f32>>,
 }
 
 impl Attention {
@@ -85,49 +106,164 @@ impl Attention {
         Ok(Attention {
             c_attn: Projection::load_conv1d(ld, &format!("{prefix}.c_attn"), (e, 3 * e))?,
             c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (e, e))?,
-            n_head: cfg.n_head,
-            head_dim: cfg.head_dim(),
-            scale,
+            heads: Heads {
+                n_head: cfg.n_head,
+                head_dim: cfg.head_dim(),
+                scale,
+                slopes: (cfg.position_embedding_type == PositionEmbeddingType::Alibi).then(|| {
+                    alibi_slopes(cfg.n_head)
+                        .into_iter()
+                        .map(|s| s as f32)
+                        .collect()
+                }),
+            },
         })
     }
 
     /// `x`: `[rows, e]`, the rows of several sequences one after the other; `parts`: for
-    /// each sequence its rows, the bias of its queries (see [`attention_bias`]) and its
-    /// block cache. Each sequence attends to its own keys only. Returns `[rows, e]`.
+    /// each sequence, in row order, its rows, the bias of its queries (see
+    /// [`attention_bias`]; not needed on the CPU path) and its block cache. Each sequence
+    /// attends to its own keys only. Returns `[rows, e]`.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
         parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
     ) -> candle_core::Result<Tensor> {
-        let e = x.dim(1)?;
-        let qkv = self.c_attn.forward(x)?;
+        let qkv = self.c_attn.forward_on(x, team)?;
+        let y = self.heads.forward(&qkv, parts, team)?;
+        self.c_proj.forward_on(&y, team)
+    }
+}
+
+impl Heads {
+    /// `qkv: [rows, 3e]` of the sequences of `parts` (see [`Attention::forward`]) → `[rows, e]`.
+    fn forward(
+        &self,
+        qkv: &Tensor,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+    ) -> candle_core::Result<Tensor> {
+        if attends_on_cpu(qkv.device(), qkv.dtype()) {
+            return self.attend_on_cpu(qkv, parts, team);
+        }
         let mut outputs = Vec::with_capacity(parts.len());
         for part in parts.iter_mut() {
             let rows = qkv.narrow(0, part.start, part.len)?;
             outputs.push(self.attend(&rows, part)?);
         }
-        let y = match outputs.len() {
-            1 => outputs.swap_remove(0),
-            _ => Tensor::cat(&outputs, 0)?,
-        };
-        debug_assert_eq!(y.dim(1).ok(), Some(e));
-        self.c_proj.forward(&y)
+        match outputs.len() {
+            1 => Ok(outputs.swap_remove(0)),
+            _ => Tensor::cat(&outputs, 0),
+        }
+    }
+
+    /// The `[t, e]` queries, keys or values (`i` = 0, 1, 2) of `qkv: [t, 3e]` as `[h, t, d]`.
+    fn heads(&self, qkv: &Tensor, i: usize) -> candle_core::Result<Tensor> {
+        let (t, e3) = qkv.dims2()?;
+        let e = e3 / 3;
+        qkv.narrow(1, i * e, e)?
+            .reshape((t, self.n_head, self.head_dim))?
+            .transpose(0, 1)?
+            .contiguous()
+    }
+
+    /// The CPU path of [`Self::forward`] for f32 `qkv: [rows, 3e]`: appends every
+    /// sequence's keys and values to its cache, then runs one task per sequence and head.
+    fn attend_on_cpu(
+        &self,
+        qkv: &Tensor,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, e3) = qkv.dims2()?;
+        let (e, h, d) = (e3 / 3, self.n_head, self.head_dim);
+        let mut cached = Vec::with_capacity(parts.len());
+        let mut next_row = 0;
+        for part in parts.iter_mut() {
+            if part.start != next_row {
+                candle_core::bail!("attention parts must cover the rows in order");
+            }
+            next_row += part.len;
+            let mine = qkv.narrow(0, part.start, part.len)?;
+            let (k, v) = (self.heads(&mine, 1)?, self.heads(&mine, 2)?);
+            let (k, v) = part.kv.append(&k, &v, part.reserve)?;
+            let positions = k.dim(1)?;
+            cached.push((k, v, positions - part.len));
+        }
+        if next_row != rows {
+            candle_core::bail!("attention parts cover {next_row} of {rows} rows");
+        }
+        let storages: Vec<_> = cached
+            .iter()
+            .map(|(k, v, _)| (k.storage_and_layout(), v.storage_and_layout()))
+            .collect();
+        let views = storages
+            .iter()
+            .map(|((ks, kl), (vs, vl))| Ok((CachedHeads::new(ks, kl)?, CachedHeads::new(vs, vl)?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Per sequence `[h][t][d]`, the sequences one after the other.
+        let mut out = vec![0f32; rows * e];
+        {
+            let mut slots = Vec::with_capacity(parts.len() * h);
+            let mut rest = out.as_mut_slice();
+            for part in parts.iter() {
+                let (mine, tail) = rest.split_at_mut(part.len * e);
+                slots.extend(mine.chunks_mut(part.len * d).map(Mutex::new));
+                rest = tail;
+            }
+            let scale = self.scale as f32;
+            with_f32_slice(qkv, |qkv| {
+                team.for_each(slots.len(), &|task| {
+                    let (p, head) = (task / h, task % h);
+                    let (part, (keys, values)) = (&parts[p], &views[p]);
+                    let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());
+                    for (qi, o) in slot.chunks_exact_mut(d).enumerate() {
+                        let q = &qkv[(part.start + qi) * e3 + head * d..][..d];
+                        let query = Query {
+                            q,
+                            position: cached[p].2 + qi,
+                            scale,
+                            slope: self.slopes.as_ref().map(|s| s[head]),
+                        };
+                        query.attend(&keys.head(head), &values.head(head), o);
+                    }
+                });
+            })?;
+        }
+        // `[h][t][d]` → `[t][h·d]` per sequence (one row: the same layout).
+        if parts.iter().any(|p| p.len > 1) {
+            let mut y = vec![0f32; rows * e];
+            for part in parts.iter() {
+                let (t, base) = (part.len, part.start * e);
+                for head in 0..h {
+                    for qi in 0..t {
+                        let src = base + (head * t + qi) * d;
+                        let dst = base + qi * e + head * d;
+                        y[dst..dst + d].copy_from_slice(&out[src..src + d]);
+                    }
+                }
+            }
+            out = y;
+        }
+        Tensor::from_vec(out, (rows, e), &Device::Cpu)
     }
 
     /// Attention of one sequence's `t` query rows (`qkv: [t, 3e]`), giving `[t, e]`.
     fn attend(&self, qkv: &Tensor, part: &mut AttentionPart<'_>) -> candle_core::Result<Tensor> {
         let (t, e3) = qkv.dims2()?;
         let e = e3 / 3;
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(1, i * e, e)?
-                .reshape((t, self.n_head, self.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()
+        let Some(bias) = part.bias else {
+            candle_core::bail!("attention off the CPU path needs the bias of its queries");
         };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let (q, k, v) = (
+            self.heads(qkv, 0)?,
+            self.heads(qkv, 1)?,
+            self.heads(qkv, 2)?,
+        );
         let (k, v) = part.kv.append(&k, &v, part.reserve)?;
         let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let scores = (scores * self.scale)?.broadcast_add(part.bias)?;
+        let scores = (scores * self.scale)?.broadcast_add(bias)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let y = probs.matmul(&v.contiguous()?)?;
         y.transpose(0, 1)?.reshape((t, e))
@@ -140,17 +276,264 @@ pub(crate) struct AttentionPart<'a> {
     pub(crate) start: usize,
     /// Number of its rows (tokens run this step).
     pub(crate) len: usize,
-    /// Mask and ALiBi bias of its queries, `[h, len, positions]`.
-    pub(crate) bias: &'a Tensor,
+    /// Mask and ALiBi bias of its queries, `[h, len, positions]` (off the CPU path only,
+    /// see [`attends_on_cpu`]).
+    pub(crate) bias: Option<&'a Tensor>,
     /// Its cache for this block.
     pub(crate) kv: &'a mut LayerKv,
     /// Capacity to allocate if the cache is still empty.
     pub(crate) reserve: usize,
 }
 
+/// One head's keys or values of a sequence's cache, `[h, positions, d]` in a CPU f32
+/// storage (any strides with contiguous rows).
+struct CachedHeads<'a> {
+    data: &'a [f32],
+    start: usize,
+    head_stride: usize,
+    position_stride: usize,
+    positions: usize,
+    d: usize,
+}
+
+impl<'a> CachedHeads<'a> {
+    fn new(
+        storage: &'a candle_core::Storage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<Self> {
+        let candle_core::Storage::Cpu(cpu) = storage else {
+            candle_core::bail!("the CPU attention path needs a CPU cache");
+        };
+        let (&[_, positions, d], &[head_stride, position_stride, 1]) =
+            (layout.dims(), layout.stride())
+        else {
+            candle_core::bail!(
+                "cache of shape {:?} and strides {:?}",
+                layout.dims(),
+                layout.stride()
+            );
+        };
+        Ok(CachedHeads {
+            data: cpu.as_slice::<f32>()?,
+            start: layout.start_offset(),
+            head_stride,
+            position_stride,
+            positions,
+            d,
+        })
+    }
+
+    /// Head `head`'s rows.
+    fn head(&self, head: usize) -> HeadRows<'a> {
+        HeadRows {
+            data: &self.data[self.start + head * self.head_stride..],
+            stride: self.position_stride,
+            positions: self.positions,
+            d: self.d,
+        }
+    }
+}
+
+/// The `positions` rows of `d` values of one head, `stride` values apart.
+struct HeadRows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    positions: usize,
+    d: usize,
+}
+
+impl HeadRows<'_> {
+    fn row(&self, j: usize) -> &[f32] {
+        &self.data[j * self.stride..][..self.d]
+    }
+}
+
+/// One query row of one head.
+struct Query<'a> {
+    q: &'a [f32],
+    /// Its position in the sequence (it sees keys `0..=position`).
+    position: usize,
+    scale: f32,
+    /// The head's ALiBi slope (`None`: no position bias).
+    slope: Option<f32>,
+}
+
+impl Query<'_> {
+    /// `out = softmax(q·kⱼ · scale − slope·(position − j))ⱼ · V` over keys `0..=position`.
+    fn attend(&self, keys: &HeadRows<'_>, values: &HeadRows<'_>, out: &mut [f32]) {
+        let n = (self.position + 1).min(keys.positions);
+        let mut scores: Vec<f32> = (0..n)
+            .map(|j| {
+                let s = dot(self.q, keys.row(j)) * self.scale;
+                match self.slope {
+                    Some(m) => s + -m * (self.position - j) as f32,
+                    None => s,
+                }
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in &mut scores {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        out.fill(0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let p = s / sum;
+            for (o, v) in out.iter_mut().zip(values.row(j)) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
+/// `a · b` with eight partial sums (vectorizable).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv_cache::Cache;
+    use crate::team;
+
+    /// Runs steps of two sequences (`lens`: tokens of each per step) through the tensor
+    /// path (with [`attention_bias`]) and through the CPU path on a team of `threads`,
+    /// returning both outputs of every step.
+    fn both_paths(heads: &Heads, lens: &[[usize; 2]], threads: usize) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let e = heads.n_head * heads.head_dim;
+        let mut tensor_caches = [Cache::new(1, 0), Cache::new(1, 16)];
+        let mut cpu_caches = tensor_caches.clone();
+        let mut outputs = Vec::new();
+        for (step, lens) in lens.iter().enumerate() {
+            let rows: usize = lens.iter().sum();
+            let qkv: Vec<f32> = (0..rows * 3 * e)
+                .map(|i| ((i * 7 + step * 13) as f32 * 0.61).sin())
+                .collect();
+            let qkv = Tensor::from_vec(qkv, (rows, 3 * e), &Device::Cpu).expect("qkv");
+            let offsets = tensor_caches.each_ref().map(|c| c.seq_len());
+            let biases: Vec<Tensor> = lens
+                .iter()
+                .zip(offsets)
+                .map(|(&t, offset)| {
+                    attention_bias(
+                        heads.n_head,
+                        heads.slopes.as_deref(),
+                        offset,
+                        t,
+                        &Device::Cpu,
+                    )
+                    .expect("bias")
+                })
+                .collect();
+            let mut tensor_out = Vec::new();
+            let mut start = 0;
+            for ((cache, &t), bias) in tensor_caches.iter_mut().zip(lens).zip(&biases) {
+                let reserve = cache.reserve();
+                let mut part = AttentionPart {
+                    start,
+                    len: t,
+                    bias: Some(bias),
+                    kv: &mut cache.layers[0],
+                    reserve,
+                };
+                let mine = qkv.narrow(0, start, t).expect("rows");
+                let y = heads.attend(&mine, &mut part).expect("tensor path");
+                tensor_out.extend(y.flatten_all().and_then(|y| y.to_vec1::<f32>()).expect("y"));
+                cache.advance(t);
+                start += t;
+            }
+            let mut parts = Vec::new();
+            let mut start = 0;
+            for (cache, &t) in cpu_caches.iter_mut().zip(lens) {
+                let reserve = cache.reserve();
+                parts.push(AttentionPart {
+                    start,
+                    len: t,
+                    bias: None,
+                    kv: &mut cache.layers[0],
+                    reserve,
+                });
+                start += t;
+            }
+            let cpu_out = team::run(threads, |team| heads.forward(&qkv, &mut parts, team))
+                .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
+                .expect("cpu path");
+            drop(parts);
+            for (cache, &t) in cpu_caches.iter_mut().zip(lens) {
+                cache.advance(t);
+            }
+            outputs.push((tensor_out, cpu_out));
+        }
+        outputs
+    }
+
+    #[test]
+    fn cpu_attention_equals_the_tensor_path() {
+        let (n_head, head_dim) = (4, 12); // rows of 12: a tail after the 8-wide dot
+        let alibi: Vec<f32> = alibi_slopes(n_head).into_iter().map(|s| s as f32).collect();
+        // Prompts of different lengths, then decode rows and pieces of several rows.
+        let lens = [[3, 5], [1, 1], [4, 1], [1, 2]];
+        for slopes in [Some(alibi), None] {
+            let heads = Heads {
+                n_head,
+                head_dim,
+                scale: 1.0 / head_dim as f64,
+                slopes,
+            };
+            for threads in [1, 2, 3] {
+                for (step, (want, got)) in both_paths(&heads, &lens, threads).iter().enumerate() {
+                    assert_eq!(want.len(), got.len());
+                    let diff = want
+                        .iter()
+                        .zip(got)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "{threads} threads, step {step}, alibi {}: {diff}",
+                        heads.slopes.is_some()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_attention_refuses_parts_out_of_row_order() {
+        let heads = Heads {
+            n_head: 2,
+            head_dim: 4,
+            scale: 0.25,
+            slopes: None,
+        };
+        let qkv = Tensor::zeros((3, 24), DType::F32, &Device::Cpu).expect("qkv");
+        let mut caches = [Cache::new(1, 0), Cache::new(1, 0)];
+        let [a, b] = &mut caches;
+        let mut parts = [(1, 2, a), (0, 1, b)].map(|(start, len, c)| AttentionPart {
+            start,
+            len,
+            bias: None,
+            kv: &mut c.layers[0],
+            reserve: 0,
+        });
+        let r = team::run(2, |team| heads.forward(&qkv, &mut parts, team));
+        assert!(r.is_err());
+    }
 
     #[test]
     fn slopes_power_of_two() {

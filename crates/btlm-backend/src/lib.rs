@@ -67,6 +67,7 @@ pub mod prompt;
 pub mod sampling;
 pub mod sequence;
 mod step;
+mod team;
 pub mod tokenizer;
 pub mod weights;
 

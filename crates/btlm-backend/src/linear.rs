@@ -10,8 +10,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::kernels::{self, KernelPath, PackedMatrix};
+use crate::kernels::{self, KernelPath, PackedMatrix, TileProduct};
 use crate::loader::Loader;
+use crate::team::Team;
 
 /// The weight matrix of a projection.
 #[derive(Debug, Clone)]
@@ -100,39 +101,99 @@ impl Projection {
         }
     }
 
-    /// `x · W + b` for `x: [rows, in]`, giving `[rows, out]`.
+    /// `x · W + b` for `x: [rows, in]`, giving `[rows, out]` (packed weights: on a team of
+    /// as many threads as rayon's pool has, made for this call).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.weight {
-            Weight::Dense(w) => {
-                let y = x.matmul(w)?;
-                match &self.bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
+        crate::team::run(rayon::current_num_threads(), |team| {
+            self.forward_on(x, team)
+        })
+    }
+
+    /// [`Self::forward`] with the tile-kernel products split over `team` (rayon's pool for
+    /// products of many rows, see [`TileProduct::new`]).
+    pub(crate) fn forward_on(&self, x: &Tensor, team: &Team<'_>) -> candle_core::Result<Tensor> {
+        let mut ys = Self::forward_all(&[self], x, team)?;
+        Ok(ys.swap_remove(0))
+    }
+
+    /// Every projection of `projections` applied to the same `x` (they take the same number
+    /// of inputs), the tile-kernel products of all in one parallel section of `team`.
+    pub(crate) fn forward_all(
+        projections: &[&Projection],
+        x: &Tensor,
+        team: &Team<'_>,
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let (rows, n_in) = x.dims2()?;
+        let is_packed = |p: &&Projection| matches!(p.weight, Weight::Packed { .. });
+        let mut outs: Vec<Vec<f32>> = projections
+            .iter()
+            .map(|p| match &p.weight {
+                Weight::Packed { matrix, .. } => vec![0f32; rows * matrix.n_out()],
+                Weight::Dense(_) => Vec::new(),
+            })
+            .collect();
+        if projections.iter().any(is_packed) {
+            let xf = x.to_dtype(DType::F32)?.contiguous()?;
+            with_f32_slice(&xf, |xs| -> candle_core::Result<()> {
+                let mut products = Vec::new();
+                for (p, y) in projections.iter().zip(&mut outs) {
+                    let Weight::Packed { matrix, path } = &p.weight else {
+                        continue;
+                    };
+                    if n_in != matrix.n_in() {
+                        candle_core::bail!(
+                            "projection of {n_in} inputs, weights take {}",
+                            matrix.n_in()
+                        );
+                    }
+                    let bias = p.bias_f32.as_deref().map(Vec::as_slice);
+                    if path.many_rows(matrix.format(), rows) {
+                        // Other kernels than the tile kernels, parallel on rayon's pool.
+                        kernels::matmul(*path, matrix, xs, rows, bias, y).map_err(kernel_error)?;
+                    } else {
+                        let product =
+                            TileProduct::new(*path, matrix, xs, rows, bias, y, team.threads())
+                                .map_err(kernel_error)?
+                                .ok_or_else(|| {
+                                    candle_core::Error::Msg("tile kernels expected".into()).bt()
+                                })?;
+                        products.push(product);
+                    }
                 }
-            }
-            Weight::Packed { matrix, path } => {
-                let (rows, n_in) = x.dims2()?;
-                if n_in != matrix.n_in() {
-                    candle_core::bail!(
-                        "projection of {n_in} inputs, weights take {}",
-                        matrix.n_in()
-                    );
+                match products.as_slice() {
+                    [] => {}
+                    [one] => team.broadcast(&|_| one.work()),
+                    all => team.broadcast(&|_| all.iter().for_each(TileProduct::work)),
                 }
-                let x = x.to_dtype(DType::F32)?.contiguous()?;
-                let mut y = vec![0f32; rows * matrix.n_out()];
-                let bias = self.bias_f32.as_deref().map(Vec::as_slice);
-                with_f32_slice(&x, |xs| {
-                    kernels::matmul(*path, matrix, xs, rows, bias, &mut y)
-                })?
-                .map_err(|e| candle_core::Error::Msg(e.to_string()).bt())?;
-                Tensor::from_vec(y, (rows, matrix.n_out()), &Device::Cpu)
-            }
+                Ok(())
+            })??;
         }
+        projections
+            .iter()
+            .zip(outs)
+            .map(|(p, y)| match &p.weight {
+                Weight::Packed { matrix, .. } => {
+                    Tensor::from_vec(y, (rows, matrix.n_out()), &Device::Cpu)
+                }
+                Weight::Dense(w) => {
+                    let y = x.matmul(w)?;
+                    match &p.bias {
+                        Some(b) => y.broadcast_add(b),
+                        None => Ok(y),
+                    }
+                }
+            })
+            .collect()
     }
 }
 
+/// A kernel error as a candle error.
+fn kernel_error(e: kernels::KernelError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string()).bt()
+}
+
 /// Calls `f` with the values of a contiguous f32 CPU tensor.
-fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
+pub(crate) fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
     let (storage, layout) = x.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("packed projections run on CPU tensors");

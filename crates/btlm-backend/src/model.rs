@@ -16,13 +16,14 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::attention::{AttentionPart, alibi_slopes, attention_bias};
+use crate::attention::{AttentionPart, alibi_slopes, attends_on_cpu, attention_bias};
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::{BtlmError, Result};
 use crate::kv_cache::{Cache, bytes_per_token};
 use crate::layers::{Block, LayerNorm};
 use crate::linear::Projection;
 use crate::loader::{LoadOptions, Loader};
+use crate::team::{self, Team};
 use crate::weights::Checkpoint;
 
 /// One sequence's share of a [`Btlm::forward_batch`] step: tokens to run after those
@@ -140,12 +141,31 @@ impl Btlm {
     /// sequence attends to its own cache with its own positions. Appends the tokens to the
     /// caches and returns the f32 logits after the last token of each segment that asked
     /// for them, `[n, vocab]`, in segment order.
+    ///
+    /// On the CPU the step runs on a team of as many threads as rayon's pool has (the
+    /// caller one of them): the products and the attention of every layer are split over
+    /// the team, which stays busy from one to the next.
     pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> candle_core::Result<Tensor> {
+        let threads = if self.device.is_cpu() {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        team::run(threads, |team| self.forward_on(segments, team))
+    }
+
+    /// [`Self::forward_batch`] on `team`.
+    fn forward_on(
+        &self,
+        segments: &mut [Segment<'_>],
+        team: &Team<'_>,
+    ) -> candle_core::Result<Tensor> {
         if segments.is_empty() {
             candle_core::bail!("forward needs at least one sequence");
         }
         let mut ids = Vec::new();
         let mut positions = Vec::new();
+        let cpu_attention = attends_on_cpu(&self.device, self.dtype);
         let mut biases = Vec::with_capacity(segments.len());
         let mut last_rows = Vec::new();
         for s in segments.iter() {
@@ -165,13 +185,15 @@ impl Btlm {
             }
             ids.extend_from_slice(s.tokens);
             positions.extend(offset as u32..(offset + t) as u32);
-            biases.push(attention_bias(
-                self.cfg.n_head,
-                self.alibi(),
-                offset,
-                t,
-                &self.device,
-            )?);
+            if !cpu_attention {
+                biases.push(attention_bias(
+                    self.cfg.n_head,
+                    self.alibi(),
+                    offset,
+                    t,
+                    &self.device,
+                )?);
+            }
             if s.logits {
                 last_rows.push((ids.len() - 1) as u32);
             }
@@ -187,19 +209,19 @@ impl Btlm {
         for (i, block) in self.blocks.iter().enumerate() {
             let mut start = 0;
             let mut parts = Vec::with_capacity(segments.len());
-            for (s, bias) in segments.iter_mut().zip(&biases) {
+            for (j, s) in segments.iter_mut().enumerate() {
                 let len = s.tokens.len();
                 let reserve = s.cache.reserve();
                 parts.push(AttentionPart {
                     start,
                     len,
-                    bias,
+                    bias: biases.get(j),
                     kv: &mut s.cache.layers[i],
                     reserve,
                 });
                 start += len;
             }
-            h = block.forward(&h, &mut parts)?;
+            h = block.forward(&h, &mut parts, team)?;
         }
         for s in segments.iter_mut() {
             s.cache.advance(s.tokens.len());
@@ -209,7 +231,7 @@ impl Btlm {
             return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
         }
         let last = h.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
-        let logits = self.lm_head.forward(&self.ln_f.forward(&last)?)?;
+        let logits = self.lm_head.forward_on(&self.ln_f.forward(&last)?, team)?;
         (logits.to_dtype(DType::F32)? * self.cfg.output_logits_scale)?.contiguous()
     }
 

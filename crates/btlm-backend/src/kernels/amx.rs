@@ -22,8 +22,9 @@
 //! only where [`supported`] is true; `scripts/check-kernels-emulated.sh` runs
 //! [`pair_product`] (everything but the rayon split and [`supported`]) on an emulated
 //! Sapphire Rapids core whose tile instructions are emulated from the SDM (docs/benchmarks.md,
-//! "Kernels on an emulated Sapphire Rapids"). Until the tests have run on real AMX hardware
-//! this path stays opt-in (`BTLM_KERNELS=amx`), never chosen by detection.
+//! "Kernels on an emulated Sapphire Rapids"). Until the tests have run on real AMX hardware,
+//! detection chooses this path only after its products passed the numerical self-check
+//! (`self_check.rs`) on the CPU at hand.
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};

@@ -2,12 +2,13 @@
 //! row per running sequence) up to whole prompts (prefill), with `W` stored in one of the
 //! packed [`WeightFormat`]s.
 //!
-//! The instruction set is chosen at run time ([`KernelPath::active`]): AVX-512 (F/BW/VL with
+//! The instruction set is chosen at run time ([`KernelPath::active`]): AMX (after a
+//! numerical [`self_check`] on this CPU), AVX-512 (F/BW/VL with
 //! VNNI), AVX2 + FMA + F16C, or the portable [`scalar`] reference, so a plain
 //! `cargo build --release` gets the fast paths. The AVX-512 bf16 kernel also needs
 //! AVX512-BF16; on AVX-512 CPUs without it (Cascade Lake, Ice Lake, Tiger Lake) the AVX-512
 //! path runs bf16 weights on the AVX2 bf16 kernel and every other format on AVX-512.
-//! `BTLM_KERNELS=avx512|avx2|scalar` forces a path (tests run every path the CPU supports;
+//! `BTLM_KERNELS=amx|avx512|avx2|scalar` forces a path (tests run every path the CPU supports;
 //! `scripts/check-kernels-emulated.sh` runs the AVX-512 and AMX kernels on an emulated
 //! Sapphire Rapids and the AVX-512 ones on an emulated Ice Lake without AVX512-BF16, for
 //! machines without them). On the AVX2 path, products with at least [`MANY_ROWS`]
@@ -42,11 +43,14 @@ mod many;
 pub mod pack;
 pub mod quant;
 pub mod scalar;
+pub mod self_check;
+mod split;
 pub mod storage;
 
 pub use acts::Acts;
 pub use format::{TILE, WeightFormat};
 pub use pack::{PackedMatrix, Source, SourceData};
+pub use split::TileProduct;
 pub use storage::Bytes;
 
 /// Errors of the kernels' entry points.
@@ -67,8 +71,9 @@ pub enum KernelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
     /// The AVX-512 kernels, and Intel AMX bf16 tile products for many rows of bf16, q8_0
-    /// and q4k weights (`amx.rs`). Opt-in (`BTLM_KERNELS=amx`): [`KernelPath::detect`] does not
-    /// choose it until its tests have run on an AMX machine.
+    /// and q4k weights (`amx.rs`). Written and tested on emulated hardware only, so
+    /// [`KernelPath::detect`] chooses it only after it passed [`self_check::self_check`] on
+    /// this CPU (`BTLM_KERNELS=avx512` keeps it off).
     Amx,
     /// AVX-512 F/BW/VL with VNNI (and AVX2/FMA/F16C). bf16 weights need AVX512-BF16 too;
     /// without it they run on the AVX2 bf16 kernel (reported as `avx512 (bf16 on avx2)`).
@@ -114,8 +119,12 @@ impl KernelPath {
         }
     }
 
-    /// The fastest path this CPU supports (AMX only on request, see [`KernelPath::Amx`]).
+    /// The fastest path this CPU supports; AMX only if it also passes its self-check
+    /// (see [`KernelPath::Amx`]), which runs once per process and logs its verdict.
     pub fn detect() -> KernelPath {
+        if KernelPath::Amx.supported() && amx_passes_self_check() {
+            return KernelPath::Amx;
+        }
         Self::ALL
             .into_iter()
             .filter(|&p| p != KernelPath::Amx)
@@ -217,6 +226,22 @@ impl KernelPath {
     }
 }
 
+/// Whether the AMX path passed [`self_check::self_check`] on this CPU; checked once, with
+/// a warning when it failed (detection then falls back to AVX-512).
+fn amx_passes_self_check() -> bool {
+    static PASSED: OnceLock<bool> = OnceLock::new();
+    *PASSED.get_or_init(|| match self_check::self_check(KernelPath::Amx) {
+        Ok(()) => {
+            tracing::info!("AMX kernels passed their self-check: prompts run on the tile unit");
+            true
+        }
+        Err(e) => {
+            tracing::warn!("AMX kernels failed their self-check, using AVX-512 instead: {e}");
+            false
+        }
+    })
+}
+
 /// Whether this CPU has AVX512-BF16 (see [`KernelPath::Avx512`]).
 fn avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -231,7 +256,7 @@ fn avx512_bf16() -> bool {
 
 /// From this many activation rows on (prompts, large batches), the AVX2 path multiplies
 /// bf16 and f16 weights with the cache-blocked many-rows kernels (weights converted to f32
-/// once per block of 256 inputs and reused by every row, `many.rs`), and the opt-in AMX
+/// once per block of 256 inputs and reused by every row, `many.rs`), and the AMX
 /// path bf16, q8_0 and q4k weights on the tile unit (`amx.rs`).
 /// `BTLM_MANY_ROWS=N` sets another threshold, `BTLM_MANY_ROWS=off` (or 0) disables them.
 pub const MANY_ROWS: usize = 16;
@@ -283,14 +308,14 @@ fn tiles_per_task(tiles: usize, rows: usize) -> usize {
     tiles.div_ceil(tasks).max(1)
 }
 
-/// `y = x · Wᵀ (+ bias)` for `rows` rows: `x` is `rows × n_in`, `y` is `rows × n_out`.
-pub fn matmul(
+/// Checks the operands of a product (see [`matmul`]) and that the CPU runs `path`.
+fn check_operands(
     path: KernelPath,
     w: &PackedMatrix,
     x: &[f32],
     rows: usize,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &[f32],
 ) -> Result<(), KernelError> {
     let (n_in, n_out) = (w.n_in(), w.n_out());
     if x.len() != rows * n_in || y.len() != rows * n_out {
@@ -311,6 +336,20 @@ pub fn matmul(
     if !path.supported() {
         return Err(KernelError::Unsupported(path));
     }
+    Ok(())
+}
+
+/// `y = x · Wᵀ (+ bias)` for `rows` rows: `x` is `rows × n_in`, `y` is `rows × n_out`.
+pub fn matmul(
+    path: KernelPath,
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    check_operands(path, w, x, rows, bias, y)?;
+    let n_in = w.n_in();
     if rows == 0 {
         return Ok(());
     }

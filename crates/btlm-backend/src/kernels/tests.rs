@@ -337,20 +337,22 @@ fn amx_tiles_compute_the_bf16_product() {
 }
 
 /// AMX detection is consistent: the path is offered only when the unit is usable, and
-/// never chosen by detection alone.
+/// chosen by detection only when it also passes its self-check.
 #[test]
-fn amx_is_opt_in() {
-    assert_ne!(KernelPath::detect(), KernelPath::Amx);
+fn amx_is_detected_only_after_its_self_check() {
     #[cfg(target_arch = "x86_64")]
     assert_eq!(
         KernelPath::Amx.supported(),
         amx::supported() && KernelPath::Avx512.supported()
     );
+    let expect_amx = KernelPath::Amx.supported() && self_check::self_check(KernelPath::Amx).is_ok();
+    assert_eq!(KernelPath::detect() == KernelPath::Amx, expect_amx);
     match KernelPath::parse_override("amx") {
         Ok(p) => assert_eq!(p, KernelPath::Amx),
         Err(e) => assert_eq!(e, KernelError::Unsupported(KernelPath::Amx)),
     }
 }
+
 /// The largest integer sums the quantized kernels accumulate: every 4-bit weight 15 (or
 /// every 8-bit weight ±127) against activations of ±127, where narrow (i16) partial sums
 /// would saturate if they were summed too long.

@@ -1,0 +1,159 @@
+//! A tile-kernel product whose tasks threads of the caller's own claim, for callers that
+//! keep their threads busy across many products (the model's decode step, `crate::team`)
+//! instead of forking and joining rayon's pool for each.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{
+    Acts, KernelError, KernelPath, OutPtr, PackedMatrix, Route, avx512_bf16, check_operands,
+    tiles_into,
+};
+
+/// Tasks per thread: claiming one costs an atomic add, and the smaller the tasks the less
+/// the others wait for the last one at the end of a product; a task of the smallest decode
+/// product (2560 × 2560 in q4k, two threads) is still 5 tiles, a 115 KB stream.
+const TASKS_PER_THREAD: usize = 16;
+
+/// `y = x · Wᵀ (+ bias)` on the tile kernels, split into tasks of whole tiles: every thread
+/// that calls [`TileProduct::work`] claims tasks until none is left, so the product is done
+/// once every call has returned (each task runs exactly once, whoever claims it).
+pub struct TileProduct<'a> {
+    path: KernelPath,
+    w: &'a PackedMatrix,
+    acts: Acts<'a>,
+    rows: usize,
+    bias: Option<&'a [f32]>,
+    out: OutPtr,
+    per_task: usize,
+    tasks: usize,
+    next: AtomicUsize,
+    _y: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> TileProduct<'a> {
+    /// Prepares the product of `rows` rows `x` (`rows × n_in`) into `y` (`rows × n_out`),
+    /// in tasks for `threads` threads, or `None` when that many rows run other kernels than
+    /// the tile kernels (see [`KernelPath::many_rows`]; [`super::matmul`] runs those,
+    /// parallel on rayon's pool).
+    pub fn new(
+        path: KernelPath,
+        w: &'a PackedMatrix,
+        x: &'a [f32],
+        rows: usize,
+        bias: Option<&'a [f32]>,
+        y: &'a mut [f32],
+        threads: usize,
+    ) -> Result<Option<Self>, KernelError> {
+        check_operands(path, w, x, rows, bias, y)?;
+        if path.route(w.format(), rows) != Route::Tiles {
+            return Ok(None);
+        }
+        let per_task = w.tiles().div_ceil(TASKS_PER_THREAD * threads.max(1)).max(1);
+        let tasks = if rows == 0 {
+            0
+        } else {
+            w.tiles().div_ceil(per_task)
+        };
+        Ok(Some(TileProduct {
+            // Without AVX512-BF16 the AVX-512 paths run bf16 weights on the AVX2 kernel
+            // (see `matmul`).
+            path: path.tile_path(w.format(), avx512_bf16()),
+            w,
+            acts: Acts::prepare(w.format(), x, rows, w.n_in(), w.k_pad()),
+            rows,
+            bias,
+            out: OutPtr(y.as_mut_ptr()),
+            per_task,
+            tasks,
+            next: AtomicUsize::new(0),
+            _y: PhantomData,
+        }))
+    }
+
+    /// Claims and runs tasks until every task is claimed.
+    pub fn work(&self) {
+        loop {
+            let task = self.next.fetch_add(1, Ordering::Relaxed);
+            if task >= self.tasks {
+                return;
+            }
+            let first = task * self.per_task;
+            let last = (first + self.per_task).min(self.w.tiles());
+            // Each task is claimed once, so no two calls write the same tiles' columns;
+            // `out` is `y`, borrowed mutably for `'a`, of `rows × n_out` values (checked).
+            tiles_into(
+                self.path,
+                self.w,
+                &self.acts,
+                self.rows,
+                self.bias,
+                self.out,
+                first..last,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Source, WeightFormat, matmul};
+    use super::*;
+
+    #[test]
+    fn split_products_equal_matmul_on_every_thread_count() {
+        let (n_out, n_in) = (75, 300); // a partial last tile, padded inputs
+        let w: Vec<f32> = (0..n_out * n_in)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 50.0)
+            .collect();
+        let bias: Vec<f32> = (0..n_out).map(|i| i as f32 * 0.01).collect();
+        for format in [WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4K] {
+            let m = PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack");
+            for path in KernelPath::ALL.into_iter().filter(|p| p.supported()) {
+                for rows in [1, 3, 8] {
+                    let x: Vec<f32> = (0..rows * n_in).map(|i| (i as f32 * 0.7).sin()).collect();
+                    let mut want = vec![0f32; rows * n_out];
+                    matmul(path, &m, &x, rows, Some(&bias), &mut want).expect("matmul");
+                    for threads in [1, 2, 3] {
+                        let mut got = vec![f32::NAN; rows * n_out];
+                        let p =
+                            TileProduct::new(path, &m, &x, rows, Some(&bias), &mut got, threads)
+                                .expect("operands")
+                                .expect("tile kernels for few rows");
+                        std::thread::scope(|s| {
+                            for _ in 0..threads {
+                                s.spawn(|| p.work());
+                            }
+                        });
+                        drop(p);
+                        assert_eq!(got, want, "{format} {path} {rows} rows {threads} threads");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_operands_and_many_rows_are_refused() {
+        let w = vec![0.5f32; 16 * 32];
+        let m = PackedMatrix::pack(WeightFormat::Bf16, &Source::f32(&w, 16, 32)).expect("pack");
+        let x = vec![1f32; 2 * 32];
+        let mut y = vec![0f32; 16];
+        let path = KernelPath::Scalar;
+        assert!(matches!(
+            TileProduct::new(path, &m, &x, 2, None, &mut y, 1),
+            Err(KernelError::Shape(_))
+        ));
+        let mut y0: Vec<f32> = Vec::new();
+        let empty = TileProduct::new(path, &m, &[], 0, None, &mut y0, 2).expect("no rows");
+        empty.expect("tiles").work();
+        if KernelPath::Avx2.supported() {
+            let rows = 64;
+            let x = vec![1f32; rows * 32];
+            let mut y = vec![0f32; rows * 16];
+            let many = KernelPath::Avx2.many_rows(WeightFormat::Bf16, rows);
+            let p = TileProduct::new(KernelPath::Avx2, &m, &x, rows, None, &mut y, 2).expect("ok");
+            assert_eq!(p.is_none(), many);
+        }
+    }
+}
