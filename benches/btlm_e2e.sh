@@ -11,9 +11,10 @@
 #      p50/p99 time to the full answer and aggregate tokens/s (answers x $TOKENS / time);
 #   3. the flood: low-stake callers at $FLOOD_X x the miner's measured capacity while
 #      $FLOOD_VALIDATORS high-stake validators (default 1) each ask one question at a time,
-#      all with the validator timeout ($TIMEOUT s); the validators' success rate within the
-#      timeout is the figure (more validators: more samples of it per minute, each validator
-#      also competing with the others).
+#      all with the validator timeout ($TIMEOUT s); the figures are the validators' success
+#      rate within the timeout (more validators: more samples of it per minute, each
+#      validator also competing with the others) and the flood's goodput (answers within the
+#      timeout per second, against the capacity).
 #
 # Usage (one command; heavy: take the bench lock on a shared machine):
 #   flock /work/.bench.lock benches/btlm_e2e.sh
@@ -173,6 +174,10 @@ if [ -n "$FLOOD_FORMAT" ]; then
   load --key-offset "$clients_from" --hotkeys "$MAX_BATCH" --concurrency "$MAX_BATCH" \
     --requests $(( MAX_BATCH * 2 )) --timeout 3600 --label "flood capacity" \
     --json "$out/flood-capacity.json" >/dev/null
+  # The validators' first requests, so that their requests under the flood rank by their
+  # stake (a hotkey's first request gets --miner.priority.default, as in the Python miner).
+  load --key-offset 1 --hotkeys "$FLOOD_VALIDATORS" --concurrency "$FLOOD_VALIDATORS" \
+    --requests "$FLOOD_VALIDATORS" --timeout 3600 --label "validator warm-up" >/dev/null
   cap="$(field "$out/flood-capacity.json" throughput_rps)"
   rate="$(python3 -c "print(max(0.05, $FLOOD_X * $cap))")"
   echo "   capacity $cap answers/s; flood at $rate req/s from 16 low-stake keys"
@@ -188,15 +193,15 @@ if [ -n "$FLOOD_FORMAT" ]; then
     echo
     echo "flood ($FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS tokens, ${FLOOD_SECONDS} s): capacity $cap answers/s, low-stake flood at $rate req/s, $FLOOD_VALIDATORS high-stake validator(s) asking one at a time each"
     echo
-    echo "| caller | requests | success within ${TIMEOUT} s | p50 s | p99 s | statuses |"
-    echo "| --- | ---: | ---: | ---: | ---: | --- |"
+    echo "| caller | requests | success within ${TIMEOUT} s | answers/s | p50 s | p99 s | statuses |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |"
     for who in validator low; do
       python3 - "$out/flood-$who.json" "$who" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 p = d.get("latency_ok") or {}
 s = lambda k: f'{p[k]/1e3:.2f}' if k in p else "-"
-print(f'| {sys.argv[2]} | {d["requests"]} | {d["success_rate"]*100:.1f}% | {s("p50_ms")} | {s("p99_ms")} | {d["statuses"]} |')
+print(f'| {sys.argv[2]} | {d["requests"]} | {d["success_rate"]*100:.1f}% | {d["throughput_rps"]:.2f} | {s("p50_ms")} | {s("p99_ms")} | {d["statuses"]} |')
 EOF
     done
   } >>"$summary"

@@ -50,8 +50,8 @@ struct Shared {
 // it points to is `Sync`; every other field is atomic.
 unsafe impl Sync for Shared {}
 
-/// Runs `f` with a team of `threads` threads (at least 1: the caller alone), the helpers
-/// living until `f` returns.
+/// Runs `f` with a team of `threads` threads (at least 1: the caller alone; fewer if the
+/// OS cannot start them), the helpers living until `f` returns.
 pub(crate) fn run<R>(threads: usize, f: impl FnOnce(&Team<'_>) -> R) -> R {
     let n_helpers = threads.max(1) - 1;
     let shared = Shared {
@@ -63,10 +63,15 @@ pub(crate) fn run<R>(threads: usize, f: impl FnOnce(&Team<'_>) -> R) -> R {
         sleeping: (0..n_helpers).map(|_| AtomicBool::new(false)).collect(),
     };
     thread::scope(|scope| {
+        // A helper the OS refuses to start only makes the team smaller.
         let helpers = (0..n_helpers)
-            .map(|i| {
+            .map_while(|i| {
                 let shared = &shared;
-                scope.spawn(move || helper(shared, i)).thread().clone()
+                thread::Builder::new()
+                    .name(format!("btlm-step-{}", i + 1))
+                    .spawn_scoped(scope, move || helper(shared, i))
+                    .ok()
+                    .map(|h| h.thread().clone())
             })
             .collect();
         let team = Team {

@@ -36,10 +36,14 @@ impl BoundedStream {
         }
     }
 
-    /// Drops the backend stream, gives the slot back and counts the outcome.
+    /// Drops the backend stream, gives the slot back (a service-time sample when the stream
+    /// ran to its end or to the deadline) and counts the outcome.
     fn finish(&mut self, outcome: Outcome) {
         self.inner = None;
-        self.slot = None;
+        // Otherwise the slot is just dropped: given back without a sample.
+        if let (Some(slot), Outcome::Served | Outcome::TimedOut) = (self.slot.take(), outcome) {
+            slot.finish();
+        }
         if let Some(tracker) = self.tracker.take() {
             tracker.finish(outcome);
         }

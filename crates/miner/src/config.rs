@@ -24,6 +24,8 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+pub use crate::admission::AdmissionConfig;
+
 /// Why a configuration cannot be used. Each message names the flag at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -62,6 +64,10 @@ pub struct MinerConfig {
     /// In which order waiting requests are served.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub priority: PriorityConfig,
+
+    /// How the queue admits requests under load: deadlines, order among equals.
+    #[cfg_attr(feature = "cli", command(flatten))]
+    pub admission: AdmissionConfig,
 }
 
 /// Default for `--miner.max_concurrent`.
@@ -76,6 +82,7 @@ impl Default for MinerConfig {
             max_queue: DEFAULT_MAX_QUEUE,
             blacklist: BlacklistConfig::default(),
             priority: PriorityConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -320,7 +327,7 @@ impl MinerConfig {
                 ),
             ));
         }
-        Ok(())
+        self.admission.validate()
     }
 }
 
@@ -455,6 +462,7 @@ mod cli_tests {
         assert!(!parsed.blacklist.force_validator_permit);
         assert!(!parsed.blacklist.allow_non_registered);
         assert!(!parsed.blacklist.use_prompt_cache);
+        assert!(!parsed.admission.ignore_deadlines && !parsed.admission.fifo);
         parsed.validate().expect("defaults are valid");
     }
 
@@ -493,6 +501,16 @@ mod cli_tests {
             "2",
             "--miner.max_queue",
             "4",
+            "--miner.admission.ignore_deadlines",
+            "--miner.admission.margin",
+            "1.5",
+            "--miner.admission.service_quantile",
+            "0.5",
+            "--miner.admission.service_samples",
+            "9",
+            "--miner.admission.lifo_after_ms",
+            "200",
+            "--miner.admission.fifo",
         ]);
         assert_eq!(c.blacklist.whitelist, ["a", "b"]);
         assert_eq!(c.blacklist.blacklist, ["c", "d", "e"]);
@@ -509,6 +527,10 @@ mod cli_tests {
         assert_eq!(c.priority.len_request_timestamps, 20);
         assert_eq!(c.priority.history_retention, 60);
         assert_eq!((c.max_concurrent, c.max_queue), (2, 4));
+        let a = &c.admission;
+        assert!(a.ignore_deadlines && a.fifo);
+        assert_eq!((a.margin, a.service_quantile), (1.5, 0.5));
+        assert_eq!((a.service_samples, a.lifo_after_ms), (9, 200));
         c.validate().expect("valid");
     }
 }

@@ -45,6 +45,7 @@
 //!
 //! See `docs/pipeline.md` for the policies, their order, reason strings and flags.
 
+pub mod admission;
 pub mod blacklist;
 mod bounded_stream;
 pub mod config;
@@ -57,6 +58,7 @@ pub mod report;
 pub mod request;
 pub mod request_history;
 mod scheduler;
+mod service_time;
 pub mod static_metagraph;
 pub mod stats;
 pub mod traits;
@@ -65,7 +67,7 @@ pub mod traits;
 pub use prompting_metagraph as metagraph;
 
 pub use blacklist::{Refusal, RefusalKind};
-pub use config::{BlacklistConfig, ConfigError, MinerConfig, PriorityConfig};
+pub use config::{AdmissionConfig, BlacklistConfig, ConfigError, MinerConfig, PriorityConfig};
 pub use dev_metagraph::DevMetagraph;
 pub use metagraph::{CallerInfo, Metagraph, MetagraphView, NeuronInfo, SharedMetagraph};
 pub use pipeline::Pipeline;

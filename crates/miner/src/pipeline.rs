@@ -143,7 +143,11 @@ impl Pipeline {
                 rate_window,
                 history: Mutex::new(history),
                 prompt_cache,
-                scheduler: Scheduler::new(workers, config.max_queue),
+                scheduler: Scheduler::with_policy(
+                    workers,
+                    config.max_queue,
+                    config.admission.policy(),
+                ),
                 counters: Arc::new(Counters::default()),
                 config,
                 metagraph,
@@ -190,7 +194,11 @@ impl Pipeline {
         let slot = self.enter(request, tracker).await?;
         let result =
             tokio::time::timeout_at(request.deadline, self.inner.miner.prompt(request)).await;
-        drop(slot);
+        match &result {
+            // Answered, or cut off at the deadline: a service-time sample.
+            Ok(Ok(_)) | Err(_) => slot.finish(),
+            Ok(Err(_)) => drop(slot),
+        }
         result.map_err(|_| tracker.timeout())?
     }
 
@@ -212,7 +220,10 @@ impl Pipeline {
                 match tokio::time::timeout_at(request.deadline, call).await {
                     Ok(Ok(stream)) => Ok((stream, slot)),
                     Ok(Err(error)) => Err(error),
-                    Err(_) => Err(tracker.timeout()),
+                    Err(_) => {
+                        slot.finish();
+                        Err(tracker.timeout())
+                    }
                 }
             }
             Err(error) => Err(error),
@@ -248,6 +259,7 @@ impl Pipeline {
                 .as_ref()
                 .map_or(0, |cache| cache.lock().len()),
             usage: self.inner.counters.usage(),
+            service_time: self.inner.scheduler.service_time(),
         }
     }
 
@@ -278,6 +290,11 @@ impl Pipeline {
                 Rejection::Overloaded => {
                     MinerError::Overloaded("request queue full, lower priority".into())
                 }
+                Rejection::CannotFinish { left, need } => MinerError::Overloaded(format!(
+                    "cannot answer before the deadline: {:.1} s left, about {:.1} s needed",
+                    left.as_secs_f64(),
+                    need.as_secs_f64()
+                )),
                 Rejection::Expired => tracker.timeout(),
             })
     }

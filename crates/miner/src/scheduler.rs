@@ -1,19 +1,33 @@
-//! A fixed number of worker slots behind a bounded priority queue.
+//! A fixed number of worker slots behind a bounded priority queue that knows how long a
+//! request holds a slot.
 //!
 //! A request takes a free slot at once when nobody is waiting; otherwise it waits in the
-//! queue, ordered by priority (higher first), FIFO among equal priorities. A full queue
-//! sheds its lowest-ranked entry (the newcomer when it ranks lowest, as it does among
-//! equals). A waiter whose deadline passes leaves the queue with [`Rejection::Expired`] and
-//! never gets a slot; a waiter that is dropped (its caller went away) leaves the queue, or
-//! returns the slot it was just granted.
+//! queue, ordered by priority (higher first). Among equal priorities the oldest is served
+//! first, until the queue has been backed up (never empty) for [`Policy::lifo_after`]: then
+//! the newest is, the one with the most time left (adaptive LIFO). A full queue sheds its
+//! lowest-ranked entry: among equals the newcomer (FIFO), or the oldest waiter (LIFO).
+//!
+//! Deadlines: the scheduler learns the service time (a high quantile of recent slot-hold
+//! times, see [`Slot::finish`]) and never grants a waiter a slot when the time it has left is
+//! below that estimate (× [`Policy::margin`]): such a waiter leaves the queue at once with
+//! [`Rejection::CannotFinish`] — when it arrives and the queue ahead of it cannot drain in
+//! time, or as soon as its time left falls below the estimate — instead of taking a slot only
+//! to be cancelled at its deadline. A waiter whose deadline passes leaves with
+//! [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
+//! or returns the slot it was just granted. A request that finds a free slot and nobody
+//! waiting always gets it: nothing else would use the slot, and its hold time keeps the
+//! estimate current.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::service_time::ServiceTimes;
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,14 +36,51 @@ pub enum Rejection {
     Overloaded,
     /// The deadline passed before a slot was free.
     Expired,
+    /// The time left is below the time the request would need (the service-time estimate,
+    /// plus the wait for the queue ahead when it arrived): it could not be answered in time.
+    CannotFinish {
+        /// Time left before the deadline.
+        left: Duration,
+        /// Time it would need.
+        need: Duration,
+    },
+}
+
+/// How the scheduler treats deadlines and order among equals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    /// Refuse waiters that cannot finish before their deadline.
+    pub deadline_aware: bool,
+    /// A waiter needs at least the service-time estimate × `margin` left to be granted.
+    pub margin: f64,
+    /// Serve the newest first among equal priorities once the queue has not been empty for
+    /// this long; `None`: always the oldest first.
+    pub lifo_after: Option<Duration>,
+    /// Recent slot-hold times the estimate is taken from.
+    pub service_samples: usize,
+    /// The quantile of those samples taken as the service time.
+    pub service_quantile: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            deadline_aware: true,
+            margin: 1.0,
+            lifo_after: Some(Duration::from_secs(1)),
+            service_samples: 50,
+            service_quantile: 0.9,
+        }
+    }
 }
 
 /// The queue's verdict for one waiter, sent when it leaves the queue.
 #[derive(Debug)]
-enum Admission {
+enum Verdict {
     Granted,
     Shed,
     Expired,
+    CannotFinish { left: Duration, need: Duration },
 }
 
 /// A queue position: higher priority first, then arrival order.
@@ -65,15 +116,36 @@ impl Eq for Rank {}
 #[derive(Debug)]
 struct Waiter {
     deadline: Instant,
-    notify: oneshot::Sender<Admission>,
+    notify: oneshot::Sender<Verdict>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     in_flight: usize,
     next_seq: u64,
-    /// First entry = best ranked.
+    /// First entry = best ranked (oldest first among equals).
     waiting: BTreeMap<Rank, Waiter>,
+    /// Since when the queue has not been empty.
+    backlog_since: Option<Instant>,
+    service: ServiceTimes,
+}
+
+impl State {
+    /// Keeps `backlog_since` in step with the queue; call after every change to it.
+    fn note_backlog(&mut self, now: Instant) {
+        if self.waiting.is_empty() {
+            self.backlog_since = None;
+        } else if self.backlog_since.is_none() {
+            self.backlog_since = Some(now);
+        }
+    }
+
+    /// Removes the waiter at `rank` and tells it `verdict`.
+    fn remove(&mut self, rank: &Rank, verdict: Verdict) {
+        if let Some(waiter) = self.waiting.remove(rank) {
+            let _ = waiter.notify.send(verdict);
+        }
+    }
 }
 
 /// Worker slots and the queue in front of them.
@@ -81,6 +153,7 @@ struct State {
 pub struct Scheduler {
     workers: usize,
     queue_capacity: usize,
+    policy: Policy,
     state: Mutex<State>,
 }
 
@@ -94,12 +167,26 @@ pub struct Load {
 }
 
 impl Scheduler {
-    /// `workers` slots (at least 1) and room for `queue_capacity` waiters.
+    /// `workers` slots (at least 1) and room for `queue_capacity` waiters, with the default
+    /// [`Policy`].
+    #[cfg(test)]
     pub fn new(workers: usize, queue_capacity: usize) -> Arc<Self> {
+        Self::with_policy(workers, queue_capacity, Policy::default())
+    }
+
+    /// Like [`Scheduler::new`], with `policy`.
+    pub fn with_policy(workers: usize, queue_capacity: usize, policy: Policy) -> Arc<Self> {
         Arc::new(Scheduler {
             workers: workers.max(1),
             queue_capacity,
-            state: Mutex::new(State::default()),
+            policy,
+            state: Mutex::new(State {
+                in_flight: 0,
+                next_seq: 0,
+                waiting: BTreeMap::new(),
+                backlog_since: None,
+                service: ServiceTimes::new(policy.service_samples, policy.service_quantile),
+            }),
         })
     }
 
@@ -122,6 +209,11 @@ impl Scheduler {
         }
     }
 
+    /// The service-time estimate; `None` before the first finished request.
+    pub fn service_time(&self) -> Option<Duration> {
+        self.state.lock().service.estimate()
+    }
+
     /// Waits for a slot, ranked by `priority`, until `deadline`. Dropping the returned
     /// future gives up the place in the queue.
     pub async fn acquire(
@@ -134,10 +226,60 @@ impl Scheduler {
             Enqueued::Rejected(rejection) => return Err(rejection),
             Enqueued::Waiting(ticket) => ticket,
         };
-        let admission = tokio::time::timeout_at(deadline, &mut ticket.receiver).await;
-        match admission {
-            Ok(Ok(Admission::Granted)) => {
-                ticket.settled = true;
+        loop {
+            let give_up = self.give_up_at(deadline);
+            match tokio::time::timeout_at(give_up, &mut ticket.receiver).await {
+                Ok(verdict) => {
+                    ticket.settled = true;
+                    return self.settle(verdict, deadline);
+                }
+                Err(_) if Instant::now() >= deadline => {
+                    // Timed out in the queue: the ticket's drop removes the entry (or
+                    // returns a slot granted in the meantime).
+                    return Err(Rejection::Expired);
+                }
+                Err(_) => {
+                    // The time left fell to the estimate: leave now, unless the estimate
+                    // shrank meanwhile or a verdict was sent.
+                    let now = Instant::now();
+                    let left = deadline.saturating_duration_since(now);
+                    let gave_up = {
+                        let mut state = self.state.lock();
+                        match self.need(&state) {
+                            Some(need) if left <= need => {
+                                let left_queue = state.waiting.remove(&ticket.rank).is_some();
+                                state.note_backlog(now);
+                                Some((left_queue, need))
+                            }
+                            _ => None,
+                        }
+                    };
+                    match gave_up {
+                        Some((true, need)) => {
+                            ticket.settled = true;
+                            return Err(Rejection::CannotFinish { left, need });
+                        }
+                        Some((false, _)) => {
+                            // Out of the queue: its verdict is in the channel already.
+                            let verdict = (&mut ticket.receiver).await;
+                            ticket.settled = true;
+                            return self.settle(verdict, deadline);
+                        }
+                        None => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a waiter's verdict means for its caller.
+    fn settle(
+        self: &Arc<Self>,
+        verdict: Result<Verdict, oneshot::error::RecvError>,
+        deadline: Instant,
+    ) -> Result<Slot, Rejection> {
+        match verdict {
+            Ok(Verdict::Granted) => {
                 let slot = self.slot();
                 if Instant::now() >= deadline {
                     // Granted at the deadline: too late to run, give the slot back.
@@ -146,29 +288,48 @@ impl Scheduler {
                 }
                 Ok(slot)
             }
-            Ok(Ok(Admission::Shed)) => {
-                ticket.settled = true;
-                Err(Rejection::Overloaded)
-            }
-            Ok(Ok(Admission::Expired)) => {
-                ticket.settled = true;
-                Err(Rejection::Expired)
-            }
+            Ok(Verdict::Shed) => Err(Rejection::Overloaded),
+            Ok(Verdict::Expired) => Err(Rejection::Expired),
+            Ok(Verdict::CannotFinish { left, need }) => Err(Rejection::CannotFinish { left, need }),
             // The sender is only dropped after a verdict is sent, so this is unreachable in
             // practice; treat it as shed.
-            Ok(Err(_)) => {
-                ticket.settled = true;
-                Err(Rejection::Overloaded)
-            }
-            // Timed out in the queue: the ticket's drop removes the entry (or returns a slot
-            // granted in the meantime).
-            Err(_) => Err(Rejection::Expired),
+            Err(_) => Err(Rejection::Overloaded),
+        }
+    }
+
+    /// When a waiter with `deadline` should give up: once its time left is below the time a
+    /// request needs, or at the deadline.
+    fn give_up_at(&self, deadline: Instant) -> Instant {
+        let state = self.state.lock();
+        match self.need(&state) {
+            Some(need) => deadline.checked_sub(need).unwrap_or(deadline).min(deadline),
+            None => deadline,
+        }
+    }
+
+    /// The time a granted request needs: the service-time estimate × the margin; `None`
+    /// when deadlines are not looked at or nothing was measured yet.
+    fn need(&self, state: &State) -> Option<Duration> {
+        if !self.policy.deadline_aware {
+            return None;
+        }
+        let estimate = state.service.estimate()?;
+        Some(estimate.mul_f64(self.policy.margin))
+    }
+
+    /// Whether equal priorities are served newest first now.
+    fn lifo(&self, state: &State, now: Instant) -> bool {
+        match (self.policy.lifo_after, state.backlog_since) {
+            (Some(after), Some(since)) => now.saturating_duration_since(since) >= after,
+            _ => false,
         }
     }
 
     fn slot(self: &Arc<Self>) -> Slot {
         Slot {
             scheduler: Arc::clone(self),
+            granted: Instant::now(),
+            measured: false,
         }
     }
 
@@ -185,17 +346,33 @@ impl Scheduler {
             state.in_flight += 1;
             return Enqueued::Granted;
         }
-        if state.waiting.len() >= self.queue_capacity {
-            drop_expired(&mut state, now);
+        let lifo = self.lifo(&state, now);
+        if let Some(need) = self.need(&state) {
+            let left = deadline - now;
+            // The waiters served before this one, and the wait for a slot for each of them
+            // and for this one (`workers` slots free up per service time).
+            let ahead = state
+                .waiting
+                .keys()
+                .take_while(|rank| rank.priority > priority || (!lifo && rank.priority == priority))
+                .count();
+            let wait = need.mul_f64((ahead + 1) as f64 / self.workers as f64);
+            let need = need + wait;
+            if left < need {
+                return Enqueued::Rejected(Rejection::CannotFinish { left, need });
+            }
         }
         if state.waiting.len() >= self.queue_capacity {
-            let lowest = state.waiting.last_key_value().map(|(rank, _)| *rank);
-            match lowest {
-                // The newcomer ranks after every queued request of equal priority.
-                Some(lowest) if priority > lowest.priority => {
-                    if let Some(waiter) = state.waiting.remove(&lowest) {
-                        let _ = waiter.notify.send(Admission::Shed);
-                    }
+            self.drop_hopeless(&mut state, now);
+        }
+        if state.waiting.len() >= self.queue_capacity {
+            match lowest(&state, lifo) {
+                // FIFO: the newcomer ranks after every queued request of equal priority.
+                // LIFO: before them, so the oldest of the lowest priority goes.
+                Some(lowest)
+                    if priority > lowest.priority || (lifo && priority == lowest.priority) =>
+                {
+                    state.remove(&lowest, Verdict::Shed);
                 }
                 _ => return Enqueued::Rejected(Rejection::Overloaded),
             }
@@ -207,6 +384,7 @@ impl Scheduler {
         state.next_seq += 1;
         let (notify, receiver) = oneshot::channel();
         state.waiting.insert(rank, Waiter { deadline, notify });
+        state.note_backlog(now);
         Enqueued::Waiting(Ticket {
             scheduler: Arc::clone(self),
             rank,
@@ -215,22 +393,55 @@ impl Scheduler {
         })
     }
 
-    /// Hands free slots to the best-ranked waiters whose deadline has not passed.
+    /// Hands free slots to the best-ranked waiters that can still finish in time; those that
+    /// cannot leave the queue.
     fn dispatch(&self, state: &mut State, now: Instant) {
+        let need = self.need(state);
         while state.in_flight < self.workers {
-            let Some((_, waiter)) = state.waiting.pop_first() else {
+            let lifo = self.lifo(state, now);
+            let Some(rank) = next(state, lifo) else {
                 break;
             };
-            if waiter.deadline <= now {
-                let _ = waiter.notify.send(Admission::Expired);
-            } else if waiter.notify.send(Admission::Granted).is_ok() {
+            let Some(waiter) = state.waiting.remove(&rank) else {
+                break;
+            };
+            let left = waiter.deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                let _ = waiter.notify.send(Verdict::Expired);
+            } else if let Some(need) = need.filter(|need| left <= *need) {
+                let _ = waiter.notify.send(Verdict::CannotFinish { left, need });
+            } else if waiter.notify.send(Verdict::Granted).is_ok() {
                 state.in_flight += 1;
             }
         }
+        state.note_backlog(now);
     }
 
-    fn release(&self) {
+    /// Removes the waiters whose deadline passed or that can no longer finish in time.
+    fn drop_hopeless(&self, state: &mut State, now: Instant) {
+        let need = self.need(state).unwrap_or_default();
+        let hopeless: Vec<(Rank, Duration)> = state
+            .waiting
+            .iter()
+            .map(|(rank, waiter)| (*rank, waiter.deadline.saturating_duration_since(now)))
+            .filter(|(_, left)| left.is_zero() || *left <= need)
+            .collect();
+        for (rank, left) in hopeless {
+            let verdict = if left.is_zero() {
+                Verdict::Expired
+            } else {
+                Verdict::CannotFinish { left, need }
+            };
+            state.remove(&rank, verdict);
+        }
+        state.note_backlog(now);
+    }
+
+    fn release(&self, held: Option<Duration>) {
         let mut state = self.state.lock();
+        if let Some(held) = held {
+            state.service.record(held);
+        }
         self.release_locked(&mut state);
     }
 
@@ -240,18 +451,39 @@ impl Scheduler {
     }
 }
 
-fn drop_expired(state: &mut State, now: Instant) {
-    let expired: Vec<Rank> = state
-        .waiting
-        .iter()
-        .filter(|(_, waiter)| waiter.deadline <= now)
-        .map(|(rank, _)| *rank)
-        .collect();
-    for rank in expired {
-        if let Some(waiter) = state.waiting.remove(&rank) {
-            let _ = waiter.notify.send(Admission::Expired);
-        }
+/// The waiter served next: the best priority, oldest first (FIFO) or newest first (LIFO).
+fn next(state: &State, lifo: bool) -> Option<Rank> {
+    let first = *state.waiting.keys().next()?;
+    if !lifo {
+        return Some(first);
     }
+    let class_end = Rank {
+        priority: first.priority,
+        seq: u64::MAX,
+    };
+    state
+        .waiting
+        .range(first..=class_end)
+        .next_back()
+        .map(|(rank, _)| *rank)
+}
+
+/// The waiter shed first from a full queue: the lowest priority, newest first (FIFO) or
+/// oldest first (LIFO).
+fn lowest(state: &State, lifo: bool) -> Option<Rank> {
+    let last = *state.waiting.keys().next_back()?;
+    if !lifo {
+        return Some(last);
+    }
+    let class_start = Rank {
+        priority: last.priority,
+        seq: 0,
+    };
+    state
+        .waiting
+        .range(class_start..=last)
+        .next()
+        .map(|(rank, _)| *rank)
 }
 
 enum Enqueued {
@@ -264,7 +496,7 @@ enum Enqueued {
 struct Ticket {
     scheduler: Arc<Scheduler>,
     rank: Rank,
-    receiver: oneshot::Receiver<Admission>,
+    receiver: oneshot::Receiver<Verdict>,
     settled: bool,
 }
 
@@ -275,10 +507,11 @@ impl Drop for Ticket {
         }
         let mut state = self.scheduler.state.lock();
         if state.waiting.remove(&self.rank).is_some() {
+            state.note_backlog(Instant::now());
             return;
         }
         // Already out of the queue: a verdict was sent under the lock we hold.
-        if let Ok(Admission::Granted) = self.receiver.try_recv() {
+        if let Ok(Verdict::Granted) = self.receiver.try_recv() {
             self.scheduler.release_locked(&mut state);
         }
     }
@@ -288,11 +521,24 @@ impl Drop for Ticket {
 #[derive(Debug)]
 pub struct Slot {
     scheduler: Arc<Scheduler>,
+    granted: Instant,
+    measured: bool,
+}
+
+impl Slot {
+    /// Gives the slot back, counting how long it was held as a service-time sample. Call it
+    /// when the request ran to its end — answered, or cut off at its deadline (then the
+    /// sample is a lower bound, which still pulls a too-low estimate up) — and just drop the
+    /// slot when the backend failed or the caller went away.
+    pub fn finish(mut self) {
+        self.measured = true;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.scheduler.release();
+        let held = self.measured.then(|| self.granted.elapsed());
+        self.scheduler.release(held);
     }
 }
 
@@ -492,5 +738,210 @@ mod tests {
         drop(first);
         settle().await;
         assert!(second.try_recv().expect("granted").is_ok());
+    }
+
+    /// Holds a slot for `held` and finishes it: one service-time sample.
+    async fn measure(s: &Arc<Scheduler>, held: Duration) {
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(held).await;
+        slot.finish();
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_slots_set_the_service_time_dropped_ones_do_not() {
+        let s = Scheduler::new(1, 4);
+        assert_eq!(s.service_time(), None);
+        measure(&s, 2 * SECOND).await;
+        assert_eq!(s.service_time(), Some(2 * SECOND));
+        let failed = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(5 * SECOND).await;
+        drop(failed);
+        assert_eq!(s.service_time(), Some(2 * SECOND));
+        assert_eq!(s.load().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_leaves_as_soon_as_it_cannot_finish_in_time() {
+        let s = Scheduler::new(1, 4);
+        measure(&s, 3 * SECOND).await;
+        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 12 * SECOND);
+        settle().await;
+        assert_eq!(s.load().queued, 1);
+        tokio::time::advance(Duration::from_millis(8900)).await;
+        settle().await;
+        assert!(rx.try_recv().is_err(), "3.1 s left: still waiting");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        let rejection = rx.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinish { left, need })
+                if need == 3 * SECOND && left <= need && left > Duration::from_millis(2800)),
+            "{rejection:?}"
+        );
+        assert_eq!(s.load().queued, 0, "left 3 s before its deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_arrival_is_refused_when_the_queue_ahead_cannot_drain_in_time() {
+        let s = Scheduler::new(1, 8);
+        measure(&s, 3 * SECOND).await;
+        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let mut queued = Vec::new();
+        for _ in 0..3 {
+            queued.push(spawn_acquire(&s, 5.0, far()));
+        }
+        settle().await;
+        // Three equal waiters ahead, one slot: 3 s each, then 3 s for itself.
+        let twelve = Instant::now() + 12 * SECOND;
+        assert_eq!(
+            s.acquire(5.0, twelve).await.err(),
+            Some(Rejection::CannotFinish {
+                left: 12 * SECOND,
+                need: 15 * SECOND
+            })
+        );
+        // Less time than one answer takes.
+        assert!(matches!(
+            s.acquire(9.0, Instant::now() + 2 * SECOND).await.err(),
+            Some(Rejection::CannotFinish { .. })
+        ));
+        // A higher priority goes ahead of them: it waits.
+        let (_h, mut high) = spawn_acquire(&s, 9.0, twelve);
+        settle().await;
+        assert!(high.try_recv().is_err());
+        assert_eq!(s.load().queued, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_free_slot_goes_to_an_arrival_whatever_its_time_left() {
+        let s = Scheduler::new(2, 4);
+        measure(&s, 10 * SECOND).await;
+        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        // Nobody waits and a slot is free: nothing else would use it.
+        assert!(s.acquire(0.0, Instant::now() + SECOND).await.is_ok());
+    }
+
+    /// Grants to `waiting` one by one (each releasing its slot) and returns their names in
+    /// the order served.
+    async fn served_order(
+        busy: Slot,
+        mut waiting: Vec<(
+            &'static str,
+            tokio::sync::mpsc::UnboundedReceiver<Result<Slot, Rejection>>,
+        )>,
+    ) -> Vec<&'static str> {
+        drop(busy);
+        let mut order = Vec::new();
+        for _ in 0..waiting.len() {
+            settle().await;
+            let mut granted = None;
+            for (name, rx) in waiting.iter_mut() {
+                if let Ok(result) = rx.try_recv() {
+                    granted = Some((*name, result.expect("granted")));
+                }
+            }
+            let (name, slot) = granted.expect("one waiter granted per free slot");
+            order.push(name);
+            drop(slot);
+        }
+        order
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backed_up_queue_serves_the_newest_first_among_equals() {
+        let s = Scheduler::new(1, 10);
+        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let mut waiting = Vec::new();
+        for (name, priority) in [("eq1", 5.0), ("low", 1.0), ("eq2", 5.0), ("high", 9.0)] {
+            let (_, rx) = spawn_acquire(&s, priority, far());
+            waiting.push((name, rx));
+            settle().await;
+        }
+        // Backed up for longer than `lifo_after` (1 s).
+        tokio::time::advance(2 * SECOND).await;
+        let order = served_order(busy, waiting).await;
+        assert_eq!(order, ["high", "eq2", "eq1", "low"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fifo_policy_keeps_the_oldest_first_however_backed_up() {
+        let policy = Policy {
+            lifo_after: None,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 10, policy);
+        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let mut waiting = Vec::new();
+        for name in ["eq1", "eq2", "eq3"] {
+            let (_, rx) = spawn_acquire(&s, 5.0, far());
+            waiting.push((name, rx));
+            settle().await;
+        }
+        tokio::time::advance(60 * SECOND).await;
+        assert_eq!(served_order(busy, waiting).await, ["eq1", "eq2", "eq3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_backed_up_queue_sheds_its_oldest_among_equals() {
+        let s = Scheduler::new(1, 2);
+        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (_h1, mut old) = spawn_acquire(&s, 1.0, far());
+        settle().await;
+        let (_h2, mut young) = spawn_acquire(&s, 1.0, far());
+        settle().await;
+        tokio::time::advance(2 * SECOND).await;
+        let (_h3, mut newcomer) = spawn_acquire(&s, 1.0, far());
+        settle().await;
+        assert_eq!(
+            old.try_recv().expect("shed").err(),
+            Some(Rejection::Overloaded)
+        );
+        assert!(young.try_recv().is_err() && newcomer.try_recv().is_err());
+        // A lower priority is still refused itself.
+        assert_eq!(
+            s.acquire(0.5, far()).await.err(),
+            Some(Rejection::Overloaded)
+        );
+        assert_eq!(s.load().queued, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ignoring_deadlines_grants_whatever_the_time_left() {
+        let policy = Policy {
+            deadline_aware: false,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        measure(&s, 10 * SECOND).await;
+        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 3 * SECOND);
+        settle().await;
+        tokio::time::advance(2 * SECOND).await;
+        drop(busy);
+        settle().await;
+        assert!(rx.try_recv().expect("granted").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_margin_scales_the_time_a_waiter_needs() {
+        let policy = Policy {
+            margin: 2.0,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        measure(&s, 3 * SECOND).await;
+        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 12 * SECOND);
+        settle().await;
+        // 6 s needed: it leaves 6 s before its deadline.
+        tokio::time::advance(Duration::from_millis(6100)).await;
+        settle().await;
+        assert!(matches!(
+            rx.try_recv().expect("left").err(),
+            Some(Rejection::CannotFinish { need, .. }) if need == 6 * SECOND
+        ));
     }
 }

@@ -93,6 +93,10 @@ pub struct PipelineStats {
     /// Tokens of the answered requests whose backend reported them (see
     /// [`CompletionReport`]), summed.
     pub usage: TokenUsage,
+    /// How long a request is expected to hold its worker: the service-time estimate the
+    /// queue refuses hopeless waiters by (`--miner.admission.*`); `None` before the first
+    /// finished request.
+    pub service_time: Option<std::time::Duration>,
 }
 
 /// The pipeline's counters, shared with in-flight requests.
