@@ -1,10 +1,20 @@
 //! Activations prepared once per matrix product, in the form the weight format's dot
-//! products read: f32 as given, bf16 (rounded to nearest even), or 8-bit blocks of 32 with
-//! one f32 scale and the integer sum per block (what llama.cpp calls q8 activations).
+//! products read: f32 as given, bf16 (rounded to nearest even), 8-bit blocks of 32 with
+//! one f32 scale and the integer sum per block for q8_0 weights (what llama.cpp calls q8_0
+//! activations), or 8-bit super-blocks of 256 with one f32 scale and the integer sums of
+//! their blocks of 32 for q4k weights (llama.cpp's q8_K).
+//!
+//! Why q4k takes one activation scale per 256 inputs: its weights have an integer scale per
+//! block of 32 and one f32 scale per 256, so with activations on the same 256-input grid a
+//! kernel sums a whole super-block in integers (each block's sum times its 6-bit scale) and
+//! converts and scales once per super-block instead of once per 32 inputs — the f32 work
+//! was ~30% of the instructions of the AVX2 kernel for 8 rows. The price is precision: an
+//! activation block far smaller than the largest of its super-block keeps fewer bits
+//! (docs/benchmarks.md, "q4k with super-block activation scales").
 
 use rayon::prelude::*;
 
-use super::format::{QBLOCK, WeightFormat};
+use super::format::{QBLOCK, QK_K, WeightFormat};
 
 /// Rows of activations in a weight format's input form; the input dimension is padded with
 /// zeros to the format's `k_pad`.
@@ -20,7 +30,7 @@ pub enum Acts<'a> {
         /// The values.
         x: Vec<u16>,
     },
-    /// Signed 8-bit blocks of [`QBLOCK`].
+    /// Signed 8-bit blocks of [`QBLOCK`] (for q8_0 weights).
     Q8 {
         /// `rows × k_pad` quants.
         q: Vec<i8>,
@@ -28,6 +38,17 @@ pub enum Acts<'a> {
         d: Vec<f32>,
         /// `rows × k_pad / 32` sums of the quants of each block.
         sum: Vec<i32>,
+    },
+    /// Signed 8-bit super-blocks of [`QK_K`] (for q4k weights): one scale per 256 inputs.
+    Q8K {
+        /// `rows × k_pad` quants.
+        q: Vec<i8>,
+        /// `rows × k_pad / 256` scales.
+        d: Vec<f32>,
+        /// `rows × k_pad / 32` sums of the quants of each block of 32 (|sum| ≤ 32 · 127,
+        /// so i16: the AVX2 kernel multiplies two of them with two 6-bit mins in one
+        /// `vpmaddwd`).
+        bsum: Vec<i16>,
     },
 }
 
@@ -56,31 +77,59 @@ impl<'a> Acts<'a> {
                 });
                 Acts::Bf16 { x: out }
             }
-            WeightFormat::Q8_0 | WeightFormat::Q4K => {
-                let nb = k_pad / QBLOCK;
-                let mut q = vec![0i8; rows * k_pad];
-                let mut d = vec![0f32; rows * nb];
-                let mut sum = vec![0i32; rows * nb];
-                let row = |r: usize, qr: &mut [i8], dr: &mut [f32], sr: &mut [i32]| {
-                    quantize_row(&x[r * k..(r + 1) * k], qr, dr, sr);
-                };
-                if rows > PAR_ROWS {
-                    q.par_chunks_mut(k_pad)
-                        .zip(d.par_chunks_mut(nb))
-                        .zip(sum.par_chunks_mut(nb))
-                        .enumerate()
-                        .for_each(|(r, ((qr, dr), sr))| row(r, qr, dr, sr));
-                } else {
-                    q.chunks_mut(k_pad)
-                        .zip(d.chunks_mut(nb))
-                        .zip(sum.chunks_mut(nb))
-                        .enumerate()
-                        .for_each(|(r, ((qr, dr), sr))| row(r, qr, dr, sr));
-                }
+            WeightFormat::Q8_0 => {
+                let (q, d, sum) = quantize_rows(x, rows, k, k_pad, QBLOCK, |s| s);
                 Acts::Q8 { q, d, sum }
+            }
+            WeightFormat::Q4K => {
+                // |sum| ≤ 32 · 127 < 2¹⁵.
+                let (q, d, bsum) = quantize_rows(x, rows, k, k_pad, QK_K, |s| s as i16);
+                Acts::Q8K { q, d, bsum }
             }
         }
     }
+}
+
+/// Quantizes `rows` rows of `k` values (`x`), zero padded to `k_pad`, in blocks of `block`
+/// inputs with one scale each ([`quantize_block`]), and sums the quants of every block of
+/// [`QBLOCK`] (converted by `sum_as`): `(quants, scales, sums)`.
+fn quantize_rows<S: Copy + Default + Send>(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    k_pad: usize,
+    block: usize,
+    sum_as: impl Fn(i32) -> S + Sync,
+) -> (Vec<i8>, Vec<f32>, Vec<S>) {
+    let (nd, ns) = (k_pad / block, k_pad / QBLOCK);
+    let mut q = vec![0i8; rows * k_pad];
+    let mut d = vec![0f32; rows * nd];
+    let mut sum = vec![S::default(); rows * ns];
+    let row = |r: usize, qr: &mut [i8], dr: &mut [f32], sr: &mut [S]| {
+        let xr = &x[r * k..(r + 1) * k];
+        for (b, (qb, db)) in qr.chunks_mut(block).zip(dr.iter_mut()).enumerate() {
+            let start = (b * block).min(k);
+            let end = ((b + 1) * block).min(k);
+            *db = quantize_block(&xr[start..end], qb);
+        }
+        for (qb, sb) in qr.chunks_exact(QBLOCK).zip(sr.iter_mut()) {
+            *sb = sum_as(qb.iter().map(|&v| v as i32).sum());
+        }
+    };
+    if rows > PAR_ROWS {
+        q.par_chunks_mut(k_pad)
+            .zip(d.par_chunks_mut(nd))
+            .zip(sum.par_chunks_mut(ns))
+            .enumerate()
+            .for_each(|(r, ((qr, dr), sr))| row(r, qr, dr, sr));
+    } else {
+        q.chunks_mut(k_pad)
+            .zip(d.chunks_mut(nd))
+            .zip(sum.chunks_mut(ns))
+            .enumerate()
+            .for_each(|(r, ((qr, dr), sr))| row(r, qr, dr, sr));
+    }
+    (q, d, sum)
 }
 
 /// Runs `f(row, row_slice)` over the rows of `out` (in parallel for many rows).
@@ -122,30 +171,20 @@ pub fn bf16_to_f32(b: u16) -> f32 {
 /// (ties to even) with plain arithmetic, which vectorizes on every x86-64.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// Quantizes one row into blocks of 32: `d = max|x| / 127`, `q = round(x / d)`. The padding
-/// past `x.len()` is zero.
-fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], sum: &mut [i32]) {
-    for (b, (qb, (db, sb))) in q
-        .chunks_mut(QBLOCK)
-        .zip(d.iter_mut().zip(sum.iter_mut()))
-        .enumerate()
-    {
-        let start = (b * QBLOCK).min(x.len());
-        let end = ((b + 1) * QBLOCK).min(x.len());
-        let mut xs = [0f32; QBLOCK];
-        xs[..end - start].copy_from_slice(&x[start..end]);
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut s = 0i32;
-        for (o, v) in qb.iter_mut().zip(xs) {
-            let r = ((v * inv + ROUND_MAGIC) - ROUND_MAGIC) as i32;
-            *o = r as i8;
-            s += r;
-        }
-        *db = scale;
-        *sb = s;
+/// Quantizes `xs` into `q` (`xs.len() <= q.len() <= QK_K`; the rest of `q` is zero padding)
+/// with one scale: `d = max|x| / 127`, `q = round(x / d)`; returns `d`.
+fn quantize_block(xs: &[f32], q: &mut [i8]) -> f32 {
+    // A fixed-size copy (zero padded) so that the loops vectorize.
+    let mut buf = [0f32; QK_K];
+    let buf = &mut buf[..q.len()];
+    buf[..xs.len()].copy_from_slice(xs);
+    let amax = buf.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    for (o, &v) in q.iter_mut().zip(buf.iter()) {
+        *o = ((v * inv + ROUND_MAGIC) - ROUND_MAGIC) as i32 as i8;
     }
+    scale
 }
 
 #[cfg(test)]
@@ -164,38 +203,56 @@ mod tests {
         assert_eq!(bf16_to_f32(f32_to_bf16(f32::INFINITY)), f32::INFINITY);
     }
 
+    /// The quants, scales, block sums (as i32) and inputs per scale of 8-bit activations.
+    fn parts(acts: &Acts<'_>) -> (Vec<i8>, Vec<f32>, Vec<i32>, usize) {
+        match acts {
+            Acts::Q8 { q, d, sum } => (q.clone(), d.clone(), sum.clone(), QBLOCK),
+            Acts::Q8K { q, d, bsum } => (
+                q.clone(),
+                d.clone(),
+                bsum.iter().map(|&s| s as i32).collect(),
+                QK_K,
+            ),
+            _ => panic!("8-bit activations expected"),
+        }
+    }
+
     #[test]
     fn q8_rows_reconstruct_and_pad_with_zeros() {
-        let k = 70; // two whole blocks and a tail of 6
-        let k_pad = WeightFormat::Q8_0.padded_k(k);
-        let rows = 3;
-        let x: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let Acts::Q8 { q, d, sum } = Acts::prepare(WeightFormat::Q8_0, &x, rows, k, k_pad) else {
-            panic!("q8 expected");
-        };
-        assert_eq!(q.len(), rows * k_pad);
-        for r in 0..rows {
-            for i in 0..k_pad {
-                let b = r * (k_pad / QBLOCK) + i / QBLOCK;
-                let back = q[r * k_pad + i] as f32 * d[b];
-                let orig = if i < k { x[r * k + i] } else { 0.0 };
-                assert!((back - orig).abs() <= d[b] * 0.5 + 1e-6, "{r} {i}");
-                if i >= k {
-                    assert_eq!(q[r * k_pad + i], 0);
+        // Two whole blocks and a tail of 6; one whole super-block and a tail of 44.
+        for (format, k) in [(WeightFormat::Q8_0, 70), (WeightFormat::Q4K, 300)] {
+            let k_pad = format.padded_k(k);
+            let rows = 3;
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let (q, d, sum, block) = parts(&Acts::prepare(format, &x, rows, k, k_pad));
+            assert_eq!(q.len(), rows * k_pad);
+            assert_eq!(d.len(), rows * k_pad / block);
+            assert_eq!(sum.len(), rows * k_pad / QBLOCK);
+            for r in 0..rows {
+                for i in 0..k_pad {
+                    let b = r * (k_pad / block) + i / block;
+                    let back = q[r * k_pad + i] as f32 * d[b];
+                    let orig = if i < k { x[r * k + i] } else { 0.0 };
+                    assert!((back - orig).abs() <= d[b] * 0.5 + 1e-6, "{format} {r} {i}");
+                    if i >= k {
+                        assert_eq!(q[r * k_pad + i], 0);
+                    }
+                }
+                for b in 0..k_pad / QBLOCK {
+                    let s: i32 = q[r * k_pad + b * QBLOCK..][..QBLOCK]
+                        .iter()
+                        .map(|&v| v as i32)
+                        .sum();
+                    assert_eq!(s, sum[r * (k_pad / QBLOCK) + b], "{format}");
+                }
+                // The largest magnitude of every scale block maps to ±127.
+                for qb in q[r * k_pad..(r + 1) * k_pad].chunks_exact(block) {
+                    assert_eq!(qb.iter().map(|v| v.unsigned_abs()).max(), Some(127));
                 }
             }
-            for b in 0..k_pad / QBLOCK {
-                let s: i32 = q[r * k_pad + b * QBLOCK..][..QBLOCK]
-                    .iter()
-                    .map(|&v| v as i32)
-                    .sum();
-                assert_eq!(s, sum[r * (k_pad / QBLOCK) + b]);
-            }
         }
-        // The largest magnitude of a block maps to ±127.
-        assert!(q.iter().any(|&v| v == 127 || v == -127));
     }
 
     #[test]
@@ -203,21 +260,23 @@ mod tests {
         let k = 40;
         let rows = 20;
         let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        for f in [WeightFormat::Q4K, WeightFormat::Bf16] {
+        for f in [WeightFormat::Q4K, WeightFormat::Q8_0, WeightFormat::Bf16] {
             let k_pad = f.padded_k(k);
             let all = Acts::prepare(f, &x, rows, k, k_pad);
             for r in [0, 7, 19] {
                 let one = Acts::prepare(f, &x[r * k..(r + 1) * k], 1, k, k_pad);
                 match (&all, &one) {
-                    (Acts::Q8 { q, d, .. }, Acts::Q8 { q: q1, d: d1, .. }) => {
-                        assert_eq!(&q[r * k_pad..(r + 1) * k_pad], &q1[..]);
-                        let nb = k_pad / QBLOCK;
-                        assert_eq!(&d[r * nb..(r + 1) * nb], &d1[..]);
-                    }
                     (Acts::Bf16 { x }, Acts::Bf16 { x: x1 }) => {
                         assert_eq!(&x[r * k_pad..(r + 1) * k_pad], &x1[..]);
                     }
-                    _ => panic!("same kind expected"),
+                    _ => {
+                        let (q, d, sum, block) = parts(&all);
+                        let (q1, d1, sum1, _) = parts(&one);
+                        assert_eq!(&q[r * k_pad..(r + 1) * k_pad], &q1[..]);
+                        let (nd, ns) = (k_pad / block, k_pad / QBLOCK);
+                        assert_eq!(&d[r * nd..(r + 1) * nd], &d1[..]);
+                        assert_eq!(&sum[r * ns..(r + 1) * ns], &sum1[..]);
+                    }
                 }
             }
         }

@@ -10,7 +10,8 @@
 //! blocks of [`DENSE_KB`] inputs that stay in L1 while every group reads them; from
 //! [`WIDE_ROWS`] rows on, q8_0 handles one 8-column half of a block at a time (only that
 //! half's integer sums in registers) and q4k runs groups of up to 4 rows over each
-//! sub-block; their f32 sums are updated once per block. These kernels also prefetch the
+//! sub-block; q8_0's f32 sums are updated once per block, q4k's once per super-block (its
+//! activations have one scale per 256 inputs, see `acts.rs`). These kernels also prefetch the
 //! weight stream ([`PREFETCH`]).
 
 // Indexed loops over register arrays (rows × halves) read like the arithmetic they do.
@@ -20,7 +21,7 @@ use std::arch::x86_64::*;
 
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
-use super::simd::Q8Rows;
+use super::simd::{Q8KRows, Q8Rows};
 
 /// Activation rows per kernel call: the tile is streamed from memory once for all of them.
 pub const MAX_ROWS: usize = 8;
@@ -396,203 +397,207 @@ unsafe fn q8_0_rows_wide<const R: usize>(
     }
 }
 
-/// The f32 scales of sub-block `j` for the 16 rows of a q4k tile block: `d·sc` and
-/// `dmin·m` per half; `hi` holds the high bits of the scales and mins, consumed 2 bits per
-/// sub-block (shifted here).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_scales(
-    blk: *const u8,
-    j: usize,
-    d: &[__m256; 2],
-    dmin: &[__m256; 2],
-    hi: &mut [__m256i; 2],
-) -> ([__m256; 2], [__m256; 2]) {
-    let three = _mm256_set1_epi32(3);
-    let fifteen = _mm256_set1_epi32(15);
-    let mut dsc = [_mm256_setzero_ps(); 2];
-    let mut dm = [_mm256_setzero_ps(); 2];
-    for h in 0..2 {
-        // SAFETY: the caller passes a whole q4k tile block; `lo` has 8 × 16 bytes.
-        let lo = _mm256_cvtepu8_epi32(unsafe {
-            _mm_loadl_epi64(blk.add(q4k_off::LO + j * TILE + h * 8).cast())
-        });
-        let sc = _mm256_or_si256(
-            _mm256_and_si256(lo, fifteen),
-            _mm256_slli_epi32::<4>(_mm256_and_si256(hi[h], three)),
-        );
-        let m = _mm256_or_si256(
-            _mm256_srli_epi32::<4>(lo),
-            _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<16>(hi[h]), three)),
-        );
-        hi[h] = _mm256_srli_epi32::<2>(hi[h]);
-        dsc[h] = _mm256_mul_ps(d[h], _mm256_cvtepi32_ps(sc));
-        dm[h] = _mm256_mul_ps(dmin[h], _mm256_cvtepi32_ps(m));
-    }
-    (dsc, dm)
+/// The scales of one q4k tile block, unpacked once per super-block (for all rows and
+/// sub-blocks) into the operands the kernels multiply with; `[h]` is the 8-column half.
+struct Q4kScales {
+    /// `sc[j][h]`: i32 lane `c` holds the 6-bit scale of sub-block `j`, column `8h + c`, in
+    /// both of its i16 halves, so that `vpmaddwd` with a lane's two i16 sums of products
+    /// scales and adds them (and widens to i32) in one instruction.
+    sc: [[__m256i; 2]; 8],
+    /// `m[p][h]`: lane `c` holds the mins of sub-blocks `2p` (low i16) and `2p + 1` (high
+    /// i16) of column `8h + c`; `vpmaddwd` with the two blocks' activation sums broadcast
+    /// as one i16 pair gives both min terms.
+    m: [[__m256i; 2]; 4],
+    /// `d` in f32.
+    d: [__m256; 2],
+    /// `dmin` in f32.
+    dmin: [__m256; 2],
 }
 
-/// One q4k tile for `R` activation rows.
+/// Unpacks the scales of the q4k tile block at `blk` into `out` (see [`Q4kScales`]; the bit
+/// layout is in `format.rs`). (Filled in place: returned by value, the 28 vectors were
+/// copied once more.)
 ///
-/// The products of one sub-block are summed in i16 before widening (one `madd` per
-/// sub-block instead of one per 4 inputs): `maddubs` of 4-bit weights and 8-bit activations
-/// (|a| ≤ 127) is at most 2·15·127 per lane, and the eight of a sub-block's 32 inputs sum to
-/// at most 30480 < 2¹⁵ (in any order: every partial sum is smaller).
+/// The 16 columns' scales and mins are built as i16 in the column order
+/// `[0..4, 8..12 | 4..8, 12..16]` (128-bit lanes): the order `vpackusdw` gives the two
+/// halves' `hi` words in, and the one from which `vpunpck{l,h}wd` of a vector with itself
+/// (or with the next sub-block's) spreads half 0 and half 1 into the i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_scales(blk: *const u8, out: &mut Q4kScales) {
+    // SAFETY (whole body): the caller passes a whole q4k tile block.
+    unsafe {
+        let hi = [
+            _mm256_loadu_si256(blk.add(q4k_off::HI).cast()),
+            _mm256_loadu_si256(blk.add(q4k_off::HI + 32).cast()),
+        ];
+        let low = _mm256_set1_epi32(0xffff);
+        // Bits 2j, 2j + 1: bits 4 and 5 of sub-block j's scale (of its min in `hm`).
+        let mut hsc =
+            _mm256_packus_epi32(_mm256_and_si256(hi[0], low), _mm256_and_si256(hi[1], low));
+        let mut hm = _mm256_packus_epi32(
+            _mm256_srli_epi32::<16>(hi[0]),
+            _mm256_srli_epi32::<16>(hi[1]),
+        );
+        // Byte c of a sub-block's 16 `lo` bytes (broadcast to both lanes) to the i16 of
+        // column c in the order above; -128 (top bit set) writes zero.
+        let z = -128i8;
+        #[rustfmt::skip]
+        let spread = _mm256_setr_epi8(
+            0, z, 1, z, 2, z, 3, z, 8, z, 9, z, 10, z, 11, z,
+            4, z, 5, z, 6, z, 7, z, 12, z, 13, z, 14, z, 15, z,
+        );
+        let fifteen = _mm256_set1_epi16(15);
+        let three = _mm256_set1_epi16(3);
+        out.d = [
+            _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::D).cast())),
+            _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::D + 16).cast())),
+        ];
+        out.dmin = [
+            _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::DMIN).cast())),
+            _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::DMIN + 16).cast())),
+        ];
+        let mut m_even = _mm256_setzero_si256();
+        for j in 0..8 {
+            let lo = _mm256_shuffle_epi8(
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                    blk.add(q4k_off::LO + j * TILE).cast(),
+                )),
+                spread,
+            );
+            let sc = _mm256_or_si256(
+                _mm256_and_si256(lo, fifteen),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(hsc, three)),
+            );
+            let m = _mm256_or_si256(
+                _mm256_srli_epi16::<4>(lo),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(hm, three)),
+            );
+            hsc = _mm256_srli_epi16::<2>(hsc);
+            hm = _mm256_srli_epi16::<2>(hm);
+            out.sc[j] = [_mm256_unpacklo_epi16(sc, sc), _mm256_unpackhi_epi16(sc, sc)];
+            if j % 2 == 0 {
+                m_even = m;
+            } else {
+                out.m[j / 2] = [
+                    _mm256_unpacklo_epi16(m_even, m),
+                    _mm256_unpackhi_epi16(m_even, m),
+                ];
+            }
+        }
+    }
+}
+
+/// One q4k tile for `R` activation rows (activations with one scale per super-block).
+///
+/// Per super-block, every column's result is
+/// `d_a · (d · Σ_j sc_j · Σ_{k∈j} q_k a_k − dmin · Σ_j m_j · Σ_{k∈j} a_k)`, both sums exact
+/// integers, converted and scaled once per super-block:
+/// - `vpmaddubsw` of 4-bit weights and 8-bit activations (|a| ≤ 127) gives i16 pairs of at
+///   most 2·15·127 = 3810; the eight of one sub-block (32 inputs) sum in i16 to at most
+///   30 480 < 2¹⁵ (in any order: every partial sum is smaller), so no sum saturates.
+/// - `vpmaddwd` of those i16 pairs with the sub-block's scale (both halves of the lane)
+///   widens them: at most 63 · 32·15·127 = 3 840 480 per sub-block, 30 723 840 < 2³¹ over
+///   the 8 of a super-block in i32.
+/// - The min term: the activation block sums are at most 32·127 = 4064 in magnitude (i16);
+///   `vpmaddwd` of two mins and two sums gives at most 2·63·4064, four of them 2 048 256.
+///
+/// Up to [`WIDE_ROWS`] − 1 rows keep their i32 sums in registers; more rows run in groups
+/// of up to 4 over each sub-block (a group's i16 sums, 4 rows × 2 halves, one group of
+/// unpacked weights for both halves and the broadcast activations fill the 16 registers)
+/// and keep their i32 sums in memory, and prefetch the weights. (Measured against one
+/// 8-column half at a time with all rows, which broadcasts every activation twice: 5-20%
+/// slower at 8 rows, session 5.)
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
     nsuper: usize,
-    a: &Q8Rows,
+    a: &Q8KRows,
     out: &mut [[f32; TILE]],
 ) {
-    if R >= WIDE_ROWS {
-        // SAFETY: the forwarded contract.
-        return unsafe { q4k_rows_wide::<R>(w, nsuper, a, out) };
-    }
     let mut accf = [[_mm256_setzero_ps(); 2]; R];
-    let nib = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
+    let mut sc = Q4kScales {
+        sc: [[_mm256_setzero_si256(); 2]; 8],
+        m: [[_mm256_setzero_si256(); 2]; 4],
+        d: [_mm256_setzero_ps(); 2],
+        dmin: [_mm256_setzero_ps(); 2],
+    };
     // SAFETY (whole body): the tile holds `nsuper` blocks of 2304 bytes; every activation
-    // row holds nsuper·256 quants and nsuper·8 scales and sums.
+    // row holds nsuper·256 quants, nsuper scales and nsuper·8 block sums.
     unsafe {
+        // The rows' quants (computed once: per group and sub-block, the multiplications
+        // by the row stride took 4 instructions per row).
+        let rows: [*const u8; R] = std::array::from_fn(|r| a.q.add(r * a.k_pad).cast());
         for s in 0..nsuper {
             let blk = w.add(s * Q4K_TILE_BLOCK);
-            let (d, dmin, mut hi) = q4k_block_scales(blk);
+            q4k_scales(blk, &mut sc);
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
             for j in 0..8 {
-                let (dsc, dm) = q4k_scales(blk, j, &d, &dmin, &mut hi);
-                // i16 sums of the sub-block's products (see the function docs).
-                let mut acc16 = [[_mm256_setzero_si256(); 2]; R];
-                let qs = blk.add(q4k_off::QS + j * 256);
-                for v in 0..4 {
-                    for h in 0..2 {
-                        let qv = _mm256_loadu_si256(qs.add(v * 64 + h * 32).cast());
-                        let ql = _mm256_and_si256(qv, nib);
-                        let qh = _mm256_and_si256(_mm256_srli_epi16::<4>(qv), nib);
-                        for r in 0..R {
-                            let ar = a.q.add(r * a.k_pad + s * QK_K + j * QBLOCK).cast::<u8>();
-                            let pl = _mm256_maddubs_epi16(ql, bcast4(ar.add(v * 4)));
-                            let ph = _mm256_maddubs_epi16(qh, bcast4(ar.add(v * 4 + 16)));
-                            acc16[r][h] = _mm256_add_epi16(acc16[r][h], _mm256_add_epi16(pl, ph));
-                        }
+                if R >= WIDE_ROWS {
+                    // The sub-block's 288 bytes (see `ahead`).
+                    for l in 0..5 {
+                        ahead(blk.add(j * 288 + l * 64));
                     }
                 }
-                for r in 0..R {
-                    let i = r * a.nb + s * (QK_K / QBLOCK) + j;
-                    let asum = _mm256_set1_ps(*a.sum.add(i) as f32);
-                    let da = _mm256_set1_ps(*a.d.add(i));
-                    for h in 0..2 {
-                        let isum = _mm256_madd_epi16(acc16[r][h], ones);
-                        let t = _mm256_fmsub_ps(
-                            _mm256_cvtepi32_ps(isum),
-                            dsc[h],
-                            _mm256_mul_ps(dm[h], asum),
-                        );
-                        accf[r][h] = _mm256_fmadd_ps(t, da, accf[r][h]);
-                    }
-                }
-            }
-        }
-        store::<R>(&accf, out);
-    }
-}
-
-/// `d` and `dmin` (f32) and the high scale bits of a q4k tile block, per 8-column half.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_block_scales(blk: *const u8) -> ([__m256; 2], [__m256; 2], [__m256i; 2]) {
-    // SAFETY: the caller passes a whole q4k tile block.
-    unsafe {
-        (
-            [
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::D).cast())),
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::D + 16).cast())),
-            ],
-            [
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::DMIN).cast())),
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(q4k_off::DMIN + 16).cast())),
-            ],
-            [
-                _mm256_loadu_si256(blk.add(q4k_off::HI).cast()),
-                _mm256_loadu_si256(blk.add(q4k_off::HI + 32).cast()),
-            ],
-        )
-    }
-}
-
-/// [`q4k_rows`] for [`WIDE_ROWS`] rows and more: the rows run in groups of up to 4 over
-/// each sub-block, so that a group's i16 sums (4 rows × 2 halves), one group of unpacked
-/// weights (both halves) and the broadcast activations fit the 16 registers; the f32 sums
-/// are updated once per sub-block. (Measured against one 8-column half at a time with
-/// all rows, which broadcasts every activation twice: 5-20% faster at 8 rows.)
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_rows_wide<const R: usize>(
-    w: *const u8,
-    nsuper: usize,
-    a: &Q8Rows,
-    out: &mut [[f32; TILE]],
-) {
-    let mut accf = [[_mm256_setzero_ps(); 2]; R];
-    // SAFETY (whole body): as in `q4k_rows`.
-    unsafe {
-        for s in 0..nsuper {
-            let blk = w.add(s * Q4K_TILE_BLOCK);
-            let (d, dmin, mut hi) = q4k_block_scales(blk);
-            for j in 0..8 {
-                for l in 0..5 {
-                    ahead(blk.add(j * 288 + l * 64));
-                }
-                let (dsc, dm) = q4k_scales(blk, j, &d, &dmin, &mut hi);
-                let sub = Q4kSub { blk, s, j, dsc, dm };
+                let sub = Q4kSub {
+                    qs: blk.add(q4k_off::QS + j * 256),
+                    off: s * QK_K + j * QBLOCK,
+                    sc: &sc.sc[j],
+                };
                 let mut row = 0;
                 while row < R {
-                    let acc = &mut accf[row..];
+                    let (q, g) = (&rows[row..], &mut acc[row..]);
                     match R - row {
-                        1 => q4k_group::<1>(&sub, a, row, head::<1>(acc)),
-                        2 => q4k_group::<2>(&sub, a, row, head::<2>(acc)),
-                        3 => q4k_group::<3>(&sub, a, row, head::<3>(acc)),
-                        _ => q4k_group::<4>(&sub, a, row, head::<4>(acc)),
+                        1 => q4k_group::<1>(&sub, q, g),
+                        2 => q4k_group::<2>(&sub, q, g),
+                        3 => q4k_group::<3>(&sub, q, g),
+                        _ => q4k_group::<4>(&sub, q, g),
                     }
                     row += 4;
                 }
             }
+            for r in 0..R {
+                q4k_finish(&sc, a, s, r, &acc[r], &mut accf[r]);
+            }
         }
         store::<R>(&accf, out);
     }
 }
 
-/// One q4k sub-block of a tile block with its f32 scales.
-struct Q4kSub {
-    blk: *const u8,
-    s: usize,
-    j: usize,
-    dsc: [__m256; 2],
-    dm: [__m256; 2],
+/// One sub-block of a q4k tile block.
+struct Q4kSub<'a> {
+    /// Its 4-bit weights (`qs[j]` of the tile block).
+    qs: *const u8,
+    /// Offset of its first input in an activation row.
+    off: usize,
+    /// Its scales ([`Q4kScales::sc`]).
+    sc: &'a [__m256i; 2],
 }
 
-/// Adds sub-block `sub` times rows `row..row + G` to `acc`.
+/// Adds sub-block `sub` times the `G` activation rows whose quants start at `q`, scaled by
+/// the sub-block's scales, to the first `G` i32 sums of `acc` (bounds: [`q4k_rows`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_group<const G: usize>(sub: &Q4kSub, a: &Q8Rows, row: usize, acc: &mut Acc<G>) {
+unsafe fn q4k_group<const G: usize>(sub: &Q4kSub<'_>, q: &[*const u8], acc: &mut [[__m256i; 2]]) {
+    let acc = acc
+        .first_chunk_mut::<G>()
+        .expect("the caller passes at least G sums");
+    let q = q.first_chunk::<G>().expect("and G rows");
     let nib = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
     let mut acc16 = [[_mm256_setzero_si256(); 2]; G];
-    // SAFETY (whole body): `sub.blk` is a whole q4k tile block, rows `row..row + G` hold
-    // their quants, scales and sums (the caller's contract).
+    // SAFETY (whole body): `sub.qs` holds the sub-block's 4 × 64 bytes, every row `q[r]`
+    // its quants up to `sub.off + 32` (the caller's contract).
     unsafe {
-        let qs = sub.blk.add(q4k_off::QS + sub.j * 256);
         for v in 0..4 {
             let mut ql = [_mm256_setzero_si256(); 2];
             let mut qh = [_mm256_setzero_si256(); 2];
             for h in 0..2 {
-                let qv = _mm256_loadu_si256(qs.add(v * 64 + h * 32).cast());
+                let qv = _mm256_loadu_si256(sub.qs.add(v * 64 + h * 32).cast());
                 ql[h] = _mm256_and_si256(qv, nib);
                 qh[h] = _mm256_and_si256(_mm256_srli_epi16::<4>(qv), nib);
             }
             for r in 0..G {
-                let ar =
-                    a.q.add((row + r) * a.k_pad + sub.s * QK_K + sub.j * QBLOCK + v * 4)
-                        .cast::<u8>();
+                let ar = q[r].add(sub.off + v * 4);
                 let (al, ah) = (bcast4(ar), bcast4(ar.add(16)));
                 for h in 0..2 {
                     let p = _mm256_add_epi16(
@@ -603,19 +608,45 @@ unsafe fn q4k_group<const G: usize>(sub: &Q4kSub, a: &Q8Rows, row: usize, acc: &
                 }
             }
         }
-        for r in 0..G {
-            let i = (row + r) * a.nb + sub.s * (QK_K / QBLOCK) + sub.j;
-            let asum = _mm256_set1_ps(*a.sum.add(i) as f32);
-            let da = _mm256_set1_ps(*a.d.add(i));
+    }
+    for r in 0..G {
+        for h in 0..2 {
+            acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(acc16[r][h], sub.sc[h]));
+        }
+    }
+}
+
+/// Adds row `r`'s super-block `s` to its f32 sums `accf`: `acc` holds the row's
+/// `Σ_j sc_j · Σ q·a` per column; the min term and the scales are applied here.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_finish(
+    sc: &Q4kScales,
+    a: &Q8KRows,
+    s: usize,
+    r: usize,
+    acc: &[__m256i; 2],
+    accf: &mut [__m256; 2],
+) {
+    // SAFETY (whole body): row `r` holds nsuper·8 block sums and nsuper scales.
+    unsafe {
+        let bs = a.bsum.add(r * a.nb + s * (QK_K / QBLOCK)).cast::<u8>();
+        let mut msum = [_mm256_setzero_si256(); 2];
+        for p in 0..4 {
+            // The sums of blocks 2p and 2p + 1 as one i16 pair.
+            let pair = bcast4(bs.add(4 * p));
             for h in 0..2 {
-                let isum = _mm256_madd_epi16(acc16[r][h], ones);
-                let t = _mm256_fmsub_ps(
-                    _mm256_cvtepi32_ps(isum),
-                    sub.dsc[h],
-                    _mm256_mul_ps(sub.dm[h], asum),
-                );
-                acc[r][h] = _mm256_fmadd_ps(t, da, acc[r][h]);
+                msum[h] = _mm256_add_epi32(msum[h], _mm256_madd_epi16(sc.m[p][h], pair));
             }
+        }
+        let da = _mm256_set1_ps(*a.d.add(r * a.ns + s));
+        for h in 0..2 {
+            let t = _mm256_fmsub_ps(
+                _mm256_cvtepi32_ps(acc[h]),
+                sc.d[h],
+                _mm256_mul_ps(_mm256_cvtepi32_ps(msum[h]), sc.dmin[h]),
+            );
+            accf[h] = _mm256_fmadd_ps(t, da, accf[h]);
         }
     }
 }

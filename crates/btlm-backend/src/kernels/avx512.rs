@@ -4,7 +4,8 @@
 //! One 64-byte weight vector covers 16 output rows; it is loaded once and multiplied with
 //! up to [`MAX_ROWS`] activation rows, each broadcast from memory: f32/f16 with FMA, bf16
 //! with `vdpbf16ps` (pairs of inputs), q8_0 and q4k with `vpdpbusd` (groups of 4 inputs,
-//! unsigned weights × signed 8-bit activations), block scales applied in f32 per 32 inputs.
+//! unsigned weights × signed 8-bit activations); q8_0's block scales are applied in f32 per
+//! 32 inputs, q4k's 6-bit sub-block scales in i32 and its f32 scales once per 256 inputs.
 //! Only `bf16_rows` enables AVX512-BF16: on CPUs without it ([`has_bf16`] false) the
 //! dispatcher (`run_tile` in `kernels/mod.rs`) runs bf16 weights on the AVX2 bf16 kernel,
 //! which reads the same packed tiles and bf16 activations.
@@ -16,7 +17,7 @@ use std::arch::x86_64::*;
 
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
-use super::simd::Q8Rows;
+use super::simd::{Q8KRows, Q8Rows};
 
 /// Activation rows per kernel call.
 pub const MAX_ROWS: usize = 8;
@@ -207,11 +208,17 @@ unsafe fn q8_0_rows<const R: usize>(
     }
 }
 
+/// One q4k tile for `R` activation rows (activations with one scale per super-block): per
+/// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), times the
+/// 6-bit scale (`vpmulld`) added up over the super-block (at most 63 · 60 960 · 8 =
+/// 30 723 840 < 2³¹); the min term is `vpmaddwd` of two sub-blocks' mins with their
+/// activation sums as i16 pairs (|sum| ≤ 32·127); both are converted and scaled once per
+/// super-block, as in the AVX2 kernel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
     nsuper: usize,
-    a: &Q8Rows,
+    a: &Q8KRows,
     out: &mut [[f32; TILE]],
 ) {
     let mut accf = [_mm512_setzero_ps(); R];
@@ -219,13 +226,16 @@ unsafe fn q4k_rows<const R: usize>(
     let three = _mm512_set1_epi32(3);
     let fifteen = _mm512_set1_epi32(15);
     // SAFETY (whole body): the tile holds `nsuper` blocks of 2304 bytes; every activation
-    // row holds nsuper·256 quants and nsuper·8 scales and sums.
+    // row holds nsuper·256 quants, nsuper scales and nsuper·8 block sums.
     unsafe {
         for s in 0..nsuper {
             let blk = w.add(s * Q4K_TILE_BLOCK);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::D).cast()));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
             let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
+            let mut acc = [_mm512_setzero_si512(); R];
+            // Lane c: the mins of sub-blocks 2p (low i16) and 2p + 1 (high i16).
+            let mut mpair = [_mm512_setzero_si512(); 4];
             for j in 0..8 {
                 let lo =
                     _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(q4k_off::LO + j * TILE).cast()));
@@ -238,8 +248,11 @@ unsafe fn q4k_rows<const R: usize>(
                     _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<16>(hi), three)),
                 );
                 hi = _mm512_srli_epi32::<2>(hi);
-                let dsc = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-                let dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
+                mpair[j / 2] = if j % 2 == 0 {
+                    m
+                } else {
+                    _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
+                };
                 let mut acci = [_mm512_setzero_si512(); R];
                 let qs = blk.add(q4k_off::QS + j * 256);
                 for v in 0..4 {
@@ -253,11 +266,22 @@ unsafe fn q4k_rows<const R: usize>(
                     }
                 }
                 for r in 0..R {
-                    let i = r * a.nb + s * (QK_K / QBLOCK) + j;
-                    let mins = _mm512_mul_ps(dm, _mm512_set1_ps(*a.sum.add(i) as f32));
-                    let t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(acci[r]), dsc, mins);
-                    accf[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*a.d.add(i)), accf[r]);
+                    acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(acci[r], sc));
                 }
+            }
+            for r in 0..R {
+                let bs = a.bsum.add(r * a.nb + s * (QK_K / QBLOCK)).cast::<u8>();
+                let mut msum = _mm512_setzero_si512();
+                for p in 0..4 {
+                    msum =
+                        _mm512_add_epi32(msum, _mm512_madd_epi16(mpair[p], bcast4(bs.add(4 * p))));
+                }
+                let t = _mm512_fmsub_ps(
+                    _mm512_cvtepi32_ps(acc[r]),
+                    d,
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin),
+                );
+                accf[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*a.d.add(r * a.ns + s)), accf[r]);
             }
         }
         store::<R>(&accf, out);

@@ -13,8 +13,9 @@ fn f16_at(b: &[u8], off: usize) -> f32 {
 /// `out[r][i] = Σ_k W[i][k] · a[row0 + r][k]` for the 16 rows `i` of one tile.
 ///
 /// The arithmetic is the SIMD kernels': f32 products summed in f32 for the dense formats
-/// (bf16 activations for bf16 weights); for q8_0/q4k exact integer sums per block of 32,
-/// scaled in f32.
+/// (bf16 activations for bf16 weights); for q8_0 exact integer sums per block of 32,
+/// scaled in f32; for q4k exact integer sums per super-block of 256 (each block of 32
+/// times its 6-bit scale, the mins times the activation block sums), scaled in f32.
 pub fn tile(
     format: WeightFormat,
     tile: &[u8],
@@ -67,31 +68,33 @@ pub fn tile(
                 }
             }
         }
-        (WeightFormat::Q4K, Acts::Q8 { q, d, sum }) => {
-            let nb = k_pad / QBLOCK;
+        (WeightFormat::Q4K, Acts::Q8K { q, d, bsum }) => {
+            let (ns, nb) = (k_pad / QK_K, k_pad / QBLOCK);
             for (r, o) in out.iter_mut().enumerate() {
                 let row = row0 + r;
                 o.fill(0.0);
                 for (s, blk) in tile.chunks_exact(Q4K_TILE_BLOCK).enumerate() {
                     for (i, v) in o.iter_mut().enumerate() {
-                        let dd = f16_at(blk, q4k_off::D + 2 * i);
-                        let dmin = f16_at(blk, q4k_off::DMIN + 2 * i);
+                        // Σ_j sc_j · (q · a over block j) and Σ_j m_j · (Σ a over block j):
+                        // exact integers over the super-block (bounds in `avx2.rs`).
+                        let (mut isum, mut msum) = (0i32, 0i32);
                         for j in 0..8 {
                             let (sc, m) = q4k_scale_min(blk, i, j);
-                            let b = s * (QK_K / QBLOCK) + j;
-                            let a = &q[row * k_pad + b * QBLOCK..][..QBLOCK];
-                            let mut isum = 0i32;
+                            let a = &q[row * k_pad + s * QK_K + j * QBLOCK..][..QBLOCK];
+                            let mut dot = 0i32;
                             for (kk, &ak) in a.iter().enumerate() {
                                 let g = kk / 4;
                                 let byte =
                                     blk[q4k_off::QS + j * 256 + (g % 4) * 64 + i * 4 + kk % 4];
                                 let w = if g < 4 { byte & 15 } else { byte >> 4 };
-                                isum += w as i32 * ak as i32;
+                                dot += w as i32 * ak as i32;
                             }
-                            let t = isum as f32 * (dd * sc as f32)
-                                - (dmin * m as f32) * sum[row * nb + b] as f32;
-                            *v += t * d[row * nb + b];
+                            isum += sc as i32 * dot;
+                            msum += m as i32 * bsum[row * nb + s * 8 + j] as i32;
                         }
+                        let dd = f16_at(blk, q4k_off::D + 2 * i);
+                        let dmin = f16_at(blk, q4k_off::DMIN + 2 * i);
+                        *v += (isum as f32 * dd - msum as f32 * dmin) * d[row * ns + s];
                     }
                 }
             }

@@ -16,6 +16,23 @@ pub(super) struct Q8Rows {
     pub nb: usize,
 }
 
+/// Pointers to the first of the rows of q4k activations (one scale per super-block) a kernel
+/// call works on.
+pub(super) struct Q8KRows {
+    /// Quants, `k_pad` per row.
+    pub q: *const i8,
+    /// Super-block scales, `ns` per row.
+    pub d: *const f32,
+    /// Sums of the quants of each block of 32, `nb` per row.
+    pub bsum: *const i16,
+    /// Stride of `q`.
+    pub k_pad: usize,
+    /// Stride of `d`.
+    pub ns: usize,
+    /// Stride of `bsum`.
+    pub nb: usize,
+}
+
 /// Calls `$f::<R>(args…)` for `R = $n`, one of the listed row counts.
 macro_rules! call_rows {
     ($n:expr, $f:ident, $args:tt, [$($r:literal),+]) => {
@@ -27,8 +44,8 @@ macro_rules! call_rows {
 }
 
 /// Defines the module's `pub unsafe fn tile` over its generic row kernels `f32_rows`,
-/// `f16_rows`, `bf16_rows` (`(w, k_pad, x, stride, out)`), `q8_0_rows` and `q4k_rows`
-/// (`(w, blocks, &Q8Rows, out)`), for the listed row counts (1 to `MAX_ROWS`).
+/// `f16_rows`, `bf16_rows` (`(w, k_pad, x, stride, out)`), `q8_0_rows` (`(w, blocks,
+/// &Q8Rows, out)`) and `q4k_rows` (`(w, super_blocks, &Q8KRows, out)`), for the listed row counts (1 to `MAX_ROWS`).
 macro_rules! simd_tile {
     ($($r:literal),+) => {
         /// One tile times `out.len()` activation rows (1 to [`MAX_ROWS`]) starting at `row0`.
@@ -61,7 +78,7 @@ macro_rules! simd_tile {
                     let x = x[row0 * k_pad..].as_ptr();
                     call_rows!(out.len(), bf16_rows, (t, k_pad, x, k_pad, out), [$($r),+])
                 },
-                (WeightFormat::Q8_0 | WeightFormat::Q4K, Acts::Q8 { q, d, sum }) => {
+                (WeightFormat::Q8_0, Acts::Q8 { q, d, sum }) => {
                     let nb = k_pad / QBLOCK;
                     let a = Q8Rows {
                         q: q[row0 * k_pad..].as_ptr(),
@@ -70,12 +87,19 @@ macro_rules! simd_tile {
                         k_pad,
                         nb,
                     };
-                    if format == WeightFormat::Q8_0 {
-                        unsafe { call_rows!(out.len(), q8_0_rows, (t, nb, &a, out), [$($r),+]) }
-                    } else {
-                        let ns = k_pad / QK_K;
-                        unsafe { call_rows!(out.len(), q4k_rows, (t, ns, &a, out), [$($r),+]) }
-                    }
+                    unsafe { call_rows!(out.len(), q8_0_rows, (t, nb, &a, out), [$($r),+]) }
+                }
+                (WeightFormat::Q4K, Acts::Q8K { q, d, bsum }) => {
+                    let (ns, nb) = (k_pad / QK_K, k_pad / QBLOCK);
+                    let a = Q8KRows {
+                        q: q[row0 * k_pad..].as_ptr(),
+                        d: d[row0 * ns..].as_ptr(),
+                        bsum: bsum[row0 * nb..].as_ptr(),
+                        k_pad,
+                        ns,
+                        nb,
+                    };
+                    unsafe { call_rows!(out.len(), q4k_rows, (t, ns, &a, out), [$($r),+]) }
                 }
                 _ => unreachable!("activations are prepared for the weight format"),
             }
