@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::scheduler::Policy;
 
 /// How the priority queue admits requests under load (`--miner.admission.*`, the

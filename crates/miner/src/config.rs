@@ -25,22 +25,7 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 pub use crate::admission::AdmissionConfig;
-
-/// Why a configuration cannot be used. Each message names the flag at fault.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ConfigError {
-    /// A flag holds a value the pipeline cannot work with.
-    #[error("--{flag}: {reason}")]
-    Invalid {
-        /// The flag, without its leading dashes (e.g. `miner.max_concurrent`).
-        flag: &'static str,
-        /// What is wrong with its value.
-        reason: String,
-    },
-    /// The same hotkey is both whitelisted and blacklisted.
-    #[error("hotkey {0} is in both --miner.blacklist.whitelist and --miner.blacklist.blacklist")]
-    WhitelistedAndBlacklisted(String),
-}
+pub use crate::config_error::ConfigError;
 
 /// All settings of the pipeline: worker pool, queue, blacklist and priority.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -49,6 +49,7 @@ pub mod admission;
 pub mod blacklist;
 mod bounded_stream;
 pub mod config;
+mod config_error;
 pub mod dev_metagraph;
 pub mod log_limit;
 pub mod pipeline;
