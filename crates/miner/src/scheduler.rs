@@ -10,10 +10,10 @@
 //! Deadlines: the scheduler learns the service time (a high quantile of recent slot-hold
 //! times, see [`Slot::finish`]) and never grants a waiter a slot when the time it has left is
 //! below that estimate (× [`Policy::margin`]): such a waiter leaves the queue at once with
-//! [`Rejection::CannotFinish`] — when it arrives and the queue ahead of it cannot drain in
-//! time, or as soon as its time left falls below the estimate — instead of taking a slot only
-//! to be cancelled at its deadline. A waiter whose deadline passes leaves with
-//! [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
+//! [`Rejection::CannotFinishOnArrival`] when it arrives and the queue ahead of it cannot
+//! drain in time, or [`Rejection::CannotFinishWhileWaiting`] as soon as its time left falls
+//! below the estimate — instead of taking a slot only to be cancelled at its deadline. A
+//! waiter whose deadline passes leaves with [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
 //! or returns the slot it was just granted. A request that finds a free slot and nobody
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
 //! estimate current.
@@ -32,13 +32,22 @@ use crate::service_time::ServiceTimes;
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// The queue is full and this request ranks lowest.
-    Overloaded,
+    /// It arrived at a full queue and ranks lowest.
+    QueueFull,
+    /// It was waiting and a better-ranked arrival took its place in the full queue.
+    Shed,
     /// The deadline passed before a slot was free.
     Expired,
-    /// The time left is below the time the request would need (the service-time estimate,
-    /// plus the wait for the queue ahead when it arrived): it could not be answered in time.
-    CannotFinish {
+    /// On arrival, the time left is below the time the request would need (the wait for
+    /// the queue ahead and the service-time estimate): it could not be answered in time.
+    CannotFinishOnArrival {
+        /// Time left before the deadline.
+        left: Duration,
+        /// Time it would need.
+        need: Duration,
+    },
+    /// While it waited, its time left fell to the service-time estimate.
+    CannotFinishWhileWaiting {
         /// Time left before the deadline.
         left: Duration,
         /// Time it would need.
@@ -214,6 +223,11 @@ impl Scheduler {
         self.state.lock().service.estimate()
     }
 
+    /// How many slot holds the service-time estimate is taken from.
+    pub fn service_samples(&self) -> usize {
+        self.state.lock().service.len()
+    }
+
     /// Waits for a slot, ranked by `priority`, until `deadline`. Dropping the returned
     /// future gives up the place in the queue.
     pub async fn acquire(
@@ -257,7 +271,7 @@ impl Scheduler {
                     match gave_up {
                         Some((true, need)) => {
                             ticket.settled = true;
-                            return Err(Rejection::CannotFinish { left, need });
+                            return Err(Rejection::CannotFinishWhileWaiting { left, need });
                         }
                         Some((false, _)) => {
                             // Out of the queue: its verdict is in the channel already.
@@ -288,12 +302,14 @@ impl Scheduler {
                 }
                 Ok(slot)
             }
-            Ok(Verdict::Shed) => Err(Rejection::Overloaded),
+            Ok(Verdict::Shed) => Err(Rejection::Shed),
             Ok(Verdict::Expired) => Err(Rejection::Expired),
-            Ok(Verdict::CannotFinish { left, need }) => Err(Rejection::CannotFinish { left, need }),
+            Ok(Verdict::CannotFinish { left, need }) => {
+                Err(Rejection::CannotFinishWhileWaiting { left, need })
+            }
             // The sender is only dropped after a verdict is sent, so this is unreachable in
             // practice; treat it as shed.
-            Err(_) => Err(Rejection::Overloaded),
+            Err(_) => Err(Rejection::Shed),
         }
     }
 
@@ -359,7 +375,7 @@ impl Scheduler {
             let wait = need.mul_f64((ahead + 1) as f64 / self.workers as f64);
             let need = need + wait;
             if left < need {
-                return Enqueued::Rejected(Rejection::CannotFinish { left, need });
+                return Enqueued::Rejected(Rejection::CannotFinishOnArrival { left, need });
             }
         }
         if state.waiting.len() >= self.queue_capacity {
@@ -374,7 +390,7 @@ impl Scheduler {
                 {
                     state.remove(&lowest, Verdict::Shed);
                 }
-                _ => return Enqueued::Rejected(Rejection::Overloaded),
+                _ => return Enqueued::Rejected(Rejection::QueueFull),
             }
         }
         let rank = Rank {
@@ -637,19 +653,16 @@ mod tests {
         // A newcomer ranking lowest (or equal to the lowest) is refused itself.
         assert_eq!(
             s.acquire(1.0, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         assert_eq!(
             s.acquire(0.5, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         // A better newcomer sheds the lowest queued request.
         let (_h3, mut high) = spawn_acquire(&s, 9.0, far());
         settle().await;
-        assert_eq!(
-            low.try_recv().expect("shed").err(),
-            Some(Rejection::Overloaded)
-        );
+        assert_eq!(low.try_recv().expect("shed").err(), Some(Rejection::Shed));
         assert!(mid.try_recv().is_err() && high.try_recv().is_err());
         assert_eq!(s.load().queued, 2);
     }
@@ -660,7 +673,7 @@ mod tests {
         let busy = s.acquire(0.0, far()).await.expect("slot");
         assert_eq!(
             s.acquire(1e9, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         drop(busy);
         assert!(s.acquire(0.0, far()).await.is_ok());
@@ -777,7 +790,7 @@ mod tests {
         settle().await;
         let rejection = rx.try_recv().expect("left").err();
         assert!(
-            matches!(rejection, Some(Rejection::CannotFinish { left, need })
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
                 if need == 3 * SECOND && left <= need && left > Duration::from_millis(2800)),
             "{rejection:?}"
         );
@@ -798,7 +811,7 @@ mod tests {
         let twelve = Instant::now() + 12 * SECOND;
         assert_eq!(
             s.acquire(5.0, twelve).await.err(),
-            Some(Rejection::CannotFinish {
+            Some(Rejection::CannotFinishOnArrival {
                 left: 12 * SECOND,
                 need: 15 * SECOND
             })
@@ -806,7 +819,7 @@ mod tests {
         // Less time than one answer takes.
         assert!(matches!(
             s.acquire(9.0, Instant::now() + 2 * SECOND).await.err(),
-            Some(Rejection::CannotFinish { .. })
+            Some(Rejection::CannotFinishOnArrival { .. })
         ));
         // A higher priority goes ahead of them: it waits.
         let (_h, mut high) = spawn_acquire(&s, 9.0, twelve);
@@ -895,15 +908,12 @@ mod tests {
         tokio::time::advance(2 * SECOND).await;
         let (_h3, mut newcomer) = spawn_acquire(&s, 1.0, far());
         settle().await;
-        assert_eq!(
-            old.try_recv().expect("shed").err(),
-            Some(Rejection::Overloaded)
-        );
+        assert_eq!(old.try_recv().expect("shed").err(), Some(Rejection::Shed));
         assert!(young.try_recv().is_err() && newcomer.try_recv().is_err());
         // A lower priority is still refused itself.
         assert_eq!(
             s.acquire(0.5, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         assert_eq!(s.load().queued, 2);
     }
@@ -941,7 +951,7 @@ mod tests {
         settle().await;
         assert!(matches!(
             rx.try_recv().expect("left").err(),
-            Some(Rejection::CannotFinish { need, .. }) if need == 6 * SECOND
+            Some(Rejection::CannotFinishWhileWaiting { need, .. }) if need == 6 * SECOND
         ));
     }
 }

@@ -106,7 +106,10 @@ async fn an_arrival_at_a_full_queue_counts_as_queue_full() {
     let _busy = send(&p, "low", 10 * SECOND, 60 * SECOND).await;
     let _waiting = send(&p, "low", SECOND, 60 * SECOND).await;
     let refused = p.prompt(request("low", SECOND, 60 * SECOND)).await;
-    assert!(matches!(refused, Err(MinerError::Overloaded(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(MinerError::Overloaded(_))),
+        "{refused:?}"
+    );
     assert_eq!(refusals(&p, QueueRefusal::QueueFull), 1);
     assert_eq!(all_refusals(&p).iter().sum::<u64>(), 1, "one reason only");
     assert_eq!(p.stats().outcomes[&Outcome::Overloaded], 1);
@@ -123,7 +126,10 @@ async fn a_waiter_pushed_out_by_a_better_arrival_counts_as_shed() {
     let pushed_out = send(&p, "low", SECOND, 60 * SECOND).await;
     let _better = send(&p, "high", SECOND, 60 * SECOND).await;
     let result = pushed_out.await.expect("joined");
-    assert!(matches!(result, Err(MinerError::Overloaded(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(MinerError::Overloaded(_))),
+        "{result:?}"
+    );
     assert_eq!(refusals(&p, QueueRefusal::Shed), 1);
     assert_eq!(all_refusals(&p).iter().sum::<u64>(), 1, "one reason only");
 }
@@ -138,7 +144,10 @@ async fn cannot_finish_is_counted_apart_on_arrival_and_while_waiting() {
     let _busy = send(&p, "low", 30 * SECOND, 60 * SECOND).await;
     // 2 s left cannot cover the 3 s answer (nor the wait for the worker).
     let refused = p.prompt(request("low", SECOND, 2 * SECOND)).await;
-    assert!(matches!(refused, Err(MinerError::Overloaded(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(MinerError::Overloaded(_))),
+        "{refused:?}"
+    );
     assert_eq!(refusals(&p, QueueRefusal::CannotFinishOnArrival), 1);
     assert_eq!(refusals(&p, QueueRefusal::CannotFinishWhileWaiting), 0);
     // 10 s left: it waits, and leaves once only 3 s are left.
@@ -146,7 +155,10 @@ async fn cannot_finish_is_counted_apart_on_arrival_and_while_waiting() {
     assert_eq!(p.stats().queue_depth, 1);
     tokio::time::sleep(8 * SECOND).await;
     let result = waiter.await.expect("joined");
-    assert!(matches!(result, Err(MinerError::Overloaded(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(MinerError::Overloaded(_))),
+        "{result:?}"
+    );
     assert_eq!(refusals(&p, QueueRefusal::CannotFinishWhileWaiting), 1);
     assert_eq!(all_refusals(&p).iter().sum::<u64>(), 2);
     assert_eq!(p.stats().outcomes[&Outcome::Overloaded], 2);
