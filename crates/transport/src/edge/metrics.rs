@@ -418,6 +418,176 @@ mod tests {
         service.oneshot(request).await.expect("infallible");
     }
 
+    /// Answers once per permit added to its gate.
+    struct Gated(Arc<tokio::sync::Semaphore>);
+
+    #[async_trait::async_trait]
+    impl prompting_miner::Miner for Gated {
+        fn name(&self) -> &str {
+            "gated"
+        }
+
+        async fn prompt(
+            &self,
+            _: &prompting_miner::PromptRequest,
+        ) -> Result<String, prompting_miner::MinerError> {
+            let permit = self
+                .0
+                .acquire()
+                .await
+                .map_err(|_| prompting_miner::MinerError::Backend("gate closed".into()))?;
+            permit.forget();
+            Ok("answer".into())
+        }
+    }
+
+    /// The value of the sample named exactly `name` (with its labels).
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_figures_are_rendered() {
+        use prompting_miner::{
+            Metagraph, MinerConfig, MinerError, NeuronInfo, PromptRequest, Protocol,
+            SharedMetagraph,
+        };
+        let validator = NeuronInfo {
+            hotkey: "validator".into(),
+            stake: 1000.0,
+            validator_permit: true,
+            ..NeuronInfo::default()
+        };
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let config = MinerConfig {
+            max_concurrent: 1,
+            max_queue: 0,
+            ..MinerConfig::default()
+        };
+        let pipeline = Pipeline::new(
+            config,
+            Arc::new(SharedMetagraph::new(Metagraph::new(
+                1,
+                100,
+                vec![validator],
+            ))),
+            Arc::new(Gated(Arc::clone(&gate))),
+        )
+        .expect("valid config");
+        let ask = |caller: &str| {
+            PromptRequest::new(
+                vec!["user".into()],
+                vec!["hi".into()],
+                caller,
+                Protocol::Legacy,
+                Duration::from_secs(12),
+            )
+        };
+        let metrics = Metrics::new();
+        let text = metrics.render(&pipeline);
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_seconds"),
+            None,
+            "no estimate before the first answer"
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_samples"),
+            Some(0.0)
+        );
+        for reason in prompting_miner::QueueRefusal::ALL {
+            let name = format!(
+                "prompting_queue_refusals_total{{reason=\"{}\"}}",
+                reason.as_str()
+            );
+            assert_eq!(sample(&text, &name), Some(0.0), "{name}");
+        }
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_count"),
+            Some(0.0)
+        );
+
+        let busy = {
+            let pipeline = pipeline.clone();
+            let request = ask("validator");
+            tokio::spawn(async move { pipeline.prompt(request).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipeline.stats().in_flight, 1);
+        let refused = pipeline.prompt(ask("validator")).await;
+        assert!(
+            matches!(refused, Err(MinerError::Overloaded(_))),
+            "{refused:?}"
+        );
+        let stranger = pipeline.prompt(ask("stranger")).await;
+        assert!(
+            matches!(stranger, Err(MinerError::Blacklisted(_))),
+            "{stranger:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        gate.add_permits(1);
+        busy.await.expect("joined").expect("answered");
+
+        let text = metrics.render(&pipeline);
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_seconds"),
+            Some(1.5)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_samples"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "prompting_queue_refusals_total{reason=\"queue_full\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_refusals_total{reason=\"shed\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "prompting_pipeline_blacklist_refusals_total{kind=\"not_registered\"}"
+            ),
+            Some(1.0)
+        );
+        // The one granted request took the free worker at once.
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "prompting_queue_wait_seconds_sum"), Some(0.0));
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_bucket{le=\"0.001\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_bucket{le=\"+Inf\"}"),
+            Some(1.0)
+        );
+        for (name, kind) in [
+            ("prompting_queue_service_time_seconds", "gauge"),
+            ("prompting_queue_service_time_samples", "gauge"),
+            ("prompting_queue_refusals", "counter"),
+            ("prompting_queue_wait_seconds", "histogram"),
+            ("prompting_pipeline_blacklist_refusals", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
     #[tokio::test]
     async fn each_response_is_counted_once_with_its_status() {
         let metrics = Metrics::new();
