@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use prompting_miner::Pipeline;
+use prompting_miner::{Pipeline, PipelineStats};
 use tower::{Layer, Service};
 
 use super::rejection::http_status_of_grpc;
@@ -232,6 +232,14 @@ impl Metrics {
                 outcome.as_str()
             ));
         }
+        extra.push_str("# HELP prompting_pipeline_blacklist_refusals Requests the blacklist refused, by kind.\n# TYPE prompting_pipeline_blacklist_refusals counter\n");
+        for (kind, count) in &stats.refusals {
+            extra.push_str(&format!(
+                "prompting_pipeline_blacklist_refusals_total{{kind=\"{}\"}} {count}\n",
+                kind.as_str()
+            ));
+        }
+        render_admission(&mut extra, &stats);
         for family in self.counters.lock().iter() {
             let name = &family.name;
             extra.push_str(&format!(
@@ -264,6 +272,45 @@ impl Metrics {
         out.insert_str(eof, &extra);
         out
     }
+}
+
+/// Appends the priority queue's admission figures: the service time it judges deadlines
+/// by, its refusals by reason and how long granted requests waited for a worker.
+fn render_admission(out: &mut String, stats: &PipelineStats) {
+    if let Some(service_time) = stats.service_time {
+        out.push_str(&format!(
+            "# HELP prompting_queue_service_time_seconds Expected worker-hold time of a request, the quantile of recent holds the queue refuses hopeless waiters by (--miner.admission.*); absent before the first answer.\n\
+             # TYPE prompting_queue_service_time_seconds gauge\n\
+             prompting_queue_service_time_seconds {}\n",
+            service_time.as_secs_f64()
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP prompting_queue_service_time_samples Worker holds the service time is taken from.\n\
+         # TYPE prompting_queue_service_time_samples gauge\n\
+         prompting_queue_service_time_samples {}\n",
+        stats.service_time_samples
+    ));
+    out.push_str("# HELP prompting_queue_refusals Requests the priority queue gave no worker, by reason (deadline_passed answers 408, the others 503).\n# TYPE prompting_queue_refusals counter\n");
+    for (reason, count) in &stats.queue_refusals {
+        out.push_str(&format!(
+            "prompting_queue_refusals_total{{reason=\"{}\"}} {count}\n",
+            reason.as_str()
+        ));
+    }
+    let wait = &stats.queue_wait;
+    out.push_str("# HELP prompting_queue_wait_seconds Time the requests granted a worker waited for it in the priority queue.\n# TYPE prompting_queue_wait_seconds histogram\n");
+    for (le, count) in &wait.buckets {
+        out.push_str(&format!(
+            "prompting_queue_wait_seconds_bucket{{le=\"{le}\"}} {count}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "prompting_queue_wait_seconds_bucket{{le=\"+Inf\"}} {}\n\
+         prompting_queue_wait_seconds_sum {}\n\
+         prompting_queue_wait_seconds_count {}\n",
+        wait.count, wait.sum, wait.count
+    ));
 }
 
 /// How an [`ObserveLayer`] names the route of a request.
