@@ -593,6 +593,65 @@ mod tests {
         }
     }
 
+    /// One worker, held by the returned slot, and room for `queue` waiters: the waiters a
+    /// test sends queue behind it.
+    async fn busy_worker(queue: usize) -> (Arc<Scheduler>, Slot) {
+        busy_worker_with(queue, Policy::default(), None).await
+    }
+
+    /// Like [`busy_worker`], under `policy`, with the service time measured at `service`
+    /// (one slot held that long) first when given.
+    async fn busy_worker_with(
+        queue: usize,
+        policy: Policy,
+        service: Option<Duration>,
+    ) -> (Arc<Scheduler>, Slot) {
+        let s = Scheduler::with_policy(1, queue, policy);
+        if let Some(held) = service {
+            measure(&s, held).await;
+        }
+        let busy = s.acquire(0.0, far()).await.expect("the free worker");
+        (s, busy)
+    }
+
+    /// A waiter's name and the channel its result arrives on.
+    type Queued = (
+        &'static str,
+        tokio::sync::mpsc::UnboundedReceiver<Result<Slot, Rejection>>,
+    );
+
+    /// Queues one waiter per `(name, priority)`, in order, each settled in the queue before
+    /// the next arrives.
+    async fn queue_up(s: &Arc<Scheduler>, waiters: &[(&'static str, f64)]) -> Vec<Queued> {
+        let mut queued = Vec::new();
+        for (name, priority) in waiters {
+            let (_, rx) = spawn_acquire(s, *priority, far());
+            queued.push((*name, rx));
+            settle().await;
+        }
+        queued
+    }
+
+    /// Grants to `waiting` one by one (each releasing its slot) and returns their names in
+    /// the order served.
+    async fn served_order(busy: Slot, mut waiting: Vec<Queued>) -> Vec<&'static str> {
+        drop(busy);
+        let mut order = Vec::new();
+        for _ in 0..waiting.len() {
+            settle().await;
+            let mut granted = None;
+            for (name, rx) in waiting.iter_mut() {
+                if let Ok(result) = rx.try_recv() {
+                    granted = Some((*name, result.expect("granted")));
+                }
+            }
+            let (name, slot) = granted.expect("one waiter granted per free slot");
+            order.push(name);
+            drop(slot);
+        }
+        order
+    }
+
     #[tokio::test(start_paused = true)]
     async fn free_slots_are_taken_at_once_and_returned_on_drop() {
         let s = Scheduler::new(2, 4);
@@ -618,35 +677,20 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn higher_priority_served_first_fifo_among_equals() {
-        let s = Scheduler::new(1, 10);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
-        let mut waiting = Vec::new();
-        for (name, priority) in [("low", 1.0), ("eq1", 5.0), ("high", 9.0), ("eq2", 5.0)] {
-            waiting.push((name, spawn_acquire(&s, priority, far())));
-            settle().await;
-        }
+        let (s, busy) = busy_worker(10).await;
+        let waiting = queue_up(
+            &s,
+            &[("low", 1.0), ("eq1", 5.0), ("high", 9.0), ("eq2", 5.0)],
+        )
+        .await;
         assert_eq!(s.load().queued, 4);
-        drop(busy);
-        let mut order = Vec::new();
-        for _ in 0..4 {
-            settle().await;
-            let mut granted = None;
-            for (name, (_, rx)) in waiting.iter_mut() {
-                if let Ok(result) = rx.try_recv() {
-                    granted = Some((*name, result.expect("granted")));
-                }
-            }
-            let (name, slot) = granted.expect("one waiter granted per free slot");
-            order.push(name);
-            drop(slot);
-        }
+        let order = served_order(busy, waiting).await;
         assert_eq!(order, ["high", "eq1", "eq2", "low"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn full_queue_sheds_the_lowest() {
-        let s = Scheduler::new(1, 2);
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker(2).await;
         let (_h1, mut low) = spawn_acquire(&s, 1.0, far());
         let (_h2, mut mid) = spawn_acquire(&s, 5.0, far());
         settle().await;
@@ -669,8 +713,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn zero_queue_refuses_when_busy() {
-        let s = Scheduler::new(1, 0);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(0).await;
         assert_eq!(
             s.acquire(1e9, far()).await.err(),
             Some(Rejection::QueueFull)
@@ -681,8 +724,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadline_in_queue_expires_and_never_runs() {
-        let s = Scheduler::new(1, 4);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(4).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         let (_h, mut rx) = spawn_acquire(&s, 100.0, deadline);
         settle().await;
@@ -714,8 +756,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropped_waiter_frees_its_place() {
-        let s = Scheduler::new(1, 1);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(1).await;
         let (handle, _rx) = spawn_acquire(&s, 1.0, far());
         settle().await;
         assert_eq!(s.load().queued, 1);
@@ -733,8 +774,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn granted_but_dropped_waiter_returns_the_slot() {
-        let s = Scheduler::new(1, 2);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(2).await;
         let mut first = Box::pin(s.acquire(5.0, far()));
         // Poll once so it queues.
         assert!(futures::poll!(first.as_mut()).is_pending());
@@ -777,9 +817,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_leaves_as_soon_as_it_cannot_finish_in_time() {
-        let s = Scheduler::new(1, 4);
-        measure(&s, 3 * SECOND).await;
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker_with(4, Policy::default(), Some(3 * SECOND)).await;
         let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 12 * SECOND);
         settle().await;
         assert_eq!(s.load().queued, 1);
@@ -799,9 +837,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_arrival_is_refused_when_the_queue_ahead_cannot_drain_in_time() {
-        let s = Scheduler::new(1, 8);
-        measure(&s, 3 * SECOND).await;
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker_with(8, Policy::default(), Some(3 * SECOND)).await;
         let mut queued = Vec::new();
         for _ in 0..3 {
             queued.push(spawn_acquire(&s, 5.0, far()));
@@ -837,42 +873,14 @@ mod tests {
         assert!(s.acquire(0.0, Instant::now() + SECOND).await.is_ok());
     }
 
-    /// Grants to `waiting` one by one (each releasing its slot) and returns their names in
-    /// the order served.
-    async fn served_order(
-        busy: Slot,
-        mut waiting: Vec<(
-            &'static str,
-            tokio::sync::mpsc::UnboundedReceiver<Result<Slot, Rejection>>,
-        )>,
-    ) -> Vec<&'static str> {
-        drop(busy);
-        let mut order = Vec::new();
-        for _ in 0..waiting.len() {
-            settle().await;
-            let mut granted = None;
-            for (name, rx) in waiting.iter_mut() {
-                if let Ok(result) = rx.try_recv() {
-                    granted = Some((*name, result.expect("granted")));
-                }
-            }
-            let (name, slot) = granted.expect("one waiter granted per free slot");
-            order.push(name);
-            drop(slot);
-        }
-        order
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_backed_up_queue_serves_the_newest_first_among_equals() {
-        let s = Scheduler::new(1, 10);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
-        let mut waiting = Vec::new();
-        for (name, priority) in [("eq1", 5.0), ("low", 1.0), ("eq2", 5.0), ("high", 9.0)] {
-            let (_, rx) = spawn_acquire(&s, priority, far());
-            waiting.push((name, rx));
-            settle().await;
-        }
+        let (s, busy) = busy_worker(10).await;
+        let waiting = queue_up(
+            &s,
+            &[("eq1", 5.0), ("low", 1.0), ("eq2", 5.0), ("high", 9.0)],
+        )
+        .await;
         // Backed up for longer than `lifo_after` (1 s).
         tokio::time::advance(2 * SECOND).await;
         let order = served_order(busy, waiting).await;
@@ -885,22 +893,15 @@ mod tests {
             lifo_after: None,
             ..Policy::default()
         };
-        let s = Scheduler::with_policy(1, 10, policy);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
-        let mut waiting = Vec::new();
-        for name in ["eq1", "eq2", "eq3"] {
-            let (_, rx) = spawn_acquire(&s, 5.0, far());
-            waiting.push((name, rx));
-            settle().await;
-        }
+        let (s, busy) = busy_worker_with(10, policy, None).await;
+        let waiting = queue_up(&s, &[("eq1", 5.0), ("eq2", 5.0), ("eq3", 5.0)]).await;
         tokio::time::advance(60 * SECOND).await;
         assert_eq!(served_order(busy, waiting).await, ["eq1", "eq2", "eq3"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_backed_up_queue_sheds_its_oldest_among_equals() {
-        let s = Scheduler::new(1, 2);
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker(2).await;
         let (_h1, mut old) = spawn_acquire(&s, 1.0, far());
         settle().await;
         let (_h2, mut young) = spawn_acquire(&s, 1.0, far());
@@ -924,9 +925,7 @@ mod tests {
             deadline_aware: false,
             ..Policy::default()
         };
-        let s = Scheduler::with_policy(1, 4, policy);
-        measure(&s, 10 * SECOND).await;
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker_with(4, policy, Some(10 * SECOND)).await;
         let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 3 * SECOND);
         settle().await;
         tokio::time::advance(2 * SECOND).await;
@@ -941,9 +940,7 @@ mod tests {
             margin: 2.0,
             ..Policy::default()
         };
-        let s = Scheduler::with_policy(1, 4, policy);
-        measure(&s, 3 * SECOND).await;
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker_with(4, policy, Some(3 * SECOND)).await;
         let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 12 * SECOND);
         settle().await;
         // 6 s needed: it leaves 6 s before its deadline.
