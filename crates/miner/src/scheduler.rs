@@ -12,7 +12,7 @@
 //! below that estimate (× [`Policy::margin`]): such a waiter leaves the queue at once with
 //! [`Rejection::CannotFinishOnArrival`] when it arrives and the queue ahead of it cannot
 //! drain in time, or [`Rejection::CannotFinishWhileWaiting`] as soon as its time left falls
-//! below the estimate — instead of taking a slot only to be cancelled at its deadline. A
+//! below the estimate (or a grown estimate is above it) — instead of taking a slot only to be cancelled at its deadline. A
 //! waiter whose deadline passes leaves with [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
 //! or returns the slot it was just granted. A request that finds a free slot and nobody
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
@@ -456,7 +456,13 @@ impl Scheduler {
     fn release(&self, held: Option<Duration>) {
         let mut state = self.state.lock();
         if let Some(held) = held {
+            let before = state.service.estimate();
             state.service.record(held);
+            if self.policy.deadline_aware && state.service.estimate() > before {
+                // The waiters' give-up times were set by the smaller (or no) estimate: those
+                // the new one leaves too little time leave now, not at those times.
+                self.drop_hopeless(&mut state, Instant::now());
+            }
         }
         self.release_locked(&mut state);
     }
