@@ -76,5 +76,5 @@ pub use priority::priority;
 pub use report::{CompletionInfo, CompletionReport, TokenUsage};
 pub use request::{PromptRequest, Protocol, SamplingOverrides};
 pub use static_metagraph::{MetagraphError, StaticMetagraph};
-pub use stats::{Outcome, PipelineStats};
+pub use stats::{Outcome, PipelineStats, QueueRefusal, QueueWait};
 pub use traits::{Miner, MinerError, TextStream};

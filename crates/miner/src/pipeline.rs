@@ -16,7 +16,7 @@ use crate::prompt_cache::PromptCache;
 use crate::request::PromptRequest;
 use crate::request_history::RequestHistory;
 use crate::scheduler::{Rejection, Scheduler, Slot};
-use crate::stats::{Counters, Outcome, PipelineStats, RequestTracker};
+use crate::stats::{Counters, Outcome, PipelineStats, QueueRefusal, RequestTracker};
 use crate::traits::{Miner, MinerError, TextStream};
 
 /// Decides who is served and in which order, and runs the backend under each request's
@@ -260,6 +260,9 @@ impl Pipeline {
                 .map_or(0, |cache| cache.lock().len()),
             usage: self.inner.counters.usage(),
             service_time: self.inner.scheduler.service_time(),
+            service_time_samples: self.inner.scheduler.service_samples(),
+            queue_refusals: self.inner.counters.queue_refusals(),
+            queue_wait: self.inner.counters.queue_wait(),
         }
     }
 
@@ -282,21 +285,42 @@ impl Pipeline {
         })?;
         tracing::trace!(caller = %request.caller, priority, "request admitted");
         request.priority = Some(priority);
-        self.inner
+        let queued = Instant::now();
+        let rejection = match self
+            .inner
             .scheduler
             .acquire(priority, request.deadline)
             .await
-            .map_err(|rejection| match rejection {
-                Rejection::Overloaded => {
-                    MinerError::Overloaded("request queue full, lower priority".into())
-                }
-                Rejection::CannotFinish { left, need } => MinerError::Overloaded(format!(
-                    "cannot answer before the deadline: {:.1} s left, about {:.1} s needed",
-                    left.as_secs_f64(),
-                    need.as_secs_f64()
-                )),
-                Rejection::Expired => tracker.timeout(),
-            })
+        {
+            Ok(slot) => {
+                self.inner.counters.observe_queue_wait(queued.elapsed());
+                return Ok(slot);
+            }
+            Err(rejection) => rejection,
+        };
+        let (reason, error) = match rejection {
+            Rejection::QueueFull => (
+                QueueRefusal::QueueFull,
+                MinerError::Overloaded("request queue full, lower priority".into()),
+            ),
+            Rejection::Shed => (
+                QueueRefusal::Shed,
+                MinerError::Overloaded(
+                    "request queue full, shed for a better-ranked request".into(),
+                ),
+            ),
+            Rejection::CannotFinishOnArrival { left, need } => (
+                QueueRefusal::CannotFinishOnArrival,
+                cannot_finish(left, need),
+            ),
+            Rejection::CannotFinishWhileWaiting { left, need } => (
+                QueueRefusal::CannotFinishWhileWaiting,
+                cannot_finish(left, need),
+            ),
+            Rejection::Expired => (QueueRefusal::DeadlinePassed, tracker.timeout()),
+        };
+        self.inner.counters.count_queue_refusal(reason);
+        Err(error)
     }
 
     /// Blacklist steps 1–7, in order; on success, the request's priority.
@@ -333,6 +357,15 @@ impl Pipeline {
         }
         Ok(priority)
     }
+}
+
+/// The error for a request that could not be answered before its deadline.
+fn cannot_finish(left: Duration, need: Duration) -> MinerError {
+    MinerError::Overloaded(format!(
+        "cannot answer before the deadline: {:.1} s left, about {:.1} s needed",
+        left.as_secs_f64(),
+        need.as_secs_f64()
+    ))
 }
 
 /// Waits for the first non-empty chunk of the stream `started` resolves to; returns the

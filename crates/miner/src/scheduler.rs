@@ -10,10 +10,10 @@
 //! Deadlines: the scheduler learns the service time (a high quantile of recent slot-hold
 //! times, see [`Slot::finish`]) and never grants a waiter a slot when the time it has left is
 //! below that estimate (× [`Policy::margin`]): such a waiter leaves the queue at once with
-//! [`Rejection::CannotFinish`] — when it arrives and the queue ahead of it cannot drain in
-//! time, or as soon as its time left falls below the estimate — instead of taking a slot only
-//! to be cancelled at its deadline. A waiter whose deadline passes leaves with
-//! [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
+//! [`Rejection::CannotFinishOnArrival`] when it arrives and the queue ahead of it cannot
+//! drain in time, or [`Rejection::CannotFinishWhileWaiting`] as soon as its time left falls
+//! below the estimate (or a grown estimate is above it) — instead of taking a slot only to be cancelled at its deadline. A
+//! waiter whose deadline passes leaves with [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
 //! or returns the slot it was just granted. A request that finds a free slot and nobody
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
 //! estimate current.
@@ -32,13 +32,22 @@ use crate::service_time::ServiceTimes;
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// The queue is full and this request ranks lowest.
-    Overloaded,
+    /// It arrived at a full queue and ranks lowest.
+    QueueFull,
+    /// It was waiting and a better-ranked arrival took its place in the full queue.
+    Shed,
     /// The deadline passed before a slot was free.
     Expired,
-    /// The time left is below the time the request would need (the service-time estimate,
-    /// plus the wait for the queue ahead when it arrived): it could not be answered in time.
-    CannotFinish {
+    /// On arrival, the time left is below the time the request would need (the wait for
+    /// the queue ahead and the service-time estimate): it could not be answered in time.
+    CannotFinishOnArrival {
+        /// Time left before the deadline.
+        left: Duration,
+        /// Time it would need.
+        need: Duration,
+    },
+    /// While it waited, its time left fell to the service-time estimate.
+    CannotFinishWhileWaiting {
         /// Time left before the deadline.
         left: Duration,
         /// Time it would need.
@@ -214,6 +223,11 @@ impl Scheduler {
         self.state.lock().service.estimate()
     }
 
+    /// How many slot holds the service-time estimate is taken from.
+    pub fn service_samples(&self) -> usize {
+        self.state.lock().service.len()
+    }
+
     /// Waits for a slot, ranked by `priority`, until `deadline`. Dropping the returned
     /// future gives up the place in the queue.
     pub async fn acquire(
@@ -257,7 +271,7 @@ impl Scheduler {
                     match gave_up {
                         Some((true, need)) => {
                             ticket.settled = true;
-                            return Err(Rejection::CannotFinish { left, need });
+                            return Err(Rejection::CannotFinishWhileWaiting { left, need });
                         }
                         Some((false, _)) => {
                             // Out of the queue: its verdict is in the channel already.
@@ -288,12 +302,14 @@ impl Scheduler {
                 }
                 Ok(slot)
             }
-            Ok(Verdict::Shed) => Err(Rejection::Overloaded),
+            Ok(Verdict::Shed) => Err(Rejection::Shed),
             Ok(Verdict::Expired) => Err(Rejection::Expired),
-            Ok(Verdict::CannotFinish { left, need }) => Err(Rejection::CannotFinish { left, need }),
+            Ok(Verdict::CannotFinish { left, need }) => {
+                Err(Rejection::CannotFinishWhileWaiting { left, need })
+            }
             // The sender is only dropped after a verdict is sent, so this is unreachable in
             // practice; treat it as shed.
-            Err(_) => Err(Rejection::Overloaded),
+            Err(_) => Err(Rejection::Shed),
         }
     }
 
@@ -359,7 +375,7 @@ impl Scheduler {
             let wait = need.mul_f64((ahead + 1) as f64 / self.workers as f64);
             let need = need + wait;
             if left < need {
-                return Enqueued::Rejected(Rejection::CannotFinish { left, need });
+                return Enqueued::Rejected(Rejection::CannotFinishOnArrival { left, need });
             }
         }
         if state.waiting.len() >= self.queue_capacity {
@@ -374,7 +390,7 @@ impl Scheduler {
                 {
                     state.remove(&lowest, Verdict::Shed);
                 }
-                _ => return Enqueued::Rejected(Rejection::Overloaded),
+                _ => return Enqueued::Rejected(Rejection::QueueFull),
             }
         }
         let rank = Rank {
@@ -440,7 +456,13 @@ impl Scheduler {
     fn release(&self, held: Option<Duration>) {
         let mut state = self.state.lock();
         if let Some(held) = held {
+            let before = state.service.estimate();
             state.service.record(held);
+            if self.policy.deadline_aware && state.service.estimate() > before {
+                // The waiters' give-up times were set by the smaller (or no) estimate: those
+                // the new one leaves too little time leave now, not at those times.
+                self.drop_hopeless(&mut state, Instant::now());
+            }
         }
         self.release_locked(&mut state);
     }
@@ -577,6 +599,65 @@ mod tests {
         }
     }
 
+    /// One worker, held by the returned slot, and room for `queue` waiters: the waiters a
+    /// test sends queue behind it.
+    async fn busy_worker(queue: usize) -> (Arc<Scheduler>, Slot) {
+        busy_worker_with(queue, Policy::default(), None).await
+    }
+
+    /// Like [`busy_worker`], under `policy`, with the service time measured at `service`
+    /// (one slot held that long) first when given.
+    async fn busy_worker_with(
+        queue: usize,
+        policy: Policy,
+        service: Option<Duration>,
+    ) -> (Arc<Scheduler>, Slot) {
+        let s = Scheduler::with_policy(1, queue, policy);
+        if let Some(held) = service {
+            measure(&s, held).await;
+        }
+        let busy = s.acquire(0.0, far()).await.expect("the free worker");
+        (s, busy)
+    }
+
+    /// A waiter's name and the channel its result arrives on.
+    type Queued = (
+        &'static str,
+        tokio::sync::mpsc::UnboundedReceiver<Result<Slot, Rejection>>,
+    );
+
+    /// Queues one waiter per `(name, priority)`, in order, each settled in the queue before
+    /// the next arrives.
+    async fn queue_up(s: &Arc<Scheduler>, waiters: &[(&'static str, f64)]) -> Vec<Queued> {
+        let mut queued = Vec::new();
+        for (name, priority) in waiters {
+            let (_, rx) = spawn_acquire(s, *priority, far());
+            queued.push((*name, rx));
+            settle().await;
+        }
+        queued
+    }
+
+    /// Grants to `waiting` one by one (each releasing its slot) and returns their names in
+    /// the order served.
+    async fn served_order(busy: Slot, mut waiting: Vec<Queued>) -> Vec<&'static str> {
+        drop(busy);
+        let mut order = Vec::new();
+        for _ in 0..waiting.len() {
+            settle().await;
+            let mut granted = None;
+            for (name, rx) in waiting.iter_mut() {
+                if let Ok(result) = rx.try_recv() {
+                    granted = Some((*name, result.expect("granted")));
+                }
+            }
+            let (name, slot) = granted.expect("one waiter granted per free slot");
+            order.push(name);
+            drop(slot);
+        }
+        order
+    }
+
     #[tokio::test(start_paused = true)]
     async fn free_slots_are_taken_at_once_and_returned_on_drop() {
         let s = Scheduler::new(2, 4);
@@ -602,65 +683,46 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn higher_priority_served_first_fifo_among_equals() {
-        let s = Scheduler::new(1, 10);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
-        let mut waiting = Vec::new();
-        for (name, priority) in [("low", 1.0), ("eq1", 5.0), ("high", 9.0), ("eq2", 5.0)] {
-            waiting.push((name, spawn_acquire(&s, priority, far())));
-            settle().await;
-        }
+        let (s, busy) = busy_worker(10).await;
+        let waiting = queue_up(
+            &s,
+            &[("low", 1.0), ("eq1", 5.0), ("high", 9.0), ("eq2", 5.0)],
+        )
+        .await;
         assert_eq!(s.load().queued, 4);
-        drop(busy);
-        let mut order = Vec::new();
-        for _ in 0..4 {
-            settle().await;
-            let mut granted = None;
-            for (name, (_, rx)) in waiting.iter_mut() {
-                if let Ok(result) = rx.try_recv() {
-                    granted = Some((*name, result.expect("granted")));
-                }
-            }
-            let (name, slot) = granted.expect("one waiter granted per free slot");
-            order.push(name);
-            drop(slot);
-        }
+        let order = served_order(busy, waiting).await;
         assert_eq!(order, ["high", "eq1", "eq2", "low"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn full_queue_sheds_the_lowest() {
-        let s = Scheduler::new(1, 2);
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker(2).await;
         let (_h1, mut low) = spawn_acquire(&s, 1.0, far());
         let (_h2, mut mid) = spawn_acquire(&s, 5.0, far());
         settle().await;
         // A newcomer ranking lowest (or equal to the lowest) is refused itself.
         assert_eq!(
             s.acquire(1.0, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         assert_eq!(
             s.acquire(0.5, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         // A better newcomer sheds the lowest queued request.
         let (_h3, mut high) = spawn_acquire(&s, 9.0, far());
         settle().await;
-        assert_eq!(
-            low.try_recv().expect("shed").err(),
-            Some(Rejection::Overloaded)
-        );
+        assert_eq!(low.try_recv().expect("shed").err(), Some(Rejection::Shed));
         assert!(mid.try_recv().is_err() && high.try_recv().is_err());
         assert_eq!(s.load().queued, 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn zero_queue_refuses_when_busy() {
-        let s = Scheduler::new(1, 0);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(0).await;
         assert_eq!(
             s.acquire(1e9, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         drop(busy);
         assert!(s.acquire(0.0, far()).await.is_ok());
@@ -668,8 +730,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadline_in_queue_expires_and_never_runs() {
-        let s = Scheduler::new(1, 4);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(4).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         let (_h, mut rx) = spawn_acquire(&s, 100.0, deadline);
         settle().await;
@@ -701,8 +762,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropped_waiter_frees_its_place() {
-        let s = Scheduler::new(1, 1);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(1).await;
         let (handle, _rx) = spawn_acquire(&s, 1.0, far());
         settle().await;
         assert_eq!(s.load().queued, 1);
@@ -720,8 +780,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn granted_but_dropped_waiter_returns_the_slot() {
-        let s = Scheduler::new(1, 2);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker(2).await;
         let mut first = Box::pin(s.acquire(5.0, far()));
         // Poll once so it queues.
         assert!(futures::poll!(first.as_mut()).is_pending());
@@ -764,9 +823,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_leaves_as_soon_as_it_cannot_finish_in_time() {
-        let s = Scheduler::new(1, 4);
-        measure(&s, 3 * SECOND).await;
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker_with(4, Policy::default(), Some(3 * SECOND)).await;
         let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 12 * SECOND);
         settle().await;
         assert_eq!(s.load().queued, 1);
@@ -777,7 +834,7 @@ mod tests {
         settle().await;
         let rejection = rx.try_recv().expect("left").err();
         assert!(
-            matches!(rejection, Some(Rejection::CannotFinish { left, need })
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
                 if need == 3 * SECOND && left <= need && left > Duration::from_millis(2800)),
             "{rejection:?}"
         );
@@ -785,10 +842,55 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_arrival_is_refused_when_the_queue_ahead_cannot_drain_in_time() {
-        let s = Scheduler::new(1, 8);
-        measure(&s, 3 * SECOND).await;
+    async fn a_waiter_leaves_at_once_when_the_service_time_grows_past_its_time_left() {
+        let s = Scheduler::new(2, 4);
+        measure(&s, Duration::from_millis(100)).await;
+        let slow = s.acquire(0.0, far()).await.expect("slot");
         let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (_h1, mut high) = spawn_acquire(&s, 9.0, far());
+        let (_h2, mut low) = spawn_acquire(&s, 1.0, Instant::now() + 8 * SECOND);
+        settle().await;
+        assert_eq!(s.load().queued, 2);
+        tokio::time::advance(5 * SECOND).await;
+        // A 5 s hold: the estimate (the 0.9 quantile of 0.1 and 5 s) becomes 5 s.
+        slow.finish();
+        settle().await;
+        assert_eq!(s.service_time(), Some(5 * SECOND));
+        assert!(high.try_recv().expect("granted").is_ok());
+        // 3 s left, 5 s needed: it leaves now, not 0.1 s before its deadline (when the
+        // estimate it started waiting with would have it give up).
+        let rejection = low.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
+                if left == 3 * SECOND && need == 5 * SECOND),
+            "{rejection:?}"
+        );
+        assert_eq!(s.load().queued, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_queued_before_the_first_sample_are_judged_by_it() {
+        let s = Scheduler::new(1, 4);
+        let first = s.acquire(0.0, far()).await.expect("slot");
+        // No estimate yet: queued whatever its time left.
+        let (_h1, mut hopeless) = spawn_acquire(&s, 1.0, Instant::now() + 6 * SECOND);
+        let (_h2, mut patient) = spawn_acquire(&s, 1.0, far());
+        settle().await;
+        tokio::time::advance(4 * SECOND).await;
+        first.finish();
+        settle().await;
+        // The first answer took 4 s; 2 s are left: refused now, not at its deadline (the
+        // queue is backed up, so the newest, `patient`, is the one granted).
+        assert!(matches!(
+            hopeless.try_recv().expect("left").err(),
+            Some(Rejection::CannotFinishWhileWaiting { .. })
+        ));
+        assert!(patient.try_recv().expect("granted").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_arrival_is_refused_when_the_queue_ahead_cannot_drain_in_time() {
+        let (s, _busy) = busy_worker_with(8, Policy::default(), Some(3 * SECOND)).await;
         let mut queued = Vec::new();
         for _ in 0..3 {
             queued.push(spawn_acquire(&s, 5.0, far()));
@@ -798,7 +900,7 @@ mod tests {
         let twelve = Instant::now() + 12 * SECOND;
         assert_eq!(
             s.acquire(5.0, twelve).await.err(),
-            Some(Rejection::CannotFinish {
+            Some(Rejection::CannotFinishOnArrival {
                 left: 12 * SECOND,
                 need: 15 * SECOND
             })
@@ -806,7 +908,7 @@ mod tests {
         // Less time than one answer takes.
         assert!(matches!(
             s.acquire(9.0, Instant::now() + 2 * SECOND).await.err(),
-            Some(Rejection::CannotFinish { .. })
+            Some(Rejection::CannotFinishOnArrival { .. })
         ));
         // A higher priority goes ahead of them: it waits.
         let (_h, mut high) = spawn_acquire(&s, 9.0, twelve);
@@ -824,42 +926,14 @@ mod tests {
         assert!(s.acquire(0.0, Instant::now() + SECOND).await.is_ok());
     }
 
-    /// Grants to `waiting` one by one (each releasing its slot) and returns their names in
-    /// the order served.
-    async fn served_order(
-        busy: Slot,
-        mut waiting: Vec<(
-            &'static str,
-            tokio::sync::mpsc::UnboundedReceiver<Result<Slot, Rejection>>,
-        )>,
-    ) -> Vec<&'static str> {
-        drop(busy);
-        let mut order = Vec::new();
-        for _ in 0..waiting.len() {
-            settle().await;
-            let mut granted = None;
-            for (name, rx) in waiting.iter_mut() {
-                if let Ok(result) = rx.try_recv() {
-                    granted = Some((*name, result.expect("granted")));
-                }
-            }
-            let (name, slot) = granted.expect("one waiter granted per free slot");
-            order.push(name);
-            drop(slot);
-        }
-        order
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_backed_up_queue_serves_the_newest_first_among_equals() {
-        let s = Scheduler::new(1, 10);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
-        let mut waiting = Vec::new();
-        for (name, priority) in [("eq1", 5.0), ("low", 1.0), ("eq2", 5.0), ("high", 9.0)] {
-            let (_, rx) = spawn_acquire(&s, priority, far());
-            waiting.push((name, rx));
-            settle().await;
-        }
+        let (s, busy) = busy_worker(10).await;
+        let waiting = queue_up(
+            &s,
+            &[("eq1", 5.0), ("low", 1.0), ("eq2", 5.0), ("high", 9.0)],
+        )
+        .await;
         // Backed up for longer than `lifo_after` (1 s).
         tokio::time::advance(2 * SECOND).await;
         let order = served_order(busy, waiting).await;
@@ -872,22 +946,15 @@ mod tests {
             lifo_after: None,
             ..Policy::default()
         };
-        let s = Scheduler::with_policy(1, 10, policy);
-        let busy = s.acquire(0.0, far()).await.expect("slot");
-        let mut waiting = Vec::new();
-        for name in ["eq1", "eq2", "eq3"] {
-            let (_, rx) = spawn_acquire(&s, 5.0, far());
-            waiting.push((name, rx));
-            settle().await;
-        }
+        let (s, busy) = busy_worker_with(10, policy, None).await;
+        let waiting = queue_up(&s, &[("eq1", 5.0), ("eq2", 5.0), ("eq3", 5.0)]).await;
         tokio::time::advance(60 * SECOND).await;
         assert_eq!(served_order(busy, waiting).await, ["eq1", "eq2", "eq3"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_backed_up_queue_sheds_its_oldest_among_equals() {
-        let s = Scheduler::new(1, 2);
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker(2).await;
         let (_h1, mut old) = spawn_acquire(&s, 1.0, far());
         settle().await;
         let (_h2, mut young) = spawn_acquire(&s, 1.0, far());
@@ -895,15 +962,12 @@ mod tests {
         tokio::time::advance(2 * SECOND).await;
         let (_h3, mut newcomer) = spawn_acquire(&s, 1.0, far());
         settle().await;
-        assert_eq!(
-            old.try_recv().expect("shed").err(),
-            Some(Rejection::Overloaded)
-        );
+        assert_eq!(old.try_recv().expect("shed").err(), Some(Rejection::Shed));
         assert!(young.try_recv().is_err() && newcomer.try_recv().is_err());
         // A lower priority is still refused itself.
         assert_eq!(
             s.acquire(0.5, far()).await.err(),
-            Some(Rejection::Overloaded)
+            Some(Rejection::QueueFull)
         );
         assert_eq!(s.load().queued, 2);
     }
@@ -914,9 +978,7 @@ mod tests {
             deadline_aware: false,
             ..Policy::default()
         };
-        let s = Scheduler::with_policy(1, 4, policy);
-        measure(&s, 10 * SECOND).await;
-        let busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, busy) = busy_worker_with(4, policy, Some(10 * SECOND)).await;
         let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 3 * SECOND);
         settle().await;
         tokio::time::advance(2 * SECOND).await;
@@ -931,9 +993,7 @@ mod tests {
             margin: 2.0,
             ..Policy::default()
         };
-        let s = Scheduler::with_policy(1, 4, policy);
-        measure(&s, 3 * SECOND).await;
-        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (s, _busy) = busy_worker_with(4, policy, Some(3 * SECOND)).await;
         let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 12 * SECOND);
         settle().await;
         // 6 s needed: it leaves 6 s before its deadline.
@@ -941,7 +1001,7 @@ mod tests {
         settle().await;
         assert!(matches!(
             rx.try_recv().expect("left").err(),
-            Some(Rejection::CannotFinish { need, .. }) if need == 6 * SECOND
+            Some(Rejection::CannotFinishWhileWaiting { need, .. }) if need == 6 * SECOND
         ));
     }
 }

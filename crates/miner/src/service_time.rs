@@ -47,6 +47,11 @@ impl ServiceTimes {
         self.estimate = sorted.get(rank.clamp(1, sorted.len()) - 1).copied();
     }
 
+    /// How many samples the estimate is taken from (at most the window).
+    pub(crate) fn len(&self) -> usize {
+        self.samples.len()
+    }
+
     /// The estimate; `None` before the first sample.
     pub(crate) fn estimate(&self) -> Option<Duration> {
         self.estimate
@@ -63,7 +68,8 @@ mod tests {
 
     #[test]
     fn no_estimate_without_samples() {
-        assert_eq!(ServiceTimes::new(10, 0.9).estimate(), None);
+        let s = ServiceTimes::new(10, 0.9);
+        assert_eq!((s.estimate(), s.len()), (None, 0));
     }
 
     #[test]
@@ -99,6 +105,7 @@ mod tests {
             Some(ms(100)),
             "the slow outlier was forgotten"
         );
+        assert_eq!(s.len(), 3, "at most the window");
         s.record(ms(300));
         assert_eq!(s.estimate(), Some(ms(300)));
     }

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::blacklist::RefusalKind;
@@ -21,7 +23,7 @@ pub enum Outcome {
     Overloaded,
     /// Its deadline passed, in the queue or in the backend.
     TimedOut,
-    /// The backend failed.
+    /// The backend failed (or panicked).
     BackendError,
     /// The backend found the request unusable.
     BadRequest,
@@ -71,6 +73,83 @@ impl Outcome {
     }
 }
 
+/// Why the priority queue gave a request no worker slot (each request refused by the queue
+/// counts under one reason; see `docs/pipeline.md`, "Overload").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QueueRefusal {
+    /// It arrived at a full queue and ranked lowest (503).
+    QueueFull,
+    /// It was waiting and a better-ranked arrival took its place in the full queue (503).
+    Shed,
+    /// On arrival, its time left could not cover the wait for the queue ahead and its own
+    /// answer (503).
+    CannotFinishOnArrival,
+    /// While it waited, its time left fell to the expected service time (503).
+    CannotFinishWhileWaiting,
+    /// Its deadline passed before it got a slot, on arrival or while waiting (408).
+    DeadlinePassed,
+}
+
+impl QueueRefusal {
+    /// Every reason, in a stable order.
+    pub const ALL: [QueueRefusal; 5] = [
+        QueueRefusal::QueueFull,
+        QueueRefusal::Shed,
+        QueueRefusal::CannotFinishOnArrival,
+        QueueRefusal::CannotFinishWhileWaiting,
+        QueueRefusal::DeadlinePassed,
+    ];
+
+    /// A snake_case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueRefusal::QueueFull => "queue_full",
+            QueueRefusal::Shed => "shed",
+            QueueRefusal::CannotFinishOnArrival => "cannot_finish_on_arrival",
+            QueueRefusal::CannotFinishWhileWaiting => "cannot_finish_while_waiting",
+            QueueRefusal::DeadlinePassed => "deadline_passed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Upper bounds, in seconds, of the queue-wait histogram's buckets: 1 ms doubling to
+/// about 65 s (the first bucket holds the requests that found a free worker at once).
+const QUEUE_WAIT_BOUNDS: [f64; 17] = {
+    let mut bounds = [0.001; 17];
+    let mut i = 1;
+    while i < bounds.len() {
+        bounds[i] = bounds[i - 1] * 2.0;
+        i += 1;
+    }
+    bounds
+};
+
+/// How long the requests granted a worker waited for it (from entering the queue to the
+/// grant), as a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueWait {
+    /// `(le, n)`: `n` requests waited at most `le` seconds (cumulative, bounds ascending;
+    /// the requests above the last bound count only in [`QueueWait::count`]).
+    pub buckets: Vec<(f64, u64)>,
+    /// Seconds waited, summed.
+    pub sum: f64,
+    /// Requests granted a worker.
+    pub count: u64,
+}
+
+/// The queue-wait histogram being filled.
+#[derive(Debug, Default)]
+struct WaitHistogram {
+    /// Per bucket, not cumulative.
+    counts: [u64; QUEUE_WAIT_BOUNDS.len()],
+    sum: Duration,
+    count: u64,
+}
+
 /// A snapshot of the pipeline's load and counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineStats {
@@ -97,6 +176,14 @@ pub struct PipelineStats {
     /// queue refuses hopeless waiters by (`--miner.admission.*`); `None` before the first
     /// finished request.
     pub service_time: Option<std::time::Duration>,
+    /// How many slot holds the service time is taken from (at most
+    /// `--miner.admission.service_samples`).
+    pub service_time_samples: usize,
+    /// Requests the priority queue gave no worker, by reason (every reason is present,
+    /// zeros included).
+    pub queue_refusals: BTreeMap<QueueRefusal, u64>,
+    /// How long the requests granted a worker waited in the queue.
+    pub queue_wait: QueueWait,
 }
 
 /// The pipeline's counters, shared with in-flight requests.
@@ -104,6 +191,8 @@ pub struct PipelineStats {
 pub(crate) struct Counters {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     refusals: [AtomicU64; RefusalKind::ALL.len()],
+    queue_refusals: [AtomicU64; QueueRefusal::ALL.len()],
+    queue_wait: Mutex<WaitHistogram>,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
 }
@@ -115,6 +204,46 @@ impl Counters {
 
     pub(crate) fn count_refusal(&self, kind: RefusalKind) {
         self.refusals[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_queue_refusal(&self, reason: QueueRefusal) {
+        self.queue_refusals[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records that a request was granted a worker after waiting `waited`.
+    pub(crate) fn observe_queue_wait(&self, waited: Duration) {
+        let seconds = waited.as_secs_f64();
+        let mut histogram = self.queue_wait.lock();
+        if let Some(bucket) = QUEUE_WAIT_BOUNDS.iter().position(|le| seconds <= *le) {
+            histogram.counts[bucket] += 1;
+        }
+        histogram.sum += waited;
+        histogram.count += 1;
+    }
+
+    pub(crate) fn queue_wait(&self) -> QueueWait {
+        let histogram = self.queue_wait.lock();
+        let mut below = 0;
+        let buckets = QUEUE_WAIT_BOUNDS
+            .iter()
+            .zip(histogram.counts)
+            .map(|(le, n)| {
+                below += n;
+                (*le, below)
+            })
+            .collect();
+        QueueWait {
+            buckets,
+            sum: histogram.sum.as_secs_f64(),
+            count: histogram.count,
+        }
+    }
+
+    pub(crate) fn queue_refusals(&self) -> BTreeMap<QueueRefusal, u64> {
+        QueueRefusal::ALL
+            .iter()
+            .map(|r| (*r, self.queue_refusals[r.index()].load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub(crate) fn count_usage(&self, usage: TokenUsage) {
@@ -147,8 +276,9 @@ impl Counters {
 }
 
 /// Counts one request's outcome exactly once: [`RequestTracker::finish`] when it ends,
-/// [`Outcome::Cancelled`] when dropped unfinished (its caller went away); and then the
-/// tokens its backend reported.
+/// [`Outcome::Cancelled`] when dropped unfinished (its caller went away), or
+/// [`Outcome::BackendError`] when dropped unfinished by a panic; and then the tokens its
+/// backend reported.
 #[derive(Debug)]
 pub(crate) struct RequestTracker {
     counters: Arc<Counters>,
@@ -181,7 +311,14 @@ impl RequestTracker {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         if !self.finished {
-            self.counters.count_outcome(Outcome::Cancelled);
+            // Dropped while unwinding: the request ended in a panic (a backend bug; the
+            // runtime drops a panicked task's future while unwinding), not by its caller.
+            let outcome = if std::thread::panicking() {
+                Outcome::BackendError
+            } else {
+                Outcome::Cancelled
+            };
+            self.counters.count_outcome(outcome);
         }
         if let Some(usage) = self.report.usage() {
             self.counters.count_usage(usage);
@@ -222,6 +359,41 @@ mod tests {
         let refusals = c.refusals();
         assert_eq!(refusals.len(), RefusalKind::ALL.len());
         assert_eq!(refusals[&RefusalKind::RateLimited], 1);
+    }
+
+    #[test]
+    fn queue_refusals_report_every_reason() {
+        let c = Counters::default();
+        c.count_queue_refusal(QueueRefusal::Shed);
+        let refusals = c.queue_refusals();
+        assert_eq!(refusals.len(), QueueRefusal::ALL.len());
+        assert_eq!(refusals[&QueueRefusal::Shed], 1);
+        assert_eq!(refusals.values().sum::<u64>(), 1);
+        for (i, r) in QueueRefusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+
+    #[test]
+    fn queue_waits_fill_cumulative_buckets() {
+        let c = Counters::default();
+        let empty = c.queue_wait();
+        assert_eq!(empty.buckets.len(), QUEUE_WAIT_BOUNDS.len());
+        assert_eq!((empty.count, empty.sum), (0, 0.0));
+        for ms in [0, 1, 3, 1000, 100_000] {
+            c.observe_queue_wait(Duration::from_millis(ms));
+        }
+        let wait = c.queue_wait();
+        assert_eq!(wait.count, 5);
+        assert!((wait.sum - 101.004).abs() < 1e-9, "{}", wait.sum);
+        let at_most = |le: f64| wait.buckets.iter().find(|(b, _)| *b == le).map(|(_, n)| *n);
+        assert_eq!(at_most(0.001), Some(2), "a bound is inclusive");
+        assert_eq!(at_most(0.002), Some(2));
+        assert_eq!(at_most(0.004), Some(3));
+        assert_eq!(at_most(1.024), Some(4));
+        // 100 s is above the last bound: only in the count (the +Inf bucket).
+        assert_eq!(wait.buckets.last().map(|(_, n)| *n), Some(4));
+        assert!((QUEUE_WAIT_BOUNDS[16] - 65.536).abs() < 1e-9);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use prompting_miner::Pipeline;
+use prompting_miner::{Pipeline, PipelineStats};
 use tower::{Layer, Service};
 
 use super::rejection::http_status_of_grpc;
@@ -232,6 +232,14 @@ impl Metrics {
                 outcome.as_str()
             ));
         }
+        extra.push_str("# HELP prompting_pipeline_blacklist_refusals Requests the blacklist refused, by kind.\n# TYPE prompting_pipeline_blacklist_refusals counter\n");
+        for (kind, count) in &stats.refusals {
+            extra.push_str(&format!(
+                "prompting_pipeline_blacklist_refusals_total{{kind=\"{}\"}} {count}\n",
+                kind.as_str()
+            ));
+        }
+        render_admission(&mut extra, &stats);
         for family in self.counters.lock().iter() {
             let name = &family.name;
             extra.push_str(&format!(
@@ -264,6 +272,45 @@ impl Metrics {
         out.insert_str(eof, &extra);
         out
     }
+}
+
+/// Appends the priority queue's admission figures: the service time it judges deadlines
+/// by, its refusals by reason and how long granted requests waited for a worker.
+fn render_admission(out: &mut String, stats: &PipelineStats) {
+    if let Some(service_time) = stats.service_time {
+        out.push_str(&format!(
+            "# HELP prompting_queue_service_time_seconds Expected worker-hold time of a request, the quantile of recent holds the queue refuses hopeless waiters by (--miner.admission.*); absent before the first answer.\n\
+             # TYPE prompting_queue_service_time_seconds gauge\n\
+             prompting_queue_service_time_seconds {}\n",
+            service_time.as_secs_f64()
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP prompting_queue_service_time_samples Worker holds the service time is taken from.\n\
+         # TYPE prompting_queue_service_time_samples gauge\n\
+         prompting_queue_service_time_samples {}\n",
+        stats.service_time_samples
+    ));
+    out.push_str("# HELP prompting_queue_refusals Requests the priority queue gave no worker, by reason (deadline_passed answers 408, the others 503).\n# TYPE prompting_queue_refusals counter\n");
+    for (reason, count) in &stats.queue_refusals {
+        out.push_str(&format!(
+            "prompting_queue_refusals_total{{reason=\"{}\"}} {count}\n",
+            reason.as_str()
+        ));
+    }
+    let wait = &stats.queue_wait;
+    out.push_str("# HELP prompting_queue_wait_seconds Time the requests granted a worker waited for it in the priority queue.\n# TYPE prompting_queue_wait_seconds histogram\n");
+    for (le, count) in &wait.buckets {
+        out.push_str(&format!(
+            "prompting_queue_wait_seconds_bucket{{le=\"{le}\"}} {count}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "prompting_queue_wait_seconds_bucket{{le=\"+Inf\"}} {}\n\
+         prompting_queue_wait_seconds_sum {}\n\
+         prompting_queue_wait_seconds_count {}\n",
+        wait.count, wait.sum, wait.count
+    ));
 }
 
 /// How an [`ObserveLayer`] names the route of a request.
@@ -416,6 +463,176 @@ mod tests {
         }));
         let request = http::Request::get(path).body(()).expect("request");
         service.oneshot(request).await.expect("infallible");
+    }
+
+    /// Answers once per permit added to its gate.
+    struct Gated(Arc<tokio::sync::Semaphore>);
+
+    #[async_trait::async_trait]
+    impl prompting_miner::Miner for Gated {
+        fn name(&self) -> &str {
+            "gated"
+        }
+
+        async fn prompt(
+            &self,
+            _: &prompting_miner::PromptRequest,
+        ) -> Result<String, prompting_miner::MinerError> {
+            let permit = self
+                .0
+                .acquire()
+                .await
+                .map_err(|_| prompting_miner::MinerError::Backend("gate closed".into()))?;
+            permit.forget();
+            Ok("answer".into())
+        }
+    }
+
+    /// The value of the sample named exactly `name` (with its labels).
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.parse().ok()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_figures_are_rendered() {
+        use prompting_miner::{
+            Metagraph, MinerConfig, MinerError, NeuronInfo, PromptRequest, Protocol,
+            SharedMetagraph,
+        };
+        let validator = NeuronInfo {
+            hotkey: "validator".into(),
+            stake: 1000.0,
+            validator_permit: true,
+            ..NeuronInfo::default()
+        };
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let config = MinerConfig {
+            max_concurrent: 1,
+            max_queue: 0,
+            ..MinerConfig::default()
+        };
+        let pipeline = Pipeline::new(
+            config,
+            Arc::new(SharedMetagraph::new(Metagraph::new(
+                1,
+                100,
+                vec![validator],
+            ))),
+            Arc::new(Gated(Arc::clone(&gate))),
+        )
+        .expect("valid config");
+        let ask = |caller: &str| {
+            PromptRequest::new(
+                vec!["user".into()],
+                vec!["hi".into()],
+                caller,
+                Protocol::Legacy,
+                Duration::from_secs(12),
+            )
+        };
+        let metrics = Metrics::new();
+        let text = metrics.render(&pipeline);
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_seconds"),
+            None,
+            "no estimate before the first answer"
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_samples"),
+            Some(0.0)
+        );
+        for reason in prompting_miner::QueueRefusal::ALL {
+            let name = format!(
+                "prompting_queue_refusals_total{{reason=\"{}\"}}",
+                reason.as_str()
+            );
+            assert_eq!(sample(&text, &name), Some(0.0), "{name}");
+        }
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_count"),
+            Some(0.0)
+        );
+
+        let busy = {
+            let pipeline = pipeline.clone();
+            let request = ask("validator");
+            tokio::spawn(async move { pipeline.prompt(request).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pipeline.stats().in_flight, 1);
+        let refused = pipeline.prompt(ask("validator")).await;
+        assert!(
+            matches!(refused, Err(MinerError::Overloaded(_))),
+            "{refused:?}"
+        );
+        let stranger = pipeline.prompt(ask("stranger")).await;
+        assert!(
+            matches!(stranger, Err(MinerError::Blacklisted(_))),
+            "{stranger:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        gate.add_permits(1);
+        busy.await.expect("joined").expect("answered");
+
+        let text = metrics.render(&pipeline);
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_seconds"),
+            Some(1.5)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_service_time_samples"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "prompting_queue_refusals_total{reason=\"queue_full\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_refusals_total{reason=\"shed\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "prompting_pipeline_blacklist_refusals_total{kind=\"not_registered\"}"
+            ),
+            Some(1.0)
+        );
+        // The one granted request took the free worker at once.
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(sample(&text, "prompting_queue_wait_seconds_sum"), Some(0.0));
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_bucket{le=\"0.001\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_wait_seconds_bucket{le=\"+Inf\"}"),
+            Some(1.0)
+        );
+        for (name, kind) in [
+            ("prompting_queue_service_time_seconds", "gauge"),
+            ("prompting_queue_service_time_samples", "gauge"),
+            ("prompting_queue_refusals", "counter"),
+            ("prompting_queue_wait_seconds", "histogram"),
+            ("prompting_pipeline_blacklist_refusals", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[tokio::test]
