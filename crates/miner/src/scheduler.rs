@@ -12,7 +12,7 @@
 //! below that estimate (× [`Policy::margin`]): such a waiter leaves the queue at once with
 //! [`Rejection::CannotFinishOnArrival`] when it arrives and the queue ahead of it cannot
 //! drain in time, or [`Rejection::CannotFinishWhileWaiting`] as soon as its time left falls
-//! below the estimate — instead of taking a slot only to be cancelled at its deadline. A
+//! below the estimate (or a grown estimate is above it) — instead of taking a slot only to be cancelled at its deadline. A
 //! waiter whose deadline passes leaves with [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
 //! or returns the slot it was just granted. A request that finds a free slot and nobody
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
@@ -456,7 +456,13 @@ impl Scheduler {
     fn release(&self, held: Option<Duration>) {
         let mut state = self.state.lock();
         if let Some(held) = held {
+            let before = state.service.estimate();
             state.service.record(held);
+            if self.policy.deadline_aware && state.service.estimate() > before {
+                // The waiters' give-up times were set by the smaller (or no) estimate: those
+                // the new one leaves too little time leave now, not at those times.
+                self.drop_hopeless(&mut state, Instant::now());
+            }
         }
         self.release_locked(&mut state);
     }
@@ -833,6 +839,53 @@ mod tests {
             "{rejection:?}"
         );
         assert_eq!(s.load().queued, 0, "left 3 s before its deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_leaves_at_once_when_the_service_time_grows_past_its_time_left() {
+        let s = Scheduler::new(2, 4);
+        measure(&s, Duration::from_millis(100)).await;
+        let slow = s.acquire(0.0, far()).await.expect("slot");
+        let _busy = s.acquire(0.0, far()).await.expect("slot");
+        let (_h1, mut high) = spawn_acquire(&s, 9.0, far());
+        let (_h2, mut low) = spawn_acquire(&s, 1.0, Instant::now() + 8 * SECOND);
+        settle().await;
+        assert_eq!(s.load().queued, 2);
+        tokio::time::advance(5 * SECOND).await;
+        // A 5 s hold: the estimate (the 0.9 quantile of 0.1 and 5 s) becomes 5 s.
+        slow.finish();
+        settle().await;
+        assert_eq!(s.service_time(), Some(5 * SECOND));
+        assert!(high.try_recv().expect("granted").is_ok());
+        // 3 s left, 5 s needed: it leaves now, not 0.1 s before its deadline (when the
+        // estimate it started waiting with would have it give up).
+        let rejection = low.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
+                if left == 3 * SECOND && need == 5 * SECOND),
+            "{rejection:?}"
+        );
+        assert_eq!(s.load().queued, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_queued_before_the_first_sample_are_judged_by_it() {
+        let s = Scheduler::new(1, 4);
+        let first = s.acquire(0.0, far()).await.expect("slot");
+        // No estimate yet: queued whatever its time left.
+        let (_h1, mut hopeless) = spawn_acquire(&s, 1.0, Instant::now() + 6 * SECOND);
+        let (_h2, mut patient) = spawn_acquire(&s, 1.0, far());
+        settle().await;
+        tokio::time::advance(4 * SECOND).await;
+        first.finish();
+        settle().await;
+        // The first answer took 4 s; 2 s are left: refused now, not at its deadline (the
+        // queue is backed up, so the newest, `patient`, is the one granted).
+        assert!(matches!(
+            hopeless.try_recv().expect("left").err(),
+            Some(Rejection::CannotFinishWhileWaiting { .. })
+        ));
+        assert!(patient.try_recv().expect("granted").is_ok());
     }
 
     #[tokio::test(start_paused = true)]

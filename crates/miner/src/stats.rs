@@ -23,7 +23,7 @@ pub enum Outcome {
     Overloaded,
     /// Its deadline passed, in the queue or in the backend.
     TimedOut,
-    /// The backend failed.
+    /// The backend failed (or panicked).
     BackendError,
     /// The backend found the request unusable.
     BadRequest,
@@ -276,8 +276,9 @@ impl Counters {
 }
 
 /// Counts one request's outcome exactly once: [`RequestTracker::finish`] when it ends,
-/// [`Outcome::Cancelled`] when dropped unfinished (its caller went away); and then the
-/// tokens its backend reported.
+/// [`Outcome::Cancelled`] when dropped unfinished (its caller went away), or
+/// [`Outcome::BackendError`] when dropped unfinished by a panic; and then the tokens its
+/// backend reported.
 #[derive(Debug)]
 pub(crate) struct RequestTracker {
     counters: Arc<Counters>,
@@ -310,7 +311,14 @@ impl RequestTracker {
 impl Drop for RequestTracker {
     fn drop(&mut self) {
         if !self.finished {
-            self.counters.count_outcome(Outcome::Cancelled);
+            // Dropped while unwinding: the request ended in a panic (a backend bug; the
+            // runtime drops a panicked task's future while unwinding), not by its caller.
+            let outcome = if std::thread::panicking() {
+                Outcome::BackendError
+            } else {
+                Outcome::Cancelled
+            };
+            self.counters.count_outcome(outcome);
         }
         if let Some(usage) = self.report.usage() {
             self.counters.count_usage(usage);

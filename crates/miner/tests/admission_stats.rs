@@ -31,8 +31,30 @@ impl Miner for Sleeper {
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Panics on the request `"panic"`, answers the others at once.
+struct Panicky;
+
+#[async_trait]
+impl Miner for Panicky {
+    fn name(&self) -> &str {
+        "panicky"
+    }
+
+    async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
+        if request.messages[0] == "panic" {
+            panic!("a backend bug");
+        }
+        Ok("answer".into())
+    }
+}
+
 /// One worker and room for `max_queue` waiters; callers `low` (1 α) and `high` (100 α).
 fn pipeline(max_queue: usize) -> Pipeline {
+    pipeline_with(max_queue, Arc::new(Sleeper))
+}
+
+/// Like [`pipeline`], with the backend `miner`.
+fn pipeline_with(max_queue: usize, miner: Arc<dyn Miner>) -> Pipeline {
     let neurons = [("low", 1.0), ("high", 100.0)]
         .into_iter()
         .enumerate()
@@ -56,7 +78,7 @@ fn pipeline(max_queue: usize) -> Pipeline {
     Pipeline::new(
         config,
         Arc::new(SharedMetagraph::new(Metagraph::new(1, 100, neurons))),
-        Arc::new(Sleeper),
+        miner,
     )
     .expect("valid config")
 }
@@ -221,4 +243,31 @@ async fn granted_requests_record_how_long_they_waited_for_their_slot() {
     assert_eq!(at_most(4.096), Some(2), "buckets are cumulative");
     let bounds: Vec<f64> = wait.buckets.iter().map(|(le, _)| *le).collect();
     assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_backend_gives_its_worker_back_and_counts_as_a_backend_error() {
+    let p = pipeline_with(4, Arc::new(Panicky));
+    let ask = |text: &str| {
+        PromptRequest::new(
+            vec!["user".into()],
+            vec![text.into()],
+            "low",
+            Protocol::Legacy,
+            60 * SECOND,
+        )
+    };
+    let crashed = {
+        let p = p.clone();
+        let request = ask("panic");
+        tokio::spawn(async move { p.prompt(request).await })
+    };
+    let joined = crashed.await;
+    assert!(joined.is_err_and(|e| e.is_panic()));
+    let stats = p.stats();
+    assert_eq!((stats.in_flight, stats.queue_depth), (0, 0));
+    assert_eq!(stats.outcomes[&Outcome::BackendError], 1);
+    assert_eq!(stats.outcomes[&Outcome::Cancelled], 0, "nobody went away");
+    assert_eq!(stats.service_time_samples, 0, "a crash is no service time");
+    p.prompt(ask("fine")).await.expect("the worker is free");
 }
