@@ -10,7 +10,8 @@ use super::{
     tiles_into,
 };
 
-/// Tasks per thread: claiming one costs an atomic add, and the smaller the tasks the less
+/// Tasks per thread for one activation row (up to 4× as many for more rows, see
+/// `TileProduct::build`): claiming one costs an atomic add, and the smaller the tasks the less
 /// the others wait for the last one at the end of a product; a task of the smallest decode
 /// product (2560 × 2560 in q4k, two threads) is still 5 tiles, a 115 KB stream.
 const TASKS_PER_THREAD: usize = 16;
@@ -122,7 +123,11 @@ impl<'a> TileProduct<'a> {
         y: &'a mut [f32],
         threads: usize,
     ) -> Self {
-        let per_task = w.tiles().div_ceil(TASKS_PER_THREAD * threads.max(1)).max(1);
+        // A tile's instructions grow with the rows (q4k: 5.7× from 1 to 8 rows), and the
+        // last task of a product is what the other threads wait for: with more rows, more
+        // (and smaller) tasks.
+        let per_thread = TASKS_PER_THREAD * rows.clamp(1, 4);
+        let per_task = w.tiles().div_ceil(per_thread * threads.max(1)).max(1);
         let tasks = if rows == 0 {
             0
         } else {
