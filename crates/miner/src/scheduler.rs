@@ -548,11 +548,15 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Gives the slot back, counting how long it was held as a service-time sample. Call it
-    /// when the request ran to its end — answered, or cut off at its deadline (then the
-    /// sample is a lower bound, which still pulls a too-low estimate up) — and just drop the
-    /// slot when the backend failed or the caller went away.
+    /// Gives the slot back after an answer, counting how long it was held as a service-time
+    /// sample. Just drop the slot when the backend failed or the caller went away.
     pub fn finish(mut self) {
+        self.measured = true;
+    }
+
+    /// Gives the slot back after the request was cut off at its deadline: how long it was
+    /// held is a lower bound of its service time.
+    pub fn cut_off(mut self) {
         self.measured = true;
     }
 }
@@ -819,6 +823,39 @@ mod tests {
         drop(failed);
         assert_eq!(s.service_time(), Some(2 * SECOND));
         assert_eq!(s.load().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_off_hold_only_ever_raises_the_service_time() {
+        let policy = Policy {
+            service_samples: 2,
+            service_quantile: 1.0,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(2 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(
+            s.service_time(),
+            Some(2 * SECOND),
+            "better than no estimate"
+        );
+        measure(&s, 3 * SECOND).await;
+        assert_eq!(s.service_time(), Some(3 * SECOND));
+        // Cut off after 1 s: it would have taken more than 1 s, which says nothing new. As
+        // a sample it would push the 3 s answer out of the window and the estimate down.
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(SECOND).await;
+        slot.cut_off();
+        measure(&s, 2 * SECOND).await;
+        assert_eq!(s.service_time(), Some(3 * SECOND));
+        assert_eq!(s.service_samples(), 2);
+        // Cut off after 5 s: slower than the estimate, which it raises.
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(5 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(s.service_time(), Some(5 * SECOND));
     }
 
     #[tokio::test(start_paused = true)]
