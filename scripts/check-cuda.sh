@@ -50,7 +50,7 @@ set -e
 rm -rf "$tmp"
 echo "check-cuda: btlm-miner --btlm.device cuda (exit $code): $err"
 if [ "$code" != 1 ] || [ "$(printf '%s\n' "$err" | wc -l)" != 1 ] ||
-  [[ "$err" != "btlm-miner: error: invalid BTLM settings: device: cannot open CUDA device 0: "*CUDA_ERROR_NO_DEVICE* ]] ||
+  [[ "$err" != "btlm-miner: error: device: cannot open CUDA device 0: "*CUDA_ERROR_NO_DEVICE* ]] ||
   [ "${#err}" -gt 300 ]; then
   echo "check-cuda: expected one line naming CUDA_ERROR_NO_DEVICE and exit code 1" >&2
   exit 1

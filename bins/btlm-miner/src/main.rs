@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
+use prompting_btlm_backend::{BtlmArgs, BtlmError, BtlmMiner};
 use prompting_service::python_compat::{Arity, IgnoredFlag};
 use prompting_service::{CommonArgs, Failure, MinerCli, Service};
 
@@ -38,10 +38,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    cli.btlm
-        .validate()
-        .context("invalid BTLM settings")
-        .map_err(Failure::usage)?;
+    cli.btlm.validate().map_err(|e| match e {
+        // A well-typed device this machine cannot open is the environment (exit 1), like
+        // missing model files; everything else is a settings mistake (exit 2).
+        BtlmError::Device(_) => Failure::runtime(e),
+        e => Failure::usage(anyhow::Error::new(e).context("invalid BTLM settings")),
+    })?;
     let runtime = prompting_service::runtime(&cli.common)
         .context("cannot start the runtime")
         .map_err(Failure::runtime)?;

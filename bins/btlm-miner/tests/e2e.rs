@@ -47,6 +47,7 @@ async fn dev_miner_answers_a_python_dendrite_with_the_greedy_completion() {
     let library = BtlmMiner::from_args(&BtlmArgs {
         model_dir: Some(tiny_checkpoint()),
         max_length: 8,
+        device: "cpu".into(),
         ..BtlmArgs::default()
     })
     .expect("load the tiny checkpoint");
@@ -77,6 +78,8 @@ async fn dev_miner_answers_a_python_dendrite_with_the_greedy_completion() {
         &tiny_checkpoint().display().to_string(),
         "--btlm.max_length",
         "8",
+        "--btlm.device",
+        "cpu",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -115,6 +118,8 @@ fn a_missing_model_dir_is_one_line_and_a_failure_exit() {
         &free_port().to_string(),
         "--btlm.model_dir",
         &absent.display().to_string(),
+        "--btlm.device",
+        "cpu",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -171,6 +176,11 @@ fn invalid_btlm_flags_stop_before_the_wallet_is_touched() {
 const NO_CUDA: &str = "this build has no CUDA support (build with `--features cuda` for a GPU, see README); running on the CPU";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    feature = "cuda",
+    ignore = "the Python command line asks for --btlm.device cuda: a cuda build needs a GPU \
+              (run with --include-ignored there)"
+)]
 async fn a_python_v216_command_line_and_its_yaml_config_start_with_warnings_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wallets = dir.path().join("wallets");
@@ -261,15 +271,17 @@ fn an_unavailable_cuda_device_is_one_line_before_the_wallet() {
     .map(|s| s.to_string())
     .collect();
     let (status, stderr) = run_to_exit(BIN, &args, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the machine, not a flag mistake: {stderr}"
+    );
     // The binary writes one line; without candle's backtrace (shown under RUST_BACKTRACE).
     assert!(!stderr.contains("candle_core::"), "{stderr}");
     let lines: Vec<&str> = stderr.trim().lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].starts_with(
-            "btlm-miner: error: invalid BTLM settings: device: cannot open CUDA device 99: "
-        ),
+        lines[0].starts_with("btlm-miner: error: device: cannot open CUDA device 99: "),
         "{stderr}"
     );
     assert!(

@@ -184,6 +184,7 @@ async fn each_protocol_streams_its_own_sequence_of_one_batch() {
     let (model, tokenizer) = load();
     let args = BtlmArgs {
         max_length: 24,
+        device: "cpu".into(),
         ..BtlmArgs::default()
     };
     // The answers alone, one at a time.

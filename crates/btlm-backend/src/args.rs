@@ -313,6 +313,15 @@ mod tests {
         Cli::try_parse_from(std::iter::once("miner").chain(args.iter().copied())).map(|c| c.btlm)
     }
 
+    /// The defaults on the CPU: what validation says about the other settings does not depend
+    /// on whether this build can open the default device (a GPU in a `cuda` build).
+    fn on_cpu() -> BtlmArgs {
+        BtlmArgs {
+            device: "cpu".into(),
+            ..BtlmArgs::default()
+        }
+    }
+
     #[test]
     fn weight_cache_places() {
         assert_eq!(BtlmArgs::default().weight_cache(), WeightCache::Beside);
@@ -332,7 +341,14 @@ mod tests {
         assert_eq!(a.temperature, 0.7);
         assert_eq!(a.system_prompt, DEFAULT_SYSTEM_PROMPT);
         assert_eq!(a.stop, vec!["\nuser:".to_string(), "\nsystem:".to_string()]);
-        a.validate().expect("defaults are valid");
+        // The default device is the GPU: a cuda build opens it in `validate` (see
+        // `an_unavailable_cuda_device_is_a_device_error`); everything else must be valid.
+        BtlmArgs {
+            device: "cpu".into(),
+            ..a
+        }
+        .validate()
+        .expect("defaults are valid");
     }
 
     #[test]
@@ -384,42 +400,42 @@ mod tests {
             (
                 BtlmArgs {
                     device: "tpu".into(),
-                    ..Default::default()
+                    ..on_cpu()
                 },
                 "--btlm.device",
             ),
             (
                 BtlmArgs {
                     device: "cuda:x".into(),
-                    ..Default::default()
+                    ..on_cpu()
                 },
                 "--btlm.device",
             ),
             (
                 BtlmArgs {
                     max_length: 0,
-                    ..Default::default()
+                    ..on_cpu()
                 },
                 "--btlm.max_length",
             ),
             (
                 BtlmArgs {
                     temperature: -0.5,
-                    ..Default::default()
+                    ..on_cpu()
                 },
                 "--btlm.temperature",
             ),
             (
                 BtlmArgs {
                     top_p: 0.0,
-                    ..Default::default()
+                    ..on_cpu()
                 },
                 "--btlm.top_p",
             ),
             (
                 BtlmArgs {
                     queue_size: 0,
-                    ..Default::default()
+                    ..on_cpu()
                 },
                 "--btlm.queue_size",
             ),
@@ -460,7 +476,7 @@ mod tests {
             ("--btlm.kv_cache_mb", |a| a.kv_cache_mb = 0),
             ("--btlm.prefill_chunk", |a| a.prefill_chunk = 0),
         ] {
-            let mut bad = BtlmArgs::default();
+            let mut bad = on_cpu();
             edit(&mut bad);
             let err = bad.validate().expect_err(flag).to_string();
             assert!(err.contains(flag), "{err}");

@@ -763,6 +763,7 @@ mod priority {
         let args = BtlmArgs {
             no_repeat_ngram_size: 0,
             stop: Vec::new(),
+            device: "cpu".into(),
             ..BtlmArgs::default()
         };
         let engine = Engine::start(model.clone(), tokenizer(), engine_config(1)).expect("engine");
@@ -831,6 +832,7 @@ mod priority {
         let args = BtlmArgs {
             no_repeat_ngram_size: 0,
             stop: Vec::new(),
+            device: "cpu".into(),
             ..BtlmArgs::default()
         };
         let tok = tokenizer();

@@ -12,10 +12,12 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
 }
 
+/// The tiny model on the CPU (the default device, the GPU, needs one in a `cuda` build).
 fn args() -> BtlmArgs {
     BtlmArgs {
         model_dir: Some(fixture()),
         max_length: 24,
+        device: "cpu".into(),
         ..BtlmArgs::default()
     }
 }
