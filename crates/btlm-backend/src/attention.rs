@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
-use crate::linear::{Projection, with_f32_slice};
+use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
 use crate::team::Team;
 
@@ -136,6 +136,27 @@ impl Attention {
     }
 }
 
+impl Attention {
+    /// [`Self::forward`] on f32 CPU rows with packed weights: `x` (`rows × e` values) into
+    /// `y` (`rows × e`), through the step's buffers `qkv` (`rows × 3e`) and `att`
+    /// (`rows × e`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_rows(
+        &self,
+        x: &[f32],
+        rows: usize,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+        qkv: &mut [f32],
+        att: &mut [f32],
+        y: &mut [f32],
+    ) -> candle_core::Result<()> {
+        packed_into(&mut [(&self.c_attn, &mut *qkv)], x, rows, team)?;
+        self.heads.attend_rows(qkv, rows, parts, team, att)?;
+        packed_into(&mut [(&self.c_proj, y)], att, rows, team)
+    }
+}
+
 impl Heads {
     /// `qkv: [rows, 3e]` of the sequences of `parts` (see [`Attention::forward`]) → `[rows, e]`.
     fn forward(
@@ -168,8 +189,8 @@ impl Heads {
             .contiguous()
     }
 
-    /// The CPU path of [`Self::forward`] for f32 `qkv: [rows, 3e]`: appends every
-    /// sequence's keys and values to its cache, then runs one task per sequence and head.
+    /// The CPU path of [`Self::forward`] for f32 `qkv: [rows, 3e]` (see
+    /// [`Self::attend_rows`]).
     fn attend_on_cpu(
         &self,
         qkv: &Tensor,
@@ -177,7 +198,54 @@ impl Heads {
         team: &Team<'_>,
     ) -> candle_core::Result<Tensor> {
         let (rows, e3) = qkv.dims2()?;
-        let (e, h, d) = (e3 / 3, self.n_head, self.head_dim);
+        let mut out = vec![0f32; rows * (e3 / 3)];
+        with_f32_slice(&qkv.contiguous()?, |qkv| {
+            self.attend_rows(qkv, rows, parts, team, &mut out)
+        })??;
+        Tensor::from_vec(out, (rows, e3 / 3), &Device::Cpu)
+    }
+
+    /// `[h, t, d]` keys (`i` = 1) or values (`i` = 2) of rows `start..start + t` of the
+    /// f32 `qkv` rows (`[rows, 3e]`), as a CPU tensor.
+    fn heads_of_rows(
+        &self,
+        qkv: &[f32],
+        start: usize,
+        t: usize,
+        i: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (h, d) = (self.n_head, self.head_dim);
+        let (e, e3) = (h * d, 3 * h * d);
+        let mut out = Vec::with_capacity(h * t * d);
+        for head in 0..h {
+            for row in start..start + t {
+                let src = row * e3 + i * e + head * d;
+                out.extend_from_slice(&qkv[src..src + d]);
+            }
+        }
+        Tensor::from_vec(out, (h, t, d), &Device::Cpu)
+    }
+
+    /// Attention of the f32 rows `qkv` (`rows × 3e` values) of the sequences of `parts`
+    /// into `out` (`rows × e`): appends every sequence's keys and values to its cache,
+    /// then runs one task per sequence and head on `team`.
+    pub(crate) fn attend_rows(
+        &self,
+        qkv: &[f32],
+        rows: usize,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let (h, d) = (self.n_head, self.head_dim);
+        let (e, e3) = (h * d, 3 * h * d);
+        if qkv.len() != rows * e3 || out.len() != rows * e {
+            candle_core::bail!(
+                "attention of {rows} rows: {} values in and {} out, {h} heads of {d}",
+                qkv.len(),
+                out.len()
+            );
+        }
         let mut cached = Vec::with_capacity(parts.len());
         let mut next_row = 0;
         for part in parts.iter_mut() {
@@ -185,8 +253,11 @@ impl Heads {
                 candle_core::bail!("attention parts must cover the rows in order");
             }
             next_row += part.len;
-            let mine = qkv.narrow(0, part.start, part.len)?;
-            let (k, v) = (self.heads(&mine, 1)?, self.heads(&mine, 2)?);
+            if next_row > rows {
+                break;
+            }
+            let k = self.heads_of_rows(qkv, part.start, part.len, 1)?;
+            let v = self.heads_of_rows(qkv, part.start, part.len, 2)?;
             let (k, v) = part.kv.append(&k, &v, part.reserve)?;
             let positions = k.dim(1)?;
             cached.push((k, v, positions - part.len));
@@ -202,51 +273,54 @@ impl Heads {
             .iter()
             .map(|((ks, kl), (vs, vl))| Ok((CachedHeads::new(ks, kl)?, CachedHeads::new(vs, vl)?)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        // Per sequence `[h][t][d]`, the sequences one after the other.
-        let mut out = vec![0f32; rows * e];
+        // Per sequence `[h][t][d]`, the sequences one after the other (one row per
+        // sequence, the decode case: already `[t][h·d]`).
+        let reorder = parts.iter().any(|p| p.len > 1);
+        let mut scratch = if reorder {
+            vec![0f32; rows * e]
+        } else {
+            Vec::new()
+        };
         {
+            let target: &mut [f32] = if reorder { &mut scratch } else { &mut *out };
             let mut slots = Vec::with_capacity(parts.len() * h);
-            let mut rest = out.as_mut_slice();
+            let mut rest = target;
             for part in parts.iter() {
                 let (mine, tail) = rest.split_at_mut(part.len * e);
                 slots.extend(mine.chunks_mut(part.len * d).map(Mutex::new));
                 rest = tail;
             }
             let scale = self.scale as f32;
-            with_f32_slice(qkv, |qkv| {
-                team.for_each(slots.len(), &|task| {
-                    let (p, head) = (task / h, task % h);
-                    let (part, (keys, values)) = (&parts[p], &views[p]);
-                    let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());
-                    for (qi, o) in slot.chunks_exact_mut(d).enumerate() {
-                        let q = &qkv[(part.start + qi) * e3 + head * d..][..d];
-                        let query = Query {
-                            q,
-                            position: cached[p].2 + qi,
-                            scale,
-                            slope: self.slopes.as_ref().map(|s| s[head]),
-                        };
-                        query.attend(&keys.head(head), &values.head(head), o);
-                    }
-                });
-            })?;
+            team.for_each(slots.len(), &|task| {
+                let (p, head) = (task / h, task % h);
+                let (part, (keys, values)) = (&parts[p], &views[p]);
+                let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());
+                for (qi, o) in slot.chunks_exact_mut(d).enumerate() {
+                    let q = &qkv[(part.start + qi) * e3 + head * d..][..d];
+                    let query = Query {
+                        q,
+                        position: cached[p].2 + qi,
+                        scale,
+                        slope: self.slopes.as_ref().map(|s| s[head]),
+                    };
+                    query.attend(&keys.head(head), &values.head(head), o);
+                }
+            });
         }
-        // `[h][t][d]` → `[t][h·d]` per sequence (one row: the same layout).
-        if parts.iter().any(|p| p.len > 1) {
-            let mut y = vec![0f32; rows * e];
+        // `[h][t][d]` → `[t][h·d]` per sequence.
+        if reorder {
             for part in parts.iter() {
                 let (t, base) = (part.len, part.start * e);
                 for head in 0..h {
                     for qi in 0..t {
                         let src = base + (head * t + qi) * d;
                         let dst = base + qi * e + head * d;
-                        y[dst..dst + d].copy_from_slice(&out[src..src + d]);
+                        out[dst..dst + d].copy_from_slice(&scratch[src..src + d]);
                     }
                 }
             }
-            out = y;
         }
-        Tensor::from_vec(out, (rows, e), &Device::Cpu)
+        Ok(())
     }
 
     /// Attention of one sequence's `t` query rows (`qkv: [t, 3e]`), giving `[t, e]`.

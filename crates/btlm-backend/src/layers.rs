@@ -1,14 +1,14 @@
 //! The layers of a BTLM block: layer norm, SwiGLU MLP, and the block itself
 //! (`h += attn(ln_1(h))`, `h += mlp(ln_2(h))`). Activations are `[rows, n_embd]`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{Attention, AttentionPart};
 use crate::config::Config;
 use crate::error::Result;
-use crate::linear::{Projection, with_f32_slice};
+use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
 use crate::team::Team;
 
@@ -18,16 +18,57 @@ pub(crate) struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
+    /// The weight and bias as f32 values, for f32 CPU tensors.
+    host: Option<Arc<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl LayerNorm {
     /// Loads `{prefix}.weight` and `{prefix}.bias`, both `[n]`.
     pub(crate) fn load(ld: &Loader<'_>, prefix: &str, n: usize, eps: f64) -> Result<Self> {
+        Self::new(
+            ld.tensor(&format!("{prefix}.weight"), &[n])?,
+            ld.tensor(&format!("{prefix}.bias"), &[n])?,
+            eps,
+        )
+    }
+
+    /// A layer norm of `weight` and `bias` (`[n]` each).
+    fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
+        let host = if weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && bias.dtype() == DType::F32
+        {
+            Some(Arc::new((weight.to_vec1::<f32>()?, bias.to_vec1::<f32>()?)))
+        } else {
+            None
+        };
         Ok(LayerNorm {
-            weight: ld.tensor(&format!("{prefix}.weight"), &[n])?,
-            bias: ld.tensor(&format!("{prefix}.bias"), &[n])?,
+            weight,
+            bias,
             eps: eps as f32,
+            host,
         })
+    }
+
+    /// Normalises the f32 rows `x` (rows of `n` values) into `out` (same size): the
+    /// arithmetic of [`Self::forward`].
+    pub(crate) fn rows_into(&self, x: &[f32], out: &mut [f32]) -> candle_core::Result<()> {
+        let Some(host) = &self.host else {
+            candle_core::bail!("layer norm of f32 rows needs f32 CPU weights");
+        };
+        let (weight, bias) = (&host.0, &host.1);
+        let n = weight.len();
+        if n == 0 || x.len() != out.len() || !x.len().is_multiple_of(n) {
+            candle_core::bail!(
+                "layer norm of {n} values applied to {} values into {}",
+                x.len(),
+                out.len()
+            );
+        }
+        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            layer_norm_row(src, weight, bias, self.eps, dst);
+        }
+        Ok(())
     }
 
     /// Normalises each row of `x`. f32 rows on the CPU are normalised on this thread (the
@@ -38,19 +79,8 @@ impl LayerNorm {
             return candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps);
         }
         let (rows, n) = x.dims2()?;
-        let (weight, bias) = (self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?);
-        if weight.len() != n {
-            candle_core::bail!(
-                "layer norm of {} values applied to rows of {n}",
-                weight.len()
-            );
-        }
         let mut y = vec![0f32; rows * n];
-        with_f32_slice(&x, |xs| {
-            for (src, dst) in xs.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-                layer_norm_row(src, &weight, &bias, self.eps, dst);
-            }
-        })?;
+        with_f32_slice(&x, |xs| self.rows_into(xs, &mut y))??;
         Tensor::from_vec(y, (rows, n), &Device::Cpu)
     }
 }
@@ -108,6 +138,49 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// [`Self::forward`] on f32 CPU rows with packed weights: `x` (`rows × n_embd` values)
+    /// into `y` (`rows × n_embd`), through the step's buffers `up` and `gate` (`rows ×
+    /// n_inner` each). Both up-projections share one activation preparation and one
+    /// parallel section of `team`.
+    pub(crate) fn forward_rows(
+        &self,
+        x: &[f32],
+        rows: usize,
+        team: &Team<'_>,
+        up: &mut [f32],
+        gate: &mut [f32],
+        y: &mut [f32],
+    ) -> candle_core::Result<()> {
+        packed_into(
+            &mut [(&self.c_fc, &mut *up), (&self.c_fc2, &mut *gate)],
+            x,
+            rows,
+            team,
+        )?;
+        swiglu_into(up, gate, team)?;
+        packed_into(&mut [(&self.c_proj, y)], up, rows, team)
+    }
+}
+
+/// `up ← up ⊙ silu(gate)` in chunks over `team` (candle's arithmetic: `silu(g) = g / (1 +
+/// e^−g)`, then the product).
+fn swiglu_into(up: &mut [f32], gate: &[f32], team: &Team<'_>) -> candle_core::Result<()> {
+    if up.len() != gate.len() {
+        candle_core::bail!("SwiGLU halves of {} and {} values", up.len(), gate.len());
+    }
+    let chunks: Vec<Mutex<&mut [f32]>> = up.chunks_mut(SWIGLU_CHUNK).map(Mutex::new).collect();
+    team.for_each(chunks.len(), &|i| {
+        let mut out = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
+        let base = i * SWIGLU_CHUNK;
+        let g = &gate[base..base + out.len()];
+        for (o, &g) in out.iter_mut().zip(g) {
+            *o *= g / (1.0 + (-g).exp());
+        }
+    });
+    Ok(())
+}
+
 /// Values per task of [`swiglu_on`].
 const SWIGLU_CHUNK: usize = 2048;
 
@@ -121,23 +194,57 @@ fn swiglu_on(up: &Tensor, gate: &Tensor, team: &Team<'_>) -> candle_core::Result
             gate.dims()
         );
     }
-    let mut y = vec![0f32; up.elem_count()];
     let (up, gate) = (up.contiguous()?, gate.contiguous()?);
-    with_f32_slice(&up, |u| {
-        with_f32_slice(&gate, |g| {
-            let chunks: Vec<Mutex<&mut [f32]>> =
-                y.chunks_mut(SWIGLU_CHUNK).map(Mutex::new).collect();
-            team.for_each(chunks.len(), &|i| {
-                let mut out = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
-                let base = i * SWIGLU_CHUNK;
-                let (u, g) = (&u[base..base + out.len()], &g[base..base + out.len()]);
-                for ((o, &u), &g) in out.iter_mut().zip(u).zip(g) {
-                    *o = u * (g / (1.0 + (-g).exp()));
-                }
-            });
-        })
-    })??;
+    let mut y = with_f32_slice(&up, <[f32]>::to_vec)?;
+    with_f32_slice(&gate, |g| swiglu_into(&mut y, g, team))??;
     Tensor::from_vec(y, up.dims(), &Device::Cpu)
+}
+
+/// The activations of one step on the CPU path ([`Block::forward_rows`]), reused by every
+/// block.
+pub(crate) struct Workspace {
+    /// Rows the buffers hold.
+    rows: usize,
+    /// `n_embd` and `n_inner`.
+    e: usize,
+    inner: usize,
+    /// A layer norm's output, `rows × n_embd`.
+    x: Vec<f32>,
+    /// `c_attn`'s output, `rows × 3·n_embd`.
+    qkv: Vec<f32>,
+    /// The attention's output, `rows × n_embd`.
+    att: Vec<f32>,
+    /// A sub-layer's output before the residual sum, `rows × n_embd`.
+    y: Vec<f32>,
+    /// `c_fc`'s output (then the gated product), `rows × n_inner`.
+    up: Vec<f32>,
+    /// `c_fc2`'s output, `rows × n_inner`.
+    gate: Vec<f32>,
+}
+
+impl Workspace {
+    /// Buffers for `rows` rows of a model of `cfg`'s widths.
+    pub(crate) fn new(rows: usize, cfg: &Config) -> Self {
+        let (e, inner) = (cfg.n_embd, cfg.n_inner);
+        Workspace {
+            rows,
+            e,
+            inner,
+            x: vec![0.0; rows * e],
+            qkv: vec![0.0; rows * 3 * e],
+            att: vec![0.0; rows * e],
+            y: vec![0.0; rows * e],
+            up: vec![0.0; rows * inner],
+            gate: vec![0.0; rows * inner],
+        }
+    }
+}
+
+/// `h ← h + y` (the residual sum, as candle adds tensors).
+fn add_into(h: &mut [f32], y: &[f32]) {
+    for (a, &b) in h.iter_mut().zip(y) {
+        *a += b;
+    }
 }
 
 /// One transformer block.
@@ -172,6 +279,41 @@ impl Block {
     ) -> candle_core::Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln_1.forward(x)?, parts, team)?)?;
         &h + self.mlp.forward(&self.ln_2.forward(&h)?, team)?
+    }
+
+    /// [`Self::forward`] on f32 CPU rows with packed weights, in place: `h` holds `rows`
+    /// rows of `n_embd` values; `ws` (made for at least as many rows) holds the
+    /// intermediate activations, so a step allocates them once for all blocks.
+    pub(crate) fn forward_rows(
+        &self,
+        h: &mut [f32],
+        rows: usize,
+        parts: &mut [AttentionPart<'_>],
+        team: &Team<'_>,
+        ws: &mut Workspace,
+    ) -> candle_core::Result<()> {
+        let n = rows * ws.e;
+        if rows > ws.rows || h.len() != n {
+            candle_core::bail!(
+                "block of {} values per row applied to {} values in {rows} rows \
+                 (buffers for {})",
+                ws.e,
+                h.len(),
+                ws.rows
+            );
+        }
+        let (x, y) = (&mut ws.x[..n], &mut ws.y[..n]);
+        let qkv = &mut ws.qkv[..3 * n];
+        let att = &mut ws.att[..n];
+        self.ln_1.rows_into(h, x)?;
+        self.attn.forward_rows(x, rows, parts, team, qkv, att, y)?;
+        add_into(h, y);
+        self.ln_2.rows_into(h, x)?;
+        let m = rows * ws.inner;
+        let (up, gate) = (&mut ws.up[..m], &mut ws.gate[..m]);
+        self.mlp.forward_rows(x, rows, team, up, gate, y)?;
+        add_into(h, y);
+        Ok(())
     }
 }
 
@@ -217,11 +359,7 @@ mod tests {
         .expect("w");
         let b = Tensor::from_vec((0..n).map(|i| i as f32 * 0.01).collect(), n, &Device::Cpu)
             .expect("b");
-        let ln = LayerNorm {
-            weight: w.clone(),
-            bias: b.clone(),
-            eps: 1e-5,
-        };
+        let ln = LayerNorm::new(w.clone(), b.clone(), 1e-5).expect("layer norm");
         let want = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)
             .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
             .expect("candle");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::kernels::{self, KernelPath, PackedMatrix, TileProduct};
+use crate::kernels::{self, Acts, KernelPath, PackedMatrix, TileProduct, WeightFormat};
 use crate::loader::Loader;
 use crate::team::Team;
 
@@ -123,7 +123,7 @@ impl Projection {
         x: &Tensor,
         team: &Team<'_>,
     ) -> candle_core::Result<Vec<Tensor>> {
-        let (rows, n_in) = x.dims2()?;
+        let (rows, _) = x.dims2()?;
         let is_packed = |p: &&Projection| matches!(p.weight, Weight::Packed { .. });
         let mut outs: Vec<Vec<f32>> = projections
             .iter()
@@ -135,37 +135,13 @@ impl Projection {
         if projections.iter().any(is_packed) {
             let xf = x.to_dtype(DType::F32)?.contiguous()?;
             with_f32_slice(&xf, |xs| -> candle_core::Result<()> {
-                let mut products = Vec::new();
-                for (p, y) in projections.iter().zip(&mut outs) {
-                    let Weight::Packed { matrix, path } = &p.weight else {
-                        continue;
-                    };
-                    if n_in != matrix.n_in() {
-                        candle_core::bail!(
-                            "projection of {n_in} inputs, weights take {}",
-                            matrix.n_in()
-                        );
-                    }
-                    let bias = p.bias_f32.as_deref().map(Vec::as_slice);
-                    if path.many_rows(matrix.format(), rows) {
-                        // Other kernels than the tile kernels, parallel on rayon's pool.
-                        kernels::matmul(*path, matrix, xs, rows, bias, y).map_err(kernel_error)?;
-                    } else {
-                        let product =
-                            TileProduct::new(*path, matrix, xs, rows, bias, y, team.threads())
-                                .map_err(kernel_error)?
-                                .ok_or_else(|| {
-                                    candle_core::Error::Msg("tile kernels expected".into()).bt()
-                                })?;
-                        products.push(product);
-                    }
-                }
-                match products.as_slice() {
-                    [] => {}
-                    [one] => team.broadcast(&|_| one.work()),
-                    all => team.broadcast(&|_| all.iter().for_each(TileProduct::work)),
-                }
-                Ok(())
+                let mut products: Vec<(&Projection, &mut [f32])> = projections
+                    .iter()
+                    .zip(&mut outs)
+                    .filter(|(p, _)| is_packed(p))
+                    .map(|(p, y)| (*p, y.as_mut_slice()))
+                    .collect();
+                packed_into(&mut products, xs, rows, team)
             })??;
         }
         projections
@@ -185,6 +161,75 @@ impl Projection {
             })
             .collect()
     }
+}
+
+/// Every packed projection of `products` applied to the same `x` (`rows × n_in` f32
+/// values), each into its output (`rows × n_out`): the activations are prepared once per
+/// weight format, their rows spread over `team`, and the tile-kernel products of all run in
+/// one parallel section of `team` (products of many rows run on rayon's pool, see
+/// [`KernelPath::many_rows`]).
+pub(crate) fn packed_into(
+    products: &mut [(&Projection, &mut [f32])],
+    x: &[f32],
+    rows: usize,
+    team: &Team<'_>,
+) -> candle_core::Result<()> {
+    let for_each = |n: usize, task: &(dyn Fn(usize) + Sync)| team.for_each(n, task);
+    // Activations per (format, padded inputs) that a tile product needs.
+    let mut prepared: Vec<(WeightFormat, usize, Acts<'_>)> = Vec::new();
+    for (p, y) in products.iter() {
+        let Weight::Packed { matrix, path } = &p.weight else {
+            candle_core::bail!("packed_into takes packed projections only");
+        };
+        let n_in = matrix.n_in();
+        if x.len() != rows * n_in || y.len() != rows * matrix.n_out() {
+            candle_core::bail!(
+                "projection of {} inputs and {} outputs applied to {rows} rows of {} values \
+                 into {}",
+                n_in,
+                matrix.n_out(),
+                x.len() / rows.max(1),
+                y.len()
+            );
+        }
+        let (format, k_pad) = (matrix.format(), matrix.k_pad());
+        if !path.many_rows(format, rows)
+            && !prepared.iter().any(|(f, k, _)| (*f, *k) == (format, k_pad))
+        {
+            let acts = Acts::prepare_on(format, x, rows, n_in, k_pad, &for_each);
+            prepared.push((format, k_pad, acts));
+        }
+    }
+    let mut tiles = Vec::new();
+    for (p, y) in products.iter_mut() {
+        let Weight::Packed { matrix, path } = &p.weight else {
+            continue;
+        };
+        let bias = p.bias_f32.as_deref().map(Vec::as_slice);
+        let (format, k_pad) = (matrix.format(), matrix.k_pad());
+        match prepared
+            .iter()
+            .find(|(f, k, _)| (*f, *k) == (format, k_pad))
+        {
+            Some((_, _, acts)) if !path.many_rows(format, rows) => {
+                let product =
+                    TileProduct::with_acts(*path, matrix, acts, rows, bias, y, team.threads())
+                        .map_err(kernel_error)?
+                        .ok_or_else(|| {
+                            candle_core::Error::Msg("tile kernels expected".into()).bt()
+                        })?;
+                tiles.push(product);
+            }
+            // Other kernels than the tile kernels, parallel on rayon's pool.
+            _ => kernels::matmul(*path, matrix, x, rows, bias, y).map_err(kernel_error)?,
+        }
+    }
+    match tiles.as_slice() {
+        [] => {}
+        [one] => team.broadcast(&|_| one.work()),
+        all => team.broadcast(&|_| all.iter().for_each(TileProduct::work)),
+    }
+    Ok(())
 }
 
 /// A kernel error as a candle error.

@@ -20,8 +20,8 @@ use crate::attention::{AttentionPart, alibi_slopes, attends_on_cpu, attention_bi
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::{BtlmError, Result};
 use crate::kv_cache::{Cache, bytes_per_token};
-use crate::layers::{Block, LayerNorm};
-use crate::linear::Projection;
+use crate::layers::{Block, LayerNorm, Workspace};
+use crate::linear::{Projection, packed_into};
 use crate::loader::{LoadOptions, Loader};
 use crate::team::{self, Team};
 use crate::weights::Checkpoint;
@@ -151,14 +151,16 @@ impl Btlm {
         } else {
             1
         };
-        team::run(threads, |team| self.forward_on(segments, team))
+        team::run(threads, |team| self.forward_on(segments, team, true))
     }
 
-    /// [`Self::forward_batch`] on `team`.
+    /// [`Self::forward_batch`] on `team`; `rows_path`: whether CPU models run their blocks on
+    /// plain f32 rows ([`Block::forward_rows`], the default) rather than tensors.
     fn forward_on(
         &self,
         segments: &mut [Segment<'_>],
         team: &Team<'_>,
+        rows_path: bool,
     ) -> candle_core::Result<Tensor> {
         if segments.is_empty() {
             candle_core::bail!("forward needs at least one sequence");
@@ -206,6 +208,15 @@ impl Btlm {
             h = (h + wpe.embedding(&pos)?)?;
         }
         let mut h = (h * self.cfg.embeddings_scale)?;
+        // f32 activations on the CPU with packed weights (every CPU model): the blocks run
+        // on plain rows in place, their intermediate activations in buffers made once per
+        // step.
+        let mut on_rows = if rows_path && cpu_attention && self.lm_head.packed_matrix().is_some() {
+            let values = h.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            Some((values, Workspace::new(rows, &self.cfg)))
+        } else {
+            None
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let mut start = 0;
             let mut parts = Vec::with_capacity(segments.len());
@@ -221,7 +232,10 @@ impl Btlm {
                 });
                 start += len;
             }
-            h = block.forward(&h, &mut parts, team)?;
+            match &mut on_rows {
+                Some((values, ws)) => block.forward_rows(values, rows, &mut parts, team, ws)?,
+                None => h = block.forward(&h, &mut parts, team)?,
+            }
         }
         for s in segments.iter_mut() {
             s.cache.advance(s.tokens.len());
@@ -230,9 +244,41 @@ impl Btlm {
         if n == 0 {
             return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
         }
+        if let Some((values, _)) = on_rows {
+            return self.logits_of_rows(&values, &last_rows, team);
+        }
         let last = h.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
         let logits = self.lm_head.forward_on(&self.ln_f.forward(&last)?, team)?;
         (logits.to_dtype(DType::F32)? * self.cfg.output_logits_scale)?.contiguous()
+    }
+
+    /// The f32 logits (`[n, vocab]`) after the rows `last_rows` of the final hidden
+    /// states `h` (f32 CPU rows of `n_embd` values; packed output head).
+    fn logits_of_rows(
+        &self,
+        h: &[f32],
+        last_rows: &[u32],
+        team: &Team<'_>,
+    ) -> candle_core::Result<Tensor> {
+        let (e, vocab, n) = (self.cfg.n_embd, self.cfg.vocab_size, last_rows.len());
+        let mut last = Vec::with_capacity(n * e);
+        for &r in last_rows {
+            let r = r as usize;
+            let Some(row) = h.get(r * e..(r + 1) * e) else {
+                candle_core::bail!("row {r} is past the step's rows");
+            };
+            last.extend_from_slice(row);
+        }
+        let mut x = vec![0f32; n * e];
+        self.ln_f.rows_into(&last, &mut x)?;
+        let mut logits = vec![0f32; n * vocab];
+        packed_into(&mut [(&self.lm_head, &mut logits)], &x, n, team)?;
+        // As candle multiplies a tensor by a scalar (`x · s + 0`).
+        let scale = self.cfg.output_logits_scale as f32;
+        for v in &mut logits {
+            *v = *v * scale + 0.0;
+        }
+        Tensor::from_vec(logits, (n, vocab), &self.device)
     }
 
     /// Runs a prompt in chunks of at most `chunk` tokens (bounding the size of the attention
@@ -310,5 +356,61 @@ mod tests {
     fn model_is_shareable() {
         fn f<T: Send + Sync>() {}
         f::<Btlm>();
+    }
+
+    /// The tiny test checkpoint in `format`.
+    fn tiny(quantization: crate::options::Quantization) -> Btlm {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
+        let cfg = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
+        let cfg = Config::from_json(&cfg).expect("config");
+        let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
+        let opts = LoadOptions {
+            quantization,
+            ..LoadOptions::default()
+        };
+        Btlm::load(&cfg, &ckpt, &opts).expect("model")
+    }
+
+    #[test]
+    fn blocks_on_rows_equal_blocks_on_tensors_bit_for_bit() {
+        use crate::options::Quantization;
+        for q in [Quantization::None, Quantization::Q8_0, Quantization::Q4k] {
+            let model = tiny(q);
+            let vocab = model.config().vocab_size as u32;
+            let tokens: Vec<u32> = (0..12).map(|i| (i * 7919 + 13) % vocab).collect();
+            for threads in [1, 2, 3] {
+                let mut caches: [[Cache; 3]; 2] =
+                    std::array::from_fn(|_| std::array::from_fn(|_| model.new_cache()));
+                // A prompt piece of each sequence (the last wants no logits), then decode
+                // steps of one token each, the third sequence joining late.
+                let steps: [[&[u32]; 3]; 3] = [
+                    [&tokens[..5], &tokens[5..8], &[]],
+                    [&tokens[8..9], &tokens[9..10], &tokens[..4]],
+                    [&tokens[10..11], &tokens[11..12], &tokens[4..5]],
+                ];
+                for (step, pieces) in steps.iter().enumerate() {
+                    let mut outs = Vec::new();
+                    for (path, caches) in caches.iter_mut().enumerate() {
+                        let mut segments: Vec<Segment<'_>> = caches
+                            .iter_mut()
+                            .zip(pieces)
+                            .filter(|(_, p)| !p.is_empty())
+                            .enumerate()
+                            .map(|(i, (cache, p))| Segment {
+                                tokens: p,
+                                cache,
+                                logits: i != 2 || step > 0,
+                            })
+                            .collect();
+                        let logits =
+                            team::run(threads, |t| model.forward_on(&mut segments, t, path == 0))
+                                .expect("step");
+                        outs.push(logits.to_vec2::<f32>().expect("logits"));
+                    }
+                    assert!(!outs[0].is_empty());
+                    assert_eq!(outs[0], outs[1], "{q:?}, {threads} threads, step {step}");
+                }
+            }
+        }
     }
 }

@@ -12,6 +12,8 @@
 //! activation block far smaller than the largest of its super-block keeps fewer bits
 //! (docs/benchmarks.md, "q4k with super-block activation scales").
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::format::{QBLOCK, QK_K, WeightFormat};
@@ -55,6 +57,10 @@ pub enum Acts<'a> {
 /// Rows per parallel task when preparing many rows (prefill); decode rows run inline.
 const PAR_ROWS: usize = 8;
 
+/// Runs `task(i)` once for every `i` in `0..n`, on whatever threads the caller has (see
+/// [`Acts::prepare_on`]).
+pub type ForEach<'f> = dyn Fn(usize, &(dyn Fn(usize) + Sync)) + 'f;
+
 impl<'a> Acts<'a> {
     /// Prepares `rows` rows of `k` inputs (`x.len() == rows * k`) for `format`, padded to
     /// `k_pad`.
@@ -90,6 +96,119 @@ impl<'a> Acts<'a> {
     }
 }
 
+impl<'a> Acts<'a> {
+    /// [`Acts::prepare`] with the rows spread over the caller's threads: `for_each(n, task)`
+    /// must run `task(i)` exactly once for every `i < n` (in any order, on any threads) and
+    /// return when all have run. The result is the same as [`Acts::prepare`]'s.
+    pub fn prepare_on(
+        format: WeightFormat,
+        x: &'a [f32],
+        rows: usize,
+        k: usize,
+        k_pad: usize,
+        for_each: &ForEach<'_>,
+    ) -> Self {
+        debug_assert_eq!(x.len(), rows * k);
+        match format {
+            WeightFormat::F32 | WeightFormat::F16 => Acts::F32 { x },
+            WeightFormat::Bf16 => {
+                let mut out = vec![0u16; rows * k_pad];
+                let chunks: Vec<Mutex<&mut [u16]>> =
+                    out.chunks_mut(k_pad.max(1)).map(Mutex::new).collect();
+                for_each(chunks.len(), &|r| {
+                    let mut o = chunks[r].lock().unwrap_or_else(|e| e.into_inner());
+                    for (d, &s) in o.iter_mut().zip(&x[r * k..(r + 1) * k]) {
+                        *d = f32_to_bf16(s);
+                    }
+                });
+                drop(chunks);
+                Acts::Bf16 { x: out }
+            }
+            WeightFormat::Q8_0 => {
+                let (q, d, sum) = quantize_rows_on(x, rows, k, k_pad, QBLOCK, |s| s, for_each);
+                Acts::Q8 { q, d, sum }
+            }
+            WeightFormat::Q4K => {
+                let (q, d, bsum) =
+                    quantize_rows_on(x, rows, k, k_pad, QK_K, |s| s as i16, for_each);
+                Acts::Q8K { q, d, bsum }
+            }
+        }
+    }
+
+    /// Whether these activations are `rows` rows prepared for `format` weights of `k_pad`
+    /// (padded) inputs, so that kernels of such weights may read them.
+    pub fn fits(&self, format: WeightFormat, rows: usize, k_pad: usize) -> bool {
+        let n = rows * k_pad;
+        match (self, format) {
+            (Acts::F32 { x }, WeightFormat::F32 | WeightFormat::F16) => x.len() == n,
+            (Acts::Bf16 { x }, WeightFormat::Bf16) => x.len() == n,
+            (Acts::Q8 { q, d, sum }, WeightFormat::Q8_0) => {
+                q.len() == n && d.len() == n / QBLOCK && sum.len() == n / QBLOCK
+            }
+            (Acts::Q8K { q, d, bsum }, WeightFormat::Q4K) => {
+                q.len() == n && d.len() == n / QK_K && bsum.len() == n / QBLOCK
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One row's quants, scales and block sums.
+type RowParts<'r, S> = (&'r mut [i8], &'r mut [f32], &'r mut [S]);
+
+/// [`quantize_rows`] with one task per row run by `for_each` (see [`Acts::prepare_on`]).
+fn quantize_rows_on<S: Copy + Default + Send>(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    k_pad: usize,
+    block: usize,
+    sum_as: impl Fn(i32) -> S + Sync,
+    for_each: &ForEach<'_>,
+) -> (Vec<i8>, Vec<f32>, Vec<S>) {
+    let (nd, ns) = (k_pad / block, k_pad / QBLOCK);
+    let mut q = vec![0i8; rows * k_pad];
+    let mut d = vec![0f32; rows * nd];
+    let mut sum = vec![S::default(); rows * ns];
+    if rows > 0 && k_pad > 0 {
+        let chunks: Vec<Mutex<RowParts<'_, S>>> = q
+            .chunks_mut(k_pad)
+            .zip(d.chunks_mut(nd))
+            .zip(sum.chunks_mut(ns))
+            .map(|((qr, dr), sr)| Mutex::new((qr, dr, sr)))
+            .collect();
+        for_each(chunks.len(), &|r| {
+            let mut c = chunks[r].lock().unwrap_or_else(|e| e.into_inner());
+            let (qr, dr, sr) = &mut *c;
+            quantize_row(&x[r * k..(r + 1) * k], block, qr, dr, sr, &sum_as);
+        });
+    }
+    (q, d, sum)
+}
+
+/// Quantizes one row `xr` (zero padded to `qr.len()`) in blocks of `block` inputs into
+/// `qr` with the scales `dr`, and the sums of the quants of every block of [`QBLOCK`]
+/// (converted by `sum_as`) into `sr`.
+fn quantize_row<S>(
+    xr: &[f32],
+    block: usize,
+    qr: &mut [i8],
+    dr: &mut [f32],
+    sr: &mut [S],
+    sum_as: &impl Fn(i32) -> S,
+) {
+    let k = xr.len();
+    for (b, (qb, db)) in qr.chunks_mut(block).zip(dr.iter_mut()).enumerate() {
+        let start = (b * block).min(k);
+        let end = ((b + 1) * block).min(k);
+        *db = quantize_block(&xr[start..end], qb);
+    }
+    for (qb, sb) in qr.chunks_exact(QBLOCK).zip(sr.iter_mut()) {
+        *sb = sum_as(qb.iter().map(|&v| v as i32).sum());
+    }
+}
+
 /// Quantizes `rows` rows of `k` values (`x`), zero padded to `k_pad`, in blocks of `block`
 /// inputs with one scale each ([`quantize_block`]), and sums the quants of every block of
 /// [`QBLOCK`] (converted by `sum_as`): `(quants, scales, sums)`.
@@ -106,15 +225,7 @@ fn quantize_rows<S: Copy + Default + Send>(
     let mut d = vec![0f32; rows * nd];
     let mut sum = vec![S::default(); rows * ns];
     let row = |r: usize, qr: &mut [i8], dr: &mut [f32], sr: &mut [S]| {
-        let xr = &x[r * k..(r + 1) * k];
-        for (b, (qb, db)) in qr.chunks_mut(block).zip(dr.iter_mut()).enumerate() {
-            let start = (b * block).min(k);
-            let end = ((b + 1) * block).min(k);
-            *db = quantize_block(&xr[start..end], qb);
-        }
-        for (qb, sb) in qr.chunks_exact(QBLOCK).zip(sr.iter_mut()) {
-            *sb = sum_as(qb.iter().map(|&v| v as i32).sum());
-        }
+        quantize_row(&x[r * k..(r + 1) * k], block, qr, dr, sr, &sum_as);
     };
     if rows > PAR_ROWS {
         q.par_chunks_mut(k_pad)
@@ -253,6 +364,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn prepared_on_threads_equals_prepared_inline() {
+        let k = 300; // a partial last block and super-block
+        for rows in [0, 1, 3, 20] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| (i as f32 * 0.53).cos() * 4.0)
+                .collect();
+            for f in [
+                WeightFormat::Q4K,
+                WeightFormat::Q8_0,
+                WeightFormat::Bf16,
+                WeightFormat::F32,
+            ] {
+                let k_pad = f.padded_k(k);
+                let want = Acts::prepare(f, &x, rows, k, k_pad);
+                // Tasks run in reverse order on scoped threads, two at a time.
+                let threads = |n: usize, task: &(dyn Fn(usize) + Sync)| {
+                    std::thread::scope(|s| {
+                        for i in (0..n).rev() {
+                            s.spawn(move || task(i));
+                        }
+                    })
+                };
+                let got = Acts::prepare_on(f, &x, rows, k, k_pad, &threads);
+                assert!(got.fits(f, rows, k_pad), "{f} {rows}");
+                assert_eq!(format!("{got:?}"), format!("{want:?}"), "{f} {rows} rows");
+            }
+        }
+        let x = vec![1f32; 2 * 256];
+        let a = Acts::prepare(WeightFormat::Q4K, &x, 2, 256, 256);
+        assert!(!a.fits(WeightFormat::Q4K, 1, 256));
+        assert!(!a.fits(WeightFormat::Q8_0, 2, 256));
     }
 
     #[test]

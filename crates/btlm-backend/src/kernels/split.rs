@@ -10,7 +10,8 @@ use super::{
     tiles_into,
 };
 
-/// Tasks per thread: claiming one costs an atomic add, and the smaller the tasks the less
+/// Tasks per thread for one activation row (up to 4× as many for more rows, see
+/// `TileProduct::build`): claiming one costs an atomic add, and the smaller the tasks the less
 /// the others wait for the last one at the end of a product; a task of the smallest decode
 /// product (2560 × 2560 in q4k, two threads) is still 5 tiles, a 115 KB stream.
 const TASKS_PER_THREAD: usize = 16;
@@ -21,7 +22,7 @@ const TASKS_PER_THREAD: usize = 16;
 pub struct TileProduct<'a> {
     path: KernelPath,
     w: &'a PackedMatrix,
-    acts: Acts<'a>,
+    acts: Prepared<'a>,
     rows: usize,
     bias: Option<&'a [f32]>,
     out: OutPtr,
@@ -29,6 +30,21 @@ pub struct TileProduct<'a> {
     tasks: usize,
     next: AtomicUsize,
     _y: PhantomData<&'a mut [f32]>,
+}
+
+/// The activations of a product: its own, or shared with other products of the same input.
+enum Prepared<'a> {
+    Own(Acts<'a>),
+    Shared(&'a Acts<'a>),
+}
+
+impl<'a> Prepared<'a> {
+    fn get(&self) -> &Acts<'a> {
+        match self {
+            Prepared::Own(a) => a,
+            Prepared::Shared(a) => a,
+        }
+    }
 }
 
 impl<'a> TileProduct<'a> {
@@ -49,18 +65,80 @@ impl<'a> TileProduct<'a> {
         if path.route(w.format(), rows) != Route::Tiles {
             return Ok(None);
         }
-        let per_task = w.tiles().div_ceil(TASKS_PER_THREAD * threads.max(1)).max(1);
+        let acts = Prepared::Own(Acts::prepare(w.format(), x, rows, w.n_in(), w.k_pad()));
+        Ok(Some(Self::build(path, w, acts, rows, bias, y, threads)))
+    }
+
+    /// [`TileProduct::new`] with activations already prepared (by [`Acts::prepare`] or
+    /// [`Acts::prepare_on`] for `w`'s format and padded inputs, `rows` rows), so that
+    /// products of the same input share one preparation.
+    pub fn with_acts(
+        path: KernelPath,
+        w: &'a PackedMatrix,
+        acts: &'a Acts<'a>,
+        rows: usize,
+        bias: Option<&'a [f32]>,
+        y: &'a mut [f32],
+        threads: usize,
+    ) -> Result<Option<Self>, KernelError> {
+        if !acts.fits(w.format(), rows, w.k_pad()) {
+            return Err(KernelError::Shape(format!(
+                "activations not prepared for {rows} rows of {} inputs in {}",
+                w.k_pad(),
+                w.format()
+            )));
+        }
+        // `acts` stands for `rows × n_in` values (checked above); the rest as `new` checks.
+        if y.len() != rows * w.n_out() || bias.is_some_and(|b| b.len() != w.n_out()) {
+            return Err(KernelError::Shape(format!(
+                "{rows} rows: y has {} values and the bias {:?} for {} outputs",
+                y.len(),
+                bias.map(<[f32]>::len),
+                w.n_out()
+            )));
+        }
+        if !path.supported() {
+            return Err(KernelError::Unsupported(path));
+        }
+        if path.route(w.format(), rows) != Route::Tiles {
+            return Ok(None);
+        }
+        Ok(Some(Self::build(
+            path,
+            w,
+            Prepared::Shared(acts),
+            rows,
+            bias,
+            y,
+            threads,
+        )))
+    }
+
+    fn build(
+        path: KernelPath,
+        w: &'a PackedMatrix,
+        acts: Prepared<'a>,
+        rows: usize,
+        bias: Option<&'a [f32]>,
+        y: &'a mut [f32],
+        threads: usize,
+    ) -> Self {
+        // A tile's instructions grow with the rows (q4k: 5.7× from 1 to 8 rows), and the
+        // last task of a product is what the other threads wait for: with more rows, more
+        // (and smaller) tasks.
+        let per_thread = TASKS_PER_THREAD * rows.clamp(1, 4);
+        let per_task = w.tiles().div_ceil(per_thread * threads.max(1)).max(1);
         let tasks = if rows == 0 {
             0
         } else {
             w.tiles().div_ceil(per_task)
         };
-        Ok(Some(TileProduct {
+        TileProduct {
             // Without AVX512-BF16 the AVX-512 paths run bf16 weights on the AVX2 kernel
             // (see `matmul`).
             path: path.tile_path(w.format(), avx512_bf16()),
             w,
-            acts: Acts::prepare(w.format(), x, rows, w.n_in(), w.k_pad()),
+            acts,
             rows,
             bias,
             out: OutPtr(y.as_mut_ptr()),
@@ -68,7 +146,7 @@ impl<'a> TileProduct<'a> {
             tasks,
             next: AtomicUsize::new(0),
             _y: PhantomData,
-        }))
+        }
     }
 
     /// Claims and runs tasks until every task is claimed.
@@ -85,7 +163,7 @@ impl<'a> TileProduct<'a> {
             tiles_into(
                 self.path,
                 self.w,
-                &self.acts,
+                self.acts.get(),
                 self.rows,
                 self.bias,
                 self.out,
@@ -127,6 +205,27 @@ mod tests {
                         });
                         drop(p);
                         assert_eq!(got, want, "{format} {path} {rows} rows {threads} threads");
+                        // The same with activations prepared beforehand (and shared).
+                        let acts = Acts::prepare(format, &x, rows, n_in, m.k_pad());
+                        let mut got = vec![f32::NAN; rows * n_out];
+                        let p = TileProduct::with_acts(
+                            path,
+                            &m,
+                            &acts,
+                            rows,
+                            Some(&bias),
+                            &mut got,
+                            threads,
+                        )
+                        .expect("operands")
+                        .expect("tile kernels for few rows");
+                        std::thread::scope(|s| {
+                            for _ in 0..threads {
+                                s.spawn(|| p.work());
+                            }
+                        });
+                        drop(p);
+                        assert_eq!(got, want, "shared: {format} {path} {rows} {threads}");
                     }
                 }
             }
@@ -142,6 +241,22 @@ mod tests {
         let path = KernelPath::Scalar;
         assert!(matches!(
             TileProduct::new(path, &m, &x, 2, None, &mut y, 1),
+            Err(KernelError::Shape(_))
+        ));
+        // Activations of another shape or format, an output of the wrong size.
+        let acts = Acts::prepare(WeightFormat::Bf16, &x[..32], 1, 32, 32);
+        assert!(matches!(
+            TileProduct::with_acts(path, &m, &acts, 2, None, &mut y, 1),
+            Err(KernelError::Shape(_))
+        ));
+        let q8 = Acts::prepare(WeightFormat::Q8_0, &x[..32], 1, 32, 32);
+        assert!(matches!(
+            TileProduct::with_acts(path, &m, &q8, 1, None, &mut y, 1),
+            Err(KernelError::Shape(_))
+        ));
+        let mut short = vec![0f32; 15];
+        assert!(matches!(
+            TileProduct::with_acts(path, &m, &acts, 1, None, &mut short, 1),
             Err(KernelError::Shape(_))
         ));
         let mut y0: Vec<f32> = Vec::new();
