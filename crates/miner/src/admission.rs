@@ -36,8 +36,8 @@ pub struct AdmissionConfig {
     ))]
     pub service_quantile: f64,
 
-    /// How many recent requests (answered or cut off at their deadline) the expected
-    /// service time is taken from.
+    /// How many recent requests (answered, or cut off at their deadline after holding
+    /// their worker longer than the estimate) the expected service time is taken from.
     #[cfg_attr(feature = "cli", arg(
         long = "miner.admission.service_samples",
         default_value_t = DEFAULT_SERVICE_SAMPLES

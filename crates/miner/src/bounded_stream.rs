@@ -41,8 +41,10 @@ impl BoundedStream {
     fn finish(&mut self, outcome: Outcome) {
         self.inner = None;
         // Otherwise the slot is just dropped: given back without a sample.
-        if let (Some(slot), Outcome::Served | Outcome::TimedOut) = (self.slot.take(), outcome) {
-            slot.finish();
+        match (self.slot.take(), outcome) {
+            (Some(slot), Outcome::Served) => slot.finish(),
+            (Some(slot), Outcome::TimedOut) => slot.cut_off(),
+            _ => {}
         }
         if let Some(tracker) = self.tracker.take() {
             tracker.finish(outcome);

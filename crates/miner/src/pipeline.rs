@@ -196,7 +196,8 @@ impl Pipeline {
             tokio::time::timeout_at(request.deadline, self.inner.miner.prompt(request)).await;
         match &result {
             // Answered, or cut off at the deadline: a service-time sample.
-            Ok(Ok(_)) | Err(_) => slot.finish(),
+            Ok(Ok(_)) => slot.finish(),
+            Err(_) => slot.cut_off(),
             Ok(Err(_)) => drop(slot),
         }
         result.map_err(|_| tracker.timeout())?
@@ -221,7 +222,7 @@ impl Pipeline {
                     Ok(Ok(stream)) => Ok((stream, slot)),
                     Ok(Err(error)) => Err(error),
                     Err(_) => {
-                        slot.finish();
+                        slot.cut_off();
                         Err(tracker.timeout())
                     }
                 }

@@ -345,7 +345,7 @@ impl Scheduler {
         Slot {
             scheduler: Arc::clone(self),
             granted: Instant::now(),
-            measured: false,
+            sample: Sample::None,
         }
     }
 
@@ -453,10 +453,15 @@ impl Scheduler {
         state.note_backlog(now);
     }
 
-    fn release(&self, held: Option<Duration>) {
+    /// Gives a slot back; `held`: how long, and whether that is only a lower bound of the
+    /// service time (`None`: no sample).
+    fn release(&self, held: Option<(Duration, bool)>) {
         let mut state = self.state.lock();
-        if let Some(held) = held {
-            let before = state.service.estimate();
+        let before = state.service.estimate();
+        let sample = held.filter(|(held, lower_bound)| {
+            !lower_bound || before.is_none_or(|estimate| *held > estimate)
+        });
+        if let Some((held, _)) = sample {
             state.service.record(held);
             if self.policy.deadline_aware && state.service.estimate() > before {
                 // The waiters' give-up times were set by the smaller (or no) estimate: those
@@ -544,22 +549,40 @@ impl Drop for Ticket {
 pub struct Slot {
     scheduler: Arc<Scheduler>,
     granted: Instant,
-    measured: bool,
+    sample: Sample,
+}
+
+/// What a slot's hold time says about the service time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sample {
+    /// Nothing (the backend failed, the caller went away).
+    None,
+    /// It is a service time (an answer).
+    Exact,
+    /// The service time is at least this long (cut off at the deadline).
+    LowerBound,
 }
 
 impl Slot {
-    /// Gives the slot back, counting how long it was held as a service-time sample. Call it
-    /// when the request ran to its end — answered, or cut off at its deadline (then the
-    /// sample is a lower bound, which still pulls a too-low estimate up) — and just drop the
-    /// slot when the backend failed or the caller went away.
+    /// Gives the slot back after an answer, counting how long it was held as a service-time
+    /// sample. Just drop the slot when the backend failed or the caller went away.
     pub fn finish(mut self) {
-        self.measured = true;
+        self.sample = Sample::Exact;
+    }
+
+    /// Gives the slot back after the request was cut off at its deadline: how long it was
+    /// held is a lower bound of its service time, a sample only when it is above the
+    /// current estimate (or there is none yet), which it then raises. A lower bound below
+    /// the estimate says nothing new, and as a sample it would pull the estimate down.
+    pub fn cut_off(mut self) {
+        self.sample = Sample::LowerBound;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let held = self.measured.then(|| self.granted.elapsed());
+        let held = (self.sample != Sample::None)
+            .then(|| (self.granted.elapsed(), self.sample == Sample::LowerBound));
         self.scheduler.release(held);
     }
 }
@@ -819,6 +842,39 @@ mod tests {
         drop(failed);
         assert_eq!(s.service_time(), Some(2 * SECOND));
         assert_eq!(s.load().in_flight, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_off_hold_only_ever_raises_the_service_time() {
+        let policy = Policy {
+            service_samples: 2,
+            service_quantile: 1.0,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(2 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(
+            s.service_time(),
+            Some(2 * SECOND),
+            "better than no estimate"
+        );
+        measure(&s, 3 * SECOND).await;
+        assert_eq!(s.service_time(), Some(3 * SECOND));
+        // Cut off after 1 s: it would have taken more than 1 s, which says nothing new. As
+        // a sample it would push the 3 s answer out of the window and the estimate down.
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(SECOND).await;
+        slot.cut_off();
+        measure(&s, 2 * SECOND).await;
+        assert_eq!(s.service_time(), Some(3 * SECOND));
+        assert_eq!(s.service_samples(), 2);
+        // Cut off after 5 s: slower than the estimate, which it raises.
+        let slot = s.acquire(0.0, far()).await.expect("slot");
+        tokio::time::advance(5 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(s.service_time(), Some(5 * SECOND));
     }
 
     #[tokio::test(start_paused = true)]
