@@ -63,7 +63,7 @@ pub type ForEach<'f> = dyn Fn(usize, &(dyn Fn(usize) + Sync)) + 'f;
 
 impl<'a> Acts<'a> {
     /// Prepares `rows` rows of `k` inputs (`x.len() == rows * k`) for `format`, padded to
-    /// `k_pad`.
+    /// `k_pad`: on this thread for a few rows (decode), on rayon's pool for many (prefill).
     pub fn prepare(
         format: WeightFormat,
         x: &'a [f32],
@@ -71,32 +71,15 @@ impl<'a> Acts<'a> {
         k: usize,
         k_pad: usize,
     ) -> Self {
-        debug_assert_eq!(x.len(), rows * k);
-        match format {
-            WeightFormat::F32 | WeightFormat::F16 => Acts::F32 { x },
-            WeightFormat::Bf16 => {
-                let mut out = vec![0u16; rows * k_pad];
-                for_rows(&mut out, k_pad, rows, |r, o| {
-                    for (d, &s) in o.iter_mut().zip(&x[r * k..(r + 1) * k]) {
-                        *d = f32_to_bf16(s);
-                    }
-                });
-                Acts::Bf16 { x: out }
+        Self::prepare_on(format, x, rows, k, k_pad, &|n, task| {
+            if n > PAR_ROWS {
+                (0..n).into_par_iter().for_each(task);
+            } else {
+                (0..n).for_each(task);
             }
-            WeightFormat::Q8_0 => {
-                let (q, d, sum) = quantize_rows(x, rows, k, k_pad, QBLOCK, |s| s);
-                Acts::Q8 { q, d, sum }
-            }
-            WeightFormat::Q4K => {
-                // |sum| ≤ 32 · 127 < 2¹⁵.
-                let (q, d, bsum) = quantize_rows(x, rows, k, k_pad, QK_K, |s| s as i16);
-                Acts::Q8K { q, d, bsum }
-            }
-        }
+        })
     }
-}
 
-impl<'a> Acts<'a> {
     /// [`Acts::prepare`] with the rows spread over the caller's threads: `for_each(n, task)`
     /// must run `task(i)` exactly once for every `i < n` (in any order, on any threads) and
     /// return when all have run. The result is the same as [`Acts::prepare`]'s.
@@ -157,7 +140,10 @@ impl<'a> Acts<'a> {
 /// One row's quants, scales and block sums.
 type RowParts<'r, S> = (&'r mut [i8], &'r mut [f32], &'r mut [S]);
 
-/// [`quantize_rows`] with one task per row run by `for_each` (see [`Acts::prepare_on`]).
+/// Quantizes `rows` rows of `k` values (`x`), zero padded to `k_pad`, in blocks of `block`
+/// inputs with one scale each ([`quantize_block`]), and sums the quants of every block of
+/// [`QBLOCK`] (converted by `sum_as`): `(quants, scales, sums)`; one task per row, run by
+/// `for_each` (see [`Acts::prepare_on`]).
 fn quantize_rows_on<S: Copy + Default + Send>(
     x: &[f32],
     rows: usize,
@@ -206,58 +192,6 @@ fn quantize_row<S>(
     }
     for (qb, sb) in qr.chunks_exact(QBLOCK).zip(sr.iter_mut()) {
         *sb = sum_as(qb.iter().map(|&v| v as i32).sum());
-    }
-}
-
-/// Quantizes `rows` rows of `k` values (`x`), zero padded to `k_pad`, in blocks of `block`
-/// inputs with one scale each ([`quantize_block`]), and sums the quants of every block of
-/// [`QBLOCK`] (converted by `sum_as`): `(quants, scales, sums)`.
-fn quantize_rows<S: Copy + Default + Send>(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    k_pad: usize,
-    block: usize,
-    sum_as: impl Fn(i32) -> S + Sync,
-) -> (Vec<i8>, Vec<f32>, Vec<S>) {
-    let (nd, ns) = (k_pad / block, k_pad / QBLOCK);
-    let mut q = vec![0i8; rows * k_pad];
-    let mut d = vec![0f32; rows * nd];
-    let mut sum = vec![S::default(); rows * ns];
-    let row = |r: usize, qr: &mut [i8], dr: &mut [f32], sr: &mut [S]| {
-        quantize_row(&x[r * k..(r + 1) * k], block, qr, dr, sr, &sum_as);
-    };
-    if rows > PAR_ROWS {
-        q.par_chunks_mut(k_pad)
-            .zip(d.par_chunks_mut(nd))
-            .zip(sum.par_chunks_mut(ns))
-            .enumerate()
-            .for_each(|(r, ((qr, dr), sr))| row(r, qr, dr, sr));
-    } else {
-        q.chunks_mut(k_pad)
-            .zip(d.chunks_mut(nd))
-            .zip(sum.chunks_mut(ns))
-            .enumerate()
-            .for_each(|(r, ((qr, dr), sr))| row(r, qr, dr, sr));
-    }
-    (q, d, sum)
-}
-
-/// Runs `f(row, row_slice)` over the rows of `out` (in parallel for many rows).
-fn for_rows<T: Send>(
-    out: &mut [T],
-    stride: usize,
-    rows: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    if rows > PAR_ROWS {
-        out.par_chunks_mut(stride)
-            .enumerate()
-            .for_each(|(r, o)| f(r, o));
-    } else {
-        out.chunks_mut(stride)
-            .enumerate()
-            .for_each(|(r, o)| f(r, o));
     }
 }
 

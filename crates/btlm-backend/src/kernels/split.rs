@@ -178,6 +178,15 @@ mod tests {
     use super::super::{Source, WeightFormat, matmul};
     use super::*;
 
+    /// Runs `p` on `threads` scoped threads, each working until no task is left.
+    fn work_on_threads(p: TileProduct<'_>, threads: usize) {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| p.work());
+            }
+        });
+    }
+
     #[test]
     fn split_products_equal_matmul_on_every_thread_count() {
         let (n_out, n_in) = (75, 300); // a partial last tile, padded inputs
@@ -198,12 +207,7 @@ mod tests {
                             TileProduct::new(path, &m, &x, rows, Some(&bias), &mut got, threads)
                                 .expect("operands")
                                 .expect("tile kernels for few rows");
-                        std::thread::scope(|s| {
-                            for _ in 0..threads {
-                                s.spawn(|| p.work());
-                            }
-                        });
-                        drop(p);
+                        work_on_threads(p, threads);
                         assert_eq!(got, want, "{format} {path} {rows} rows {threads} threads");
                         // The same with activations prepared beforehand (and shared).
                         let acts = Acts::prepare(format, &x, rows, n_in, m.k_pad());
@@ -219,12 +223,7 @@ mod tests {
                         )
                         .expect("operands")
                         .expect("tile kernels for few rows");
-                        std::thread::scope(|s| {
-                            for _ in 0..threads {
-                                s.spawn(|| p.work());
-                            }
-                        });
-                        drop(p);
+                        work_on_threads(p, threads);
                         assert_eq!(got, want, "shared: {format} {path} {rows} {threads}");
                     }
                 }
