@@ -63,7 +63,7 @@ unsafe fn store<const R: usize>(acc: &Acc<R>, out: &mut [[f32; TILE]]) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bcast4(p: *const u8) -> __m256i {
+pub(super) unsafe fn bcast4(p: *const u8) -> __m256i {
     // SAFETY: the caller guarantees 4 readable bytes at `p`.
     _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
@@ -399,19 +399,19 @@ unsafe fn q8_0_rows_wide<const R: usize>(
 
 /// The scales of one q4k tile block, unpacked once per super-block (for all rows and
 /// sub-blocks) into the operands the kernels multiply with; `[h]` is the 8-column half.
-struct Q4kScales {
+pub(super) struct Q4kScales {
     /// `sc[j][h]`: i32 lane `c` holds the 6-bit scale of sub-block `j`, column `8h + c`, in
     /// both of its i16 halves, so that `vpmaddwd` with a lane's two i16 sums of products
     /// scales and adds them (and widens to i32) in one instruction.
-    sc: [[__m256i; 2]; 8],
+    pub(super) sc: [[__m256i; 2]; 8],
     /// `m[p][h]`: lane `c` holds the mins of sub-blocks `2p` (low i16) and `2p + 1` (high
     /// i16) of column `8h + c`; `vpmaddwd` with the two blocks' activation sums broadcast
     /// as one i16 pair gives both min terms.
-    m: [[__m256i; 2]; 4],
+    pub(super) m: [[__m256i; 2]; 4],
     /// `d` in f32.
-    d: [__m256; 2],
+    pub(super) d: [__m256; 2],
     /// `dmin` in f32.
-    dmin: [__m256; 2],
+    pub(super) dmin: [__m256; 2],
 }
 
 /// Unpacks the scales of the q4k tile block at `blk` into `out` (see [`Q4kScales`]; the bit
@@ -424,7 +424,7 @@ struct Q4kScales {
 /// (or with the next sub-block's) spreads half 0 and half 1 into the i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_scales(blk: *const u8, out: &mut Q4kScales) {
+pub(super) unsafe fn q4k_scales(blk: *const u8, out: &mut Q4kScales) {
     // SAFETY (whole body): the caller passes a whole q4k tile block.
     unsafe {
         let hi = [
@@ -620,7 +620,7 @@ unsafe fn q4k_group<const G: usize>(sub: &Q4kSub<'_>, q: &[*const u8], acc: &mut
 /// `Σ_j sc_j · Σ q·a` per column; the min term and the scales are applied here.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_finish(
+pub(super) unsafe fn q4k_finish(
     sc: &Q4kScales,
     a: &Q8KRows,
     s: usize,

@@ -13,7 +13,9 @@
 //! Sapphire Rapids and the AVX-512 ones on an emulated Ice Lake without AVX512-BF16, for
 //! machines without them). On the AVX2 path, products with at least [`MANY_ROWS`]
 //! activation rows (prefill, large batches) run cache-blocked many-rows kernels instead of
-//! the tile kernels (`BTLM_MANY_ROWS=N|off` moves or disables the threshold).
+//! the tile kernels: f32 ones for bf16/f16 weights, and from [`Q4K_MANY_ROWS`] rows int8
+//! ones computing exactly what the tile kernels compute for q4k (`BTLM_MANY_ROWS=N|off`
+//! moves or disables the threshold of every format).
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
@@ -40,6 +42,8 @@ pub mod emulation;
 pub mod format;
 #[cfg(target_arch = "x86_64")]
 mod many;
+#[cfg(target_arch = "x86_64")]
+mod many8;
 pub mod pack;
 pub mod quant;
 pub mod scalar;
@@ -177,13 +181,17 @@ impl KernelPath {
 
     /// Which kernels multiply `rows` activation rows with `format` weights on this path.
     fn route(self, format: WeightFormat, rows: usize) -> Route {
-        if many_rows_threshold().is_none_or(|min| rows < min) {
+        if self.many_rows_min(format).is_none_or(|min| rows < min) {
             return Route::Tiles;
         }
         match (self, format) {
-            // Measured on AVX2 (Zen 3): the 8-bit tile kernels beat f32 products for q8_0
-            // and q4k, f32 weights run at the FMA peak either way; bf16/f16 gain 2×.
+            // Measured on AVX2 (Zen 3): f32 weights run at the FMA peak either way; bf16/f16
+            // gain 2× from the f32 many-rows kernels, which lose to the 8-bit tile kernels
+            // for q8_0 and q4k; q4k gains 1.2× at 128 rows from the int8 many-rows kernels
+            // (from Q4K_MANY_ROWS rows on), q8_0 lost 5–10% there (session 8,
+            // docs/benchmarks.md "int8 many-rows kernels for prefill").
             (KernelPath::Avx2, WeightFormat::Bf16 | WeightFormat::F16) => Route::Many,
+            (KernelPath::Avx2, WeightFormat::Q4K) => Route::Many8,
             // f32 and f16 keep their precision (AVX-512 tile kernels); bf16 rounding of
             // bf16 weights is none, of 8-bit weights below their quantization error.
             (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K) => {
@@ -193,15 +201,26 @@ impl KernelPath {
         }
     }
 
+    /// From how many activation rows on products of `format` weights may run other kernels
+    /// than the tile kernels: `BTLM_MANY_ROWS` if set, else [`Q4K_MANY_ROWS`] for q4k on
+    /// AVX2 and [`MANY_ROWS`] otherwise; `None` when disabled.
+    fn many_rows_min(self, format: WeightFormat) -> Option<usize> {
+        many_rows_override().unwrap_or(match (self, format) {
+            (KernelPath::Avx2, WeightFormat::Q4K) => Some(Q4K_MANY_ROWS),
+            _ => Some(MANY_ROWS),
+        })
+    }
+
     /// Whether a product with `rows` activation rows of `format` weights runs other
-    /// kernels than this path's tile kernels (from [`MANY_ROWS`] rows on).
+    /// kernels than this path's tile kernels (from [`MANY_ROWS`] rows on, [`Q4K_MANY_ROWS`]
+    /// for q4k on AVX2).
     pub fn many_rows(self, format: WeightFormat, rows: usize) -> bool {
         self.route(format, rows) != Route::Tiles
     }
 
     /// The kernels a product with `rows` activation rows of `format` weights runs, for
     /// reports: the path's name (its tile kernels), `avx512 (bf16 on avx2)` (bf16 weights
-    /// without AVX512-BF16), `avx2-many` or `amx-tiles`.
+    /// without AVX512-BF16), `avx2-many`, `avx2-many8` or `amx-tiles`.
     pub fn kernel_name(self, format: WeightFormat, rows: usize) -> String {
         match self.route(format, rows) {
             Route::Tiles
@@ -213,6 +232,7 @@ impl KernelPath {
             Route::Tiles if self == KernelPath::Amx => "avx512".into(),
             Route::Tiles => self.to_string(),
             Route::Many => "avx2-many".into(),
+            Route::Many8 => "avx2-many8".into(),
             Route::Amx => "amx-tiles".into(),
         }
     }
@@ -259,21 +279,38 @@ fn avx512_bf16() -> bool {
 
 /// From this many activation rows on (prompts, large batches), the AVX2 path multiplies
 /// bf16 and f16 weights with the cache-blocked many-rows kernels (weights converted to f32
-/// once per block of 256 inputs and reused by every row, `many.rs`), and the AMX
-/// path bf16, q8_0 and q4k weights on the tile unit (`amx.rs`).
-/// `BTLM_MANY_ROWS=N` sets another threshold, `BTLM_MANY_ROWS=off` (or 0) disables them.
+/// once per block of 256 inputs and reused by every row, `many.rs`), q4k weights with the
+/// int8 many-rows kernels (each super-block unpacked once for all rows, the tile kernels'
+/// integer arithmetic, `many8.rs`), and the AMX path bf16, q8_0 and q4k weights on the
+/// tile unit (`amx.rs`).
+/// `BTLM_MANY_ROWS=N` sets another threshold (for every format, [`Q4K_MANY_ROWS`]
+/// included), `BTLM_MANY_ROWS=off` (or 0) disables them.
 pub const MANY_ROWS: usize = 16;
 
+/// The many-rows threshold of q4k weights on the AVX2 path: the int8 many-rows kernels
+/// measured up to 10% slower than the tile kernels at 16 and 32 rows (their unpacking and
+/// per-super-block work is shared by fewer rows), 5% faster at 48, 7% at 64, 1.2× at 128
+/// (session 8, docs/benchmarks.md "int8 many-rows kernels for prefill").
+pub const Q4K_MANY_ROWS: usize = 48;
+
 /// The many-rows threshold of this process ([`MANY_ROWS`] or `BTLM_MANY_ROWS`), `None`
-/// when disabled; read once.
+/// when disabled; read once. (q4k on AVX2: [`Q4K_MANY_ROWS`] unless `BTLM_MANY_ROWS` is
+/// set.)
 pub fn many_rows_threshold() -> Option<usize> {
-    static MIN: OnceLock<Option<usize>> = OnceLock::new();
-    *MIN.get_or_init(|| match std::env::var("BTLM_MANY_ROWS") {
-        Ok(v) => match v.trim() {
+    many_rows_override().unwrap_or(Some(MANY_ROWS))
+}
+
+/// `BTLM_MANY_ROWS` of this process, read once: `None` when unset, `Some(None)` when it
+/// disables the many-rows kernels (`off`, 0), else the threshold it sets (an unreadable
+/// value: [`MANY_ROWS`]).
+fn many_rows_override() -> Option<Option<usize>> {
+    static SET: OnceLock<Option<Option<usize>>> = OnceLock::new();
+    *SET.get_or_init(|| {
+        let v = std::env::var("BTLM_MANY_ROWS").ok()?;
+        Some(match v.trim() {
             "off" | "0" => None,
             n => Some(n.parse().unwrap_or(MANY_ROWS)),
-        },
-        Err(_) => Some(MANY_ROWS),
+        })
     })
 }
 
@@ -284,6 +321,8 @@ enum Route {
     Tiles,
     /// The AVX2 many-rows kernels (`many.rs`).
     Many,
+    /// The AVX2 int8 many-rows kernels for q4k (`many8.rs`).
+    Many8,
     /// The AMX kernels (`amx.rs`).
     Amx,
 }
@@ -363,6 +402,13 @@ pub fn matmul(
         // needs; shapes were checked above.
         Route::Many => {
             unsafe { many::matmul(w, x, rows, bias, y) };
+            return Ok(());
+        }
+        // SAFETY: as above; the activations are prepared here for the weights' format
+        // (q4k, the only format routed there).
+        Route::Many8 => {
+            let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
+            unsafe { many8::matmul(w, &acts, rows, bias, y) };
             return Ok(());
         }
         // SAFETY: as above; the Amx path is supported only when AMX is usable.

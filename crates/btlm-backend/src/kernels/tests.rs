@@ -563,3 +563,144 @@ fn q4k_activation_scales_cost_little_against_the_weight_error() {
         assert!(t256 < 1.1 * t32, "{kind}: total error {t256} vs {t32}");
     }
 }
+
+/// The int8 many-rows kernels (q4k prefill on AVX2) compute exactly what the tile kernels
+/// compute from the same activations, bit for bit, on odd shapes: one tile of one output,
+/// outputs not a multiple of 16, rows not a multiple of the micro-kernel's 4, n_in not a
+/// multiple of the super-blocks (6826: the q4k tail), and the extreme integer sums (every
+/// weight and activation at its largest magnitude); and they stay within the tolerance of
+/// the scalar reference.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn int8_many_rows_kernels_equal_the_tile_kernels() {
+    if !many8::supported() {
+        eprintln!("int8 many-rows kernels not supported on this CPU: skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let cases = [
+        (1, 1, 16),
+        (17, 33, 17),
+        (40, 300, 23),
+        (16, 512, 6),
+        (35, 6826, 19),
+        (33, 257, 37),
+        (48, 2560, 1),
+        (20, 1000, 2),
+    ];
+    let extreme = |n_out: usize, n_in: usize, sign: f32| -> (Vec<f32>, Vec<f32>) {
+        let w = (0..n_out * n_in)
+            .map(|i| {
+                if (i / n_in).is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        (w, vec![sign; 18 * n_in])
+    };
+    let format = WeightFormat::Q4K;
+    {
+        // (n_out, n_in, rows, weights, activations)
+        type Case = (usize, usize, usize, Vec<f32>, Vec<f32>);
+        let mut inputs: Vec<Case> = cases
+            .iter()
+            .map(|&(n_out, n_in, rows)| {
+                let w = random(n_out * n_in, &mut rng, 0.1);
+                (n_out, n_in, rows, w, random(rows * n_in, &mut rng, 2.0))
+            })
+            .collect();
+        for sign in [1.0, -1.0] {
+            let (w, x) = extreme(32, 1024, sign);
+            inputs.push((32, 1024, 18, w, x));
+        }
+        for (n_out, n_in, rows, w, x) in inputs {
+            let p = pack(format, &w, n_out, n_in);
+            let bias = random(n_out, &mut rng, 1.0);
+            let acts = Acts::prepare(format, &x, rows, n_in, p.k_pad());
+            let mut tiles = vec![f32::NAN; rows * n_out];
+            let out = OutPtr(tiles.as_mut_ptr());
+            tiles_into(
+                KernelPath::Avx2,
+                &p,
+                &acts,
+                rows,
+                Some(&bias),
+                out,
+                0..p.tiles(),
+            );
+            let mut got = vec![f32::NAN; rows * n_out];
+            // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
+            // `matmul` checks them.
+            unsafe { many8::matmul(&p, &acts, rows, Some(&bias), &mut got) };
+            for (i, (a, b)) in got.iter().zip(&tiles).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs tile kernels {b}"
+                );
+            }
+            let reference = run(KernelPath::Scalar, &p, &x, rows, Some(&bias));
+            let mags = magnitudes(&p, &x, rows);
+            for (i, ((a, b), m)) in got.iter().zip(&reference).zip(&mags).enumerate() {
+                assert!(
+                    (a - b).abs() <= 2e-6 * m + 1e-5,
+                    "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
+                );
+            }
+        }
+    }
+}
+
+/// From the many-rows threshold on, AVX2 multiplies q4k weights with the int8 many-rows
+/// kernels (q8_0 keeps the tile kernels), and a prompt's rows come out bit for bit as when
+/// each row is multiplied alone (the tile kernels): prefill answers do not depend on the
+/// kernels.
+#[test]
+fn int8_many_rows_dispatch_equals_one_row_at_a_time() {
+    if !KernelPath::Avx2.supported() {
+        eprintln!("no AVX2 here: skipped");
+        return;
+    }
+    let path = KernelPath::Avx2;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(37);
+    let (n_out, n_in) = (40, 700);
+    let rows = Q4K_MANY_ROWS + 3;
+    for format in [WeightFormat::Q4K, WeightFormat::Q8_0] {
+        let expect = match path.many_rows_min(format) {
+            Some(min) if rows >= min && format == WeightFormat::Q4K => "avx2-many8",
+            _ => "avx2",
+        };
+        if many_rows_override().is_none() {
+            // The default thresholds: q4k from Q4K_MANY_ROWS rows, the rest from MANY_ROWS.
+            let min = path.many_rows_min(format);
+            let want = if format == WeightFormat::Q4K {
+                Q4K_MANY_ROWS
+            } else {
+                MANY_ROWS
+            };
+            assert_eq!(min, Some(want), "{format}");
+            assert_eq!(
+                path.kernel_name(format, Q4K_MANY_ROWS - 1),
+                "avx2",
+                "{format}"
+            );
+        }
+        assert_eq!(path.kernel_name(format, rows), expect, "{format}");
+        assert_eq!(path.many_rows(format, rows), expect != "avx2", "{format}");
+        assert_eq!(path.kernel_name(format, 1), "avx2", "{format}");
+        let w = random(n_out * n_in, &mut rng, 0.1);
+        let p = pack(format, &w, n_out, n_in);
+        let bias = random(n_out, &mut rng, 1.0);
+        let x = random(rows * n_in, &mut rng, 2.0);
+        let all = run(path, &p, &x, rows, Some(&bias));
+        for r in 0..rows {
+            let one = run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, Some(&bias));
+            for o in 0..n_out {
+                let (a, b) = (all[r * n_out + o], one[o]);
+                assert_eq!(a.to_bits(), b.to_bits(), "{format} [{r}][{o}]: {a} vs {b}");
+            }
+        }
+    }
+}
