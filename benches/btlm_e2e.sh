@@ -20,7 +20,9 @@
 #   flock /work/.bench.lock benches/btlm_e2e.sh
 #   LAYERS=4 FORMATS="q4k f32" CONC="1 8" benches/btlm_e2e.sh      # quick iteration
 # Knobs (environment): LAYERS (32), FORMATS ("f32 bf16 q8_0 q4k"), CONC ("1 2 4 8"),
-#   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt), MAX_BATCH (8),
+#   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt; the random model's
+#   tokenizer merges byte pairs only, ~0.59 tokens per byte of the filler: 900 ≈ 530 prompt
+#   tokens, 2400 ≈ 1430), MAX_BATCH (8),
 #   TIMEOUT (12), FLOOD_FORMAT (q4k; "" skips the flood), FLOOD_LAYERS ($LAYERS),
 #   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), FLOOD_VALIDATORS (1),
 #   EXTRA_MINER_ARGS,
@@ -130,7 +132,7 @@ load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey"
 
 summary="$out/summary.md"
 {
-  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, max_batch $MAX_BATCH, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, max_batch $MAX_BATCH, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
   echo "| format | validators | answers | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -4,9 +4,13 @@
 //! sequence and head on the step's team of threads; other devices use candle's tensor operations
 //! with a precomputed mask and ALiBi bias.
 
+mod cpu;
+
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
+
+use cpu::{AttnPath, Head, HeadRows};
 
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
@@ -89,6 +93,8 @@ struct Heads {
     scale: f64,
     /// ALiBi slopes, one per head (`None`: learned positions, a plain causal mask).
     slopes: Option<Vec<f32>>,
+    /// The code of the CPU path.
+    path: AttnPath,
 }
 
 impl Attention {
@@ -116,6 +122,7 @@ impl Attention {
                         .map(|s| s as f32)
                         .collect()
                 }),
+                path: AttnPath::for_kernels(ld.kernel_path()),
             },
         })
     }
@@ -295,16 +302,17 @@ impl Heads {
                 let (p, head) = (task / h, task % h);
                 let (part, (keys, values)) = (&parts[p], &views[p]);
                 let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());
-                for (qi, o) in slot.chunks_exact_mut(d).enumerate() {
-                    let q = &qkv[(part.start + qi) * e3 + head * d..][..d];
-                    let query = Query {
-                        q,
-                        position: cached[p].2 + qi,
-                        scale,
-                        slope: self.slopes.as_ref().map(|s| s[head]),
-                    };
-                    query.attend(&keys.head(head), &values.head(head), o);
-                }
+                let one = Head {
+                    queries: &qkv[part.start * e3 + head * d..],
+                    q_stride: e3,
+                    t: part.len,
+                    offset: cached[p].2,
+                    keys: keys.head(head),
+                    values: values.head(head),
+                    scale,
+                    slope: self.slopes.as_ref().map(|s| s[head]),
+                };
+                one.attend(self.path, &mut slot, &mut Vec::new());
             });
         }
         // `[h][t][d]` → `[t][h·d]` per sequence.
@@ -408,77 +416,6 @@ impl<'a> CachedHeads<'a> {
     }
 }
 
-/// The `positions` rows of `d` values of one head, `stride` values apart.
-struct HeadRows<'a> {
-    data: &'a [f32],
-    stride: usize,
-    positions: usize,
-    d: usize,
-}
-
-impl HeadRows<'_> {
-    fn row(&self, j: usize) -> &[f32] {
-        &self.data[j * self.stride..][..self.d]
-    }
-}
-
-/// One query row of one head.
-struct Query<'a> {
-    q: &'a [f32],
-    /// Its position in the sequence (it sees keys `0..=position`).
-    position: usize,
-    scale: f32,
-    /// The head's ALiBi slope (`None`: no position bias).
-    slope: Option<f32>,
-}
-
-impl Query<'_> {
-    /// `out = softmax(q·kⱼ · scale − slope·(position − j))ⱼ · V` over keys `0..=position`.
-    fn attend(&self, keys: &HeadRows<'_>, values: &HeadRows<'_>, out: &mut [f32]) {
-        let n = (self.position + 1).min(keys.positions);
-        let mut scores: Vec<f32> = (0..n)
-            .map(|j| {
-                let s = dot(self.q, keys.row(j)) * self.scale;
-                match self.slope {
-                    Some(m) => s + -m * (self.position - j) as f32,
-                    None => s,
-                }
-            })
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in &mut scores {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        out.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
-            let p = s / sum;
-            for (o, v) in out.iter_mut().zip(values.row(j)) {
-                *o += p * v;
-            }
-        }
-    }
-}
-
-/// `a · b` with eight partial sums (vectorizable).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,33 +493,69 @@ mod tests {
         outputs
     }
 
+    /// Largest difference between the tensor and the CPU path over every step of `lens`,
+    /// on teams of 1 to 3 threads.
+    fn worst_difference(heads: &Heads, lens: &[[usize; 2]]) -> f32 {
+        let mut worst = 0f32;
+        for threads in [1, 2, 3] {
+            for (step, (want, got)) in both_paths(heads, lens, threads).iter().enumerate() {
+                assert_eq!(want.len(), got.len(), "step {step}");
+                let diff = want
+                    .iter()
+                    .zip(got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                worst = worst.max(diff);
+            }
+        }
+        worst
+    }
+
+    fn test_heads(n_head: usize, head_dim: usize, alibi: bool, path: AttnPath) -> Heads {
+        Heads {
+            n_head,
+            head_dim,
+            scale: 1.0 / head_dim as f64,
+            slopes: alibi.then(|| alibi_slopes(n_head).into_iter().map(|s| s as f32).collect()),
+            path,
+        }
+    }
+
+    fn attn_paths() -> Vec<AttnPath> {
+        let avx2 = AttnPath::for_kernels(crate::kernels::KernelPath::Avx2);
+        let mut paths = vec![AttnPath::Scalar];
+        if avx2 != AttnPath::Scalar {
+            paths.push(avx2);
+        }
+        paths
+    }
+
     #[test]
     fn cpu_attention_equals_the_tensor_path() {
-        let (n_head, head_dim) = (4, 12); // rows of 12: a tail after the 8-wide dot
-        let alibi: Vec<f32> = alibi_slopes(n_head).into_iter().map(|s| s as f32).collect();
-        // Prompts of different lengths, then decode rows and pieces of several rows.
+        // Rows of 12 (no AVX2 kernel) and of 16; prompts of different lengths, then decode
+        // rows and pieces of several rows.
         let lens = [[3, 5], [1, 1], [4, 1], [1, 2]];
-        for slopes in [Some(alibi), None] {
-            let heads = Heads {
-                n_head,
-                head_dim,
-                scale: 1.0 / head_dim as f64,
-                slopes,
-            };
-            for threads in [1, 2, 3] {
-                for (step, (want, got)) in both_paths(&heads, &lens, threads).iter().enumerate() {
-                    assert_eq!(want.len(), got.len());
-                    let diff = want
-                        .iter()
-                        .zip(got)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
-                    assert!(
-                        diff < 1e-5,
-                        "{threads} threads, step {step}, alibi {}: {diff}",
-                        heads.slopes.is_some()
-                    );
+        for head_dim in [12, 16] {
+            for alibi in [true, false] {
+                for path in attn_paths() {
+                    let heads = test_heads(4, head_dim, alibi, path);
+                    let diff = worst_difference(&heads, &lens);
+                    assert!(diff < 1e-5, "d {head_dim}, alibi {alibi}, {path:?}: {diff}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_attention_equals_the_tensor_path_at_long_context() {
+        // BTLM's head size; prompts run as several chunks of up to 256 rows (one of them
+        // not a multiple of the query block or key tile), then decode and short pieces.
+        let lens = [[256, 77], [256, 1], [45, 256], [1, 1], [3, 1], [1, 17]];
+        for alibi in [true, false] {
+            for path in attn_paths() {
+                let heads = test_heads(2, 80, alibi, path);
+                let diff = worst_difference(&heads, &lens);
+                assert!(diff < 1e-5, "alibi {alibi}, {path:?}: {diff}");
             }
         }
     }
@@ -594,6 +567,7 @@ mod tests {
             head_dim: 4,
             scale: 0.25,
             slopes: None,
+            path: AttnPath::Scalar,
         };
         let qkv = Tensor::zeros((3, 24), DType::F32, &Device::Cpu).expect("qkv");
         let mut caches = [Cache::new(1, 0), Cache::new(1, 0)];

@@ -143,17 +143,20 @@ async fn python_axon_answers_our_dendrite() {
     assert_eq!(response.status_code, 200, "{response:?}");
     assert_eq!(response.synapse.body.completion, "echo: after the timeout");
 
-    // Fan-out: order kept, a closed port reported as Python does.
+    // Fan-out: order kept, a closed port reported as Python does. The live axon appears
+    // once: two calls of one dendrite to one axon in flight at once may reach it out of
+    // nonce order, and the axon then refuses the older ("a newer one was last processed"),
+    // as it would a Python dendrite's.
     let closed_port = free_port();
     let closed = AxonTarget::new(([127, 0, 0, 1], closed_port).into(), miner.clone());
-    let targets = [target.clone(), closed, target.clone()];
+    let targets = [closed, target.clone()];
     let responses = dendrite
         .query_many(&targets, &prompting(&["user"], &["fan-out"]), five)
         .await;
     let statuses: Vec<u16> = responses.iter().map(|r| r.status_code).collect();
-    assert_eq!(statuses, [200, 503, 200], "{responses:?}");
+    assert_eq!(statuses, [503, 200], "{responses:?}");
     assert_eq!(
-        responses[1].status_message,
+        responses[0].status_message,
         format!("Service unavailable at 127.0.0.1:{closed_port}/Prompting")
     );
     assert!(

@@ -1,0 +1,800 @@
+//! The CPU attention of one head of one sequence: its query rows against every cached key
+//! and value row of that head, in blocks of [`QUERY_BLOCK`] queries.
+//!
+//! Each block computes its scores `q·kⱼ` over tiles of [`KEY_TILE`] keys (a tile stays in L1
+//! while every query of the block reads it), then per query row the scaled scores plus the
+//! ALiBi bias, their softmax (unnormalized, the sum kept aside), then `Σⱼ pⱼ·vⱼ` over the
+//! same tiles of values, and finally divides by the sum. The key and value rows are thus
+//! read from memory once per block of queries instead of once per query, and one buffer of
+//! scores serves every block of a head.
+//!
+//! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
+//! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
+//! polynomial `exp`, see [`avx2::exp`]); [`AttnPath::Scalar`] is portable Rust (`f32::exp`).
+
+use crate::kernels::KernelPath;
+
+/// Queries of one head attended together (their scores are one buffer of
+/// `QUERY_BLOCK × positions` values).
+pub(crate) const QUERY_BLOCK: usize = 16;
+
+/// Keys (and values) per tile: 20 KiB of keys or values at head size 80.
+pub(crate) const KEY_TILE: usize = 64;
+
+/// The code the CPU attention runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttnPath {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 + FMA (x86-64 only; heads whose size is a multiple of 8).
+    Avx2,
+}
+
+impl AttnPath {
+    /// The attention path that goes with the matrix kernels' `path`: AVX2 on every SIMD path
+    /// of a CPU with AVX2 and FMA, scalar when the kernels are forced to scalar
+    /// (`BTLM_KERNELS=scalar`) or the CPU lacks them.
+    pub(crate) fn for_kernels(path: KernelPath) -> Self {
+        if path != KernelPath::Scalar && avx2_supported() {
+            AttnPath::Avx2
+        } else {
+            AttnPath::Scalar
+        }
+    }
+
+    /// The path that runs heads of `d` values: AVX2 needs `d` a multiple of 8.
+    fn for_head(self, d: usize) -> Self {
+        match self {
+            AttnPath::Avx2 if d.is_multiple_of(8) && avx2_supported() => AttnPath::Avx2,
+            _ => AttnPath::Scalar,
+        }
+    }
+}
+
+/// Whether this CPU has AVX2 and FMA.
+fn avx2_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `positions` rows of `d` values, `stride` values apart (one head's keys or values).
+#[derive(Clone, Copy)]
+pub(crate) struct HeadRows<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) stride: usize,
+    pub(crate) positions: usize,
+    pub(crate) d: usize,
+}
+
+impl HeadRows<'_> {
+    /// Row `j`.
+    pub(crate) fn row(&self, j: usize) -> &[f32] {
+        &self.data[j * self.stride..][..self.d]
+    }
+
+    /// Whether rows `0..n` lie inside `data`.
+    fn holds(&self, n: usize) -> bool {
+        n == 0 || (n - 1) * self.stride + self.d <= self.data.len()
+    }
+}
+
+/// One head of one sequence: `t` query rows at positions `offset..offset + t`, each
+/// attending to keys `0..=position`.
+pub(crate) struct Head<'a> {
+    /// Query `i` is `queries[i * q_stride..][..d]`.
+    pub(crate) queries: &'a [f32],
+    pub(crate) q_stride: usize,
+    pub(crate) t: usize,
+    pub(crate) offset: usize,
+    pub(crate) keys: HeadRows<'a>,
+    pub(crate) values: HeadRows<'a>,
+    pub(crate) scale: f32,
+    /// ALiBi slope (`None`: no position bias).
+    pub(crate) slope: Option<f32>,
+}
+
+impl Head<'_> {
+    /// `out` (`t × d`): row `i` = `softmax(q·kⱼ · scale − slope·(position − j))ⱼ · V` over keys
+    /// `0..=position`, `position = offset + i`. `scores` is scratch space (reused, grown as
+    /// needed).
+    ///
+    /// # Panics
+    /// If the keys or values hold fewer than `offset + t` rows, a query row or `out` is
+    /// too short.
+    pub(crate) fn attend(&self, path: AttnPath, out: &mut [f32], scores: &mut Vec<f32>) {
+        let (t, d) = (self.t, self.keys.d);
+        let total = self.offset + t;
+        assert!(
+            self.values.d == d
+                && self.keys.positions >= total
+                && self.values.positions >= total
+                && self.keys.holds(total)
+                && self.values.holds(total)
+                && out.len() >= t * d
+                && (t == 0 || (t - 1) * self.q_stride + d <= self.queries.len()),
+            "attention of {t} queries at {} over {} keys",
+            self.offset,
+            self.keys.positions
+        );
+        let path = path.for_head(d);
+        for q0 in (0..t).step_by(QUERY_BLOCK) {
+            let qb = QUERY_BLOCK.min(t - q0);
+            let n = self.offset + q0 + qb;
+            let stride = n.next_multiple_of(8);
+            scores.clear();
+            scores.resize(qb * stride, 0.0);
+            for k0 in (0..n).step_by(KEY_TILE) {
+                let kt = KEY_TILE.min(n - k0);
+                self.dots(path, q0, qb, k0, kt, scores, stride);
+            }
+            let mut sums = [0f32; QUERY_BLOCK];
+            for (i, sum) in sums.iter_mut().enumerate().take(qb) {
+                let row = &mut scores[i * stride..][..stride];
+                *sum = self.softmax(path, row, self.offset + q0 + i);
+            }
+            let out = &mut out[q0 * d..(q0 + qb) * d];
+            out.fill(0.0);
+            for k0 in (0..n).step_by(KEY_TILE) {
+                let kt = KEY_TILE.min(n - k0);
+                self.weighted_values(path, scores, stride, qb, k0, kt, out);
+            }
+            for (o, sum) in out.chunks_exact_mut(d).zip(sums) {
+                for x in o {
+                    *x /= sum;
+                }
+            }
+        }
+    }
+
+    /// Query `i`'s row.
+    fn query(&self, i: usize) -> &[f32] {
+        &self.queries[i * self.q_stride..][..self.keys.d]
+    }
+
+    /// `scores[i][j] = q(q0 + i) · k(j)` for `i < qb`, `j` in `k0..k0 + kt` (rows of
+    /// `stride` values).
+    #[allow(clippy::too_many_arguments)]
+    fn dots(
+        &self,
+        path: AttnPath,
+        q0: usize,
+        qb: usize,
+        k0: usize,
+        kt: usize,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            AttnPath::Avx2 => {
+                // SAFETY: `for_head` chose AVX2 only on a CPU with AVX2 and FMA and `d` a
+                // multiple of 8; `attend` checked that the rows exist.
+                unsafe { avx2::dots(self, q0, qb, k0, kt, scores, stride) }
+            }
+            _ => {
+                for i in 0..qb {
+                    let q = self.query(q0 + i);
+                    let row = &mut scores[i * stride + k0..][..kt];
+                    for (j, s) in (k0..).zip(row) {
+                        *s = dot(q, self.keys.row(j));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns the dots of the query at `position` (`row[j]`, `j <= position`) into
+    /// `exp(sⱼ − max s)` where `sⱼ = row[j] · scale − slope·(position − j)`, zeroes the
+    /// rest of `row` and returns the sum of the exponentials.
+    fn softmax(&self, path: AttnPath, row: &mut [f32], position: usize) -> f32 {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            AttnPath::Avx2 => {
+                // SAFETY: as in `dots`; `row` is a multiple of 8 long and longer than
+                // `position`.
+                unsafe { avx2::softmax(row, position, self.scale, self.slope) }
+            }
+            _ => {
+                let valid = position + 1;
+                let mut max = f32::NEG_INFINITY;
+                for (j, s) in row[..valid].iter_mut().enumerate() {
+                    *s *= self.scale;
+                    if let Some(m) = self.slope {
+                        *s += -m * (position - j) as f32;
+                    }
+                    max = max.max(*s);
+                }
+                let mut sum = 0.0;
+                for s in &mut row[..valid] {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                row[valid..].fill(0.0);
+                sum
+            }
+        }
+    }
+
+    /// `out[i] += Σⱼ scores[i][j] · v(j)` for `i < qb`, `j` in `k0..k0 + kt`.
+    #[allow(clippy::too_many_arguments)]
+    fn weighted_values(
+        &self,
+        path: AttnPath,
+        scores: &[f32],
+        stride: usize,
+        qb: usize,
+        k0: usize,
+        kt: usize,
+        out: &mut [f32],
+    ) {
+        match path {
+            #[cfg(target_arch = "x86_64")]
+            AttnPath::Avx2 => {
+                // SAFETY: as in `dots`.
+                unsafe { avx2::weighted_values(self, scores, stride, qb, k0, kt, out) }
+            }
+            _ => {
+                let d = self.values.d;
+                for (i, o) in out.chunks_exact_mut(d).take(qb).enumerate() {
+                    let p = &scores[i * stride + k0..][..kt];
+                    for (j, &pj) in (k0..).zip(p) {
+                        for (o, v) in o.iter_mut().zip(self.values.row(j)) {
+                            *o += pj * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `a · b` with eight partial sums (vectorizable).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! AVX2 + FMA kernels of [`super::Head`]; every function needs a CPU with both and a
+    //! head size that is a multiple of 8.
+
+    // Indexed loops over register arrays read like the arithmetic they do.
+    #![allow(clippy::needless_range_loop)]
+
+    use std::arch::x86_64::*;
+
+    use super::Head;
+
+    /// Horizontal sums of 8 vectors: lane `l` of the result is the sum of `a[l]`'s lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum8(a: [__m256; 8]) -> __m256 {
+        let t0 = _mm256_hadd_ps(a[0], a[1]);
+        let t1 = _mm256_hadd_ps(a[2], a[3]);
+        let t2 = _mm256_hadd_ps(a[4], a[5]);
+        let t3 = _mm256_hadd_ps(a[6], a[7]);
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps(u0, u1, 0x20),
+            _mm256_permute2f128_ps(u0, u1, 0x31),
+        )
+    }
+
+    /// Sum of the lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn sum1(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Maximum of the lanes of `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn max1(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Lanes of 2 queries × 4 keys: `[q0·k0, q0·k1, q0·k2, q0·k3, q1·k0, …]` (`k`: rows
+    /// `ks` values apart; `d` values each).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots_2x4(
+        q0: *const f32,
+        q1: *const f32,
+        k: *const f32,
+        ks: usize,
+        d: usize,
+    ) -> __m256 {
+        let mut a = [_mm256_setzero_ps(); 8];
+        unsafe {
+            for c in (0..d).step_by(8) {
+                let x0 = _mm256_loadu_ps(q0.add(c));
+                let x1 = _mm256_loadu_ps(q1.add(c));
+                for kk in 0..4 {
+                    let y = _mm256_loadu_ps(k.add(kk * ks + c));
+                    a[kk] = _mm256_fmadd_ps(x0, y, a[kk]);
+                    a[4 + kk] = _mm256_fmadd_ps(x1, y, a[4 + kk]);
+                }
+            }
+        }
+        sum8(a)
+    }
+
+    /// Lanes of 1 query × 8 keys: `[q·k0, …, q·k7]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dots_1x8(q: *const f32, k: *const f32, ks: usize, d: usize) -> __m256 {
+        let mut a = [_mm256_setzero_ps(); 8];
+        unsafe {
+            for c in (0..d).step_by(8) {
+                let x = _mm256_loadu_ps(q.add(c));
+                for kk in 0..8 {
+                    a[kk] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k.add(kk * ks + c)), a[kk]);
+                }
+            }
+        }
+        sum8(a)
+    }
+
+    /// `q · k` for one pair of rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot1(q: *const f32, k: *const f32, d: usize) -> f32 {
+        let mut a = _mm256_setzero_ps();
+        unsafe {
+            for c in (0..d).step_by(8) {
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(c)), a);
+            }
+        }
+        sum1(a)
+    }
+
+    /// See [`Head::dots`].
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `d` a multiple of 8; the rows of `head` checked by [`Head::attend`];
+    /// `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dots(
+        head: &Head<'_>,
+        q0: usize,
+        qb: usize,
+        k0: usize,
+        kt: usize,
+        scores: &mut [f32],
+        stride: usize,
+    ) {
+        let d = head.keys.d;
+        let ks = head.keys.stride;
+        let kp = head.keys.data.as_ptr();
+        let qp = |i: usize| head.queries[(q0 + i) * head.q_stride..][..d].as_ptr();
+        assert!(scores.len() >= qb * stride && stride >= k0 + kt);
+        let sp = scores.as_mut_ptr();
+        let end = k0 + kt;
+        let mut i = 0;
+        // SAFETY (all below): the key rows `k0..end` and the query rows exist (`attend`),
+        // score indices stay below `qb * stride` (asserted above).
+        unsafe {
+            while i + 2 <= qb {
+                let (x0, x1) = (qp(i), qp(i + 1));
+                let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
+                let mut j = k0;
+                while j + 4 <= end {
+                    let v = dots_2x4(x0, x1, kp.add(j * ks), ks, d);
+                    _mm_storeu_ps(r0.add(j), _mm256_castps256_ps128(v));
+                    _mm_storeu_ps(r1.add(j), _mm256_extractf128_ps(v, 1));
+                    j += 4;
+                }
+                for j in j..end {
+                    *r0.add(j) = dot1(x0, kp.add(j * ks), d);
+                    *r1.add(j) = dot1(x1, kp.add(j * ks), d);
+                }
+                i += 2;
+            }
+            if i < qb {
+                let x = qp(i);
+                let r = sp.add(i * stride);
+                let mut j = k0;
+                while j + 8 <= end {
+                    _mm256_storeu_ps(r.add(j), dots_1x8(x, kp.add(j * ks), ks, d));
+                    j += 8;
+                }
+                for j in j..end {
+                    *r.add(j) = dot1(x, kp.add(j * ks), d);
+                }
+            }
+        }
+    }
+
+    /// `exp(x)` for `x ≤ 0` (0 below −87.3, where f32 results would be subnormal); within
+    /// a few ulp of the exact value: `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `eʳ` by its
+    /// degree-6 Taylor polynomial, `2ⁿ` by the exponent bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn exp(x: __m256) -> __m256 {
+        let low = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_GE_OQ);
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        // ln 2 in two parts: `n · LN2_HI` is exact for |n| < 2⁹.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+            23,
+        ));
+        _mm256_and_ps(_mm256_mul_ps(p, pow2), low)
+    }
+
+    /// See [`Head::softmax`].
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `row.len()` a multiple of 8 and greater than `position`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax(
+        row: &mut [f32],
+        position: usize,
+        scale: f32,
+        slope: Option<f32>,
+    ) -> f32 {
+        let valid = position + 1;
+        assert!(row.len().is_multiple_of(8) && row.len() >= valid);
+        let chunks = valid.div_ceil(8);
+        let p = row.as_mut_ptr();
+        let scale_v = _mm256_set1_ps(scale);
+        let neg_slope = _mm256_set1_ps(-slope.unwrap_or(0.0));
+        let pos = _mm256_set1_ps(position as f32);
+        let iota = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+        let valid_v = _mm256_set1_ps(valid as f32);
+        // Indices below 2²⁴ are exact in f32, and so are their differences.
+        let index = |c: usize| _mm256_add_ps(_mm256_set1_ps((c * 8) as f32), iota);
+        let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        // SAFETY: chunks `0..chunks` lie inside `row` (asserted above).
+        unsafe {
+            for c in 0..chunks {
+                let j = index(c);
+                let mut s = _mm256_mul_ps(_mm256_loadu_ps(p.add(c * 8)), scale_v);
+                if slope.is_some() {
+                    s = _mm256_add_ps(s, _mm256_mul_ps(neg_slope, _mm256_sub_ps(pos, j)));
+                }
+                let s = _mm256_blendv_ps(
+                    _mm256_set1_ps(f32::NEG_INFINITY),
+                    s,
+                    _mm256_cmp_ps(j, valid_v, _CMP_LT_OQ),
+                );
+                _mm256_storeu_ps(p.add(c * 8), s);
+                max = _mm256_max_ps(max, s);
+            }
+            let max = _mm256_set1_ps(max1(max));
+            let mut sum = _mm256_setzero_ps();
+            for c in 0..chunks {
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(c * 8)), max));
+                _mm256_storeu_ps(p.add(c * 8), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            row[chunks * 8..].fill(0.0);
+            sum1(sum)
+        }
+    }
+
+    /// `out[i][g..g + 8C] += Σⱼ p_i[j] · v(j)[g..g + 8C]` for `Q` queries, `j < kt`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_group<const Q: usize, const C: usize>(
+        p: [*const f32; Q],
+        v: *const f32,
+        vs: usize,
+        kt: usize,
+        out: [*mut f32; Q],
+    ) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); C]; Q];
+            for q in 0..Q {
+                for c in 0..C {
+                    acc[q][c] = _mm256_loadu_ps(out[q].add(8 * c));
+                }
+            }
+            for j in 0..kt {
+                let mut b = [_mm256_setzero_ps(); Q];
+                for q in 0..Q {
+                    b[q] = _mm256_broadcast_ss(&*p[q].add(j));
+                }
+                let row = v.add(j * vs);
+                for c in 0..C {
+                    let y = _mm256_loadu_ps(row.add(8 * c));
+                    for q in 0..Q {
+                        acc[q][c] = _mm256_fmadd_ps(b[q], y, acc[q][c]);
+                    }
+                }
+            }
+            for q in 0..Q {
+                for c in 0..C {
+                    _mm256_storeu_ps(out[q].add(8 * c), acc[q][c]);
+                }
+            }
+        }
+    }
+
+    /// [`weighted_group`] over every group of up to 5 vectors of a head of `d` values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted<const Q: usize>(
+        p: [*const f32; Q],
+        v: *const f32,
+        vs: usize,
+        kt: usize,
+        out: [*mut f32; Q],
+        d: usize,
+    ) {
+        let mut g = 0;
+        while g < d {
+            let c = ((d - g) / 8).min(5);
+            let o = out.map(|o| o.wrapping_add(g));
+            let v = v.wrapping_add(g);
+            // SAFETY: the caller's rows, offset by `g < d`.
+            unsafe {
+                match c {
+                    1 => weighted_group::<Q, 1>(p, v, vs, kt, o),
+                    2 => weighted_group::<Q, 2>(p, v, vs, kt, o),
+                    3 => weighted_group::<Q, 3>(p, v, vs, kt, o),
+                    4 => weighted_group::<Q, 4>(p, v, vs, kt, o),
+                    _ => weighted_group::<Q, 5>(p, v, vs, kt, o),
+                }
+            }
+            g += 8 * c;
+        }
+    }
+
+    /// See [`Head::weighted_values`].
+    ///
+    /// # Safety
+    /// As [`dots`]; `out` holds `qb` rows of `d`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_values(
+        head: &Head<'_>,
+        scores: &[f32],
+        stride: usize,
+        qb: usize,
+        k0: usize,
+        kt: usize,
+        out: &mut [f32],
+    ) {
+        let d = head.values.d;
+        assert!(scores.len() >= qb * stride && stride >= k0 + kt && out.len() >= qb * d);
+        let vp = head
+            .values
+            .data
+            .as_ptr()
+            .wrapping_add(k0 * head.values.stride);
+        let sp = |i: usize| scores[i * stride + k0..].as_ptr();
+        let op = out.as_mut_ptr();
+        let mut i = 0;
+        // SAFETY: value rows `k0..k0 + kt` exist (`attend`), score and output rows as
+        // asserted above.
+        unsafe {
+            while i + 2 <= qb {
+                let o = [op.add(i * d), op.add((i + 1) * d)];
+                weighted::<2>([sp(i), sp(i + 1)], vp, head.values.stride, kt, o, d);
+                i += 2;
+            }
+            if i < qb {
+                weighted::<1>([sp(i)], vp, head.values.stride, kt, [op.add(i * d)], d);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain per-query attention the blocked kernels must equal: scores, `f32::exp`
+    /// softmax normalized before the sum of values.
+    fn reference(head: &Head<'_>) -> Vec<f32> {
+        let d = head.keys.d;
+        let mut out = vec![0f32; head.t * d];
+        for (i, o) in out.chunks_exact_mut(d).enumerate() {
+            let position = head.offset + i;
+            let q = &head.queries[i * head.q_stride..][..d];
+            let scores: Vec<f32> = (0..=position)
+                .map(|j| {
+                    let s = q
+                        .iter()
+                        .zip(head.keys.row(j))
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                        * head.scale;
+                    s + head.slope.map_or(0.0, |m| -m * (position - j) as f32)
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for (j, e) in e.iter().enumerate() {
+                for (o, v) in o.iter_mut().zip(head.values.row(j)) {
+                    *o += e / sum * v;
+                }
+            }
+        }
+        out
+    }
+
+    /// Deterministic values in `[-amp, amp)`.
+    fn noise(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+            })
+            .collect()
+    }
+
+    fn paths() -> Vec<AttnPath> {
+        let mut p = vec![AttnPath::Scalar];
+        if avx2_supported() {
+            p.push(AttnPath::Avx2);
+        }
+        p
+    }
+
+    #[test]
+    fn blocked_heads_equal_the_per_query_reference() {
+        let mut scores = Vec::new();
+        let mut seed = 1;
+        // Head sizes with and without an AVX2 kernel (12: scalar only), positions that are
+        // not multiples of 8 or of the tiles, one query, blocks with odd tails.
+        for d in [8, 12, 16, 80] {
+            for (offset, t) in [
+                (0, 1),
+                (0, 2),
+                (0, 5),
+                (3, 1),
+                (7, 3),
+                (64, 1),
+                (0, 37),
+                (63, 17),
+                (130, 33),
+                (200, 1),
+                (1000, 3),
+            ] {
+                for slope in [None, Some(0.35), Some(2f32.powf(-8.0))] {
+                    seed += 1;
+                    let total = offset + t;
+                    // Keys and values `stride` apart inside a larger cache, queries inside
+                    // `[t, 3e]`-like rows.
+                    let (ks, qs) = (d + 8, 3 * d + 4);
+                    let keys = noise(total * ks, seed, 1.5);
+                    let values = noise(total * ks, seed + 1000, 1.0);
+                    let queries = noise(t * qs, seed + 2000, 1.5);
+                    let rows = |data| HeadRows {
+                        data,
+                        stride: ks,
+                        positions: total,
+                        d,
+                    };
+                    let head = Head {
+                        queries: &queries,
+                        q_stride: qs,
+                        t,
+                        offset,
+                        keys: rows(&keys),
+                        values: rows(&values),
+                        scale: 1.0 / (d as f32).sqrt(),
+                        slope,
+                    };
+                    let want = reference(&head);
+                    for path in paths() {
+                        let mut got = vec![f32::NAN; t * d];
+                        head.attend(path, &mut got, &mut scores);
+                        let diff = want
+                            .iter()
+                            .zip(&got)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0f32, f32::max);
+                        assert!(
+                            diff < 2e-6,
+                            "{path:?} d {d} offset {offset} t {t} slope {slope:?}: {diff}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn huge_scores_give_a_one_hot_softmax() {
+        // One key far above the others: the others' exponentials underflow to 0.
+        let d = 8;
+        let mut keys = vec![0f32; 20 * d];
+        keys[5 * d] = 1.0;
+        let values: Vec<f32> = (0..20 * d).map(|i| (i / d) as f32).collect();
+        let queries = vec![1000.0; d];
+        let rows = |data| HeadRows {
+            data,
+            stride: d,
+            positions: 20,
+            d,
+        };
+        let head = Head {
+            queries: &queries,
+            q_stride: d,
+            t: 1,
+            offset: 19,
+            keys: rows(&keys),
+            values: rows(&values),
+            scale: 1.0,
+            slope: None,
+        };
+        for path in paths() {
+            let mut out = vec![0f32; d];
+            head.attend(path, &mut out, &mut Vec::new());
+            assert_eq!(out, vec![5.0; d], "{path:?}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_exp_is_within_a_few_ulp() {
+        use std::arch::x86_64::*;
+        if !avx2_supported() {
+            return;
+        }
+        let mut worst = 0f64;
+        let mut x = -90f32;
+        while x <= 0.0 {
+            let xs: [f32; 8] = std::array::from_fn(|l| x + l as f32 * 1e-4);
+            let mut got = [0f32; 8];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe {
+                _mm256_storeu_ps(got.as_mut_ptr(), avx2::exp(_mm256_loadu_ps(xs.as_ptr())));
+            }
+            for (&x, &g) in xs.iter().zip(&got) {
+                let want = (x as f64).exp();
+                if x < -87.3 {
+                    assert!(
+                        g == 0.0 || (g as f64 - want).abs() <= want * 1e-6,
+                        "{x}: {g}"
+                    );
+                } else if x <= 0.0 {
+                    worst = worst.max((g as f64 - want).abs() / want);
+                }
+            }
+            x += 0.0137;
+        }
+        // f32's epsilon is 1.2e-7.
+        assert!(worst < 5e-7, "relative error {worst}");
+    }
+}
