@@ -66,6 +66,11 @@ struct Cli {
     /// Run twice to measure a second start.
     #[arg(long, default_value = "off")]
     weight_cache: String,
+    /// Reserve the key/value cache for the prompt and the decoded tokens up front, as the
+    /// miner does, instead of growing it 256 positions at a time (each growth copies the
+    /// whole cache, e.g. on the first decode step after a 1024-token prompt).
+    #[arg(long)]
+    reserve_cache: bool,
     /// Internal: measure one format and print one result line.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -181,7 +186,11 @@ fn measure(
     let mut cache = model.new_cache();
     model.prefill(&prompt[..8], &mut cache, 256)?;
 
-    let mut cache = model.new_cache();
+    let mut cache = if cli.reserve_cache {
+        model.new_cache_with_capacity(cli.prompt + cli.decode)
+    } else {
+        model.new_cache()
+    };
     let t = Instant::now();
     let logits = model.prefill(&prompt, &mut cache, 256)?;
     let prefill_s = t.elapsed().as_secs_f64();
@@ -286,7 +295,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let full = config(32);
     let exe = std::env::current_exe()?;
     for format in &cli.formats {
-        let out = Command::new(&exe)
+        let mut child = Command::new(&exe);
+        if cli.reserve_cache {
+            child.arg("--reserve-cache");
+        }
+        let out = child
             .args([
                 "--layers",
                 &cli.layers.to_string(),
