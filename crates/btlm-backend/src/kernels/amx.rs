@@ -409,7 +409,6 @@ pub(super) unsafe fn pair_product(
                     continue;
                 }
                 let col = t * TILE;
-                let ncols = (n_out - col).min(TILE);
                 let cblk = &c[(m * 2 + n) * TILE * TILE..][..TILE * TILE];
                 for i in 0..TILE {
                     let r = (mb + m) * TILE + i;
@@ -417,18 +416,9 @@ pub(super) unsafe fn pair_product(
                         break;
                     }
                     let vals = &cblk[i * TILE..(i + 1) * TILE];
-                    // SAFETY: `r * n_out + col + ncols <= out`'s size; this call owns the
+                    // SAFETY: `(r + 1) * n_out <= out`'s size; this call owns the
                     // columns of tiles t0 and t1.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out.at(r * n_out + col), ncols) };
-                    match bias {
-                        Some(b) => {
-                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
-                                *d = v + bv;
-                            }
-                        }
-                        None => dst.copy_from_slice(&vals[..ncols]),
-                    }
+                    unsafe { out.store_row(n_out, r, col, vals, bias) };
                 }
             }
         }

@@ -78,20 +78,10 @@ pub unsafe fn matmul(
                 // SAFETY: forwarded contract; `wbuf` holds KB·16 and `acc` rows·16 floats.
                 unsafe { tile(w, t, x, rows, &mut wbuf, &mut acc) };
                 let col = t * TILE;
-                let ncols = (n_out - col).min(TILE);
                 for (r, vals) in acc.chunks_exact(TILE).enumerate() {
-                    // SAFETY: `r * n_out + col + ncols <= rows * n_out = y.len()`, and
+                    // SAFETY: `(r + 1) * n_out <= rows * n_out = y.len()`, and
                     // columns `col..col + ncols` belong to this task's tile only.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out.at(r * n_out + col), ncols) };
-                    match bias {
-                        Some(b) => {
-                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
-                                *d = v + bv;
-                            }
-                        }
-                        None => dst.copy_from_slice(&vals[..ncols]),
-                    }
+                    unsafe { out.store_row(n_out, r, col, vals, bias) };
                 }
             }
         });

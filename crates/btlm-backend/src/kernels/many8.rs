@@ -99,20 +99,10 @@ pub unsafe fn matmul(
                 // `a.ns` super-blocks, `a` holds `rows` rows; `acc` holds rows·16 floats.
                 unsafe { q4k_tile(w.tile(t).as_ptr(), &a, rows, &mut wbuf, &mut acc) };
                 let col = t * TILE;
-                let ncols = (n_out - col).min(TILE);
                 for (r, vals) in acc.chunks_exact(TILE).enumerate() {
-                    // SAFETY: `r * n_out + col + ncols <= rows * n_out = y.len()`, and
+                    // SAFETY: `(r + 1) * n_out <= rows * n_out = y.len()`, and
                     // columns `col..col + ncols` belong to this task's tile only.
-                    let dst =
-                        unsafe { std::slice::from_raw_parts_mut(out.at(r * n_out + col), ncols) };
-                    match bias {
-                        Some(b) => {
-                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
-                                *d = v + bv;
-                            }
-                        }
-                        None => dst.copy_from_slice(&vals[..ncols]),
-                    }
+                    unsafe { out.store_row(n_out, r, col, vals, bias) };
                 }
             }
         });

@@ -340,6 +340,33 @@ impl OutPtr {
     fn at(self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
+
+    /// Writes one row of a tile's results, `vals` (plus `bias[col..]`), into row `r` of an
+    /// output of `n_out` columns from column `col` on, cut at the last column.
+    ///
+    /// # Safety
+    /// The output holds row `r` (`(r + 1) * n_out` values or more), and no other task
+    /// writes its columns `col..col + vals.len()` meanwhile.
+    unsafe fn store_row(
+        self,
+        n_out: usize,
+        r: usize,
+        col: usize,
+        vals: &[f32],
+        bias: Option<&[f32]>,
+    ) {
+        let ncols = (n_out - col).min(vals.len());
+        // SAFETY: the caller's contract.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.at(r * n_out + col), ncols) };
+        match bias {
+            Some(b) => {
+                for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
+                    *d = v + bv;
+                }
+            }
+            None => dst.copy_from_slice(&vals[..ncols]),
+        }
+    }
 }
 
 /// Tiles per parallel task: enough tasks for work stealing between busy cores, each still a
