@@ -66,9 +66,7 @@ pub unsafe fn matmul(
     };
     let out = OutPtr(y.as_mut_ptr());
     let tiles = w.tiles();
-    let per_task = tiles
-        .div_ceil(4 * rayon::current_num_threads().max(1))
-        .max(1);
+    let per_task = super::many_rows_tiles_per_task(tiles);
     (0..tiles.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {

@@ -377,6 +377,14 @@ fn tiles_per_task(tiles: usize, rows: usize) -> usize {
     tiles.div_ceil(tasks).max(1)
 }
 
+/// Tiles per parallel task of the many-rows kernels (`many.rs`, `many8.rs`): four tasks per
+/// thread, each a run of whole tiles.
+fn many_rows_tiles_per_task(tiles: usize) -> usize {
+    tiles
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(1)
+}
+
 /// Checks the operands of a product (see [`matmul`]) and that the CPU runs `path`.
 fn check_operands(
     path: KernelPath,
