@@ -6,6 +6,7 @@
 //! with `vdpbf16ps` (pairs of inputs), q8_0 and q4k with `vpdpbusd` (groups of 4 inputs,
 //! unsigned weights × signed 8-bit activations); q8_0's block scales are applied in f32 per
 //! 32 inputs, q4k's 6-bit sub-block scales in i32 and its f32 scales once per 256 inputs.
+//! q8_0 and q4k prefetch the weight stream [`PREFETCH`] bytes ahead (see there).
 //! Only `bf16_rows` enables AVX512-BF16: on CPUs without it ([`has_bf16`] false) the
 //! dispatcher (`run_tile` in `kernels/mod.rs`) runs bf16 weights on the AVX2 bf16 kernel,
 //! which reads the same packed tiles and bf16 activations.
@@ -47,6 +48,24 @@ unsafe fn bcast4(p: *const u8) -> __m512i {
 }
 
 simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
+
+/// How far ahead of the weights being multiplied the q8_0 and q4k kernels prefetch them
+/// (`prefetcht0`). Without it the core issues the reads of the stream late once the 8-bit
+/// arithmetic fills its out-of-order window: measured on Zen 5 (2 threads, one BTLM-3B
+/// layer of products from memory, session 9, docs/benchmarks.md), q4k 1 row 1.7 → 1.1 ms,
+/// 8 rows 4.0 → 1.5–1.9 ms; q8_0 8 rows 4.5–8 → 2.8–3.6 ms, 1 row unchanged (already at
+/// the memory bandwidth); 2 KiB helped less, 12–24 KiB no more than 8 KiB; 128 rows
+/// unchanged within the noise.
+const PREFETCH: usize = 8192;
+
+/// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
+/// prefetch never faults).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn ahead(p: *const u8) {
+    // A hint: it reads nothing observable and never faults.
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+}
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -188,7 +207,10 @@ unsafe fn q8_0_rows<const R: usize>(
             let blk = w.add(b * Q8_0_TILE_BLOCK);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut acci = [_mm512_setzero_si512(); R];
+            // The block's 544 bytes, 64 at a time (see `ahead`).
+            ahead(blk.add(512));
             for g in 0..8 {
+                ahead(blk.add(g * 64));
                 let wv = _mm512_loadu_si512(blk.add(2 * TILE + g * 64).cast());
                 for r in 0..R {
                     let ar = a.q.add(r * a.k_pad + b * QBLOCK + g * 4).cast::<u8>();
@@ -253,6 +275,10 @@ unsafe fn q4k_rows<const R: usize>(
                 } else {
                     _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
                 };
+                // The sub-block's share of the block, 288 bytes (see `ahead`).
+                for l in 0..5 {
+                    ahead(blk.add(j * 288 + l * 64));
+                }
                 let mut acci = [_mm512_setzero_si512(); R];
                 let qs = blk.add(q4k_off::QS + j * 256);
                 for v in 0..4 {
