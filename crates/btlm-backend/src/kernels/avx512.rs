@@ -54,17 +54,26 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// arithmetic fills its out-of-order window: measured on Zen 5 (2 threads, one BTLM-3B
 /// layer of products from memory, session 9, docs/benchmarks.md), q4k 1 row 1.7 → 1.1 ms,
 /// 8 rows 4.0 → 1.5–1.9 ms; q8_0 8 rows 4.5–8 → 2.8–3.6 ms, 1 row unchanged (already at
-/// the memory bandwidth); 2 KiB helped less, 12–24 KiB no more than 8 KiB; 128 rows
-/// unchanged within the noise.
+/// the memory bandwidth); 2 KiB helped less, 12–24 KiB, `prefetcht1` (8 or 16 KiB) or
+/// both hints no more than this. Only the first call over a tile prefetches
+/// ([`Q8Rows::first`]): the later ones of a product with more than [`MAX_ROWS`] rows
+/// (prefill) read the tile from cache.
 const PREFETCH: usize = 8192;
 
-/// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
-/// prefetch never faults).
+/// Prefetches the cache line `dist` bytes after `p` (possibly past the matrix: a prefetch
+/// never faults); `dist` is [`PREFETCH`], or 0 (the line about to be read: a no-op without
+/// a branch) when the call reads the tile from cache ([`prefetch_distance`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn ahead(p: *const u8) {
+fn ahead(p: *const u8, dist: usize) {
     // A hint: it reads nothing observable and never faults.
-    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(dist).cast());
+}
+
+/// The prefetch distance of a kernel call: [`PREFETCH`] if it is the first over its tile
+/// ([`Q8Rows::first`]), which streams the tile from memory, else 0.
+fn prefetch_distance(first: bool) -> usize {
+    if first { PREFETCH } else { 0 }
 }
 
 #[inline]
@@ -200,6 +209,7 @@ unsafe fn q8_0_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     let mut accf = [_mm512_setzero_ps(); R];
+    let dist = prefetch_distance(a.first);
     // SAFETY (whole body): the tile holds `nblocks` blocks of 544 bytes; every activation
     // row holds nblocks·32 quants and nblocks scales and sums.
     unsafe {
@@ -208,9 +218,9 @@ unsafe fn q8_0_rows<const R: usize>(
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut acci = [_mm512_setzero_si512(); R];
             // The block's 544 bytes, 64 at a time (see `ahead`).
-            ahead(blk.add(512));
+            ahead(blk.add(512), dist);
             for g in 0..8 {
-                ahead(blk.add(g * 64));
+                ahead(blk.add(g * 64), dist);
                 let wv = _mm512_loadu_si512(blk.add(2 * TILE + g * 64).cast());
                 for r in 0..R {
                     let ar = a.q.add(r * a.k_pad + b * QBLOCK + g * 4).cast::<u8>();
@@ -247,6 +257,7 @@ unsafe fn q4k_rows<const R: usize>(
     let nib = _mm512_set1_epi8(0x0f);
     let three = _mm512_set1_epi32(3);
     let fifteen = _mm512_set1_epi32(15);
+    let dist = prefetch_distance(a.first);
     // SAFETY (whole body): the tile holds `nsuper` blocks of 2304 bytes; every activation
     // row holds nsuper·256 quants, nsuper scales and nsuper·8 block sums.
     unsafe {
@@ -277,7 +288,7 @@ unsafe fn q4k_rows<const R: usize>(
                 };
                 // The sub-block's share of the block, 288 bytes (see `ahead`).
                 for l in 0..5 {
-                    ahead(blk.add(j * 288 + l * 64));
+                    ahead(blk.add(j * 288 + l * 64), dist);
                 }
                 let mut acci = [_mm512_setzero_si512(); R];
                 let qs = blk.add(q4k_off::QS + j * 256);

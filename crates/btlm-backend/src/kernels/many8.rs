@@ -91,6 +91,7 @@ pub unsafe fn matmul(
                 k_pad,
                 ns: k_pad / QK_K,
                 nb: k_pad / QBLOCK,
+                first: true,
             };
             for t in task * per_task..((task + 1) * per_task).min(tiles) {
                 // SAFETY: the forwarded contract: `w.tile(t)` is a whole q4k tile of

@@ -14,6 +14,10 @@ pub(super) struct Q8Rows {
     pub k_pad: usize,
     /// Stride of `d` and `sum`.
     pub nb: usize,
+    /// Whether the call starts at row 0: the first over its tile, which reads the tile from
+    /// memory (later calls of a product with more rows find it in cache); the AVX-512
+    /// kernels prefetch the weights only then.
+    pub first: bool,
 }
 
 /// Pointers to the first of the rows of q4k activations (one scale per super-block) a kernel
@@ -31,6 +35,8 @@ pub(super) struct Q8KRows {
     pub ns: usize,
     /// Stride of `bsum`.
     pub nb: usize,
+    /// Whether the call starts at row 0 (see [`Q8Rows::first`]).
+    pub first: bool,
 }
 
 /// Calls `$f::<R>(args…)` for `R = $n`, one of the listed row counts.
@@ -86,6 +92,7 @@ macro_rules! simd_tile {
                         sum: sum[row0 * nb..].as_ptr(),
                         k_pad,
                         nb,
+                        first: row0 == 0,
                     };
                     unsafe { call_rows!(out.len(), q8_0_rows, (t, nb, &a, out), [$($r),+]) }
                 }
@@ -98,6 +105,7 @@ macro_rules! simd_tile {
                         k_pad,
                         ns,
                         nb,
+                        first: row0 == 0,
                     };
                     unsafe { call_rows!(out.len(), q4k_rows, (t, ns, &a, out), [$($r),+]) }
                 }

@@ -427,6 +427,45 @@ fn every_row_count_matches_the_scalar_reference() {
     }
 }
 
+/// The tile kernels compute every activation row exactly as for that row alone (no
+/// grouping of rows, nor which call over a tile prefetches, changes an output bit), for 1 to
+/// 15 rows (one call, or a call of 8 and one of the rest), every format and path, on odd
+/// shapes with the q4k tail (6826 inputs).
+#[test]
+fn tile_kernels_give_each_row_the_bits_it_gets_alone() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+    let paths = supported_paths();
+    for format in WeightFormat::ALL {
+        for &(n_out, n_in) in &[(40, 301), (35, 6826)] {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let p = pack(format, &w, n_out, n_in);
+            let max_rows = 15;
+            let x = random(max_rows * n_in, &mut rng, 2.0);
+            for &path in &paths {
+                let alone: Vec<Vec<f32>> = (0..max_rows)
+                    .map(|r| run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, None))
+                    .collect();
+                for rows in 2..=max_rows {
+                    if path.many_rows(format, rows) {
+                        continue; // other kernels (`BTLM_MANY_ROWS` set low)
+                    }
+                    let y = run(path, &p, &x[..rows * n_in], rows, None);
+                    for (r, (got, want)) in y.chunks_exact(n_out).zip(&alone).enumerate() {
+                        let same = got
+                            .iter()
+                            .zip(want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{path} {format} {n_out}×{n_in} rows {rows}: row {r} differs from alone"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// On AVX-512 CPUs without AVX512-BF16 (Cascade Lake, Ice Lake) the AVX-512 path runs bf16
 /// weights on the AVX2 bf16 kernel, every other format on its own kernels; the AVX2 kernel
 /// computes the product from the tiles and activations the AVX-512 path prepares.
