@@ -60,20 +60,16 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// (prefill) read the tile from cache.
 const PREFETCH: usize = 8192;
 
-/// Prefetches the cache line `dist` bytes after `p` (possibly past the matrix: a prefetch
-/// never faults); `dist` is [`PREFETCH`], or 0 (the line about to be read: a no-op without
-/// a branch) when the call reads the tile from cache ([`prefetch_distance`]).
+/// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
+/// prefetch never faults) if `PF`: kernel calls that read their tile from cache (not the
+/// first over it, [`Q8Rows::first`]) are compiled without the prefetches.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn ahead(p: *const u8, dist: usize) {
-    // A hint: it reads nothing observable and never faults.
-    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(dist).cast());
-}
-
-/// The prefetch distance of a kernel call: [`PREFETCH`] if it is the first over its tile
-/// ([`Q8Rows::first`]), which streams the tile from memory, else 0.
-fn prefetch_distance(first: bool) -> usize {
-    if first { PREFETCH } else { 0 }
+fn ahead<const PF: bool>(p: *const u8) {
+    if PF {
+        // A hint: it reads nothing observable and never faults.
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+    }
 }
 
 #[inline]
@@ -201,6 +197,8 @@ unsafe fn bf16_rows<const R: usize>(
     }
 }
 
+/// One q8_0 tile for `R` activation rows: [`q8_0_pass`], prefetching the weights in the
+/// first call over the tile.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q8_0_rows<const R: usize>(
     w: *const u8,
@@ -208,8 +206,28 @@ unsafe fn q8_0_rows<const R: usize>(
     a: &Q8Rows,
     out: &mut [[f32; TILE]],
 ) {
+    // SAFETY: the forwarded contract.
+    unsafe {
+        if a.first {
+            q8_0_pass::<R, true>(w, nblocks, a, out)
+        } else {
+            q8_0_pass::<R, false>(w, nblocks, a, out)
+        }
+    }
+}
+
+/// One q8_0 tile for `R` activation rows, prefetching the weight stream if `PF`: per block
+/// of 32 inputs, `vpdpbusd` sums in i32, corrected for the +128 of the stored weights,
+/// converted and scaled in f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8_0_pass<const R: usize, const PF: bool>(
+    w: *const u8,
+    nblocks: usize,
+    a: &Q8Rows,
+    out: &mut [[f32; TILE]],
+) {
     let mut accf = [_mm512_setzero_ps(); R];
-    let dist = prefetch_distance(a.first);
     // SAFETY (whole body): the tile holds `nblocks` blocks of 544 bytes; every activation
     // row holds nblocks·32 quants and nblocks scales and sums.
     unsafe {
@@ -218,9 +236,9 @@ unsafe fn q8_0_rows<const R: usize>(
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut acci = [_mm512_setzero_si512(); R];
             // The block's 544 bytes, 64 at a time (see `ahead`).
-            ahead(blk.add(512), dist);
+            ahead::<PF>(blk.add(512));
             for g in 0..8 {
-                ahead(blk.add(g * 64), dist);
+                ahead::<PF>(blk.add(g * 64));
                 let wv = _mm512_loadu_si512(blk.add(2 * TILE + g * 64).cast());
                 for r in 0..R {
                     let ar = a.q.add(r * a.k_pad + b * QBLOCK + g * 4).cast::<u8>();
@@ -253,11 +271,29 @@ unsafe fn q4k_rows<const R: usize>(
     a: &Q8KRows,
     out: &mut [[f32; TILE]],
 ) {
+    // SAFETY: the forwarded contract.
+    unsafe {
+        if a.first {
+            q4k_pass::<R, true>(w, nsuper, a, out)
+        } else {
+            q4k_pass::<R, false>(w, nsuper, a, out)
+        }
+    }
+}
+
+/// [`q4k_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4k_pass<const R: usize, const PF: bool>(
+    w: *const u8,
+    nsuper: usize,
+    a: &Q8KRows,
+    out: &mut [[f32; TILE]],
+) {
     let mut accf = [_mm512_setzero_ps(); R];
     let nib = _mm512_set1_epi8(0x0f);
     let three = _mm512_set1_epi32(3);
     let fifteen = _mm512_set1_epi32(15);
-    let dist = prefetch_distance(a.first);
     // SAFETY (whole body): the tile holds `nsuper` blocks of 2304 bytes; every activation
     // row holds nsuper·256 quants, nsuper scales and nsuper·8 block sums.
     unsafe {
@@ -288,7 +324,7 @@ unsafe fn q4k_rows<const R: usize>(
                 };
                 // The sub-block's share of the block, 288 bytes (see `ahead`).
                 for l in 0..5 {
-                    ahead(blk.add(j * 288 + l * 64), dist);
+                    ahead::<PF>(blk.add(j * 288 + l * 64));
                 }
                 let mut acci = [_mm512_setzero_si512(); R];
                 let qs = blk.add(q4k_off::QS + j * 256);
