@@ -300,8 +300,11 @@ impl<M: StepModel> Batcher<M> {
         }
     }
 
-    /// Removes finished and failed sequences from the batch and reports them.
+    /// Removes finished and failed sequences from the batch and reports them. The gauges
+    /// are published before the reports go out, so a caller that got its answer already
+    /// sees its slot and cache room free in the statistics.
     fn retire(&mut self) {
+        let mut retired = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
             let r = &self.running[i];
@@ -312,9 +315,12 @@ impl<M: StepModel> Batcher<M> {
             let r = self.running.remove(i);
             self.kv_reserved -= r.job.kv_bytes;
             drop(r.cache);
-            self.finish(r.job, r.failed);
+            retired.push((r.job, r.failed));
         }
         self.publish_gauges();
+        for (job, failed) in retired {
+            self.finish(job, failed);
+        }
     }
 
     /// Counts and reports the end of a request.
