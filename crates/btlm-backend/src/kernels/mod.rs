@@ -221,7 +221,7 @@ impl KernelPath {
 
     /// Whether a product with `rows` activation rows of `format` weights runs other
     /// kernels than this path's tile kernels (from [`MANY_ROWS`] rows on, [`Q4K_MANY_ROWS`]
-    /// for q4k on AVX2).
+    /// for q4k on AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512).
     pub fn many_rows(self, format: WeightFormat, rows: usize) -> bool {
         self.route(format, rows) != Route::Tiles
     }
