@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use super::acts::Acts;
-use super::format::{TILE, WeightFormat};
+use super::format::TILE;
 use super::pack::PackedMatrix;
 
 /// Tiles one bf16 micro-kernel multiplies at once (64 outputs).
@@ -40,22 +40,24 @@ pub const BF16_KC: usize = 128;
 const BF16_ACC_ROW: usize = 2 * BF16_TILES * TILE;
 
 /// Whether this CPU runs these kernels: the AVX-512 tile kernels' features and
-/// AVX512-BF16.
+/// AVX512-BF16 (the dispatcher checks them through `KernelPath::route`).
+#[cfg(test)]
 pub fn supported() -> bool {
     super::avx512::supported() && super::avx512::has_bf16()
 }
 
-/// Whether these kernels multiply `format` weights.
-pub fn takes(format: WeightFormat) -> bool {
-    format == WeightFormat::Bf16
+/// Whether these kernels multiply `format` weights (`KernelPath::route` routes those).
+#[cfg(test)]
+pub fn takes(format: super::WeightFormat) -> bool {
+    format == super::WeightFormat::Bf16
 }
 
 /// `y = acts · Wᵀ (+ bias)` for the `rows` rows of `acts`, in tasks of whole tile groups on
 /// rayon's pool.
 ///
 /// # Safety
-/// The CPU must support the features of [`supported`]; `w` must be of a format these
-/// kernels [`takes`] and `acts` prepared for it with `rows` rows of `w.k_pad()` inputs
+/// The CPU must support AVX-512 F/BW/VL/VNNI and AVX512-BF16; `w` must hold bf16 weights
+/// and `acts` be prepared for it with `rows` rows of `w.k_pad()` inputs
 /// ([`Acts::fits`]); `y` holds `rows × w.n_out()` values and `bias`, if any, `w.n_out()`.
 pub unsafe fn matmul(
     w: &PackedMatrix,
