@@ -14,8 +14,10 @@
 //! machines without them). On the AVX2 path, products with at least [`MANY_ROWS`]
 //! activation rows (prefill, large batches) run cache-blocked many-rows kernels instead of
 //! the tile kernels: f32 ones for bf16/f16 weights, and from [`Q4K_MANY_ROWS`] rows int8
-//! ones computing exactly what the tile kernels compute for q4k (`BTLM_MANY_ROWS=N|off`
-//! moves or disables the threshold of every format).
+//! ones computing exactly what the tile kernels compute for q4k. On the AVX-512 path
+//! (with AVX512-BF16), bf16 products from [`WIDE_MANY_ROWS`] rows run the wide kernels
+//! (`wide512.rs`: 4 tiles × 6 rows per micro-kernel, bit for bit the tile kernels' sums).
+//! `BTLM_MANY_ROWS=N|off` moves or disables the threshold of every format.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
@@ -50,6 +52,8 @@ pub mod scalar;
 pub mod self_check;
 mod split;
 pub mod storage;
+#[cfg(target_arch = "x86_64")]
+mod wide512;
 
 pub use acts::Acts;
 pub use format::{TILE, WeightFormat};
@@ -197,30 +201,34 @@ impl KernelPath {
             (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K) => {
                 Route::Amx
             }
+            // Several tiles per micro-kernel (`wide512.rs`); bf16 needs AVX512-BF16.
+            (KernelPath::Avx512, WeightFormat::Bf16) if avx512_bf16() => Route::Wide,
             _ => Route::Tiles,
         }
     }
 
     /// From how many activation rows on products of `format` weights may run other kernels
     /// than the tile kernels: `BTLM_MANY_ROWS` if set, else [`Q4K_MANY_ROWS`] for q4k on
-    /// AVX2 and [`MANY_ROWS`] otherwise; `None` when disabled.
+    /// AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512 and [`MANY_ROWS`] otherwise; `None`
+    /// when disabled.
     fn many_rows_min(self, format: WeightFormat) -> Option<usize> {
         many_rows_override().unwrap_or(match (self, format) {
             (KernelPath::Avx2, WeightFormat::Q4K) => Some(Q4K_MANY_ROWS),
+            (KernelPath::Avx512, WeightFormat::Bf16) => Some(WIDE_MANY_ROWS),
             _ => Some(MANY_ROWS),
         })
     }
 
     /// Whether a product with `rows` activation rows of `format` weights runs other
     /// kernels than this path's tile kernels (from [`MANY_ROWS`] rows on, [`Q4K_MANY_ROWS`]
-    /// for q4k on AVX2).
+    /// for q4k on AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512).
     pub fn many_rows(self, format: WeightFormat, rows: usize) -> bool {
         self.route(format, rows) != Route::Tiles
     }
 
     /// The kernels a product with `rows` activation rows of `format` weights runs, for
     /// reports: the path's name (its tile kernels), `avx512 (bf16 on avx2)` (bf16 weights
-    /// without AVX512-BF16), `avx2-many`, `avx2-many8` or `amx-tiles`.
+    /// without AVX512-BF16), `avx2-many`, `avx2-many8`, `avx512-wide` or `amx-tiles`.
     pub fn kernel_name(self, format: WeightFormat, rows: usize) -> String {
         match self.route(format, rows) {
             Route::Tiles
@@ -234,6 +242,7 @@ impl KernelPath {
             Route::Many => "avx2-many".into(),
             Route::Many8 => "avx2-many8".into(),
             Route::Amx => "amx-tiles".into(),
+            Route::Wide => "avx512-wide".into(),
         }
     }
 
@@ -293,6 +302,11 @@ pub const MANY_ROWS: usize = 16;
 /// (session 8, docs/benchmarks.md "int8 many-rows kernels for prefill").
 pub const Q4K_MANY_ROWS: usize = 48;
 
+/// The many-rows threshold of bf16 weights on the AVX-512 path (with AVX512-BF16): the wide
+/// kernels (`wide512.rs`, 4 tiles × 6 rows per micro-kernel) measured 10–15% slower than the
+/// tile kernels at 16 and 32 rows, level at 64, faster at 128 (session 9, Zen 5).
+pub const WIDE_MANY_ROWS: usize = 64;
+
 /// The many-rows threshold of this process ([`MANY_ROWS`] or `BTLM_MANY_ROWS`), `None`
 /// when disabled; read once. (q4k on AVX2: [`Q4K_MANY_ROWS`] unless `BTLM_MANY_ROWS` is
 /// set.)
@@ -325,6 +339,8 @@ enum Route {
     Many8,
     /// The AMX kernels (`amx.rs`).
     Amx,
+    /// The AVX-512 kernels of several tiles at once (`wide512.rs`).
+    Wide,
 }
 
 /// A raw output pointer shared by the tasks of one product; each task writes its own columns.
@@ -449,6 +465,13 @@ pub fn matmul(
         // SAFETY: as above; the Amx path is supported only when AMX is usable.
         Route::Amx => {
             unsafe { amx::matmul(w, x, rows, bias, y) };
+            return Ok(());
+        }
+        // SAFETY: as above; routed only for the formats `wide512` takes, with AVX512-BF16
+        // for bf16; the activations are prepared here for the weights' format.
+        Route::Wide => {
+            let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
+            unsafe { wide512::matmul(w, &acts, rows, bias, y) };
             return Ok(());
         }
     }

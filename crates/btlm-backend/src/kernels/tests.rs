@@ -743,3 +743,112 @@ fn int8_many_rows_dispatch_equals_one_row_at_a_time() {
         }
     }
 }
+
+/// The AVX-512 wide kernels (several tiles per micro-kernel) compute bit for bit what the
+/// AVX-512 tile kernels compute, and stay within the tolerance of the scalar reference:
+/// every row count 1..=37 and 128 (not multiples of the micro-kernel's rows), outputs not a
+/// multiple of the tile group (1 to 13 tiles), inputs with odd pair counts, more than one
+/// input chunk, and the q4k tail (6826).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn wide_kernels_equal_the_avx512_tile_kernels() {
+    if !wide512::supported() {
+        eprintln!("AVX-512 wide kernels not supported on this CPU: skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    let mut cases: Vec<(usize, usize, usize)> = (1..=37).map(|rows| (40, 300, rows)).collect();
+    cases.extend([
+        (1, 1, 16),
+        (17, 33, 128),
+        (200, 258, 23),
+        (35, 6826, 19),
+        (70, 2560, 128),
+        (64, 514, 7),
+        (33, 257, 37),
+    ]);
+    for format in WeightFormat::ALL.into_iter().filter(|&f| wide512::takes(f)) {
+        for &(n_out, n_in, rows) in &cases {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let x = random(rows * n_in, &mut rng, 2.0);
+            let p = pack(format, &w, n_out, n_in);
+            let bias = random(n_out, &mut rng, 1.0);
+            let acts = Acts::prepare(format, &x, rows, n_in, p.k_pad());
+            let mut tiles = vec![f32::NAN; rows * n_out];
+            let out = OutPtr(tiles.as_mut_ptr());
+            tiles_into(
+                KernelPath::Avx512,
+                &p,
+                &acts,
+                rows,
+                Some(&bias),
+                out,
+                0..p.tiles(),
+            );
+            let mut got = vec![f32::NAN; rows * n_out];
+            // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
+            // `matmul` checks them.
+            unsafe { wide512::matmul(&p, &acts, rows, Some(&bias), &mut got) };
+            for (i, (a, b)) in got.iter().zip(&tiles).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs tile kernels {b}"
+                );
+            }
+            if rows > 8 && n_in > 1000 || rows % 5 == 0 {
+                let reference = run(KernelPath::Scalar, &p, &x, rows, Some(&bias));
+                let mags = magnitudes(&p, &x, rows);
+                for (i, ((a, b), m)) in got.iter().zip(&reference).zip(&mags).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-6 * m + 1e-5,
+                        "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// From the many-rows threshold on, the AVX-512 path multiplies the formats the wide
+/// kernels take with them (bf16 only with AVX512-BF16), and a prompt's rows come out bit
+/// for bit as when each row is multiplied alone (the tile kernels).
+#[test]
+fn wide_dispatch_equals_one_row_at_a_time() {
+    let path = KernelPath::Avx512;
+    if !path.supported() {
+        eprintln!("no AVX-512 here: skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let (n_out, n_in) = (72, 700);
+    let rows = WIDE_MANY_ROWS + 5;
+    for format in WeightFormat::ALL {
+        let wide = match path.many_rows_min(format) {
+            Some(min) => rows >= min && wide512::takes(format) && avx512_bf16(),
+            None => false,
+        };
+        let expect = if wide {
+            "avx512-wide".to_string()
+        } else {
+            path.kernel_name(format, 1)
+        };
+        assert_eq!(path.kernel_name(format, rows), expect, "{format}");
+        assert_eq!(path.many_rows(format, rows), wide, "{format}");
+        if !wide {
+            continue;
+        }
+        let w = random(n_out * n_in, &mut rng, 0.1);
+        let p = pack(format, &w, n_out, n_in);
+        let bias = random(n_out, &mut rng, 1.0);
+        let x = random(rows * n_in, &mut rng, 2.0);
+        let all = run(path, &p, &x, rows, Some(&bias));
+        for r in 0..rows {
+            let one = run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, Some(&bias));
+            for o in 0..n_out {
+                let (a, b) = (all[r * n_out + o], one[o]);
+                assert_eq!(a.to_bits(), b.to_bits(), "{format} [{r}][{o}]: {a} vs {b}");
+            }
+        }
+    }
+}
