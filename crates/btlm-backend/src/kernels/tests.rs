@@ -603,6 +603,45 @@ fn q4k_activation_scales_cost_little_against_the_weight_error() {
     }
 }
 
+/// Checks that `kernel` (writing `y = acts · Wᵀ + bias` for the `rows` rows of `x`, from
+/// activations prepared for `p`) gives bit for bit what `path`'s tile kernels give, and, if
+/// `with_reference`, stays within the tolerance of the scalar reference.
+#[cfg(target_arch = "x86_64")]
+fn assert_equals_tile_kernels(
+    path: KernelPath,
+    p: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: &[f32],
+    with_reference: bool,
+    kernel: impl Fn(&Acts<'_>, &mut [f32]),
+) {
+    let (format, n_out, n_in) = (p.format(), p.n_out(), p.n_in());
+    let acts = Acts::prepare(format, x, rows, n_in, p.k_pad());
+    let mut tiles = vec![f32::NAN; rows * n_out];
+    let out = OutPtr(tiles.as_mut_ptr());
+    tiles_into(path, p, &acts, rows, Some(bias), out, 0..p.tiles());
+    let mut got = vec![f32::NAN; rows * n_out];
+    kernel(&acts, &mut got);
+    for (i, (a, b)) in got.iter().zip(&tiles).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs tile kernels {b}"
+        );
+    }
+    if with_reference {
+        let reference = run(KernelPath::Scalar, p, x, rows, Some(bias));
+        let mags = magnitudes(p, x, rows);
+        for (i, ((a, b), m)) in got.iter().zip(&reference).zip(&mags).enumerate() {
+            assert!(
+                (a - b).abs() <= 2e-6 * m + 1e-5,
+                "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
+            );
+        }
+    }
+}
+
 /// The int8 many-rows kernels (q4k prefill on AVX2) compute exactly what the tile kernels
 /// compute from the same activations, bit for bit, on odd shapes: one tile of one output,
 /// outputs not a multiple of 16, rows not a multiple of the micro-kernel's 4, n_in not a
@@ -657,37 +696,11 @@ fn int8_many_rows_kernels_equal_the_tile_kernels() {
         for (n_out, n_in, rows, w, x) in inputs {
             let p = pack(format, &w, n_out, n_in);
             let bias = random(n_out, &mut rng, 1.0);
-            let acts = Acts::prepare(format, &x, rows, n_in, p.k_pad());
-            let mut tiles = vec![f32::NAN; rows * n_out];
-            let out = OutPtr(tiles.as_mut_ptr());
-            tiles_into(
-                KernelPath::Avx2,
-                &p,
-                &acts,
-                rows,
-                Some(&bias),
-                out,
-                0..p.tiles(),
-            );
-            let mut got = vec![f32::NAN; rows * n_out];
-            // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
-            // `matmul` checks them.
-            unsafe { many8::matmul(&p, &acts, rows, Some(&bias), &mut got) };
-            for (i, (a, b)) in got.iter().zip(&tiles).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs tile kernels {b}"
-                );
-            }
-            let reference = run(KernelPath::Scalar, &p, &x, rows, Some(&bias));
-            let mags = magnitudes(&p, &x, rows);
-            for (i, ((a, b), m)) in got.iter().zip(&reference).zip(&mags).enumerate() {
-                assert!(
-                    (a - b).abs() <= 2e-6 * m + 1e-5,
-                    "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
-                );
-            }
+            assert_equals_tile_kernels(KernelPath::Avx2, &p, &x, rows, &bias, true, |acts, y| {
+                // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
+                // `matmul` checks them.
+                unsafe { many8::matmul(&p, acts, rows, Some(&bias), y) }
+            });
         }
     }
 }
@@ -773,39 +786,20 @@ fn wide_kernels_equal_the_avx512_tile_kernels() {
             let x = random(rows * n_in, &mut rng, 2.0);
             let p = pack(format, &w, n_out, n_in);
             let bias = random(n_out, &mut rng, 1.0);
-            let acts = Acts::prepare(format, &x, rows, n_in, p.k_pad());
-            let mut tiles = vec![f32::NAN; rows * n_out];
-            let out = OutPtr(tiles.as_mut_ptr());
-            tiles_into(
+            let check_reference = rows > 8 && n_in > 1000 || rows % 5 == 0;
+            assert_equals_tile_kernels(
                 KernelPath::Avx512,
                 &p,
-                &acts,
+                &x,
                 rows,
-                Some(&bias),
-                out,
-                0..p.tiles(),
+                &bias,
+                check_reference,
+                |acts, y| {
+                    // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
+                    // `matmul` checks them.
+                    unsafe { wide512::matmul(&p, acts, rows, Some(&bias), y) }
+                },
             );
-            let mut got = vec![f32::NAN; rows * n_out];
-            // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
-            // `matmul` checks them.
-            unsafe { wide512::matmul(&p, &acts, rows, Some(&bias), &mut got) };
-            for (i, (a, b)) in got.iter().zip(&tiles).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs tile kernels {b}"
-                );
-            }
-            if rows > 8 && n_in > 1000 || rows % 5 == 0 {
-                let reference = run(KernelPath::Scalar, &p, &x, rows, Some(&bias));
-                let mags = magnitudes(&p, &x, rows);
-                for (i, ((a, b), m)) in got.iter().zip(&reference).zip(&mags).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 2e-6 * m + 1e-5,
-                        "{format} {n_out}×{n_in} rows {rows} [{i}]: {a} vs {b} (Σ|wx| {m})"
-                    );
-                }
-            }
         }
     }
 }
