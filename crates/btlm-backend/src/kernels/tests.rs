@@ -705,6 +705,30 @@ fn int8_many_rows_kernels_equal_the_tile_kernels() {
     }
 }
 
+/// Checks that `rows` random rows multiplied together on `path` come out bit for bit as each
+/// row multiplied alone (random `format` weights of `n_out × n_in`, with a bias).
+fn assert_rows_as_alone(
+    path: KernelPath,
+    format: WeightFormat,
+    n_out: usize,
+    n_in: usize,
+    rows: usize,
+    rng: &mut rand::rngs::StdRng,
+) {
+    let w = random(n_out * n_in, rng, 0.1);
+    let p = pack(format, &w, n_out, n_in);
+    let bias = random(n_out, rng, 1.0);
+    let x = random(rows * n_in, rng, 2.0);
+    let all = run(path, &p, &x, rows, Some(&bias));
+    for r in 0..rows {
+        let one = run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, Some(&bias));
+        for o in 0..n_out {
+            let (a, b) = (all[r * n_out + o], one[o]);
+            assert_eq!(a.to_bits(), b.to_bits(), "{format} [{r}][{o}]: {a} vs {b}");
+        }
+    }
+}
+
 /// From the many-rows threshold on, AVX2 multiplies q4k weights with the int8 many-rows
 /// kernels (q8_0 keeps the tile kernels), and a prompt's rows come out bit for bit as when
 /// each row is multiplied alone (the tile kernels): prefill answers do not depend on the
@@ -742,18 +766,7 @@ fn int8_many_rows_dispatch_equals_one_row_at_a_time() {
         assert_eq!(path.kernel_name(format, rows), expect, "{format}");
         assert_eq!(path.many_rows(format, rows), expect != "avx2", "{format}");
         assert_eq!(path.kernel_name(format, 1), "avx2", "{format}");
-        let w = random(n_out * n_in, &mut rng, 0.1);
-        let p = pack(format, &w, n_out, n_in);
-        let bias = random(n_out, &mut rng, 1.0);
-        let x = random(rows * n_in, &mut rng, 2.0);
-        let all = run(path, &p, &x, rows, Some(&bias));
-        for r in 0..rows {
-            let one = run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, Some(&bias));
-            for o in 0..n_out {
-                let (a, b) = (all[r * n_out + o], one[o]);
-                assert_eq!(a.to_bits(), b.to_bits(), "{format} [{r}][{o}]: {a} vs {b}");
-            }
-        }
+        assert_rows_as_alone(path, format, n_out, n_in, rows, &mut rng);
     }
 }
 
@@ -832,17 +845,6 @@ fn wide_dispatch_equals_one_row_at_a_time() {
         if !wide {
             continue;
         }
-        let w = random(n_out * n_in, &mut rng, 0.1);
-        let p = pack(format, &w, n_out, n_in);
-        let bias = random(n_out, &mut rng, 1.0);
-        let x = random(rows * n_in, &mut rng, 2.0);
-        let all = run(path, &p, &x, rows, Some(&bias));
-        for r in 0..rows {
-            let one = run(path, &p, &x[r * n_in..(r + 1) * n_in], 1, Some(&bias));
-            for o in 0..n_out {
-                let (a, b) = (all[r * n_out + o], one[o]);
-                assert_eq!(a.to_bits(), b.to_bits(), "{format} [{r}][{o}]: {a} vs {b}");
-            }
-        }
+        assert_rows_as_alone(path, format, n_out, n_in, rows, &mut rng);
     }
 }
