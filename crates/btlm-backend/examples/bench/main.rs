@@ -24,6 +24,7 @@ use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
 
+mod bandwidth;
 mod checkpoint;
 mod matmul;
 
@@ -106,44 +107,6 @@ fn peak_rss_mib() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
-}
-
-/// Read bandwidth in GB/s of summing a 1 GiB buffer with `threads` threads (best of 5).
-fn read_bandwidth(threads: usize) -> f64 {
-    let n = (1usize << 30) / 8;
-    let buf: Vec<u64> = (0..n as u64).collect();
-    let chunk = n.div_ceil(threads);
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let total: u64 = std::thread::scope(|s| {
-            let hs: Vec<_> = buf
-                .chunks(chunk)
-                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .fold(0u64, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (n * 8) as f64 / best / 1e9
-}
-
-/// Copy bandwidth (bytes read + written) in GB/s of a 1 GiB memcpy (best of 5).
-fn copy_bandwidth() -> f64 {
-    let n = 1usize << 30;
-    let src = vec![1u8; n];
-    let mut dst = vec![0u8; n];
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let t = Instant::now();
-        dst.copy_from_slice(&src);
-        std::hint::black_box(&dst);
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    2.0 * n as f64 / best / 1e9
 }
 
 fn measure(
@@ -244,9 +207,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint::write(&cfg, &ckpt)?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let bw_read_1 = read_bandwidth(1);
-    let bw_read = read_bandwidth(threads);
-    let bw_copy = copy_bandwidth();
+    let bw_read_1 = bandwidth::read(1);
+    let bw_read = bandwidth::read(threads);
+    let bw_copy = bandwidth::copy();
     println!(
         "BTLM bench: n_embd {} heads {} n_inner {} vocab {} layers {} | prompt {} tokens, decode {} tokens, {threads} threads, device {}",
         cfg.n_embd,
