@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{BtlmError, Result};
 use crate::kernels::{KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
-use crate::options::Quantization;
+use crate::options::{PrefillPrecision, Quantization};
 use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
 
@@ -30,6 +30,10 @@ pub struct LoadOptions {
     /// The CPU kernel path; `None`: [`KernelPath::active`] (the best this CPU runs, or
     /// `BTLM_KERNELS`).
     pub kernels: Option<KernelPath>,
+    /// The arithmetic of f32/f16 products with many rows (prefill) on CPU; `Bf16` falls
+    /// back to `Exact` with one warning where the kernel path cannot run it (see
+    /// [`KernelPath::prefill_bf16_applies`]).
+    pub prefill_precision: PrefillPrecision,
     /// Where quantized (q8_0, q4k) CPU weights are cached for the next start; the default is
     /// [`WeightCache::Off`] (the miner turns it on, see `--btlm.weight_cache`).
     pub weight_cache: WeightCache,
@@ -42,6 +46,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             quantization: Quantization::None,
             kernels: None,
+            prefill_precision: PrefillPrecision::Exact,
             weight_cache: WeightCache::Off,
         }
     }
@@ -68,6 +73,7 @@ pub(crate) struct Loader<'a> {
     dtype: DType,
     packed: Option<WeightFormat>,
     kernel_path: KernelPath,
+    prefill: PrefillPrecision,
     cache: Option<CacheState>,
 }
 
@@ -114,6 +120,7 @@ impl<'a> Loader<'a> {
             }
             None => KernelPath::active().map_err(|e| BtlmError::Device(e.to_string()))?,
         };
+        let prefill = prefill_precision(opts.prefill_precision, packed, kernel_path);
         let dtype = if packed.is_some() {
             DType::F32
         } else {
@@ -148,6 +155,7 @@ impl<'a> Loader<'a> {
             dtype,
             packed,
             kernel_path,
+            prefill,
             cache,
         })
     }
@@ -202,6 +210,12 @@ impl<'a> Loader<'a> {
     /// The CPU kernel path the packed projections use.
     pub(crate) fn kernel_path(&self) -> KernelPath {
         self.kernel_path
+    }
+
+    /// The arithmetic of the packed projections' products with many rows (already checked
+    /// against the kernel path).
+    pub(crate) fn prefill_precision(&self) -> PrefillPrecision {
+        self.prefill
     }
 
     /// The dtype an embedding table is kept in: it is only gathered from, so it stays in the
@@ -274,6 +288,29 @@ impl<'a> Loader<'a> {
             .ckpt
             .require(name, shape, &self.device)?
             .to_dtype(self.dtype)?)
+    }
+}
+
+/// The prefill precision a load runs with: `asked`, except that [`PrefillPrecision::Bf16`]
+/// falls back to exact arithmetic (one warning) for f32/f16 weights on a kernel path or CPU
+/// without the converted bf16 products; other formats ignore it.
+fn prefill_precision(
+    asked: PrefillPrecision,
+    packed: Option<WeightFormat>,
+    path: KernelPath,
+) -> PrefillPrecision {
+    match packed {
+        Some(f @ (WeightFormat::F32 | WeightFormat::F16))
+            if asked == PrefillPrecision::Bf16 && !path.prefill_bf16_applies(f) =>
+        {
+            tracing::warn!(
+                kernels = %path,
+                "--btlm.prefill_precision bf16 needs AVX512-BF16 (kernel path avx512 or amx): \
+                 prefill runs in exact {f} arithmetic"
+            );
+            PrefillPrecision::Exact
+        }
+        _ => asked,
     }
 }
 
