@@ -69,7 +69,9 @@ pub struct BtlmArgs {
     /// Arithmetic of prompt prefill (products of 64+ rows) with f32/f16 weights on CPU:
     /// `exact` (the weights' own precision) or `bf16` (weights rounded to bf16 chunk by chunk
     /// as they are read, activations to bf16 as with --btlm.dtype bf16; about twice as fast
-    /// on CPUs with AVX512-BF16, elsewhere exact after one warning). Decode stays exact.
+    /// on CPUs with AVX512-BF16, elsewhere exact after one warning). Decode steps stay exact
+    /// (with --btlm.piggyback_prefill, decode rows sharing a pass with a prompt piece run in
+    /// bf16 too).
     #[cfg_attr(feature = "cli", arg(long = "btlm.prefill_precision", value_enum, default_value_t = PrefillPrecision::Exact))]
     pub prefill_precision: PrefillPrecision,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
