@@ -358,3 +358,35 @@ pub(crate) fn pack_tensor(
     };
     PackedMatrix::pack(format, &src).map_err(|e| BtlmError::Checkpoint(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--btlm.prefill_precision bf16` stays on only where the converted bf16 products run
+    /// (f32/f16 weights on an AVX-512 path with AVX512-BF16); it falls back to exact for
+    /// f32/f16 elsewhere and is kept (and ignored by the kernels) for other formats.
+    #[test]
+    fn bf16_prefill_falls_back_to_exact_where_it_cannot_run() {
+        let bf16 = PrefillPrecision::Bf16;
+        for path in KernelPath::ALL {
+            for format in WeightFormat::ALL {
+                let got = prefill_precision(bf16, Some(format), path);
+                let dense = matches!(format, WeightFormat::F32 | WeightFormat::F16);
+                let want = if dense && !path.prefill_bf16_applies(format) {
+                    PrefillPrecision::Exact
+                } else {
+                    bf16
+                };
+                assert_eq!(got, want, "{path} {format}");
+                let exact = prefill_precision(PrefillPrecision::Exact, Some(format), path);
+                assert_eq!(exact, PrefillPrecision::Exact, "{path} {format}");
+            }
+            assert_eq!(prefill_precision(bf16, None, path), bf16, "GPU: unused");
+        }
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            assert!(!KernelPath::Avx2.prefill_bf16_applies(format));
+            assert!(!KernelPath::Scalar.prefill_bf16_applies(format));
+        }
+    }
+}
