@@ -10,7 +10,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
-use crate::kernels::{self, Acts, KernelPath, PackedMatrix, TileProduct, WeightFormat};
+use crate::kernels::{
+    self, Acts, KernelPath, PackedMatrix, PrefillPrecision, TileProduct, WeightFormat,
+};
 use crate::loader::Loader;
 use crate::team::Team;
 
@@ -19,10 +21,12 @@ use crate::team::Team;
 enum Weight {
     /// `[in, out]` candle tensor (may be a transposed view): GPUs.
     Dense(Tensor),
-    /// Packed `[out, in]` tiles multiplied by the CPU kernels of `path`.
+    /// Packed `[out, in]` tiles multiplied by the CPU kernels of `path`, products with many
+    /// rows in the arithmetic `prefill` (see [`kernels::matmul_with`]).
     Packed {
         matrix: Arc<PackedMatrix>,
         path: KernelPath,
+        prefill: PrefillPrecision,
     },
 }
 
@@ -87,6 +91,7 @@ impl Projection {
             weight: Weight::Packed {
                 matrix,
                 path: ld.kernel_path(),
+                prefill: ld.prefill_precision(),
             },
             bias: None,
             bias_f32,
@@ -96,7 +101,7 @@ impl Projection {
     /// The packed weights and the kernel path, on CPU.
     pub fn packed_matrix(&self) -> Option<(&PackedMatrix, KernelPath)> {
         match &self.weight {
-            Weight::Packed { matrix, path } => Some((matrix, *path)),
+            Weight::Packed { matrix, path, .. } => Some((matrix, *path)),
             Weight::Dense(_) => None,
         }
     }
@@ -178,7 +183,12 @@ pub(crate) fn packed_into(
     // Activations per (format, padded inputs) that a tile product needs.
     let mut prepared: Vec<(WeightFormat, usize, Acts<'_>)> = Vec::new();
     for (p, y) in products.iter() {
-        let Weight::Packed { matrix, path } = &p.weight else {
+        let Weight::Packed {
+            matrix,
+            path,
+            prefill,
+        } = &p.weight
+        else {
             candle_core::bail!("packed_into takes packed projections only");
         };
         let n_in = matrix.n_in();
@@ -193,7 +203,7 @@ pub(crate) fn packed_into(
             );
         }
         let (format, k_pad) = (matrix.format(), matrix.k_pad());
-        if !path.many_rows(format, rows)
+        if !path.many_rows_with(format, *prefill, rows)
             && !prepared.iter().any(|(f, k, _)| (*f, *k) == (format, k_pad))
         {
             let acts = Acts::prepare_on(format, x, rows, n_in, k_pad, &for_each);
@@ -202,7 +212,12 @@ pub(crate) fn packed_into(
     }
     let mut tiles = Vec::new();
     for (p, y) in products.iter_mut() {
-        let Weight::Packed { matrix, path } = &p.weight else {
+        let Weight::Packed {
+            matrix,
+            path,
+            prefill,
+        } = &p.weight
+        else {
             continue;
         };
         let bias = p.bias_f32.as_deref().map(Vec::as_slice);
@@ -211,7 +226,7 @@ pub(crate) fn packed_into(
             .iter()
             .find(|(f, k, _)| (*f, *k) == (format, k_pad))
         {
-            Some((_, _, acts)) if !path.many_rows(format, rows) => {
+            Some((_, _, acts)) if !path.many_rows_with(format, *prefill, rows) => {
                 let product =
                     TileProduct::with_acts(*path, matrix, acts, rows, bias, y, team.threads())
                         .map_err(kernel_error)?
@@ -221,7 +236,8 @@ pub(crate) fn packed_into(
                 tiles.push(product);
             }
             // Other kernels than the tile kernels, parallel on rayon's pool.
-            _ => kernels::matmul(*path, matrix, x, rows, bias, y).map_err(kernel_error)?,
+            _ => kernels::matmul_with(*path, *prefill, matrix, x, rows, bias, y)
+                .map_err(kernel_error)?,
         }
     }
     match tiles.as_slice() {

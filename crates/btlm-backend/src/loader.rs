@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{BtlmError, Result};
 use crate::kernels::{KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
-use crate::options::Quantization;
+use crate::options::{PrefillPrecision, Quantization};
 use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
 
@@ -30,6 +30,10 @@ pub struct LoadOptions {
     /// The CPU kernel path; `None`: [`KernelPath::active`] (the best this CPU runs, or
     /// `BTLM_KERNELS`).
     pub kernels: Option<KernelPath>,
+    /// The arithmetic of f32/f16 products with many rows (prefill) on CPU; `Bf16` falls
+    /// back to `Exact` with one warning where the kernel path cannot run it (see
+    /// [`KernelPath::prefill_bf16_applies`]).
+    pub prefill_precision: PrefillPrecision,
     /// Where quantized (q8_0, q4k) CPU weights are cached for the next start; the default is
     /// [`WeightCache::Off`] (the miner turns it on, see `--btlm.weight_cache`).
     pub weight_cache: WeightCache,
@@ -42,6 +46,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             quantization: Quantization::None,
             kernels: None,
+            prefill_precision: PrefillPrecision::Exact,
             weight_cache: WeightCache::Off,
         }
     }
@@ -68,6 +73,7 @@ pub(crate) struct Loader<'a> {
     dtype: DType,
     packed: Option<WeightFormat>,
     kernel_path: KernelPath,
+    prefill: PrefillPrecision,
     cache: Option<CacheState>,
 }
 
@@ -114,6 +120,7 @@ impl<'a> Loader<'a> {
             }
             None => KernelPath::active().map_err(|e| BtlmError::Device(e.to_string()))?,
         };
+        let prefill = prefill_precision(opts.prefill_precision, packed, kernel_path);
         let dtype = if packed.is_some() {
             DType::F32
         } else {
@@ -148,6 +155,7 @@ impl<'a> Loader<'a> {
             dtype,
             packed,
             kernel_path,
+            prefill,
             cache,
         })
     }
@@ -202,6 +210,12 @@ impl<'a> Loader<'a> {
     /// The CPU kernel path the packed projections use.
     pub(crate) fn kernel_path(&self) -> KernelPath {
         self.kernel_path
+    }
+
+    /// The arithmetic of the packed projections' products with many rows (already checked
+    /// against the kernel path).
+    pub(crate) fn prefill_precision(&self) -> PrefillPrecision {
+        self.prefill
     }
 
     /// The dtype an embedding table is kept in: it is only gathered from, so it stays in the
@@ -277,6 +291,29 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// The prefill precision a load runs with: `asked`, except that [`PrefillPrecision::Bf16`]
+/// falls back to exact arithmetic (one warning) for f32/f16 weights on a kernel path or CPU
+/// without the converted bf16 products; other formats ignore it.
+fn prefill_precision(
+    asked: PrefillPrecision,
+    packed: Option<WeightFormat>,
+    path: KernelPath,
+) -> PrefillPrecision {
+    match packed {
+        Some(f @ (WeightFormat::F32 | WeightFormat::F16))
+            if asked == PrefillPrecision::Bf16 && !path.prefill_bf16_applies(f) =>
+        {
+            tracing::warn!(
+                kernels = %path,
+                "--btlm.prefill_precision bf16 needs AVX512-BF16 (kernel path avx512 or amx): \
+                 prefill runs in exact {f} arithmetic"
+            );
+            PrefillPrecision::Exact
+        }
+        _ => asked,
+    }
+}
+
 fn unsupported_dtype(dtype: DType) -> BtlmError {
     BtlmError::InvalidArgument {
         name: "--btlm.dtype",
@@ -320,4 +357,36 @@ pub(crate) fn pack_tensor(
         transposed,
     };
     PackedMatrix::pack(format, &src).map_err(|e| BtlmError::Checkpoint(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--btlm.prefill_precision bf16` stays on only where the converted bf16 products run
+    /// (f32/f16 weights on an AVX-512 path with AVX512-BF16); it falls back to exact for
+    /// f32/f16 elsewhere and is kept (and ignored by the kernels) for other formats.
+    #[test]
+    fn bf16_prefill_falls_back_to_exact_where_it_cannot_run() {
+        let bf16 = PrefillPrecision::Bf16;
+        for path in KernelPath::ALL {
+            for format in WeightFormat::ALL {
+                let got = prefill_precision(bf16, Some(format), path);
+                let dense = matches!(format, WeightFormat::F32 | WeightFormat::F16);
+                let want = if dense && !path.prefill_bf16_applies(format) {
+                    PrefillPrecision::Exact
+                } else {
+                    bf16
+                };
+                assert_eq!(got, want, "{path} {format}");
+                let exact = prefill_precision(PrefillPrecision::Exact, Some(format), path);
+                assert_eq!(exact, PrefillPrecision::Exact, "{path} {format}");
+            }
+            assert_eq!(prefill_precision(bf16, None, path), bf16, "GPU: unused");
+        }
+        for format in [WeightFormat::F32, WeightFormat::F16] {
+            assert!(!KernelPath::Avx2.prefill_bf16_applies(format));
+            assert!(!KernelPath::Scalar.prefill_bf16_applies(format));
+        }
+    }
 }

@@ -97,6 +97,7 @@ impl BtlmMiner {
             device: parse_device(&args.device)?,
             dtype: args.dtype.dtype(),
             quantization: args.quantize,
+            prefill_precision: args.prefill_precision,
             weight_cache: args.weight_cache(),
             ..LoadOptions::default()
         };

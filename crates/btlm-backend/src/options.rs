@@ -79,3 +79,45 @@ impl fmt::Display for Quantization {
         })
     }
 }
+
+/// The arithmetic of CPU products with many activation rows (prompt prefill) for f32 and
+/// f16 weights (`--btlm.prefill_precision`).
+///
+/// `bf16` multiplies them like bf16 weights on CPUs with AVX512-BF16: each chunk of the
+/// weights is rounded to bf16 on the fly (the weights stay stored in f32/f16) and the
+/// activations are rounded to bf16, as with `--btlm.dtype bf16`; about twice the f32
+/// arithmetic peak. Decode (few rows) keeps the exact kernels. Other formats ignore it
+/// (bf16 weights already run in bf16, q8_0/q4k in 8-bit integers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum PrefillPrecision {
+    /// The weights' own precision (f32 or f16 products in f32 arithmetic).
+    #[default]
+    Exact,
+    /// bf16 products for many rows (AVX512-BF16; elsewhere exact, after one warning).
+    Bf16,
+}
+
+impl fmt::Display for PrefillPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrefillPrecision::Exact => "exact",
+            PrefillPrecision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for PrefillPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "exact" => Ok(PrefillPrecision::Exact),
+            "bf16" => Ok(PrefillPrecision::Bf16),
+            other => Err(format!(
+                "prefill precision {other:?}: expected exact or bf16"
+            )),
+        }
+    }
+}

@@ -11,7 +11,7 @@ use prompting_btlm_backend::generation::{FinishReason, GenerationConfig};
 use prompting_btlm_backend::kernels::{KernelPath, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
-use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::options::{PrefillPrecision, Quantization};
 use prompting_btlm_backend::pack_cache::{self, CachedWeights, WeightCache};
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::sequence::{generate, never, until};
@@ -312,6 +312,66 @@ fn every_kernel_path_and_format_matches_the_reference() {
     }
 }
 
+/// f32 and f16 weights with `--btlm.prefill_precision bf16`: prompts run in bf16 arithmetic
+/// where the CPU has AVX512-BF16 (exact elsewhere), within the tolerance of bf16 weights
+/// (0.1) of the PyTorch f32 reference; decode stays exact. The reference prompts are
+/// shorter than the wide kernels' threshold, so the check runs in a child process of this
+/// test binary with `BTLM_MANY_ROWS=8` (read once per process).
+#[test]
+fn bf16_prefill_of_f32_and_f16_weights_matches_the_reference() {
+    const TEST: &str = "bf16_prefill_of_f32_and_f16_weights_matches_the_reference";
+    if std::env::var("BTLM_MANY_ROWS").as_deref() != Ok("8") {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env("BTLM_MANY_ROWS", "8")
+            .output()
+            .expect("child test");
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}"
+        );
+        return;
+    }
+    let r = reference();
+    for dtype in [DType::F32, DType::F16] {
+        let opts = |prefill_precision| LoadOptions {
+            dtype,
+            prefill_precision,
+            ..LoadOptions::default()
+        };
+        let exact = load("model.safetensors", &opts(PrefillPrecision::Exact));
+        let model = load("model.safetensors", &opts(PrefillPrecision::Bf16));
+        let converted = KernelPath::active()
+            .is_ok_and(|p| p.prefill_bf16_applies(WeightFormat::F32))
+            && test_device().is_cpu();
+        for case in &r.cases {
+            let logits = last_logits(&model, &case.input_ids);
+            let d = max_abs_diff(&logits, &case.last_logits);
+            let de = max_abs_diff(&logits, &last_logits(&exact, &case.input_ids));
+            let tokens = greedy(&model, &case.input_ids, 24);
+            let what = format!("{dtype:?} bf16 prefill: {:?}", case.prompt);
+            eprintln!(
+                "{what}: max |Δlogit| {d} from PyTorch, {de} from exact prefill; greedy tokens \
+                 {} the reference's",
+                if tokens == case.greedy_24 {
+                    "equal"
+                } else {
+                    "differ from"
+                }
+            );
+            assert!(d < 0.1, "{what}: max |Δlogit| {d}");
+            // The prompts run in bf16 where the CPU can (else exactly).
+            assert_eq!(de > 0.0, converted, "{what}: {de} from exact prefill");
+            if dtype == DType::F32 {
+                assert_eq!(tokens, case.greedy_24, "{what}");
+            }
+        }
+    }
+}
+
 #[test]
 fn quantization_needs_f32() {
     let dir = fixture();
@@ -326,6 +386,7 @@ fn quantization_needs_f32() {
             quantization: Quantization::Q8_0,
             device: Device::Cpu,
             kernels: None,
+            prefill_precision: PrefillPrecision::Exact,
             weight_cache: WeightCache::Off,
         },
     )

@@ -19,7 +19,7 @@ use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
-use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::options::{PrefillPrecision, Quantization};
 use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
@@ -72,6 +72,10 @@ struct Cli {
     /// whole cache, e.g. on the first decode step after a 1024-token prompt).
     #[arg(long)]
     reserve_cache: bool,
+    /// Arithmetic of f32/f16 products with many rows (`--btlm.prefill_precision`): `bf16`
+    /// runs them converted to bf16 on CPUs with AVX512-BF16.
+    #[arg(long, value_enum, default_value_t = PrefillPrecision::Exact)]
+    prefill_precision: PrefillPrecision,
     /// Internal: measure one format and print one result line.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -133,6 +137,7 @@ fn measure(
             dtype,
             quantization,
             kernels: None,
+            prefill_precision: cli.prefill_precision,
             weight_cache: match cli.weight_cache.as_str() {
                 "off" => WeightCache::Off,
                 "beside" => WeightCache::Beside,
@@ -175,7 +180,7 @@ fn measure(
             let wf: WeightFormat = format.parse()?;
             format!(
                 "{}/{}",
-                path.kernel_name(wf, cli.prompt),
+                path.kernel_name_with(wf, cli.prefill_precision, cli.prompt),
                 path.kernel_name(wf, 1)
             )
         },
@@ -195,7 +200,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|f| f.parse::<WeightFormat>())
             .collect::<Result<Vec<_>, _>>()?;
-        matmul::run_in_cache(path, &formats, &cli.matmul_rows);
+        matmul::run_in_cache(path, cli.prefill_precision, &formats, &cli.matmul_rows);
         return Ok(());
     }
     if let Some(format) = &cli.child {
@@ -235,7 +240,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|f| f.parse::<WeightFormat>())
             .collect::<Result<Vec<_>, _>>()?;
-        matmul::run(path, &formats, &cli.matmul_rows, bw_read);
+        matmul::run(
+            path,
+            cli.prefill_precision,
+            &formats,
+            &cli.matmul_rows,
+            bw_read,
+        );
     }
     if cli.matmul_only {
         return Ok(());
@@ -276,6 +287,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cli.device,
                 "--weight-cache",
                 &cli.weight_cache,
+                "--prefill-precision",
+                &cli.prefill_precision.to_string(),
                 "--child",
                 format,
             ])

@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use prompting_btlm_backend::kernels::{
-    Acts, Bytes, KernelPath, PackedMatrix, Source, SourceData, TILE, WeightFormat, matmul,
+    Acts, Bytes, KernelPath, PackedMatrix, PrefillPrecision, Source, SourceData, TILE,
+    WeightFormat, matmul_with,
 };
 
 /// The projections of one BTLM-3B block as `(n_in, n_out)`.
@@ -42,9 +43,15 @@ fn copy(m: &PackedMatrix) -> PackedMatrix {
 
 /// Prints one line per row count: time of one pass over the set, weight bytes streamed per
 /// second and as a share of `bw_read`, and what that means for a 32-layer model.
-pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_read: f64) {
+pub fn run(
+    path: KernelPath,
+    prefill: PrefillPrecision,
+    formats: &[WeightFormat],
+    rows_list: &[usize],
+    bw_read: f64,
+) {
     println!(
-        "matmul kernels ({path}): one pass over {MIN_SET_BYTES_MB} MB+ of packed BTLM-3B projections",
+        "matmul kernels ({path}, prefill precision {prefill}): one pass over {MIN_SET_BYTES_MB} MB+ of packed BTLM-3B projections",
     );
     println!(
         "{:<6} {:>5} {:<11} {:>10} {:>9} {:>8} {:>16} {:>9}",
@@ -90,7 +97,7 @@ pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_r
             let mut pass = || {
                 let t = Instant::now();
                 for ((m, x), y) in set.iter().zip(&xs).zip(ys.iter_mut()) {
-                    matmul(path, m, x, rows, None, y).expect("matmul");
+                    matmul_with(path, prefill, m, x, rows, None, y).expect("matmul");
                 }
                 t.elapsed().as_secs_f64()
             };
@@ -103,7 +110,7 @@ pub fn run(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize], bw_r
             println!(
                 "{:<6} {rows:>5} {:<11} {:>10.2} {gbs:>9.1} {:>7.0}% {:>16.1} {:>9.1}",
                 format.name(),
-                path.kernel_name(format, rows),
+                path.kernel_name_with(format, prefill, rows),
                 per_layer * 1e3,
                 100.0 * gbs / bw_read,
                 rows as f64 / (32.0 * per_layer),
@@ -149,7 +156,12 @@ fn best_cpu_secs(mut f: impl FnMut()) -> f64 {
 /// multiplied over and over on one thread, timed in this thread's CPU time (wall-clock
 /// where that is not readable): weight bytes per CPU-second and the products per second
 /// relative to one row, the preparation of the activations (timed apart) taken off.
-pub fn run_in_cache(path: KernelPath, formats: &[WeightFormat], rows_list: &[usize]) {
+pub fn run_in_cache(
+    path: KernelPath,
+    prefill: PrefillPrecision,
+    formats: &[WeightFormat],
+    rows_list: &[usize],
+) {
     let clock = if thread_cpu_ns().is_some() {
         "thread CPU time"
     } else {
@@ -177,11 +189,20 @@ pub fn run_in_cache(path: KernelPath, formats: &[WeightFormat], rows_list: &[usi
             // The activations are prepared once per call (quantized, rounded): timed
             // apart and taken off, so that the figure is the tile kernels'.
             let total = pool.install(|| {
-                best_cpu_secs(|| matmul(path, &m, &x, rows, None, &mut y).expect("matmul"))
+                best_cpu_secs(|| {
+                    matmul_with(path, prefill, &m, &x, rows, None, &mut y).expect("matmul")
+                })
             });
+            // Converted f32/f16 products take activations prepared as for bf16 weights.
+            let (acts_format, k_pad) = match path.kernel_name_with(format, prefill, rows) {
+                name if name.ends_with("-bf16") => {
+                    (WeightFormat::Bf16, WeightFormat::Bf16.padded_k(n_in))
+                }
+                _ => (format, m.k_pad()),
+            };
             let prep = pool.install(|| {
                 best_cpu_secs(|| {
-                    std::hint::black_box(Acts::prepare(format, &x, rows, n_in, m.k_pad()));
+                    std::hint::black_box(Acts::prepare(acts_format, &x, rows, n_in, k_pad));
                 })
             });
             let secs = total - prep;
@@ -190,7 +211,7 @@ pub fn run_in_cache(path: KernelPath, formats: &[WeightFormat], rows_list: &[usi
             println!(
                 "{:<6} {rows:>5} {:<11} {n_out:>8} {:>12.1} {:>14.2}",
                 format.name(),
-                path.kernel_name(format, rows),
+                path.kernel_name_with(format, prefill, rows),
                 m.bytes().len() as f64 / secs / 1e9,
                 base / per_row,
             );

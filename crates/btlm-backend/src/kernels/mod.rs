@@ -17,6 +17,9 @@
 //! ones computing exactly what the tile kernels compute for q4k. On the AVX-512 path
 //! (with AVX512-BF16), bf16 products from [`WIDE_MANY_ROWS`] rows run the wide kernels
 //! (`wide512.rs`: 4 tiles × 6 rows per micro-kernel, bit for bit the tile kernels' sums).
+//! With [`PrefillPrecision::Bf16`] (opt-in), f32 and f16 products from [`WIDE_MANY_ROWS`]
+//! rows run on the same wide micro-kernel in bf16 arithmetic, each chunk of weights rounded
+//! to bf16 on the fly (`convert512.rs`); decode keeps the exact kernels.
 //! `BTLM_MANY_ROWS=N|off` moves or disables the threshold of every format.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
@@ -38,6 +41,8 @@ mod simd;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod convert512;
 #[cfg(all(target_arch = "x86_64", feature = "emulation"))]
 #[doc(hidden)]
 pub mod emulation;
@@ -55,6 +60,7 @@ pub mod storage;
 #[cfg(target_arch = "x86_64")]
 mod wide512;
 
+pub use crate::options::PrefillPrecision;
 pub use acts::Acts;
 pub use format::{TILE, WeightFormat};
 pub use pack::{PackedMatrix, Source, SourceData};
@@ -207,6 +213,28 @@ impl KernelPath {
         }
     }
 
+    /// [`Self::route`] with the arithmetic `prefill` for f32/f16 products of many rows: with
+    /// [`PrefillPrecision::Bf16`] and AVX512-BF16, from [`WIDE_MANY_ROWS`] rows (or
+    /// `BTLM_MANY_ROWS`) on, they run converted to bf16 chunk by chunk (`convert512.rs`).
+    fn route_with(self, format: WeightFormat, prefill: PrefillPrecision, rows: usize) -> Route {
+        let converts = prefill == PrefillPrecision::Bf16
+            && matches!(format, WeightFormat::F32 | WeightFormat::F16)
+            && matches!(self, KernelPath::Avx512 | KernelPath::Amx)
+            && avx512_bf16();
+        let min = many_rows_override().unwrap_or(Some(WIDE_MANY_ROWS));
+        if converts && min.is_some_and(|min| rows >= min) {
+            Route::Converted
+        } else {
+            self.route(format, rows)
+        }
+    }
+
+    /// Whether [`PrefillPrecision::Bf16`] changes any product of `format` weights on this
+    /// path and CPU (f32 and f16 weights on the AVX-512 paths with AVX512-BF16).
+    pub fn prefill_bf16_applies(self, format: WeightFormat) -> bool {
+        self.route_with(format, PrefillPrecision::Bf16, usize::MAX) == Route::Converted
+    }
+
     /// From how many activation rows on products of `format` weights may run other kernels
     /// than the tile kernels: `BTLM_MANY_ROWS` if set, else [`Q4K_MANY_ROWS`] for q4k on
     /// AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512 and [`MANY_ROWS`] otherwise; `None`
@@ -223,14 +251,35 @@ impl KernelPath {
     /// kernels than this path's tile kernels (from [`MANY_ROWS`] rows on, [`Q4K_MANY_ROWS`]
     /// for q4k on AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512).
     pub fn many_rows(self, format: WeightFormat, rows: usize) -> bool {
-        self.route(format, rows) != Route::Tiles
+        self.many_rows_with(format, PrefillPrecision::Exact, rows)
+    }
+
+    /// [`Self::many_rows`] with the arithmetic `prefill` (see [`matmul_with`]).
+    pub fn many_rows_with(
+        self,
+        format: WeightFormat,
+        prefill: PrefillPrecision,
+        rows: usize,
+    ) -> bool {
+        self.route_with(format, prefill, rows) != Route::Tiles
     }
 
     /// The kernels a product with `rows` activation rows of `format` weights runs, for
     /// reports: the path's name (its tile kernels), `avx512 (bf16 on avx2)` (bf16 weights
     /// without AVX512-BF16), `avx2-many`, `avx2-many8`, `avx512-wide` or `amx-tiles`.
     pub fn kernel_name(self, format: WeightFormat, rows: usize) -> String {
-        match self.route(format, rows) {
+        self.kernel_name_with(format, PrefillPrecision::Exact, rows)
+    }
+
+    /// [`Self::kernel_name`] with the arithmetic `prefill` (see [`matmul_with`]):
+    /// `avx512-wide-bf16` for f32/f16 products converted to bf16.
+    pub fn kernel_name_with(
+        self,
+        format: WeightFormat,
+        prefill: PrefillPrecision,
+        rows: usize,
+    ) -> String {
+        match self.route_with(format, prefill, rows) {
             Route::Tiles
                 if self != KernelPath::Avx2
                     && self.tile_path(format, avx512_bf16()) == KernelPath::Avx2 =>
@@ -243,6 +292,7 @@ impl KernelPath {
             Route::Many8 => "avx2-many8".into(),
             Route::Amx => "amx-tiles".into(),
             Route::Wide => "avx512-wide".into(),
+            Route::Converted => "avx512-wide-bf16".into(),
         }
     }
 
@@ -341,6 +391,8 @@ enum Route {
     Amx,
     /// The AVX-512 kernels of several tiles at once (`wide512.rs`).
     Wide,
+    /// f32/f16 weights converted to bf16 per chunk for the wide kernels (`convert512.rs`).
+    Converted,
 }
 
 /// A raw output pointer shared by the tasks of one product; each task writes its own columns.
@@ -441,13 +493,29 @@ pub fn matmul(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    matmul_with(path, PrefillPrecision::Exact, w, x, rows, bias, y)
+}
+
+/// [`matmul`] with the arithmetic `prefill` of products with many rows:
+/// [`PrefillPrecision::Bf16`] runs f32 and f16 weights from [`WIDE_MANY_ROWS`] rows on in
+/// bf16 on CPUs with AVX512-BF16 (weights rounded to bf16 chunk by chunk, activations as
+/// for bf16 weights); every other product is [`matmul`]'s.
+pub fn matmul_with(
+    path: KernelPath,
+    prefill: PrefillPrecision,
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
     check_operands(path, w, x, rows, bias, y)?;
     let n_in = w.n_in();
     if rows == 0 {
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    match path.route(w.format(), rows) {
+    match path.route_with(w.format(), prefill, rows) {
         Route::Tiles => {}
         // SAFETY: `path` is supported (checked above), so are the AVX2 features `many`
         // needs; shapes were checked above.
@@ -472,6 +540,14 @@ pub fn matmul(
         Route::Wide => {
             let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
             unsafe { wide512::matmul(w, &acts, rows, bias, y) };
+            return Ok(());
+        }
+        // SAFETY: as above; routed only for f32/f16 weights with AVX512-BF16; the
+        // activations are prepared here as for bf16 weights of the same inputs.
+        Route::Converted => {
+            let k_pad = WeightFormat::Bf16.padded_k(n_in);
+            let acts = Acts::prepare(WeightFormat::Bf16, x, rows, n_in, k_pad);
+            unsafe { convert512::matmul(w, &acts, rows, bias, y) };
             return Ok(());
         }
     }

@@ -71,50 +71,131 @@ pub unsafe fn matmul(
     };
     debug_assert!(acts.fits(w.format(), rows, w.k_pad()));
     let out = OutPtr(y.as_mut_ptr());
-    let tiles = w.tiles();
+    for_groups(
+        w.tiles(),
+        rows,
+        || (),
+        |_, acc, t0, g| {
+            let mut src = Packed {
+                tiles: std::array::from_fn(|i| w.tile(t0 + i.min(g - 1)).as_ptr()),
+            };
+            // SAFETY: the forwarded contract: tiles t0..t0 + g exist with k_pad / 2 pairs,
+            // `x` holds `rows` rows of k_pad bf16 values, `acc` rows · BF16_ACC_ROW floats.
+            unsafe { group(&mut src, g, w.k_pad() / 2, x, rows, acc) };
+            // SAFETY: this task alone writes the columns of its tiles (`for_groups`).
+            unsafe { store(acc, rows, t0, g, w.n_out(), out, bias) };
+        },
+    );
+}
+
+/// Runs `body(state, acc, t0, g)` for every group of `g <= BF16_TILES` tiles `t0..t0 + g`
+/// of a matrix of `tiles` tiles, in tasks of whole groups on rayon's pool: each task makes
+/// its `state` with `init` (e.g. a scratch buffer) and a buffer `acc` of `rows ×
+/// BF16_ACC_ROW` partial sums. Tasks take disjoint tiles.
+pub(super) fn for_groups<S>(
+    tiles: usize,
+    rows: usize,
+    init: impl Fn() -> S + Sync,
+    body: impl Fn(&mut S, &mut [f32], usize, usize) + Sync,
+) {
     let per_task = super::many_rows_tiles_per_task(tiles).next_multiple_of(BF16_TILES);
     (0..tiles.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {
+            let mut state = init();
             let mut acc = vec![0f32; rows * BF16_ACC_ROW];
             let end = ((task + 1) * per_task).min(tiles);
             let mut t = task * per_task;
             while t < end {
                 let g = (end - t).min(BF16_TILES);
-                // SAFETY: the forwarded contract: tiles t..t + g exist, `x` holds `rows`
-                // rows of k_pad bf16 values, `acc` rows · BF16_ACC_ROW floats; this task
-                // alone writes the columns of its tiles.
-                unsafe { bf16_group(w, t, g, x, rows, &mut acc, out, bias) };
+                body(&mut state, &mut acc, t, g);
                 t += g;
             }
         });
 }
 
-/// Tiles `t0..t0 + g` (`g <= BF16_TILES`) of bf16 `w` times all `rows` rows of `x` into
-/// their columns of `out` (+ `bias`), chunk by chunk of the inputs.
+/// Where [`group`] reads a group's bf16 weights from, chunk by chunk: every tile as pairs
+/// of inputs, 64 bytes each (16 rows × 2 bf16, the packed bf16 layout).
+pub(super) trait ChunkSource {
+    /// Pointers to pair `c0` of the group's tiles (entries from `g` on repeat the last
+    /// one), each followed by pairs `c0 + 1..c1`; valid until the next call.
+    ///
+    /// # Safety
+    /// `c0 < c1 <= ` the group's pairs, `c1 - c0 <= BF16_KC`, and the CPU supports the
+    /// features of [`group`].
+    unsafe fn chunk(&mut self, c0: usize, c1: usize) -> [*const u8; BF16_TILES];
+
+    /// The memory [`Self::chunk`]`(c0, c1)` reads: its first byte in each of the group's
+    /// tiles (entries from `g` on unused) and its bytes per tile. [`group`] prefetches it
+    /// while the chunk before it is multiplied.
+    fn memory(&self, c0: usize, c1: usize) -> ([*const u8; BF16_TILES], usize);
+}
+
+/// The tiles of packed bf16 weights, read in place.
+struct Packed {
+    /// Pair 0 of each tile.
+    tiles: [*const u8; BF16_TILES],
+}
+
+impl ChunkSource for Packed {
+    unsafe fn chunk(&mut self, c0: usize, _c1: usize) -> [*const u8; BF16_TILES] {
+        // SAFETY: pair c0 exists in every tile (the caller's contract).
+        std::array::from_fn(|i| unsafe { self.tiles[i].add(c0 * 64) })
+    }
+
+    fn memory(&self, c0: usize, c1: usize) -> ([*const u8; BF16_TILES], usize) {
+        (
+            std::array::from_fn(|i| self.tiles[i].wrapping_add(c0 * 64)),
+            (c1 - c0) * 64,
+        )
+    }
+}
+
+/// Prefetches (into L2) part `part` of `parts` of the memory of a chunk, `bytes` from each
+/// of the first `g` pointers of `at`: spread over a chunk's micro-kernel calls, the next
+/// chunk arrives while the current one is multiplied instead of stalling the first pass
+/// over it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+fn prefetch_part(at: &[*const u8; BF16_TILES], g: usize, bytes: usize, part: usize, parts: usize) {
+    let lines = bytes.div_ceil(64);
+    let (lo, hi) = (lines * part / parts, lines * (part + 1) / parts);
+    for p in &at[..g] {
+        for l in lo..hi {
+            // A hint: it reads nothing observable and never faults.
+            _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(l * 64).cast());
+        }
+    }
+}
+
+/// A group of `g <= BF16_TILES` tiles of `pairs` input pairs (from `src`) times all `rows`
+/// rows of `x` (`rows × 2·pairs` bf16 values) into `acc` (even and odd partial sums per
+/// row, see [`store`]), chunk by chunk of [`BF16_KC`] pairs.
 ///
 /// # Safety
-/// As [`matmul`]; the tiles exist, `acc` holds `rows × BF16_ACC_ROW` floats and no other
-/// task writes the tiles' columns.
-#[allow(clippy::too_many_arguments)]
+/// The CPU supports AVX-512 F/BW/VL/VNNI and AVX512-BF16; `src` yields `pairs` pairs of
+/// `g` tiles, `x` holds `rows × 2·pairs` values and `acc` `rows × BF16_ACC_ROW` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
-unsafe fn bf16_group(
-    w: &PackedMatrix,
-    t0: usize,
+pub(super) unsafe fn group(
+    src: &mut impl ChunkSource,
     g: usize,
+    pairs: usize,
     x: &[u16],
     rows: usize,
     acc: &mut [f32],
-    out: OutPtr,
-    bias: Option<&[f32]>,
 ) {
-    let k_pad = w.k_pad();
-    let pairs = k_pad / 2;
-    let tw: [*const u8; BF16_TILES] = std::array::from_fn(|i| w.tile(t0 + i.min(g - 1)).as_ptr());
+    let k_pad = 2 * pairs;
+    debug_assert!(x.len() >= rows * k_pad && acc.len() >= rows * BF16_ACC_ROW);
     acc.fill(0.0);
     let mut c0 = 0;
     while c0 < pairs {
         let c1 = (c0 + BF16_KC).min(pairs);
+        // SAFETY: c0 < c1 <= pairs, at most BF16_KC apart; the CPU's features (caller).
+        let chunk = unsafe { src.chunk(c0, c1) };
+        // The next chunk's memory, prefetched a part after every micro-kernel call.
+        let (next, next_bytes) = src.memory(c1, (c1 + BF16_KC).min(pairs));
+        let parts = 2 * rows.div_ceil(BF16_ROWS);
+        let mut part = 0;
         for parity in 0..2 {
             // Pairs c0 + parity, c0 + parity + 2, … below c1 (c0 is even).
             let n = (c1 - c0).saturating_sub(parity).div_ceil(2);
@@ -122,9 +203,10 @@ unsafe fn bf16_group(
                 continue;
             }
             let p = c0 + parity;
-            // SAFETY (both): pair p of every tile and row exists (p < pairs), and `n` steps
-            // of 2 pairs stay below `pairs`.
-            let wp: [*const u8; BF16_TILES] = std::array::from_fn(|i| unsafe { tw[i].add(p * 64) });
+            // SAFETY (both): pair p of every tile and row exists (p < c1), and `n` steps
+            // of 2 pairs stay below c1.
+            let wp: [*const u8; BF16_TILES] =
+                std::array::from_fn(|i| unsafe { chunk[i].add(parity * 64) });
             let mut r0 = 0;
             while r0 < rows {
                 let nr = (rows - r0).min(BF16_ROWS);
@@ -136,16 +218,22 @@ unsafe fn bf16_group(
                         .add(r0 * BF16_ACC_ROW + parity * BF16_TILES * TILE);
                     bf16_rows_of(g, nr, &wp, xp, 2 * k_pad, n, ap);
                 }
+                if c1 < pairs {
+                    prefetch_part(&next, g, next_bytes, part, parts);
+                }
+                part += 1;
                 r0 += nr;
             }
         }
         c0 = c1;
     }
-    bf16_store(acc, rows, t0, g, w.n_out(), out, bias);
 }
 
 /// Writes the sums of tiles `t0..t0 + g` (even + odd accumulators of `acc`) into `out`.
-fn bf16_store(
+///
+/// # Safety
+/// `out` holds `rows × n_out` values and no other task writes the tiles' columns.
+pub(super) unsafe fn store(
     acc: &[f32],
     rows: usize,
     t0: usize,
