@@ -103,17 +103,38 @@ pub struct BtlmArgs {
         arg(long = "btlm.kv_cache_mb", default_value_t = 4096)
     )]
     pub kv_cache_mb: usize,
-    /// Prompt tokens run per forward pass and per step, so that a long prompt does not stall
-    /// the other sequences of the batch.
+    /// Prompt tokens of one request run per step (a longer prompt is prefilled in pieces
+    /// over several steps), so that a long prompt does not stall the other sequences of the
+    /// batch.
     #[cfg_attr(
         feature = "cli",
         arg(long = "btlm.prefill_chunk", default_value_t = 64)
     )]
     pub prefill_chunk: usize,
-    /// Run prompt pieces in the same pass as the decode rows of the batch (one pass over
-    /// the weights per step) instead of in passes of their own (answers then never depend
-    /// on what else runs).
-    #[cfg_attr(feature = "cli", arg(long = "btlm.piggyback_prefill"))]
+    /// Prompt tokens run per step over all the prompts being prefilled (one piece of
+    /// --btlm.prefill_chunk tokens at most per prompt; the oldest prompt's piece always
+    /// runs): prompts that arrive together are prefilled together, while the pause a step
+    /// makes in the decoding sequences' answers stays bounded (about this many tokens at the
+    /// model's prefill speed).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.prefill_step_tokens", default_value_t = 256)
+    )]
+    pub prefill_step_tokens: usize,
+    /// Run the step's prompt pieces in the same pass as the decode rows of the batch (one
+    /// pass over the weights per step; `true`, the default) or each in a pass of its own
+    /// (`false`: slower, but a prompt's numbers never depend on what else runs; greedy
+    /// answers are the same either way).
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "btlm.piggyback_prefill",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )
+    )]
     pub piggyback_prefill: bool,
     /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
     /// start maps them instead of quantizing again: `beside` (a `.btlm-cache`
@@ -158,7 +179,8 @@ impl Default for BtlmArgs {
             max_batch: 8,
             kv_cache_mb: 4096,
             prefill_chunk: 64,
-            piggyback_prefill: false,
+            prefill_step_tokens: 256,
+            piggyback_prefill: true,
             weight_cache: "beside".into(),
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
@@ -194,7 +216,7 @@ impl BtlmArgs {
         EngineConfig {
             max_batch: self.max_batch,
             kv_cache_bytes: self.kv_cache_mb.saturating_mul(1 << 20),
-            prefill_tokens_per_step: self.prefill_chunk,
+            prefill_tokens_per_step: self.prefill_step_tokens,
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
         }
@@ -479,6 +501,8 @@ mod tests {
             "512",
             "--btlm.prefill_chunk",
             "32",
+            "--btlm.prefill_step_tokens",
+            "96",
             "--btlm.piggyback_prefill",
             "--btlm.ignore_eos",
         ])
@@ -486,9 +510,15 @@ mod tests {
         let e = a.engine();
         assert_eq!(
             (e.max_batch, e.kv_cache_bytes, e.prefill_tokens_per_step),
-            (4, 512 << 20, 32)
+            (4, 512 << 20, 96)
         );
         assert!(e.piggyback_prefill);
+        // Piggybacking is the default; `false` turns it off, the bare switch still means on.
+        assert!(parse(&[]).expect("defaults").engine().piggyback_prefill);
+        let off = parse(&["--btlm.piggyback_prefill", "false"]).expect("off");
+        assert!(!off.engine().piggyback_prefill);
+        let off = parse(&["--btlm.piggyback_prefill=false"]).expect("off");
+        assert!(!off.engine().piggyback_prefill);
         let g = a.generation();
         assert_eq!(g.prefill_chunk, 32);
         assert!(g.ignore_eos);
@@ -499,6 +529,7 @@ mod tests {
             ),
             ("--btlm.kv_cache_mb", |a| a.kv_cache_mb = 0),
             ("--btlm.prefill_chunk", |a| a.prefill_chunk = 0),
+            ("--btlm.prefill_step_tokens", |a| a.prefill_step_tokens = 0),
         ] {
             let mut bad = on_cpu();
             edit(&mut bad);

@@ -28,7 +28,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -36,7 +36,7 @@ use crate::error::BtlmError;
 use crate::generation::FinishReason;
 use crate::model::Segment;
 use crate::sequence::Sequence;
-use crate::step::{EngineConfig, EngineStats, Event, StepModel, send};
+use crate::step::{EngineConfig, EngineStats, Event, StepModel, add_nanos, send};
 use crate::tokenizer::BtlmTokenizer;
 
 /// A submitted request.
@@ -52,6 +52,8 @@ pub(crate) struct Job {
     pub(crate) events: UnboundedSender<Event>,
     /// Its rank in the wait queue: higher first (never NaN).
     pub(crate) priority: f64,
+    /// When it was submitted.
+    pub(crate) submitted: Instant,
 }
 
 impl Job {
@@ -177,6 +179,17 @@ impl<M: StepModel> Batcher<M> {
                 break;
             };
             self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+            let waited = job.submitted.elapsed();
+            self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            add_nanos(&self.stats.queue_nanos, waited);
+            tracing::debug!(
+                target: "btlm_engine",
+                waited_ms = waited.as_secs_f64() * 1e3,
+                prompt_tokens = job.sequence.prompt_tokens(),
+                priority = job.priority,
+                running = self.running.len() + 1,
+                "btlm request admitted"
+            );
             self.kv_reserved += job.kv_bytes;
             let cache = self.model.new_cache(job.sequence.max_positions());
             self.running.push(Running {
@@ -213,6 +226,7 @@ impl<M: StepModel> Batcher<M> {
         if batch == 0 {
             return;
         }
+        let (decode_rows, prefill_count) = (decode.len(), prefill.len());
         let passes: Vec<Vec<usize>> = if self.config.piggyback_prefill {
             vec![decode.into_iter().chain(prefill).collect()]
         } else {
@@ -221,17 +235,63 @@ impl<M: StepModel> Batcher<M> {
                 .filter(|p| !p.is_empty())
                 .collect()
         };
-        for pass in passes {
-            self.run_pass(&pass);
+        let started = Instant::now();
+        let mut model = Duration::ZERO;
+        let mut prompt_pass = Duration::ZERO;
+        for pass in &passes {
+            let prompt_rows: usize = pass
+                .iter()
+                .filter(|&&i| self.is_prefilling(i))
+                .map(|&i| self.running[i].job.sequence.pending().len())
+                .sum();
+            let took = self.run_pass(pass);
+            model += took;
+            if prompt_rows > 0 {
+                prompt_pass += took;
+            }
         }
-        self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        self.stats.peak_batch.fetch_max(batch, Ordering::Relaxed);
+        let took = started.elapsed();
+        let s = &self.stats;
+        s.steps.fetch_add(1, Ordering::Relaxed);
+        s.peak_batch.fetch_max(batch, Ordering::Relaxed);
+        s.passes.fetch_add(passes.len() as u64, Ordering::Relaxed);
+        s.decode_rows
+            .fetch_add(decode_rows as u64, Ordering::Relaxed);
+        s.prompt_rows
+            .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+        add_nanos(&s.step_nanos, took);
+        add_nanos(&s.model_nanos, model);
+        add_nanos(&s.prompt_pass_nanos, prompt_pass);
+        s.last_step_micros.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        tracing::debug!(
+            target: "btlm_engine",
+            decode_rows,
+            prompt_rows = prompt_tokens,
+            prompts = prefill_count,
+            passes = passes.len(),
+            ms = took.as_secs_f64() * 1e3,
+            model_ms = model.as_secs_f64() * 1e3,
+            prompt_pass_ms = prompt_pass.as_secs_f64() * 1e3,
+            "btlm step"
+        );
+    }
+
+    /// Whether the running sequence at `i` still has prompt tokens to run.
+    fn is_prefilling(&self, i: usize) -> bool {
+        self.running
+            .get(i)
+            .is_some_and(|r| r.job.sequence.is_prefilling())
     }
 
     /// Runs the pending tokens of the sequences at `indices` (ascending) in one model pass
     /// and hands each its logits.
-    fn run_pass(&mut self, indices: &[usize]) {
+    /// Returns how long the model pass took.
+    fn run_pass(&mut self, indices: &[usize]) -> Duration {
         let model = &self.model;
+        let started = Instant::now();
         let running = &mut self.running;
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let mut segments: Vec<Segment<'_, M::Cache>> = running
@@ -246,18 +306,19 @@ impl<M: StepModel> Batcher<M> {
                 .collect();
             model.step(&mut segments)
         }));
+        let took = started.elapsed();
         let logits = match outcome {
             Ok(Ok(logits)) => logits,
             Ok(Err(e)) => {
                 tracing::warn!("btlm engine: step failed: {e}");
                 self.fail(indices, &format!("the model step failed: {e}"));
-                return;
+                return took;
             }
             Err(panic) => {
                 let msg = panic_message(panic.as_ref());
                 tracing::error!("btlm engine: step panicked: {msg}");
                 self.fail(indices, &format!("the model step panicked: {msg}"));
-                return;
+                return took;
             }
         };
         let mut rows = logits.into_iter();
@@ -289,6 +350,7 @@ impl<M: StepModel> Batcher<M> {
                 Err(e) => r.failed = Some(e),
             }
         }
+        took
     }
 
     /// Marks the sequences at `indices` failed.

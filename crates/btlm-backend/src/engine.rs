@@ -24,7 +24,7 @@ use crate::generation::GenerationConfig;
 use crate::sequence::Sequence;
 use crate::tokenizer::BtlmTokenizer;
 
-pub use crate::step::{EngineConfig, EngineStats, Event, StepModel, SubmitError};
+pub use crate::step::{EngineConfig, EngineStats, Event, StepModel, StepTiming, SubmitError};
 
 /// A handle to the engine thread. Cloning shares the same engine; the thread stops once
 /// every handle is dropped and the running sequences ended.
@@ -124,6 +124,7 @@ impl Engine {
             kv_bytes,
             deadline,
             events,
+            submitted: Instant::now(),
             priority: if priority.is_nan() {
                 f64::NEG_INFINITY
             } else {

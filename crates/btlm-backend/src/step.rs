@@ -2,7 +2,7 @@
 //! private `batcher`) share: the model interface, the events a request receives, the limits
 //! and the counters.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -92,13 +92,14 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Bytes of key/value cache all running sequences may reserve together.
     pub kv_cache_bytes: usize,
-    /// Prompt tokens run per step (beyond the first prompt piece, which always runs).
+    /// Prompt tokens run per step over all prefilling sequences (one piece each at most;
+    /// the first piece always runs, even a longer one).
     pub prefill_tokens_per_step: usize,
     /// Requests that may wait for a batch slot; more are refused.
     pub queue_size: usize,
     /// Run prompt pieces in the same pass as the decode rows (one pass over the weights per
-    /// step) rather than in passes of their own (each piece alone, so results never depend
-    /// on what else runs).
+    /// step; the default) rather than in passes of their own (each piece alone, so its
+    /// numbers never depend on what else runs).
     pub piggyback_prefill: bool,
 }
 
@@ -107,9 +108,9 @@ impl Default for EngineConfig {
         EngineConfig {
             max_batch: 8,
             kv_cache_bytes: 4096 << 20,
-            prefill_tokens_per_step: 64,
+            prefill_tokens_per_step: 256,
             queue_size: 16,
-            piggyback_prefill: false,
+            piggyback_prefill: true,
         }
     }
 }
@@ -120,7 +121,7 @@ impl EngineConfig {
         for (name, v) in [
             ("--btlm.max_batch", self.max_batch),
             ("--btlm.kv_cache_mb", self.kv_cache_bytes),
-            ("--btlm.prefill_chunk", self.prefill_tokens_per_step),
+            ("--btlm.prefill_step_tokens", self.prefill_tokens_per_step),
             ("--btlm.queue_size", self.queue_size),
         ] {
             if v == 0 {
@@ -159,6 +160,94 @@ pub struct EngineStats {
     pub kv_reserved_bytes: AtomicUsize,
     /// The most sequences that ran in one step.
     pub peak_batch: AtomicUsize,
+    /// Model passes run (one per step with `piggyback_prefill`, else one for the decode rows
+    /// plus one per prompt piece).
+    pub passes: AtomicU64,
+    /// Decode rows run: one per decoding sequence and step.
+    pub decode_rows: AtomicU64,
+    /// Prompt tokens run.
+    pub prompt_rows: AtomicU64,
+    /// Nanoseconds spent in steps (passes, sampling, detokenizing, sending text).
+    pub step_nanos: AtomicU64,
+    /// Nanoseconds of [`step_nanos`](Self::step_nanos) spent in model passes.
+    pub model_nanos: AtomicU64,
+    /// Nanoseconds of the model passes that held prompt rows (piggybacked ones included).
+    pub prompt_pass_nanos: AtomicU64,
+    /// How long the last step took, microseconds.
+    pub last_step_micros: AtomicU64,
+    /// Requests admitted into the batch.
+    pub admitted: AtomicU64,
+    /// Nanoseconds the admitted requests waited between submission and admission, summed.
+    pub queue_nanos: AtomicU64,
+}
+
+impl EngineStats {
+    /// The counters of the step timing, read now (for logs and tests).
+    pub fn timing(&self) -> StepTiming {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StepTiming {
+            steps: load(&self.steps),
+            passes: load(&self.passes),
+            decode_rows: load(&self.decode_rows),
+            prompt_rows: load(&self.prompt_rows),
+            step_nanos: load(&self.step_nanos),
+            model_nanos: load(&self.model_nanos),
+            prompt_pass_nanos: load(&self.prompt_pass_nanos),
+            admitted: load(&self.admitted),
+            queue_nanos: load(&self.queue_nanos),
+        }
+    }
+}
+
+/// A snapshot of the step-timing counters of [`EngineStats`]; subtract two snapshots
+/// ([`StepTiming::since`]) for the figures of an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepTiming {
+    /// Steps run.
+    pub steps: u64,
+    /// Model passes run.
+    pub passes: u64,
+    /// Decode rows run.
+    pub decode_rows: u64,
+    /// Prompt tokens run.
+    pub prompt_rows: u64,
+    /// Nanoseconds in steps.
+    pub step_nanos: u64,
+    /// Nanoseconds in model passes.
+    pub model_nanos: u64,
+    /// Nanoseconds in model passes that held prompt rows.
+    pub prompt_pass_nanos: u64,
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Nanoseconds the admitted requests waited for admission, summed.
+    pub queue_nanos: u64,
+}
+
+impl StepTiming {
+    /// The figures between `earlier` and `self`.
+    pub fn since(&self, earlier: &StepTiming) -> StepTiming {
+        StepTiming {
+            steps: self.steps.saturating_sub(earlier.steps),
+            passes: self.passes.saturating_sub(earlier.passes),
+            decode_rows: self.decode_rows.saturating_sub(earlier.decode_rows),
+            prompt_rows: self.prompt_rows.saturating_sub(earlier.prompt_rows),
+            step_nanos: self.step_nanos.saturating_sub(earlier.step_nanos),
+            model_nanos: self.model_nanos.saturating_sub(earlier.model_nanos),
+            prompt_pass_nanos: self
+                .prompt_pass_nanos
+                .saturating_sub(earlier.prompt_pass_nanos),
+            admitted: self.admitted.saturating_sub(earlier.admitted),
+            queue_nanos: self.queue_nanos.saturating_sub(earlier.queue_nanos),
+        }
+    }
+}
+
+/// Adds the nanoseconds of `d` to `counter`.
+pub(crate) fn add_nanos(counter: &AtomicU64, d: std::time::Duration) {
+    counter.fetch_add(
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
 /// Sends an event; `false` when the receiver is gone.

@@ -402,7 +402,9 @@ fn batched_answers_equal_answers_alone_half_and_quantized() {
             },
         ),
     ] {
-        check_batched_equals_alone(load("model.safetensors", &opts), label, false, false);
+        let model = load("model.safetensors", &opts);
+        check_batched_equals_alone(model.clone(), label, false, false);
+        check_batched_equals_alone(model, &format!("{label} piggyback"), true, false);
     }
 }
 
@@ -443,6 +445,55 @@ fn a_dropped_receiver_frees_its_slot_at_the_next_step() {
     // its slot at the next step.
     assert_eq!(stats.tokens.load(Ordering::Relaxed), 5);
     assert_eq!(model.peak_batch(), 1);
+}
+
+/// With the default limits, prompts that arrive while a step runs are prefilled together
+/// at the next step, in the same pass as the decode rows; the step counters add up.
+#[test]
+fn prompts_arriving_together_are_prefilled_in_one_pass_with_the_decode_rows() {
+    let model = Scripted::new();
+    let tok = tokenizer();
+    let engine = scripted_engine(&model, EngineConfig::default());
+    let cfg = || GenerationConfig {
+        prefill_chunk: 64,
+        ..greedy(3, 0)
+    };
+    let first = engine.submit("hello there", cfg(), None).expect("first");
+    model.gate.wait_blocked();
+    let later = ["one", "two more", "and three"];
+    let receivers: Vec<_> = later
+        .iter()
+        .map(|p| engine.submit(p, cfg(), None).expect("later"))
+        .collect();
+    model.gate.set_open(true);
+    for rx in std::iter::once(first).chain(receivers) {
+        assert_eq!(collect(rx).done.expect("done").tokens.len(), 3);
+    }
+    let steps = model.steps.lock().expect("steps").clone();
+    let prompt_len = |p: &str| tok.encode(p).expect("encode").len();
+    assert_eq!(steps[0].len(), 1, "the first prompt alone");
+    let second: Vec<usize> = steps[1].iter().map(Vec::len).collect();
+    let mut expected = vec![1];
+    expected.extend(later.iter().map(|p| prompt_len(p)));
+    assert_eq!(
+        second, expected,
+        "first's decode row and three prompts, one pass"
+    );
+    let t = engine.stats().timing();
+    assert_eq!(t.passes, steps.len() as u64, "one pass per step");
+    assert_eq!(t.steps, steps.len() as u64);
+    let prompt_rows: usize =
+        prompt_len("hello there") + later.iter().map(|p| prompt_len(p)).sum::<usize>();
+    assert_eq!(t.prompt_rows, prompt_rows as u64);
+    // Each request's first token comes from its prompt pass, the other two from decode rows.
+    assert_eq!(t.decode_rows, 4 * 2);
+    assert_eq!(t.admitted, 4);
+    assert!(t.step_nanos >= t.model_nanos && t.model_nanos >= t.prompt_pass_nanos);
+    assert!(t.prompt_pass_nanos > 0);
+    assert_eq!(
+        t.since(&t),
+        prompting_btlm_backend::engine::StepTiming::default()
+    );
 }
 
 #[test]
