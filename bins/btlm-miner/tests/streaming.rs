@@ -78,6 +78,10 @@ impl StepModel for HeldFirstStep {
         std::thread::sleep(Duration::from_millis(5));
         StepModel::step(&self.inner, segments)
     }
+
+    fn rows_independent(&self) -> bool {
+        StepModel::rows_independent(&self.inner)
+    }
 }
 
 /// The conversation of request `i`.

@@ -69,9 +69,9 @@ pub struct BtlmArgs {
     /// Arithmetic of prompt prefill (products of 64+ rows) with f32/f16 weights on CPU:
     /// `exact` (the weights' own precision) or `bf16` (weights rounded to bf16 chunk by chunk
     /// as they are read, activations to bf16 as with --btlm.dtype bf16; about twice as fast
-    /// on CPUs with AVX512-BF16, elsewhere exact after one warning). Decode steps stay exact
-    /// (with --btlm.piggyback_prefill, decode rows sharing a pass with a prompt piece run in
-    /// bf16 too).
+    /// on CPUs with AVX512-BF16, elsewhere exact after one warning). Decode steps stay exact:
+    /// with `bf16`, prompt pieces run in passes of their own (--btlm.piggyback_prefill does
+    /// not apply).
     #[cfg_attr(feature = "cli", arg(long = "btlm.prefill_precision", value_enum, default_value_t = PrefillPrecision::Exact))]
     pub prefill_precision: PrefillPrecision,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
@@ -123,8 +123,9 @@ pub struct BtlmArgs {
     pub prefill_step_tokens: usize,
     /// Run the step's prompt pieces in the same pass as the decode rows of the batch (one
     /// pass over the weights per step; `true`, the default) or each in a pass of its own
-    /// (`false`: slower, but a prompt's numbers never depend on what else runs; greedy
-    /// answers are the same either way).
+    /// (`false`). Applies only where the kernels compute every row alike whatever shares
+    /// the product (so answers never depend on what else runs); elsewhere (AMX, bf16/f16
+    /// weights on AVX2, --btlm.prefill_precision bf16, GPUs) the pieces always run alone.
     #[cfg_attr(
         feature = "cli",
         arg(

@@ -98,6 +98,11 @@ struct Heads {
 }
 
 impl Attention {
+    /// Its projections.
+    pub(crate) fn projections(&self) -> [&Projection; 2] {
+        [&self.c_attn, &self.c_proj]
+    }
+
     /// Loads block `layer`'s attention from `{prefix}.c_attn` and `{prefix}.c_proj`.
     pub(crate) fn load(ld: &Loader<'_>, prefix: &str, cfg: &Config, layer: usize) -> Result<Self> {
         let e = cfg.n_embd;

@@ -86,6 +86,10 @@ pub(crate) struct Batcher<M: StepModel> {
     waiting: VecDeque<Job>,
     running: Vec<Running<M::Cache>>,
     kv_reserved: usize,
+    /// Whether prompt pieces run in the decode rows' pass: asked for
+    /// ([`EngineConfig::piggyback_prefill`]) and safe for this model
+    /// ([`StepModel::rows_independent`]).
+    piggyback: bool,
 }
 
 impl<M: StepModel> Batcher<M> {
@@ -95,7 +99,16 @@ impl<M: StepModel> Batcher<M> {
         config: EngineConfig,
         stats: Arc<EngineStats>,
     ) -> Self {
+        let piggyback = config.piggyback_prefill && model.rows_independent();
+        if config.piggyback_prefill && !piggyback {
+            tracing::info!(
+                "btlm engine: prompt pieces run in passes of their own (not with the decode \
+                 rows): this model's kernels compute a row differently when more rows share \
+                 the product, and batching must not change answers"
+            );
+        }
         Batcher {
+            piggyback,
             model,
             tokenizer,
             config,
@@ -227,7 +240,7 @@ impl<M: StepModel> Batcher<M> {
             return;
         }
         let (decode_rows, prefill_count) = (decode.len(), prefill.len());
-        let passes: Vec<Vec<usize>> = if self.config.piggyback_prefill {
+        let passes: Vec<Vec<usize>> = if self.piggyback {
             vec![decode.into_iter().chain(prefill).collect()]
         } else {
             std::iter::once(decode)

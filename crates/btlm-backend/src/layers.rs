@@ -111,6 +111,11 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
+    /// Its projections.
+    pub(crate) fn projections(&self) -> [&Projection; 3] {
+        [&self.c_fc, &self.c_fc2, &self.c_proj]
+    }
+
     /// Loads `{prefix}.c_fc`, `.c_fc2` and `.c_proj`.
     pub(crate) fn load(ld: &Loader<'_>, prefix: &str, cfg: &Config) -> Result<Self> {
         let (e, inner) = (cfg.n_embd, cfg.n_inner);
@@ -257,6 +262,14 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// Its projections: attention's, then the MLP's.
+    pub(crate) fn projections(&self) -> impl Iterator<Item = &Projection> {
+        self.attn
+            .projections()
+            .into_iter()
+            .chain(self.mlp.projections())
+    }
+
     /// Loads block `i` (`transformer.h.{i}.*`).
     pub(crate) fn load(ld: &Loader<'_>, cfg: &Config, i: usize) -> Result<Self> {
         let p = format!("transformer.h.{i}");

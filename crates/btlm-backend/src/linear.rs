@@ -106,6 +106,20 @@ impl Projection {
         }
     }
 
+    /// Whether each row of a product gets the same bits whatever the other rows of the call
+    /// (see [`KernelPath::rows_independent`]); never assumed for dense (GPU) weights, whose
+    /// matrix-product library may pick another algorithm for another shape.
+    pub fn rows_independent(&self) -> bool {
+        match &self.weight {
+            Weight::Packed {
+                matrix,
+                path,
+                prefill,
+            } => path.rows_independent(matrix.format(), *prefill),
+            Weight::Dense(_) => false,
+        }
+    }
+
     /// `x · W + b` for `x: [rows, in]`, giving `[rows, out]` (packed weights: on a team of
     /// as many threads as rayon's pool has, made for this call).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -99,6 +99,18 @@ impl Btlm {
         })
     }
 
+    /// Whether a sequence's rows get the same logits whatever other rows share their pass:
+    /// every projection computes each row alike at any row count
+    /// ([`Projection::rows_independent`]; the rest of a step works row by row or sequence
+    /// by sequence). The engine runs prompt pieces in the decode rows' pass only then.
+    pub fn rows_independent(&self) -> bool {
+        self.blocks
+            .iter()
+            .flat_map(Block::projections)
+            .chain([&self.lm_head])
+            .all(Projection::rows_independent)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -369,6 +381,26 @@ mod tests {
             ..LoadOptions::default()
         };
         Btlm::load(&cfg, &ckpt, &opts).expect("model")
+    }
+
+    /// The model answers what its packed projections' kernels promise (every projection
+    /// shares the load's format, path and prefill precision).
+    #[test]
+    fn rows_independent_follows_the_kernels() {
+        use crate::kernels::{KernelPath, PrefillPrecision, WeightFormat};
+        use crate::options::Quantization;
+        let path = KernelPath::active().expect("kernel path");
+        for (q, format) in [
+            (Quantization::None, WeightFormat::F32),
+            (Quantization::Q8_0, WeightFormat::Q8_0),
+            (Quantization::Q4k, WeightFormat::Q4K),
+        ] {
+            assert_eq!(
+                tiny(q).rows_independent(),
+                path.rows_independent(format, PrefillPrecision::Exact),
+                "{format} on {path}"
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub trait StepModel: Send + 'static {
     /// Runs the segments' tokens (one pass for all) and returns, for each segment that asks
     /// for them, the logits of its next token, in segment order.
     fn step(&self, segments: &mut [Segment<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
+
+    /// Whether a segment's logits are the same whatever other segments share its pass
+    /// ([`Btlm::rows_independent`]): only then does the engine run prompt pieces in the
+    /// decode rows' pass ([`EngineConfig::piggyback_prefill`]), so batching never changes
+    /// an answer.
+    fn rows_independent(&self) -> bool;
 }
 
 impl StepModel for Btlm {
@@ -48,6 +54,10 @@ impl StepModel for Btlm {
 
     fn step(&self, segments: &mut [Segment<'_, Cache>]) -> Result<Vec<Vec<f32>>> {
         Ok(self.forward_batch(segments)?.to_vec2::<f32>()?)
+    }
+
+    fn rows_independent(&self) -> bool {
+        Btlm::rows_independent(self)
     }
 }
 
@@ -98,8 +108,10 @@ pub struct EngineConfig {
     /// Requests that may wait for a batch slot; more are refused.
     pub queue_size: usize,
     /// Run prompt pieces in the same pass as the decode rows (one pass over the weights per
-    /// step; the default) rather than in passes of their own (each piece alone, so its
-    /// numbers never depend on what else runs).
+    /// step; the default) rather than in passes of their own (each piece alone). Applies
+    /// only to models whose rows are computed alike whatever shares their pass
+    /// ([`StepModel::rows_independent`]); other models always run the pieces alone, so
+    /// batching never changes an answer.
     pub piggyback_prefill: bool,
 }
 

@@ -116,6 +116,8 @@ struct Scripted {
     started: Arc<Mutex<Vec<Vec<u32>>>>,
     poison: Option<u32>,
     vocab: usize,
+    /// What [`StepModel::rows_independent`] answers.
+    rows_independent: bool,
 }
 
 impl Scripted {
@@ -129,6 +131,7 @@ impl Scripted {
             started: Arc::default(),
             poison: None,
             vocab: 1001,
+            rows_independent: true,
         }
     }
 
@@ -177,6 +180,10 @@ impl StepModel for Scripted {
         self.steps.lock().expect("steps").push(seen);
         Ok(rows)
     }
+
+    fn rows_independent(&self) -> bool {
+        self.rows_independent
+    }
 }
 
 /// Lets the first step of the wrapped model wait until the test releases it, so that every
@@ -208,6 +215,10 @@ impl<M: StepModel + Sync> StepModel for HeldFirstStep<M> {
                 .map_err(|_| BtlmError::Engine("never released".into()))?;
         }
         self.inner.step(segments)
+    }
+
+    fn rows_independent(&self) -> bool {
+        self.inner.rows_independent()
     }
 }
 
@@ -494,6 +505,53 @@ fn prompts_arriving_together_are_prefilled_in_one_pass_with_the_decode_rows() {
         t.since(&t),
         prompting_btlm_backend::engine::StepTiming::default()
     );
+}
+
+/// A model whose rows depend on what shares their pass (AMX bf16 tiles for many rows, say)
+/// never gets prompt pieces in the decode rows' pass, even with piggybacking asked for.
+#[test]
+fn prompts_run_alone_when_the_model_computes_rows_differently_in_company() {
+    let model = Scripted {
+        rows_independent: false,
+        ..Scripted::new()
+    };
+    let tok = tokenizer();
+    let engine = scripted_engine(&model, EngineConfig::default());
+    assert!(EngineConfig::default().piggyback_prefill);
+    let cfg = || GenerationConfig {
+        prefill_chunk: 64,
+        ..greedy(3, 0)
+    };
+    let first = engine.submit("hello there", cfg(), None).expect("first");
+    model.gate.wait_blocked();
+    let later = ["one", "two more"];
+    let receivers: Vec<_> = later
+        .iter()
+        .map(|p| engine.submit(p, cfg(), None).expect("later"))
+        .collect();
+    model.gate.set_open(true);
+    for rx in std::iter::once(first).chain(receivers) {
+        assert_eq!(collect(rx).done.expect("done").tokens.len(), 3);
+    }
+    let steps = model.steps.lock().expect("steps").clone();
+    let prompt_len = |p: &str| tok.encode(p).expect("encode").len();
+    let passes: Vec<Vec<usize>> = steps[..4]
+        .iter()
+        .map(|s| s.iter().map(Vec::len).collect())
+        .collect();
+    assert_eq!(
+        passes,
+        [
+            vec![prompt_len("hello there")],
+            vec![1],
+            vec![prompt_len("one")],
+            vec![prompt_len("two more")],
+        ],
+        "the first's decode row, then each prompt in a pass of its own"
+    );
+    let t = engine.stats().timing();
+    assert_eq!(t.passes, steps.len() as u64);
+    assert!(t.steps < t.passes, "some steps ran more than one pass");
 }
 
 #[test]

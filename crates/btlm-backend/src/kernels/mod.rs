@@ -229,6 +229,19 @@ impl KernelPath {
         }
     }
 
+    /// Whether every row of a product of `format` weights with the arithmetic `prefill`
+    /// gets the same bits on this path whatever the number of rows multiplied with it: true
+    /// when each route from one row to many computes the tile kernels' arithmetic (the tile
+    /// kernels themselves, the wide bf16 and the int8 many-rows q4k kernels, tested bit for
+    /// bit against them); false where many rows switch to other arithmetic (the AMX bf16
+    /// tile unit, the AVX2 f32 many-rows kernels, f32/f16 weights converted to bf16).
+    pub fn rows_independent(self, format: WeightFormat, prefill: PrefillPrecision) -> bool {
+        matches!(
+            self.route_with(format, prefill, usize::MAX),
+            Route::Tiles | Route::Wide | Route::Many8
+        )
+    }
+
     /// Whether [`PrefillPrecision::Bf16`] changes any product of `format` weights on this
     /// path and CPU (f32 and f16 weights on the AVX-512 paths with AVX512-BF16).
     pub fn prefill_bf16_applies(self, format: WeightFormat) -> bool {

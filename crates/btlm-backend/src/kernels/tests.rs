@@ -848,3 +848,55 @@ fn wide_dispatch_equals_one_row_at_a_time() {
         assert_rows_as_alone(path, format, n_out, n_in, rows, &mut rng);
     }
 }
+
+/// What `rows_independent` promises (the engine then runs prompt pieces in the decode rows'
+/// pass): on every supported path, each format it says so for multiplies a row of a
+/// many-rows product bit for bit as alone; and the paths that switch arithmetic for many
+/// rows (AMX bf16 tiles, the AVX2 f32 many-rows kernels, f32/f16 converted to bf16) say no.
+#[test]
+fn rows_independent_formats_multiply_each_row_as_alone() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(47);
+    let rows = WIDE_MANY_ROWS.max(Q4K_MANY_ROWS).max(MANY_ROWS) + 6;
+    for path in KernelPath::ALL.into_iter().filter(|p| p.supported()) {
+        for format in WeightFormat::ALL {
+            if path.rows_independent(format, PrefillPrecision::Exact) {
+                assert_rows_as_alone(path, format, 40, 300, rows, &mut rng);
+            }
+        }
+    }
+    if many_rows_override().is_some() {
+        return;
+    }
+    for format in WeightFormat::ALL {
+        let exact = PrefillPrecision::Exact;
+        assert!(
+            KernelPath::Scalar.rows_independent(format, exact),
+            "{format}"
+        );
+        let amx_tiles = matches!(
+            format,
+            WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K
+        );
+        assert_eq!(
+            KernelPath::Amx.rows_independent(format, exact),
+            !amx_tiles,
+            "amx {format}"
+        );
+        let f32_many = matches!(format, WeightFormat::Bf16 | WeightFormat::F16);
+        assert_eq!(
+            KernelPath::Avx2.rows_independent(format, exact),
+            !f32_many,
+            "avx2 {format}"
+        );
+        assert!(
+            KernelPath::Avx512.rows_independent(format, exact),
+            "{format}"
+        );
+        let converted = matches!(format, WeightFormat::F32 | WeightFormat::F16) && avx512_bf16();
+        assert_eq!(
+            KernelPath::Avx512.rows_independent(format, PrefillPrecision::Bf16),
+            !converted,
+            "avx512 bf16 prefill {format}"
+        );
+    }
+}
