@@ -1,0 +1,146 @@
+//! Time of each BTLM-3B projection shape alone, per activation row count: which matrices a
+//! kernel change helps (the `bench` example times a whole layer), and the tile kernels'
+//! compute ceiling on one core.
+//!
+//! ```text
+//! shapes [FORMAT] [ROWS,...] [mem|core]
+//! ```
+//!
+//! - `mem` (default): each matrix copied until the set is well above the L3 cache, every
+//!   pass streaming it from memory on rayon's pool (as `bench --matmul-only`); the best of
+//!   24 passes.
+//! - `core`: 11 tiles (176 outputs) of 2560 and of 6826 inputs, in L2, multiplied on this
+//!   thread only (no pool, activations prepared once): the best of 300 windows of 20
+//!   products, as GB/s of weights and, for 8-bit weights, billions of 64-product `vpdpbusd`
+//!   per second (2 per cycle is the ceiling of a Zen 5 core). On a busy VM these are the
+//!   figures that move least from minute to minute.
+
+use std::time::Instant;
+
+use prompting_btlm_backend::kernels::{
+    Acts, Bytes, KernelPath, PackedMatrix, Source, TileProduct, WeightFormat, matmul,
+};
+
+/// The projections of one BTLM-3B block as `(name, n_in, n_out)` (`mlp.c_fc2` has the shape
+/// of `mlp.c_fc`).
+const SHAPES: [(&str, usize, usize); 4] = [
+    ("attn.c_attn", 2560, 7680),
+    ("attn.c_proj", 2560, 2560),
+    ("mlp.c_fc", 2560, 6826),
+    ("mlp.c_proj", 6826, 2560),
+];
+
+/// Bytes of each matrix's set of copies in `mem` mode (the L3 of the machines measured is
+/// 32 MiB).
+const MIN_SET_BYTES: usize = 256 << 20;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+        })
+        .collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let format: WeightFormat = args.get(1).map_or("q4k", String::as_str).parse()?;
+    let rows_list: Vec<usize> = args
+        .get(2)
+        .map_or("1,8", String::as_str)
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let path = KernelPath::active()?;
+    match args.get(3).map_or("mem", String::as_str) {
+        "mem" => from_memory(path, format, &rows_list),
+        "core" => one_core(path, format, &rows_list),
+        other => Err(format!("mode {other:?}: expected mem or core").into()),
+    }
+}
+
+/// Each matrix streamed from memory on rayon's pool.
+fn from_memory(
+    path: KernelPath,
+    format: WeightFormat,
+    rows_list: &[usize],
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("{format} on {path}, from memory (best of 24 passes)");
+    println!("{:<12} {:>5} {:>9} {:>8}", "matrix", "rows", "µs", "GB/s");
+    for (i, &(name, n_in, n_out)) in SHAPES.iter().enumerate() {
+        let m = PackedMatrix::pack(
+            format,
+            &Source::f32(&random(n_in * n_out, i as u64 + 1), n_out, n_in),
+        )?;
+        let bytes = m.bytes().len();
+        let mut set = Vec::new();
+        for _ in 0..MIN_SET_BYTES.div_ceil(bytes) {
+            let src = m.bytes().as_slice();
+            let copy = Bytes::owned_with(src.len(), |d| d.copy_from_slice(src))?;
+            set.push(PackedMatrix::from_bytes(format, n_out, n_in, copy)?);
+        }
+        for &rows in rows_list {
+            let x = random(rows * n_in, 99);
+            let mut y = vec![0f32; rows * n_out];
+            let mut best = f64::MAX;
+            for _ in 0..24 {
+                let t = Instant::now();
+                for m in &set {
+                    matmul(path, m, &x, rows, None, &mut y)?;
+                }
+                best = best.min(t.elapsed().as_secs_f64() / set.len() as f64);
+            }
+            println!(
+                "{name:<12} {rows:>5} {:>9.1} {:>8.1}",
+                best * 1e6,
+                bytes as f64 / best / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Small matrices in L2 on this thread only: the kernels' compute ceiling per core.
+fn one_core(
+    path: KernelPath,
+    format: WeightFormat,
+    rows_list: &[usize],
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("{format} on {path}, one core, 11 tiles in L2 (best of 300 windows)");
+    println!(
+        "{:>6} {:>5} {:>10} {:>14}",
+        "n_in", "rows", "GB/s", "G vpdpbusd/s"
+    );
+    let n_out = 176;
+    for n_in in [2560, 6826] {
+        let m = PackedMatrix::pack(format, &Source::f32(&random(n_in * n_out, 3), n_out, n_in))?;
+        for &rows in rows_list {
+            let x = random(rows * n_in, 99);
+            let acts = Acts::prepare(format, &x, rows, n_in, m.k_pad());
+            let mut y = vec![0f32; rows * n_out];
+            let mut best = f64::MAX;
+            for _ in 0..300 {
+                let t = Instant::now();
+                for _ in 0..20 {
+                    // One thread claims every task: the whole product runs here.
+                    match TileProduct::with_acts(path, &m, &acts, rows, None, &mut y, 1)? {
+                        Some(p) => p.work(),
+                        None => matmul(path, &m, &x, rows, None, &mut y)?,
+                    }
+                }
+                best = best.min(t.elapsed().as_secs_f64() / 20.0);
+            }
+            let dpbusd = (m.k_pad() * m.tiles() * 16 * rows) as f64 / 64.0;
+            println!(
+                "{n_in:>6} {rows:>5} {:>10.1} {:>14.2}",
+                m.bytes().len() as f64 / best / 1e9,
+                dpbusd / best / 1e9
+            );
+        }
+    }
+    Ok(())
+}
