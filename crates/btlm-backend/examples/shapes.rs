@@ -21,30 +21,21 @@ use prompting_btlm_backend::kernels::{
     Acts, Bytes, KernelPath, PackedMatrix, Source, TileProduct, WeightFormat, matmul,
 };
 
-/// The projections of one BTLM-3B block as `(name, n_in, n_out)` (`mlp.c_fc2` has the shape
-/// of `mlp.c_fc`).
-const SHAPES: [(&str, usize, usize); 4] = [
-    ("attn.c_attn", 2560, 7680),
-    ("attn.c_proj", 2560, 2560),
-    ("mlp.c_fc", 2560, 6826),
-    ("mlp.c_proj", 6826, 2560),
-];
+#[path = "common/layer.rs"]
+mod layer;
+
+use layer::{LAYER, random};
+
+/// The distinct projection shapes of one BTLM-3B block (`mlp.c_fc2` has `mlp.c_fc`'s).
+fn shapes() -> impl Iterator<Item = (&'static str, usize, usize)> {
+    LAYER
+        .into_iter()
+        .filter(|&(name, _, _)| name != "mlp.c_fc2")
+}
 
 /// Bytes of each matrix's set of copies in `mem` mode (the L3 of the machines measured is
 /// 32 MiB).
 const MIN_SET_BYTES: usize = 256 << 20;
-
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
-        })
-        .collect()
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -71,7 +62,7 @@ fn from_memory(
 ) -> Result<(), Box<dyn std::error::Error>> {
     println!("{format} on {path}, from memory (best of 24 passes)");
     println!("{:<12} {:>5} {:>9} {:>8}", "matrix", "rows", "µs", "GB/s");
-    for (i, &(name, n_in, n_out)) in SHAPES.iter().enumerate() {
+    for (i, (name, n_in, n_out)) in shapes().enumerate() {
         let m = PackedMatrix::pack(
             format,
             &Source::f32(&random(n_in * n_out, i as u64 + 1), n_out, n_in),

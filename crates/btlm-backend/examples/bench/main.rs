@@ -26,6 +26,8 @@ use prompting_btlm_backend::weights::Checkpoint;
 
 mod bandwidth;
 mod checkpoint;
+#[path = "../common/layer.rs"]
+mod layer;
 mod matmul;
 
 #[derive(Parser, Debug)]

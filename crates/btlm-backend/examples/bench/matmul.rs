@@ -11,29 +11,10 @@ use prompting_btlm_backend::kernels::{
     WeightFormat, matmul_with,
 };
 
-/// The projections of one BTLM-3B block as `(n_in, n_out)`.
-const LAYER: [(usize, usize); 5] = [
-    (2560, 7680), // attn.c_attn
-    (2560, 2560), // attn.c_proj
-    (2560, 6826), // mlp.c_fc
-    (2560, 6826), // mlp.c_fc2
-    (6826, 2560), // mlp.c_proj
-];
+use crate::layer::{LAYER, random};
 
 /// The weight set is at least this large (the L3 of the machines measured is 32 MiB).
 const MIN_SET_BYTES: usize = 400 << 20;
-
-fn random_matrix(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
-        })
-        .collect()
-}
 
 fn copy(m: &PackedMatrix) -> PackedMatrix {
     let src = m.bytes().as_slice();
@@ -62,8 +43,8 @@ pub fn run(
         let layer: Vec<PackedMatrix> = LAYER
             .iter()
             .enumerate()
-            .map(|(i, &(n_in, n_out))| {
-                let w = random_matrix(n_in * n_out, i as u64 + 1);
+            .map(|(i, &(_, n_in, n_out))| {
+                let w = random(n_in * n_out, i as u64 + 1);
                 PackedMatrix::pack(
                     format,
                     &Source {
@@ -89,10 +70,7 @@ pub fn run(
             layer_bytes as f64 / 1e6
         );
         for &rows in rows_list {
-            let xs: Vec<Vec<f32>> = set
-                .iter()
-                .map(|m| random_matrix(rows * m.n_in(), 99))
-                .collect();
+            let xs: Vec<Vec<f32>> = set.iter().map(|m| random(rows * m.n_in(), 99)).collect();
             let mut ys: Vec<Vec<f32>> = set.iter().map(|m| vec![0f32; rows * m.n_out()]).collect();
             let mut pass = || {
                 let t = Instant::now();
@@ -106,7 +84,8 @@ pub fn run(
             let best = (0..reps).map(|_| pass()).fold(f64::MAX, f64::min);
             let per_layer = best / copies as f64;
             let gbs = (layer_bytes * copies) as f64 / best / 1e9;
-            let flops = 2.0 * rows as f64 * LAYER.iter().map(|&(i, o)| (i * o) as f64).sum::<f64>();
+            let flops =
+                2.0 * rows as f64 * LAYER.iter().map(|&(_, i, o)| (i * o) as f64).sum::<f64>();
             println!(
                 "{:<6} {rows:>5} {:<11} {:>10.2} {gbs:>9.1} {:>7.0}% {:>16.1} {:>9.1}",
                 format.name(),
@@ -180,11 +159,11 @@ pub fn run_in_cache(
     for &format in formats {
         let tiles = (IN_CACHE_BYTES / format.tile_bytes(format.padded_k(n_in))).max(1);
         let n_out = tiles * TILE;
-        let w = random_matrix(n_in * n_out, 5);
+        let w = random(n_in * n_out, 5);
         let m = PackedMatrix::pack(format, &Source::f32(&w, n_out, n_in)).expect("pack");
         let mut one_row = None;
         for &rows in rows_list {
-            let x = random_matrix(rows * n_in, 99);
+            let x = random(rows * n_in, 99);
             let mut y = vec![0f32; rows * n_out];
             // The activations are prepared once per call (quantized, rounded): timed
             // apart and taken off, so that the figure is the tile kernels'.
