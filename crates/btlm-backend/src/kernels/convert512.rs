@@ -159,22 +159,13 @@ unsafe fn convert_pairs(w: &PackedMatrix, t: usize, c0: usize, dst: &mut [Line])
 
 #[cfg(test)]
 mod tests {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
+    use super::super::tests::{pack, random};
     use super::super::{
-        KernelPath, PrefillPrecision, Source, WIDE_MANY_ROWS, matmul as exact, matmul_with,
+        KernelPath, PrefillPrecision, WIDE_MANY_ROWS, matmul as exact, matmul_with,
     };
     use super::*;
-
-    fn random(n: usize, rng: &mut impl Rng, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.r#gen::<f32>() * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
-    fn pack(format: WeightFormat, w: &[f32], n_out: usize, n_in: usize) -> PackedMatrix {
-        PackedMatrix::pack(format, &Source::f32(w, n_out, n_in)).expect("pack")
-    }
 
     /// `p`'s weights (as stored: f16 ones rounded) packed as bf16.
     fn as_bf16(p: &PackedMatrix) -> PackedMatrix {

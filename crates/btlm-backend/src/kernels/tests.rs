@@ -5,13 +5,15 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
-fn random(n: usize, rng: &mut impl Rng, scale: f32) -> Vec<f32> {
+/// `n` values uniform in ±`scale`.
+pub(super) fn random(n: usize, rng: &mut impl Rng, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| (rng.r#gen::<f32>() * 2.0 - 1.0) * scale)
         .collect()
 }
 
-fn pack(format: WeightFormat, w: &[f32], n_out: usize, n_in: usize) -> PackedMatrix {
+/// `w` (`n_out × n_in`) packed in `format`.
+pub(super) fn pack(format: WeightFormat, w: &[f32], n_out: usize, n_in: usize) -> PackedMatrix {
     PackedMatrix::pack(format, &Source::f32(w, n_out, n_in)).expect("pack")
 }
 
