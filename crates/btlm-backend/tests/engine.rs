@@ -888,8 +888,16 @@ mod priority {
                 neuron(3, "filler", 10.0),
             ],
         )));
+        // The queue order; with preemption (on by default) "high" would take the filler's
+        // slot instead of waiting for it.
         let pipeline = Pipeline::new(
-            MinerConfig::default(),
+            MinerConfig {
+                priority: prompting_miner::PriorityConfig {
+                    preempt: false,
+                    ..Default::default()
+                },
+                ..MinerConfig::default()
+            },
             metagraph as Arc<dyn MetagraphView>,
             Arc::clone(&miner) as Arc<dyn Miner>,
         )

@@ -114,6 +114,8 @@ impl AdmissionConfig {
             lifo_after: (!self.fifo).then(|| Duration::from_millis(self.lifo_after_ms)),
             service_samples: self.service_samples,
             service_quantile: self.service_quantile,
+            // Set from `--miner.priority.preempt` by the pipeline.
+            preempt: None,
         }
     }
 }

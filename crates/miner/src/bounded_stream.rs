@@ -13,7 +13,8 @@ use crate::stats::{Outcome, RequestTracker};
 use crate::traits::{MinerError, TextStream};
 
 /// Yields the backend's chunks until the backend ends, fails, or the deadline passes (then
-/// one [`MinerError::Timeout`] and the end). The first error ends the stream.
+/// one [`MinerError::Timeout`] and the end), or a higher-priority request preempts it (then
+/// one [`MinerError::Preempted`] and the end). The first error ends the stream.
 pub(crate) struct BoundedStream {
     inner: Option<TextStream>,
     deadline: Pin<Box<Sleep>>,
@@ -67,6 +68,12 @@ impl Stream for BoundedStream {
             };
             this.finish(Outcome::TimedOut);
             return Poll::Ready(Some(Err(error)));
+        }
+        if let Some(slot) = this.slot.as_mut()
+            && slot.poll_preempted(cx).is_ready()
+        {
+            this.finish(Outcome::Preempted);
+            return Poll::Ready(Some(Err(MinerError::Preempted)));
         }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);

@@ -215,6 +215,28 @@ pub struct PriorityConfig {
         default_value_t = DEFAULT_HISTORY_RETENTION
     ))]
     pub history_retention: u64,
+
+    /// Priority preemption: when every worker slot is busy, a waiting request whose
+    /// priority exceeds that of the lowest-priority running request by more than
+    /// `--miner.priority.preempt_margin` takes its slot; the preempted caller is answered
+    /// 503 (a higher-priority request took its slot). `--miner.priority.preempt false` turns
+    /// it off.
+    #[cfg_attr(feature = "cli", arg(
+        long = "miner.priority.preempt",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    ))]
+    pub preempt: bool,
+
+    /// How much higher (in priority units, α for a busy caller) a waiting request's priority
+    /// must be than a running request's for it to preempt that one.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "miner.priority.preempt_margin", default_value_t = 0.0)
+    )]
+    pub preempt_margin: f64,
 }
 
 /// Default for `--miner.priority.time_stake_multiplicate`, in minutes (Python: 10).
@@ -231,6 +253,8 @@ impl Default for PriorityConfig {
             time_stake_multiplicate: DEFAULT_TIME_STAKE_MULTIPLICATE,
             len_request_timestamps: DEFAULT_LEN_REQUEST_TIMESTAMPS,
             history_retention: DEFAULT_HISTORY_RETENTION,
+            preempt: true,
+            preempt_margin: 0.0,
         }
     }
 }
@@ -300,6 +324,12 @@ impl MinerConfig {
             return Err(invalid(
                 "miner.priority.len_request_timestamps",
                 "must be at least 1",
+            ));
+        }
+        if !p.preempt_margin.is_finite() || p.preempt_margin < 0.0 {
+            return Err(invalid(
+                "miner.priority.preempt_margin",
+                format!("must be a finite number ≥ 0, got {}", p.preempt_margin),
             ));
         }
         if p.history_retention < b.min_request_period {
@@ -517,5 +547,36 @@ mod cli_tests {
         assert_eq!((a.margin, a.service_quantile), (1.5, 0.5));
         assert_eq!((a.service_samples, a.lifo_after_ms), (9, 200));
         c.validate().expect("valid");
+    }
+
+    #[test]
+    fn preemption_flags_and_keys() {
+        let on = parse(&[]);
+        assert!(on.priority.preempt, "on by default");
+        assert_eq!(on.priority.preempt_margin, 0.0);
+        let off = parse(&["--miner.priority.preempt", "false"]);
+        assert!(!off.priority.preempt);
+        let bare = parse(&[
+            "--miner.priority.preempt",
+            "--miner.priority.preempt_margin",
+            "50",
+        ]);
+        assert!(bare.priority.preempt);
+        assert_eq!(bare.priority.preempt_margin, 50.0);
+        let file: MinerConfig =
+            toml::from_str("[priority]\npreempt = false\npreempt_margin = 2.5\n").expect("toml");
+        assert!(!file.priority.preempt);
+        assert_eq!(file.priority.preempt_margin, 2.5);
+        for margin in [-1.0, f64::NAN] {
+            let mut c = MinerConfig::default();
+            c.priority.preempt_margin = margin;
+            assert!(matches!(
+                c.validate(),
+                Err(ConfigError::Invalid {
+                    flag: "miner.priority.preempt_margin",
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -53,6 +53,7 @@ mod config_error;
 pub mod dev_metagraph;
 pub mod log_limit;
 pub mod pipeline;
+mod preemption;
 pub mod priority;
 pub mod prompt_cache;
 pub mod report;

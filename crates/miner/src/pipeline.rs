@@ -15,7 +15,7 @@ use crate::priority::priority;
 use crate::prompt_cache::PromptCache;
 use crate::request::PromptRequest;
 use crate::request_history::RequestHistory;
-use crate::scheduler::{Rejection, Scheduler, Slot};
+use crate::scheduler::{Policy, Rejection, Scheduler, Slot};
 use crate::stats::{Counters, Outcome, PipelineStats, QueueRefusal, RequestTracker};
 use crate::traits::{Miner, MinerError, TextStream};
 
@@ -131,6 +131,10 @@ impl Pipeline {
             }
             _ => config.max_concurrent,
         };
+        let policy = Policy {
+            preempt: p.preempt.then_some(p.preempt_margin),
+            ..config.admission.policy()
+        };
         let prompt_cache = b.use_prompt_cache.then(|| {
             Mutex::new(PromptCache::new(
                 b.prompt_cache_block_span,
@@ -143,11 +147,7 @@ impl Pipeline {
                 rate_window,
                 history: Mutex::new(history),
                 prompt_cache,
-                scheduler: Scheduler::with_policy(
-                    workers,
-                    config.max_queue,
-                    config.admission.policy(),
-                ),
+                scheduler: Scheduler::with_policy(workers, config.max_queue, policy),
                 counters: Arc::new(Counters::default()),
                 config,
                 metagraph,
@@ -191,9 +191,14 @@ impl Pipeline {
         request: &mut PromptRequest,
         tracker: &RequestTracker,
     ) -> Result<String, MinerError> {
-        let slot = self.enter(request, tracker).await?;
-        let result =
-            tokio::time::timeout_at(request.deadline, self.inner.miner.prompt(request)).await;
+        let mut slot = self.enter(request, tracker).await?;
+        let call = tokio::time::timeout_at(request.deadline, self.inner.miner.prompt(request));
+        let result = tokio::select! {
+            biased;
+            result = call => result,
+            // The backend call is dropped here, before the slot is given back.
+            () = slot.preempted() => return Err(MinerError::Preempted),
+        };
         match &result {
             // Answered, or cut off at the deadline: a service-time sample.
             Ok(Ok(_)) => slot.finish(),
@@ -216,12 +221,19 @@ impl Pipeline {
     ) -> Result<TextStream, MinerError> {
         let tracker = RequestTracker::new(&self.inner.counters, &request.report);
         let started = match self.enter(&mut request, &tracker).await {
-            Ok(slot) => {
+            Ok(mut slot) => {
                 let call = first_chunk(self.inner.miner.prompt_stream(&request));
-                match tokio::time::timeout_at(request.deadline, call).await {
-                    Ok(Ok(stream)) => Ok((stream, slot)),
-                    Ok(Err(error)) => Err(error),
-                    Err(_) => {
+                let call = tokio::time::timeout_at(request.deadline, call);
+                let result = tokio::select! {
+                    biased;
+                    result = call => Some(result),
+                    () = slot.preempted() => None,
+                };
+                match result {
+                    None => Err(MinerError::Preempted),
+                    Some(Ok(Ok(stream))) => Ok((stream, slot)),
+                    Some(Ok(Err(error))) => Err(error),
+                    Some(Err(_)) => {
                         slot.cut_off();
                         Err(tracker.timeout())
                     }
@@ -264,6 +276,7 @@ impl Pipeline {
             service_time_samples: self.inner.scheduler.service_samples(),
             queue_refusals: self.inner.counters.queue_refusals(),
             queue_wait: self.inner.counters.queue_wait(),
+            preemptions: self.inner.scheduler.preemptions(),
         }
     }
 
@@ -710,7 +723,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn high_stake_requests_overtake_queued_ones() {
-        let f = fixture(|c| c.max_concurrent = 1);
+        // Queue order without preemption (with it, "high-1" would take the filler's slot).
+        let f = fixture(|c| {
+            c.max_concurrent = 1;
+            c.priority.preempt = false;
+        });
         warm_up(&f, &["low", "mid", "high"]).await;
         // Saturate the only worker, then queue in the worst order.
         let filler = spawn_prompt(&f.pipeline, request("filler", "filler"));
@@ -772,7 +789,10 @@ mod tests {
         };
         // --miner.max_concurrent 8, but the backend runs 2 at once: the third request waits
         // in the priority queue, not in the backend.
-        let f = fixture_with(miner, |c| c.max_concurrent = 8);
+        let f = fixture_with(miner, |c| {
+            c.max_concurrent = 8;
+            c.priority.preempt = false;
+        });
         assert_eq!(f.pipeline.stats().capacity, 2);
         warm_up(&f, &["low", "mid", "high"]).await;
         let mut fillers = Vec::new();
@@ -814,6 +834,7 @@ mod tests {
         let f = fixture(|c| {
             c.max_concurrent = 1;
             c.max_queue = 2;
+            c.priority.preempt = false;
         });
         warm_up(&f, &["low", "mid", "high"]).await;
         let filler = spawn_prompt(&f.pipeline, request("filler", "filler"));

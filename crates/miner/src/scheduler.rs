@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::preemption::RunningSet;
 use crate::service_time::ServiceTimes;
 
 /// Why no slot was given.
@@ -69,6 +70,10 @@ pub struct Policy {
     pub service_samples: usize,
     /// The quantile of those samples taken as the service time.
     pub service_quantile: f64,
+    /// Priority preemption: `Some(margin)` lets a waiter that finds every slot busy take the
+    /// slot of the lowest-priority running request when its priority exceeds that one's by
+    /// more than `margin` (see [`crate::preemption`]); `None`: never.
+    pub preempt: Option<f64>,
 }
 
 impl Default for Policy {
@@ -79,6 +84,7 @@ impl Default for Policy {
             lifo_after: Some(Duration::from_secs(1)),
             service_samples: 50,
             service_quantile: 0.9,
+            preempt: None,
         }
     }
 }
@@ -86,10 +92,17 @@ impl Default for Policy {
 /// The queue's verdict for one waiter, sent when it leaves the queue.
 #[derive(Debug)]
 enum Verdict {
-    Granted,
+    Granted(Grant),
     Shed,
     Expired,
     CannotFinish { left: Duration, need: Duration },
+}
+
+/// A slot granted: its id and how it learns it was preempted.
+#[derive(Debug)]
+struct Grant {
+    id: u64,
+    preempted: oneshot::Receiver<()>,
 }
 
 /// A queue position: higher priority first, then arrival order.
@@ -125,12 +138,13 @@ impl Eq for Rank {}
 #[derive(Debug)]
 struct Waiter {
     deadline: Instant,
+    priority: f64,
     notify: oneshot::Sender<Verdict>,
 }
 
 #[derive(Debug)]
 struct State {
-    in_flight: usize,
+    running: RunningSet,
     next_seq: u64,
     /// First entry = best ranked (oldest first among equals).
     waiting: BTreeMap<Rank, Waiter>,
@@ -190,7 +204,7 @@ impl Scheduler {
             queue_capacity,
             policy,
             state: Mutex::new(State {
-                in_flight: 0,
+                running: RunningSet::default(),
                 next_seq: 0,
                 waiting: BTreeMap::new(),
                 backlog_since: None,
@@ -214,13 +228,18 @@ impl Scheduler {
         let state = self.state.lock();
         Load {
             queued: state.waiting.len(),
-            in_flight: state.in_flight,
+            in_flight: state.running.len(),
         }
     }
 
     /// The service-time estimate; `None` before the first finished request.
     pub fn service_time(&self) -> Option<Duration> {
         self.state.lock().service.estimate()
+    }
+
+    /// How many running requests were preempted so far.
+    pub fn preemptions(&self) -> u64 {
+        self.state.lock().running.preemptions()
     }
 
     /// How many slot holds the service-time estimate is taken from.
@@ -236,7 +255,7 @@ impl Scheduler {
         deadline: Instant,
     ) -> Result<Slot, Rejection> {
         let mut ticket = match self.enqueue(priority, deadline) {
-            Enqueued::Granted => return Ok(self.slot()),
+            Enqueued::Granted(grant) => return Ok(self.slot(grant)),
             Enqueued::Rejected(rejection) => return Err(rejection),
             Enqueued::Waiting(ticket) => ticket,
         };
@@ -293,8 +312,8 @@ impl Scheduler {
         deadline: Instant,
     ) -> Result<Slot, Rejection> {
         match verdict {
-            Ok(Verdict::Granted) => {
-                let slot = self.slot();
+            Ok(Verdict::Granted(grant)) => {
+                let slot = self.slot(grant);
                 if Instant::now() >= deadline {
                     // Granted at the deadline: too late to run, give the slot back.
                     drop(slot);
@@ -341,11 +360,58 @@ impl Scheduler {
         }
     }
 
-    fn slot(self: &Arc<Self>) -> Slot {
+    fn slot(self: &Arc<Self>, grant: Grant) -> Slot {
         Slot {
             scheduler: Arc::clone(self),
             granted: Instant::now(),
             sample: Sample::None,
+            id: grant.id,
+            preempt: Some(grant.preempted),
+            preempted: false,
+        }
+    }
+
+    /// A new grant for its holder, and the sender that preempts it (recorded in
+    /// `state.running` once the grant is delivered).
+    fn grant(state: &mut State) -> (Grant, oneshot::Sender<()>) {
+        let id = state.running.next_id();
+        let (notify, preempted) = oneshot::channel();
+        (Grant { id, preempted }, notify)
+    }
+
+    /// Whether a waiter of `priority` would get a slot by preemption now.
+    fn can_preempt(&self, state: &State, priority: f64) -> bool {
+        self.policy
+            .preempt
+            .is_some_and(|margin| state.running.victim(priority, margin).is_some())
+    }
+
+    /// With every slot busy, preempts the lowest-priority running requests for the
+    /// best-ranked waiters that outrank them by more than the margin and can still finish
+    /// in time, one each (waiters already covered by a pending preemption are skipped).
+    fn preempt(&self, state: &mut State, now: Instant) {
+        let Some(margin) = self.policy.preempt else {
+            return;
+        };
+        if state.running.len() < self.workers {
+            return;
+        }
+        let need = self.need(state);
+        let covered = state.running.pending();
+        let candidates: Vec<(f64, Duration)> = state
+            .waiting
+            .values()
+            .map(|w| (w.priority, w.deadline.saturating_duration_since(now)))
+            .filter(|(_, left)| !left.is_zero() && need.is_none_or(|need| *left > need))
+            .skip(covered)
+            .collect();
+        for (priority, _) in candidates {
+            let Some(victim) = state.running.victim(priority, margin) else {
+                break;
+            };
+            if state.running.preempt(victim) {
+                tracing::debug!(priority, victim, "preempting a lower-priority request");
+            }
         }
     }
 
@@ -358,9 +424,10 @@ impl Scheduler {
         let priority = if priority == 0.0 { 0.0 } else { priority };
         let mut state = self.state.lock();
         self.dispatch(&mut state, now);
-        if state.in_flight < self.workers && state.waiting.is_empty() {
-            state.in_flight += 1;
-            return Enqueued::Granted;
+        if state.running.len() < self.workers && state.waiting.is_empty() {
+            let (grant, notify) = Self::grant(&mut state);
+            state.running.insert(grant.id, priority, notify);
+            return Enqueued::Granted(grant);
         }
         let lifo = self.lifo(&state, now);
         if let Some(need) = self.need(&state) {
@@ -372,7 +439,12 @@ impl Scheduler {
                 .keys()
                 .take_while(|rank| rank.priority > priority || (!lifo && rank.priority == priority))
                 .count();
-            let wait = need.mul_f64((ahead + 1) as f64 / self.workers as f64);
+            // A waiter that can preempt gets a slot at the next step of the backend.
+            let wait = if self.can_preempt(&state, priority) {
+                Duration::ZERO
+            } else {
+                need.mul_f64((ahead + 1) as f64 / self.workers as f64)
+            };
             let need = need + wait;
             if left < need {
                 return Enqueued::Rejected(Rejection::CannotFinishOnArrival { left, need });
@@ -399,8 +471,16 @@ impl Scheduler {
         };
         state.next_seq += 1;
         let (notify, receiver) = oneshot::channel();
-        state.waiting.insert(rank, Waiter { deadline, notify });
+        state.waiting.insert(
+            rank,
+            Waiter {
+                deadline,
+                priority,
+                notify,
+            },
+        );
         state.note_backlog(now);
+        self.preempt(&mut state, now);
         Enqueued::Waiting(Ticket {
             scheduler: Arc::clone(self),
             rank,
@@ -413,7 +493,7 @@ impl Scheduler {
     /// cannot leave the queue.
     fn dispatch(&self, state: &mut State, now: Instant) {
         let need = self.need(state);
-        while state.in_flight < self.workers {
+        while state.running.len() < self.workers {
             let lifo = self.lifo(state, now);
             let Some(rank) = next(state, lifo) else {
                 break;
@@ -426,8 +506,12 @@ impl Scheduler {
                 let _ = waiter.notify.send(Verdict::Expired);
             } else if let Some(need) = need.filter(|need| left <= *need) {
                 let _ = waiter.notify.send(Verdict::CannotFinish { left, need });
-            } else if waiter.notify.send(Verdict::Granted).is_ok() {
-                state.in_flight += 1;
+            } else {
+                let (grant, notify) = Self::grant(state);
+                let id = grant.id;
+                if waiter.notify.send(Verdict::Granted(grant)).is_ok() {
+                    state.running.insert(id, waiter.priority, notify);
+                }
             }
         }
         state.note_backlog(now);
@@ -455,7 +539,7 @@ impl Scheduler {
 
     /// Gives a slot back; `held`: how long, and whether that is only a lower bound of the
     /// service time (`None`: no sample).
-    fn release(&self, held: Option<(Duration, bool)>) {
+    fn release(&self, id: u64, held: Option<(Duration, bool)>) {
         let mut state = self.state.lock();
         let before = state.service.estimate();
         let sample = held.filter(|(held, lower_bound)| {
@@ -469,12 +553,14 @@ impl Scheduler {
                 self.drop_hopeless(&mut state, Instant::now());
             }
         }
-        self.release_locked(&mut state);
+        self.release_locked(&mut state, id);
     }
 
-    fn release_locked(&self, state: &mut State) {
-        state.in_flight = state.in_flight.saturating_sub(1);
-        self.dispatch(state, Instant::now());
+    fn release_locked(&self, state: &mut State, id: u64) {
+        state.running.remove(id);
+        let now = Instant::now();
+        self.dispatch(state, now);
+        self.preempt(state, now);
     }
 }
 
@@ -514,7 +600,7 @@ fn lowest(state: &State, lifo: bool) -> Option<Rank> {
 }
 
 enum Enqueued {
-    Granted,
+    Granted(Grant),
     Rejected(Rejection),
     Waiting(Ticket),
 }
@@ -538,8 +624,8 @@ impl Drop for Ticket {
             return;
         }
         // Already out of the queue: a verdict was sent under the lock we hold.
-        if let Ok(Verdict::Granted) = self.receiver.try_recv() {
-            self.scheduler.release_locked(&mut state);
+        if let Ok(Verdict::Granted(grant)) = self.receiver.try_recv() {
+            self.scheduler.release_locked(&mut state, grant.id);
         }
     }
 }
@@ -550,6 +636,10 @@ pub struct Slot {
     scheduler: Arc<Scheduler>,
     granted: Instant,
     sample: Sample,
+    id: u64,
+    /// Told when a better waiter preempts this slot; `None` once resolved.
+    preempt: Option<oneshot::Receiver<()>>,
+    preempted: bool,
 }
 
 /// What a slot's hold time says about the service time.
@@ -579,11 +669,45 @@ impl Slot {
     }
 }
 
+impl Slot {
+    /// Ready once a higher-priority waiter preempted this slot (see
+    /// [`crate::preemption`]); pending otherwise, for as long as the slot is held. The
+    /// holder should then stop its work and drop the slot.
+    pub fn poll_preempted(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::future::Future;
+        use std::task::Poll;
+        if self.preempted {
+            return Poll::Ready(());
+        }
+        let Some(receiver) = self.preempt.as_mut() else {
+            return Poll::Pending;
+        };
+        match std::pin::Pin::new(receiver).poll(cx) {
+            Poll::Ready(Ok(())) => {
+                self.preempt = None;
+                self.preempted = true;
+                Poll::Ready(())
+            }
+            Poll::Ready(Err(_)) => {
+                // Never preempted (the scheduler forgot the slot): stay pending.
+                self.preempt = None;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Resolves once a higher-priority waiter preempted this slot; never otherwise.
+    pub async fn preempted(&mut self) {
+        std::future::poll_fn(|cx| self.poll_preempted(cx)).await
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        let held = (self.sample != Sample::None)
+        let held = (self.sample != Sample::None && !self.preempted)
             .then(|| (self.granted.elapsed(), self.sample == Sample::LowerBound));
-        self.scheduler.release(held);
+        self.scheduler.release(self.id, held);
     }
 }
 

@@ -29,11 +29,13 @@ pub enum Outcome {
     BadRequest,
     /// The caller went away (its future or stream was dropped) before the end.
     Cancelled,
+    /// A higher-priority request took its worker slot while it ran.
+    Preempted,
 }
 
 impl Outcome {
     /// Every outcome, in a stable order.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Served,
         Outcome::Blacklisted,
         Outcome::Overloaded,
@@ -41,6 +43,7 @@ impl Outcome {
         Outcome::BackendError,
         Outcome::BadRequest,
         Outcome::Cancelled,
+        Outcome::Preempted,
     ];
 
     /// A snake_case label.
@@ -53,6 +56,7 @@ impl Outcome {
             Outcome::BackendError => "backend_error",
             Outcome::BadRequest => "bad_request",
             Outcome::Cancelled => "cancelled",
+            Outcome::Preempted => "preempted",
         }
     }
 
@@ -65,6 +69,7 @@ impl Outcome {
             Err(MinerError::Timeout(_)) => Outcome::TimedOut,
             Err(MinerError::Backend(_)) => Outcome::BackendError,
             Err(MinerError::BadRequest(_)) => Outcome::BadRequest,
+            Err(MinerError::Preempted) => Outcome::Preempted,
         }
     }
 
@@ -184,6 +189,8 @@ pub struct PipelineStats {
     pub queue_refusals: BTreeMap<QueueRefusal, u64>,
     /// How long the requests granted a worker waited in the queue.
     pub queue_wait: QueueWait,
+    /// Running requests preempted by a higher-priority waiter (`--miner.priority.preempt`).
+    pub preemptions: u64,
 }
 
 /// The pipeline's counters, shared with in-flight requests.

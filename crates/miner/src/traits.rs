@@ -26,6 +26,10 @@ pub enum MinerError {
     /// The request's deadline passed before an answer was ready. HTTP 408.
     #[error("timed out after {0:.3} seconds")]
     Timeout(f64),
+    /// A higher-priority request took this request's worker slot while it ran
+    /// (`--miner.priority.preempt`); its work was dropped. HTTP 503.
+    #[error("preempted: a higher-priority request took this request's worker slot")]
+    Preempted,
     /// The backend failed; the message is safe to show the caller. HTTP 500.
     #[error("backend error: {0}")]
     Backend(String),
@@ -39,7 +43,7 @@ impl MinerError {
             MinerError::Blacklisted(_) => 403,
             MinerError::Timeout(_) => 408,
             MinerError::Backend(_) => 500,
-            MinerError::Overloaded(_) => 503,
+            MinerError::Overloaded(_) | MinerError::Preempted => 503,
         }
     }
 }

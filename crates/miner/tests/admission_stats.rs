@@ -73,6 +73,11 @@ fn pipeline_with(max_queue: usize, miner: Arc<dyn Miner>) -> Pipeline {
             min_request_period: 0,
             ..Default::default()
         },
+        // The queue's own refusals, without preemption (tests/preemption.rs).
+        priority: prompting_miner::PriorityConfig {
+            preempt: false,
+            ..Default::default()
+        },
         ..MinerConfig::default()
     };
     Pipeline::new(

@@ -298,6 +298,12 @@ fn render_admission(out: &mut String, stats: &PipelineStats) {
             reason.as_str()
         ));
     }
+    out.push_str(&format!(
+        "# HELP prompting_queue_preemptions Running requests whose worker slot a higher-priority waiter took (--miner.priority.preempt); each is answered 503 (outcome preempted).\n\
+         # TYPE prompting_queue_preemptions counter\n\
+         prompting_queue_preemptions_total {}\n",
+        stats.preemptions
+    ));
     let wait = &stats.queue_wait;
     out.push_str("# HELP prompting_queue_wait_seconds Time the requests granted a worker waited for it in the priority queue.\n# TYPE prompting_queue_wait_seconds histogram\n");
     for (le, count) in &wait.buckets {
@@ -553,6 +559,10 @@ mod tests {
         }
         assert_eq!(
             sample(&text, "prompting_queue_wait_seconds_count"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_preemptions_total"),
             Some(0.0)
         );
 

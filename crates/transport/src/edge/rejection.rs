@@ -116,6 +116,7 @@ impl Rejection {
                     "Timeout: no answer within the request timeout of {request_timeout} seconds"
                 ),
                 MinerError::Overloaded(reason) => format!("Service unavailable: {reason}"),
+                MinerError::Preempted => format!("Service unavailable: {error}"),
                 MinerError::BadRequest(reason) => format!("Bad request: {reason}"),
                 MinerError::Backend(reason) => {
                     format!("Internal server error with error: {reason}")
@@ -159,7 +160,7 @@ impl Rejection {
                 MinerError::Blacklisted(_) => Code::PermissionDenied,
                 MinerError::Timeout(_) => Code::DeadlineExceeded,
                 MinerError::Backend(_) => Code::Internal,
-                MinerError::Overloaded(_) => Code::ResourceExhausted,
+                MinerError::Overloaded(_) | MinerError::Preempted => Code::ResourceExhausted,
             },
             Rejection::UnknownSynapse { .. } => Code::NotFound,
         }
@@ -276,7 +277,7 @@ fn openai_error_type(status: u16) -> &'static str {
 mod tests {
     use super::*;
 
-    fn miner_errors() -> [(MinerError, u16, Code); 5] {
+    fn miner_errors() -> [(MinerError, u16, Code); 6] {
         [
             (
                 MinerError::BadRequest("x".into()),
@@ -295,6 +296,7 @@ mod tests {
                 503,
                 Code::ResourceExhausted,
             ),
+            (MinerError::Preempted, 503, Code::ResourceExhausted),
         ]
     }
 
