@@ -21,13 +21,25 @@ use crate::team::Team;
 enum Weight {
     /// `[in, out]` candle tensor (may be a transposed view): GPUs.
     Dense(Tensor),
-    /// Packed `[out, in]` tiles multiplied by the CPU kernels of `path`, products with many
-    /// rows in the arithmetic `prefill` (see [`kernels::matmul_with`]).
-    Packed {
-        matrix: Arc<PackedMatrix>,
-        path: KernelPath,
-        prefill: PrefillPrecision,
-    },
+    /// Packed `[out, in]` tiles multiplied by the CPU kernels.
+    Packed(Packed),
+}
+
+/// Packed `[out, in]` tiles multiplied by the CPU kernels of `path`, products with many rows
+/// in the arithmetic `prefill` (see [`kernels::matmul_with`]).
+#[derive(Debug, Clone)]
+struct Packed {
+    matrix: Arc<PackedMatrix>,
+    path: KernelPath,
+    prefill: PrefillPrecision,
+}
+
+impl Packed {
+    /// Whether a product of `rows` rows runs other kernels than the tile kernels.
+    fn many_rows(&self, rows: usize) -> bool {
+        self.path
+            .many_rows_with(self.matrix.format(), self.prefill, rows)
+    }
 }
 
 /// A linear map `[rows, in] → [rows, out]` with an optional bias.
@@ -88,11 +100,11 @@ impl Projection {
             None => None,
         };
         Ok(Projection {
-            weight: Weight::Packed {
+            weight: Weight::Packed(Packed {
                 matrix,
                 path: ld.kernel_path(),
                 prefill: ld.prefill_precision(),
-            },
+            }),
             bias: None,
             bias_f32,
         })
@@ -101,7 +113,7 @@ impl Projection {
     /// The packed weights and the kernel path, on CPU.
     pub fn packed_matrix(&self) -> Option<(&PackedMatrix, KernelPath)> {
         match &self.weight {
-            Weight::Packed { matrix, path, .. } => Some((matrix, *path)),
+            Weight::Packed(w) => Some((&w.matrix, w.path)),
             Weight::Dense(_) => None,
         }
     }
@@ -111,11 +123,7 @@ impl Projection {
     /// matrix-product library may pick another algorithm for another shape.
     pub fn rows_independent(&self) -> bool {
         match &self.weight {
-            Weight::Packed {
-                matrix,
-                path,
-                prefill,
-            } => path.rows_independent(matrix.format(), *prefill),
+            Weight::Packed(w) => w.path.rows_independent(w.matrix.format(), w.prefill),
             Weight::Dense(_) => false,
         }
     }
@@ -143,11 +151,11 @@ impl Projection {
         team: &Team<'_>,
     ) -> candle_core::Result<Vec<Tensor>> {
         let (rows, _) = x.dims2()?;
-        let is_packed = |p: &&Projection| matches!(p.weight, Weight::Packed { .. });
+        let is_packed = |p: &&Projection| matches!(p.weight, Weight::Packed(_));
         let mut outs: Vec<Vec<f32>> = projections
             .iter()
             .map(|p| match &p.weight {
-                Weight::Packed { matrix, .. } => vec![0f32; rows * matrix.n_out()],
+                Weight::Packed(w) => vec![0f32; rows * w.matrix.n_out()],
                 Weight::Dense(_) => Vec::new(),
             })
             .collect();
@@ -167,9 +175,7 @@ impl Projection {
             .iter()
             .zip(outs)
             .map(|(p, y)| match &p.weight {
-                Weight::Packed { matrix, .. } => {
-                    Tensor::from_vec(y, (rows, matrix.n_out()), &Device::Cpu)
-                }
+                Weight::Packed(w) => Tensor::from_vec(y, (rows, w.matrix.n_out()), &Device::Cpu),
                 Weight::Dense(w) => {
                     let y = x.matmul(w)?;
                     match &p.bias {
@@ -197,14 +203,10 @@ pub(crate) fn packed_into(
     // Activations per (format, padded inputs) that a tile product needs.
     let mut prepared: Vec<(WeightFormat, usize, Acts<'_>)> = Vec::new();
     for (p, y) in products.iter() {
-        let Weight::Packed {
-            matrix,
-            path,
-            prefill,
-        } = &p.weight
-        else {
+        let Weight::Packed(w) = &p.weight else {
             candle_core::bail!("packed_into takes packed projections only");
         };
+        let matrix = &w.matrix;
         let n_in = matrix.n_in();
         if x.len() != rows * n_in || y.len() != rows * matrix.n_out() {
             candle_core::bail!(
@@ -217,32 +219,25 @@ pub(crate) fn packed_into(
             );
         }
         let (format, k_pad) = (matrix.format(), matrix.k_pad());
-        if !path.many_rows_with(format, *prefill, rows)
-            && !prepared.iter().any(|(f, k, _)| (*f, *k) == (format, k_pad))
-        {
+        if !w.many_rows(rows) && !prepared.iter().any(|(f, k, _)| (*f, *k) == (format, k_pad)) {
             let acts = Acts::prepare_on(format, x, rows, n_in, k_pad, &for_each);
             prepared.push((format, k_pad, acts));
         }
     }
     let mut tiles = Vec::new();
     for (p, y) in products.iter_mut() {
-        let Weight::Packed {
-            matrix,
-            path,
-            prefill,
-        } = &p.weight
-        else {
+        let Weight::Packed(w) = &p.weight else {
             continue;
         };
         let bias = p.bias_f32.as_deref().map(Vec::as_slice);
-        let (format, k_pad) = (matrix.format(), matrix.k_pad());
+        let (format, k_pad) = (w.matrix.format(), w.matrix.k_pad());
         match prepared
             .iter()
             .find(|(f, k, _)| (*f, *k) == (format, k_pad))
         {
-            Some((_, _, acts)) if !path.many_rows_with(format, *prefill, rows) => {
+            Some((_, _, acts)) if !w.many_rows(rows) => {
                 let product =
-                    TileProduct::with_acts(*path, matrix, acts, rows, bias, y, team.threads())
+                    TileProduct::with_acts(w.path, &w.matrix, acts, rows, bias, y, team.threads())
                         .map_err(kernel_error)?
                         .ok_or_else(|| {
                             candle_core::Error::Msg("tile kernels expected".into()).bt()
@@ -250,7 +245,7 @@ pub(crate) fn packed_into(
                 tiles.push(product);
             }
             // Other kernels than the tile kernels, parallel on rayon's pool.
-            _ => kernels::matmul_with(*path, *prefill, matrix, x, rows, bias, y)
+            _ => kernels::matmul_with(w.path, w.prefill, &w.matrix, x, rows, bias, y)
                 .map_err(kernel_error)?,
         }
     }

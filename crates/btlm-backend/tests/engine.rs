@@ -464,23 +464,8 @@ fn a_dropped_receiver_frees_its_slot_at_the_next_step() {
 fn prompts_arriving_together_are_prefilled_in_one_pass_with_the_decode_rows() {
     let model = Scripted::new();
     let tok = tokenizer();
-    let engine = scripted_engine(&model, EngineConfig::default());
-    let cfg = || GenerationConfig {
-        prefill_chunk: 64,
-        ..greedy(3, 0)
-    };
-    let first = engine.submit("hello there", cfg(), None).expect("first");
-    model.gate.wait_blocked();
     let later = ["one", "two more", "and three"];
-    let receivers: Vec<_> = later
-        .iter()
-        .map(|p| engine.submit(p, cfg(), None).expect("later"))
-        .collect();
-    model.gate.set_open(true);
-    for rx in std::iter::once(first).chain(receivers) {
-        assert_eq!(collect(rx).done.expect("done").tokens.len(), 3);
-    }
-    let steps = model.steps.lock().expect("steps").clone();
+    let (engine, steps) = prompts_joining_a_running_one(&model, &later);
     let prompt_len = |p: &str| tok.encode(p).expect("encode").len();
     assert_eq!(steps[0].len(), 1, "the first prompt alone");
     let second: Vec<usize> = steps[1].iter().map(Vec::len).collect();
@@ -507,24 +492,17 @@ fn prompts_arriving_together_are_prefilled_in_one_pass_with_the_decode_rows() {
     );
 }
 
-/// A model whose rows depend on what shares their pass (AMX bf16 tiles for many rows, say)
-/// never gets prompt pieces in the decode rows' pass, even with piggybacking asked for.
-#[test]
-fn prompts_run_alone_when_the_model_computes_rows_differently_in_company() {
-    let model = Scripted {
-        rows_independent: false,
-        ..Scripted::new()
-    };
-    let tok = tokenizer();
-    let engine = scripted_engine(&model, EngineConfig::default());
-    assert!(EngineConfig::default().piggyback_prefill);
+/// With the default engine settings: "hello there" runs its first step (held at the gate)
+/// while `later` are submitted, then all run to 3 tokens. Returns the engine and the
+/// segments of every step.
+fn prompts_joining_a_running_one(model: &Scripted, later: &[&str]) -> (Engine, Vec<Vec<Vec<u32>>>) {
+    let engine = scripted_engine(model, EngineConfig::default());
     let cfg = || GenerationConfig {
         prefill_chunk: 64,
         ..greedy(3, 0)
     };
     let first = engine.submit("hello there", cfg(), None).expect("first");
     model.gate.wait_blocked();
-    let later = ["one", "two more"];
     let receivers: Vec<_> = later
         .iter()
         .map(|p| engine.submit(p, cfg(), None).expect("later"))
@@ -534,6 +512,20 @@ fn prompts_run_alone_when_the_model_computes_rows_differently_in_company() {
         assert_eq!(collect(rx).done.expect("done").tokens.len(), 3);
     }
     let steps = model.steps.lock().expect("steps").clone();
+    (engine, steps)
+}
+
+/// A model whose rows depend on what shares their pass (AMX bf16 tiles for many rows, say)
+/// never gets prompt pieces in the decode rows' pass, even with piggybacking asked for.
+#[test]
+fn prompts_run_alone_when_the_model_computes_rows_differently_in_company() {
+    let model = Scripted {
+        rows_independent: false,
+        ..Scripted::new()
+    };
+    let tok = tokenizer();
+    assert!(EngineConfig::default().piggyback_prefill);
+    let (engine, steps) = prompts_joining_a_running_one(&model, &["one", "two more"]);
     let prompt_len = |p: &str| tok.encode(p).expect("encode").len();
     let passes: Vec<Vec<usize>> = steps[..4]
         .iter()

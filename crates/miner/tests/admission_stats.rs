@@ -3,13 +3,15 @@
 //! number of slot holds behind it, and how long granted requests waited for their slot.
 //! In paused (simulated) time; the backend sleeps as long as each request asks.
 
+mod support;
+use support::request;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use prompting_miner::{
-    Metagraph, Miner, MinerConfig, MinerError, NeuronInfo, Outcome, Pipeline, PromptRequest,
-    Protocol, QueueRefusal, SharedMetagraph,
+    Miner, MinerConfig, MinerError, Outcome, Pipeline, PromptRequest, Protocol, QueueRefusal,
 };
 use tokio::task::JoinHandle;
 
@@ -55,17 +57,6 @@ fn pipeline(max_queue: usize) -> Pipeline {
 
 /// Like [`pipeline`], with the backend `miner`.
 fn pipeline_with(max_queue: usize, miner: Arc<dyn Miner>) -> Pipeline {
-    let neurons = [("low", 1.0), ("high", 100.0)]
-        .into_iter()
-        .enumerate()
-        .map(|(uid, (hotkey, stake))| NeuronInfo {
-            uid: uid as u16,
-            hotkey: hotkey.into(),
-            stake,
-            validator_permit: true,
-            ..NeuronInfo::default()
-        })
-        .collect();
     let config = MinerConfig {
         max_concurrent: 1,
         max_queue,
@@ -82,21 +73,10 @@ fn pipeline_with(max_queue: usize, miner: Arc<dyn Miner>) -> Pipeline {
     };
     Pipeline::new(
         config,
-        Arc::new(SharedMetagraph::new(Metagraph::new(1, 100, neurons))),
+        support::validators(&[("low", 1.0), ("high", 100.0)]),
         miner,
     )
     .expect("valid config")
-}
-
-/// A request by `caller` whose answer takes `work`, with `timeout`.
-fn request(caller: &str, work: Duration, timeout: Duration) -> PromptRequest {
-    PromptRequest::new(
-        vec!["user".into()],
-        vec![work.as_millis().to_string()],
-        caller,
-        Protocol::Legacy,
-        timeout,
-    )
 }
 
 type Answer = JoinHandle<Result<String, MinerError>>;

@@ -3,6 +3,9 @@
 //! whose caller is answered `MinerError::Preempted`. In paused (simulated) time; the backend
 //! sleeps as long as each request asks and counts the calls dropped before their end.
 
+mod support;
+use support::request;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,8 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use prompting_miner::{
-    Metagraph, Miner, MinerConfig, MinerError, NeuronInfo, Outcome, Pipeline, PromptRequest,
-    Protocol, SharedMetagraph, TextStream,
+    Miner, MinerConfig, MinerError, Outcome, Pipeline, PromptRequest, TextStream,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -79,17 +81,6 @@ impl Miner for Sleeper {
 /// `workers` slots; callers `low` (1 α), `mid` (40 α), `high` (100 α), each warmed up so
 /// that its requests rank by its stake.
 async fn pipeline(workers: usize, edit: impl FnOnce(&mut MinerConfig)) -> (Pipeline, Arc<Sleeper>) {
-    let neurons = [("low", 1.0), ("mid", 40.0), ("high", 100.0)]
-        .into_iter()
-        .enumerate()
-        .map(|(uid, (hotkey, stake))| NeuronInfo {
-            uid: uid as u16,
-            hotkey: hotkey.into(),
-            stake,
-            validator_permit: true,
-            ..NeuronInfo::default()
-        })
-        .collect();
     let mut config = MinerConfig {
         max_concurrent: workers,
         blacklist: prompting_miner::BlacklistConfig {
@@ -102,7 +93,7 @@ async fn pipeline(workers: usize, edit: impl FnOnce(&mut MinerConfig)) -> (Pipel
     let miner = Arc::new(Sleeper::default());
     let pipeline = Pipeline::new(
         config,
-        Arc::new(SharedMetagraph::new(Metagraph::new(1, 100, neurons))),
+        support::validators(&[("low", 1.0), ("mid", 40.0), ("high", 100.0)]),
         Arc::clone(&miner) as Arc<dyn Miner>,
     )
     .expect("valid config");
@@ -113,16 +104,6 @@ async fn pipeline(workers: usize, edit: impl FnOnce(&mut MinerConfig)) -> (Pipel
         assert!(answer.is_ok(), "warm-up: {answer:?}");
     }
     (pipeline, miner)
-}
-
-fn request(caller: &str, work: Duration, timeout: Duration) -> PromptRequest {
-    PromptRequest::new(
-        vec!["user".into()],
-        vec![work.as_millis().to_string()],
-        caller,
-        Protocol::Legacy,
-        timeout,
-    )
 }
 
 type Answer = JoinHandle<(Result<String, MinerError>, Duration)>;
