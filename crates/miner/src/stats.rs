@@ -189,7 +189,8 @@ pub struct PipelineStats {
     pub queue_refusals: BTreeMap<QueueRefusal, u64>,
     /// How long the requests granted a worker waited in the queue.
     pub queue_wait: QueueWait,
-    /// Running requests preempted by a higher-priority waiter (`--miner.priority.preempt`).
+    /// Running requests preempted by a higher-priority waiter (`--miner.priority.preempt`);
+    /// preemptions called off before their victim acted on them do not count.
     pub preemptions: u64,
 }
 
