@@ -96,7 +96,6 @@ impl RunningSet {
     }
 
     /// Preemptions called off so far.
-    #[cfg(test)]
     pub(crate) fn called_off(&self) -> u64 {
         self.called_off
     }

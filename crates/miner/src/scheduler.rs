@@ -251,6 +251,11 @@ impl Scheduler {
         self.state.lock().running.preemptions()
     }
 
+    /// How many preemptions were called off so far.
+    pub fn preemptions_called_off(&self) -> u64 {
+        self.state.lock().running.called_off()
+    }
+
     /// How many slot holds the service-time estimate is taken from.
     pub fn service_samples(&self) -> usize {
         self.state.lock().service.len()

@@ -336,6 +336,7 @@ async fn a_slot_freed_while_a_preemption_is_in_flight_calls_it_off() {
     miner.open("a");
     assert_eq!(low.await.expect("joined"), Ok("answer".into()));
     assert_eq!(p.stats().preemptions, 0);
+    assert_eq!(p.stats().preemptions_called_off, 1);
     assert_eq!(p.stats().outcomes[&Outcome::Preempted], 0);
     assert_eq!(miner.dropped.load(Ordering::SeqCst), 0);
 }
@@ -357,5 +358,6 @@ async fn a_preemption_acted_on_stands() {
     miner.open("b");
     assert_eq!(mid.await.expect("joined"), Ok("answer".into()));
     assert_eq!(p.stats().preemptions, 1);
+    assert_eq!(p.stats().preemptions_called_off, 0);
     assert_eq!(miner.dropped.load(Ordering::SeqCst), 1);
 }

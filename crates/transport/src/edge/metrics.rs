@@ -370,6 +370,12 @@ fn render_admission(out: &mut String, stats: &PipelineStats) {
          prompting_queue_preemptions_total {}\n",
         stats.preemptions
     ));
+    out.push_str(&format!(
+        "# HELP prompting_queue_preemptions_called_off Preemptions called off before their victim acted on them: the waiter they were for left the queue first (a slot freed naturally and went to it, or it gave up); the victim ran on.\n\
+         # TYPE prompting_queue_preemptions_called_off counter\n\
+         prompting_queue_preemptions_called_off_total {}\n",
+        stats.preemptions_called_off
+    ));
     let wait = &stats.queue_wait;
     out.push_str("# HELP prompting_queue_wait_seconds Time the requests granted a worker waited for it in the priority queue.\n# TYPE prompting_queue_wait_seconds histogram\n");
     for (le, count) in &wait.buckets {
@@ -629,6 +635,10 @@ mod tests {
         );
         assert_eq!(
             sample(&text, "prompting_queue_preemptions_total"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_queue_preemptions_called_off_total"),
             Some(0.0)
         );
 
