@@ -31,7 +31,7 @@ impl MetricKind {
 pub struct MetricSample {
     /// Label names and values; empty for a family of one unlabelled value.
     pub labels: Vec<(&'static str, String)>,
-    /// The value read now.
+    /// The value read now (a counter's: finite and never below an earlier reading).
     pub value: f64,
 }
 

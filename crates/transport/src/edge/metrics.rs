@@ -314,9 +314,10 @@ fn render_backend(out: &mut String, families: &[BackendMetric]) {
     }
 }
 
-/// A help text with backslashes and line breaks escaped.
+/// A help text with backslashes, double quotes and line breaks escaped (OpenMetrics, the
+/// format `/metrics` is served in, allows no bare `"` there).
 fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
+    escape_label_value(help)
 }
 
 /// A label value with backslashes, double quotes and line breaks escaped.
@@ -735,7 +736,7 @@ mod tests {
                 BackendMetric::counter("prompting_test_passes", "Passes run.", 12.0),
                 BackendMetric::gauge(
                     "prompting_test_running",
-                    "Running now.\nSecond line, back\\slash.",
+                    "Running \"now\".\nSecond line, back\\slash.",
                     3.0,
                 ),
                 BackendMetric::labelled(
@@ -830,7 +831,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "# HELP prompting_test_running Running now.\\nSecond line, back\\\\slash.\n\
+                "# HELP prompting_test_running Running \\\"now\\\".\\nSecond line, back\\\\slash.\n\
                  # TYPE prompting_test_running gauge\n\
                  prompting_test_running 3\n"
             ),
