@@ -1,10 +1,11 @@
 //! [`BtlmMiner`]: the [`Miner`] implementation, and loading the model from [`BtlmArgs`].
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use prompting_miner::{Miner, MinerError, PromptRequest, TextStream};
+use prompting_miner::{BackendMetric, MetricKind, Miner, MinerError, PromptRequest, TextStream};
 use tokio::time::Instant;
 
 use crate::args::{BtlmArgs, parse_device};
@@ -183,6 +184,117 @@ impl BtlmMiner {
     }
 }
 
+/// The engine's counters and gauges as `/metrics` families (`prompting_btlm_...`), read now.
+pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+    let stats = engine.stats();
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+    let gauge = |g: &AtomicUsize| g.load(Ordering::Acquire) as f64;
+    let seconds = |nanos: &AtomicU64| nanos.load(Ordering::Relaxed) as f64 * 1e-9;
+    let config = engine.config();
+    vec![
+        BackendMetric::labelled(
+            "prompting_btlm_requests",
+            "Requests the BTLM engine ended, by outcome (rejected: refused at submission, queue full or too large for the cache budget).",
+            MetricKind::Counter,
+            "outcome",
+            [
+                ("completed", count(&stats.completed)),
+                ("cancelled", count(&stats.cancelled)),
+                ("timed_out", count(&stats.timed_out)),
+                ("failed", count(&stats.failed)),
+                ("rejected", count(&stats.rejected)),
+            ]
+            .map(|(outcome, value)| (outcome.to_string(), value)),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_admitted",
+            "Requests the BTLM engine admitted into its batch.",
+            count(&stats.admitted),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_admission_wait_seconds",
+            "Time the admitted requests waited in the engine for a batch slot and cache room, summed.",
+            seconds(&stats.queue_nanos),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_generated_tokens",
+            "Tokens the BTLM engine generated.",
+            count(&stats.tokens),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_steps",
+            "Engine steps run (each advances every running sequence).",
+            count(&stats.steps),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_passes",
+            "Model passes run (one per step when prompt pieces ride with the decode rows).",
+            count(&stats.passes),
+        ),
+        BackendMetric::labelled(
+            "prompting_btlm_rows",
+            "Token rows the model ran, by kind (decode: one per decoding sequence and step; prompt: prompt tokens).",
+            MetricKind::Counter,
+            "kind",
+            [
+                ("decode".to_string(), count(&stats.decode_rows)),
+                ("prompt".to_string(), count(&stats.prompt_rows)),
+            ],
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_step_seconds",
+            "Time spent in engine steps (model passes, sampling, detokenizing, sending text).",
+            seconds(&stats.step_nanos),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_model_seconds",
+            "Time of the steps spent in model passes.",
+            seconds(&stats.model_nanos),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_prompt_pass_seconds",
+            "Time of the model passes that held prompt rows (passes shared with decode rows included).",
+            seconds(&stats.prompt_pass_nanos),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_last_step_seconds",
+            "How long the engine's last step took.",
+            stats.last_step_micros.load(Ordering::Relaxed) as f64 * 1e-6,
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_running_sequences",
+            "Sequences in the engine's batch now.",
+            gauge(&stats.running),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_peak_running_sequences",
+            "The most sequences one step ran.",
+            gauge(&stats.peak_batch),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_max_batch",
+            "Batch slots of the engine (--btlm.max_batch).",
+            config.max_batch as f64,
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_waiting_requests",
+            "Requests waiting in the engine for a batch slot or cache room now.",
+            gauge(&stats.waiting),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_kv_reserved_bytes",
+            "Key/value cache bytes the running sequences reserved.",
+            gauge(&stats.kv_reserved_bytes),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_kv_budget_bytes",
+            "Key/value cache bytes the running sequences may reserve together.",
+            config.kv_cache_bytes as f64,
+        ),
+    ]
+}
+
 fn timeout(started: Instant) -> MinerError {
     MinerError::Timeout(started.elapsed().as_secs_f64())
 }
@@ -195,6 +307,10 @@ impl Miner for BtlmMiner {
 
     fn capacity(&self) -> Option<usize> {
         Some(self.engine.config().max_batch)
+    }
+
+    fn metrics(&self) -> Vec<BackendMetric> {
+        engine_metrics(&self.engine)
     }
 
     async fn prompt(&self, request: &PromptRequest) -> std::result::Result<String, MinerError> {

@@ -46,6 +46,7 @@
 //! See `docs/pipeline.md` for the policies, their order, reason strings and flags.
 
 pub mod admission;
+pub mod backend_metrics;
 pub mod blacklist;
 mod bounded_stream;
 pub mod config;
@@ -68,6 +69,7 @@ pub mod traits;
 /// The subnet snapshots the policies read (the `prompting-metagraph` crate, re-exported).
 pub use prompting_metagraph as metagraph;
 
+pub use backend_metrics::{BackendMetric, MetricKind, MetricSample};
 pub use blacklist::{Refusal, RefusalKind};
 pub use config::{AdmissionConfig, BlacklistConfig, ConfigError, MinerConfig, PriorityConfig};
 pub use dev_metagraph::DevMetagraph;

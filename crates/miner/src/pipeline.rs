@@ -277,6 +277,7 @@ impl Pipeline {
             queue_refusals: self.inner.counters.queue_refusals(),
             queue_wait: self.inner.counters.queue_wait(),
             preemptions: self.inner.scheduler.preemptions(),
+            preemptions_called_off: self.inner.scheduler.preemptions_called_off(),
         }
     }
 

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::preemption::RunningSet;
+use crate::preemption::{RunningSet, Signal};
 use crate::service_time::ServiceTimes;
 
 /// Why no slot was given.
@@ -102,14 +102,14 @@ enum Verdict {
 #[derive(Debug)]
 struct Grant {
     id: u64,
-    preempted: oneshot::Receiver<()>,
+    signal: Arc<Signal>,
 }
 
 /// A queue position: higher priority first, then arrival order.
 #[derive(Debug, Clone, Copy)]
-struct Rank {
-    priority: f64,
-    seq: u64,
+pub(crate) struct Rank {
+    pub(crate) priority: f64,
+    pub(crate) seq: u64,
 }
 
 impl Ord for Rank {
@@ -154,12 +154,21 @@ struct State {
 }
 
 impl State {
-    /// Keeps `backlog_since` in step with the queue; call after every change to it.
+    /// Keeps `backlog_since` and the preemptions in flight in step with the queue (those
+    /// for a waiter that left it are called off); call after every change to it.
     fn note_backlog(&mut self, now: Instant) {
         if self.waiting.is_empty() {
             self.backlog_since = None;
         } else if self.backlog_since.is_none() {
             self.backlog_since = Some(now);
+        }
+        let waiting = &self.waiting;
+        let called_off = self.running.call_off(|rank| waiting.contains_key(rank));
+        if called_off > 0 {
+            tracing::debug!(
+                called_off,
+                "preemption called off: its waiter left the queue first"
+            );
         }
     }
 
@@ -240,6 +249,11 @@ impl Scheduler {
     /// How many running requests were preempted so far.
     pub fn preemptions(&self) -> u64 {
         self.state.lock().running.preemptions()
+    }
+
+    /// How many preemptions were called off so far.
+    pub fn preemptions_called_off(&self) -> u64 {
+        self.state.lock().running.called_off()
     }
 
     /// How many slot holds the service-time estimate is taken from.
@@ -366,17 +380,18 @@ impl Scheduler {
             granted: Instant::now(),
             sample: Sample::None,
             id: grant.id,
-            preempt: Some(grant.preempted),
+            signal: grant.signal,
             preempted: false,
         }
     }
 
-    /// A new grant for its holder, and the sender that preempts it (recorded in
-    /// `state.running` once the grant is delivered).
-    fn grant(state: &mut State) -> (Grant, oneshot::Sender<()>) {
-        let id = state.running.next_id();
-        let (notify, preempted) = oneshot::channel();
-        (Grant { id, preempted }, notify)
+    /// A new grant for its holder (recorded in `state.running` with its signal once
+    /// delivered).
+    fn grant(state: &mut State) -> Grant {
+        Grant {
+            id: state.running.next_id(),
+            signal: Arc::default(),
+        }
     }
 
     /// Whether a waiter of `priority` would get a slot by preemption now.
@@ -388,7 +403,8 @@ impl Scheduler {
 
     /// With every slot busy, preempts the lowest-priority running requests for the
     /// best-ranked waiters that outrank them by more than the margin and can still finish
-    /// in time, one each (waiters already covered by a pending preemption are skipped).
+    /// in time, one each. Waiters a signalled preemption is for are skipped, and as many
+    /// of the best as there are acknowledged preemptions (those slots come back to them).
     fn preempt(&self, state: &mut State, now: Instant) {
         let Some(margin) = self.policy.preempt else {
             return;
@@ -397,20 +413,28 @@ impl Scheduler {
             return;
         }
         let need = self.need(state);
-        let covered = state.running.pending();
-        let candidates: Vec<(f64, Duration)> = state
+        let coming_back = state.running.acknowledged();
+        let candidates: Vec<Rank> = state
             .waiting
-            .values()
-            .map(|w| (w.priority, w.deadline.saturating_duration_since(now)))
-            .filter(|(_, left)| !left.is_zero() && need.is_none_or(|need| *left > need))
-            .skip(covered)
+            .iter()
+            .filter(|(rank, _)| !state.running.covers(rank))
+            .filter(|(_, w)| {
+                let left = w.deadline.saturating_duration_since(now);
+                !left.is_zero() && need.is_none_or(|need| left > need)
+            })
+            .map(|(rank, _)| *rank)
+            .skip(coming_back)
             .collect();
-        for (priority, _) in candidates {
-            let Some(victim) = state.running.victim(priority, margin) else {
+        for rank in candidates {
+            let Some(victim) = state.running.victim(rank.priority, margin) else {
                 break;
             };
-            if state.running.preempt(victim) {
-                tracing::debug!(priority, victim, "preempting a lower-priority request");
+            if state.running.preempt(victim, rank) {
+                tracing::debug!(
+                    priority = rank.priority,
+                    victim,
+                    "preempting a lower-priority request"
+                );
             }
         }
     }
@@ -425,8 +449,10 @@ impl Scheduler {
         let mut state = self.state.lock();
         self.dispatch(&mut state, now);
         if state.running.len() < self.workers && state.waiting.is_empty() {
-            let (grant, notify) = Self::grant(&mut state);
-            state.running.insert(grant.id, priority, notify);
+            let grant = Self::grant(&mut state);
+            state
+                .running
+                .insert(grant.id, priority, Arc::clone(&grant.signal));
             return Enqueued::Granted(grant);
         }
         let lifo = self.lifo(&state, now);
@@ -507,10 +533,10 @@ impl Scheduler {
             } else if let Some(need) = need.filter(|need| left <= *need) {
                 let _ = waiter.notify.send(Verdict::CannotFinish { left, need });
             } else {
-                let (grant, notify) = Self::grant(state);
-                let id = grant.id;
+                let grant = Self::grant(state);
+                let (id, signal) = (grant.id, Arc::clone(&grant.signal));
                 if waiter.notify.send(Verdict::Granted(grant)).is_ok() {
-                    state.running.insert(id, waiter.priority, notify);
+                    state.running.insert(id, waiter.priority, signal);
                 }
             }
         }
@@ -637,8 +663,9 @@ pub struct Slot {
     granted: Instant,
     sample: Sample,
     id: u64,
-    /// Told when a better waiter preempts this slot; `None` once resolved.
-    preempt: Option<oneshot::Receiver<()>>,
+    /// Raised when a better waiter preempts this slot.
+    signal: Arc<Signal>,
+    /// Whether this holder acted on a preemption (final).
     preempted: bool,
 }
 
@@ -671,29 +698,25 @@ impl Slot {
 
 impl Slot {
     /// Ready once a higher-priority waiter preempted this slot (see
-    /// [`crate::preemption`]); pending otherwise, for as long as the slot is held. The
-    /// holder should then stop its work and drop the slot.
+    /// [`crate::preemption`]); pending otherwise, for as long as the slot is held. Ready
+    /// means the preemption stands (it can no longer be called off): the holder must then
+    /// stop its work and drop the slot.
     pub fn poll_preempted(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        use std::future::Future;
         use std::task::Poll;
         if self.preempted {
             return Poll::Ready(());
         }
-        let Some(receiver) = self.preempt.as_mut() else {
+        self.signal.register(cx.waker());
+        if !self.signal.raised() {
             return Poll::Pending;
-        };
-        match std::pin::Pin::new(receiver).poll(cx) {
-            Poll::Ready(Ok(())) => {
-                self.preempt = None;
-                self.preempted = true;
-                Poll::Ready(())
-            }
-            Poll::Ready(Err(_)) => {
-                // Never preempted (the scheduler forgot the slot): stay pending.
-                self.preempt = None;
-                Poll::Pending
-            }
-            Poll::Pending => Poll::Pending,
+        }
+        // Raised: act on it, unless the scheduler called it off meanwhile (then the signal
+        // is lowered and the waker stays registered for a later preemption).
+        if self.scheduler.state.lock().running.acknowledge(self.id) {
+            self.preempted = true;
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -1183,5 +1206,73 @@ mod tests {
             rx.try_recv().expect("left").err(),
             Some(Rejection::CannotFinishWhileWaiting { need, .. }) if need == 6 * SECOND
         ));
+    }
+
+    /// Whether `slot` acts on a preemption now (polled once, outside any task).
+    fn is_preempted(slot: &mut Slot) -> bool {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        slot.poll_preempted(&mut cx).is_ready()
+    }
+
+    /// Two slots held, at priorities 1 (`low`) and 10 (`mid`), preemption on.
+    async fn two_busy_slots() -> (Arc<Scheduler>, Slot, Slot) {
+        let policy = Policy {
+            preempt: Some(0.0),
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(2, 4, policy);
+        let low = s.acquire(1.0, far()).await.expect("a free slot");
+        let mid = s.acquire(10.0, far()).await.expect("a free slot");
+        (s, low, mid)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_before_the_victim_acts_calls_its_preemption_off() {
+        let (s, mut low, mid) = two_busy_slots().await;
+        let (_h, mut high) = spawn_acquire(&s, 100.0, far());
+        settle().await;
+        assert!(low.signal.raised(), "signalled for the waiter");
+        // "mid" ends first: its slot goes to the waiter, whose preemption is called off.
+        drop(mid);
+        settle().await;
+        let _served = high.try_recv().expect("granted").expect("a slot");
+        assert!(!low.signal.raised());
+        assert!(!is_preempted(&mut low), "low runs on");
+        let state = s.state.lock();
+        assert_eq!(
+            (state.running.preemptions(), state.running.called_off()),
+            (0, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_preemption_acted_on_stands_and_its_slot_goes_to_the_waiter() {
+        let (s, mut low, mid) = two_busy_slots().await;
+        let (_h, mut high) = spawn_acquire(&s, 100.0, far());
+        settle().await;
+        assert!(is_preempted(&mut low));
+        // Too late to call it off: the waiter takes the slot that frees first, and "low"'s
+        // goes to nobody (given back, free).
+        drop(mid);
+        settle().await;
+        let _served = high.try_recv().expect("granted").expect("a slot");
+        assert!(is_preempted(&mut low), "it stands");
+        drop(low);
+        assert_eq!(s.load().in_flight, 1);
+        assert_eq!(s.preemptions(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_leaves_calls_its_preemption_off() {
+        let (s, mut low, _mid) = two_busy_slots().await;
+        let (waiter, _high) = spawn_acquire(&s, 100.0, far());
+        settle().await;
+        assert!(low.signal.raised());
+        waiter.abort();
+        settle().await;
+        assert_eq!(s.load().queued, 0);
+        assert!(!is_preempted(&mut low), "nobody to take its slot");
+        assert_eq!(s.preemptions(), 0);
     }
 }

@@ -189,8 +189,12 @@ pub struct PipelineStats {
     pub queue_refusals: BTreeMap<QueueRefusal, u64>,
     /// How long the requests granted a worker waited in the queue.
     pub queue_wait: QueueWait,
-    /// Running requests preempted by a higher-priority waiter (`--miner.priority.preempt`).
+    /// Running requests preempted by a higher-priority waiter (`--miner.priority.preempt`);
+    /// preemptions called off before their victim acted on them do not count.
     pub preemptions: u64,
+    /// Preemptions called off before their victim acted on them: the waiter they were for
+    /// left the queue first (a slot freed naturally and went to it, or it gave up).
+    pub preemptions_called_off: u64,
 }
 
 /// The pipeline's counters, shared with in-flight requests.

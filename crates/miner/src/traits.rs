@@ -5,6 +5,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures::Stream;
 
+use crate::backend_metrics::BackendMetric;
 use crate::request::PromptRequest;
 
 /// A stream of completion text chunks, in order.
@@ -81,6 +82,13 @@ pub trait Miner: Send + Sync + 'static {
     /// request always takes the next free slot. `None` (the default): no limit of its own.
     fn capacity(&self) -> Option<usize> {
         None
+    }
+
+    /// The backend's own figures (e.g. a model engine's steps and batch gauges), read at
+    /// every scrape of `/metrics` and rendered after the pipeline's. Cheap: it runs on the
+    /// scrape's task. The default: none. See [`crate::backend_metrics`] for the naming.
+    fn metrics(&self) -> Vec<BackendMetric> {
+        Vec::new()
     }
 
     /// Answers the prompt with a full completion.

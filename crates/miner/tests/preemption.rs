@@ -78,9 +78,78 @@ impl Miner for Sleeper {
     }
 }
 
+/// Answers a request whose message names a gate once that gate lets it through (one
+/// permit per answer); any other message at once. Counts the calls dropped before their end.
+#[derive(Default)]
+struct Gated {
+    gates: std::collections::HashMap<&'static str, Arc<tokio::sync::Semaphore>>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Gated {
+    fn with_gates(names: &[&'static str]) -> Self {
+        Gated {
+            gates: names
+                .iter()
+                .map(|&name| (name, Arc::new(tokio::sync::Semaphore::new(0))))
+                .collect(),
+            dropped: Arc::default(),
+        }
+    }
+
+    fn open(&self, name: &str) {
+        self.gates[name].add_permits(1);
+    }
+}
+
+#[async_trait]
+impl Miner for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError> {
+        let gate = request
+            .messages
+            .first()
+            .and_then(|m| self.gates.get(m.as_str()));
+        if let Some(gate) = gate {
+            let mut witness = Witness(Arc::clone(&self.dropped), true);
+            gate.acquire()
+                .await
+                .map_err(|_| MinerError::Backend("gate closed".into()))?
+                .forget();
+            witness.1 = false;
+        }
+        Ok("answer".into())
+    }
+}
+
+/// A request by `caller` that waits for the gate `gate` of a [`Gated`] backend.
+fn gated(caller: &str, gate: &str) -> PromptRequest {
+    PromptRequest::new(
+        vec!["user".into()],
+        vec![gate.into()],
+        caller,
+        prompting_miner::Protocol::Legacy,
+        60 * SECOND,
+    )
+}
+
 /// `workers` slots; callers `low` (1 α), `mid` (40 α), `high` (100 α), each warmed up so
 /// that its requests rank by its stake.
 async fn pipeline(workers: usize, edit: impl FnOnce(&mut MinerConfig)) -> (Pipeline, Arc<Sleeper>) {
+    let miner = Arc::new(Sleeper::default());
+    let pipeline = pipeline_of(Arc::clone(&miner) as Arc<dyn Miner>, workers, edit).await;
+    (pipeline, miner)
+}
+
+/// Like [`pipeline`], on `miner`.
+async fn pipeline_of(
+    miner: Arc<dyn Miner>,
+    workers: usize,
+    edit: impl FnOnce(&mut MinerConfig),
+) -> Pipeline {
     let mut config = MinerConfig {
         max_concurrent: workers,
         blacklist: prompting_miner::BlacklistConfig {
@@ -90,11 +159,10 @@ async fn pipeline(workers: usize, edit: impl FnOnce(&mut MinerConfig)) -> (Pipel
         ..MinerConfig::default()
     };
     edit(&mut config);
-    let miner = Arc::new(Sleeper::default());
     let pipeline = Pipeline::new(
         config,
         support::validators(&[("low", 1.0), ("mid", 40.0), ("high", 100.0)]),
-        Arc::clone(&miner) as Arc<dyn Miner>,
+        miner,
     )
     .expect("valid config");
     for caller in ["low", "mid", "high"] {
@@ -103,7 +171,7 @@ async fn pipeline(workers: usize, edit: impl FnOnce(&mut MinerConfig)) -> (Pipel
             .await;
         assert!(answer.is_ok(), "warm-up: {answer:?}");
     }
-    (pipeline, miner)
+    pipeline
 }
 
 type Answer = JoinHandle<(Result<String, MinerError>, Duration)>;
@@ -236,4 +304,60 @@ async fn with_preemption_off_the_high_priority_request_waits() {
     assert!(took >= 5 * SECOND, "waited for the slot: {took:?}");
     assert_eq!(p.stats().preemptions, 0);
     assert_eq!(miner.dropped.load(Ordering::SeqCst), 0);
+}
+
+/// Sends `request` in the background, without waiting for it to reach the queue.
+fn spawn(pipeline: &Pipeline, request: PromptRequest) -> JoinHandle<Result<String, MinerError>> {
+    let pipeline = pipeline.clone();
+    tokio::spawn(async move { pipeline.prompt(request).await })
+}
+
+/// A slot that frees naturally while a preemption is in flight (signalled, not yet acted on
+/// by its victim) serves the waiter the preemption was for: the preemption is called off
+/// and its victim runs on, instead of being dropped for a slot nobody needs any more.
+#[tokio::test(start_paused = true)]
+async fn a_slot_freed_while_a_preemption_is_in_flight_calls_it_off() {
+    let miner = Arc::new(Gated::with_gates(&["a", "b"]));
+    let p = pipeline_of(Arc::clone(&miner) as Arc<dyn Miner>, 2, |_| {}).await;
+    let low = spawn(&p, gated("low", "a"));
+    settle().await;
+    let mid = spawn(&p, gated("mid", "b"));
+    settle().await;
+    assert_eq!(p.stats().in_flight, 2);
+    // In one go, before any task runs: "high" arrives (and preempts "low", the lowest), and
+    // "mid"'s answer is ready. "mid" gives its slot back (to "high") before "low" sees the
+    // preemption.
+    let high = spawn(&p, gated("high", "none"));
+    miner.open("b");
+    settle().await;
+    assert_eq!(mid.await.expect("joined"), Ok("answer".into()));
+    assert_eq!(high.await.expect("joined"), Ok("answer".into()));
+    assert_eq!(p.stats().in_flight, 1, "low still runs");
+    miner.open("a");
+    assert_eq!(low.await.expect("joined"), Ok("answer".into()));
+    assert_eq!(p.stats().preemptions, 0);
+    assert_eq!(p.stats().preemptions_called_off, 1);
+    assert_eq!(p.stats().outcomes[&Outcome::Preempted], 0);
+    assert_eq!(miner.dropped.load(Ordering::SeqCst), 0);
+}
+
+/// The race above the other way round: the victim acts on the preemption first; the slot
+/// that frees naturally afterwards goes to the next waiter as usual.
+#[tokio::test(start_paused = true)]
+async fn a_preemption_acted_on_stands() {
+    let miner = Arc::new(Gated::with_gates(&["a", "b"]));
+    let p = pipeline_of(Arc::clone(&miner) as Arc<dyn Miner>, 2, |_| {}).await;
+    let low = spawn(&p, gated("low", "a"));
+    settle().await;
+    let mid = spawn(&p, gated("mid", "b"));
+    settle().await;
+    let high = spawn(&p, gated("high", "none"));
+    settle().await;
+    assert_eq!(low.await.expect("joined"), Err(MinerError::Preempted));
+    assert_eq!(high.await.expect("joined"), Ok("answer".into()));
+    miner.open("b");
+    assert_eq!(mid.await.expect("joined"), Ok("answer".into()));
+    assert_eq!(p.stats().preemptions, 1);
+    assert_eq!(p.stats().preemptions_called_off, 0);
+    assert_eq!(miner.dropped.load(Ordering::SeqCst), 1);
 }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use prompting_miner::{Pipeline, PipelineStats};
+use prompting_miner::{BackendMetric, MetricKind, Pipeline, PipelineStats};
 use tower::{Layer, Service};
 
 use super::rejection::http_status_of_grpc;
@@ -269,8 +269,75 @@ impl Metrics {
                 ));
             }
         }
+        render_backend(&mut extra, &pipeline.miner().metrics());
         out.insert_str(eof, &extra);
         out
+    }
+}
+
+/// Appends the backend's own families ([`prompting_miner::Miner::metrics`]): a `# HELP` and
+/// `# TYPE` line each, then its samples (a counter's with `_total`), label values escaped.
+/// A family with an invalid name, or named like one rendered before it, is skipped.
+fn render_backend(out: &mut String, families: &[BackendMetric]) {
+    let mut seen = std::collections::HashSet::new();
+    for family in families {
+        if !family.is_valid() || !seen.insert(family.name) {
+            tracing::debug!(
+                name = family.name,
+                "backend metric skipped: invalid or repeated name"
+            );
+            continue;
+        }
+        let name = family.name;
+        out.push_str(&format!(
+            "# HELP {name} {}\n# TYPE {name} {}\n",
+            escape_help(family.help),
+            family.kind.as_str()
+        ));
+        let suffix = match family.kind {
+            MetricKind::Counter => "_total",
+            MetricKind::Gauge => "",
+        };
+        for sample in &family.samples {
+            out.push_str(name);
+            out.push_str(suffix);
+            if !sample.labels.is_empty() {
+                let labels: Vec<String> = sample
+                    .labels
+                    .iter()
+                    .map(|(label, value)| format!("{label}=\"{}\"", escape_label_value(value)))
+                    .collect();
+                out.push_str(&format!("{{{}}}", labels.join(",")));
+            }
+            out.push_str(&format!(" {}\n", number(sample.value)));
+        }
+    }
+}
+
+/// A help text with backslashes, double quotes and line breaks escaped (OpenMetrics, the
+/// format `/metrics` is served in, allows no bare `"` there).
+fn escape_help(help: &str) -> String {
+    escape_label_value(help)
+}
+
+/// A label value with backslashes, double quotes and line breaks escaped.
+fn escape_label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A sample value as the exposition format writes it (`+Inf`, `-Inf`, `NaN`).
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value == f64::INFINITY {
+        "+Inf".into()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        value.to_string()
     }
 }
 
@@ -303,6 +370,12 @@ fn render_admission(out: &mut String, stats: &PipelineStats) {
          # TYPE prompting_queue_preemptions counter\n\
          prompting_queue_preemptions_total {}\n",
         stats.preemptions
+    ));
+    out.push_str(&format!(
+        "# HELP prompting_queue_preemptions_called_off Preemptions called off before their victim acted on them: the waiter they were for left the queue first (a slot freed naturally and went to it, or it gave up); the victim ran on.\n\
+         # TYPE prompting_queue_preemptions_called_off counter\n\
+         prompting_queue_preemptions_called_off_total {}\n",
+        stats.preemptions_called_off
     ));
     let wait = &stats.queue_wait;
     out.push_str("# HELP prompting_queue_wait_seconds Time the requests granted a worker waited for it in the priority queue.\n# TYPE prompting_queue_wait_seconds histogram\n");
@@ -565,6 +638,10 @@ mod tests {
             sample(&text, "prompting_queue_preemptions_total"),
             Some(0.0)
         );
+        assert_eq!(
+            sample(&text, "prompting_queue_preemptions_called_off_total"),
+            Some(0.0)
+        );
 
         let busy = {
             let pipeline = pipeline.clone();
@@ -643,6 +720,151 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// A backend that reports metrics of its own, awkward ones included.
+    struct Reporting;
+
+    #[async_trait::async_trait]
+    impl prompting_miner::Miner for Reporting {
+        fn name(&self) -> &str {
+            "reporting"
+        }
+
+        fn metrics(&self) -> Vec<BackendMetric> {
+            vec![
+                BackendMetric::counter("prompting_test_passes", "Passes run.", 12.0),
+                BackendMetric::gauge(
+                    "prompting_test_running",
+                    "Running \"now\".\nSecond line, back\\slash.",
+                    3.0,
+                ),
+                BackendMetric::labelled(
+                    "prompting_test_rows",
+                    "Rows, by kind.",
+                    MetricKind::Counter,
+                    "kind",
+                    [
+                        ("decode".to_string(), 7.0),
+                        ("say \"hi\"\\\nnow".to_string(), 0.5),
+                    ],
+                ),
+                BackendMetric::gauge("prompting_test_odd", "Not finite.", f64::NAN),
+                BackendMetric::gauge("bad-name", "Skipped.", 1.0),
+                BackendMetric::gauge("prompting_test_passes", "A repeat, skipped.", 1.0),
+            ]
+        }
+
+        async fn prompt(
+            &self,
+            _: &prompting_miner::PromptRequest,
+        ) -> Result<String, prompting_miner::MinerError> {
+            Ok("answer".into())
+        }
+    }
+
+    /// Checks the exposition's shape: every sample's family was introduced by one `# HELP`
+    /// and one `# TYPE` line (the sample named as the family, with `_total` for a counter,
+    /// `_bucket`/`_sum`/`_count` for a histogram), each family once, `# EOF` last.
+    fn assert_well_formed(text: &str) {
+        let mut families: std::collections::HashMap<String, String> = Default::default();
+        let mut helped = std::collections::HashSet::new();
+        let mut current: Option<(String, String)> = None;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
+        for line in &lines[..lines.len() - 1] {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().expect("name");
+                assert!(helped.insert(name.to_string()), "HELP twice: {name}");
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split(' ');
+                let (name, kind) = (words.next().expect("name"), words.next().expect("type"));
+                assert!(helped.contains(name), "TYPE before HELP: {line}");
+                let old = families.insert(name.to_string(), kind.to_string());
+                assert!(old.is_none(), "family twice: {name}");
+                current = Some((name.to_string(), kind.to_string()));
+            } else if line.starts_with('#') {
+                panic!("unexpected comment: {line}");
+            } else {
+                let (series, value) = line.rsplit_once(' ').expect("a value");
+                assert!(
+                    value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+                    "value of {line}"
+                );
+                let metric = series.split('{').next().expect("name");
+                let (family, kind) = current.as_ref().expect("a family first");
+                let suffixes: &[&str] = match kind.as_str() {
+                    "counter" => &["_total", "_created"],
+                    "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                    _ => &[""],
+                };
+                assert!(
+                    suffixes.iter().any(|s| metric == format!("{family}{s}")),
+                    "{line} under {family} {kind}"
+                );
+                let labels = &series[metric.len()..];
+                assert!(
+                    labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn backend_metrics_are_rendered_escaped_and_well_formed() {
+        let pipeline = Pipeline::new(
+            prompting_miner::MinerConfig::default(),
+            Arc::new(prompting_miner::DevMetagraph::new()),
+            Arc::new(Reporting),
+        )
+        .expect("valid config");
+        let text = Metrics::new().render(&pipeline);
+        assert_well_formed(&text);
+        assert!(
+            text.contains(
+                "# HELP prompting_test_passes Passes run.\n\
+                 # TYPE prompting_test_passes counter\n\
+                 prompting_test_passes_total 12\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "# HELP prompting_test_running Running \\\"now\\\".\\nSecond line, back\\\\slash.\n\
+                 # TYPE prompting_test_running gauge\n\
+                 prompting_test_running 3\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "prompting_test_rows_total{kind=\"decode\"}"),
+            Some(7.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "prompting_test_rows_total{kind=\"say \\\"hi\\\"\\\\\\nnow\"}"
+            ),
+            Some(0.5),
+            "{text}"
+        );
+        assert!(text.contains("prompting_test_odd NaN\n"), "{text}");
+        assert!(!text.contains("bad-name"), "{text}");
+        assert!(!text.contains("A repeat"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn without_backend_metrics_the_exposition_is_well_formed_too() {
+        let pipeline = Pipeline::new(
+            prompting_miner::MinerConfig::default(),
+            Arc::new(prompting_miner::DevMetagraph::new()),
+            Arc::new(Gated(Arc::new(tokio::sync::Semaphore::new(0)))),
+        )
+        .expect("valid config");
+        let text = Metrics::new().render(&pipeline);
+        assert_well_formed(&text);
+        assert!(!text.contains("prompting_test_"), "{text}");
     }
 
     #[tokio::test]

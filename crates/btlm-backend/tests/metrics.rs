@@ -1,0 +1,135 @@
+//! The engine's figures on the axon's `/metrics`: a BTLM miner on the tiny checkpoint
+//! answers a request through the pipeline, and the text the axon serves
+//! (`Metrics::render`) shows its passes, rows, tokens and gauges.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
+use prompting_miner::{DevMetagraph, Miner, MinerConfig, Pipeline, PromptRequest, Protocol};
+use prompting_transport::edge::Metrics;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
+}
+
+/// The value of the sample named exactly `name` (labels included); `None` when absent.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.parse().ok()
+    })
+}
+
+/// The sample's value, which must be there.
+fn value(text: &str, name: &str) -> f64 {
+    sample(text, name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+#[tokio::test]
+async fn the_engines_figures_move_on_metrics_after_an_answer() {
+    let args = BtlmArgs {
+        model_dir: Some(fixture()),
+        max_length: 8,
+        max_batch: 2,
+        device: "cpu".into(),
+        ..BtlmArgs::default()
+    };
+    let miner = Arc::new(BtlmMiner::from_args(&args).expect("tiny miner"));
+    let pipeline = Pipeline::new(
+        MinerConfig::default(),
+        Arc::new(DevMetagraph::new()),
+        Arc::clone(&miner) as Arc<dyn Miner>,
+    )
+    .expect("pipeline");
+    let metrics = Metrics::new();
+
+    let before = metrics.render(&pipeline);
+    for (name, kind) in [
+        ("prompting_btlm_passes", "counter"),
+        ("prompting_btlm_rows", "counter"),
+        ("prompting_btlm_step_seconds", "counter"),
+        ("prompting_btlm_requests", "counter"),
+        ("prompting_btlm_running_sequences", "gauge"),
+        ("prompting_btlm_kv_reserved_bytes", "gauge"),
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} {kind} in:\n{before}"
+        );
+    }
+    assert_eq!(value(&before, "prompting_btlm_passes_total"), 0.0);
+    assert_eq!(
+        value(&before, "prompting_btlm_rows_total{kind=\"decode\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(&before, "prompting_btlm_rows_total{kind=\"prompt\"}"),
+        0.0
+    );
+    assert_eq!(value(&before, "prompting_btlm_max_batch"), 2.0);
+
+    let request = PromptRequest::new(
+        vec!["user".into()],
+        vec!["Write one sentence about the sea.".into()],
+        "5Caller",
+        Protocol::Legacy,
+        Duration::from_secs(60),
+    );
+    let prompt_tokens = miner
+        .engine()
+        .tokenizer()
+        .encode(&miner.prompt_text(&request))
+        .expect("encode")
+        .len() as f64;
+    let answer = pipeline.prompt(request).await;
+    assert!(answer.is_ok(), "{answer:?}");
+
+    let after = metrics.render(&pipeline);
+    let passes = value(&after, "prompting_btlm_passes_total");
+    let steps = value(&after, "prompting_btlm_steps_total");
+    let decode = value(&after, "prompting_btlm_rows_total{kind=\"decode\"}");
+    let tokens = value(&after, "prompting_btlm_generated_tokens_total");
+    assert!(
+        passes >= steps && steps > 0.0,
+        "passes {passes}, steps {steps}"
+    );
+    assert_eq!(
+        value(&after, "prompting_btlm_rows_total{kind=\"prompt\"}"),
+        prompt_tokens,
+        "every prompt token ran once"
+    );
+    // The first new token comes from the prompt's pass, each later one from a decode row.
+    assert!((1.0..=8.0).contains(&tokens), "{tokens} tokens");
+    assert!(
+        decode >= tokens - 1.0,
+        "decode rows {decode}, tokens {tokens}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "prompting_btlm_requests_total{outcome=\"completed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "prompting_btlm_admitted_total"), 1.0);
+    assert!(value(&after, "prompting_btlm_step_seconds_total") > 0.0);
+    assert!(
+        value(&after, "prompting_btlm_model_seconds_total")
+            <= value(&after, "prompting_btlm_step_seconds_total")
+    );
+    // The answer is out: its batch slot and cache room are free again.
+    assert_eq!(value(&after, "prompting_btlm_running_sequences"), 0.0);
+    assert_eq!(value(&after, "prompting_btlm_kv_reserved_bytes"), 0.0);
+    assert_eq!(value(&after, "prompting_btlm_peak_running_sequences"), 1.0);
+    // The pipeline's own figures are still there, and the exposition still ends right.
+    assert_eq!(
+        value(
+            &after,
+            "prompting_pipeline_outcomes_total{outcome=\"served\"}"
+        ),
+        1.0
+    );
+    assert!(after.ends_with("# EOF\n"), "{after}");
+}
