@@ -21,10 +21,8 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use super::OutPtr;
-use super::acts::Acts;
+use super::acts::{Acts, ForEach};
 use super::format::TILE;
 use super::pack::PackedMatrix;
 
@@ -52,8 +50,8 @@ pub fn takes(format: super::WeightFormat) -> bool {
     format == super::WeightFormat::Bf16
 }
 
-/// `y = acts · Wᵀ (+ bias)` for the `rows` rows of `acts`, in tasks of whole tile groups on
-/// rayon's pool.
+/// `y = acts · Wᵀ (+ bias)` for the `rows` rows of `acts`, in tasks of whole tile groups run
+/// by `for_each` (see [`super::acts::ForEach`]: rayon's pool or a step's team).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI and AVX512-BF16; `w` must hold bf16 weights
@@ -65,6 +63,7 @@ pub unsafe fn matmul(
     rows: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    for_each: &ForEach<'_>,
 ) {
     let Acts::Bf16 { x } = acts else {
         unreachable!("the wide kernels take bf16 weights and their activations");
@@ -85,33 +84,33 @@ pub unsafe fn matmul(
             // SAFETY: this task alone writes the columns of its tiles (`for_groups`).
             unsafe { store(acc, rows, t0, g, w.n_out(), out, bias) };
         },
+        for_each,
     );
 }
 
 /// Runs `body(state, acc, t0, g)` for every group of `g <= BF16_TILES` tiles `t0..t0 + g`
-/// of a matrix of `tiles` tiles, in tasks of whole groups on rayon's pool: each task makes
-/// its `state` with `init` (e.g. a scratch buffer) and a buffer `acc` of `rows ×
+/// of a matrix of `tiles` tiles, in tasks of whole groups run by `for_each`: each task
+/// makes its `state` with `init` (e.g. a scratch buffer) and a buffer `acc` of `rows ×
 /// BF16_ACC_ROW` partial sums. Tasks take disjoint tiles.
 pub(super) fn for_groups<S>(
     tiles: usize,
     rows: usize,
     init: impl Fn() -> S + Sync,
     body: impl Fn(&mut S, &mut [f32], usize, usize) + Sync,
+    for_each: &ForEach<'_>,
 ) {
     let per_task = super::many_rows_tiles_per_task(tiles).next_multiple_of(BF16_TILES);
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let mut state = init();
-            let mut acc = vec![0f32; rows * BF16_ACC_ROW];
-            let end = ((task + 1) * per_task).min(tiles);
-            let mut t = task * per_task;
-            while t < end {
-                let g = (end - t).min(BF16_TILES);
-                body(&mut state, &mut acc, t, g);
-                t += g;
-            }
-        });
+    for_each(tiles.div_ceil(per_task), &|task| {
+        let mut state = init();
+        let mut acc = vec![0f32; rows * BF16_ACC_ROW];
+        let end = ((task + 1) * per_task).min(tiles);
+        let mut t = task * per_task;
+        while t < end {
+            let g = (end - t).min(BF16_TILES);
+            body(&mut state, &mut acc, t, g);
+            t += g;
+        }
+    });
 }
 
 /// Where [`group`] reads a group's bf16 weights from, chunk by chunk: every tile as pairs
