@@ -71,6 +71,51 @@ impl LayerNorm {
         Ok(())
     }
 
+    /// [`Self::rows_into`] on `team`, in tasks of [`ROWS_PER_TASK`] rows (a few rows, as in
+    /// decode, on this thread): `h ← h + y` first when `add` is `Some(y)` (the residual sum,
+    /// as [`add_into`]), then `out ← norm(h)`.
+    pub(crate) fn rows_on(
+        &self,
+        h: &mut [f32],
+        add: Option<&[f32]>,
+        out: &mut [f32],
+        team: &Team<'_>,
+    ) -> candle_core::Result<()> {
+        let Some(host) = &self.host else {
+            candle_core::bail!("layer norm of f32 rows needs f32 CPU weights");
+        };
+        let (weight, bias) = (&host.0, &host.1);
+        let n = weight.len();
+        if n == 0
+            || h.len() != out.len()
+            || !h.len().is_multiple_of(n)
+            || add.is_some_and(|y| y.len() != h.len())
+        {
+            candle_core::bail!(
+                "layer norm of {n} values applied to {} values into {}",
+                h.len(),
+                out.len()
+            );
+        }
+        let chunk = ROWS_PER_TASK * n;
+        let tasks: Vec<Mutex<(&mut [f32], &mut [f32])>> = h
+            .chunks_mut(chunk)
+            .zip(out.chunks_mut(chunk))
+            .map(Mutex::new)
+            .collect();
+        team.for_each(tasks.len(), &|i| {
+            let mut task = tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+            let (h, out) = &mut *task;
+            if let Some(y) = add {
+                add_into(h, &y[i * chunk..][..h.len()]);
+            }
+            for (src, dst) in h.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+                layer_norm_row(src, weight, bias, self.eps, dst);
+            }
+        });
+        Ok(())
+    }
+
     /// Normalises each row of `x`. f32 rows on the CPU are normalised on this thread (the
     /// arithmetic of candle's `layer_norm`, which forks rayon's pool for more than one row).
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -252,6 +297,20 @@ fn add_into(h: &mut [f32], y: &[f32]) {
     }
 }
 
+/// Rows per task of the row-wise work of a step on its team (layer norms, residual sums).
+const ROWS_PER_TASK: usize = 4;
+
+/// [`add_into`] for rows of `n` values on `team`, in tasks of [`ROWS_PER_TASK`] rows.
+fn add_on(h: &mut [f32], y: &[f32], n: usize, team: &Team<'_>) {
+    let chunk = ROWS_PER_TASK * n.max(1);
+    let tasks: Vec<Mutex<&mut [f32]>> = h.chunks_mut(chunk).map(Mutex::new).collect();
+    team.for_each(tasks.len(), &|i| {
+        let mut h = tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+        let len = h.len();
+        add_into(&mut h, &y[i * chunk..][..len]);
+    });
+}
+
 /// One transformer block.
 #[derive(Debug, Clone)]
 pub(crate) struct Block {
@@ -318,14 +377,14 @@ impl Block {
         let (x, y) = (&mut ws.x[..n], &mut ws.y[..n]);
         let qkv = &mut ws.qkv[..3 * n];
         let att = &mut ws.att[..n];
-        self.ln_1.rows_into(h, x)?;
+        self.ln_1.rows_on(h, None, x, team)?;
         self.attn.forward_rows(x, rows, parts, team, qkv, att, y)?;
-        add_into(h, y);
-        self.ln_2.rows_into(h, x)?;
+        // The residual sum and the second layer norm in one section of the team.
+        self.ln_2.rows_on(h, Some(y), x, team)?;
         let m = rows * ws.inner;
         let (up, gate) = (&mut ws.up[..m], &mut ws.gate[..m]);
         self.mlp.forward_rows(x, rows, team, up, gate, y)?;
-        add_into(h, y);
+        add_on(h, y, ws.e, team);
         Ok(())
     }
 }
@@ -355,6 +414,47 @@ mod tests {
         }
         let other = values(0.5).narrow(1, 0, 5).expect("narrow");
         assert!(team::run(2, |t| swiglu_on(&up, &other, t)).is_err());
+    }
+
+    #[test]
+    fn layer_norm_and_residual_sum_on_a_team_equal_them_on_one_thread() {
+        let n = 300;
+        let rows = 2 * ROWS_PER_TASK + 1;
+        let h: Vec<f32> = (0..rows * n)
+            .map(|i| (i as f32 * 0.31).sin() * 2.0)
+            .collect();
+        let y: Vec<f32> = (0..rows * n)
+            .map(|i| (i as f32 * 0.17).cos() + 0.5)
+            .collect();
+        let w = Tensor::from_vec(
+            (0..n).map(|i| 1.0 - i as f32 / n as f32).collect(),
+            n,
+            &Device::Cpu,
+        )
+        .expect("w");
+        let b = Tensor::from_vec((0..n).map(|i| i as f32 * 0.02).collect(), n, &Device::Cpu)
+            .expect("b");
+        let ln = LayerNorm::new(w, b, 1e-5).expect("layer norm");
+        let mut want_h = h.clone();
+        add_into(&mut want_h, &y);
+        let mut want = vec![0f32; rows * n];
+        ln.rows_into(&want_h, &mut want).expect("rows");
+        let mut plain = vec![0f32; rows * n];
+        ln.rows_into(&h, &mut plain).expect("rows");
+        for threads in [1, 2, 3] {
+            team::run(threads, |t| {
+                let (mut hh, mut out) = (h.clone(), vec![f32::NAN; rows * n]);
+                ln.rows_on(&mut hh, None, &mut out, t).expect("norm");
+                assert_eq!((&hh, &out), (&h, &plain), "{threads} threads");
+                ln.rows_on(&mut hh, Some(&y), &mut out, t)
+                    .expect("add and norm");
+                assert_eq!((&hh, &out), (&want_h, &want), "{threads} threads");
+                let mut hh = h.clone();
+                add_on(&mut hh, &y, n, t);
+                assert_eq!(hh, want_h, "{threads} threads");
+                assert!(ln.rows_on(&mut hh, Some(&y[1..]), &mut out, t).is_err());
+            });
+        }
     }
 
     #[test]

@@ -40,6 +40,13 @@ impl Packed {
         self.path
             .many_rows_with(self.matrix.format(), self.prefill, rows)
     }
+
+    /// The padded inputs of the bf16 activations of a product of `rows` rows on the wide
+    /// kernels (see [`KernelPath::wide_k_pad`]), `None` if it runs other kernels.
+    fn wide_k_pad(&self, rows: usize) -> Option<usize> {
+        self.path
+            .wide_k_pad(self.matrix.format(), self.prefill, rows, self.matrix.n_in())
+    }
 }
 
 /// A linear map `[rows, in] → [rows, out]` with an optional bias.
@@ -218,8 +225,15 @@ pub(crate) fn packed_into(
                 y.len()
             );
         }
-        let (format, k_pad) = (matrix.format(), matrix.k_pad());
-        if !w.many_rows(rows) && !prepared.iter().any(|(f, k, _)| (*f, *k) == (format, k_pad)) {
+        // The activations of the tile kernels, or the bf16 ones of the wide kernels.
+        let needs = match w.wide_k_pad(rows) {
+            Some(k_pad) => Some((WeightFormat::Bf16, k_pad)),
+            None if !w.many_rows(rows) => Some((matrix.format(), matrix.k_pad())),
+            None => None,
+        };
+        if let Some((format, k_pad)) = needs
+            && !prepared.iter().any(|(f, k, _)| (*f, *k) == (format, k_pad))
+        {
             let acts = Acts::prepare_on(format, x, rows, n_in, k_pad, &for_each);
             prepared.push((format, k_pad, acts));
         }
@@ -230,6 +244,18 @@ pub(crate) fn packed_into(
             continue;
         };
         let bias = p.bias_f32.as_deref().map(Vec::as_slice);
+        if let Some(k_pad) = w.wide_k_pad(rows) {
+            // The wide kernels, on this team (the input's bf16 rows shared).
+            let Some((_, _, acts)) = prepared
+                .iter()
+                .find(|(f, k, _)| (*f, *k) == (WeightFormat::Bf16, k_pad))
+            else {
+                candle_core::bail!("bf16 activations expected");
+            };
+            kernels::matmul_wide_on(w.path, w.prefill, &w.matrix, acts, rows, bias, y, &for_each)
+                .map_err(kernel_error)?;
+            continue;
+        }
         let (format, k_pad) = (w.matrix.format(), w.matrix.k_pad());
         match prepared
             .iter()

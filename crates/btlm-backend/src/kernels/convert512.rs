@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 
 use super::OutPtr;
-use super::acts::Acts;
+use super::acts::{Acts, ForEach};
 use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
 use super::wide512::{self, BF16_KC, BF16_TILES, ChunkSource};
@@ -31,7 +31,8 @@ pub fn takes(format: WeightFormat) -> bool {
 struct Line([u8; 64]);
 
 /// `y = acts · Wᵀ (+ bias)` for f32 or f16 `w` in bf16 arithmetic: `acts` are the `rows`
-/// rows prepared for bf16 weights of `w.n_in()` inputs (padded to even).
+/// rows prepared for bf16 weights of `w.n_in()` inputs (padded to even); the tasks run by
+/// `for_each` (see [`wide512::matmul`]).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI and AVX512-BF16; `w` must hold f32 or f16
@@ -44,6 +45,7 @@ pub unsafe fn matmul(
     rows: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    for_each: &ForEach<'_>,
 ) {
     let Acts::Bf16 { x } = acts else {
         unreachable!("converted products take bf16 activations");
@@ -68,6 +70,7 @@ pub unsafe fn matmul(
             // SAFETY: this task alone writes the columns of its tiles (`for_groups`).
             unsafe { wide512::store(acc, rows, t0, g, w.n_out(), out, bias) };
         },
+        for_each,
     );
 }
 
@@ -163,7 +166,7 @@ mod tests {
 
     use super::super::tests::{pack, random};
     use super::super::{
-        KernelPath, PrefillPrecision, WIDE_MANY_ROWS, matmul as exact, matmul_with,
+        KernelPath, PrefillPrecision, WIDE_MANY_ROWS, matmul as exact, matmul_with, on_rayon,
     };
     use super::*;
 
@@ -219,8 +222,8 @@ mod tests {
                 // SAFETY: supported (checked above); `acts` prepared for bf16 weights of
                 // n_in inputs; the outputs and bias have the matrices' sizes.
                 unsafe {
-                    wide512::matmul(&b, &acts, rows, Some(&bias), &mut want);
-                    matmul(&p, &acts, rows, Some(&bias), &mut got);
+                    wide512::matmul(&b, &acts, rows, Some(&bias), &mut want, &on_rayon);
+                    matmul(&p, &acts, rows, Some(&bias), &mut got, &on_rayon);
                 }
                 assert_bits(&got, &want, &format!("{format} {n_out}×{n_in} rows {rows}"));
             }
@@ -248,8 +251,8 @@ mod tests {
         let mut got = vec![f32::NAN; rows * n_out];
         // SAFETY: as above.
         unsafe {
-            wide512::matmul(&b, &acts, rows, None, &mut want);
-            matmul(&p, &acts, rows, None, &mut got);
+            wide512::matmul(&b, &acts, rows, None, &mut want, &on_rayon);
+            matmul(&p, &acts, rows, None, &mut got, &on_rayon);
         }
         assert_bits(&got, &want, "denormal weight");
     }
@@ -295,7 +298,7 @@ mod tests {
                         // SAFETY: supported (`applies`); `acts` prepared for `b`.
                         unsafe {
                             let acts = Acts::prepare(WeightFormat::Bf16, &x, rows, n_in, b.k_pad());
-                            wide512::matmul(&b, &acts, rows, Some(&bias), &mut want);
+                            wide512::matmul(&b, &acts, rows, Some(&bias), &mut want, &on_rayon);
                         }
                         assert_bits(&run(PrefillPrecision::Bf16, &p), &want, &what);
                     } else {

@@ -242,6 +242,24 @@ impl KernelPath {
         )
     }
 
+    /// The padded inputs of the bf16 activations a product of `rows` rows of `format`
+    /// weights of `n_in` inputs with the arithmetic `prefill` takes when it runs on the wide
+    /// bf16 micro-kernel (bf16 weights, or f32/f16 ones converted, from [`WIDE_MANY_ROWS`]
+    /// rows on): such a product can run with [`matmul_wide_on`]. `None` for every other
+    /// product.
+    pub fn wide_k_pad(
+        self,
+        format: WeightFormat,
+        prefill: PrefillPrecision,
+        rows: usize,
+        n_in: usize,
+    ) -> Option<usize> {
+        match self.route_with(format, prefill, rows) {
+            Route::Wide | Route::Converted => Some(WeightFormat::Bf16.padded_k(n_in)),
+            _ => None,
+        }
+    }
+
     /// Whether [`PrefillPrecision::Bf16`] changes any product of `format` weights on this
     /// path and CPU (f32 and f16 weights on the AVX-512 paths with AVX512-BF16).
     pub fn prefill_bf16_applies(self, format: WeightFormat) -> bool {
@@ -552,7 +570,7 @@ pub fn matmul_with(
         // for bf16; the activations are prepared here for the weights' format.
         Route::Wide => {
             let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
-            unsafe { wide512::matmul(w, &acts, rows, bias, y) };
+            unsafe { wide512::matmul(w, &acts, rows, bias, y, &on_rayon) };
             return Ok(());
         }
         // SAFETY: as above; routed only for f32/f16 weights with AVX512-BF16; the
@@ -560,7 +578,7 @@ pub fn matmul_with(
         Route::Converted => {
             let k_pad = WeightFormat::Bf16.padded_k(n_in);
             let acts = Acts::prepare(WeightFormat::Bf16, x, rows, n_in, k_pad);
-            unsafe { convert512::matmul(w, &acts, rows, bias, y) };
+            unsafe { convert512::matmul(w, &acts, rows, bias, y, &on_rayon) };
             return Ok(());
         }
     }
@@ -577,6 +595,60 @@ pub fn matmul_with(
         tiles_into(tiles, w, &acts, rows, bias, out, first..last);
     });
     Ok(())
+}
+
+/// [`matmul_with`] for a product that runs on the wide bf16 micro-kernel (see
+/// [`KernelPath::wide_k_pad`]), its activations already prepared (`acts`: [`Acts::prepare`]d
+/// for [`WeightFormat::Bf16`] with `rows` rows of that many inputs, e.g. shared by several
+/// products of the same input) and its tasks run by `for_each` (e.g. a step's team instead
+/// of rayon's pool): the same values as [`matmul_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_wide_on(
+    path: KernelPath,
+    prefill: PrefillPrecision,
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    for_each: &acts::ForEach<'_>,
+) -> Result<(), KernelError> {
+    let (n_in, n_out) = (w.n_in(), w.n_out());
+    let Some(k_pad) = path.wide_k_pad(w.format(), prefill, rows, n_in) else {
+        return Err(KernelError::Shape(format!(
+            "a {} product of {rows} rows does not run on the wide kernels",
+            w.format()
+        )));
+    };
+    if !acts.fits(WeightFormat::Bf16, rows, k_pad)
+        || y.len() != rows * n_out
+        || bias.is_some_and(|b| b.len() != n_out)
+    {
+        return Err(KernelError::Shape(format!(
+            "{rows} rows of {k_pad} bf16 inputs, {} outputs for a {n_out}×{n_in} matrix",
+            y.len()
+        )));
+    }
+    if !path.supported() {
+        return Err(KernelError::Unsupported(path));
+    }
+    #[cfg(target_arch = "x86_64")]
+    match path.route_with(w.format(), prefill, rows) {
+        // SAFETY: `path` is supported and routes these formats here only with
+        // AVX512-BF16 (`wide_k_pad`); `acts` fit, `y` and `bias` have the sizes checked.
+        Route::Wide => unsafe { wide512::matmul(w, acts, rows, bias, y, for_each) },
+        // SAFETY: as above (f32/f16 weights; acts of the bf16 padded inputs).
+        Route::Converted => unsafe { convert512::matmul(w, acts, rows, bias, y, for_each) },
+        _ => unreachable!("checked by wide_k_pad"),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (acts, bias, y, for_each);
+    Ok(())
+}
+
+/// Runs `task(i)` for every `i` in `0..n` on rayon's pool (an [`acts::ForEach`]).
+fn on_rayon(n: usize, task: &(dyn Fn(usize) + Sync)) {
+    (0..n).into_par_iter().for_each(task);
 }
 
 /// Tiles `range` of `w` times all `rows` rows of `acts` (`+ bias`) into their columns of

@@ -812,7 +812,7 @@ fn wide_kernels_equal_the_avx512_tile_kernels() {
                 |acts, y| {
                     // SAFETY: supported (checked above); `acts` prepared for `p`, shapes as
                     // `matmul` checks them.
-                    unsafe { wide512::matmul(&p, acts, rows, Some(&bias), y) }
+                    unsafe { wide512::matmul(&p, acts, rows, Some(&bias), y, &on_rayon) }
                 },
             );
         }
@@ -900,5 +900,78 @@ fn rows_independent_formats_multiply_each_row_as_alone() {
             !converted,
             "avx512 bf16 prefill {format}"
         );
+    }
+}
+
+/// The wide products run by another `for_each` than rayon's pool (tasks in reverse order on
+/// scoped threads, as a team might claim them) with activations prepared once for several
+/// products compute bit for bit what `matmul_with` computes: bf16 weights, and f32/f16 ones
+/// converted with `PrefillPrecision::Bf16`, on odd shapes (the MLP's 6826 inputs, outputs
+/// not a multiple of a tile group, rows not a multiple of the micro-kernel's); products that
+/// do not run on the wide kernels, or activations of another shape, are refused.
+#[test]
+fn wide_products_on_other_threads_equal_matmul_with() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(61);
+    let threads = |n: usize, task: &(dyn Fn(usize) + Sync)| {
+        std::thread::scope(|s| {
+            for i in (0..n).rev() {
+                s.spawn(move || task(i));
+            }
+        })
+    };
+    let rows = WIDE_MANY_ROWS.max(many_rows_threshold().unwrap_or(0)) + 3;
+    for path in KernelPath::ALL.into_iter().filter(|p| p.supported()) {
+        for prefill in [PrefillPrecision::Exact, PrefillPrecision::Bf16] {
+            for format in WeightFormat::ALL {
+                for (n_out, n_in) in [(72, 6826), (200, 257), (16, 2)] {
+                    let wide = path.wide_k_pad(format, prefill, rows, n_in);
+                    if wide.is_none() && n_in > 2 {
+                        continue;
+                    }
+                    let x = random(rows * n_in, &mut rng, 2.0);
+                    let bias = random(n_out, &mut rng, 1.0);
+                    let k_pad = WeightFormat::Bf16.padded_k(n_in);
+                    let acts = Acts::prepare(WeightFormat::Bf16, &x, rows, n_in, k_pad);
+                    let p = pack(format, &random(n_out * n_in, &mut rng, 0.1), n_out, n_in);
+                    let mut got = vec![f32::NAN; rows * n_out];
+                    let r = matmul_wide_on(
+                        path,
+                        prefill,
+                        &p,
+                        &acts,
+                        rows,
+                        Some(&bias),
+                        &mut got,
+                        &threads,
+                    );
+                    let what = format!("{path} {prefill} {format} {n_out}×{n_in}");
+                    let Some(k) = wide else {
+                        assert!(r.is_err(), "{what}");
+                        continue;
+                    };
+                    assert_eq!(k, k_pad, "{what}");
+                    r.expect("wide product");
+                    let mut want = vec![f32::NAN; rows * n_out];
+                    matmul_with(path, prefill, &p, &x, rows, Some(&bias), &mut want)
+                        .expect("matmul");
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{what} [{i}]");
+                    }
+                    // Too few rows for the wide kernels, or activations of other rows.
+                    let few = Acts::prepare(WeightFormat::Bf16, &x[..8 * n_in], 8, n_in, k_pad);
+                    let mut y8 = vec![0f32; 8 * n_out];
+                    assert!(
+                        matmul_wide_on(path, prefill, &p, &few, 8, None, &mut y8, &threads)
+                            .is_err(),
+                        "{what}"
+                    );
+                    assert!(
+                        matmul_wide_on(path, prefill, &p, &few, rows, None, &mut got, &threads)
+                            .is_err(),
+                        "{what}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -21,10 +21,8 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use super::OutPtr;
-use super::acts::Acts;
+use super::acts::{Acts, ForEach};
 use super::format::TILE;
 use super::pack::PackedMatrix;
 
@@ -52,8 +50,8 @@ pub fn takes(format: super::WeightFormat) -> bool {
     format == super::WeightFormat::Bf16
 }
 
-/// `y = acts · Wᵀ (+ bias)` for the `rows` rows of `acts`, in tasks of whole tile groups on
-/// rayon's pool.
+/// `y = acts · Wᵀ (+ bias)` for the `rows` rows of `acts`, in tasks of whole tile groups run
+/// by `for_each` (see [`super::acts::ForEach`]: rayon's pool or a step's team).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI and AVX512-BF16; `w` must hold bf16 weights
@@ -65,6 +63,7 @@ pub unsafe fn matmul(
     rows: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    for_each: &ForEach<'_>,
 ) {
     let Acts::Bf16 { x } = acts else {
         unreachable!("the wide kernels take bf16 weights and their activations");
@@ -85,33 +84,33 @@ pub unsafe fn matmul(
             // SAFETY: this task alone writes the columns of its tiles (`for_groups`).
             unsafe { store(acc, rows, t0, g, w.n_out(), out, bias) };
         },
+        for_each,
     );
 }
 
 /// Runs `body(state, acc, t0, g)` for every group of `g <= BF16_TILES` tiles `t0..t0 + g`
-/// of a matrix of `tiles` tiles, in tasks of whole groups on rayon's pool: each task makes
-/// its `state` with `init` (e.g. a scratch buffer) and a buffer `acc` of `rows ×
+/// of a matrix of `tiles` tiles, in tasks of whole groups run by `for_each`: each task
+/// makes its `state` with `init` (e.g. a scratch buffer) and a buffer `acc` of `rows ×
 /// BF16_ACC_ROW` partial sums. Tasks take disjoint tiles.
 pub(super) fn for_groups<S>(
     tiles: usize,
     rows: usize,
     init: impl Fn() -> S + Sync,
     body: impl Fn(&mut S, &mut [f32], usize, usize) + Sync,
+    for_each: &ForEach<'_>,
 ) {
     let per_task = super::many_rows_tiles_per_task(tiles).next_multiple_of(BF16_TILES);
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let mut state = init();
-            let mut acc = vec![0f32; rows * BF16_ACC_ROW];
-            let end = ((task + 1) * per_task).min(tiles);
-            let mut t = task * per_task;
-            while t < end {
-                let g = (end - t).min(BF16_TILES);
-                body(&mut state, &mut acc, t, g);
-                t += g;
-            }
-        });
+    for_each(tiles.div_ceil(per_task), &|task| {
+        let mut state = init();
+        let mut acc = vec![0f32; rows * BF16_ACC_ROW];
+        let end = ((task + 1) * per_task).min(tiles);
+        let mut t = task * per_task;
+        while t < end {
+            let g = (end - t).min(BF16_TILES);
+            body(&mut state, &mut acc, t, g);
+            t += g;
+        }
+    });
 }
 
 /// Where [`group`] reads a group's bf16 weights from, chunk by chunk: every tile as pairs
@@ -186,7 +185,6 @@ pub(super) unsafe fn group(
 ) {
     let k_pad = 2 * pairs;
     debug_assert!(x.len() >= rows * k_pad && acc.len() >= rows * BF16_ACC_ROW);
-    acc.fill(0.0);
     let mut c0 = 0;
     while c0 < pairs {
         let c1 = (c0 + BF16_KC).min(pairs);
@@ -199,7 +197,16 @@ pub(super) unsafe fn group(
         for parity in 0..2 {
             // Pairs c0 + parity, c0 + parity + 2, … below c1 (c0 is even).
             let n = (c1 - c0).saturating_sub(parity).div_ceil(2);
+            // The first chunk's sums start from zero (instead of from `acc`).
+            let first = c0 == 0;
             if n == 0 {
+                if first {
+                    // One pair in all: no odd pairs, zero odd sums.
+                    for r in 0..rows {
+                        acc[r * BF16_ACC_ROW + parity * BF16_TILES * TILE..][..BF16_TILES * TILE]
+                            .fill(0.0);
+                    }
+                }
                 continue;
             }
             let p = c0 + parity;
@@ -216,7 +223,7 @@ pub(super) unsafe fn group(
                     let ap = acc
                         .as_mut_ptr()
                         .add(r0 * BF16_ACC_ROW + parity * BF16_TILES * TILE);
-                    bf16_rows_of(g, nr, &wp, xp, 2 * k_pad, n, ap);
+                    bf16_rows_of(g, nr, &wp, xp, 2 * k_pad, n, ap, first);
                 }
                 if c1 < pairs {
                     prefetch_part(&next, g, next_bytes, part, parts);
@@ -229,10 +236,14 @@ pub(super) unsafe fn group(
     }
 }
 
-/// Writes the sums of tiles `t0..t0 + g` (even + odd accumulators of `acc`) into `out`.
+/// Writes the sums of tiles `t0..t0 + g` (even + odd accumulators of `acc`, plus `bias`)
+/// into `out`: one vector per row and tile, the columns past `n_out` masked off.
 ///
 /// # Safety
-/// `out` holds `rows × n_out` values and no other task writes the tiles' columns.
+/// The CPU supports AVX-512 F/BW/VL/VNNI and AVX512-BF16; `out` holds `rows × n_out`
+/// values, no other task writes the tiles' columns, `acc` holds `rows × BF16_ACC_ROW`
+/// floats and `bias`, if any, `n_out` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
 pub(super) unsafe fn store(
     acc: &[f32],
     rows: usize,
@@ -242,17 +253,36 @@ pub(super) unsafe fn store(
     out: OutPtr,
     bias: Option<&[f32]>,
 ) {
-    let mut vals = [0f32; TILE];
-    for r in 0..rows {
-        let even = &acc[r * BF16_ACC_ROW..][..BF16_TILES * TILE];
-        let odd = &acc[r * BF16_ACC_ROW + BF16_TILES * TILE..][..BF16_TILES * TILE];
-        for i in 0..g {
-            for j in 0..TILE {
-                vals[j] = even[i * TILE + j] + odd[i * TILE + j];
+    debug_assert!(acc.len() >= rows * BF16_ACC_ROW && (t0 + g - 1) * TILE < n_out);
+    debug_assert!(bias.is_none_or(|b| b.len() >= n_out));
+    // Per tile of the group: its first column and the mask of its columns below n_out.
+    let tiles: [(usize, __mmask16); BF16_TILES] = std::array::from_fn(|i| {
+        let col = (t0 + i) * TILE;
+        let n = n_out.saturating_sub(col).min(TILE);
+        (col, ((1u32 << n) - 1) as __mmask16)
+    });
+    // SAFETY (whole body): the masks keep every load of `bias` and store into `out` inside
+    // their `n_out` columns (the caller's contract for their sizes), `acc` rows < rows.
+    unsafe {
+        let b: [__m512; BF16_TILES] = std::array::from_fn(|i| match bias {
+            Some(bias) if i < g => _mm512_maskz_loadu_ps(tiles[i].1, bias.as_ptr().add(tiles[i].0)),
+            _ => _mm512_setzero_ps(),
+        });
+        for r in 0..rows {
+            let a = acc.as_ptr().add(r * BF16_ACC_ROW);
+            for i in 0..g {
+                let (col, mask) = tiles[i];
+                let even = _mm512_loadu_ps(a.add(i * TILE));
+                let odd = _mm512_loadu_ps(a.add(BF16_TILES * TILE + i * TILE));
+                let sum = _mm512_add_ps(even, odd);
+                // The tile kernels' store: the sum, then the bias added (if any).
+                let v = if bias.is_some() {
+                    _mm512_add_ps(sum, b[i])
+                } else {
+                    sum
+                };
+                _mm512_mask_storeu_ps(out.at(r * n_out + col), mask, v);
             }
-            // SAFETY: row r < rows of an output of rows × n_out values (the caller's
-            // contract), columns of this task's tile t0 + i only.
-            unsafe { out.store_row(n_out, r, (t0 + i) * TILE, &vals, bias) };
         }
     }
 }
@@ -262,6 +292,7 @@ pub(super) unsafe fn store(
 /// # Safety
 /// As [`bf16_micro`].
 #[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
 unsafe fn bf16_rows_of(
     g: usize,
@@ -271,18 +302,19 @@ unsafe fn bf16_rows_of(
     stride: usize,
     n: usize,
     acc: *mut f32,
+    first: bool,
 ) {
     macro_rules! rows {
         ($g:literal) => {
             // SAFETY: the forwarded contract.
             unsafe {
                 match nr {
-                    6 => bf16_micro::<$g, 6>(w, x, stride, n, acc),
-                    5 => bf16_micro::<$g, 5>(w, x, stride, n, acc),
-                    4 => bf16_micro::<$g, 4>(w, x, stride, n, acc),
-                    3 => bf16_micro::<$g, 3>(w, x, stride, n, acc),
-                    2 => bf16_micro::<$g, 2>(w, x, stride, n, acc),
-                    _ => bf16_micro::<$g, 1>(w, x, stride, n, acc),
+                    6 => bf16_micro::<$g, 6>(w, x, stride, n, acc, first),
+                    5 => bf16_micro::<$g, 5>(w, x, stride, n, acc, first),
+                    4 => bf16_micro::<$g, 4>(w, x, stride, n, acc, first),
+                    3 => bf16_micro::<$g, 3>(w, x, stride, n, acc, first),
+                    2 => bf16_micro::<$g, 2>(w, x, stride, n, acc, first),
+                    _ => bf16_micro::<$g, 1>(w, x, stride, n, acc, first),
                 }
             }
         };
@@ -297,7 +329,8 @@ unsafe fn bf16_rows_of(
 
 /// `G` tiles times `R` rows over `n` input pairs of one parity: pair `i` of the walk is at
 /// `w[g] + 128·i` in tile `g` and at `x + r·stride + 8·i` in row `r` (bytes); the sums
-/// start from and return to `acc` (row `r`, tile `g` at `acc + r·BF16_ACC_ROW + 16·g`).
+/// start from `acc` (from zero if `first`) and return to it (row `r`, tile `g` at
+/// `acc + r·BF16_ACC_ROW + 16·g`).
 ///
 /// # Safety
 /// The CPU supports AVX512-BF16; those weight vectors, activation pairs and sums exist.
@@ -309,6 +342,7 @@ unsafe fn bf16_micro<const G: usize, const R: usize>(
     stride: usize,
     n: usize,
     acc: *mut f32,
+    first: bool,
 ) {
     let bh = |v: __m512i| -> __m512bh {
         // SAFETY: both are 512 bits of plain data.
@@ -317,9 +351,11 @@ unsafe fn bf16_micro<const G: usize, const R: usize>(
     // SAFETY (whole body): the caller's contract.
     unsafe {
         let mut a = [[_mm512_setzero_ps(); R]; G];
-        for g in 0..G {
-            for r in 0..R {
-                a[g][r] = _mm512_loadu_ps(acc.add(r * BF16_ACC_ROW + g * TILE));
+        if !first {
+            for g in 0..G {
+                for r in 0..R {
+                    a[g][r] = _mm512_loadu_ps(acc.add(r * BF16_ACC_ROW + g * TILE));
+                }
             }
         }
         for i in 0..n {
