@@ -11,7 +11,14 @@
 //! ```
 //!
 //! Every sequence first holds `--context` tokens (prefilled together), then each batch size
-//! runs `--steps` decode steps; the median step time is reported.
+//! runs `--steps` decode steps; the median step time is reported, with the minor page
+//! faults per step (first touches of memory: slow on VMs).
+//!
+//! `--caches` says where the caches come from: `fresh` (new memory, as every request had
+//! before the engine's cache pool: the first round of a process) and/or `reused` (the steady
+//! state of the pool: a warm-up round runs the same prefill and steps on caches from a
+//! [`KvPool`], gives them back, and the timed round takes them again). Both leave the
+//! caches' capacity alike: prompt plus every step, rounded as the pool rounds.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -20,6 +27,8 @@ use anyhow::{Context, bail};
 use candle_core::DType;
 use clap::Parser;
 use prompting_btlm_backend::config::Config;
+use prompting_btlm_backend::kv_cache::Cache;
+use prompting_btlm_backend::kv_pool::{KvPool, KvPoolConfig, Lease};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::Quantization;
@@ -47,6 +56,99 @@ struct Cli {
     /// loads them in seconds instead of converting again) or a directory.
     #[arg(long, default_value = "beside")]
     weight_cache: String,
+    /// Where the caches come from: `fresh`, `reused` (from a pool, after a warm-up round on
+    /// the same caches), or both in turn.
+    #[arg(long, value_delimiter = ',', default_value = "fresh")]
+    caches: Vec<String>,
+}
+
+/// Minor page faults of this process so far (field 10 of `/proc/self/stat`; 0 elsewhere).
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1.to_string();
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// One timed row: batch size, median step seconds, minor faults per step.
+type Row = (usize, f64, f64);
+
+/// Prefills `caches` with `prompts` together, then runs `steps` decode steps for each batch
+/// size (the first `n` caches); returns the rows.
+fn run_round(
+    model: &Btlm,
+    caches: &mut [Cache],
+    prompts: &[Vec<u32>],
+    batches: &[usize],
+    steps: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let mut segments: Vec<Segment<'_>> = caches
+        .iter_mut()
+        .zip(prompts)
+        .map(|(cache, p)| Segment {
+            tokens: p,
+            cache,
+            logits: false,
+        })
+        .collect();
+    model.forward_batch(&mut segments)?;
+    drop(segments);
+    let mut rows = Vec::new();
+    for &n in batches {
+        let token = [42u32];
+        let mut times = Vec::with_capacity(steps);
+        let faults = minor_faults();
+        for _ in 0..steps {
+            let mut segments: Vec<Segment<'_>> = caches[..n]
+                .iter_mut()
+                .map(|cache| Segment {
+                    tokens: &token,
+                    cache,
+                    logits: true,
+                })
+                .collect();
+            let t = Instant::now();
+            let logits = model.forward_batch(&mut segments)?;
+            std::hint::black_box(logits.to_vec2::<f32>()?);
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let faults = (minor_faults() - faults) as f64 / steps.max(1) as f64;
+        times.sort_by(f64::total_cmp);
+        rows.push((n, times[times.len() / 2], faults));
+    }
+    Ok(rows)
+}
+
+/// Caches for `count` sequences of `needed` positions from `pool` (reused or new).
+fn lease_all(
+    model: &Btlm,
+    pool: &mut KvPool<Cache>,
+    count: usize,
+    needed: usize,
+) -> anyhow::Result<Vec<(Lease, Cache)>> {
+    (0..count)
+        .map(|_| {
+            let (lease, cache) = pool
+                .lease(needed)
+                .context("the pool's budget holds every sequence")?;
+            let cache = cache.unwrap_or_else(|| model.new_cache_with_capacity(lease.positions()));
+            Ok((lease, cache))
+        })
+        .collect()
+}
+
+/// Empties the caches and gives them back to `pool`.
+fn give_back_all(pool: &mut KvPool<Cache>, leased: Vec<(Lease, Cache)>) -> anyhow::Result<()> {
+    for (lease, mut cache) in leased {
+        cache.clear();
+        let positions = cache.capacity();
+        pool.give_back(lease, Some((cache, positions)))?;
+    }
+    Ok(())
 }
 
 fn options(format: &str, weight_cache: &str) -> anyhow::Result<LoadOptions> {
@@ -78,14 +180,19 @@ fn main() -> anyhow::Result<()> {
     let cfg = Config::from_json(&cfg_text)?;
     let ckpt = Checkpoint::open(&[cli.model.join("model.safetensors")])?;
     let max_batch = cli.batches.iter().copied().max().unwrap_or(1);
+    for caches in &cli.caches {
+        if !matches!(caches.as_str(), "fresh" | "reused") {
+            bail!("--caches takes fresh and/or reused, not {caches}");
+        }
+    }
     println!(
-        "| format | batch | step ms | aggregate tok/s | × batch 1 |\n| --- | ---: | ---: | ---: | ---: |"
+        "| format | caches | batch | step ms | aggregate tok/s | × batch 1 | minor faults/step |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for format in &cli.formats {
         let t0 = Instant::now();
         let model = Btlm::load(&cfg, &ckpt, &options(format, &cli.weight_cache)?)?;
         eprintln!("{format}: loaded in {:.1} s", t0.elapsed().as_secs_f64());
-        let mut caches: Vec<_> = (0..max_batch).map(|_| model.new_cache()).collect();
         let prompts: Vec<Vec<u32>> = (0..max_batch)
             .map(|s| {
                 (0..cli.context)
@@ -93,44 +200,45 @@ fn main() -> anyhow::Result<()> {
                     .collect()
             })
             .collect();
-        let mut segments: Vec<Segment<'_>> = caches
-            .iter_mut()
-            .zip(&prompts)
-            .map(|(cache, p)| Segment {
-                tokens: p,
-                cache,
-                logits: false,
-            })
-            .collect();
-        model.forward_batch(&mut segments)?;
-        drop(segments);
-        let mut single = None;
-        for &n in &cli.batches {
-            let token = [42u32];
-            let mut times = Vec::with_capacity(cli.steps);
-            for _ in 0..cli.steps {
-                let mut segments: Vec<Segment<'_>> = caches[..n]
-                    .iter_mut()
-                    .map(|cache| Segment {
-                        tokens: &token,
-                        cache,
-                        logits: true,
-                    })
+        // The first sequence runs every step of every batch size.
+        let needed = cli.context + cli.steps * cli.batches.len();
+        let mut pool = KvPool::new(KvPoolConfig {
+            budget_bytes: usize::MAX,
+            bytes_per_token: model.kv_bytes_per_token(),
+            max_positions: cfg.n_positions.max(needed),
+            recycle: true,
+        })?;
+        for caches in &cli.caches {
+            let rows = if caches == "fresh" {
+                let mut fresh: Vec<Cache> = (0..max_batch)
+                    .map(|_| model.new_cache_with_capacity(pool.positions_for(needed)))
                     .collect();
-                let t = Instant::now();
-                let logits = model.forward_batch(&mut segments)?;
-                std::hint::black_box(logits.to_vec2::<f32>()?);
-                times.push(t.elapsed().as_secs_f64());
+                run_round(&model, &mut fresh, &prompts, &cli.batches, cli.steps)?
+            } else {
+                // Warm-up: the same work on caches that then go back to the pool.
+                let leased = lease_all(&model, &mut pool, max_batch, needed)?;
+                let (leases, mut warm): (Vec<_>, Vec<_>) = leased.into_iter().unzip();
+                run_round(&model, &mut warm, &prompts, &cli.batches, cli.steps)?;
+                give_back_all(&mut pool, leases.into_iter().zip(warm).collect())?;
+                let reused_before = pool.stats().reused;
+                let leased = lease_all(&model, &mut pool, max_batch, needed)?;
+                if pool.stats().reused - reused_before != max_batch as u64 {
+                    bail!("the timed round did not get the warm-up's caches back");
+                }
+                let (leases, mut timed): (Vec<_>, Vec<_>) = leased.into_iter().unzip();
+                let rows = run_round(&model, &mut timed, &prompts, &cli.batches, cli.steps)?;
+                give_back_all(&mut pool, leases.into_iter().zip(timed).collect())?;
+                rows
+            };
+            let base = rows.first().map_or(1.0, |&(n, step, _)| n as f64 / step);
+            for (n, step, faults) in rows {
+                let rate = n as f64 / step;
+                println!(
+                    "| {format} | {caches} | {n} | {:.1} | {rate:.2} | {:.2} | {faults:.0} |",
+                    step * 1e3,
+                    rate / base
+                );
             }
-            times.sort_by(f64::total_cmp);
-            let step = times[times.len() / 2];
-            let rate = n as f64 / step;
-            let base = *single.get_or_insert(rate);
-            println!(
-                "| {format} | {n} | {:.1} | {rate:.2} | {:.2} |",
-                step * 1e3,
-                rate / base
-            );
         }
     }
     Ok(())

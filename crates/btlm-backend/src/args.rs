@@ -137,6 +137,22 @@ pub struct BtlmArgs {
         )
     )]
     pub piggyback_prefill: bool,
+    /// Keep the key/value caches of finished requests for later ones (`true`, the default)
+    /// instead of freeing them: new memory is slow to touch the first time (on VMs
+    /// especially), reused memory is not. Idle caches count against --btlm.kv_cache_mb
+    /// with the running ones and are dropped when a new cache needs their room; the
+    /// process keeps up to that much memory. Caches are rounded up to 64 positions.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "btlm.kv_pool",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )
+    )]
+    pub kv_pool: bool,
     /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
     /// start maps them instead of quantizing again: `beside` (a `.btlm-cache`
     /// folder beside the checkpoint, in the hub cache for hub downloads), `off`, or a
@@ -182,6 +198,7 @@ impl Default for BtlmArgs {
             prefill_chunk: 64,
             prefill_step_tokens: 256,
             piggyback_prefill: true,
+            kv_pool: true,
             weight_cache: "beside".into(),
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
@@ -220,6 +237,7 @@ impl BtlmArgs {
             prefill_tokens_per_step: self.prefill_step_tokens,
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
+            kv_pool: self.kv_pool,
         }
     }
 
@@ -520,6 +538,12 @@ mod tests {
         assert!(!off.engine().piggyback_prefill);
         let off = parse(&["--btlm.piggyback_prefill=false"]).expect("off");
         assert!(!off.engine().piggyback_prefill);
+        // The cache pool likewise.
+        assert!(parse(&[]).expect("defaults").engine().kv_pool);
+        assert!(BtlmArgs::default().engine().kv_pool);
+        let off = parse(&["--btlm.kv_pool", "false"]).expect("off");
+        assert!(!off.engine().kv_pool);
+        assert!(parse(&["--btlm.kv_pool"]).expect("on").engine().kv_pool);
         let g = a.generation();
         assert_eq!(g.prefill_chunk, 32);
         assert!(g.ignore_eos);

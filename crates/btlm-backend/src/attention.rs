@@ -566,6 +566,73 @@ mod tests {
         }
     }
 
+    /// Runs steps of `lens` rows of one sequence on `cache` through the CPU path (or the
+    /// tensor path) and returns the outputs.
+    fn run_on(heads: &Heads, cache: &mut Cache, lens: &[usize], cpu: bool) -> Vec<Vec<f32>> {
+        let e = heads.n_head * heads.head_dim;
+        let mut outputs = Vec::new();
+        for (step, &t) in lens.iter().enumerate() {
+            let qkv: Vec<f32> = (0..t * 3 * e)
+                .map(|i| ((i * 5 + step * 11) as f32 * 0.37).cos())
+                .collect();
+            let qkv = Tensor::from_vec(qkv, (t, 3 * e), &Device::Cpu).expect("qkv");
+            let reserve = cache.reserve();
+            let bias = attention_bias(
+                heads.n_head,
+                heads.slopes.as_deref(),
+                cache.seq_len(),
+                t,
+                &Device::Cpu,
+            )
+            .expect("bias");
+            let mut part = AttentionPart {
+                start: 0,
+                len: t,
+                bias: (!cpu).then_some(&bias),
+                kv: &mut cache.layers[0],
+                reserve,
+            };
+            let y = if cpu {
+                team::run(2, |team| {
+                    heads.forward(&qkv, std::slice::from_mut(&mut part), team)
+                })
+            } else {
+                heads.attend(&qkv, &mut part)
+            };
+            let y = y
+                .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
+                .expect("y");
+            cache.advance(t);
+            outputs.push(y);
+        }
+        outputs
+    }
+
+    /// A cache reused after [`Cache::clear`] still holds the old sequence's keys and values
+    /// past the new one's positions (NaN here): attention never reads them, on either path.
+    #[test]
+    fn a_cleared_cache_gives_the_answers_of_a_new_one() {
+        let lens = [5, 1, 1, 3, 1];
+        for cpu in [true, false] {
+            for path in attn_paths() {
+                let heads = test_heads(4, 16, true, path);
+                let mut reused = Cache::new(1, 32);
+                let nan = Tensor::full(f32::NAN, (4, 32, 16), &Device::Cpu).expect("nan");
+                reused.layers[0].append(&nan, &nan, 32).expect("poison");
+                reused.advance(32);
+                reused.clear();
+                assert_eq!(reused.capacity(), 32);
+                let got = run_on(&heads, &mut reused, &lens, cpu);
+                let want = run_on(&heads, &mut Cache::new(1, 32), &lens, cpu);
+                assert!(
+                    got.iter().flatten().all(|v| v.is_finite()),
+                    "{path:?} cpu {cpu}"
+                );
+                assert_eq!(got, want, "{path:?} cpu {cpu}");
+            }
+        }
+    }
+
     #[test]
     fn cpu_attention_refuses_parts_out_of_row_order() {
         let heads = Heads {

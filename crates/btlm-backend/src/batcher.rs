@@ -8,7 +8,15 @@
 //! 4. runs one step: every decoding sequence advances by one token, and prompts advance by
 //!    one piece each (the oldest first, within the per-step prompt-token budget), either in
 //!    the same pass as the decode rows or in passes of their own;
-//! 5. retires finished sequences (their slot and cache are free for the next step).
+//! 5. retires finished sequences (their slot and cache are free for the next step; the
+//!    cache itself goes back to the engine's [pool](crate::kv_pool) for a later sequence,
+//!    unless [`EngineConfig::kv_pool`] is off or the sequence failed).
+//!
+//! **Cache budget.** Admission asks the pool for the sequence's cache: an idle one that fits
+//! or room for a new one, counted at its real size, which may exceed prompt plus new tokens
+//! (new caches are rounded up to 64 positions, a reused one holds at most twice the rounded
+//! need); the running sequences' caches and the idle ones never exceed
+//! [`EngineConfig::kv_cache_bytes`] together (idle ones are dropped to make room).
 //!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
 //!
@@ -34,6 +42,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::BtlmError;
 use crate::generation::FinishReason;
+use crate::kv_pool::{KvPool, KvPoolConfig, KvPoolError, Lease};
 use crate::model::Segment;
 use crate::sequence::Sequence;
 use crate::step::{EngineConfig, EngineStats, Event, StepModel, add_nanos, send};
@@ -44,8 +53,6 @@ use crate::tokenizer::BtlmTokenizer;
 pub(crate) struct Job {
     /// Its generation state (prompt tokenized and fitted to the context).
     pub(crate) sequence: Sequence,
-    /// Cache bytes reserved while it runs.
-    pub(crate) kv_bytes: usize,
     /// When the caller stops waiting.
     pub(crate) deadline: Option<Instant>,
     /// Where its events go; closed when the caller went away.
@@ -73,6 +80,8 @@ impl Job {
 struct Running<C> {
     job: Job,
     cache: C,
+    /// Its share of the cache budget.
+    lease: Lease,
     /// Set when a step it ran in failed.
     failed: Option<BtlmError>,
 }
@@ -85,7 +94,8 @@ pub(crate) struct Batcher<M: StepModel> {
     stats: Arc<EngineStats>,
     waiting: VecDeque<Job>,
     running: Vec<Running<M::Cache>>,
-    kv_reserved: usize,
+    /// The caches: lent to running sequences, or idle for later ones.
+    pool: KvPool<M::Cache>,
     /// Whether prompt pieces run in the decode rows' pass: asked for
     /// ([`EngineConfig::piggyback_prefill`]) and safe for this model
     /// ([`StepModel::rows_independent`]).
@@ -98,7 +108,13 @@ impl<M: StepModel> Batcher<M> {
         tokenizer: Arc<BtlmTokenizer>,
         config: EngineConfig,
         stats: Arc<EngineStats>,
-    ) -> Self {
+    ) -> Result<Self, KvPoolError> {
+        let pool = KvPool::new(KvPoolConfig {
+            budget_bytes: config.kv_cache_bytes,
+            bytes_per_token: model.kv_bytes_per_token().max(1),
+            max_positions: model.context(),
+            recycle: config.kv_pool && model.recycles_caches(),
+        })?;
         let piggyback = config.piggyback_prefill && model.rows_independent();
         if config.piggyback_prefill && !piggyback {
             tracing::info!(
@@ -107,7 +123,7 @@ impl<M: StepModel> Batcher<M> {
                  the product, and batching must not change answers"
             );
         }
-        Batcher {
+        Ok(Batcher {
             piggyback,
             model,
             tokenizer,
@@ -115,8 +131,8 @@ impl<M: StepModel> Batcher<M> {
             stats,
             waiting: VecDeque::new(),
             running: Vec::new(),
-            kv_reserved: 0,
-        }
+            pool,
+        })
     }
 
     /// Queues `job` behind every waiting job of the same or a higher priority.
@@ -182,13 +198,12 @@ impl<M: StepModel> Batcher<M> {
     /// those behind it (see the module's "Admission order").
     fn admit(&mut self) {
         while self.running.len() < self.config.max_batch {
-            let Some(front) = self.waiting.front() else {
+            let Some(job) = self.waiting.pop_front() else {
                 break;
             };
-            if self.kv_reserved + front.kv_bytes > self.config.kv_cache_bytes {
-                break;
-            }
-            let Some(job) = self.waiting.pop_front() else {
+            let Some((lease, idle)) = self.pool.lease(job.sequence.max_positions()) else {
+                // No room yet: it stays first in line.
+                self.waiting.push_front(job);
                 break;
             };
             self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -203,11 +218,14 @@ impl<M: StepModel> Batcher<M> {
                 running = self.running.len() + 1,
                 "btlm request admitted"
             );
-            self.kv_reserved += job.kv_bytes;
-            let cache = self.model.new_cache(job.sequence.max_positions());
+            let cache = match idle {
+                Some(cache) => cache,
+                None => self.model.new_cache(lease.positions()),
+            };
             self.running.push(Running {
                 job,
                 cache,
+                lease,
                 failed: None,
             });
         }
@@ -388,8 +406,17 @@ impl<M: StepModel> Batcher<M> {
                 continue;
             }
             let r = self.running.remove(i);
-            self.kv_reserved -= r.job.kv_bytes;
-            drop(r.cache);
+            // A failed step may have left the cache half written (or its memory poisoned by a
+            // panic): only caches of sequences that ended normally are kept.
+            let kept = if r.failed.is_none() && self.pool.config().recycle {
+                self.model.recycle_cache(r.cache)
+            } else {
+                drop(r.cache);
+                None
+            };
+            if let Err(e) = self.pool.give_back(r.lease, kept) {
+                tracing::error!("btlm engine: {e}");
+            }
             retired.push((r.job, r.failed));
         }
         self.publish_gauges();
@@ -428,12 +455,15 @@ impl<M: StepModel> Batcher<M> {
     }
 
     fn publish_gauges(&self) {
-        self.stats
-            .running
-            .store(self.running.len(), Ordering::Release);
-        self.stats
-            .kv_reserved_bytes
-            .store(self.kv_reserved, Ordering::Release);
+        let s = &self.stats;
+        let pool = self.pool.stats();
+        s.running.store(self.running.len(), Ordering::Release);
+        s.kv_reserved_bytes
+            .store(pool.in_use_bytes, Ordering::Release);
+        s.kv_idle_bytes.store(pool.idle_bytes, Ordering::Release);
+        s.kv_peak_bytes.store(pool.peak_bytes, Ordering::Release);
+        s.kv_reused.store(pool.reused, Ordering::Release);
+        s.kv_allocated.store(pool.allocated, Ordering::Release);
     }
 }
 

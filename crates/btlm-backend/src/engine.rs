@@ -4,7 +4,9 @@
 //! [`Event`]s.
 //!
 //! Bounds: at most [`EngineConfig::max_batch`] sequences run at once, their key/value caches
-//! (prompt plus new tokens, reserved at admission) fit in [`EngineConfig::kv_cache_bytes`],
+//! (prompt plus new tokens, reserved at admission) and the idle caches kept for later
+//! sequences ([`EngineConfig::kv_pool`], [`crate::kv_pool`]) fit in
+//! [`EngineConfig::kv_cache_bytes`],
 //! and at most [`EngineConfig::queue_size`] requests wait for a batch slot. A request that
 //! can never fit is refused at once ([`SubmitError::TooLarge`]); one that cannot fit yet
 //! waits. Waiting requests are admitted highest [priority](Engine::submit_ranked) first,
@@ -60,7 +62,11 @@ impl Engine {
         let tokenizer = Arc::new(tokenizer);
         let context = model.context();
         let kv_bytes_per_token = model.kv_bytes_per_token().max(1);
-        let batcher = Batcher::new(model, tokenizer.clone(), config.clone(), stats.clone());
+        let batcher = Batcher::new(model, tokenizer.clone(), config.clone(), stats.clone())
+            .map_err(|e| BtlmError::InvalidArgument {
+                name: "--btlm.kv_cache_mb",
+                reason: e.to_string(),
+            })?;
         std::thread::Builder::new()
             .name("btlm-engine".into())
             .spawn(move || batcher.run(rx))
@@ -121,7 +127,6 @@ impl Engine {
         let (events, rx) = unbounded_channel();
         let job = Job {
             sequence,
-            kv_bytes,
             deadline,
             events,
             submitted: Instant::now(),

@@ -3,6 +3,10 @@
 //!
 //! A cache made with a capacity (the tokens reserved for a request: prompt plus new tokens)
 //! allocates it once, on the first token; without one it grows by [`GROW_BY`] positions.
+//! [`Cache::clear`] forgets the tokens but keeps the memory, so that the engine's pool
+//! ([`kv_pool`](crate::kv_pool)) can hand the cache to another sequence: its old contents
+//! are not zeroed, since attention reads only the positions written since (views of the
+//! first `len` positions).
 
 use candle_core::{DType, Tensor};
 
@@ -96,6 +100,28 @@ impl Cache {
         self.seq_len += t;
     }
 
+    /// Positions every block's memory holds (0 while some block has none yet): what a
+    /// cleared cache can take without growing.
+    pub fn capacity(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match &l.data {
+                Some((k, v)) => k.dim(1).unwrap_or(0).min(v.dim(1).unwrap_or(0)),
+                None => 0,
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Forgets every token but keeps the memory (for another sequence; see
+    /// [`Cache::capacity`]). The old keys and values stay in place until overwritten.
+    pub fn clear(&mut self) {
+        for l in &mut self.layers {
+            l.len = 0;
+        }
+        self.seq_len = 0;
+    }
+
     /// Forgets every token (and frees the memory).
     pub fn reset(&mut self) {
         for l in &mut self.layers {
@@ -157,7 +183,38 @@ mod tests {
         c.reset();
         assert_eq!(c.seq_len(), 0);
         assert!(c.layers.iter().all(|l| l.data.is_none()));
+        assert_eq!(c.capacity(), 0);
         assert_eq!(bytes_per_token(32, 2560, DType::F32), 655_360);
         assert_eq!(bytes_per_token(32, 2560, DType::F16), 327_680);
+    }
+
+    #[test]
+    fn a_cleared_cache_keeps_its_memory_and_shows_only_new_positions() {
+        let mut c = Cache::new(2, 6);
+        assert_eq!(c.capacity(), 0, "no memory before the first token");
+        let junk = (kv(1, 5, 2, 0.0) * f64::NAN).expect("nan");
+        c.layers[0].append(&junk, &junk, c.reserve).expect("append");
+        assert_eq!(c.capacity(), 0, "one block still has none");
+        c.layers[1].append(&junk, &junk, c.reserve).expect("append");
+        c.advance(5);
+        assert_eq!(c.capacity(), 6);
+        c.clear();
+        assert_eq!((c.seq_len(), c.capacity()), (0, 6));
+        let fresh = kv(1, 3, 2, 1.0);
+        for l in &mut c.layers {
+            let (k, v) = l.append(&fresh, &fresh, c.reserve).expect("append");
+            for got in [k, v] {
+                assert_eq!(got.dims(), [1, 3, 2]);
+                let got = got
+                    .flatten_all()
+                    .and_then(|g| g.to_vec1::<f32>())
+                    .expect("vec");
+                let want = fresh
+                    .flatten_all()
+                    .and_then(|g| g.to_vec1::<f32>())
+                    .expect("vec");
+                assert_eq!(got, want, "no old position shows");
+            }
+        }
     }
 }

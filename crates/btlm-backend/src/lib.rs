@@ -1,7 +1,8 @@
 //! Native BTLM backend: Cerebras `btlm-3b-8k-base` run with candle, replacing the Python
 //! `CerebrasBTLMMiner` of text-prompting v2.1.6 (a transformers pipeline on a GPU).
 //!
-//! - [`model`]: the BTLM network (ALiBi, SwiGLU, muP scales) with a KV cache, built from
+//! - [`model`]: the BTLM network (ALiBi, SwiGLU, muP scales) with a KV cache ([`kv_cache`];
+//!   the engine keeps caches for reuse in a [`kv_pool`]), built from
 //!   [`config`], [`attention`], the block layers and [`linear`] projections (f32, bf16/f16
 //!   and q8_0/q4k quantized weights); [`loader`] picks the run format; [`weights`] reads
 //!   `pytorch_model.bin` (the only weights on the hub) and `.safetensors`.
@@ -56,6 +57,7 @@ pub mod generation;
 pub mod hub;
 pub mod kernels;
 pub mod kv_cache;
+pub mod kv_pool;
 mod layers;
 pub mod linear;
 pub mod loader;

@@ -26,6 +26,22 @@ pub trait StepModel: Send + 'static {
     /// An empty cache allocating room for `positions` tokens.
     fn new_cache(&self, positions: usize) -> Self::Cache;
 
+    /// Whether a retired sequence's cache can serve a later one ([`StepModel::recycle_cache`]);
+    /// only then does the engine keep caches in its pool ([`EngineConfig::kv_pool`]). The
+    /// default: no, every sequence gets a new cache of exactly its positions.
+    fn recycles_caches(&self) -> bool {
+        false
+    }
+
+    /// Empties the cache of a retired sequence for another one, keeping its memory, and
+    /// returns it with the positions that memory holds; `None` when it holds none (the
+    /// default: the cache is dropped). A recycled cache must give the same answers as a new
+    /// one.
+    fn recycle_cache(&self, cache: Self::Cache) -> Option<(Self::Cache, usize)> {
+        drop(cache);
+        None
+    }
+
     /// Runs the segments' tokens (one pass for all) and returns, for each segment that asks
     /// for them, the logits of its next token, in segment order.
     fn step(&self, segments: &mut [Segment<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
@@ -50,6 +66,16 @@ impl StepModel for Btlm {
 
     fn new_cache(&self, positions: usize) -> Cache {
         self.new_cache_with_capacity(positions)
+    }
+
+    fn recycles_caches(&self) -> bool {
+        true
+    }
+
+    fn recycle_cache(&self, mut cache: Cache) -> Option<(Cache, usize)> {
+        cache.clear();
+        let positions = cache.capacity();
+        (positions > 0).then_some((cache, positions))
     }
 
     fn step(&self, segments: &mut [Segment<'_, Cache>]) -> Result<Vec<Vec<f32>>> {
@@ -113,6 +139,12 @@ pub struct EngineConfig {
     /// ([`StepModel::rows_independent`]); other models always run the pieces alone, so
     /// batching never changes an answer.
     pub piggyback_prefill: bool,
+    /// Keep the caches of sequences that ended for later sequences, within
+    /// [`kv_cache_bytes`](Self::kv_cache_bytes) (the default; see [`crate::kv_pool`]: new
+    /// caches are rounded up to 64 positions and a reused one may be up to twice the
+    /// rounded need, each counted at its real size), rather than free them. Applies to
+    /// models that can reuse a cache ([`StepModel::recycles_caches`]).
+    pub kv_pool: bool,
 }
 
 impl Default for EngineConfig {
@@ -123,6 +155,7 @@ impl Default for EngineConfig {
             prefill_tokens_per_step: 256,
             queue_size: 16,
             piggyback_prefill: true,
+            kv_pool: true,
         }
     }
 }
@@ -168,8 +201,18 @@ pub struct EngineStats {
     pub running: AtomicUsize,
     /// Requests waiting for a batch slot now.
     pub waiting: AtomicUsize,
-    /// Bytes of key/value cache reserved now.
+    /// Bytes of key/value cache reserved now by the running sequences (the real size of
+    /// their caches, see [`crate::kv_pool`]).
     pub kv_reserved_bytes: AtomicUsize,
+    /// Bytes of the idle caches kept for later sequences now ([`EngineConfig::kv_pool`]).
+    pub kv_idle_bytes: AtomicUsize,
+    /// The most bytes of cache reserved and idle together, ever (never above
+    /// [`EngineConfig::kv_cache_bytes`]).
+    pub kv_peak_bytes: AtomicUsize,
+    /// Sequences that got an idle cache from the pool.
+    pub kv_reused: AtomicU64,
+    /// Sequences that got a new cache.
+    pub kv_allocated: AtomicU64,
     /// The most sequences that ran in one step.
     pub peak_batch: AtomicUsize,
     /// Model passes run (one per step with `piggyback_prefill`, else one for the decode rows

@@ -1,6 +1,7 @@
 //! The batching engine: answers in a batch equal answers alone (tiny checkpoint, every
 //! weight format), streaming per sequence, cancellation, the cache budget, deadlines, a
-//! panicking step, and admission in the pipeline's priority order. Scripted models (no
+//! panicking step, admission in the pipeline's priority order, and caches reused from the
+//! engine's pool (same answers as new ones, within the budget). Scripted models (no
 //! weights) make the scheduling tests deterministic: they step only when the test lets
 //! them.
 
@@ -208,6 +209,14 @@ impl<M: StepModel + Sync> StepModel for HeldFirstStep<M> {
         self.inner.new_cache(positions)
     }
 
+    fn recycles_caches(&self) -> bool {
+        self.inner.recycles_caches()
+    }
+
+    fn recycle_cache(&self, cache: M::Cache) -> Option<(M::Cache, usize)> {
+        self.inner.recycle_cache(cache)
+    }
+
     fn step(&self, segments: &mut [Segment<'_, M::Cache>]) -> Result<Vec<Vec<f32>>> {
         let held = self.release.lock().expect("release").take();
         if let Some(rx) = held {
@@ -252,6 +261,7 @@ fn engine_config(max_batch: usize) -> EngineConfig {
         prefill_tokens_per_step: 8,
         queue_size: 16,
         piggyback_prefill: false,
+        kv_pool: true,
     }
 }
 
@@ -381,9 +391,10 @@ fn batched_answers_equal_answers_alone_f32() {
     check_batched_equals_alone(bin, "f32 .bin", false, true);
 }
 
-#[test]
-fn batched_answers_equal_answers_alone_half_and_quantized() {
-    for (label, opts) in [
+/// Every weight format of the tiny checkpoint's safetensors, by name.
+fn every_format() -> Vec<(&'static str, LoadOptions)> {
+    vec![
+        ("f32", LoadOptions::default()),
         (
             "bf16",
             LoadOptions {
@@ -412,7 +423,12 @@ fn batched_answers_equal_answers_alone_half_and_quantized() {
                 ..LoadOptions::default()
             },
         ),
-    ] {
+    ]
+}
+
+#[test]
+fn batched_answers_equal_answers_alone_half_and_quantized() {
+    for (label, opts) in every_format().into_iter().filter(|(l, _)| *l != "f32") {
         let model = load("model.safetensors", &opts);
         check_batched_equals_alone(model.clone(), label, false, false);
         check_batched_equals_alone(model, &format!("{label} piggyback"), true, false);
@@ -1014,5 +1030,122 @@ mod priority {
             .collect();
         assert_eq!(order, ["filler", "high", "mid", "low"]);
         assert_eq!(model.peak_batch(), 1, "the budget holds one at a time");
+    }
+}
+
+/// Runs `requests` (reference case, settings) through `engine`, all submitted at once, and
+/// checks each answer against `generate` alone on a new cache.
+fn answers_equal_fresh_ones(
+    engine: &Engine,
+    model: &Btlm,
+    requests: &[(usize, GenerationConfig)],
+    label: &str,
+) {
+    let r = reference();
+    let tok = tokenizer();
+    let receivers: Vec<_> = requests
+        .iter()
+        .map(|(case, cfg)| {
+            engine
+                .submit(&r.cases[*case].prompt, cfg.clone(), None)
+                .expect("submit")
+        })
+        .collect();
+    for (rx, (case, cfg)) in receivers.into_iter().zip(requests) {
+        let g = collect(rx).done.expect("generation");
+        let alone = generate(
+            model,
+            &tok,
+            &r.cases[*case].input_ids,
+            cfg,
+            || None,
+            |_| ControlFlow::Continue(()),
+        )
+        .expect("alone");
+        assert_eq!(g.tokens, alone.tokens, "{label}: case {case}");
+        assert_eq!(g.text, alone.text, "{label}: case {case}");
+    }
+}
+
+fn running_to(max_new: usize, ngram: usize) -> GenerationConfig {
+    GenerationConfig {
+        ignore_eos: true,
+        ..greedy(max_new, ngram)
+    }
+}
+
+/// A second round of requests runs on the caches the first left in the pool, each holding
+/// another, longer sequence's keys and values past the new one's positions (prompts of 28,
+/// 18, 13 and 57 tokens: 40 new tokens in the first round, caches of 128, 64, 64 and 128
+/// positions; 24 in the second, needing 81, 52, 42 and 37): the answers are those of new
+/// caches, bit for bit, in every format.
+#[test]
+fn answers_on_reused_caches_equal_answers_on_new_ones() {
+    for (label, opts) in every_format() {
+        let model = load("model.safetensors", &opts);
+        let engine = Engine::start(model.clone(), tokenizer(), engine_config(4)).expect("engine");
+        let first: Vec<_> = (0..4).map(|c| (c, running_to(40, c % 2))).collect();
+        answers_equal_fresh_ones(&engine, &model, &first, &format!("{label} first round"));
+        let stats = engine.stats();
+        assert_eq!(stats.kv_allocated.load(Ordering::Relaxed), 4, "{label}");
+        assert_eq!(stats.kv_reused.load(Ordering::Relaxed), 0, "{label}");
+        let per_token = model.kv_bytes_per_token();
+        assert_eq!(
+            stats.kv_idle_bytes.load(Ordering::Relaxed),
+            (128 + 64 + 64 + 128) * per_token,
+            "{label}: the caches stay, rounded up to 64 positions"
+        );
+        let second: Vec<_> = [3, 0, 1, 2]
+            .into_iter()
+            .map(|c| (c, running_to(24, 1 - c % 2)))
+            .collect();
+        answers_equal_fresh_ones(&engine, &model, &second, &format!("{label} reused"));
+        assert_eq!(stats.kv_reused.load(Ordering::Relaxed), 4, "{label}");
+        assert_eq!(stats.kv_allocated.load(Ordering::Relaxed), 4, "{label}");
+        assert_eq!(stats.kv_reserved_bytes.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// A budget of 200 positions (two or three sequences' caches at once, fewer idle ones
+/// beside them): requests of different lengths, many more than fit together, take, keep
+/// and drop caches; the caches in use and idle never exceed the budget, the answers are
+/// those of new caches, and with the pool off nothing is kept.
+#[test]
+fn the_pool_stays_within_the_cache_budget() {
+    let model = load("model.safetensors", &LoadOptions::default());
+    let per_token = model.kv_bytes_per_token();
+    let budget = 200 * per_token;
+    let requests: Vec<_> = (0..10)
+        .map(|i| (i % 4, running_to(4 + 7 * i, i % 2)))
+        .collect();
+    for pool in [true, false] {
+        let engine = Engine::start(
+            model.clone(),
+            tokenizer(),
+            EngineConfig {
+                kv_cache_bytes: budget,
+                kv_pool: pool,
+                ..engine_config(4)
+            },
+        )
+        .expect("engine");
+        answers_equal_fresh_ones(&engine, &model, &requests, &format!("pool {pool}"));
+        let stats = engine.stats();
+        let peak = stats.kv_peak_bytes.load(Ordering::Relaxed);
+        assert!(peak <= budget, "pool {pool}: peak {peak} of {budget}");
+        assert!(
+            peak > budget / 2,
+            "pool {pool}: the budget was used: {peak}"
+        );
+        let idle = stats.kv_idle_bytes.load(Ordering::Relaxed);
+        let reused = stats.kv_reused.load(Ordering::Relaxed);
+        let allocated = stats.kv_allocated.load(Ordering::Relaxed);
+        assert_eq!(reused + allocated, 10, "pool {pool}");
+        if pool {
+            assert!(reused > 0 && idle > 0, "pool: {reused} reused, {idle} idle");
+        } else {
+            assert_eq!((reused, idle), (0, 0), "no pool");
+        }
+        assert_eq!(stats.kv_reserved_bytes.load(Ordering::Relaxed), 0);
     }
 }

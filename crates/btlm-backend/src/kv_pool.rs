@@ -1,0 +1,455 @@
+//! Key/value cache memory kept for the life of the engine: a sequence that ends (finished,
+//! cancelled, timed out) gives its cache back to the pool, and a later sequence takes it
+//! instead of allocating a new one.
+//!
+//! Why: on a machine whose memory is backed lazily (a VM, or any fresh `mmap`) the first
+//! write to each page of a new cache faults, and a cache `[heads, capacity, head_dim]` is
+//! written one position per head and block at a time, so a decoding sequence touches a new
+//! page every few positions in every head of every block. Reused memory has been touched
+//! already. Serving engines keep their cache memory allocated for the same reason.
+//!
+//! **Budget.** The pool accounts in bytes: the caches lent out (in use) plus the idle ones
+//! never exceed the budget (`--btlm.kv_cache_mb`, [`KvPoolConfig::budget_bytes`]). A lease
+//! counts the real size of the memory it gets, which may exceed what the sequence needs:
+//!
+//! - new caches are rounded up to a multiple of [`POSITION_GRANULE`] positions (capped by the
+//!   context and the budget), so that caches of sequences of similar lengths fit each other;
+//! - an idle cache is reused only when it holds at least the positions needed and at most
+//!   twice the rounded need (the smallest such one), so a lease reserves at most twice the
+//!   rounded need;
+//! - otherwise a new cache is allocated, dropping idle caches (the largest first) until the
+//!   budget has room for it; when even the caches in use leave no room, the lease is refused
+//!   and the sequence waits.
+//!
+//! Without recycling ([`KvPoolConfig::recycle`] false) a lease is exactly the positions
+//! needed and nothing is kept: the accounting of an engine without the pool.
+//!
+//! The pool is generic over the cache type `C`; it never looks inside a cache. Whoever gives
+//! a cache back empties it first and says how many positions its memory holds (for
+//! [`Cache`](crate::kv_cache::Cache): [`Cache::clear`](crate::kv_cache::Cache::clear) and
+//! [`Cache::capacity`](crate::kv_cache::Cache::capacity)). A reused cache is not zeroed:
+//! attention reads only the positions written for the current sequence.
+
+/// New caches hold a multiple of this many positions (see the module's "Budget").
+pub const POSITION_GRANULE: usize = 64;
+
+/// What the pool refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KvPoolError {
+    /// A budget or a size per token of zero.
+    #[error(
+        "a key/value cache pool needs a budget and a size per token of at least one byte \
+         (got a budget of {budget_bytes} bytes and {bytes_per_token} bytes per token)"
+    )]
+    Empty {
+        /// The budget asked for.
+        budget_bytes: usize,
+        /// The size per token asked for.
+        bytes_per_token: usize,
+    },
+    /// A lease given back to a pool that has fewer bytes lent out (another pool's lease).
+    #[error("a lease of {bytes} bytes was given back to a pool that lent {in_use} bytes")]
+    NotLent {
+        /// The lease's bytes.
+        bytes: usize,
+        /// The bytes the pool has lent.
+        in_use: usize,
+    },
+}
+
+/// The pool's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvPoolConfig {
+    /// Bytes that caches in use and idle caches may take together.
+    pub budget_bytes: usize,
+    /// Bytes of cache one position takes.
+    pub bytes_per_token: usize,
+    /// The longest a sequence can be (the context): new caches are not rounded past it.
+    pub max_positions: usize,
+    /// Keep caches given back for later sequences (and round new ones up to
+    /// [`POSITION_GRANULE`]); `false`: lease exactly what is needed and keep nothing.
+    pub recycle: bool,
+}
+
+/// Cache memory lent to one sequence; give it back with [`KvPool::give_back`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease {
+    positions: usize,
+    bytes: usize,
+}
+
+impl Lease {
+    /// Positions the sequence's cache holds (at least what it asked for).
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// Bytes counted against the budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The pool's counters and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KvPoolStats {
+    /// Bytes lent out now.
+    pub in_use_bytes: usize,
+    /// Bytes of the idle caches now.
+    pub idle_bytes: usize,
+    /// Idle caches now.
+    pub idle_caches: usize,
+    /// The most bytes in use and idle together, ever.
+    pub peak_bytes: usize,
+    /// Leases served with an idle cache.
+    pub reused: u64,
+    /// Leases served with new memory.
+    pub allocated: u64,
+    /// Idle caches dropped to make room (or because they no longer fitted).
+    pub dropped: u64,
+}
+
+/// An idle cache and the positions its memory holds.
+#[derive(Debug)]
+struct Idle<C> {
+    cache: C,
+    positions: usize,
+}
+
+/// Cache memory owned by the engine (see the module documentation).
+#[derive(Debug)]
+pub struct KvPool<C> {
+    config: KvPoolConfig,
+    idle: Vec<Idle<C>>,
+    stats: KvPoolStats,
+}
+
+impl<C> KvPool<C> {
+    /// An empty pool.
+    pub fn new(config: KvPoolConfig) -> Result<Self, KvPoolError> {
+        if config.budget_bytes == 0 || config.bytes_per_token == 0 {
+            return Err(KvPoolError::Empty {
+                budget_bytes: config.budget_bytes,
+                bytes_per_token: config.bytes_per_token,
+            });
+        }
+        Ok(KvPool {
+            config,
+            idle: Vec::new(),
+            stats: KvPoolStats::default(),
+        })
+    }
+
+    /// The pool's settings.
+    pub fn config(&self) -> &KvPoolConfig {
+        &self.config
+    }
+
+    /// The counters and gauges now.
+    pub fn stats(&self) -> KvPoolStats {
+        self.stats
+    }
+
+    /// Positions a new cache for a sequence of `needed` positions holds: `needed` rounded up
+    /// to [`POSITION_GRANULE`] when recycling, but never past the context or the budget
+    /// (and never below `needed`).
+    pub fn positions_for(&self, needed: usize) -> usize {
+        if !self.config.recycle {
+            return needed;
+        }
+        let rounded = needed
+            .div_ceil(POSITION_GRANULE)
+            .saturating_mul(POSITION_GRANULE);
+        let limit = self
+            .config
+            .max_positions
+            .min(self.config.budget_bytes / self.config.bytes_per_token);
+        rounded.min(limit).max(needed)
+    }
+
+    /// Bytes of `positions` positions.
+    fn bytes_of(&self, positions: usize) -> usize {
+        positions.saturating_mul(self.config.bytes_per_token)
+    }
+
+    /// Lends cache memory for a sequence of `needed` positions: an idle cache that fits
+    /// (`Some` second member, to be used as is) or room for a new one of
+    /// [`Lease::positions`] (`None`: the caller allocates it). `None` when the caches in
+    /// use leave no room for it yet.
+    pub fn lease(&mut self, needed: usize) -> Option<(Lease, Option<C>)> {
+        if self.config.recycle {
+            let most = self.positions_for(needed).saturating_mul(2);
+            let best = self
+                .idle
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.positions >= needed && i.positions <= most)
+                .min_by_key(|(_, i)| i.positions)
+                .map(|(at, _)| at);
+            if let Some(at) = best {
+                let Idle { cache, positions } = self.idle.swap_remove(at);
+                let bytes = self.bytes_of(positions);
+                self.stats.idle_bytes -= bytes;
+                self.stats.idle_caches -= 1;
+                self.stats.in_use_bytes += bytes;
+                self.stats.reused += 1;
+                return Some((Lease { positions, bytes }, Some(cache)));
+            }
+        }
+        let positions = self.positions_for(needed);
+        let bytes = self.bytes_of(positions);
+        if self.stats.in_use_bytes.saturating_add(bytes) > self.config.budget_bytes {
+            return None;
+        }
+        self.stats.in_use_bytes += bytes;
+        self.trim();
+        self.stats.allocated += 1;
+        self.note_peak();
+        Some((Lease { positions, bytes }, None))
+    }
+
+    /// Takes back a lease and, when recycling, the sequence's cache, already emptied, with
+    /// the positions its memory holds (`None`, or 0 positions: nothing to keep, e.g. a cache
+    /// that never got memory or one left unusable by a failed step). The cache is kept idle
+    /// if the budget has room for it, else dropped.
+    pub fn give_back(
+        &mut self,
+        lease: Lease,
+        cache: Option<(C, usize)>,
+    ) -> Result<(), KvPoolError> {
+        if lease.bytes > self.stats.in_use_bytes {
+            return Err(KvPoolError::NotLent {
+                bytes: lease.bytes,
+                in_use: self.stats.in_use_bytes,
+            });
+        }
+        self.stats.in_use_bytes -= lease.bytes;
+        if let Some((cache, positions)) = cache
+            && self.config.recycle
+            && positions > 0
+        {
+            let bytes = self.bytes_of(positions);
+            self.idle.push(Idle { cache, positions });
+            self.stats.idle_bytes = self.stats.idle_bytes.saturating_add(bytes);
+            self.stats.idle_caches += 1;
+            self.trim();
+            self.note_peak();
+        }
+        Ok(())
+    }
+
+    /// Drops every idle cache.
+    pub fn drop_idle(&mut self) {
+        self.stats.dropped += self.idle.len() as u64;
+        self.idle.clear();
+        self.stats.idle_bytes = 0;
+        self.stats.idle_caches = 0;
+    }
+
+    /// Drops idle caches, the largest first, until caches in use and idle fit the budget.
+    fn trim(&mut self) {
+        while self
+            .stats
+            .in_use_bytes
+            .saturating_add(self.stats.idle_bytes)
+            > self.config.budget_bytes
+        {
+            let Some(at) = self
+                .idle
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, i)| i.positions)
+                .map(|(at, _)| at)
+            else {
+                break;
+            };
+            let dropped = self.idle.swap_remove(at);
+            self.stats.idle_bytes -= self.bytes_of(dropped.positions);
+            self.stats.idle_caches -= 1;
+            self.stats.dropped += 1;
+        }
+    }
+
+    fn note_peak(&mut self) {
+        let now = self.stats.in_use_bytes + self.stats.idle_bytes;
+        self.stats.peak_bytes = self.stats.peak_bytes.max(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache that remembers its name.
+    type Named = &'static str;
+
+    fn pool(budget_tokens: usize, recycle: bool) -> KvPool<Named> {
+        KvPool::new(KvPoolConfig {
+            budget_bytes: budget_tokens * 10,
+            bytes_per_token: 10,
+            max_positions: 1000,
+            recycle,
+        })
+        .expect("pool")
+    }
+
+    #[test]
+    fn a_cache_given_back_serves_the_next_sequence_that_fits() {
+        let mut p = pool(1000, true);
+        let (lease, cache) = p.lease(100).expect("room");
+        assert_eq!((lease.positions(), lease.bytes(), cache), (128, 1280, None));
+        p.give_back(lease, Some(("a", 128))).expect("back");
+        assert_eq!((p.stats().idle_caches, p.stats().idle_bytes), (1, 1280));
+        // Too long for it: a new one.
+        let (long, cache) = p.lease(129).expect("room");
+        assert_eq!((long.positions(), cache), (192, None));
+        // Fits: reused, counted at its real size.
+        let (lease, cache) = p.lease(70).expect("room");
+        assert_eq!(
+            (lease.positions(), lease.bytes(), cache),
+            (128, 1280, Some("a"))
+        );
+        let s = p.stats();
+        assert_eq!(
+            (s.reused, s.allocated, s.idle_caches, s.idle_bytes),
+            (1, 2, 0, 0)
+        );
+        assert_eq!(s.in_use_bytes, 1280 + 1920);
+    }
+
+    #[test]
+    fn the_smallest_fitting_cache_is_taken_and_waste_is_bounded() {
+        let mut p = pool(10_000, true);
+        let leases: Vec<_> = [640, 128, 256, 64]
+            .into_iter()
+            .map(|n| p.lease(n).expect("room").0)
+            .collect();
+        for (lease, name) in leases.into_iter().zip(["640", "128", "256", "64"]) {
+            let n = lease.positions();
+            p.give_back(lease, Some((name, n))).expect("back");
+        }
+        assert_eq!(p.lease(100).expect("room").1, Some("128"));
+        // 256 is within twice 128 (100 → 128 rounded); 640 is not within twice 256.
+        assert_eq!(p.lease(100).expect("room").1, Some("256"));
+        assert_eq!(p.lease(200).expect("room").1, None);
+        assert_eq!(p.lease(64).expect("room").1, Some("64"));
+        assert_eq!(p.lease(320).expect("room").1, Some("640"));
+    }
+
+    #[test]
+    fn idle_caches_are_dropped_largest_first_when_new_memory_needs_the_room() {
+        let mut p = pool(1000, true);
+        let a = p.lease(300).expect("a").0;
+        let b = p.lease(540).expect("b").0;
+        assert_eq!((a.positions(), b.positions()), (320, 576));
+        p.give_back(a, Some(("a", 320))).expect("a back");
+        p.give_back(b, Some(("b", 576))).expect("b back");
+        assert_eq!(p.stats().idle_bytes, 8960);
+        // 100 positions fit neither (320 > 2 × 128); a new 128 needs 1280 bytes, 8960 of
+        // the 10 000 are idle: the largest idle one goes.
+        let (c, cache) = p.lease(100).expect("c");
+        assert_eq!(cache, None);
+        let s = p.stats();
+        assert_eq!((s.dropped, s.idle_caches, s.idle_bytes), (1, 1, 3200));
+        assert!(s.in_use_bytes + s.idle_bytes <= 10_000);
+        assert_eq!(s.peak_bytes, 8960);
+        // Room for 700 more positions in use, with the idle 320 dropped for it.
+        let (d, cache) = p.lease(700).expect("d");
+        assert_eq!((d.positions(), cache), (704, None));
+        assert_eq!(p.stats().idle_caches, 0);
+        // Now the caches in use leave no room: the next waits.
+        assert!(p.lease(200).is_none());
+        p.give_back(c, None).expect("c back");
+        p.give_back(d, Some(("d", 704))).expect("d back");
+        assert!(p.lease(200).is_some());
+    }
+
+    #[test]
+    fn the_budget_holds_in_use_and_idle_caches_whatever_the_order() {
+        let mut p = pool(2000, true);
+        let mut held: Vec<Lease> = Vec::new();
+        let mut x: u64 = 7;
+        for round in 0..2000 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let needed = 1 + (x >> 33) as usize % 900;
+            if (x >> 20).is_multiple_of(3) && !held.is_empty() {
+                let lease = held.swap_remove((x >> 40) as usize % held.len());
+                let n = lease.positions();
+                // Now and then a cache that grew past its lease, or one without memory.
+                let given = match round % 7 {
+                    0 => Some(("grown", n + 300)),
+                    1 => None,
+                    _ => Some(("kept", n)),
+                };
+                p.give_back(lease, given).expect("back");
+            } else if let Some((lease, _)) = p.lease(needed) {
+                assert!(lease.positions() >= needed);
+                held.push(lease);
+            }
+            let s = p.stats();
+            assert!(
+                s.in_use_bytes + s.idle_bytes <= 20_000,
+                "round {round}: {s:?}"
+            );
+            assert_eq!(s.in_use_bytes, held.iter().map(Lease::bytes).sum::<usize>());
+            assert_eq!(s.idle_caches, p.idle.len());
+        }
+        assert!(p.stats().peak_bytes <= 20_000);
+        assert!(p.stats().reused > 0 && p.stats().dropped > 0);
+    }
+
+    #[test]
+    fn without_recycling_leases_are_exact_and_nothing_is_kept() {
+        let mut p = pool(1000, false);
+        let (lease, _) = p.lease(100).expect("room");
+        assert_eq!(lease.positions(), 100);
+        p.give_back(lease, Some(("a", 100))).expect("back");
+        assert_eq!(p.stats().idle_caches, 0);
+        assert_eq!(p.lease(100).expect("room").1, None);
+        assert!(p.lease(901).is_none(), "100 in use + 901 > 1000");
+    }
+
+    #[test]
+    fn rounding_stops_at_the_context_and_the_budget() {
+        let p = pool(100, true);
+        assert_eq!(p.positions_for(70), 100, "budget of 100 positions");
+        assert_eq!(p.positions_for(1), 64);
+        let ctx = KvPool::<Named>::new(KvPoolConfig {
+            max_positions: 90,
+            ..*p.config()
+        })
+        .expect("pool");
+        assert_eq!(ctx.positions_for(70), 90);
+        assert_eq!(ctx.positions_for(95), 95, "never below the need");
+    }
+
+    #[test]
+    fn bad_settings_and_foreign_leases_are_refused() {
+        let bad = KvPool::<Named>::new(KvPoolConfig {
+            budget_bytes: 0,
+            bytes_per_token: 1,
+            max_positions: 1,
+            recycle: true,
+        });
+        assert!(matches!(bad, Err(KvPoolError::Empty { .. })));
+        let mut big = pool(1000, true);
+        let mut small = pool(10, true);
+        let (lease, _) = big.lease(500).expect("room");
+        let err = small.give_back(lease, None).expect_err("not lent here");
+        assert!(
+            matches!(
+                err,
+                KvPoolError::NotLent {
+                    bytes: 5120,
+                    in_use: 0
+                }
+            ),
+            "{err}"
+        );
+        let mut p = pool(1000, true);
+        let (lease, _) = p.lease(10).expect("room");
+        p.give_back(lease, Some(("a", 64))).expect("back");
+        p.drop_idle();
+        assert_eq!((p.stats().idle_caches, p.stats().dropped), (0, 1));
+    }
+}
