@@ -288,6 +288,26 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             gauge(&stats.kv_reserved_bytes),
         ),
         BackendMetric::gauge(
+            "prompting_btlm_kv_idle_bytes",
+            "Key/value cache bytes kept idle for later sequences (--btlm.kv_pool).",
+            gauge(&stats.kv_idle_bytes),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_kv_peak_bytes",
+            "The most key/value cache bytes reserved and idle together since the start.",
+            gauge(&stats.kv_peak_bytes),
+        ),
+        BackendMetric::labelled(
+            "prompting_btlm_kv_caches",
+            "Caches handed to admitted sequences, by source (reused: an idle one from the pool; allocated: new memory).",
+            MetricKind::Counter,
+            "source",
+            [
+                ("reused".to_string(), count(&stats.kv_reused)),
+                ("allocated".to_string(), count(&stats.kv_allocated)),
+            ],
+        ),
+        BackendMetric::gauge(
             "prompting_btlm_kv_budget_bytes",
             "Key/value cache bytes the running sequences may reserve together.",
             config.kv_cache_bytes as f64,

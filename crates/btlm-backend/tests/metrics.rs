@@ -123,6 +123,21 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     assert_eq!(value(&after, "prompting_btlm_running_sequences"), 0.0);
     assert_eq!(value(&after, "prompting_btlm_kv_reserved_bytes"), 0.0);
     assert_eq!(value(&after, "prompting_btlm_peak_running_sequences"), 1.0);
+    // Its cache went back to the pool (on by default), the only one made so far.
+    assert_eq!(
+        value(
+            &after,
+            "prompting_btlm_kv_caches_total{source=\"allocated\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "prompting_btlm_kv_caches_total{source=\"reused\"}"),
+        0.0
+    );
+    let idle = value(&after, "prompting_btlm_kv_idle_bytes");
+    assert!(idle > 0.0, "the finished sequence's cache is kept");
+    assert!(value(&after, "prompting_btlm_kv_peak_bytes") >= idle);
     // The pipeline's own figures are still there, and the exposition still ends right.
     assert_eq!(
         value(
