@@ -103,6 +103,9 @@ format_flags() {
 start_miner() {
   local format="$1" layers="$2" tokens="$3" log="$4"
   port="$(free_port)"
+  # Empty the log first: the miner's shell truncates it only once it runs, and a log of an
+  # earlier run in the same OUT folder would otherwise read as "serving on" at once.
+  : >"$log"
   # shellcheck disable=SC2046,SC2086
   "$bin/btlm-miner" --metagraph.file "$out/metagraph.toml" --wallet.path "$wallet" \
     --axon.ip 127.0.0.1 --axon.port "$port" --axon.max_request_timeout 3600 \
