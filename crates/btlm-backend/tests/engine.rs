@@ -5,9 +5,11 @@
 //! weights) make the scheduling tests deterministic: they step only when the test lets
 //! them.
 
+mod support;
+use support::{PATIENCE, fixture, wait_for};
+
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -25,13 +27,6 @@ use prompting_btlm_backend::tokenizer::BtlmTokenizer;
 use prompting_btlm_backend::weights::Checkpoint;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-/// Longest any test waits for the engine.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
-}
 
 fn tokenizer() -> BtlmTokenizer {
     BtlmTokenizer::from_dir(&fixture()).expect("tiny tokenizer")
@@ -864,14 +859,6 @@ mod priority {
             .await
             .expect("blocked");
         filler
-    }
-
-    async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-        let t0 = Instant::now();
-        while !ready() {
-            assert!(t0.elapsed() < PATIENCE, "waited too long for {what}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,17 +2,15 @@
 //! answers a request through the pipeline, and the text the axon serves
 //! (`Metrics::render`) shows its passes, rows, tokens and gauges.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::fixture;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
 use prompting_miner::{DevMetagraph, Miner, MinerConfig, Pipeline, PromptRequest, Protocol};
 use prompting_transport::edge::Metrics;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
-}
 
 /// The value of the sample named exactly `name` (labels included); `None` when absent.
 fn sample(text: &str, name: &str) -> Option<f64> {

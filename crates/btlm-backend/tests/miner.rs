@@ -1,16 +1,14 @@
 //! The `Miner` implementation on the tiny checkpoint.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::fixture;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
 use prompting_miner::{Miner, MinerError, PromptRequest, Protocol};
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
-}
 
 /// The tiny model on the CPU (the default device, the GPU, needs one in a `cuda` build).
 fn args() -> BtlmArgs {

@@ -3,10 +3,11 @@
 //! takes it; the low one is answered `Preempted`, its sequence leaves the engine (cancelled,
 //! its slot and cache room free), and the high one is answered.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::{PATIENCE, fixture, wait_for};
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
@@ -14,12 +15,6 @@ use prompting_miner::{
     Metagraph, MetagraphView, Miner, MinerConfig, MinerError, NeuronInfo, Outcome, Pipeline,
     PromptRequest, Protocol, SharedMetagraph,
 };
-
-const PATIENCE: Duration = Duration::from_secs(60);
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
-}
 
 fn validator(uid: u16, hotkey: &str, stake: f64) -> NeuronInfo {
     NeuronInfo {
@@ -45,14 +40,6 @@ fn request(caller: &str, max_tokens: u32) -> PromptRequest {
     );
     r.sampling.max_tokens = Some(max_tokens);
     r
-}
-
-async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ready() {
-        assert!(t0.elapsed() < PATIENCE, "waited too long for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

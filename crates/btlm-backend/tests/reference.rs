@@ -1,6 +1,7 @@
 //! The tiny checkpoint against the outputs of an independent PyTorch implementation.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::fixture;
 
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
@@ -36,10 +37,6 @@ struct Case {
     greedy_24_text: String,
     greedy_24_no_repeat_ngram_2: Vec<u32>,
     greedy_24_no_repeat_ngram_2_text: String,
-}
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny")
 }
 
 fn reference() -> Reference {
