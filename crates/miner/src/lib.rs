@@ -57,6 +57,7 @@ pub mod pipeline;
 mod preemption;
 pub mod priority;
 pub mod prompt_cache;
+mod rank;
 pub mod report;
 pub mod request;
 pub mod request_history;

@@ -21,7 +21,7 @@ use std::task::Waker;
 
 use futures::task::AtomicWaker;
 
-use crate::scheduler::Rank;
+use crate::rank::Rank;
 
 /// How a slot's holder learns that its slot is wanted: raised (and its task woken) when a
 /// preemption is signalled, lowered when it is called off.

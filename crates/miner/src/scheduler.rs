@@ -18,7 +18,6 @@
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
 //! estimate current.
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +27,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::preemption::{RunningSet, Signal};
+use crate::rank::Rank;
 use crate::service_time::ServiceTimes;
 
 /// Why no slot was given.
@@ -104,36 +104,6 @@ struct Grant {
     id: u64,
     signal: Arc<Signal>,
 }
-
-/// A queue position: higher priority first, then arrival order.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Rank {
-    pub(crate) priority: f64,
-    pub(crate) seq: u64,
-}
-
-impl Ord for Rank {
-    fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .priority
-            .total_cmp(&self.priority)
-            .then(self.seq.cmp(&other.seq))
-    }
-}
-
-impl PartialOrd for Rank {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Rank {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Rank {}
 
 #[derive(Debug)]
 struct Waiter {
