@@ -3,6 +3,7 @@
 //! without the `btlm.` prefix).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use candle_core::Device;
 use serde::Deserialize;
@@ -153,6 +154,29 @@ pub struct BtlmArgs {
         )
     )]
     pub kv_pool: bool,
+    /// Keep higher-priority requests in the batch on time (`true`, the default): hold back
+    /// the admission of a lower-priority request, and preempt lower-priority ones (503),
+    /// while a higher one would otherwise be projected to finish later than its deadline
+    /// less --btlm.deadline_headroom_ms (half of it for preempting). Projected from the
+    /// step times measured; equal priorities never hold each other back.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "btlm.deadline_guard",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )
+    )]
+    pub deadline_guard: bool,
+    /// Milliseconds before its deadline a higher-priority request must be projected to
+    /// finish for a lower one to join the batch (--btlm.deadline_guard).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.deadline_headroom_ms", default_value_t = 2000)
+    )]
+    pub deadline_headroom_ms: u64,
     /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
     /// start maps them instead of quantizing again: `beside` (a `.btlm-cache`
     /// folder beside the checkpoint, in the hub cache for hub downloads), `off`, or a
@@ -199,6 +223,8 @@ impl Default for BtlmArgs {
             prefill_step_tokens: 256,
             piggyback_prefill: true,
             kv_pool: true,
+            deadline_guard: true,
+            deadline_headroom_ms: 2000,
             weight_cache: "beside".into(),
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
@@ -238,6 +264,9 @@ impl BtlmArgs {
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
             kv_pool: self.kv_pool,
+            deadline_headroom: self
+                .deadline_guard
+                .then(|| Duration::from_millis(self.deadline_headroom_ms)),
         }
     }
 

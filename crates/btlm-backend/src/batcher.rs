@@ -5,9 +5,13 @@
 //!    tokens are reserved at admission);
 //! 2. ends the sequences whose receiver is gone (cancelled) or whose deadline passed;
 //! 3. admits waiting requests while a slot and cache room are free;
+//!    With the [deadline guard](crate::deadline_guard) on, a request of lower priority than
+//!    a running one waits while admitting it would make that one late, and lower-priority
+//!    sequences are preempted while a higher one is projected late;
 //! 4. runs one step: every decoding sequence advances by one token, and prompts advance by
-//!    one piece each (the oldest first, within the per-step prompt-token budget), either in
-//!    the same pass as the decode rows or in passes of their own;
+//!    one piece each (the highest priority first, then the oldest, within the per-step
+//!    prompt-token budget), either in the same pass as the decode rows or in passes of
+//!    their own;
 //! 5. retires finished sequences (their slot and cache are free for the next step; the
 //!    cache itself goes back to the engine's [pool](crate::kv_pool) for a later sequence,
 //!    unless [`EngineConfig::kv_pool`] is off or the sequence failed).
@@ -40,12 +44,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::deadline_guard::{DeadlineGuard, Load};
 use crate::error::BtlmError;
 use crate::generation::FinishReason;
 use crate::kv_pool::{KvPool, KvPoolConfig, KvPoolError, Lease};
 use crate::model::Segment;
 use crate::sequence::Sequence;
 use crate::step::{EngineConfig, EngineStats, Event, StepModel, add_nanos, send};
+use crate::step_cost::StepCost;
 use crate::tokenizer::BtlmTokenizer;
 
 /// A submitted request.
@@ -61,9 +67,21 @@ pub(crate) struct Job {
     pub(crate) priority: f64,
     /// When it was submitted.
     pub(crate) submitted: Instant,
+    /// Whether the deadline guard held its admission back already (counted once).
+    pub(crate) held_back: bool,
 }
 
 impl Job {
+    /// What the deadline guard weighs of it.
+    fn load(&self) -> Load {
+        Load {
+            priority: self.priority,
+            deadline: self.deadline,
+            prompt_left: self.sequence.prompt_left(),
+            decode_left: self.sequence.decode_left(),
+        }
+    }
+
     /// Why it must end now, if it must.
     fn interruption(&self, now: Instant) -> Option<FinishReason> {
         if self.events.is_closed() {
@@ -100,6 +118,10 @@ pub(crate) struct Batcher<M: StepModel> {
     /// ([`EngineConfig::piggyback_prefill`]) and safe for this model
     /// ([`StepModel::rows_independent`]).
     piggyback: bool,
+    /// What steps cost, learned from those run (for the deadline guard).
+    cost: StepCost,
+    /// The deadline guard, when on ([`EngineConfig::deadline_headroom`]).
+    guard: Option<DeadlineGuard>,
 }
 
 impl<M: StepModel> Batcher<M> {
@@ -125,6 +147,10 @@ impl<M: StepModel> Batcher<M> {
         }
         Ok(Batcher {
             piggyback,
+            cost: StepCost::default(),
+            guard: config
+                .deadline_headroom
+                .map(|headroom| DeadlineGuard { headroom }),
             model,
             tokenizer,
             config,
@@ -162,7 +188,10 @@ impl<M: StepModel> Batcher<M> {
                 }
             }
             self.interrupt(Instant::now());
+            // Interrupted sequences leave before admission: their slots are free for it.
+            self.retire();
             self.admit();
+            self.guard_deadlines();
             if !self.running.is_empty() {
                 self.step();
             }
@@ -198,9 +227,18 @@ impl<M: StepModel> Batcher<M> {
     /// those behind it (see the module's "Admission order").
     fn admit(&mut self) {
         while self.running.len() < self.config.max_batch {
-            let Some(job) = self.waiting.pop_front() else {
+            let Some(mut job) = self.waiting.pop_front() else {
                 break;
             };
+            if !self.guard_admits(&job) {
+                if !job.held_back {
+                    job.held_back = true;
+                    self.stats.held_back.fetch_add(1, Ordering::Relaxed);
+                }
+                // It stays first in line: those behind it rank no higher.
+                self.waiting.push_front(job);
+                break;
+            }
             let Some((lease, idle)) = self.pool.lease(job.sequence.max_positions()) else {
                 // No room yet: it stays first in line.
                 self.waiting.push_front(job);
@@ -232,27 +270,78 @@ impl<M: StepModel> Batcher<M> {
         self.publish_gauges();
     }
 
+    /// The loads of the running sequences that have not ended, with their positions in
+    /// the batch.
+    fn loads(&self) -> (Vec<usize>, Vec<Load>) {
+        self.running
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.job.sequence.finished().is_none())
+            .map(|(i, r)| (i, r.job.load()))
+            .unzip()
+    }
+
+    /// Whether the deadline guard (if on) lets `job` join the batch now.
+    fn guard_admits(&self, job: &Job) -> bool {
+        let Some(guard) = &self.guard else {
+            return true;
+        };
+        let (_, batch) = self.loads();
+        guard.admits(&self.cost, &batch, &job.load(), Instant::now())
+    }
+
+    /// Preempts the lower-priority sequences the deadline guard (if on) picks so that the
+    /// higher ones finish in time.
+    fn guard_deadlines(&mut self) {
+        let Some(guard) = &self.guard else {
+            return;
+        };
+        let (positions, batch) = self.loads();
+        for k in guard.preemptions(&self.cost, &batch, Instant::now()) {
+            let Some(r) = positions.get(k).and_then(|&i| self.running.get_mut(i)) else {
+                continue;
+            };
+            tracing::debug!(
+                target: "btlm_engine",
+                priority = r.job.priority,
+                "btlm request preempted: a higher-priority one would be late"
+            );
+            r.job.sequence.stop(FinishReason::Preempted);
+            self.stats.preempted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// One step: decode rows of every decoding sequence and one prompt piece per prefilling
-    /// sequence within the prompt-token budget.
+    /// sequence within the prompt-token budget, the highest priority first.
     fn step(&mut self) {
         let mut decode = Vec::new();
-        let mut prefill = Vec::new();
-        let mut prompt_tokens = 0;
+        let mut prompts = Vec::new();
         for (i, r) in self.running.iter().enumerate() {
             let seq = &r.job.sequence;
             if seq.finished().is_some() {
                 continue;
             }
-            if !seq.is_prefilling() {
+            if seq.is_prefilling() {
+                prompts.push(i);
+            } else {
                 decode.push(i);
-                continue;
             }
-            let n = seq.pending().len();
+        }
+        // Stable: the oldest first among equal priorities.
+        prompts.sort_by(|&a, &b| {
+            let p = |i: usize| self.running[i].job.priority;
+            p(b).total_cmp(&p(a))
+        });
+        let mut prefill = Vec::new();
+        let mut prompt_tokens = 0;
+        for i in prompts {
+            let n = self.running[i].job.sequence.pending().len();
             if prefill.is_empty() || prompt_tokens + n <= self.config.prefill_tokens_per_step {
                 prefill.push(i);
                 prompt_tokens += n;
             }
         }
+        prefill.sort_unstable();
         let batch = decode.len() + prefill.len();
         if batch == 0 {
             return;
@@ -275,13 +364,22 @@ impl<M: StepModel> Batcher<M> {
                 .filter(|&&i| self.is_prefilling(i))
                 .map(|&i| self.running[i].job.sequence.pending().len())
                 .sum();
+            let pass_decode_rows = pass.iter().filter(|&&i| !self.is_prefilling(i)).count();
+            let pass_started = Instant::now();
             let took = self.run_pass(pass);
             model += took;
             if prompt_rows > 0 {
                 prompt_pass += took;
             }
+            if passes.len() > 1 {
+                self.cost
+                    .record(pass_decode_rows, prompt_rows, pass_started.elapsed());
+            }
         }
         let took = started.elapsed();
+        if passes.len() == 1 {
+            self.cost.record(decode_rows, prompt_tokens, took);
+        }
         let s = &self.stats;
         s.steps.fetch_add(1, Ordering::Relaxed);
         s.peak_batch.fetch_max(batch, Ordering::Relaxed);
@@ -441,6 +539,8 @@ impl<M: StepModel> Batcher<M> {
                     .tokens
                     .fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
                 match g.finish {
+                    // Counted when preempted (`EngineStats::preempted`).
+                    FinishReason::Preempted => {}
                     FinishReason::Cancelled => count(&self.stats.cancelled),
                     FinishReason::Deadline => count(&self.stats.timed_out),
                     FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
@@ -474,4 +574,216 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The deadline guard and the prompt order inside the batcher, driven step by step with
+    //! costs set by the test (the engine thread learns them from real steps).
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+    use crate::error::Result;
+    use crate::generation::{Generation, GenerationConfig};
+    use crate::model::Segment;
+
+    /// A model without weights: the next token is always 500; it records the first token of
+    /// every segment of every step.
+    #[derive(Default)]
+    struct Echo {
+        steps: Mutex<Vec<Vec<u32>>>,
+    }
+
+    impl StepModel for Echo {
+        type Cache = ();
+
+        fn context(&self) -> usize {
+            4096
+        }
+
+        fn kv_bytes_per_token(&self) -> usize {
+            1
+        }
+
+        fn new_cache(&self, _positions: usize) {}
+
+        fn step(&self, segments: &mut [Segment<'_, ()>]) -> Result<Vec<Vec<f32>>> {
+            let firsts = segments.iter().map(|s| s.tokens[0]).collect();
+            self.steps.lock().expect("steps").push(firsts);
+            Ok(segments
+                .iter()
+                .filter(|s| s.logits)
+                .map(|_| {
+                    let mut row = vec![0.0; 1000];
+                    row[500] = 1.0;
+                    row
+                })
+                .collect())
+        }
+
+        fn rows_independent(&self) -> bool {
+            true
+        }
+    }
+
+    fn batcher(max_batch: usize, prefill_tokens_per_step: usize) -> Batcher<Echo> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
+        let tokenizer = Arc::new(BtlmTokenizer::from_dir(&dir).expect("tiny tokenizer"));
+        let config = EngineConfig {
+            max_batch,
+            prefill_tokens_per_step,
+            deadline_headroom: Some(Duration::from_secs(2)),
+            ..EngineConfig::default()
+        };
+        let mut b =
+            Batcher::new(Echo::default(), tokenizer, config, Arc::default()).expect("batcher");
+        // Decode steps of 50 ms at one row, 85 ms at eight; prompt tokens 10 ms each.
+        b.cost.record(1, 0, Duration::from_millis(50));
+        b.cost.record(8, 0, Duration::from_millis(85));
+        b.cost.record(0, 100, Duration::from_secs(1));
+        b
+    }
+
+    /// A request whose prompt is `prompt` tokens (all `first`), for `new` tokens, with
+    /// `deadline_s` seconds left.
+    fn job(
+        priority: f64,
+        first: u32,
+        prompt: usize,
+        new: usize,
+        deadline_s: f64,
+    ) -> (Job, UnboundedReceiver<Event>) {
+        let cfg = GenerationConfig {
+            max_new_tokens: new,
+            no_repeat_ngram_size: 0,
+            stop: Vec::new(),
+            ignore_eos: true,
+            ..GenerationConfig::default()
+        };
+        let sequence = Sequence::new(&vec![first; prompt], &cfg, 4096, 0).expect("sequence");
+        let (events, rx) = unbounded_channel();
+        let now = Instant::now();
+        let job = Job {
+            sequence,
+            deadline: Some(now + Duration::from_secs_f64(deadline_s)),
+            events,
+            priority,
+            submitted: now,
+            held_back: false,
+        };
+        (job, rx)
+    }
+
+    fn submit(b: &mut Batcher<Echo>, job: Job) {
+        b.stats.waiting.fetch_add(1, Ordering::AcqRel);
+        b.enqueue(job);
+    }
+
+    /// The generation `rx` was answered with.
+    fn done(rx: &mut UnboundedReceiver<Event>) -> Generation {
+        loop {
+            match rx.try_recv().expect("an answer") {
+                Event::Text(_) => continue,
+                Event::Done(result) => return result.expect("no failure"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_lower_request_waits_while_it_would_make_a_validator_late() {
+        let mut b = batcher(4, 256);
+        let (validator, _v) = job(10.0, 1, 4, 100, 9.0);
+        submit(&mut b, validator);
+        b.admit();
+        // 300 prompt tokens (3 s) and 100 steps of two rows (5.5 s) leave the validator
+        // less than the 2 s headroom of its 9 s.
+        let (low, _l) = job(1.0, 2, 300, 10, 60.0);
+        submit(&mut b, low);
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (1, 1), "held back");
+        b.admit();
+        assert_eq!(b.stats.held_back.load(Ordering::Relaxed), 1, "counted once");
+        // A request of the validator's priority is queued ahead of the low one and joins.
+        let (peer, _p) = job(10.0, 3, 300, 10, 60.0);
+        submit(&mut b, peer);
+        b.admit();
+        assert_eq!(b.running.len(), 2, "the peer joined");
+        assert_eq!(b.waiting.len(), 1, "the low one still waits");
+        // Without the guard the low one joins.
+        b.guard = None;
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (3, 0));
+    }
+
+    #[test]
+    fn a_short_lower_request_joins_when_the_validator_has_time() {
+        let mut b = batcher(4, 256);
+        let (validator, _v) = job(10.0, 1, 4, 100, 11.0);
+        submit(&mut b, validator);
+        b.admit();
+        let (low, _l) = job(1.0, 2, 30, 10, 60.0);
+        submit(&mut b, low);
+        b.admit();
+        assert_eq!(b.running.len(), 2);
+        assert_eq!(b.stats.held_back.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn lower_sequences_are_preempted_latest_first_and_told_so() {
+        let mut b = batcher(8, 256);
+        let mut lows = Vec::new();
+        for first in 2..=4 {
+            let (low, rx) = job(1.0, first, 4, 200, 60.0);
+            submit(&mut b, low);
+            lows.push(rx);
+        }
+        b.admit();
+        // The validator, admitted after them (the pipeline gave it a slot), has 100 steps
+        // to run in 6.65 s: at four rows (65 ms a step) or three (60 ms) it is projected
+        // later than half the 2 s headroom before its deadline, at two rows (55 ms) not.
+        let (validator, mut v) = job(10.0, 1, 4, 100, 6.65);
+        submit(&mut b, validator);
+        b.admit();
+        assert_eq!(b.running.len(), 4);
+        b.guard_deadlines();
+        let preempted: Vec<usize> = (0..b.running.len())
+            .filter(|&i| b.running[i].job.sequence.finished() == Some(FinishReason::Preempted))
+            .collect();
+        assert_eq!(preempted, vec![1, 2], "the two latest lows");
+        assert_eq!(b.stats.preempted.load(Ordering::Relaxed), 2);
+        b.step();
+        b.retire();
+        assert_eq!(b.running.len(), 2);
+        for rx in &mut lows[1..] {
+            assert_eq!(done(rx).finish, FinishReason::Preempted);
+        }
+        while let Ok(event) = lows[0].try_recv() {
+            assert!(matches!(event, Event::Text(_)), "the first low runs on");
+        }
+        assert!(v.try_recv().is_ok(), "the validator ran a step");
+        assert_eq!(b.stats.cancelled.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_highest_priority_prompt_runs_first() {
+        let mut b = batcher(4, 64);
+        b.guard = None;
+        let (low, _l) = job(1.0, 2, 64, 4, 60.0);
+        let (high, _h) = job(10.0, 1, 64, 4, 60.0);
+        submit(&mut b, low);
+        b.admit();
+        submit(&mut b, high);
+        b.admit();
+        b.step();
+        b.step();
+        let steps = b.model.steps.lock().expect("steps").clone();
+        // One 64-token piece fits a step: the high one's first, though admitted later.
+        assert_eq!(steps[0], vec![1]);
+        // Then the low one's, in the pass of the high one's decode row (segments in
+        // admission order).
+        assert_eq!(steps[1], vec![2, 500]);
+    }
 }

@@ -130,6 +130,7 @@ impl Engine {
             deadline,
             events,
             submitted: Instant::now(),
+            held_back: false,
             priority: if priority.is_nan() {
                 f64::NEG_INFINITY
             } else {

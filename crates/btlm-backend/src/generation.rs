@@ -106,6 +106,9 @@ pub enum FinishReason {
     Deadline,
     /// The consumer asked to stop (e.g. the client went away).
     Cancelled,
+    /// A higher-priority request needed the batch to itself to finish in time (the
+    /// engine's deadline guard, `--btlm.deadline_guard`); the partial text is dropped.
+    Preempted,
 }
 
 /// The outcome of one completion ([`generate`](crate::sequence::generate) or the engine).

@@ -208,6 +208,16 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             .map(|(outcome, value)| (outcome.to_string(), value)),
         ),
         BackendMetric::counter(
+            "prompting_btlm_deadline_guard_held_back",
+            "Requests whose admission the deadline guard held back at least once: a higher-priority request in the batch would have been late (--btlm.deadline_guard).",
+            count(&stats.held_back),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_deadline_guard_preempted",
+            "Running requests the deadline guard preempted (answered 503) so that a higher-priority one finishes in time.",
+            count(&stats.preempted),
+        ),
+        BackendMetric::counter(
             "prompting_btlm_admitted",
             "Requests the BTLM engine admitted into its batch.",
             count(&stats.admitted),
@@ -385,6 +395,7 @@ impl Miner for BtlmMiner {
                     FinishReason::Cancelled => {
                         Err(MinerError::Backend("generation was cancelled".into()))
                     }
+                    FinishReason::Preempted => Err(MinerError::Preempted),
                     FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
                         return None;
                     }

@@ -70,6 +70,19 @@ impl Sequence {
         self.prompt_len + self.max_new
     }
 
+    /// Prompt tokens not run yet.
+    pub fn prompt_left(&self) -> usize {
+        self.prompt_len.saturating_sub(self.fed)
+    }
+
+    /// Tokens it may still generate (the token limit less those generated); 0 once finished.
+    pub fn decode_left(&self) -> usize {
+        if self.finish.is_some() {
+            return 0;
+        }
+        self.max_new.saturating_sub(self.generated())
+    }
+
     /// Whether prompt tokens are still to be run.
     pub fn is_prefilling(&self) -> bool {
         self.fed < self.prompt_len

@@ -3,6 +3,7 @@
 //! and the counters.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -145,6 +146,11 @@ pub struct EngineConfig {
     /// rounded need, each counted at its real size), rather than free them. Applies to
     /// models that can reuse a cache ([`StepModel::recycles_caches`]).
     pub kv_pool: bool,
+    /// The deadline guard's headroom ([`crate::deadline_guard`]): a lower-priority request
+    /// joins the batch only while every higher-priority one is projected to finish this
+    /// long before its deadline, and lower ones are preempted while a higher one is
+    /// projected later than half of it. `None`: no guard.
+    pub deadline_headroom: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -156,6 +162,7 @@ impl Default for EngineConfig {
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,
+            deadline_headroom: Some(Duration::from_secs(2)),
         }
     }
 }
@@ -234,6 +241,10 @@ pub struct EngineStats {
     pub admitted: AtomicU64,
     /// Nanoseconds the admitted requests waited between submission and admission, summed.
     pub queue_nanos: AtomicU64,
+    /// Requests whose admission the deadline guard held back at least once.
+    pub held_back: AtomicU64,
+    /// Running requests the deadline guard preempted for a higher-priority one.
+    pub preempted: AtomicU64,
 }
 
 impl EngineStats {

@@ -1,0 +1,247 @@
+//! Keeps the batch's higher-priority sequences on time (`--btlm.deadline_guard`).
+//!
+//! Every sequence in the batch slows every other: each decode row makes the step longer and
+//! each prompt token is run inside someone's step. Under a flood of low-priority requests
+//! the batch is always full and new prompts arrive all the time, so a high-priority request
+//! (a validator) answered in that batch can take longer than its caller waits, even though
+//! it got a slot at once. The guard, with the engine's [learned step costs](StepCost),
+//! projects when each running sequence will be done, and at every step boundary
+//!
+//! - **holds back an admission** that would push a running sequence of higher priority past
+//!   its deadline less the headroom (`--btlm.deadline_headroom_ms`): the request waits in
+//!   the engine's queue (and ends at its own deadline if it never fits);
+//! - **preempts lower-priority sequences** (the lowest first, the most recently admitted
+//!   among equals: it has done the least work) while a higher one is projected past its
+//!   deadline less half the headroom; their callers are told at once
+//!   ([`FinishReason::Preempted`](crate::generation::FinishReason::Preempted)).
+//!
+//! A sequence that could not finish in time even alone with its equals and betters is not
+//! protected: nothing is held back or preempted for it. Equal priorities never hold each
+//! other back. Projections are conservative (the batch keeps its size until the sequence
+//! ends, every pending prompt token runs first) and made only once the costs are measured.
+
+use std::time::{Duration, Instant};
+
+use crate::step_cost::StepCost;
+
+/// What the guard needs to know of a sequence (running, or asking to be admitted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Load {
+    /// Its priority (higher first).
+    pub(crate) priority: f64,
+    /// When its caller stops waiting; `None`: never (then it is not protected).
+    pub(crate) deadline: Option<Instant>,
+    /// Prompt tokens not run yet.
+    pub(crate) prompt_left: usize,
+    /// Decode steps it may still need (the token limit less the tokens generated).
+    pub(crate) decode_left: usize,
+}
+
+/// The guard's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeadlineGuard {
+    /// Time a protected sequence must be projected to finish before its deadline for a
+    /// lower one to be admitted; half of it before the lower ones are preempted.
+    pub(crate) headroom: Duration,
+}
+
+impl DeadlineGuard {
+    /// Whether `candidate` may join `batch` (the running sequences): no sequence of `batch`
+    /// with a higher priority is projected past its deadline less the headroom with it. True
+    /// while the costs are not measured.
+    pub(crate) fn admits(
+        &self,
+        cost: &StepCost,
+        batch: &[Load],
+        candidate: &Load,
+        now: Instant,
+    ) -> bool {
+        let mut with: Vec<Load> = batch.to_vec();
+        with.push(*candidate);
+        batch
+            .iter()
+            .filter(|s| s.priority > candidate.priority)
+            .all(|s| self.on_time(cost, &with, s, now, self.headroom) != Some(false))
+    }
+
+    /// The positions in `batch` of the sequences to preempt so that the higher ones are
+    /// projected to finish before their deadlines less half the headroom, as far as
+    /// preempting lower ones can achieve it. Positions are in admission order (later means
+    /// admitted later).
+    pub(crate) fn preemptions(&self, cost: &StepCost, batch: &[Load], now: Instant) -> Vec<usize> {
+        let margin = self.headroom / 2;
+        let mut kept: Vec<usize> = (0..batch.len()).collect();
+        let mut preempted = Vec::new();
+        // The highest priorities first: what is preempted for them helps the others too.
+        let mut protected = kept.clone();
+        protected.sort_by(|&a, &b| batch[b].priority.total_cmp(&batch[a].priority));
+        for s in protected {
+            if preempted.contains(&s) {
+                continue;
+            }
+            loop {
+                let loads: Vec<Load> = kept.iter().map(|&i| batch[i]).collect();
+                if self.on_time(cost, &loads, &batch[s], now, margin) != Some(false) {
+                    break;
+                }
+                // The lowest priority below `s`, the most recently admitted among equals.
+                let victim = kept
+                    .iter()
+                    .copied()
+                    .filter(|&i| batch[i].priority < batch[s].priority)
+                    .min_by(|&a, &b| {
+                        batch[a]
+                            .priority
+                            .total_cmp(&batch[b].priority)
+                            .then(b.cmp(&a))
+                    });
+                let Some(victim) = victim else { break };
+                kept.retain(|&i| i != victim);
+                preempted.push(victim);
+            }
+        }
+        preempted.sort_unstable();
+        preempted
+    }
+
+    /// Whether `s` finishes `margin` before its deadline in `batch` (`s` among them):
+    /// `None` when that cannot be told (no deadline, costs unknown) or when `s` is not
+    /// protected (it would miss its deadline even with only its equals and betters in the
+    /// batch).
+    fn on_time(
+        &self,
+        cost: &StepCost,
+        batch: &[Load],
+        s: &Load,
+        now: Instant,
+        margin: Duration,
+    ) -> Option<bool> {
+        let left = s.deadline?.saturating_duration_since(now).as_secs_f64();
+        let needs = |loads: &mut dyn Iterator<Item = &Load>| {
+            let (rows, prompt) = loads.fold((0, 0), |(rows, prompt), l| {
+                (rows + 1, prompt + l.prompt_left)
+            });
+            cost.finish_in(prompt, s.decode_left, rows)
+        };
+        let alone = needs(&mut batch.iter().filter(|l| l.priority >= s.priority))?;
+        if alone > left {
+            return None;
+        }
+        let shared = needs(&mut batch.iter())?;
+        Some(shared <= left - margin.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decode steps of 50 ms (+5 ms per row beyond the first), prompt tokens 10 ms each.
+    fn cost() -> StepCost {
+        let mut c = StepCost::default();
+        c.record(1, 0, Duration::from_millis(50));
+        c.record(8, 0, Duration::from_millis(85));
+        c.record(0, 100, Duration::from_millis(1000));
+        c
+    }
+
+    fn load(
+        priority: f64,
+        now: Instant,
+        deadline_s: Option<f64>,
+        prompt: usize,
+        decode: usize,
+    ) -> Load {
+        Load {
+            priority,
+            deadline: deadline_s.map(|s| now + Duration::from_secs_f64(s)),
+            prompt_left: prompt,
+            decode_left: decode,
+        }
+    }
+
+    fn guard() -> DeadlineGuard {
+        DeadlineGuard {
+            headroom: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn a_low_prompt_is_held_back_while_it_would_make_a_validator_late() {
+        let now = Instant::now();
+        let c = cost();
+        // A validator with 100 steps left (5.0 s alone) and 9 s before its deadline.
+        let batch = [load(10.0, now, Some(9.0), 0, 100)];
+        // A low one with a 128-token prompt: 1.28 s + 100 × 55 ms = 6.78 s ≤ 7 s.
+        let low = load(1.0, now, Some(12.0), 128, 100);
+        assert!(guard().admits(&c, &batch, &low, now));
+        // With 300 tokens of prompt: 3 s + 5.5 s > 7 s.
+        let long = load(1.0, now, Some(12.0), 300, 100);
+        assert!(!guard().admits(&c, &batch, &long, now));
+        // An equal priority is never held back for it, nor is a higher one.
+        assert!(guard().admits(&c, &batch, &load(10.0, now, Some(12.0), 300, 100), now));
+        assert!(guard().admits(&c, &batch, &load(20.0, now, Some(12.0), 300, 100), now));
+    }
+
+    #[test]
+    fn nothing_is_held_back_for_the_hopeless_the_unknown_or_the_timeless() {
+        let now = Instant::now();
+        let long = load(1.0, now, Some(12.0), 1000, 100);
+        // 100 steps of 50 ms do not fit in 4 s even alone.
+        let hopeless = [load(10.0, now, Some(4.0), 0, 100)];
+        assert!(guard().admits(&cost(), &hopeless, &long, now));
+        let timeless = [load(10.0, now, None, 0, 100)];
+        assert!(guard().admits(&cost(), &timeless, &long, now));
+        let tight = [load(10.0, now, Some(6.0), 0, 100)];
+        assert!(!guard().admits(&cost(), &tight, &long, now));
+        assert!(
+            guard().admits(&StepCost::default(), &tight, &long, now),
+            "costs not measured yet"
+        );
+    }
+
+    #[test]
+    fn the_lowest_latest_are_preempted_until_the_validator_is_on_time() {
+        let now = Instant::now();
+        let c = cost();
+        // Seven low sequences (two of priority 2, five of priority 1, one still prefilling)
+        // and a validator with 8.05 s left: 100 steps at 8 rows (8.5 s) plus the prompt do
+        // not fit in 8.05 − 1 s.
+        let mut batch = vec![
+            load(2.0, now, Some(12.0), 0, 50),
+            load(1.0, now, Some(12.0), 0, 50),
+        ];
+        batch.push(load(10.0, now, Some(8.05), 0, 100));
+        batch.extend([
+            load(1.0, now, Some(12.0), 0, 50),
+            load(2.0, now, Some(12.0), 0, 50),
+            load(1.0, now, Some(12.0), 0, 50),
+            load(1.0, now, Some(12.0), 0, 50),
+            load(1.0, now, Some(12.0), 128, 100),
+        ]);
+        let out = guard().preemptions(&c, &batch, now);
+        // Without the prefilling one (the latest of priority 1): 100 × 80 ms = 8 s, still
+        // late; then the next latest of priority 1 (position 6): 100 × 75 ms = 7.5 s; then
+        // position 5: 7.0 s ≤ 7.05 s.
+        assert_eq!(out, vec![5, 6, 7]);
+        // With more time, nothing is preempted.
+        batch[2].deadline = Some(now + Duration::from_secs(12));
+        assert!(guard().preemptions(&c, &batch, now).is_empty());
+        // Without lower ones to preempt, nothing is.
+        let equals = [
+            load(10.0, now, Some(6.0), 0, 100),
+            load(10.0, now, Some(6.0), 500, 100),
+        ];
+        assert!(guard().preemptions(&c, &equals, now).is_empty());
+    }
+
+    #[test]
+    fn a_validator_that_cannot_make_it_even_alone_preempts_nothing() {
+        let now = Instant::now();
+        let batch = [
+            load(1.0, now, Some(12.0), 0, 50),
+            load(10.0, now, Some(4.0), 0, 100),
+        ];
+        assert!(guard().preemptions(&cost(), &batch, now).is_empty());
+    }
+}
