@@ -976,6 +976,11 @@ mod tests {
         slot.finish();
     }
 
+    /// The service-time estimate a waiter of `priority` is judged by.
+    fn estimate_for(s: &Scheduler, priority: f64) -> Option<Duration> {
+        s.state.lock().service.estimate_for(priority)
+    }
+
     const SECOND: Duration = Duration::from_secs(1);
 
     #[tokio::test(start_paused = true)]
@@ -1119,6 +1124,202 @@ mod tests {
         settle().await;
         assert!(high.try_recv().is_err());
         assert_eq!(s.load().queued, 4);
+    }
+
+    /// A low-stake caller's priority and a validator's.
+    const LOW: f64 = 1.0;
+    const HIGH: f64 = 10_000.0;
+
+    /// One worker, held at [`LOW`] by the returned slot, and room for 8 waiters, after three
+    /// 10 s holds at [`LOW`] and one 1 s hold at [`HIGH`]: the estimate is 10 s overall and
+    /// for [`LOW`], 1 s for [`HIGH`] (the 0.9 quantile of its one sample).
+    async fn slow_lows_fast_highs(policy: Policy) -> (Arc<Scheduler>, Slot) {
+        let s = Scheduler::with_policy(1, 8, policy);
+        for _ in 0..3 {
+            measure_at(&s, LOW, 10 * SECOND).await;
+        }
+        measure_at(&s, HIGH, SECOND).await;
+        assert_eq!(s.service_time(), Some(10 * SECOND), "overall");
+        assert_eq!(
+            (estimate_for(&s, LOW), estimate_for(&s, HIGH)),
+            (Some(10 * SECOND), Some(SECOND))
+        );
+        let busy = s.acquire(LOW, far()).await.expect("the free worker");
+        (s, busy)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_low_priority_holds_do_not_get_a_high_priority_arrival_refused() {
+        let policy = Policy {
+            lifo_after: None,
+            ..Policy::default()
+        };
+        let (s, busy) = slow_lows_fast_highs(policy).await;
+        // 5 s left: 1 s to wait for the worker and 1 s to answer, by the holds at HIGH.
+        let five = Instant::now() + 5 * SECOND;
+        let (_h1, mut high) = spawn_acquire(&s, HIGH, five);
+        settle().await;
+        assert!(high.try_recv().is_err(), "queued, not refused");
+        // One more behind it: 2 s to wait.
+        let (_h2, mut next) = spawn_acquire(&s, HIGH, five);
+        settle().await;
+        assert_eq!(s.load().queued, 2);
+        assert_eq!(s.give_up_at(five, HIGH), five - SECOND);
+        // 2 s left: below the overall estimate, above their own. They wait on, and the
+        // first is granted.
+        tokio::time::advance(3 * SECOND).await;
+        settle().await;
+        assert!(high.try_recv().is_err() && next.try_recv().is_err());
+        drop(busy);
+        settle().await;
+        let _served = high.try_recv().expect("granted").expect("a slot");
+        // The other leaves once its time left falls to its own 1 s.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        settle().await;
+        assert!(next.try_recv().is_err(), "1.1 s left: still waiting");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        let rejection = next.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { need, .. })
+                if need == SECOND),
+            "{rejection:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_low_priority_arrival_is_still_judged_by_the_slow_low_holds() {
+        let (s, _busy) = slow_lows_fast_highs(Policy::default()).await;
+        // 10 s to wait for the worker, 10 s to answer.
+        assert_eq!(
+            s.acquire(LOW, Instant::now() + 12 * SECOND).await.err(),
+            Some(Rejection::CannotFinishOnArrival {
+                left: 12 * SECOND,
+                need: 20 * SECOND
+            })
+        );
+        // A waiter leaves once its time left falls to 10 s.
+        let (_h, mut low) = spawn_acquire(&s, LOW, Instant::now() + 25 * SECOND);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(14900)).await;
+        settle().await;
+        assert!(low.try_recv().is_err(), "10.1 s left: still waiting");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        let rejection = low.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { need, .. })
+                if need == 10 * SECOND),
+            "{rejection:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_priority_never_seen_is_not_refused_on_an_estimate() {
+        let (s, _busy) = slow_lows_fast_highs(Policy::default()).await;
+        // Between LOW and HIGH: judged by the holds at HIGH (1 s to wait, 1 s to answer).
+        assert!(matches!(
+            s.acquire(5000.0, Instant::now() + Duration::from_millis(1500))
+                .await
+                .err(),
+            Some(Rejection::CannotFinishOnArrival { need, .. }) if need == 2 * SECOND
+        ));
+        // Above HIGH: no hold tells how fast it is served. It waits, until its deadline.
+        let deadline = Instant::now() + SECOND;
+        assert_eq!(s.give_up_at(deadline, 2.0 * HIGH), deadline);
+        let (_h, mut top) = spawn_acquire(&s, 2.0 * HIGH, deadline);
+        settle().await;
+        assert!(top.try_recv().is_err(), "queued");
+        tokio::time::advance(Duration::from_millis(990)).await;
+        settle().await;
+        assert!(
+            top.try_recv().is_err(),
+            "still waiting just before its deadline"
+        );
+        tokio::time::advance(Duration::from_millis(20)).await;
+        settle().await;
+        assert_eq!(
+            top.try_recv().expect("left").err(),
+            Some(Rejection::Expired)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_high_priority_waiter_preempts_when_its_own_estimate_leaves_it_time() {
+        let policy = Policy {
+            preempt: Some(0.0),
+            ..Policy::default()
+        };
+        let (s, mut busy) = slow_lows_fast_highs(policy).await;
+        // 5 s left: not enough for the overall 10 s, plenty for its own 1 s.
+        let (_h, _high) = spawn_acquire(&s, HIGH, Instant::now() + 5 * SECOND);
+        settle().await;
+        assert_eq!(s.load().queued, 1);
+        assert!(is_preempted(&mut busy), "the low request gives its slot up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grown_estimate_drops_only_the_waiters_it_judges() {
+        let s = Scheduler::new(2, 8);
+        measure_at(&s, LOW, SECOND).await;
+        measure_at(&s, HIGH, SECOND).await;
+        let slow = s.acquire(LOW, far()).await.expect("slot");
+        let _busy = s.acquire(LOW, far()).await.expect("slot");
+        let eight = Instant::now() + 8 * SECOND;
+        let (_h1, mut high1) = spawn_acquire(&s, HIGH, eight);
+        let (_h2, mut high2) = spawn_acquire(&s, HIGH, eight);
+        let (_h3, mut low) = spawn_acquire(&s, LOW, eight);
+        settle().await;
+        assert_eq!(s.load().queued, 3);
+        tokio::time::advance(5 * SECOND).await;
+        // A 5 s hold at LOW: LOW's estimate (the 0.9 quantile of 1, 1 and 5 s) becomes
+        // 5 s; HIGH's stays 1 s.
+        slow.finish();
+        settle().await;
+        assert_eq!(
+            (estimate_for(&s, LOW), estimate_for(&s, HIGH)),
+            (Some(5 * SECOND), Some(SECOND))
+        );
+        // 3 s left, 5 s needed: the low waiter leaves now.
+        let rejection = low.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
+                if left == 3 * SECOND && need == 5 * SECOND),
+            "{rejection:?}"
+        );
+        // The high ones need 1 s: one takes the slot, the other waits on.
+        let granted = [high1.try_recv(), high2.try_recv()];
+        assert_eq!(
+            granted.iter().filter(|r| matches!(r, Ok(Ok(_)))).count(),
+            1,
+            "{granted:?}"
+        );
+        assert_eq!(s.load().queued, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_off_hold_is_judged_by_the_estimate_for_its_priority() {
+        let policy = Policy {
+            service_samples: 8,
+            service_quantile: 1.0,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        measure_at(&s, LOW, 10 * SECOND).await;
+        measure_at(&s, HIGH, SECOND).await;
+        // Cut off after 3 s at HIGH: below the overall 10 s, above HIGH's 1 s, which it
+        // raises.
+        let slot = s.acquire(HIGH, far()).await.expect("slot");
+        tokio::time::advance(3 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(estimate_for(&s, HIGH), Some(3 * SECOND));
+        assert_eq!(s.service_samples(), 3);
+        // Cut off after 3 s at LOW: below LOW's 10 s, nothing new.
+        let slot = s.acquire(LOW, far()).await.expect("slot");
+        tokio::time::advance(3 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(s.service_samples(), 3);
+        assert_eq!(s.service_time(), Some(10 * SECOND));
     }
 
     #[tokio::test(start_paused = true)]
