@@ -16,11 +16,11 @@ use crate::scheduler::Policy;
 pub struct AdmissionConfig {
     /// Grant a waiting request a worker whatever time it has left (it is then cancelled at
     /// its deadline if it cannot finish). By default a waiting request whose time left is
-    /// not above the expected service time is refused as overloaded (503) at once.
+    /// not above its expected service time is refused as overloaded (503) at once.
     #[cfg_attr(feature = "cli", arg(long = "miner.admission.ignore_deadlines"))]
     pub ignore_deadlines: bool,
 
-    /// A waiting request is granted a worker only with more than the expected service time
+    /// A waiting request is granted a worker only with more than its expected service time
     /// × this factor left before its deadline.
     #[cfg_attr(feature = "cli", arg(
         long = "miner.admission.margin",
@@ -28,16 +28,18 @@ pub struct AdmissionConfig {
     ))]
     pub margin: f64,
 
-    /// The expected service time is this quantile of the recent requests' worker-hold times
-    /// (1 = the slowest of them).
+    /// The expected service time of a request is this quantile of the worker-hold times of
+    /// the recent requests of its priority or higher (1 = the slowest of them); none of
+    /// those: no expected service time, nothing refused on it.
     #[cfg_attr(feature = "cli", arg(
         long = "miner.admission.service_quantile",
         default_value_t = DEFAULT_SERVICE_QUANTILE
     ))]
     pub service_quantile: f64,
 
-    /// How many recent requests (answered, or cut off at their deadline after holding
-    /// their worker longer than the estimate) the expected service time is taken from.
+    /// How many recent requests, of every priority (answered, or cut off at their deadline
+    /// after holding their worker longer than the estimate for their priority), the
+    /// expected service times are taken from.
     #[cfg_attr(feature = "cli", arg(
         long = "miner.admission.service_samples",
         default_value_t = DEFAULT_SERVICE_SAMPLES

@@ -119,6 +119,11 @@ impl RunningSet {
         );
     }
 
+    /// The priority of the request holding slot `id`.
+    pub(crate) fn priority(&self, id: u64) -> Option<f64> {
+        self.slots.get(&id).map(|r| r.priority)
+    }
+
     /// Forgets slot `id` (given back).
     pub(crate) fn remove(&mut self, id: u64) {
         self.slots.remove(&id);

@@ -12,8 +12,12 @@
 //! below that estimate (× [`Policy::margin`]): such a waiter leaves the queue at once with
 //! [`Rejection::CannotFinishOnArrival`] when it arrives and the queue ahead of it cannot
 //! drain in time, or [`Rejection::CannotFinishWhileWaiting`] as soon as its time left falls
-//! below the estimate (or a grown estimate is above it) — instead of taking a slot only to be cancelled at its deadline. A
-//! waiter whose deadline passes leaves with [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
+//! below the estimate (or a grown estimate is above it) — instead of taking a slot only to
+//! be cancelled at its deadline. A waiter is judged by the estimate for its priority: from
+//! the holds of requests of that priority or higher only, the ones served like it (lower
+//! priorities wait behind it or are preempted for it); with none of those in the window it
+//! is refused on no estimate. A waiter whose deadline passes leaves with
+//! [`Rejection::Expired`]. A waiter that is dropped (its caller went away) leaves the queue,
 //! or returns the slot it was just granted. A request that finds a free slot and nobody
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
 //! estimate current.
@@ -211,7 +215,9 @@ impl Scheduler {
         }
     }
 
-    /// The service-time estimate; `None` before the first finished request.
+    /// The overall service-time estimate, from the holds of every priority (waiters are
+    /// judged by the estimate for their own priority); `None` before the first finished
+    /// request.
     pub fn service_time(&self) -> Option<Duration> {
         self.state.lock().service.estimate()
     }
@@ -244,7 +250,7 @@ impl Scheduler {
             Enqueued::Waiting(ticket) => ticket,
         };
         loop {
-            let give_up = self.give_up_at(deadline);
+            let give_up = self.give_up_at(deadline, ticket.rank.priority);
             match tokio::time::timeout_at(give_up, &mut ticket.receiver).await {
                 Ok(verdict) => {
                     ticket.settled = true;
@@ -262,7 +268,7 @@ impl Scheduler {
                     let left = deadline.saturating_duration_since(now);
                     let gave_up = {
                         let mut state = self.state.lock();
-                        match self.need(&state) {
+                        match self.need(&state, ticket.rank.priority) {
                             Some(need) if left <= need => {
                                 let left_queue = state.waiting.remove(&ticket.rank).is_some();
                                 state.note_backlog(now);
@@ -316,23 +322,24 @@ impl Scheduler {
         }
     }
 
-    /// When a waiter with `deadline` should give up: once its time left is below the time a
-    /// request needs, or at the deadline.
-    fn give_up_at(&self, deadline: Instant) -> Instant {
+    /// When a waiter of `priority` with `deadline` should give up: once its time left is
+    /// below the time it needs, or at the deadline.
+    fn give_up_at(&self, deadline: Instant, priority: f64) -> Instant {
         let state = self.state.lock();
-        match self.need(&state) {
+        match self.need(&state, priority) {
             Some(need) => deadline.checked_sub(need).unwrap_or(deadline).min(deadline),
             None => deadline,
         }
     }
 
-    /// The time a granted request needs: the service-time estimate × the margin; `None`
-    /// when deadlines are not looked at or nothing was measured yet.
-    fn need(&self, state: &State) -> Option<Duration> {
+    /// The time a granted request of `priority` needs: the service-time estimate for that
+    /// priority (from the holds at it or higher) × the margin; `None` when deadlines are
+    /// not looked at or no such hold was measured.
+    fn need(&self, state: &State, priority: f64) -> Option<Duration> {
         if !self.policy.deadline_aware {
             return None;
         }
-        let estimate = state.service.estimate()?;
+        let estimate = state.service.estimate_for(priority)?;
         Some(estimate.mul_f64(self.policy.margin))
     }
 
@@ -382,15 +389,17 @@ impl Scheduler {
         if state.running.len() < self.workers {
             return;
         }
-        let need = self.need(state);
         let coming_back = state.running.acknowledged();
         let candidates: Vec<Rank> = state
             .waiting
             .iter()
             .filter(|(rank, _)| !state.running.covers(rank))
-            .filter(|(_, w)| {
+            .filter(|(rank, w)| {
                 let left = w.deadline.saturating_duration_since(now);
-                !left.is_zero() && need.is_none_or(|need| left > need)
+                !left.is_zero()
+                    && self
+                        .need(state, rank.priority)
+                        .is_none_or(|need| left > need)
             })
             .map(|(rank, _)| *rank)
             .skip(coming_back)
@@ -426,7 +435,7 @@ impl Scheduler {
             return Enqueued::Granted(grant);
         }
         let lifo = self.lifo(&state, now);
-        if let Some(need) = self.need(&state) {
+        if let Some(need) = self.need(&state, priority) {
             let left = deadline - now;
             // The waiters served before this one, and the wait for a slot for each of them
             // and for this one (`workers` slots free up per service time).
@@ -488,7 +497,6 @@ impl Scheduler {
     /// Hands free slots to the best-ranked waiters that can still finish in time; those that
     /// cannot leave the queue.
     fn dispatch(&self, state: &mut State, now: Instant) {
-        let need = self.need(state);
         while state.running.len() < self.workers {
             let lifo = self.lifo(state, now);
             let Some(rank) = next(state, lifo) else {
@@ -500,7 +508,10 @@ impl Scheduler {
             let left = waiter.deadline.saturating_duration_since(now);
             if left.is_zero() {
                 let _ = waiter.notify.send(Verdict::Expired);
-            } else if let Some(need) = need.filter(|need| left <= *need) {
+            } else if let Some(need) = self
+                .need(state, waiter.priority)
+                .filter(|need| left <= *need)
+            {
                 let _ = waiter.notify.send(Verdict::CannotFinish { left, need });
             } else {
                 let grant = Self::grant(state);
@@ -515,14 +526,17 @@ impl Scheduler {
 
     /// Removes the waiters whose deadline passed or that can no longer finish in time.
     fn drop_hopeless(&self, state: &mut State, now: Instant) {
-        let need = self.need(state).unwrap_or_default();
-        let hopeless: Vec<(Rank, Duration)> = state
+        let hopeless: Vec<(Rank, Duration, Duration)> = state
             .waiting
             .iter()
-            .map(|(rank, waiter)| (*rank, waiter.deadline.saturating_duration_since(now)))
-            .filter(|(_, left)| left.is_zero() || *left <= need)
+            .map(|(rank, waiter)| {
+                let left = waiter.deadline.saturating_duration_since(now);
+                let need = self.need(state, waiter.priority).unwrap_or_default();
+                (*rank, left, need)
+            })
+            .filter(|(_, left, need)| left.is_zero() || left <= need)
             .collect();
-        for (rank, left) in hopeless {
+        for (rank, left, need) in hopeless {
             let verdict = if left.is_zero() {
                 Verdict::Expired
             } else {
@@ -537,17 +551,22 @@ impl Scheduler {
     /// service time (`None`: no sample).
     fn release(&self, id: u64, held: Option<(Duration, bool)>) {
         let mut state = self.state.lock();
-        let before = state.service.estimate();
-        let sample = held.filter(|(held, lower_bound)| {
-            !lower_bound || before.is_none_or(|estimate| *held > estimate)
-        });
-        if let Some((held, _)) = sample {
-            state.service.record(held);
-            if self.policy.deadline_aware && state.service.estimate() > before {
-                // The waiters' give-up times were set by the smaller (or no) estimate: those
-                // the new one leaves too little time leave now, not at those times.
-                self.drop_hopeless(&mut state, Instant::now());
+        let sample = match (held, state.running.priority(id)) {
+            (Some((held, lower_bound)), Some(priority)) => {
+                // A lower bound counts only above the estimate for its own priority.
+                let estimate = state.service.estimate_for(priority);
+                (!lower_bound || estimate.is_none_or(|estimate| held > estimate))
+                    .then_some((held, priority))
             }
+            _ => None,
+        };
+        if let Some((held, priority)) = sample
+            && state.service.record(held, priority)
+            && self.policy.deadline_aware
+        {
+            // The waiters' give-up times were set by smaller (or no) estimates: those a grown
+            // one leaves too little time leave now, not at those times.
+            self.drop_hopeless(&mut state, Instant::now());
         }
         self.release_locked(&mut state, id);
     }
@@ -659,8 +678,9 @@ impl Slot {
 
     /// Gives the slot back after the request was cut off at its deadline: how long it was
     /// held is a lower bound of its service time, a sample only when it is above the
-    /// current estimate (or there is none yet), which it then raises. A lower bound below
-    /// the estimate says nothing new, and as a sample it would pull the estimate down.
+    /// current estimate for its priority (or there is none yet), which it then raises. A
+    /// lower bound below the estimate says nothing new, and as a sample it would pull the
+    /// estimate down.
     pub fn cut_off(mut self) {
         self.sample = Sample::LowerBound;
     }
@@ -939,11 +959,26 @@ mod tests {
         assert!(second.try_recv().expect("granted").is_ok());
     }
 
-    /// Holds a slot for `held` and finishes it: one service-time sample.
+    /// A priority above every waiter's in these tests: its holds describe them all.
+    const TOP: f64 = f64::MAX;
+
+    /// Holds a slot for `held` at priority [`TOP`] and finishes it: one service-time sample
+    /// that every waiter is judged by.
     async fn measure(s: &Arc<Scheduler>, held: Duration) {
-        let slot = s.acquire(0.0, far()).await.expect("slot");
+        measure_at(s, TOP, held).await;
+    }
+
+    /// Holds a slot for `held` at `priority` and finishes it: one service-time sample, for
+    /// the waiters of that priority or lower.
+    async fn measure_at(s: &Arc<Scheduler>, priority: f64, held: Duration) {
+        let slot = s.acquire(priority, far()).await.expect("slot");
         tokio::time::advance(held).await;
         slot.finish();
+    }
+
+    /// The service-time estimate a waiter of `priority` is judged by.
+    fn estimate_for(s: &Scheduler, priority: f64) -> Option<Duration> {
+        s.state.lock().service.estimate_for(priority)
     }
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -1018,7 +1053,8 @@ mod tests {
     async fn a_waiter_leaves_at_once_when_the_service_time_grows_past_its_time_left() {
         let s = Scheduler::new(2, 4);
         measure(&s, Duration::from_millis(100)).await;
-        let slow = s.acquire(0.0, far()).await.expect("slot");
+        // At the low waiter's priority: its hold judges that waiter.
+        let slow = s.acquire(1.0, far()).await.expect("slot");
         let _busy = s.acquire(0.0, far()).await.expect("slot");
         let (_h1, mut high) = spawn_acquire(&s, 9.0, far());
         let (_h2, mut low) = spawn_acquire(&s, 1.0, Instant::now() + 8 * SECOND);
@@ -1044,7 +1080,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiters_queued_before_the_first_sample_are_judged_by_it() {
         let s = Scheduler::new(1, 4);
-        let first = s.acquire(0.0, far()).await.expect("slot");
+        let first = s.acquire(1.0, far()).await.expect("slot");
         // No estimate yet: queued whatever its time left.
         let (_h1, mut hopeless) = spawn_acquire(&s, 1.0, Instant::now() + 6 * SECOND);
         let (_h2, mut patient) = spawn_acquire(&s, 1.0, far());
@@ -1088,6 +1124,202 @@ mod tests {
         settle().await;
         assert!(high.try_recv().is_err());
         assert_eq!(s.load().queued, 4);
+    }
+
+    /// A low-stake caller's priority and a validator's.
+    const LOW: f64 = 1.0;
+    const HIGH: f64 = 10_000.0;
+
+    /// One worker, held at [`LOW`] by the returned slot, and room for 8 waiters, after three
+    /// 10 s holds at [`LOW`] and one 1 s hold at [`HIGH`]: the estimate is 10 s overall and
+    /// for [`LOW`], 1 s for [`HIGH`] (the 0.9 quantile of its one sample).
+    async fn slow_lows_fast_highs(policy: Policy) -> (Arc<Scheduler>, Slot) {
+        let s = Scheduler::with_policy(1, 8, policy);
+        for _ in 0..3 {
+            measure_at(&s, LOW, 10 * SECOND).await;
+        }
+        measure_at(&s, HIGH, SECOND).await;
+        assert_eq!(s.service_time(), Some(10 * SECOND), "overall");
+        assert_eq!(
+            (estimate_for(&s, LOW), estimate_for(&s, HIGH)),
+            (Some(10 * SECOND), Some(SECOND))
+        );
+        let busy = s.acquire(LOW, far()).await.expect("the free worker");
+        (s, busy)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_low_priority_holds_do_not_get_a_high_priority_arrival_refused() {
+        let policy = Policy {
+            lifo_after: None,
+            ..Policy::default()
+        };
+        let (s, busy) = slow_lows_fast_highs(policy).await;
+        // 5 s left: 1 s to wait for the worker and 1 s to answer, by the holds at HIGH.
+        let five = Instant::now() + 5 * SECOND;
+        let (_h1, mut high) = spawn_acquire(&s, HIGH, five);
+        settle().await;
+        assert!(high.try_recv().is_err(), "queued, not refused");
+        // One more behind it: 2 s to wait.
+        let (_h2, mut next) = spawn_acquire(&s, HIGH, five);
+        settle().await;
+        assert_eq!(s.load().queued, 2);
+        assert_eq!(s.give_up_at(five, HIGH), five - SECOND);
+        // 2 s left: below the overall estimate, above their own. They wait on, and the
+        // first is granted.
+        tokio::time::advance(3 * SECOND).await;
+        settle().await;
+        assert!(high.try_recv().is_err() && next.try_recv().is_err());
+        drop(busy);
+        settle().await;
+        let _served = high.try_recv().expect("granted").expect("a slot");
+        // The other leaves once its time left falls to its own 1 s.
+        tokio::time::advance(Duration::from_millis(900)).await;
+        settle().await;
+        assert!(next.try_recv().is_err(), "1.1 s left: still waiting");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        let rejection = next.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { need, .. })
+                if need == SECOND),
+            "{rejection:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_low_priority_arrival_is_still_judged_by_the_slow_low_holds() {
+        let (s, _busy) = slow_lows_fast_highs(Policy::default()).await;
+        // 10 s to wait for the worker, 10 s to answer.
+        assert_eq!(
+            s.acquire(LOW, Instant::now() + 12 * SECOND).await.err(),
+            Some(Rejection::CannotFinishOnArrival {
+                left: 12 * SECOND,
+                need: 20 * SECOND
+            })
+        );
+        // A waiter leaves once its time left falls to 10 s.
+        let (_h, mut low) = spawn_acquire(&s, LOW, Instant::now() + 25 * SECOND);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(14900)).await;
+        settle().await;
+        assert!(low.try_recv().is_err(), "10.1 s left: still waiting");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        let rejection = low.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { need, .. })
+                if need == 10 * SECOND),
+            "{rejection:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_priority_never_seen_is_not_refused_on_an_estimate() {
+        let (s, _busy) = slow_lows_fast_highs(Policy::default()).await;
+        // Between LOW and HIGH: judged by the holds at HIGH (1 s to wait, 1 s to answer).
+        assert!(matches!(
+            s.acquire(5000.0, Instant::now() + Duration::from_millis(1500))
+                .await
+                .err(),
+            Some(Rejection::CannotFinishOnArrival { need, .. }) if need == 2 * SECOND
+        ));
+        // Above HIGH: no hold tells how fast it is served. It waits, until its deadline.
+        let deadline = Instant::now() + SECOND;
+        assert_eq!(s.give_up_at(deadline, 2.0 * HIGH), deadline);
+        let (_h, mut top) = spawn_acquire(&s, 2.0 * HIGH, deadline);
+        settle().await;
+        assert!(top.try_recv().is_err(), "queued");
+        tokio::time::advance(Duration::from_millis(990)).await;
+        settle().await;
+        assert!(
+            top.try_recv().is_err(),
+            "still waiting just before its deadline"
+        );
+        tokio::time::advance(Duration::from_millis(20)).await;
+        settle().await;
+        assert_eq!(
+            top.try_recv().expect("left").err(),
+            Some(Rejection::Expired)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_high_priority_waiter_preempts_when_its_own_estimate_leaves_it_time() {
+        let policy = Policy {
+            preempt: Some(0.0),
+            ..Policy::default()
+        };
+        let (s, mut busy) = slow_lows_fast_highs(policy).await;
+        // 5 s left: not enough for the overall 10 s, plenty for its own 1 s.
+        let (_h, _high) = spawn_acquire(&s, HIGH, Instant::now() + 5 * SECOND);
+        settle().await;
+        assert_eq!(s.load().queued, 1);
+        assert!(is_preempted(&mut busy), "the low request gives its slot up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grown_estimate_drops_only_the_waiters_it_judges() {
+        let s = Scheduler::new(2, 8);
+        measure_at(&s, LOW, SECOND).await;
+        measure_at(&s, HIGH, SECOND).await;
+        let slow = s.acquire(LOW, far()).await.expect("slot");
+        let _busy = s.acquire(LOW, far()).await.expect("slot");
+        let eight = Instant::now() + 8 * SECOND;
+        let (_h1, mut high1) = spawn_acquire(&s, HIGH, eight);
+        let (_h2, mut high2) = spawn_acquire(&s, HIGH, eight);
+        let (_h3, mut low) = spawn_acquire(&s, LOW, eight);
+        settle().await;
+        assert_eq!(s.load().queued, 3);
+        tokio::time::advance(5 * SECOND).await;
+        // A 5 s hold at LOW: LOW's estimate (the 0.9 quantile of 1, 1 and 5 s) becomes
+        // 5 s; HIGH's stays 1 s.
+        slow.finish();
+        settle().await;
+        assert_eq!(
+            (estimate_for(&s, LOW), estimate_for(&s, HIGH)),
+            (Some(5 * SECOND), Some(SECOND))
+        );
+        // 3 s left, 5 s needed: the low waiter leaves now.
+        let rejection = low.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
+                if left == 3 * SECOND && need == 5 * SECOND),
+            "{rejection:?}"
+        );
+        // The high ones need 1 s: one takes the slot, the other waits on.
+        let granted = [high1.try_recv(), high2.try_recv()];
+        assert_eq!(
+            granted.iter().filter(|r| matches!(r, Ok(Ok(_)))).count(),
+            1,
+            "{granted:?}"
+        );
+        assert_eq!(s.load().queued, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_off_hold_is_judged_by_the_estimate_for_its_priority() {
+        let policy = Policy {
+            service_samples: 8,
+            service_quantile: 1.0,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        measure_at(&s, LOW, 10 * SECOND).await;
+        measure_at(&s, HIGH, SECOND).await;
+        // Cut off after 3 s at HIGH: below the overall 10 s, above HIGH's 1 s, which it
+        // raises.
+        let slot = s.acquire(HIGH, far()).await.expect("slot");
+        tokio::time::advance(3 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(estimate_for(&s, HIGH), Some(3 * SECOND));
+        assert_eq!(s.service_samples(), 3);
+        // Cut off after 3 s at LOW: below LOW's 10 s, nothing new.
+        let slot = s.acquire(LOW, far()).await.expect("slot");
+        tokio::time::advance(3 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(s.service_samples(), 3);
+        assert_eq!(s.service_time(), Some(10 * SECOND));
     }
 
     #[tokio::test(start_paused = true)]

@@ -177,9 +177,10 @@ pub struct PipelineStats {
     /// Tokens of the answered requests whose backend reported them (see
     /// [`CompletionReport`]), summed.
     pub usage: TokenUsage,
-    /// How long a request is expected to hold its worker: the service-time estimate the
-    /// queue refuses hopeless waiters by (`--miner.admission.*`); `None` before the first
-    /// finished request.
+    /// How long a request is expected to hold its worker, overall: the service-time
+    /// quantile of the recent holds of every priority (`--miner.admission.*`; the queue
+    /// judges each waiter by the same quantile of the holds at its priority or higher);
+    /// `None` before the first finished request.
     pub service_time: Option<std::time::Duration>,
     /// How many slot holds the service time is taken from (at most
     /// `--miner.admission.service_samples`).

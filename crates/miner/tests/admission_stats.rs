@@ -144,10 +144,14 @@ async fn a_waiter_pushed_out_by_a_better_arrival_counts_as_shed() {
 #[tokio::test(start_paused = true)]
 async fn cannot_finish_is_counted_apart_on_arrival_and_while_waiting() {
     let p = pipeline(4);
-    // One 3 s answer: the service time is 3 s.
-    p.prompt(request("low", 3 * SECOND, 60 * SECOND))
-        .await
-        .expect("answered");
+    // `low`'s first request ranks at the default priority (0), its later ones at its stake
+    // (1), and a waiter is judged by the answers at its priority or higher: one 3 s answer
+    // at 1 makes the service time of `low`'s waiters 3 s.
+    for work in [Duration::ZERO, 3 * SECOND] {
+        p.prompt(request("low", work, 60 * SECOND))
+            .await
+            .expect("answered");
+    }
     let _busy = send(&p, "low", 30 * SECOND, 60 * SECOND).await;
     // 2 s left cannot cover the 3 s answer (nor the wait for the worker).
     let refused = p.prompt(request("low", SECOND, 2 * SECOND)).await;
