@@ -174,7 +174,7 @@ pub struct BtlmArgs {
     /// finish for a lower one to join the batch (--btlm.deadline_guard).
     #[cfg_attr(
         feature = "cli",
-        arg(long = "btlm.deadline_headroom_ms", default_value_t = 2000)
+        arg(long = "btlm.deadline_headroom_ms", default_value_t = 3000)
     )]
     pub deadline_headroom_ms: u64,
     /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
@@ -224,7 +224,7 @@ impl Default for BtlmArgs {
             piggyback_prefill: true,
             kv_pool: true,
             deadline_guard: true,
-            deadline_headroom_ms: 2000,
+            deadline_headroom_ms: 3000,
             weight_cache: "beside".into(),
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),

@@ -162,7 +162,7 @@ impl Default for EngineConfig {
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,
-            deadline_headroom: Some(Duration::from_secs(2)),
+            deadline_headroom: Some(Duration::from_secs(3)),
         }
     }
 }

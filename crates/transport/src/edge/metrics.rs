@@ -341,12 +341,12 @@ fn number(value: f64) -> String {
     }
 }
 
-/// Appends the priority queue's admission figures: the service time it judges deadlines
-/// by, its refusals by reason and how long granted requests waited for a worker.
+/// Appends the priority queue's admission figures: the overall service time (a waiter is
+/// judged by that of its priority and higher), its refusals by reason and how long granted requests waited for a worker.
 fn render_admission(out: &mut String, stats: &PipelineStats) {
     if let Some(service_time) = stats.service_time {
         out.push_str(&format!(
-            "# HELP prompting_queue_service_time_seconds Expected worker-hold time of a request, the quantile of recent holds the queue refuses hopeless waiters by (--miner.admission.*); absent before the first answer.\n\
+            "# HELP prompting_queue_service_time_seconds Expected worker-hold time of a request, the quantile of all recent holds (--miner.admission.*; a waiter is judged by the holds of its priority and higher only); absent before the first answer.\n\
              # TYPE prompting_queue_service_time_seconds gauge\n\
              prompting_queue_service_time_seconds {}\n",
             service_time.as_secs_f64()
