@@ -146,7 +146,7 @@ pub struct EngineConfig {
     /// rounded need, each counted at its real size), rather than free them. Applies to
     /// models that can reuse a cache ([`StepModel::recycles_caches`]).
     pub kv_pool: bool,
-    /// The deadline guard's headroom ([`crate::deadline_guard`]): a lower-priority request
+    /// The deadline guard's headroom (`--btlm.deadline_guard`): a lower-priority request
     /// joins the batch only while every higher-priority one is projected to finish this
     /// long before its deadline, and lower ones are preempted while a higher one is
     /// projected later than half of it. `None`: no guard.
