@@ -9,7 +9,6 @@
 //! boundaries. Maps are page aligned, so every buffer is 64-byte aligned.
 
 use std::fs::File;
-use std::io::Read;
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
@@ -44,12 +43,57 @@ fn anonymous(len: usize) -> std::io::Result<MmapMut> {
 
 /// The whole of `file` read into anonymous memory advised to use huge pages (see the
 /// module documentation), for views with [`Bytes::mapped`].
+///
+/// A big file is read by one thread per core, each into its own part of the memory. What
+/// such a read costs is mostly the first touch of the fresh memory (the kernel zeroes each
+/// page as it is faulted in), and on a VM whose host takes freed memory back that is slow:
+/// 1.5 GB of q4k weights took ~17 s from one thread (docs/benchmarks.md, "Reading the
+/// weight cache on every core").
 pub fn read_to_memory(file: &mut File) -> std::io::Result<Mmap> {
     let len = usize::try_from(file.metadata()?.len())
         .map_err(|_| std::io::Error::other("file larger than the address space"))?;
     let mut map = anonymous(len)?;
-    file.read_exact(&mut map[..len])?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    read_in_pieces(file, &mut map[..len], threads, PARALLEL_PIECE)?;
     map.make_read_only()
+}
+
+/// Parts of a file smaller than this are not worth a thread of their own.
+const PARALLEL_PIECE: usize = 64 << 20;
+
+/// Fills `buf` with the first `buf.len()` bytes of `file`, read by up to `threads` threads
+/// in pieces of at least `min_piece` bytes (where the OS can read at an offset).
+fn read_in_pieces(
+    file: &mut File,
+    buf: &mut [u8],
+    threads: usize,
+    min_piece: usize,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let pieces = threads.min(buf.len() / min_piece.max(1)).max(1);
+        let piece = buf.len().div_ceil(pieces).max(1);
+        let file: &File = file;
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = buf
+                .chunks_mut(piece)
+                .enumerate()
+                .map(|(i, part)| scope.spawn(move || file.read_exact_at(part, (i * piece) as u64)))
+                .collect();
+            readers.into_iter().try_for_each(|reader| {
+                reader
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a reading thread panicked")))
+            })
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::Read;
+        let _ = (threads, min_piece);
+        file.read_exact(buf)
+    }
 }
 
 impl std::fmt::Debug for Bytes {
@@ -159,5 +203,27 @@ mod tests {
         std::fs::write(&path, b"").expect("truncate");
         let mut empty = std::fs::File::open(&path).expect("open");
         assert!(read_to_memory(&mut empty).is_ok());
+    }
+
+    #[test]
+    fn files_read_in_pieces_by_several_threads_arrive_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        // Not a multiple of any piece size below.
+        let data: Vec<u8> = (0..100_003u32).map(|i| (i * 13 + i / 256) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        for (threads, min_piece) in [(1, 1), (2, 1), (3, 1000), (7, 4096), (4, 1 << 30), (64, 1)] {
+            let mut file = std::fs::File::open(&path).expect("open");
+            let mut buf = vec![0u8; data.len()];
+            read_in_pieces(&mut file, &mut buf, threads, min_piece).expect("read");
+            assert!(
+                buf == data,
+                "{threads} threads, pieces of at least {min_piece}"
+            );
+        }
+        // A file shorter than the buffer is an error, not zeros.
+        let mut file = std::fs::File::open(&path).expect("open");
+        let mut long = vec![0u8; data.len() + 10];
+        assert!(read_in_pieces(&mut file, &mut long, 2, 1).is_err());
     }
 }
