@@ -193,6 +193,23 @@ if [ -n "$FLOOD_FORMAT" ]; then
     --concurrency "$FLOOD_VALIDATORS" --timeout "$TIMEOUT" \
     --label "$FLOOD_VALIDATORS validator(s) (stake 10000)" --json "$out/flood-validator.json"
   wait "$flood"
+  # What the miner itself counted (its /metrics): the queue's preemptions and the BTLM
+  # engine's deadline guard (requests held back, sequences preempted).
+  counters="$(python3 - "$port" <<'EOF'
+import sys, urllib.request
+names = ("prompting_queue_preemptions_total",
+         "prompting_btlm_deadline_guard_held_back_total",
+         "prompting_btlm_deadline_guard_preempted_total")
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10) as r:
+        text = r.read().decode()
+except OSError as e:
+    print(f"(metrics unavailable: {e})")
+    sys.exit(0)
+values = dict(l.split()[:2] for l in text.splitlines() if l and not l.startswith("#"))
+print(", ".join(f"{n.removeprefix('prompting_').removesuffix('_total')} {values.get(n, 'absent')}" for n in names))
+EOF
+)"
   stop_miner
   {
     echo
@@ -209,6 +226,8 @@ s = lambda k: f'{p[k]/1e3:.2f}' if k in p else "-"
 print(f'| {sys.argv[2]} | {d["requests"]} | {d["success_rate"]*100:.1f}% | {d["throughput_rps"]:.2f} | {s("p50_ms")} | {s("p99_ms")} | {d["statuses"]} |')
 EOF
     done
+    echo
+    echo "miner counters: $counters"
   } >>"$summary"
 fi
 echo
