@@ -51,6 +51,8 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         ("prompting_btlm_requests", "counter"),
         ("prompting_btlm_running_sequences", "gauge"),
         ("prompting_btlm_kv_reserved_bytes", "gauge"),
+        ("prompting_btlm_deadline_guard_held_back", "counter"),
+        ("prompting_btlm_deadline_guard_preempted", "counter"),
     ] {
         assert!(
             before.contains(&format!("# TYPE {name} {kind}\n")),
@@ -112,6 +114,11 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         1.0
     );
     assert_eq!(value(&after, "prompting_btlm_admitted_total"), 1.0);
+    // Alone in the batch: nothing for the deadline guard to hold back or preempt.
+    for guard in ["held_back", "preempted"] {
+        let name = format!("prompting_btlm_deadline_guard_{guard}_total");
+        assert_eq!(value(&after, &name), 0.0, "{name}");
+    }
     assert!(value(&after, "prompting_btlm_step_seconds_total") > 0.0);
     assert!(
         value(&after, "prompting_btlm_model_seconds_total")
