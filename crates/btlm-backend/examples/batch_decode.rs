@@ -31,7 +31,7 @@ use prompting_btlm_backend::kv_cache::Cache;
 use prompting_btlm_backend::kv_pool::{KvPool, KvPoolConfig, Lease};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
-use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::options::{KvDtype, Quantization};
 use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::weights::Checkpoint;
 
@@ -60,6 +60,10 @@ struct Cli {
     /// the same caches), or both in turn.
     #[arg(long, value_delimiter = ',', default_value = "fresh")]
     caches: Vec<String>,
+    /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (f16 unless the weights
+    /// are f32), `f32` or `f16`.
+    #[arg(long, value_enum, default_value_t = KvDtype::Auto)]
+    kv_dtype: KvDtype,
 }
 
 /// Minor page faults of this process so far (field 10 of `/proc/self/stat`; 0 elsewhere).
@@ -151,7 +155,7 @@ fn give_back_all(pool: &mut KvPool<Cache>, leased: Vec<(Lease, Cache)>) -> anyho
     Ok(())
 }
 
-fn options(format: &str, weight_cache: &str) -> anyhow::Result<LoadOptions> {
+fn options(format: &str, weight_cache: &str, kv_dtype: KvDtype) -> anyhow::Result<LoadOptions> {
     let (dtype, quantization) = match format {
         "f32" => (DType::F32, Quantization::None),
         "bf16" => (DType::BF16, Quantization::None),
@@ -169,6 +173,7 @@ fn options(format: &str, weight_cache: &str) -> anyhow::Result<LoadOptions> {
             "beside" => WeightCache::Beside,
             dir => WeightCache::Dir(dir.into()),
         },
+        kv_dtype,
         ..LoadOptions::default()
     })
 }
@@ -186,12 +191,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "| format | caches | batch | step ms | aggregate tok/s | × batch 1 | minor faults/step |\n\
+        "| format | caches (kv dtype) | batch | step ms | aggregate tok/s | × batch 1 | minor faults/step |\n\
          | --- | --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for format in &cli.formats {
         let t0 = Instant::now();
-        let model = Btlm::load(&cfg, &ckpt, &options(format, &cli.weight_cache)?)?;
+        let model = Btlm::load(
+            &cfg,
+            &ckpt,
+            &options(format, &cli.weight_cache, cli.kv_dtype)?,
+        )?;
         eprintln!("{format}: loaded in {:.1} s", t0.elapsed().as_secs_f64());
         let prompts: Vec<Vec<u32>> = (0..max_batch)
             .map(|s| {
@@ -230,11 +239,12 @@ fn main() -> anyhow::Result<()> {
                 give_back_all(&mut pool, leases.into_iter().zip(timed).collect())?;
                 rows
             };
+            let kv = format!("{:?}", model.kv_dtype()).to_lowercase();
             let base = rows.first().map_or(1.0, |&(n, step, _)| n as f64 / step);
             for (n, step, faults) in rows {
                 let rate = n as f64 / step;
                 println!(
-                    "| {format} | {caches} | {n} | {:.1} | {rate:.2} | {:.2} | {faults:.0} |",
+                    "| {format} | {caches} ({kv}) | {n} | {:.1} | {rate:.2} | {:.2} | {faults:.0} |",
                     step * 1e3,
                     rate / base
                 );

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::engine::EngineConfig;
 use crate::error::{BtlmError, Result};
 use crate::generation::{DEFAULT_STOP, GenerationConfig};
-use crate::options::{ModelDType, PrefillPrecision, Quantization};
+use crate::options::{KvDtype, ModelDType, PrefillPrecision, Quantization};
 use crate::pack_cache::WeightCache;
 use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
 
@@ -75,6 +75,12 @@ pub struct BtlmArgs {
     /// not apply).
     #[cfg_attr(feature = "cli", arg(long = "btlm.prefill_precision", value_enum, default_value_t = PrefillPrecision::Exact))]
     pub prefill_precision: PrefillPrecision,
+    /// What the key/value cache stores on CPU: `f16` halves the bytes every decode step reads
+    /// per cached position (at long prompts and full batches as many as the weights) and the
+    /// memory a request reserves; `f32` keeps f32 weights' answers exactly the reference's;
+    /// `auto`: f16 unless the weights are f32. GPUs cache in --btlm.dtype.
+    #[cfg_attr(feature = "cli", arg(long = "btlm.kv_dtype", value_enum, default_value_t = KvDtype::Auto))]
+    pub kv_dtype: KvDtype,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
     #[cfg_attr(feature = "cli", arg(long = "btlm.top_k", default_value_t = 50))]
     pub top_k: usize,
@@ -212,6 +218,7 @@ impl Default for BtlmArgs {
             dtype: ModelDType::F32,
             quantize: Quantization::None,
             prefill_precision: PrefillPrecision::Exact,
+            kv_dtype: KvDtype::Auto,
             top_k: 50,
             top_p: 1.0,
             repetition_penalty: 1.0,
@@ -471,6 +478,24 @@ mod tests {
         assert!(err.contains("--btlm.dtype"), "{err}");
         assert!(parse(&["--btlm.quantize", "q5"]).is_err());
         assert!(parse(&["--btlm.dtype", "f64"]).is_err());
+    }
+
+    #[test]
+    fn kv_dtype_is_auto_unless_asked() {
+        let a = parse(&[]).expect("parse");
+        assert_eq!(a.kv_dtype, KvDtype::Auto);
+        assert_eq!(BtlmArgs::default().kv_dtype, KvDtype::Auto);
+        for (flag, want) in [
+            ("f16", KvDtype::F16),
+            ("f32", KvDtype::F32),
+            ("auto", KvDtype::Auto),
+        ] {
+            let a = parse(&["--btlm.kv_dtype", flag]).expect("parse");
+            assert_eq!(a.kv_dtype, want);
+            let toml: BtlmArgs = toml::from_str(&format!("kv_dtype = \"{flag}\"\n")).expect("toml");
+            assert_eq!(toml.kv_dtype, want);
+        }
+        assert!(parse(&["--btlm.kv_dtype", "bf16"]).is_err());
     }
 
     #[test]

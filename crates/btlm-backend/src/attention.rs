@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
-use cpu::{AttnPath, Head, HeadRows};
+use cpu::{AttnPath, Head, HeadRows, KvElem};
 
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
@@ -95,6 +95,8 @@ struct Heads {
     slopes: Option<Vec<f32>>,
     /// The code of the CPU path.
     path: AttnPath,
+    /// What the CPU path stores cached keys and values as (f32 or f16).
+    kv_dtype: DType,
 }
 
 impl Attention {
@@ -128,6 +130,7 @@ impl Attention {
                         .collect()
                 }),
                 path: AttnPath::for_kernels(ld.kernel_path()),
+                kv_dtype: ld.kv_dtype(),
             },
         })
     }
@@ -218,7 +221,7 @@ impl Heads {
     }
 
     /// `[h, t, d]` keys (`i` = 1) or values (`i` = 2) of rows `start..start + t` of the
-    /// f32 `qkv` rows (`[rows, 3e]`), as a CPU tensor.
+    /// f32 `qkv` rows (`[rows, 3e]`), as a CPU tensor of the cache's dtype.
     fn heads_of_rows(
         &self,
         qkv: &[f32],
@@ -235,7 +238,16 @@ impl Heads {
                 out.extend_from_slice(&qkv[src..src + d]);
             }
         }
-        Tensor::from_vec(out, (h, t, d), &Device::Cpu)
+        match self.kv_dtype {
+            DType::F32 => Tensor::from_vec(out, (h, t, d), &Device::Cpu),
+            DType::F16 => {
+                use half::slice::HalfFloatSliceExt;
+                let mut half = vec![half::f16::ZERO; out.len()];
+                half.convert_from_f32_slice(&out);
+                Tensor::from_vec(half, (h, t, d), &Device::Cpu)
+            }
+            other => candle_core::bail!("the CPU attention path has no {other:?} cache"),
+        }
     }
 
     /// Attention of the f32 rows `qkv` (`rows × 3e` values) of the sequences of `parts`
@@ -283,7 +295,7 @@ impl Heads {
             .collect();
         let views = storages
             .iter()
-            .map(|((ks, kl), (vs, vl))| Ok((CachedHeads::new(ks, kl)?, CachedHeads::new(vs, vl)?)))
+            .map(|((ks, kl), (vs, vl))| CachedPair::new(ks, kl, vs, vl))
             .collect::<candle_core::Result<Vec<_>>>()?;
         // Per sequence `[h][t][d]`, the sequences one after the other (one row per
         // sequence, the decode case: already `[t][h·d]`).
@@ -302,22 +314,19 @@ impl Heads {
                 slots.extend(mine.chunks_mut(part.len * d).map(Mutex::new));
                 rest = tail;
             }
-            let scale = self.scale as f32;
             team.for_each(slots.len(), &|task| {
                 let (p, head) = (task / h, task % h);
-                let (part, (keys, values)) = (&parts[p], &views[p]);
+                let part = &parts[p];
                 let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());
-                let one = Head {
-                    queries: &qkv[part.start * e3 + head * d..],
-                    q_stride: e3,
-                    t: part.len,
-                    offset: cached[p].2,
-                    keys: keys.head(head),
-                    values: values.head(head),
-                    scale,
-                    slope: self.slopes.as_ref().map(|s| s[head]),
-                };
-                one.attend(self.path, &mut slot, &mut Vec::new());
+                let offset = cached[p].2;
+                match &views[p] {
+                    CachedPair::F32(k, v) => {
+                        self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
+                    }
+                    CachedPair::F16(k, v) => {
+                        self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
+                    }
+                }
             });
         }
         // `[h][t][d]` → `[t][h·d]` per sequence.
@@ -334,6 +343,31 @@ impl Heads {
             }
         }
         Ok(())
+    }
+
+    /// Head `head` of the sequence of `part` (its queries in the f32 rows `qkv`, `offset`
+    /// positions cached before them) into `out` (`part.len × d`).
+    fn attend_head<T: KvElem>(
+        &self,
+        qkv: &[f32],
+        part: &AttentionPart<'_>,
+        offset: usize,
+        head: usize,
+        (keys, values): (&CachedHeads<'_, T>, &CachedHeads<'_, T>),
+        out: &mut [f32],
+    ) {
+        let (d, e3) = (self.head_dim, 3 * self.n_head * self.head_dim);
+        let one = Head {
+            queries: &qkv[part.start * e3 + head * d..],
+            q_stride: e3,
+            t: part.len,
+            offset,
+            keys: keys.head(head),
+            values: values.head(head),
+            scale: self.scale as f32,
+            slope: self.slopes.as_ref().map(|s| s[head]),
+        };
+        one.attend(self.path, out, &mut Vec::new());
     }
 
     /// Attention of one sequence's `t` query rows (`qkv: [t, 3e]`), giving `[t, e]`.
@@ -372,10 +406,46 @@ pub(crate) struct AttentionPart<'a> {
     pub(crate) reserve: usize,
 }
 
-/// One head's keys or values of a sequence's cache, `[h, positions, d]` in a CPU f32
-/// storage (any strides with contiguous rows).
-struct CachedHeads<'a> {
-    data: &'a [f32],
+/// The keys and values of one sequence's block cache, in the dtype they are stored in.
+enum CachedPair<'a> {
+    F32(CachedHeads<'a, f32>, CachedHeads<'a, f32>),
+    F16(CachedHeads<'a, half::f16>, CachedHeads<'a, half::f16>),
+}
+
+impl<'a> CachedPair<'a> {
+    fn new(
+        keys: &'a candle_core::Storage,
+        key_layout: &candle_core::Layout,
+        values: &'a candle_core::Storage,
+        value_layout: &candle_core::Layout,
+    ) -> candle_core::Result<Self> {
+        use candle_core::{CpuStorage, Storage};
+        match (keys, values) {
+            (Storage::Cpu(CpuStorage::F32(k)), Storage::Cpu(CpuStorage::F32(v))) => {
+                Ok(CachedPair::F32(
+                    CachedHeads::new(k, key_layout)?,
+                    CachedHeads::new(v, value_layout)?,
+                ))
+            }
+            (Storage::Cpu(CpuStorage::F16(k)), Storage::Cpu(CpuStorage::F16(v))) => {
+                Ok(CachedPair::F16(
+                    CachedHeads::new(k, key_layout)?,
+                    CachedHeads::new(v, value_layout)?,
+                ))
+            }
+            (k, v) => candle_core::bail!(
+                "the CPU attention path needs f32 or f16 CPU caches, got {:?} keys and {:?} values",
+                k.dtype(),
+                v.dtype()
+            ),
+        }
+    }
+}
+
+/// One head's keys or values of a sequence's cache, `[h, positions, d]` in a CPU storage
+/// (any strides with contiguous rows).
+struct CachedHeads<'a, T> {
+    data: &'a [T],
     start: usize,
     head_stride: usize,
     position_stride: usize,
@@ -383,14 +453,8 @@ struct CachedHeads<'a> {
     d: usize,
 }
 
-impl<'a> CachedHeads<'a> {
-    fn new(
-        storage: &'a candle_core::Storage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<Self> {
-        let candle_core::Storage::Cpu(cpu) = storage else {
-            candle_core::bail!("the CPU attention path needs a CPU cache");
-        };
+impl<'a, T> CachedHeads<'a, T> {
+    fn new(data: &'a [T], layout: &candle_core::Layout) -> candle_core::Result<Self> {
         let (&[_, positions, d], &[head_stride, position_stride, 1]) =
             (layout.dims(), layout.stride())
         else {
@@ -401,7 +465,7 @@ impl<'a> CachedHeads<'a> {
             );
         };
         Ok(CachedHeads {
-            data: cpu.as_slice::<f32>()?,
+            data,
             start: layout.start_offset(),
             head_stride,
             position_stride,
@@ -411,7 +475,7 @@ impl<'a> CachedHeads<'a> {
     }
 
     /// Head `head`'s rows.
-    fn head(&self, head: usize) -> HeadRows<'a> {
+    fn head(&self, head: usize) -> HeadRows<'a, T> {
         HeadRows {
             data: &self.data[self.start + head * self.head_stride..],
             stride: self.position_stride,
@@ -437,8 +501,10 @@ mod tests {
         let mut outputs = Vec::new();
         for (step, lens) in lens.iter().enumerate() {
             let rows: usize = lens.iter().sum();
+            // Values f16 holds exactly: an f16 cache stores them as they are, so both
+            // cache dtypes must give the tensor path's outputs.
             let qkv: Vec<f32> = (0..rows * 3 * e)
-                .map(|i| ((i * 7 + step * 13) as f32 * 0.61).sin())
+                .map(|i| half::f16::from_f32(((i * 7 + step * 13) as f32 * 0.61).sin()).to_f32())
                 .collect();
             let qkv = Tensor::from_vec(qkv, (rows, 3 * e), &Device::Cpu).expect("qkv");
             let offsets = tensor_caches.each_ref().map(|c| c.seq_len());
@@ -492,6 +558,7 @@ mod tests {
             drop(parts);
             for (cache, &t) in cpu_caches.iter_mut().zip(lens) {
                 cache.advance(t);
+                assert_eq!(cache.layers[0].dtype(), Some(heads.kv_dtype), "cache dtype");
             }
             outputs.push((tensor_out, cpu_out));
         }
@@ -523,6 +590,7 @@ mod tests {
             scale: 1.0 / head_dim as f64,
             slopes: alibi.then(|| alibi_slopes(n_head).into_iter().map(|s| s as f32).collect()),
             path,
+            kv_dtype: DType::F32,
         }
     }
 
@@ -546,6 +614,28 @@ mod tests {
                     let heads = test_heads(4, head_dim, alibi, path);
                     let diff = worst_difference(&heads, &lens, &[1, 2, 3]);
                     assert!(diff < 1e-5, "d {head_dim}, alibi {alibi}, {path:?}: {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_f16_cache_holds_the_same_attention() {
+        // Keys and values that f16 holds exactly (see `both_paths`): an f16 cache must
+        // give what the tensor path gives with f32 caches, on every path, at short and long
+        // context, and the cache must be stored as f16.
+        for lens in [
+            &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
+            &[[256, 77], [1, 1], [3, 1]],
+        ] {
+            for path in attn_paths() {
+                for head_dim in [12, 80] {
+                    let heads = Heads {
+                        kv_dtype: DType::F16,
+                        ..test_heads(2, head_dim, true, path)
+                    };
+                    let diff = worst_difference(&heads, lens, &[2]);
+                    assert!(diff < 1e-5, "d {head_dim}, {path:?}, {lens:?}: {diff}");
                 }
             }
         }
@@ -641,6 +731,7 @@ mod tests {
             scale: 0.25,
             slopes: None,
             path: AttnPath::Scalar,
+            kv_dtype: DType::F32,
         };
         let qkv = Tensor::zeros((3, 24), DType::F32, &Device::Cpu).expect("qkv");
         let mut caches = [Cache::new(1, 0), Cache::new(1, 0)];

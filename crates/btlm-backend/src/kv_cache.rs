@@ -22,6 +22,12 @@ pub(crate) struct LayerKv {
 }
 
 impl LayerKv {
+    /// The dtype of the cached keys and values (`None` before the first append).
+    #[cfg(test)]
+    pub(crate) fn dtype(&self) -> Option<DType> {
+        self.data.as_ref().map(|(k, _)| k.dtype())
+    }
+
     /// Appends `k`, `v` (`[h, t, d]`) and returns the keys and values of every position so
     /// far (`[h, len, d]` views). `reserve` is the capacity to allocate when empty.
     pub(crate) fn append(
@@ -133,7 +139,7 @@ impl Cache {
 }
 
 /// Bytes of cache one token takes in a model of `n_layer` blocks of width `n_embd` whose
-/// activations are `dtype` (keys and values).
+/// keys and values are stored as `dtype`.
 pub fn bytes_per_token(n_layer: usize, n_embd: usize, dtype: DType) -> usize {
     2 * n_layer * n_embd * dtype.size_in_bytes()
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{BtlmError, Result};
 use crate::kernels::{KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
-use crate::options::{PrefillPrecision, Quantization};
+use crate::options::{KvDtype, PrefillPrecision, Quantization};
 use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
 
@@ -37,6 +37,9 @@ pub struct LoadOptions {
     /// Where quantized (q8_0, q4k) CPU weights are cached for the next start; the default is
     /// [`WeightCache::Off`] (the miner turns it on, see `--btlm.weight_cache`).
     pub weight_cache: WeightCache,
+    /// What the key/value cache stores on CPU (see [`KvDtype`]); GPUs cache keys and values
+    /// in `dtype`.
+    pub kv_dtype: KvDtype,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +51,7 @@ impl Default for LoadOptions {
             kernels: None,
             prefill_precision: PrefillPrecision::Exact,
             weight_cache: WeightCache::Off,
+            kv_dtype: KvDtype::Auto,
         }
     }
 }
@@ -74,6 +78,7 @@ pub(crate) struct Loader<'a> {
     packed: Option<WeightFormat>,
     kernel_path: KernelPath,
     prefill: PrefillPrecision,
+    kv_dtype: DType,
     cache: Option<CacheState>,
 }
 
@@ -126,6 +131,8 @@ impl<'a> Loader<'a> {
         } else {
             opts.dtype
         };
+        // The CPU attention path reads f32 or f16 caches; the tensor path caches in `dtype`.
+        let kv_dtype = packed.map_or(dtype, |f| opts.kv_dtype.resolve(f));
         // Only quantization is slow enough to be worth a second copy on disk (repacking
         // f32/bf16/f16 runs at memory speed).
         let cache = packed.filter(|f| f.quantized()).and_then(|format| {
@@ -156,6 +163,7 @@ impl<'a> Loader<'a> {
             packed,
             kernel_path,
             prefill,
+            kv_dtype,
             cache,
         })
     }
@@ -200,6 +208,11 @@ impl<'a> Loader<'a> {
     /// The activation dtype (also of norms, biases and dense weights).
     pub(crate) fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// What the key/value cache stores.
+    pub(crate) fn kv_dtype(&self) -> DType {
+        self.kv_dtype
     }
 
     /// The packed format of projection weights (CPU), or `None` for dense candle tensors.

@@ -99,6 +99,7 @@ impl BtlmMiner {
             dtype: args.dtype.dtype(),
             quantization: args.quantize,
             prefill_precision: args.prefill_precision,
+            kv_dtype: args.kv_dtype,
             weight_cache: args.weight_cache(),
             ..LoadOptions::default()
         };

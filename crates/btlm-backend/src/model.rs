@@ -51,6 +51,7 @@ pub struct Btlm {
     slopes: Vec<f32>,
     device: Device,
     dtype: DType,
+    kv_dtype: DType,
 }
 
 impl Btlm {
@@ -96,6 +97,7 @@ impl Btlm {
             slopes: slopes.into_iter().map(|s| s as f32).collect(),
             device: opts.device.clone(),
             dtype: ld.dtype(),
+            kv_dtype: ld.kv_dtype(),
         })
     }
 
@@ -126,6 +128,11 @@ impl Btlm {
         self.dtype
     }
 
+    /// What the key/value cache stores (see [`crate::options::KvDtype`]).
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
     /// An empty cache for a new sequence, growing as tokens arrive.
     pub fn new_cache(&self) -> Cache {
         Cache::new(self.cfg.n_layer, 0)
@@ -139,7 +146,7 @@ impl Btlm {
 
     /// Bytes of cache one token of a sequence takes (keys and values of every block).
     pub fn kv_bytes_per_token(&self) -> usize {
-        bytes_per_token(self.cfg.n_layer, self.cfg.n_embd, self.dtype)
+        bytes_per_token(self.cfg.n_layer, self.cfg.n_embd, self.kv_dtype)
     }
 
     /// The ALiBi slopes, or `None` for learned positions.

@@ -121,3 +121,57 @@ impl std::str::FromStr for PrefillPrecision {
         }
     }
 }
+
+/// What the key/value cache stores on CPU (`--btlm.kv_dtype`). Attention reads every cached
+/// position of every running sequence at each step, so at long contexts and full batches
+/// the cache is read as much as the weights: f16 halves those bytes (and the memory a
+/// sequence reserves); the arithmetic stays f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum KvDtype {
+    /// f16 for half-precision and quantized weights, f32 for f32 weights (whose answers
+    /// then stay those of the f32 reference).
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision (keys and values rounded to nearest as they are cached).
+    F16,
+}
+
+impl KvDtype {
+    /// The cache dtype for CPU weights in `format`.
+    pub fn resolve(self, format: crate::kernels::WeightFormat) -> DType {
+        use crate::kernels::WeightFormat;
+        match (self, format) {
+            (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => DType::F32,
+            (KvDtype::F16, _) | (KvDtype::Auto, _) => DType::F16,
+        }
+    }
+}
+
+impl fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KvDtype::Auto => "auto",
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        })
+    }
+}
+
+impl std::str::FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(KvDtype::Auto),
+            "f32" => Ok(KvDtype::F32),
+            "f16" => Ok(KvDtype::F16),
+            other => Err(format!(
+                "key/value cache dtype {other:?}: expected auto, f32 or f16"
+            )),
+        }
+    }
+}

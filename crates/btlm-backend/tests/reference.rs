@@ -12,7 +12,7 @@ use prompting_btlm_backend::generation::{FinishReason, GenerationConfig};
 use prompting_btlm_backend::kernels::{KernelPath, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
-use prompting_btlm_backend::options::{PrefillPrecision, Quantization};
+use prompting_btlm_backend::options::{KvDtype, PrefillPrecision, Quantization};
 use prompting_btlm_backend::pack_cache::{self, CachedWeights, WeightCache};
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::sequence::{generate, never, until};
@@ -215,6 +215,52 @@ fn half_precision_is_close() {
     }
 }
 
+/// An f16 key/value cache (`--btlm.kv_dtype f16`, the default for every format but f32)
+/// under f32 weights: half the bytes per cached token, logits within f16 weights' tolerance
+/// of the reference; f32 weights cache f32 unless asked.
+#[test]
+fn an_f16_kv_cache_stays_close() {
+    let r = reference();
+    let f32_cache = load("model.safetensors", &LoadOptions::default());
+    assert_eq!(f32_cache.kv_dtype(), DType::F32, "auto under f32 weights");
+    let model = load(
+        "model.safetensors",
+        &LoadOptions {
+            kv_dtype: KvDtype::F16,
+            ..LoadOptions::default()
+        },
+    );
+    assert_eq!(model.kv_dtype(), DType::F16);
+    assert_eq!(
+        2 * model.kv_bytes_per_token(),
+        f32_cache.kv_bytes_per_token()
+    );
+    for case in &r.cases {
+        let logits = last_logits(&model, &case.input_ids);
+        let d = max_abs_diff(&logits, &case.last_logits);
+        eprintln!("f16 cache: max |Δlogit| {d}");
+        assert!(d < 0.02, "{:?}: {d}", case.prompt);
+        assert!(d > 0.0, "{:?}: the cache did not round", case.prompt);
+    }
+    for (dtype, quantization) in [
+        (DType::BF16, Quantization::None),
+        (DType::F16, Quantization::None),
+        (DType::F32, Quantization::Q8_0),
+        (DType::F32, Quantization::Q4k),
+    ] {
+        let opts = LoadOptions {
+            dtype,
+            quantization,
+            ..LoadOptions::default()
+        };
+        assert_eq!(
+            load("model.safetensors", &opts).kv_dtype(),
+            DType::F16,
+            "auto under {dtype:?} {quantization}"
+        );
+    }
+}
+
 #[test]
 fn quantized_models_load_and_stay_close() {
     let r = reference();
@@ -385,6 +431,7 @@ fn quantization_needs_f32() {
             kernels: None,
             prefill_precision: PrefillPrecision::Exact,
             weight_cache: WeightCache::Off,
+            kv_dtype: KvDtype::Auto,
         },
     )
     .expect_err("bf16 + q8_0");

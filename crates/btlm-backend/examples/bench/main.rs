@@ -19,7 +19,7 @@ use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
-use prompting_btlm_backend::options::{PrefillPrecision, Quantization};
+use prompting_btlm_backend::options::{KvDtype, PrefillPrecision, Quantization};
 use prompting_btlm_backend::pack_cache::WeightCache;
 use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
@@ -78,6 +78,10 @@ struct Cli {
     /// runs them converted to bf16 on CPUs with AVX512-BF16.
     #[arg(long, value_enum, default_value_t = PrefillPrecision::Exact)]
     prefill_precision: PrefillPrecision,
+    /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (f16 unless the weights
+    /// are f32), `f32` or `f16`.
+    #[arg(long, value_enum, default_value_t = KvDtype::Auto)]
+    kv_dtype: KvDtype,
     /// Internal: measure one format and print one result line.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -145,6 +149,7 @@ fn measure(
                 "beside" => WeightCache::Beside,
                 dir => WeightCache::Dir(dir.into()),
             },
+            kv_dtype: cli.kv_dtype,
         },
     )?;
     drop(ckpt);
@@ -291,6 +296,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 &cli.weight_cache,
                 "--prefill-precision",
                 &cli.prefill_precision.to_string(),
+                "--kv-dtype",
+                &cli.kv_dtype.to_string(),
                 "--child",
                 format,
             ])

@@ -11,6 +11,9 @@
 //! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
 //! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
 //! polynomial `exp`, see [`avx2::exp`]); [`AttnPath::Scalar`] is portable Rust (`f32::exp`).
+//!
+//! Cached keys and values are f32 or f16 ([`KvElem`]); f16 rows are widened to f32 as they
+//! are read, so both run the same arithmetic on the values stored.
 
 use crate::kernels::KernelPath;
 
@@ -51,11 +54,13 @@ impl AttnPath {
     }
 }
 
-/// Whether this CPU has AVX2 and FMA.
+/// Whether this CPU has AVX2, FMA and F16C.
 fn avx2_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -63,18 +68,63 @@ fn avx2_supported() -> bool {
     }
 }
 
+/// What cached keys and values are stored as: f32, or f16 (`--btlm.kv_dtype`: half the
+/// bytes a decode step reads per position; the arithmetic stays f32).
+pub(crate) trait KvElem: Copy + Send + Sync + 'static {
+    /// The value as f32.
+    fn to_f32(self) -> f32;
+
+    /// Eight consecutive values as the lanes of an f32 vector.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `p..p + 8` readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvElem for f32 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's promise.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (8 × 2 bytes).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
 /// `positions` rows of `d` values, `stride` values apart (one head's keys or values).
 #[derive(Clone, Copy)]
-pub(crate) struct HeadRows<'a> {
-    pub(crate) data: &'a [f32],
+pub(crate) struct HeadRows<'a, T = f32> {
+    pub(crate) data: &'a [T],
     pub(crate) stride: usize,
     pub(crate) positions: usize,
     pub(crate) d: usize,
 }
 
-impl HeadRows<'_> {
+impl<T> HeadRows<'_, T> {
     /// Row `j`.
-    pub(crate) fn row(&self, j: usize) -> &[f32] {
+    pub(crate) fn row(&self, j: usize) -> &[T] {
         &self.data[j * self.stride..][..self.d]
     }
 
@@ -86,20 +136,20 @@ impl HeadRows<'_> {
 
 /// One head of one sequence: `t` query rows at positions `offset..offset + t`, each
 /// attending to keys `0..=position`.
-pub(crate) struct Head<'a> {
+pub(crate) struct Head<'a, T = f32> {
     /// Query `i` is `queries[i * q_stride..][..d]`.
     pub(crate) queries: &'a [f32],
     pub(crate) q_stride: usize,
     pub(crate) t: usize,
     pub(crate) offset: usize,
-    pub(crate) keys: HeadRows<'a>,
-    pub(crate) values: HeadRows<'a>,
+    pub(crate) keys: HeadRows<'a, T>,
+    pub(crate) values: HeadRows<'a, T>,
     pub(crate) scale: f32,
     /// ALiBi slope (`None`: no position bias).
     pub(crate) slope: Option<f32>,
 }
 
-impl Head<'_> {
+impl<T: KvElem> Head<'_, T> {
     /// `out` (`t × d`): row `i` = `softmax(q·kⱼ · scale − slope·(position − j))ⱼ · V` over keys
     /// `0..=position`, `position = offset + i`. `scores` is scratch space (reused, grown as
     /// needed).
@@ -173,8 +223,8 @@ impl Head<'_> {
         match path {
             #[cfg(target_arch = "x86_64")]
             AttnPath::Avx2 => {
-                // SAFETY: `for_head` chose AVX2 only on a CPU with AVX2 and FMA and `d` a
-                // multiple of 8; `attend` checked that the rows exist.
+                // SAFETY: `for_head` chose AVX2 only on a CPU with AVX2, FMA and F16C and
+                // `d` a multiple of 8; `attend` checked that the rows exist.
                 unsafe { avx2::dots(self, q0, qb, k0, kt, scores, stride) }
             }
             _ => {
@@ -245,7 +295,7 @@ impl Head<'_> {
                     let p = &scores[i * stride + k0..][..kt];
                     for (j, &pj) in (k0..).zip(p) {
                         for (o, v) in o.iter_mut().zip(self.values.row(j)) {
-                            *o += pj * v;
+                            *o += pj * v.to_f32();
                         }
                     }
                 }
@@ -255,18 +305,18 @@ impl Head<'_> {
 }
 
 /// `a · b` with eight partial sums (vectorizable).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8
         .remainder()
         .iter()
         .zip(b8.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * y.to_f32())
         .sum();
     for (x, y) in a8.zip(b8) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].to_f32();
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -274,15 +324,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    //! AVX2 + FMA kernels of [`super::Head`]; every function needs a CPU with both and a
-    //! head size that is a multiple of 8.
+    //! AVX2 + FMA kernels of [`super::Head`]; every function needs a CPU with both (and
+    //! F16C, for f16 keys and values) and a head size that is a multiple of 8.
 
     // Indexed loops over register arrays read like the arithmetic they do.
     #![allow(clippy::needless_range_loop)]
 
     use std::arch::x86_64::*;
 
-    use super::Head;
+    use super::{Head, KvElem};
 
     /// Horizontal sums of 8 vectors: lane `l` of the result is the sum of `a[l]`'s lanes.
     #[inline]
@@ -321,11 +371,11 @@ mod avx2 {
     /// Lanes of 2 queries × 4 keys: `[q0·k0, q0·k1, q0·k2, q0·k3, q1·k0, …]` (`k`: rows
     /// `ks` values apart; `d` values each).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots_2x4(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_2x4<T: KvElem>(
         q0: *const f32,
         q1: *const f32,
-        k: *const f32,
+        k: *const T,
         ks: usize,
         d: usize,
     ) -> __m256 {
@@ -335,7 +385,7 @@ mod avx2 {
                 let x0 = _mm256_loadu_ps(q0.add(c));
                 let x1 = _mm256_loadu_ps(q1.add(c));
                 for kk in 0..4 {
-                    let y = _mm256_loadu_ps(k.add(kk * ks + c));
+                    let y = T::load8(k.add(kk * ks + c));
                     a[kk] = _mm256_fmadd_ps(x0, y, a[kk]);
                     a[4 + kk] = _mm256_fmadd_ps(x1, y, a[4 + kk]);
                 }
@@ -346,14 +396,14 @@ mod avx2 {
 
     /// Lanes of 1 query × 8 keys: `[q·k0, …, q·k7]`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots_1x8(q: *const f32, k: *const f32, ks: usize, d: usize) -> __m256 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dots_1x8<T: KvElem>(q: *const f32, k: *const T, ks: usize, d: usize) -> __m256 {
         let mut a = [_mm256_setzero_ps(); 8];
         unsafe {
             for c in (0..d).step_by(8) {
                 let x = _mm256_loadu_ps(q.add(c));
                 for kk in 0..8 {
-                    a[kk] = _mm256_fmadd_ps(x, _mm256_loadu_ps(k.add(kk * ks + c)), a[kk]);
+                    a[kk] = _mm256_fmadd_ps(x, T::load8(k.add(kk * ks + c)), a[kk]);
                 }
             }
         }
@@ -362,12 +412,12 @@ mod avx2 {
 
     /// `q · k` for one pair of rows.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot1(q: *const f32, k: *const f32, d: usize) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
         let mut a = _mm256_setzero_ps();
         unsafe {
             for c in (0..d).step_by(8) {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(c)), a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(k.add(c)), a);
             }
         }
         sum1(a)
@@ -376,11 +426,11 @@ mod avx2 {
     /// See [`Head::dots`].
     ///
     /// # Safety
-    /// AVX2 + FMA; `d` a multiple of 8; the rows of `head` checked by [`Head::attend`];
-    /// `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dots(
-        head: &Head<'_>,
+    /// AVX2, FMA and F16C; `d` a multiple of 8; the rows of `head` checked by
+    /// [`Head::attend`]; `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dots<T: KvElem>(
+        head: &Head<'_, T>,
         q0: usize,
         qb: usize,
         k0: usize,
@@ -509,10 +559,10 @@ mod avx2 {
 
     /// `out[i][g..g + 8C] += Σⱼ p_i[j] · v(j)[g..g + 8C]` for `Q` queries, `j < kt`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_group<const Q: usize, const C: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_group<T: KvElem, const Q: usize, const C: usize>(
         p: [*const f32; Q],
-        v: *const f32,
+        v: *const T,
         vs: usize,
         kt: usize,
         out: [*mut f32; Q],
@@ -531,7 +581,7 @@ mod avx2 {
                 }
                 let row = v.add(j * vs);
                 for c in 0..C {
-                    let y = _mm256_loadu_ps(row.add(8 * c));
+                    let y = T::load8(row.add(8 * c));
                     for q in 0..Q {
                         acc[q][c] = _mm256_fmadd_ps(b[q], y, acc[q][c]);
                     }
@@ -547,10 +597,10 @@ mod avx2 {
 
     /// [`weighted_group`] over every group of up to 5 vectors of a head of `d` values.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted<const Q: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted<T: KvElem, const Q: usize>(
         p: [*const f32; Q],
-        v: *const f32,
+        v: *const T,
         vs: usize,
         kt: usize,
         out: [*mut f32; Q],
@@ -564,11 +614,11 @@ mod avx2 {
             // SAFETY: the caller's rows, offset by `g < d`.
             unsafe {
                 match c {
-                    1 => weighted_group::<Q, 1>(p, v, vs, kt, o),
-                    2 => weighted_group::<Q, 2>(p, v, vs, kt, o),
-                    3 => weighted_group::<Q, 3>(p, v, vs, kt, o),
-                    4 => weighted_group::<Q, 4>(p, v, vs, kt, o),
-                    _ => weighted_group::<Q, 5>(p, v, vs, kt, o),
+                    1 => weighted_group::<T, Q, 1>(p, v, vs, kt, o),
+                    2 => weighted_group::<T, Q, 2>(p, v, vs, kt, o),
+                    3 => weighted_group::<T, Q, 3>(p, v, vs, kt, o),
+                    4 => weighted_group::<T, Q, 4>(p, v, vs, kt, o),
+                    _ => weighted_group::<T, Q, 5>(p, v, vs, kt, o),
                 }
             }
             g += 8 * c;
@@ -579,9 +629,9 @@ mod avx2 {
     ///
     /// # Safety
     /// As [`dots`]; `out` holds `qb` rows of `d`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_values(
-        head: &Head<'_>,
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_values<T: KvElem>(
+        head: &Head<'_, T>,
         scores: &[f32],
         stride: usize,
         qb: usize,
@@ -604,11 +654,11 @@ mod avx2 {
         unsafe {
             while i + 2 <= qb {
                 let o = [op.add(i * d), op.add((i + 1) * d)];
-                weighted::<2>([sp(i), sp(i + 1)], vp, head.values.stride, kt, o, d);
+                weighted::<T, 2>([sp(i), sp(i + 1)], vp, head.values.stride, kt, o, d);
                 i += 2;
             }
             if i < qb {
-                weighted::<1>([sp(i)], vp, head.values.stride, kt, [op.add(i * d)], d);
+                weighted::<T, 1>([sp(i)], vp, head.values.stride, kt, [op.add(i * d)], d);
             }
         }
     }
@@ -620,7 +670,7 @@ mod tests {
 
     /// The plain per-query attention the blocked kernels must equal: scores, `f32::exp`
     /// softmax normalized before the sum of values.
-    fn reference(head: &Head<'_>) -> Vec<f32> {
+    fn reference<T: KvElem>(head: &Head<'_, T>) -> Vec<f32> {
         let d = head.keys.d;
         let mut out = vec![0f32; head.t * d];
         for (i, o) in out.chunks_exact_mut(d).enumerate() {
@@ -631,7 +681,7 @@ mod tests {
                     let s = q
                         .iter()
                         .zip(head.keys.row(j))
-                        .map(|(a, b)| a * b)
+                        .map(|(a, b)| a * b.to_f32())
                         .sum::<f32>()
                         * head.scale;
                     s + head.slope.map_or(0.0, |m| -m * (position - j) as f32)
@@ -642,7 +692,7 @@ mod tests {
             let sum: f32 = e.iter().sum();
             for (j, e) in e.iter().enumerate() {
                 for (o, v) in o.iter_mut().zip(head.values.row(j)) {
-                    *o += e / sum * v;
+                    *o += e / sum * v.to_f32();
                 }
             }
         }
@@ -668,6 +718,27 @@ mod tests {
             p.push(AttnPath::Avx2);
         }
         p
+    }
+
+    /// Every path's output within 2·10⁻⁶ of [`reference`].
+    fn check<T: KvElem>(head: &Head<'_, T>, scores: &mut Vec<f32>, what: &str) {
+        let want = reference(head);
+        let (t, d) = (head.t, head.keys.d);
+        for path in paths() {
+            let mut got = vec![f32::NAN; t * d];
+            head.attend(path, &mut got, scores);
+            let diff = want
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff < 2e-6,
+                "{what} {path:?} d {d} offset {} t {t} slope {:?}: {diff}",
+                head.offset,
+                head.slope
+            );
+        }
     }
 
     #[test]
@@ -715,20 +786,28 @@ mod tests {
                         scale: 1.0 / (d as f32).sqrt(),
                         slope,
                     };
-                    let want = reference(&head);
-                    for path in paths() {
-                        let mut got = vec![f32::NAN; t * d];
-                        head.attend(path, &mut got, &mut scores);
-                        let diff = want
-                            .iter()
-                            .zip(&got)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0f32, f32::max);
-                        assert!(
-                            diff < 2e-6,
-                            "{path:?} d {d} offset {offset} t {t} slope {slope:?}: {diff}"
-                        );
-                    }
+                    check(&head, &mut scores, "f32");
+                    // The same cache in f16: the kernels must equal the reference on the
+                    // values stored.
+                    let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    let (keys16, values16): (Vec<_>, Vec<_>) = (half(&keys), half(&values));
+                    let rows16 = |data| HeadRows {
+                        data,
+                        stride: ks,
+                        positions: total,
+                        d,
+                    };
+                    let head16 = Head {
+                        queries: &queries,
+                        q_stride: qs,
+                        t,
+                        offset,
+                        keys: rows16(&keys16),
+                        values: rows16(&values16),
+                        scale: head.scale,
+                        slope,
+                    };
+                    check(&head16, &mut scores, "f16");
                 }
             }
         }
