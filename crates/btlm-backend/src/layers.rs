@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::attention::{Attention, AttentionPart};
 use crate::config::Config;
+use crate::elementwise::{self, ElementwisePath};
 use crate::error::Result;
 use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
@@ -153,6 +154,8 @@ pub(crate) struct Mlp {
     c_fc: Projection,
     c_fc2: Projection,
     c_proj: Projection,
+    /// The code of SwiGLU on CPU rows.
+    elementwise: ElementwisePath,
 }
 
 impl Mlp {
@@ -168,6 +171,7 @@ impl Mlp {
             c_fc: Projection::load_conv1d(ld, &format!("{prefix}.c_fc"), (e, inner))?,
             c_fc2: Projection::load_conv1d(ld, &format!("{prefix}.c_fc2"), (e, inner))?,
             c_proj: Projection::load_conv1d(ld, &format!("{prefix}.c_proj"), (inner, e))?,
+            elementwise: ElementwisePath::for_kernels(ld.kernel_path()),
         })
     }
 
@@ -180,7 +184,7 @@ impl Mlp {
         )?)
         .map_err(|_| candle_core::Error::Msg("two projections give two outputs".into()))?;
         let gated = if up.device().is_cpu() && up.dtype() == DType::F32 {
-            swiglu_on(&up, &gate, team)?
+            swiglu_on(self.elementwise, &up, &gate, team)?
         } else {
             (up * candle_nn::ops::silu(&gate)?)?
         };
@@ -208,14 +212,18 @@ impl Mlp {
             rows,
             team,
         )?;
-        swiglu_into(up, gate, team)?;
+        swiglu_into(self.elementwise, up, gate, team)?;
         packed_into(&mut [(&self.c_proj, y)], up, rows, team)
     }
 }
 
-/// `up ← up ⊙ silu(gate)` in chunks over `team` (candle's arithmetic: `silu(g) = g / (1 +
-/// e^−g)`, then the product).
-fn swiglu_into(up: &mut [f32], gate: &[f32], team: &Team<'_>) -> candle_core::Result<()> {
+/// `up ← up ⊙ silu(gate)` in chunks over `team` ([`elementwise::swiglu`]).
+fn swiglu_into(
+    path: ElementwisePath,
+    up: &mut [f32],
+    gate: &[f32],
+    team: &Team<'_>,
+) -> candle_core::Result<()> {
     if up.len() != gate.len() {
         candle_core::bail!("SwiGLU halves of {} and {} values", up.len(), gate.len());
     }
@@ -223,10 +231,8 @@ fn swiglu_into(up: &mut [f32], gate: &[f32], team: &Team<'_>) -> candle_core::Re
     team.for_each(chunks.len(), &|i| {
         let mut out = chunks[i].lock().unwrap_or_else(|e| e.into_inner());
         let base = i * SWIGLU_CHUNK;
-        let g = &gate[base..base + out.len()];
-        for (o, &g) in out.iter_mut().zip(g) {
-            *o *= g / (1.0 + (-g).exp());
-        }
+        let n = out.len();
+        elementwise::swiglu(path, &mut out, &gate[base..base + n]);
     });
     Ok(())
 }
@@ -234,9 +240,14 @@ fn swiglu_into(up: &mut [f32], gate: &[f32], team: &Team<'_>) -> candle_core::Re
 /// Values per task of [`swiglu_on`].
 const SWIGLU_CHUNK: usize = 2048;
 
-/// `up ⊙ silu(gate)` for f32 CPU tensors of one shape, in chunks over `team` (candle's
-/// arithmetic: `silu(g) = g / (1 + e^−g)`, then the product).
-fn swiglu_on(up: &Tensor, gate: &Tensor, team: &Team<'_>) -> candle_core::Result<Tensor> {
+/// `up ⊙ silu(gate)` for f32 CPU tensors of one shape, in chunks over `team` (see
+/// [`swiglu_into`]).
+fn swiglu_on(
+    path: ElementwisePath,
+    up: &Tensor,
+    gate: &Tensor,
+    team: &Team<'_>,
+) -> candle_core::Result<Tensor> {
     if up.dims() != gate.dims() {
         candle_core::bail!(
             "SwiGLU halves of shapes {:?} and {:?}",
@@ -246,7 +257,7 @@ fn swiglu_on(up: &Tensor, gate: &Tensor, team: &Team<'_>) -> candle_core::Result
     }
     let (up, gate) = (up.contiguous()?, gate.contiguous()?);
     let mut y = with_f32_slice(&up, <[f32]>::to_vec)?;
-    with_f32_slice(&gate, |g| swiglu_into(&mut y, g, team))??;
+    with_f32_slice(&gate, |g| swiglu_into(path, &mut y, g, team))??;
     Tensor::from_vec(y, up.dims(), &Device::Cpu)
 }
 
@@ -406,14 +417,24 @@ mod tests {
         let want = (&up * candle_nn::ops::silu(&gate).expect("silu"))
             .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
             .expect("candle");
-        for threads in [1, 2, 3] {
-            let got = team::run(threads, |t| swiglu_on(&up, &gate, t))
-                .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
-                .expect("team");
-            assert_eq!(got, want, "{threads} threads");
+        for path in [ElementwisePath::Scalar, ElementwisePath::Avx2] {
+            for threads in [1, 2, 3] {
+                let got = team::run(threads, |t| swiglu_on(path, &up, &gate, t))
+                    .and_then(|y| y.flatten_all()?.to_vec1::<f32>())
+                    .expect("team");
+                if path == ElementwisePath::Scalar {
+                    assert_eq!(got, want, "{threads} threads");
+                } else {
+                    // The polynomial `exp` (see `elementwise`): a few ulp.
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-6 * w.abs() + 1e-30, "{g} vs {w}");
+                    }
+                }
+            }
         }
         let other = values(0.5).narrow(1, 0, 5).expect("narrow");
-        assert!(team::run(2, |t| swiglu_on(&up, &other, t)).is_err());
+        let path = ElementwisePath::Scalar;
+        assert!(team::run(2, |t| swiglu_on(path, &up, &other, t)).is_err());
     }
 
     #[test]

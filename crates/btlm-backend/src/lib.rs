@@ -52,6 +52,7 @@ pub mod attention;
 mod batcher;
 pub mod config;
 mod deadline_guard;
+mod elementwise;
 pub mod engine;
 pub mod error;
 pub mod generation;

@@ -10,7 +10,7 @@
 //!
 //! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
 //! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
-//! polynomial `exp`, see [`avx2::exp`]); [`AttnPath::Scalar`] is portable Rust (`f32::exp`).
+//! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Scalar`] is portable Rust (`f32::exp`).
 //!
 //! Cached keys and values are f32 or f16 ([`KvElem`]); f16 rows are widened to f32 as they
 //! are read, so both run the same arithmetic on the values stored.
@@ -333,6 +333,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{Head, KvElem};
+    use crate::elementwise::avx2::exp;
 
     /// Horizontal sums of 8 vectors: lane `l` of the result is the sum of `a[l]`'s lanes.
     #[inline]
@@ -478,32 +479,6 @@ mod avx2 {
                 }
             }
         }
-    }
-
-    /// `exp(x)` for `x ≤ 0` (0 below −87.3, where f32 results would be subnormal); within
-    /// a few ulp of the exact value: `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, `eʳ` by its
-    /// degree-6 Taylor polynomial, `2ⁿ` by the exponent bits.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn exp(x: __m256) -> __m256 {
-        let low = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_GE_OQ);
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
-        let n = _mm256_round_ps(
-            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-        );
-        // ln 2 in two parts: `n · LN2_HI` is exact for |n| < 2⁹.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-        let mut p = _mm256_set1_ps(1.0 / 720.0);
-        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-            23,
-        ));
-        _mm256_and_ps(_mm256_mul_ps(p, pow2), low)
     }
 
     /// See [`Head::softmax`].
@@ -842,38 +817,5 @@ mod tests {
             head.attend(path, &mut out, &mut Vec::new());
             assert_eq!(out, vec![5.0; d], "{path:?}");
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_exp_is_within_a_few_ulp() {
-        use std::arch::x86_64::*;
-        if !avx2_supported() {
-            return;
-        }
-        let mut worst = 0f64;
-        let mut x = -90f32;
-        while x <= 0.0 {
-            let xs: [f32; 8] = std::array::from_fn(|l| x + l as f32 * 1e-4);
-            let mut got = [0f32; 8];
-            // SAFETY: AVX2 and FMA checked above.
-            unsafe {
-                _mm256_storeu_ps(got.as_mut_ptr(), avx2::exp(_mm256_loadu_ps(xs.as_ptr())));
-            }
-            for (&x, &g) in xs.iter().zip(&got) {
-                let want = (x as f64).exp();
-                if x < -87.3 {
-                    assert!(
-                        g == 0.0 || (g as f64 - want).abs() <= want * 1e-6,
-                        "{x}: {g}"
-                    );
-                } else if x <= 0.0 {
-                    worst = worst.max((g as f64 - want).abs() / want);
-                }
-            }
-            x += 0.0137;
-        }
-        // f32's epsilon is 1.2e-7.
-        assert!(worst < 5e-7, "relative error {worst}");
     }
 }
