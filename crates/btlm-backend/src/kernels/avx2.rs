@@ -160,6 +160,7 @@ unsafe fn f32_rows<const R: usize>(
     k_pad: usize,
     x: *const f32,
     stride: usize,
+    _first: bool,
     out: &mut [[f32; TILE]],
 ) {
     let w = w.cast::<f32>();
@@ -214,6 +215,7 @@ unsafe fn f16_rows<const R: usize>(
     k_pad: usize,
     x: *const f32,
     stride: usize,
+    _first: bool,
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the tile holds 16·k_pad halves; every one of the R rows holds k_pad floats.
@@ -283,6 +285,7 @@ unsafe fn bf16_rows<const R: usize>(
     k_pad: usize,
     x: *const u16,
     stride: usize,
+    _first: bool,
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the tile holds k_pad/2 vectors of 64 bytes; every one of the R rows holds

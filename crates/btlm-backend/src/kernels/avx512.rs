@@ -49,13 +49,14 @@ unsafe fn bcast4(p: *const u8) -> __m512i {
 
 simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 
-/// How far ahead of the weights being multiplied the q8_0 and q4k kernels prefetch them
-/// (`prefetcht0`). Without it the core issues the reads of the stream late once the 8-bit
-/// arithmetic fills its out-of-order window: measured on Zen 5 (2 threads, one BTLM-3B
-/// layer of products from memory, session 9, docs/benchmarks.md), q4k 1 row 1.7 → 1.1 ms,
-/// 8 rows 4.0 → 1.5–1.9 ms; q8_0 8 rows 4.5–8 → 2.8–3.6 ms, 1 row unchanged (already at
-/// the memory bandwidth); 2 KiB helped less, 12–24 KiB, `prefetcht1` (8 or 16 KiB) or
-/// both hints no more than this. Only the first call over a tile prefetches
+/// How far ahead of the weights being multiplied the tile kernels prefetch them
+/// (`prefetcht0`). Without it the core issues the reads of the stream late once the
+/// arithmetic of several rows fills its out-of-order window: measured on Zen 5 (2 threads,
+/// one BTLM-3B layer of products from memory, session 9, docs/benchmarks.md), q4k 1 row 1.7
+/// → 1.1 ms, 8 rows 4.0 → 1.5–1.9 ms; q8_0 8 rows 4.5–8 → 2.8–3.6 ms, 1 row unchanged
+/// (already at the memory bandwidth); 2 KiB helped less, 12–24 KiB, `prefetcht1` (8 or 16
+/// KiB) or both hints no more than this. The dense kernels (f32, f16, bf16) prefetch alike
+/// since session 13: bf16 8 rows `c_attn` 1.20–1.39 → 0.80–0.91 ms. Only the first call over a tile prefetches
 /// ([`Q8Rows::first`]): the later ones of a product with more than [`MAX_ROWS`] rows
 /// (prefill) read the tile from cache.
 const PREFETCH: usize = 8192;
@@ -87,6 +88,27 @@ unsafe fn f32_rows<const R: usize>(
     k_pad: usize,
     x: *const f32,
     stride: usize,
+    first: bool,
+    out: &mut [[f32; TILE]],
+) {
+    // SAFETY: the forwarded contract.
+    unsafe {
+        if first {
+            f32_pass::<R, true>(w, k_pad, x, stride, out)
+        } else {
+            f32_pass::<R, false>(w, k_pad, x, stride, out)
+        }
+    }
+}
+
+/// [`f32_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f32_pass<const R: usize, const PF: bool>(
+    w: *const u8,
+    k_pad: usize,
+    x: *const f32,
+    stride: usize,
     out: &mut [[f32; TILE]],
 ) {
     let w = w.cast::<f32>();
@@ -96,6 +118,9 @@ unsafe fn f32_rows<const R: usize>(
     // SAFETY (whole body): the tile holds 16·k_pad floats; every row holds k_pad floats.
     unsafe {
         while k + 2 <= k_pad {
+            // The two 64-byte vectors of this step (see `ahead`).
+            ahead::<PF>(w.add(k * TILE).cast());
+            ahead::<PF>(w.add((k + 1) * TILE).cast());
             let w0 = _mm512_loadu_ps(w.add(k * TILE));
             let w1 = _mm512_loadu_ps(w.add((k + 1) * TILE));
             for r in 0..R {
@@ -124,6 +149,27 @@ unsafe fn f16_rows<const R: usize>(
     k_pad: usize,
     x: *const f32,
     stride: usize,
+    first: bool,
+    out: &mut [[f32; TILE]],
+) {
+    // SAFETY: the forwarded contract.
+    unsafe {
+        if first {
+            f16_pass::<R, true>(w, k_pad, x, stride, out)
+        } else {
+            f16_pass::<R, false>(w, k_pad, x, stride, out)
+        }
+    }
+}
+
+/// [`f16_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f16_pass<const R: usize, const PF: bool>(
+    w: *const u8,
+    k_pad: usize,
+    x: *const f32,
+    stride: usize,
     out: &mut [[f32; TILE]],
 ) {
     let mut acc0 = [_mm512_setzero_ps(); R];
@@ -132,6 +178,8 @@ unsafe fn f16_rows<const R: usize>(
     // SAFETY (whole body): the tile holds 16·k_pad halves; every row holds k_pad floats.
     unsafe {
         while k + 2 <= k_pad {
+            // This step's 64 bytes (see `ahead`).
+            ahead::<PF>(w.add(k * 32));
             let w0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * 32).cast()));
             let w1 = _mm512_cvtph_ps(_mm256_loadu_si256(w.add(k * 32 + 32).cast()));
             for r in 0..R {
@@ -160,6 +208,27 @@ unsafe fn bf16_rows<const R: usize>(
     k_pad: usize,
     x: *const u16,
     stride: usize,
+    first: bool,
+    out: &mut [[f32; TILE]],
+) {
+    // SAFETY: the forwarded contract.
+    unsafe {
+        if first {
+            bf16_pass::<R, true>(w, k_pad, x, stride, out)
+        } else {
+            bf16_pass::<R, false>(w, k_pad, x, stride, out)
+        }
+    }
+}
+
+/// [`bf16_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+unsafe fn bf16_pass<const R: usize, const PF: bool>(
+    w: *const u8,
+    k_pad: usize,
+    x: *const u16,
+    stride: usize,
     out: &mut [[f32; TILE]],
 ) {
     let mut acc0 = [_mm512_setzero_ps(); R];
@@ -174,6 +243,9 @@ unsafe fn bf16_rows<const R: usize>(
     // k_pad bf16 values (k_pad is even).
     unsafe {
         while p + 2 <= pairs {
+            // The two 64-byte vectors of this step (see `ahead`).
+            ahead::<PF>(w.add(p * 64));
+            ahead::<PF>(w.add(p * 64 + 64));
             let w0 = bh(_mm512_loadu_si512(w.add(p * 64).cast()));
             let w1 = bh(_mm512_loadu_si512(w.add(p * 64 + 64).cast()));
             for r in 0..R {

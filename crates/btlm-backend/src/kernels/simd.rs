@@ -50,7 +50,8 @@ macro_rules! call_rows {
 }
 
 /// Defines the module's `pub unsafe fn tile` over its generic row kernels `f32_rows`,
-/// `f16_rows`, `bf16_rows` (`(w, k_pad, x, stride, out)`), `q8_0_rows` (`(w, blocks,
+/// `f16_rows`, `bf16_rows` (`(w, k_pad, x, stride, first, out)`, `first`: whether the call
+/// is the first over its tile, see [`Q8Rows::first`]), `q8_0_rows` (`(w, blocks,
 /// &Q8Rows, out)`) and `q4k_rows` (`(w, super_blocks, &Q8KRows, out)`), for the listed row counts (1 to `MAX_ROWS`).
 macro_rules! simd_tile {
     ($($r:literal),+) => {
@@ -74,15 +75,15 @@ macro_rules! simd_tile {
             match (format, acts) {
                 (WeightFormat::F32, Acts::F32 { x }) => unsafe {
                     let x = x[row0 * k_pad..].as_ptr();
-                    call_rows!(out.len(), f32_rows, (t, k_pad, x, k_pad, out), [$($r),+])
+                    call_rows!(out.len(), f32_rows, (t, k_pad, x, k_pad, row0 == 0, out), [$($r),+])
                 },
                 (WeightFormat::F16, Acts::F32 { x }) => unsafe {
                     let x = x[row0 * k_pad..].as_ptr();
-                    call_rows!(out.len(), f16_rows, (t, k_pad, x, k_pad, out), [$($r),+])
+                    call_rows!(out.len(), f16_rows, (t, k_pad, x, k_pad, row0 == 0, out), [$($r),+])
                 },
                 (WeightFormat::Bf16, Acts::Bf16 { x }) => unsafe {
                     let x = x[row0 * k_pad..].as_ptr();
-                    call_rows!(out.len(), bf16_rows, (t, k_pad, x, k_pad, out), [$($r),+])
+                    call_rows!(out.len(), bf16_rows, (t, k_pad, x, k_pad, row0 == 0, out), [$($r),+])
                 },
                 (WeightFormat::Q8_0, Acts::Q8 { q, d, sum }) => {
                     let nb = k_pad / QBLOCK;
