@@ -6,7 +6,7 @@
 //! with `vdpbf16ps` (pairs of inputs), q8_0 and q4k with `vpdpbusd` (groups of 4 inputs,
 //! unsigned weights × signed 8-bit activations); q8_0's block scales are applied in f32 per
 //! 32 inputs, q4k's 6-bit sub-block scales in i32 and its f32 scales once per 256 inputs.
-//! q8_0 and q4k prefetch the weight stream [`PREFETCH`] bytes ahead (see there).
+//! Every tile kernel prefetches the weight stream [`PREFETCH`] bytes ahead (see there).
 //! Only `bf16_rows` enables AVX512-BF16: on CPUs without it ([`has_bf16`] false) the
 //! dispatcher (`run_tile` in `kernels/mod.rs`) runs bf16 weights on the AVX2 bf16 kernel,
 //! which reads the same packed tiles and bf16 activations.
