@@ -132,7 +132,7 @@ impl<'a> Loader<'a> {
             opts.dtype
         };
         // The CPU attention path reads f32 or f16 caches; the tensor path caches in `dtype`.
-        let kv_dtype = packed.map_or(dtype, |f| opts.kv_dtype.resolve(f));
+        let kv_dtype = packed.map_or(dtype, |f| cpu_kv_dtype(opts.kv_dtype, f));
         // Only quantization is slow enough to be worth a second copy on disk (repacking
         // f32/bf16/f16 runs at memory speed).
         let cache = packed.filter(|f| f.quantized()).and_then(|format| {
@@ -324,6 +324,14 @@ fn prefill_precision(
             PrefillPrecision::Exact
         }
         _ => asked,
+    }
+}
+
+/// The key/value cache dtype of `asked` for CPU weights in `format` (see [`KvDtype`]).
+fn cpu_kv_dtype(asked: KvDtype, format: WeightFormat) -> DType {
+    match (asked, format) {
+        (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => DType::F32,
+        (KvDtype::F16, _) | (KvDtype::Auto, _) => DType::F16,
     }
 }
 

@@ -140,17 +140,6 @@ pub enum KvDtype {
     F16,
 }
 
-impl KvDtype {
-    /// The cache dtype for CPU weights in `format`.
-    pub fn resolve(self, format: crate::kernels::WeightFormat) -> DType {
-        use crate::kernels::WeightFormat;
-        match (self, format) {
-            (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => DType::F32,
-            (KvDtype::F16, _) | (KvDtype::Auto, _) => DType::F16,
-        }
-    }
-}
-
 impl fmt::Display for KvDtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
