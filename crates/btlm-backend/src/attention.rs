@@ -231,20 +231,28 @@ impl Heads {
     ) -> candle_core::Result<Tensor> {
         let (h, d) = (self.n_head, self.head_dim);
         let (e, e3) = (h * d, 3 * h * d);
-        let mut out = Vec::with_capacity(h * t * d);
-        for head in 0..h {
-            for row in start..start + t {
+        // Head by head, row by row: each `d` values of `qkv`.
+        let pieces = (0..h).flat_map(|head| {
+            (start..start + t).map(move |row| {
                 let src = row * e3 + i * e + head * d;
-                out.extend_from_slice(&qkv[src..src + d]);
-            }
-        }
+                &qkv[src..src + d]
+            })
+        });
         match self.kv_dtype {
-            DType::F32 => Tensor::from_vec(out, (h, t, d), &Device::Cpu),
+            DType::F32 => {
+                let mut out = Vec::with_capacity(h * t * d);
+                for piece in pieces {
+                    out.extend_from_slice(piece);
+                }
+                Tensor::from_vec(out, (h, t, d), &Device::Cpu)
+            }
             DType::F16 => {
                 use half::slice::HalfFloatSliceExt;
-                let mut half = vec![half::f16::ZERO; out.len()];
-                half.convert_from_f32_slice(&out);
-                Tensor::from_vec(half, (h, t, d), &Device::Cpu)
+                let mut out = vec![half::f16::ZERO; h * t * d];
+                for (dst, piece) in out.chunks_exact_mut(d).zip(pieces) {
+                    dst.convert_from_f32_slice(piece);
+                }
+                Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
             other => candle_core::bail!("the CPU attention path has no {other:?} cache"),
         }

@@ -12,13 +12,13 @@ use crate::kernels::KernelPath;
 pub(crate) enum ElementwisePath {
     /// Portable Rust (libm's `exp`).
     Scalar,
-    /// AVX2 + FMA (x86-64).
+    /// AVX2 + FMA + F16C (x86-64).
     Avx2,
 }
 
 impl ElementwisePath {
-    /// AVX2 on every SIMD kernel path of a CPU with AVX2 and FMA; scalar when the kernels
-    /// are forced to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
+    /// AVX2 on every SIMD kernel path of a CPU with AVX2, FMA and F16C; scalar when the
+    /// kernels are forced to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
     pub(crate) fn for_kernels(path: KernelPath) -> Self {
         if path != KernelPath::Scalar && avx2_supported() {
             ElementwisePath::Avx2
@@ -28,11 +28,14 @@ impl ElementwisePath {
     }
 }
 
-/// Whether this CPU has AVX2 and FMA.
-fn avx2_supported() -> bool {
+/// Whether this CPU has AVX2, FMA and F16C (every AVX2 CPU has F16C; the attention's f16
+/// key/value rows need it).
+pub(crate) fn avx2_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

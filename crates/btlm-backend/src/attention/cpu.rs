@@ -10,12 +10,13 @@
 //!
 //! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
 //! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
-//! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Scalar`] is portable Rust (`f32::exp`).
+//! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Scalar`] is
+//! portable Rust (`f32::exp`).
 //!
 //! Cached keys and values are f32 or f16 ([`KvElem`]); f16 rows are widened to f32 as they
 //! are read, so both run the same arithmetic on the values stored.
 
-use crate::kernels::KernelPath;
+use crate::elementwise::avx2_supported;
 
 /// Queries of one head attended together (their scores are one buffer of
 /// `QUERY_BLOCK × positions` values).
@@ -24,47 +25,15 @@ pub(crate) const QUERY_BLOCK: usize = 16;
 /// Keys (and values) per tile: 20 KiB of keys or values at head size 80.
 pub(crate) const KEY_TILE: usize = 64;
 
-/// The code the CPU attention runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttnPath {
-    /// Portable Rust.
-    Scalar,
-    /// AVX2 + FMA (x86-64 only; heads whose size is a multiple of 8).
-    Avx2,
-}
+/// The code the CPU attention runs: the elementwise path of the kernels (AVX2 + FMA +
+/// F16C, or portable Rust), narrowed per head by [`for_head`].
+pub(crate) use crate::elementwise::ElementwisePath as AttnPath;
 
-impl AttnPath {
-    /// The attention path that goes with the matrix kernels' `path`: AVX2 on every SIMD path
-    /// of a CPU with AVX2 and FMA, scalar when the kernels are forced to scalar
-    /// (`BTLM_KERNELS=scalar`) or the CPU lacks them.
-    pub(crate) fn for_kernels(path: KernelPath) -> Self {
-        if path != KernelPath::Scalar && avx2_supported() {
-            AttnPath::Avx2
-        } else {
-            AttnPath::Scalar
-        }
-    }
-
-    /// The path that runs heads of `d` values: AVX2 needs `d` a multiple of 8.
-    fn for_head(self, d: usize) -> Self {
-        match self {
-            AttnPath::Avx2 if d.is_multiple_of(8) && avx2_supported() => AttnPath::Avx2,
-            _ => AttnPath::Scalar,
-        }
-    }
-}
-
-/// Whether this CPU has AVX2, FMA and F16C.
-fn avx2_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// The path that runs heads of `d` values: AVX2 needs `d` a multiple of 8.
+fn for_head(path: AttnPath, d: usize) -> AttnPath {
+    match path {
+        AttnPath::Avx2 if d.is_multiple_of(8) && avx2_supported() => AttnPath::Avx2,
+        _ => AttnPath::Scalar,
     }
 }
 
@@ -172,7 +141,7 @@ impl<T: KvElem> Head<'_, T> {
             self.offset,
             self.keys.positions
         );
-        let path = path.for_head(d);
+        let path = for_head(path, d);
         for q0 in (0..t).step_by(QUERY_BLOCK) {
             let qb = QUERY_BLOCK.min(t - q0);
             let n = self.offset + q0 + qb;

@@ -56,9 +56,9 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// → 1.1 ms, 8 rows 4.0 → 1.5–1.9 ms; q8_0 8 rows 4.5–8 → 2.8–3.6 ms, 1 row unchanged
 /// (already at the memory bandwidth); 2 KiB helped less, 12–24 KiB, `prefetcht1` (8 or 16
 /// KiB) or both hints no more than this. The dense kernels (f32, f16, bf16) prefetch alike
-/// since session 13: bf16 8 rows `c_attn` 1.20–1.39 → 0.80–0.91 ms. Only the first call over a tile prefetches
-/// ([`Q8Rows::first`]): the later ones of a product with more than [`MAX_ROWS`] rows
-/// (prefill) read the tile from cache.
+/// since session 13: bf16 8 rows `c_attn` 1.20–1.39 → 0.80–0.91 ms. Only the first call
+/// over a tile prefetches ([`Q8Rows::first`]): the later ones of a product with more than
+/// [`MAX_ROWS`] rows (prefill) read the tile from cache.
 const PREFETCH: usize = 8192;
 
 /// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
@@ -71,6 +71,18 @@ fn ahead<const PF: bool>(p: *const u8) {
         // A hint: it reads nothing observable and never faults.
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
     }
+}
+
+/// `$pass::<R, true>(args…)` (prefetching) for the first call over a tile, else
+/// `$pass::<R, false>(args…)`: each row kernel's entry point.
+macro_rules! first_pass {
+    ($first:expr, $pass:ident::<$r:ident>($($arg:expr),*)) => {
+        if $first {
+            $pass::<$r, true>($($arg),*)
+        } else {
+            $pass::<$r, false>($($arg),*)
+        }
+    };
 }
 
 #[inline]
@@ -92,13 +104,7 @@ unsafe fn f32_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe {
-        if first {
-            f32_pass::<R, true>(w, k_pad, x, stride, out)
-        } else {
-            f32_pass::<R, false>(w, k_pad, x, stride, out)
-        }
-    }
+    unsafe { first_pass!(first, f32_pass::<R>(w, k_pad, x, stride, out)) }
 }
 
 /// [`f32_rows`], prefetching the weight stream if `PF` (the first call over the tile).
@@ -153,13 +159,7 @@ unsafe fn f16_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe {
-        if first {
-            f16_pass::<R, true>(w, k_pad, x, stride, out)
-        } else {
-            f16_pass::<R, false>(w, k_pad, x, stride, out)
-        }
-    }
+    unsafe { first_pass!(first, f16_pass::<R>(w, k_pad, x, stride, out)) }
 }
 
 /// [`f16_rows`], prefetching the weight stream if `PF` (the first call over the tile).
@@ -212,13 +212,7 @@ unsafe fn bf16_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe {
-        if first {
-            bf16_pass::<R, true>(w, k_pad, x, stride, out)
-        } else {
-            bf16_pass::<R, false>(w, k_pad, x, stride, out)
-        }
-    }
+    unsafe { first_pass!(first, bf16_pass::<R>(w, k_pad, x, stride, out)) }
 }
 
 /// [`bf16_rows`], prefetching the weight stream if `PF` (the first call over the tile).
@@ -279,13 +273,7 @@ unsafe fn q8_0_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe {
-        if a.first {
-            q8_0_pass::<R, true>(w, nblocks, a, out)
-        } else {
-            q8_0_pass::<R, false>(w, nblocks, a, out)
-        }
-    }
+    unsafe { first_pass!(a.first, q8_0_pass::<R>(w, nblocks, a, out)) }
 }
 
 /// One q8_0 tile for `R` activation rows, prefetching the weight stream if `PF`: per block
@@ -344,13 +332,7 @@ unsafe fn q4k_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe {
-        if a.first {
-            q4k_pass::<R, true>(w, nsuper, a, out)
-        } else {
-            q4k_pass::<R, false>(w, nsuper, a, out)
-        }
-    }
+    unsafe { first_pass!(a.first, q4k_pass::<R>(w, nsuper, a, out)) }
 }
 
 /// [`q4k_rows`], prefetching the weight stream if `PF` (the first call over the tile).

@@ -51,8 +51,9 @@ macro_rules! call_rows {
 
 /// Defines the module's `pub unsafe fn tile` over its generic row kernels `f32_rows`,
 /// `f16_rows`, `bf16_rows` (`(w, k_pad, x, stride, first, out)`, `first`: whether the call
-/// is the first over its tile, see [`Q8Rows::first`]), `q8_0_rows` (`(w, blocks,
-/// &Q8Rows, out)`) and `q4k_rows` (`(w, super_blocks, &Q8KRows, out)`), for the listed row counts (1 to `MAX_ROWS`).
+/// is the first over its tile, see [`Q8Rows::first`]), `q8_0_rows` (`(w, blocks, &Q8Rows,
+/// out)`) and `q4k_rows` (`(w, super_blocks, &Q8KRows, out)`), for the listed row counts
+/// (1 to `MAX_ROWS`).
 macro_rules! simd_tile {
     ($($r:literal),+) => {
         /// One tile times `out.len()` activation rows (1 to [`MAX_ROWS`]) starting at `row0`.
