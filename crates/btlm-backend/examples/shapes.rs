@@ -119,7 +119,7 @@ fn one_core(
                 for _ in 0..20 {
                     // One thread claims every task: the whole product runs here.
                     match TileProduct::with_acts(path, &m, &acts, rows, None, &mut y, 1)? {
-                        Some(p) => p.work(),
+                        Some(p) => p.work(0),
                         None => matmul(path, &m, &x, rows, None, &mut y)?,
                     }
                 }

@@ -277,8 +277,8 @@ pub(crate) fn packed_into(
     }
     match tiles.as_slice() {
         [] => {}
-        [one] => team.broadcast(&|_| one.work()),
-        all => team.broadcast(&|_| all.iter().for_each(TileProduct::work)),
+        [one] => team.broadcast(&|member| one.work(member)),
+        all => team.broadcast(&|member| all.iter().for_each(|p| p.work(member))),
     }
     Ok(())
 }

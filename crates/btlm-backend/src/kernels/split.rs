@@ -10,10 +10,14 @@ use super::{
     tiles_into,
 };
 
-/// Tasks per thread for one activation row (up to 4× as many for more rows, see
-/// `TileProduct::build`): claiming one costs an atomic add, and the smaller the tasks the less
-/// the others wait for the last one at the end of a product; a task of the smallest decode
-/// product (2560 × 2560 in q4k, two threads) is still 5 tiles, a 115 KB stream.
+/// Tasks per thread, whatever the rows: claiming one costs an atomic add, and the smaller the
+/// tasks the less the others wait for the last one at the end of a product; a task of the
+/// smallest decode product (2560 × 2560 in q4k, two threads) is still 5 tiles, a 115 KB
+/// stream. Every task starts a weight stream whose first 8 KiB (the kernels' prefetch
+/// distance) are not prefetched and ends prefetching bytes another thread multiplies, so
+/// more rows do not make more tasks: 4× as many at 8 rows (sessions 9–13) made the
+/// eight-sequence decode step 10–15% slower on Zen 5 (q4k 67–84 → 59–70 ms, q8_0 107–110 →
+/// 98–99, bf16 128–171 → 101–118; session 14, docs/benchmarks.md).
 const TASKS_PER_THREAD: usize = 16;
 
 /// `y = x · Wᵀ (+ bias)` on the tile kernels, split into tasks of whole tiles: every thread
@@ -27,9 +31,17 @@ pub struct TileProduct<'a> {
     bias: Option<&'a [f32]>,
     out: OutPtr,
     per_task: usize,
-    tasks: usize,
-    next: AtomicUsize,
+    segments: Box<[Segment]>,
     _y: PhantomData<&'a mut [f32]>,
+}
+
+/// A run of consecutive tasks, first claimed by the member of its index (see
+/// [`TileProduct::work`]).
+struct Segment {
+    /// The next unclaimed task.
+    next: AtomicUsize,
+    /// One past the last task.
+    end: usize,
 }
 
 /// The activations of a product: its own, or shared with other products of the same input.
@@ -123,16 +135,19 @@ impl<'a> TileProduct<'a> {
         y: &'a mut [f32],
         threads: usize,
     ) -> Self {
-        // A tile's instructions grow with the rows (q4k: 5.7× from 1 to 8 rows), and the
-        // last task of a product is what the other threads wait for: with more rows, more
-        // (and smaller) tasks.
-        let per_thread = TASKS_PER_THREAD * rows.clamp(1, 4);
-        let per_task = w.tiles().div_ceil(per_thread * threads.max(1)).max(1);
+        let per_task = w.tiles().div_ceil(TASKS_PER_THREAD * threads.max(1)).max(1);
         let tasks = if rows == 0 {
             0
         } else {
             w.tiles().div_ceil(per_task)
         };
+        let members = threads.clamp(1, tasks.max(1));
+        let segments = (0..members)
+            .map(|m| Segment {
+                next: AtomicUsize::new(tasks * m / members),
+                end: tasks * (m + 1) / members,
+            })
+            .collect();
         TileProduct {
             // Without AVX512-BF16 the AVX-512 paths run bf16 weights on the AVX2 kernel
             // (see `matmul`).
@@ -143,32 +158,38 @@ impl<'a> TileProduct<'a> {
             bias,
             out: OutPtr(y.as_mut_ptr()),
             per_task,
-            tasks,
-            next: AtomicUsize::new(0),
+            segments,
             _y: PhantomData,
         }
     }
 
-    /// Claims and runs tasks until every task is claimed.
-    pub fn work(&self) {
-        loop {
-            let task = self.next.fetch_add(1, Ordering::Relaxed);
-            if task >= self.tasks {
-                return;
+    /// Claims and runs tasks until every task is claimed: first those of the segment of
+    /// `member` (the caller's index among the threads the product was split for), in order,
+    /// so that each thread streams one contiguous run of the weights, then any left in the
+    /// others'. Any `member` is correct (out-of-range ones start at another segment).
+    pub fn work(&self, member: usize) {
+        let n = self.segments.len();
+        for k in 0..n {
+            let segment = &self.segments[(member + k) % n];
+            loop {
+                let task = segment.next.fetch_add(1, Ordering::Relaxed);
+                if task >= segment.end {
+                    break;
+                }
+                let first = task * self.per_task;
+                let last = (first + self.per_task).min(self.w.tiles());
+                // Each task is claimed once, so no two calls write the same tiles' columns;
+                // `out` is `y`, borrowed mutably for `'a`, of `rows × n_out` values (checked).
+                tiles_into(
+                    self.path,
+                    self.w,
+                    self.acts.get(),
+                    self.rows,
+                    self.bias,
+                    self.out,
+                    first..last,
+                );
             }
-            let first = task * self.per_task;
-            let last = (first + self.per_task).min(self.w.tiles());
-            // Each task is claimed once, so no two calls write the same tiles' columns;
-            // `out` is `y`, borrowed mutably for `'a`, of `rows × n_out` values (checked).
-            tiles_into(
-                self.path,
-                self.w,
-                self.acts.get(),
-                self.rows,
-                self.bias,
-                self.out,
-                first..last,
-            );
         }
     }
 }
@@ -181,8 +202,9 @@ mod tests {
     /// Runs `p` on `threads` scoped threads, each working until no task is left.
     fn work_on_threads(p: TileProduct<'_>, threads: usize) {
         std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| p.work());
+            for member in 0..threads {
+                let p = &p;
+                s.spawn(move || p.work(member));
             }
         });
     }
@@ -232,6 +254,34 @@ mod tests {
     }
 
     #[test]
+    fn any_member_finishes_the_product() {
+        // 40 tiles for 3 threads: 3 segments of consecutive tasks.
+        let (n_out, n_in) = (640, 64);
+        let w: Vec<f32> = (0..n_out * n_in).map(|i| (i % 13) as f32 - 6.0).collect();
+        let m = PackedMatrix::pack(WeightFormat::F32, &Source::f32(&w, n_out, n_in)).expect("pack");
+        let x: Vec<f32> = (0..2 * n_in).map(|i| (i % 5) as f32).collect();
+        let path = KernelPath::Scalar;
+        let mut want = vec![0f32; 2 * n_out];
+        matmul(path, &m, &x, 2, None, &mut want).expect("matmul");
+        // One member alone (the others never call), or more callers than segments (indices
+        // past the last segment start at another one).
+        for members in [vec![2], vec![0, 1, 2, 3, 4, 5]] {
+            let mut got = vec![f32::NAN; 2 * n_out];
+            let p = TileProduct::new(path, &m, &x, 2, None, &mut got, 3)
+                .expect("operands")
+                .expect("tile kernels");
+            assert_eq!(p.segments.len(), 3);
+            std::thread::scope(|s| {
+                for &member in &members {
+                    let p = &p;
+                    s.spawn(move || p.work(member));
+                }
+            });
+            assert_eq!(got, want, "members {members:?}");
+        }
+    }
+
+    #[test]
     fn bad_operands_and_many_rows_are_refused() {
         let w = vec![0.5f32; 16 * 32];
         let m = PackedMatrix::pack(WeightFormat::Bf16, &Source::f32(&w, 16, 32)).expect("pack");
@@ -260,7 +310,7 @@ mod tests {
         ));
         let mut y0: Vec<f32> = Vec::new();
         let empty = TileProduct::new(path, &m, &[], 0, None, &mut y0, 2).expect("no rows");
-        empty.expect("tiles").work();
+        empty.expect("tiles").work(0);
         if KernelPath::Avx2.supported() {
             let rows = 64;
             let x = vec![1f32; rows * 32];
