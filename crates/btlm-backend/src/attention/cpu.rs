@@ -393,6 +393,29 @@ mod avx2 {
         sum1(a)
     }
 
+    /// Asks for rows `j0..j1` of `rows` in the cache (`prefetcht0`) while the keys of the
+    /// same positions are multiplied: the value rows are read next ([`weighted_values`]),
+    /// and a decode step's heads are short streams that the hardware prefetchers pick up
+    /// late. The prefetch only hints: it reads nothing observable and never faults.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn prefetch_rows<T: KvElem>(rows: &super::HeadRows<'_, T>, j0: usize, j1: usize) {
+        if j1 <= j0 {
+            return;
+        }
+        let base = rows.data.as_ptr().cast::<u8>();
+        let size = std::mem::size_of::<T>();
+        let (from, to) = (
+            j0 * rows.stride * size,
+            ((j1 - 1) * rows.stride + rows.d) * size,
+        );
+        let mut off = from & !63;
+        while off < to {
+            _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off).cast());
+            off += 64;
+        }
+    }
+
     /// See [`Head::dots`].
     ///
     /// # Safety
@@ -415,6 +438,7 @@ mod avx2 {
         assert!(scores.len() >= qb * stride && stride >= k0 + kt);
         let sp = scores.as_mut_ptr();
         let end = k0 + kt;
+        prefetch_rows(&head.values, k0, end);
         let mut i = 0;
         // SAFETY (all below): the key rows `k0..end` and the query rows exist (`attend`),
         // score indices stay below `qb * stride` (asserted above).
