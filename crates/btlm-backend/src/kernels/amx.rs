@@ -352,7 +352,8 @@ pub(super) fn pack_acts_for(w: &PackedMatrix, x: &[f32], rows: usize) -> Vec<u16
 
 /// Output tiles `2·pair` and `2·pair + 1` of `w` (the last tile alone if the count is odd)
 /// for all `rows` rows: packs the weights, multiplies them with every 16-row block of `a`
-/// ([`pack_acts_for`]) on the tile unit, adds `bias` and writes the columns to `out`.
+/// (`pack_acts_for`, emulation builds) on the tile unit, adds `bias` and writes the columns
+/// to `out`.
 ///
 /// # Safety
 /// AMX usable on this thread (tile data permitted), AVX2/FMA/F16C; `out` holds

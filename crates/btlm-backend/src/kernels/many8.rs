@@ -59,8 +59,8 @@ pub fn supported() -> bool {
 /// pool.
 ///
 /// # Safety
-/// The CPU must support the features of [`supported`]; `w` must be q4k and `acts` prepared
-/// for it with `rows` rows of `w.k_pad()` inputs ([`Acts::fits`]); `y` holds
+/// The CPU must support the features of [`super::avx2::supported`]; `w` must be q4k and
+/// `acts` prepared for it with `rows` rows of `w.k_pad()` inputs ([`Acts::fits`]); `y` holds
 /// `rows × w.n_out()` values and `bias`, if any, `w.n_out()`.
 pub unsafe fn matmul(
     w: &PackedMatrix,

@@ -1,5 +1,5 @@
 //! What the SIMD kernel modules ([`super::avx2`], [`super::avx512`]) share: the per-tile
-//! entry point, generated for each module's row kernels by [`simd_tile!`], and the pointers
+//! entry point, generated for each module's row kernels by `simd_tile!`, and the pointers
 //! to rows of quantized activations.
 
 /// Pointers to the first of the rows of quantized activations a kernel call works on.
