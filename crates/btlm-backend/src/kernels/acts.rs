@@ -175,9 +175,8 @@ fn quantize_rows_on<S: Copy + Default + Send>(
 
 /// Quantizes one row `xr` (zero padded to `qr.len()`) in blocks of `block` inputs into
 /// `qr` with the scales `dr`, and the sums of the quants of every block of [`QBLOCK`]
-/// (converted by `sum_as`) into `sr`: compiled for AVX2 where the CPU has it (the same
-/// operations in the same order, so the same quants bit for bit; 8 rows of a decode step's
-/// inputs were ~3% of its time on the baseline x86-64 build).
+/// (converted by `sum_as`) into `sr`; the blocks in AVX2 where the CPU has it (bit for bit
+/// the same quants: 8 rows of a decode step's inputs were ~4% of its time in scalar code).
 fn quantize_row<S>(
     xr: &[f32],
     block: usize,
@@ -186,44 +185,17 @@ fn quantize_row<S>(
     sr: &mut [S],
     sum_as: &impl Fn(i32) -> S,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2::supported() {
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe { quantize_row_avx2(xr, block, qr, dr, sr, sum_as) };
-        return;
-    }
-    quantize_row_body(xr, block, qr, dr, sr, sum_as, quantize_block);
-}
-
-/// [`quantize_row_body`] with [`quantize_block_avx2`] (see [`quantize_row`]).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn quantize_row_avx2<S>(
-    xr: &[f32],
-    block: usize,
-    qr: &mut [i8],
-    dr: &mut [f32],
-    sr: &mut [S],
-    sum_as: &impl Fn(i32) -> S,
-) {
-    // SAFETY: the CPU has AVX2 (this function's contract).
-    quantize_row_body(xr, block, qr, dr, sr, sum_as, |xs, q| unsafe {
-        quantize_block_avx2(xs, q)
-    });
-}
-
-/// The body of [`quantize_row`], blocks quantized by `quantize` ([`quantize_block`] or
-/// [`quantize_block_avx2`]).
-#[inline(always)]
-fn quantize_row_body<S>(
-    xr: &[f32],
-    block: usize,
-    qr: &mut [i8],
-    dr: &mut [f32],
-    sr: &mut [S],
-    sum_as: &impl Fn(i32) -> S,
-    quantize: impl Fn(&[f32], &mut [i8]) -> f32,
-) {
+    let quantize: fn(&[f32], &mut [i8]) -> f32 = {
+        #[cfg(target_arch = "x86_64")]
+        if super::avx2::supported() {
+            // SAFETY: the CPU has AVX2 (checked above).
+            |xs, q| unsafe { quantize_block_avx2(xs, q) }
+        } else {
+            quantize_block
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        quantize_block
+    };
     let k = xr.len();
     for (b, (qb, db)) in qr.chunks_mut(block).zip(dr.iter_mut()).enumerate() {
         let start = (b * block).min(k);
