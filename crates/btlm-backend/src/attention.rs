@@ -19,6 +19,13 @@ use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
 use crate::team::Team;
 
+thread_local! {
+    /// Each thread's scores buffer for [`Head::attend`], kept across heads and steps (a
+    /// decode step attends heads × layers × sequences: 8 192 allocations at 8 sequences
+    /// before); it keeps its largest size, 16 queries × the context (512 KiB at 8 192).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Whether activations of `dtype` on `device` attend on the CPU path (see the module
 /// documentation); the others need an [`attention_bias`] per sequence.
 pub(crate) fn attends_on_cpu(device: &Device, dtype: DType) -> bool {
@@ -375,7 +382,7 @@ impl Heads {
             scale: self.scale as f32,
             slope: self.slopes.as_ref().map(|s| s[head]),
         };
-        one.attend(self.path, out, &mut Vec::new());
+        SCORES.with_borrow_mut(|scores| one.attend(self.path, out, scores));
     }
 
     /// Attention of one sequence's `t` query rows (`qkv: [t, 3e]`), giving `[t, e]`.
