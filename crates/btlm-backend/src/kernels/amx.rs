@@ -6,9 +6,9 @@
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`supported`] asks once and
 //! also checks CPUID (AMX-TILE, AMX-BF16) and that the OS enabled the tile state in XCR0.
 //!
-//! Layout: per parallel task, two weight tiles (32 outputs) are converted into bf16 in the
-//! AMX `B` layout — pairs of inputs interleaved, `[k/2][16 outputs][2]`, which is the
-//! packed bf16 format itself — padded to a multiple of 32 inputs. Activations are rounded
+//! Layout: per parallel task, two weight tiles (32 outputs) in bf16 in the AMX `B` layout —
+//! pairs of inputs interleaved, `[k/2][16 outputs][2]`, which is the packed bf16 format
+//! itself — padded to a multiple of 32 inputs. Activations are rounded
 //! to bf16 once per call into `A` blocks of 16 rows × 32 inputs (1 KiB each, contiguous).
 //! The inner loop keeps a 32 × 32 block of f32 sums in four tile registers (`tmm0..3`) and
 //! streams `A` (`tmm4`, `tmm5`) and `B` (`tmm6`, `tmm7`) tiles through them.
@@ -18,13 +18,18 @@
 //! f32 and f16 keep their precision on the AVX-512 kernels (this module computes f16 too,
 //! and its test covers it).
 //!
-//! **Status**: written on a machine without AMX (AMD Zen 3). The tests in `tests.rs` run it
-//! only where [`supported`] is true; `scripts/check-kernels-emulated.sh` runs
-//! [`pair_product`] (everything but the rayon split and [`supported`]) on an emulated
-//! Sapphire Rapids core whose tile instructions are emulated from the SDM (docs/benchmarks.md,
-//! "Kernels on an emulated Sapphire Rapids"). Until the tests have run on real AMX hardware,
-//! detection chooses this path only after its products passed the numerical self-check
-//! (`self_check.rs`) on the CPU at hand.
+//! **Status**: written on a machine without AMX (AMD Zen 3) and first run on real AMX
+//! hardware in session 15 (a Sapphire Rapids-class Xeon, where `tests.rs` runs it); there
+//! it measured ~7× the AVX-512 bf16 kernels at 128 rows (docs/benchmarks.md, "AMX on a real
+//! Xeon"). `scripts/check-kernels-emulated.sh` runs [`pair_product`] (everything but the
+//! rayon split and [`supported`]) on an emulated Sapphire Rapids core whose tile
+//! instructions are emulated from the SDM, for machines without AMX. Detection chooses this
+//! path only after its products passed the numerical self-check (`self_check.rs`) on the
+//! CPU at hand.
+//!
+//! bf16 weights are read in place (the packed tile is the `B` layout; a partial last step of
+//! 32 inputs is copied and zero-padded); other formats are converted per pair of tiles into
+//! a scratch `B` buffer (dequantized in AVX2, rounded to bf16 in AVX-512).
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -50,10 +55,17 @@ const XFEATURE_XTILEDATA: u64 = 18;
 const SYS_ARCH_PRCTL: u64 = 158;
 
 /// Whether this CPU has AMX-TILE and AMX-BF16, the OS enabled tile state, the kernel
-/// granted it to this process, and the AVX2 conversions are available. Decided once.
+/// granted it to this process, and the AVX2 and AVX512-BF16 conversions are available.
+/// Decided once.
 pub fn supported() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| cpu_and_os_have_amx() && request_permission() && super::many::supported())
+    *OK.get_or_init(|| {
+        cpu_and_os_have_amx()
+            && request_permission()
+            && super::many::supported()
+            && super::avx512::supported()
+            && super::avx512::has_bf16()
+    })
 }
 
 /// CPUID leaf 7 (EDX bit 22 AMX-BF16, bit 24 AMX-TILE) and XCR0 bits 17/18 (tile config
@@ -158,22 +170,28 @@ impl Drop for Tiles {
     }
 }
 
-/// `C[2][2] (16×16 f32 each) = Σ_kc A[m][kc] · B[n][kc]` for `kcs` steps of 32 inputs:
-/// `a0`/`a1` the first `A` tiles of two 16-row blocks, `b0`/`b1` the first `B` tiles of
-/// two 16-output tiles, consecutive steps 1 KiB apart; `c` receives `[m][n][16][16]` f32.
-///
-/// # Safety
-/// Tiles configured ([`Tiles::configure`]); `kcs >= 1`; every pointer valid for `kcs`
-/// KiB (`c` for 4 KiB, writable).
-#[inline]
-unsafe fn block_2x2(
-    a0: *const u8,
-    a1: *const u8,
+/// Where the `B` tiles of two 16-output weight tiles come from: `main` steps of 32 inputs,
+/// 1 KiB apart from `b0`/`b1`, then, if `tail0` is not null, one last step from
+/// `tail0`/`tail1` (a partial step copied and zero-padded apart, so that the main steps can
+/// be read straight from the packed weights).
+#[derive(Clone, Copy)]
+struct BSteps {
     b0: *const u8,
     b1: *const u8,
-    kcs: usize,
-    c: *mut f32,
-) {
+    main: usize,
+    tail0: *const u8,
+    tail1: *const u8,
+}
+
+/// `C[2][2] (16×16 f32 each) = Σ_kc A[m][kc] · B[n][kc]` over the steps of `b`: `a0`/`a1`
+/// the first `A` tiles of two 16-row blocks (consecutive steps 1 KiB apart, the tail step
+/// after the main ones); `c` receives `[m][n][16][16]` f32.
+///
+/// # Safety
+/// Tiles configured ([`Tiles::configure`]); at least one step; every pointer valid for its
+/// steps' KiB (`c` for 4 KiB, writable).
+#[inline]
+unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32) {
     // SAFETY: the caller's contract; tmm registers are not used by compiled code.
     unsafe {
         asm!(
@@ -181,6 +199,8 @@ unsafe fn block_2x2(
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            "test {n}, {n}",
+            "jz 3f",
             "2:",
             "tileloadd tmm4, [{a0} + {s64}*1]",
             "tileloadd tmm6, [{b0} + {s64}*1]",
@@ -196,6 +216,18 @@ unsafe fn block_2x2(
             "add {b1}, 1024",
             "dec {n}",
             "jnz 2b",
+            "3:",
+            "test {t0}, {t0}",
+            "jz 4f",
+            "tileloadd tmm4, [{a0} + {s64}*1]",
+            "tileloadd tmm6, [{t0} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{t1} + {s64}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s64}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "4:",
             "tilestored [{c} + {s64}*1], tmm0",
             "add {c}, 1024",
             "tilestored [{c} + {s64}*1], tmm1",
@@ -205,10 +237,12 @@ unsafe fn block_2x2(
             "tilestored [{c} + {s64}*1], tmm3",
             a0 = inout(reg) a0 => _,
             a1 = inout(reg) a1 => _,
-            b0 = inout(reg) b0 => _,
-            b1 = inout(reg) b1 => _,
+            b0 = inout(reg) b.b0 => _,
+            b1 = inout(reg) b.b1 => _,
+            t0 = in(reg) b.tail0,
+            t1 = in(reg) b.tail1,
             c = inout(reg) c => _,
-            n = inout(reg) kcs => _,
+            n = inout(reg) b.main => _,
             s64 = in(reg) 64usize,
             options(nostack),
         );
@@ -220,12 +254,14 @@ unsafe fn block_2x2(
 /// # Safety
 /// As [`block_2x2`].
 #[inline]
-unsafe fn block_1x2(a0: *const u8, b0: *const u8, b1: *const u8, kcs: usize, c: *mut f32) {
+unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32) {
     // SAFETY: the caller's contract.
     unsafe {
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
+            "test {n}, {n}",
+            "jz 3f",
             "2:",
             "tileloadd tmm4, [{a0} + {s64}*1]",
             "tileloadd tmm6, [{b0} + {s64}*1]",
@@ -237,14 +273,25 @@ unsafe fn block_1x2(a0: *const u8, b0: *const u8, b1: *const u8, kcs: usize, c: 
             "add {b1}, 1024",
             "dec {n}",
             "jnz 2b",
+            "3:",
+            "test {t0}, {t0}",
+            "jz 4f",
+            "tileloadd tmm4, [{a0} + {s64}*1]",
+            "tileloadd tmm6, [{t0} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{t1} + {s64}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "4:",
             "tilestored [{c} + {s64}*1], tmm0",
             "add {c}, 1024",
             "tilestored [{c} + {s64}*1], tmm1",
             a0 = inout(reg) a0 => _,
-            b0 = inout(reg) b0 => _,
-            b1 = inout(reg) b1 => _,
+            b0 = inout(reg) b.b0 => _,
+            b1 = inout(reg) b.b1 => _,
+            t0 = in(reg) b.tail0,
+            t1 = in(reg) b.tail1,
             c = inout(reg) c => _,
-            n = inout(reg) kcs => _,
+            n = inout(reg) b.main => _,
             s64 = in(reg) 64usize,
             options(nostack),
         );
@@ -257,48 +304,138 @@ fn pack_acts(x: &[f32], rows: usize, n_in: usize, k32: usize) -> Vec<u16> {
     let mblocks = rows.div_ceil(TILE);
     let kcs = k32 / KC;
     let mut a = vec![0u16; mblocks * kcs * TILE_BYTES / 2];
+    let avx512_bf16 = super::avx512::supported() && super::avx512::has_bf16();
     a.par_chunks_mut(kcs * TILE_BYTES / 2)
         .enumerate()
         .for_each(|(mb, blk)| {
             for i in 0..TILE.min(rows - mb * TILE) {
                 let row = &x[(mb * TILE + i) * n_in..(mb * TILE + i + 1) * n_in];
-                for (k, &v) in row.iter().enumerate() {
-                    blk[(k / KC) * (TILE_BYTES / 2) + i * KC + k % KC] = f32_to_bf16(v);
+                if avx512_bf16 {
+                    // SAFETY: checked just above; `blk` holds the block's `kcs` steps.
+                    unsafe { pack_act_row(row, i, blk) };
+                } else {
+                    for (k, &v) in row.iter().enumerate() {
+                        blk[(k / KC) * (TILE_BYTES / 2) + i * KC + k % KC] = f32_to_bf16(v);
+                    }
                 }
             }
         });
     a
 }
 
+/// Row `i` of a 16-row `A` block: each step's 32 inputs rounded to bf16 (nearest even, as
+/// [`f32_to_bf16`] but f32 denormals read as zero) into its 64 bytes.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16; `blk` holds `row.len()` rounded up to 32 steps of 1 KiB; `i < 16`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_act_row(row: &[f32], i: usize, blk: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n_in = row.len();
+    debug_assert!(blk.len() >= n_in.div_ceil(KC) * TILE_BYTES / 2 && i < TILE);
+    let mask = |k: usize| -> __mmask16 {
+        let n = n_in.saturating_sub(k).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    };
+    for kc in 0..n_in.div_ceil(KC) {
+        let k = kc * KC;
+        // SAFETY: masked loads touch only inputs below n_in; step kc's row i lies in `blk`.
+        unsafe {
+            let lo = _mm512_maskz_loadu_ps(mask(k), row.as_ptr().add(k));
+            let hi = _mm512_maskz_loadu_ps(mask(k + 16), row.as_ptr().add((k + 16).min(n_in)));
+            let both = round_to_bf16(lo, hi);
+            _mm512_storeu_si512(
+                blk.as_mut_ptr().add(kc * (TILE_BYTES / 2) + i * KC).cast(),
+                both,
+            );
+        }
+    }
+}
+
+/// `lo` and `hi` rounded to bf16 (nearest even, f32 denormals read as zero), `lo` in
+/// elements 0..16. Two `vcvtneps2bf16` rather than one `vcvtne2ps2bf16`, which computes the
+/// same on hardware but which the emulator of `scripts/check-kernels-emulated.sh` (bochscpu
+/// 0.4.0) gets wrong: it fills both halves from `lo` (probed, docs/benchmarks.md).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn round_to_bf16(
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // SAFETY: `__m256bh` and `__m256i` are both 256 bits of plain data.
+    let (l, h) = unsafe {
+        (
+            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(lo)),
+            std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(hi)),
+        )
+    };
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h)
+}
+
 /// Converts weight tile `t` into `B` tiles (`[k32/32][16 pairs][16][2]` bf16) in `out`.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `out` holds `k32 · 16` values, `k32` = `w.k_pad()` rounded up to 32.
+/// AVX2/FMA/F16C and AVX-512 F/BW/BF16; `out` holds `k32 · 16` values, `k32` =
+/// `w.k_pad()` rounded up to 32.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut [u16]) {
     let tile = w.tile(t);
     let n_in = w.n_in();
-    out.fill(0);
-    if w.format() == WeightFormat::Bf16 {
-        // The packed bf16 tile is `[k_pad/2][16][2]`: the B layout already.
-        let n = w.k_pad() * TILE;
-        for (o, b) in out[..n].iter_mut().zip(tile.chunks_exact(2)) {
-            *o = u16::from_le_bytes([b[0], b[1]]);
-        }
-        return;
-    }
+    debug_assert!(
+        w.format() != WeightFormat::Bf16,
+        "bf16 tiles are read in place"
+    );
+    // Inputs past n_in (to k32) stay zero.
+    out[n_in.div_ceil(2) * 2 * TILE..].fill(0);
     let mut k0 = 0;
     while k0 < n_in {
         let kn = (n_in - k0).min(super::many::KB);
-        // SAFETY: forwarded contract; `f32buf` holds KB · 16 floats.
-        unsafe { super::many::convert(w.format(), tile, k0, kn, f32buf) };
-        for k in 0..kn {
-            let kk = k0 + k;
-            let base = (kk / 2) * 2 * TILE + kk % 2;
-            for i in 0..TILE {
-                out[base + 2 * i] = f32_to_bf16(f32buf[k * TILE + i]);
-            }
+        // SAFETY: forwarded contract; `f32buf` holds KB · 16 floats; `k0` is a multiple of
+        // KB (even), so pair `p` of the block is pair `k0 / 2 + p` of `out`, which holds
+        // every pair below k32 / 2.
+        unsafe {
+            super::many::convert(w.format(), tile, k0, kn, f32buf);
+            interleave_pairs(&f32buf[..kn * TILE], &mut out[k0 * TILE..]);
         }
         k0 += kn;
+    }
+}
+
+/// Rounds `[k][16]` f32 weights to bf16 in the `B` layout: pair `p` (inputs `2p`, `2p + 1`)
+/// becomes 32 values, output `j`'s two inputs at `2j`, `2j + 1`; the odd input of an odd
+/// count is zero. Nearest-even rounding (`vcvtne2ps2bf16`, which reads f32 denormals as
+/// zero: dequantized weights have none).
+///
+/// # Safety
+/// AVX-512 F/BW/BF16; `src.len()` a multiple of 16, `out` holds `src.len()` rounded up to
+/// 32 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave_pairs(src: &[f32], out: &mut [u16]) {
+    use std::arch::x86_64::*;
+    // Element 2j ← j (the even input), 2j + 1 ← 16 + j (the odd one).
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let kn = src.len() / TILE;
+    debug_assert!(out.len() >= kn.div_ceil(2) * 2 * TILE);
+    for p in 0..kn.div_ceil(2) {
+        // SAFETY: inputs 2p (and 2p + 1 when it exists) are 16 floats of `src`; pair p's
+        // 32 values lie in `out` (the contract).
+        unsafe {
+            let even = _mm512_loadu_ps(src.as_ptr().add(2 * p * TILE));
+            let odd = if 2 * p + 1 < kn {
+                _mm512_loadu_ps(src.as_ptr().add((2 * p + 1) * TILE))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let both = round_to_bf16(even, odd);
+            _mm512_storeu_si512(
+                out.as_mut_ptr().add(2 * p * TILE).cast(),
+                _mm512_permutexvar_epi16(idx, both),
+            );
+        }
     }
 }
 
@@ -356,7 +493,7 @@ pub(super) fn pack_acts_for(w: &PackedMatrix, x: &[f32], rows: usize) -> Vec<u16
 /// to `out`.
 ///
 /// # Safety
-/// AMX usable on this thread (tile data permitted), AVX2/FMA/F16C; `out` holds
+/// AMX usable on this thread (tile data permitted), AVX2/FMA/F16C, AVX-512 F/BW/BF16; `out` holds
 /// `rows × w.n_out()` values of which this call alone writes these tiles' columns; `a` was
 /// packed for `w` and `rows`; `scratch` was made for `w`; `bias`, if any, holds `w.n_out()`.
 pub(super) unsafe fn pair_product(
@@ -377,30 +514,62 @@ pub(super) unsafe fn pair_product(
     let (wb0, wb1) = bbuf.split_at_mut(k32 * TILE);
     let t0 = 2 * pair;
     let t1 = (t0 + 1).min(w.tiles() - 1); // an odd last tile pairs with itself
-    // SAFETY: AVX2 (caller); buffers sized for k32.
-    unsafe {
-        pack_weights(w, t0, f32buf, wb0);
-        if t1 != t0 {
-            pack_weights(w, t1, f32buf, wb1);
-        } else {
-            wb1.fill(0);
+    let steps = if w.format() == WeightFormat::Bf16 {
+        // The packed bf16 tile is `[k_pad/2][16][2]`, the B layout: whole steps are read in
+        // place, a partial last one from a zero-padded copy.
+        let main = w.k_pad() / KC;
+        let tail_bytes = (w.k_pad() % KC) * TILE * 2;
+        let tail = |t: usize, buf: &mut [u16]| -> *const u8 {
+            if tail_bytes == 0 {
+                return std::ptr::null();
+            }
+            let bytes = &w.tile(t)[main * TILE_BYTES..][..tail_bytes];
+            let step = &mut buf[..TILE_BYTES / 2];
+            step.fill(0);
+            for (o, b) in step.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([b[0], b[1]]);
+            }
+            step.as_ptr().cast()
+        };
+        let tails = [tail(t0, wb0), tail(t1, wb1)];
+        BSteps {
+            b0: w.tile(t0).as_ptr(),
+            b1: w.tile(t1).as_ptr(),
+            main,
+            tail0: tails[0],
+            tail1: tails[1],
         }
-    }
+    } else {
+        // SAFETY: AVX2 and AVX-512 BF16 (caller); buffers sized for k32.
+        unsafe {
+            pack_weights(w, t0, f32buf, wb0);
+            if t1 != t0 {
+                pack_weights(w, t1, f32buf, wb1);
+            }
+        }
+        let b1 = if t1 != t0 { &*wb1 } else { &*wb0 };
+        BSteps {
+            b0: wb0.as_ptr().cast(),
+            b1: b1.as_ptr().cast(),
+            main: kcs,
+            tail0: std::ptr::null(),
+            tail1: std::ptr::null(),
+        }
+    };
     // SAFETY: AMX usable (caller).
     let _tiles = unsafe { Tiles::configure() };
     let ab = a.as_ptr().cast::<u8>();
-    let (b0, b1) = (wb0.as_ptr().cast::<u8>(), wb1.as_ptr().cast::<u8>());
     let mut mb = 0;
     while mb < mblocks {
         let two = mb + 1 < mblocks;
-        // SAFETY: A blocks `mb` (and `mb + 1`) and both B buffers hold `kcs` KiB; `c` holds
-        // 4 KiB.
+        // SAFETY: A blocks `mb` (and `mb + 1`) hold `kcs` KiB, the steps of `steps` as many
+        // (the main ones inside the packed tiles or the buffers); `c` holds 4 KiB.
         unsafe {
             let a0 = ab.add(mb * a_block);
             if two {
-                block_2x2(a0, a0.add(a_block), b0, b1, kcs, c.as_mut_ptr());
+                block_2x2(a0, a0.add(a_block), steps, c.as_mut_ptr());
             } else {
-                block_1x2(a0, b0, b1, kcs, c.as_mut_ptr());
+                block_1x2(a0, steps, c.as_mut_ptr());
             }
         }
         let mcount = if two { 2 } else { 1 };

@@ -61,7 +61,7 @@ impl AmxInputs {
 /// `y = x · Wᵀ (+ bias)` on the AMX kernels (every pair of tiles in turn, this thread).
 ///
 /// # Safety
-/// AMX-TILE/BF16 usable and AVX2/FMA/F16C (not checked); `inputs` prepared for `w` and
+/// AMX-TILE/BF16 usable, AVX2/FMA/F16C and AVX-512 F/BW/BF16 (not checked); `inputs` prepared for `w` and
 /// `rows`; `y` holds `rows × w.n_out()` values, `bias`, if any, `w.n_out()`.
 pub unsafe fn amx_on_this_thread(
     w: &PackedMatrix,

@@ -20,6 +20,9 @@
 //! With [`PrefillPrecision::Bf16`] (opt-in), f32 and f16 products from [`WIDE_MANY_ROWS`]
 //! rows run on the same wide micro-kernel in bf16 arithmetic, each chunk of weights rounded
 //! to bf16 on the fly (`convert512.rs`); decode keeps the exact kernels.
+//! On the AMX path, bf16 products from [`MANY_ROWS`] rows, q8_0 ones from
+//! [`AMX_Q8_0_MANY_ROWS`] and q4k ones from [`AMX_Q4K_MANY_ROWS`] run on the tile unit
+//! (`amx.rs`: weights converted to bf16 per product, bf16 arithmetic).
 //! `BTLM_MANY_ROWS=N|off` moves or disables the threshold of every format.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
@@ -88,9 +91,8 @@ pub enum KernelError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KernelPath {
     /// The AVX-512 kernels, and Intel AMX bf16 tile products for many rows of bf16, q8_0
-    /// and q4k weights (`amx.rs`). Written and tested on emulated hardware only, so
-    /// [`KernelPath::detect`] chooses it only after it passed [`self_check::self_check`] on
-    /// this CPU (`BTLM_KERNELS=avx512` keeps it off).
+    /// and q4k weights (`amx.rs`). [`KernelPath::detect`] chooses it only after it passed
+    /// [`self_check::self_check`] on this CPU (`BTLM_KERNELS=avx512` keeps it off).
     Amx,
     /// AVX-512 F/BW/VL with VNNI (and AVX2/FMA/F16C). bf16 weights need AVX512-BF16 too;
     /// without it they run on the AVX2 bf16 kernel (reported as `avx512 (bf16 on avx2)`).
@@ -268,12 +270,15 @@ impl KernelPath {
 
     /// From how many activation rows on products of `format` weights may run other kernels
     /// than the tile kernels: `BTLM_MANY_ROWS` if set, else [`Q4K_MANY_ROWS`] for q4k on
-    /// AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512 and [`MANY_ROWS`] otherwise; `None`
+    /// AVX2, [`WIDE_MANY_ROWS`] for bf16 on AVX-512, [`AMX_Q8_0_MANY_ROWS`] and
+    /// [`AMX_Q4K_MANY_ROWS`] for q8_0 and q4k on AMX, and [`MANY_ROWS`] otherwise; `None`
     /// when disabled.
     fn many_rows_min(self, format: WeightFormat) -> Option<usize> {
         many_rows_override().unwrap_or(match (self, format) {
             (KernelPath::Avx2, WeightFormat::Q4K) => Some(Q4K_MANY_ROWS),
             (KernelPath::Avx512, WeightFormat::Bf16) => Some(WIDE_MANY_ROWS),
+            (KernelPath::Amx, WeightFormat::Q8_0) => Some(AMX_Q8_0_MANY_ROWS),
+            (KernelPath::Amx, WeightFormat::Q4K) => Some(AMX_Q4K_MANY_ROWS),
             _ => Some(MANY_ROWS),
         })
     }
@@ -387,6 +392,16 @@ pub const Q4K_MANY_ROWS: usize = 48;
 /// kernels (`wide512.rs`, 4 tiles × 6 rows per micro-kernel) measured 10–15% slower than the
 /// tile kernels at 16 and 32 rows, level at 64, faster at 128 (session 9, Zen 5).
 pub const WIDE_MANY_ROWS: usize = 64;
+
+/// The many-rows threshold of q8_0 weights on the AMX path: each product converts the
+/// weights to bf16 first, a cost shared by its rows; on a Sapphire Rapids-class Xeon the
+/// AVX-512 VNNI tile kernels were faster up to ~48 rows, level at 64, slower from 80
+/// (session 15, docs/benchmarks.md "AMX on a real Xeon").
+pub const AMX_Q8_0_MANY_ROWS: usize = 64;
+
+/// The many-rows threshold of q4k weights on the AMX path: their conversion costs more than
+/// q8_0's; the VNNI tile kernels were faster up to ~96 rows, level at 128 (session 15).
+pub const AMX_Q4K_MANY_ROWS: usize = 128;
 
 /// The many-rows threshold of this process ([`MANY_ROWS`] or `BTLM_MANY_ROWS`), `None`
 /// when disabled; read once. (q4k on AVX2: [`Q4K_MANY_ROWS`] unless `BTLM_MANY_ROWS` is

@@ -338,6 +338,29 @@ fn amx_tiles_compute_the_bf16_product() {
     }
 }
 
+/// The AMX path sends bf16 products from `MANY_ROWS` rows to the tile unit, q8_0 and q4k
+/// ones (whose weights are converted to bf16 per product) only from their own, higher
+/// thresholds; fewer rows run the AVX-512 tile kernels.
+#[test]
+fn amx_routes_each_format_from_its_threshold() {
+    if many_rows_override().is_some() {
+        eprintln!("BTLM_MANY_ROWS set: skipped");
+        return;
+    }
+    let path = KernelPath::Amx;
+    for (format, min) in [
+        (WeightFormat::Bf16, MANY_ROWS),
+        (WeightFormat::Q8_0, AMX_Q8_0_MANY_ROWS),
+        (WeightFormat::Q4K, AMX_Q4K_MANY_ROWS),
+    ] {
+        assert_eq!(path.kernel_name(format, min - 1), "avx512", "{format}");
+        assert_eq!(path.kernel_name(format, min), "amx-tiles", "{format}");
+    }
+    for format in [WeightFormat::F32, WeightFormat::F16] {
+        assert_eq!(path.kernel_name(format, 1000), "avx512", "{format}");
+    }
+}
+
 /// AMX detection is consistent: the path is offered only when the unit is usable, and
 /// chosen by detection only when it also passes its self-check.
 #[test]
