@@ -259,8 +259,8 @@ mod tests {
 
     /// With `PrefillPrecision::Bf16` the AVX-512 path (with AVX512-BF16) runs f32 and f16
     /// products from the wide threshold on as the bf16 wide kernels on the rounded weights
-    /// (bit for bit), fewer rows exactly as without it; other paths, other formats and
-    /// `Exact` never change.
+    /// (bit for bit), the AMX path from its threshold on as the tile unit's products, fewer
+    /// rows exactly as without it; other paths, other formats and `Exact` never change.
     #[test]
     fn bf16_prefill_dispatch() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(59);
@@ -291,7 +291,14 @@ mod tests {
                     let converted =
                         applies && path.many_rows_with(format, PrefillPrecision::Bf16, rows);
                     let name = path.kernel_name_with(format, PrefillPrecision::Bf16, rows);
-                    if converted {
+                    if converted && path == KernelPath::Amx {
+                        // On the tile unit, as its own bf16 products of these weights.
+                        assert_eq!(name, "amx-tiles", "{what}");
+                        let mut want = vec![f32::NAN; rows * n_out];
+                        // SAFETY: the Amx path is supported (filtered above).
+                        unsafe { super::super::amx::matmul(&p, &x, rows, Some(&bias), &mut want) };
+                        assert_bits(&run(PrefillPrecision::Bf16, &p), &want, &what);
+                    } else if converted {
                         assert_eq!(name, "avx512-wide-bf16", "{what}");
                         let b = as_bf16(&p);
                         let mut want = vec![f32::NAN; rows * n_out];

@@ -217,17 +217,21 @@ impl KernelPath {
 
     /// [`Self::route`] with the arithmetic `prefill` for f32/f16 products of many rows: with
     /// [`PrefillPrecision::Bf16`] and AVX512-BF16, from [`WIDE_MANY_ROWS`] rows (or
-    /// `BTLM_MANY_ROWS`) on, they run converted to bf16 chunk by chunk (`convert512.rs`).
+    /// `BTLM_MANY_ROWS`) on, they run converted to bf16 chunk by chunk (`convert512.rs`);
+    /// on the AMX path from [`MANY_ROWS`] rows on the tile unit (`amx.rs`, which converts
+    /// them to bf16 per pair of tiles).
     fn route_with(self, format: WeightFormat, prefill: PrefillPrecision, rows: usize) -> Route {
         let converts = prefill == PrefillPrecision::Bf16
             && matches!(format, WeightFormat::F32 | WeightFormat::F16)
             && matches!(self, KernelPath::Avx512 | KernelPath::Amx)
             && avx512_bf16();
-        let min = many_rows_override().unwrap_or(Some(WIDE_MANY_ROWS));
-        if converts && min.is_some_and(|min| rows >= min) {
-            Route::Converted
-        } else {
-            self.route(format, rows)
+        let amx = self == KernelPath::Amx;
+        let default_min = if amx { MANY_ROWS } else { WIDE_MANY_ROWS };
+        let min = many_rows_override().unwrap_or(Some(default_min));
+        match (converts && min.is_some_and(|min| rows >= min), amx) {
+            (true, true) => Route::Amx,
+            (true, false) => Route::Converted,
+            (false, _) => self.route(format, rows),
         }
     }
 
@@ -265,7 +269,11 @@ impl KernelPath {
     /// Whether [`PrefillPrecision::Bf16`] changes any product of `format` weights on this
     /// path and CPU (f32 and f16 weights on the AVX-512 paths with AVX512-BF16).
     pub fn prefill_bf16_applies(self, format: WeightFormat) -> bool {
-        self.route_with(format, PrefillPrecision::Bf16, usize::MAX) == Route::Converted
+        matches!(format, WeightFormat::F32 | WeightFormat::F16)
+            && matches!(
+                self.route_with(format, PrefillPrecision::Bf16, usize::MAX),
+                Route::Converted | Route::Amx
+            )
     }
 
     /// From how many activation rows on products of `format` weights may run other kernels

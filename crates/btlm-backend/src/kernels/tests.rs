@@ -303,6 +303,7 @@ fn amx_tiles_compute_the_bf16_product() {
     ];
     let round = |v: f32| acts::bf16_to_f32(acts::f32_to_bf16(v));
     for format in [
+        WeightFormat::F32,
         WeightFormat::F16,
         WeightFormat::Bf16,
         WeightFormat::Q8_0,
