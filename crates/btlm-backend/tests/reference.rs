@@ -342,7 +342,20 @@ fn every_kernel_path_and_format_matches_the_reference() {
                 assert!(d <= tol, "{what}: max |Δlogit| {d} > {tol}");
                 let ds = max_abs_diff(&logits, &last_logits(&scalar, &case.input_ids));
                 eprintln!("{what}: {d} from PyTorch, {ds} from the scalar path");
-                assert!(ds <= between, "{what}: {ds} from the scalar path");
+                // Quantized weights on the AMX tile unit meet bf16 activations where the
+                // other paths take 8-bit ones: only the PyTorch tolerance applies (see
+                // `amx_products_of_quantized_weights_match_the_reference`).
+                let format = match quantization {
+                    Quantization::Q8_0 => Some(WeightFormat::Q8_0),
+                    Quantization::Q4k => Some(WeightFormat::Q4K),
+                    _ => None,
+                };
+                let other_arithmetic = format
+                    .is_some_and(|f| path.kernel_name(f, case.input_ids.len()) == "amx-tiles");
+                assert!(
+                    other_arithmetic || ds <= between,
+                    "{what}: {ds} from the scalar path"
+                );
                 if quantization == Quantization::None && dtype == DType::F32 {
                     assert_eq!(
                         greedy(&model, &case.input_ids, 24),

@@ -29,7 +29,8 @@
 //!
 //! bf16 weights are read in place (the packed tile is the `B` layout; a partial last step of
 //! 32 inputs is copied and zero-padded); other formats are converted per pair of tiles into
-//! a scratch `B` buffer (dequantized in AVX2, rounded to bf16 in AVX-512).
+//! a scratch `B` buffer (q8_0 and q4k dequantized and rounded to bf16 in AVX-512, f32 and
+//! f16 converted in AVX2 and rounded in AVX-512).
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -39,7 +40,7 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use super::acts::f32_to_bf16;
-use super::format::{TILE, WeightFormat};
+use super::format::{QK_K, TILE, WeightFormat};
 use super::pack::PackedMatrix;
 
 /// Inputs per `A`/`B` tile (16 rows of 64 bytes of bf16).
@@ -388,6 +389,24 @@ unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut
     );
     // Inputs past n_in (to k32) stay zero.
     out[n_in.div_ceil(2) * 2 * TILE..].fill(0);
+    if matches!(w.format(), WeightFormat::Q4K | WeightFormat::Q8_0) {
+        // SAFETY: AVX-512 F/BW/BF16 (caller); `out` holds the tile's k_pad inputs (k32 ≥
+        // k_pad).
+        unsafe {
+            if w.format() == WeightFormat::Q4K {
+                q4k_to_b(tile, w.k_pad() / QK_K, out);
+            } else {
+                q8_0_to_b(tile, w.k_pad() / 32, out);
+            }
+        }
+        // Inputs past n_in read as zero, as for the other formats.
+        out[n_in.div_ceil(2) * 2 * TILE..].fill(0);
+        if n_in % 2 == 1 {
+            let last = &mut out[(n_in / 2) * 2 * TILE..][..2 * TILE];
+            last.iter_mut().skip(1).step_by(2).for_each(|v| *v = 0);
+        }
+        return;
+    }
     let mut k0 = 0;
     while k0 < n_in {
         let kn = (n_in - k0).min(super::many::KB);
@@ -399,6 +418,122 @@ unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut
             interleave_pairs(&f32buf[..kn * TILE], &mut out[k0 * TILE..]);
         }
         k0 += kn;
+    }
+}
+
+/// A whole q8_0 tile (`nblocks` blocks of 32 inputs) dequantized and rounded to bf16 in the
+/// `B` layout, in AVX-512: `(q − 128) · d` per weight (the stored `q + 128` converted, less
+/// 128, times the block's f16 scale: `many::convert`'s arithmetic), each pair of inputs
+/// rounded to bf16.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16; `tile` holds `nblocks` q8_0 blocks, `out` `nblocks · 32 · 16` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+unsafe fn q8_0_to_b(tile: &[u8], nblocks: usize, out: &mut [u16]) {
+    use super::format::Q8_0_TILE_BLOCK;
+    use std::arch::x86_64::*;
+    assert!(tile.len() >= nblocks * Q8_0_TILE_BLOCK && out.len() >= nblocks * 32 * TILE);
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let low = _mm512_set1_epi32(0xff);
+    let bias = _mm512_set1_ps(128.0);
+    let shifts: [__m512i; 4] = std::array::from_fn(|b| _mm512_set1_epi32(8 * b as i32));
+    for b in 0..nblocks {
+        let blk = tile[b * Q8_0_TILE_BLOCK..].as_ptr();
+        // SAFETY (whole block): offsets inside the block's Q8_0_TILE_BLOCK bytes; the stores
+        // inside block b's 32 · 16 values of `out` (asserted above).
+        unsafe {
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+            for g in 0..8 {
+                // Lane i: output i's inputs 4g .. 4g + 4, one byte each.
+                let v = _mm512_loadu_si512(blk.add(2 * TILE + g * 64).cast());
+                let value = |j: usize| {
+                    let q = _mm512_and_si512(_mm512_srlv_epi32(v, shifts[j]), low);
+                    _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), bias), d)
+                };
+                for jp in 0..2 {
+                    let both = round_to_bf16(value(2 * jp), value(2 * jp + 1));
+                    let k = b * 32 + g * 4 + 2 * jp;
+                    _mm512_storeu_si512(
+                        out.as_mut_ptr().add(k * TILE).cast(),
+                        _mm512_permutexvar_epi16(idx, both),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A whole q4k tile (`nsuper` super-blocks of 256 inputs) dequantized and rounded to bf16
+/// in the `B` layout, in AVX-512: per sub-block of 32 inputs the 16 outputs' 6-bit scales
+/// and mins as the AVX-512 q4k kernel unpacks them, then each input's 16 nibbles as
+/// `(d·sc)·q − dmin·m` — the products and difference of `many::convert` and
+/// `PackedMatrix::dequantize_row`, rounded alike — and each pair of inputs rounded to bf16.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16; `tile` holds `nsuper` q4k super-blocks, `out` `nsuper · 256 · 16`
+/// values.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
+unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
+    use super::format::{Q4K_TILE_BLOCK, q4k_off};
+    use std::arch::x86_64::*;
+    assert!(tile.len() >= nsuper * Q4K_TILE_BLOCK && out.len() >= nsuper * QK_K * TILE);
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let nib = _mm512_set1_epi32(0x0f);
+    let three = _mm512_set1_epi32(3);
+    let fifteen = _mm512_set1_epi32(15);
+    let shifts: [__m512i; 8] = std::array::from_fn(|n| _mm512_set1_epi32(4 * n as i32));
+    for s in 0..nsuper {
+        let blk = tile[s * Q4K_TILE_BLOCK..].as_ptr();
+        // SAFETY (whole block): offsets inside the super-block's Q4K_TILE_BLOCK bytes; the
+        // stores inside super-block s's 256 · 16 values of `out` (asserted above).
+        unsafe {
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::D).cast()));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
+            let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
+            for j in 0..QK_K / 32 {
+                let lo =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(q4k_off::LO + j * TILE).cast()));
+                let sc = _mm512_or_si512(
+                    _mm512_and_si512(lo, fifteen),
+                    _mm512_slli_epi32::<4>(_mm512_and_si512(hi, three)),
+                );
+                let m = _mm512_or_si512(
+                    _mm512_srli_epi32::<4>(lo),
+                    _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<16>(hi), three)),
+                );
+                hi = _mm512_srli_epi32::<2>(hi);
+                let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+                let min = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
+                let qs = blk.add(q4k_off::QS + j * 256);
+                for v in 0..4 {
+                    let qv = _mm512_loadu_si512(qs.add(v * 64).cast());
+                    // Byte b of each lane: input 4·group + b, low nibble group v, high v + 4.
+                    for half in 0..2 {
+                        for bp in 0..2 {
+                            let value = |b: usize| {
+                                let q = _mm512_and_si512(
+                                    _mm512_srlv_epi32(qv, shifts[2 * b + half]),
+                                    nib,
+                                );
+                                _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), min)
+                            };
+                            let both = round_to_bf16(value(2 * bp), value(2 * bp + 1));
+                            let k = s * QK_K + j * 32 + (v + 4 * half) * 4 + 2 * bp;
+                            _mm512_storeu_si512(
+                                out.as_mut_ptr().add(k * TILE).cast(),
+                                _mm512_permutexvar_epi16(idx, both),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -402,14 +402,14 @@ pub const Q4K_MANY_ROWS: usize = 48;
 pub const WIDE_MANY_ROWS: usize = 64;
 
 /// The many-rows threshold of q8_0 weights on the AMX path: each product converts the
-/// weights to bf16 first, a cost shared by its rows; on a Sapphire Rapids-class Xeon the
-/// AVX-512 VNNI tile kernels were faster up to ~48 rows, level at 64, slower from 80
-/// (session 15, docs/benchmarks.md "AMX on a real Xeon").
-pub const AMX_Q8_0_MANY_ROWS: usize = 64;
+/// weights to bf16 first (in AVX-512), a cost shared by its rows; on a Sapphire
+/// Rapids-class Xeon the AVX-512 VNNI tile kernels were faster at 16 rows, level at 32, and
+/// slower from 64 (1.8× at 128; session 15, docs/benchmarks.md "AMX on a real Xeon").
+pub const AMX_Q8_0_MANY_ROWS: usize = 32;
 
-/// The many-rows threshold of q4k weights on the AMX path: their conversion costs more than
-/// q8_0's; the VNNI tile kernels were faster up to ~96 rows, level at 128 (session 15).
-pub const AMX_Q4K_MANY_ROWS: usize = 128;
+/// The many-rows threshold of q4k weights on the AMX path: as for q8_0; the VNNI tile
+/// kernels were faster at 16 rows, the tile unit from 32 (2× at 128; session 15).
+pub const AMX_Q4K_MANY_ROWS: usize = 32;
 
 /// The many-rows threshold of this process ([`MANY_ROWS`] or `BTLM_MANY_ROWS`), `None`
 /// when disabled; read once. (q4k on AVX2: [`Q4K_MANY_ROWS`] unless `BTLM_MANY_ROWS` is
