@@ -485,8 +485,6 @@ unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
         19, 3, 18, 2, 17, 1, 16, 0,
     );
     let nib = _mm512_set1_epi32(0x0f);
-    let three = _mm512_set1_epi32(3);
-    let fifteen = _mm512_set1_epi32(15);
     let shifts: [__m512i; 8] = std::array::from_fn(|n| _mm512_set1_epi32(4 * n as i32));
     for s in 0..nsuper {
         let blk = tile[s * Q4K_TILE_BLOCK..].as_ptr();
@@ -497,16 +495,7 @@ unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
             let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
             for j in 0..QK_K / 32 {
-                let lo =
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(q4k_off::LO + j * TILE).cast()));
-                let sc = _mm512_or_si512(
-                    _mm512_and_si512(lo, fifteen),
-                    _mm512_slli_epi32::<4>(_mm512_and_si512(hi, three)),
-                );
-                let m = _mm512_or_si512(
-                    _mm512_srli_epi32::<4>(lo),
-                    _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<16>(hi), three)),
-                );
+                let (sc, m) = super::avx512::q4k_scales_mins(blk, j, hi);
                 hi = _mm512_srli_epi32::<2>(hi);
                 let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
                 let min = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));

@@ -318,6 +318,29 @@ unsafe fn q8_0_pass<const R: usize, const PF: bool>(
     }
 }
 
+/// The 6-bit scales and mins of sub-block `j` of the q4k super-block at `blk`, one i32 lane
+/// per output: `hi` is the super-block's high bits (`q4k_off::HI`) shifted right by `2·j`.
+///
+/// # Safety
+/// AVX-512 F/BW; `blk` a whole q4k super-block of a tile, `j < 8`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn q4k_scales_mins(blk: *const u8, j: usize, hi: __m512i) -> (__m512i, __m512i) {
+    let three = _mm512_set1_epi32(3);
+    // SAFETY: the sub-block's 16 low bytes lie in the super-block (caller).
+    let lo =
+        _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(blk.add(q4k_off::LO + j * TILE).cast()) });
+    let sc = _mm512_or_si512(
+        _mm512_and_si512(lo, _mm512_set1_epi32(15)),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(hi, three)),
+    );
+    let m = _mm512_or_si512(
+        _mm512_srli_epi32::<4>(lo),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<16>(hi), three)),
+    );
+    (sc, m)
+}
+
 /// One q4k tile for `R` activation rows (activations with one scale per super-block): per
 /// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), times the
 /// 6-bit scale (`vpmulld`) added up over the super-block (at most 63 · 60 960 · 8 =
@@ -346,8 +369,6 @@ unsafe fn q4k_pass<const R: usize, const PF: bool>(
 ) {
     let mut accf = [_mm512_setzero_ps(); R];
     let nib = _mm512_set1_epi8(0x0f);
-    let three = _mm512_set1_epi32(3);
-    let fifteen = _mm512_set1_epi32(15);
     // SAFETY (whole body): the tile holds `nsuper` blocks of 2304 bytes; every activation
     // row holds nsuper·256 quants, nsuper scales and nsuper·8 block sums.
     unsafe {
@@ -360,16 +381,7 @@ unsafe fn q4k_pass<const R: usize, const PF: bool>(
             // Lane c: the mins of sub-blocks 2p (low i16) and 2p + 1 (high i16).
             let mut mpair = [_mm512_setzero_si512(); 4];
             for j in 0..8 {
-                let lo =
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(q4k_off::LO + j * TILE).cast()));
-                let sc = _mm512_or_si512(
-                    _mm512_and_si512(lo, fifteen),
-                    _mm512_slli_epi32::<4>(_mm512_and_si512(hi, three)),
-                );
-                let m = _mm512_or_si512(
-                    _mm512_srli_epi32::<4>(lo),
-                    _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<16>(hi), three)),
-                );
+                let (sc, m) = q4k_scales_mins(blk, j, hi);
                 hi = _mm512_srli_epi32::<2>(hi);
                 mpair[j / 2] = if j % 2 == 0 {
                     m
