@@ -132,7 +132,9 @@ pub struct BtlmArgs {
     /// pass over the weights per step; `true`, the default) or each in a pass of its own
     /// (`false`). Applies only where the kernels compute every row alike whatever shares
     /// the product (so answers never depend on what else runs); elsewhere (AMX, bf16/f16
-    /// weights on AVX2, --btlm.prefill_precision bf16, GPUs) the pieces always run alone.
+    /// weights on AVX2, --btlm.prefill_precision bf16, GPUs) the pieces run apart from the
+    /// decode rows: together where each is long enough to take the many-rows kernels alone
+    /// (CPU), else each alone.
     #[cfg_attr(
         feature = "cli",
         arg(

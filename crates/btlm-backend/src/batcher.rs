@@ -118,6 +118,9 @@ pub(crate) struct Batcher<M: StepModel> {
     /// ([`EngineConfig::piggyback_prefill`]) and safe for this model
     /// ([`StepModel::rows_independent`]).
     piggyback: bool,
+    /// Which prompt pieces share a pass when they cannot join the decode rows'
+    /// ([`StepModel::shared_prompt_pass`]).
+    shared_prompt_pass: Option<(usize, usize)>,
     /// What steps cost, learned from those run (for the deadline guard).
     cost: StepCost,
     /// The deadline guard, when on ([`EngineConfig::deadline_headroom`]).
@@ -138,15 +141,29 @@ impl<M: StepModel> Batcher<M> {
             recycle: config.kv_pool && model.recycles_caches(),
         })?;
         let piggyback = config.piggyback_prefill && model.rows_independent();
+        let shared_prompt_pass = if config.piggyback_prefill {
+            model.shared_prompt_pass()
+        } else {
+            None
+        };
         if config.piggyback_prefill && !piggyback {
-            tracing::info!(
-                "btlm engine: prompt pieces run in passes of their own (not with the decode \
-                 rows): this model's kernels compute a row differently when more rows share \
-                 the product, and batching must not change answers"
-            );
+            let why = "this model's kernels compute a row differently when more rows share \
+                       the product, and batching must not change answers";
+            match shared_prompt_pass {
+                Some((min_rows, max_pieces)) => tracing::info!(
+                    min_rows,
+                    max_pieces,
+                    "btlm engine: prompt pieces run apart from the decode rows ({why}); \
+                     pieces of at least min_rows tokens share one pass, up to max_pieces"
+                ),
+                None => {
+                    tracing::info!("btlm engine: prompt pieces run in passes of their own ({why})")
+                }
+            }
         }
         Ok(Batcher {
             piggyback,
+            shared_prompt_pass,
             cost: StepCost::default(),
             guard: config
                 .deadline_headroom
@@ -350,8 +367,23 @@ impl<M: StepModel> Batcher<M> {
         let passes: Vec<Vec<usize>> = if self.piggyback {
             vec![decode.into_iter().chain(prefill).collect()]
         } else {
-            std::iter::once(decode)
-                .chain(prefill.into_iter().map(|i| vec![i]))
+            // Pieces long enough to take alone the route they take together share a pass
+            // (`StepModel::shared_prompt_pass`); the others run alone.
+            let (mut shared, mut alone) = (Vec::new(), Vec::new());
+            for i in prefill {
+                let rows = self.running[i].job.sequence.pending().len();
+                match self.shared_prompt_pass {
+                    Some((min_rows, max_pieces))
+                        if rows >= min_rows && shared.len() < max_pieces =>
+                    {
+                        shared.push(i)
+                    }
+                    _ => alone.push(i),
+                }
+            }
+            [decode, shared]
+                .into_iter()
+                .chain(alone.into_iter().map(|i| vec![i]))
                 .filter(|p| !p.is_empty())
                 .collect()
         };
@@ -595,6 +627,10 @@ mod tests {
     #[derive(Default)]
     struct Echo {
         steps: Mutex<Vec<Vec<u32>>>,
+        /// Rows depend on what shares their pass (as on AMX); `shared`: which prompt
+        /// pieces may still share one.
+        dependent_rows: bool,
+        shared: Option<(usize, usize)>,
     }
 
     impl StepModel for Echo {
@@ -625,7 +661,11 @@ mod tests {
         }
 
         fn rows_independent(&self) -> bool {
-            true
+            !self.dependent_rows
+        }
+
+        fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
+            self.shared
         }
     }
 
@@ -785,5 +825,52 @@ mod tests {
         // Then the low one's, in the pass of the high one's decode row (segments in
         // admission order).
         assert_eq!(steps[1], vec![2, 500]);
+    }
+
+    /// Where rows depend on what shares their pass, the step's prompt pieces that the model
+    /// allows (at least `min_rows` tokens, at most `max_pieces` of them) share one pass
+    /// after the decode rows' own; shorter or surplus pieces run alone; with
+    /// --btlm.piggyback_prefill false every piece runs alone.
+    #[test]
+    fn long_prompt_pieces_share_a_pass_where_rows_are_not_independent() {
+        for piggyback_prefill in [true, false] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
+            let tokenizer = Arc::new(BtlmTokenizer::from_dir(&dir).expect("tiny tokenizer"));
+            let config = EngineConfig {
+                max_batch: 8,
+                prefill_tokens_per_step: 1000,
+                piggyback_prefill,
+                deadline_headroom: None,
+                ..EngineConfig::default()
+            };
+            let model = Echo {
+                dependent_rows: true,
+                shared: Some((4, 2)),
+                ..Echo::default()
+            };
+            let mut b = Batcher::new(model, tokenizer, config, Arc::default()).expect("batcher");
+            // A decoding sequence, then prompts of 10, 3, 6 and 8 tokens: the first two
+            // long enough share a pass, the short one and the surplus one run alone.
+            let (dec, _d) = job(1.0, 9, 1, 4, 60.0);
+            submit(&mut b, dec);
+            b.admit();
+            b.step();
+            let mut rx = Vec::new();
+            for (first, len) in [(1, 10), (3, 3), (2, 6), (4, 8)] {
+                let (j, r) = job(1.0, first, len, 4, 60.0);
+                rx.push(r);
+                submit(&mut b, j);
+                b.admit();
+            }
+            b.step();
+            let steps = b.model.steps.lock().expect("steps").clone();
+            let second: Vec<Vec<u32>> = steps[1..].to_vec();
+            let want = if piggyback_prefill {
+                vec![vec![500], vec![1, 2], vec![3], vec![4]]
+            } else {
+                vec![vec![500], vec![1], vec![3], vec![2], vec![4]]
+            };
+            assert_eq!(second, want, "piggyback_prefill {piggyback_prefill}");
+        }
     }
 }

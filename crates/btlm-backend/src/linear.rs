@@ -135,6 +135,16 @@ impl Projection {
         }
     }
 
+    /// From how many rows on each row of a product gets the same bits whatever other rows
+    /// share it, provided they all number at least as many
+    /// ([`KernelPath::same_route_from`]); `None` for dense (GPU) weights.
+    pub fn same_route_from(&self) -> Option<usize> {
+        match &self.weight {
+            Weight::Packed(w) => Some(w.path.same_route_from(w.matrix.format(), w.prefill)),
+            Weight::Dense(_) => None,
+        }
+    }
+
     /// `x · W + b` for `x: [rows, in]`, giving `[rows, out]` (packed weights: on a team of
     /// as many threads as rayon's pool has, made for this call).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

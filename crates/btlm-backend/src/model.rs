@@ -113,6 +113,22 @@ impl Btlm {
             .all(Projection::rows_independent)
     }
 
+    /// Which prompt pieces may share a pass without changing any row's logits, where
+    /// [`Self::rows_independent`] is false (e.g. on AMX, whose tile unit takes products of
+    /// many rows): `(min_rows, max_pieces)` — pieces of at least `min_rows` tokens each
+    /// (every block projection then runs them on the route each takes alone), at most
+    /// `max_pieces` of them (the output head, which multiplies one row per piece, then stays
+    /// on the route of one row). `None` where this cannot be promised (dense GPU weights).
+    pub fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
+        let mut min_rows = 1;
+        for p in self.blocks.iter().flat_map(Block::projections) {
+            min_rows = min_rows.max(p.same_route_from()?);
+        }
+        let head = self.lm_head.same_route_from()?;
+        let max_pieces = if head == 1 { usize::MAX } else { head - 1 };
+        Some((min_rows, max_pieces))
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.cfg

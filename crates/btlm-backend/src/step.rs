@@ -52,6 +52,13 @@ pub trait StepModel: Send + 'static {
     /// decode rows' pass ([`EngineConfig::piggyback_prefill`]), so batching never changes
     /// an answer.
     fn rows_independent(&self) -> bool;
+
+    /// Where rows are not independent: which prompt pieces may still share a pass
+    /// ([`Btlm::shared_prompt_pass`]): `(min_rows, max_pieces)`; `None` (the default):
+    /// each piece runs alone.
+    fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 impl StepModel for Btlm {
@@ -85,6 +92,10 @@ impl StepModel for Btlm {
 
     fn rows_independent(&self) -> bool {
         Btlm::rows_independent(self)
+    }
+
+    fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
+        Btlm::shared_prompt_pass(self)
     }
 }
 

@@ -248,6 +248,33 @@ impl KernelPath {
         )
     }
 
+    /// From how many rows on a product of `format` weights with the arithmetic `prefill`
+    /// gives each row the same bits whatever other rows share it, provided they all number
+    /// at least as many (so that each alone would take the same route): 1 where
+    /// [`Self::rows_independent`]; else the threshold of the many-rows route (the tile unit,
+    /// the AVX2 f32 many-rows kernels, f32/f16 converted to bf16), each of which computes
+    /// every row on its own (tested). The routes switch once, at their threshold.
+    pub fn same_route_from(self, format: WeightFormat, prefill: PrefillPrecision) -> usize {
+        if self.rows_independent(format, prefill) {
+            return 1;
+        }
+        let top = self.route_with(format, prefill, usize::MAX);
+        // The smallest count on the top route (routes are monotone in the row count).
+        let (mut lo, mut hi) = (1usize, 1usize << 20);
+        if self.route_with(format, prefill, hi) != top {
+            return usize::MAX;
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.route_with(format, prefill, mid) == top {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        lo
+    }
+
     /// The padded inputs of the bf16 activations a product of `rows` rows of `format`
     /// weights of `n_in` inputs with the arithmetic `prefill` takes when it runs on the wide
     /// bf16 micro-kernel (bf16 weights, or f32/f16 ones converted, from [`WIDE_MANY_ROWS`]

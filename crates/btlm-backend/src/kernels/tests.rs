@@ -927,6 +927,47 @@ fn rows_independent_formats_multiply_each_row_as_alone() {
     }
 }
 
+/// [`KernelPath::same_route_from`] (the engine then lets prompt pieces of at least that
+/// many tokens share a pass): on every supported path and format, with exact and bf16
+/// prefill, the route changes exactly there, and a product of two row groups that each
+/// reach it gives every row the bits of its group's product alone.
+#[test]
+fn row_groups_past_the_route_threshold_multiply_as_alone() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(67);
+    let (n_out, n_in) = (40, 300);
+    for path in KernelPath::ALL.into_iter().filter(|p| p.supported()) {
+        for format in WeightFormat::ALL {
+            for prefill in [PrefillPrecision::Exact, PrefillPrecision::Bf16] {
+                let t = path.same_route_from(format, prefill);
+                let what = format!("{path} {format} {prefill:?} from {t}");
+                if path.rows_independent(format, prefill) {
+                    assert_eq!(t, 1, "{what}");
+                    continue;
+                }
+                let name = |rows| path.kernel_name_with(format, prefill, rows);
+                assert_eq!(name(t), name(1 << 20), "{what}");
+                assert_ne!(name(t - 1), name(t), "{what}");
+                let w = random(n_out * n_in, &mut rng, 0.1);
+                let p = pack(format, &w, n_out, n_in);
+                let bias = random(n_out, &mut rng, 1.0);
+                let (ra, rb) = (t, t + 3);
+                let x = random((ra + rb) * n_in, &mut rng, 2.0);
+                let product = |x: &[f32], rows: usize| {
+                    let mut y = vec![f32::NAN; rows * n_out];
+                    matmul_with(path, prefill, &p, x, rows, Some(&bias), &mut y).expect("matmul");
+                    y
+                };
+                let both = product(&x, ra + rb);
+                let mut apart = product(&x[..ra * n_in], ra);
+                apart.extend(product(&x[ra * n_in..], rb));
+                for (i, (a, b)) in both.iter().zip(&apart).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{what} [{i}]: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
+
 /// The wide products run by another `for_each` than rayon's pool (tasks in reverse order on
 /// scoped threads, as a team might claim them) with activations prepared once for several
 /// products compute bit for bit what `matmul_with` computes: bf16 weights, and f32/f16 ones
