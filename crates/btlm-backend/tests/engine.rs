@@ -434,22 +434,9 @@ fn batched_answers_equal_answers_alone_when_prompt_pieces_share_a_pass() {
     if std::env::var("BTLM_MANY_ROWS").is_ok() {
         return; // the child: the test below runs there
     }
-    let exe = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new(exe)
-        .args([
-            "batched_answers_equal_answers_alone_half_and_quantized",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("BTLM_MANY_ROWS", "12")
-        .output()
-        .expect("child test");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}"
+    support::with_many_rows(
+        "batched_answers_equal_answers_alone_half_and_quantized",
+        "12",
     );
 }
 

@@ -1,7 +1,7 @@
 //! The tiny checkpoint against the outputs of an independent PyTorch implementation.
 
 mod support;
-use support::fixture;
+use support::{fixture, with_many_rows};
 
 use candle_core::{DType, Device, Tensor};
 use std::ops::ControlFlow;
@@ -368,28 +368,6 @@ fn every_kernel_path_and_format_matches_the_reference() {
     }
 }
 
-/// Whether this process runs with `BTLM_MANY_ROWS=8` (the kernels read it once per
-/// process): if not, runs test `test` of this binary in a child process that does, asserts
-/// that it passed, and returns false (the caller returns); true in the child.
-fn with_many_rows_8(test: &str) -> bool {
-    if std::env::var("BTLM_MANY_ROWS").as_deref() == Ok("8") {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("test binary");
-    let out = std::process::Command::new(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env("BTLM_MANY_ROWS", "8")
-        .output()
-        .expect("child test");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}"
-    );
-    false
-}
-
 /// f32 and f16 weights with `--btlm.prefill_precision bf16`: prompts run in bf16 arithmetic
 /// where the CPU has AVX512-BF16 (exact elsewhere), within the tolerance of bf16 weights
 /// (0.1) of the PyTorch f32 reference; decode stays exact. The reference prompts are
@@ -398,7 +376,7 @@ fn with_many_rows_8(test: &str) -> bool {
 #[test]
 fn bf16_prefill_of_f32_and_f16_weights_matches_the_reference() {
     const TEST: &str = "bf16_prefill_of_f32_and_f16_weights_matches_the_reference";
-    if !with_many_rows_8(TEST) {
+    if !with_many_rows(TEST, "8") {
         return;
     }
     let r = reference();
@@ -452,7 +430,7 @@ fn amx_products_of_quantized_weights_match_the_reference() {
         eprintln!("no usable AMX here (or not on the CPU): skipped");
         return;
     }
-    if !with_many_rows_8(TEST) {
+    if !with_many_rows(TEST, "8") {
         return;
     }
     let r = reference();
