@@ -122,7 +122,8 @@ async fn sdk(miner: &MinerProcess, key: &str) -> Value {
     })
 }
 
-/// `POST /v1/chat/completions` with `authorization` (if any) and no btauth/1 headers.
+/// `POST /v1/chat/completions` with `authorization` (if any) and no btauth/1 headers. A
+/// refusal (401), sent before the body is read, must close the connection and say so.
 async fn plain_post(miner: &MinerProcess, authorization: Option<&str>) -> (u16, Value) {
     let mut request = reqwest::Client::new()
         .post(format!("http://{}/v1/chat/completions", miner.addr))
@@ -132,6 +133,13 @@ async fn plain_post(miner: &MinerProcess, authorization: Option<&str>) -> (u16, 
     }
     let response = request.send().await.expect("send");
     let status = response.status().as_u16();
+    let connection = response.headers().get("connection").cloned();
+    if status == 401 {
+        assert_eq!(
+            connection.as_ref().and_then(|v| v.to_str().ok()),
+            Some("close")
+        );
+    }
     (status, response.json().await.expect("a JSON body"))
 }
 

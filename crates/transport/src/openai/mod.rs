@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri, header};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -92,7 +92,19 @@ async fn chat_completions(
     body: Body,
 ) -> Result<Response, OpenAiRejection> {
     let start = Instant::now();
-    let auth = caller(&state, &method, &uri, &headers, body).await?;
+    let auth = match caller(&state, &method, &uri, &headers, body).await {
+        Ok(auth) => auth,
+        // Refused before its body was (all) read: the server then closes the connection, so
+        // the answer says so; a client reusing it would race the close (the `openai` SDK's
+        // next request failed with "Server disconnected without sending a response").
+        Err(rejection) => {
+            let mut response = OpenAiRejection::from(rejection).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
+        }
+    };
     let chat: ChatRequest = serde_json::from_slice(&auth.body)
         .map_err(|e| Rejection::Malformed(format!("invalid chat completions request: {e}")))?;
     let (roles, messages) = to_prompt(&chat)?;
