@@ -374,6 +374,30 @@ fn round_to_bf16(
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(l), h)
 }
 
+/// One pair of inputs of 16 outputs in the `B` layout: `even` and `odd` rounded to bf16
+/// ([`round_to_bf16`]) and interleaved, output `j`'s two inputs at `2j`, `2j + 1`, stored
+/// as 32 values at `dst`.
+///
+/// # Safety
+/// AVX-512 F/BW/BF16; `dst` writable for 32 values.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn store_pair(
+    dst: *mut u16,
+    even: std::arch::x86_64::__m512,
+    odd: std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
+    // Element 2j ← j (the even input), 2j + 1 ← 16 + j (the odd one).
+    let idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let both = round_to_bf16(even, odd);
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_storeu_si512(dst.cast(), _mm512_permutexvar_epi16(idx, both)) };
+}
+
 /// Converts weight tile `t` into `B` tiles (`[k32/32][16 pairs][16][2]` bf16) in `out`.
 ///
 /// # Safety
@@ -433,10 +457,6 @@ unsafe fn q8_0_to_b(tile: &[u8], nblocks: usize, out: &mut [u16]) {
     use super::format::Q8_0_TILE_BLOCK;
     use std::arch::x86_64::*;
     assert!(tile.len() >= nblocks * Q8_0_TILE_BLOCK && out.len() >= nblocks * 32 * TILE);
-    let idx = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     let low = _mm512_set1_epi32(0xff);
     let bias = _mm512_set1_ps(128.0);
     let shifts: [__m512i; 4] = std::array::from_fn(|b| _mm512_set1_epi32(8 * b as i32));
@@ -454,11 +474,11 @@ unsafe fn q8_0_to_b(tile: &[u8], nblocks: usize, out: &mut [u16]) {
                     _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(q), bias), d)
                 };
                 for jp in 0..2 {
-                    let both = round_to_bf16(value(2 * jp), value(2 * jp + 1));
                     let k = b * 32 + g * 4 + 2 * jp;
-                    _mm512_storeu_si512(
-                        out.as_mut_ptr().add(k * TILE).cast(),
-                        _mm512_permutexvar_epi16(idx, both),
+                    store_pair(
+                        out.as_mut_ptr().add(k * TILE),
+                        value(2 * jp),
+                        value(2 * jp + 1),
                     );
                 }
             }
@@ -480,10 +500,6 @@ unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
     use super::format::{Q4K_TILE_BLOCK, q4k_off};
     use std::arch::x86_64::*;
     assert!(tile.len() >= nsuper * Q4K_TILE_BLOCK && out.len() >= nsuper * QK_K * TILE);
-    let idx = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     let nib = _mm512_set1_epi32(0x0f);
     let shifts: [__m512i; 8] = std::array::from_fn(|n| _mm512_set1_epi32(4 * n as i32));
     for s in 0..nsuper {
@@ -512,12 +528,9 @@ unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
                                 );
                                 _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), min)
                             };
-                            let both = round_to_bf16(value(2 * bp), value(2 * bp + 1));
                             let k = s * QK_K + j * 32 + (v + 4 * half) * 4 + 2 * bp;
-                            _mm512_storeu_si512(
-                                out.as_mut_ptr().add(k * TILE).cast(),
-                                _mm512_permutexvar_epi16(idx, both),
-                            );
+                            let pair = out.as_mut_ptr().add(k * TILE);
+                            store_pair(pair, value(2 * bp), value(2 * bp + 1));
                         }
                     }
                 }
@@ -537,11 +550,6 @@ unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn interleave_pairs(src: &[f32], out: &mut [u16]) {
     use std::arch::x86_64::*;
-    // Element 2j ← j (the even input), 2j + 1 ← 16 + j (the odd one).
-    let idx = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     let kn = src.len() / TILE;
     debug_assert!(out.len() >= kn.div_ceil(2) * 2 * TILE);
     for p in 0..kn.div_ceil(2) {
@@ -554,11 +562,7 @@ unsafe fn interleave_pairs(src: &[f32], out: &mut [u16]) {
             } else {
                 _mm512_setzero_ps()
             };
-            let both = round_to_bf16(even, odd);
-            _mm512_storeu_si512(
-                out.as_mut_ptr().add(2 * p * TILE).cast(),
-                _mm512_permutexvar_epi16(idx, both),
-            );
+            store_pair(out.as_mut_ptr().add(2 * p * TILE), even, odd);
         }
     }
 }
