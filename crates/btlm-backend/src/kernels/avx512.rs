@@ -58,7 +58,11 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// KiB) or both hints no more than this. The dense kernels (f32, f16, bf16) prefetch alike
 /// since session 13: bf16 8 rows `c_attn` 1.20–1.39 → 0.80–0.91 ms. Only the first call
 /// over a tile prefetches ([`Q8Rows::first`]): the later ones of a product with more than
-/// [`MAX_ROWS`] rows (prefill) read the tile from cache.
+/// [`MAX_ROWS`] rows (prefill) read the tile from cache. The q4k kernel spreads its
+/// prefetches between the arithmetic, one per weight vector: issued five at a time ahead of
+/// each 288-byte share of a super-block they stalled the core (full fill buffers) and one
+/// core streamed 12 GB/s from memory, 17.7 spread out (Xeon, session 16; the tiles 256-byte
+/// aligned, see `pack_cache::ALIGN`).
 const PREFETCH: usize = 8192;
 
 /// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
@@ -388,13 +392,16 @@ unsafe fn q4k_pass<const R: usize, const PF: bool>(
                 } else {
                     _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
                 };
-                // The sub-block's share of the block, 288 bytes (see `ahead`).
-                for l in 0..5 {
-                    ahead::<PF>(blk.add(j * 288 + l * 64));
+                // The super-block's 256 header bytes, a line in each of the first four
+                // sub-blocks (see `ahead`).
+                if j < 4 {
+                    ahead::<PF>(blk.add(j * 64));
                 }
                 let mut acci = [_mm512_setzero_si512(); R];
                 let qs = blk.add(q4k_off::QS + j * 256);
                 for v in 0..4 {
+                    // One prefetch per weight vector, between the arithmetic (see `ahead`).
+                    ahead::<PF>(qs.add(v * 64));
                     let qv = _mm512_loadu_si512(qs.add(v * 64).cast());
                     let ql = _mm512_and_si512(qv, nib);
                     let qh = _mm512_and_si512(_mm512_srli_epi16::<4>(qv), nib);
