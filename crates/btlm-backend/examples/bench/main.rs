@@ -35,7 +35,7 @@ struct Cli {
     /// Number of transformer blocks of the random checkpoint.
     #[arg(long, default_value_t = 4)]
     layers: usize,
-    /// Prompt tokens for the prefill measurement.
+    /// Prompt tokens for the prefill measurement (at least 1).
     #[arg(long, default_value_t = 128)]
     prompt: usize,
     /// Tokens generated for the decode measurement.
@@ -159,7 +159,7 @@ fn measure(
 
     // Warm-up (allocations, thread pools).
     let mut cache = model.new_cache();
-    model.prefill(&prompt[..8], &mut cache, 256)?;
+    model.prefill(&prompt[..prompt.len().min(8)], &mut cache, 256)?;
 
     let mut cache = if cli.reserve_cache {
         model.new_cache_with_capacity(cli.prompt + cli.decode)
@@ -196,6 +196,9 @@ fn measure(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
+    if cli.prompt == 0 {
+        return Err("--prompt must be at least 1".into());
+    }
     let cfg = config(cli.layers);
     let ckpt = cli.checkpoint.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("btlm-bench-{}l.safetensors", cli.layers))
