@@ -4,7 +4,7 @@
 //! every later start.
 //!
 //! A cache file is `MAGIC`, the length of a JSON index (u64, little endian), the index, then
-//! every matrix's packed bytes at a page-aligned ([`ALIGN`]) offset. The index records the format,
+//! every matrix's packed bytes at a page-aligned offset (`ALIGN`). The index records the format,
 //! the [`source_key`] of the checkpoint files and each matrix's name, shape and byte range;
 //! a file whose key or format differs is ignored (and replaced by the next conversion).
 //!
