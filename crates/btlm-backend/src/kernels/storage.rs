@@ -122,8 +122,7 @@ impl Bytes {
 
     /// A view of `len` bytes at `offset` of a memory map; `None` if out of range or if
     /// `offset` is not a multiple of 64 (maps are page aligned, so the view is 64-byte
-    /// aligned). Weights stream fastest from page-aligned views: the q4k decode kernel's
-    /// stream depends on where its tiles sit within 256 bytes (`pack_cache::ALIGN`).
+    /// aligned; the weight cache keeps its views page-aligned, see `pack_cache::ALIGN`).
     pub fn mapped(map: Arc<Mmap>, offset: usize, len: usize) -> Option<Self> {
         let end = offset.checked_add(len)?;
         (end <= map.len() && offset.is_multiple_of(64)).then_some(Bytes {
