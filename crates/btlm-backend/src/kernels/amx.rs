@@ -184,15 +184,27 @@ struct BSteps {
     tail1: *const u8,
 }
 
+/// The weights a task reads next (the next pair's packed tiles), prefetched into L2 a few
+/// lines per main step while the tile unit works on the current pair: the conversion of the
+/// next pair then reads L2 instead of waiting on memory with the tile unit idle (q8_0 and
+/// q4k, see [`pair_product`]).
+struct Ahead {
+    /// The next line to prefetch (a prefetch never faults, even past the matrix).
+    next: *const u8,
+    /// Lines per main step.
+    lines: usize,
+}
+
 /// `C[2][2] (16×16 f32 each) = Σ_kc A[m][kc] · B[n][kc]` over the steps of `b`: `a0`/`a1`
 /// the first `A` tiles of two 16-row blocks (consecutive steps 1 KiB apart, the tail step
-/// after the main ones); `c` receives `[m][n][16][16]` f32.
+/// after the main ones); `c` receives `[m][n][16][16]` f32. After each main step,
+/// prefetches `ahead.lines` lines from `ahead.next` on (and advances it).
 ///
 /// # Safety
 /// Tiles configured ([`Tiles::configure`]); at least one step; every pointer valid for its
 /// steps' KiB (`c` for 4 KiB, writable).
 #[inline]
-unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32) {
+unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32, ahead: &mut Ahead) {
     // SAFETY: the caller's contract; tmm registers are not used by compiled code.
     unsafe {
         asm!(
@@ -215,6 +227,15 @@ unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32) {
             "add {a1}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
+            "mov {k}, {lines}",
+            "test {k}, {k}",
+            "jz 6f",
+            "5:",
+            "prefetcht1 [{pf}]",
+            "add {pf}, 64",
+            "dec {k}",
+            "jnz 5b",
+            "6:",
             "dec {n}",
             "jnz 2b",
             "3:",
@@ -244,6 +265,9 @@ unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32) {
             t1 = in(reg) b.tail1,
             c = inout(reg) c => _,
             n = inout(reg) b.main => _,
+            pf = inout(reg) ahead.next,
+            lines = in(reg) ahead.lines,
+            k = out(reg) _,
             s64 = in(reg) 64usize,
             options(nostack),
         );
@@ -255,7 +279,7 @@ unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32) {
 /// # Safety
 /// As [`block_2x2`].
 #[inline]
-unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32) {
+unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32, ahead: &mut Ahead) {
     // SAFETY: the caller's contract.
     unsafe {
         asm!(
@@ -272,6 +296,15 @@ unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32) {
             "add {a0}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
+            "mov {k}, {lines}",
+            "test {k}, {k}",
+            "jz 6f",
+            "5:",
+            "prefetcht1 [{pf}]",
+            "add {pf}, 64",
+            "dec {k}",
+            "jnz 5b",
+            "6:",
             "dec {n}",
             "jnz 2b",
             "3:",
@@ -293,6 +326,9 @@ unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32) {
             t1 = in(reg) b.tail1,
             c = inout(reg) c => _,
             n = inout(reg) b.main => _,
+            pf = inout(reg) ahead.next,
+            lines = in(reg) ahead.lines,
+            k = out(reg) _,
             s64 = in(reg) 64usize,
             options(nostack),
         );
@@ -684,6 +720,25 @@ pub(super) unsafe fn pair_product(
             tail1: std::ptr::null(),
         }
     };
+    // The next pair's tiles (this task's likely next), spread over this pair's main steps;
+    // only for q8_0 and q4k, whose pairs (46–235 KiB) fit in L2 beside the activations.
+    // Prefetching the next pair of bf16 or f32 tiles (160–885 KiB) measured slower at 128
+    // rows and more (they push the activations out of L2), bf16 also at 64.
+    let mut ahead = {
+        let next = (t1 + 1).min(w.tiles() - 1);
+        let bytes = w.tile(next).len() * 2.min(w.tiles() - next);
+        let per_call = mblocks.div_ceil(2) * steps.main;
+        let prefetch =
+            t1 + 1 < w.tiles() && matches!(w.format(), WeightFormat::Q8_0 | WeightFormat::Q4K);
+        Ahead {
+            next: w.tile(next).as_ptr(),
+            lines: if prefetch {
+                (bytes / 64).div_ceil(per_call.max(1))
+            } else {
+                0
+            },
+        }
+    };
     // SAFETY: AMX usable (caller).
     let _tiles = unsafe { Tiles::configure() };
     let ab = a.as_ptr().cast::<u8>();
@@ -695,9 +750,9 @@ pub(super) unsafe fn pair_product(
         unsafe {
             let a0 = ab.add(mb * a_block);
             if two {
-                block_2x2(a0, a0.add(a_block), steps, c.as_mut_ptr());
+                block_2x2(a0, a0.add(a_block), steps, c.as_mut_ptr(), &mut ahead);
             } else {
-                block_1x2(a0, steps, c.as_mut_ptr());
+                block_1x2(a0, steps, c.as_mut_ptr(), &mut ahead);
             }
         }
         let mcount = if two { 2 } else { 1 };
