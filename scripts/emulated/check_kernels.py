@@ -62,6 +62,20 @@ def amx_cases(quick: bool, summations: list[str]):
                 yield (f"amx/{summation}", fmt, n_out, n_in, rows, seed, 0)
 
 
+def amx8_cases(quick: bool):
+    """q4k on the AMX-INT8 kernels: the AMX shapes (a partial last block of 16 rows, n_inner's
+    q4k tail) and the extreme sums, checked against the scalar reference as the tile kernels
+    are (they compute the same integer sums)."""
+    seed = 3000
+    for n_out, n_in, rows in AMX_CASES + ([] if quick else MORE_AMX_CASES):
+        seed += 1
+        if quick and n_in > 1000:
+            continue
+        yield ("amx8", "q4k", n_out, n_in, rows, seed, 0)
+    for kind in (1, 2):
+        yield ("amx8", "q4k", 32, 1024, 21, 0, kind)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("lib")
@@ -140,6 +154,7 @@ def main() -> int:
     if args.path in ("amx", "all"):
         sums = ["sequential", "lanes"] if args.amx_sum == "both" else [args.amx_sum]
         cases += list(amx_cases(args.quick, sums))
+        cases += list(amx8_cases(args.quick))
     failed = 0 if ok_detect and detect_ok else 1
     passed = 0
     msg = ctypes.create_string_buffer(512)
@@ -157,6 +172,8 @@ def main() -> int:
             lib.emu_case_reset(case)
             if kernel == "amx":
                 emu.call(addr("emu_case_run_amx"), case)
+            elif kernel == "amx8":
+                emu.call(addr("emu_case_run_amx8"), case)
             else:
                 emu.call(addr("emu_case_run_avx512"), case, int(has_bf16))
             bad = lib.emu_case_check(case, 1 if kernel == "amx" else 0, msg, len(msg))

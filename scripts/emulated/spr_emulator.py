@@ -11,8 +11,8 @@ reported), nor rely on other threads.
 Bochs 2.8's `sapphire_rapids` model (Xeon w9-3475X) implements AVX-512 F/CD/BW/DQ/VL,
 VNNI, BF16, FP16 and the rest of that core's vector ISA, but bochscpu 0.4.0 is built
 without AMX: its decoder rejects the tile instructions with #UD. This module therefore
-emulates the AMX-TILE/AMX-BF16 instructions itself on that #UD (`ldtilecfg`,
-`sttilecfg`, `tilerelease`, `tilezero`, `tileloadd(t1)`, `tilestored`, `tdpbf16ps`),
+emulates the AMX-TILE/AMX-BF16/AMX-INT8 instructions itself on that #UD (`ldtilecfg`,
+`sttilecfg`, `tilerelease`, `tilezero`, `tileloadd(t1)`, `tilestored`, `tdpbf16ps`, `tdpbsud`),
 from the Intel SDM's definitions: palette 1 (8 tiles of up to 16 rows × 64 bytes), the
 #UD/#GP checks of the tile shapes, and TDPBF16PS as the SDM's pseudocode writes it
 (bf16 inputs with denormals as zero, each of the two products of a pair added to the f32
@@ -283,6 +283,29 @@ class Amx:
                 c = self._ftz(c + self._ftz(even + odd))
         self.tiles[dst] = 0
         self.tiles[dst, :m, :dcols] = c.astype(np.float32).view(np.uint8).reshape(m, dcols)
+
+
+    def tdpbsud(self, dst: int, a: int, b: int) -> None:
+        """C (i32) += Σ sign-extended A bytes × zero-extended B bytes, in groups of four
+        (wrapping i32 sums, as the SDM's pseudocode)."""
+        self._configured("tdpbsud")
+        if len({dst, a, b}) != 3:
+            raise EmulationError("tdpbsud: tile operands not distinct (#UD)")
+        (m, dcols), (ar, acols), (br, bcols) = (self._tile(t, "tdpbsud") for t in (dst, a, b))
+        k = acols // 4
+        if acols % 4 or dcols % 4 or bcols != dcols or br != k or ar != m:
+            raise EmulationError(
+                f"tdpbsud: shapes C {m}×{dcols}B, A {ar}×{acols}B, B {br}×{bcols}B (#UD)"
+            )
+        n = dcols // 4
+        av = self.tiles[a, :m, :acols].view(np.int8).astype(np.int64)  # m × 4k
+        bv = self.tiles[b, :k, :bcols].astype(np.int64)  # k × 4n (unsigned)
+        # B[kk][4j + i] pairs with A[m][4kk + i]: B as (4k) × n.
+        b2 = bv.reshape(k, n, 4).transpose(0, 2, 1).reshape(4 * k, n)
+        c = self.tiles[dst, :m, :dcols].view(np.int32).astype(np.int64) + av @ b2
+        c = ((c + 2**31) % 2**32 - 2**31).astype(np.int32)
+        self.tiles[dst] = 0
+        self.tiles[dst, :m, :dcols] = c.view(np.uint8).reshape(m, dcols)
 
 
 # bxInstruction_c (bochscpu 0.4.0): the 16-bit internal opcode at byte 16, the 32-bit
@@ -637,7 +660,7 @@ class Emulator:
         p1, p2, op, modrm = code[1], code[2], code[3], code[4]
         r_ext, x_ext, b_ext = (~p1 >> 7) & 1, (~p1 >> 6) & 1, (~p1 >> 5) & 1
         mmmmm, w, vvvv, vex_l, pp = p1 & 0x1F, p2 >> 7, (~p2 >> 3) & 0xF, (p2 >> 2) & 1, p2 & 3
-        if mmmmm != 2 or w or vex_l or op not in (0x49, 0x4B, 0x5C):
+        if mmmmm != 2 or w or vex_l or op not in (0x49, 0x4B, 0x5C, 0x5E):
             raise EmulationError(f"invalid opcode at {rip:#x}: {code[:8].hex(' ')}")
         mod, reg, rm = modrm >> 6, ((modrm >> 3) & 7) | (r_ext << 3), (modrm & 7) | (b_ext << 3)
         length = 5
@@ -703,5 +726,9 @@ class Emulator:
         elif op == 0x5C and mod == 3 and pp == 2 and reg < 8 and rm < 8 and vvvv < 8:
             amx._count("tdpbf16ps")
             amx.tdpbf16ps(reg, rm, vvvv)
+            return length
+        elif op == 0x5E and mod == 3 and pp == 2 and reg < 8 and rm < 8 and vvvv < 8:
+            amx._count("tdpbsud")
+            amx.tdpbsud(reg, rm, vvvv)
             return length
         raise EmulationError(f"unsupported AMX form at {rip:#x}: {code[:8].hex(' ')}")

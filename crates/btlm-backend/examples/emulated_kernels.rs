@@ -9,11 +9,11 @@
 //!
 //! Native calls: `emu_case_new`, `emu_case_reset`, `emu_case_check`, `emu_case_free`.
 //! Emulated calls (no allocation, no system call): `emu_case_run_avx512`,
-//! `emu_case_run_amx`, `emu_feature_report`.
+//! `emu_case_run_amx`, `emu_case_run_amx8` (q4k cases), `emu_feature_report`.
 
 use std::ffi::c_char;
 
-use prompting_btlm_backend::kernels::emulation::{self, AmxInputs};
+use prompting_btlm_backend::kernels::emulation::{self, Amx8Inputs, AmxInputs};
 use prompting_btlm_backend::kernels::{
     self, Acts, KernelPath, PackedMatrix, Source, SourceData, WeightFormat, acts,
 };
@@ -28,6 +28,8 @@ pub struct Case {
     acts: Acts<'static>,
     /// The AMX kernels' activations and scratch.
     amx: AmxInputs,
+    /// The AMX-INT8 kernels' buffers (q4k cases).
+    amx8: Option<Amx8Inputs>,
     /// The scalar path's result (what the AVX-512 kernels must match).
     reference: Vec<f32>,
     /// The f64 product of bf16-rounded weights and activations plus bias (AMX).
@@ -112,12 +114,14 @@ pub extern "C" fn emu_case_new(
     }
     let acts = Acts::prepare(format, x, rows, n_in, w.k_pad());
     let amx = AmxInputs::prepare(&w, x, rows);
+    let amx8 = (format == WeightFormat::Q4K).then(|| Amx8Inputs::prepare(&w, &acts, rows));
     Box::into_raw(Box::new(Case {
         w,
         rows,
         bias,
         acts,
         amx,
+        amx8,
         reference,
         bf16_exact,
         mags,
@@ -172,6 +176,25 @@ pub unsafe extern "C" fn emu_case_run_amx(case: *mut Case) {
     let bias = Some(&case.bias[..]);
     // SAFETY: the caller's contract; inputs prepared for this case.
     unsafe { emulation::amx_on_this_thread(&case.w, &mut case.amx, case.rows, bias, &mut case.y) };
+}
+
+/// Runs the AMX-INT8 kernels of a q4k case (emulated: AMX-TILE/INT8, AVX-512
+/// F/BW/VL/VNNI); other formats: nothing (the output stays NaN and fails the check).
+///
+/// # Safety
+/// `case` from [`emu_case_new`]; the CPU runs AMX-TILE/INT8 and AVX-512 F/BW/VL/VNNI.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn emu_case_run_amx8(case: *mut Case) {
+    // SAFETY: the caller's contract.
+    let case = unsafe { &mut *case };
+    let bias = Some(&case.bias[..]);
+    let Some(inputs) = case.amx8.as_mut() else {
+        return;
+    };
+    // SAFETY: the caller's contract; inputs prepared for this case.
+    unsafe {
+        emulation::amx8_on_this_thread(&case.w, &case.acts, inputs, case.rows, bias, &mut case.y)
+    };
 }
 
 /// The feature bits of [`emulation::feature_report`] (run it first, on the emulator).

@@ -1,5 +1,7 @@
 //! Intel AMX (tile matrix unit) many-rows kernels: bf16 products with f32 accumulation
-//! (`tdpbf16ps`), for prefill and large batches on Sapphire Rapids and later Xeons.
+//! (`tdpbf16ps`), for prefill and large batches on Sapphire Rapids and later Xeons (q4k
+//! weights take the int8 kernels of `amx8.rs` instead; this module's q4k conversion serves
+//! its tests and the emulated check).
 //!
 //! AMX intrinsics are unstable in Rust, so the tile instructions are written with `asm!`.
 //! Linux hands out AMX register state only to processes that ask for it
@@ -55,7 +57,7 @@ const XFEATURE_XTILEDATA: u64 = 18;
 /// `arch_prctl`'s system call number on x86-64 Linux.
 const SYS_ARCH_PRCTL: u64 = 158;
 
-/// Whether this CPU has AMX-TILE and AMX-BF16, the OS enabled tile state, the kernel
+/// Whether this CPU has AMX-TILE, AMX-BF16 and AMX-INT8, the OS enabled tile state, the kernel
 /// granted it to this process, and the AVX2 and AVX512-BF16 conversions are available.
 /// Decided once.
 pub fn supported() -> bool {
@@ -69,8 +71,9 @@ pub fn supported() -> bool {
     })
 }
 
-/// CPUID leaf 7 (EDX bit 22 AMX-BF16, bit 24 AMX-TILE) and XCR0 bits 17/18 (tile config
-/// and tile data enabled by the OS).
+/// CPUID leaf 7 (EDX bit 22 AMX-BF16, bit 24 AMX-TILE, bit 25 AMX-INT8: every AMX CPU so
+/// far has all three; the AMX path runs bf16 products here and q4k ones on the int8 kernels
+/// of `amx8.rs`) and XCR0 bits 17/18 (tile config and tile data enabled by the OS).
 // `__cpuid` is a safe function in newer Rust releases, unsafe in older ones.
 #[allow(unused_unsafe)]
 pub(super) fn cpu_and_os_have_amx() -> bool {
@@ -83,9 +86,10 @@ pub(super) fn cpu_and_os_have_amx() -> bool {
     let l7 = unsafe { __cpuid_count(7, 0) };
     let amx_bf16 = l7.edx & (1 << 22) != 0;
     let amx_tile = l7.edx & (1 << 24) != 0;
+    let amx_int8 = l7.edx & (1 << 25) != 0;
     // SAFETY: as above.
     let osxsave = unsafe { __cpuid(1) }.ecx & (1 << 27) != 0;
-    if !(amx_bf16 && amx_tile && osxsave) {
+    if !(amx_bf16 && amx_tile && amx_int8 && osxsave) {
         return false;
     }
     let (lo, _hi): (u32, u32);

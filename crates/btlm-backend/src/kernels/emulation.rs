@@ -9,7 +9,7 @@
 //! CPU's features): the caller vouches for the instruction set.
 
 use super::amx::{self, Scratch};
-use super::{Acts, KernelPath, OutPtr, PackedMatrix, avx512, tiles_into};
+use super::{Acts, KernelPath, OutPtr, PackedMatrix, amx8, avx512, tiles_into};
 
 /// `y = x · Wᵀ (+ bias)` on `path`'s tile kernels (all tiles, this thread), `acts`
 /// prepared with [`Acts::prepare`] for `w`'s format and `rows` rows; `avx512_bf16`: whether
@@ -77,6 +77,55 @@ pub unsafe fn amx_on_this_thread(
         unsafe {
             amx::pair_product(w, &inputs.a, rows, bias, out, pair, &mut inputs.scratch);
         }
+    }
+}
+
+/// The buffers of one AMX-INT8 product prepared outside the emulator: the zero-padded last
+/// block of activation rows and the rows' sums of one tile.
+pub struct Amx8Inputs {
+    tail: Vec<i8>,
+    acc: Vec<f32>,
+}
+
+impl Amx8Inputs {
+    /// Buffers for the product of `rows` rows of `acts` ([`Acts::prepare`]d for `w`, q4k).
+    pub fn prepare(w: &PackedMatrix, acts: &Acts<'_>, rows: usize) -> Amx8Inputs {
+        Amx8Inputs {
+            tail: amx8::padded_tail(acts, rows, w.k_pad()),
+            acc: vec![0.0; rows * super::TILE],
+        }
+    }
+}
+
+/// `y = acts · Wᵀ (+ bias)` on the AMX-INT8 kernels (q4k weights, every tile in turn, this
+/// thread).
+///
+/// # Safety
+/// AMX-TILE/INT8 usable and AVX-512 F/BW/VL/VNNI (not checked); `w` q4k; `acts` and
+/// `inputs` prepared for `w` and `rows`; `y` holds `rows × w.n_out()` values, `bias`, if
+/// any, `w.n_out()`.
+pub unsafe fn amx8_on_this_thread(
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    inputs: &mut Amx8Inputs,
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    assert!(y.len() == rows * w.n_out(), "output size");
+    let out = OutPtr(y.as_mut_ptr());
+    // SAFETY: the caller's contract; this thread writes every column.
+    unsafe {
+        amx8::tiles_into(
+            w,
+            acts,
+            &inputs.tail,
+            rows,
+            bias,
+            out,
+            0..w.tiles(),
+            &mut inputs.acc,
+        );
     }
 }
 

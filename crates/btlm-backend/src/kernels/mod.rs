@@ -20,9 +20,10 @@
 //! With [`PrefillPrecision::Bf16`] (opt-in), f32 and f16 products from [`WIDE_MANY_ROWS`]
 //! rows run on the same wide micro-kernel in bf16 arithmetic, each chunk of weights rounded
 //! to bf16 on the fly (`convert512.rs`); decode keeps the exact kernels.
-//! On the AMX path, bf16 products from [`MANY_ROWS`] rows, q8_0 ones from
-//! [`AMX_Q8_0_MANY_ROWS`] and q4k ones from [`AMX_Q4K_MANY_ROWS`] run on the tile unit
-//! (`amx.rs`: weights converted to bf16 per product, bf16 arithmetic).
+//! On the AMX path, bf16 products from [`MANY_ROWS`] rows and q8_0 ones from
+//! [`AMX_Q8_0_MANY_ROWS`] run on the tile unit in bf16 (`amx.rs`: weights converted to bf16
+//! per product, bf16 arithmetic), q4k ones from [`AMX_Q4K_MANY_ROWS`] in int8 (`amx8.rs`:
+//! bit for bit the tile kernels' sums).
 //! `BTLM_MANY_ROWS=N|off` moves or disables the threshold of every format.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
@@ -37,6 +38,8 @@ use rayon::prelude::*;
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod amx8;
 #[cfg(target_arch = "x86_64")]
 #[macro_use]
 mod simd;
@@ -206,9 +209,9 @@ impl KernelPath {
             (KernelPath::Avx2, WeightFormat::Q4K) => Route::Many8,
             // f32 and f16 keep their precision (AVX-512 tile kernels); bf16 rounding of
             // bf16 weights is none, of 8-bit weights below their quantization error.
-            (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K) => {
-                Route::Amx
-            }
+            // q4k: the tile kernels' integer sums on the tile unit (`amx8.rs`), bit for bit.
+            (KernelPath::Amx, WeightFormat::Q4K) => Route::Amx8,
+            (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0) => Route::Amx,
             // Several tiles per micro-kernel (`wide512.rs`); bf16 needs AVX512-BF16.
             (KernelPath::Avx512, WeightFormat::Bf16) if avx512_bf16() => Route::Wide,
             _ => Route::Tiles,
@@ -244,7 +247,7 @@ impl KernelPath {
     pub fn rows_independent(self, format: WeightFormat, prefill: PrefillPrecision) -> bool {
         matches!(
             self.route_with(format, prefill, usize::MAX),
-            Route::Tiles | Route::Wide | Route::Many8
+            Route::Tiles | Route::Wide | Route::Many8 | Route::Amx8
         )
     }
 
@@ -362,6 +365,7 @@ impl KernelPath {
             Route::Many => "avx2-many".into(),
             Route::Many8 => "avx2-many8".into(),
             Route::Amx => "amx-tiles".into(),
+            Route::Amx8 => "amx-int8".into(),
             Route::Wide => "avx512-wide".into(),
             Route::Converted => "avx512-wide-bf16".into(),
         }
@@ -434,9 +438,12 @@ pub const WIDE_MANY_ROWS: usize = 64;
 /// slower from 64 (1.8× at 128; session 15, docs/benchmarks.md "AMX on a real Xeon").
 pub const AMX_Q8_0_MANY_ROWS: usize = 32;
 
-/// The many-rows threshold of q4k weights on the AMX path: as for q8_0; the VNNI tile
-/// kernels were faster at 16 rows, the tile unit from 32 (2× at 128; session 15).
-pub const AMX_Q4K_MANY_ROWS: usize = 32;
+/// The many-rows threshold of q4k weights on the AMX path, from which they run on the
+/// AMX-INT8 kernels (`amx8.rs`, the tile kernels' sums bit for bit, 16 rows per product):
+/// against the AVX-512 VNNI tile kernels, one layer's `mlp.c_fc` from memory measured 7%
+/// slower at 9 rows, 15% faster at 16, 1.7× at 32, 1.9× at 64 and 128 (session 17,
+/// docs/benchmarks.md).
+pub const AMX_Q4K_MANY_ROWS: usize = 16;
 
 /// The many-rows threshold of this process ([`MANY_ROWS`] or `BTLM_MANY_ROWS`), `None`
 /// when disabled; read once. (q4k on AVX2: [`Q4K_MANY_ROWS`] unless `BTLM_MANY_ROWS` is
@@ -470,6 +477,8 @@ enum Route {
     Many8,
     /// The AMX kernels (`amx.rs`).
     Amx,
+    /// The AMX-INT8 many-rows kernels for q4k (`amx8.rs`).
+    Amx8,
     /// The AVX-512 kernels of several tiles at once (`wide512.rs`).
     Wide,
     /// f32/f16 weights converted to bf16 per chunk for the wide kernels (`convert512.rs`).
@@ -609,6 +618,13 @@ pub fn matmul_with(
         Route::Many8 => {
             let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
             unsafe { many8::matmul(w, &acts, rows, bias, y) };
+            return Ok(());
+        }
+        // SAFETY: as above (AMX-INT8 is part of the Amx path); the activations are
+        // prepared here for the weights' format (q4k, the only format routed there).
+        Route::Amx8 => {
+            let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
+            unsafe { amx8::matmul(w, &acts, rows, bias, y) };
             return Ok(());
         }
         // SAFETY: as above; the Amx path is supported only when AMX is usable.

@@ -339,9 +339,10 @@ fn amx_tiles_compute_the_bf16_product() {
     }
 }
 
-/// The AMX path sends bf16 products from `MANY_ROWS` rows to the tile unit, q8_0 and q4k
-/// ones (whose weights are converted to bf16 per product) only from their own, higher
-/// thresholds; fewer rows run the AVX-512 tile kernels.
+/// The AMX path sends bf16 products from `MANY_ROWS` rows to the tile unit, q8_0 ones
+/// (whose weights are converted to bf16 per product) only from their own, higher
+/// threshold, and q4k ones to the int8 tile kernels from theirs; fewer rows run the AVX-512
+/// tile kernels.
 #[test]
 fn amx_routes_each_format_from_its_threshold() {
     if many_rows_override().is_some() {
@@ -349,13 +350,13 @@ fn amx_routes_each_format_from_its_threshold() {
         return;
     }
     let path = KernelPath::Amx;
-    for (format, min) in [
-        (WeightFormat::Bf16, MANY_ROWS),
-        (WeightFormat::Q8_0, AMX_Q8_0_MANY_ROWS),
-        (WeightFormat::Q4K, AMX_Q4K_MANY_ROWS),
+    for (format, min, name) in [
+        (WeightFormat::Bf16, MANY_ROWS, "amx-tiles"),
+        (WeightFormat::Q8_0, AMX_Q8_0_MANY_ROWS, "amx-tiles"),
+        (WeightFormat::Q4K, AMX_Q4K_MANY_ROWS, "amx-int8"),
     ] {
         assert_eq!(path.kernel_name(format, min - 1), "avx512", "{format}");
-        assert_eq!(path.kernel_name(format, min), "amx-tiles", "{format}");
+        assert_eq!(path.kernel_name(format, min), name, "{format}");
     }
     for format in [WeightFormat::F32, WeightFormat::F16] {
         assert_eq!(path.kernel_name(format, 1000), "avx512", "{format}");
@@ -668,6 +669,62 @@ fn assert_equals_tile_kernels(
     }
 }
 
+/// The AMX-INT8 kernels (q4k prefill and large batches on the AMX path) compute exactly
+/// what the AVX-512 tile kernels compute from the same activations, bit for bit: one row
+/// and a partial block of 16, whole blocks and more, outputs not a multiple of 16, n_inner's
+/// q4k tail (6826 inputs), and the extreme integer sums (every weight and activation at its
+/// largest magnitude: the split scales' products must not saturate or wrap); and they stay
+/// within the tolerance of the scalar reference.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_int8_kernels_equal_the_tile_kernels() {
+    if !KernelPath::Amx.supported() {
+        eprintln!("AMX not available on this CPU (or refused by the OS): skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(53);
+    let format = WeightFormat::Q4K;
+    // (n_out, n_in, rows, weights, activations)
+    type Case = (usize, usize, usize, Vec<f32>, Vec<f32>);
+    let mut inputs: Vec<Case> = [
+        (1, 1, 1),
+        (17, 33, 16),
+        (40, 300, 17),
+        (16, 512, 32),
+        (35, 6826, 19),
+        (33, 257, 37),
+        (48, 2560, 5),
+    ]
+    .into_iter()
+    .map(|(n_out, n_in, rows)| {
+        let w = random(n_out * n_in, &mut rng, 0.1);
+        (n_out, n_in, rows, w, random(rows * n_in, &mut rng, 2.0))
+    })
+    .collect();
+    for sign in [1.0, -1.0] {
+        let (n_out, n_in, rows) = (32, 1024, 18);
+        let w = (0..n_out * n_in)
+            .map(|i: usize| {
+                if (i / n_in).is_multiple_of(2) {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        inputs.push((n_out, n_in, rows, w, vec![sign; rows * n_in]));
+    }
+    for (n_out, n_in, rows, w, x) in inputs {
+        let p = pack(format, &w, n_out, n_in);
+        let bias = random(n_out, &mut rng, 1.0);
+        assert_equals_tile_kernels(KernelPath::Avx512, &p, &x, rows, &bias, true, |acts, y| {
+            // SAFETY: the AMX path is supported (checked above), which includes AMX-INT8 and
+            // AVX-512 VNNI; `acts` prepared for `p`, shapes as `matmul` checks them.
+            unsafe { amx8::matmul(&p, acts, rows, Some(&bias), y) }
+        });
+    }
+}
+
 /// The int8 many-rows kernels (q4k prefill on AVX2) compute exactly what the tile kernels
 /// compute from the same activations, bit for bit, on odd shapes: one tile of one output,
 /// outputs not a multiple of 16, rows not a multiple of the micro-kernel's 4, n_in not a
@@ -899,10 +956,8 @@ fn rows_independent_formats_multiply_each_row_as_alone() {
             KernelPath::Scalar.rows_independent(format, exact),
             "{format}"
         );
-        let amx_tiles = matches!(
-            format,
-            WeightFormat::Bf16 | WeightFormat::Q8_0 | WeightFormat::Q4K
-        );
+        // q4k's AMX route is the int8 one (`amx8.rs`), the tile kernels' sums bit for bit.
+        let amx_tiles = matches!(format, WeightFormat::Bf16 | WeightFormat::Q8_0);
         assert_eq!(
             KernelPath::Amx.rows_independent(format, exact),
             !amx_tiles,

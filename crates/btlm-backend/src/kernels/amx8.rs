@@ -1,0 +1,470 @@
+//! AMX-INT8 many-rows kernels for q4k weights (prompts, large batches): the integer sums of
+//! the AVX-512 tile kernels computed on the tile unit (`tdpbsud`: signed 8-bit activations ×
+//! unsigned 8-bit weights, i32 sums), 16 activation rows per product.
+//!
+//! **Bit for bit the tile kernels' results.** q4k's per-sub-block 6-bit scale `sc` is folded
+//! into the weights, split in two so that each product fits a byte: the `B` tiles hold
+//! `q · (sc & 7)` and `q · (sc >> 3)` (at most 15 · 7 = 105), and `lo + 8·hi` over a
+//! super-block is exactly the `Σ_j sc_j · Σ q·a` the AVX-512 kernel accumulates in i32 (all
+//! integer, exact on either unit); from there the same f32 operations in the same order
+//! (`scale`). So a row gets the same bits on this route as alone on the tile kernels, and
+//! prompt pieces may share the decode rows' pass (`KernelPath::rows_independent`).
+//!
+//! Per tile (16 outputs) and super-block (256 inputs): the weights are unpacked once into
+//! eight `B` tiles (4 steps of 64 inputs × the two scale parts, 8 KiB), then every block of
+//! 16 activation rows multiplies them: `A` tiles read in place from the quantized
+//! activations (rows `k_pad` bytes apart; a last partial block from a zero-padded copy), two
+//! `C` tiles of sums, stored and rescaled into the rows' f32 sums in AVX-512 while the tile
+//! unit works on the next block (two sets of `C` registers alternate).
+
+// Indexed loops over register arrays (rows) read like the arithmetic they do.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::OutPtr;
+use super::acts::Acts;
+use super::avx512::q4k_scales_mins;
+use super::format::{Q4K_TILE_BLOCK, QBLOCK, QK_K, TILE, q4k_off};
+use super::pack::PackedMatrix;
+
+/// Activation rows per tile product.
+const MB: usize = 16;
+
+/// How far ahead of the super-block being unpacked the weights are prefetched (the
+/// AVX-512 tile kernels' distance).
+const PREFETCH: usize = 8192;
+
+/// Bytes of one super-block's `B` tiles: per step `t` of 64 inputs, the weights times the
+/// low 3 bits of their sub-block's scale (1 KiB), then times the high 3 bits.
+const B_BYTES: usize = 4 * 2 * 1024;
+
+/// The `ldtilecfg` operand (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// All eight tiles 16 rows × 64 bytes (`tmm0`–`tmm3` sums, `tmm4`/`tmm5` activations,
+/// `tmm6`/`tmm7` weights), configured on this thread until dropped.
+struct Tiles;
+
+impl Tiles {
+    /// # Safety
+    /// AMX-TILE/AMX-INT8 usable (the OS granted this process the tile state).
+    unsafe fn configure() -> Tiles {
+        let mut cfg = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..8 {
+            cfg.rows[t] = MB as u8;
+            cfg.colsb[t] = 64;
+        }
+        // SAFETY: the caller's contract; a valid palette-1 configuration.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) &raw const cfg, options(nostack, readonly, preserves_flags));
+        }
+        Tiles
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: tiles were configured by `configure` on this thread.
+        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
+}
+
+/// `y = acts · Wᵀ (+ bias)` for `rows` rows of q4k weights, parallel over tiles on rayon's
+/// pool: bit for bit what the AVX-512 tile kernels give (see the module documentation).
+///
+/// # Safety
+/// AMX-INT8 usable (the AMX path is supported), AVX-512 F/BW/VL/VNNI; `w` q4k; `acts`
+/// prepared for it with `rows` rows; `y` holds `rows × w.n_out()` values, `bias`, if any,
+/// `w.n_out()`.
+pub unsafe fn matmul(
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let tail = padded_tail(acts, rows, w.k_pad());
+    let out = OutPtr(y.as_mut_ptr());
+    let tiles = w.tiles();
+    let per_task = super::many_rows_tiles_per_task(tiles);
+    (0..tiles.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let mut acc = vec![0f32; rows * TILE];
+            let range = task * per_task..((task + 1) * per_task).min(tiles);
+            // SAFETY: the forwarded contract; tasks write disjoint tiles' columns.
+            unsafe { tiles_into(w, acts, &tail, rows, bias, out, range, &mut acc) };
+        });
+}
+
+/// The last partial block of 16 activation rows of a product, zero-padded to 16 rows (the
+/// `A` tiles load 16 rows); empty when `rows` is a multiple of 16.
+pub(super) fn padded_tail(acts: &Acts<'_>, rows: usize, k_pad: usize) -> Vec<i8> {
+    let Acts::Q8K { q, .. } = acts else {
+        unreachable!("the AMX-INT8 kernels take q4k weights and their activations");
+    };
+    let full = rows / MB;
+    if rows.is_multiple_of(MB) {
+        return Vec::new();
+    }
+    let mut tail = vec![0i8; MB * k_pad];
+    tail[..(rows - full * MB) * k_pad].copy_from_slice(&q[full * MB * k_pad..rows * k_pad]);
+    tail
+}
+
+/// Tiles `range` of `w` times all `rows` rows of `acts` (`+ bias`) into their columns of
+/// `out` (`rows × n_out`), on this thread (which configures the tile registers for the
+/// run); `tail` from [`padded_tail`], `acc` scratch of `rows × 16` floats.
+///
+/// # Safety
+/// As [`matmul`]; `out` holds `rows × w.n_out()` values of which no other thread writes
+/// these tiles' columns meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn tiles_into(
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    tail: &[i8],
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+    range: std::ops::Range<usize>,
+    acc: &mut [f32],
+) {
+    let Acts::Q8K { q, d, bsum } = acts else {
+        unreachable!("the AMX-INT8 kernels take q4k weights and their activations");
+    };
+    let k_pad = w.k_pad();
+    assert!(
+        acts.fits(w.format(), rows, k_pad)
+            && rows > 0
+            && acc.len() >= rows * TILE
+            && tail.len()
+                == if rows.is_multiple_of(MB) {
+                    0
+                } else {
+                    MB * k_pad
+                },
+        "AMX-INT8 operands"
+    );
+    let a = Rows {
+        q: q.as_ptr(),
+        tail: tail.as_ptr(),
+        d: d.as_ptr(),
+        bsum: bsum.as_ptr(),
+        k_pad,
+        rows,
+    };
+    let n_out = w.n_out();
+    // SAFETY: the caller's contract (AMX-INT8 usable).
+    let _tiles = unsafe { Tiles::configure() };
+    for t in range {
+        // SAFETY: `w.tile(t)` is a whole q4k tile of k_pad / 256 super-blocks; `a` holds
+        // `rows` rows (checked above); `acc` rows·16 floats.
+        unsafe {
+            tile(
+                w.tile(t).as_ptr(),
+                k_pad / QK_K,
+                &a,
+                &mut acc[..rows * TILE],
+            )
+        };
+        let col = t * TILE;
+        for (r, vals) in acc[..rows * TILE].chunks_exact(TILE).enumerate() {
+            // SAFETY: `(r + 1) * n_out <= rows * n_out`, the size of `out` (caller), and
+            // columns `col..col + ncols` belong to this run's tiles only.
+            unsafe { out.store_row(n_out, r, col, vals, bias) };
+        }
+    }
+}
+
+/// The activations of one product, as the kernels read them.
+struct Rows {
+    /// Quants, `k_pad` per row.
+    q: *const i8,
+    /// The last partial block of 16 rows, zero-padded (dangling when `rows % 16 == 0`).
+    tail: *const i8,
+    /// Super-block scales, `k_pad / 256` per row.
+    d: *const f32,
+    /// Sums of the quants of each block of 32, `k_pad / 32` per row.
+    bsum: *const i16,
+    k_pad: usize,
+    rows: usize,
+}
+
+/// A 64-byte aligned scratch buffer.
+#[repr(C, align(64))]
+struct Aligned<T>(T);
+
+/// One q4k tile of `nsuper` super-blocks times all rows of `a` into `acc` (`rows × 16`,
+/// overwritten).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, tiles configured ([`Tiles::configure`]); the tile holds `nsuper`
+/// super-blocks; `a` as [`matmul`] makes it; `acc` holds `a.rows × 16` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile(w: *const u8, nsuper: usize, a: &Rows, acc: &mut [f32]) {
+    // Two sets of `B` tiles (super-blocks alternate) and of sums (blocks of rows alternate).
+    let mut b = Aligned([[0u8; B_BYTES]; 2]);
+    let mut c = Aligned([[0i32; 2 * MB * TILE]; 2]);
+    let blocks = a.rows.div_ceil(MB);
+    acc.fill(0.0);
+    let mut pending: Option<(usize, usize, usize)> = None;
+    let mut i = 0;
+    // SAFETY (whole body): the tile holds `nsuper` super-blocks; the rows of `a` hold
+    // nsuper·256 quants (the last partial block in `a.tail`, 16 rows), nsuper scales and
+    // nsuper·8 block sums; each set of `b` holds one super-block's `B` tiles, of `c` one
+    // block's sums.
+    unsafe {
+        unpack(w, 0, b.0[0].as_mut_ptr());
+        for s in 0..nsuper {
+            for blk in 0..blocks {
+                let quants = if (blk + 1) * MB <= a.rows {
+                    a.q.add(blk * MB * a.k_pad + s * QK_K)
+                } else {
+                    a.tail.add(s * QK_K)
+                };
+                let set = i % 2;
+                sums(quants, a.k_pad, b.0[s % 2].as_ptr(), set == 1);
+                // A software pipeline: while the tile unit multiplies, the next
+                // super-block is unpacked (its stores drain long before the tile loads
+                // read them) and the previous block's sums, done meanwhile, are rescaled.
+                if blk == 0 && s + 1 < nsuper {
+                    unpack(w, s + 1, b.0[(s + 1) % 2].as_mut_ptr());
+                }
+                if let Some((ps, pblk, pset)) = pending {
+                    store(c.0[pset].as_mut_ptr(), pset == 1);
+                    scale(w, ps, a, pblk, c.0[pset].as_ptr(), acc);
+                }
+                pending = Some((s, blk, set));
+                i += 1;
+            }
+        }
+        if let Some((ps, pblk, pset)) = pending {
+            store(c.0[pset].as_mut_ptr(), pset == 1);
+            scale(w, ps, a, pblk, c.0[pset].as_ptr(), acc);
+        }
+    }
+}
+
+/// Super-block `s`'s `B` tiles at `b` ([`B_BYTES`]): for step `t` (sub-blocks `2t`,
+/// `2t + 1`) a tile of the 4-bit weights times `sc & 7`, then one times `sc >> 3` (`sc` the
+/// sub-block's 6-bit scale; both products at most 105, one byte). Rows 0–3 of a tile are
+/// sub-block `2t`'s low nibbles (its inputs 0–15, 4 per row as `tdpbsud` pairs them with
+/// the activations), 4–7 its high nibbles (16–31), 8–15 sub-block `2t + 1`'s.
+///
+/// # Safety
+/// AVX-512 F/BW; the tile at `w` holds super-block `s`; `b` writable for [`B_BYTES`],
+/// 64-byte aligned.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unpack(w: *const u8, s: usize, b: *mut u8) {
+    let nib = _mm512_set1_epi8(0x0f);
+    let seven = _mm512_set1_epi32(7);
+    // SAFETY: the caller's contract.
+    unsafe {
+        let blk = w.add(s * Q4K_TILE_BLOCK);
+        let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
+        for j in 0..8 {
+            let (sc, _) = q4k_scales_mins(blk, j, hi);
+            hi = _mm512_srli_epi32::<2>(hi);
+            // Both 16-bit halves of lane n hold output n's factor: `vpmullw` multiplies two
+            // weights a lane, and products below 256 do not carry into the next byte.
+            let lo = _mm512_and_si512(sc, seven);
+            let lo = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(lo));
+            let hi3 = _mm512_srli_epi32::<3>(sc);
+            let hi3 = _mm512_or_si512(hi3, _mm512_slli_epi32::<16>(hi3));
+            let qs = blk.add(q4k_off::QS + j * 256);
+            let dst = b.add((j / 2) * 2048 + (j % 2) * 512);
+            if j < 4 {
+                // The weight stream, one line per vector ahead (see `avx512::PREFETCH`).
+                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH + j * 64).cast());
+            }
+            for v in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(qs.wrapping_add(PREFETCH + v * 64).cast());
+                let qv = _mm512_loadu_si512(qs.add(v * 64).cast());
+                let ql = _mm512_and_si512(qv, nib);
+                let qh = _mm512_and_si512(_mm512_srli_epi16::<4>(qv), nib);
+                let row = dst.add(v * 64);
+                _mm512_store_si512(row.cast(), _mm512_mullo_epi16(ql, lo));
+                _mm512_store_si512(row.add(256).cast(), _mm512_mullo_epi16(qh, lo));
+                _mm512_store_si512(row.add(1024).cast(), _mm512_mullo_epi16(ql, hi3));
+                _mm512_store_si512(row.add(1280).cast(), _mm512_mullo_epi16(qh, hi3));
+            }
+        }
+    }
+}
+
+/// The two sums of one super-block for 16 rows: `lo = Σ_t A_t · B_t`, `hi = Σ_t A_t · B'_t`
+/// over the 4 steps of 64 inputs, `A_t` at `a + 64·t` (rows `stride` bytes apart), `B_t`
+/// and `B'_t` at `b + 2048·t` and 1 KiB after; into `tmm0`/`tmm1`, or `tmm2`/`tmm3` if
+/// `odd` (see [`store`]).
+///
+/// # Safety
+/// Tiles configured; `a` valid for 16 rows of 256 bytes, `b` for [`B_BYTES`].
+#[inline]
+unsafe fn sums(a: *const i8, stride: usize, b: *const u8, odd: bool) {
+    // SAFETY: the caller's contract; tmm registers are not used by compiled code.
+    unsafe {
+        if odd {
+            asm!(
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{a} + {stride}*1]",
+                "tileloadd tmm6, [{b} + {s64}*1]",
+                "tdpbsud tmm2, tmm4, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                "tdpbsud tmm3, tmm4, tmm7",
+                "tileloadd tmm5, [{a} + {stride}*1 + 64]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
+                "tdpbsud tmm2, tmm5, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
+                "tdpbsud tmm3, tmm5, tmm7",
+                "tileloadd tmm4, [{a} + {stride}*1 + 128]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
+                "tdpbsud tmm2, tmm4, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
+                "tdpbsud tmm3, tmm4, tmm7",
+                "tileloadd tmm5, [{a} + {stride}*1 + 192]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 6144]",
+                "tdpbsud tmm2, tmm5, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 7168]",
+                "tdpbsud tmm3, tmm5, tmm7",
+                a = in(reg) a,
+                b = in(reg) b,
+                stride = in(reg) stride,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly, preserves_flags),
+            );
+        } else {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tileloadd tmm4, [{a} + {stride}*1]",
+                "tileloadd tmm6, [{b} + {s64}*1]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                "tdpbsud tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a} + {stride}*1 + 64]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
+                "tdpbsud tmm0, tmm5, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
+                "tdpbsud tmm1, tmm5, tmm7",
+                "tileloadd tmm4, [{a} + {stride}*1 + 128]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
+                "tdpbsud tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
+                "tdpbsud tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a} + {stride}*1 + 192]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 6144]",
+                "tdpbsud tmm0, tmm5, tmm6",
+                "tileloadd tmm7, [{b} + {s64}*1 + 7168]",
+                "tdpbsud tmm1, tmm5, tmm7",
+                a = in(reg) a,
+                b = in(reg) b,
+                stride = in(reg) stride,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+    }
+}
+
+/// Stores the sums [`sums`] left in `tmm0`/`tmm1` (or `tmm2`/`tmm3` if `odd`) at `c`: 16
+/// rows of 16 i32 of the low-bits sums, then 16 of the high-bits ones.
+///
+/// # Safety
+/// Tiles configured; `c` writable for 2 KiB.
+#[inline]
+unsafe fn store(c: *mut i32, odd: bool) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if odd {
+            asm!(
+                "tilestored [{c} + {s64}*1], tmm2",
+                "tilestored [{c} + {s64}*1 + 1024], tmm3",
+                c = in(reg) c,
+                s64 = in(reg) 64usize,
+                options(nostack, preserves_flags),
+            );
+        } else {
+            asm!(
+                "tilestored [{c} + {s64}*1], tmm0",
+                "tilestored [{c} + {s64}*1 + 1024], tmm1",
+                c = in(reg) c,
+                s64 = in(reg) 64usize,
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+}
+
+/// Adds super-block `s`'s part of rows `16·blk ..` (those that exist) to `acc` from their
+/// sums at `c` ([`store`]'s layout): `lo + 8·hi` is the integer `avx512::q4k_pass`
+/// accumulates, and from there its f32 arithmetic.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; the tile at `w` holds super-block `s`; `c` holds the block's sums,
+/// 64-byte aligned; `acc` holds `a.rows × 16` floats.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn scale(w: *const u8, s: usize, a: &Rows, blk: usize, c: *const i32, acc: &mut [f32]) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let sb = w.add(s * Q4K_TILE_BLOCK);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::D).cast()));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::DMIN).cast()));
+        let mut hi = _mm512_loadu_si512(sb.add(q4k_off::HI).cast());
+        // Lane c: the mins of sub-blocks 2p (low i16) and 2p + 1 (high i16).
+        let mut mpair = [_mm512_setzero_si512(); 4];
+        for j in 0..8 {
+            let (_, m) = q4k_scales_mins(sb, j, hi);
+            hi = _mm512_srli_epi32::<2>(hi);
+            mpair[j / 2] = if j % 2 == 0 {
+                m
+            } else {
+                _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
+            };
+        }
+        let (ns, nb) = (a.k_pad / QK_K, a.k_pad / QBLOCK);
+        for i in 0..MB.min(a.rows - blk * MB) {
+            let r = blk * MB + i;
+            let lo = _mm512_load_si512(c.add(i * TILE).cast());
+            let hi = _mm512_load_si512(c.add((MB + i) * TILE).cast());
+            let sum = _mm512_add_epi32(lo, _mm512_slli_epi32::<3>(hi));
+            let bs = a.bsum.add(r * nb + s * (QK_K / QBLOCK)).cast::<u8>();
+            let mut msum = _mm512_setzero_si512();
+            for p in 0..4 {
+                let pair = _mm512_set1_epi32(bs.add(4 * p).cast::<i32>().read_unaligned());
+                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mpair[p], pair));
+            }
+            let t = _mm512_fmsub_ps(
+                _mm512_cvtepi32_ps(sum),
+                d,
+                _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin),
+            );
+            let o = acc.as_mut_ptr().add(r * TILE);
+            let prev = _mm512_loadu_ps(o);
+            _mm512_storeu_ps(
+                o,
+                _mm512_fmadd_ps(t, _mm512_set1_ps(*a.d.add(r * ns + s)), prev),
+            );
+        }
+    }
+}
