@@ -255,20 +255,26 @@ class Amx:
     def _ftz(v: np.ndarray) -> np.ndarray:
         return np.where(np.abs(v) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), v), v)
 
-    def tdpbf16ps(self, dst: int, a: int, b: int) -> None:
-        self._configured("tdpbf16ps")
+    def _operands(self, what: str, dst: int, a: int, b: int) -> tuple[int, int, int, int]:
+        """The shapes of a tile product C (m × dcols bytes) += A (m × 4k) · B (k × dcols),
+        checked as the SDM's #UD conditions: (m, dcols, k, n = dcols / 4)."""
+        self._configured(what)
         if len({dst, a, b}) != 3:
-            raise EmulationError("tdpbf16ps: tile operands not distinct (#UD)")
-        (m, dcols), (ar, acols), (br, bcols) = (self._tile(t, "tdpbf16ps") for t in (dst, a, b))
+            raise EmulationError(f"{what}: tile operands not distinct (#UD)")
+        (m, dcols), (ar, acols), (br, bcols) = (self._tile(t, what) for t in (dst, a, b))
         k = acols // 4
         if acols % 4 or dcols % 4 or bcols != dcols or br != k or ar != m:
             raise EmulationError(
-                f"tdpbf16ps: shapes C {m}×{dcols}B, A {ar}×{acols}B, B {br}×{bcols}B (#UD)"
+                f"{what}: shapes C {m}×{dcols}B, A {ar}×{acols}B, B {br}×{bcols}B (#UD)"
             )
-        n = dcols // 4
+        return m, dcols, k, dcols // 4
+
+    def tdpbf16ps(self, dst: int, a: int, b: int) -> None:
+        m, dcols, k, n = self._operands("tdpbf16ps", dst, a, b)
+        acols = 4 * k
         with np.errstate(over="ignore", invalid="ignore"):
             av = self._bf16(self.tiles[a, :m, :acols].view(np.uint16))  # m × 2k
-            bv = self._bf16(self.tiles[b, :k, :bcols].view(np.uint16))  # k × 2n
+            bv = self._bf16(self.tiles[b, :k, :dcols].view(np.uint16))  # k × 2n
             c = self.tiles[dst, :m, :dcols].view(np.float32).copy()  # m × n
             if self.summation == "sequential":
                 for kk in range(k):
@@ -288,18 +294,9 @@ class Amx:
     def tdpbsud(self, dst: int, a: int, b: int) -> None:
         """C (i32) += Σ sign-extended A bytes × zero-extended B bytes, in groups of four
         (wrapping i32 sums, as the SDM's pseudocode)."""
-        self._configured("tdpbsud")
-        if len({dst, a, b}) != 3:
-            raise EmulationError("tdpbsud: tile operands not distinct (#UD)")
-        (m, dcols), (ar, acols), (br, bcols) = (self._tile(t, "tdpbsud") for t in (dst, a, b))
-        k = acols // 4
-        if acols % 4 or dcols % 4 or bcols != dcols or br != k or ar != m:
-            raise EmulationError(
-                f"tdpbsud: shapes C {m}×{dcols}B, A {ar}×{acols}B, B {br}×{bcols}B (#UD)"
-            )
-        n = dcols // 4
-        av = self.tiles[a, :m, :acols].view(np.int8).astype(np.int64)  # m × 4k
-        bv = self.tiles[b, :k, :bcols].astype(np.int64)  # k × 4n (unsigned)
+        m, dcols, k, n = self._operands("tdpbsud", dst, a, b)
+        av = self.tiles[a, :m, : 4 * k].view(np.int8).astype(np.int64)  # m × 4k
+        bv = self.tiles[b, :k, :dcols].astype(np.int64)  # k × 4n (unsigned)
         # B[kk][4j + i] pairs with A[m][4kk + i]: B as (4k) × n.
         b2 = bv.reshape(k, n, 4).transpose(0, 2, 1).reshape(4 * k, n)
         c = self.tiles[dst, :m, :dcols].view(np.int32).astype(np.int64) + av @ b2

@@ -131,10 +131,10 @@ pub struct BtlmArgs {
     /// Run the step's prompt pieces in the same pass as the decode rows of the batch (one
     /// pass over the weights per step; `true`, the default) or each in a pass of its own
     /// (`false`). Applies only where the kernels compute every row alike whatever shares
-    /// the product (so answers never depend on what else runs); elsewhere (AMX, bf16/f16
-    /// weights on AVX2, --btlm.prefill_precision bf16, GPUs) the pieces run apart from the
-    /// decode rows: together where each is long enough to take the many-rows kernels alone
-    /// (CPU), else each alone.
+    /// the product (so answers never depend on what else runs); elsewhere (bf16 and q8_0
+    /// weights on AMX, bf16/f16 weights on AVX2, --btlm.prefill_precision bf16, GPUs) the
+    /// pieces run apart from the decode rows: together where each is long enough to take
+    /// the many-rows kernels alone (CPU), else each alone.
     #[cfg_attr(
         feature = "cli",
         arg(

@@ -152,13 +152,14 @@ impl TileConfig {
     }
 }
 
-/// Tile registers configured on this thread for the duration of a task; released on drop.
-struct Tiles;
+/// Tile registers configured on this thread for the duration of a task (all eight 16 rows
+/// × 64 bytes); released on drop.
+pub(super) struct Tiles;
 
 impl Tiles {
     /// # Safety
     /// [`supported`] must be true.
-    unsafe fn configure() -> Tiles {
+    pub(super) unsafe fn configure() -> Tiles {
         let cfg = TileConfig::all_16x64();
         // SAFETY: AMX is supported and permitted (caller); the config is valid palette 1.
         unsafe {

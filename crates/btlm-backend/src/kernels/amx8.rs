@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use super::acts::Acts;
+use super::amx::Tiles;
 use super::avx512::q4k_scales_mins;
 use super::format::{Q4K_TILE_BLOCK, QBLOCK, QK_K, TILE, q4k_off};
 use super::pack::PackedMatrix;
@@ -41,50 +42,6 @@ const PREFETCH: usize = 8192;
 /// Bytes of one super-block's `B` tiles: per step `t` of 64 inputs, the weights times the
 /// low 3 bits of their sub-block's scale (1 KiB), then times the high 3 bits.
 const B_BYTES: usize = 4 * 2 * 1024;
-
-/// The `ldtilecfg` operand (palette 1).
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-/// All eight tiles 16 rows × 64 bytes (`tmm0`–`tmm3` sums, `tmm4`/`tmm5` activations,
-/// `tmm6`/`tmm7` weights), configured on this thread until dropped.
-struct Tiles;
-
-impl Tiles {
-    /// # Safety
-    /// AMX-TILE/AMX-INT8 usable (the OS granted this process the tile state).
-    unsafe fn configure() -> Tiles {
-        let mut cfg = TileConfig {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            colsb: [0; 16],
-            rows: [0; 16],
-        };
-        for t in 0..8 {
-            cfg.rows[t] = MB as u8;
-            cfg.colsb[t] = 64;
-        }
-        // SAFETY: the caller's contract; a valid palette-1 configuration.
-        unsafe {
-            asm!("ldtilecfg [{}]", in(reg) &raw const cfg, options(nostack, readonly, preserves_flags));
-        }
-        Tiles
-    }
-}
-
-impl Drop for Tiles {
-    fn drop(&mut self) {
-        // SAFETY: tiles were configured by `configure` on this thread.
-        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
-    }
-}
 
 /// `y = acts · Wᵀ (+ bias)` for `rows` rows of q4k weights, parallel over tiles on rayon's
 /// pool: bit for bit what the AVX-512 tile kernels give (see the module documentation).
@@ -172,7 +129,8 @@ pub(super) unsafe fn tiles_into(
         rows,
     };
     let n_out = w.n_out();
-    // SAFETY: the caller's contract (AMX-INT8 usable).
+    // SAFETY: the caller's contract (the AMX path supported); all eight tiles 16 × 64 bytes:
+    // `tmm0`–`tmm3` sums, `tmm4`/`tmm5` activations, `tmm6`/`tmm7` weights.
     let _tiles = unsafe { Tiles::configure() };
     for t in range {
         // SAFETY: `w.tile(t)` is a whole q4k tile of k_pad / 256 super-blocks; `a` holds
@@ -320,68 +278,46 @@ unsafe fn unpack(w: *const u8, s: usize, b: *mut u8) {
 /// Tiles configured; `a` valid for 16 rows of 256 bytes, `b` for [`B_BYTES`].
 #[inline]
 unsafe fn sums(a: *const i8, stride: usize, b: *const u8, odd: bool) {
+    /// The products into the sum tiles `$lo`, `$hi` (the rest as documented above).
+    macro_rules! products {
+        ($lo:literal, $hi:literal) => {
+            asm!(
+                concat!("tilezero ", $lo),
+                concat!("tilezero ", $hi),
+                "tileloadd tmm4, [{a} + {stride}*1]",
+                "tileloadd tmm6, [{b} + {s64}*1]",
+                concat!("tdpbsud ", $lo, ", tmm4, tmm6"),
+                "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                concat!("tdpbsud ", $hi, ", tmm4, tmm7"),
+                "tileloadd tmm5, [{a} + {stride}*1 + 64]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
+                concat!("tdpbsud ", $lo, ", tmm5, tmm6"),
+                "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
+                concat!("tdpbsud ", $hi, ", tmm5, tmm7"),
+                "tileloadd tmm4, [{a} + {stride}*1 + 128]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
+                concat!("tdpbsud ", $lo, ", tmm4, tmm6"),
+                "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
+                concat!("tdpbsud ", $hi, ", tmm4, tmm7"),
+                "tileloadd tmm5, [{a} + {stride}*1 + 192]",
+                "tileloadd tmm6, [{b} + {s64}*1 + 6144]",
+                concat!("tdpbsud ", $lo, ", tmm5, tmm6"),
+                "tileloadd tmm7, [{b} + {s64}*1 + 7168]",
+                concat!("tdpbsud ", $hi, ", tmm5, tmm7"),
+                a = in(reg) a,
+                b = in(reg) b,
+                stride = in(reg) stride,
+                s64 = in(reg) 64usize,
+                options(nostack, readonly, preserves_flags),
+            )
+        };
+    }
     // SAFETY: the caller's contract; tmm registers are not used by compiled code.
     unsafe {
         if odd {
-            asm!(
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "tileloadd tmm4, [{a} + {stride}*1]",
-                "tileloadd tmm6, [{b} + {s64}*1]",
-                "tdpbsud tmm2, tmm4, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-                "tdpbsud tmm3, tmm4, tmm7",
-                "tileloadd tmm5, [{a} + {stride}*1 + 64]",
-                "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
-                "tdpbsud tmm2, tmm5, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
-                "tdpbsud tmm3, tmm5, tmm7",
-                "tileloadd tmm4, [{a} + {stride}*1 + 128]",
-                "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
-                "tdpbsud tmm2, tmm4, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
-                "tdpbsud tmm3, tmm4, tmm7",
-                "tileloadd tmm5, [{a} + {stride}*1 + 192]",
-                "tileloadd tmm6, [{b} + {s64}*1 + 6144]",
-                "tdpbsud tmm2, tmm5, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 7168]",
-                "tdpbsud tmm3, tmm5, tmm7",
-                a = in(reg) a,
-                b = in(reg) b,
-                stride = in(reg) stride,
-                s64 = in(reg) 64usize,
-                options(nostack, readonly, preserves_flags),
-            );
+            products!("tmm2", "tmm3");
         } else {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tileloadd tmm4, [{a} + {stride}*1]",
-                "tileloadd tmm6, [{b} + {s64}*1]",
-                "tdpbsud tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
-                "tdpbsud tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a} + {stride}*1 + 64]",
-                "tileloadd tmm6, [{b} + {s64}*1 + 2048]",
-                "tdpbsud tmm0, tmm5, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 3072]",
-                "tdpbsud tmm1, tmm5, tmm7",
-                "tileloadd tmm4, [{a} + {stride}*1 + 128]",
-                "tileloadd tmm6, [{b} + {s64}*1 + 4096]",
-                "tdpbsud tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 5120]",
-                "tdpbsud tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a} + {stride}*1 + 192]",
-                "tileloadd tmm6, [{b} + {s64}*1 + 6144]",
-                "tdpbsud tmm0, tmm5, tmm6",
-                "tileloadd tmm7, [{b} + {s64}*1 + 7168]",
-                "tdpbsud tmm1, tmm5, tmm7",
-                a = in(reg) a,
-                b = in(reg) b,
-                stride = in(reg) stride,
-                s64 = in(reg) 64usize,
-                options(nostack, readonly, preserves_flags),
-            );
+            products!("tmm0", "tmm1");
         }
     }
 }
@@ -393,24 +329,24 @@ unsafe fn sums(a: *const i8, stride: usize, b: *const u8, odd: bool) {
 /// Tiles configured; `c` writable for 2 KiB.
 #[inline]
 unsafe fn store(c: *mut i32, odd: bool) {
+    /// Stores the sum tiles `$lo`, `$hi`.
+    macro_rules! stores {
+        ($lo:literal, $hi:literal) => {
+            asm!(
+                concat!("tilestored [{c} + {s64}*1], ", $lo),
+                concat!("tilestored [{c} + {s64}*1 + 1024], ", $hi),
+                c = in(reg) c,
+                s64 = in(reg) 64usize,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
     // SAFETY: the caller's contract.
     unsafe {
         if odd {
-            asm!(
-                "tilestored [{c} + {s64}*1], tmm2",
-                "tilestored [{c} + {s64}*1 + 1024], tmm3",
-                c = in(reg) c,
-                s64 = in(reg) 64usize,
-                options(nostack, preserves_flags),
-            );
+            stores!("tmm2", "tmm3");
         } else {
-            asm!(
-                "tilestored [{c} + {s64}*1], tmm0",
-                "tilestored [{c} + {s64}*1 + 1024], tmm1",
-                c = in(reg) c,
-                s64 = in(reg) 64usize,
-                options(nostack, preserves_flags),
-            );
+            stores!("tmm0", "tmm1");
         }
     }
 }
