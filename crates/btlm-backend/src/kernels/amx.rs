@@ -1,12 +1,13 @@
 //! Intel AMX (tile matrix unit) many-rows kernels: bf16 products with f32 accumulation
 //! (`tdpbf16ps`), for prefill and large batches on Sapphire Rapids and later Xeons (q4k
-//! weights take the int8 kernels of `amx8.rs` instead; this module's q4k conversion serves
-//! its tests and the emulated check).
+//! weights take the int8 kernels of `amx8.rs`; this module still multiplies them, through
+//! the generic conversion, for its tests and the emulated check).
 //!
 //! AMX intrinsics are unstable in Rust, so the tile instructions are written with `asm!`.
 //! Linux hands out AMX register state only to processes that ask for it
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); [`supported`] asks once and
-//! also checks CPUID (AMX-TILE, AMX-BF16) and that the OS enabled the tile state in XCR0.
+//! also checks CPUID (AMX-TILE, AMX-BF16, AMX-INT8) and that the OS enabled the tile state
+//! in XCR0.
 //!
 //! Layout: per parallel task, two weight tiles (32 outputs) in bf16 in the AMX `B` layout —
 //! pairs of inputs interleaved, `[k/2][16 outputs][2]`, which is the packed bf16 format
@@ -16,7 +17,7 @@
 //! streams `A` (`tmm4`, `tmm5`) and `B` (`tmm6`, `tmm7`) tiles through them.
 //!
 //! Arithmetic: weights and activations rounded to bf16, products and sums in f32 — what
-//! PyTorch's bf16 prefill computes. The dispatcher sends bf16, q8_0 and q4k weights here;
+//! PyTorch's bf16 prefill computes. The dispatcher sends bf16 and q8_0 weights here;
 //! f32 and f16 keep their precision on the AVX-512 kernels (this module computes f16 too,
 //! and its test covers it).
 //!
@@ -31,8 +32,8 @@
 //!
 //! bf16 weights are read in place (the packed tile is the `B` layout; a partial last step of
 //! 32 inputs is copied and zero-padded); other formats are converted per pair of tiles into
-//! a scratch `B` buffer (q8_0 and q4k dequantized and rounded to bf16 in AVX-512, f32 and
-//! f16 converted in AVX2 and rounded in AVX-512).
+//! a scratch `B` buffer (q8_0 dequantized and rounded to bf16 in AVX-512, the others
+//! converted to f32 in AVX2 and rounded in AVX-512).
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -42,7 +43,7 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use super::acts::f32_to_bf16;
-use super::format::{QK_K, TILE, WeightFormat};
+use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
 
 /// Inputs per `A`/`B` tile (16 rows of 64 bytes of bf16).
@@ -191,8 +192,8 @@ struct BSteps {
 
 /// The weights a task reads next (the next pair's packed tiles), prefetched into L2 a few
 /// lines per main step while the tile unit works on the current pair: the conversion of the
-/// next pair then reads L2 instead of waiting on memory with the tile unit idle (q8_0 and
-/// q4k, see [`pair_product`]).
+/// next pair then reads L2 instead of waiting on memory with the tile unit idle (q8_0, see
+/// [`pair_product`]).
 struct Ahead {
     /// The next line to prefetch (a prefetch never faults, even past the matrix).
     next: *const u8,
@@ -454,16 +455,10 @@ unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut
     );
     // Inputs past n_in (to k32) stay zero.
     out[n_in.div_ceil(2) * 2 * TILE..].fill(0);
-    if matches!(w.format(), WeightFormat::Q4K | WeightFormat::Q8_0) {
+    if w.format() == WeightFormat::Q8_0 {
         // SAFETY: AVX-512 F/BW/BF16 (caller); `out` holds the tile's k_pad inputs (k32 ≥
         // k_pad).
-        unsafe {
-            if w.format() == WeightFormat::Q4K {
-                q4k_to_b(tile, w.k_pad() / QK_K, out);
-            } else {
-                q8_0_to_b(tile, w.k_pad() / 32, out);
-            }
-        }
+        unsafe { q8_0_to_b(tile, w.k_pad() / 32, out) };
         // Inputs past n_in read as zero, as for the other formats.
         out[n_in.div_ceil(2) * 2 * TILE..].fill(0);
         if n_in % 2 == 1 {
@@ -521,59 +516,6 @@ unsafe fn q8_0_to_b(tile: &[u8], nblocks: usize, out: &mut [u16]) {
                         value(2 * jp),
                         value(2 * jp + 1),
                     );
-                }
-            }
-        }
-    }
-}
-
-/// A whole q4k tile (`nsuper` super-blocks of 256 inputs) dequantized and rounded to bf16
-/// in the `B` layout, in AVX-512: per sub-block of 32 inputs the 16 outputs' 6-bit scales
-/// and mins as the AVX-512 q4k kernel unpacks them, then each input's 16 nibbles as
-/// `(d·sc)·q − dmin·m` — the products and difference of `many::convert` and
-/// `PackedMatrix::dequantize_row`, rounded alike — and each pair of inputs rounded to bf16.
-///
-/// # Safety
-/// AVX-512 F/BW/BF16; `tile` holds `nsuper` q4k super-blocks, `out` `nsuper · 256 · 16`
-/// values.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16,f16c")]
-unsafe fn q4k_to_b(tile: &[u8], nsuper: usize, out: &mut [u16]) {
-    use super::format::{Q4K_TILE_BLOCK, q4k_off};
-    use std::arch::x86_64::*;
-    assert!(tile.len() >= nsuper * Q4K_TILE_BLOCK && out.len() >= nsuper * QK_K * TILE);
-    let nib = _mm512_set1_epi32(0x0f);
-    let shifts: [__m512i; 8] = std::array::from_fn(|n| _mm512_set1_epi32(4 * n as i32));
-    for s in 0..nsuper {
-        let blk = tile[s * Q4K_TILE_BLOCK..].as_ptr();
-        // SAFETY (whole block): offsets inside the super-block's Q4K_TILE_BLOCK bytes; the
-        // stores inside super-block s's 256 · 16 values of `out` (asserted above).
-        unsafe {
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::D).cast()));
-            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
-            let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
-            for j in 0..QK_K / 32 {
-                let (sc, m) = super::avx512::q4k_scales_mins(blk, j, hi);
-                hi = _mm512_srli_epi32::<2>(hi);
-                let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
-                let min = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(m));
-                let qs = blk.add(q4k_off::QS + j * 256);
-                for v in 0..4 {
-                    let qv = _mm512_loadu_si512(qs.add(v * 64).cast());
-                    // Byte b of each lane: input 4·group + b, low nibble group v, high v + 4.
-                    for half in 0..2 {
-                        for bp in 0..2 {
-                            let value = |b: usize| {
-                                let q = _mm512_and_si512(
-                                    _mm512_srlv_epi32(qv, shifts[2 * b + half]),
-                                    nib,
-                                );
-                                _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), scale), min)
-                            };
-                            let k = s * QK_K + j * 32 + (v + 4 * half) * 4 + 2 * bp;
-                            let pair = out.as_mut_ptr().add(k * TILE);
-                            store_pair(pair, value(2 * bp), value(2 * bp + 1));
-                        }
-                    }
                 }
             }
         }
@@ -726,15 +668,15 @@ pub(super) unsafe fn pair_product(
         }
     };
     // The next pair's tiles (this task's likely next), spread over this pair's main steps;
-    // only for q8_0 and q4k, whose pairs (46–235 KiB) fit in L2 beside the activations.
+    // only for q8_0 (q4k measured alike before it moved to `amx8.rs`), whose pairs (87–235
+    // KiB) fit in L2 beside the activations.
     // Prefetching the next pair of bf16 or f32 tiles (160–885 KiB) measured slower at 128
     // rows and more (they push the activations out of L2), bf16 also at 64.
     let mut ahead = {
         let next = (t1 + 1).min(w.tiles() - 1);
         let bytes = w.tile(next).len() * 2.min(w.tiles() - next);
         let per_call = mblocks.div_ceil(2) * steps.main;
-        let prefetch =
-            t1 + 1 < w.tiles() && matches!(w.format(), WeightFormat::Q8_0 | WeightFormat::Q4K);
+        let prefetch = t1 + 1 < w.tiles() && w.format() == WeightFormat::Q8_0;
         Ahead {
             next: w.tile(next).as_ptr(),
             lines: if prefetch {
