@@ -201,6 +201,15 @@ struct Ahead {
     lines: usize,
 }
 
+/// The `asm!` lines of [`block_2x2`] and [`block_1x2`] after each main step: prefetch
+/// `{lines}` lines from `{pf}` on (the [`Ahead`] of the call; `{k}` a scratch register).
+macro_rules! prefetch_ahead {
+    () => {
+        "mov {k}, {lines}\n test {k}, {k}\n jz 6f\n 5:\n prefetcht1 [{pf}]\n add {pf}, 64\n \
+         dec {k}\n jnz 5b\n 6:"
+    };
+}
+
 /// `C[2][2] (16×16 f32 each) = Σ_kc A[m][kc] · B[n][kc]` over the steps of `b`: `a0`/`a1`
 /// the first `A` tiles of two 16-row blocks (consecutive steps 1 KiB apart, the tail step
 /// after the main ones); `c` receives `[m][n][16][16]` f32. After each main step,
@@ -233,15 +242,7 @@ unsafe fn block_2x2(a0: *const u8, a1: *const u8, b: BSteps, c: *mut f32, ahead:
             "add {a1}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
-            "mov {k}, {lines}",
-            "test {k}, {k}",
-            "jz 6f",
-            "5:",
-            "prefetcht1 [{pf}]",
-            "add {pf}, 64",
-            "dec {k}",
-            "jnz 5b",
-            "6:",
+            prefetch_ahead!(),
             "dec {n}",
             "jnz 2b",
             "3:",
@@ -302,15 +303,7 @@ unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32, ahead: &mut Ahead) {
             "add {a0}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
-            "mov {k}, {lines}",
-            "test {k}, {k}",
-            "jz 6f",
-            "5:",
-            "prefetcht1 [{pf}]",
-            "add {pf}, 64",
-            "dec {k}",
-            "jnz 5b",
-            "6:",
+            prefetch_ahead!(),
             "dec {n}",
             "jnz 2b",
             "3:",

@@ -28,16 +28,13 @@ use rayon::prelude::*;
 use super::OutPtr;
 use super::acts::Acts;
 use super::amx::Tiles;
-use super::avx512::q4k_scales_mins;
+use super::avx512::{PREFETCH, q4k_row, q4k_scales_mins};
 use super::format::{Q4K_TILE_BLOCK, QBLOCK, QK_K, TILE, q4k_off};
 use super::pack::PackedMatrix;
+use std::mem::MaybeUninit;
 
 /// Activation rows per tile product.
 const MB: usize = 16;
-
-/// How far ahead of the super-block being unpacked the weights are prefetched (the
-/// AVX-512 tile kernels' distance).
-const PREFETCH: usize = 8192;
 
 /// Bytes of one super-block's `B` tiles: per step `t` of 64 inputs, the weights times the
 /// low 3 bits of their sub-block's scale (1 KiB), then times the high 3 bits.
@@ -178,9 +175,13 @@ struct Aligned<T>(T);
 /// super-blocks; `a` as [`matmul`] makes it; `acc` holds `a.rows × 16` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile(w: *const u8, nsuper: usize, a: &Rows, acc: &mut [f32]) {
-    // Two sets of `B` tiles (super-blocks alternate) and of sums (blocks of rows alternate).
-    let mut b = Aligned([[0u8; B_BYTES]; 2]);
-    let mut c = Aligned([[0i32; 2 * MB * TILE]; 2]);
+    // Two sets of `B` tiles and of the super-block's factors (super-blocks alternate) and of
+    // sums (blocks of rows alternate); each written before it is read.
+    let mut b = MaybeUninit::<Aligned<[[u8; B_BYTES]; 2]>>::uninit();
+    let mut c = MaybeUninit::<Aligned<[[i32; 2 * MB * TILE]; 2]>>::uninit();
+    let b = b.as_mut_ptr().cast::<[u8; B_BYTES]>();
+    let c = c.as_mut_ptr().cast::<[i32; 2 * MB * TILE]>();
+    let mut f = [Factors::default(); 2];
     let blocks = a.rows.div_ceil(MB);
     acc.fill(0.0);
     let mut pending: Option<(usize, usize, usize)> = None;
@@ -190,7 +191,7 @@ unsafe fn tile(w: *const u8, nsuper: usize, a: &Rows, acc: &mut [f32]) {
     // nsuper·8 block sums; each set of `b` holds one super-block's `B` tiles, of `c` one
     // block's sums.
     unsafe {
-        unpack(w, 0, b.0[0].as_mut_ptr());
+        unpack(w, 0, b.cast());
         for s in 0..nsuper {
             for blk in 0..blocks {
                 let quants = if (blk + 1) * MB <= a.rows {
@@ -199,24 +200,75 @@ unsafe fn tile(w: *const u8, nsuper: usize, a: &Rows, acc: &mut [f32]) {
                     a.tail.add(s * QK_K)
                 };
                 let set = i % 2;
-                sums(quants, a.k_pad, b.0[s % 2].as_ptr(), set == 1);
+                sums(quants, a.k_pad, b.add(s % 2).cast(), set == 1);
                 // A software pipeline: while the tile unit multiplies, the next
                 // super-block is unpacked (its stores drain long before the tile loads
                 // read them) and the previous block's sums, done meanwhile, are rescaled.
-                if blk == 0 && s + 1 < nsuper {
-                    unpack(w, s + 1, b.0[(s + 1) % 2].as_mut_ptr());
+                if blk == 0 {
+                    f[s % 2] = Factors::of(w, s);
+                    if s + 1 < nsuper {
+                        unpack(w, s + 1, b.add((s + 1) % 2).cast());
+                    }
                 }
                 if let Some((ps, pblk, pset)) = pending {
-                    store(c.0[pset].as_mut_ptr(), pset == 1);
-                    scale(w, ps, a, pblk, c.0[pset].as_ptr(), acc);
+                    store(c.add(pset).cast(), pset == 1);
+                    scale(&f[ps % 2], ps, a, pblk, c.add(pset).cast(), acc);
                 }
                 pending = Some((s, blk, set));
                 i += 1;
             }
         }
         if let Some((ps, pblk, pset)) = pending {
-            store(c.0[pset].as_mut_ptr(), pset == 1);
-            scale(w, ps, a, pblk, c.0[pset].as_ptr(), acc);
+            store(c.add(pset).cast(), pset == 1);
+            scale(&f[ps % 2], ps, a, pblk, c.add(pset).cast(), acc);
+        }
+    }
+}
+
+/// What a q4k super-block's rescale needs besides each row's sums: its `d` and `dmin`
+/// (16 outputs) and its sub-blocks' mins in pairs (lane c: sub-blocks 2p and 2p + 1 as i16),
+/// computed once per tile and super-block for all blocks of rows.
+#[derive(Clone, Copy)]
+struct Factors {
+    d: __m512,
+    dmin: __m512,
+    mpair: [__m512i; 4],
+}
+
+impl Default for Factors {
+    fn default() -> Self {
+        // SAFETY: all-zero bits are valid vectors.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+impl Factors {
+    /// Super-block `s` of the tile at `w`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW; the tile holds super-block `s`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn of(w: *const u8, s: usize) -> Factors {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let sb = w.add(s * Q4K_TILE_BLOCK);
+            let mut hi = _mm512_loadu_si512(sb.add(q4k_off::HI).cast());
+            let mut mpair = [_mm512_setzero_si512(); 4];
+            for j in 0..8 {
+                let (_, m) = q4k_scales_mins(sb, j, hi);
+                hi = _mm512_srli_epi32::<2>(hi);
+                mpair[j / 2] = if j % 2 == 0 {
+                    m
+                } else {
+                    _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
+                };
+            }
+            Factors {
+                d: _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::D).cast())),
+                dmin: _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::DMIN).cast())),
+                mpair,
+            }
         }
     }
 }
@@ -352,55 +404,35 @@ unsafe fn store(c: *mut i32, odd: bool) {
 }
 
 /// Adds super-block `s`'s part of rows `16·blk ..` (those that exist) to `acc` from their
-/// sums at `c` ([`store`]'s layout): `lo + 8·hi` is the integer `avx512::q4k_pass`
-/// accumulates, and from there its f32 arithmetic.
+/// sums at `c` ([`store`]'s layout) and the super-block's factors `f`: `lo + 8·hi` is the
+/// integer `avx512::q4k_pass` accumulates, and from there its f32 arithmetic
+/// ([`q4k_row`]).
 ///
 /// # Safety
-/// AVX-512 F/BW/VL; the tile at `w` holds super-block `s`; `c` holds the block's sums,
-/// 64-byte aligned; `acc` holds `a.rows × 16` floats.
+/// AVX-512 F/BW/VL; `c` holds the block's sums, 64-byte aligned; `acc` holds `a.rows × 16`
+/// floats.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn scale(w: *const u8, s: usize, a: &Rows, blk: usize, c: *const i32, acc: &mut [f32]) {
+unsafe fn scale(f: &Factors, s: usize, a: &Rows, blk: usize, c: *const i32, acc: &mut [f32]) {
+    let (ns, nb) = (a.k_pad / QK_K, a.k_pad / QBLOCK);
     // SAFETY: the caller's contract.
     unsafe {
-        let sb = w.add(s * Q4K_TILE_BLOCK);
-        let d = _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::D).cast()));
-        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::DMIN).cast()));
-        let mut hi = _mm512_loadu_si512(sb.add(q4k_off::HI).cast());
-        // Lane c: the mins of sub-blocks 2p (low i16) and 2p + 1 (high i16).
-        let mut mpair = [_mm512_setzero_si512(); 4];
-        for j in 0..8 {
-            let (_, m) = q4k_scales_mins(sb, j, hi);
-            hi = _mm512_srli_epi32::<2>(hi);
-            mpair[j / 2] = if j % 2 == 0 {
-                m
-            } else {
-                _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
-            };
-        }
-        let (ns, nb) = (a.k_pad / QK_K, a.k_pad / QBLOCK);
         for i in 0..MB.min(a.rows - blk * MB) {
             let r = blk * MB + i;
             let lo = _mm512_load_si512(c.add(i * TILE).cast());
             let hi = _mm512_load_si512(c.add((MB + i) * TILE).cast());
             let sum = _mm512_add_epi32(lo, _mm512_slli_epi32::<3>(hi));
             let bs = a.bsum.add(r * nb + s * (QK_K / QBLOCK)).cast::<u8>();
-            let mut msum = _mm512_setzero_si512();
-            for p in 0..4 {
-                let pair = _mm512_set1_epi32(bs.add(4 * p).cast::<i32>().read_unaligned());
-                msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mpair[p], pair));
-            }
-            let t = _mm512_fmsub_ps(
-                _mm512_cvtepi32_ps(sum),
-                d,
-                _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin),
-            );
             let o = acc.as_mut_ptr().add(r * TILE);
-            let prev = _mm512_loadu_ps(o);
-            _mm512_storeu_ps(
-                o,
-                _mm512_fmadd_ps(t, _mm512_set1_ps(*a.d.add(r * ns + s)), prev),
+            let row = q4k_row(
+                sum,
+                &f.mpair,
+                bs,
+                (f.d, f.dmin),
+                *a.d.add(r * ns + s),
+                _mm512_loadu_ps(o),
             );
+            _mm512_storeu_ps(o, row);
         }
     }
 }

@@ -63,7 +63,7 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// each 288-byte share of a super-block they stalled the core (full fill buffers) and one
 /// core streamed 12 GB/s from memory, 17.7 spread out (Xeon, session 16; the tiles 256-byte
 /// aligned, see `pack_cache::ALIGN`).
-const PREFETCH: usize = 8192;
+pub(super) const PREFETCH: usize = 8192;
 
 /// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
 /// prefetch never faults) if `PF`: kernel calls that read their tile from cache (not the
@@ -417,19 +417,42 @@ unsafe fn q4k_pass<const R: usize, const PF: bool>(
             }
             for r in 0..R {
                 let bs = a.bsum.add(r * a.nb + s * (QK_K / QBLOCK)).cast::<u8>();
-                let mut msum = _mm512_setzero_si512();
-                for p in 0..4 {
-                    msum =
-                        _mm512_add_epi32(msum, _mm512_madd_epi16(mpair[p], bcast4(bs.add(4 * p))));
-                }
-                let t = _mm512_fmsub_ps(
-                    _mm512_cvtepi32_ps(acc[r]),
-                    d,
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin),
-                );
-                accf[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(*a.d.add(r * a.ns + s)), accf[r]);
+                let ad = *a.d.add(r * a.ns + s);
+                accf[r] = q4k_row(acc[r], &mpair, bs, (d, dmin), ad, accf[r]);
             }
         }
         store::<R>(&accf, out);
     }
+}
+
+/// `accf` plus one row's part of a q4k super-block, from `acc` (the i32 `Σ_j sc_j · Σ q·a`
+/// of its 8 sub-blocks), the mins `mpair` (lane c: sub-blocks 2p and 2p + 1 as i16 pairs),
+/// the row's 8 block sums at `bs` (i16) and activation scale `ad`, and the super-block's
+/// `(d, dmin)`: `(acc·d − Σ m·bsum·dmin) · ad + accf`. Shared by the AVX-512 kernel and the
+/// AMX-INT8 one (`amx8.rs`), which must give the same bits.
+///
+/// # Safety
+/// AVX-512 F/BW; `bs` readable for 16 bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q4k_row(
+    acc: __m512i,
+    mpair: &[__m512i; 4],
+    bs: *const u8,
+    (d, dmin): (__m512, __m512),
+    ad: f32,
+    accf: __m512,
+) -> __m512 {
+    let mut msum = _mm512_setzero_si512();
+    for p in 0..4 {
+        // SAFETY: 4 bytes of the row's block sums (the caller's contract).
+        let pair = unsafe { bcast4(bs.add(4 * p)) };
+        msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mpair[p], pair));
+    }
+    let t = _mm512_fmsub_ps(
+        _mm512_cvtepi32_ps(acc),
+        d,
+        _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin),
+    );
+    _mm512_fmadd_ps(t, _mm512_set1_ps(ad), accf)
 }
