@@ -16,6 +16,7 @@ use candle_core::DType;
 use clap::Parser;
 use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
+use prompting_btlm_backend::kernels::prefetch::{self, PrefetchLevel};
 use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
@@ -241,8 +242,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let path = KernelPath::active()?;
     println!(
-        "kernel path: {path} (detected {}; BTLM_KERNELS overrides)",
-        KernelPath::detect()
+        "kernel path: {path} (detected {}; BTLM_KERNELS overrides), weight prefetch into {} (L1D {}; BTLM_PREFETCH overrides)",
+        KernelPath::detect(),
+        PrefetchLevel::active(),
+        prefetch::l1d_bytes().map_or("unknown".to_string(), |b| format!("{} KiB", b >> 10)),
     );
     if !cli.skip_matmul {
         let formats = cli

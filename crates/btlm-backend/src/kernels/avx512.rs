@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
+use super::prefetch::PrefetchLevel;
 use super::simd::{Q8KRows, Q8Rows};
 
 /// Activation rows per kernel call.
@@ -49,13 +50,14 @@ unsafe fn bcast4(p: *const u8) -> __m512i {
 
 simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 
-/// How far ahead of the weights being multiplied the tile kernels prefetch them
-/// (`prefetcht0`). Without it the core issues the reads of the stream late once the
+/// How far ahead of the weights being multiplied the tile kernels prefetch them (into L1
+/// or L2, see [`PrefetchLevel`]). Without it the core issues the reads of the stream late once the
 /// arithmetic of several rows fills its out-of-order window: measured on Zen 5 (2 threads,
 /// one BTLM-3B layer of products from memory, session 9, docs/benchmarks.md), q4k 1 row 1.7
 /// → 1.1 ms, 8 rows 4.0 → 1.5–1.9 ms; q8_0 8 rows 4.5–8 → 2.8–3.6 ms, 1 row unchanged
 /// (already at the memory bandwidth); 2 KiB helped less, 12–24 KiB, `prefetcht1` (8 or 16
-/// KiB) or both hints no more than this. The dense kernels (f32, f16, bf16) prefetch alike
+/// KiB) or both hints no more than this there (but `prefetcht1` on Zen 4's 32 KiB L1D:
+/// [`PrefetchLevel`]). The dense kernels (f32, f16, bf16) prefetch alike
 /// since session 13: bf16 8 rows `c_attn` 1.20–1.39 → 0.80–0.91 ms. Only the first call
 /// over a tile prefetches ([`Q8Rows::first`]): the later ones of a product with more than
 /// [`MAX_ROWS`] rows (prefill) read the tile from cache. The q4k kernel spreads its
@@ -65,26 +67,39 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// aligned, see `pack_cache::ALIGN`).
 pub(super) const PREFETCH: usize = 8192;
 
+/// `PF` of a kernel call that reads its tile from cache (not the first over it,
+/// [`Q8Rows::first`]): no prefetches compiled in.
+const NO_PREFETCH: u8 = 0;
+/// `PF` of a first call prefetching into L1 (`prefetcht0`).
+const TO_L1: u8 = 1;
+/// `PF` of a first call prefetching into L2 only (`prefetcht1`; see [`PrefetchLevel`]).
+const TO_L2: u8 = 2;
+
 /// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
-/// prefetch never faults) if `PF`: kernel calls that read their tile from cache (not the
-/// first over it, [`Q8Rows::first`]) are compiled without the prefetches.
+/// prefetch never faults) into the cache level `PF` names ([`TO_L1`], [`TO_L2`]), or
+/// nothing ([`NO_PREFETCH`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn ahead<const PF: bool>(p: *const u8) {
-    if PF {
-        // A hint: it reads nothing observable and never faults.
+fn ahead<const PF: u8>(p: *const u8) {
+    // Hints: they read nothing observable and never fault.
+    if PF == TO_L1 {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
+    } else if PF == TO_L2 {
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH).cast());
     }
 }
 
-/// `$pass::<R, true>(args…)` (prefetching) for the first call over a tile, else
-/// `$pass::<R, false>(args…)`: each row kernel's entry point.
+/// `$pass::<R, TO_L1 or TO_L2>(args…)` (prefetching into this process's
+/// [`PrefetchLevel`]) for the first call over a tile, else `$pass::<R, NO_PREFETCH>(args…)`:
+/// each row kernel's entry point.
 macro_rules! first_pass {
     ($first:expr, $pass:ident::<$r:ident>($($arg:expr),*)) => {
-        if $first {
-            $pass::<$r, true>($($arg),*)
+        if !$first {
+            $pass::<$r, NO_PREFETCH>($($arg),*)
+        } else if PrefetchLevel::active() == PrefetchLevel::L2 {
+            $pass::<$r, TO_L2>($($arg),*)
         } else {
-            $pass::<$r, false>($($arg),*)
+            $pass::<$r, TO_L1>($($arg),*)
         }
     };
 }
@@ -111,10 +126,10 @@ unsafe fn f32_rows<const R: usize>(
     unsafe { first_pass!(first, f32_pass::<R>(w, k_pad, x, stride, out)) }
 }
 
-/// [`f32_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+/// [`f32_rows`], prefetching the weight stream as `PF` says (the first call over the tile).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn f32_pass<const R: usize, const PF: bool>(
+unsafe fn f32_pass<const R: usize, const PF: u8>(
     w: *const u8,
     k_pad: usize,
     x: *const f32,
@@ -166,10 +181,10 @@ unsafe fn f16_rows<const R: usize>(
     unsafe { first_pass!(first, f16_pass::<R>(w, k_pad, x, stride, out)) }
 }
 
-/// [`f16_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+/// [`f16_rows`], prefetching the weight stream as `PF` says (the first call over the tile).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn f16_pass<const R: usize, const PF: bool>(
+unsafe fn f16_pass<const R: usize, const PF: u8>(
     w: *const u8,
     k_pad: usize,
     x: *const f32,
@@ -219,10 +234,10 @@ unsafe fn bf16_rows<const R: usize>(
     unsafe { first_pass!(first, bf16_pass::<R>(w, k_pad, x, stride, out)) }
 }
 
-/// [`bf16_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+/// [`bf16_rows`], prefetching the weight stream as `PF` says (the first call over the tile).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
-unsafe fn bf16_pass<const R: usize, const PF: bool>(
+unsafe fn bf16_pass<const R: usize, const PF: u8>(
     w: *const u8,
     k_pad: usize,
     x: *const u16,
@@ -280,12 +295,12 @@ unsafe fn q8_0_rows<const R: usize>(
     unsafe { first_pass!(a.first, q8_0_pass::<R>(w, nblocks, a, out)) }
 }
 
-/// One q8_0 tile for `R` activation rows, prefetching the weight stream if `PF`: per block
+/// One q8_0 tile for `R` activation rows, prefetching the weight stream as `PF` says: per block
 /// of 32 inputs, `vpdpbusd` sums in i32, corrected for the +128 of the stored weights,
 /// converted and scaled in f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q8_0_pass<const R: usize, const PF: bool>(
+unsafe fn q8_0_pass<const R: usize, const PF: u8>(
     w: *const u8,
     nblocks: usize,
     a: &Q8Rows,
@@ -362,10 +377,10 @@ unsafe fn q4k_rows<const R: usize>(
     unsafe { first_pass!(a.first, q4k_pass::<R>(w, nsuper, a, out)) }
 }
 
-/// [`q4k_rows`], prefetching the weight stream if `PF` (the first call over the tile).
+/// [`q4k_rows`], prefetching the weight stream as `PF` says (the first call over the tile).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4k_pass<const R: usize, const PF: bool>(
+unsafe fn q4k_pass<const R: usize, const PF: u8>(
     w: *const u8,
     nsuper: usize,
     a: &Q8KRows,

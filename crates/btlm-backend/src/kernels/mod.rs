@@ -58,6 +58,7 @@ mod many;
 #[cfg(target_arch = "x86_64")]
 mod many8;
 pub mod pack;
+pub mod prefetch;
 pub mod quant;
 pub mod scalar;
 pub mod self_check;
