@@ -1,12 +1,13 @@
 //! Which cache level the AVX-512 tile kernels prefetch the weight stream into.
 //!
-//! The kernels prefetch the weights [`avx512::PREFETCH`](super::avx512) bytes ahead of
-//! the vector being multiplied. Into L1 (`prefetcht0`) was measured best on cores with a
-//! 48 KiB L1D (Zen 5, session 9; Sapphire Rapids, session 16). On a 32 KiB L1D (Zen 4,
-//! session 18) the 8 KiB ahead share L1 with up to eight activation rows (20–54 KiB for
-//! BTLM's products) and evict them: prefetching into L2 (`prefetcht1`) made 4-row decode
-//! steps 20–30% and 8-row ones 10–15% faster there (docs/benchmarks.md). So: L2 when the
-//! L1D is smaller than [`L1_FOR_T0`], else L1; `BTLM_PREFETCH=l1|l2` overrides.
+//! The kernels prefetch the weights `avx512::PREFETCH` bytes ahead of
+//! the vector being multiplied. Into L1 (`prefetcht0`) was measured best on Zen 5 (session
+//! 9) and is what the Xeon's kernels were tuned with (Sapphire Rapids, sessions 15–17); both
+//! have a 48 KiB L1D. On a 32 KiB L1D (Zen 4, session 18) the 8 KiB ahead share L1 with up
+//! to eight activation rows (20–54 KiB for BTLM's products) and evict them: prefetching
+//! into L2 (`prefetcht1`) made 4- and 8-row decode steps 8–35% faster there (q4k 8 rows
+//! ~10%, q8_0 ~35%; docs/benchmarks.md). So: L2 when the L1D is smaller than
+//! [`L1_FOR_T0`], else L1; `BTLM_PREFETCH=l1|l2` overrides.
 
 use std::sync::OnceLock;
 
