@@ -9,8 +9,9 @@
 #    build tree, target/cuda/build, so the default build is left alone. candle-kernels compiles
 #    its CUDA kernels to PTX for CUDA_COMPUTE_CAP (default 80 = A100; set it to your GPU's,
 #    e.g. 86, 89, 90; `nvcc --list-gpu-code` lists what nvcc 13.4 targets, 75 and up).
-# 3. Runs the tests of those crates (they run on the CPU; btlm-miner's e2e test needs the
-#    venvs of scripts/setup-python.sh) with the driver stub on the library path: it answers
+# 3. Runs the tests of those crates (they run on the CPU; btlm-miner's e2e test drives the
+#    bittensor 10.5 venv, which this script makes first with scripts/setup-python.sh bt10,
+#    idempotent) with the driver stub on the library path: it answers
 #    CUDA_ERROR_NO_DEVICE, so the cuda-only tests check that an unavailable CUDA device is a
 #    typed error and one line from btlm-miner; then `btlm-miner --btlm.device cuda` itself
 #    must print one line naming CUDA_ERROR_NO_DEVICE and exit with 1.
@@ -37,6 +38,7 @@ cargo build "${crates[@]}" "${features[@]}" --all-targets
 echo "check-cuda: build done after $(($(date +%s) - start)) s"
 
 # Run time: the wheels' libraries and the driver stub (no real driver on this machine).
+scripts/setup-python.sh bt10
 export LD_LIBRARY_PATH="$CUDA_LIB:$CUDA_LIB/stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 cargo test "${crates[@]}" "${features[@]}"
 
