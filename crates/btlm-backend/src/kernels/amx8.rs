@@ -23,12 +23,10 @@
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use super::OutPtr;
 use super::acts::Acts;
 use super::amx::Tiles;
-use super::avx512::{PREFETCH, q4k_row, q4k_scales_mins};
+use super::avx512::{PREFETCH, pair_mins, q4k_row, q4k_scales_mins};
 use super::format::{Q4K_TILE_BLOCK, QBLOCK, QK_K, TILE, q4k_off};
 use super::pack::PackedMatrix;
 use std::mem::MaybeUninit;
@@ -56,16 +54,11 @@ pub unsafe fn matmul(
 ) {
     let tail = padded_tail(acts, rows, w.k_pad());
     let out = OutPtr(y.as_mut_ptr());
-    let tiles = w.tiles();
-    let per_task = super::many_rows_tiles_per_task(tiles);
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let mut acc = vec![0f32; rows * TILE];
-            let range = task * per_task..((task + 1) * per_task).min(tiles);
-            // SAFETY: the forwarded contract; tasks write disjoint tiles' columns.
-            unsafe { tiles_into(w, acts, &tail, rows, bias, out, range, &mut acc) };
-        });
+    super::for_each_tile_run(w.tiles(), |range| {
+        let mut acc = vec![0f32; rows * TILE];
+        // SAFETY: the forwarded contract; tasks write disjoint tiles' columns.
+        unsafe { tiles_into(w, acts, &tail, rows, bias, out, range, &mut acc) };
+    });
 }
 
 /// The last partial block of 16 activation rows of a product, zero-padded to 16 rows (the
@@ -258,11 +251,7 @@ impl Factors {
             for j in 0..8 {
                 let (_, m) = q4k_scales_mins(sb, j, hi);
                 hi = _mm512_srli_epi32::<2>(hi);
-                mpair[j / 2] = if j % 2 == 0 {
-                    m
-                } else {
-                    _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
-                };
+                pair_mins(&mut mpair, j, m);
             }
             Factors {
                 d: _mm512_cvtph_ps(_mm256_loadu_si256(sb.add(q4k_off::D).cast())),

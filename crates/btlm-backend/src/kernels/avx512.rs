@@ -360,6 +360,19 @@ pub(super) unsafe fn q4k_scales_mins(blk: *const u8, j: usize, hi: __m512i) -> (
     (sc, m)
 }
 
+/// Puts sub-block `j`'s mins `m` (one i32 lane per output, at most 63) into `mpair`, the
+/// layout [`q4k_row`] multiplies with the block sums: lane c of `mpair[p]` holds the mins of
+/// sub-blocks 2p (low i16) and 2p + 1 (high i16). Call in order of `j`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn pair_mins(mpair: &mut [__m512i; 4], j: usize, m: __m512i) {
+    mpair[j / 2] = if j.is_multiple_of(2) {
+        m
+    } else {
+        _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
+    };
+}
+
 /// One q4k tile for `R` activation rows (activations with one scale per super-block): per
 /// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), times the
 /// 6-bit scale (`vpmulld`) added up over the super-block (at most 63 · 60 960 · 8 =
@@ -397,16 +410,12 @@ unsafe fn q4k_pass<const R: usize, const PF: u8>(
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
             let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
             let mut acc = [_mm512_setzero_si512(); R];
-            // Lane c: the mins of sub-blocks 2p (low i16) and 2p + 1 (high i16).
+            // Sub-blocks' mins in pairs ([`pair_mins`]).
             let mut mpair = [_mm512_setzero_si512(); 4];
             for j in 0..8 {
                 let (sc, m) = q4k_scales_mins(blk, j, hi);
                 hi = _mm512_srli_epi32::<2>(hi);
-                mpair[j / 2] = if j % 2 == 0 {
-                    m
-                } else {
-                    _mm512_or_si512(mpair[j / 2], _mm512_slli_epi32::<16>(m))
-                };
+                pair_mins(&mut mpair, j, m);
                 // The super-block's 256 header bytes, a line in each of the first four
                 // sub-blocks (see `ahead`).
                 if j < 4 {

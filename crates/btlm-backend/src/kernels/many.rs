@@ -65,24 +65,20 @@ pub unsafe fn matmul(
         x
     };
     let out = OutPtr(y.as_mut_ptr());
-    let tiles = w.tiles();
-    let per_task = super::many_rows_tiles_per_task(tiles);
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let mut wbuf = vec![0f32; KB * TILE];
-            let mut acc = vec![0f32; rows * TILE];
-            for t in task * per_task..((task + 1) * per_task).min(tiles) {
-                // SAFETY: forwarded contract; `wbuf` holds KB·16 and `acc` rows·16 floats.
-                unsafe { tile(w, t, x, rows, &mut wbuf, &mut acc) };
-                let col = t * TILE;
-                for (r, vals) in acc.chunks_exact(TILE).enumerate() {
-                    // SAFETY: `(r + 1) * n_out <= rows * n_out = y.len()`, and
-                    // columns `col..col + ncols` belong to this task's tile only.
-                    unsafe { out.store_row(n_out, r, col, vals, bias) };
-                }
+    super::for_each_tile_run(w.tiles(), |range| {
+        let mut wbuf = vec![0f32; KB * TILE];
+        let mut acc = vec![0f32; rows * TILE];
+        for t in range {
+            // SAFETY: forwarded contract; `wbuf` holds KB·16 and `acc` rows·16 floats.
+            unsafe { tile(w, t, x, rows, &mut wbuf, &mut acc) };
+            let col = t * TILE;
+            for (r, vals) in acc.chunks_exact(TILE).enumerate() {
+                // SAFETY: `(r + 1) * n_out <= rows * n_out = y.len()`, and
+                // columns `col..col + ncols` belong to this task's tile only.
+                unsafe { out.store_row(n_out, r, col, vals, bias) };
             }
-        });
+        }
+    });
 }
 
 /// Tile `t` of `w` times all rows of `x` into `acc` (`rows × 16`).

@@ -31,8 +31,6 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
 use super::OutPtr;
 use super::acts::Acts;
 use super::avx2::{Q4kScales, bcast4, q4k_finish, q4k_scales};
@@ -76,35 +74,31 @@ pub unsafe fn matmul(
     let k_pad = w.k_pad();
     let n_out = w.n_out();
     let out = OutPtr(y.as_mut_ptr());
-    let tiles = w.tiles();
-    let per_task = super::many_rows_tiles_per_task(tiles);
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            // SAFETY: the caller's contract (AVX2).
-            let mut wbuf = [unsafe { _mm256_setzero_si256() }; Q4K_UNPACKED];
-            let mut acc = vec![0f32; rows * TILE];
-            let a = Q8KRows {
-                q: q.as_ptr(),
-                d: d.as_ptr(),
-                bsum: bsum.as_ptr(),
-                k_pad,
-                ns: k_pad / QK_K,
-                nb: k_pad / QBLOCK,
-                first: true,
-            };
-            for t in task * per_task..((task + 1) * per_task).min(tiles) {
-                // SAFETY: the forwarded contract: `w.tile(t)` is a whole q4k tile of
-                // `a.ns` super-blocks, `a` holds `rows` rows; `acc` holds rows·16 floats.
-                unsafe { q4k_tile(w.tile(t).as_ptr(), &a, rows, &mut wbuf, &mut acc) };
-                let col = t * TILE;
-                for (r, vals) in acc.chunks_exact(TILE).enumerate() {
-                    // SAFETY: `(r + 1) * n_out <= rows * n_out = y.len()`, and
-                    // columns `col..col + ncols` belong to this task's tile only.
-                    unsafe { out.store_row(n_out, r, col, vals, bias) };
-                }
+    super::for_each_tile_run(w.tiles(), |range| {
+        // SAFETY: the caller's contract (AVX2).
+        let mut wbuf = [unsafe { _mm256_setzero_si256() }; Q4K_UNPACKED];
+        let mut acc = vec![0f32; rows * TILE];
+        let a = Q8KRows {
+            q: q.as_ptr(),
+            d: d.as_ptr(),
+            bsum: bsum.as_ptr(),
+            k_pad,
+            ns: k_pad / QK_K,
+            nb: k_pad / QBLOCK,
+            first: true,
+        };
+        for t in range {
+            // SAFETY: the forwarded contract: `w.tile(t)` is a whole q4k tile of
+            // `a.ns` super-blocks, `a` holds `rows` rows; `acc` holds rows·16 floats.
+            unsafe { q4k_tile(w.tile(t).as_ptr(), &a, rows, &mut wbuf, &mut acc) };
+            let col = t * TILE;
+            for (r, vals) in acc.chunks_exact(TILE).enumerate() {
+                // SAFETY: `(r + 1) * n_out <= rows * n_out = y.len()`, and
+                // columns `col..col + ncols` belong to this task's tile only.
+                unsafe { out.store_row(n_out, r, col, vals, bias) };
             }
-        });
+        }
+    });
 }
 
 /// Calls `$f::<G>(args…)` for `G = $g` rows (1 to 4).

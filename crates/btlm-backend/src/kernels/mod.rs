@@ -544,6 +544,17 @@ fn many_rows_tiles_per_task(tiles: usize) -> usize {
         .max(1)
 }
 
+/// Runs `task` on rayon's pool once per run of [`many_rows_tiles_per_task`] whole tiles of
+/// `0..tiles` (the last run shorter): the split of the many-rows kernels (`many.rs`,
+/// `many8.rs`, `amx8.rs`).
+#[cfg(target_arch = "x86_64")]
+fn for_each_tile_run(tiles: usize, task: impl Fn(std::ops::Range<usize>) + Sync + Send) {
+    let per_task = many_rows_tiles_per_task(tiles);
+    (0..tiles.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|i| task(i * per_task..((i + 1) * per_task).min(tiles)));
+}
+
 /// Checks the operands of a product (see [`matmul`]) and that the CPU runs `path`.
 fn check_operands(
     path: KernelPath,
