@@ -303,6 +303,7 @@ mod avx2 {
 
     use super::{Head, KvElem};
     use crate::elementwise::avx2::exp;
+    use crate::kernels::prefetch::PrefetchLevel;
 
     /// Horizontal sums of 8 vectors: lane `l` of the result is the sum of `a[l]`'s lanes.
     #[inline]
@@ -364,13 +365,40 @@ mod avx2 {
         sum8(a)
     }
 
-    /// Lanes of 1 query × 8 keys: `[q·k0, …, q·k7]`.
+    /// Lanes of 1 query × 8 keys: `[q·k0, …, q·k7]`. With `ahead`, also prefetches its two
+    /// ranges, `ahead.step` bytes of each per 8 values multiplied: spread between the
+    /// arithmetic, not in a burst that would fill the core's miss buffers and stall it
+    /// (see [`dots`]).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots_1x8<T: KvElem>(q: *const f32, k: *const T, ks: usize, d: usize) -> __m256 {
+    unsafe fn dots_1x8<T: KvElem>(
+        q: *const f32,
+        k: *const T,
+        ks: usize,
+        d: usize,
+        ahead: Option<Ahead>,
+    ) -> __m256 {
         let mut a = [_mm256_setzero_ps(); 8];
         unsafe {
-            for c in (0..d).step_by(8) {
+            for (n, c) in (0..d).step_by(8).enumerate() {
+                if let Some(Ahead {
+                    keys,
+                    values,
+                    step,
+                    to_l2,
+                }) = ahead
+                {
+                    for off in (n * step..(n + 1) * step).step_by(64) {
+                        // Hints: they read nothing observable and never fault.
+                        if to_l2 {
+                            _mm_prefetch::<_MM_HINT_T1>(keys.wrapping_add(off).cast());
+                            _mm_prefetch::<_MM_HINT_T1>(values.wrapping_add(off).cast());
+                        } else {
+                            _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(off).cast());
+                            _mm_prefetch::<_MM_HINT_T0>(values.wrapping_add(off).cast());
+                        }
+                    }
+                }
                 let x = _mm256_loadu_ps(q.add(c));
                 for kk in 0..8 {
                     a[kk] = _mm256_fmadd_ps(x, T::load8(k.add(kk * ks + c)), a[kk]);
@@ -378,6 +406,17 @@ mod avx2 {
             }
         }
         sum8(a)
+    }
+
+    /// What a [`dots_1x8`] call prefetches: 8 rows of keys and 8 of values from these
+    /// addresses, `step` bytes of each per 8 values multiplied, into L2 (`prefetcht1`)
+    /// or L1 (`prefetcht0`) as the weight kernels do ([`PrefetchLevel`]).
+    #[derive(Clone, Copy)]
+    struct Ahead {
+        keys: *const u8,
+        values: *const u8,
+        step: usize,
+        to_l2: bool,
     }
 
     /// `q · k` for one pair of rows.
@@ -416,6 +455,10 @@ mod avx2 {
         }
     }
 
+    /// Key rows ahead of those being multiplied that a single query asks for: 2.5 KiB at
+    /// BTLM's head size in f16. 8 to 32 measured alike (Zen 4, session 19).
+    const KEYS_AHEAD: usize = 16;
+
     /// See [`Head::dots`].
     ///
     /// # Safety
@@ -438,7 +481,19 @@ mod avx2 {
         assert!(scores.len() >= qb * stride && stride >= k0 + kt);
         let sp = scores.as_mut_ptr();
         let end = k0 + kt;
-        prefetch_rows(&head.values, k0, end);
+        // One query (a decode step): each head's keys and values are short streams read
+        // once, which the hardware prefetchers pick up late, so the keys are prefetched
+        // `KEYS_AHEAD` rows ahead and the values of the keys being multiplied, a few lines
+        // per 8 values (`Ahead`). Prefetching a tile's values at once instead stalled the
+        // core on its miss buffers: 17% of this function's time in a decode step of 8
+        // sequences; spread out, the step's attention took 35% less time (Zen 4, session
+        // 19, docs/benchmarks.md). A block of queries rereads its tile from cache: it asks
+        // for the tile's values at once.
+        let single = qb == 1;
+        if !single {
+            prefetch_rows(&head.values, k0, end);
+        }
+        let keys_end = head.offset + head.t;
         let mut i = 0;
         // SAFETY (all below): the key rows `k0..end` and the query rows exist (`attend`),
         // score indices stay below `qb * stride` (asserted above).
@@ -463,8 +518,31 @@ mod avx2 {
                 let x = qp(i);
                 let r = sp.add(i * stride);
                 let mut j = k0;
+                // Bytes of 8 rows of keys or values, a share per 8 values of a row.
+                let size = std::mem::size_of::<T>();
+                let rows8 = 8 * ks.max(head.values.stride) * size;
+                let step = rows8.div_ceil(d / 8).next_multiple_of(64);
+                let to_l2 = PrefetchLevel::active() == PrefetchLevel::L2;
+                let at = |rows: &super::HeadRows<'_, T>, j: usize| {
+                    rows.data
+                        .as_ptr()
+                        .cast::<u8>()
+                        .wrapping_add(j * rows.stride * size)
+                };
                 while j + 8 <= end {
-                    _mm256_storeu_ps(r.add(j), dots_1x8(x, kp.add(j * ks), ks, d));
+                    let next = j + KEYS_AHEAD;
+                    // Past the last key, the values alone (twice: a hint costs little).
+                    let ahead = single.then(|| Ahead {
+                        keys: if next + 8 <= keys_end {
+                            at(&head.keys, next)
+                        } else {
+                            at(&head.values, j)
+                        },
+                        values: at(&head.values, j),
+                        step,
+                        to_l2,
+                    });
+                    _mm256_storeu_ps(r.add(j), dots_1x8(x, kp.add(j * ks), ks, d, ahead));
                     j += 8;
                 }
                 for j in j..end {

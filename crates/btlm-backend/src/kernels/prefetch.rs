@@ -7,7 +7,8 @@
 //! to eight activation rows (20–54 KiB for BTLM's products) and evict them: prefetching
 //! into L2 (`prefetcht1`) made 4- and 8-row decode steps 8–35% faster there (q4k 8 rows
 //! ~10%, q8_0 ~35%; docs/benchmarks.md). So: L2 when the L1D is smaller than
-//! [`L1_FOR_T0`], else L1; `BTLM_PREFETCH=l1|l2` overrides.
+//! [`L1_FOR_T0`], else L1; `BTLM_PREFETCH=l1|l2` overrides. The CPU attention of a decode
+//! step prefetches its keys and values into the same level (`attention/cpu.rs`).
 
 use std::sync::OnceLock;
 
