@@ -389,14 +389,8 @@ mod avx2 {
                 }) = ahead
                 {
                     for off in (n * step..(n + 1) * step).step_by(64) {
-                        // Hints: they read nothing observable and never fault.
-                        if to_l2 {
-                            _mm_prefetch::<_MM_HINT_T1>(keys.wrapping_add(off).cast());
-                            _mm_prefetch::<_MM_HINT_T1>(values.wrapping_add(off).cast());
-                        } else {
-                            _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(off).cast());
-                            _mm_prefetch::<_MM_HINT_T0>(values.wrapping_add(off).cast());
-                        }
+                        hint(keys.wrapping_add(off), to_l2);
+                        hint(values.wrapping_add(off), to_l2);
                     }
                 }
                 let x = _mm256_loadu_ps(q.add(c));
@@ -406,6 +400,18 @@ mod avx2 {
             }
         }
         sum8(a)
+    }
+
+    /// Prefetches the line at `p` into L2 (`prefetcht1`) or L1 (`prefetcht0`): a hint, it
+    /// reads nothing observable and never faults.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hint(p: *const u8, to_l2: bool) {
+        if to_l2 {
+            _mm_prefetch::<_MM_HINT_T1>(p.cast());
+        } else {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
     }
 
     /// What a [`dots_1x8`] call prefetches: 8 rows of keys and 8 of values from these
@@ -432,10 +438,10 @@ mod avx2 {
         sum1(a)
     }
 
-    /// Asks for rows `j0..j1` of `rows` in the cache (`prefetcht0`) while the keys of the
-    /// same positions are multiplied: the value rows are read next ([`weighted_values`]),
-    /// and a decode step's heads are short streams that the hardware prefetchers pick up
-    /// late. The prefetch only hints: it reads nothing observable and never faults.
+    /// Asks for rows `j0..j1` of `rows` in the cache (`prefetcht0`) at once, while the keys
+    /// of the same positions are multiplied for a block of queries: the value rows are read
+    /// next ([`weighted_values`]). A single query spreads its prefetches instead
+    /// ([`Ahead`]). The prefetch only hints: it reads nothing observable and never faults.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn prefetch_rows<T: KvElem>(rows: &super::HeadRows<'_, T>, j0: usize, j1: usize) {
