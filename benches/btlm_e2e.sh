@@ -23,7 +23,12 @@
 #   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt; the random model's
 #   tokenizer merges byte pairs only, ~0.59 tokens per byte of the filler: 900 ≈ 530 prompt
 #   tokens, 2400 ≈ 1430), MAX_BATCH (8),
-#   TIMEOUT (12), FLOOD_FORMAT (q4k; "" skips the flood), FLOOD_LAYERS ($LAYERS),
+#   TIMEOUT (12), ANSWER_MARGIN_MS (0: the miner's --miner.answer_margin_ms; at 0 every
+#   answer is whole, so the figures are times to the full answer; the miner's default, 500,
+#   sends the text so far that long before a request's deadline instead: then the
+#   validators ask with the timeout $TIMEOUT and the "cut short" column counts those
+#   answers, from the miner's /metrics),
+#   FLOOD_FORMAT (q4k; "" skips the flood), FLOOD_LAYERS ($LAYERS),
 #   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), FLOOD_VALIDATORS (1),
 #   EXTRA_MINER_ARGS,
 #   OUT (the results folder, default target/bench-results/btlm-e2e),
@@ -41,6 +46,11 @@ TOKENS="${TOKENS:-100}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-0}"
 MAX_BATCH="${MAX_BATCH:-8}"
 TIMEOUT="${TIMEOUT:-12}"
+ANSWER_MARGIN_MS="${ANSWER_MARGIN_MS:-0}"
+# The validators' timeout in the concurrency runs: none to speak of when every answer is
+# whole (the time to the full answer is measured), else the validator's.
+conc_timeout=3600
+[ "$ANSWER_MARGIN_MS" != 0 ] && conc_timeout="$TIMEOUT"
 FLOOD_FORMAT="${FLOOD_FORMAT-q4k}"
 FLOOD_LAYERS="${FLOOD_LAYERS:-$LAYERS}"
 FLOOD_TOKENS="${FLOOD_TOKENS:-$TOKENS}"
@@ -112,7 +122,8 @@ start_miner() {
     --miner.blacklist.min_request_period 0 \
     --btlm.model_dir "$(model_dir "$layers")" $(format_flags "$format") \
     --btlm.max_length "$tokens" --btlm.ignore_eos --btlm.stop "" \
-    --btlm.max_batch "$MAX_BATCH" $EXTRA_MINER_ARGS >"$log" 2>&1 &
+    --btlm.max_batch "$MAX_BATCH" --miner.answer_margin_ms "$ANSWER_MARGIN_MS" \
+    $EXTRA_MINER_ARGS >"$log" 2>&1 &
   pid=$!
   local started=$SECONDS
   # The miner listens once the model is loaded ("serving on"); wait for that line.
@@ -130,15 +141,29 @@ stop_miner() {
   wait "$pid" 2>/dev/null || true
   pid=""
 }
+# metric NAME: the sample NAME of the running miner's /metrics, "nan" if unreadable.
+metric() {
+  python3 - "$port" "$1" <<'EOF'
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10) as r:
+        text = r.read().decode()
+except OSError:
+    print("nan")
+    sys.exit(0)
+values = dict(l.split()[:2] for l in text.splitlines() if l and not l.startswith("#"))
+print(values.get(sys.argv[2], "nan"))
+EOF
+}
 load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
   --message-bytes "$MESSAGE_BYTES" --duration "${DURATION:-100000}" "$@"; }
 
 summary="$out/summary.md"
 {
-  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, max_batch $MAX_BATCH, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
-  echo "| format | validators | answers | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  echo "| format | validators | answers | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 } >"$summary"
 
 declare -A capacity
@@ -151,8 +176,9 @@ for format in $FORMATS; do
   rows=()
   for n in $CONC; do
     json="$out/$format-c$n.json"
+    cut_before="$(metric prompting_pipeline_truncated_answers_total)"
     load --key-offset "$clients_from" --hotkeys "$n" --concurrency "$n" --requests $(( n * ROUNDS )) \
-      --timeout 3600 --label "$format, $n validators" --json "$json"
+      --timeout "$conc_timeout" --label "$format, $n validators" --json "$json"
     within="$(python3 - "$json" "$TIMEOUT" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -162,11 +188,12 @@ print(f'{d["throughput_rps"]} {p.get("p50_ms", float("nan"))/1e3:.2f} {p.get("p9
 EOF
 )"
     read -r rps p50 p99 ok <<<"$within"
+    cut="$(python3 -c "print(int(float('$(metric prompting_pipeline_truncated_answers_total)') - float('$cut_before')))" 2>/dev/null || echo nan)"
     tps="$(python3 -c "print(f'{$rps * $TOKENS:.2f}')")"
     single="${single:-$tps}"
     ratio="$(python3 -c "print(f'{$tps / max($single, 1e-9):.2f}')")"
     capacity[$format]="$rps"
-    rows+=("| $format | $n | $ok | $p50 | $p99 | $tps | $ratio | $(python3 -c "print('yes' if $p99 <= $TIMEOUT else 'no')") |")
+    rows+=("| $format | $n | $ok | $cut | $p50 | $p99 | $tps | $ratio | $(python3 -c "print('yes' if $p99 <= $TIMEOUT else 'no')") |")
   done
   stop_miner
   for row in "${rows[@]}"; do echo "$row $rss |" >>"$summary"; done

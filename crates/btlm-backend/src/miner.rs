@@ -344,6 +344,12 @@ impl Miner for BtlmMiner {
         engine_metrics(&self.engine)
     }
 
+    /// Text goes out as the engine generates it (held back only while it may be the start
+    /// of a stop string), so a request near its deadline is answered with what it has.
+    fn streams_as_generated(&self) -> bool {
+        true
+    }
+
     async fn prompt(&self, request: &PromptRequest) -> std::result::Result<String, MinerError> {
         let mut stream = self.prompt_stream(request).await?;
         let mut completion = String::new();

@@ -955,6 +955,70 @@ mod priority {
         assert_eq!(order, ["filler", "high", "mid", "low"]);
     }
 
+    /// A generation still running `--miner.answer_margin_ms` before its request's deadline
+    /// is answered with the tokens generated so far, and its batch slot freed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_near_its_deadline_is_answered_with_the_text_so_far() {
+        let model = Scripted::new();
+        let args = BtlmArgs {
+            no_repeat_ngram_size: 0,
+            stop: Vec::new(),
+            device: "cpu".into(),
+            ..BtlmArgs::default()
+        };
+        let engine = Engine::start(model.clone(), tokenizer(), engine_config(2)).expect("engine");
+        let miner = Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"));
+        assert!(miner.streams_as_generated());
+        let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(
+            1,
+            100,
+            vec![neuron(0, "validator", 1000.0)],
+        )));
+        let pipeline = Pipeline::new(
+            MinerConfig {
+                answer_margin_ms: 1500,
+                ..MinerConfig::default()
+            },
+            metagraph as Arc<dyn MetagraphView>,
+            Arc::clone(&miner) as Arc<dyn Miner>,
+        )
+        .expect("pipeline");
+        let mut asked = PromptRequest::new(
+            vec!["user".into()],
+            vec!["a question".into()],
+            "validator",
+            Protocol::Legacy,
+            Duration::from_secs(4),
+        );
+        asked.sampling.max_tokens = Some(50);
+        // The prompt's step gives the first token, five decode steps five more; then the
+        // model waits at the gate.
+        model.gate.allow(6);
+        let started = Instant::now();
+        let answer = pipeline.prompt(asked).await.expect("answered in time");
+        let waited = started.elapsed();
+        let six = tokenizer().decode(&[Scripted::NEXT; 6]).expect("decode");
+        assert!(!six.is_empty());
+        assert_eq!(answer, six);
+        assert!(
+            waited >= Duration::from_millis(2400) && waited < Duration::from_secs(4),
+            "answered after {waited:?}: 4 s timeout less a 1.5 s margin"
+        );
+        let stats = pipeline.stats();
+        assert_eq!((stats.truncated, stats.in_flight), (1, 0));
+        // The engine drops the sequence at its next step.
+        model.gate.set_open(true);
+        wait_for("the batch to empty", || {
+            miner
+                .engine()
+                .stats()
+                .running
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0
+        })
+        .await;
+    }
+
     /// When the key/value cache budget, not the batch slots, is what binds, the requests
     /// already inside the engine are admitted in the pipeline's priority order too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

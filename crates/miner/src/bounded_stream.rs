@@ -15,9 +15,16 @@ use crate::traits::{MinerError, TextStream};
 /// Yields the backend's chunks until the backend ends, fails, or the deadline passes (then
 /// one [`MinerError::Timeout`] and the end), or a higher-priority request preempts it (then
 /// one [`MinerError::Preempted`] and the end). The first error ends the stream.
+///
+/// With a cutoff (`--miner.answer_margin_ms` before the deadline), the stream ends there
+/// without error once it has yielded some text: the caller gets a shorter answer in time.
+/// Until the first chunk, the cutoff waits for it (and the deadline still applies).
 pub(crate) struct BoundedStream {
     inner: Option<TextStream>,
     deadline: Pin<Box<Sleep>>,
+    cutoff: Option<Pin<Box<Sleep>>>,
+    /// Whether a non-empty chunk went out.
+    answered: bool,
     slot: Option<Slot>,
     tracker: Option<RequestTracker>,
 }
@@ -26,12 +33,15 @@ impl BoundedStream {
     pub(crate) fn new(
         inner: TextStream,
         deadline: Instant,
+        cutoff: Option<Instant>,
         slot: Slot,
         tracker: RequestTracker,
     ) -> Self {
         BoundedStream {
             inner: Some(inner),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            cutoff: cutoff.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            answered: false,
             slot: Some(slot),
             tracker: Some(tracker),
         }
@@ -49,6 +59,19 @@ impl BoundedStream {
         }
         if let Some(tracker) = self.tracker.take() {
             tracker.finish(outcome);
+        }
+    }
+
+    /// Ends the stream at the cutoff: the backend's work is dropped, the slot given back
+    /// (how long it was held is a lower bound of the service time, as at a deadline) and
+    /// the request counted as served, cut short.
+    fn finish_truncated(&mut self) {
+        self.inner = None;
+        if let Some(slot) = self.slot.take() {
+            slot.cut_off();
+        }
+        if let Some(tracker) = self.tracker.take() {
+            tracker.finish_truncated();
         }
     }
 }
@@ -75,11 +98,21 @@ impl Stream for BoundedStream {
             this.finish(Outcome::Preempted);
             return Poll::Ready(Some(Err(MinerError::Preempted)));
         }
+        if this.answered
+            && let Some(cutoff) = this.cutoff.as_mut()
+            && cutoff.as_mut().poll(cx).is_ready()
+        {
+            this.finish_truncated();
+            return Poll::Ready(None);
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match inner.as_mut().poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.answered |= !chunk.is_empty();
+                Poll::Ready(Some(Ok(chunk)))
+            }
             Poll::Ready(Some(Err(error))) => {
                 this.finish(Outcome::of::<()>(&Err(error.clone())));
                 Poll::Ready(Some(Err(error)))

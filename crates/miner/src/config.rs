@@ -53,12 +53,26 @@ pub struct MinerConfig {
     /// How the queue admits requests under load: deadlines, order among equals.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub admission: AdmissionConfig,
+
+    /// A request still being answered this many milliseconds before its deadline is
+    /// answered at once with the text generated so far (the rest is dropped), instead of
+    /// timing out: its caller's clock started before the request arrived, and the answer
+    /// still has to travel back. Applies to backends that stream as they generate (the
+    /// BTLM miner); one that has produced nothing yet by then answers with its first text,
+    /// or times out at the deadline. 0 turns it off.
+    #[cfg_attr(feature = "cli", arg(
+        long = "miner.answer_margin_ms",
+        default_value_t = DEFAULT_ANSWER_MARGIN_MS
+    ))]
+    pub answer_margin_ms: u64,
 }
 
 /// Default for `--miner.max_concurrent`.
 pub const DEFAULT_MAX_CONCURRENT: usize = 8;
 /// Default for `--miner.max_queue`.
 pub const DEFAULT_MAX_QUEUE: usize = 64;
+/// Default for `--miner.answer_margin_ms`: a round trip across continents, with room.
+pub const DEFAULT_ANSWER_MARGIN_MS: u64 = 500;
 
 impl Default for MinerConfig {
     fn default() -> Self {
@@ -68,6 +82,7 @@ impl Default for MinerConfig {
             blacklist: BlacklistConfig::default(),
             priority: PriorityConfig::default(),
             admission: AdmissionConfig::default(),
+            answer_margin_ms: DEFAULT_ANSWER_MARGIN_MS,
         }
     }
 }
@@ -478,6 +493,7 @@ mod cli_tests {
         assert!(!parsed.blacklist.allow_non_registered);
         assert!(!parsed.blacklist.use_prompt_cache);
         assert!(!parsed.admission.ignore_deadlines && !parsed.admission.fifo);
+        assert_eq!(parsed.answer_margin_ms, 500);
         parsed.validate().expect("defaults are valid");
     }
 
@@ -526,7 +542,10 @@ mod cli_tests {
             "--miner.admission.lifo_after_ms",
             "200",
             "--miner.admission.fifo",
+            "--miner.answer_margin_ms",
+            "250",
         ]);
+        assert_eq!(c.answer_margin_ms, 250);
         assert_eq!(c.blacklist.whitelist, ["a", "b"]);
         assert_eq!(c.blacklist.blacklist, ["c", "d", "e"]);
         assert!(c.blacklist.force_validator_permit);

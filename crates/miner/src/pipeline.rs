@@ -179,7 +179,21 @@ impl Pipeline {
     /// Runs `request` through the blacklist and the priority queue, then the backend; past
     /// the request's deadline the work is cancelled and the answer is
     /// [`MinerError::Timeout`].
+    ///
+    /// A backend that streams as it generates ([`Miner::streams_as_generated`]) runs
+    /// through its stream here too, so that a request still running
+    /// `--miner.answer_margin_ms` before its deadline is answered with the text so far
+    /// (see [`Pipeline::prompt_stream`]).
     pub async fn prompt(&self, mut request: PromptRequest) -> Result<String, MinerError> {
+        if self.cutoff(request.deadline).is_some() {
+            use futures::StreamExt;
+            let mut stream = self.prompt_stream(request).await?;
+            let mut completion = String::new();
+            while let Some(chunk) = stream.next().await {
+                completion.push_str(&chunk?);
+            }
+            return Ok(completion);
+        }
         let tracker = RequestTracker::new(&self.inner.counters, &request.report);
         let result = self.run_prompt(&mut request, &tracker).await;
         tracker.finish(Outcome::of(&result));
@@ -215,6 +229,11 @@ impl Pipeline {
     /// The stream is returned only once the backend produced its first non-empty chunk (or
     /// ended without text): a failure before that is this call's error, so every transport
     /// can still answer it with an error status instead of a success that breaks off.
+    ///
+    /// From `--miner.answer_margin_ms` before the deadline, a backend that streams as it
+    /// generates ([`Miner::streams_as_generated`]) is stopped once it has yielded some
+    /// text, and the stream ends there without error: the caller gets a shorter answer in
+    /// time rather than none ([`PipelineStats::truncated`] counts them).
     pub async fn prompt_stream(
         &self,
         mut request: PromptRequest,
@@ -245,6 +264,7 @@ impl Pipeline {
             Ok((stream, slot)) => Ok(Box::pin(BoundedStream::new(
                 stream,
                 request.deadline,
+                self.cutoff(request.deadline),
                 slot,
                 tracker,
             ))),
@@ -253,6 +273,17 @@ impl Pipeline {
                 Err(error)
             }
         }
+    }
+
+    /// When a request with `deadline` is answered with the text so far
+    /// (`--miner.answer_margin_ms` before it), if it is: the margin is not 0 and the backend
+    /// streams as it generates.
+    fn cutoff(&self, deadline: Instant) -> Option<Instant> {
+        let margin = Duration::from_millis(self.inner.config.answer_margin_ms);
+        if margin.is_zero() || !self.inner.miner.streams_as_generated() {
+            return None;
+        }
+        Some(deadline.checked_sub(margin).unwrap_or_else(Instant::now))
     }
 
     /// The current load and counters.
@@ -278,6 +309,7 @@ impl Pipeline {
             queue_wait: self.inner.counters.queue_wait(),
             preemptions: self.inner.scheduler.preemptions(),
             preemptions_called_off: self.inner.scheduler.preemptions_called_off(),
+            truncated: self.inner.counters.truncated(),
         }
     }
 

@@ -196,6 +196,9 @@ pub struct PipelineStats {
     /// Preemptions called off before their victim acted on them: the waiter they were for
     /// left the queue first (a slot freed naturally and went to it, or it gave up).
     pub preemptions_called_off: u64,
+    /// Answers sent with the text generated so far because their deadline was near
+    /// (`--miner.answer_margin_ms`); also counted as [`Outcome::Served`].
+    pub truncated: u64,
 }
 
 /// The pipeline's counters, shared with in-flight requests.
@@ -207,11 +210,18 @@ pub(crate) struct Counters {
     queue_wait: Mutex<WaitHistogram>,
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
+    truncated: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn count_outcome(&self, outcome: Outcome) {
         self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers sent with the text generated so far, `--miner.answer_margin_ms` before
+    /// their deadline.
+    pub(crate) fn truncated(&self) -> u64 {
+        self.truncated.load(Ordering::Relaxed)
     }
 
     pub(crate) fn count_refusal(&self, kind: RefusalKind) {
@@ -317,6 +327,13 @@ impl RequestTracker {
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.finished = true;
         self.counters.count_outcome(outcome);
+    }
+
+    /// Ends the request as [`Outcome::Served`] with the text generated so far, its deadline
+    /// near (`--miner.answer_margin_ms`): also counted in [`PipelineStats::truncated`].
+    pub(crate) fn finish_truncated(self) {
+        self.counters.truncated.fetch_add(1, Ordering::Relaxed);
+        self.finish(Outcome::Served);
     }
 }
 

@@ -91,6 +91,16 @@ pub trait Miner: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether [`Miner::prompt_stream`] yields the completion while it is being generated
+    /// (e.g. token by token), so that the text streamed so far is an answer worth sending
+    /// when time runs short. The pipeline then answers a request still running
+    /// `--miner.answer_margin_ms` before its deadline with that text instead of letting it
+    /// time out, and runs non-streaming requests through the stream to have it. The
+    /// default: `false` (nothing to send before the whole completion is ready).
+    fn streams_as_generated(&self) -> bool {
+        false
+    }
+
     /// Answers the prompt with a full completion.
     async fn prompt(&self, request: &PromptRequest) -> Result<String, MinerError>;
 

@@ -377,6 +377,12 @@ fn render_admission(out: &mut String, stats: &PipelineStats) {
          prompting_queue_preemptions_called_off_total {}\n",
         stats.preemptions_called_off
     ));
+    out.push_str(&format!(
+        "# HELP prompting_pipeline_truncated_answers Answers sent with the text generated so far because their deadline was near (--miner.answer_margin_ms); also counted as served.\n\
+         # TYPE prompting_pipeline_truncated_answers counter\n\
+         prompting_pipeline_truncated_answers_total {}\n",
+        stats.truncated
+    ));
     let wait = &stats.queue_wait;
     out.push_str("# HELP prompting_queue_wait_seconds Time the requests granted a worker waited for it in the priority queue.\n# TYPE prompting_queue_wait_seconds histogram\n");
     for (le, count) in &wait.buckets {
@@ -640,6 +646,10 @@ mod tests {
         );
         assert_eq!(
             sample(&text, "prompting_queue_preemptions_called_off_total"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "prompting_pipeline_truncated_answers_total"),
             Some(0.0)
         );
 
