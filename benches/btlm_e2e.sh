@@ -170,8 +170,12 @@ declare -A capacity
 for format in $FORMATS; do
   echo "== $format, $LAYERS layers"
   start_miner "$format" "$LAYERS" "$TOKENS" "$out/miner-$format.log"
-  load --key-offset "$clients_from" --hotkeys 1 --concurrency 1 --requests 1 --timeout 3600 \
-    --label "$format warm-up" >/dev/null
+  # Warm-up: one request from each validator of the largest run, all at once (the batch's
+  # caches made once; every validator has a history, so its requests rank by its stake
+  # rather than as first requests at --miner.priority.default).
+  warm="$(echo "$CONC" | tr ' ' '\n' | sort -n | tail -1)"
+  load --key-offset "$clients_from" --hotkeys "$warm" --concurrency "$warm" --requests "$warm" \
+    --timeout 3600 --label "$format warm-up" >/dev/null
   single=""
   rows=()
   for n in $CONC; do

@@ -880,17 +880,24 @@ mod priority {
         filler
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_best_waiting_request_gets_the_next_batch_slot() {
-        let model = Scripted::new();
+    /// A BTLM miner on `model` with `max_batch` slots, generating without n-gram bans or
+    /// stop strings (the scripted model repeats one token).
+    fn scripted_miner(model: &Scripted, max_batch: usize) -> Arc<BtlmMiner> {
         let args = BtlmArgs {
             no_repeat_ngram_size: 0,
             stop: Vec::new(),
             device: "cpu".into(),
             ..BtlmArgs::default()
         };
-        let engine = Engine::start(model.clone(), tokenizer(), engine_config(1)).expect("engine");
-        let miner = Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"));
+        let engine =
+            Engine::start(model.clone(), tokenizer(), engine_config(max_batch)).expect("engine");
+        Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_best_waiting_request_gets_the_next_batch_slot() {
+        let model = Scripted::new();
+        let miner = scripted_miner(&model, 1);
         assert_eq!(miner.capacity(), Some(1));
         let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(
             1,
@@ -960,14 +967,7 @@ mod priority {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_near_its_deadline_is_answered_with_the_text_so_far() {
         let model = Scripted::new();
-        let args = BtlmArgs {
-            no_repeat_ngram_size: 0,
-            stop: Vec::new(),
-            device: "cpu".into(),
-            ..BtlmArgs::default()
-        };
-        let engine = Engine::start(model.clone(), tokenizer(), engine_config(2)).expect("engine");
-        let miner = Arc::new(BtlmMiner::with_engine(engine, &args, "scripted").expect("miner"));
+        let miner = scripted_miner(&model, 2);
         assert!(miner.streams_as_generated());
         let metagraph = Arc::new(SharedMetagraph::new(Metagraph::new(
             1,
