@@ -414,7 +414,7 @@ unsafe fn scale(f: &Factors, s: usize, a: &Rows, blk: usize, c: *const i32, acc:
             let bs = a.bsum.add(r * nb + s * (QK_K / QBLOCK)).cast::<u8>();
             let o = acc.as_mut_ptr().add(r * TILE);
             let row = q4k_row(
-                sum,
+                _mm512_cvtepi32_ps(sum),
                 &f.mpair,
                 bs,
                 (f.d, f.dmin),

@@ -5,7 +5,8 @@
 //! up to [`MAX_ROWS`] activation rows, each broadcast from memory: f32/f16 with FMA, bf16
 //! with `vdpbf16ps` (pairs of inputs), q8_0 and q4k with `vpdpbusd` (groups of 4 inputs,
 //! unsigned weights × signed 8-bit activations); q8_0's block scales are applied in f32 per
-//! 32 inputs, q4k's 6-bit sub-block scales in i32 and its f32 scales once per 256 inputs.
+//! 32 inputs, q4k's 6-bit sub-block scales in exact f32 FMAs and its f32 scales once per 256
+//! inputs.
 //! Every tile kernel prefetches the weight stream [`PREFETCH`] bytes ahead (see there).
 //! Only `bf16_rows` enables AVX512-BF16: on CPUs without it ([`has_bf16`] false) the
 //! dispatcher (`run_tile` in `kernels/mod.rs`) runs bf16 weights on the AVX2 bf16 kernel,
@@ -374,11 +375,14 @@ pub(super) fn pair_mins(mpair: &mut [__m512i; 4], j: usize, m: __m512i) {
 }
 
 /// One q4k tile for `R` activation rows (activations with one scale per super-block): per
-/// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), times the
-/// 6-bit scale (`vpmulld`) added up over the super-block (at most 63 · 60 960 · 8 =
-/// 30 723 840 < 2³¹); the min term is `vpmaddwd` of two sub-blocks' mins with their
-/// activation sums as i16 pairs (|sum| ≤ 32·127); both are converted and scaled once per
-/// super-block, as in the AVX2 kernel.
+/// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), converted
+/// to f32 and times the 6-bit scale in an FMA, added up over each half of the super-block
+/// (at most 63 · 60 960 · 4 = 15 361 920 < 2²⁴, so every step is exact) and the halves
+/// added once: the same bits as the exact i32 sum converted (one rounding either way),
+/// which is what the AMX-INT8 route computes. (A `vpmulld` here costs two uops on the
+/// port the `vpdpbusd` need, on Intel cores and Zen 4 alike.) The min term is `vpmaddwd` of
+/// two sub-blocks' mins with their activation sums as i16 pairs (|sum| ≤ 32·127); both are
+/// scaled once per super-block, as in the AVX2 kernel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
@@ -409,11 +413,13 @@ unsafe fn q4k_pass<const R: usize, const PF: u8>(
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::D).cast()));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
             let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
-            let mut acc = [_mm512_setzero_si512(); R];
+            // The scaled sums of sub-blocks 0–3 and 4–7, each exact in f32.
+            let mut halves = [[_mm512_setzero_ps(); R]; 2];
             // Sub-blocks' mins in pairs ([`pair_mins`]).
             let mut mpair = [_mm512_setzero_si512(); 4];
             for j in 0..8 {
                 let (sc, m) = q4k_scales_mins(blk, j, hi);
+                let sc = _mm512_cvtepi32_ps(sc);
                 hi = _mm512_srli_epi32::<2>(hi);
                 pair_mins(&mut mpair, j, m);
                 // The super-block's 256 header bytes, a line in each of the first four
@@ -435,22 +441,24 @@ unsafe fn q4k_pass<const R: usize, const PF: u8>(
                         acci[r] = _mm512_dpbusd_epi32(acci[r], qh, bcast4(ar.add(v * 4 + 16)));
                     }
                 }
+                let half = &mut halves[j / 4];
                 for r in 0..R {
-                    acc[r] = _mm512_add_epi32(acc[r], _mm512_mullo_epi32(acci[r], sc));
+                    half[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[r]), sc, half[r]);
                 }
             }
             for r in 0..R {
                 let bs = a.bsum.add(r * a.nb + s * (QK_K / QBLOCK)).cast::<u8>();
                 let ad = *a.d.add(r * a.ns + s);
-                accf[r] = q4k_row(acc[r], &mpair, bs, (d, dmin), ad, accf[r]);
+                let sum = _mm512_add_ps(halves[0][r], halves[1][r]);
+                accf[r] = q4k_row(sum, &mpair, bs, (d, dmin), ad, accf[r]);
             }
         }
         store::<R>(&accf, out);
     }
 }
 
-/// `accf` plus one row's part of a q4k super-block, from `acc` (the i32 `Σ_j sc_j · Σ q·a`
-/// of its 8 sub-blocks), the mins `mpair` (lane c: sub-blocks 2p and 2p + 1 as i16 pairs),
+/// `accf` plus one row's part of a q4k super-block, from `acc` (the integer `Σ_j sc_j · Σ q·a`
+/// of its 8 sub-blocks, rounded to f32), the mins `mpair` (lane c: sub-blocks 2p and 2p + 1 as i16 pairs),
 /// the row's 8 block sums at `bs` (i16) and activation scale `ad`, and the super-block's
 /// `(d, dmin)`: `(acc·d − Σ m·bsum·dmin) · ad + accf`. Shared by the AVX-512 kernel and the
 /// AMX-INT8 one (`amx8.rs`), which must give the same bits.
@@ -460,7 +468,7 @@ unsafe fn q4k_pass<const R: usize, const PF: u8>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn q4k_row(
-    acc: __m512i,
+    acc: __m512,
     mpair: &[__m512i; 4],
     bs: *const u8,
     (d, dmin): (__m512, __m512),
@@ -473,10 +481,155 @@ pub(super) unsafe fn q4k_row(
         let pair = unsafe { bcast4(bs.add(4 * p)) };
         msum = _mm512_add_epi32(msum, _mm512_madd_epi16(mpair[p], pair));
     }
-    let t = _mm512_fmsub_ps(
-        _mm512_cvtepi32_ps(acc),
-        d,
-        _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin),
-    );
+    let t = _mm512_fmsub_ps(acc, d, _mm512_mul_ps(_mm512_cvtepi32_ps(msum), dmin));
     _mm512_fmadd_ps(t, _mm512_set1_ps(ad), accf)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// One row's q4k result as the integer kernels define it (and the AMX-INT8 route
+    /// computes it): per super-block the exact integer `Σ_j sc_j · Σ q·a` rounded once to
+    /// f32, then [`q4k_row`]'s f32 arithmetic, operation for operation.
+    fn integer_reference(
+        tile: &[u8],
+        nsuper: usize,
+        q: &[i8],
+        d: &[f32],
+        bsum: &[i16],
+    ) -> [f32; TILE] {
+        std::array::from_fn(|c| {
+            let mut accf = 0f32;
+            for s in 0..nsuper {
+                let blk = &tile[s * Q4K_TILE_BLOCK..];
+                let f16 = |off: usize| {
+                    half::f16::from_le_bytes([blk[off + 2 * c], blk[off + 2 * c + 1]]).to_f32()
+                };
+                let hi = u32::from_le_bytes(blk[q4k_off::HI + 4 * c..][..4].try_into().unwrap());
+                let (mut isum, mut msum) = (0i64, 0i32);
+                for j in 0..8 {
+                    let lo = blk[q4k_off::LO + j * TILE + c] as u32;
+                    let sc = (lo & 15) | (((hi >> (2 * j)) & 3) << 4);
+                    let m = (lo >> 4) | (((hi >> (16 + 2 * j)) & 3) << 4);
+                    let mut sub = 0i64;
+                    for v in 0..4 {
+                        for b in 0..4 {
+                            let byte = blk[q4k_off::QS + j * 256 + v * 64 + 4 * c + b];
+                            let at = |i: usize| q[s * QK_K + j * QBLOCK + i] as i64;
+                            sub += (byte & 15) as i64 * at(v * 4 + b);
+                            sub += (byte >> 4) as i64 * at(16 + v * 4 + b);
+                        }
+                    }
+                    isum += sc as i64 * sub;
+                    msum += m as i32 * bsum[s * 8 + j] as i32;
+                }
+                let t =
+                    (isum as f32).mul_add(f16(q4k_off::D), -((msum as f32) * f16(q4k_off::DMIN)));
+                accf = t.mul_add(d[s], accf);
+            }
+            accf
+        })
+    }
+
+    /// The AVX-512 q4k kernel sums its sub-blocks' scaled products in f32; this holds it to
+    /// the integer definition bit for bit, for every row count, on random tiles and on the
+    /// largest sums (every nibble 15, every scale 63, activations ±127: 30 723 840 per
+    /// super-block, past f32's exact integers), which is what lets the AMX-INT8 route and
+    /// this kernel share the rows of one pass.
+    #[test]
+    fn q4k_scaled_sums_are_the_exact_integer_sums_rounded_once() {
+        if !supported() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        let nsuper = 3;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        // Cases 0–3 random; 4 and 5 every sum at its largest (+, −); 6 and 7 sums near it
+        // with odd parts (nibbles 12–15, activations ±(120–127)), where an f32 running
+        // sum over a whole super-block would round.
+        for case in 0..8 {
+            let extreme = case >= 4;
+            let sign: i8 = if case % 2 == 1 { -1 } else { 1 };
+            let near = case >= 6;
+            let mut tile = vec![0u8; nsuper * Q4K_TILE_BLOCK];
+            rng.fill(&mut tile[..]);
+            for s in 0..nsuper {
+                let blk = &mut tile[s * Q4K_TILE_BLOCK..][..Q4K_TILE_BLOCK];
+                for c in 0..TILE {
+                    // Finite scales (a random f16 may be NaN): ~0.001–2.
+                    let scale =
+                        |r: &mut rand::rngs::StdRng| half::f16::from_f32(r.gen_range(1e-3..2.0));
+                    blk[q4k_off::D + 2 * c..][..2].copy_from_slice(&scale(&mut rng).to_le_bytes());
+                    blk[q4k_off::DMIN + 2 * c..][..2]
+                        .copy_from_slice(&scale(&mut rng).to_le_bytes());
+                }
+                if extreme {
+                    blk[q4k_off::HI..q4k_off::QS].fill(0xff);
+                    for byte in &mut blk[q4k_off::QS..] {
+                        *byte = if near { *byte | 0xcc } else { 0xff };
+                    }
+                }
+            }
+            let (rows, k) = (MAX_ROWS, nsuper * QK_K);
+            let q: Vec<i8> = (0..rows * k)
+                .map(|_| {
+                    if extreme {
+                        sign * if near { rng.gen_range(120..=127) } else { 127 }
+                    } else {
+                        rng.gen_range(-127..=127)
+                    }
+                })
+                .collect();
+            let d: Vec<f32> = (0..rows * nsuper)
+                .map(|_| rng.gen_range(1e-3..0.1))
+                .collect();
+            let bsum: Vec<i16> = q
+                .chunks(QBLOCK)
+                .map(|b| b.iter().map(|&x| x as i16).sum())
+                .collect();
+            for r in 1..=MAX_ROWS {
+                let a = Q8KRows {
+                    q: q.as_ptr(),
+                    d: d.as_ptr(),
+                    bsum: bsum.as_ptr(),
+                    k_pad: k,
+                    ns: nsuper,
+                    nb: k / QBLOCK,
+                    first: true,
+                };
+                let mut out = vec![[0f32; TILE]; r];
+                // SAFETY: AVX-512 VNNI checked above; `tile` holds `nsuper` super-blocks and
+                // the rows hold `k` quants, `nsuper` scales and `k / 32` block sums each.
+                unsafe {
+                    call_rows!(
+                        r,
+                        q4k_rows,
+                        (tile.as_ptr(), nsuper, &a, &mut out),
+                        [1, 2, 3, 4, 5, 6, 7, 8]
+                    )
+                };
+                for (row, got) in out.iter().enumerate() {
+                    let want = integer_reference(
+                        &tile,
+                        nsuper,
+                        &q[row * k..][..k],
+                        &d[row * nsuper..][..nsuper],
+                        &bsum[row * k / QBLOCK..][..k / QBLOCK],
+                    );
+                    for c in 0..TILE {
+                        assert_eq!(
+                            got[c].to_bits(),
+                            want[c].to_bits(),
+                            "case {case}, {r} rows, row {row}, output {c}: {} vs {}",
+                            got[c],
+                            want[c]
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
