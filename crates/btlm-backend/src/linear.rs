@@ -41,6 +41,12 @@ impl Packed {
             .many_rows_with(self.matrix.format(), self.prefill, rows)
     }
 
+    /// Whether a product of `rows` rows runs on the wide f32 kernels (see
+    /// [`KernelPath::wide_f32`]), on its f32 rows as given.
+    fn wide_f32(&self, rows: usize) -> bool {
+        self.path.wide_f32(self.matrix.format(), self.prefill, rows)
+    }
+
     /// The padded inputs of the bf16 activations of a product of `rows` rows on the wide
     /// kernels (see [`KernelPath::wide_k_pad`]), `None` if it runs other kernels.
     fn wide_k_pad(&self, rows: usize) -> Option<usize> {
@@ -254,6 +260,15 @@ pub(crate) fn packed_into(
             continue;
         };
         let bias = p.bias_f32.as_deref().map(Vec::as_slice);
+        if w.wide_f32(rows) {
+            // The wide f32 kernels, on this team (the input's rows as they are).
+            let acts = Acts::F32 { x };
+            kernels::matmul_wide_on(
+                w.path, w.prefill, &w.matrix, &acts, rows, bias, y, &for_each,
+            )
+            .map_err(kernel_error)?;
+            continue;
+        }
         if let Some(k_pad) = w.wide_k_pad(rows) {
             // The wide kernels, on this team (the input's bf16 rows shared).
             let Some((_, _, acts)) = prepared

@@ -66,7 +66,7 @@ pub unsafe fn matmul(
             // SAFETY: the forwarded contract: `src` yields `pairs` pairs of tiles
             // t0..t0 + g, `x` holds `rows` rows of 2 · pairs values, `acc` is
             // rows · BF16_ACC_ROW floats (`for_groups`).
-            unsafe { wide512::group(&mut src, g, pairs, x, rows, acc) };
+            unsafe { wide512::group::<wide512::Bf16Dot>(&mut src, g, pairs, x, rows, acc) };
             // SAFETY: this task alone writes the columns of its tiles (`for_groups`).
             unsafe { wide512::store(acc, rows, t0, g, w.n_out(), out, bias) };
         },

@@ -16,7 +16,9 @@
 //! the tile kernels: f32 ones for bf16/f16 weights, and from [`Q4K_MANY_ROWS`] rows int8
 //! ones computing exactly what the tile kernels compute for q4k. On the AVX-512 path
 //! (with AVX512-BF16), bf16 products from [`WIDE_MANY_ROWS`] rows run the wide kernels
-//! (`wide512.rs`: 4 tiles × 6 rows per micro-kernel, bit for bit the tile kernels' sums).
+//! (`wide512.rs`: 4 tiles × 6 rows per micro-kernel, bit for bit the tile kernels' sums),
+//! and exact f32 products on both AVX-512 paths from 16 rows run its f32 micro-kernel (the
+//! tile kernel's FMAs, in its order).
 //! With [`PrefillPrecision::Bf16`] (opt-in), f32 and f16 products from [`WIDE_MANY_ROWS`]
 //! rows run on the same wide micro-kernel in bf16 arithmetic, each chunk of weights rounded
 //! to bf16 on the fly (`convert512.rs`); decode keeps the exact kernels.
@@ -213,8 +215,11 @@ impl KernelPath {
             // q4k: the tile kernels' integer sums on the tile unit (`amx8.rs`), bit for bit.
             (KernelPath::Amx, WeightFormat::Q4K) => Route::Amx8,
             (KernelPath::Amx, WeightFormat::Bf16 | WeightFormat::Q8_0) => Route::Amx,
-            // Several tiles per micro-kernel (`wide512.rs`); bf16 needs AVX512-BF16.
+            // Several tiles per micro-kernel (`wide512.rs`); bf16 needs AVX512-BF16; f32
+            // the tile kernels' FMAs in their order, with fewer loads (the AMX path's f32
+            // products are exact only on these AVX-512 kernels).
             (KernelPath::Avx512, WeightFormat::Bf16) if avx512_bf16() => Route::Wide,
+            (KernelPath::Avx512 | KernelPath::Amx, WeightFormat::F32) => Route::Wide,
             _ => Route::Tiles,
         }
     }
@@ -292,9 +297,17 @@ impl KernelPath {
         n_in: usize,
     ) -> Option<usize> {
         match self.route_with(format, prefill, rows) {
-            Route::Wide | Route::Converted => Some(WeightFormat::Bf16.padded_k(n_in)),
+            Route::Wide if format == WeightFormat::Bf16 => Some(WeightFormat::Bf16.padded_k(n_in)),
+            Route::Converted => Some(WeightFormat::Bf16.padded_k(n_in)),
             _ => None,
         }
+    }
+
+    /// Whether a product of `rows` rows of `format` weights with the arithmetic `prefill`
+    /// runs on the wide f32 micro-kernel: it then runs with [`matmul_wide_on`] on its f32
+    /// activations as given ([`Acts::F32`]).
+    pub fn wide_f32(self, format: WeightFormat, prefill: PrefillPrecision, rows: usize) -> bool {
+        format == WeightFormat::F32 && self.route_with(format, prefill, rows) == Route::Wide
     }
 
     /// Whether [`PrefillPrecision::Bf16`] changes any product of `format` weights on this
@@ -316,6 +329,7 @@ impl KernelPath {
         many_rows_override().unwrap_or(match (self, format) {
             (KernelPath::Avx2, WeightFormat::Q4K) => Some(Q4K_MANY_ROWS),
             (KernelPath::Avx512, WeightFormat::Bf16) => Some(WIDE_MANY_ROWS),
+            (KernelPath::Avx512 | KernelPath::Amx, WeightFormat::F32) => Some(WIDE_F32_MANY_ROWS),
             (KernelPath::Amx, WeightFormat::Q8_0) => Some(AMX_Q8_0_MANY_ROWS),
             (KernelPath::Amx, WeightFormat::Q4K) => Some(AMX_Q4K_MANY_ROWS),
             _ => Some(MANY_ROWS),
@@ -432,6 +446,10 @@ pub const Q4K_MANY_ROWS: usize = 48;
 /// kernels (`wide512.rs`, 4 tiles × 6 rows per micro-kernel) measured 10–15% slower than the
 /// tile kernels at 16 and 32 rows, level at 64, faster at 128 (session 9, Zen 5).
 pub const WIDE_MANY_ROWS: usize = 64;
+
+/// From how many activation rows f32 products run on the wide micro-kernel on the AVX-512
+/// paths (same sums as the tile kernels, fewer loads; docs/benchmarks.md, session 21).
+pub const WIDE_F32_MANY_ROWS: usize = 16;
 
 /// The many-rows threshold of q8_0 weights on the AMX path: each product converts the
 /// weights to bf16 first (in AVX-512), a cost shared by its rows; on a Sapphire
@@ -644,8 +662,8 @@ pub fn matmul_with(
             unsafe { amx::matmul(w, x, rows, bias, y) };
             return Ok(());
         }
-        // SAFETY: as above; routed only for the formats `wide512` takes, with AVX512-BF16
-        // for bf16; the activations are prepared here for the weights' format.
+        // SAFETY: as above; routed only for the formats `wide512` takes (bf16 with
+        // AVX512-BF16, f32); the activations are prepared here for the weights' format.
         Route::Wide => {
             let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
             unsafe { wide512::matmul(w, &acts, rows, bias, y, &on_rayon) };
@@ -675,11 +693,12 @@ pub fn matmul_with(
     Ok(())
 }
 
-/// [`matmul_with`] for a product that runs on the wide bf16 micro-kernel (see
-/// [`KernelPath::wide_k_pad`]), its activations already prepared (`acts`: [`Acts::prepare`]d
-/// for [`WeightFormat::Bf16`] with `rows` rows of that many inputs, e.g. shared by several
-/// products of the same input) and its tasks run by `for_each` (e.g. a step's team instead
-/// of rayon's pool): the same values as [`matmul_with`].
+/// [`matmul_with`] for a product that runs on the wide micro-kernels, its activations
+/// already prepared and its tasks run by `for_each` (e.g. a step's team instead of rayon's
+/// pool): the same values as [`matmul_with`]. On the bf16 micro-kernel (see
+/// [`KernelPath::wide_k_pad`]) `acts` are [`Acts::prepare`]d for [`WeightFormat::Bf16`]
+/// with `rows` rows of that many inputs (e.g. shared by several products of the same
+/// input); on the f32 one ([`KernelPath::wide_f32`]) they are the rows as given.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_wide_on(
     path: KernelPath,
@@ -692,18 +711,22 @@ pub fn matmul_wide_on(
     for_each: &acts::ForEach<'_>,
 ) -> Result<(), KernelError> {
     let (n_in, n_out) = (w.n_in(), w.n_out());
-    let Some(k_pad) = path.wide_k_pad(w.format(), prefill, rows, n_in) else {
+    let (acts_format, k_pad) = if path.wide_f32(w.format(), prefill, rows) {
+        (WeightFormat::F32, w.k_pad())
+    } else if let Some(k_pad) = path.wide_k_pad(w.format(), prefill, rows, n_in) {
+        (WeightFormat::Bf16, k_pad)
+    } else {
         return Err(KernelError::Shape(format!(
             "a {} product of {rows} rows does not run on the wide kernels",
             w.format()
         )));
     };
-    if !acts.fits(WeightFormat::Bf16, rows, k_pad)
+    if !acts.fits(acts_format, rows, k_pad)
         || y.len() != rows * n_out
         || bias.is_some_and(|b| b.len() != n_out)
     {
         return Err(KernelError::Shape(format!(
-            "{rows} rows of {k_pad} bf16 inputs, {} outputs for a {n_out}×{n_in} matrix",
+            "{rows} rows of {k_pad} {acts_format} inputs, {} outputs for a {n_out}×{n_in} matrix",
             y.len()
         )));
     }
@@ -712,8 +735,9 @@ pub fn matmul_wide_on(
     }
     #[cfg(target_arch = "x86_64")]
     match path.route_with(w.format(), prefill, rows) {
-        // SAFETY: `path` is supported and routes these formats here only with
-        // AVX512-BF16 (`wide_k_pad`); `acts` fit, `y` and `bias` have the sizes checked.
+        // SAFETY: `path` is supported and routes bf16 here only with AVX512-BF16
+        // (`wide_k_pad`), f32 on every AVX-512 CPU; `acts` fit, `y` and `bias` have the
+        // sizes checked.
         Route::Wide => unsafe { wide512::matmul(w, acts, rows, bias, y, for_each) },
         // SAFETY: as above (f32/f16 weights; acts of the bf16 padded inputs).
         Route::Converted => unsafe { convert512::matmul(w, acts, rows, bias, y, for_each) },

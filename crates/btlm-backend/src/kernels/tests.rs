@@ -341,8 +341,8 @@ fn amx_tiles_compute_the_bf16_product() {
 
 /// The AMX path sends bf16 products from `MANY_ROWS` rows to the tile unit, q8_0 ones
 /// (whose weights are converted to bf16 per product) only from their own, higher
-/// threshold, and q4k ones to the int8 tile kernels from theirs; fewer rows run the AVX-512
-/// tile kernels.
+/// threshold, q4k ones to the int8 tile kernels from theirs and exact f32 ones to the wide
+/// AVX-512 kernels from theirs; fewer rows run the AVX-512 tile kernels.
 #[test]
 fn amx_routes_each_format_from_its_threshold() {
     if many_rows_override().is_some() {
@@ -354,13 +354,12 @@ fn amx_routes_each_format_from_its_threshold() {
         (WeightFormat::Bf16, MANY_ROWS, "amx-tiles"),
         (WeightFormat::Q8_0, AMX_Q8_0_MANY_ROWS, "amx-tiles"),
         (WeightFormat::Q4K, AMX_Q4K_MANY_ROWS, "amx-int8"),
+        (WeightFormat::F32, WIDE_F32_MANY_ROWS, "avx512-wide"),
     ] {
         assert_eq!(path.kernel_name(format, min - 1), "avx512", "{format}");
         assert_eq!(path.kernel_name(format, min), name, "{format}");
     }
-    for format in [WeightFormat::F32, WeightFormat::F16] {
-        assert_eq!(path.kernel_name(format, 1000), "avx512", "{format}");
-    }
+    assert_eq!(path.kernel_name(WeightFormat::F16, 1000), "avx512");
 }
 
 /// AMX detection is consistent: the path is offered only when the unit is usable, and
@@ -915,7 +914,11 @@ fn wide_dispatch_equals_one_row_at_a_time() {
     let rows = WIDE_MANY_ROWS + 5;
     for format in WeightFormat::ALL {
         let wide = match path.many_rows_min(format) {
-            Some(min) => rows >= min && wide512::takes(format) && avx512_bf16(),
+            Some(min) => {
+                rows >= min
+                    && wide512::takes(format)
+                    && (format == WeightFormat::F32 || avx512_bf16())
+            }
             None => false,
         };
         let expect = if wide {

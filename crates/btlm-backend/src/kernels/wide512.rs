@@ -1,5 +1,5 @@
 //! AVX-512 products with many activation rows (prefill) that multiply several weight tiles
-//! at once: bf16 weights with `vdpbf16ps` (AVX512-BF16).
+//! at once: bf16 weights with `vdpbf16ps` (AVX512-BF16), f32 weights with FMAs.
 //!
 //! The tile kernels ([`super::avx512`]) multiply one tile (16 outputs) with up to 8 rows
 //! per call: every `vdpbf16ps` needs one broadcast load of an activation pair plus 1/8 of a
@@ -15,6 +15,12 @@
 //! even accumulator) and adds the two at the end; here one pass over a chunk runs the even
 //! pairs into their accumulators and a second the odd ones, so every output sees the same
 //! `vdpbf16ps` sequence, and the final add is the same f32 add (tested in `tests.rs`).
+//!
+//! f32 weights take the same walk with one input where bf16 has a pair (a 64-byte vector is
+//! 16 outputs of one f32 input): the f32 tile kernel also sums even and odd inputs apart
+//! (the last odd input in the even sum), so the FMAs per output are the tile kernel's, in
+//! its order. The f32 tile kernel loads a weight vector and 8 broadcasts per 8 FMAs, bound
+//! by the load ports on cores with two 512-bit loads a cycle; here 10 loads feed 24 FMAs.
 
 // Indexed loops over register arrays (tiles × rows) read like the arithmetic they do.
 #![allow(clippy::needless_range_loop)]
@@ -47,16 +53,17 @@ pub fn supported() -> bool {
 /// Whether these kernels multiply `format` weights (`KernelPath::route` routes those).
 #[cfg(test)]
 pub fn takes(format: super::WeightFormat) -> bool {
-    format == super::WeightFormat::Bf16
+    matches!(format, super::WeightFormat::Bf16 | super::WeightFormat::F32)
 }
 
 /// `y = acts · Wᵀ (+ bias)` for the `rows` rows of `acts`, in tasks of whole tile groups run
 /// by `for_each` (see [`super::acts::ForEach`]: rayon's pool or a step's team).
 ///
 /// # Safety
-/// The CPU must support AVX-512 F/BW/VL/VNNI and AVX512-BF16; `w` must hold bf16 weights
-/// and `acts` be prepared for it with `rows` rows of `w.k_pad()` inputs
-/// ([`Acts::fits`]); `y` holds `rows × w.n_out()` values and `bias`, if any, `w.n_out()`.
+/// The CPU must support AVX-512 F/BW/VL/VNNI, and AVX512-BF16 for bf16 weights; `w` must
+/// hold bf16 or f32 weights and `acts` be prepared for it with `rows` rows of `w.k_pad()`
+/// inputs ([`Acts::fits`]); `y` holds `rows × w.n_out()` values and `bias`, if any,
+/// `w.n_out()`.
 pub unsafe fn matmul(
     w: &PackedMatrix,
     acts: &Acts<'_>,
@@ -65,10 +72,37 @@ pub unsafe fn matmul(
     y: &mut [f32],
     for_each: &ForEach<'_>,
 ) {
-    let Acts::Bf16 { x } = acts else {
-        unreachable!("the wide kernels take bf16 weights and their activations");
-    };
     debug_assert!(acts.fits(w.format(), rows, w.k_pad()));
+    match acts {
+        // SAFETY: the forwarded contract (AVX512-BF16 for bf16 weights).
+        Acts::Bf16 { x } => unsafe {
+            tiles::<Bf16Dot>(w, x, w.k_pad() / 2, rows, bias, y, for_each)
+        },
+        Acts::F32 { x } => {
+            // One f32 input is one 64-byte weight vector (a "pair" of the walk) and 4 bytes
+            // of activations, i.e. two u16 of the walk's activation rows.
+            // SAFETY: `u16` has no invalid values and an alignment dividing f32's.
+            let x = unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), 2 * x.len()) };
+            // SAFETY: the forwarded contract.
+            unsafe { tiles::<F32Fma>(w, x, w.k_pad(), rows, bias, y, for_each) }
+        }
+        _ => unreachable!("the wide kernels take bf16 or f32 weights and their activations"),
+    }
+}
+
+/// [`matmul`] for `pairs` 64-byte weight vectors a tile, multiplied by `M`.
+///
+/// # Safety
+/// [`matmul`]'s, with `x` holding `rows × 2·pairs` u16 of activations.
+unsafe fn tiles<M: Micro>(
+    w: &PackedMatrix,
+    x: &[u16],
+    pairs: usize,
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    for_each: &ForEach<'_>,
+) {
     let out = OutPtr(y.as_mut_ptr());
     for_groups(
         w.tiles(),
@@ -78,9 +112,9 @@ pub unsafe fn matmul(
             let mut src = Packed {
                 tiles: std::array::from_fn(|i| w.tile(t0 + i.min(g - 1)).as_ptr()),
             };
-            // SAFETY: the forwarded contract: tiles t0..t0 + g exist with k_pad / 2 pairs,
-            // `x` holds `rows` rows of k_pad bf16 values, `acc` rows · BF16_ACC_ROW floats.
-            unsafe { group(&mut src, g, w.k_pad() / 2, x, rows, acc) };
+            // SAFETY: the forwarded contract: tiles t0..t0 + g exist with `pairs` vectors,
+            // `x` holds `rows` rows of 2·pairs u16, `acc` rows · BF16_ACC_ROW floats.
+            unsafe { group::<M>(&mut src, g, pairs, x, rows, acc) };
             // SAFETY: this task alone writes the columns of its tiles (`for_groups`).
             unsafe { store(acc, rows, t0, g, w.n_out(), out, bias) };
         },
@@ -155,7 +189,7 @@ impl ChunkSource for Packed {
 /// chunk arrives while the current one is multiplied instead of stalling the first pass
 /// over it.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn prefetch_part(at: &[*const u8; BF16_TILES], g: usize, bytes: usize, part: usize, parts: usize) {
     let lines = bytes.div_ceil(64);
     let (lo, hi) = (lines * part / parts, lines * (part + 1) / parts);
@@ -168,14 +202,15 @@ fn prefetch_part(at: &[*const u8; BF16_TILES], g: usize, bytes: usize, part: usi
 }
 
 /// A group of `g <= BF16_TILES` tiles of `pairs` input pairs (from `src`) times all `rows`
-/// rows of `x` (`rows × 2·pairs` bf16 values) into `acc` (even and odd partial sums per
-/// row, see [`store`]), chunk by chunk of [`BF16_KC`] pairs.
+/// rows of `x` (`rows × 2·pairs` bf16 values, or `rows × pairs` f32 ones as u16 pairs)
+/// into `acc` (even and odd partial sums per row, see [`store`]) by the micro-kernel `M`,
+/// chunk by chunk of [`BF16_KC`] pairs.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F/BW/VL/VNNI and AVX512-BF16; `src` yields `pairs` pairs of
+/// The CPU supports AVX-512 F/BW/VL/VNNI and what `M` needs; `src` yields `pairs` pairs of
 /// `g` tiles, `x` holds `rows × 2·pairs` values and `acc` `rows × BF16_ACC_ROW` floats.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
-pub(super) unsafe fn group(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn group<M: Micro>(
     src: &mut impl ChunkSource,
     g: usize,
     pairs: usize,
@@ -223,7 +258,7 @@ pub(super) unsafe fn group(
                     let ap = acc
                         .as_mut_ptr()
                         .add(r0 * BF16_ACC_ROW + parity * BF16_TILES * TILE);
-                    bf16_rows_of(g, nr, &wp, xp, 2 * k_pad, n, ap, first);
+                    M::rows_of(g, nr, &wp, xp, 2 * k_pad, n, ap, first);
                 }
                 if c1 < pairs {
                     prefetch_part(&next, g, next_bytes, part, parts);
@@ -240,10 +275,10 @@ pub(super) unsafe fn group(
 /// into `out`: one vector per row and tile, the columns past `n_out` masked off.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F/BW/VL/VNNI and AVX512-BF16; `out` holds `rows × n_out`
-/// values, no other task writes the tiles' columns, `acc` holds `rows × BF16_ACC_ROW`
-/// floats and `bias`, if any, `n_out` values.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
+/// The CPU supports AVX-512 F/BW/VL/VNNI; `out` holds `rows × n_out` values, no other task
+/// writes the tiles' columns, `acc` holds `rows × BF16_ACC_ROW` floats and `bias`, if any,
+/// `n_out` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn store(
     acc: &[f32],
     rows: usize,
@@ -287,16 +322,101 @@ pub(super) unsafe fn store(
     }
 }
 
-/// Calls [`bf16_micro`] for `g` tiles and `nr` rows.
+/// A micro-kernel of the walk: `G` tiles times `R` rows over `n` weight vectors of one
+/// parity, vector `i` at `w[g] + 128·i` in tile `g` and its activations at `x + r·stride +
+/// 8·i` in row `r` (bytes); the sums start from `acc` (from zero if `first`) and return to
+/// it (row `r`, tile `g` at `acc + r·BF16_ACC_ROW + 16·g`).
+pub(super) trait Micro {
+    /// Runs the micro-kernel for `g <= BF16_TILES` tiles and `nr <= BF16_ROWS` rows.
+    ///
+    /// # Safety
+    /// The CPU supports the instructions of the micro-kernel; those weight vectors,
+    /// activations and sums exist.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_of(
+        g: usize,
+        nr: usize,
+        w: &[*const u8; BF16_TILES],
+        x: *const u8,
+        stride: usize,
+        n: usize,
+        acc: *mut f32,
+        first: bool,
+    );
+}
+
+/// Calls `$micro::<$g, R>(args…)` for the `$nr` rows of a call (`$g` a literal).
+macro_rules! micro_rows {
+    ($micro:ident, $g:literal, $nr:expr, $args:tt) => {
+        match $nr {
+            6 => $micro::<$g, 6> $args,
+            5 => $micro::<$g, 5> $args,
+            4 => $micro::<$g, 4> $args,
+            3 => $micro::<$g, 3> $args,
+            2 => $micro::<$g, 2> $args,
+            _ => $micro::<$g, 1> $args,
+        }
+    };
+}
+
+/// Calls `$micro::<G, R>(args…)` for the `$g` tiles and `$nr` rows of a call.
+macro_rules! micro_call {
+    ($micro:ident, $g:expr, $nr:expr, $args:tt) => {
+        match $g {
+            4 => micro_rows!($micro, 4, $nr, $args),
+            3 => micro_rows!($micro, 3, $nr, $args),
+            2 => micro_rows!($micro, 2, $nr, $args),
+            _ => micro_rows!($micro, 1, $nr, $args),
+        }
+    };
+}
+
+/// bf16 weights and activations, `vdpbf16ps` ([`bf16_micro`]; needs AVX512-BF16).
+pub(super) struct Bf16Dot;
+
+impl Micro for Bf16Dot {
+    unsafe fn rows_of(
+        g: usize,
+        nr: usize,
+        w: &[*const u8; BF16_TILES],
+        x: *const u8,
+        stride: usize,
+        n: usize,
+        acc: *mut f32,
+        first: bool,
+    ) {
+        // SAFETY: the forwarded contract (AVX512-BF16 among the CPU's features).
+        unsafe { micro_call!(bf16_micro, g, nr, (w, x, stride, n, acc, first)) }
+    }
+}
+
+/// f32 weights and activations, FMAs ([`f32_micro`]).
+pub(super) struct F32Fma;
+
+impl Micro for F32Fma {
+    unsafe fn rows_of(
+        g: usize,
+        nr: usize,
+        w: &[*const u8; BF16_TILES],
+        x: *const u8,
+        stride: usize,
+        n: usize,
+        acc: *mut f32,
+        first: bool,
+    ) {
+        // SAFETY: the forwarded contract.
+        unsafe { micro_call!(f32_micro, g, nr, (w, x, stride, n, acc, first)) }
+    }
+}
+
+/// [`Micro`] for f32: `G` tiles times `R` rows, one input per weight vector, the tile
+/// kernel's FMA (`x · w + acc`) per input.
 ///
 /// # Safety
-/// As [`bf16_micro`].
+/// As [`Micro::rows_of`].
 #[inline]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")]
-unsafe fn bf16_rows_of(
-    g: usize,
-    nr: usize,
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f32_micro<const G: usize, const R: usize>(
     w: &[*const u8; BF16_TILES],
     x: *const u8,
     stride: usize,
@@ -304,26 +424,31 @@ unsafe fn bf16_rows_of(
     acc: *mut f32,
     first: bool,
 ) {
-    macro_rules! rows {
-        ($g:literal) => {
-            // SAFETY: the forwarded contract.
-            unsafe {
-                match nr {
-                    6 => bf16_micro::<$g, 6>(w, x, stride, n, acc, first),
-                    5 => bf16_micro::<$g, 5>(w, x, stride, n, acc, first),
-                    4 => bf16_micro::<$g, 4>(w, x, stride, n, acc, first),
-                    3 => bf16_micro::<$g, 3>(w, x, stride, n, acc, first),
-                    2 => bf16_micro::<$g, 2>(w, x, stride, n, acc, first),
-                    _ => bf16_micro::<$g, 1>(w, x, stride, n, acc, first),
+    // SAFETY (whole body): the caller's contract.
+    unsafe {
+        let mut a = [[_mm512_setzero_ps(); R]; G];
+        if !first {
+            for g in 0..G {
+                for r in 0..R {
+                    a[g][r] = _mm512_loadu_ps(acc.add(r * BF16_ACC_ROW + g * TILE));
                 }
             }
-        };
-    }
-    match g {
-        4 => rows!(4),
-        3 => rows!(3),
-        2 => rows!(2),
-        _ => rows!(1),
+        }
+        for i in 0..n {
+            let wv: [__m512; G] =
+                std::array::from_fn(|g| _mm512_loadu_ps(w[g].add(i * 128).cast()));
+            for r in 0..R {
+                let xb = _mm512_set1_ps(x.add(r * stride + i * 8).cast::<f32>().read_unaligned());
+                for g in 0..G {
+                    a[g][r] = _mm512_fmadd_ps(xb, wv[g], a[g][r]);
+                }
+            }
+        }
+        for g in 0..G {
+            for r in 0..R {
+                _mm512_storeu_ps(acc.add(r * BF16_ACC_ROW + g * TILE), a[g][r]);
+            }
+        }
     }
 }
 
