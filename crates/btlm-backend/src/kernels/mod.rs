@@ -753,11 +753,29 @@ fn on_rayon(n: usize, task: &(dyn Fn(usize) + Sync)) {
     (0..n).into_par_iter().for_each(task);
 }
 
+/// Bytes of weights [`tiles_into`] multiplies with one block of rows before the next block:
+/// the group stays in L2 (2 MiB or more on the AVX-512 cores measured) while every block
+/// of rows passes over it.
+const TILE_GROUP_BYTES: usize = 512 << 10;
+
+/// Tiles of `w` in one group of [`tiles_into`]: as many as fit [`TILE_GROUP_BYTES`], at
+/// least one.
+fn tile_group(w: &PackedMatrix) -> usize {
+    (TILE_GROUP_BYTES / w.format().tile_bytes(w.k_pad()).max(1)).max(1)
+}
+
 /// Tiles `range` of `w` times all `rows` rows of `acts` (`+ bias`) into their columns of
 /// `out` (`rows × n_out`), one kernel call per tile and up to `path.max_rows()` rows.
 /// `path` must be supported, with AVX512-BF16 for bf16 weights on an AVX-512 path (see
 /// [`KernelPath::tile_path`]), `out` must hold `rows × w.n_out()` values, and no other task
 /// may write these tiles' columns (the tasks of [`matmul`] take disjoint ranges).
+///
+/// With more rows than one call takes, the tiles go in groups of [`tile_group`]: each block
+/// of rows runs over the whole group before the next block, so the block's activations
+/// stay in L1 across the group and its outputs are written a group's columns at a time
+/// (whole cache lines side by side) instead of one 64-byte line per row and tile (at 128
+/// rows, a row of 7680 outputs is 30 KiB apart from the next). Every call multiplies the
+/// same tile with the same rows as tile by tile: the same bits.
 fn tiles_into(
     path: KernelPath,
     w: &PackedMatrix,
@@ -767,31 +785,52 @@ fn tiles_into(
     out: OutPtr,
     range: std::ops::Range<usize>,
 ) {
+    tiles_into_groups(path, w, acts, rows, bias, out, range, tile_group(w));
+}
+
+/// [`tiles_into`] with groups of `group` tiles.
+#[allow(clippy::too_many_arguments)]
+fn tiles_into_groups(
+    path: KernelPath,
+    w: &PackedMatrix,
+    acts: &Acts<'_>,
+    rows: usize,
+    bias: Option<&[f32]>,
+    out: OutPtr,
+    range: std::ops::Range<usize>,
+    group: usize,
+) {
     let n_out = w.n_out();
     let mut buf = [[0f32; TILE]; 8];
-    for t in range {
-        let col = t * TILE;
-        let ncols = (n_out - col).min(TILE);
+    let group = group.max(1);
+    let mut g0 = range.start;
+    while g0 < range.end {
+        let g1 = (g0 + group).min(range.end);
         let mut row0 = 0;
         while row0 < rows {
             let nr = (rows - row0).min(path.max_rows());
-            run_tile(path, w, t, acts, row0, &mut buf[..nr]);
-            for (r, vals) in buf[..nr].iter().enumerate() {
-                let start = (row0 + r) * n_out + col;
-                // SAFETY: `start + ncols <= rows * n_out`, the size of `out` (caller), and
-                // columns `col..col + ncols` belong to this range's tiles only.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(start), ncols) };
-                match bias {
-                    Some(b) => {
-                        for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
-                            *d = v + bv;
+            for t in g0..g1 {
+                run_tile(path, w, t, acts, row0, &mut buf[..nr]);
+                let col = t * TILE;
+                let ncols = (n_out - col).min(TILE);
+                for (r, vals) in buf[..nr].iter().enumerate() {
+                    let start = (row0 + r) * n_out + col;
+                    // SAFETY: `start + ncols <= rows * n_out`, the size of `out` (caller),
+                    // and columns `col..col + ncols` belong to this range's tiles only.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(start), ncols) };
+                    match bias {
+                        Some(b) => {
+                            for ((d, v), bv) in dst.iter_mut().zip(vals).zip(&b[col..]) {
+                                *d = v + bv;
+                            }
                         }
+                        None => dst.copy_from_slice(&vals[..ncols]),
                     }
-                    None => dst.copy_from_slice(&vals[..ncols]),
                 }
             }
             row0 += nr;
         }
+        g0 = g1;
     }
 }
 

@@ -1098,3 +1098,80 @@ fn wide_products_on_other_threads_equal_matmul_with() {
         }
     }
 }
+
+/// A product of more rows than one kernel call takes runs its tiles in groups, each block
+/// of rows over the whole group before the next block (`tiles_into`): whatever the group
+/// size, and with ranges starting inside a group, every value is the bits of the tile by
+/// tile order and of each row multiplied alone, on every path and format this CPU runs.
+#[test]
+fn grouped_tiles_equal_tile_by_tile_and_one_row_at_a_time() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(43);
+    let (n_out, n_in, rows) = (16 * 9 + 5, 300, 19);
+    for path in KernelPath::ALL.into_iter().filter(|p| p.supported()) {
+        for format in WeightFormat::ALL {
+            let w = random(n_out * n_in, &mut rng, 0.1);
+            let p = pack(format, &w, n_out, n_in);
+            let bias = random(n_out, &mut rng, 1.0);
+            let x = random(rows * n_in, &mut rng, 2.0);
+            let tiles = path.tile_path(format, avx512_bf16());
+            let product = |x: &[f32], rows: usize, ranges: &[(usize, std::ops::Range<usize>)]| {
+                let acts = Acts::prepare(format, x, rows, n_in, p.k_pad());
+                let mut y = vec![f32::NAN; rows * n_out];
+                let out = OutPtr(y.as_mut_ptr());
+                for (group, range) in ranges {
+                    tiles_into_groups(
+                        tiles,
+                        &p,
+                        &acts,
+                        rows,
+                        Some(&bias),
+                        out,
+                        range.clone(),
+                        *group,
+                    );
+                }
+                y
+            };
+            let tile_by_tile = product(&x, rows, &[(1, 0..p.tiles())]);
+            for ranges in [
+                vec![(2, 0..p.tiles())],
+                vec![(4, 0..p.tiles())],
+                vec![(3, 0..5), (3, 5..p.tiles())],
+                vec![(64, 0..p.tiles())],
+            ] {
+                let got = product(&x, rows, &ranges);
+                for (i, (a, b)) in got.iter().zip(&tile_by_tile).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{path} {format} {ranges:?} [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+            for r in 0..rows {
+                let one = product(&x[r * n_in..(r + 1) * n_in], 1, &[(1, 0..p.tiles())]);
+                for (o, (a, b)) in tile_by_tile[r * n_out..].iter().zip(&one).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{path} {format} [{r}][{o}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Groups hold as many tiles as fit 512 KiB, at least one.
+#[test]
+fn tile_groups_fit_their_budget() {
+    let group = |format: WeightFormat, n_in: usize| {
+        tile_group(&pack(format, &vec![0.5; 16 * n_in], 16, n_in))
+    };
+    // A q4k tile of 6826 inputs (27 super-blocks × 16 outputs × 144 bytes) is 62 208 bytes.
+    assert_eq!(group(WeightFormat::Q4K, 6826), 8);
+    assert_eq!(group(WeightFormat::Q4K, 2560), 22);
+    // An f32 tile of 6826 inputs is 436 864 bytes; of 16 384, above the budget.
+    assert_eq!(group(WeightFormat::F32, 6826), 1);
+    assert_eq!(group(WeightFormat::F32, 16384), 1);
+}
