@@ -9,7 +9,7 @@
 //! CPU's features): the caller vouches for the instruction set.
 
 use super::amx::{self, Scratch};
-use super::{Acts, KernelPath, OutPtr, PackedMatrix, amx8, avx512, tiles_into};
+use super::{Acts, KernelPath, OutPtr, PackedMatrix, amx8, avx512, tile_group, tiles_into};
 
 /// `y = x · Wᵀ (+ bias)` on `path`'s tile kernels (all tiles, this thread), `acts`
 /// prepared with [`Acts::prepare`] for `w`'s format and `rows` rows; `avx512_bf16`: whether
@@ -38,6 +38,7 @@ pub unsafe fn tiles_on_this_thread(
         bias,
         OutPtr(y.as_mut_ptr()),
         0..w.tiles(),
+        tile_group(w),
     );
 }
 

@@ -688,7 +688,7 @@ pub fn matmul_with(
     (0..tasks).into_par_iter().for_each(|task| {
         let first = task * per_task;
         let last = (first + per_task).min(w.tiles());
-        tiles_into(tiles, w, &acts, rows, bias, out, first..last);
+        tiles_into(tiles, w, &acts, rows, bias, out, first..last, tile_group(w));
     });
     Ok(())
 }
@@ -770,27 +770,15 @@ fn tile_group(w: &PackedMatrix) -> usize {
 /// [`KernelPath::tile_path`]), `out` must hold `rows × w.n_out()` values, and no other task
 /// may write these tiles' columns (the tasks of [`matmul`] take disjoint ranges).
 ///
-/// With more rows than one call takes, the tiles go in groups of [`tile_group`]: each block
+/// With more rows than one call takes, the tiles go in groups of `group` (callers pass
+/// [`tile_group`]; at least one): each block
 /// of rows runs over the whole group before the next block, so the block's activations
 /// stay in L1 across the group and its outputs are written a group's columns at a time
 /// (whole cache lines side by side) instead of one 64-byte line per row and tile (at 128
 /// rows, a row of 7680 outputs is 30 KiB apart from the next). Every call multiplies the
 /// same tile with the same rows as tile by tile: the same bits.
-fn tiles_into(
-    path: KernelPath,
-    w: &PackedMatrix,
-    acts: &Acts<'_>,
-    rows: usize,
-    bias: Option<&[f32]>,
-    out: OutPtr,
-    range: std::ops::Range<usize>,
-) {
-    tiles_into_groups(path, w, acts, rows, bias, out, range, tile_group(w));
-}
-
-/// [`tiles_into`] with groups of `group` tiles.
 #[allow(clippy::too_many_arguments)]
-fn tiles_into_groups(
+fn tiles_into(
     path: KernelPath,
     w: &PackedMatrix,
     acts: &Acts<'_>,

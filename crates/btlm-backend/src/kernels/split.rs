@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{
     Acts, KernelError, KernelPath, OutPtr, PackedMatrix, Route, avx512_bf16, check_operands,
-    tiles_into,
+    tile_group, tiles_into,
 };
 
 /// Tasks per thread, whatever the rows: claiming one costs an atomic add, and the smaller the
@@ -188,6 +188,7 @@ impl<'a> TileProduct<'a> {
                     self.bias,
                     self.out,
                     first..last,
+                    tile_group(self.w),
                 );
             }
         }

@@ -527,7 +527,16 @@ fn avx512_without_bf16_runs_bf16_weights_on_the_avx2_kernel() {
         let mut y = vec![f32::NAN; rows * n_out];
         let out = OutPtr(y.as_mut_ptr());
         let path = Avx512.tile_path(WeightFormat::Bf16, false);
-        tiles_into(path, &p, &acts, rows, Some(&bias), out, 0..p.tiles());
+        tiles_into(
+            path,
+            &p,
+            &acts,
+            rows,
+            Some(&bias),
+            out,
+            0..p.tiles(),
+            tile_group(&p),
+        );
         for (i, ((a, b), m)) in y.iter().zip(&reference).zip(&mags).enumerate() {
             assert!(
                 (a - b).abs() <= 2e-6 * m + 1e-5,
@@ -646,7 +655,16 @@ fn assert_equals_tile_kernels(
     let acts = Acts::prepare(format, x, rows, n_in, p.k_pad());
     let mut tiles = vec![f32::NAN; rows * n_out];
     let out = OutPtr(tiles.as_mut_ptr());
-    tiles_into(path, p, &acts, rows, Some(bias), out, 0..p.tiles());
+    tiles_into(
+        path,
+        p,
+        &acts,
+        rows,
+        Some(bias),
+        out,
+        0..p.tiles(),
+        tile_group(p),
+    );
     let mut got = vec![f32::NAN; rows * n_out];
     kernel(&acts, &mut got);
     for (i, (a, b)) in got.iter().zip(&tiles).enumerate() {
@@ -1119,7 +1137,7 @@ fn grouped_tiles_equal_tile_by_tile_and_one_row_at_a_time() {
                 let mut y = vec![f32::NAN; rows * n_out];
                 let out = OutPtr(y.as_mut_ptr());
                 for (group, range) in ranges {
-                    tiles_into_groups(
+                    tiles_into(
                         tiles,
                         &p,
                         &acts,
