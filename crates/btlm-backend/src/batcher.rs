@@ -50,7 +50,7 @@ use crate::generation::FinishReason;
 use crate::kv_pool::{KvPool, KvPoolConfig, KvPoolError, Lease};
 use crate::model::Segment;
 use crate::sequence::Sequence;
-use crate::step::{EngineConfig, EngineStats, Event, StepModel, add_nanos, send};
+use crate::step::{EngineConfig, EngineStats, Event, Spent, StepModel, add_nanos, send};
 use crate::step_cost::StepCost;
 use crate::tokenizer::BtlmTokenizer;
 
@@ -503,7 +503,11 @@ impl<M: StepModel> Batcher<M> {
             };
             match seq.advance(row.as_deref_mut(), &self.tokenizer) {
                 Ok(Some(text)) => {
-                    if !send(&r.job.events, Event::Text(text)) {
+                    let spent = Spent {
+                        prompt_tokens: seq.prompt_tokens(),
+                        generated_tokens: seq.generated(),
+                    };
+                    if !send(&r.job.events, Event::Text(text, spent)) {
                         seq.stop(FinishReason::Cancelled);
                     }
                 }
@@ -726,7 +730,7 @@ mod tests {
     fn done(rx: &mut UnboundedReceiver<Event>) -> Generation {
         loop {
             match rx.try_recv().expect("an answer") {
-                Event::Text(_) => continue,
+                Event::Text(..) => continue,
                 Event::Done(result) => return result.expect("no failure"),
             }
         }
@@ -801,7 +805,7 @@ mod tests {
             assert_eq!(done(rx).finish, FinishReason::Preempted);
         }
         while let Ok(event) = lows[0].try_recv() {
-            assert!(matches!(event, Event::Text(_)), "the first low runs on");
+            assert!(matches!(event, Event::Text(..)), "the first low runs on");
         }
         assert!(v.try_recv().is_ok(), "the validator ran a step");
         assert_eq!(b.stats.cancelled.load(Ordering::Relaxed), 0);

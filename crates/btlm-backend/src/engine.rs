@@ -26,7 +26,9 @@ use crate::generation::GenerationConfig;
 use crate::sequence::Sequence;
 use crate::tokenizer::BtlmTokenizer;
 
-pub use crate::step::{EngineConfig, EngineStats, Event, StepModel, StepTiming, SubmitError};
+pub use crate::step::{
+    EngineConfig, EngineStats, Event, Spent, StepModel, StepTiming, SubmitError,
+};
 
 /// A handle to the engine thread. Cloning shares the same engine; the thread stops once
 /// every handle is dropped and the running sequences ended.

@@ -5,14 +5,17 @@ use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use prompting_miner::{BackendMetric, MetricKind, Miner, MinerError, PromptRequest, TextStream};
+use prompting_miner::{
+    BackendMetric, CompletionReport, MetricKind, Miner, MinerError, PromptRequest, TextStream,
+    TokenUsage,
+};
 use tokio::time::Instant;
 
 use crate::args::{BtlmArgs, parse_device};
 use crate::config::Config;
 use crate::engine::{Engine, Event, SubmitError};
 use crate::error::{BtlmError, Result};
-use crate::generation::{FinishReason, GenerationConfig};
+use crate::generation::{FinishReason, Generation, GenerationConfig};
 use crate::hub::{HubOptions, ModelFiles, TokenizerFiles, files_from_hub, files_in_dir};
 use crate::loader::LoadOptions;
 use crate::model::Btlm;
@@ -326,6 +329,25 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
     ]
 }
 
+/// What `prompt` tokens and `generated` ones cost, as the pipeline counts it.
+fn usage(prompt: usize, generated: usize) -> TokenUsage {
+    TokenUsage {
+        prompt_tokens: prompt as u64,
+        completion_tokens: generated as u64,
+    }
+}
+
+/// Records how a finished answer ended, in OpenAI's words (`length` when the token limit
+/// ended it, `stop` for the end token or a stop string), and its tokens.
+fn record_end(report: &CompletionReport, g: &Generation) {
+    let reason = match g.finish {
+        FinishReason::Length => "length",
+        _ => "stop",
+    };
+    report.set_finish_reason(reason);
+    report.set_usage(usage(g.prompt_tokens, g.tokens.len()));
+}
+
 fn timeout(started: Instant) -> MinerError {
     MinerError::Timeout(started.elapsed().as_secs_f64())
 }
@@ -390,26 +412,35 @@ impl Miner for BtlmMiner {
                 SubmitError::WorkerGone => MinerError::Backend(e.to_string()),
             })?;
         // Ends after the last piece, or with one error. Dropping the stream drops the
-        // receiver, which cancels the generation.
-        let stream = futures::stream::unfold(Some(rx), move |state| async move {
-            let mut rx = state?;
-            let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => Err(timeout(started)),
-                Ok(None) => Err(MinerError::Backend("the model worker stopped".into())),
-                Ok(Some(Event::Text(t))) => return Some((Ok(t), Some(rx))),
-                Ok(Some(Event::Done(Ok(g)))) => match g.finish {
-                    FinishReason::Deadline => Err(timeout(started)),
-                    FinishReason::Cancelled => {
-                        Err(MinerError::Backend("generation was cancelled".into()))
+        // receiver, which cancels the generation. Every piece records the tokens spent so
+        // far, so an answer cut short near its deadline still reports its cost.
+        let report = request.report.clone();
+        let stream = futures::stream::unfold(Some(rx), move |state| {
+            let report = report.clone();
+            async move {
+                let mut rx = state?;
+                let item = match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Err(_) => Err(timeout(started)),
+                    Ok(None) => Err(MinerError::Backend("the model worker stopped".into())),
+                    Ok(Some(Event::Text(t, spent))) => {
+                        report.set_usage(usage(spent.prompt_tokens, spent.generated_tokens));
+                        return Some((Ok(t), Some(rx)));
                     }
-                    FinishReason::Preempted => Err(MinerError::Preempted),
-                    FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
-                        return None;
-                    }
-                },
-                Ok(Some(Event::Done(Err(e)))) => Err(MinerError::Backend(e.to_string())),
-            };
-            Some((item, None))
+                    Ok(Some(Event::Done(Ok(g)))) => match g.finish {
+                        FinishReason::Deadline => Err(timeout(started)),
+                        FinishReason::Cancelled => {
+                            Err(MinerError::Backend("generation was cancelled".into()))
+                        }
+                        FinishReason::Preempted => Err(MinerError::Preempted),
+                        FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
+                            record_end(&report, &g);
+                            return None;
+                        }
+                    },
+                    Ok(Some(Event::Done(Err(e)))) => Err(MinerError::Backend(e.to_string())),
+                };
+                Some((item, None))
+            }
         });
         Ok(Box::pin(stream))
     }

@@ -180,7 +180,8 @@ impl Sequence {
         }
     }
 
-    fn generated(&self) -> usize {
+    /// Tokens generated so far (a final eos included).
+    pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }
 

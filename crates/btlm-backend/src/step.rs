@@ -99,11 +99,20 @@ impl StepModel for Btlm {
     }
 }
 
+/// Tokens a request has cost when a piece of its text goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    /// Prompt tokens run (after any left cut).
+    pub prompt_tokens: usize,
+    /// Tokens generated so far (the text may hold some back, e.g. a possible stop string).
+    pub generated_tokens: usize,
+}
+
 /// What the engine reports about one request, in order: text pieces, then one `Done`.
 #[derive(Debug)]
 pub enum Event {
-    /// A final piece of the completion.
-    Text(String),
+    /// A final piece of the completion, and what the request has cost so far.
+    Text(String, Spent),
     /// The request ended (see [`Generation::finish`]) or failed.
     Done(Result<Generation>),
 }

@@ -239,7 +239,7 @@ fn collect(mut rx: UnboundedReceiver<Event>) -> Outcome {
     loop {
         assert!(t0.elapsed() < PATIENCE, "no Done event");
         match rx.try_recv() {
-            Ok(Event::Text(t)) => pieces.push(t),
+            Ok(Event::Text(t, _)) => pieces.push(t),
             Ok(Event::Done(done)) => return Outcome { pieces, done },
             Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
                 std::thread::sleep(Duration::from_millis(1))
@@ -465,7 +465,7 @@ fn a_dropped_receiver_frees_its_slot_at_the_next_step() {
     let t0 = Instant::now();
     loop {
         match a.try_recv() {
-            Ok(Event::Text(_)) => break,
+            Ok(Event::Text(..)) => break,
             Ok(Event::Done(d)) => panic!("ended early: {d:?}"),
             Err(_) => {
                 assert!(t0.elapsed() < PATIENCE, "no first piece");
@@ -830,7 +830,7 @@ mod priority {
     use super::*;
     use prompting_miner::{
         Metagraph, MetagraphView, Miner, MinerConfig, NeuronInfo, Pipeline, PromptRequest,
-        Protocol, SharedMetagraph,
+        Protocol, SharedMetagraph, TokenUsage,
     };
 
     fn neuron(uid: u16, hotkey: &str, stake: f64) -> NeuronInfo {
@@ -962,6 +962,34 @@ mod priority {
         assert_eq!(order, ["filler", "high", "mid", "low"]);
     }
 
+    /// A whole answer reports its finish reason in OpenAI's words and its tokens: `length`
+    /// at the token limit, the prompt's tokens and every generated one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_report_their_finish_reason_and_tokens() {
+        let model = Scripted::new();
+        let miner = scripted_miner(&model, 2);
+        model.gate.set_open(true);
+        let asked = request("validator");
+        let report = asked.report.clone();
+        let prompt_tokens = tokenizer()
+            .encode(&miner.prompt_text(&asked))
+            .expect("encode")
+            .len() as u64;
+        let answer = miner.prompt(&asked).await.expect("answered");
+        assert_eq!(
+            answer,
+            tokenizer().decode(&[Scripted::NEXT; 4]).expect("decode")
+        );
+        assert_eq!(report.finish_reason().as_deref(), Some("length"));
+        assert_eq!(
+            report.usage(),
+            Some(TokenUsage {
+                prompt_tokens,
+                completion_tokens: 4
+            })
+        );
+    }
+
     /// A generation still running `--miner.answer_margin_ms` before its request's deadline
     /// is answered with the tokens generated so far, and its batch slot freed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -991,6 +1019,11 @@ mod priority {
             Duration::from_secs(4),
         );
         asked.sampling.max_tokens = Some(50);
+        let report = asked.report.clone();
+        let prompt_tokens = tokenizer()
+            .encode(&miner.prompt_text(&asked))
+            .expect("encode")
+            .len() as u64;
         // The prompt's step gives the first token, five decode steps five more; then the
         // model waits at the gate.
         model.gate.allow(6);
@@ -1006,6 +1039,14 @@ mod priority {
         );
         let stats = pipeline.stats();
         assert_eq!((stats.truncated, stats.in_flight), (1, 0));
+        // The cut answer still reports what it cost, and ended on "length".
+        let spent = TokenUsage {
+            prompt_tokens,
+            completion_tokens: 6,
+        };
+        assert_eq!(report.usage(), Some(spent));
+        assert_eq!(report.finish_reason().as_deref(), Some("length"));
+        assert_eq!(stats.usage, spent, "counted in the pipeline's token totals");
         // The engine drops the sequence at its next step.
         model.gate.set_open(true);
         wait_for("the batch to empty", || {

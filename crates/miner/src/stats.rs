@@ -330,8 +330,10 @@ impl RequestTracker {
     }
 
     /// Ends the request as [`Outcome::Served`] with the text generated so far, its deadline
-    /// near (`--miner.answer_margin_ms`): also counted in [`PipelineStats::truncated`].
+    /// near (`--miner.answer_margin_ms`): also counted in [`PipelineStats::truncated`]. Its
+    /// finish reason is `length` (the answer is shorter than the backend would have made it).
     pub(crate) fn finish_truncated(self) {
+        self.report.set_finish_reason("length");
         self.counters.truncated.fetch_add(1, Ordering::Relaxed);
         self.finish(Outcome::Served);
     }

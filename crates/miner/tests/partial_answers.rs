@@ -160,8 +160,15 @@ async fn a_request_still_running_at_the_margin_gets_the_text_so_far() {
     // Chunks at 50, 150, …, 650 ms; the cutoff at 1000 − 300 = 700 ms.
     let f = fixture(true, 300);
     let start = Instant::now();
-    let answer = f.pipeline.prompt(ask(50, 100, 50)).await;
+    let asked = ask(50, 100, 50);
+    let report = asked.report.clone();
+    let answer = f.pipeline.prompt(asked).await;
     assert_eq!(answer, Ok(chunks(7)));
+    assert_eq!(
+        report.finish_reason().as_deref(),
+        Some("length"),
+        "a cut answer ends on length"
+    );
     assert_eq!(start.elapsed(), 700 * MS);
     assert_eq!(
         f.dropped.load(Ordering::SeqCst),
