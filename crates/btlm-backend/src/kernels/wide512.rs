@@ -371,41 +371,67 @@ macro_rules! micro_call {
     };
 }
 
+/// `impl Micro for $kind` calling `$micro::<G, R>` for each call's tiles and rows.
+macro_rules! micro_impl {
+    ($kind:ident, $micro:ident) => {
+        impl Micro for $kind {
+            unsafe fn rows_of(
+                g: usize,
+                nr: usize,
+                w: &[*const u8; BF16_TILES],
+                x: *const u8,
+                stride: usize,
+                n: usize,
+                acc: *mut f32,
+                first: bool,
+            ) {
+                // SAFETY: the forwarded contract (the CPU runs `$micro`'s instructions).
+                unsafe { micro_call!($micro, g, nr, (w, x, stride, n, acc, first)) }
+            }
+        }
+    };
+}
+
 /// bf16 weights and activations, `vdpbf16ps` ([`bf16_micro`]; needs AVX512-BF16).
 pub(super) struct Bf16Dot;
-
-impl Micro for Bf16Dot {
-    unsafe fn rows_of(
-        g: usize,
-        nr: usize,
-        w: &[*const u8; BF16_TILES],
-        x: *const u8,
-        stride: usize,
-        n: usize,
-        acc: *mut f32,
-        first: bool,
-    ) {
-        // SAFETY: the forwarded contract (AVX512-BF16 among the CPU's features).
-        unsafe { micro_call!(bf16_micro, g, nr, (w, x, stride, n, acc, first)) }
-    }
-}
+micro_impl!(Bf16Dot, bf16_micro);
 
 /// f32 weights and activations, FMAs ([`f32_micro`]).
 pub(super) struct F32Fma;
+micro_impl!(F32Fma, f32_micro);
 
-impl Micro for F32Fma {
-    unsafe fn rows_of(
-        g: usize,
-        nr: usize,
-        w: &[*const u8; BF16_TILES],
-        x: *const u8,
-        stride: usize,
-        n: usize,
-        acc: *mut f32,
-        first: bool,
-    ) {
-        // SAFETY: the forwarded contract.
-        unsafe { micro_call!(f32_micro, g, nr, (w, x, stride, n, acc, first)) }
+/// A micro-kernel's `G × R` partial sums from `acc` (row `r`, tile `g` at `acc +
+/// r·BF16_ACC_ROW + 16·g`), or zeros if `first`.
+///
+/// # Safety
+/// Unless `first`, those sums exist.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn sums_in<const G: usize, const R: usize>(
+    acc: *const f32,
+    first: bool,
+) -> [[__m512; R]; G] {
+    if first {
+        return [[_mm512_setzero_ps(); R]; G];
+    }
+    // SAFETY: the caller's contract.
+    std::array::from_fn(|g| {
+        std::array::from_fn(|r| unsafe { _mm512_loadu_ps(acc.add(r * BF16_ACC_ROW + g * TILE)) })
+    })
+}
+
+/// Stores a micro-kernel's partial sums where [`sums_in`] reads them.
+///
+/// # Safety
+/// Room for those sums at `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn sums_out<const G: usize, const R: usize>(acc: *mut f32, a: &[[__m512; R]; G]) {
+    for g in 0..G {
+        for r in 0..R {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_storeu_ps(acc.add(r * BF16_ACC_ROW + g * TILE), a[g][r]) };
+        }
     }
 }
 
@@ -426,14 +452,7 @@ unsafe fn f32_micro<const G: usize, const R: usize>(
 ) {
     // SAFETY (whole body): the caller's contract.
     unsafe {
-        let mut a = [[_mm512_setzero_ps(); R]; G];
-        if !first {
-            for g in 0..G {
-                for r in 0..R {
-                    a[g][r] = _mm512_loadu_ps(acc.add(r * BF16_ACC_ROW + g * TILE));
-                }
-            }
-        }
+        let mut a = sums_in::<G, R>(acc, first);
         for i in 0..n {
             let wv: [__m512; G] =
                 std::array::from_fn(|g| _mm512_loadu_ps(w[g].add(i * 128).cast()));
@@ -444,11 +463,7 @@ unsafe fn f32_micro<const G: usize, const R: usize>(
                 }
             }
         }
-        for g in 0..G {
-            for r in 0..R {
-                _mm512_storeu_ps(acc.add(r * BF16_ACC_ROW + g * TILE), a[g][r]);
-            }
-        }
+        sums_out(acc, &a);
     }
 }
 
@@ -475,14 +490,7 @@ unsafe fn bf16_micro<const G: usize, const R: usize>(
     };
     // SAFETY (whole body): the caller's contract.
     unsafe {
-        let mut a = [[_mm512_setzero_ps(); R]; G];
-        if !first {
-            for g in 0..G {
-                for r in 0..R {
-                    a[g][r] = _mm512_loadu_ps(acc.add(r * BF16_ACC_ROW + g * TILE));
-                }
-            }
-        }
+        let mut a = sums_in::<G, R>(acc, first);
         for i in 0..n {
             let wv: [__m512bh; G] =
                 std::array::from_fn(|g| bh(_mm512_loadu_si512(w[g].add(i * 128).cast())));
@@ -495,10 +503,6 @@ unsafe fn bf16_micro<const G: usize, const R: usize>(
                 }
             }
         }
-        for g in 0..G {
-            for r in 0..R {
-                _mm512_storeu_ps(acc.add(r * BF16_ACC_ROW + g * TILE), a[g][r]);
-            }
-        }
+        sums_out(acc, &a);
     }
 }
