@@ -19,6 +19,10 @@
 //! state of the pool: a warm-up round runs the same prefill and steps on caches from a
 //! [`KvPool`], gives them back, and the timed round takes them again). Both leave the
 //! caches' capacity alike: prompt plus every step, rounded as the pool rounds.
+//!
+//! `--sections` adds a table of where the steps' time went: the mean milliseconds a step
+//! per section of the model ([`step_profile`]), and what is outside them ("other": the
+//! embedding, the team's start, copying the logits).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,6 +37,7 @@ use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::{KvDtype, Quantization};
 use prompting_btlm_backend::pack_cache::WeightCache;
+use prompting_btlm_backend::step_profile::{self, Section, SectionTimes};
 use prompting_btlm_backend::weights::Checkpoint;
 
 #[derive(Parser, Debug)]
@@ -64,6 +69,35 @@ struct Cli {
     /// are f32), `f32` or `f16`.
     #[arg(long, value_enum, default_value_t = KvDtype::Auto)]
     kv_dtype: KvDtype,
+    /// Also print the mean time a step spends in each section of the model.
+    #[arg(long)]
+    sections: bool,
+}
+
+/// Prints where the steps of `rows` went: mean ms a step per section, and the rest.
+fn section_table(format: &str, caches: &str, rows: &[Row], steps: usize) {
+    let names: Vec<&str> = Section::ALL.iter().map(|s| s.name()).collect();
+    println!(
+        "\n| {format} ({caches}) batch | mean step ms | {} | other |\n| ---: | ---: |{}",
+        names.join(" | "),
+        " ---: |".repeat(names.len() + 1)
+    );
+    let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps.max(1) as f64;
+    for r in rows {
+        let cells: Vec<String> = r
+            .sections
+            .iter()
+            .map(|(_, d)| format!("{:.2}", per_step(d)))
+            .collect();
+        let mean_ms = r.mean * 1e3;
+        println!(
+            "| {} | {mean_ms:.1} | {} | {:.2} |",
+            r.batch,
+            cells.join(" | "),
+            mean_ms - per_step(r.sections.total())
+        );
+    }
+    println!();
 }
 
 /// Minor page faults of this process so far (field 10 of `/proc/self/stat`; 0 elsewhere).
@@ -78,17 +112,28 @@ fn minor_faults() -> u64 {
         .unwrap_or(0)
 }
 
-/// One timed row: batch size, median step seconds, minor faults per step.
-type Row = (usize, f64, f64);
+/// One timed batch size.
+struct Row {
+    batch: usize,
+    /// Median step seconds.
+    median: f64,
+    /// Mean step seconds.
+    mean: f64,
+    /// Minor page faults per step.
+    faults: f64,
+    /// The sections of all its steps (zero unless recorded).
+    sections: SectionTimes,
+}
 
 /// Prefills `caches` with `prompts` together, then runs `steps` decode steps for each batch
-/// size (the first `n` caches); returns the rows.
+/// size (the first `n` caches), recording their sections if `sections`; returns the rows.
 fn run_round(
     model: &Btlm,
     caches: &mut [Cache],
     prompts: &[Vec<u32>],
     batches: &[usize],
     steps: usize,
+    sections: bool,
 ) -> anyhow::Result<Vec<Row>> {
     let mut segments: Vec<Segment<'_>> = caches
         .iter_mut()
@@ -106,6 +151,7 @@ fn run_round(
         let token = [42u32];
         let mut times = Vec::with_capacity(steps);
         let faults = minor_faults();
+        step_profile::record(sections);
         for _ in 0..steps {
             let mut segments: Vec<Segment<'_>> = caches[..n]
                 .iter_mut()
@@ -121,8 +167,17 @@ fn run_round(
             times.push(t.elapsed().as_secs_f64());
         }
         let faults = (minor_faults() - faults) as f64 / steps.max(1) as f64;
+        let sections = step_profile::take();
+        step_profile::record(false);
+        let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
         times.sort_by(f64::total_cmp);
-        rows.push((n, times[times.len() / 2], faults));
+        rows.push(Row {
+            batch: n,
+            median: times.get(times.len() / 2).copied().unwrap_or(0.0),
+            mean,
+            faults,
+            sections,
+        });
     }
     Ok(rows)
 }
@@ -222,12 +277,19 @@ fn main() -> anyhow::Result<()> {
                 let mut fresh: Vec<Cache> = (0..max_batch)
                     .map(|_| model.new_cache_with_capacity(pool.positions_for(needed)))
                     .collect();
-                run_round(&model, &mut fresh, &prompts, &cli.batches, cli.steps)?
+                run_round(
+                    &model,
+                    &mut fresh,
+                    &prompts,
+                    &cli.batches,
+                    cli.steps,
+                    cli.sections,
+                )?
             } else {
                 // Warm-up: the same work on caches that then go back to the pool.
                 let leased = lease_all(&model, &mut pool, max_batch, needed)?;
                 let (leases, mut warm): (Vec<_>, Vec<_>) = leased.into_iter().unzip();
-                run_round(&model, &mut warm, &prompts, &cli.batches, cli.steps)?;
+                run_round(&model, &mut warm, &prompts, &cli.batches, cli.steps, false)?;
                 give_back_all(&mut pool, leases.into_iter().zip(warm).collect())?;
                 let reused_before = pool.stats().reused;
                 let leased = lease_all(&model, &mut pool, max_batch, needed)?;
@@ -235,19 +297,31 @@ fn main() -> anyhow::Result<()> {
                     bail!("the timed round did not get the warm-up's caches back");
                 }
                 let (leases, mut timed): (Vec<_>, Vec<_>) = leased.into_iter().unzip();
-                let rows = run_round(&model, &mut timed, &prompts, &cli.batches, cli.steps)?;
+                let rows = run_round(
+                    &model,
+                    &mut timed,
+                    &prompts,
+                    &cli.batches,
+                    cli.steps,
+                    cli.sections,
+                )?;
                 give_back_all(&mut pool, leases.into_iter().zip(timed).collect())?;
                 rows
             };
             let kv = format!("{:?}", model.kv_dtype()).to_lowercase();
-            let base = rows.first().map_or(1.0, |&(n, step, _)| n as f64 / step);
-            for (n, step, faults) in rows {
-                let rate = n as f64 / step;
+            let base = rows.first().map_or(1.0, |r| r.batch as f64 / r.median);
+            for r in &rows {
+                let rate = r.batch as f64 / r.median;
                 println!(
-                    "| {format} | {caches} ({kv}) | {n} | {:.1} | {rate:.2} | {:.2} | {faults:.0} |",
-                    step * 1e3,
-                    rate / base
+                    "| {format} | {caches} ({kv}) | {} | {:.1} | {rate:.2} | {:.2} | {:.0} |",
+                    r.batch,
+                    r.median * 1e3,
+                    rate / base,
+                    r.faults
                 );
+            }
+            if cli.sections {
+                section_table(format, caches, &rows, cli.steps);
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::kv_cache::LayerKv;
 use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
+use crate::step_profile::{Section, timed};
 use crate::team::Team;
 
 thread_local! {
@@ -173,9 +174,15 @@ impl Attention {
         att: &mut [f32],
         y: &mut [f32],
     ) -> candle_core::Result<()> {
-        packed_into(&mut [(&self.c_attn, &mut *qkv)], x, rows, team)?;
-        self.heads.attend_rows(qkv, rows, parts, team, att)?;
-        packed_into(&mut [(&self.c_proj, y)], att, rows, team)
+        timed(Section::QkvProduct, || {
+            packed_into(&mut [(&self.c_attn, &mut *qkv)], x, rows, team)
+        })?;
+        timed(Section::Attention, || {
+            self.heads.attend_rows(qkv, rows, parts, team, att)
+        })?;
+        timed(Section::AttnOutProduct, || {
+            packed_into(&mut [(&self.c_proj, y)], att, rows, team)
+        })
     }
 }
 

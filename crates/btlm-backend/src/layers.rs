@@ -11,6 +11,7 @@ use crate::elementwise::{self, ElementwisePath};
 use crate::error::Result;
 use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
+use crate::step_profile::{Section, timed};
 use crate::team::Team;
 
 /// Layer normalisation over the last dimension.
@@ -206,14 +207,20 @@ impl Mlp {
         gate: &mut [f32],
         y: &mut [f32],
     ) -> candle_core::Result<()> {
-        packed_into(
-            &mut [(&self.c_fc, &mut *up), (&self.c_fc2, &mut *gate)],
-            x,
-            rows,
-            team,
-        )?;
-        swiglu_into(self.elementwise, up, gate, team)?;
-        packed_into(&mut [(&self.c_proj, y)], up, rows, team)
+        timed(Section::MlpUpProducts, || {
+            packed_into(
+                &mut [(&self.c_fc, &mut *up), (&self.c_fc2, &mut *gate)],
+                x,
+                rows,
+                team,
+            )
+        })?;
+        timed(Section::SwiGlu, || {
+            swiglu_into(self.elementwise, up, gate, team)
+        })?;
+        timed(Section::MlpDownProduct, || {
+            packed_into(&mut [(&self.c_proj, y)], up, rows, team)
+        })
     }
 }
 
@@ -388,14 +395,16 @@ impl Block {
         let (x, y) = (&mut ws.x[..n], &mut ws.y[..n]);
         let qkv = &mut ws.qkv[..3 * n];
         let att = &mut ws.att[..n];
-        self.ln_1.rows_on(h, None, x, team)?;
+        timed(Section::LayerNorm, || self.ln_1.rows_on(h, None, x, team))?;
         self.attn.forward_rows(x, rows, parts, team, qkv, att, y)?;
         // The residual sum and the second layer norm in one section of the team.
-        self.ln_2.rows_on(h, Some(y), x, team)?;
+        timed(Section::LayerNorm, || {
+            self.ln_2.rows_on(h, Some(y), x, team)
+        })?;
         let m = rows * ws.inner;
         let (up, gate) = (&mut ws.up[..m], &mut ws.gate[..m]);
         self.mlp.forward_rows(x, rows, team, up, gate, y)?;
-        add_on(h, y, ws.e, team);
+        timed(Section::Residual, || add_on(h, y, ws.e, team));
         Ok(())
     }
 }

@@ -72,6 +72,7 @@ pub mod sampling;
 pub mod sequence;
 mod step;
 mod step_cost;
+pub mod step_profile;
 mod team;
 pub mod tokenizer;
 pub mod weights;

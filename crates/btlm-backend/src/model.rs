@@ -23,6 +23,7 @@ use crate::kv_cache::{Cache, bytes_per_token};
 use crate::layers::{Block, LayerNorm, Workspace};
 use crate::linear::{Projection, packed_into};
 use crate::loader::{LoadOptions, Loader};
+use crate::step_profile::{Section, timed};
 use crate::team::{self, Team};
 use crate::weights::Checkpoint;
 
@@ -280,7 +281,9 @@ impl Btlm {
             return Tensor::zeros((0, self.cfg.vocab_size), DType::F32, &self.device);
         }
         if let Some((values, _)) = on_rows {
-            return self.logits_of_rows(&values, &last_rows, team);
+            return timed(Section::Head, || {
+                self.logits_of_rows(&values, &last_rows, team)
+            });
         }
         let last = h.index_select(&Tensor::from_vec(last_rows, n, &self.device)?, 0)?;
         let logits = self.lm_head.forward_on(&self.ln_f.forward(&last)?, team)?;
@@ -423,6 +426,34 @@ mod tests {
                 path.rows_independent(format, PrefillPrecision::Exact),
                 "{format} on {path}"
             );
+        }
+    }
+
+    /// A step on the rows path times every section on the thread that runs it (the
+    /// leader of its team); one on the tensor path records none.
+    #[test]
+    fn a_step_on_rows_records_its_sections_and_one_on_tensors_none() {
+        use crate::step_profile::{self, SectionTimes};
+        let model = tiny(crate::options::Quantization::Q8_0);
+        let tokens = [5u32, 9, 11];
+        for rows_path in [true, false] {
+            let mut cache = model.new_cache();
+            let mut segments = vec![Segment {
+                tokens: &tokens,
+                cache: &mut cache,
+                logits: true,
+            }];
+            step_profile::record(true);
+            team::run(2, |t| model.forward_on(&mut segments, t, rows_path)).expect("step");
+            let times = step_profile::take();
+            step_profile::record(false);
+            if rows_path {
+                for (section, spent) in times.iter() {
+                    assert!(spent > std::time::Duration::ZERO, "{section:?}: {times:?}");
+                }
+            } else {
+                assert_eq!(times, SectionTimes::default());
+            }
         }
     }
 
