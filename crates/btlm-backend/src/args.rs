@@ -77,8 +77,9 @@ pub struct BtlmArgs {
     pub prefill_precision: PrefillPrecision,
     /// What the key/value cache stores on CPU: `f16` halves the bytes every decode step reads
     /// per cached position (at long prompts and full batches as many as the weights) and the
-    /// memory a request reserves; `f32` keeps f32 weights' answers exactly the reference's;
-    /// `auto`: f16 unless the weights are f32. GPUs cache in --btlm.dtype.
+    /// memory a request reserves; `q8` (opt-in) stores int8 with a scale per head and
+    /// position, 84 bytes for f16's 160; `f32` keeps f32 weights' answers exactly the
+    /// reference's; `auto`: f16 unless the weights are f32. GPUs cache in --btlm.dtype.
     #[cfg_attr(feature = "cli", arg(long = "btlm.kv_dtype", value_enum, default_value_t = KvDtype::Auto))]
     pub kv_dtype: KvDtype,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
@@ -491,6 +492,7 @@ mod tests {
             ("f16", KvDtype::F16),
             ("f32", KvDtype::F32),
             ("auto", KvDtype::Auto),
+            ("q8", KvDtype::Q8),
         ] {
             let a = parse(&["--btlm.kv_dtype", flag]).expect("parse");
             assert_eq!(a.kv_dtype, want);

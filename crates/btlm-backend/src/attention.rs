@@ -103,7 +103,8 @@ struct Heads {
     slopes: Option<Vec<f32>>,
     /// The code of the CPU path.
     path: AttnPath,
-    /// What the CPU path stores cached keys and values as (f32 or f16).
+    /// What the CPU path stores cached keys and values as: f32, f16, or U8 for int8 rows
+    /// with their f32 scale in 4 bytes after them ([`cpu::q8_row`]).
     kv_dtype: DType,
 }
 
@@ -268,6 +269,14 @@ impl Heads {
                 }
                 Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
+            DType::U8 => {
+                let w = d + <u8 as KvElem>::TAIL;
+                let mut out = vec![0u8; h * t * w];
+                for (dst, piece) in out.chunks_exact_mut(w).zip(pieces) {
+                    cpu::q8_row(piece, dst);
+                }
+                Tensor::from_vec(out, (h, t, w), &Device::Cpu)
+            }
             other => candle_core::bail!("the CPU attention path has no {other:?} cache"),
         }
     }
@@ -370,6 +379,9 @@ impl Heads {
                     CachedPair::F16(k, v) => {
                         self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
                     }
+                    CachedPair::Q8(k, v) => {
+                        self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
+                    }
                 }
             });
         }
@@ -454,6 +466,8 @@ pub(crate) struct AttentionPart<'a> {
 enum CachedPair<'a> {
     F32(CachedHeads<'a, f32>, CachedHeads<'a, f32>),
     F16(CachedHeads<'a, half::f16>, CachedHeads<'a, half::f16>),
+    /// int8 rows with their scales ([`cpu::q8_row`]).
+    Q8(CachedHeads<'a, u8>, CachedHeads<'a, u8>),
 }
 
 impl<'a> CachedPair<'a> {
@@ -477,8 +491,14 @@ impl<'a> CachedPair<'a> {
                     CachedHeads::new(v, value_layout)?,
                 ))
             }
+            (Storage::Cpu(CpuStorage::U8(k)), Storage::Cpu(CpuStorage::U8(v))) => {
+                Ok(CachedPair::Q8(
+                    CachedHeads::new(k, key_layout)?,
+                    CachedHeads::new(v, value_layout)?,
+                ))
+            }
             (k, v) => candle_core::bail!(
-                "the CPU attention path needs f32 or f16 CPU caches, got {:?} keys and {:?} values",
+                "the CPU attention path needs f32, f16 or int8 CPU caches, got {:?} keys and {:?} values",
                 k.dtype(),
                 v.dtype()
             ),
@@ -486,8 +506,8 @@ impl<'a> CachedPair<'a> {
     }
 }
 
-/// One head's keys or values of a sequence's cache, `[h, positions, d]` in a CPU storage
-/// (any strides with contiguous rows).
+/// One head's keys or values of a sequence's cache, `[h, positions, d + tail]` in a CPU
+/// storage (any strides with contiguous rows; the tail: [`KvElem::TAIL`]).
 struct CachedHeads<'a, T> {
     data: &'a [T],
     start: usize,
@@ -497,9 +517,9 @@ struct CachedHeads<'a, T> {
     d: usize,
 }
 
-impl<'a, T> CachedHeads<'a, T> {
+impl<'a, T: KvElem> CachedHeads<'a, T> {
     fn new(data: &'a [T], layout: &candle_core::Layout) -> candle_core::Result<Self> {
-        let (&[_, positions, d], &[head_stride, position_stride, 1]) =
+        let (&[_, positions, width], &[head_stride, position_stride, 1]) =
             (layout.dims(), layout.stride())
         else {
             candle_core::bail!(
@@ -507,6 +527,9 @@ impl<'a, T> CachedHeads<'a, T> {
                 layout.dims(),
                 layout.stride()
             );
+        };
+        let Some(d) = width.checked_sub(T::TAIL) else {
+            candle_core::bail!("cache rows of {width} elements, fewer than their tail");
         };
         Ok(CachedHeads {
             data,
@@ -680,6 +703,28 @@ mod tests {
                     };
                     let diff = worst_difference(&heads, lens, &[2]);
                     assert!(diff < 1e-5, "d {head_dim}, {path:?}, {lens:?}: {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_int8_cache_stays_within_its_rounding() {
+        // Values in [-1, 1]: each cached value within 1/254 of its row's largest, so the
+        // scores move by at most d · 1/254 · scale (= 1/254 here) and every output, a
+        // weighted mean of values, by little more than a step. The cache must be int8 rows.
+        for lens in [
+            &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
+            &[[256, 77], [1, 1], [3, 1]],
+        ] {
+            for path in attn_paths() {
+                for head_dim in [12, 80] {
+                    let heads = Heads {
+                        kv_dtype: DType::U8,
+                        ..test_heads(2, head_dim, true, path)
+                    };
+                    let diff = worst_difference(&heads, lens, &[1, 2]);
+                    assert!(diff < 0.02, "d {head_dim}, {path:?}, {lens:?}: {diff}");
                 }
             }
         }

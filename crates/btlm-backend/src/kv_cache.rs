@@ -138,10 +138,15 @@ impl Cache {
     }
 }
 
-/// Bytes of cache one token takes in a model of `n_layer` blocks of width `n_embd` whose
-/// keys and values are stored as `dtype`.
-pub fn bytes_per_token(n_layer: usize, n_embd: usize, dtype: DType) -> usize {
-    2 * n_layer * n_embd * dtype.size_in_bytes()
+/// Bytes of cache one token takes in a model of `n_layer` blocks of width `n_embd` in
+/// `n_head` heads whose keys and values are stored as `dtype` (U8: int8 rows, each head's
+/// with a 4-byte scale).
+pub fn bytes_per_token(n_layer: usize, n_embd: usize, n_head: usize, dtype: DType) -> usize {
+    let row_bytes = match dtype {
+        DType::U8 => n_embd + 4 * n_head,
+        other => n_embd * other.size_in_bytes(),
+    };
+    2 * n_layer * row_bytes
 }
 
 #[cfg(test)]
@@ -190,8 +195,10 @@ mod tests {
         assert_eq!(c.seq_len(), 0);
         assert!(c.layers.iter().all(|l| l.data.is_none()));
         assert_eq!(c.capacity(), 0);
-        assert_eq!(bytes_per_token(32, 2560, DType::F32), 655_360);
-        assert_eq!(bytes_per_token(32, 2560, DType::F16), 327_680);
+        assert_eq!(bytes_per_token(32, 2560, 32, DType::F32), 655_360);
+        assert_eq!(bytes_per_token(32, 2560, 32, DType::F16), 327_680);
+        // 32 heads of 80 int8 values and a 4-byte scale each.
+        assert_eq!(bytes_per_token(32, 2560, 32, DType::U8), 172_032);
     }
 
     #[test]

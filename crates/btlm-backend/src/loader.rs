@@ -328,10 +328,12 @@ fn prefill_precision(
 }
 
 /// The key/value cache dtype of `asked` for CPU weights in `format` (see [`KvDtype`]).
+/// (int8 rows with their scale are stored as U8: see `attention::cpu::q8_row`.)
 fn cpu_kv_dtype(asked: KvDtype, format: WeightFormat) -> DType {
     match (asked, format) {
         (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => DType::F32,
         (KvDtype::F16, _) | (KvDtype::Auto, _) => DType::F16,
+        (KvDtype::Q8, _) => DType::U8,
     }
 }
 

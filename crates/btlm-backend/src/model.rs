@@ -145,9 +145,19 @@ impl Btlm {
         self.dtype
     }
 
-    /// What the key/value cache stores (see [`crate::options::KvDtype`]).
+    /// What the key/value cache stores (see [`crate::options::KvDtype`]): F32, F16, or U8
+    /// for int8 rows with a scale (`--btlm.kv_dtype q8`).
     pub fn kv_dtype(&self) -> DType {
         self.kv_dtype
+    }
+
+    /// [`Self::kv_dtype`] as `--btlm.kv_dtype` names it (`f32`, `f16`, `q8`; another dtype
+    /// a GPU caches in by its candle name).
+    pub fn kv_dtype_name(&self) -> String {
+        match self.kv_dtype {
+            DType::U8 => "q8".to_string(),
+            other => format!("{other:?}").to_lowercase(),
+        }
     }
 
     /// An empty cache for a new sequence, growing as tokens arrive.
@@ -163,7 +173,12 @@ impl Btlm {
 
     /// Bytes of cache one token of a sequence takes (keys and values of every block).
     pub fn kv_bytes_per_token(&self) -> usize {
-        bytes_per_token(self.cfg.n_layer, self.cfg.n_embd, self.kv_dtype)
+        bytes_per_token(
+            self.cfg.n_layer,
+            self.cfg.n_embd,
+            self.cfg.n_head,
+            self.kv_dtype,
+        )
     }
 
     /// The ALiBi slopes, or `None` for learned positions.

@@ -21,7 +21,7 @@ use prompting_btlm_backend::error::{BtlmError, Result};
 use prompting_btlm_backend::generation::{FinishReason, Generation, GenerationConfig};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
-use prompting_btlm_backend::options::Quantization;
+use prompting_btlm_backend::options::{KvDtype, Quantization};
 use prompting_btlm_backend::sequence::generate;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
 use prompting_btlm_backend::weights::Checkpoint;
@@ -418,6 +418,14 @@ fn every_format() -> Vec<(&'static str, LoadOptions)> {
             "q4k",
             LoadOptions {
                 quantization: Quantization::Q4k,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q4k, int8 cache",
+            LoadOptions {
+                quantization: Quantization::Q4k,
+                kv_dtype: KvDtype::Q8,
                 ..LoadOptions::default()
             },
         ),

@@ -13,8 +13,10 @@
 //! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Scalar`] is
 //! portable Rust (`f32::exp`).
 //!
-//! Cached keys and values are f32 or f16 ([`KvElem`]); f16 rows are widened to f32 as they
-//! are read, so both run the same arithmetic on the values stored.
+//! Cached keys and values are f32, f16 or int8 rows with a scale ([`KvElem`]); f16 and int8
+//! values are widened to f32 as they are read, so all run the same arithmetic on the values
+//! stored. The scales of int8 rows multiply the scores: a key's its dot products before
+//! the softmax, a value's its weight after it.
 
 use crate::elementwise::avx2_supported;
 
@@ -37,11 +39,20 @@ fn for_head(path: AttnPath, d: usize) -> AttnPath {
     }
 }
 
-/// What cached keys and values are stored as: f32, or f16 (`--btlm.kv_dtype`: half the
-/// bytes a decode step reads per position; the arithmetic stays f32).
+/// What cached keys and values are stored as: f32, f16 or int8 with a scale per row
+/// (`--btlm.kv_dtype`: a half or about a quarter of the bytes a decode step reads per
+/// position; the arithmetic stays f32).
 pub(crate) trait KvElem: Copy + Send + Sync + 'static {
-    /// The value as f32.
+    /// Elements after the `d` values of a row (the scale of an int8 row).
+    const TAIL: usize = 0;
+
+    /// The value as f32 (times the row's scale: the value stored).
     fn to_f32(self) -> f32;
+
+    /// The scale of a row from its [`Self::TAIL`] elements (1 for rows without one).
+    fn scale(_tail: &[Self]) -> f32 {
+        1.0
+    }
 
     /// Eight consecutive values as the lanes of an f32 vector.
     ///
@@ -82,7 +93,47 @@ impl KvElem for half::f16 {
     }
 }
 
-/// `positions` rows of `d` values, `stride` values apart (one head's keys or values).
+impl KvElem for u8 {
+    const TAIL: usize = 4;
+
+    /// The byte as the int8 it stores.
+    #[inline]
+    fn to_f32(self) -> f32 {
+        f32::from(self as i8)
+    }
+
+    #[inline]
+    fn scale(tail: &[u8]) -> f32 {
+        f32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]])
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (8 bytes).
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+    }
+}
+
+/// `x` as an int8 cache row (`x.len() + 4` bytes in `out`): each value `round(x / s)` in
+/// −127..=127 where `s = max |x| / 127`, then `s` as 4 little-endian bytes (an all-zero
+/// row has scale 0; a NaN value is stored as 0).
+pub(crate) fn q8_row(x: &[f32], out: &mut [u8]) {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = max / 127.0;
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let (values, tail) = out.split_at_mut(x.len());
+    for (o, v) in values.iter_mut().zip(x) {
+        // `as` saturates (and maps NaN to 0); the clamp keeps -128 out.
+        *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+    }
+    tail[..4].copy_from_slice(&s.to_le_bytes());
+}
+
+/// `positions` rows of `d` values (and [`KvElem::TAIL`] elements after them), `stride`
+/// values apart (one head's keys or values).
 #[derive(Clone, Copy)]
 pub(crate) struct HeadRows<'a, T = f32> {
     pub(crate) data: &'a [T],
@@ -91,15 +142,29 @@ pub(crate) struct HeadRows<'a, T = f32> {
     pub(crate) d: usize,
 }
 
-impl<T> HeadRows<'_, T> {
+impl<T: KvElem> HeadRows<'_, T> {
     /// Row `j`.
     pub(crate) fn row(&self, j: usize) -> &[T] {
         &self.data[j * self.stride..][..self.d]
     }
 
-    /// Whether rows `0..n` lie inside `data`.
+    /// Row `j`'s scale ([`KvElem::scale`]).
+    pub(crate) fn scale(&self, j: usize) -> f32 {
+        T::scale(&self.data[j * self.stride + self.d..][..T::TAIL])
+    }
+
+    /// Whether rows `0..n` (with their tails) lie inside `data`.
     fn holds(&self, n: usize) -> bool {
-        n == 0 || (n - 1) * self.stride + self.d <= self.data.len()
+        n == 0 || (n - 1) * self.stride + self.d + T::TAIL <= self.data.len()
+    }
+
+    /// `row[j] *= scale(j)` for every `j` of `row` (nothing for rows without scales).
+    fn scale_scores(&self, row: &mut [f32]) {
+        if T::TAIL > 0 {
+            for (j, s) in row.iter_mut().enumerate() {
+                *s *= self.scale(j);
+            }
+        }
     }
 }
 
@@ -155,7 +220,10 @@ impl<T: KvElem> Head<'_, T> {
             let mut sums = [0f32; QUERY_BLOCK];
             for (i, sum) in sums.iter_mut().enumerate().take(qb) {
                 let row = &mut scores[i * stride..][..stride];
+                self.keys.scale_scores(&mut row[..n]);
                 *sum = self.softmax(path, row, self.offset + q0 + i);
+                // Weights of the values as they are stored (the sum stays the softmax's).
+                self.values.scale_scores(&mut row[..n]);
             }
             let out = &mut out[q0 * d..(q0 + qb) * d];
             out.fill(0.0);
@@ -735,6 +803,7 @@ mod tests {
                         .zip(head.keys.row(j))
                         .map(|(a, b)| a * b.to_f32())
                         .sum::<f32>()
+                        * head.keys.scale(j)
                         * head.scale;
                     s + head.slope.map_or(0.0, |m| -m * (position - j) as f32)
                 })
@@ -744,7 +813,7 @@ mod tests {
             let sum: f32 = e.iter().sum();
             for (j, e) in e.iter().enumerate() {
                 for (o, v) in o.iter_mut().zip(head.values.row(j)) {
-                    *o += e / sum * v.to_f32();
+                    *o += e / sum * head.values.scale(j) * v.to_f32();
                 }
             }
         }
@@ -860,9 +929,74 @@ mod tests {
                         slope,
                     };
                     check(&head16, &mut scores, "f16");
+                    // And in int8 rows with their scales, `ks8` bytes apart.
+                    let ks8 = d + 8;
+                    let q8 = |v: &[f32]| {
+                        let mut out = vec![0u8; total * ks8];
+                        for j in 0..total {
+                            q8_row(&v[j * ks..][..d], &mut out[j * ks8..][..d + 4]);
+                        }
+                        out
+                    };
+                    let (keys8, values8) = (q8(&keys), q8(&values));
+                    let rows8 = |data| HeadRows {
+                        data,
+                        stride: ks8,
+                        positions: total,
+                        d,
+                    };
+                    let head8 = Head {
+                        queries: &queries,
+                        q_stride: qs,
+                        t,
+                        offset,
+                        keys: rows8(&keys8),
+                        values: rows8(&values8),
+                        scale: head.scale,
+                        slope,
+                    };
+                    check(&head8, &mut scores, "q8");
                 }
             }
         }
+    }
+
+    #[test]
+    fn int8_rows_keep_every_value_within_half_a_step() {
+        let d = 80;
+        for seed in 1..20 {
+            let amp = [1e-3f32, 0.5, 3.0, 700.0][seed as usize % 4];
+            let x = noise(d, seed, amp);
+            let mut row = vec![0u8; d + 4];
+            q8_row(&x, &mut row);
+            let rows = HeadRows {
+                data: &row,
+                stride: d + 4,
+                positions: 1,
+                d,
+            };
+            let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = rows.scale(0);
+            assert_eq!(s, max / 127.0);
+            for (v, q) in x.iter().zip(rows.row(0)) {
+                assert!((-127..=127).contains(&(*q as i8)));
+                let back = q.to_f32() * s;
+                assert!(
+                    (back - v).abs() <= s * 0.5 * 1.0001,
+                    "{v} → {back} (step {s})"
+                );
+            }
+        }
+        // The largest magnitude is stored exactly as ±127 steps; a zero row has scale 0, and
+        // a NaN is stored as 0.
+        let mut row = vec![0u8; 8 + 4];
+        q8_row(&[0.0, -2.54, 1.27, f32::NAN, 0.0, 0.0, 2.0, 0.01], &mut row);
+        assert_eq!(row[1] as i8, -127);
+        assert_eq!(row[2] as i8, 64);
+        assert_eq!(row[3] as i8, 0);
+        q8_row(&[0.0; 8], &mut row);
+        assert!(row[..8].iter().all(|&b| b == 0));
+        assert_eq!(f32::from_le_bytes(row[8..].try_into().unwrap()), 0.0);
     }
 
     #[test]
