@@ -687,44 +687,30 @@ mod tests {
     }
 
     #[test]
-    fn an_f16_cache_holds_the_same_attention() {
-        // Keys and values that f16 holds exactly (see `both_paths`): an f16 cache must
-        // give what the tensor path gives with f32 caches, on every path, at short and long
-        // context, and the cache must be stored as f16.
-        for lens in [
-            &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
-            &[[256, 77], [1, 1], [3, 1]],
-        ] {
-            for path in attn_paths() {
-                for head_dim in [12, 80] {
-                    let heads = Heads {
-                        kv_dtype: DType::F16,
-                        ..test_heads(2, head_dim, true, path)
-                    };
-                    let diff = worst_difference(&heads, lens, &[2]);
-                    assert!(diff < 1e-5, "d {head_dim}, {path:?}, {lens:?}: {diff}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn an_int8_cache_stays_within_its_rounding() {
-        // Values in [-1, 1]: each cached value within 1/254 of its row's largest, so the
-        // scores move by at most d · 1/254 · scale (= 1/254 here) and every output, a
-        // weighted mean of values, by little more than a step. The cache must be int8 rows.
-        for lens in [
-            &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
-            &[[256, 77], [1, 1], [3, 1]],
-        ] {
-            for path in attn_paths() {
-                for head_dim in [12, 80] {
-                    let heads = Heads {
-                        kv_dtype: DType::U8,
-                        ..test_heads(2, head_dim, true, path)
-                    };
-                    let diff = worst_difference(&heads, lens, &[1, 2]);
-                    assert!(diff < 0.02, "d {head_dim}, {path:?}, {lens:?}: {diff}");
+    fn half_and_int8_caches_hold_the_same_attention() {
+        // f16: keys and values that f16 holds exactly (see `both_paths`), so an f16 cache
+        // must give what the tensor path gives with f32 caches. int8: values in [-1, 1],
+        // each cached within 1/254 of its row's largest, so the scores move by at most
+        // d · 1/254 · scale (= 1/254 here) and every output, a weighted mean of values, by
+        // little more than a step. Every path, short and long context; the cache must be
+        // stored in the dtype asked.
+        for (dtype, tolerance) in [(DType::F16, 1e-5), (DType::U8, 0.02)] {
+            for lens in [
+                &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
+                &[[256, 77], [1, 1], [3, 1]],
+            ] {
+                for path in attn_paths() {
+                    for head_dim in [12, 80] {
+                        let heads = Heads {
+                            kv_dtype: dtype,
+                            ..test_heads(2, head_dim, true, path)
+                        };
+                        let diff = worst_difference(&heads, lens, &[1, 2]);
+                        assert!(
+                            diff < tolerance,
+                            "{dtype:?} d {head_dim}, {path:?}, {lens:?}: {diff}"
+                        );
+                    }
                 }
             }
         }

@@ -46,7 +46,7 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     /// Elements after the `d` values of a row (the scale of an int8 row).
     const TAIL: usize = 0;
 
-    /// The value as f32 (times the row's scale: the value stored).
+    /// The element as f32 (an int8 row's before its scale).
     fn to_f32(self) -> f32;
 
     /// The scale of a row from its [`Self::TAIL`] elements (1 for rows without one).
@@ -117,17 +117,25 @@ impl KvElem for u8 {
     }
 }
 
-/// `x` as an int8 cache row (`x.len() + 4` bytes in `out`): each value `round(x / s)` in
-/// −127..=127 where `s = max |x| / 127`, then `s` as 4 little-endian bytes (an all-zero
+/// `x` as an int8 cache row (`x.len() + 4` bytes in `out`): each value `x / s` rounded to
+/// the nearest integer (ties to even), in −127..=127 where `s = max |x| / 127`, then `s` as 4 little-endian bytes (an all-zero
 /// row has scale 0; a NaN value is stored as 0).
+///
+/// # Panics
+/// If `out` is shorter than `x.len() + 4` bytes.
 pub(crate) fn q8_row(x: &[f32], out: &mut [u8]) {
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let s = max / 127.0;
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     let (values, tail) = out.split_at_mut(x.len());
+    // Adding and subtracting 1.5·2²³ rounds an f32 below 2²² in magnitude to the nearest
+    // integer (ties to even) in plain SSE2 arithmetic, which vectorizes (`round` is a
+    // library call without SSE4.1); |v · inv| ≤ 127.
+    const ROUND: f32 = 12_582_912.0;
     for (o, v) in values.iter_mut().zip(x) {
         // `as` saturates (and maps NaN to 0); the clamp keeps -128 out.
-        *o = ((v * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+        let q = (v * inv + ROUND) - ROUND;
+        *o = (q.clamp(-127.0, 127.0) as i8) as u8;
     }
     tail[..4].copy_from_slice(&s.to_le_bytes());
 }
@@ -157,14 +165,13 @@ impl<T: KvElem> HeadRows<'_, T> {
     fn holds(&self, n: usize) -> bool {
         n == 0 || (n - 1) * self.stride + self.d + T::TAIL <= self.data.len()
     }
+}
 
-    /// `row[j] *= scale(j)` for every `j` of `row` (nothing for rows without scales).
-    fn scale_scores(&self, row: &mut [f32]) {
-        if T::TAIL > 0 {
-            for (j, s) in row.iter_mut().enumerate() {
-                *s *= self.scale(j);
-            }
-        }
+/// `row[j] *= scales[j]` for every `j` of both (nothing for rows without scales: `scales`
+/// empty).
+fn times(row: &mut [f32], scales: &[f32]) {
+    for (s, k) in row.iter_mut().zip(scales) {
+        *s *= k;
     }
 }
 
@@ -207,12 +214,22 @@ impl<T: KvElem> Head<'_, T> {
             self.keys.positions
         );
         let path = for_head(path, d);
+        // Rows with scales (int8): every key's and value's scale, read once for all blocks
+        // at the front of the scratch space, the blocks' scores after them.
+        scores.clear();
+        if T::TAIL > 0 {
+            scores.extend((0..total).map(|j| self.keys.scale(j)));
+            scores.extend((0..total).map(|j| self.values.scale(j)));
+        }
+        let front = scores.len();
         for q0 in (0..t).step_by(QUERY_BLOCK) {
             let qb = QUERY_BLOCK.min(t - q0);
             let n = self.offset + q0 + qb;
             let stride = n.next_multiple_of(8);
-            scores.clear();
-            scores.resize(qb * stride, 0.0);
+            scores.truncate(front);
+            scores.resize(front + qb * stride, 0.0);
+            let (scales, scores) = scores.split_at_mut(front);
+            let (key_scales, value_scales) = scales.split_at(scales.len() / 2);
             for k0 in (0..n).step_by(KEY_TILE) {
                 let kt = KEY_TILE.min(n - k0);
                 self.dots(path, q0, qb, k0, kt, scores, stride);
@@ -220,10 +237,10 @@ impl<T: KvElem> Head<'_, T> {
             let mut sums = [0f32; QUERY_BLOCK];
             for (i, sum) in sums.iter_mut().enumerate().take(qb) {
                 let row = &mut scores[i * stride..][..stride];
-                self.keys.scale_scores(&mut row[..n]);
+                times(&mut row[..n], key_scales);
                 *sum = self.softmax(path, row, self.offset + q0 + i);
                 // Weights of the values as they are stored (the sum stays the softmax's).
-                self.values.scale_scores(&mut row[..n]);
+                times(&mut row[..n], value_scales);
             }
             let out = &mut out[q0 * d..(q0 + qb) * d];
             out.fill(0.0);
@@ -862,6 +879,31 @@ mod tests {
         }
     }
 
+    /// `head` over `keys` and `values` instead of its own cache, rows `stride` apart.
+    fn with_cache<'a, T>(
+        head: &Head<'a, f32>,
+        keys: &'a [T],
+        values: &'a [T],
+        stride: usize,
+    ) -> Head<'a, T> {
+        let rows = |data| HeadRows {
+            data,
+            stride,
+            positions: head.keys.positions,
+            d: head.keys.d,
+        };
+        Head {
+            queries: head.queries,
+            q_stride: head.q_stride,
+            t: head.t,
+            offset: head.offset,
+            keys: rows(keys),
+            values: rows(values),
+            scale: head.scale,
+            slope: head.slope,
+        }
+    }
+
     #[test]
     fn blocked_heads_equal_the_per_query_reference() {
         let mut scores = Vec::new();
@@ -908,28 +950,16 @@ mod tests {
                         slope,
                     };
                     check(&head, &mut scores, "f32");
-                    // The same cache in f16: the kernels must equal the reference on the
-                    // values stored.
+                    // The same cache in f16, and in int8 rows with their scales (`ks8`
+                    // bytes apart): the kernels must equal the reference on the values
+                    // stored.
                     let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
                     let (keys16, values16): (Vec<_>, Vec<_>) = (half(&keys), half(&values));
-                    let rows16 = |data| HeadRows {
-                        data,
-                        stride: ks,
-                        positions: total,
-                        d,
-                    };
-                    let head16 = Head {
-                        queries: &queries,
-                        q_stride: qs,
-                        t,
-                        offset,
-                        keys: rows16(&keys16),
-                        values: rows16(&values16),
-                        scale: head.scale,
-                        slope,
-                    };
-                    check(&head16, &mut scores, "f16");
-                    // And in int8 rows with their scales, `ks8` bytes apart.
+                    check(
+                        &with_cache(&head, &keys16, &values16, ks),
+                        &mut scores,
+                        "f16",
+                    );
                     let ks8 = d + 8;
                     let q8 = |v: &[f32]| {
                         let mut out = vec![0u8; total * ks8];
@@ -939,23 +969,7 @@ mod tests {
                         out
                     };
                     let (keys8, values8) = (q8(&keys), q8(&values));
-                    let rows8 = |data| HeadRows {
-                        data,
-                        stride: ks8,
-                        positions: total,
-                        d,
-                    };
-                    let head8 = Head {
-                        queries: &queries,
-                        q_stride: qs,
-                        t,
-                        offset,
-                        keys: rows8(&keys8),
-                        values: rows8(&values8),
-                        scale: head.scale,
-                        slope,
-                    };
-                    check(&head8, &mut scores, "q8");
+                    check(&with_cache(&head, &keys8, &values8, ks8), &mut scores, "q8");
                 }
             }
         }
