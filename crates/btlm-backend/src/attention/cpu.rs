@@ -214,14 +214,15 @@ impl<T: KvElem> Head<'_, T> {
             self.keys.positions
         );
         let path = for_head(path, d);
-        // Rows with scales (int8): every key's and value's scale, read once for all blocks
-        // at the front of the scratch space, the blocks' scores after them.
+        // Rows with scales (int8): the keys' and the values' scales at the front of the
+        // scratch space, the blocks' scores after them. Each is read once, after the first
+        // block whose keys reach it: the dots have just brought the rows into cache (and
+        // prefetched the values), where a pass over the scales first would read every row
+        // from memory one line at a time.
         scores.clear();
-        if T::TAIL > 0 {
-            scores.extend((0..total).map(|j| self.keys.scale(j)));
-            scores.extend((0..total).map(|j| self.values.scale(j)));
-        }
-        let front = scores.len();
+        let front = if T::TAIL > 0 { 2 * total } else { 0 };
+        scores.resize(front, 0.0);
+        let mut scaled = 0;
         for q0 in (0..t).step_by(QUERY_BLOCK) {
             let qb = QUERY_BLOCK.min(t - q0);
             let n = self.offset + q0 + qb;
@@ -229,10 +230,17 @@ impl<T: KvElem> Head<'_, T> {
             scores.truncate(front);
             scores.resize(front + qb * stride, 0.0);
             let (scales, scores) = scores.split_at_mut(front);
-            let (key_scales, value_scales) = scales.split_at(scales.len() / 2);
             for k0 in (0..n).step_by(KEY_TILE) {
                 let kt = KEY_TILE.min(n - k0);
                 self.dots(path, q0, qb, k0, kt, scores, stride);
+            }
+            let (key_scales, value_scales) = scales.split_at_mut(front / 2);
+            if T::TAIL > 0 {
+                for j in scaled..n {
+                    key_scales[j] = self.keys.scale(j);
+                    value_scales[j] = self.values.scale(j);
+                }
+                scaled = n;
             }
             let mut sums = [0f32; QUERY_BLOCK];
             for (i, sum) in sums.iter_mut().enumerate().take(qb) {
