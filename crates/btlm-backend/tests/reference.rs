@@ -220,29 +220,16 @@ fn half_precision_is_close() {
 /// of the reference; f32 weights cache f32 unless asked.
 #[test]
 fn an_f16_kv_cache_stays_close() {
-    let r = reference();
     let f32_cache = load("model.safetensors", &LoadOptions::default());
     assert_eq!(f32_cache.kv_dtype(), DType::F32, "auto under f32 weights");
-    let model = load(
-        "model.safetensors",
-        &LoadOptions {
-            kv_dtype: KvDtype::F16,
-            ..LoadOptions::default()
-        },
-    );
+    let model = f32_weights_caching(KvDtype::F16);
     assert_eq!(model.kv_dtype(), DType::F16);
     assert_eq!(model.kv_dtype_name(), "f16");
     assert_eq!(
         2 * model.kv_bytes_per_token(),
         f32_cache.kv_bytes_per_token()
     );
-    for case in &r.cases {
-        let logits = last_logits(&model, &case.input_ids);
-        let d = max_abs_diff(&logits, &case.last_logits);
-        eprintln!("f16 cache: max |Δlogit| {d}");
-        assert!(d < 0.02, "{:?}: {d}", case.prompt);
-        assert!(d > 0.0, "{:?}: the cache did not round", case.prompt);
-    }
+    rounded_logits_stay_within(&model, 0.02, "f16 cache");
     for (dtype, quantization) in [
         (DType::BF16, Quantization::None),
         (DType::F16, Quantization::None),
@@ -267,14 +254,7 @@ fn an_f16_kv_cache_stays_close() {
 /// wider than f16's, prompt chunks and single tokens alike.
 #[test]
 fn an_int8_kv_cache_stays_close() {
-    let r = reference();
-    let model = load(
-        "model.safetensors",
-        &LoadOptions {
-            kv_dtype: KvDtype::Q8,
-            ..LoadOptions::default()
-        },
-    );
+    let model = f32_weights_caching(KvDtype::Q8);
     assert_eq!(model.kv_dtype(), DType::U8);
     assert_eq!(model.kv_dtype_name(), "q8");
     let cfg = model.config();
@@ -282,20 +262,43 @@ fn an_int8_kv_cache_stays_close() {
         model.kv_bytes_per_token(),
         2 * cfg.n_layer * (cfg.n_embd + 4 * cfg.n_head)
     );
-    for case in &r.cases {
-        let logits = last_logits(&model, &case.input_ids);
-        let d = max_abs_diff(&logits, &case.last_logits);
-        eprintln!("int8 cache: max |Δlogit| {d}");
-        assert!(d < 0.05, "{:?}: {d}", case.prompt);
-        assert!(d > 0.0, "{:?}: the cache did not round", case.prompt);
-        let mut c1 = model.new_cache();
+    rounded_logits_stay_within(&model, 0.05, "int8 cache");
+    for case in &reference().cases {
+        let mut cache = model.new_cache();
         let stepwise = model
-            .prefill(&case.input_ids, &mut c1, 1)
+            .prefill(&case.input_ids, &mut cache, 1)
             .expect("stepwise")
             .to_vec1::<f32>()
             .expect("vec");
-        let d1 = max_abs_diff(&stepwise, &case.last_logits);
-        assert!(d1 < 0.05, "{:?} token by token: {d1}", case.prompt);
+        let d = max_abs_diff(&stepwise, &case.last_logits);
+        assert!(d < 0.05, "{:?} token by token: {d}", case.prompt);
+    }
+}
+
+/// The f32 reference weights with a key/value cache of `kv`.
+fn f32_weights_caching(kv: KvDtype) -> Btlm {
+    load(
+        "model.safetensors",
+        &LoadOptions {
+            kv_dtype: kv,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+/// Every reference prompt's last logits within `tolerance` of the reference, and not equal
+/// to them (what `what` stores was rounded).
+fn rounded_logits_stay_within(model: &Btlm, tolerance: f32, what: &str) {
+    for case in &reference().cases {
+        let logits = last_logits(model, &case.input_ids);
+        let d = max_abs_diff(&logits, &case.last_logits);
+        eprintln!("{what}: max |Δlogit| {d}");
+        assert!(d < tolerance, "{what}: {:?}: {d}", case.prompt);
+        assert!(
+            d > 0.0,
+            "{what}: {:?}: the cache did not round",
+            case.prompt
+        );
     }
 }
 
