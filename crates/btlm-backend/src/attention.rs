@@ -662,10 +662,13 @@ mod tests {
     }
 
     fn attn_paths() -> Vec<AttnPath> {
-        let avx2 = AttnPath::for_kernels(crate::kernels::KernelPath::Avx2);
+        use crate::kernels::KernelPath;
         let mut paths = vec![AttnPath::Scalar];
-        if avx2 != AttnPath::Scalar {
-            paths.push(avx2);
+        for kernels in [KernelPath::Avx2, KernelPath::Avx512] {
+            let path = AttnPath::for_kernels(kernels);
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
         }
         paths
     }

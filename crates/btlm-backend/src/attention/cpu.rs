@@ -10,8 +10,10 @@
 //!
 //! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
 //! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
-//! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Scalar`] is
-//! portable Rust (`f32::exp`).
+//! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Avx512`] runs the
+//! products on 16-lane vectors (2 queries × 8 keys or 1 query × 16 keys per call, reduced by
+//! a tree of shuffles; `cpu/avx512.rs`) and the softmax as AVX2 does; [`AttnPath::Scalar`]
+//! is portable Rust (`f32::exp`).
 //!
 //! Cached keys and values are f32, f16 or int8 rows with a scale ([`KvElem`]); f16 and int8
 //! values are widened to f32 as they are read, so all run the same arithmetic on the values
@@ -19,6 +21,7 @@
 //! the softmax, a value's its weight after it.
 
 use crate::elementwise::avx2_supported;
+use crate::kernels::KernelPath;
 
 /// Queries of one head attended together (their scores are one buffer of
 /// `QUERY_BLOCK × positions` values).
@@ -27,14 +30,52 @@ pub(crate) const QUERY_BLOCK: usize = 16;
 /// Keys (and values) per tile: 20 KiB of keys or values at head size 80.
 pub(crate) const KEY_TILE: usize = 64;
 
-/// The code the CPU attention runs: the elementwise path of the kernels (AVX2 + FMA +
-/// F16C, or portable Rust), narrowed per head by [`for_head`].
-pub(crate) use crate::elementwise::ElementwisePath as AttnPath;
+/// The code the CPU attention runs, narrowed per head by [`for_head`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttnPath {
+    /// Portable Rust (libm's `exp`).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F products, the AVX2 softmax (and AVX2 kernels for the last keys that do
+    /// not fill a vector).
+    Avx512,
+}
 
-/// The path that runs heads of `d` values: AVX2 needs `d` a multiple of 8.
+impl AttnPath {
+    /// AVX-512 on the AVX-512 and AMX kernel paths of a CPU with AVX-512 F (and AVX2, FMA,
+    /// F16C), AVX2 on the others with AVX2, FMA and F16C, scalar when the kernels are forced
+    /// to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
+    pub(crate) fn for_kernels(path: KernelPath) -> Self {
+        match path {
+            KernelPath::Amx | KernelPath::Avx512 if avx512_supported() => AttnPath::Avx512,
+            KernelPath::Scalar => AttnPath::Scalar,
+            _ if avx2_supported() => AttnPath::Avx2,
+            _ => AttnPath::Scalar,
+        }
+    }
+}
+
+/// Whether this CPU has AVX-512 F besides AVX2, FMA and F16C.
+fn avx512_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && avx2_supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The path that runs heads of `d` values: AVX-512 needs `d` a multiple of 16, AVX2 a
+/// multiple of 8.
 fn for_head(path: AttnPath, d: usize) -> AttnPath {
     match path {
-        AttnPath::Avx2 if d.is_multiple_of(8) && avx2_supported() => AttnPath::Avx2,
+        AttnPath::Avx512 if d.is_multiple_of(16) && avx512_supported() => AttnPath::Avx512,
+        AttnPath::Avx2 | AttnPath::Avx512 if d.is_multiple_of(8) && avx2_supported() => {
+            AttnPath::Avx2
+        }
         _ => AttnPath::Scalar,
     }
 }
@@ -60,6 +101,13 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     /// AVX2 and F16C; `p..p + 8` readable.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen consecutive values as the lanes of an f32 vector.
+    ///
+    /// # Safety
+    /// AVX-512 F; `p..p + 16` readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl KvElem for f32 {
@@ -74,6 +122,14 @@ impl KvElem for f32 {
     unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller's promise.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's promise.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -90,6 +146,15 @@ impl KvElem for half::f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (8 × 2 bytes).
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (16 × 2 bytes).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
     }
 }
 
@@ -114,6 +179,15 @@ impl KvElem for u8 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (8 bytes).
         unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const u8) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (16 bytes).
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
     }
 }
 
@@ -289,6 +363,12 @@ impl<T: KvElem> Head<'_, T> {
                 // `d` a multiple of 8; `attend` checked that the rows exist.
                 unsafe { avx2::dots(self, q0, qb, k0, kt, scores, stride) }
             }
+            #[cfg(target_arch = "x86_64")]
+            AttnPath::Avx512 => {
+                // SAFETY: `for_head` chose AVX-512 only on a CPU with AVX-512 F, AVX2, FMA
+                // and F16C and `d` a multiple of 16; `attend` checked that the rows exist.
+                unsafe { avx512::dots(self, q0, qb, k0, kt, scores, stride) }
+            }
             _ => {
                 for i in 0..qb {
                     let q = self.query(q0 + i);
@@ -307,9 +387,9 @@ impl<T: KvElem> Head<'_, T> {
     fn softmax(&self, path: AttnPath, row: &mut [f32], position: usize) -> f32 {
         match path {
             #[cfg(target_arch = "x86_64")]
-            AttnPath::Avx2 => {
-                // SAFETY: as in `dots`; `row` is a multiple of 8 long and longer than
-                // `position`.
+            AttnPath::Avx2 | AttnPath::Avx512 => {
+                // SAFETY: as in `dots` (an AVX-512 CPU has AVX2 and FMA); `row` is a
+                // multiple of 8 long and longer than `position`.
                 unsafe { avx2::softmax(row, position, self.scale, self.slope) }
             }
             _ => {
@@ -351,6 +431,11 @@ impl<T: KvElem> Head<'_, T> {
                 // SAFETY: as in `dots`.
                 unsafe { avx2::weighted_values(self, scores, stride, qb, k0, kt, out) }
             }
+            #[cfg(target_arch = "x86_64")]
+            AttnPath::Avx512 => {
+                // SAFETY: as in `dots`.
+                unsafe { avx512::weighted_values(self, scores, stride, qb, k0, kt, out) }
+            }
             _ => {
                 let d = self.values.d;
                 for (i, o) in out.chunks_exact_mut(d).take(qb).enumerate() {
@@ -385,6 +470,9 @@ fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     //! AVX2 + FMA kernels of [`super::Head`]; every function needs a CPU with both (and
     //! F16C, for f16 keys and values) and a head size that is a multiple of 8.
@@ -417,7 +505,7 @@ mod avx2 {
     /// Sum of the lanes of `v`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn sum1(v: __m256) -> f32 {
+    pub(super) fn sum1(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
@@ -464,7 +552,7 @@ mod avx2 {
     /// (see [`dots`]).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots_1x8<T: KvElem>(
+    pub(super) unsafe fn dots_1x8<T: KvElem>(
         q: *const f32,
         k: *const T,
         ks: usize,
@@ -499,7 +587,7 @@ mod avx2 {
     /// reads nothing observable and never faults.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hint(p: *const u8, to_l2: bool) {
+    pub(super) fn hint(p: *const u8, to_l2: bool) {
         if to_l2 {
             _mm_prefetch::<_MM_HINT_T1>(p.cast());
         } else {
@@ -511,17 +599,17 @@ mod avx2 {
     /// addresses, `step` bytes of each per 8 values multiplied, into L2 (`prefetcht1`)
     /// or L1 (`prefetcht0`) as the weight kernels do ([`PrefetchLevel`]).
     #[derive(Clone, Copy)]
-    struct Ahead {
-        keys: *const u8,
-        values: *const u8,
-        step: usize,
-        to_l2: bool,
+    pub(super) struct Ahead {
+        pub(super) keys: *const u8,
+        pub(super) values: *const u8,
+        pub(super) step: usize,
+        pub(super) to_l2: bool,
     }
 
     /// `q · k` for one pair of rows.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
+    pub(super) unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
         let mut a = _mm256_setzero_ps();
         unsafe {
             for c in (0..d).step_by(8) {
@@ -537,7 +625,7 @@ mod avx2 {
     /// ([`Ahead`]). The prefetch only hints: it reads nothing observable and never faults.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn prefetch_rows<T: KvElem>(rows: &super::HeadRows<'_, T>, j0: usize, j1: usize) {
+    pub(super) fn prefetch_rows<T: KvElem>(rows: &super::HeadRows<'_, T>, j0: usize, j1: usize) {
         if j1 <= j0 {
             return;
         }
@@ -556,7 +644,7 @@ mod avx2 {
 
     /// Key rows ahead of those being multiplied that a single query asks for: 2.5 KiB at
     /// BTLM's head size in f16. 8 to 32 measured alike (Zen 4, session 19).
-    const KEYS_AHEAD: usize = 16;
+    pub(super) const KEYS_AHEAD: usize = 16;
 
     /// See [`Head::dots`].
     ///
@@ -862,6 +950,9 @@ mod tests {
         let mut p = vec![AttnPath::Scalar];
         if avx2_supported() {
             p.push(AttnPath::Avx2);
+        }
+        if avx512_supported() {
+            p.push(AttnPath::Avx512);
         }
         p
     }

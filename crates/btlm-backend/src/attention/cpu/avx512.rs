@@ -1,0 +1,359 @@
+//! AVX-512 kernels of [`super::Head`]: the same blocks, tiles and prefetching as the AVX2
+//! ones ([`super::avx2`]) on 16-lane vectors, so a row of BTLM's 80 values is 5 multiplies
+//! instead of 10. Every function needs a CPU with AVX-512 F, AVX2, FMA and F16C, and a head
+//! size that is a multiple of 16. The keys left over after the last whole vector of keys
+//! run on the AVX2 kernels; the softmax is AVX2's.
+
+// Indexed loops over register arrays read like the arithmetic they do.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::avx2::{self, Ahead, KEYS_AHEAD, hint};
+use super::{Head, HeadRows, KvElem};
+use crate::kernels::prefetch::PrefetchLevel;
+
+/// Which input of [`sum16`]'s tree goes where: the tree leaves lane `4m + t` holding the
+/// sum of its input `m + 4t`, so input `k` is `a[4·(k mod 4) + k / 4]` and every sum lands
+/// in its own lane.
+const ORDER: [usize; 16] = {
+    let mut o = [0; 16];
+    let mut k = 0;
+    while k < 16 {
+        o[k] = 4 * (k % 4) + k / 4;
+        k += 1;
+    }
+    o
+};
+
+/// Horizontal sums of 16 vectors: lane `l` of the result is the sum of `a[l]`'s lanes. A
+/// tree of 30 shuffles and 15 adds: 128-bit quarters of pairs, then of pairs of pairs, then
+/// floats within the quarters.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sum16(a: [__m512; 16]) -> __m512 {
+    let e: [__m512; 16] = std::array::from_fn(|k| a[ORDER[k]]);
+    // Quarters 0, 1 of `b[i]`: partial sums of `e[2i]`; 2, 3: of `e[2i + 1]`.
+    let b: [__m512; 8] = std::array::from_fn(|i| {
+        let (x, y) = (e[2 * i], e[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(x, y),
+            _mm512_shuffle_f32x4::<0xEE>(x, y),
+        )
+    });
+    // Quarter `m` of `c[i]`: four partial sums of `e[4i + m]`.
+    let c: [__m512; 4] = std::array::from_fn(|i| {
+        let (x, y) = (b[2 * i], b[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(x, y),
+            _mm512_shuffle_f32x4::<0xDD>(x, y),
+        )
+    });
+    // Quarter `m` of `h[i]`: two partial sums of `e[8i + m]`, then two of `e[8i + 4 + m]`.
+    let h: [__m512; 2] = std::array::from_fn(|i| {
+        let (x, y) = (c[2 * i], c[2 * i + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_ps::<0x44>(x, y),
+            _mm512_shuffle_ps::<0xEE>(x, y),
+        )
+    });
+    // Quarter `m`: the sums of `e[m]`, `e[4 + m]`, `e[8 + m]`, `e[12 + m]`.
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(h[0], h[1]),
+        _mm512_shuffle_ps::<0xDD>(h[0], h[1]),
+    )
+}
+
+/// Lanes of 2 queries × 8 keys: `[q0·k0, …, q0·k7, q1·k0, …, q1·k7]` (`k`: rows `ks`
+/// values apart; `d` values each).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dots_2x8<T: KvElem>(
+    q0: *const f32,
+    q1: *const f32,
+    k: *const T,
+    ks: usize,
+    d: usize,
+) -> __m512 {
+    let mut a = [_mm512_setzero_ps(); 16];
+    // SAFETY: the caller's rows.
+    unsafe {
+        for c in (0..d).step_by(16) {
+            let x0 = _mm512_loadu_ps(q0.add(c));
+            let x1 = _mm512_loadu_ps(q1.add(c));
+            for kk in 0..8 {
+                let y = T::load16(k.add(kk * ks + c));
+                a[kk] = _mm512_fmadd_ps(x0, y, a[kk]);
+                a[8 + kk] = _mm512_fmadd_ps(x1, y, a[8 + kk]);
+            }
+        }
+    }
+    sum16(a)
+}
+
+/// Lanes of 1 query × 16 keys: `[q·k0, …, q·k15]`. With `ahead`, also prefetches its two
+/// ranges, `ahead.step` bytes of each per 16 values multiplied (as
+/// [`avx2::dots_1x8`] does).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dots_1x16<T: KvElem>(
+    q: *const f32,
+    k: *const T,
+    ks: usize,
+    d: usize,
+    ahead: Option<Ahead>,
+) -> __m512 {
+    let mut a = [_mm512_setzero_ps(); 16];
+    // SAFETY: the caller's rows; prefetches never fault.
+    unsafe {
+        for (n, c) in (0..d).step_by(16).enumerate() {
+            if let Some(Ahead {
+                keys,
+                values,
+                step,
+                to_l2,
+            }) = ahead
+            {
+                for off in (n * step..(n + 1) * step).step_by(64) {
+                    hint(keys.wrapping_add(off), to_l2);
+                    hint(values.wrapping_add(off), to_l2);
+                }
+            }
+            let x = _mm512_loadu_ps(q.add(c));
+            for kk in 0..16 {
+                a[kk] = _mm512_fmadd_ps(x, T::load16(k.add(kk * ks + c)), a[kk]);
+            }
+        }
+    }
+    sum16(a)
+}
+
+/// The upper 8 lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn upper8(v: __m512) -> __m256 {
+    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+}
+
+/// See [`Head::dots`].
+///
+/// # Safety
+/// AVX-512 F, AVX2, FMA and F16C; `d` a multiple of 16; the rows of `head` checked by
+/// [`Head::attend`]; `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn dots<T: KvElem>(
+    head: &Head<'_, T>,
+    q0: usize,
+    qb: usize,
+    k0: usize,
+    kt: usize,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let d = head.keys.d;
+    let ks = head.keys.stride;
+    let kp = head.keys.data.as_ptr();
+    let qp = |i: usize| head.queries[(q0 + i) * head.q_stride..][..d].as_ptr();
+    assert!(scores.len() >= qb * stride && stride >= k0 + kt);
+    let sp = scores.as_mut_ptr();
+    let end = k0 + kt;
+    // Prefetching as in the AVX2 kernel (see there): a block of queries asks for the
+    // tile's values at once, a single query spreads its prefetches between the products.
+    let single = qb == 1;
+    if !single {
+        avx2::prefetch_rows(&head.values, k0, end);
+    }
+    let keys_end = head.offset + head.t;
+    let mut i = 0;
+    // SAFETY (all below): the key rows `k0..end` and the query rows exist (`attend`),
+    // score indices stay below `qb * stride` (asserted above); the AVX2 kernels need a
+    // subset of this function's features and `d` a multiple of 8.
+    unsafe {
+        while i + 2 <= qb {
+            let (x0, x1) = (qp(i), qp(i + 1));
+            let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
+            let mut j = k0;
+            while j + 8 <= end {
+                let v = dots_2x8(x0, x1, kp.add(j * ks), ks, d);
+                _mm256_storeu_ps(r0.add(j), _mm512_castps512_ps256(v));
+                _mm256_storeu_ps(r1.add(j), upper8(v));
+                j += 8;
+            }
+            for j in j..end {
+                *r0.add(j) = avx2::dot1(x0, kp.add(j * ks), d);
+                *r1.add(j) = avx2::dot1(x1, kp.add(j * ks), d);
+            }
+            i += 2;
+        }
+        if i < qb {
+            let x = qp(i);
+            let r = sp.add(i * stride);
+            let mut j = k0;
+            // Bytes of 16 rows of keys or values, a share per 16 values of a row.
+            let size = std::mem::size_of::<T>();
+            let rows16 = 16 * ks.max(head.values.stride) * size;
+            let step = rows16.div_ceil(d / 16).next_multiple_of(64);
+            let to_l2 = PrefetchLevel::active() == PrefetchLevel::L2;
+            let at = |rows: &HeadRows<'_, T>, j: usize| {
+                rows.data
+                    .as_ptr()
+                    .cast::<u8>()
+                    .wrapping_add(j * rows.stride * size)
+            };
+            while j + 16 <= end {
+                let next = j + KEYS_AHEAD;
+                // Past the last key, the values alone (twice: a hint costs little).
+                let ahead = single.then(|| Ahead {
+                    keys: if next + 16 <= keys_end {
+                        at(&head.keys, next)
+                    } else {
+                        at(&head.values, j)
+                    },
+                    values: at(&head.values, j),
+                    step,
+                    to_l2,
+                });
+                _mm512_storeu_ps(r.add(j), dots_1x16(x, kp.add(j * ks), ks, d, ahead));
+                j += 16;
+            }
+            if j + 8 <= end {
+                _mm256_storeu_ps(r.add(j), avx2::dots_1x8(x, kp.add(j * ks), ks, d, None));
+                j += 8;
+            }
+            for j in j..end {
+                *r.add(j) = avx2::dot1(x, kp.add(j * ks), d);
+            }
+        }
+    }
+}
+
+/// `out[i][g..g + 16C] += Σⱼ p_i[j] · v(j)[g..g + 16C]` for `Q` queries, `j < kt`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn weighted_group<T: KvElem, const Q: usize, const C: usize>(
+    p: [*const f32; Q],
+    v: *const T,
+    vs: usize,
+    kt: usize,
+    out: [*mut f32; Q],
+) {
+    // SAFETY: the caller's rows.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); C]; Q];
+        for q in 0..Q {
+            for c in 0..C {
+                acc[q][c] = _mm512_loadu_ps(out[q].add(16 * c));
+            }
+        }
+        for j in 0..kt {
+            let mut b = [_mm512_setzero_ps(); Q];
+            for q in 0..Q {
+                b[q] = _mm512_set1_ps(*p[q].add(j));
+            }
+            let row = v.add(j * vs);
+            for c in 0..C {
+                let y = T::load16(row.add(16 * c));
+                for q in 0..Q {
+                    acc[q][c] = _mm512_fmadd_ps(b[q], y, acc[q][c]);
+                }
+            }
+        }
+        for q in 0..Q {
+            for c in 0..C {
+                _mm512_storeu_ps(out[q].add(16 * c), acc[q][c]);
+            }
+        }
+    }
+}
+
+/// [`weighted_group`] over every group of up to 5 vectors of a head of `d` values (`Q`
+/// queries × 5 vectors of sums, `Q` broadcast weights and a row's vector: 25 of the 32
+/// registers at `Q = 4`).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn weighted<T: KvElem, const Q: usize>(
+    p: [*const f32; Q],
+    v: *const T,
+    vs: usize,
+    kt: usize,
+    out: [*mut f32; Q],
+    d: usize,
+) {
+    let mut g = 0;
+    while g < d {
+        let c = ((d - g) / 16).min(5);
+        let o = out.map(|o| o.wrapping_add(g));
+        let v = v.wrapping_add(g);
+        // SAFETY: the caller's rows, offset by `g < d`.
+        unsafe {
+            match c {
+                1 => weighted_group::<T, Q, 1>(p, v, vs, kt, o),
+                2 => weighted_group::<T, Q, 2>(p, v, vs, kt, o),
+                3 => weighted_group::<T, Q, 3>(p, v, vs, kt, o),
+                4 => weighted_group::<T, Q, 4>(p, v, vs, kt, o),
+                _ => weighted_group::<T, Q, 5>(p, v, vs, kt, o),
+            }
+        }
+        g += 16 * c;
+    }
+}
+
+/// See [`Head::weighted_values`].
+///
+/// # Safety
+/// As [`dots`]; `out` holds `qb` rows of `d`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub(super) unsafe fn weighted_values<T: KvElem>(
+    head: &Head<'_, T>,
+    scores: &[f32],
+    stride: usize,
+    qb: usize,
+    k0: usize,
+    kt: usize,
+    out: &mut [f32],
+) {
+    let d = head.values.d;
+    assert!(scores.len() >= qb * stride && stride >= k0 + kt && out.len() >= qb * d);
+    let vs = head.values.stride;
+    let vp = head.values.data.as_ptr().wrapping_add(k0 * vs);
+    let sp = |i: usize| scores[i * stride + k0..].as_ptr();
+    let op = out.as_mut_ptr();
+    let mut i = 0;
+    // SAFETY: value rows `k0..k0 + kt` exist (`attend`), score and output rows as
+    // asserted above.
+    unsafe {
+        while i + 4 <= qb {
+            let p = std::array::from_fn(|q| sp(i + q));
+            let o = std::array::from_fn(|q| op.add((i + q) * d));
+            weighted::<T, 4>(p, vp, vs, kt, o, d);
+            i += 4;
+        }
+        while i < qb {
+            weighted::<T, 1>([sp(i)], vp, vs, kt, [op.add(i * d)], d);
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum16_puts_each_vectors_sum_in_its_own_lane() {
+        if !crate::attention::cpu::avx512_supported() {
+            return;
+        }
+        let a: [__m512; 16] = std::array::from_fn(|k| {
+            let lanes: [f32; 16] = std::array::from_fn(|l| (k * 100 + l * l) as f32);
+            // SAFETY: 16 floats.
+            unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
+        });
+        let mut got = [0f32; 16];
+        // SAFETY: AVX-512 F checked above; 16 floats written.
+        unsafe { _mm512_storeu_ps(got.as_mut_ptr(), sum16(a)) };
+        let want: [f32; 16] =
+            std::array::from_fn(|k| (k * 1600 + (0..16).map(|l| l * l).sum::<usize>()) as f32);
+        assert_eq!(got, want);
+    }
+}
