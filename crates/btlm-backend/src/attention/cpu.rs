@@ -1,12 +1,16 @@
 //! The CPU attention of one head of one sequence: its query rows against every cached key
-//! and value row of that head, in blocks of [`QUERY_BLOCK`] queries.
+//! and value row of that head, in blocks of [`QUERY_BLOCK`] queries, or for a single query
+//! (a decode step) in one pass over the tiles (see below).
 //!
 //! Each block computes its scores `q·kⱼ` over tiles of [`KEY_TILE`] keys (a tile stays in L1
 //! while every query of the block reads it), then per query row the scaled scores plus the
 //! ALiBi bias, their softmax (unnormalized, the sum kept aside), then `Σⱼ pⱼ·vⱼ` over the
 //! same tiles of values, and finally divides by the sum. The key and value rows are thus
 //! read from memory once per block of queries instead of once per query, and one buffer of
-//! scores serves every block of a head.
+//! scores serves every block of a head. A single query rereads nothing, so it takes each
+//! tile's scores, their softmax against the largest score so far (scaling its earlier sums
+//! down when that grows: the online softmax of FlashAttention) and the tile's values while
+//! they are still in L1.
 //!
 //! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
 //! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
@@ -288,6 +292,10 @@ impl<T: KvElem> Head<'_, T> {
             self.keys.positions
         );
         let path = for_head(path, d);
+        if t == 1 {
+            self.attend_one(path, out, scores);
+            return;
+        }
         // Rows with scales (int8): the keys' and the values' scales at the front of the
         // scratch space, the blocks' scores after them. Each is read once, after the first
         // block whose keys reach it: the dots have just brought the rows into cache (and
@@ -320,7 +328,9 @@ impl<T: KvElem> Head<'_, T> {
             for (i, sum) in sums.iter_mut().enumerate().take(qb) {
                 let row = &mut scores[i * stride..][..stride];
                 times(&mut row[..n], key_scales);
-                *sum = self.softmax(path, row, self.offset + q0 + i);
+                *sum = self
+                    .softmax(path, row, self.offset + q0 + i, f32::NEG_INFINITY)
+                    .1;
                 // Weights of the values as they are stored (the sum stays the softmax's).
                 times(&mut row[..n], value_scales);
             }
@@ -336,6 +346,52 @@ impl<T: KvElem> Head<'_, T> {
                 }
             }
         }
+    }
+
+    /// [`Self::attend`] of a single query (a decode step) in one pass over the tiles: each
+    /// tile's scores, their softmax against the largest score so far (the earlier sums
+    /// scaled down when it grows), then the tile's values weighted while they are in L1
+    /// (prefetched with its keys). Weighing the values after every key's score instead
+    /// read the early tiles' values back from L2 and left memory idle meanwhile.
+    fn attend_one(&self, path: AttnPath, out: &mut [f32], scores: &mut Vec<f32>) {
+        let d = self.keys.d;
+        let n = self.offset + 1;
+        let stride = n.next_multiple_of(8);
+        scores.clear();
+        scores.resize(stride, 0.0);
+        let out = &mut out[..d];
+        out.fill(0.0);
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+        let mut tile_scales = [0f32; KEY_TILE];
+        for k0 in (0..n).step_by(KEY_TILE) {
+            let kt = KEY_TILE.min(n - k0);
+            self.dots(path, 0, 1, k0, kt, scores, stride);
+            let tile = &mut scores[k0..k0 + kt.next_multiple_of(8)];
+            let scales = &mut tile_scales[..kt];
+            if T::TAIL > 0 {
+                for (j, s) in (k0..).zip(scales.iter_mut()) {
+                    *s = self.keys.scale(j);
+                }
+                times(&mut tile[..kt], scales);
+            }
+            let (top, part) = self.softmax(path, tile, self.offset - k0, max);
+            if top > max {
+                // exp(−∞) = 0 before the first tile (nothing to scale down yet).
+                let f = (max - top).exp();
+                out.iter_mut().for_each(|o| *o *= f);
+                sum *= f;
+                max = top;
+            }
+            sum += part;
+            if T::TAIL > 0 {
+                for (j, s) in (k0..).zip(scales.iter_mut()) {
+                    *s = self.values.scale(j);
+                }
+                times(&mut tile[..kt], scales);
+            }
+            self.weighted_values(path, scores, stride, 1, k0, kt, out);
+        }
+        out.iter_mut().for_each(|o| *o /= sum);
     }
 
     /// Query `i`'s row.
@@ -381,20 +437,22 @@ impl<T: KvElem> Head<'_, T> {
         }
     }
 
-    /// Turns the dots of the query at `position` (`row[j]`, `j <= position`) into
-    /// `exp(sⱼ − max s)` where `sⱼ = row[j] · scale − slope·(position − j)`, zeroes the
-    /// rest of `row` and returns the sum of the exponentials.
-    fn softmax(&self, path: AttnPath, row: &mut [f32], position: usize) -> f32 {
+    /// Turns the dots of the query at `position` (`row[j]`, `j <= position`; `j` counted
+    /// from the row's start) into `exp(sⱼ − m)` where `sⱼ = row[j] · scale −
+    /// slope·(position − j)` and `m` is the largest of `floor` and the `sⱼ`, zeroes the
+    /// rest of `row` and returns `m` and the sum of the exponentials. `row` is a multiple
+    /// of 8 long.
+    fn softmax(&self, path: AttnPath, row: &mut [f32], position: usize, floor: f32) -> (f32, f32) {
         match path {
             #[cfg(target_arch = "x86_64")]
             AttnPath::Avx2 | AttnPath::Avx512 => {
                 // SAFETY: as in `dots` (an AVX-512 CPU has AVX2 and FMA); `row` is a
-                // multiple of 8 long and longer than `position`.
-                unsafe { avx2::softmax(row, position, self.scale, self.slope) }
+                // multiple of 8 long.
+                unsafe { avx2::softmax(row, position, self.scale, self.slope, floor) }
             }
             _ => {
-                let valid = position + 1;
-                let mut max = f32::NEG_INFINITY;
+                let valid = (position + 1).min(row.len());
+                let mut max = floor;
                 for (j, s) in row[..valid].iter_mut().enumerate() {
                     *s *= self.scale;
                     if let Some(m) = self.slope {
@@ -408,7 +466,7 @@ impl<T: KvElem> Head<'_, T> {
                     sum += *s;
                 }
                 row[valid..].fill(0.0);
-                sum
+                (max, sum)
             }
         }
     }
@@ -742,16 +800,17 @@ mod avx2 {
     /// See [`Head::softmax`].
     ///
     /// # Safety
-    /// AVX2 + FMA; `row.len()` a multiple of 8 and greater than `position`.
+    /// AVX2 + FMA (`row.len()`, a multiple of 8, is asserted).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn softmax(
         row: &mut [f32],
         position: usize,
         scale: f32,
         slope: Option<f32>,
-    ) -> f32 {
-        let valid = position + 1;
-        assert!(row.len().is_multiple_of(8) && row.len() >= valid);
+        floor: f32,
+    ) -> (f32, f32) {
+        let valid = (position + 1).min(row.len());
+        assert!(row.len().is_multiple_of(8));
         let chunks = valid.div_ceil(8);
         let p = row.as_mut_ptr();
         let scale_v = _mm256_set1_ps(scale);
@@ -761,7 +820,7 @@ mod avx2 {
         let valid_v = _mm256_set1_ps(valid as f32);
         // Indices below 2²⁴ are exact in f32, and so are their differences.
         let index = |c: usize| _mm256_add_ps(_mm256_set1_ps((c * 8) as f32), iota);
-        let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut max = _mm256_set1_ps(floor);
         // SAFETY: chunks `0..chunks` lie inside `row` (asserted above).
         unsafe {
             for c in 0..chunks {
@@ -778,7 +837,8 @@ mod avx2 {
                 _mm256_storeu_ps(p.add(c * 8), s);
                 max = _mm256_max_ps(max, s);
             }
-            let max = _mm256_set1_ps(max1(max));
+            let top = max1(max);
+            let max = _mm256_set1_ps(top);
             let mut sum = _mm256_setzero_ps();
             for c in 0..chunks {
                 let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(c * 8)), max));
@@ -786,7 +846,7 @@ mod avx2 {
                 sum = _mm256_add_ps(sum, e);
             }
             row[chunks * 8..].fill(0.0);
-            sum1(sum)
+            (top, sum1(sum))
         }
     }
 
@@ -1021,6 +1081,7 @@ mod tests {
                 (63, 17),
                 (130, 33),
                 (200, 1),
+                (1000, 1),
                 (1000, 3),
             ] {
                 for slope in [None, Some(0.35), Some(2f32.powf(-8.0))] {
@@ -1114,32 +1175,41 @@ mod tests {
 
     #[test]
     fn huge_scores_give_a_one_hot_softmax() {
-        // One key far above the others: the others' exponentials underflow to 0.
+        // Keys far above the others: the others' exponentials underflow to 0. With three
+        // tiles of keys, the largest score (key 150, third tile) comes after a large one
+        // (key 10): the first tile's weights must vanish against the later maximum.
         let d = 8;
-        let mut keys = vec![0f32; 20 * d];
-        keys[5 * d] = 1.0;
-        let values: Vec<f32> = (0..20 * d).map(|i| (i / d) as f32).collect();
-        let queries = vec![1000.0; d];
-        let rows = |data| HeadRows {
-            data,
-            stride: d,
-            positions: 20,
-            d,
-        };
-        let head = Head {
-            queries: &queries,
-            q_stride: d,
-            t: 1,
-            offset: 19,
-            keys: rows(&keys),
-            values: rows(&values),
-            scale: 1.0,
-            slope: None,
-        };
-        for path in paths() {
-            let mut out = vec![0f32; d];
-            head.attend(path, &mut out, &mut Vec::new());
-            assert_eq!(out, vec![5.0; d], "{path:?}");
+        for (n, spikes, want) in [
+            (20, vec![(5, 1.0)], 5.0),
+            (3 * KEY_TILE, vec![(10, 1.0), (150, 2.0)], 150.0),
+        ] {
+            let mut keys = vec![0f32; n * d];
+            for (j, k) in spikes {
+                keys[j * d] = k;
+            }
+            let values: Vec<f32> = (0..n * d).map(|i| (i / d) as f32).collect();
+            let queries = vec![1000.0; d];
+            let rows = |data| HeadRows {
+                data,
+                stride: d,
+                positions: n,
+                d,
+            };
+            let head = Head {
+                queries: &queries,
+                q_stride: d,
+                t: 1,
+                offset: n - 1,
+                keys: rows(&keys),
+                values: rows(&values),
+                scale: 1.0,
+                slope: None,
+            };
+            for path in paths() {
+                let mut out = vec![0f32; d];
+                head.attend(path, &mut out, &mut Vec::new());
+                assert_eq!(out, vec![want; d], "{n} keys, {path:?}");
+            }
         }
     }
 }
