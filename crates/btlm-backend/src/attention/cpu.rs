@@ -527,6 +527,87 @@ fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Defines a SIMD module's `weighted_group` and `weighted` (the value sums of
+/// [`Head::weighted_values`]) with the features `$features`, over the module's vectors: it
+/// provides `LANES`, the vector type `V` and `#[inline]` helpers with those features:
+/// `zero()`, `load(p)`, `store(p, v)`, `splat(p)` (the f32 at `p` in every lane),
+/// `fma(a, b, c)` (`a · b + c`) and `load_kv::<T>(p)` (`LANES` cached values as f32).
+#[cfg(target_arch = "x86_64")]
+macro_rules! weighted_kernels {
+    ($features:literal) => {
+        /// `out[i][g..g + LANES·C] += Σⱼ p_i[j] · v(j)[g..g + LANES·C]` for `Q` queries,
+        /// `j < kt`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn weighted_group<T: KvElem, const Q: usize, const C: usize>(
+            p: [*const f32; Q],
+            v: *const T,
+            vs: usize,
+            kt: usize,
+            out: [*mut f32; Q],
+        ) {
+            // SAFETY: the caller's rows.
+            unsafe {
+                let mut acc = [[zero(); C]; Q];
+                for q in 0..Q {
+                    for c in 0..C {
+                        acc[q][c] = load(out[q].add(LANES * c));
+                    }
+                }
+                for j in 0..kt {
+                    let mut b = [zero(); Q];
+                    for q in 0..Q {
+                        b[q] = splat(p[q].add(j));
+                    }
+                    let row = v.add(j * vs);
+                    for c in 0..C {
+                        let y = load_kv(row.add(LANES * c));
+                        for q in 0..Q {
+                            acc[q][c] = fma(b[q], y, acc[q][c]);
+                        }
+                    }
+                }
+                for q in 0..Q {
+                    for c in 0..C {
+                        store(out[q].add(LANES * c), acc[q][c]);
+                    }
+                }
+            }
+        }
+
+        /// [`weighted_group`] over every group of up to 5 vectors of a head of `d` values
+        /// (`Q` queries × 5 vectors of sums, `Q` broadcast weights and a row's vector).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn weighted<T: KvElem, const Q: usize>(
+            p: [*const f32; Q],
+            v: *const T,
+            vs: usize,
+            kt: usize,
+            out: [*mut f32; Q],
+            d: usize,
+        ) {
+            let mut g = 0;
+            while g < d {
+                let c = ((d - g) / LANES).min(5);
+                let o = out.map(|o| o.wrapping_add(g));
+                let v = v.wrapping_add(g);
+                // SAFETY: the caller's rows, offset by `g < d`.
+                unsafe {
+                    match c {
+                        1 => weighted_group::<T, Q, 1>(p, v, vs, kt, o),
+                        2 => weighted_group::<T, Q, 2>(p, v, vs, kt, o),
+                        3 => weighted_group::<T, Q, 3>(p, v, vs, kt, o),
+                        4 => weighted_group::<T, Q, 4>(p, v, vs, kt, o),
+                        _ => weighted_group::<T, Q, 5>(p, v, vs, kt, o),
+                    }
+                }
+                g += LANES * c;
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -850,73 +931,50 @@ mod avx2 {
         }
     }
 
-    /// `out[i][g..g + 8C] += Σⱼ p_i[j] · v(j)[g..g + 8C]` for `Q` queries, `j < kt`.
+    const LANES: usize = 8;
+    type V = __m256;
+
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weighted_group<T: KvElem, const Q: usize, const C: usize>(
-        p: [*const f32; Q],
-        v: *const T,
-        vs: usize,
-        kt: usize,
-        out: [*mut f32; Q],
-    ) {
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); C]; Q];
-            for q in 0..Q {
-                for c in 0..C {
-                    acc[q][c] = _mm256_loadu_ps(out[q].add(8 * c));
-                }
-            }
-            for j in 0..kt {
-                let mut b = [_mm256_setzero_ps(); Q];
-                for q in 0..Q {
-                    b[q] = _mm256_broadcast_ss(&*p[q].add(j));
-                }
-                let row = v.add(j * vs);
-                for c in 0..C {
-                    let y = T::load8(row.add(8 * c));
-                    for q in 0..Q {
-                        acc[q][c] = _mm256_fmadd_ps(b[q], y, acc[q][c]);
-                    }
-                }
-            }
-            for q in 0..Q {
-                for c in 0..C {
-                    _mm256_storeu_ps(out[q].add(8 * c), acc[q][c]);
-                }
-            }
-        }
+    fn zero() -> V {
+        _mm256_setzero_ps()
     }
 
-    /// [`weighted_group`] over every group of up to 5 vectors of a head of `d` values.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weighted<T: KvElem, const Q: usize>(
-        p: [*const f32; Q],
-        v: *const T,
-        vs: usize,
-        kt: usize,
-        out: [*mut f32; Q],
-        d: usize,
-    ) {
-        let mut g = 0;
-        while g < d {
-            let c = ((d - g) / 8).min(5);
-            let o = out.map(|o| o.wrapping_add(g));
-            let v = v.wrapping_add(g);
-            // SAFETY: the caller's rows, offset by `g < d`.
-            unsafe {
-                match c {
-                    1 => weighted_group::<T, Q, 1>(p, v, vs, kt, o),
-                    2 => weighted_group::<T, Q, 2>(p, v, vs, kt, o),
-                    3 => weighted_group::<T, Q, 3>(p, v, vs, kt, o),
-                    4 => weighted_group::<T, Q, 4>(p, v, vs, kt, o),
-                    _ => weighted_group::<T, Q, 5>(p, v, vs, kt, o),
-                }
-            }
-            g += 8 * c;
-        }
+    unsafe fn load(p: *const f32) -> V {
+        // SAFETY: the caller's 8 floats.
+        unsafe { _mm256_loadu_ps(p) }
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn store(p: *mut f32, v: V) {
+        // SAFETY: the caller's 8 floats.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn splat(p: *const f32) -> V {
+        // SAFETY: the caller's float.
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn fma(a: V, b: V, c: V) -> V {
+        _mm256_fmadd_ps(a, b, c)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_kv<T: KvElem>(p: *const T) -> V {
+        // SAFETY: the caller's 8 values.
+        unsafe { T::load8(p) }
+    }
+
+    weighted_kernels!("avx2,fma,f16c");
 
     /// See [`Head::weighted_values`].
     ///

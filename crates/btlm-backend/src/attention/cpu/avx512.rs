@@ -227,76 +227,51 @@ pub(super) unsafe fn dots<T: KvElem>(
     }
 }
 
-/// `out[i][g..g + 16C] += Σⱼ p_i[j] · v(j)[g..g + 16C]` for `Q` queries, `j < kt`.
+const LANES: usize = 16;
+type V = __m512;
+
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn weighted_group<T: KvElem, const Q: usize, const C: usize>(
-    p: [*const f32; Q],
-    v: *const T,
-    vs: usize,
-    kt: usize,
-    out: [*mut f32; Q],
-) {
-    // SAFETY: the caller's rows.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); C]; Q];
-        for q in 0..Q {
-            for c in 0..C {
-                acc[q][c] = _mm512_loadu_ps(out[q].add(16 * c));
-            }
-        }
-        for j in 0..kt {
-            let mut b = [_mm512_setzero_ps(); Q];
-            for q in 0..Q {
-                b[q] = _mm512_set1_ps(*p[q].add(j));
-            }
-            let row = v.add(j * vs);
-            for c in 0..C {
-                let y = T::load16(row.add(16 * c));
-                for q in 0..Q {
-                    acc[q][c] = _mm512_fmadd_ps(b[q], y, acc[q][c]);
-                }
-            }
-        }
-        for q in 0..Q {
-            for c in 0..C {
-                _mm512_storeu_ps(out[q].add(16 * c), acc[q][c]);
-            }
-        }
-    }
+fn zero() -> V {
+    _mm512_setzero_ps()
 }
 
-/// [`weighted_group`] over every group of up to 5 vectors of a head of `d` values (`Q`
-/// queries × 5 vectors of sums, `Q` broadcast weights and a row's vector: 25 of the 32
-/// registers at `Q = 4`).
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn weighted<T: KvElem, const Q: usize>(
-    p: [*const f32; Q],
-    v: *const T,
-    vs: usize,
-    kt: usize,
-    out: [*mut f32; Q],
-    d: usize,
-) {
-    let mut g = 0;
-    while g < d {
-        let c = ((d - g) / 16).min(5);
-        let o = out.map(|o| o.wrapping_add(g));
-        let v = v.wrapping_add(g);
-        // SAFETY: the caller's rows, offset by `g < d`.
-        unsafe {
-            match c {
-                1 => weighted_group::<T, Q, 1>(p, v, vs, kt, o),
-                2 => weighted_group::<T, Q, 2>(p, v, vs, kt, o),
-                3 => weighted_group::<T, Q, 3>(p, v, vs, kt, o),
-                4 => weighted_group::<T, Q, 4>(p, v, vs, kt, o),
-                _ => weighted_group::<T, Q, 5>(p, v, vs, kt, o),
-            }
-        }
-        g += 16 * c;
-    }
+unsafe fn load(p: *const f32) -> V {
+    // SAFETY: the caller's 16 floats.
+    unsafe { _mm512_loadu_ps(p) }
 }
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn store(p: *mut f32, v: V) {
+    // SAFETY: the caller's 16 floats.
+    unsafe { _mm512_storeu_ps(p, v) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn splat(p: *const f32) -> V {
+    // SAFETY: the caller's float.
+    _mm512_set1_ps(unsafe { *p })
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn fma(a: V, b: V, c: V) -> V {
+    _mm512_fmadd_ps(a, b, c)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn load_kv<T: KvElem>(p: *const T) -> V {
+    // SAFETY: the caller's 16 values.
+    unsafe { T::load16(p) }
+}
+
+// 25 of the 32 registers at `Q = 4`.
+weighted_kernels!("avx512f,avx2,fma,f16c");
 
 /// See [`Head::weighted_values`].
 ///
