@@ -608,6 +608,80 @@ macro_rules! weighted_kernels {
     };
 }
 
+/// Defines a SIMD module's products of queries with keys, `dots_pair` (lanes of 2 queries ×
+/// `LANES / 2` keys: `[q0·k0, …, q1·k0, …]`) and `dots_single` (1 query × `LANES` keys,
+/// prefetching), with the features `$features`, over the helpers of [`weighted_kernels`]
+/// and `$reduce` (lane `l` of the result: the sum of `a[l]`'s lanes).
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_kernels {
+    ($features:literal, $reduce:ident) => {
+        /// Lanes of 2 queries × `LANES / 2` keys: `[q0·k0, …, q1·k0, …]` (`k`: rows `ks`
+        /// values apart; `d` values each).
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn dots_pair<T: KvElem>(
+            q0: *const f32,
+            q1: *const f32,
+            k: *const T,
+            ks: usize,
+            d: usize,
+        ) -> V {
+            let mut a = [zero(); LANES];
+            // SAFETY: the caller's rows.
+            unsafe {
+                for c in (0..d).step_by(LANES) {
+                    let x0 = load(q0.add(c));
+                    let x1 = load(q1.add(c));
+                    for kk in 0..LANES / 2 {
+                        let y = load_kv(k.add(kk * ks + c));
+                        a[kk] = fma(x0, y, a[kk]);
+                        a[LANES / 2 + kk] = fma(x1, y, a[LANES / 2 + kk]);
+                    }
+                }
+            }
+            $reduce(a)
+        }
+
+        /// Lanes of 1 query × `LANES` keys: `[q·k0, …]`. With `ahead`, also prefetches its
+        /// two ranges, `ahead.step` bytes of each per `LANES` values multiplied: spread
+        /// between the arithmetic, not in a burst that would fill the core's miss buffers
+        /// and stall it (see `avx2::dots`).
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn dots_single<T: KvElem>(
+            q: *const f32,
+            k: *const T,
+            ks: usize,
+            d: usize,
+            ahead: Option<Ahead>,
+        ) -> V {
+            let mut a = [zero(); LANES];
+            // SAFETY: the caller's rows; prefetches never fault.
+            unsafe {
+                for (n, c) in (0..d).step_by(LANES).enumerate() {
+                    if let Some(Ahead {
+                        keys,
+                        values,
+                        step,
+                        to_l2,
+                    }) = ahead
+                    {
+                        for off in (n * step..(n + 1) * step).step_by(64) {
+                            hint(keys.wrapping_add(off), to_l2);
+                            hint(values.wrapping_add(off), to_l2);
+                        }
+                    }
+                    let x = load(q.add(c));
+                    for kk in 0..LANES {
+                        a[kk] = fma(x, load_kv(k.add(kk * ks + c)), a[kk]);
+                    }
+                }
+            }
+            $reduce(a)
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -659,68 +733,7 @@ mod avx2 {
         _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// Lanes of 2 queries × 4 keys: `[q0·k0, q0·k1, q0·k2, q0·k3, q1·k0, …]` (`k`: rows
-    /// `ks` values apart; `d` values each).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dots_2x4<T: KvElem>(
-        q0: *const f32,
-        q1: *const f32,
-        k: *const T,
-        ks: usize,
-        d: usize,
-    ) -> __m256 {
-        let mut a = [_mm256_setzero_ps(); 8];
-        unsafe {
-            for c in (0..d).step_by(8) {
-                let x0 = _mm256_loadu_ps(q0.add(c));
-                let x1 = _mm256_loadu_ps(q1.add(c));
-                for kk in 0..4 {
-                    let y = T::load8(k.add(kk * ks + c));
-                    a[kk] = _mm256_fmadd_ps(x0, y, a[kk]);
-                    a[4 + kk] = _mm256_fmadd_ps(x1, y, a[4 + kk]);
-                }
-            }
-        }
-        sum8(a)
-    }
-
-    /// Lanes of 1 query × 8 keys: `[q·k0, …, q·k7]`. With `ahead`, also prefetches its two
-    /// ranges, `ahead.step` bytes of each per 8 values multiplied: spread between the
-    /// arithmetic, not in a burst that would fill the core's miss buffers and stall it
-    /// (see [`dots`]).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dots_1x8<T: KvElem>(
-        q: *const f32,
-        k: *const T,
-        ks: usize,
-        d: usize,
-        ahead: Option<Ahead>,
-    ) -> __m256 {
-        let mut a = [_mm256_setzero_ps(); 8];
-        unsafe {
-            for (n, c) in (0..d).step_by(8).enumerate() {
-                if let Some(Ahead {
-                    keys,
-                    values,
-                    step,
-                    to_l2,
-                }) = ahead
-                {
-                    for off in (n * step..(n + 1) * step).step_by(64) {
-                        hint(keys.wrapping_add(off), to_l2);
-                        hint(values.wrapping_add(off), to_l2);
-                    }
-                }
-                let x = _mm256_loadu_ps(q.add(c));
-                for kk in 0..8 {
-                    a[kk] = _mm256_fmadd_ps(x, T::load8(k.add(kk * ks + c)), a[kk]);
-                }
-            }
-        }
-        sum8(a)
-    }
+    dot_kernels!("avx2,fma,f16c", sum8);
 
     /// Prefetches the line at `p` into L2 (`prefetcht1`) or L1 (`prefetcht0`): a hint, it
     /// reads nothing observable and never faults.
@@ -734,9 +747,10 @@ mod avx2 {
         }
     }
 
-    /// What a [`dots_1x8`] call prefetches: 8 rows of keys and 8 of values from these
-    /// addresses, `step` bytes of each per 8 values multiplied, into L2 (`prefetcht1`)
-    /// or L1 (`prefetcht0`) as the weight kernels do ([`PrefetchLevel`]).
+    /// What a `dots_single` call prefetches: as many rows of keys and of values as the
+    /// call multiplies from these addresses, `step` bytes of each per vector of values
+    /// multiplied, into L2 (`prefetcht1`) or L1 (`prefetcht0`) as the weight kernels do
+    /// ([`PrefetchLevel`]).
     #[derive(Clone, Copy)]
     pub(super) struct Ahead {
         pub(super) keys: *const u8,
@@ -829,7 +843,7 @@ mod avx2 {
                 let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
                 let mut j = k0;
                 while j + 4 <= end {
-                    let v = dots_2x4(x0, x1, kp.add(j * ks), ks, d);
+                    let v = dots_pair(x0, x1, kp.add(j * ks), ks, d);
                     _mm_storeu_ps(r0.add(j), _mm256_castps256_ps128(v));
                     _mm_storeu_ps(r1.add(j), _mm256_extractf128_ps(v, 1));
                     j += 4;
@@ -868,7 +882,7 @@ mod avx2 {
                         step,
                         to_l2,
                     });
-                    _mm256_storeu_ps(r.add(j), dots_1x8(x, kp.add(j * ks), ks, d, ahead));
+                    _mm256_storeu_ps(r.add(j), dots_single(x, kp.add(j * ks), ks, d, ahead));
                     j += 8;
                 }
                 for j in j..end {

@@ -64,69 +64,7 @@ fn sum16(a: [__m512; 16]) -> __m512 {
     )
 }
 
-/// Lanes of 2 queries × 8 keys: `[q0·k0, …, q0·k7, q1·k0, …, q1·k7]` (`k`: rows `ks`
-/// values apart; `d` values each).
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn dots_2x8<T: KvElem>(
-    q0: *const f32,
-    q1: *const f32,
-    k: *const T,
-    ks: usize,
-    d: usize,
-) -> __m512 {
-    let mut a = [_mm512_setzero_ps(); 16];
-    // SAFETY: the caller's rows.
-    unsafe {
-        for c in (0..d).step_by(16) {
-            let x0 = _mm512_loadu_ps(q0.add(c));
-            let x1 = _mm512_loadu_ps(q1.add(c));
-            for kk in 0..8 {
-                let y = T::load16(k.add(kk * ks + c));
-                a[kk] = _mm512_fmadd_ps(x0, y, a[kk]);
-                a[8 + kk] = _mm512_fmadd_ps(x1, y, a[8 + kk]);
-            }
-        }
-    }
-    sum16(a)
-}
-
-/// Lanes of 1 query × 16 keys: `[q·k0, …, q·k15]`. With `ahead`, also prefetches its two
-/// ranges, `ahead.step` bytes of each per 16 values multiplied (as
-/// [`avx2::dots_1x8`] does).
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn dots_1x16<T: KvElem>(
-    q: *const f32,
-    k: *const T,
-    ks: usize,
-    d: usize,
-    ahead: Option<Ahead>,
-) -> __m512 {
-    let mut a = [_mm512_setzero_ps(); 16];
-    // SAFETY: the caller's rows; prefetches never fault.
-    unsafe {
-        for (n, c) in (0..d).step_by(16).enumerate() {
-            if let Some(Ahead {
-                keys,
-                values,
-                step,
-                to_l2,
-            }) = ahead
-            {
-                for off in (n * step..(n + 1) * step).step_by(64) {
-                    hint(keys.wrapping_add(off), to_l2);
-                    hint(values.wrapping_add(off), to_l2);
-                }
-            }
-            let x = _mm512_loadu_ps(q.add(c));
-            for kk in 0..16 {
-                a[kk] = _mm512_fmadd_ps(x, T::load16(k.add(kk * ks + c)), a[kk]);
-            }
-        }
-    }
-    sum16(a)
-}
+dot_kernels!("avx512f,avx2,fma,f16c", sum16);
 
 /// The upper 8 lanes of `v`.
 #[inline]
@@ -174,7 +112,7 @@ pub(super) unsafe fn dots<T: KvElem>(
             let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
             let mut j = k0;
             while j + 8 <= end {
-                let v = dots_2x8(x0, x1, kp.add(j * ks), ks, d);
+                let v = dots_pair(x0, x1, kp.add(j * ks), ks, d);
                 _mm256_storeu_ps(r0.add(j), _mm512_castps512_ps256(v));
                 _mm256_storeu_ps(r1.add(j), upper8(v));
                 j += 8;
@@ -213,11 +151,11 @@ pub(super) unsafe fn dots<T: KvElem>(
                     step,
                     to_l2,
                 });
-                _mm512_storeu_ps(r.add(j), dots_1x16(x, kp.add(j * ks), ks, d, ahead));
+                _mm512_storeu_ps(r.add(j), dots_single(x, kp.add(j * ks), ks, d, ahead));
                 j += 16;
             }
             if j + 8 <= end {
-                _mm256_storeu_ps(r.add(j), avx2::dots_1x8(x, kp.add(j * ks), ks, d, None));
+                _mm256_storeu_ps(r.add(j), avx2::dots_single(x, kp.add(j * ks), ks, d, None));
                 j += 8;
             }
             for j in j..end {
