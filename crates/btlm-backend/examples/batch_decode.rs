@@ -308,7 +308,7 @@ fn main() -> anyhow::Result<()> {
                 give_back_all(&mut pool, leases.into_iter().zip(timed).collect())?;
                 rows
             };
-            let kv = model.kv_dtype_name();
+            let kv = model.kv_layout();
             let base = rows.first().map_or(1.0, |r| r.batch as f64 / r.median);
             for r in &rows {
                 let rate = r.batch as f64 / r.median;

@@ -14,7 +14,7 @@ use cpu::{AttnPath, Head, HeadRows, KvElem};
 
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
-use crate::kv_cache::LayerKv;
+use crate::kv_cache::{KvLayout, LayerKv};
 use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
 use crate::step_profile::{Section, timed};
@@ -103,9 +103,9 @@ struct Heads {
     slopes: Option<Vec<f32>>,
     /// The code of the CPU path.
     path: AttnPath,
-    /// What the CPU path stores cached keys and values as: f32, f16, or U8 for int8 rows
-    /// with their f32 scale in 4 bytes after them ([`cpu::q8_row`]).
-    kv_dtype: DType,
+    /// How the CPU path stores cached keys and values: f32, f16, or int8 rows with their
+    /// f32 scale after them ([`cpu::q8_row`]).
+    kv_layout: KvLayout,
 }
 
 impl Attention {
@@ -139,7 +139,7 @@ impl Attention {
                         .collect()
                 }),
                 path: AttnPath::for_kernels(ld.kernel_path()),
-                kv_dtype: ld.kv_dtype(),
+                kv_layout: ld.kv_layout(),
             },
         })
     }
@@ -253,15 +253,15 @@ impl Heads {
                 &qkv[src..src + d]
             })
         });
-        match self.kv_dtype {
-            DType::F32 => {
+        match self.kv_layout {
+            KvLayout::Dense(DType::F32) => {
                 let mut out = Vec::with_capacity(h * t * d);
                 for piece in pieces {
                     out.extend_from_slice(piece);
                 }
                 Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
-            DType::F16 => {
+            KvLayout::Dense(DType::F16) => {
                 use half::slice::HalfFloatSliceExt;
                 let mut out = vec![half::f16::ZERO; h * t * d];
                 for (dst, piece) in out.chunks_exact_mut(d).zip(pieces) {
@@ -269,7 +269,7 @@ impl Heads {
                 }
                 Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
-            DType::U8 => {
+            KvLayout::Q8 => {
                 let w = d + <u8 as KvElem>::TAIL;
                 let mut out = vec![0u8; h * t * w];
                 for (dst, piece) in out.chunks_exact_mut(w).zip(pieces) {
@@ -277,7 +277,7 @@ impl Heads {
                 }
                 Tensor::from_vec(out, (h, t, w), &Device::Cpu)
             }
-            other => candle_core::bail!("the CPU attention path has no {other:?} cache"),
+            other => candle_core::bail!("the CPU attention path has no {other} cache"),
         }
     }
 
@@ -625,7 +625,11 @@ mod tests {
             drop(parts);
             for (cache, &t) in cpu_caches.iter_mut().zip(lens) {
                 cache.advance(t);
-                assert_eq!(cache.layers[0].dtype(), Some(heads.kv_dtype), "cache dtype");
+                assert_eq!(
+                    cache.layers[0].dtype(),
+                    Some(heads.kv_layout.dtype()),
+                    "cache dtype"
+                );
             }
             outputs.push((tensor_out, cpu_out));
         }
@@ -657,7 +661,7 @@ mod tests {
             scale: 1.0 / head_dim as f64,
             slopes: alibi.then(|| alibi_slopes(n_head).into_iter().map(|s| s as f32).collect()),
             path,
-            kv_dtype: DType::F32,
+            kv_layout: KvLayout::Dense(DType::F32),
         }
     }
 
@@ -697,7 +701,7 @@ mod tests {
         // d · 1/254 · scale (= 1/254 here) and every output, a weighted mean of values, by
         // little more than a step. Every path, short and long context; the cache must be
         // stored in the dtype asked.
-        for (dtype, tolerance) in [(DType::F16, 1e-5), (DType::U8, 0.02)] {
+        for (layout, tolerance) in [(KvLayout::Dense(DType::F16), 1e-5), (KvLayout::Q8, 0.02)] {
             for lens in [
                 &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
                 &[[256, 77], [1, 1], [3, 1]],
@@ -705,13 +709,13 @@ mod tests {
                 for path in attn_paths() {
                     for head_dim in [12, 80] {
                         let heads = Heads {
-                            kv_dtype: dtype,
+                            kv_layout: layout,
                             ..test_heads(2, head_dim, true, path)
                         };
                         let diff = worst_difference(&heads, lens, &[1, 2]);
                         assert!(
                             diff < tolerance,
-                            "{dtype:?} d {head_dim}, {path:?}, {lens:?}: {diff}"
+                            "{layout} d {head_dim}, {path:?}, {lens:?}: {diff}"
                         );
                     }
                 }
@@ -809,7 +813,7 @@ mod tests {
             scale: 0.25,
             slopes: None,
             path: AttnPath::Scalar,
-            kv_dtype: DType::F32,
+            kv_layout: KvLayout::Dense(DType::F32),
         };
         let qkv = Tensor::zeros((3, 24), DType::F32, &Device::Cpu).expect("qkv");
         let mut caches = [Cache::new(1, 0), Cache::new(1, 0)];

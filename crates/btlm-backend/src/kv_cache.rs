@@ -138,15 +138,54 @@ impl Cache {
     }
 }
 
+/// How a cache stores its keys and values: each head's row of `head_dim` values at a
+/// position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvLayout {
+    /// The values as they are, in this dtype: f32 or f16 on the CPU attention path
+    /// (`--btlm.kv_dtype`), the activation dtype on the tensor path (a GPU's bf16 say).
+    Dense(DType),
+    /// int8 values followed by their f32 scale in 4 bytes (CPU only, `--btlm.kv_dtype q8`;
+    /// see `attention::cpu::q8_row`), stored in `u8` tensors of `head_dim + 4` columns.
+    Q8,
+}
+
+impl KvLayout {
+    /// Bytes of the 4-byte f32 scale after each int8 row.
+    pub(crate) const Q8_SCALE_BYTES: usize = 4;
+
+    /// The dtype of the cache's tensors.
+    pub fn dtype(self) -> DType {
+        match self {
+            KvLayout::Dense(dtype) => dtype,
+            KvLayout::Q8 => DType::U8,
+        }
+    }
+
+    /// Bytes of one head's row of `head_dim` values.
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        match self {
+            KvLayout::Dense(dtype) => head_dim * dtype.size_in_bytes(),
+            KvLayout::Q8 => head_dim + Self::Q8_SCALE_BYTES,
+        }
+    }
+}
+
+impl std::fmt::Display for KvLayout {
+    /// As `--btlm.kv_dtype` names it (`f32`, `f16`, `q8`); another dense dtype, which only
+    /// a GPU caches in, by its candle name (`bf16`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvLayout::Dense(dtype) => f.write_str(dtype.as_str()),
+            KvLayout::Q8 => f.write_str("q8"),
+        }
+    }
+}
+
 /// Bytes of cache one token takes in a model of `n_layer` blocks of width `n_embd` in
-/// `n_head` heads whose keys and values are stored as `dtype` (U8: int8 rows, each head's
-/// with a 4-byte scale).
-pub fn bytes_per_token(n_layer: usize, n_embd: usize, n_head: usize, dtype: DType) -> usize {
-    let row_bytes = match dtype {
-        DType::U8 => n_embd + 4 * n_head,
-        other => n_embd * other.size_in_bytes(),
-    };
-    2 * n_layer * row_bytes
+/// `n_head` heads whose keys and values are stored in `layout`.
+pub fn bytes_per_token(n_layer: usize, n_embd: usize, n_head: usize, layout: KvLayout) -> usize {
+    2 * n_layer * n_head * layout.row_bytes(n_embd / n_head)
 }
 
 #[cfg(test)]
@@ -195,10 +234,20 @@ mod tests {
         assert_eq!(c.seq_len(), 0);
         assert!(c.layers.iter().all(|l| l.data.is_none()));
         assert_eq!(c.capacity(), 0);
-        assert_eq!(bytes_per_token(32, 2560, 32, DType::F32), 655_360);
-        assert_eq!(bytes_per_token(32, 2560, 32, DType::F16), 327_680);
+        let per_token = |layout| bytes_per_token(32, 2560, 32, layout);
+        assert_eq!(per_token(KvLayout::Dense(DType::F32)), 655_360);
+        assert_eq!(per_token(KvLayout::Dense(DType::F16)), 327_680);
+        assert_eq!(per_token(KvLayout::Dense(DType::BF16)), 327_680);
         // 32 heads of 80 int8 values and a 4-byte scale each.
-        assert_eq!(bytes_per_token(32, 2560, 32, DType::U8), 172_032);
+        assert_eq!(per_token(KvLayout::Q8), 172_032);
+        let names = [
+            KvLayout::Dense(DType::F32),
+            KvLayout::Dense(DType::F16),
+            KvLayout::Q8,
+        ]
+        .map(|l| l.to_string());
+        assert_eq!(names, ["f32", "f16", "q8"], "as --btlm.kv_dtype names them");
+        assert_eq!(KvLayout::Dense(DType::BF16).to_string(), "bf16");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{BtlmError, Result};
 use crate::kernels::{KernelPath, PackedMatrix, Source, SourceData, WeightFormat};
+use crate::kv_cache::KvLayout;
 use crate::options::{KvDtype, PrefillPrecision, Quantization};
 use crate::pack_cache::{self, CachedWeights, WeightCache};
 use crate::weights::Checkpoint;
@@ -78,7 +79,7 @@ pub(crate) struct Loader<'a> {
     packed: Option<WeightFormat>,
     kernel_path: KernelPath,
     prefill: PrefillPrecision,
-    kv_dtype: DType,
+    kv_layout: KvLayout,
     cache: Option<CacheState>,
 }
 
@@ -131,8 +132,9 @@ impl<'a> Loader<'a> {
         } else {
             opts.dtype
         };
-        // The CPU attention path reads f32 or f16 caches; the tensor path caches in `dtype`.
-        let kv_dtype = packed.map_or(dtype, |f| cpu_kv_dtype(opts.kv_dtype, f));
+        // The CPU attention path reads f32, f16 or int8 caches; the tensor path caches in
+        // `dtype`.
+        let kv_layout = packed.map_or(KvLayout::Dense(dtype), |f| cpu_kv_layout(opts.kv_dtype, f));
         // Only quantization is slow enough to be worth a second copy on disk (repacking
         // f32/bf16/f16 runs at memory speed).
         let cache = packed.filter(|f| f.quantized()).and_then(|format| {
@@ -163,7 +165,7 @@ impl<'a> Loader<'a> {
             packed,
             kernel_path,
             prefill,
-            kv_dtype,
+            kv_layout,
             cache,
         })
     }
@@ -210,9 +212,9 @@ impl<'a> Loader<'a> {
         self.dtype
     }
 
-    /// What the key/value cache stores.
-    pub(crate) fn kv_dtype(&self) -> DType {
-        self.kv_dtype
+    /// How the key/value cache stores keys and values.
+    pub(crate) fn kv_layout(&self) -> KvLayout {
+        self.kv_layout
     }
 
     /// The packed format of projection weights (CPU), or `None` for dense candle tensors.
@@ -327,13 +329,12 @@ fn prefill_precision(
     }
 }
 
-/// The key/value cache dtype of `asked` for CPU weights in `format` (see [`KvDtype`]).
-/// (int8 rows with their scale are stored as U8: see `attention::cpu::q8_row`.)
-fn cpu_kv_dtype(asked: KvDtype, format: WeightFormat) -> DType {
+/// The key/value cache layout of `asked` for CPU weights in `format` (see [`KvDtype`]).
+fn cpu_kv_layout(asked: KvDtype, format: WeightFormat) -> KvLayout {
     match (asked, format) {
-        (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => DType::F32,
-        (KvDtype::F16, _) | (KvDtype::Auto, _) => DType::F16,
-        (KvDtype::Q8, _) => DType::U8,
+        (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => KvLayout::Dense(DType::F32),
+        (KvDtype::F16, _) | (KvDtype::Auto, _) => KvLayout::Dense(DType::F16),
+        (KvDtype::Q8, _) => KvLayout::Q8,
     }
 }
 

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::attention::{AttentionPart, alibi_slopes, attends_on_cpu, attention_bias};
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::{BtlmError, Result};
-use crate::kv_cache::{Cache, bytes_per_token};
+use crate::kv_cache::{Cache, KvLayout, bytes_per_token};
 use crate::layers::{Block, LayerNorm, Workspace};
 use crate::linear::{Projection, packed_into};
 use crate::loader::{LoadOptions, Loader};
@@ -52,7 +52,7 @@ pub struct Btlm {
     slopes: Vec<f32>,
     device: Device,
     dtype: DType,
-    kv_dtype: DType,
+    kv_layout: KvLayout,
 }
 
 impl Btlm {
@@ -98,7 +98,7 @@ impl Btlm {
             slopes: slopes.into_iter().map(|s| s as f32).collect(),
             device: opts.device.clone(),
             dtype: ld.dtype(),
-            kv_dtype: ld.kv_dtype(),
+            kv_layout: ld.kv_layout(),
         })
     }
 
@@ -145,19 +145,10 @@ impl Btlm {
         self.dtype
     }
 
-    /// What the key/value cache stores (see [`crate::options::KvDtype`]): F32, F16, or U8
-    /// for int8 rows with a scale (`--btlm.kv_dtype q8`).
-    pub fn kv_dtype(&self) -> DType {
-        self.kv_dtype
-    }
-
-    /// [`Self::kv_dtype`] as `--btlm.kv_dtype` names it (`f32`, `f16`, `q8`; another dtype
-    /// a GPU caches in by its candle name).
-    pub fn kv_dtype_name(&self) -> String {
-        match self.kv_dtype {
-            DType::U8 => "q8".to_string(),
-            other => format!("{other:?}").to_lowercase(),
-        }
+    /// How the key/value cache stores keys and values (`--btlm.kv_dtype`, see
+    /// [`crate::options::KvDtype`]; displayed as the flag names it).
+    pub fn kv_layout(&self) -> KvLayout {
+        self.kv_layout
     }
 
     /// An empty cache for a new sequence, growing as tokens arrive.
@@ -177,7 +168,7 @@ impl Btlm {
             self.cfg.n_layer,
             self.cfg.n_embd,
             self.cfg.n_head,
-            self.kv_dtype,
+            self.kv_layout,
         )
     }
 

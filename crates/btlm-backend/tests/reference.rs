@@ -10,6 +10,7 @@ use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::generation::{FinishReason, GenerationConfig};
 use prompting_btlm_backend::kernels::{KernelPath, WeightFormat};
+use prompting_btlm_backend::kv_cache::KvLayout;
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
 use prompting_btlm_backend::options::{KvDtype, PrefillPrecision, Quantization};
@@ -221,10 +222,14 @@ fn half_precision_is_close() {
 #[test]
 fn an_f16_kv_cache_stays_close() {
     let f32_cache = load("model.safetensors", &LoadOptions::default());
-    assert_eq!(f32_cache.kv_dtype(), DType::F32, "auto under f32 weights");
+    assert_eq!(
+        f32_cache.kv_layout(),
+        KvLayout::Dense(DType::F32),
+        "auto under f32 weights"
+    );
     let model = f32_weights_caching(KvDtype::F16);
-    assert_eq!(model.kv_dtype(), DType::F16);
-    assert_eq!(model.kv_dtype_name(), "f16");
+    assert_eq!(model.kv_layout(), KvLayout::Dense(DType::F16));
+    assert_eq!(model.kv_layout().to_string(), "f16");
     assert_eq!(
         2 * model.kv_bytes_per_token(),
         f32_cache.kv_bytes_per_token()
@@ -242,8 +247,8 @@ fn an_f16_kv_cache_stays_close() {
             ..LoadOptions::default()
         };
         assert_eq!(
-            load("model.safetensors", &opts).kv_dtype(),
-            DType::F16,
+            load("model.safetensors", &opts).kv_layout(),
+            KvLayout::Dense(DType::F16),
             "auto under {dtype:?} {quantization}"
         );
     }
@@ -255,8 +260,8 @@ fn an_f16_kv_cache_stays_close() {
 #[test]
 fn an_int8_kv_cache_stays_close() {
     let model = f32_weights_caching(KvDtype::Q8);
-    assert_eq!(model.kv_dtype(), DType::U8);
-    assert_eq!(model.kv_dtype_name(), "q8");
+    assert_eq!(model.kv_layout(), KvLayout::Q8);
+    assert_eq!(model.kv_layout().to_string(), "q8");
     let cfg = model.config();
     assert_eq!(
         model.kv_bytes_per_token(),

@@ -26,6 +26,7 @@
 
 use crate::elementwise::avx2_supported;
 use crate::kernels::KernelPath;
+use crate::kv_cache::KvLayout;
 
 /// Queries of one head attended together (their scores are one buffer of
 /// `QUERY_BLOCK × positions` values).
@@ -163,7 +164,7 @@ impl KvElem for half::f16 {
 }
 
 impl KvElem for u8 {
-    const TAIL: usize = 4;
+    const TAIL: usize = KvLayout::Q8_SCALE_BYTES;
 
     /// The byte as the int8 it stores.
     #[inline]
