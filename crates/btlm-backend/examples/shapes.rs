@@ -6,7 +6,7 @@
 //! shapes [FORMAT] [ROWS,...] [mem|core]
 //! ```
 //!
-//! - `mem` (default): each matrix copied until the set is well above the L3 cache, every
+//! - `mem` (default): each matrix copied until the set is four times the L3 cache, every
 //!   pass streaming it from memory; the best of 24 passes. Products on the tile kernels are
 //!   split as a model step splits them ([`TileProduct`] tasks claimed by one thread per
 //!   core that stays busy from one product to the next); others (many-rows kernels) run
@@ -31,16 +31,41 @@ mod layer;
 
 use layer::{LAYER, random};
 
-/// The distinct projection shapes of one BTLM-3B block (`mlp.c_fc2` has `mlp.c_fc`'s).
+/// The distinct projection shapes of one BTLM-3B block (`mlp.c_fc2` has `mlp.c_fc`'s),
+/// then the output head's (in the run format, as the model packs it).
 fn shapes() -> impl Iterator<Item = (&'static str, usize, usize)> {
     LAYER
         .into_iter()
         .filter(|&(name, _, _)| name != "mlp.c_fc2")
+        .chain([("lm_head", 2560, 50257)])
 }
 
-/// Bytes of each matrix's set of copies in `mem` mode (the L3 of the machines measured is
-/// 32 MiB).
-const MIN_SET_BYTES: usize = 256 << 20;
+/// Bytes of each matrix's set of copies in `mem` mode: four times the L3 cache (the
+/// first CPU's, from sysfs; 260 MiB on the Xeon of session 25, 32 MiB on the Zen 4 and
+/// 5 machines before), at least 256 MiB.
+fn min_set_bytes() -> usize {
+    let l3 = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size")
+        .ok()
+        .and_then(|s| cache_size_bytes(&s))
+        .unwrap_or(0);
+    (4 * l3).max(256 << 20)
+}
+
+/// A sysfs cache size (`"266240K"`, `"32M"`, `"1024"`) in bytes.
+fn cache_size_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (digits, unit) = match s.strip_suffix(['K', 'M', 'G']) {
+        Some(d) => (d, &s[d.len()..]),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => 0,
+    };
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -65,7 +90,11 @@ fn from_memory(
     format: WeightFormat,
     rows_list: &[usize],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    println!("{format} on {path}, from memory (best of 24 passes)");
+    let min_set = min_set_bytes();
+    println!(
+        "{format} on {path}, from memory (sets of {} MiB, best of 24 passes)",
+        min_set >> 20
+    );
     println!("{:<12} {:>5} {:>9} {:>8}", "matrix", "rows", "µs", "GB/s");
     for (i, (name, n_in, n_out)) in shapes().enumerate() {
         let m = PackedMatrix::pack(
@@ -74,7 +103,7 @@ fn from_memory(
         )?;
         let bytes = m.bytes().len();
         let mut set = Vec::new();
-        for _ in 0..MIN_SET_BYTES.div_ceil(bytes) {
+        for _ in 0..min_set.div_ceil(bytes) {
             let src = m.bytes().as_slice();
             let copy = Bytes::owned_with(src.len(), |d| d.copy_from_slice(src))?;
             set.push(PackedMatrix::from_bytes(format, n_out, n_in, copy)?);
