@@ -528,14 +528,52 @@ fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Defines a SIMD module's `weighted_group` and `weighted` (the value sums of
-/// [`Head::weighted_values`]) with the features `$features`, over the module's vectors: it
-/// provides `LANES`, the vector type `V` and `#[inline]` helpers with those features:
-/// `zero()`, `load(p)`, `store(p, v)`, `splat(p)` (the f32 at `p` in every lane),
-/// `fma(a, b, c)` (`a · b + c`) and `load_kv::<T>(p)` (`LANES` cached values as f32).
+/// Defines a SIMD module's `weighted_values` (see [`Head::weighted_values`]; `$group`
+/// queries at a time, then one by one) and its kernels `weighted_group` and `weighted`, with
+/// the features `$features`, over the module's vectors: it provides `LANES`, the vector type
+/// `V` and `#[inline]` helpers with those features: `zero()`, `load(p)`, `store(p, v)`,
+/// `splat(p)` (the f32 at `p` in every lane), `fma(a, b, c)` (`a · b + c`) and
+/// `load_kv::<T>(p)` (`LANES` cached values as f32).
 #[cfg(target_arch = "x86_64")]
 macro_rules! weighted_kernels {
-    ($features:literal) => {
+    ($features:literal, $group:literal) => {
+        /// See [`Head::weighted_values`].
+        ///
+        /// # Safety
+        /// As [`dots`]; `out` holds `qb` rows of `d`.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn weighted_values<T: KvElem>(
+            head: &Head<'_, T>,
+            scores: &[f32],
+            stride: usize,
+            qb: usize,
+            k0: usize,
+            kt: usize,
+            out: &mut [f32],
+        ) {
+            let d = head.values.d;
+            assert!(scores.len() >= qb * stride && stride >= k0 + kt && out.len() >= qb * d);
+            let vs = head.values.stride;
+            let vp = head.values.data.as_ptr().wrapping_add(k0 * vs);
+            let sp = |i: usize| scores[i * stride + k0..].as_ptr();
+            let op = out.as_mut_ptr();
+            let mut i = 0;
+            // SAFETY: value rows `k0..k0 + kt` exist (`attend`), score and output rows as
+            // asserted above.
+            unsafe {
+                while i + $group <= qb {
+                    let p = std::array::from_fn(|q| sp(i + q));
+                    let o = std::array::from_fn(|q| op.add((i + q) * d));
+                    weighted::<T, $group>(p, vp, vs, kt, o, d);
+                    i += $group;
+                }
+                while i < qb {
+                    weighted::<T, 1>([sp(i)], vp, vs, kt, [op.add(i * d)], d);
+                    i += 1;
+                }
+            }
+        }
+
         /// `out[i][g..g + LANES·C] += Σⱼ p_i[j] · v(j)[g..g + LANES·C]` for `Q` queries,
         /// `j < kt`.
         #[inline]
@@ -989,45 +1027,9 @@ mod avx2 {
         unsafe { T::load8(p) }
     }
 
-    weighted_kernels!("avx2,fma,f16c");
-
-    /// See [`Head::weighted_values`].
-    ///
-    /// # Safety
-    /// As [`dots`]; `out` holds `qb` rows of `d`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn weighted_values<T: KvElem>(
-        head: &Head<'_, T>,
-        scores: &[f32],
-        stride: usize,
-        qb: usize,
-        k0: usize,
-        kt: usize,
-        out: &mut [f32],
-    ) {
-        let d = head.values.d;
-        assert!(scores.len() >= qb * stride && stride >= k0 + kt && out.len() >= qb * d);
-        let vp = head
-            .values
-            .data
-            .as_ptr()
-            .wrapping_add(k0 * head.values.stride);
-        let sp = |i: usize| scores[i * stride + k0..].as_ptr();
-        let op = out.as_mut_ptr();
-        let mut i = 0;
-        // SAFETY: value rows `k0..k0 + kt` exist (`attend`), score and output rows as
-        // asserted above.
-        unsafe {
-            while i + 2 <= qb {
-                let o = [op.add(i * d), op.add((i + 1) * d)];
-                weighted::<T, 2>([sp(i), sp(i + 1)], vp, head.values.stride, kt, o, d);
-                i += 2;
-            }
-            if i < qb {
-                weighted::<T, 1>([sp(i)], vp, head.values.stride, kt, [op.add(i * d)], d);
-            }
-        }
-    }
+    // 2 queries at a time in blocks (of the 16 registers: 10 sums, 2 weights, a row's
+    // vector).
+    weighted_kernels!("avx2,fma,f16c", 2);
 }
 
 #[cfg(test)]

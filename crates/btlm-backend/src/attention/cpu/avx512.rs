@@ -208,45 +208,8 @@ unsafe fn load_kv<T: KvElem>(p: *const T) -> V {
     unsafe { T::load16(p) }
 }
 
-// 25 of the 32 registers at `Q = 4`.
-weighted_kernels!("avx512f,avx2,fma,f16c");
-
-/// See [`Head::weighted_values`].
-///
-/// # Safety
-/// As [`dots`]; `out` holds `qb` rows of `d`.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub(super) unsafe fn weighted_values<T: KvElem>(
-    head: &Head<'_, T>,
-    scores: &[f32],
-    stride: usize,
-    qb: usize,
-    k0: usize,
-    kt: usize,
-    out: &mut [f32],
-) {
-    let d = head.values.d;
-    assert!(scores.len() >= qb * stride && stride >= k0 + kt && out.len() >= qb * d);
-    let vs = head.values.stride;
-    let vp = head.values.data.as_ptr().wrapping_add(k0 * vs);
-    let sp = |i: usize| scores[i * stride + k0..].as_ptr();
-    let op = out.as_mut_ptr();
-    let mut i = 0;
-    // SAFETY: value rows `k0..k0 + kt` exist (`attend`), score and output rows as
-    // asserted above.
-    unsafe {
-        while i + 4 <= qb {
-            let p = std::array::from_fn(|q| sp(i + q));
-            let o = std::array::from_fn(|q| op.add((i + q) * d));
-            weighted::<T, 4>(p, vp, vs, kt, o, d);
-            i += 4;
-        }
-        while i < qb {
-            weighted::<T, 1>([sp(i)], vp, vs, kt, [op.add(i * d)], d);
-            i += 1;
-        }
-    }
-}
+// 4 queries at a time in blocks (25 of the 32 registers).
+weighted_kernels!("avx512f,avx2,fma,f16c", 4);
 
 #[cfg(test)]
 mod tests {
