@@ -647,10 +647,13 @@ macro_rules! weighted_kernels {
     };
 }
 
-/// Defines a SIMD module's products of queries with keys, `dots_pair` (lanes of 2 queries ×
-/// `LANES / 2` keys: `[q0·k0, …, q1·k0, …]`) and `dots_single` (1 query × `LANES` keys,
-/// prefetching), with the features `$features`, over the helpers of [`weighted_kernels`]
-/// and `$reduce` (lane `l` of the result: the sum of `a[l]`'s lanes).
+/// Defines a SIMD module's products of queries with keys, `dots` (see [`Head::dots`]) and
+/// its kernels `dots_pair` (lanes of 2 queries × `LANES / 2` keys: `[q0·k0, …, q1·k0, …]`)
+/// and `dots_single` (1 query × `LANES` keys, prefetching), with the features `$features`,
+/// over the helpers of [`weighted_kernels`], `$reduce` (lane `l` of the result: the sum of
+/// `a[l]`'s lanes) and the module's `store_pair(r0, r1, v)` (a `dots_pair` result's halves
+/// to two score rows), `single_tail(x, kp, ks, d, r, j, end)` (a single query's last keys,
+/// fewer than `LANES`), `dot1`, `prefetch_rows` and `KEYS_AHEAD`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dot_kernels {
     ($features:literal, $reduce:ident) => {
@@ -717,6 +720,97 @@ macro_rules! dot_kernels {
                 }
             }
             $reduce(a)
+        }
+
+        /// See [`Head::dots`].
+        ///
+        /// # Safety
+        /// The features `$features`; `d` a multiple of `LANES`; the rows of `head` checked
+        /// by [`Head::attend`]; `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn dots<T: KvElem>(
+            head: &Head<'_, T>,
+            q0: usize,
+            qb: usize,
+            k0: usize,
+            kt: usize,
+            scores: &mut [f32],
+            stride: usize,
+        ) {
+            let d = head.keys.d;
+            let ks = head.keys.stride;
+            let kp = head.keys.data.as_ptr();
+            let qp = |i: usize| head.queries[(q0 + i) * head.q_stride..][..d].as_ptr();
+            assert!(scores.len() >= qb * stride && stride >= k0 + kt);
+            let sp = scores.as_mut_ptr();
+            let end = k0 + kt;
+            // One query (a decode step): each head's keys and values are short streams read
+            // once, which the hardware prefetchers pick up late, so the keys are prefetched
+            // `KEYS_AHEAD` rows ahead and the values of the keys being multiplied, a few
+            // lines per `LANES` values (`Ahead`). Prefetching a tile's values at once instead
+            // stalled the core on its miss buffers: 17% of this function's time in a decode
+            // step of 8 sequences; spread out, the step's attention took 35% less time (Zen
+            // 4, session 19, docs/benchmarks.md). A block of queries rereads its tile from
+            // cache: it asks for the tile's values at once.
+            let single = qb == 1;
+            if !single {
+                prefetch_rows(&head.values, k0, end);
+            }
+            let keys_end = head.offset + head.t;
+            let mut i = 0;
+            // SAFETY (all below): the key rows `k0..end` and the query rows exist
+            // (`attend`), score indices stay below `qb * stride` (asserted above).
+            unsafe {
+                while i + 2 <= qb {
+                    let (x0, x1) = (qp(i), qp(i + 1));
+                    let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
+                    let mut j = k0;
+                    while j + LANES / 2 <= end {
+                        let v = dots_pair(x0, x1, kp.add(j * ks), ks, d);
+                        store_pair(r0.add(j), r1.add(j), v);
+                        j += LANES / 2;
+                    }
+                    for j in j..end {
+                        *r0.add(j) = dot1(x0, kp.add(j * ks), d);
+                        *r1.add(j) = dot1(x1, kp.add(j * ks), d);
+                    }
+                    i += 2;
+                }
+                if i < qb {
+                    let x = qp(i);
+                    let r = sp.add(i * stride);
+                    let mut j = k0;
+                    // Bytes of `LANES` rows of keys or values, a share per `LANES` values
+                    // of a row.
+                    let size = std::mem::size_of::<T>();
+                    let rows = LANES * ks.max(head.values.stride) * size;
+                    let step = rows.div_ceil(d / LANES).next_multiple_of(64);
+                    let to_l2 = PrefetchLevel::active() == PrefetchLevel::L2;
+                    let at = |rows: &super::HeadRows<'_, T>, j: usize| {
+                        rows.data
+                            .as_ptr()
+                            .cast::<u8>()
+                            .wrapping_add(j * rows.stride * size)
+                    };
+                    while j + LANES <= end {
+                        let next = j + KEYS_AHEAD;
+                        // Past the last key, the values alone (twice: a hint costs little).
+                        let ahead = single.then(|| Ahead {
+                            keys: if next + LANES <= keys_end {
+                                at(&head.keys, next)
+                            } else {
+                                at(&head.values, j)
+                            },
+                            values: at(&head.values, j),
+                            step,
+                            to_l2,
+                        });
+                        store(r.add(j), dots_single(x, kp.add(j * ks), ks, d, ahead));
+                        j += LANES;
+                    }
+                    single_tail(x, kp, ks, d, r, j, end);
+                }
+            }
         }
     };
 }
@@ -838,95 +932,33 @@ mod avx2 {
     /// BTLM's head size in f16. 8 to 32 measured alike (Zen 4, session 19).
     pub(super) const KEYS_AHEAD: usize = 16;
 
-    /// See [`Head::dots`].
-    ///
-    /// # Safety
-    /// AVX2, FMA and F16C; `d` a multiple of 8; the rows of `head` checked by
-    /// [`Head::attend`]; `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
+    /// Stores a [`dots_pair`] result: lanes 0–3 (the first query's) at `r0`, 4–7 at `r1`.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dots<T: KvElem>(
-        head: &Head<'_, T>,
-        q0: usize,
-        qb: usize,
-        k0: usize,
-        kt: usize,
-        scores: &mut [f32],
-        stride: usize,
-    ) {
-        let d = head.keys.d;
-        let ks = head.keys.stride;
-        let kp = head.keys.data.as_ptr();
-        let qp = |i: usize| head.queries[(q0 + i) * head.q_stride..][..d].as_ptr();
-        assert!(scores.len() >= qb * stride && stride >= k0 + kt);
-        let sp = scores.as_mut_ptr();
-        let end = k0 + kt;
-        // One query (a decode step): each head's keys and values are short streams read
-        // once, which the hardware prefetchers pick up late, so the keys are prefetched
-        // `KEYS_AHEAD` rows ahead and the values of the keys being multiplied, a few lines
-        // per 8 values (`Ahead`). Prefetching a tile's values at once instead stalled the
-        // core on its miss buffers: 17% of this function's time in a decode step of 8
-        // sequences; spread out, the step's attention took 35% less time (Zen 4, session
-        // 19, docs/benchmarks.md). A block of queries rereads its tile from cache: it asks
-        // for the tile's values at once.
-        let single = qb == 1;
-        if !single {
-            prefetch_rows(&head.values, k0, end);
-        }
-        let keys_end = head.offset + head.t;
-        let mut i = 0;
-        // SAFETY (all below): the key rows `k0..end` and the query rows exist (`attend`),
-        // score indices stay below `qb * stride` (asserted above).
+    unsafe fn store_pair(r0: *mut f32, r1: *mut f32, v: V) {
+        // SAFETY: the caller's 4 floats at each.
         unsafe {
-            while i + 2 <= qb {
-                let (x0, x1) = (qp(i), qp(i + 1));
-                let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
-                let mut j = k0;
-                while j + 4 <= end {
-                    let v = dots_pair(x0, x1, kp.add(j * ks), ks, d);
-                    _mm_storeu_ps(r0.add(j), _mm256_castps256_ps128(v));
-                    _mm_storeu_ps(r1.add(j), _mm256_extractf128_ps(v, 1));
-                    j += 4;
-                }
-                for j in j..end {
-                    *r0.add(j) = dot1(x0, kp.add(j * ks), d);
-                    *r1.add(j) = dot1(x1, kp.add(j * ks), d);
-                }
-                i += 2;
-            }
-            if i < qb {
-                let x = qp(i);
-                let r = sp.add(i * stride);
-                let mut j = k0;
-                // Bytes of 8 rows of keys or values, a share per 8 values of a row.
-                let size = std::mem::size_of::<T>();
-                let rows8 = 8 * ks.max(head.values.stride) * size;
-                let step = rows8.div_ceil(d / 8).next_multiple_of(64);
-                let to_l2 = PrefetchLevel::active() == PrefetchLevel::L2;
-                let at = |rows: &super::HeadRows<'_, T>, j: usize| {
-                    rows.data
-                        .as_ptr()
-                        .cast::<u8>()
-                        .wrapping_add(j * rows.stride * size)
-                };
-                while j + 8 <= end {
-                    let next = j + KEYS_AHEAD;
-                    // Past the last key, the values alone (twice: a hint costs little).
-                    let ahead = single.then(|| Ahead {
-                        keys: if next + 8 <= keys_end {
-                            at(&head.keys, next)
-                        } else {
-                            at(&head.values, j)
-                        },
-                        values: at(&head.values, j),
-                        step,
-                        to_l2,
-                    });
-                    _mm256_storeu_ps(r.add(j), dots_single(x, kp.add(j * ks), ks, d, ahead));
-                    j += 8;
-                }
-                for j in j..end {
-                    *r.add(j) = dot1(x, kp.add(j * ks), d);
-                }
+            _mm_storeu_ps(r0, _mm256_castps256_ps128(v));
+            _mm_storeu_ps(r1, _mm256_extractf128_ps(v, 1));
+        }
+    }
+
+    /// A single query's scores of keys `j..end` (fewer than 8) into `r`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn single_tail<T: KvElem>(
+        x: *const f32,
+        kp: *const T,
+        ks: usize,
+        d: usize,
+        r: *mut f32,
+        j: usize,
+        end: usize,
+    ) {
+        // SAFETY: the caller's rows.
+        unsafe {
+            for j in j..end {
+                *r.add(j) = dot1(x, kp.add(j * ks), d);
             }
         }
     }

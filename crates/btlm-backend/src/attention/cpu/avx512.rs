@@ -9,8 +9,8 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{self, Ahead, KEYS_AHEAD, hint};
-use super::{Head, HeadRows, KvElem};
+use super::avx2::{self, Ahead, KEYS_AHEAD, dot1, hint, prefetch_rows};
+use super::{Head, KvElem};
 use crate::kernels::prefetch::PrefetchLevel;
 
 /// Which input of [`sum16`]'s tree goes where: the tree leaves lane `4m + t` holding the
@@ -73,94 +73,39 @@ fn upper8(v: __m512) -> __m256 {
     _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
 }
 
-/// See [`Head::dots`].
-///
-/// # Safety
-/// AVX-512 F, AVX2, FMA and F16C; `d` a multiple of 16; the rows of `head` checked by
-/// [`Head::attend`]; `scores` holds `qb` rows of `stride ≥ k0 + kt` values.
+/// Stores a [`dots_pair`] result: lanes 0–7 (the first query's) at `r0`, 8–15 at `r1`.
+#[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-pub(super) unsafe fn dots<T: KvElem>(
-    head: &Head<'_, T>,
-    q0: usize,
-    qb: usize,
-    k0: usize,
-    kt: usize,
-    scores: &mut [f32],
-    stride: usize,
-) {
-    let d = head.keys.d;
-    let ks = head.keys.stride;
-    let kp = head.keys.data.as_ptr();
-    let qp = |i: usize| head.queries[(q0 + i) * head.q_stride..][..d].as_ptr();
-    assert!(scores.len() >= qb * stride && stride >= k0 + kt);
-    let sp = scores.as_mut_ptr();
-    let end = k0 + kt;
-    // Prefetching as in the AVX2 kernel (see there): a block of queries asks for the
-    // tile's values at once, a single query spreads its prefetches between the products.
-    let single = qb == 1;
-    if !single {
-        avx2::prefetch_rows(&head.values, k0, end);
-    }
-    let keys_end = head.offset + head.t;
-    let mut i = 0;
-    // SAFETY (all below): the key rows `k0..end` and the query rows exist (`attend`),
-    // score indices stay below `qb * stride` (asserted above); the AVX2 kernels need a
-    // subset of this function's features and `d` a multiple of 8.
+unsafe fn store_pair(r0: *mut f32, r1: *mut f32, v: V) {
+    // SAFETY: the caller's 8 floats at each.
     unsafe {
-        while i + 2 <= qb {
-            let (x0, x1) = (qp(i), qp(i + 1));
-            let (r0, r1) = (sp.add(i * stride), sp.add((i + 1) * stride));
-            let mut j = k0;
-            while j + 8 <= end {
-                let v = dots_pair(x0, x1, kp.add(j * ks), ks, d);
-                _mm256_storeu_ps(r0.add(j), _mm512_castps512_ps256(v));
-                _mm256_storeu_ps(r1.add(j), upper8(v));
-                j += 8;
-            }
-            for j in j..end {
-                *r0.add(j) = avx2::dot1(x0, kp.add(j * ks), d);
-                *r1.add(j) = avx2::dot1(x1, kp.add(j * ks), d);
-            }
-            i += 2;
+        _mm256_storeu_ps(r0, _mm512_castps512_ps256(v));
+        _mm256_storeu_ps(r1, upper8(v));
+    }
+}
+
+/// A single query's scores of keys `j..end` (fewer than 16) into `r`: 8 on the AVX2 kernel,
+/// then one by one.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn single_tail<T: KvElem>(
+    x: *const f32,
+    kp: *const T,
+    ks: usize,
+    d: usize,
+    r: *mut f32,
+    mut j: usize,
+    end: usize,
+) {
+    // SAFETY: the caller's rows; the AVX2 kernels need a subset of this function's
+    // features and `d` a multiple of 8.
+    unsafe {
+        if j + 8 <= end {
+            _mm256_storeu_ps(r.add(j), avx2::dots_single(x, kp.add(j * ks), ks, d, None));
+            j += 8;
         }
-        if i < qb {
-            let x = qp(i);
-            let r = sp.add(i * stride);
-            let mut j = k0;
-            // Bytes of 16 rows of keys or values, a share per 16 values of a row.
-            let size = std::mem::size_of::<T>();
-            let rows16 = 16 * ks.max(head.values.stride) * size;
-            let step = rows16.div_ceil(d / 16).next_multiple_of(64);
-            let to_l2 = PrefetchLevel::active() == PrefetchLevel::L2;
-            let at = |rows: &HeadRows<'_, T>, j: usize| {
-                rows.data
-                    .as_ptr()
-                    .cast::<u8>()
-                    .wrapping_add(j * rows.stride * size)
-            };
-            while j + 16 <= end {
-                let next = j + KEYS_AHEAD;
-                // Past the last key, the values alone (twice: a hint costs little).
-                let ahead = single.then(|| Ahead {
-                    keys: if next + 16 <= keys_end {
-                        at(&head.keys, next)
-                    } else {
-                        at(&head.values, j)
-                    },
-                    values: at(&head.values, j),
-                    step,
-                    to_l2,
-                });
-                _mm512_storeu_ps(r.add(j), dots_single(x, kp.add(j * ks), ks, d, ahead));
-                j += 16;
-            }
-            if j + 8 <= end {
-                _mm256_storeu_ps(r.add(j), avx2::dots_single(x, kp.add(j * ks), ks, d, None));
-                j += 8;
-            }
-            for j in j..end {
-                *r.add(j) = avx2::dot1(x, kp.add(j * ks), d);
-            }
+        for j in j..end {
+            *r.add(j) = dot1(x, kp.add(j * ks), d);
         }
     }
 }
