@@ -14,13 +14,14 @@
 //! directory written with the same settings is reused.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use prompting_btlm_backend::config::Config;
+
+#[path = "common/checkpoint.rs"]
+mod checkpoint;
 
 #[derive(Parser, Debug)]
 struct Cli {
@@ -37,9 +38,6 @@ struct Cli {
     #[arg(long, default_value_t = 7)]
     seed: u64,
 }
-
-/// Weights are uniform in ±`SPREAD`: standard deviation 0.02, like the bench checkpoints.
-const SPREAD: f32 = 0.034_641;
 
 /// The marker recording what a directory holds.
 const MARKER: &str = "random-model.json";
@@ -73,7 +71,8 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&marker_path);
     write_config(&cfg, &cli.out)?;
     write_tokenizer(cfg.vocab_size, &cli.out)?;
-    write_weights(&cfg, &cli.out.join("model.safetensors"), bf16, cli.seed)?;
+    let weights = cli.out.join("model.safetensors");
+    checkpoint::write_weights(&cfg, &weights, bf16, cli.seed).context("write the weights")?;
     std::fs::write(&marker_path, marker.to_string()).context("write marker")?;
     println!("wrote {}", cli.out.display());
     Ok(())
@@ -157,126 +156,4 @@ fn write_tokenizer(vocab_size: usize, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("vocab.json"), serde_json::to_string(&vocab)?)
         .context("write vocab.json")?;
     std::fs::write(dir.join("merges.txt"), merges).context("write merges.txt")
-}
-
-/// How a tensor's values are made.
-#[derive(Clone, Copy)]
-enum Fill {
-    Random,
-    Ones,
-    Zeros,
-}
-
-fn tensors(cfg: &Config) -> Vec<(String, Vec<usize>, Fill)> {
-    let e = cfg.n_embd;
-    let mut t = vec![
-        (
-            "transformer.wte.weight".to_string(),
-            vec![cfg.vocab_size, e],
-            Fill::Random,
-        ),
-        ("transformer.ln_f.weight".into(), vec![e], Fill::Ones),
-        ("transformer.ln_f.bias".into(), vec![e], Fill::Zeros),
-    ];
-    for i in 0..cfg.n_layer {
-        let p = format!("transformer.h.{i}");
-        for ln in ["ln_1", "ln_2"] {
-            t.push((format!("{p}.{ln}.weight"), vec![e], Fill::Ones));
-            t.push((format!("{p}.{ln}.bias"), vec![e], Fill::Zeros));
-        }
-        for (name, n_in, n_out) in [
-            ("attn.c_attn", e, 3 * e),
-            ("attn.c_proj", e, e),
-            ("mlp.c_fc", e, cfg.n_inner),
-            ("mlp.c_fc2", e, cfg.n_inner),
-            ("mlp.c_proj", cfg.n_inner, e),
-        ] {
-            t.push((
-                format!("{p}.{name}.weight"),
-                vec![n_in, n_out],
-                Fill::Random,
-            ));
-            t.push((format!("{p}.{name}.bias"), vec![n_out], Fill::Zeros));
-        }
-    }
-    t
-}
-
-/// xorshift64*: fast, reproducible, good enough for random weights.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        // 24 random bits → [-1, 1).
-        ((x >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-    }
-}
-
-/// Round-to-nearest-even f32 → bf16 bits.
-fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let rounding = ((bits >> 16) & 1) + 0x7FFF;
-    (bits.wrapping_add(rounding) >> 16) as u16
-}
-
-fn write_weights(cfg: &Config, path: &Path, bf16: bool, seed: u64) -> anyhow::Result<()> {
-    let list = tensors(cfg);
-    let width = if bf16 { 2 } else { 4 };
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape, _) in &list {
-        let bytes = shape.iter().product::<usize>() * width;
-        header.insert(
-            name.clone(),
-            serde_json::json!({
-                "dtype": if bf16 { "BF16" } else { "F32" },
-                "shape": shape,
-                "data_offsets": [offset, offset + bytes],
-            }),
-        );
-        offset += bytes;
-    }
-    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
-    while !header.len().is_multiple_of(8) {
-        header.push(b' ');
-    }
-    let tmp = path.with_extension("safetensors.partial");
-    let mut out = BufWriter::with_capacity(
-        1 << 20,
-        File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?,
-    );
-    out.write_all(&(header.len() as u64).to_le_bytes())?;
-    out.write_all(&header)?;
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut buf = Vec::with_capacity(1 << 20);
-    for (name, shape, fill) in &list {
-        let n = shape.iter().product::<usize>();
-        let mut left = n;
-        while left > 0 {
-            let chunk = left.min(1 << 18);
-            buf.clear();
-            for _ in 0..chunk {
-                let v = match fill {
-                    Fill::Random => rng.uniform() * SPREAD,
-                    Fill::Ones => 1.0,
-                    Fill::Zeros => 0.0,
-                };
-                if bf16 {
-                    buf.extend_from_slice(&bf16_bits(v).to_le_bytes());
-                } else {
-                    buf.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            out.write_all(&buf)
-                .with_context(|| format!("write {name}"))?;
-            left -= chunk;
-        }
-    }
-    out.flush()?;
-    drop(out);
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }

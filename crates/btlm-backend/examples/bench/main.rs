@@ -26,6 +26,7 @@ use prompting_btlm_backend::sampling::argmax;
 use prompting_btlm_backend::weights::Checkpoint;
 
 mod bandwidth;
+#[path = "../common/checkpoint.rs"]
 mod checkpoint;
 #[path = "../common/layer.rs"]
 mod layer;
@@ -220,7 +221,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if !ckpt.is_file() && !cli.matmul_only {
         eprintln!("writing random checkpoint {} ...", ckpt.display());
-        checkpoint::write(&cfg, &ckpt)?;
+        checkpoint::write_weights(&cfg, &ckpt, true, 1)?;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bw_read_1 = bandwidth::read(1);
