@@ -19,17 +19,20 @@
 //!   per second (2 per cycle is the ceiling of a Zen 5 core). On a busy VM these are the
 //!   figures that move least from minute to minute.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use prompting_btlm_backend::kernels::{
-    Acts, Bytes, KernelPath, PackedMatrix, Source, TileProduct, WeightFormat, matmul,
+    Acts, Bytes, KernelPath, PackedMatrix, PrefillPrecision, Source, TileProduct, WeightFormat,
+    matmul,
 };
 
 #[path = "common/layer.rs"]
 mod layer;
+#[path = "common/passes.rs"]
+mod passes;
 
 use layer::{LAYER, random};
+use passes::{best_pass, min_set_bytes};
 
 /// The distinct projection shapes of one BTLM-3B block (`mlp.c_fc2` has `mlp.c_fc`'s),
 /// then the output head's (in the run format, as the model packs it).
@@ -38,33 +41,6 @@ fn shapes() -> impl Iterator<Item = (&'static str, usize, usize)> {
         .into_iter()
         .filter(|&(name, _, _)| name != "mlp.c_fc2")
         .chain([("lm_head", 2560, 50257)])
-}
-
-/// Bytes of each matrix's set of copies in `mem` mode: four times the L3 cache (the
-/// first CPU's, from sysfs; 260 MiB on the Xeon of session 25, 32 MiB on the Zen 4 and
-/// 5 machines before), at least 256 MiB.
-fn min_set_bytes() -> usize {
-    let l3 = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index3/size")
-        .ok()
-        .and_then(|s| cache_size_bytes(&s))
-        .unwrap_or(0);
-    (4 * l3).max(256 << 20)
-}
-
-/// A sysfs cache size (`"266240K"`, `"32M"`, `"1024"`) in bytes.
-fn cache_size_bytes(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (digits, unit) = match s.strip_suffix(['K', 'M', 'G']) {
-        Some(d) => (d, &s[d.len()..]),
-        None => (s, ""),
-    };
-    let shift = match unit {
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        _ => 0,
-    };
-    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -84,7 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// Each matrix streamed from memory on rayon's pool.
+/// Each matrix streamed from memory, split across the cores as a model step splits it
+/// ([`best_pass`]).
 fn from_memory(
     path: KernelPath,
     format: WeightFormat,
@@ -110,13 +87,10 @@ fn from_memory(
         }
         for &rows in rows_list {
             let x = random(rows * n_in, 99);
-            let acts = Acts::prepare(format, &x, rows, n_in, m.k_pad());
+            let xs = vec![x.as_slice(); set.len()];
             let mut ys = vec![vec![0f32; rows * n_out]; set.len()];
-            let mut best = f64::MAX;
-            for _ in 0..24 {
-                let seconds = pass_on_threads(path, &set, &x, &acts, rows, &mut ys)?;
-                best = best.min(seconds / set.len() as f64);
-            }
+            let exact = PrefillPrecision::Exact;
+            let best = best_pass(path, exact, &set, &xs, rows, &mut ys, 24)? / set.len() as f64;
             println!(
                 "{name:<12} {rows:>5} {:>9.1} {:>8.1}",
                 best * 1e6,
@@ -125,52 +99,6 @@ fn from_memory(
         }
     }
     Ok(())
-}
-
-/// Seconds to multiply `rows` rows (`x`, prepared as `acts`) with every matrix of `set`,
-/// one after the other, into `ys`: tile-kernel products split into [`TileProduct`] tasks
-/// claimed by one scoped thread per core, which all wait for the last task of a product
-/// before the next (spinning, as a model step's team does); other products on rayon's pool.
-fn pass_on_threads(
-    path: KernelPath,
-    set: &[PackedMatrix],
-    x: &[f32],
-    acts: &Acts<'_>,
-    rows: usize,
-    ys: &mut [Vec<f32>],
-) -> Result<f64, Box<dyn std::error::Error>> {
-    let threads = rayon::current_num_threads();
-    let mut products = Vec::with_capacity(set.len());
-    for (m, y) in set.iter().zip(ys.iter_mut()) {
-        match TileProduct::with_acts(path, m, acts, rows, None, y, threads)? {
-            Some(p) => products.push(p),
-            None => {
-                // Every copy has the same route: all run on the other kernels.
-                let t = Instant::now();
-                for (m, y) in set.iter().zip(ys.iter_mut()) {
-                    matmul(path, m, x, rows, None, y)?;
-                }
-                return Ok(t.elapsed().as_secs_f64());
-            }
-        }
-    }
-    let done = AtomicUsize::new(0);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for member in 0..threads {
-            let (products, done) = (&products, &done);
-            s.spawn(move || {
-                for (i, p) in products.iter().enumerate() {
-                    p.work(member);
-                    done.fetch_add(1, Ordering::AcqRel);
-                    while done.load(Ordering::Acquire) < (i + 1) * threads {
-                        std::hint::spin_loop();
-                    }
-                }
-            });
-        }
-    });
-    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Small matrices in L2 on this thread only: the kernels' compute ceiling per core.

@@ -31,6 +31,8 @@ mod checkpoint;
 #[path = "../common/layer.rs"]
 mod layer;
 mod matmul;
+#[path = "../common/passes.rs"]
+mod passes;
 
 #[derive(Parser, Debug)]
 struct Cli {

@@ -2,7 +2,9 @@
 //! activation rows (decode steps of 1..16 sequences) and a prompt-sized block (prefill).
 //!
 //! One layer's five matrices are packed from random values, then copied into fresh buffers
-//! until the set is well above the L3 cache, so every pass streams weights from memory.
+//! until the set is four times the L3 cache, so every pass streams weights from memory; the
+//! products are split across the cores as a model step splits them
+//! ([`best_pass`](crate::passes::best_pass)).
 
 use std::time::Instant;
 
@@ -12,9 +14,7 @@ use prompting_btlm_backend::kernels::{
 };
 
 use crate::layer::{LAYER, random};
-
-/// The weight set is at least this large (the L3 of the machines measured is 32 MiB).
-const MIN_SET_BYTES: usize = 400 << 20;
+use crate::passes::{best_pass, min_set_bytes};
 
 fn copy(m: &PackedMatrix) -> PackedMatrix {
     let src = m.bytes().as_slice();
@@ -31,8 +31,10 @@ pub fn run(
     rows_list: &[usize],
     bw_read: f64,
 ) {
+    let min_set = min_set_bytes();
     println!(
-        "matmul kernels ({path}, prefill precision {prefill}): one pass over {MIN_SET_BYTES_MB} MB+ of packed BTLM-3B projections",
+        "matmul kernels ({path}, prefill precision {prefill}): one pass over {} MiB+ of packed BTLM-3B projections",
+        min_set >> 20
     );
     println!(
         "{:<6} {:>5} {:<11} {:>10} {:>9} {:>8} {:>16} {:>9}",
@@ -59,7 +61,7 @@ pub fn run(
             .collect();
         let pack_s = t.elapsed().as_secs_f64();
         let layer_bytes: usize = layer.iter().map(|m| m.bytes().len()).sum();
-        let copies = MIN_SET_BYTES.div_ceil(layer_bytes);
+        let copies = min_set.div_ceil(layer_bytes);
         let mut set: Vec<PackedMatrix> = Vec::with_capacity(copies * LAYER.len());
         for _ in 0..copies {
             set.extend(layer.iter().map(copy));
@@ -72,16 +74,9 @@ pub fn run(
         for &rows in rows_list {
             let xs: Vec<Vec<f32>> = set.iter().map(|m| random(rows * m.n_in(), 99)).collect();
             let mut ys: Vec<Vec<f32>> = set.iter().map(|m| vec![0f32; rows * m.n_out()]).collect();
-            let mut pass = || {
-                let t = Instant::now();
-                for ((m, x), y) in set.iter().zip(&xs).zip(ys.iter_mut()) {
-                    matmul_with(path, prefill, m, x, rows, None, y).expect("matmul");
-                }
-                t.elapsed().as_secs_f64()
-            };
-            pass();
+            let xs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
             let reps = if rows > 16 { 3 } else { 4 };
-            let best = (0..reps).map(|_| pass()).fold(f64::MAX, f64::min);
+            let best = best_pass(path, prefill, &set, &xs, rows, &mut ys, reps).expect("matmul");
             let per_layer = best / copies as f64;
             let gbs = (layer_bytes * copies) as f64 / best / 1e9;
             let flops =
@@ -98,8 +93,6 @@ pub fn run(
         }
     }
 }
-
-const MIN_SET_BYTES_MB: usize = MIN_SET_BYTES >> 20;
 
 /// Packed bytes of the in-cache matrix: well inside a core's L2 (512 KiB on Zen 3), so
 /// that a neighbour on the same core disturbs it little.
