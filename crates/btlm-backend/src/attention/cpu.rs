@@ -240,6 +240,13 @@ impl<T: KvElem> HeadRows<'_, T> {
         T::scale(&self.data[j * self.stride + self.d..][..T::TAIL])
     }
 
+    /// The scales of rows `j0..j0 + out.len()` into `out`.
+    fn scales_into(&self, j0: usize, out: &mut [f32]) {
+        for (j, s) in (j0..).zip(out.iter_mut()) {
+            *s = self.scale(j);
+        }
+    }
+
     /// Whether rows `0..n` (with their tails) lie inside `data`.
     fn holds(&self, n: usize) -> bool {
         n == 0 || (n - 1) * self.stride + self.d + T::TAIL <= self.data.len()
@@ -319,10 +326,9 @@ impl<T: KvElem> Head<'_, T> {
             }
             let (key_scales, value_scales) = scales.split_at_mut(front / 2);
             if T::TAIL > 0 {
-                for j in scaled..n {
-                    key_scales[j] = self.keys.scale(j);
-                    value_scales[j] = self.values.scale(j);
-                }
+                self.keys.scales_into(scaled, &mut key_scales[scaled..n]);
+                self.values
+                    .scales_into(scaled, &mut value_scales[scaled..n]);
                 scaled = n;
             }
             let mut sums = [0f32; QUERY_BLOCK];
@@ -370,9 +376,7 @@ impl<T: KvElem> Head<'_, T> {
             let tile = &mut scores[k0..k0 + kt.next_multiple_of(8)];
             let scales = &mut tile_scales[..kt];
             if T::TAIL > 0 {
-                for (j, s) in (k0..).zip(scales.iter_mut()) {
-                    *s = self.keys.scale(j);
-                }
+                self.keys.scales_into(k0, scales);
                 times(&mut tile[..kt], scales);
             }
             let (top, part) = self.softmax(path, tile, self.offset - k0, max);
@@ -385,9 +389,7 @@ impl<T: KvElem> Head<'_, T> {
             }
             sum += part;
             if T::TAIL > 0 {
-                for (j, s) in (k0..).zip(scales.iter_mut()) {
-                    *s = self.values.scale(j);
-                }
+                self.values.scales_into(k0, scales);
                 times(&mut tile[..kt], scales);
             }
             self.weighted_values(path, scores, stride, 1, k0, kt, out);
