@@ -151,7 +151,7 @@ pub enum KvLayout {
 }
 
 impl KvLayout {
-    /// Bytes of the 4-byte f32 scale after each int8 row.
+    /// Bytes of the f32 scale after each int8 row.
     pub(crate) const Q8_SCALE_BYTES: usize = 4;
 
     /// The dtype of the cache's tensors.
