@@ -163,6 +163,23 @@ pub struct BtlmArgs {
         )
     )]
     pub kv_pool: bool,
+    /// Let a request keep the keys and values an idle cache (--btlm.kv_pool) holds of its
+    /// prompt's start, from an earlier request whose prompt and answer began alike (a
+    /// validator asking about the same context twice, a conversation going on), and run
+    /// only the rest of its prompt (`true`, the default). Answers are the same bits either
+    /// way: it applies only where the kernels compute every row alike however the prompt is
+    /// split into passes (not on AMX for bf16 and q8_0, nor on GPUs).
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "btlm.prefix_reuse",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )
+    )]
+    pub prefix_reuse: bool,
     /// Keep higher-priority requests in the batch on time (`true`, the default): hold back
     /// the admission of a lower-priority request, and preempt lower-priority ones (503),
     /// while a higher one would otherwise be projected to finish later than its deadline
@@ -233,6 +250,7 @@ impl Default for BtlmArgs {
             prefill_step_tokens: 256,
             piggyback_prefill: true,
             kv_pool: true,
+            prefix_reuse: true,
             deadline_guard: true,
             deadline_headroom_ms: 3000,
             weight_cache: "beside".into(),
@@ -274,6 +292,7 @@ impl BtlmArgs {
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
             kv_pool: self.kv_pool,
+            prefix_reuse: self.prefix_reuse,
             deadline_headroom: self
                 .deadline_guard
                 .then(|| Duration::from_millis(self.deadline_headroom_ms)),
@@ -602,6 +621,10 @@ mod tests {
         let off = parse(&["--btlm.kv_pool", "false"]).expect("off");
         assert!(!off.engine().kv_pool);
         assert!(parse(&["--btlm.kv_pool"]).expect("on").engine().kv_pool);
+        assert!(parse(&[]).expect("defaults").engine().prefix_reuse);
+        assert!(BtlmArgs::default().engine().prefix_reuse);
+        let off = parse(&["--btlm.prefix_reuse", "false"]).expect("off");
+        assert!(!off.engine().prefix_reuse);
         let g = a.generation();
         assert_eq!(g.prefill_chunk, 32);
         assert!(g.ignore_eos);

@@ -22,6 +22,12 @@
 //! need); the running sequences' caches and the idle ones never exceed
 //! [`EngineConfig::kv_cache_bytes`] together (idle ones are dropped to make room).
 //!
+//! **Prefix reuse** ([`EngineConfig::prefix_reuse`]). An idle cache remembers the prompt
+//! tokens it holds in whole pieces ([`Sequence::whole_pieces`]); admission prefers, among
+//! the idle caches that fit, the one whose tokens the new prompt starts with the most of
+//! ([`Sequence::keepable`]), keeps those positions and runs only the rest of the prompt,
+//! in the pieces a new cache would get: the same answer, bit for bit, without the work.
+//!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
 //!
 //! **Admission order.** The pipeline hands out the batch slots in priority order (the
@@ -94,6 +100,16 @@ impl Job {
     }
 }
 
+/// A cache in the engine's pool, with the part of it a later sequence may keep.
+struct Pooled<C> {
+    cache: C,
+    /// The prompt tokens it holds in whole pieces ([`Sequence::whole_pieces`]; empty
+    /// without [`EngineConfig::prefix_reuse`]).
+    prompt: Vec<u32>,
+    /// The size of those pieces.
+    piece: usize,
+}
+
 /// A sequence in the batch.
 struct Running<C> {
     job: Job,
@@ -113,7 +129,7 @@ pub(crate) struct Batcher<M: StepModel> {
     waiting: VecDeque<Job>,
     running: Vec<Running<M::Cache>>,
     /// The caches: lent to running sequences, or idle for later ones.
-    pool: KvPool<M::Cache>,
+    pool: KvPool<Pooled<M::Cache>>,
     /// Whether prompt pieces run in the decode rows' pass: asked for
     /// ([`EngineConfig::piggyback_prefill`]) and safe for this model
     /// ([`StepModel::rows_independent`]).
@@ -121,6 +137,9 @@ pub(crate) struct Batcher<M: StepModel> {
     /// Which prompt pieces share a pass when they cannot join the decode rows'
     /// ([`StepModel::shared_prompt_pass`]).
     shared_prompt_pass: Option<(usize, usize)>,
+    /// Whether sequences keep what an idle cache holds of their prompt's start
+    /// ([`EngineConfig::prefix_reuse`], where the model allows it).
+    prefix_reuse: bool,
     /// What steps cost, learned from those run (for the deadline guard).
     cost: StepCost,
     /// The deadline guard, when on ([`EngineConfig::deadline_headroom`]).
@@ -134,13 +153,15 @@ impl<M: StepModel> Batcher<M> {
         config: EngineConfig,
         stats: Arc<EngineStats>,
     ) -> Result<Self, KvPoolError> {
+        let recycle = config.kv_pool && model.recycles_caches();
         let pool = KvPool::new(KvPoolConfig {
             budget_bytes: config.kv_cache_bytes,
             bytes_per_token: model.kv_bytes_per_token().max(1),
             max_positions: model.context(),
-            recycle: config.kv_pool && model.recycles_caches(),
+            recycle,
         })?;
         let piggyback = config.piggyback_prefill && model.rows_independent();
+        let prefix_reuse = config.prefix_reuse && recycle;
         let shared_prompt_pass = if config.piggyback_prefill {
             model.shared_prompt_pass()
         } else {
@@ -163,6 +184,7 @@ impl<M: StepModel> Batcher<M> {
         }
         Ok(Batcher {
             piggyback,
+            prefix_reuse,
             shared_prompt_pass,
             cost: StepCost::default(),
             guard: config
@@ -256,7 +278,11 @@ impl<M: StepModel> Batcher<M> {
                 self.waiting.push_front(job);
                 break;
             }
-            let Some((lease, idle)) = self.pool.lease(job.sequence.max_positions()) else {
+            let sequence = &job.sequence;
+            let granted = self.pool.lease_reusing(sequence.max_positions(), |p| {
+                sequence.keepable(&p.prompt, p.piece)
+            });
+            let Some((lease, idle)) = granted else {
                 // No room yet: it stays first in line.
                 self.waiting.push_front(job);
                 break;
@@ -274,7 +300,18 @@ impl<M: StepModel> Batcher<M> {
                 "btlm request admitted"
             );
             let cache = match idle {
-                Some(cache) => cache,
+                Some((Pooled { mut cache, .. }, keep)) => {
+                    // `keepable` keeps less than the prompt: always accepted.
+                    let keep = match job.sequence.skip_cached(keep) {
+                        Ok(()) => keep,
+                        Err(e) => {
+                            tracing::error!("btlm engine: {e}");
+                            0
+                        }
+                    };
+                    self.model.truncate_cache(&mut cache, keep);
+                    cache
+                }
                 None => self.model.new_cache(lease.positions()),
             };
             self.running.push(Running {
@@ -543,7 +580,23 @@ impl<M: StepModel> Batcher<M> {
             // A failed step may have left the cache half written (or its memory poisoned by a
             // panic): only caches of sequences that ended normally are kept.
             let kept = if r.failed.is_none() && self.pool.config().recycle {
-                self.model.recycle_cache(r.cache)
+                self.model.recycle_cache(r.cache).map(|(cache, positions)| {
+                    let seq = &r.job.sequence;
+                    let prompt = if self.prefix_reuse {
+                        seq.whole_pieces().to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    let piece = seq.prefill_chunk();
+                    (
+                        Pooled {
+                            cache,
+                            prompt,
+                            piece,
+                        },
+                        positions,
+                    )
+                })
             } else {
                 drop(r.cache);
                 None
@@ -600,6 +653,8 @@ impl<M: StepModel> Batcher<M> {
         s.kv_peak_bytes.store(pool.peak_bytes, Ordering::Release);
         s.kv_reused.store(pool.reused, Ordering::Release);
         s.kv_allocated.store(pool.allocated, Ordering::Release);
+        s.prefix_hits.store(pool.prefix_hits, Ordering::Release);
+        s.prefix_tokens.store(pool.prefix_tokens, Ordering::Release);
     }
 }
 

@@ -122,10 +122,19 @@ impl Cache {
     /// Forgets every token but keeps the memory (for another sequence; see
     /// [`Cache::capacity`]). The old keys and values stay in place until overwritten.
     pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Keeps the first `len` tokens (all of them if there are fewer) and forgets the rest,
+    /// keeping the memory: a sequence whose prompt starts with those tokens goes on from
+    /// there (the engine's prefix reuse). Each position's keys and values depend only on
+    /// the tokens up to it, so what stays is exactly what those tokens alone would leave.
+    pub fn truncate(&mut self, len: usize) {
+        let len = len.min(self.seq_len);
         for l in &mut self.layers {
-            l.len = 0;
+            l.len = l.len.min(len);
         }
-        self.seq_len = 0;
+        self.seq_len = len;
     }
 
     /// Forgets every token (and frees the memory).

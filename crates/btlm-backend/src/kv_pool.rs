@@ -24,11 +24,17 @@
 //! Without recycling ([`KvPoolConfig::recycle`] false) a lease is exactly the positions
 //! needed and nothing is kept: the accounting of an engine without the pool.
 //!
-//! The pool is generic over the cache type `C`; it never looks inside a cache. Whoever gives
-//! a cache back empties it first and says how many positions its memory holds (for
-//! [`Cache`](crate::kv_cache::Cache): [`Cache::clear`](crate::kv_cache::Cache::clear) and
+//! **Prefixes.** An idle cache may still hold keys and values a later sequence can keep
+//! (the engine's prefix reuse: a prompt starting like an earlier one). A lease
+//! ([`KvPool::lease_reusing`]) prefers, among the idle caches that fit, the one its caller
+//! says the new sequence can keep the most positions of, then the smallest; the caller
+//! keeps those and overwrites the rest.
+//!
+//! The pool is generic over the cache type `C`; it never looks inside a cache (the caller's
+//! judgement of what a cache holds does). Whoever gives a cache back says how many
+//! positions its memory holds (for [`Cache`](crate::kv_cache::Cache):
 //! [`Cache::capacity`](crate::kv_cache::Cache::capacity)). A reused cache is not zeroed:
-//! attention reads only the positions written for the current sequence.
+//! attention reads only the positions written for the current sequence, or kept for it.
 
 /// New caches hold a multiple of this many positions (see the module's "Budget").
 pub const POSITION_GRANULE: usize = 64;
@@ -105,6 +111,10 @@ pub struct KvPoolStats {
     pub reused: u64,
     /// Leases served with new memory.
     pub allocated: u64,
+    /// Leases served with an idle cache some of whose positions the new sequence keeps.
+    pub prefix_hits: u64,
+    /// Positions kept that way, summed: prompt tokens not run again.
+    pub prefix_tokens: u64,
     /// Idle caches dropped to make room (or because they no longer fitted).
     pub dropped: u64,
 }
@@ -173,10 +183,22 @@ impl<C> KvPool<C> {
     }
 
     /// Lends cache memory for a sequence of `needed` positions: an idle cache that fits
-    /// (`Some` second member, to be used as is) or room for a new one of
+    /// (`Some` second member, emptied by the caller) or room for a new one of
     /// [`Lease::positions`] (`None`: the caller allocates it). `None` when the caches in
     /// use leave no room for it yet.
     pub fn lease(&mut self, needed: usize) -> Option<(Lease, Option<C>)> {
+        self.lease_reusing(needed, |_| 0)
+            .map(|(lease, idle)| (lease, idle.map(|(cache, _)| cache)))
+    }
+
+    /// [`Self::lease`], preferring the idle cache the sequence can keep the most positions
+    /// of: `reusable(cache)` says how many of its first positions; ties go to the smallest
+    /// cache. An idle cache comes with that count.
+    pub fn lease_reusing(
+        &mut self,
+        needed: usize,
+        reusable: impl Fn(&C) -> usize,
+    ) -> Option<(Lease, Option<(C, usize)>)> {
         if self.config.recycle {
             let most = self.positions_for(needed).saturating_mul(2);
             let best = self
@@ -184,16 +206,20 @@ impl<C> KvPool<C> {
                 .iter()
                 .enumerate()
                 .filter(|(_, i)| i.positions >= needed && i.positions <= most)
-                .min_by_key(|(_, i)| i.positions)
-                .map(|(at, _)| at);
-            if let Some(at) = best {
+                .map(|(at, i)| (at, reusable(&i.cache), i.positions))
+                .min_by_key(|&(_, keep, positions)| (std::cmp::Reverse(keep), positions));
+            if let Some((at, keep, _)) = best {
                 let Idle { cache, positions } = self.idle.swap_remove(at);
                 let bytes = self.bytes_of(positions);
                 self.stats.idle_bytes -= bytes;
                 self.stats.idle_caches -= 1;
                 self.stats.in_use_bytes += bytes;
                 self.stats.reused += 1;
-                return Some((Lease { positions, bytes }, Some(cache)));
+                if keep > 0 {
+                    self.stats.prefix_hits += 1;
+                    self.stats.prefix_tokens += keep as u64;
+                }
+                return Some((Lease { positions, bytes }, Some((cache, keep))));
             }
         }
         let positions = self.positions_for(needed);
@@ -208,10 +234,10 @@ impl<C> KvPool<C> {
         Some((Lease { positions, bytes }, None))
     }
 
-    /// Takes back a lease and, when recycling, the sequence's cache, already emptied, with
-    /// the positions its memory holds (`None`, or 0 positions: nothing to keep, e.g. a cache
-    /// that never got memory or one left unusable by a failed step). The cache is kept idle
-    /// if the budget has room for it, else dropped.
+    /// Takes back a lease and, when recycling, the sequence's cache with the positions its
+    /// memory holds (`None`, or 0 positions: nothing to keep, e.g. a cache that never got
+    /// memory or one left unusable by a failed step). The cache is kept idle if the budget
+    /// has room for it, else dropped.
     pub fn give_back(
         &mut self,
         lease: Lease,
@@ -334,6 +360,35 @@ mod tests {
         assert_eq!(p.lease(200).expect("room").1, None);
         assert_eq!(p.lease(64).expect("room").1, Some("64"));
         assert_eq!(p.lease(320).expect("room").1, Some("640"));
+    }
+
+    #[test]
+    fn the_cache_the_caller_can_keep_most_of_is_taken_among_those_that_fit() {
+        let mut p = pool(10_000, true);
+        let leases: Vec<_> = [100, 100, 100, 300]
+            .into_iter()
+            .map(|n| p.lease(n).expect("room").0)
+            .collect();
+        for (lease, name) in leases.into_iter().zip(["a", "b", "c", "d"]) {
+            let n = lease.positions();
+            p.give_back(lease, Some((name, n))).expect("back");
+        }
+        let keep = |name: &Named| match *name {
+            "a" => 3,
+            "b" => 4,
+            "d" => 6,
+            _ => 0,
+        };
+        // "d" keeps six but holds 320 positions, more than twice 128: "b" it is.
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, Some(("b", 4)));
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, Some(("a", 3)));
+        let s = p.stats();
+        assert_eq!((s.prefix_hits, s.prefix_tokens), (2, 7));
+        // Nothing to keep: the smallest that fits, not a hit.
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, Some(("c", 0)));
+        assert_eq!(p.stats().prefix_hits, 2);
+        assert_eq!(p.lease_reusing(200, keep).expect("room").1, Some(("d", 6)));
+        assert_eq!(p.stats().reused, 4);
     }
 
     #[test]

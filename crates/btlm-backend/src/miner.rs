@@ -321,6 +321,16 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
                 ("allocated".to_string(), count(&stats.kv_allocated)),
             ],
         ),
+        BackendMetric::counter(
+            "prompting_btlm_prefix_reused_tokens",
+            "Prompt tokens not run again: their keys and values were kept from an idle cache holding an earlier sequence that began alike (--btlm.prefix_reuse).",
+            count(&stats.prefix_tokens),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_prefix_hits",
+            "Requests that kept part of their prompt's keys and values from an idle cache (--btlm.prefix_reuse).",
+            count(&stats.prefix_hits),
+        ),
         BackendMetric::gauge(
             "prompting_btlm_kv_budget_bytes",
             "Key/value cache bytes the running sequences may reserve together.",

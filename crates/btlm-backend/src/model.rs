@@ -463,6 +463,69 @@ mod tests {
         }
     }
 
+    /// What prefix reuse rests on: a cache truncated at a piece boundary and fed the rest
+    /// of a sequence in the pieces a new cache would get gives the new cache's logits, bit
+    /// for bit, whatever the positions it held past the cut, in every format and key/value
+    /// layout.
+    #[test]
+    fn a_cache_truncated_at_a_piece_boundary_gives_a_new_caches_logits() {
+        use crate::options::{KvDtype, Quantization};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
+        let json = std::fs::read_to_string(dir.join("config.json")).expect("config");
+        let cfg = Config::from_json(&json).expect("config");
+        let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
+        for (quantization, kv_dtype) in [
+            (Quantization::None, KvDtype::Auto),
+            (Quantization::Q8_0, KvDtype::Auto),
+            (Quantization::Q4k, KvDtype::Auto),
+            (Quantization::Q4k, KvDtype::Q8),
+        ] {
+            let opts = LoadOptions {
+                quantization,
+                kv_dtype,
+                ..LoadOptions::default()
+            };
+            let model = Btlm::load(&cfg, &ckpt, &opts).expect("model");
+            let vocab = model.config().vocab_size as u32;
+            let tokens =
+                |seed: u32| -> Vec<u32> { (0..30).map(|i| (i * 7919 + seed) % vocab).collect() };
+            // A prompt of 20 in pieces of 8, then ten tokens one at a time, from `at` on.
+            let run = |cache: &mut Cache, tokens: &[u32], at: usize| -> Vec<u32> {
+                let mut pieces: Vec<&[u32]> = tokens[at..20].chunks(8).collect();
+                pieces.extend(tokens[20..].chunks(1));
+                let mut last = Vec::new();
+                for p in pieces {
+                    let l = model
+                        .forward_batch(&mut [Segment {
+                            tokens: p,
+                            cache: &mut *cache,
+                            logits: true,
+                        }])
+                        .expect("step");
+                    last = l
+                        .flatten_all()
+                        .expect("flat")
+                        .to_vec1::<f32>()
+                        .expect("logits");
+                }
+                last.iter().map(|v| v.to_bits()).collect()
+            };
+            let (a, b) = (tokens(13), tokens(101));
+            for cut in [8, 16] {
+                // `b` starting with `a`'s first `cut` tokens.
+                let mut next = a[..cut].to_vec();
+                next.extend_from_slice(&b[cut..]);
+                let want = run(&mut model.new_cache(), &next, 0);
+                // (A cloned cache shares its tensors' memory: one cache per cut.)
+                let mut kept = model.new_cache();
+                run(&mut kept, &a, 0);
+                kept.truncate(cut);
+                assert_eq!(kept.seq_len(), cut);
+                assert_eq!(run(&mut kept, &next, cut), want, "{opts:?}: cut at {cut}");
+            }
+        }
+    }
+
     #[test]
     fn blocks_on_rows_equal_blocks_on_tensors_bit_for_bit() {
         use crate::options::Quantization;

@@ -65,6 +65,60 @@ impl Sequence {
         self.prompt_len
     }
 
+    /// The prompt (after any left cut).
+    pub fn prompt(&self) -> &[u32] {
+        &self.tokens[..self.prompt_len]
+    }
+
+    /// The start of the prompt its cache holds in whole pieces of
+    /// [`prefill_chunk`](Self::prefill_chunk) tokens from the first: the keys and values a
+    /// later sequence whose prompt starts with these tokens would compute in the same passes
+    /// ([`keepable`](Self::keepable)).
+    pub fn whole_pieces(&self) -> &[u32] {
+        let chunk = self.cfg.prefill_chunk.max(1);
+        &self.tokens[..self.fed.min(self.prompt_len) / chunk * chunk]
+    }
+
+    /// How many positions of a cache holding `held` (another sequence's
+    /// [`whole_pieces`](Self::whole_pieces), run in pieces of `piece` tokens) this sequence
+    /// can keep: the tokens its prompt starts with alike, in whole pieces of its own
+    /// [`prefill_chunk`](Self::prefill_chunk) (the same size, else none), short of the last
+    /// prompt token (it must run: its logits pick the first new token). The rest of its
+    /// prompt then runs in the pieces a new cache would run it in, after the same keys and
+    /// values, so the answer is the same bits whatever the kernels. (Pieces cut elsewhere
+    /// change the last bits of f32 and q8_0 logits on this code's AVX-512 and AVX2 paths,
+    /// measured: a position's attention depends on how many queries share its pass.)
+    pub fn keepable(&self, held: &[u32], piece: usize) -> usize {
+        let chunk = self.cfg.prefill_chunk;
+        if piece != chunk || chunk == 0 {
+            return 0;
+        }
+        let alike = held
+            .iter()
+            .zip(self.prompt())
+            .take_while(|(a, b)| a == b)
+            .count();
+        alike.min(self.prompt_len - 1) / chunk * chunk
+    }
+
+    /// Starts a sequence whose cache already holds its first `n` prompt tokens (taken from
+    /// an earlier sequence whose tokens began alike): those are not run again. Only before
+    /// the first step, and at least the last prompt token must still run (its logits pick
+    /// the first new token).
+    pub fn skip_cached(&mut self, n: usize) -> Result<()> {
+        if self.fed > 0 || n >= self.prompt_len {
+            return Err(BtlmError::InvalidArgument {
+                name: "cached prompt tokens",
+                reason: format!(
+                    "{n} of a {}-token prompt cannot be skipped ({} already run)",
+                    self.prompt_len, self.fed
+                ),
+            });
+        }
+        self.fed = n;
+        Ok(())
+    }
+
     /// Positions this sequence can occupy in the cache: prompt plus new tokens.
     pub fn max_positions(&self) -> usize {
         self.prompt_len + self.max_new
@@ -314,6 +368,46 @@ mod tests {
         assert_eq!(g.prompt_tokens, 7);
         assert_eq!(last.is_some(), !g.text.is_empty());
         assert_eq!(g.text, tok.decode(&[40, 41, 42]).expect("decode"));
+    }
+
+    #[test]
+    fn a_cached_prompt_start_is_skipped_in_whole_pieces() {
+        let tok = tokenizer();
+        let prompt: Vec<u32> = (10..20).collect();
+        let first = Sequence::new(&prompt, &cfg(2, 3), 512, 1000).expect("sequence");
+        assert!(first.whole_pieces().is_empty(), "nothing run yet");
+        let mut s = Sequence::new(&prompt, &cfg(2, 3), 512, 1000).expect("sequence");
+        // Held: 9 of the prompt's tokens alike, then another: 9 kept of 10 (three pieces).
+        let held: Vec<u32> = (10..19).chain([7]).collect();
+        assert_eq!(s.keepable(&held, 3), 9);
+        assert_eq!(s.keepable(&held[..8], 3), 6, "whole pieces only");
+        assert_eq!(s.keepable(&prompt, 3), 9, "the last token runs");
+        assert_eq!(s.keepable(&held, 4), 0, "pieces of another size");
+        assert_eq!(s.keepable(&[11, 12, 13], 3), 0);
+        assert!(s.skip_cached(10).is_err(), "the last prompt token must run");
+        s.skip_cached(6).expect("skip");
+        assert!(s.skip_cached(1).is_err(), "only before the first step");
+        assert_eq!(s.prompt_left(), 4);
+        assert_eq!(s.whole_pieces(), &prompt[..6]);
+        let mut pieces = Vec::new();
+        while s.is_prefilling() {
+            pieces.push(s.pending().to_vec());
+            let want = s.wants_logits();
+            let mut l = pick(40, 1001);
+            s.advance(want.then_some(&mut l[..]), &tok).expect("piece");
+        }
+        assert_eq!(
+            pieces,
+            vec![vec![16, 17, 18], vec![19]],
+            "the pieces of a new cache"
+        );
+        let mut l = pick(41, 1001);
+        s.advance(Some(&mut l), &tok).expect("step");
+        // The prompt's last piece is not whole, and new tokens are never kept.
+        assert_eq!(s.whole_pieces(), &prompt[..9]);
+        assert_eq!(s.prompt(), &prompt[..]);
+        let g = s.into_generation();
+        assert_eq!((g.tokens, g.prompt_tokens), (vec![40, 41], 10));
     }
 
     #[test]

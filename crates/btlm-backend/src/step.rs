@@ -34,13 +34,20 @@ pub trait StepModel: Send + 'static {
         false
     }
 
-    /// Empties the cache of a retired sequence for another one, keeping its memory, and
-    /// returns it with the positions that memory holds; `None` when it holds none (the
-    /// default: the cache is dropped). A recycled cache must give the same answers as a new
-    /// one.
+    /// Takes the cache of a retired sequence for the pool, keeping its memory and its
+    /// contents, and returns it with the positions that memory holds; `None` when it holds
+    /// none (the default: the cache is dropped). The sequence that takes it keeps some of
+    /// its first positions ([`StepModel::truncate_cache`]); a recycled cache must give the
+    /// same answers as a new one.
     fn recycle_cache(&self, cache: Self::Cache) -> Option<(Self::Cache, usize)> {
         drop(cache);
         None
+    }
+
+    /// Keeps the first `len` positions of a recycled cache and forgets the rest (0:
+    /// empties it). Models that recycle caches must implement it; the default does nothing.
+    fn truncate_cache(&self, cache: &mut Self::Cache, len: usize) {
+        let _ = (cache, len);
     }
 
     /// Runs the segments' tokens (one pass for all) and returns, for each segment that asks
@@ -80,10 +87,13 @@ impl StepModel for Btlm {
         true
     }
 
-    fn recycle_cache(&self, mut cache: Cache) -> Option<(Cache, usize)> {
-        cache.clear();
+    fn recycle_cache(&self, cache: Cache) -> Option<(Cache, usize)> {
         let positions = cache.capacity();
         (positions > 0).then_some((cache, positions))
+    }
+
+    fn truncate_cache(&self, cache: &mut Cache, len: usize) {
+        cache.truncate(len);
     }
 
     fn step(&self, segments: &mut [Segment<'_, Cache>]) -> Result<Vec<Vec<f32>>> {
@@ -160,6 +170,12 @@ pub struct EngineConfig {
     /// ([`StepModel::rows_independent`]); other models always run the pieces alone, so
     /// batching never changes an answer.
     pub piggyback_prefill: bool,
+    /// Let a sequence keep the keys and values an idle cache holds of its prompt's start
+    /// (an earlier sequence's prompt began alike) and run only the rest of its prompt (the
+    /// default). Needs [`kv_pool`](Self::kv_pool). Only whole prompt pieces are kept (see
+    /// [`Sequence::keepable`](crate::sequence::Sequence::keepable)), so the rest runs in
+    /// the pieces a new cache would run and the answer is the same bits.
+    pub prefix_reuse: bool,
     /// Keep the caches of sequences that ended for later sequences, within
     /// [`kv_cache_bytes`](Self::kv_cache_bytes) (the default; see [`crate::kv_pool`]: new
     /// caches are rounded up to 64 positions and a reused one may be up to twice the
@@ -182,6 +198,7 @@ impl Default for EngineConfig {
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,
+            prefix_reuse: true,
             deadline_headroom: Some(Duration::from_secs(3)),
         }
     }
@@ -240,6 +257,11 @@ pub struct EngineStats {
     pub kv_reused: AtomicU64,
     /// Sequences that got a new cache.
     pub kv_allocated: AtomicU64,
+    /// Sequences that kept positions of their prompt's start from an idle cache
+    /// ([`EngineConfig::prefix_reuse`]).
+    pub prefix_hits: AtomicU64,
+    /// Prompt tokens those sequences did not run again, summed.
+    pub prefix_tokens: AtomicU64,
     /// The most sequences that ran in one step.
     pub peak_batch: AtomicUsize,
     /// Model passes run (one per step with `piggyback_prefill`, else one for the decode rows

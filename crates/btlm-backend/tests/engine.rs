@@ -257,6 +257,7 @@ fn engine_config(max_batch: usize) -> EngineConfig {
         queue_size: 16,
         piggyback_prefill: false,
         kv_pool: true,
+        prefix_reuse: true,
         // The scripted steps take as long as the test holds them: no step times to
         // project deadlines from (the guard has tests of its own, in the crate).
         deadline_headroom: None,
@@ -1222,6 +1223,88 @@ fn answers_on_reused_caches_equal_answers_on_new_ones() {
         assert_eq!(stats.kv_reused.load(Ordering::Relaxed), 4, "{label}");
         assert_eq!(stats.kv_allocated.load(Ordering::Relaxed), 4, "{label}");
         assert_eq!(stats.kv_reserved_bytes.load(Ordering::Relaxed), 0);
+        // Each prompt took its own first-round cache and kept its whole pieces of 8.
+        let hits = stats.prefix_hits.load(Ordering::Relaxed);
+        let kept = stats.prefix_tokens.load(Ordering::Relaxed);
+        assert_eq!((hits, kept), (4, 24 + 16 + 8 + 56), "{label}");
+    }
+}
+
+/// The answer to `prompt` from `engine`, which must equal `generate`'s alone on a new cache.
+fn answer_equal_to_a_fresh_one(
+    engine: &Engine,
+    model: &Btlm,
+    prompt: &str,
+    cfg: &GenerationConfig,
+    label: &str,
+) -> Generation {
+    let tok = tokenizer();
+    let rx = engine.submit(prompt, cfg.clone(), None).expect("submit");
+    let g = collect(rx).done.expect("generation");
+    let ids = tok.encode(prompt).expect("encode");
+    let alone = generate(
+        model,
+        &tok,
+        &ids,
+        cfg,
+        || None,
+        |_| ControlFlow::Continue(()),
+    )
+    .expect("alone");
+    assert_eq!(g.tokens, alone.tokens, "{label}");
+    assert_eq!(g.text, alone.text, "{label}");
+    g
+}
+
+/// Positions a prompt of `ids` keeps of a cache holding `held` (pieces of 8): the tokens it
+/// starts with alike, short of its last, in whole pieces.
+fn kept_of(ids: &[u32], held: &[u32]) -> usize {
+    let held = &held[..held.len() / 8 * 8];
+    let alike = ids.iter().zip(held).take_while(|(a, b)| a == b).count();
+    alike.min(ids.len() - 1) / 8 * 8
+}
+
+/// A conversation going on: the second prompt is the first one, its answer and a new
+/// question; a third shares only part of the second. Each takes the idle cache of the one
+/// before, keeps the keys and values of its prompt's whole pieces that the earlier prompt
+/// began with alike, and runs only the rest: the answers are those of new caches, bit for
+/// bit, in every format (prefix reuse is on by default).
+#[test]
+fn a_prompt_starting_like_an_earlier_one_keeps_its_cache_and_its_answer() {
+    let r = reference();
+    let tok = tokenizer();
+    let first = &r.cases[1];
+    for (label, opts) in every_format() {
+        let model = load("model.safetensors", &opts);
+        let engine = Engine::start(model.clone(), tokenizer(), engine_config(1)).expect("engine");
+        let stats = engine.stats();
+        let kept = || stats.prefix_tokens.load(Ordering::Relaxed) as usize;
+        // 18 + 60 positions: a cache of 128, room for the follow-up's ~90.
+        let answer =
+            answer_equal_to_a_fresh_one(&engine, &model, &first.prompt, &running_to(60, 2), label);
+        assert_eq!(kept(), 0, "{label}: a new cache");
+
+        let follow_up = format!(
+            "{}{}\nuser: And then?\nassistant:",
+            first.prompt, answer.text
+        );
+        let ids = tok.encode(&follow_up).expect("encode");
+        let want = kept_of(&ids, &first.input_ids);
+        assert_eq!(want, 16, "{label}: the first prompt's two whole pieces");
+        answer_equal_to_a_fresh_one(&engine, &model, &follow_up, &running_to(4, 0), label);
+        assert_eq!(kept(), want, "{label}: follow-up");
+
+        let cut = follow_up.len() / 2;
+        let cut = (0..=cut)
+            .rev()
+            .find(|&i| follow_up.is_char_boundary(i))
+            .unwrap_or(0);
+        let partly = format!("{} Something else entirely.", &follow_up[..cut]);
+        let want = kept_of(&tok.encode(&partly).expect("encode"), &ids);
+        assert!(want >= 24, "{label}: {want} kept of the follow-up");
+        answer_equal_to_a_fresh_one(&engine, &model, &partly, &running_to(12, 2), label);
+        assert_eq!(kept(), 16 + want, "{label}: part of the follow-up");
+        assert_eq!(stats.prefix_hits.load(Ordering::Relaxed), 2, "{label}");
     }
 }
 

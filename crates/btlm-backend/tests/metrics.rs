@@ -31,6 +31,8 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         model_dir: Some(fixture()),
         max_length: 8,
         max_batch: 2,
+        // Pieces of 8 (the 18-token prompt: two whole ones, kept when it comes again).
+        prefill_chunk: 8,
         device: "cpu".into(),
         ..BtlmArgs::default()
     };
@@ -152,4 +154,29 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         1.0
     );
     assert!(after.ends_with("# EOF\n"), "{after}");
+    assert_eq!(value(&after, "prompting_btlm_prefix_hits_total"), 0.0);
+
+    // The same question again keeps the prompt's whole pieces from the idle cache
+    // (--btlm.prefix_reuse, on by default).
+    let again = PromptRequest::new(
+        vec!["user".into()],
+        vec!["Write one sentence about the sea.".into()],
+        "5Caller",
+        Protocol::Legacy,
+        Duration::from_secs(60),
+    );
+    assert_eq!(pipeline.prompt(again).await.ok(), answer.ok());
+    let last = metrics.render(&pipeline);
+    let whole = ((prompt_tokens - 1.0) / 8.0).floor() * 8.0;
+    assert!(whole >= 8.0, "{prompt_tokens} prompt tokens");
+    assert_eq!(value(&last, "prompting_btlm_prefix_hits_total"), 1.0);
+    assert_eq!(
+        value(&last, "prompting_btlm_prefix_reused_tokens_total"),
+        whole
+    );
+    assert_eq!(
+        value(&last, "prompting_btlm_rows_total{kind=\"prompt\"}"),
+        2.0 * prompt_tokens - whole,
+        "the kept tokens did not run the second time"
+    );
 }
