@@ -27,6 +27,8 @@
 //! the idle caches that fit, the one whose tokens the new prompt starts with the most of
 //! ([`Sequence::keepable`]), keeps those positions and runs only the rest of the prompt,
 //! in the pieces a new cache would get: the same answer, bit for bit, without the work.
+//! When the cache holding the most of them is too small (a conversation's next turn is
+//! longer), they are copied into a new cache ([`StepModel::copy_prefix`]).
 //!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
 //!
@@ -53,7 +55,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::deadline_guard::{DeadlineGuard, Load};
 use crate::error::BtlmError;
 use crate::generation::FinishReason;
-use crate::kv_pool::{KvPool, KvPoolConfig, KvPoolError, Lease};
+use crate::kv_pool::{Handed, KvPool, KvPoolConfig, KvPoolError, Lease};
 use crate::model::Segment;
 use crate::sequence::Sequence;
 use crate::step::{EngineConfig, EngineStats, Event, Spent, StepModel, add_nanos, send};
@@ -299,21 +301,39 @@ impl<M: StepModel> Batcher<M> {
                 running = self.running.len() + 1,
                 "btlm request admitted"
             );
-            let cache = match idle {
-                Some((Pooled { mut cache, .. }, keep)) => {
-                    // `keepable` keeps less than the prompt: always accepted.
-                    let keep = match job.sequence.skip_cached(keep) {
-                        Ok(()) => keep,
+            let (mut cache, keep) = match idle {
+                Some(Handed {
+                    cache: Pooled { cache, .. },
+                    keep,
+                    copy: false,
+                }) => (cache, keep),
+                Some(Handed {
+                    cache: Pooled { cache: source, .. },
+                    keep,
+                    copy: true,
+                }) => {
+                    let mut cache = self.model.new_cache(lease.positions());
+                    match self.model.copy_prefix(&source, &mut cache, keep) {
+                        Ok(()) => (cache, keep),
                         Err(e) => {
-                            tracing::error!("btlm engine: {e}");
-                            0
+                            tracing::warn!(
+                                "btlm engine: a cached prompt start was not copied: {e}"
+                            );
+                            (self.model.new_cache(lease.positions()), 0)
                         }
-                    };
-                    self.model.truncate_cache(&mut cache, keep);
-                    cache
+                    }
                 }
-                None => self.model.new_cache(lease.positions()),
+                None => (self.model.new_cache(lease.positions()), 0),
             };
+            // `keepable` keeps less than the prompt: always accepted.
+            let keep = match job.sequence.skip_cached(keep) {
+                Ok(()) => keep,
+                Err(e) => {
+                    tracing::error!("btlm engine: {e}");
+                    0
+                }
+            };
+            self.model.truncate_cache(&mut cache, keep);
             self.running.push(Running {
                 job,
                 cache,

@@ -137,6 +137,37 @@ impl Cache {
         self.seq_len = len;
     }
 
+    /// Copies the keys and values of the first `len` positions (at most those held) into
+    /// `dst`, an empty cache of the same model, which then holds those positions (its
+    /// memory allocated at its reserved capacity, or `len` if more): a sequence whose
+    /// prompt starts with those tokens goes on from there in a cache larger than this one.
+    pub fn copy_prefix_into(&self, dst: &mut Cache, len: usize) -> candle_core::Result<()> {
+        let len = len.min(self.seq_len);
+        if dst.seq_len != 0 || dst.layers.len() != self.layers.len() {
+            candle_core::bail!("a prefix is copied into an empty cache of the same model");
+        }
+        for (from, to) in self.layers.iter().zip(&mut dst.layers) {
+            let Some((k, v)) = &from.data else {
+                candle_core::bail!("a cache holding {len} positions has a layer without memory");
+            };
+            let (h, _, d) = k.dims3()?;
+            let cap = dst.reserve.max(len);
+            let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
+            let (ks, vs) = match to.data.take() {
+                Some((ks, vs)) if ks.dim(1)? >= len && ks.dims3()? == (h, ks.dim(1)?, d) => {
+                    (ks, vs)
+                }
+                _ => (zeros()?, zeros()?),
+            };
+            ks.slice_set(&k.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+            vs.slice_set(&v.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
+            to.data = Some((ks, vs));
+            to.len = len;
+        }
+        dst.seq_len = len;
+        Ok(())
+    }
+
     /// Forgets every token (and frees the memory).
     pub fn reset(&mut self) {
         for l in &mut self.layers {
@@ -227,6 +258,36 @@ mod tests {
         assert_eq!(
             layer.data.as_ref().map(|(k, _)| k.dim(1).ok()),
             Some(Some(4 + GROW_BY))
+        );
+    }
+
+    #[test]
+    fn a_prefix_copied_into_a_larger_cache_is_the_same_and_the_rest_is_not_copied() {
+        let mut small = Cache::new(2, 4);
+        let a = kv(2, 4, 3, 0.0);
+        for l in &mut small.layers {
+            l.append(&a, &a, small.reserve).expect("append");
+        }
+        small.advance(4);
+        let mut big = Cache::new(2, 10);
+        small.copy_prefix_into(&mut big, 3).expect("copy");
+        assert_eq!((big.seq_len(), big.capacity()), (3, 10));
+        let b = kv(2, 1, 3, 100.0);
+        for l in &mut big.layers {
+            let (k, _) = l.append(&b, &b, big.reserve).expect("append");
+            let want = Tensor::cat(&[&a.narrow(1, 0, 3).expect("narrow"), &b], 1).expect("cat");
+            let diff = (k - want)
+                .and_then(|d| d.abs()?.sum_all()?.to_scalar::<f32>())
+                .expect("diff");
+            assert_eq!(diff, 0.0);
+        }
+        // Only into an empty cache of as many layers.
+        assert!(small.copy_prefix_into(&mut big, 2).is_err());
+        assert!(small.copy_prefix_into(&mut Cache::new(3, 10), 2).is_err());
+        assert!(
+            Cache::new(2, 4)
+                .copy_prefix_into(&mut Cache::new(2, 4), 0)
+                .is_err()
         );
     }
 

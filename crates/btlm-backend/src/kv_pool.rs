@@ -28,7 +28,11 @@
 //! (the engine's prefix reuse: a prompt starting like an earlier one). A lease
 //! ([`KvPool::lease_reusing`]) prefers, among the idle caches that fit, the one its caller
 //! says the new sequence can keep the most positions of, then the smallest; the caller
-//! keeps those and overwrites the rest.
+//! keeps those and overwrites the rest. When an idle cache that does not fit (a longer
+//! conversation's next turn) holds more of them, the lease is new memory and that cache
+//! comes with it as the source to copy them from ([`Handed::copy`]): it leaves the pool's
+//! count at once, so until the caller has copied and dropped it the process holds up to
+//! one cache more than the budget.
 //!
 //! The pool is generic over the cache type `C`; it never looks inside a cache (the caller's
 //! judgement of what a cache holds does). Whoever gives a cache back says how many
@@ -96,6 +100,19 @@ impl Lease {
     }
 }
 
+/// An idle cache handed out by [`KvPool::lease_reusing`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Handed<C> {
+    /// The cache.
+    pub cache: C,
+    /// How many of its first positions the sequence keeps.
+    pub keep: usize,
+    /// Whether the lease is new memory of [`Lease::positions`] (allocated by the caller,
+    /// who copies the kept positions into it from `cache` and then drops `cache`) rather
+    /// than `cache` itself.
+    pub copy: bool,
+}
+
 /// The pool's counters and gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KvPoolStats {
@@ -111,7 +128,8 @@ pub struct KvPoolStats {
     pub reused: u64,
     /// Leases served with new memory.
     pub allocated: u64,
-    /// Leases served with an idle cache some of whose positions the new sequence keeps.
+    /// Leases served with an idle cache some of whose positions the new sequence keeps
+    /// (those copied into new memory included).
     pub prefix_hits: u64,
     /// Positions kept that way, summed: prompt tokens not run again.
     pub prefix_tokens: u64,
@@ -188,27 +206,66 @@ impl<C> KvPool<C> {
     /// use leave no room for it yet.
     pub fn lease(&mut self, needed: usize) -> Option<(Lease, Option<C>)> {
         self.lease_reusing(needed, |_| 0)
-            .map(|(lease, idle)| (lease, idle.map(|(cache, _)| cache)))
+            .map(|(lease, idle)| (lease, idle.map(|h| h.cache)))
     }
 
     /// [`Self::lease`], preferring the idle cache the sequence can keep the most positions
-    /// of: `reusable(cache)` says how many of its first positions; ties go to the smallest
-    /// cache. An idle cache comes with that count.
+    /// of: `reusable(cache)` says how many of its first positions (fewer than `needed`);
+    /// ties go to the smallest cache. An idle cache comes with that count. When one that
+    /// does not fit holds more than any that does, and the budget has room for new memory,
+    /// the lease is new memory and that cache the source to copy from ([`Handed::copy`]).
     pub fn lease_reusing(
         &mut self,
         needed: usize,
         reusable: impl Fn(&C) -> usize,
-    ) -> Option<(Lease, Option<(C, usize)>)> {
+    ) -> Option<(Lease, Option<Handed<C>>)> {
         if self.config.recycle {
             let most = self.positions_for(needed).saturating_mul(2);
-            let best = self
+            let fits = |i: &Idle<C>| i.positions >= needed && i.positions <= most;
+            let kept: Vec<(usize, usize)> = self
                 .idle
                 .iter()
-                .enumerate()
-                .filter(|(_, i)| i.positions >= needed && i.positions <= most)
-                .map(|(at, i)| (at, reusable(&i.cache), i.positions))
-                .min_by_key(|&(_, keep, positions)| (std::cmp::Reverse(keep), positions));
-            if let Some((at, keep, _)) = best {
+                .map(|i| {
+                    (
+                        reusable(&i.cache).min(needed.saturating_sub(1)),
+                        i.positions,
+                    )
+                })
+                .collect();
+            let best = (0..self.idle.len())
+                .filter(|&at| fits(&self.idle[at]))
+                .min_by_key(|&at| (std::cmp::Reverse(kept[at].0), kept[at].1));
+            let fit_keep = best.map_or(0, |at| kept[at].0);
+            let source = (0..self.idle.len())
+                .filter(|&at| !fits(&self.idle[at]) && kept[at].0 > fit_keep)
+                .max_by_key(|&at| kept[at].0);
+            if let Some(at) = source {
+                let positions = self.positions_for(needed);
+                let bytes = self.bytes_of(positions);
+                if self.stats.in_use_bytes.saturating_add(bytes) <= self.config.budget_bytes {
+                    let keep = kept[at].0;
+                    let Idle {
+                        cache,
+                        positions: held,
+                    } = self.idle.swap_remove(at);
+                    self.stats.idle_bytes -= self.bytes_of(held);
+                    self.stats.idle_caches -= 1;
+                    self.stats.in_use_bytes += bytes;
+                    self.trim();
+                    self.stats.allocated += 1;
+                    self.stats.prefix_hits += 1;
+                    self.stats.prefix_tokens += keep as u64;
+                    self.note_peak();
+                    let handed = Handed {
+                        cache,
+                        keep,
+                        copy: true,
+                    };
+                    return Some((Lease { positions, bytes }, Some(handed)));
+                }
+            }
+            if let Some(at) = best {
+                let keep = kept[at].0;
                 let Idle { cache, positions } = self.idle.swap_remove(at);
                 let bytes = self.bytes_of(positions);
                 self.stats.idle_bytes -= bytes;
@@ -219,7 +276,12 @@ impl<C> KvPool<C> {
                     self.stats.prefix_hits += 1;
                     self.stats.prefix_tokens += keep as u64;
                 }
-                return Some((Lease { positions, bytes }, Some((cache, keep))));
+                let handed = Handed {
+                    cache,
+                    keep,
+                    copy: false,
+                };
+                return Some((Lease { positions, bytes }, Some(handed)));
             }
         }
         let positions = self.positions_for(needed);
@@ -362,6 +424,15 @@ mod tests {
         assert_eq!(p.lease(320).expect("room").1, Some("640"));
     }
 
+    /// `cache` handed as is, keeping `keep` positions.
+    fn as_is(cache: Named, keep: usize) -> Option<Handed<Named>> {
+        Some(Handed {
+            cache,
+            keep,
+            copy: false,
+        })
+    }
+
     #[test]
     fn the_cache_the_caller_can_keep_most_of_is_taken_among_those_that_fit() {
         let mut p = pool(10_000, true);
@@ -376,19 +447,61 @@ mod tests {
         let keep = |name: &Named| match *name {
             "a" => 3,
             "b" => 4,
-            "d" => 6,
             _ => 0,
         };
-        // "d" keeps six but holds 320 positions, more than twice 128: "b" it is.
-        assert_eq!(p.lease_reusing(100, keep).expect("room").1, Some(("b", 4)));
-        assert_eq!(p.lease_reusing(100, keep).expect("room").1, Some(("a", 3)));
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("b", 4));
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("a", 3));
         let s = p.stats();
         assert_eq!((s.prefix_hits, s.prefix_tokens), (2, 7));
         // Nothing to keep: the smallest that fits, not a hit.
-        assert_eq!(p.lease_reusing(100, keep).expect("room").1, Some(("c", 0)));
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("c", 0));
         assert_eq!(p.stats().prefix_hits, 2);
-        assert_eq!(p.lease_reusing(200, keep).expect("room").1, Some(("d", 6)));
+        // The count is capped below the need.
+        assert_eq!(
+            p.lease_reusing(200, |_| 900).expect("room").1,
+            as_is("d", 199)
+        );
         assert_eq!(p.stats().reused, 4);
+    }
+
+    #[test]
+    fn a_cache_too_small_that_holds_more_is_copied_from_into_new_memory() {
+        let mut p = pool(1000, true);
+        let (small, _) = p.lease(60).expect("small");
+        let (other, _) = p.lease(100).expect("other");
+        p.give_back(small, Some(("small", 64))).expect("back");
+        p.give_back(other, Some(("other", 128))).expect("back");
+        let keep = |name: &Named| if *name == "small" { 50 } else { 10 };
+        // 120 positions: "other" fits and keeps 10; "small" is too small but keeps 50.
+        let (lease, handed) = p.lease_reusing(120, keep).expect("room");
+        let handed = handed.expect("a source");
+        assert_eq!(
+            (handed.cache, handed.keep, handed.copy),
+            ("small", 50, true)
+        );
+        assert_eq!(lease.positions(), 128, "new memory");
+        let s = p.stats();
+        assert_eq!(
+            (s.idle_caches, s.idle_bytes),
+            (1, 1280),
+            "the source left the pool"
+        );
+        assert_eq!(
+            (s.allocated, s.reused, s.prefix_hits, s.prefix_tokens),
+            (3, 0, 1, 50)
+        );
+        assert_eq!(s.in_use_bytes, 1280);
+        // Without room for new memory the sequence waits and the source stays idle.
+        let (big, _) = p.lease(800).expect("big");
+        p.give_back(lease, Some(("copied", 128))).expect("back");
+        assert!(
+            p.lease_reusing(200, |_| 100).is_none(),
+            "8320 in use + 2560 > 10 000"
+        );
+        assert_eq!(p.stats().idle_caches, 1);
+        p.give_back(big, None).expect("back");
+        let (_, handed) = p.lease_reusing(200, |_| 100).expect("room");
+        assert_eq!(handed.map(|h| (h.keep, h.copy)), Some((100, true)));
     }
 
     #[test]

@@ -463,10 +463,10 @@ mod tests {
         }
     }
 
-    /// What prefix reuse rests on: a cache truncated at a piece boundary and fed the rest
-    /// of a sequence in the pieces a new cache would get gives the new cache's logits, bit
-    /// for bit, whatever the positions it held past the cut, in every format and key/value
-    /// layout.
+    /// What prefix reuse rests on: a cache truncated at a piece boundary, or its positions
+    /// up to there copied into a larger one, and fed the rest of a sequence in the pieces a
+    /// new cache would get gives the new cache's logits, bit for bit, whatever the positions
+    /// it held past the cut, in every format and key/value layout.
     #[test]
     fn a_cache_truncated_at_a_piece_boundary_gives_a_new_caches_logits() {
         use crate::options::{KvDtype, Quantization};
@@ -519,9 +519,12 @@ mod tests {
                 // (A cloned cache shares its tensors' memory: one cache per cut.)
                 let mut kept = model.new_cache();
                 run(&mut kept, &a, 0);
+                let mut copied = model.new_cache_with_capacity(64);
+                kept.copy_prefix_into(&mut copied, cut).expect("copy");
                 kept.truncate(cut);
                 assert_eq!(kept.seq_len(), cut);
                 assert_eq!(run(&mut kept, &next, cut), want, "{opts:?}: cut at {cut}");
+                assert_eq!(run(&mut copied, &next, cut), want, "{opts:?}: {cut} copied");
             }
         }
     }

@@ -50,6 +50,15 @@ pub trait StepModel: Send + 'static {
         let _ = (cache, len);
     }
 
+    /// Copies the first `len` positions of a recycled cache into `to`, a new one, which then
+    /// holds them. The default: it cannot (the sequence runs its whole prompt).
+    fn copy_prefix(&self, from: &Self::Cache, to: &mut Self::Cache, len: usize) -> Result<()> {
+        let _ = (from, to, len);
+        Err(BtlmError::Engine(
+            "this model cannot copy cache positions".into(),
+        ))
+    }
+
     /// Runs the segments' tokens (one pass for all) and returns, for each segment that asks
     /// for them, the logits of its next token, in segment order.
     fn step(&self, segments: &mut [Segment<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>>;
@@ -94,6 +103,10 @@ impl StepModel for Btlm {
 
     fn truncate_cache(&self, cache: &mut Cache, len: usize) {
         cache.truncate(len);
+    }
+
+    fn copy_prefix(&self, from: &Cache, to: &mut Cache, len: usize) -> Result<()> {
+        Ok(from.copy_prefix_into(to, len)?)
     }
 
     fn step(&self, segments: &mut [Segment<'_, Cache>]) -> Result<Vec<Vec<f32>>> {

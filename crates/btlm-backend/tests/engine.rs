@@ -1265,10 +1265,11 @@ fn kept_of(ids: &[u32], held: &[u32]) -> usize {
 }
 
 /// A conversation going on: the second prompt is the first one, its answer and a new
-/// question; a third shares only part of the second. Each takes the idle cache of the one
-/// before, keeps the keys and values of its prompt's whole pieces that the earlier prompt
-/// began with alike, and runs only the rest: the answers are those of new caches, bit for
-/// bit, in every format (prefix reuse is on by default).
+/// question; a third shares only part of the second. Each keeps the keys and values of its
+/// prompt's whole pieces that the prompt before began with alike, and runs only the rest:
+/// the second copies them out of the first's cache (too small for it) into new memory, the
+/// third takes the second's cache. The answers are those of new caches, bit for bit, in
+/// every format (prefix reuse is on by default).
 #[test]
 fn a_prompt_starting_like_an_earlier_one_keeps_its_cache_and_its_answer() {
     let r = reference();
@@ -1279,9 +1280,9 @@ fn a_prompt_starting_like_an_earlier_one_keeps_its_cache_and_its_answer() {
         let engine = Engine::start(model.clone(), tokenizer(), engine_config(1)).expect("engine");
         let stats = engine.stats();
         let kept = || stats.prefix_tokens.load(Ordering::Relaxed) as usize;
-        // 18 + 60 positions: a cache of 128, room for the follow-up's ~90.
+        // 18 + 40 positions: a cache of 64, too small for the follow-up's ~75.
         let answer =
-            answer_equal_to_a_fresh_one(&engine, &model, &first.prompt, &running_to(60, 2), label);
+            answer_equal_to_a_fresh_one(&engine, &model, &first.prompt, &running_to(40, 2), label);
         assert_eq!(kept(), 0, "{label}: a new cache");
 
         let follow_up = format!(
@@ -1293,6 +1294,12 @@ fn a_prompt_starting_like_an_earlier_one_keeps_its_cache_and_its_answer() {
         assert_eq!(want, 16, "{label}: the first prompt's two whole pieces");
         answer_equal_to_a_fresh_one(&engine, &model, &follow_up, &running_to(4, 0), label);
         assert_eq!(kept(), want, "{label}: follow-up");
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (count(&stats.kv_allocated), count(&stats.kv_reused)),
+            (2, 0),
+            "{label}: copied into new memory"
+        );
 
         let cut = follow_up.len() / 2;
         let cut = (0..=cut)
@@ -1304,7 +1311,12 @@ fn a_prompt_starting_like_an_earlier_one_keeps_its_cache_and_its_answer() {
         assert!(want >= 24, "{label}: {want} kept of the follow-up");
         answer_equal_to_a_fresh_one(&engine, &model, &partly, &running_to(12, 2), label);
         assert_eq!(kept(), 16 + want, "{label}: part of the follow-up");
-        assert_eq!(stats.prefix_hits.load(Ordering::Relaxed), 2, "{label}");
+        assert_eq!(count(&stats.prefix_hits), 2, "{label}");
+        assert_eq!(
+            (count(&stats.kv_allocated), count(&stats.kv_reused)),
+            (2, 1),
+            "{label}: the follow-up's cache taken as it is"
+        );
     }
 }
 
