@@ -22,7 +22,10 @@
 # Knobs (environment): LAYERS (32), FORMATS ("f32 bf16 q8_0 q4k"), CONC ("1 2 4 8"),
 #   ROUNDS (2), TOKENS (100), MESSAGE_BYTES (0: a ~30-token prompt; the random model's
 #   tokenizer merges byte pairs only, ~0.59 tokens per byte of the filler: 900 ≈ 530 prompt
-#   tokens, 2400 ≈ 1430), MAX_BATCH (8),
+#   tokens, 2400 ≈ 1430), SHARED_CONTEXT_BYTES (0: each validator's messages start with
+#   a context of that many bytes of its own, as a validator asks a follow-up and an answer
+#   of one context; the miner's prefix reuse then runs only the rest of each prompt after
+#   the warm-up: the summary gives the prompt tokens it kept), MAX_BATCH (8),
 #   TIMEOUT (12), ANSWER_MARGIN_MS (0: the miner's --miner.answer_margin_ms; at 0 every
 #   answer is whole, so the figures are times to the full answer; the miner's default, 500,
 #   sends the text so far that long before a request's deadline instead: then the
@@ -44,6 +47,7 @@ CONC="${CONC:-1 2 4 8}"
 ROUNDS="${ROUNDS:-2}"
 TOKENS="${TOKENS:-100}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-0}"
+SHARED_CONTEXT_BYTES="${SHARED_CONTEXT_BYTES:-0}"
 MAX_BATCH="${MAX_BATCH:-8}"
 TIMEOUT="${TIMEOUT:-12}"
 ANSWER_MARGIN_MS="${ANSWER_MARGIN_MS:-0}"
@@ -156,17 +160,19 @@ print(values.get(sys.argv[2], "nan"))
 EOF
 }
 load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
-  --message-bytes "$MESSAGE_BYTES" --duration "${DURATION:-100000}" "$@"; }
+  --message-bytes "$MESSAGE_BYTES" --shared-context-bytes "$SHARED_CONTEXT_BYTES" \
+  --duration "${DURATION:-100000}" "$@"; }
 
 summary="$out/summary.md"
 {
-  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
   echo "| format | validators | answers | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 } >"$summary"
 
 declare -A capacity
+prefix_lines=()
 for format in $FORMATS; do
   echo "== $format, $LAYERS layers"
   start_miner "$format" "$LAYERS" "$TOKENS" "$out/miner-$format.log"
@@ -199,9 +205,17 @@ EOF
     capacity[$format]="$rps"
     rows+=("| $format | $n | $ok | $cut | $p50 | $p99 | $tps | $ratio | $(python3 -c "print('yes' if $p99 <= $TIMEOUT else 'no')") |")
   done
+  kept="$(metric prompting_btlm_prefix_reused_tokens_total)"
+  ran="$(metric 'prompting_btlm_rows_total{kind="prompt"}')"
   stop_miner
   for row in "${rows[@]}"; do echo "$row $rss |" >>"$summary"; done
+  echo "   $format: prompt tokens run $ran, kept from idle caches (prefix reuse) $kept, warm-up included"
+  prefix_lines+=("$format: prompt tokens run $ran, kept from idle caches (prefix reuse) $kept (warm-up included)")
 done
+
+if [ "${#prefix_lines[@]}" -gt 0 ]; then
+  { echo; printf '%s\n' "${prefix_lines[@]}"; } >>"$summary"
+fi
 
 if [ -n "$FLOOD_FORMAT" ]; then
   echo "== flood: $FLOOD_FORMAT, $FLOOD_LAYERS layers, $FLOOD_TOKENS-token answers"

@@ -50,6 +50,12 @@ struct Args {
     /// Pad the user message to this many bytes (longer prompts for model backends).
     #[arg(long, default_value_t = 0)]
     message_bytes: usize,
+    /// Start each user message with a context of this many bytes, the same for every
+    /// request of a hotkey and different between hotkeys (a validator asking about the same
+    /// text again, as validators ask a follow-up and an answer of one context): what a
+    /// miner's prefix reuse serves. 0: none.
+    #[arg(long, default_value_t = 0)]
+    shared_context_bytes: usize,
     /// Label printed with the results.
     #[arg(long, default_value = "run")]
     label: String,
@@ -107,6 +113,48 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
+/// What a request asks: its number, the bytes of its message, and the bytes of the context
+/// its hotkey's messages share.
+#[derive(Clone, Copy)]
+struct Ask {
+    n: u64,
+    message_bytes: usize,
+    context_bytes: usize,
+}
+
+impl Ask {
+    /// The user message of request `n` sent by hotkey `key`: the hotkey's context, if any,
+    /// then the question.
+    fn message(&self, key: usize) -> String {
+        let question = question(self.n, self.message_bytes);
+        if self.context_bytes == 0 {
+            return question;
+        }
+        format!("{}\n{question}", context(key, self.context_bytes))
+    }
+}
+
+/// A context of `bytes` bytes that starts with hotkey `key`'s number.
+fn context(key: usize, bytes: usize) -> String {
+    let mut c = format!("Context of validator {key}:");
+    const WORDS: [&str; 8] = [
+        " The",
+        " river",
+        " crossed",
+        " seven",
+        " valleys",
+        " before",
+        " reaching",
+        " sea.",
+    ];
+    let mut i = 0;
+    while c.len() < bytes {
+        c.push_str(WORDS[i % WORDS.len()]);
+        i += 1;
+    }
+    c
+}
+
 /// The user message of request `n`, padded with words to `bytes` bytes.
 fn question(n: u64, bytes: usize) -> String {
     let mut q = format!("Question number {n}?");
@@ -123,13 +171,14 @@ fn question(n: u64, bytes: usize) -> String {
 
 async fn one_call(
     client: &Client,
+    key: usize,
     target: &AxonTarget,
     timeout: Duration,
-    (n, message_bytes): (u64, usize),
+    ask: Ask,
     tally: &Mutex<Tally>,
 ) {
     let roles = vec!["system".to_string(), "user".to_string()];
-    let messages = vec!["You are helpful.".to_string(), question(n, message_bytes)];
+    let messages = vec!["You are helpful.".to_string(), ask.message(key)];
     let started = Instant::now();
     let (status, error, completion) = match client {
         Client::Legacy(dendrite) => {
@@ -207,10 +256,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
         let mut tasks = tokio::task::JoinSet::new();
         while let Some(n) = released.recv().await {
-            let dendrite = dendrites[n as usize % dendrites.len()].clone();
+            let key = n as usize % dendrites.len();
+            let dendrite = dendrites[key].clone();
             let (target, tally) = (target.clone(), tally.clone());
-            let call = (n, args.message_bytes);
-            tasks.spawn(async move { one_call(&dendrite, &target, timeout, call, &tally).await });
+            let ask = Ask {
+                n,
+                message_bytes: args.message_bytes,
+                context_bytes: args.shared_context_bytes,
+            };
+            tasks.spawn(
+                async move { one_call(&dendrite, key, &target, timeout, ask, &tally).await },
+            );
         }
         if pacer.join().is_err() {
             bail!("the pacing thread panicked");
@@ -226,11 +282,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tally.clone(),
                 next.clone(),
             );
-            let message_bytes = args.message_bytes;
+            let (message_bytes, context_bytes) = (args.message_bytes, args.shared_context_bytes);
             workers.spawn(async move {
                 while let Some(n) = next() {
-                    let dendrite = &dendrites[n as usize % dendrites.len()];
-                    one_call(dendrite, &target, timeout, (n, message_bytes), &tally).await;
+                    let key = n as usize % dendrites.len();
+                    let ask = Ask {
+                        n,
+                        message_bytes,
+                        context_bytes,
+                    };
+                    one_call(&dendrites[key], key, &target, timeout, ask, &tally).await;
                 }
             });
         }
