@@ -404,15 +404,19 @@ mod tests {
 
     /// The tiny test checkpoint in `format`.
     fn tiny(quantization: crate::options::Quantization) -> Btlm {
+        tiny_with(&LoadOptions {
+            quantization,
+            ..LoadOptions::default()
+        })
+    }
+
+    /// The tiny test checkpoint loaded with `opts`.
+    fn tiny_with(opts: &LoadOptions) -> Btlm {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
         let cfg = std::fs::read_to_string(dir.join("config.json")).expect("config.json");
         let cfg = Config::from_json(&cfg).expect("config");
         let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
-        let opts = LoadOptions {
-            quantization,
-            ..LoadOptions::default()
-        };
-        Btlm::load(&cfg, &ckpt, &opts).expect("model")
+        Btlm::load(&cfg, &ckpt, opts).expect("model")
     }
 
     /// The model answers what its packed projections' kernels promise (every projection
@@ -470,10 +474,6 @@ mod tests {
     #[test]
     fn a_cache_truncated_at_a_piece_boundary_gives_a_new_caches_logits() {
         use crate::options::{KvDtype, Quantization};
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
-        let json = std::fs::read_to_string(dir.join("config.json")).expect("config");
-        let cfg = Config::from_json(&json).expect("config");
-        let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
         for (quantization, kv_dtype) in [
             (Quantization::None, KvDtype::Auto),
             (Quantization::Q8_0, KvDtype::Auto),
@@ -485,7 +485,7 @@ mod tests {
                 kv_dtype,
                 ..LoadOptions::default()
             };
-            let model = Btlm::load(&cfg, &ckpt, &opts).expect("model");
+            let model = tiny_with(&opts);
             let vocab = model.config().vocab_size as u32;
             let tokens =
                 |seed: u32| -> Vec<u32> { (0..30).map(|i| (i * 7919 + seed) % vocab).collect() };

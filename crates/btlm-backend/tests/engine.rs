@@ -1173,18 +1173,24 @@ fn answers_equal_fresh_ones(
         .collect();
     for (rx, (case, cfg)) in receivers.into_iter().zip(requests) {
         let g = collect(rx).done.expect("generation");
-        let alone = generate(
-            model,
-            &tok,
-            &r.cases[*case].input_ids,
-            cfg,
-            || None,
-            |_| ControlFlow::Continue(()),
-        )
-        .expect("alone");
-        assert_eq!(g.tokens, alone.tokens, "{label}: case {case}");
-        assert_eq!(g.text, alone.text, "{label}: case {case}");
+        let label = format!("{label}: case {case}");
+        assert_answer_alone(&g, model, &tok, &r.cases[*case].input_ids, cfg, &label);
     }
+}
+
+/// Checks `g` against `generate` alone on a new cache for the prompt `ids`.
+fn assert_answer_alone(
+    g: &Generation,
+    model: &Btlm,
+    tok: &BtlmTokenizer,
+    ids: &[u32],
+    cfg: &GenerationConfig,
+    label: &str,
+) {
+    let alone =
+        generate(model, tok, ids, cfg, || None, |_| ControlFlow::Continue(())).expect("alone");
+    assert_eq!(g.tokens, alone.tokens, "{label}");
+    assert_eq!(g.text, alone.text, "{label}");
 }
 
 fn running_to(max_new: usize, ngram: usize) -> GenerationConfig {
@@ -1242,17 +1248,7 @@ fn answer_equal_to_a_fresh_one(
     let rx = engine.submit(prompt, cfg.clone(), None).expect("submit");
     let g = collect(rx).done.expect("generation");
     let ids = tok.encode(prompt).expect("encode");
-    let alone = generate(
-        model,
-        &tok,
-        &ids,
-        cfg,
-        || None,
-        |_| ControlFlow::Continue(()),
-    )
-    .expect("alone");
-    assert_eq!(g.tokens, alone.tokens, "{label}");
-    assert_eq!(g.text, alone.text, "{label}");
+    assert_answer_alone(&g, model, &tok, &ids, cfg, label);
     g
 }
 
