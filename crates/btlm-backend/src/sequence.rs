@@ -86,8 +86,8 @@ impl Sequence {
     /// prompt token (it must run: its logits pick the first new token). The rest of its
     /// prompt then runs in the pieces a new cache would run it in, after the same keys and
     /// values, so the answer is the same bits whatever the kernels. (Pieces cut elsewhere
-    /// change the last bits of f32 and q8_0 logits on this code's AVX-512 and AVX2 paths,
-    /// measured: a position's attention depends on how many queries share its pass.)
+    /// would not be: the AVX2 and AVX-512 attention kernels give a query's output different
+    /// last bits depending on how many queries share the call, measured.)
     pub fn keepable(&self, held: &[u32], piece: usize) -> usize {
         let chunk = self.cfg.prefill_chunk;
         if piece != chunk || chunk == 0 {
