@@ -271,7 +271,10 @@ impl<M: StepModel> Batcher<M> {
             let Some(mut job) = self.waiting.pop_front() else {
                 break;
             };
-            if !self.guard_admits(&job) {
+            let sequence = &job.sequence;
+            let keepable = |p: &Pooled<M::Cache>| sequence.keepable(&p.prompt, p.piece);
+            let keep = self.pool.keep_on_lease(sequence.max_positions(), keepable);
+            if !self.guard_admits(&job, keep) {
                 if !job.held_back {
                     job.held_back = true;
                     self.stats.held_back.fetch_add(1, Ordering::Relaxed);
@@ -355,13 +358,16 @@ impl<M: StepModel> Batcher<M> {
             .unzip()
     }
 
-    /// Whether the deadline guard (if on) lets `job` join the batch now.
-    fn guard_admits(&self, job: &Job) -> bool {
+    /// Whether the deadline guard (if on) lets `job` join the batch now, `keep` of its
+    /// prompt tokens kept from an idle cache.
+    fn guard_admits(&self, job: &Job, keep: usize) -> bool {
         let Some(guard) = &self.guard else {
             return true;
         };
         let (_, batch) = self.loads();
-        guard.admits(&self.cost, &batch, &job.load(), Instant::now())
+        let mut load = job.load();
+        load.prompt_left = load.prompt_left.saturating_sub(keep);
+        guard.admits(&self.cost, &batch, &load, Instant::now())
     }
 
     /// Preempts the lower-priority sequences the deadline guard (if on) picks so that the
@@ -702,7 +708,7 @@ mod tests {
     use crate::model::Segment;
 
     /// A model without weights: the next token is always 500; it records the first token of
-    /// every segment of every step.
+    /// every segment of every step. Its cache is the positions it holds, and it recycles.
     #[derive(Default)]
     struct Echo {
         steps: Mutex<Vec<Vec<u32>>>,
@@ -713,7 +719,7 @@ mod tests {
     }
 
     impl StepModel for Echo {
-        type Cache = ();
+        type Cache = usize;
 
         fn context(&self) -> usize {
             4096
@@ -723,9 +729,23 @@ mod tests {
             1
         }
 
-        fn new_cache(&self, _positions: usize) {}
+        fn new_cache(&self, positions: usize) -> usize {
+            positions
+        }
 
-        fn step(&self, segments: &mut [Segment<'_, ()>]) -> Result<Vec<Vec<f32>>> {
+        fn recycles_caches(&self) -> bool {
+            true
+        }
+
+        fn recycle_cache(&self, cache: usize) -> Option<(usize, usize)> {
+            Some((cache, cache))
+        }
+
+        fn copy_prefix(&self, _from: &usize, _to: &mut usize, _len: usize) -> Result<()> {
+            Ok(())
+        }
+
+        fn step(&self, segments: &mut [Segment<'_, usize>]) -> Result<Vec<Vec<f32>>> {
             let firsts = segments.iter().map(|s| s.tokens[0]).collect();
             self.steps.lock().expect("steps").push(firsts);
             Ok(segments
@@ -759,11 +779,16 @@ mod tests {
         };
         let mut b =
             Batcher::new(Echo::default(), tokenizer, config, Arc::default()).expect("batcher");
-        // Decode steps of 50 ms at one row, 85 ms at eight; prompt tokens 10 ms each.
+        set_costs(&mut b);
+        b
+    }
+
+    /// Decode steps of 50 ms at one row, 85 ms at eight; prompt tokens 10 ms each.
+    fn set_costs(b: &mut Batcher<Echo>) {
+        b.cost = StepCost::default();
         b.cost.record(1, 0, Duration::from_millis(50));
         b.cost.record(8, 0, Duration::from_millis(85));
         b.cost.record(0, 100, Duration::from_secs(1));
-        b
     }
 
     /// A request whose prompt is `prompt` tokens (all `first`), for `new` tokens, with
@@ -835,6 +860,35 @@ mod tests {
         b.guard = None;
         b.admit();
         assert_eq!((b.running.len(), b.waiting.len()), (3, 0));
+    }
+
+    #[test]
+    fn a_lower_request_whose_prompt_start_is_kept_is_weighed_without_it() {
+        let mut b = batcher(4, 256);
+        // An earlier low request leaves its 300-token prompt's 256 in whole pieces (of
+        // 64) in an idle cache.
+        let (earlier, mut e) = job(1.0, 2, 300, 1, 60.0);
+        submit(&mut b, earlier);
+        b.admit();
+        while !b.running.is_empty() {
+            b.step();
+            b.retire();
+        }
+        assert_eq!(done(&mut e).prompt_tokens, 300);
+        // (Its steps taught the guard the scripted model's speed: back to the test's.)
+        set_costs(&mut b);
+        let (validator, _v) = job(10.0, 1, 4, 100, 9.0);
+        submit(&mut b, validator);
+        b.admit();
+        // The same prompt again: 44 tokens (0.44 s) and 100 steps of two rows (5.5 s)
+        // leave the validator its 2 s of headroom; all 300 (3 s) would not (the test
+        // above).
+        let (low, _l) = job(1.0, 2, 300, 10, 60.0);
+        submit(&mut b, low);
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (2, 0), "admitted");
+        assert_eq!(b.running[1].job.sequence.prompt_left(), 44);
+        assert_eq!(b.stats.held_back.load(Ordering::Relaxed), 0);
     }
 
     #[test]

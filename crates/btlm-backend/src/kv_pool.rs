@@ -113,6 +113,14 @@ pub struct Handed<C> {
     pub copy: bool,
 }
 
+/// What a lease takes: idle cache `at` as the source of a copy into new memory, idle cache
+/// `at` as it is, or new memory; `keep`: the positions the sequence keeps.
+enum Choice {
+    Copy { at: usize, keep: usize },
+    Reuse { at: usize, keep: usize },
+    New,
+}
+
 /// The pool's counters and gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KvPoolStats {
@@ -219,53 +227,30 @@ impl<C> KvPool<C> {
         needed: usize,
         reusable: impl Fn(&C) -> usize,
     ) -> Option<(Lease, Option<Handed<C>>)> {
-        if self.config.recycle {
-            let most = self.positions_for(needed).saturating_mul(2);
-            let fits = |i: &Idle<C>| i.positions >= needed && i.positions <= most;
-            let kept: Vec<(usize, usize)> = self
-                .idle
-                .iter()
-                .map(|i| {
-                    (
-                        reusable(&i.cache).min(needed.saturating_sub(1)),
-                        i.positions,
-                    )
-                })
-                .collect();
-            let best = (0..self.idle.len())
-                .filter(|&at| fits(&self.idle[at]))
-                .min_by_key(|&at| (std::cmp::Reverse(kept[at].0), kept[at].1));
-            let fit_keep = best.map_or(0, |at| kept[at].0);
-            let source = (0..self.idle.len())
-                .filter(|&at| !fits(&self.idle[at]) && kept[at].0 > fit_keep)
-                .max_by_key(|&at| kept[at].0);
-            if let Some(at) = source {
+        match self.choose(needed, &reusable) {
+            Choice::Copy { at, keep } => {
                 let positions = self.positions_for(needed);
                 let bytes = self.bytes_of(positions);
-                if self.stats.in_use_bytes.saturating_add(bytes) <= self.config.budget_bytes {
-                    let keep = kept[at].0;
-                    let Idle {
-                        cache,
-                        positions: held,
-                    } = self.idle.swap_remove(at);
-                    self.stats.idle_bytes -= self.bytes_of(held);
-                    self.stats.idle_caches -= 1;
-                    self.stats.in_use_bytes += bytes;
-                    self.trim();
-                    self.stats.allocated += 1;
-                    self.stats.prefix_hits += 1;
-                    self.stats.prefix_tokens += keep as u64;
-                    self.note_peak();
-                    let handed = Handed {
-                        cache,
-                        keep,
-                        copy: true,
-                    };
-                    return Some((Lease { positions, bytes }, Some(handed)));
-                }
+                let Idle {
+                    cache,
+                    positions: held,
+                } = self.idle.swap_remove(at);
+                self.stats.idle_bytes -= self.bytes_of(held);
+                self.stats.idle_caches -= 1;
+                self.stats.in_use_bytes += bytes;
+                self.trim();
+                self.stats.allocated += 1;
+                self.stats.prefix_hits += 1;
+                self.stats.prefix_tokens += keep as u64;
+                self.note_peak();
+                let handed = Handed {
+                    cache,
+                    keep,
+                    copy: true,
+                };
+                return Some((Lease { positions, bytes }, Some(handed)));
             }
-            if let Some(at) = best {
-                let keep = kept[at].0;
+            Choice::Reuse { at, keep } => {
                 let Idle { cache, positions } = self.idle.swap_remove(at);
                 let bytes = self.bytes_of(positions);
                 self.stats.idle_bytes -= bytes;
@@ -283,6 +268,7 @@ impl<C> KvPool<C> {
                 };
                 return Some((Lease { positions, bytes }, Some(handed)));
             }
+            Choice::New => {}
         }
         let positions = self.positions_for(needed);
         let bytes = self.bytes_of(positions);
@@ -294,6 +280,50 @@ impl<C> KvPool<C> {
         self.stats.allocated += 1;
         self.note_peak();
         Some((Lease { positions, bytes }, None))
+    }
+
+    /// How many positions [`Self::lease_reusing`] would hand out for the sequence to keep,
+    /// now (0 if it would hand out none, or lend nothing): e.g. to weigh what is left of
+    /// its prompt before deciding to admit it.
+    pub fn keep_on_lease(&self, needed: usize, reusable: impl Fn(&C) -> usize) -> usize {
+        match self.choose(needed, &reusable) {
+            Choice::Copy { keep, .. } | Choice::Reuse { keep, .. } => keep,
+            Choice::New => 0,
+        }
+    }
+
+    /// What a lease for `needed` positions takes (see [`Self::lease_reusing`]).
+    fn choose(&self, needed: usize, reusable: &impl Fn(&C) -> usize) -> Choice {
+        if !self.config.recycle {
+            return Choice::New;
+        }
+        let most = self.positions_for(needed).saturating_mul(2);
+        let fits = |i: &Idle<C>| i.positions >= needed && i.positions <= most;
+        let kept: Vec<usize> = self
+            .idle
+            .iter()
+            .map(|i| reusable(&i.cache).min(needed.saturating_sub(1)))
+            .collect();
+        let best = (0..self.idle.len())
+            .filter(|&at| fits(&self.idle[at]))
+            .min_by_key(|&at| (std::cmp::Reverse(kept[at]), self.idle[at].positions));
+        let fit_keep = best.map_or(0, |at| kept[at]);
+        let source = (0..self.idle.len())
+            .filter(|&at| !fits(&self.idle[at]) && kept[at] > fit_keep)
+            .max_by_key(|&at| kept[at]);
+        let room = |positions| {
+            self.stats
+                .in_use_bytes
+                .saturating_add(self.bytes_of(positions))
+                <= self.config.budget_bytes
+        };
+        match (source, best) {
+            (Some(at), _) if room(self.positions_for(needed)) => {
+                Choice::Copy { at, keep: kept[at] }
+            }
+            (_, Some(at)) => Choice::Reuse { at, keep: kept[at] },
+            _ => Choice::New,
+        }
     }
 
     /// Takes back a lease and, when recycling, the sequence's cache with the positions its
