@@ -283,10 +283,7 @@ impl<M: StepModel> Batcher<M> {
                 self.waiting.push_front(job);
                 break;
             }
-            let sequence = &job.sequence;
-            let granted = self.pool.lease_reusing(sequence.max_positions(), |p| {
-                sequence.keepable(&p.prompt, p.piece)
-            });
+            let granted = self.pool.lease_reusing(sequence.max_positions(), keepable);
             let Some((lease, idle)) = granted else {
                 // No room yet: it stays first in line.
                 self.waiting.push_front(job);

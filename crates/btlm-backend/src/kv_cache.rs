@@ -138,8 +138,8 @@ impl Cache {
     }
 
     /// Copies the keys and values of the first `len` positions (at most those held) into
-    /// `dst`, an empty cache of the same model, which then holds those positions (its
-    /// memory allocated at its reserved capacity, or `len` if more): a sequence whose
+    /// `dst`, an empty cache of the same model, which then holds those positions (in new
+    /// memory of its reserved capacity, or `len` if more): a sequence whose
     /// prompt starts with those tokens goes on from there in a cache larger than this one.
     pub fn copy_prefix_into(&self, dst: &mut Cache, len: usize) -> candle_core::Result<()> {
         let len = len.min(self.seq_len);
@@ -153,12 +153,7 @@ impl Cache {
             let (h, _, d) = k.dims3()?;
             let cap = dst.reserve.max(len);
             let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
-            let (ks, vs) = match to.data.take() {
-                Some((ks, vs)) if ks.dim(1)? >= len && ks.dims3()? == (h, ks.dim(1)?, d) => {
-                    (ks, vs)
-                }
-                _ => (zeros()?, zeros()?),
-            };
+            let (ks, vs) = (zeros()?, zeros()?);
             ks.slice_set(&k.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
             vs.slice_set(&v.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
             to.data = Some((ks, vs));
