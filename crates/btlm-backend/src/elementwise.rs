@@ -3,7 +3,9 @@
 //!
 //! The AVX2 SwiGLU computes `silu(g) = g · σ(g)` from `t = e^−|g|` (an argument ≤ 0, the
 //! range of [`avx2::exp`]): `σ(g) = 1 / (1 + t)` for `g ≥ 0`, `t / (1 + t)` below. It is
-//! within a few ulp of the portable `g / (1 + e^−g)` (candle's formula), not bit for bit.
+//! within a few ulp of the portable `g / (1 + e^−g)` (candle's formula), not bit for bit;
+//! every element of a slice runs it, the last ones too (padded to a vector), so a value's
+//! result does not depend on where it lies.
 
 use crate::kernels::KernelPath;
 
@@ -126,8 +128,21 @@ pub(crate) mod avx2 {
                 _mm256_storeu_ps(u.add(i), _mm256_mul_ps(_mm256_loadu_ps(u.add(i)), s));
             }
         }
+        // The last values on the same arithmetic, padded to a vector: an element's bits
+        // must not depend on where it lies (the model's chunks of a step's rows).
         let n = up.len();
-        super::swiglu_scalar(&mut up[n8..], &gate[n8..n]);
+        if n8 < n {
+            let (mut u8s, mut g8s) = ([0f32; 8], [0f32; 8]);
+            u8s[..n - n8].copy_from_slice(&up[n8..]);
+            g8s[..n - n8].copy_from_slice(&gate[n8..n]);
+            // SAFETY: 8 floats each.
+            unsafe {
+                let s = silu(_mm256_loadu_ps(g8s.as_ptr()));
+                let y = _mm256_mul_ps(_mm256_loadu_ps(u8s.as_ptr()), s);
+                _mm256_storeu_ps(u8s.as_mut_ptr(), y);
+            }
+            up[n8..].copy_from_slice(&u8s[..n - n8]);
+        }
     }
 }
 
@@ -205,5 +220,29 @@ mod tests {
             scalar, exact,
             "the scalar path is candle's formula bit for bit"
         );
+    }
+
+    /// An element's result does not depend on where it lies in the slice (the model runs
+    /// SwiGLU over all of a step's rows in chunks, so a row's place there depends on the
+    /// rows beside it): whole and in every run of 1 to 17 values, each path gives the same
+    /// bits.
+    #[test]
+    fn swiglu_gives_each_element_the_same_bits_wherever_it_lies() {
+        let n = 170;
+        let gate: Vec<f32> = (0..n).map(|i| (i as f32 * 0.913).sin() * 9.0).collect();
+        let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).cos() * 4.0).collect();
+        for path in [ElementwisePath::Scalar, ElementwisePath::Avx2] {
+            let mut whole = up.clone();
+            swiglu(path, &mut whole, &gate);
+            let whole: Vec<u32> = whole.iter().map(|v| v.to_bits()).collect();
+            for run in 1..=17 {
+                let mut parts = up.clone();
+                for (u, g) in parts.chunks_mut(run).zip(gate.chunks(run)) {
+                    swiglu(path, u, g);
+                }
+                let parts: Vec<u32> = parts.iter().map(|v| v.to_bits()).collect();
+                assert!(parts == whole, "{path:?} in runs of {run}");
+            }
+        }
     }
 }
