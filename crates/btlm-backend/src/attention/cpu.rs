@@ -1,16 +1,16 @@
 //! The CPU attention of one head of one sequence: its query rows against every cached key
-//! and value row of that head, in blocks of [`QUERY_BLOCK`] queries, or for a single query
-//! (a decode step) in one pass over the tiles (see below).
+//! and value row of that head, in blocks of [`QUERY_BLOCK`] queries (a decode step's single
+//! query is a block of one).
 //!
-//! Each block computes its scores `q·kⱼ` over tiles of [`KEY_TILE`] keys (a tile stays in L1
-//! while every query of the block reads it), then per query row the scaled scores plus the
-//! ALiBi bias, their softmax (unnormalized, the sum kept aside), then `Σⱼ pⱼ·vⱼ` over the
-//! same tiles of values, and finally divides by the sum. The key and value rows are thus
-//! read from memory once per block of queries instead of once per query, and one buffer of
-//! scores serves every block of a head. A single query rereads nothing, so it takes each
-//! tile's scores, their softmax against the largest score so far (scaling its earlier sums
-//! down when that grows: the online softmax of FlashAttention) and the tile's values while
-//! they are still in L1.
+//! Each block runs one pass over tiles of [`KEY_TILE`] keys: the tile's scores `q·kⱼ` for
+//! the queries whose keys reach it (the tile stays in L1 while every query of the block
+//! reads it), then per query the scaled scores plus the ALiBi bias and their softmax
+//! against the largest score so far (the earlier sums scaled down when it grows: the online
+//! softmax of FlashAttention), then `Σⱼ pⱼ·vⱼ` over the tile's values while they are still
+//! in L1; the sums are divided at the end. A query's arithmetic is the same whichever other
+//! queries share its call, down to the order each dot product is summed in, so its output
+//! does not depend on how the sequence was split into calls (prefill pieces, one token at
+//! a time): prefix reuse keeps positions computed in another split.
 //!
 //! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
 //! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
@@ -42,8 +42,8 @@ pub(crate) enum AttnPath {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F products, the AVX2 softmax (and AVX2 kernels for the last keys that do
-    /// not fill a vector).
+    /// AVX-512 F products (the last keys that do not fill a vector one by one, on 16 lanes
+    /// too), the AVX2 softmax.
     Avx512,
 }
 
@@ -300,101 +300,75 @@ impl<T: KvElem> Head<'_, T> {
             self.keys.positions
         );
         let path = for_head(path, d);
-        if t == 1 {
-            self.attend_one(path, out, scores);
-            return;
-        }
-        // Rows with scales (int8): the keys' and the values' scales at the front of the
-        // scratch space, the blocks' scores after them. Each is read once, after the first
-        // block whose keys reach it: the dots have just brought the rows into cache (and
-        // prefetched the values), where a pass over the scales first would read every row
-        // from memory one line at a time.
-        scores.clear();
-        let front = if T::TAIL > 0 { 2 * total } else { 0 };
-        scores.resize(front, 0.0);
-        let mut scaled = 0;
         for q0 in (0..t).step_by(QUERY_BLOCK) {
             let qb = QUERY_BLOCK.min(t - q0);
-            let n = self.offset + q0 + qb;
-            let stride = n.next_multiple_of(8);
-            scores.truncate(front);
-            scores.resize(front + qb * stride, 0.0);
-            let (scales, scores) = scores.split_at_mut(front);
-            for k0 in (0..n).step_by(KEY_TILE) {
-                let kt = KEY_TILE.min(n - k0);
-                self.dots(path, q0, qb, k0, kt, scores, stride);
-            }
-            let (key_scales, value_scales) = scales.split_at_mut(front / 2);
-            if T::TAIL > 0 {
-                self.keys.scales_into(scaled, &mut key_scales[scaled..n]);
-                self.values
-                    .scales_into(scaled, &mut value_scales[scaled..n]);
-                scaled = n;
-            }
-            let mut sums = [0f32; QUERY_BLOCK];
-            for (i, sum) in sums.iter_mut().enumerate().take(qb) {
-                let row = &mut scores[i * stride..][..stride];
-                times(&mut row[..n], key_scales);
-                *sum = self
-                    .softmax(path, row, self.offset + q0 + i, f32::NEG_INFINITY)
-                    .1;
-                // Weights of the values as they are stored (the sum stays the softmax's).
-                times(&mut row[..n], value_scales);
-            }
-            let out = &mut out[q0 * d..(q0 + qb) * d];
-            out.fill(0.0);
-            for k0 in (0..n).step_by(KEY_TILE) {
-                let kt = KEY_TILE.min(n - k0);
-                self.weighted_values(path, scores, stride, qb, k0, kt, out);
-            }
-            for (o, sum) in out.chunks_exact_mut(d).zip(sums) {
-                for x in o {
-                    *x /= sum;
-                }
-            }
+            self.attend_block(path, q0, qb, &mut out[q0 * d..(q0 + qb) * d], scores);
         }
     }
 
-    /// [`Self::attend`] of a single query (a decode step) in one pass over the tiles: each
-    /// tile's scores, their softmax against the largest score so far (the earlier sums
-    /// scaled down when it grows), then the tile's values weighted while they are in L1
-    /// (prefetched with its keys). Weighing the values after every key's score instead
-    /// read the early tiles' values back from L2 and left memory idle meanwhile.
-    fn attend_one(&self, path: AttnPath, out: &mut [f32], scores: &mut Vec<f32>) {
+    /// [`Self::attend`] of queries `q0..q0 + qb` into `out` (`qb × d`), in one pass over the
+    /// tiles of keys: each tile's scores for the queries whose keys reach it, then per query
+    /// their softmax against the largest score so far (its earlier sums scaled down when
+    /// that grows: the online softmax of FlashAttention), then the tile's values weighted
+    /// while they are in L1. A query's arithmetic is that of the same query alone, whatever
+    /// its block (prefix reuse keeps positions computed in other splits, bit for bit); the
+    /// block shares the tile's reads. (Weighing the values after every key's score instead
+    /// read the early tiles' values back from L2 and left memory idle meanwhile.)
+    fn attend_block(
+        &self,
+        path: AttnPath,
+        q0: usize,
+        qb: usize,
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
         let d = self.keys.d;
-        let n = self.offset + 1;
+        let first_position = self.offset + q0;
+        // Keys of the block's last query.
+        let n = first_position + qb;
         let stride = n.next_multiple_of(8);
         scores.clear();
-        scores.resize(stride, 0.0);
-        let out = &mut out[..d];
+        scores.resize(qb * stride, 0.0);
         out.fill(0.0);
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-        let mut tile_scales = [0f32; KEY_TILE];
+        let mut max = [f32::NEG_INFINITY; QUERY_BLOCK];
+        let mut sum = [0f32; QUERY_BLOCK];
+        let (mut key_scales, mut value_scales) = ([0f32; KEY_TILE], [0f32; KEY_TILE]);
         for k0 in (0..n).step_by(KEY_TILE) {
             let kt = KEY_TILE.min(n - k0);
-            self.dots(path, 0, 1, k0, kt, scores, stride);
-            let tile = &mut scores[k0..k0 + kt.next_multiple_of(8)];
-            let scales = &mut tile_scales[..kt];
+            // The block's queries before this tile's first key stop short of it.
+            let first = k0.saturating_sub(first_position);
+            let (scores, out) = (&mut scores[first * stride..], &mut out[first * d..]);
+            self.dots(path, q0 + first, qb - first, k0, kt, scores, stride);
             if T::TAIL > 0 {
-                self.keys.scales_into(k0, scales);
-                times(&mut tile[..kt], scales);
+                self.keys.scales_into(k0, &mut key_scales[..kt]);
+                self.values.scales_into(k0, &mut value_scales[..kt]);
             }
-            let (top, part) = self.softmax(path, tile, self.offset - k0, max);
-            if top > max {
-                // exp(−∞) = 0 before the first tile (nothing to scale down yet).
-                let f = (max - top).exp();
-                out.iter_mut().for_each(|o| *o *= f);
-                sum *= f;
-                max = top;
+            for i in 0..qb - first {
+                let tile = &mut scores[i * stride + k0..][..kt.next_multiple_of(8)];
+                if T::TAIL > 0 {
+                    times(&mut tile[..kt], &key_scales[..kt]);
+                }
+                let position = first_position + first + i - k0;
+                let (m, s) = (&mut max[first + i], &mut sum[first + i]);
+                let (top, part) = self.softmax(path, tile, position, *m);
+                if top > *m {
+                    // exp(−∞) = 0 before the first tile (nothing to scale down yet).
+                    let f = (*m - top).exp();
+                    out[i * d..][..d].iter_mut().for_each(|o| *o *= f);
+                    *s *= f;
+                    *m = top;
+                }
+                *s += part;
+                if T::TAIL > 0 {
+                    // Weights of the values as they are stored (the sum stays the softmax's).
+                    times(&mut tile[..kt], &value_scales[..kt]);
+                }
             }
-            sum += part;
-            if T::TAIL > 0 {
-                self.values.scales_into(k0, scales);
-                times(&mut tile[..kt], scales);
-            }
-            self.weighted_values(path, scores, stride, 1, k0, kt, out);
+            self.weighted_values(path, scores, stride, qb - first, k0, kt, out);
         }
-        out.iter_mut().for_each(|o| *o /= sum);
+        for (o, s) in out.chunks_exact_mut(d).zip(sum) {
+            o.iter_mut().for_each(|x| *x /= s);
+        }
     }
 
     /// Query `i`'s row.
@@ -894,7 +868,8 @@ mod avx2 {
         pub(super) to_l2: bool,
     }
 
-    /// `q · k` for one pair of rows.
+    /// `q · k` for one pair of rows, bit for bit as [`dots_single`] and [`dots_pair`] give
+    /// it: the same 8 partial sums, reduced in [`sum8`]'s order.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
@@ -904,7 +879,13 @@ mod avx2 {
                 a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(k.add(c)), a);
             }
         }
-        sum1(a)
+        // ((a₀ + a₁) + (a₂ + a₃)) + ((a₄ + a₅) + (a₆ + a₇)), as `sum8` adds each lane.
+        let h = _mm256_hadd_ps(a, a);
+        let h = _mm256_hadd_ps(h, h);
+        _mm_cvtss_f32(_mm_add_ss(
+            _mm256_castps256_ps128(h),
+            _mm256_extractf128_ps(h, 1),
+        ))
     }
 
     /// Asks for rows `j0..j1` of `rows` in the cache (`prefetcht0`) at once, while the keys
@@ -1239,6 +1220,113 @@ mod tests {
                     };
                     let (keys8, values8) = (q8(&keys), q8(&values));
                     check(&with_cache(&head, &keys8, &values8, ks8), &mut scores, "q8");
+                }
+            }
+        }
+    }
+
+    /// `head`'s outputs with its queries attended in calls of `pieces` queries each (they
+    /// sum to `head.t`), every call over the same cache.
+    fn attend_in_pieces<T: KvElem>(
+        head: &Head<'_, T>,
+        path: AttnPath,
+        pieces: &[usize],
+    ) -> Vec<f32> {
+        let d = head.keys.d;
+        let mut out = vec![f32::NAN; head.t * d];
+        let mut scores = Vec::new();
+        let mut start = 0;
+        for &t in pieces {
+            let piece = Head {
+                queries: &head.queries[start * head.q_stride..],
+                t,
+                offset: head.offset + start,
+                ..*head
+            };
+            piece.attend(path, &mut out[start * d..(start + t) * d], &mut scores);
+            start += t;
+        }
+        assert_eq!(start, head.t);
+        out
+    }
+
+    #[test]
+    fn a_query_attends_alike_however_its_sequence_is_split() {
+        // A query's output must not depend on the other queries of its call (how a prompt
+        // is split into prefill pieces, or whether it runs one token at a time), bit for
+        // bit: prefix reuse keeps positions computed in other splits. Three tiles of keys,
+        // so the largest score can grow from tile to tile.
+        let total = 2 * KEY_TILE + 22;
+        let splits: [&[usize]; 5] = [
+            &[total],
+            &[5, 13, 64, 1, 67],
+            &[17, 16, 16, 2, 99],
+            &[63, 2, 85],
+            &[1, 1, 7, 141],
+        ];
+        let mut seed = 77;
+        for d in [8, 16, 40, 80] {
+            for slope in [None, Some(0.35), Some(2f32.powf(-8.0))] {
+                seed += 1;
+                let (ks, qs) = (d + 8, 3 * d + 4);
+                let keys = noise(total * ks, seed, 1.5);
+                let values = noise(total * ks, seed + 1000, 1.0);
+                let queries = noise(total * qs, seed + 2000, 2.5);
+                let rows = |data| HeadRows {
+                    data,
+                    stride: ks,
+                    positions: total,
+                    d,
+                };
+                let head = Head {
+                    queries: &queries,
+                    q_stride: qs,
+                    t: total,
+                    offset: 0,
+                    keys: rows(&keys),
+                    values: rows(&values),
+                    scale: 1.0 / (d as f32).sqrt(),
+                    slope,
+                };
+                let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
+                let (keys16, values16): (Vec<_>, Vec<_>) = (half(&keys), half(&values));
+                let ks8 = d + 8;
+                let q8 = |v: &[f32]| {
+                    let mut out = vec![0u8; total * ks8];
+                    for j in 0..total {
+                        q8_row(&v[j * ks..][..d], &mut out[j * ks8..][..d + 4]);
+                    }
+                    out
+                };
+                let (keys8, values8) = (q8(&keys), q8(&values));
+                for path in paths() {
+                    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                    let one_by_one = vec![1; total];
+                    let case = |what: &str, split: &[usize]| {
+                        format!("{what} {path:?} d {d} slope {slope:?} split {split:?}")
+                    };
+                    for split in splits {
+                        assert!(
+                            bits(attend_in_pieces(&head, path, split))
+                                == bits(attend_in_pieces(&head, path, &one_by_one)),
+                            "{}",
+                            case("f32", split)
+                        );
+                        let h16 = with_cache(&head, &keys16, &values16, ks);
+                        assert!(
+                            bits(attend_in_pieces(&h16, path, split))
+                                == bits(attend_in_pieces(&h16, path, &one_by_one)),
+                            "{}",
+                            case("f16", split)
+                        );
+                        let h8 = with_cache(&head, &keys8, &values8, ks8);
+                        assert!(
+                            bits(attend_in_pieces(&h8, path, split))
+                                == bits(attend_in_pieces(&h8, path, &one_by_one)),
+                            "{}",
+                            case("q8", split)
+                        );
+                    }
                 }
             }
         }

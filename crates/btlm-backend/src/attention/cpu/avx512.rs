@@ -2,14 +2,15 @@
 //! ones ([`super::avx2`]) on 16-lane vectors, so a row of BTLM's 80 values is 5 multiplies
 //! instead of 10. Every function needs a CPU with AVX-512 F, AVX2, FMA and F16C, and a head
 //! size that is a multiple of 16. The keys left over after the last whole vector of keys
-//! run on the AVX2 kernels; the softmax is AVX2's.
+//! run one by one on 16 lanes too (a key's score is the same bits in every kernel); the
+//! softmax is AVX2's.
 
 // Indexed loops over register arrays read like the arithmetic they do.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
-use super::avx2::{self, Ahead, KEYS_AHEAD, dot1, hint, prefetch_rows};
+use super::avx2::{Ahead, KEYS_AHEAD, hint, prefetch_rows};
 use super::{Head, KvElem};
 use crate::kernels::prefetch::PrefetchLevel;
 
@@ -84,8 +85,26 @@ unsafe fn store_pair(r0: *mut f32, r1: *mut f32, v: V) {
     }
 }
 
-/// A single query's scores of keys `j..end` (fewer than 16) into `r`: 8 on the AVX2 kernel,
-/// then one by one.
+/// `q · k` for one pair of rows, bit for bit as `dots_single` and `dots_pair` give it: the
+/// same 16 partial sums, reduced in [`sum16`]'s order (`(w₀ + w₂) + (w₁ + w₃)` where
+/// `wₑ = (aₑ + aₑ₊₈) + (aₑ₊₄ + aₑ₊₁₂)`).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
+    let mut a = _mm512_setzero_ps();
+    // SAFETY: the caller's rows of `d` values.
+    unsafe {
+        for c in (0..d).step_by(16) {
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(c)), T::load16(k.add(c)), a);
+        }
+    }
+    let h = _mm256_add_ps(_mm512_castps512_ps256(a), upper8(a));
+    let w = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let w = _mm_add_ps(w, _mm_movehl_ps(w, w));
+    _mm_cvtss_f32(_mm_add_ss(w, _mm_movehdup_ps(w)))
+}
+
+/// A single query's scores of keys `j..end` (fewer than 16) into `r`, one by one.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn single_tail<T: KvElem>(
@@ -94,16 +113,11 @@ unsafe fn single_tail<T: KvElem>(
     ks: usize,
     d: usize,
     r: *mut f32,
-    mut j: usize,
+    j: usize,
     end: usize,
 ) {
-    // SAFETY: the caller's rows; the AVX2 kernels need a subset of this function's
-    // features and `d` a multiple of 8.
+    // SAFETY: the caller's rows.
     unsafe {
-        if j + 8 <= end {
-            _mm256_storeu_ps(r.add(j), avx2::dots_single(x, kp.add(j * ks), ks, d, None));
-            j += 8;
-        }
         for j in j..end {
             *r.add(j) = dot1(x, kp.add(j * ks), d);
         }
