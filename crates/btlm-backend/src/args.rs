@@ -167,8 +167,11 @@ pub struct BtlmArgs {
     /// prompt's start, from an earlier request whose prompt and answer began alike (a
     /// validator asking about the same context twice, a conversation going on), and run
     /// only the rest of its prompt (`true`, the default). Answers are the same bits either
-    /// way: it applies only where the kernels compute every row alike however the prompt is
-    /// split into passes (not on AMX for bf16 and q8_0, nor on GPUs).
+    /// way. Where the kernels compute a position alike however its sequence is split into
+    /// passes (the CPU kernels whose products compute each row alike: every format but
+    /// bf16 and q8_0 on AMX), every token of the earlier request the prompt starts with is
+    /// kept, its answer's too; elsewhere (those, GPUs) only the earlier prompt's whole
+    /// --btlm.prefill_chunk pieces.
     #[cfg_attr(
         feature = "cli",
         arg(

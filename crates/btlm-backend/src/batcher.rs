@@ -22,11 +22,15 @@
 //! need); the running sequences' caches and the idle ones never exceed
 //! [`EngineConfig::kv_cache_bytes`] together (idle ones are dropped to make room).
 //!
-//! **Prefix reuse** ([`EngineConfig::prefix_reuse`]). An idle cache remembers the prompt
-//! tokens it holds in whole pieces ([`Sequence::whole_pieces`]); admission prefers, among
-//! the idle caches that fit, the one whose tokens the new prompt starts with the most of
-//! ([`Sequence::keepable`]), keeps those positions and runs only the rest of the prompt,
-//! in the pieces a new cache would get: the same answer, bit for bit, without the work.
+//! **Prefix reuse** ([`EngineConfig::prefix_reuse`]). An idle cache remembers the tokens
+//! it holds ([`Sequence::reusable`]): every token its sequence ran, answer included, where
+//! a position's keys and values are the same bits however a sequence is split into passes
+//! ([`StepModel::splits_alike`]: the CPU kernels whose products compute each row alike);
+//! else the prompt's start in whole prefill pieces. Admission prefers, among the idle
+//! caches that fit, the one whose tokens the new prompt starts with the most of
+//! ([`Sequence::keepable`]; after whole pieces, in whole pieces of its own), keeps those
+//! positions and runs only the rest of the prompt: the same answer, bit for bit, without
+//! the work.
 //! When the cache holding the most of them is too small (a conversation's next turn is
 //! longer), they are copied into a new cache ([`StepModel::copy_prefix`]).
 //!
@@ -105,11 +109,12 @@ impl Job {
 /// A cache in the engine's pool, with the part of it a later sequence may keep.
 struct Pooled<C> {
     cache: C,
-    /// The prompt tokens it holds in whole pieces ([`Sequence::whole_pieces`]; empty
+    /// The tokens it holds that a later sequence may keep ([`Sequence::reusable`]; empty
     /// without [`EngineConfig::prefix_reuse`]).
-    prompt: Vec<u32>,
-    /// The size of those pieces.
-    piece: usize,
+    held: Vec<u32>,
+    /// The size of the pieces they ran in; `None`: any split
+    /// ([`StepModel::splits_alike`]).
+    piece: Option<usize>,
 }
 
 /// A sequence in the batch.
@@ -142,6 +147,9 @@ pub(crate) struct Batcher<M: StepModel> {
     /// Whether sequences keep what an idle cache holds of their prompt's start
     /// ([`EngineConfig::prefix_reuse`], where the model allows it).
     prefix_reuse: bool,
+    /// Whether positions are kept whatever split they ran in
+    /// ([`StepModel::splits_alike`]), else in whole prompt pieces only.
+    any_split: bool,
     /// What steps cost, learned from those run (for the deadline guard).
     cost: StepCost,
     /// The deadline guard, when on ([`EngineConfig::deadline_headroom`]).
@@ -184,9 +192,24 @@ impl<M: StepModel> Batcher<M> {
                 }
             }
         }
+        let any_split = model.splits_alike();
+        if prefix_reuse {
+            tracing::info!(
+                any_split,
+                "btlm engine: prefix reuse keeps {}",
+                if any_split {
+                    "every token of an earlier sequence a prompt starts with (this model's \
+                     positions are the same bits however a sequence is split into passes)"
+                } else {
+                    "whole prompt pieces only (this model's kernels compute a position \
+                     differently in other splits)"
+                }
+            );
+        }
         Ok(Batcher {
             piggyback,
             prefix_reuse,
+            any_split,
             shared_prompt_pass,
             cost: StepCost::default(),
             guard: config
@@ -272,7 +295,7 @@ impl<M: StepModel> Batcher<M> {
                 break;
             };
             let sequence = &job.sequence;
-            let keepable = |p: &Pooled<M::Cache>| sequence.keepable(&p.prompt, p.piece);
+            let keepable = |p: &Pooled<M::Cache>| sequence.keepable(&p.held, p.piece);
             let keep = self.pool.keep_on_lease(sequence.max_positions(), keepable);
             if !self.guard_admits(&job, keep) {
                 if !job.held_back {
@@ -605,20 +628,13 @@ impl<M: StepModel> Batcher<M> {
             let kept = if r.failed.is_none() && self.pool.config().recycle {
                 self.model.recycle_cache(r.cache).map(|(cache, positions)| {
                     let seq = &r.job.sequence;
-                    let prompt = if self.prefix_reuse {
-                        seq.whole_pieces().to_vec()
+                    let held = if self.prefix_reuse {
+                        seq.reusable(self.any_split).to_vec()
                     } else {
                         Vec::new()
                     };
-                    let piece = seq.prefill_chunk();
-                    (
-                        Pooled {
-                            cache,
-                            prompt,
-                            piece,
-                        },
-                        positions,
-                    )
+                    let piece = (!self.any_split).then(|| seq.prefill_chunk());
+                    (Pooled { cache, held, piece }, positions)
                 })
             } else {
                 drop(r.cache);

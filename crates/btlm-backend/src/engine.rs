@@ -40,6 +40,7 @@ pub struct Engine {
     config: EngineConfig,
     context: usize,
     kv_bytes_per_token: usize,
+    splits_alike: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -64,6 +65,7 @@ impl Engine {
         let tokenizer = Arc::new(tokenizer);
         let context = model.context();
         let kv_bytes_per_token = model.kv_bytes_per_token().max(1);
+        let splits_alike = model.splits_alike();
         let batcher = Batcher::new(model, tokenizer.clone(), config.clone(), stats.clone())
             .map_err(|e| BtlmError::InvalidArgument {
                 name: "--btlm.kv_cache_mb",
@@ -80,6 +82,7 @@ impl Engine {
             config,
             context,
             kv_bytes_per_token,
+            splits_alike,
         })
     }
 
@@ -164,5 +167,13 @@ impl Engine {
     /// The engine's limits.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Whether prefix reuse ([`EngineConfig::prefix_reuse`]) keeps every token of an earlier
+    /// sequence that a prompt starts with, its answer's too: the model computes a
+    /// position's keys and values alike however a sequence is split into passes
+    /// ([`StepModel::splits_alike`]). Otherwise it keeps whole prompt pieces only.
+    pub fn keeps_any_prefix(&self) -> bool {
+        self.splits_alike
     }
 }

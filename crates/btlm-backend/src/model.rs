@@ -114,6 +114,14 @@ impl Btlm {
             .all(Projection::rows_independent)
     }
 
+    /// Whether a position's keys and values are the same bits however its sequence is split
+    /// into passes: the CPU attention computes a query alike whatever queries share its call
+    /// ([`crate::attention`]'s CPU path, tested), so this holds where the products compute
+    /// each row alike too ([`Self::rows_independent`]).
+    pub fn splits_alike(&self) -> bool {
+        attends_on_cpu(&self.device, self.dtype) && self.rows_independent()
+    }
+
     /// Which prompt pieces may share a pass without changing any row's logits, where
     /// [`Self::rows_independent`] is false (e.g. on AMX, whose tile unit takes products of
     /// many rows): `(min_rows, max_pieces)` — pieces of at least `min_rows` tokens each
@@ -527,6 +535,78 @@ mod tests {
                 assert_eq!(run(&mut copied, &next, cut), want, "{opts:?}: {cut} copied");
             }
         }
+    }
+
+    /// What keeping any prefix rests on ([`Btlm::splits_alike`]): where the products give
+    /// each row the same bits whatever other rows share them, a sequence's logits do
+    /// not depend on how it was split into passes (prefill pieces of any size, one token at
+    /// a time), bit for bit, over three tiles of keys, in every format and key/value layout.
+    #[test]
+    fn where_rows_are_independent_a_sequence_gives_the_same_logits_however_it_is_split() {
+        use crate::options::{KvDtype, Quantization};
+        let mut checked = 0;
+        for (quantization, dtype, kv_dtype) in [
+            (Quantization::None, DType::F32, KvDtype::Auto),
+            (Quantization::None, DType::F32, KvDtype::F16),
+            (Quantization::None, DType::BF16, KvDtype::Auto),
+            (Quantization::None, DType::F16, KvDtype::Auto),
+            (Quantization::Q8_0, DType::F32, KvDtype::Auto),
+            (Quantization::Q4k, DType::F32, KvDtype::Auto),
+            (Quantization::Q4k, DType::F32, KvDtype::Q8),
+        ] {
+            let opts = LoadOptions {
+                quantization,
+                dtype,
+                kv_dtype,
+                ..LoadOptions::default()
+            };
+            let model = tiny_with(&opts);
+            assert_eq!(model.splits_alike(), model.rows_independent(), "{opts:?}");
+            if !model.splits_alike() {
+                continue;
+            }
+            checked += 1;
+            let vocab = model.config().vocab_size as u32;
+            let tokens: Vec<u32> = (0..150).map(|i| (i * 7919 + 29) % vocab).collect();
+            let run = |split: &[usize]| -> Vec<u32> {
+                let mut cache = model.new_cache_with_capacity(tokens.len());
+                let (mut start, mut last) = (0, Vec::new());
+                for &n in split {
+                    let l = model
+                        .forward_batch(&mut [Segment {
+                            tokens: &tokens[start..start + n],
+                            cache: &mut cache,
+                            logits: true,
+                        }])
+                        .expect("step");
+                    last = l
+                        .flatten_all()
+                        .expect("flat")
+                        .to_vec1::<f32>()
+                        .expect("logits");
+                    start += n;
+                }
+                assert_eq!(start, tokens.len());
+                last.iter().map(|v| v.to_bits()).collect()
+            };
+            let want = run(&[150]);
+            let mut one_a_token = vec![1; 20];
+            one_a_token.push(130);
+            for split in [
+                &[64, 64, 22][..],
+                &[5, 13, 64, 1, 67],
+                &[149, 1],
+                &one_a_token,
+            ] {
+                assert!(run(split) == want, "{opts:?}: split {split:?}");
+            }
+        }
+        let path = crate::kernels::KernelPath::active().expect("kernel path");
+        // Every path but the scalar one has a route that computes rows alone.
+        assert!(
+            checked > 0 || path == crate::kernels::KernelPath::Scalar,
+            "{path}"
+        );
     }
 
     #[test]

@@ -70,35 +70,45 @@ impl Sequence {
         &self.tokens[..self.prompt_len]
     }
 
-    /// The start of the prompt its cache holds in whole pieces of
-    /// [`prefill_chunk`](Self::prefill_chunk) tokens from the first: the keys and values a
-    /// later sequence whose prompt starts with these tokens would compute in the same passes
-    /// ([`keepable`](Self::keepable)).
-    pub fn whole_pieces(&self) -> &[u32] {
+    /// The tokens its cache holds that a later sequence may keep ([`keepable`](Self::keepable)):
+    /// with `any_split` (the model computes a position's keys and values alike however a
+    /// sequence is split into passes, [`crate::step::StepModel::splits_alike`]) every token
+    /// it has run, its answer's too; else the start of its prompt in whole pieces of
+    /// [`prefill_chunk`](Self::prefill_chunk) tokens from the first, the keys and values a
+    /// later prompt starting with these tokens would compute in the same passes.
+    pub fn reusable(&self, any_split: bool) -> &[u32] {
+        if any_split {
+            return &self.tokens[..self.fed];
+        }
         let chunk = self.cfg.prefill_chunk.max(1);
         &self.tokens[..self.fed.min(self.prompt_len) / chunk * chunk]
     }
 
     /// How many positions of a cache holding `held` (another sequence's
-    /// [`whole_pieces`](Self::whole_pieces), run in pieces of `piece` tokens) this sequence
-    /// can keep: the tokens its prompt starts with alike, in whole pieces of its own
-    /// [`prefill_chunk`](Self::prefill_chunk) (the same size, else none), short of the last
-    /// prompt token (it must run: its logits pick the first new token). The rest of its
-    /// prompt then runs in the pieces a new cache would run it in, after the same keys and
-    /// values, so the answer is the same bits whatever the kernels. (Pieces cut elsewhere
-    /// would not be: the AVX2 and AVX-512 attention kernels give a query's output different
-    /// last bits depending on how many queries share the call, measured.)
-    pub fn keepable(&self, held: &[u32], piece: usize) -> usize {
-        let chunk = self.cfg.prefill_chunk;
-        if piece != chunk || chunk == 0 {
-            return 0;
-        }
+    /// [`reusable`](Self::reusable) tokens) this sequence can keep: the tokens its prompt
+    /// starts with alike, short of the last prompt token (it must run: its logits pick the
+    /// first new token). `held` ran in pieces of `piece` tokens, or in any split (`None`,
+    /// where the model allows it). After whole pieces, only as many whole pieces of this
+    /// sequence's own [`prefill_chunk`](Self::prefill_chunk) (the same size, else none):
+    /// the rest of its prompt then runs in the pieces a new cache would run it in, after
+    /// the same keys and values. Either way the answer is the same bits as on a new cache.
+    pub fn keepable(&self, held: &[u32], piece: Option<usize>) -> usize {
         let alike = held
             .iter()
             .zip(self.prompt())
             .take_while(|(a, b)| a == b)
-            .count();
-        alike.min(self.prompt_len - 1) / chunk * chunk
+            .count()
+            .min(self.prompt_len - 1);
+        match piece {
+            None => alike,
+            Some(piece) => {
+                let chunk = self.cfg.prefill_chunk;
+                if piece != chunk || chunk == 0 {
+                    return 0;
+                }
+                alike / chunk * chunk
+            }
+        }
     }
 
     /// Starts a sequence whose cache already holds its first `n` prompt tokens (taken from
@@ -371,24 +381,33 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_prompt_start_is_skipped_in_whole_pieces() {
+    fn a_cached_prompt_start_is_skipped_in_whole_pieces_or_any_split() {
         let tok = tokenizer();
         let prompt: Vec<u32> = (10..20).collect();
         let first = Sequence::new(&prompt, &cfg(2, 3), 512, 1000).expect("sequence");
-        assert!(first.whole_pieces().is_empty(), "nothing run yet");
+        assert!(
+            first.reusable(false).is_empty() && first.reusable(true).is_empty(),
+            "nothing run yet"
+        );
         let mut s = Sequence::new(&prompt, &cfg(2, 3), 512, 1000).expect("sequence");
         // Held: 9 of the prompt's tokens alike, then another: 9 kept of 10 (three pieces).
         let held: Vec<u32> = (10..19).chain([7]).collect();
-        assert_eq!(s.keepable(&held, 3), 9);
-        assert_eq!(s.keepable(&held[..8], 3), 6, "whole pieces only");
-        assert_eq!(s.keepable(&prompt, 3), 9, "the last token runs");
-        assert_eq!(s.keepable(&held, 4), 0, "pieces of another size");
-        assert_eq!(s.keepable(&[11, 12, 13], 3), 0);
+        assert_eq!(s.keepable(&held, Some(3)), 9);
+        assert_eq!(s.keepable(&held[..8], Some(3)), 6, "whole pieces only");
+        assert_eq!(s.keepable(&prompt, Some(3)), 9, "the last token runs");
+        assert_eq!(s.keepable(&held, Some(4)), 0, "pieces of another size");
+        assert_eq!(s.keepable(&[11, 12, 13], Some(3)), 0);
+        // Held in any split: every token alike, short of the last.
+        assert_eq!(s.keepable(&held[..8], None), 8);
+        assert_eq!(s.keepable(&prompt, None), 9);
+        assert_eq!(s.keepable(&held[..5], None), 5);
+        assert_eq!(s.keepable(&[11, 12, 13], None), 0);
         assert!(s.skip_cached(10).is_err(), "the last prompt token must run");
         s.skip_cached(6).expect("skip");
         assert!(s.skip_cached(1).is_err(), "only before the first step");
         assert_eq!(s.prompt_left(), 4);
-        assert_eq!(s.whole_pieces(), &prompt[..6]);
+        assert_eq!(s.reusable(false), &prompt[..6]);
+        assert_eq!(s.reusable(true), &prompt[..6]);
         let mut pieces = Vec::new();
         while s.is_prefilling() {
             pieces.push(s.pending().to_vec());
@@ -403,8 +422,11 @@ mod tests {
         );
         let mut l = pick(41, 1001);
         s.advance(Some(&mut l), &tok).expect("step");
-        // The prompt's last piece is not whole, and new tokens are never kept.
-        assert_eq!(s.whole_pieces(), &prompt[..9]);
+        // The prompt's last piece is not whole: whole pieces keep neither it nor the answer;
+        // any split keeps every token run (40 ran in the step that picked 41).
+        assert_eq!(s.reusable(false), &prompt[..9]);
+        let run: Vec<u32> = (10..20).chain([40]).collect();
+        assert_eq!(s.reusable(true), &run[..]);
         assert_eq!(s.prompt(), &prompt[..]);
         let g = s.into_generation();
         assert_eq!((g.tokens, g.prompt_tokens), (vec![40, 41], 10));

@@ -75,6 +75,15 @@ pub trait StepModel: Send + 'static {
     fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
         None
     }
+
+    /// Whether a position's keys and values are the same bits however its sequence was
+    /// split into passes (prefill pieces of any size, one token at a time, beside any other
+    /// rows) ([`Btlm::splits_alike`]): prefix reuse then keeps any run tokens a prompt
+    /// starts with, an earlier answer's too; else whole prefill pieces of the prompt only.
+    /// `false` by default.
+    fn splits_alike(&self) -> bool {
+        false
+    }
 }
 
 impl StepModel for Btlm {
@@ -119,6 +128,10 @@ impl StepModel for Btlm {
 
     fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
         Btlm::shared_prompt_pass(self)
+    }
+
+    fn splits_alike(&self) -> bool {
+        Btlm::splits_alike(self)
     }
 }
 
@@ -184,10 +197,12 @@ pub struct EngineConfig {
     /// batching never changes an answer.
     pub piggyback_prefill: bool,
     /// Let a sequence keep the keys and values an idle cache holds of its prompt's start
-    /// (an earlier sequence's prompt began alike) and run only the rest of its prompt (the
-    /// default). Needs [`kv_pool`](Self::kv_pool). Only whole prompt pieces are kept (see
-    /// [`Sequence::keepable`](crate::sequence::Sequence::keepable)), so the rest runs in
-    /// the pieces a new cache would run and the answer is the same bits.
+    /// (an earlier sequence's prompt, or prompt and answer, began alike) and run only the
+    /// rest of its prompt (the default). Needs [`kv_pool`](Self::kv_pool). Every token the
+    /// earlier sequence ran is kept where the model computes a position alike however its
+    /// sequence is split ([`StepModel::splits_alike`]), else whole prompt pieces only (see
+    /// [`Sequence::keepable`](crate::sequence::Sequence::keepable)): the answer is the same
+    /// bits either way.
     pub prefix_reuse: bool,
     /// Keep the caches of sequences that ended for later sequences, within
     /// [`kv_cache_bytes`](Self::kv_cache_bytes) (the default; see [`crate::kv_pool`]: new
