@@ -168,10 +168,10 @@ pub struct BtlmArgs {
     /// validator asking about the same context twice, a conversation going on), and run
     /// only the rest of its prompt (`true`, the default). Answers are the same bits either
     /// way. Where the kernels compute a position alike however its sequence is split into
-    /// passes (the CPU kernels whose products compute each row alike: every format but
-    /// bf16 and q8_0 on AMX), every token of the earlier request the prompt starts with is
-    /// kept, its answer's too; elsewhere (those, GPUs) only the earlier prompt's whole
-    /// --btlm.prefill_chunk pieces.
+    /// passes (the CPU kernels whose products compute each row alike), every token of the
+    /// earlier request the prompt starts with is kept, its answer's too; elsewhere (bf16
+    /// and f16 weights on AVX2, bf16 and q8_0 on AMX, --btlm.prefill_precision bf16, GPUs)
+    /// only the earlier prompt's whole --btlm.prefill_chunk pieces.
     #[cfg_attr(
         feature = "cli",
         arg(
