@@ -475,6 +475,29 @@ mod tests {
         }
     }
 
+    /// The bits of the logits after the last of `pieces`, run one pass each on `cache`.
+    fn last_logits<'t>(
+        model: &Btlm,
+        cache: &mut Cache,
+        pieces: impl IntoIterator<Item = &'t [u32]>,
+    ) -> Vec<u32> {
+        let mut last = Vec::new();
+        for tokens in pieces {
+            let mut segment = [Segment {
+                tokens,
+                cache: &mut *cache,
+                logits: true,
+            }];
+            let l = model.forward_batch(&mut segment).expect("step");
+            last = l
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("logits");
+        }
+        last.iter().map(|v| v.to_bits()).collect()
+    }
+
     /// What prefix reuse rests on: a cache truncated at a piece boundary, or its positions
     /// up to there copied into a larger one, and fed the rest of a sequence in the pieces a
     /// new cache would get gives the new cache's logits, bit for bit, whatever the positions
@@ -501,22 +524,7 @@ mod tests {
             let run = |cache: &mut Cache, tokens: &[u32], at: usize| -> Vec<u32> {
                 let mut pieces: Vec<&[u32]> = tokens[at..20].chunks(8).collect();
                 pieces.extend(tokens[20..].chunks(1));
-                let mut last = Vec::new();
-                for p in pieces {
-                    let l = model
-                        .forward_batch(&mut [Segment {
-                            tokens: p,
-                            cache: &mut *cache,
-                            logits: true,
-                        }])
-                        .expect("step");
-                    last = l
-                        .flatten_all()
-                        .expect("flat")
-                        .to_vec1::<f32>()
-                        .expect("logits");
-                }
-                last.iter().map(|v| v.to_bits()).collect()
+                last_logits(&model, cache, pieces)
             };
             let (a, b) = (tokens(13), tokens(101));
             for cut in [8, 16] {
@@ -570,24 +578,14 @@ mod tests {
             let tokens: Vec<u32> = (0..150).map(|i| (i * 7919 + 29) % vocab).collect();
             let run = |split: &[usize]| -> Vec<u32> {
                 let mut cache = model.new_cache_with_capacity(tokens.len());
-                let (mut start, mut last) = (0, Vec::new());
-                for &n in split {
-                    let l = model
-                        .forward_batch(&mut [Segment {
-                            tokens: &tokens[start..start + n],
-                            cache: &mut cache,
-                            logits: true,
-                        }])
-                        .expect("step");
-                    last = l
-                        .flatten_all()
-                        .expect("flat")
-                        .to_vec1::<f32>()
-                        .expect("logits");
+                let mut start = 0;
+                let pieces = split.iter().map(|&n| {
                     start += n;
-                }
+                    &tokens[start - n..start]
+                });
+                let last = last_logits(&model, &mut cache, pieces);
                 assert_eq!(start, tokens.len());
-                last.iter().map(|v| v.to_bits()).collect()
+                last
             };
             let want = run(&[150]);
             let mut one_a_token = vec![1; 20];

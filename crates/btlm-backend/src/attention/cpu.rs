@@ -1128,6 +1128,80 @@ mod tests {
         }
     }
 
+    /// Random keys and values of `total` positions (rows `d + 8` apart, inside a larger
+    /// cache), `t` queries (inside `[t, 3e]`-like rows, values within `q_amp`), and the same
+    /// cache in f16 and in int8 rows with their scales.
+    struct HeadData {
+        d: usize,
+        total: usize,
+        stride: usize,
+        q_stride: usize,
+        keys: Vec<f32>,
+        values: Vec<f32>,
+        queries: Vec<f32>,
+        half: [Vec<half::f16>; 2],
+        int8: [Vec<u8>; 2],
+    }
+
+    impl HeadData {
+        fn new(d: usize, total: usize, t: usize, seed: u64, q_amp: f32) -> Self {
+            let (stride, q_stride) = (d + 8, 3 * d + 4);
+            let keys = noise(total * stride, seed, 1.5);
+            let values = noise(total * stride, seed + 1000, 1.0);
+            let queries = noise(t * q_stride, seed + 2000, q_amp);
+            let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            // int8 rows take `d + 4` bytes of the same stride.
+            let int8 = |v: &[f32]| {
+                let mut out = vec![0u8; total * stride];
+                for j in 0..total {
+                    q8_row(&v[j * stride..][..d], &mut out[j * stride..][..d + 4]);
+                }
+                out
+            };
+            HeadData {
+                half: [half(&keys), half(&values)],
+                int8: [int8(&keys), int8(&values)],
+                d,
+                total,
+                stride,
+                q_stride,
+                keys,
+                values,
+                queries,
+            }
+        }
+
+        /// The head of its `t` queries at `offset` over the f32 cache.
+        fn head(&self, t: usize, offset: usize, slope: Option<f32>) -> Head<'_> {
+            let rows = |data| HeadRows {
+                data,
+                stride: self.stride,
+                positions: self.total,
+                d: self.d,
+            };
+            Head {
+                queries: &self.queries,
+                q_stride: self.q_stride,
+                t,
+                offset,
+                keys: rows(&self.keys),
+                values: rows(&self.values),
+                scale: 1.0 / (self.d as f32).sqrt(),
+                slope,
+            }
+        }
+
+        /// `head` over the f16 cache.
+        fn f16<'a>(&'a self, head: &Head<'a>) -> Head<'a, half::f16> {
+            with_cache(head, &self.half[0], &self.half[1], self.stride)
+        }
+
+        /// `head` over the int8 cache.
+        fn q8<'a>(&'a self, head: &Head<'a>) -> Head<'a, u8> {
+            with_cache(head, &self.int8[0], &self.int8[1], self.stride)
+        }
+    }
+
     /// `head` over `keys` and `values` instead of its own cache, rows `stride` apart.
     fn with_cache<'a, T>(
         head: &Head<'a, f32>,
@@ -1176,50 +1250,13 @@ mod tests {
             ] {
                 for slope in [None, Some(0.35), Some(2f32.powf(-8.0))] {
                     seed += 1;
-                    let total = offset + t;
-                    // Keys and values `stride` apart inside a larger cache, queries inside
-                    // `[t, 3e]`-like rows.
-                    let (ks, qs) = (d + 8, 3 * d + 4);
-                    let keys = noise(total * ks, seed, 1.5);
-                    let values = noise(total * ks, seed + 1000, 1.0);
-                    let queries = noise(t * qs, seed + 2000, 1.5);
-                    let rows = |data| HeadRows {
-                        data,
-                        stride: ks,
-                        positions: total,
-                        d,
-                    };
-                    let head = Head {
-                        queries: &queries,
-                        q_stride: qs,
-                        t,
-                        offset,
-                        keys: rows(&keys),
-                        values: rows(&values),
-                        scale: 1.0 / (d as f32).sqrt(),
-                        slope,
-                    };
+                    let data = HeadData::new(d, offset + t, t, seed, 1.5);
+                    let head = data.head(t, offset, slope);
                     check(&head, &mut scores, "f32");
-                    // The same cache in f16, and in int8 rows with their scales (`ks8`
-                    // bytes apart): the kernels must equal the reference on the values
-                    // stored.
-                    let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
-                    let (keys16, values16): (Vec<_>, Vec<_>) = (half(&keys), half(&values));
-                    check(
-                        &with_cache(&head, &keys16, &values16, ks),
-                        &mut scores,
-                        "f16",
-                    );
-                    let ks8 = d + 8;
-                    let q8 = |v: &[f32]| {
-                        let mut out = vec![0u8; total * ks8];
-                        for j in 0..total {
-                            q8_row(&v[j * ks..][..d], &mut out[j * ks8..][..d + 4]);
-                        }
-                        out
-                    };
-                    let (keys8, values8) = (q8(&keys), q8(&values));
-                    check(&with_cache(&head, &keys8, &values8, ks8), &mut scores, "q8");
+                    // The same cache in f16, and in int8 rows with their scales: the
+                    // kernels must equal the reference on the values stored.
+                    check(&data.f16(&head), &mut scores, "f16");
+                    check(&data.q8(&head), &mut scores, "q8");
                 }
             }
         }
@@ -1250,6 +1287,21 @@ mod tests {
         out
     }
 
+    /// Asserts that `head` attended in calls of `a` and of `b` queries gives the same bits.
+    fn same_bits<T: KvElem>(
+        head: &Head<'_, T>,
+        path: AttnPath,
+        a: &[usize],
+        b: &[usize],
+        what: &str,
+    ) {
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert!(
+            bits(attend_in_pieces(head, path, a)) == bits(attend_in_pieces(head, path, b)),
+            "{what}"
+        );
+    }
+
     #[test]
     fn a_query_attends_alike_however_its_sequence_is_split() {
         // A query's output must not depend on the other queries of its call (how a prompt
@@ -1268,63 +1320,26 @@ mod tests {
         for d in [8, 16, 40, 80] {
             for slope in [None, Some(0.35), Some(2f32.powf(-8.0))] {
                 seed += 1;
-                let (ks, qs) = (d + 8, 3 * d + 4);
-                let keys = noise(total * ks, seed, 1.5);
-                let values = noise(total * ks, seed + 1000, 1.0);
-                let queries = noise(total * qs, seed + 2000, 2.5);
-                let rows = |data| HeadRows {
-                    data,
-                    stride: ks,
-                    positions: total,
-                    d,
-                };
-                let head = Head {
-                    queries: &queries,
-                    q_stride: qs,
-                    t: total,
-                    offset: 0,
-                    keys: rows(&keys),
-                    values: rows(&values),
-                    scale: 1.0 / (d as f32).sqrt(),
-                    slope,
-                };
-                let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
-                let (keys16, values16): (Vec<_>, Vec<_>) = (half(&keys), half(&values));
-                let ks8 = d + 8;
-                let q8 = |v: &[f32]| {
-                    let mut out = vec![0u8; total * ks8];
-                    for j in 0..total {
-                        q8_row(&v[j * ks..][..d], &mut out[j * ks8..][..d + 4]);
-                    }
-                    out
-                };
-                let (keys8, values8) = (q8(&keys), q8(&values));
+                let data = HeadData::new(d, total, total, seed, 2.5);
+                let head = data.head(total, 0, slope);
                 for path in paths() {
-                    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
                     let one_by_one = vec![1; total];
-                    let case = |what: &str, split: &[usize]| {
-                        format!("{what} {path:?} d {d} slope {slope:?} split {split:?}")
-                    };
                     for split in splits {
-                        assert!(
-                            bits(attend_in_pieces(&head, path, split))
-                                == bits(attend_in_pieces(&head, path, &one_by_one)),
-                            "{}",
-                            case("f32", split)
+                        let case = format!("{path:?} d {d} slope {slope:?} split {split:?}");
+                        same_bits(&head, path, split, &one_by_one, &format!("f32 {case}"));
+                        same_bits(
+                            &data.f16(&head),
+                            path,
+                            split,
+                            &one_by_one,
+                            &format!("f16 {case}"),
                         );
-                        let h16 = with_cache(&head, &keys16, &values16, ks);
-                        assert!(
-                            bits(attend_in_pieces(&h16, path, split))
-                                == bits(attend_in_pieces(&h16, path, &one_by_one)),
-                            "{}",
-                            case("f16", split)
-                        );
-                        let h8 = with_cache(&head, &keys8, &values8, ks8);
-                        assert!(
-                            bits(attend_in_pieces(&h8, path, split))
-                                == bits(attend_in_pieces(&h8, path, &one_by_one)),
-                            "{}",
-                            case("q8", split)
+                        same_bits(
+                            &data.q8(&head),
+                            path,
+                            split,
+                            &one_by_one,
+                            &format!("q8 {case}"),
                         );
                     }
                 }
