@@ -25,7 +25,10 @@
 #   tokens, 2400 ≈ 1430), SHARED_CONTEXT_BYTES (0: each validator's messages start with
 #   a context of that many bytes of its own, as a validator asks a follow-up and an answer
 #   of one context; the miner's prefix reuse then runs only the rest of each prompt after
-#   the warm-up: the summary gives the prompt tokens it kept), MAX_BATCH (8),
+#   the warm-up: the summary gives the prompt tokens it kept), CONVERSATION_TURNS (0: each
+#   validator's requests continue a conversation, its earlier questions and the miner's
+#   answers before the new question, up to that many earlier turns, then a new one: the
+#   miner's prefix reuse keeps the earlier answers' tokens too), MAX_BATCH (8),
 #   TIMEOUT (12), ANSWER_MARGIN_MS (0: the miner's --miner.answer_margin_ms; at 0 every
 #   answer is whole, so the figures are times to the full answer; the miner's default, 500,
 #   sends the text so far that long before a request's deadline instead: then the
@@ -48,6 +51,7 @@ ROUNDS="${ROUNDS:-2}"
 TOKENS="${TOKENS:-100}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-0}"
 SHARED_CONTEXT_BYTES="${SHARED_CONTEXT_BYTES:-0}"
+CONVERSATION_TURNS="${CONVERSATION_TURNS:-0}"
 MAX_BATCH="${MAX_BATCH:-8}"
 TIMEOUT="${TIMEOUT:-12}"
 ANSWER_MARGIN_MS="${ANSWER_MARGIN_MS:-0}"
@@ -161,11 +165,12 @@ EOF
 }
 load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
   --message-bytes "$MESSAGE_BYTES" --shared-context-bytes "$SHARED_CONTEXT_BYTES" \
+  --conversation-turns "$CONVERSATION_TURNS" \
   --duration "${DURATION:-100000}" "$@"; }
 
 summary="$out/summary.md"
 {
-  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, conversation turns $CONVERSATION_TURNS, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
   echo "| format | validators | answers | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -3,7 +3,7 @@
 //! (`--concurrency`) or at a fixed rate (`--rate`), bounded in count and time, and reports
 //! throughput, latency percentiles and status counts as text and JSON. Loopback only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +56,12 @@ struct Args {
     /// miner's prefix reuse serves. 0: none.
     #[arg(long, default_value_t = 0)]
     shared_context_bytes: usize,
+    /// Continue a conversation per hotkey: each request sends the hotkey's earlier
+    /// questions and the miner's answers (roles `user`, `assistant`) before its question,
+    /// up to this many earlier turns, then a new conversation starts (a validator's
+    /// follow-up about an answer: what a miner's prefix reuse of answers serves). 0: none.
+    #[arg(long, default_value_t = 0)]
+    conversation_turns: usize,
     /// Label printed with the results.
     #[arg(long, default_value = "run")]
     label: String,
@@ -134,6 +140,45 @@ impl Ask {
     }
 }
 
+/// Each hotkey's conversation so far (its questions and the answers), when requests continue
+/// one (`--conversation-turns`).
+struct Conversations {
+    turns: usize,
+    so_far: Mutex<HashMap<usize, Vec<(String, String)>>>,
+}
+
+impl Conversations {
+    /// The roles and messages of hotkey `key`'s next request, asking `question` after its
+    /// conversation so far (a new one after a request that sent `turns` earlier turns).
+    fn request(&self, key: usize, question: String) -> (Vec<String>, Vec<String>) {
+        let mut roles = vec!["system".to_string()];
+        let mut messages = vec!["You are helpful.".to_string()];
+        let mut so_far = self.so_far.lock();
+        let turns = so_far.entry(key).or_default();
+        if turns.len() > self.turns {
+            turns.clear();
+        }
+        for (q, a) in turns.iter() {
+            roles.extend(["user".to_string(), "assistant".to_string()]);
+            messages.extend([q.clone(), a.clone()]);
+        }
+        roles.push("user".to_string());
+        messages.push(question);
+        (roles, messages)
+    }
+
+    /// Records hotkey `key`'s turn: `question` answered with `answer`.
+    fn answered(&self, key: usize, question: String, answer: String) {
+        if self.turns > 0 {
+            self.so_far
+                .lock()
+                .entry(key)
+                .or_default()
+                .push((question, answer));
+        }
+    }
+}
+
 /// A context of `bytes` bytes that starts with hotkey `key`'s number.
 fn context(key: usize, bytes: usize) -> String {
     let mut c = format!("Context of validator {key}:");
@@ -176,9 +221,10 @@ async fn one_call(
     timeout: Duration,
     ask: Ask,
     tally: &Mutex<Tally>,
+    conversations: &Conversations,
 ) {
-    let roles = vec!["system".to_string(), "user".to_string()];
-    let messages = vec!["You are helpful.".to_string(), ask.message(key)];
+    let question = ask.message(key);
+    let (roles, messages) = conversations.request(key, question.clone());
     let started = Instant::now();
     let (status, error, completion) = match client {
         Client::Legacy(dendrite) => {
@@ -187,20 +233,24 @@ async fn one_call(
             (
                 response.status_code,
                 response.failure.map(|f| f.to_string()),
-                response.synapse.body.completion.len(),
+                response.synapse.body.completion,
             )
         }
         Client::Btauth(client) => match client.prompt(target, roles, messages, timeout).await {
-            Ok(completion) => (200, None, completion.len()),
-            Err(error) => (error.status_code(), Some(error.to_string()), 0),
+            Ok(completion) => (200, None, completion),
+            Err(error) => (error.status_code(), Some(error.to_string()), String::new()),
         },
     };
     let elapsed = started.elapsed();
+    let bytes = completion.len() as u64;
+    if status == 200 {
+        conversations.answered(key, question, completion);
+    }
     let mut tally = tally.lock();
     *tally.statuses.entry(status).or_default() += 1;
     if status == 200 {
         tally.latencies.push(elapsed);
-        tally.completion_bytes += completion as u64;
+        tally.completion_bytes += bytes;
     } else if let Some(error) = error {
         *tally.errors.entry(error).or_default() += 1;
     }
@@ -221,6 +271,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let target = Arc::new(AxonTarget::new(args.target, args.axon_hotkey.clone()));
     let timeout = Duration::from_secs_f64(args.timeout);
     let tally = Arc::new(Mutex::new(Tally::default()));
+    let conversations = Arc::new(Conversations {
+        turns: args.conversation_turns,
+        so_far: Mutex::new(HashMap::new()),
+    });
     let stop_at = Instant::now() + Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -258,15 +312,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         while let Some(n) = released.recv().await {
             let key = n as usize % dendrites.len();
             let dendrite = dendrites[key].clone();
-            let (target, tally) = (target.clone(), tally.clone());
+            let (target, tally, talks) = (target.clone(), tally.clone(), conversations.clone());
             let ask = Ask {
                 n,
                 message_bytes: args.message_bytes,
                 context_bytes: args.shared_context_bytes,
             };
-            tasks.spawn(
-                async move { one_call(&dendrite, key, &target, timeout, ask, &tally).await },
-            );
+            tasks.spawn(async move {
+                one_call(&dendrite, key, &target, timeout, ask, &tally, &talks).await
+            });
         }
         if pacer.join().is_err() {
             bail!("the pacing thread panicked");
@@ -276,11 +330,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mode = format!("closed loop, {} in flight", args.concurrency);
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..args.concurrency.max(1) {
-            let (dendrites, target, tally, next) = (
+            let (dendrites, target, tally, next, talks) = (
                 dendrites.clone(),
                 target.clone(),
                 tally.clone(),
                 next.clone(),
+                conversations.clone(),
             );
             let (message_bytes, context_bytes) = (args.message_bytes, args.shared_context_bytes);
             workers.spawn(async move {
@@ -291,7 +346,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         message_bytes,
                         context_bytes,
                     };
-                    one_call(&dendrites[key], key, &target, timeout, ask, &tally).await;
+                    one_call(&dendrites[key], key, &target, timeout, ask, &tally, &talks).await;
                 }
             });
         }
@@ -352,5 +407,39 @@ fn print_report(report: &Report) {
     );
     if !report.errors.is_empty() {
         println!("errors {:?}", report.errors);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conversation_sends_its_earlier_turns_then_starts_anew() {
+        let talks = Conversations {
+            turns: 2,
+            so_far: Mutex::new(HashMap::new()),
+        };
+        let ask = |key, q: &str| talks.request(key, q.to_string());
+        assert_eq!(ask(3, "q1").1, ["You are helpful.", "q1"]);
+        talks.answered(3, "q1".into(), "a1".into());
+        talks.answered(3, "q2".into(), "a2".into());
+        let (roles, messages) = ask(3, "q3");
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "user", "assistant", "user"]
+        );
+        assert_eq!(messages, ["You are helpful.", "q1", "a1", "q2", "a2", "q3"]);
+        // Another hotkey has its own; after two earlier turns a new conversation starts.
+        assert_eq!(ask(4, "x").1, ["You are helpful.", "x"]);
+        talks.answered(3, "q3".into(), "a3".into());
+        assert_eq!(ask(3, "q4").1, ["You are helpful.", "q4"]);
+        // Without turns nothing is kept.
+        let none = Conversations {
+            turns: 0,
+            so_far: Mutex::new(HashMap::new()),
+        };
+        none.answered(1, "q".into(), "a".into());
+        assert_eq!(none.request(1, "r".into()).0, ["system", "user"]);
     }
 }
