@@ -286,6 +286,12 @@ impl<M: StepModel> Batcher<M> {
         }
     }
 
+    /// Whether the model computes a position alike however its sequence is split
+    /// ([`StepModel::splits_alike`]): prefix reuse then keeps any run tokens.
+    pub(crate) fn splits_alike(&self) -> bool {
+        self.any_split
+    }
+
     /// Moves waiting requests into the batch while a slot and cache room are free, best
     /// first (the queue is kept in that order); a request that does not fit yet holds back
     /// those behind it (see the module's "Admission order").

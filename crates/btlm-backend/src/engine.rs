@@ -65,12 +65,12 @@ impl Engine {
         let tokenizer = Arc::new(tokenizer);
         let context = model.context();
         let kv_bytes_per_token = model.kv_bytes_per_token().max(1);
-        let splits_alike = model.splits_alike();
         let batcher = Batcher::new(model, tokenizer.clone(), config.clone(), stats.clone())
             .map_err(|e| BtlmError::InvalidArgument {
                 name: "--btlm.kv_cache_mb",
                 reason: e.to_string(),
             })?;
+        let splits_alike = batcher.splits_alike();
         std::thread::Builder::new()
             .name("btlm-engine".into())
             .spawn(move || batcher.run(rx))
