@@ -32,7 +32,10 @@
 //! positions and runs only the rest of the prompt: the same answer, bit for bit, without
 //! the work.
 //! When the cache holding the most of them is too small (a conversation's next turn is
-//! longer), they are copied into a new cache ([`StepModel::copy_prefix`]).
+//! longer), they are copied into a new cache ([`StepModel::copy_prefix`]); if a fitting
+//! idle cache exists, only when the positions kept beyond it save more prompt time than
+//! writing the new memory costs (the [pool's price](crate::kv_pool::KvPool::price_copies),
+//! from the first-touch speed measured at start and the learned time of a prompt token).
 //!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
 //!
@@ -59,7 +62,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::deadline_guard::{DeadlineGuard, Load};
 use crate::error::BtlmError;
 use crate::generation::FinishReason;
-use crate::kv_pool::{Handed, KvPool, KvPoolConfig, KvPoolError, Lease};
+use crate::kv_pool::{Handed, KvPool, KvPoolConfig, KvPoolError, Lease, first_touch_bytes_per_sec};
 use crate::model::Segment;
 use crate::sequence::Sequence;
 use crate::step::{EngineConfig, EngineStats, Event, Spent, StepModel, add_nanos, send};
@@ -150,8 +153,12 @@ pub(crate) struct Batcher<M: StepModel> {
     /// Whether positions are kept whatever split they ran in
     /// ([`StepModel::splits_alike`]), else in whole prompt pieces only.
     any_split: bool,
-    /// What steps cost, learned from those run (for the deadline guard).
+    /// What steps cost, learned from those run (for the deadline guard and the price of a
+    /// copy).
     cost: StepCost,
+    /// Bytes per second of new memory's first writes ([`first_touch_bytes_per_sec`]),
+    /// measured at start when prefix reuse is on: what a copy into new memory costs.
+    first_touch: Option<f64>,
     /// The deadline guard, when on ([`EngineConfig::deadline_headroom`]).
     guard: Option<DeadlineGuard>,
 }
@@ -193,6 +200,11 @@ impl<M: StepModel> Batcher<M> {
             }
         }
         let any_split = model.splits_alike();
+        let first_touch = if prefix_reuse {
+            first_touch_bytes_per_sec()
+        } else {
+            None
+        };
         if prefix_reuse {
             tracing::info!(
                 any_split,
@@ -205,6 +217,12 @@ impl<M: StepModel> Batcher<M> {
                      differently in other splits)"
                 }
             );
+            tracing::info!(
+                first_touch_mb_per_s = first_touch.map(|r| (r / 1e6).round()),
+                "btlm engine: a prompt start is copied out of an idle cache too small for it \
+                 rather than a fitting one taken only if it keeps enough more tokens to pay \
+                 for writing new memory"
+            );
         }
         Ok(Batcher {
             piggyback,
@@ -212,6 +230,7 @@ impl<M: StepModel> Batcher<M> {
             any_split,
             shared_prompt_pass,
             cost: StepCost::default(),
+            first_touch,
             guard: config
                 .deadline_headroom
                 .map(|headroom| DeadlineGuard { headroom }),
@@ -296,6 +315,7 @@ impl<M: StepModel> Batcher<M> {
     /// first (the queue is kept in that order); a request that does not fit yet holds back
     /// those behind it (see the module's "Admission order").
     fn admit(&mut self) {
+        self.price_copies();
         while self.running.len() < self.config.max_batch {
             let Some(mut job) = self.waiting.pop_front() else {
                 break;
@@ -371,6 +391,19 @@ impl<M: StepModel> Batcher<M> {
             });
         }
         self.publish_gauges();
+    }
+
+    /// Tells the pool what a copy into new memory costs, in prompt tokens per position:
+    /// the time to write a position's new memory over the time a prompt token takes (both
+    /// measured; nothing until both are known).
+    fn price_copies(&mut self) {
+        let (Some(rate), Some(token)) = (self.first_touch, self.cost.prompt_token()) else {
+            return;
+        };
+        if token > 0.0 {
+            let position = self.pool.config().bytes_per_token as f64 / rate;
+            self.pool.price_copies(position / token);
+        }
     }
 
     /// The loads of the running sequences that have not ended, with their positions in
@@ -735,6 +768,8 @@ mod tests {
         /// pieces may still share one.
         dependent_rows: bool,
         shared: Option<(usize, usize)>,
+        /// A position is the same however its sequence is split: prefix reuse keeps any.
+        splits_alike: bool,
     }
 
     impl StepModel for Echo {
@@ -785,9 +820,17 @@ mod tests {
         fn shared_prompt_pass(&self) -> Option<(usize, usize)> {
             self.shared
         }
+
+        fn splits_alike(&self) -> bool {
+            self.splits_alike
+        }
     }
 
     fn batcher(max_batch: usize, prefill_tokens_per_step: usize) -> Batcher<Echo> {
+        batcher_of(Echo::default(), max_batch, prefill_tokens_per_step)
+    }
+
+    fn batcher_of(model: Echo, max_batch: usize, prefill_tokens_per_step: usize) -> Batcher<Echo> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
         let tokenizer = Arc::new(BtlmTokenizer::from_dir(&dir).expect("tiny tokenizer"));
         let config = EngineConfig {
@@ -796,8 +839,7 @@ mod tests {
             deadline_headroom: Some(Duration::from_secs(2)),
             ..EngineConfig::default()
         };
-        let mut b =
-            Batcher::new(Echo::default(), tokenizer, config, Arc::default()).expect("batcher");
+        let mut b = Batcher::new(model, tokenizer, config, Arc::default()).expect("batcher");
         set_costs(&mut b);
         b
     }
@@ -908,6 +950,45 @@ mod tests {
         assert_eq!((b.running.len(), b.waiting.len()), (2, 0), "admitted");
         assert_eq!(b.running[1].job.sequence.prompt_left(), 44);
         assert_eq!(b.stats.held_back.load(Ordering::Relaxed), 0);
+    }
+
+    /// Idle caches of a 50-token prompt (64 positions) and of a 20-token prompt with a
+    /// 200-token answer (256): a 60-token prompt of the same tokens wanting 100 more fits
+    /// the second, which keeps 20, and would keep 50 copied out of the first. The copy is
+    /// taken when new memory is cheap, not when writing its 160 positions costs more than
+    /// the 30 prompt tokens (10 ms each) it saves.
+    #[test]
+    fn a_prompt_start_is_copied_only_when_it_saves_more_than_new_memory_costs() {
+        for (bytes_per_sec, copied) in [(1e6, true), (100.0, false)] {
+            let model = Echo {
+                splits_alike: true,
+                ..Echo::default()
+            };
+            let mut b = batcher_of(model, 4, 256);
+            for (prompt, new) in [(50, 1), (20, 200)] {
+                let (earlier, _e) = job(1.0, 2, prompt, new, 60.0);
+                submit(&mut b, earlier);
+            }
+            b.admit();
+            while !b.running.is_empty() {
+                b.step();
+                b.retire();
+            }
+            assert_eq!(b.pool.stats().idle_caches, 2);
+            set_costs(&mut b);
+            // A position's new memory: 1 byte at this rate, against 10 ms a prompt token.
+            b.first_touch = Some(bytes_per_sec);
+            let (next, _n) = job(1.0, 2, 60, 100, 60.0);
+            submit(&mut b, next);
+            b.admit();
+            let s = b.pool.stats();
+            let left = b.running[0].job.sequence.prompt_left();
+            if copied {
+                assert_eq!((left, s.allocated, s.reused), (10, 3, 0), "{bytes_per_sec}");
+            } else {
+                assert_eq!((left, s.allocated, s.reused), (40, 2, 1), "{bytes_per_sec}");
+            }
+        }
     }
 
     #[test]

@@ -34,6 +34,13 @@
 //! count at once, so until the caller has copied and dropped it the process holds up to
 //! one cache more than the budget.
 //!
+//! **The price of a copy.** New memory is slow the first time it is written (the OS backs
+//! each page on its first write: [`first_touch_bytes_per_sec`]), memory an idle cache lends
+//! as it is has been written already. So when an idle cache fits, a copy must keep enough
+//! positions more to pay for the new memory the sequence will write:
+//! [`KvPool::price_copies`] sets that price, in kept positions per position needed (the
+//! engine derives it from the first-touch speed and what a prompt token costs it).
+//!
 //! The pool is generic over the cache type `C`; it never looks inside a cache (the caller's
 //! judgement of what a cache holds does). Whoever gives a cache back says how many
 //! positions its memory holds (for [`Cache`](crate::kv_cache::Cache):
@@ -158,6 +165,31 @@ pub struct KvPool<C> {
     config: KvPoolConfig,
     idle: Vec<Idle<C>>,
     stats: KvPoolStats,
+    /// Positions a copy must keep beyond a fitting idle cache, per position needed.
+    copy_price: f64,
+}
+
+/// Bytes per second at which this process writes memory it never wrote before (the OS
+/// backing each page on its first write): the fastest of two writes, one byte per page, of
+/// 32 MiB of fresh anonymous memory. `None` when no memory could be mapped.
+pub fn first_touch_bytes_per_sec() -> Option<f64> {
+    const LEN: usize = 32 << 20;
+    const PAGE: usize = 4096;
+    let mut fastest: Option<f64> = None;
+    for _ in 0..2 {
+        let mut map = memmap2::MmapOptions::new().len(LEN).map_anon().ok()?;
+        let start = std::time::Instant::now();
+        for at in (0..LEN).step_by(PAGE) {
+            map[at] = 1;
+        }
+        std::hint::black_box(&map[..]);
+        let took = start.elapsed().as_secs_f64();
+        if took > 0.0 {
+            let rate = LEN as f64 / took;
+            fastest = Some(fastest.map_or(rate, |f: f64| f.max(rate)));
+        }
+    }
+    fastest
 }
 
 impl<C> KvPool<C> {
@@ -173,7 +205,16 @@ impl<C> KvPool<C> {
             config,
             idle: Vec::new(),
             stats: KvPoolStats::default(),
+            copy_price: 0.0,
         })
+    }
+
+    /// Prices copies (see the module's "The price of a copy"): from now on, when an idle
+    /// cache fits, a lease copies from one that does not only if that keeps at least
+    /// `positions_per_position` × the positions needed more (rounded up; at least one).
+    /// 0 (the start): any position more. Negative or NaN counts as 0.
+    pub fn price_copies(&mut self, positions_per_position: f64) {
+        self.copy_price = positions_per_position.max(0.0);
     }
 
     /// The pool's settings.
@@ -220,8 +261,9 @@ impl<C> KvPool<C> {
     /// [`Self::lease`], preferring the idle cache the sequence can keep the most positions
     /// of: `reusable(cache)` says how many of its first positions (fewer than `needed`);
     /// ties go to the smallest cache. An idle cache comes with that count. When one that
-    /// does not fit holds more than any that does, and the budget has room for new memory,
-    /// the lease is new memory and that cache the source to copy from ([`Handed::copy`]).
+    /// does not fit holds more than any that does (by the [price](Self::price_copies) of a
+    /// copy), and the budget has room for new memory, the lease is new memory and that
+    /// cache the source to copy from ([`Handed::copy`]).
     pub fn lease_reusing(
         &mut self,
         needed: usize,
@@ -307,9 +349,14 @@ impl<C> KvPool<C> {
         let best = (0..self.idle.len())
             .filter(|&at| fits(&self.idle[at]))
             .min_by_key(|&at| (std::cmp::Reverse(kept[at]), self.idle[at].positions));
-        let fit_keep = best.map_or(0, |at| kept[at]);
+        // Without a fitting idle cache the memory is new either way: any position kept pays.
+        let (fit_keep, min_gain) = match best {
+            Some(at) => (kept[at], (self.copy_price * needed as f64).ceil() as usize),
+            None => (0, 0),
+        };
+        let enough = fit_keep.saturating_add(min_gain.max(1));
         let source = (0..self.idle.len())
-            .filter(|&at| !fits(&self.idle[at]) && kept[at] > fit_keep)
+            .filter(|&at| !fits(&self.idle[at]) && kept[at] >= enough)
             .max_by_key(|&at| kept[at]);
         let room = |positions| {
             self.stats
@@ -532,6 +579,45 @@ mod tests {
         p.give_back(big, None).expect("back");
         let (_, handed) = p.lease_reusing(200, |_| 100).expect("room");
         assert_eq!(handed.map(|h| (h.keep, h.copy)), Some((100, true)));
+    }
+
+    #[test]
+    fn a_copy_must_keep_enough_more_than_a_fitting_cache_to_pay_for_new_memory() {
+        let keep = |name: &Named| if *name == "small" { 50 } else { 10 };
+        // As above: 120 positions, "other" fits and keeps 10, "small" keeps 40 more.
+        for (price, copy) in [(0.0, true), (0.325, true), (0.35, false), (f64::NAN, true)] {
+            let mut p = pool(1000, true);
+            let (small, _) = p.lease(60).expect("small");
+            let (other, _) = p.lease(100).expect("other");
+            p.give_back(small, Some(("small", 64))).expect("back");
+            p.give_back(other, Some(("other", 128))).expect("back");
+            p.price_copies(price);
+            let (_, handed) = p.lease_reusing(120, keep).expect("room");
+            let handed = handed.map(|h| (h.cache, h.keep, h.copy));
+            let want = if copy {
+                ("small", 50, true)
+            } else {
+                ("other", 10, false)
+            };
+            assert_eq!(
+                handed,
+                Some(want),
+                "price {price}: 40 more against {price} x 120"
+            );
+        }
+        // Without a fitting cache the memory is new anyway: any position kept pays.
+        let mut p = pool(1000, true);
+        let (small, _) = p.lease(60).expect("small");
+        p.give_back(small, Some(("small", 64))).expect("back");
+        p.price_copies(f64::INFINITY);
+        let (_, handed) = p.lease_reusing(120, keep).expect("room");
+        assert_eq!(handed.map(|h| (h.keep, h.copy)), Some((50, true)));
+    }
+
+    #[test]
+    fn fresh_memory_is_timed() {
+        let rate = first_touch_bytes_per_sec().expect("anonymous memory");
+        assert!(rate.is_finite() && rate > 1e6, "{rate} bytes/s");
     }
 
     #[test]
