@@ -200,15 +200,14 @@ impl<M: StepModel> Batcher<M> {
             }
         }
         let any_split = model.splits_alike();
-        let first_touch = if prefix_reuse {
-            first_touch_bytes_per_sec()
-        } else {
-            None
-        };
+        let first_touch = prefix_reuse.then(first_touch_bytes_per_sec).flatten();
         if prefix_reuse {
             tracing::info!(
                 any_split,
-                "btlm engine: prefix reuse keeps {}",
+                first_touch_mb_per_s = first_touch.map(|r| (r / 1e6).round()),
+                "btlm engine: prefix reuse keeps {}; a prompt start is copied out of an idle \
+                 cache too small for it, rather than a fitting one taken as it is, only when \
+                 it keeps enough more tokens to pay for writing new memory",
                 if any_split {
                     "every token of an earlier sequence a prompt starts with (this model's \
                      positions are the same bits however a sequence is split into passes)"
@@ -216,12 +215,6 @@ impl<M: StepModel> Batcher<M> {
                     "whole prompt pieces only (this model's kernels compute a position \
                      differently in other splits)"
                 }
-            );
-            tracing::info!(
-                first_touch_mb_per_s = first_touch.map(|r| (r / 1e6).round()),
-                "btlm engine: a prompt start is copied out of an idle cache too small for it \
-                 rather than a fitting one taken only if it keeps enough more tokens to pay \
-                 for writing new memory"
             );
         }
         Ok(Batcher {
