@@ -150,8 +150,9 @@ pub struct BtlmArgs {
     /// Keep the key/value caches of finished requests for later ones (`true`, the default)
     /// instead of freeing them: new memory is slow to touch the first time (on VMs
     /// especially), reused memory is not. Idle caches count against --btlm.kv_cache_mb
-    /// with the running ones and are dropped when a new cache needs their room; the
-    /// process keeps up to that much memory. Caches are rounded up to 64 positions.
+    /// with the running ones and are dropped when a new cache needs their room (the least
+    /// recently used first); the process keeps up to that much memory. Caches are rounded
+    /// up to 64 positions.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -171,7 +172,10 @@ pub struct BtlmArgs {
     /// passes (the CPU kernels whose products compute each row alike), every token of the
     /// earlier request the prompt starts with is kept, its answer's too; elsewhere (bf16
     /// and f16 weights on AVX2, bf16 and q8_0 on AMX, --btlm.prefill_precision bf16, GPUs)
-    /// only the earlier prompt's whole --btlm.prefill_chunk pieces.
+    /// only the earlier prompt's whole --btlm.prefill_chunk pieces. While
+    /// --btlm.kv_cache_mb has room, an idle cache stays for the conversation it holds and a
+    /// request that keeps only what other caches give too (a shared system prompt) gets
+    /// new memory, so the process grows to that budget sooner.
     #[cfg_attr(
         feature = "cli",
         arg(

@@ -20,22 +20,27 @@
 //! or room for a new one, counted at its real size, which may exceed prompt plus new tokens
 //! (new caches are rounded up to 64 positions, a reused one holds at most twice the rounded
 //! need); the running sequences' caches and the idle ones never exceed
-//! [`EngineConfig::kv_cache_bytes`] together (idle ones are dropped to make room).
+//! [`EngineConfig::kv_cache_bytes`] together (idle ones are dropped to make room, the
+//! least recently used first).
 //!
 //! **Prefix reuse** ([`EngineConfig::prefix_reuse`]). An idle cache remembers the tokens
 //! it holds ([`Sequence::reusable`]): every token its sequence ran, answer included, where
 //! a position's keys and values are the same bits however a sequence is split into passes
 //! ([`StepModel::splits_alike`]: the CPU kernels whose products compute each row alike);
 //! else the prompt's start in whole prefill pieces. Admission prefers, among the idle
-//! caches that fit, the one whose tokens the new prompt starts with the most of
+//! caches, the one whose tokens the new prompt starts with the most of
 //! ([`Sequence::keepable`]; after whole pieces, in whole pieces of its own), keeps those
 //! positions and runs only the rest of the prompt: the same answer, bit for bit, without
-//! the work.
-//! When the cache holding the most of them is too small (a conversation's next turn is
-//! longer), they are copied into a new cache ([`StepModel::copy_prefix`]); if a fitting
-//! idle cache exists, only when the positions kept beyond it save more prompt time than
-//! writing the new memory costs (the [pool's price](crate::kv_pool::KvPool::price_copies),
-//! from the first-touch speed measured at start and the learned time of a prompt token).
+//! the work. What an idle cache holds is worth keeping for the conversation it belongs
+//! to, so the pool ([`KvPool::lease_reusing`]) takes one as it is only when it alone gives
+//! the prompt the most and fits, or when new memory would drop an idle cache anyway;
+//! otherwise the positions kept are copied into a new cache ([`StepModel::copy_prefix`])
+//! and the cache copied from goes back idle unless the new sequence continues all it
+//! holds. A copy out of a cache too small (a conversation's next turn is longer) in place
+//! of a fitting cache taken as it is happens only when the positions kept beyond it save
+//! more prompt time than writing the new memory costs (the [pool's
+//! price](crate::kv_pool::KvPool::price_copies), from the first-touch speed measured at
+//! start and the learned time of a prompt token).
 //!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
 //!
@@ -205,9 +210,11 @@ impl<M: StepModel> Batcher<M> {
             tracing::info!(
                 any_split,
                 first_touch_mb_per_s = first_touch.map(|r| (r / 1e6).round()),
-                "btlm engine: prefix reuse keeps {}; a prompt start is copied out of an idle \
-                 cache too small for it, rather than a fitting one taken as it is, only when \
-                 it keeps enough more tokens to pay for writing new memory",
+                "btlm engine: prefix reuse keeps {}; while the cache budget has room, idle \
+                 caches stay for their conversations and a prompt start is copied into new \
+                 memory; once it is full, a prompt start is copied out of an idle cache too \
+                 small for it, rather than a fitting one taken as it is, only when it keeps \
+                 enough more tokens to pay for writing new memory",
                 if any_split {
                     "every token of an earlier sequence a prompt starts with (this model's \
                      positions are the same bits however a sequence is split into passes)"
@@ -315,7 +322,11 @@ impl<M: StepModel> Batcher<M> {
             };
             let sequence = &job.sequence;
             let keepable = |p: &Pooled<M::Cache>| sequence.keepable(&p.held, p.piece);
-            let keep = self.pool.keep_on_lease(sequence.max_positions(), keepable);
+            let keep = if self.prefix_reuse {
+                self.pool.keep_on_lease(sequence.max_positions(), keepable)
+            } else {
+                0
+            };
             if !self.guard_admits(&job, keep) {
                 if !job.held_back {
                     job.held_back = true;
@@ -325,7 +336,14 @@ impl<M: StepModel> Batcher<M> {
                 self.waiting.push_front(job);
                 break;
             }
-            let granted = self.pool.lease_reusing(sequence.max_positions(), keepable);
+            let granted = if self.prefix_reuse {
+                self.pool.lease_reusing(sequence.max_positions(), keepable)
+            } else {
+                // Only the memory of an idle cache is worth anything.
+                self.pool
+                    .lease(sequence.max_positions())
+                    .map(|(lease, idle)| (lease, idle.map(Handed::as_it_is)))
+            };
             let Some((lease, idle)) = granted else {
                 // No room yet: it stays first in line.
                 self.waiting.push_front(job);
@@ -350,12 +368,20 @@ impl<M: StepModel> Batcher<M> {
                     copy: false,
                 }) => (cache, keep),
                 Some(Handed {
-                    cache: Pooled { cache: source, .. },
+                    cache: source,
                     keep,
                     copy: true,
                 }) => {
                     let mut cache = self.model.new_cache(lease.positions());
-                    match self.model.copy_prefix(&source, &mut cache, keep) {
+                    let copied = self.model.copy_prefix(&source.cache, &mut cache, keep);
+                    // The source goes back idle unless this sequence continues all it holds.
+                    if keep < source.held.len() {
+                        let Pooled { cache, held, piece } = source;
+                        if let Some((cache, positions)) = self.model.recycle_cache(cache) {
+                            self.pool.put_back(Pooled { cache, held, piece }, positions);
+                        }
+                    }
+                    match copied {
                         Ok(()) => (cache, keep),
                         Err(e) => {
                             tracing::warn!(
@@ -824,14 +850,25 @@ mod tests {
     }
 
     fn batcher_of(model: Echo, max_batch: usize, prefill_tokens_per_step: usize) -> Batcher<Echo> {
+        batcher_with(model, max_batch, prefill_tokens_per_step, |_| {})
+    }
+
+    /// [`batcher_of`], its settings changed by `change`.
+    fn batcher_with(
+        model: Echo,
+        max_batch: usize,
+        prefill_tokens_per_step: usize,
+        change: impl FnOnce(&mut EngineConfig),
+    ) -> Batcher<Echo> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btlm-tiny");
         let tokenizer = Arc::new(BtlmTokenizer::from_dir(&dir).expect("tiny tokenizer"));
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             max_batch,
             prefill_tokens_per_step,
             deadline_headroom: Some(Duration::from_secs(2)),
             ..EngineConfig::default()
         };
+        change(&mut config);
         let mut b = Batcher::new(model, tokenizer, config, Arc::default()).expect("batcher");
         set_costs(&mut b);
         b
@@ -947,9 +984,10 @@ mod tests {
 
     /// Idle caches of a 50-token prompt (64 positions) and of a 20-token prompt with a
     /// 200-token answer (256): a 60-token prompt of the same tokens wanting 100 more fits
-    /// the second, which keeps 20, and would keep 50 copied out of the first. The copy is
-    /// taken when new memory is cheap, not when writing its 160 positions costs more than
-    /// the 30 prompt tokens (10 ms each) it saves.
+    /// the second, which keeps 20, and would keep 50 copied out of the first. With no room
+    /// for new memory beside them (a 400-position budget), the copy is taken when new
+    /// memory is cheap, not when writing its 160 positions costs more than the 30 prompt
+    /// tokens (10 ms each) it saves.
     #[test]
     fn a_prompt_start_is_copied_only_when_it_saves_more_than_new_memory_costs() {
         for (bytes_per_sec, copied) in [(1e6, true), (100.0, false)] {
@@ -957,7 +995,7 @@ mod tests {
                 splits_alike: true,
                 ..Echo::default()
             };
-            let mut b = batcher_of(model, 4, 256);
+            let mut b = batcher_with(model, 4, 256, |c| c.kv_cache_bytes = 400);
             for (prompt, new) in [(50, 1), (20, 200)] {
                 let (earlier, _e) = job(1.0, 2, prompt, new, 60.0);
                 submit(&mut b, earlier);
@@ -982,6 +1020,66 @@ mod tests {
                 assert_eq!((left, s.allocated, s.reused), (40, 2, 1), "{bytes_per_sec}");
             }
         }
+    }
+
+    /// While the budget has room, a prompt start is copied into new memory and the cache
+    /// copied from stays idle for the conversation it holds, unless the new sequence
+    /// continues all of it.
+    #[test]
+    fn a_copied_cache_goes_back_idle_unless_the_sequence_continues_all_it_holds() {
+        let model = Echo {
+            splits_alike: true,
+            ..Echo::default()
+        };
+        let mut b = batcher_of(model, 4, 256);
+        // Idle: 50 tokens "2" and 9 answer tokens; 50 tokens "3" (its one answer token is
+        // never fed).
+        let mut answers = Vec::new();
+        for (first, new) in [(2, 10), (3, 1)] {
+            let (earlier, rx) = job(1.0, first, 50, new, 60.0);
+            submit(&mut b, earlier);
+            answers.push(rx);
+        }
+        b.admit();
+        while !b.running.is_empty() {
+            b.step();
+            b.retire();
+        }
+        assert_eq!(b.pool.stats().idle_caches, 2);
+        // 60 tokens "2" keep 50 of the first (too small for 160): it goes back idle.
+        let (next, _n) = job(1.0, 2, 60, 100, 60.0);
+        submit(&mut b, next);
+        b.admit();
+        assert_eq!(b.running[0].job.sequence.prompt_left(), 10);
+        let s = b.pool.stats();
+        assert_eq!((s.allocated, s.reused, s.idle_caches), (3, 0, 2));
+        // 60 tokens "3" keep all 50 the second holds: it is dropped.
+        let (next, _n) = job(1.0, 3, 60, 100, 60.0);
+        submit(&mut b, next);
+        b.admit();
+        assert_eq!(b.running[1].job.sequence.prompt_left(), 10);
+        let s = b.pool.stats();
+        assert_eq!((s.allocated, s.reused, s.idle_caches), (4, 0, 1));
+    }
+
+    /// Without prefix reuse only an idle cache's memory is worth anything: the next
+    /// sequence that fits takes it as it is, however much room the budget has.
+    #[test]
+    fn without_prefix_reuse_an_idle_cache_serves_the_next_sequence_that_fits() {
+        let mut b = batcher_with(Echo::default(), 4, 256, |c| c.prefix_reuse = false);
+        let (first, _f) = job(1.0, 2, 50, 10, 60.0);
+        submit(&mut b, first);
+        b.admit();
+        while !b.running.is_empty() {
+            b.step();
+            b.retire();
+        }
+        let (next, _n) = job(1.0, 2, 40, 10, 60.0);
+        submit(&mut b, next);
+        b.admit();
+        assert_eq!(b.running[0].job.sequence.prompt_left(), 40);
+        let s = b.pool.stats();
+        assert_eq!((s.allocated, s.reused, s.idle_caches), (1, 1, 0));
     }
 
     #[test]

@@ -15,29 +15,44 @@
 //! - new caches are rounded up to a multiple of [`POSITION_GRANULE`] positions (capped by the
 //!   context and the budget), so that caches of sequences of similar lengths fit each other;
 //! - an idle cache is reused only when it holds at least the positions needed and at most
-//!   twice the rounded need (the smallest such one), so a lease reserves at most twice the
-//!   rounded need;
-//! - otherwise a new cache is allocated, dropping idle caches (the largest first) until the
-//!   budget has room for it; when even the caches in use leave no room, the lease is refused
-//!   and the sequence waits.
+//!   twice the rounded need (which one: see "Prefixes"), so a lease reserves at most twice
+//!   the rounded need;
+//! - otherwise a new cache is allocated, dropping idle caches (the least recently used
+//!   first) until the budget has room for it; when even the caches in use leave no room,
+//!   the lease is refused and the sequence waits.
+//!
+//! Least recently used first: the idle cache given back last is the one most likely to be
+//! asked for again (a conversation's next turn comes soon after its answer), and the
+//! largest ones, which were dropped first before, are the longest conversations'.
 //!
 //! Without recycling ([`KvPoolConfig::recycle`] false) a lease is exactly the positions
 //! needed and nothing is kept: the accounting of an engine without the pool.
 //!
 //! **Prefixes.** An idle cache may still hold keys and values a later sequence can keep
 //! (the engine's prefix reuse: a prompt starting like an earlier one). A lease
-//! ([`KvPool::lease_reusing`]) prefers, among the idle caches that fit, the one its caller
-//! says the new sequence can keep the most positions of, then the smallest; the caller
-//! keeps those and overwrites the rest. When an idle cache that does not fit (a longer
-//! conversation's next turn) holds more of them, the lease is new memory and that cache
-//! comes with it as the source to copy them from ([`Handed::copy`]): it leaves the pool's
-//! count at once, so until the caller has copied and dropped it the process holds up to
-//! one cache more than the budget.
+//! ([`KvPool::lease_reusing`]) gets the positions its caller says the new sequence can keep
+//! the most of; the caller keeps those and overwrites the rest. Taking an idle cache as it
+//! is loses what else it holds, which is worth keeping for its own conversation's next
+//! turn: so while the budget has room for new memory beside every idle cache, the lease
+//! is new memory unless one idle cache alone gives the sequence the most (its own
+//! conversation's last turn) and fits; once the budget is full (new memory would drop an
+//! idle cache anyway), the fitting idle cache the sequence keeps the most of is taken
+//! (ties: the least recently used). When the lease is new memory and an idle cache gives
+//! positions (one too small for a longer conversation's next turn, or one of those giving
+//! a shared start), it comes with the lease as the source to copy them from
+//! ([`Handed::copy`]): it leaves the pool's count at once, and the caller puts it back
+//! ([`KvPool::put_back`]) unless the sequence continues all it holds, so meanwhile the
+//! process holds up to one cache more than the budget.
+//!
+//! Without prefix reuse ([`KvPool::lease`]) only an idle cache's memory counts: the
+//! smallest that fits is taken as it is.
 //!
 //! **The price of a copy.** New memory is slow the first time it is written (the OS backs
 //! each page on its first write: [`first_touch_bytes_per_sec`]), memory an idle cache lends
-//! as it is has been written already. So when an idle cache fits, a copy must keep enough
-//! positions more to pay for the new memory the sequence will write:
+//! as it is has been written already. So when an idle cache fits and the budget is full
+//! (the choice is between memory written already and new memory, not between new memory
+//! and dropping nothing), a copy must keep enough positions more to pay for the new memory
+//! the sequence will write:
 //! [`KvPool::price_copies`] sets that price, in kept positions per position needed (the
 //! engine derives it from the first-touch speed and what a prompt token costs it).
 //!
@@ -118,6 +133,17 @@ pub struct Handed<C> {
     /// who copies the kept positions into it from `cache` and then drops `cache`) rather
     /// than `cache` itself.
     pub copy: bool,
+}
+
+impl<C> Handed<C> {
+    /// `cache` lent as it is, keeping none of it.
+    pub fn as_it_is(cache: C) -> Self {
+        Handed {
+            cache,
+            keep: 0,
+            copy: false,
+        }
+    }
 }
 
 /// What a lease takes: idle cache `at` as the source of a copy into new memory, idle cache
@@ -210,7 +236,8 @@ impl<C> KvPool<C> {
     }
 
     /// Prices copies (see the module's "The price of a copy"): from now on, when an idle
-    /// cache fits, a lease copies from one that does not only if that keeps at least
+    /// cache fits and new memory would drop an idle cache, a lease copies from one that
+    /// does not fit only if that keeps at least
     /// `positions_per_position` × the positions needed more (rounded up; at least one).
     /// 0 (the start): any position more. Negative or NaN counts as 0.
     pub fn price_copies(&mut self, positions_per_position: f64) {
@@ -254,29 +281,49 @@ impl<C> KvPool<C> {
     /// [`Lease::positions`] (`None`: the caller allocates it). `None` when the caches in
     /// use leave no room for it yet.
     pub fn lease(&mut self, needed: usize) -> Option<(Lease, Option<C>)> {
-        self.lease_reusing(needed, |_| 0)
+        self.lease_choosing(needed, |_| 0, false)
             .map(|(lease, idle)| (lease, idle.map(|h| h.cache)))
     }
 
-    /// [`Self::lease`], preferring the idle cache the sequence can keep the most positions
-    /// of: `reusable(cache)` says how many of its first positions (fewer than `needed`);
-    /// ties go to the smallest cache. An idle cache comes with that count. When one that
-    /// does not fit holds more than any that does (by the [price](Self::price_copies) of a
-    /// copy), and the budget has room for new memory, the lease is new memory and that
-    /// cache the source to copy from ([`Handed::copy`]).
+    /// [`Self::lease`] for a sequence that may keep what an idle cache holds:
+    /// `reusable(cache)` says how many of its first positions (fewer than `needed`). What
+    /// idle caches hold is worth keeping for later sequences too (see the module's
+    /// "Prefixes"):
+    ///
+    /// - while the budget has room for new memory and every idle cache, the lease is new
+    ///   memory unless one idle cache alone gives the sequence the most and fits (then it
+    ///   is taken as it is); the most kept is copied into the new memory from one of the
+    ///   caches giving it ([`Handed::copy`]), which goes back idle after the copy
+    ///   ([`Self::put_back`]) unless the sequence continues all it holds;
+    /// - otherwise the fitting idle cache it keeps the most of is taken as it is (ties: the
+    ///   least recently given back), unless one that does not fit holds more (by the
+    ///   [price](Self::price_copies) of a copy) and the caches in use leave room for new
+    ///   memory: then the lease is new memory and that cache the source to copy from.
+    ///
+    /// An idle cache comes with the count kept.
     pub fn lease_reusing(
         &mut self,
         needed: usize,
         reusable: impl Fn(&C) -> usize,
     ) -> Option<(Lease, Option<Handed<C>>)> {
-        match self.choose(needed, &reusable) {
+        self.lease_choosing(needed, reusable, true)
+    }
+
+    /// [`Self::lease_reusing`]; `contents`: see [`Self::choose`].
+    fn lease_choosing(
+        &mut self,
+        needed: usize,
+        reusable: impl Fn(&C) -> usize,
+        contents: bool,
+    ) -> Option<(Lease, Option<Handed<C>>)> {
+        match self.choose(needed, &reusable, contents) {
             Choice::Copy { at, keep } => {
                 let positions = self.positions_for(needed);
                 let bytes = self.bytes_of(positions);
                 let Idle {
                     cache,
                     positions: held,
-                } = self.idle.swap_remove(at);
+                } = self.idle.remove(at);
                 self.stats.idle_bytes -= self.bytes_of(held);
                 self.stats.idle_caches -= 1;
                 self.stats.in_use_bytes += bytes;
@@ -293,7 +340,7 @@ impl<C> KvPool<C> {
                 return Some((Lease { positions, bytes }, Some(handed)));
             }
             Choice::Reuse { at, keep } => {
-                let Idle { cache, positions } = self.idle.swap_remove(at);
+                let Idle { cache, positions } = self.idle.remove(at);
                 let bytes = self.bytes_of(positions);
                 self.stats.idle_bytes -= bytes;
                 self.stats.idle_caches -= 1;
@@ -328,27 +375,65 @@ impl<C> KvPool<C> {
     /// now (0 if it would hand out none, or lend nothing): e.g. to weigh what is left of
     /// its prompt before deciding to admit it.
     pub fn keep_on_lease(&self, needed: usize, reusable: impl Fn(&C) -> usize) -> usize {
-        match self.choose(needed, &reusable) {
+        match self.choose(needed, &reusable, true) {
             Choice::Copy { keep, .. } | Choice::Reuse { keep, .. } => keep,
             Choice::New => 0,
         }
     }
 
-    /// What a lease for `needed` positions takes (see [`Self::lease_reusing`]).
-    fn choose(&self, needed: usize, reusable: &impl Fn(&C) -> usize) -> Choice {
+    /// What a lease for `needed` positions takes (see [`Self::lease_reusing`]); `contents`:
+    /// whether what the idle caches hold is worth keeping for later sequences (prefix reuse)
+    /// or only their memory is.
+    fn choose(&self, needed: usize, reusable: &impl Fn(&C) -> usize, contents: bool) -> Choice {
         if !self.config.recycle {
             return Choice::New;
         }
-        let most = self.positions_for(needed).saturating_mul(2);
+        let positions = self.positions_for(needed);
+        let most = positions.saturating_mul(2);
         let fits = |i: &Idle<C>| i.positions >= needed && i.positions <= most;
         let kept: Vec<usize> = self
             .idle
             .iter()
             .map(|i| reusable(&i.cache).min(needed.saturating_sub(1)))
             .collect();
+        let after = |idle: usize| {
+            self.stats
+                .in_use_bytes
+                .saturating_add(idle)
+                .saturating_add(self.bytes_of(positions))
+                <= self.config.budget_bytes
+        };
+        if contents && after(self.stats.idle_bytes) {
+            // New memory drops no idle cache: every idle cache keeps what it holds for the
+            // sequences it is worth more to, unless it alone gives this one the most (a
+            // conversation's own last turn, which this sequence continues).
+            let top = kept.iter().copied().max().unwrap_or(0);
+            if top == 0 {
+                return Choice::New;
+            }
+            let tops: Vec<usize> = (0..kept.len()).filter(|&at| kept[at] == top).collect();
+            return match tops[..] {
+                [at] if fits(&self.idle[at]) => Choice::Reuse { at, keep: top },
+                // From the most recently given back of them; the source goes back idle
+                // after the copy (`KvPool::put_back`).
+                _ => Choice::Copy {
+                    at: tops.last().copied().unwrap_or(0),
+                    keep: top,
+                },
+            };
+        }
+        // Among caches alike: the least recently given back when contents count (it is the
+        // one the next new memory would drop), else the smallest.
         let best = (0..self.idle.len())
             .filter(|&at| fits(&self.idle[at]))
-            .min_by_key(|&at| (std::cmp::Reverse(kept[at]), self.idle[at].positions));
+            .min_by_key(|&at| {
+                let tie = if contents {
+                    at
+                } else {
+                    self.idle[at].positions
+                };
+                (std::cmp::Reverse(kept[at]), tie)
+            });
         // Without a fitting idle cache the memory is new either way: any position kept pays.
         let (fit_keep, min_gain) = match best {
             Some(at) => (kept[at], (self.copy_price * needed as f64).ceil() as usize),
@@ -358,19 +443,30 @@ impl<C> KvPool<C> {
         let source = (0..self.idle.len())
             .filter(|&at| !fits(&self.idle[at]) && kept[at] >= enough)
             .max_by_key(|&at| kept[at]);
-        let room = |positions| {
-            self.stats
-                .in_use_bytes
-                .saturating_add(self.bytes_of(positions))
-                <= self.config.budget_bytes
-        };
         match (source, best) {
-            (Some(at), _) if room(self.positions_for(needed)) => {
-                Choice::Copy { at, keep: kept[at] }
-            }
+            (Some(at), _) if after(0) => Choice::Copy { at, keep: kept[at] },
             (_, Some(at)) => Choice::Reuse { at, keep: kept[at] },
             _ => Choice::New,
         }
+    }
+
+    /// Takes back, as the most recently used idle cache, one handed as the source of a copy
+    /// ([`Handed::copy`]) after the copy, with the positions its memory holds: when it
+    /// holds more than the sequence kept of it (put back unless the sequence continues all
+    /// of it). Idle caches are dropped, the least recently given back first, if the budget
+    /// has no room for it.
+    pub fn put_back(&mut self, cache: C, positions: usize) {
+        if !self.config.recycle || positions == 0 {
+            return;
+        }
+        self.idle.push(Idle { cache, positions });
+        self.stats.idle_bytes = self
+            .stats
+            .idle_bytes
+            .saturating_add(self.bytes_of(positions));
+        self.stats.idle_caches += 1;
+        self.trim();
+        self.note_peak();
     }
 
     /// Takes back a lease and, when recycling, the sequence's cache with the positions its
@@ -411,24 +507,17 @@ impl<C> KvPool<C> {
         self.stats.idle_caches = 0;
     }
 
-    /// Drops idle caches, the largest first, until caches in use and idle fit the budget.
+    /// Drops idle caches, the least recently given back first, until caches in use and
+    /// idle fit the budget.
     fn trim(&mut self) {
         while self
             .stats
             .in_use_bytes
             .saturating_add(self.stats.idle_bytes)
             > self.config.budget_bytes
+            && !self.idle.is_empty()
         {
-            let Some(at) = self
-                .idle
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, i)| i.positions)
-                .map(|(at, _)| at)
-            else {
-                break;
-            };
-            let dropped = self.idle.swap_remove(at);
+            let dropped = self.idle.remove(0);
             self.stats.idle_bytes -= self.bytes_of(dropped.positions);
             self.stats.idle_caches -= 1;
             self.stats.dropped += 1;
@@ -510,9 +599,10 @@ mod tests {
         })
     }
 
-    #[test]
-    fn the_cache_the_caller_can_keep_most_of_is_taken_among_those_that_fit() {
-        let mut p = pool(10_000, true);
+    /// A pool holding idle "a", "b", "c" (128 positions each) and "d" (320), given back in
+    /// that order.
+    fn four_idle(budget_tokens: usize) -> KvPool<Named> {
+        let mut p = pool(budget_tokens, true);
         let leases: Vec<_> = [100, 100, 100, 300]
             .into_iter()
             .map(|n| p.lease(n).expect("room").0)
@@ -521,6 +611,55 @@ mod tests {
             let n = lease.positions();
             p.give_back(lease, Some((name, n))).expect("back");
         }
+        p
+    }
+
+    #[test]
+    fn while_new_memory_drops_nothing_an_idle_cache_is_taken_only_when_it_alone_gives_the_most() {
+        let mut p = four_idle(10_000);
+        // "b" alone gives the most and fits: taken as it is.
+        let keep = |name: &Named| match *name {
+            "a" => 3,
+            "b" => 4,
+            _ => 0,
+        };
+        assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("b", 4));
+        // Nothing to keep: new memory, every idle cache stays for whom it is worth more.
+        assert_eq!(p.lease_reusing(100, |_| 0).expect("room").1, None);
+        assert_eq!(p.stats().idle_caches, 3);
+        // "a" and "c" give as much: copied from the later given back, which comes back.
+        let shared = |name: &Named| if *name == "d" { 0 } else { 5 };
+        assert_eq!(p.keep_on_lease(100, shared), 5);
+        let (lease, handed) = p.lease_reusing(100, shared).expect("room");
+        let handed = handed.expect("a source");
+        assert_eq!((handed.cache, handed.keep, handed.copy), ("c", 5, true));
+        assert_eq!((lease.positions(), p.stats().idle_caches), (128, 2));
+        p.put_back(handed.cache, 128);
+        assert_eq!((p.stats().idle_caches, p.stats().idle_bytes), (3, 5760));
+        // "d" alone gives the most but is over twice the need: copied from.
+        let (_, handed) = p
+            .lease_reusing(100, |n| usize::from(*n == "d") * 7)
+            .expect("room");
+        assert_eq!(
+            handed.map(|h| (h.cache, h.keep, h.copy)),
+            Some(("d", 7, true))
+        );
+        // The count is capped below the need.
+        let (_, handed) = p
+            .lease_reusing(100, |n| usize::from(*n == "a") * 900)
+            .expect("room");
+        assert_eq!(handed, as_is("a", 99));
+        let s = p.stats();
+        assert_eq!(
+            (s.reused, s.prefix_hits, s.prefix_tokens),
+            (2, 4, 4 + 5 + 7 + 99)
+        );
+    }
+
+    #[test]
+    fn without_room_the_fitting_cache_kept_most_of_is_taken_ties_to_the_least_recent() {
+        // 896 positions idle of 900: a new 128 would drop one.
+        let mut p = four_idle(900);
         let keep = |name: &Named| match *name {
             "a" => 3,
             "b" => 4,
@@ -529,16 +668,22 @@ mod tests {
         assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("b", 4));
         assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("a", 3));
         let s = p.stats();
-        assert_eq!((s.prefix_hits, s.prefix_tokens), (2, 7));
-        // Nothing to keep: the smallest that fits, not a hit.
-        assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("c", 0));
-        assert_eq!(p.stats().prefix_hits, 2);
-        // The count is capped below the need.
         assert_eq!(
-            p.lease_reusing(200, |_| 900).expect("room").1,
-            as_is("d", 199)
+            (s.reused, s.prefix_hits, s.prefix_tokens, s.allocated),
+            (2, 2, 7, 4)
         );
-        assert_eq!(p.stats().reused, 4);
+        // Alike caches: the least recently given back (the one new memory would drop), even
+        // when larger; nothing kept is not a hit.
+        for keep in [0, 5] {
+            let mut p = pool(400, true);
+            let big = p.lease(200).expect("big").0;
+            let small = p.lease(100).expect("small").0;
+            p.give_back(big, Some(("big", 256))).expect("back");
+            p.give_back(small, Some(("small", 128))).expect("back");
+            let (_, handed) = p.lease_reusing(100, |_| keep).expect("room");
+            assert_eq!(handed, as_is("big", keep));
+            assert_eq!(p.stats().prefix_hits, u64::from(keep > 0));
+        }
     }
 
     #[test]
@@ -584,9 +729,10 @@ mod tests {
     #[test]
     fn a_copy_must_keep_enough_more_than_a_fitting_cache_to_pay_for_new_memory() {
         let keep = |name: &Named| if *name == "small" { 50 } else { 10 };
-        // As above: 120 positions, "other" fits and keeps 10, "small" keeps 40 more.
+        // As above: 120 positions, "other" fits and keeps 10, "small" keeps 40 more; the
+        // budget (300) has no room for new memory beside both idle caches.
         for (price, copy) in [(0.0, true), (0.325, true), (0.35, false), (f64::NAN, true)] {
-            let mut p = pool(1000, true);
+            let mut p = pool(300, true);
             let (small, _) = p.lease(60).expect("small");
             let (other, _) = p.lease(100).expect("other");
             p.give_back(small, Some(("small", 64))).expect("back");
@@ -621,7 +767,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_caches_are_dropped_largest_first_when_new_memory_needs_the_room() {
+    fn idle_caches_are_dropped_least_recently_used_first_when_new_memory_needs_the_room() {
         let mut p = pool(1000, true);
         let a = p.lease(300).expect("a").0;
         let b = p.lease(540).expect("b").0;
@@ -630,14 +776,14 @@ mod tests {
         p.give_back(b, Some(("b", 576))).expect("b back");
         assert_eq!(p.stats().idle_bytes, 8960);
         // 100 positions fit neither (320 > 2 × 128); a new 128 needs 1280 bytes, 8960 of
-        // the 10 000 are idle: the largest idle one goes.
+        // the 10 000 are idle: the one given back first goes.
         let (c, cache) = p.lease(100).expect("c");
         assert_eq!(cache, None);
         let s = p.stats();
-        assert_eq!((s.dropped, s.idle_caches, s.idle_bytes), (1, 1, 3200));
+        assert_eq!((s.dropped, s.idle_caches, s.idle_bytes), (1, 1, 5760));
         assert!(s.in_use_bytes + s.idle_bytes <= 10_000);
         assert_eq!(s.peak_bytes, 8960);
-        // Room for 700 more positions in use, with the idle 320 dropped for it.
+        // Room for 700 more positions in use, with the idle 576 dropped for it.
         let (d, cache) = p.lease(700).expect("d");
         assert_eq!((d.positions(), cache), (704, None));
         assert_eq!(p.stats().idle_caches, 0);
@@ -646,6 +792,32 @@ mod tests {
         p.give_back(c, None).expect("c back");
         p.give_back(d, Some(("d", 704))).expect("d back");
         assert!(p.lease(200).is_some());
+    }
+
+    #[test]
+    fn taking_and_putting_back_idle_caches_keeps_the_order_they_are_dropped_in() {
+        let mut p = pool(1000, true);
+        let leases: Vec<_> = (0..4).map(|_| p.lease(100).expect("room").0).collect();
+        for (lease, name) in leases.into_iter().zip(["w", "x", "y", "z"]) {
+            p.give_back(lease, Some((name, 128))).expect("back");
+        }
+        // "w" is taken and put back (a copy's source): now the most recently used.
+        let (lease, handed) = p.lease(100).expect("room");
+        assert_eq!(handed, Some("w"));
+        p.give_back(lease, None).expect("back");
+        p.put_back("w", 128);
+        // "x" is taken: "y", "z", "w" stay in that order.
+        let (x, handed) = p.lease(100).expect("room");
+        assert_eq!(handed, Some("x"));
+        // 128 in use and 384 idle: a new 640 drops "y" and "z", then "w" is what is left.
+        let (big, handed) = p.lease(600).expect("room");
+        assert_eq!((big.positions(), handed), (640, None));
+        assert_eq!(p.stats().dropped, 2);
+        assert_eq!(p.lease(100).expect("room").1, Some("w"));
+        p.give_back(x, None).expect("back");
+        // Put back beyond the budget, a cache is dropped at once.
+        p.put_back("v", 1000);
+        assert_eq!((p.stats().idle_caches, p.stats().dropped), (0, 3));
     }
 
     #[test]
