@@ -874,6 +874,14 @@ mod tests {
         b
     }
 
+    /// Steps until every running sequence has ended and retired.
+    fn run_out(b: &mut Batcher<Echo>) {
+        while !b.running.is_empty() {
+            b.step();
+            b.retire();
+        }
+    }
+
     /// Decode steps of 50 ms at one row, 85 ms at eight; prompt tokens 10 ms each.
     fn set_costs(b: &mut Batcher<Echo>) {
         b.cost = StepCost::default();
@@ -961,10 +969,7 @@ mod tests {
         let (earlier, mut e) = job(1.0, 2, 300, 1, 60.0);
         submit(&mut b, earlier);
         b.admit();
-        while !b.running.is_empty() {
-            b.step();
-            b.retire();
-        }
+        run_out(&mut b);
         assert_eq!(done(&mut e).prompt_tokens, 300);
         // (Its steps taught the guard the scripted model's speed: back to the test's.)
         set_costs(&mut b);
@@ -1001,10 +1006,7 @@ mod tests {
                 submit(&mut b, earlier);
             }
             b.admit();
-            while !b.running.is_empty() {
-                b.step();
-                b.retire();
-            }
+            run_out(&mut b);
             assert_eq!(b.pool.stats().idle_caches, 2);
             set_costs(&mut b);
             // A position's new memory: 1 byte at this rate, against 10 ms a prompt token.
@@ -1041,10 +1043,7 @@ mod tests {
             answers.push(rx);
         }
         b.admit();
-        while !b.running.is_empty() {
-            b.step();
-            b.retire();
-        }
+        run_out(&mut b);
         assert_eq!(b.pool.stats().idle_caches, 2);
         // 60 tokens "2" keep 50 of the first (too small for 160): it goes back idle.
         let (next, _n) = job(1.0, 2, 60, 100, 60.0);
@@ -1070,10 +1069,7 @@ mod tests {
         let (first, _f) = job(1.0, 2, 50, 10, 60.0);
         submit(&mut b, first);
         b.admit();
-        while !b.running.is_empty() {
-            b.step();
-            b.retire();
-        }
+        run_out(&mut b);
         let (next, _n) = job(1.0, 2, 40, 10, 60.0);
         submit(&mut b, next);
         b.admit();

@@ -614,15 +614,20 @@ mod tests {
         p
     }
 
+    /// Keeps 3 positions of "a", 4 of "b", none of the others.
+    fn a3_b4(name: &Named) -> usize {
+        match *name {
+            "a" => 3,
+            "b" => 4,
+            _ => 0,
+        }
+    }
+
     #[test]
     fn while_new_memory_drops_nothing_an_idle_cache_is_taken_only_when_it_alone_gives_the_most() {
         let mut p = four_idle(10_000);
         // "b" alone gives the most and fits: taken as it is.
-        let keep = |name: &Named| match *name {
-            "a" => 3,
-            "b" => 4,
-            _ => 0,
-        };
+        let keep = a3_b4;
         assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("b", 4));
         // Nothing to keep: new memory, every idle cache stays for whom it is worth more.
         assert_eq!(p.lease_reusing(100, |_| 0).expect("room").1, None);
@@ -660,11 +665,7 @@ mod tests {
     fn without_room_the_fitting_cache_kept_most_of_is_taken_ties_to_the_least_recent() {
         // 896 positions idle of 900: a new 128 would drop one.
         let mut p = four_idle(900);
-        let keep = |name: &Named| match *name {
-            "a" => 3,
-            "b" => 4,
-            _ => 0,
-        };
+        let keep = a3_b4;
         assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("b", 4));
         assert_eq!(p.lease_reusing(100, keep).expect("room").1, as_is("a", 3));
         let s = p.stats();
