@@ -750,6 +750,7 @@ impl<M: StepModel> Batcher<M> {
         s.kv_peak_bytes.store(pool.peak_bytes, Ordering::Release);
         s.kv_reused.store(pool.reused, Ordering::Release);
         s.kv_allocated.store(pool.allocated, Ordering::Release);
+        s.kv_dropped.store(pool.dropped, Ordering::Release);
         s.prefix_hits.store(pool.prefix_hits, Ordering::Release);
         s.prefix_tokens.store(pool.prefix_tokens, Ordering::Release);
     }
@@ -1016,10 +1017,14 @@ mod tests {
             b.admit();
             let s = b.pool.stats();
             let left = b.running[0].job.sequence.prompt_left();
+            let dropped = b.stats.kv_dropped.load(Ordering::Acquire);
             if copied {
                 assert_eq!((left, s.allocated, s.reused), (10, 3, 0), "{bytes_per_sec}");
+                // 192 new positions and the idle 256 exceed the 400: the 256 goes.
+                assert_eq!(dropped, 1, "{bytes_per_sec}");
             } else {
                 assert_eq!((left, s.allocated, s.reused), (40, 2, 1), "{bytes_per_sec}");
+                assert_eq!(dropped, 0, "{bytes_per_sec}");
             }
         }
     }

@@ -322,6 +322,11 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             ],
         ),
         BackendMetric::counter(
+            "prompting_btlm_kv_idle_dropped",
+            "Idle key/value caches dropped for room in the budget (--btlm.kv_cache_mb), the least recently used first: what they held is lost to later requests.",
+            count(&stats.kv_dropped),
+        ),
+        BackendMetric::counter(
             "prompting_btlm_prefix_reused_tokens",
             "Prompt tokens not run again: their keys and values were kept from an idle cache holding an earlier sequence that began alike (--btlm.prefix_reuse).",
             count(&stats.prefix_tokens),

@@ -285,6 +285,9 @@ pub struct EngineStats {
     pub kv_reused: AtomicU64,
     /// Sequences that got a new cache.
     pub kv_allocated: AtomicU64,
+    /// Idle caches dropped for room in the budget, the least recently used first
+    /// ([`EngineConfig::kv_cache_bytes`]): what they held is lost to later sequences.
+    pub kv_dropped: AtomicU64,
     /// Sequences that kept positions of their prompt's start from an idle cache
     /// ([`EngineConfig::prefix_reuse`]).
     pub prefix_hits: AtomicU64,

@@ -144,6 +144,7 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     );
     let idle = value(&after, "prompting_btlm_kv_idle_bytes");
     assert!(idle > 0.0, "the finished sequence's cache is kept");
+    assert_eq!(value(&after, "prompting_btlm_kv_idle_dropped_total"), 0.0);
     assert!(value(&after, "prompting_btlm_kv_peak_bytes") >= idle);
     // The pipeline's own figures are still there, and the exposition still ends right.
     assert_eq!(
