@@ -320,12 +320,7 @@ impl<C> KvPool<C> {
             Choice::Copy { at, keep } => {
                 let positions = self.positions_for(needed);
                 let bytes = self.bytes_of(positions);
-                let Idle {
-                    cache,
-                    positions: held,
-                } = self.idle.remove(at);
-                self.stats.idle_bytes -= self.bytes_of(held);
-                self.stats.idle_caches -= 1;
+                let Idle { cache, .. } = self.take_idle(at);
                 self.stats.in_use_bytes += bytes;
                 self.trim();
                 self.stats.allocated += 1;
@@ -340,10 +335,8 @@ impl<C> KvPool<C> {
                 return Some((Lease { positions, bytes }, Some(handed)));
             }
             Choice::Reuse { at, keep } => {
-                let Idle { cache, positions } = self.idle.remove(at);
+                let Idle { cache, positions } = self.take_idle(at);
                 let bytes = self.bytes_of(positions);
-                self.stats.idle_bytes -= bytes;
-                self.stats.idle_caches -= 1;
                 self.stats.in_use_bytes += bytes;
                 self.stats.reused += 1;
                 if keep > 0 {
@@ -454,7 +447,7 @@ impl<C> KvPool<C> {
     /// ([`Handed::copy`]) after the copy, with the positions its memory holds: when it
     /// holds more than the sequence kept of it (put back unless the sequence continues all
     /// of it). Idle caches are dropped, the least recently given back first, if the budget
-    /// has no room for it.
+    /// has no room for it. Nothing is kept without recycling or without positions.
     pub fn put_back(&mut self, cache: C, positions: usize) {
         if !self.config.recycle || positions == 0 {
             return;
@@ -485,16 +478,8 @@ impl<C> KvPool<C> {
             });
         }
         self.stats.in_use_bytes -= lease.bytes;
-        if let Some((cache, positions)) = cache
-            && self.config.recycle
-            && positions > 0
-        {
-            let bytes = self.bytes_of(positions);
-            self.idle.push(Idle { cache, positions });
-            self.stats.idle_bytes = self.stats.idle_bytes.saturating_add(bytes);
-            self.stats.idle_caches += 1;
-            self.trim();
-            self.note_peak();
+        if let Some((cache, positions)) = cache {
+            self.put_back(cache, positions);
         }
         Ok(())
     }
@@ -517,11 +502,18 @@ impl<C> KvPool<C> {
             > self.config.budget_bytes
             && !self.idle.is_empty()
         {
-            let dropped = self.idle.remove(0);
-            self.stats.idle_bytes -= self.bytes_of(dropped.positions);
-            self.stats.idle_caches -= 1;
+            self.take_idle(0);
             self.stats.dropped += 1;
         }
+    }
+
+    /// Takes idle cache `at` out of the pool's count, keeping the others in the order they
+    /// were given back.
+    fn take_idle(&mut self, at: usize) -> Idle<C> {
+        let idle = self.idle.remove(at);
+        self.stats.idle_bytes -= self.bytes_of(idle.positions);
+        self.stats.idle_caches -= 1;
+        idle
     }
 
     fn note_peak(&mut self) {
