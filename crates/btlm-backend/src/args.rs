@@ -78,8 +78,10 @@ pub struct BtlmArgs {
     /// What the key/value cache stores on CPU: `f16` halves the bytes every decode step reads
     /// per cached position (at long prompts and full batches as many as the weights) and the
     /// memory a request reserves; `q8` (opt-in) stores int8 with a scale per head and
-    /// position, 84 bytes for f16's 160; `f32` keeps f32 weights' answers exactly the
-    /// reference's; `auto`: f16 unless the weights are f32. GPUs cache in --btlm.dtype.
+    /// position, 84 bytes for f16's 160; `q4` (opt-in, for long contexts) 4-bit integers
+    /// with a scale, 44 bytes, further from the reference; `f32` keeps f32 weights' answers
+    /// exactly the reference's; `auto`: f16 unless the weights are f32. GPUs cache in
+    /// --btlm.dtype.
     #[cfg_attr(feature = "cli", arg(long = "btlm.kv_dtype", value_enum, default_value_t = KvDtype::Auto))]
     pub kv_dtype: KvDtype,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
@@ -519,6 +521,7 @@ mod tests {
             ("f32", KvDtype::F32),
             ("auto", KvDtype::Auto),
             ("q8", KvDtype::Q8),
+            ("q4", KvDtype::Q4),
         ] {
             let a = parse(&["--btlm.kv_dtype", flag]).expect("parse");
             assert_eq!(a.kv_dtype, want);

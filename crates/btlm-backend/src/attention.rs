@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
-use cpu::{AttnPath, Head, HeadRows, KvElem};
+use cpu::{AttnPath, Head, HeadRows, KvElem, Nibbles};
 
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
@@ -103,8 +103,8 @@ struct Heads {
     slopes: Option<Vec<f32>>,
     /// The code of the CPU path.
     path: AttnPath,
-    /// How the CPU path stores cached keys and values: f32, f16, or int8 rows with their
-    /// f32 scale after them ([`cpu::q8_row`]).
+    /// How the CPU path stores cached keys and values: f32, f16, or int8 or 4-bit rows with
+    /// their f32 scale after them ([`cpu::q8_row`], [`cpu::q4_row`]).
     kv_layout: KvLayout,
 }
 
@@ -269,11 +269,16 @@ impl Heads {
                 }
                 Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
-            KvLayout::Q8 => {
-                let w = d + <u8 as KvElem>::TAIL;
+            layout @ (KvLayout::Q8 | KvLayout::Q4) => {
+                let w = layout.row_bytes(d);
+                let row = if layout == KvLayout::Q8 {
+                    cpu::q8_row
+                } else {
+                    cpu::q4_row
+                };
                 let mut out = vec![0u8; h * t * w];
                 for (dst, piece) in out.chunks_exact_mut(w).zip(pieces) {
-                    cpu::q8_row(piece, dst);
+                    row(piece, dst);
                 }
                 Tensor::from_vec(out, (h, t, w), &Device::Cpu)
             }
@@ -348,7 +353,7 @@ impl Heads {
             .collect();
         let views = storages
             .iter()
-            .map(|((ks, kl), (vs, vl))| CachedPair::new(ks, kl, vs, vl))
+            .map(|((ks, kl), (vs, vl))| CachedPair::new((ks, kl), (vs, vl), self.kv_layout, d))
             .collect::<candle_core::Result<Vec<_>>>()?;
         // Per sequence `[h][t][d]`, the sequences one after the other (one row per
         // sequence, the decode case: already `[t][h·d]`).
@@ -380,6 +385,9 @@ impl Heads {
                         self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
                     }
                     CachedPair::Q8(k, v) => {
+                        self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
+                    }
+                    CachedPair::Q4(k, v) => {
                         self.attend_head(qkv, part, offset, head, (k, v), &mut slot)
                     }
                 }
@@ -468,37 +476,49 @@ enum CachedPair<'a> {
     F16(CachedHeads<'a, half::f16>, CachedHeads<'a, half::f16>),
     /// int8 rows with their scales ([`cpu::q8_row`]).
     Q8(CachedHeads<'a, u8>, CachedHeads<'a, u8>),
+    /// 4-bit rows with their scales ([`cpu::q4_row`]).
+    Q4(CachedHeads<'a, Nibbles>, CachedHeads<'a, Nibbles>),
 }
 
 impl<'a> CachedPair<'a> {
+    /// The keys and values of a cache of rows of `d` values stored in `kv` (the bytes of
+    /// a `u8` cache are int8 or 4-bit rows as `kv` says).
     fn new(
-        keys: &'a candle_core::Storage,
-        key_layout: &candle_core::Layout,
-        values: &'a candle_core::Storage,
-        value_layout: &candle_core::Layout,
+        (keys, key_layout): (&'a candle_core::Storage, &candle_core::Layout),
+        (values, value_layout): (&'a candle_core::Storage, &candle_core::Layout),
+        kv: KvLayout,
+        d: usize,
     ) -> candle_core::Result<Self> {
         use candle_core::{CpuStorage, Storage};
         match (keys, values) {
             (Storage::Cpu(CpuStorage::F32(k)), Storage::Cpu(CpuStorage::F32(v))) => {
                 Ok(CachedPair::F32(
-                    CachedHeads::new(k, key_layout)?,
-                    CachedHeads::new(v, value_layout)?,
+                    CachedHeads::new(k, key_layout, d)?,
+                    CachedHeads::new(v, value_layout, d)?,
                 ))
             }
             (Storage::Cpu(CpuStorage::F16(k)), Storage::Cpu(CpuStorage::F16(v))) => {
                 Ok(CachedPair::F16(
-                    CachedHeads::new(k, key_layout)?,
-                    CachedHeads::new(v, value_layout)?,
+                    CachedHeads::new(k, key_layout, d)?,
+                    CachedHeads::new(v, value_layout, d)?,
+                ))
+            }
+            (Storage::Cpu(CpuStorage::U8(k)), Storage::Cpu(CpuStorage::U8(v)))
+                if kv == KvLayout::Q4 =>
+            {
+                Ok(CachedPair::Q4(
+                    CachedHeads::new(Nibbles::slice(k), key_layout, d)?,
+                    CachedHeads::new(Nibbles::slice(v), value_layout, d)?,
                 ))
             }
             (Storage::Cpu(CpuStorage::U8(k)), Storage::Cpu(CpuStorage::U8(v))) => {
                 Ok(CachedPair::Q8(
-                    CachedHeads::new(k, key_layout)?,
-                    CachedHeads::new(v, value_layout)?,
+                    CachedHeads::new(k, key_layout, d)?,
+                    CachedHeads::new(v, value_layout, d)?,
                 ))
             }
             (k, v) => candle_core::bail!(
-                "the CPU attention path needs f32, f16 or int8 CPU caches, got {:?} keys and {:?} values",
+                "the CPU attention path needs f32, f16, int8 or 4-bit CPU caches, got {:?} keys and {:?} values",
                 k.dtype(),
                 v.dtype()
             ),
@@ -518,7 +538,8 @@ struct CachedHeads<'a, T> {
 }
 
 impl<'a, T: KvElem> CachedHeads<'a, T> {
-    fn new(data: &'a [T], layout: &candle_core::Layout) -> candle_core::Result<Self> {
+    /// Rows of `d` values in `data` as `layout` lays them out.
+    fn new(data: &'a [T], layout: &candle_core::Layout, d: usize) -> candle_core::Result<Self> {
         let (&[_, positions, width], &[head_stride, position_stride, 1]) =
             (layout.dims(), layout.stride())
         else {
@@ -528,9 +549,12 @@ impl<'a, T: KvElem> CachedHeads<'a, T> {
                 layout.stride()
             );
         };
-        let Some(d) = width.checked_sub(T::TAIL) else {
-            candle_core::bail!("cache rows of {width} elements, fewer than their tail");
-        };
+        if width != T::elems(d) + T::TAIL {
+            candle_core::bail!(
+                "cache rows of {width} elements for {d} values ({} expected)",
+                T::elems(d) + T::TAIL
+            );
+        }
         Ok(CachedHeads {
             data,
             start: layout.start_offset(),
@@ -694,14 +718,19 @@ mod tests {
     }
 
     #[test]
-    fn half_and_int8_caches_hold_the_same_attention() {
+    fn half_int8_and_four_bit_caches_hold_the_same_attention() {
         // f16: keys and values that f16 holds exactly (see `both_paths`), so an f16 cache
         // must give what the tensor path gives with f32 caches. int8: values in [-1, 1],
         // each cached within 1/254 of its row's largest, so the scores move by at most
         // d · 1/254 · scale (= 1/254 here) and every output, a weighted mean of values, by
-        // little more than a step. Every path, short and long context; the cache must be
-        // stored in the dtype asked.
-        for (layout, tolerance) in [(KvLayout::Dense(DType::F16), 1e-5), (KvLayout::Q8, 0.02)] {
+        // little more than a step. 4-bit: likewise within 1/14 of the largest (measured:
+        // up to 0.071). Every path, short and long context; the cache must be stored in the
+        // dtype asked.
+        for (layout, tolerance) in [
+            (KvLayout::Dense(DType::F16), 1e-5),
+            (KvLayout::Q8, 0.02),
+            (KvLayout::Q4, 0.1),
+        ] {
             for lens in [
                 &[[3, 5], [1, 1], [4, 1], [1, 2]][..],
                 &[[256, 77], [1, 1], [3, 1]],

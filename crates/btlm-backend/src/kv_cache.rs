@@ -183,17 +183,27 @@ pub enum KvLayout {
     /// int8 values followed by their f32 scale in 4 bytes (CPU only, `--btlm.kv_dtype q8`;
     /// see `attention::cpu::q8_row`), stored in `u8` tensors of `head_dim + 4` columns.
     Q8,
+    /// 4-bit values, two a byte, followed by their f32 scale in 4 bytes (CPU only,
+    /// `--btlm.kv_dtype q4`; see `attention::cpu::q4_row`), stored in `u8` tensors of
+    /// [`KvLayout::q4_bytes`]`(head_dim) + 4` columns.
+    Q4,
 }
 
 impl KvLayout {
-    /// Bytes of the f32 scale after each int8 row.
-    pub(crate) const Q8_SCALE_BYTES: usize = 4;
+    /// Bytes of the f32 scale after each int8 or 4-bit row.
+    pub(crate) const SCALE_BYTES: usize = 4;
+
+    /// Bytes of the values of a 4-bit row of `head_dim` values: 8 for each group of 16
+    /// (the last group padded).
+    pub(crate) fn q4_bytes(head_dim: usize) -> usize {
+        head_dim.div_ceil(16) * 8
+    }
 
     /// The dtype of the cache's tensors.
     pub fn dtype(self) -> DType {
         match self {
             KvLayout::Dense(dtype) => dtype,
-            KvLayout::Q8 => DType::U8,
+            KvLayout::Q8 | KvLayout::Q4 => DType::U8,
         }
     }
 
@@ -201,18 +211,20 @@ impl KvLayout {
     pub fn row_bytes(self, head_dim: usize) -> usize {
         match self {
             KvLayout::Dense(dtype) => head_dim * dtype.size_in_bytes(),
-            KvLayout::Q8 => head_dim + Self::Q8_SCALE_BYTES,
+            KvLayout::Q8 => head_dim + Self::SCALE_BYTES,
+            KvLayout::Q4 => Self::q4_bytes(head_dim) + Self::SCALE_BYTES,
         }
     }
 }
 
 impl std::fmt::Display for KvLayout {
-    /// As `--btlm.kv_dtype` names it (`f32`, `f16`, `q8`); another dense dtype, which only
+    /// As `--btlm.kv_dtype` names it (`f32`, `f16`, `q8`, `q4`); another dense dtype, which only
     /// a GPU caches in, by its candle name (`bf16`).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KvLayout::Dense(dtype) => f.write_str(dtype.as_str()),
             KvLayout::Q8 => f.write_str("q8"),
+            KvLayout::Q4 => f.write_str("q4"),
         }
     }
 }
@@ -305,13 +317,21 @@ mod tests {
         assert_eq!(per_token(KvLayout::Dense(DType::BF16)), 327_680);
         // 32 heads of 80 int8 values and a 4-byte scale each.
         assert_eq!(per_token(KvLayout::Q8), 172_032);
+        // 32 heads of 40 bytes of 4-bit values and a 4-byte scale each.
+        assert_eq!(per_token(KvLayout::Q4), 90_112);
+        assert_eq!(KvLayout::Q4.row_bytes(12), 8 + 4, "a group of 16 padded");
         let names = [
             KvLayout::Dense(DType::F32),
             KvLayout::Dense(DType::F16),
             KvLayout::Q8,
+            KvLayout::Q4,
         ]
         .map(|l| l.to_string());
-        assert_eq!(names, ["f32", "f16", "q8"], "as --btlm.kv_dtype names them");
+        assert_eq!(
+            names,
+            ["f32", "f16", "q8", "q4"],
+            "as --btlm.kv_dtype names them"
+        );
         assert_eq!(KvLayout::Dense(DType::BF16).to_string(), "bf16");
     }
 

@@ -132,7 +132,7 @@ impl<'a> Loader<'a> {
         } else {
             opts.dtype
         };
-        // The CPU attention path reads f32, f16 or int8 caches; the tensor path caches in
+        // The CPU attention path reads f32, f16, int8 or 4-bit caches; the tensor path caches in
         // `dtype`.
         let kv_layout = packed.map_or(KvLayout::Dense(dtype), |f| cpu_kv_layout(opts.kv_dtype, f));
         // Only quantization is slow enough to be worth a second copy on disk (repacking
@@ -335,6 +335,7 @@ fn cpu_kv_layout(asked: KvDtype, format: WeightFormat) -> KvLayout {
         (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => KvLayout::Dense(DType::F32),
         (KvDtype::F16, _) | (KvDtype::Auto, _) => KvLayout::Dense(DType::F16),
         (KvDtype::Q8, _) => KvLayout::Q8,
+        (KvDtype::Q4, _) => KvLayout::Q4,
     }
 }
 

@@ -510,6 +510,7 @@ mod tests {
             (Quantization::Q8_0, KvDtype::Auto),
             (Quantization::Q4k, KvDtype::Auto),
             (Quantization::Q4k, KvDtype::Q8),
+            (Quantization::Q4k, KvDtype::Q4),
         ] {
             let opts = LoadOptions {
                 quantization,
@@ -561,6 +562,7 @@ mod tests {
             (Quantization::Q8_0, DType::F32, KvDtype::Auto),
             (Quantization::Q4k, DType::F32, KvDtype::Auto),
             (Quantization::Q4k, DType::F32, KvDtype::Q8),
+            (Quantization::Q4k, DType::F32, KvDtype::Q4),
         ] {
             let opts = LoadOptions {
                 quantization,

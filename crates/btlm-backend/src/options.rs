@@ -125,7 +125,8 @@ impl std::str::FromStr for PrefillPrecision {
 /// What the key/value cache stores on CPU (`--btlm.kv_dtype`). Attention reads every cached
 /// position of every running sequence at each step, so at long contexts and full batches
 /// the cache is read as much as the weights: f16 halves those bytes (and the memory a
-/// sequence reserves), q8 about quarters them; the arithmetic stays f32 either way.
+/// sequence reserves), q8 about quarters them and q4 about eighths them; the arithmetic
+/// stays f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -143,6 +144,11 @@ pub enum KvDtype {
     /// where f16 takes 160. Opt-in: answers move further from the f32 reference than
     /// with f16 (the relative error of a value is up to 1/254 of its row's largest).
     Q8,
+    /// 4-bit integers with an f32 scale per head and position (each row rounded to the
+    /// nearest of 15 steps of its largest magnitude): 44 bytes a row of 80 values. Opt-in,
+    /// and further from the reference than q8 (a value's error is up to 1/14 of its row's
+    /// largest): for long contexts, where attention's reads weigh most.
+    Q4,
 }
 
 impl fmt::Display for KvDtype {
@@ -152,6 +158,7 @@ impl fmt::Display for KvDtype {
             KvDtype::F32 => "f32",
             KvDtype::F16 => "f16",
             KvDtype::Q8 => "q8",
+            KvDtype::Q4 => "q4",
         })
     }
 }
@@ -165,8 +172,9 @@ impl std::str::FromStr for KvDtype {
             "f32" => Ok(KvDtype::F32),
             "f16" => Ok(KvDtype::F16),
             "q8" => Ok(KvDtype::Q8),
+            "q4" => Ok(KvDtype::Q4),
             other => Err(format!(
-                "key/value cache dtype {other:?}: expected auto, f32, f16 or q8"
+                "key/value cache dtype {other:?}: expected auto, f32, f16, q8 or q4"
             )),
         }
     }

@@ -430,6 +430,14 @@ fn every_format() -> Vec<(&'static str, LoadOptions)> {
                 ..LoadOptions::default()
             },
         ),
+        (
+            "q4k, 4-bit cache",
+            LoadOptions {
+                quantization: Quantization::Q4k,
+                kv_dtype: KvDtype::Q4,
+                ..LoadOptions::default()
+            },
+        ),
     ]
 }
 

@@ -280,6 +280,33 @@ fn an_int8_kv_cache_stays_close() {
     }
 }
 
+/// A 4-bit key/value cache (`--btlm.kv_dtype q4`, opt-in) under f32 weights: about an
+/// eighth of the f32 cache's bytes per token, logits within a tolerance of the reference
+/// wider than int8's, prompt chunks and single tokens alike.
+#[test]
+fn a_four_bit_kv_cache_stays_close() {
+    let model = f32_weights_caching(KvDtype::Q4);
+    assert_eq!(model.kv_layout(), KvLayout::Q4);
+    assert_eq!(model.kv_layout().to_string(), "q4");
+    let cfg = model.config();
+    assert_eq!(
+        model.kv_bytes_per_token(),
+        2 * cfg.n_layer * (cfg.n_embd / 2 + 4 * cfg.n_head)
+    );
+    // Measured 0.20–0.26, about what q8_0 weights move them by.
+    rounded_logits_stay_within(&model, 0.4, "4-bit cache");
+    for case in &reference().cases {
+        let mut cache = model.new_cache();
+        let stepwise = model
+            .prefill(&case.input_ids, &mut cache, 1)
+            .expect("stepwise")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let d = max_abs_diff(&stepwise, &case.last_logits);
+        assert!(d < 0.4, "{:?} token by token: {d}", case.prompt);
+    }
+}
+
 /// The f32 reference weights with a key/value cache of `kv`.
 fn f32_weights_caching(kv: KvDtype) -> Btlm {
     load(

@@ -83,7 +83,7 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = PrefillPrecision::Exact)]
     prefill_precision: PrefillPrecision,
     /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (f16 unless the weights
-    /// are f32), `f32` or `f16`.
+    /// are f32), `f32`, `f16`, `q8` or `q4`.
     #[arg(long, value_enum, default_value_t = KvDtype::Auto)]
     kv_dtype: KvDtype,
     /// Internal: measure one format and print one result line.

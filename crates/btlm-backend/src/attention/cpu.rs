@@ -19,10 +19,10 @@
 //! a tree of shuffles; `cpu/avx512.rs`) and the softmax as AVX2 does; [`AttnPath::Scalar`]
 //! is portable Rust (`f32::exp`).
 //!
-//! Cached keys and values are f32, f16 or int8 rows with a scale ([`KvElem`]); f16 and int8
-//! values are widened to f32 as they are read, so all run the same arithmetic on the values
-//! stored. The scales of int8 rows multiply the scores: a key's its dot products before
-//! the softmax, a value's its weight after it.
+//! Cached keys and values are f32, f16, or int8 or 4-bit rows with a scale ([`KvElem`],
+//! [`Nibbles`]); f16, int8 and 4-bit values are widened to f32 as they are read, so all run
+//! the same arithmetic on the values stored. The scales of int8 and 4-bit rows multiply the
+//! scores: a key's its dot products before the softmax, a value's its weight after it.
 
 use crate::elementwise::avx2_supported;
 use crate::kernels::KernelPath;
@@ -42,15 +42,15 @@ pub(crate) enum AttnPath {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F products (the last keys that do not fill a vector one by one, on 16 lanes
-    /// too), the AVX2 softmax.
+    /// AVX-512 F and BW products (the last keys that do not fill a vector one by one, on 16
+    /// lanes too), the AVX2 softmax.
     Avx512,
 }
 
 impl AttnPath {
-    /// AVX-512 on the AVX-512 and AMX kernel paths of a CPU with AVX-512 F (and AVX2, FMA,
-    /// F16C), AVX2 on the others with AVX2, FMA and F16C, scalar when the kernels are forced
-    /// to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
+    /// AVX-512 on the AVX-512 and AMX kernel paths of a CPU with AVX-512 F and BW (and AVX2,
+    /// FMA, F16C), AVX2 on the others with AVX2, FMA and F16C, scalar when the kernels are
+    /// forced to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
     pub(crate) fn for_kernels(path: KernelPath) -> Self {
         match path {
             KernelPath::Amx | KernelPath::Avx512 if avx512_supported() => AttnPath::Avx512,
@@ -61,11 +61,13 @@ impl AttnPath {
     }
 }
 
-/// Whether this CPU has AVX-512 F besides AVX2, FMA and F16C.
+/// Whether this CPU has AVX-512 F and BW besides AVX2, FMA and F16C.
 fn avx512_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f") && avx2_supported()
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && avx2_supported()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -85,91 +87,98 @@ fn for_head(path: AttnPath, d: usize) -> AttnPath {
     }
 }
 
-/// What cached keys and values are stored as: f32, f16 or int8 with a scale per row
-/// (`--btlm.kv_dtype`: a half or about a quarter of the bytes a decode step reads per
-/// position; the arithmetic stays f32).
+/// What cached keys and values are stored as: f32, f16, int8 with a scale per row or
+/// 4-bit with a scale per row (`--btlm.kv_dtype`: a half, about a quarter or about an
+/// eighth of the bytes a decode step reads per position; the arithmetic stays f32).
 pub(crate) trait KvElem: Copy + Send + Sync + 'static {
-    /// Elements after the `d` values of a row (the scale of an int8 row).
+    /// Elements after a row's values (the scale of an int8 or 4-bit row).
     const TAIL: usize = 0;
 
-    /// The element as f32 (an int8 row's before its scale).
-    fn to_f32(self) -> f32;
+    /// Elements that hold a row of `d` values (before its tail).
+    fn elems(d: usize) -> usize {
+        d
+    }
+
+    /// Value `i` of `row` as f32 (an int8 or 4-bit row's before its scale).
+    fn value(row: &[Self], i: usize) -> f32;
 
     /// The scale of a row from its [`Self::TAIL`] elements (1 for rows without one).
     fn scale(_tail: &[Self]) -> f32 {
         1.0
     }
 
-    /// Eight consecutive values as the lanes of an f32 vector.
+    /// Values `c..c + 8` of the row at `row` as the lanes of an f32 vector.
     ///
     /// # Safety
-    /// AVX2 and F16C; `p..p + 8` readable.
+    /// AVX2 and F16C; `c` a multiple of 8; the row's elements up to value `c + 8`
+    /// readable.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    unsafe fn load8(row: *const Self, c: usize) -> std::arch::x86_64::__m256;
 
-    /// Sixteen consecutive values as the lanes of an f32 vector.
+    /// Values `c..c + 16` of the row at `row` as the lanes of an f32 vector.
     ///
     /// # Safety
-    /// AVX-512 F; `p..p + 16` readable.
+    /// AVX-512 F and BW; `c` a multiple of 16; the row's elements up to value `c + 16`
+    /// readable.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+    unsafe fn load16(row: *const Self, c: usize) -> std::arch::x86_64::__m512;
 }
 
 impl KvElem for f32 {
     #[inline]
-    fn to_f32(self) -> f32 {
-        self
+    fn value(row: &[f32], i: usize) -> f32 {
+        row[i]
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+    unsafe fn load8(row: *const f32, c: usize) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller's promise.
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(row.add(c)) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(row: *const f32, c: usize) -> std::arch::x86_64::__m512 {
         // SAFETY: the caller's promise.
-        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(row.add(c)) }
     }
 }
 
 impl KvElem for half::f16 {
     #[inline]
-    fn to_f32(self) -> f32 {
-        half::f16::to_f32(self)
+    fn value(row: &[half::f16], i: usize) -> f32 {
+        row[i].to_f32()
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+    unsafe fn load8(row: *const half::f16, c: usize) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (8 × 2 bytes).
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.add(c).cast())) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(row: *const half::f16, c: usize) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (16 × 2 bytes).
-        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(row.add(c).cast())) }
     }
 }
 
 impl KvElem for u8 {
-    const TAIL: usize = KvLayout::Q8_SCALE_BYTES;
+    const TAIL: usize = KvLayout::SCALE_BYTES;
 
     /// The byte as the int8 it stores.
     #[inline]
-    fn to_f32(self) -> f32 {
-        f32::from(self as i8)
+    fn value(row: &[u8], i: usize) -> f32 {
+        f32::from(row[i] as i8)
     }
 
     #[inline]
@@ -180,21 +189,136 @@ impl KvElem for u8 {
     #[cfg(target_arch = "x86_64")]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+    unsafe fn load8(row: *const u8, c: usize) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (8 bytes).
-        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))) }
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(row.add(c).cast()))) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load16(p: *const u8) -> std::arch::x86_64::__m512 {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(row: *const u8, c: usize) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (16 bytes).
-        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(row.add(c).cast()))) }
     }
 }
+
+/// A byte of a 4-bit cache row: two values, each a 4-bit two's-complement integer. A row's
+/// values come in groups of 16 in 8 bytes ([`KvLayout::q4_bytes`]), read as one
+/// little-endian 64-bit word: value `2m` of a group at bits `4m..4m + 4`, value `2m + 1` at
+/// bits `32 + 4m..`. So every 64-bit lane `m` of a vector holding the word in each lane,
+/// shifted right by `4m`, has value `2m` in the low bits of its low 32-bit lane and `2m + 1`
+/// in those of its high one: 16 values widen in a shift and a table lookup
+/// ([`Nibbles::load16`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub(crate) struct Nibbles(pub(crate) u8);
+
+impl Nibbles {
+    /// `bytes` as nibble pairs (the same memory).
+    pub(crate) fn slice(bytes: &[u8]) -> &[Nibbles] {
+        // SAFETY: `Nibbles` is `repr(transparent)` over `u8`: the same size, alignment and
+        // valid values, so the same memory is a valid slice of as many of them.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len()) }
+    }
+}
+
+impl KvElem for Nibbles {
+    const TAIL: usize = KvLayout::SCALE_BYTES;
+
+    fn elems(d: usize) -> usize {
+        KvLayout::q4_bytes(d)
+    }
+
+    /// The signed nibble that holds value `i`.
+    #[inline]
+    fn value(row: &[Nibbles], i: usize) -> f32 {
+        let (byte, high) = nibble_of(i);
+        let b = row[byte].0;
+        // The nibble to the top of the byte, then back down with its sign.
+        let top = if high { b & 0xf0 } else { b << 4 };
+        f32::from((top as i8) >> 4)
+    }
+
+    #[inline]
+    fn scale(tail: &[Nibbles]) -> f32 {
+        f32::from_le_bytes([tail[0].0, tail[1].0, tail[2].0, tail[3].0])
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(row: *const Nibbles, c: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (the group's 8 bytes).
+        let group = unsafe { row.add((c / 16) * 8).cast::<i64>().read_unaligned() };
+        // Values 0–7 of the group (see `Nibbles`) at the bottom of the lanes, or 8–15.
+        let shifts = if c.is_multiple_of(16) {
+            _mm256_setr_epi64x(0, 4, 8, 12)
+        } else {
+            _mm256_setr_epi64x(16, 20, 24, 28)
+        };
+        let v = _mm256_srlv_epi64(_mm256_set1_epi64x(group), shifts);
+        // Each lane's nibble to the top of the lane, then back down with its sign.
+        _mm256_cvtepi32_ps(_mm256_srai_epi32::<28>(_mm256_slli_epi32::<28>(v)))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn load16(row: *const Nibbles, c: usize) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's promise (the group's 8 bytes).
+        let group = unsafe { row.add(c / 2).cast::<i64>().read_unaligned() };
+        // Value `l` in the low 4 bits of lane `l` (see `Nibbles`); `vpermps` reads only
+        // those bits of each index and maps them to the nibble's value.
+        let v = _mm512_srlv_epi64(
+            _mm512_set1_epi64(group),
+            _mm512_setr_epi64(0, 4, 8, 12, 16, 20, 24, 28),
+        );
+        let values = _mm512_setr_ps(
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0,
+        );
+        _mm512_permutexvar_ps(v, values)
+    }
+}
+
+/// The byte of a 4-bit row that holds value `i`, and whether in its high nibble (see
+/// [`Nibbles`]: bits `4m` and `32 + 4m` of a group's word hold values `2m` and `2m + 1`).
+fn nibble_of(i: usize) -> (usize, bool) {
+    let j = i % 16;
+    let bit = 4 * (j / 2) + 32 * (j % 2);
+    ((i / 16) * 8 + bit / 8, bit % 8 == 4)
+}
+
+/// `x` as a 4-bit cache row ([`Nibbles`]: [`KvLayout::q4_bytes`] bytes of values, then 4):
+/// each value `x / s` rounded to the nearest integer (ties to even), in −7..=7 where
+/// `s = max |x| / 7`, then `s` as 4 little-endian bytes (an all-zero row has scale 0; a NaN
+/// value is stored as 0).
+///
+/// # Panics
+/// If `out` is shorter than the row.
+pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let s = max / 7.0;
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    let (values, tail) = out.split_at_mut(KvLayout::q4_bytes(x.len()));
+    values.fill(0);
+    for (i, v) in x.iter().enumerate() {
+        // As in `q8_row`: `as` saturates and maps NaN to 0.
+        let q = ((v * inv + ROUND) - ROUND).clamp(-7.0, 7.0) as i8;
+        let (byte, high) = nibble_of(i);
+        values[byte] |= (q as u8 & 0x0f) << if high { 4 } else { 0 };
+    }
+    tail[..4].copy_from_slice(&s.to_le_bytes());
+}
+
+/// Adding and subtracting 1.5·2²³ rounds an f32 below 2²² in magnitude to the nearest
+/// integer (ties to even) in plain SSE2 arithmetic, which vectorizes (`round` is a library
+/// call without SSE4.1).
+const ROUND: f32 = 12_582_912.0;
 
 /// `x` as an int8 cache row (`x.len() + 4` bytes in `out`): each value `x / s` rounded to
 /// the nearest integer (ties to even), in −127..=127 where `s = max |x| / 127`, then `s` as 4 little-endian bytes (an all-zero
@@ -207,10 +331,7 @@ pub(crate) fn q8_row(x: &[f32], out: &mut [u8]) {
     let s = max / 127.0;
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     let (values, tail) = out.split_at_mut(x.len());
-    // Adding and subtracting 1.5·2²³ rounds an f32 below 2²² in magnitude to the nearest
-    // integer (ties to even) in plain SSE2 arithmetic, which vectorizes (`round` is a
-    // library call without SSE4.1); |v · inv| ≤ 127.
-    const ROUND: f32 = 12_582_912.0;
+    // |v · inv| ≤ 127: within [`ROUND`]'s range.
     for (o, v) in values.iter_mut().zip(x) {
         // `as` saturates (and maps NaN to 0); the clamp keeps -128 out.
         let q = (v * inv + ROUND) - ROUND;
@@ -230,14 +351,20 @@ pub(crate) struct HeadRows<'a, T = f32> {
 }
 
 impl<T: KvElem> HeadRows<'_, T> {
-    /// Row `j`.
+    /// Row `j`'s elements (its values, [`KvElem::value`]).
     pub(crate) fn row(&self, j: usize) -> &[T] {
-        &self.data[j * self.stride..][..self.d]
+        &self.data[j * self.stride..][..T::elems(self.d)]
+    }
+
+    /// Value `i` of row `j` as f32, before the row's scale.
+    #[cfg(test)]
+    pub(crate) fn value(&self, j: usize, i: usize) -> f32 {
+        T::value(self.row(j), i)
     }
 
     /// Row `j`'s scale ([`KvElem::scale`]).
     pub(crate) fn scale(&self, j: usize) -> f32 {
-        T::scale(&self.data[j * self.stride + self.d..][..T::TAIL])
+        T::scale(&self.data[j * self.stride + T::elems(self.d)..][..T::TAIL])
     }
 
     /// The scales of rows `j0..j0 + out.len()` into `out`.
@@ -249,7 +376,7 @@ impl<T: KvElem> HeadRows<'_, T> {
 
     /// Whether rows `0..n` (with their tails) lie inside `data`.
     fn holds(&self, n: usize) -> bool {
-        n == 0 || (n - 1) * self.stride + self.d + T::TAIL <= self.data.len()
+        n == 0 || (n - 1) * self.stride + T::elems(self.d) + T::TAIL <= self.data.len()
     }
 }
 
@@ -398,8 +525,8 @@ impl<T: KvElem> Head<'_, T> {
             }
             #[cfg(target_arch = "x86_64")]
             AttnPath::Avx512 => {
-                // SAFETY: `for_head` chose AVX-512 only on a CPU with AVX-512 F, AVX2, FMA
-                // and F16C and `d` a multiple of 16; `attend` checked that the rows exist.
+                // SAFETY: `for_head` chose AVX-512 only on a CPU with AVX-512 F and BW, AVX2,
+                // FMA and F16C and `d` a multiple of 16; `attend` checked that the rows exist.
                 unsafe { avx512::dots(self, q0, qb, k0, kt, scores, stride) }
             }
             _ => {
@@ -476,8 +603,9 @@ impl<T: KvElem> Head<'_, T> {
                 for (i, o) in out.chunks_exact_mut(d).take(qb).enumerate() {
                     let p = &scores[i * stride + k0..][..kt];
                     for (j, &pj) in (k0..).zip(p) {
-                        for (o, v) in o.iter_mut().zip(self.values.row(j)) {
-                            *o += pj * v.to_f32();
+                        let row = self.values.row(j);
+                        for (i, o) in o.iter_mut().enumerate() {
+                            *o += pj * T::value(row, i);
                         }
                     }
                 }
@@ -486,19 +614,18 @@ impl<T: KvElem> Head<'_, T> {
     }
 }
 
-/// `a · b` with eight partial sums (vectorizable).
+/// `a · b` (`b` a row of `a.len()` values) with eight partial sums (vectorizable).
 fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
     let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y.to_f32())
+    let a8 = a.chunks_exact(8);
+    let whole = a.len() - a8.remainder().len();
+    let tail: f32 = (whole..)
+        .zip(a8.remainder())
+        .map(|(i, x)| x * T::value(b, i))
         .sum();
-    for (x, y) in a8.zip(b8) {
+    for (c, x) in a8.enumerate() {
         for l in 0..8 {
-            acc[l] += x[l] * y[l].to_f32();
+            acc[l] += x[l] * T::value(b, 8 * c + l);
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -509,7 +636,7 @@ fn dot<T: KvElem>(a: &[f32], b: &[T]) -> f32 {
 /// the features `$features`, over the module's vectors: it provides `LANES`, the vector type
 /// `V` and `#[inline]` helpers with those features: `zero()`, `load(p)`, `store(p, v)`,
 /// `splat(p)` (the f32 at `p` in every lane), `fma(a, b, c)` (`a · b + c`) and
-/// `load_kv::<T>(p)` (`LANES` cached values as f32).
+/// `load_kv::<T>(row, c)` (values `c..c + LANES` of a cached row as f32).
 #[cfg(target_arch = "x86_64")]
 macro_rules! weighted_kernels {
     ($features:literal, $group:literal) => {
@@ -550,7 +677,7 @@ macro_rules! weighted_kernels {
             }
         }
 
-        /// `out[i][g..g + LANES·C] += Σⱼ p_i[j] · v(j)[g..g + LANES·C]` for `Q` queries,
+        /// `out[i][..LANES·C] += Σⱼ p_i[j] · v(j)[g..g + LANES·C]` for `Q` queries,
         /// `j < kt`.
         #[inline]
         #[target_feature(enable = $features)]
@@ -558,6 +685,7 @@ macro_rules! weighted_kernels {
             p: [*const f32; Q],
             v: *const T,
             vs: usize,
+            g: usize,
             kt: usize,
             out: [*mut f32; Q],
         ) {
@@ -576,7 +704,7 @@ macro_rules! weighted_kernels {
                     }
                     let row = v.add(j * vs);
                     for c in 0..C {
-                        let y = load_kv(row.add(LANES * c));
+                        let y = load_kv(row, g + LANES * c);
                         for q in 0..Q {
                             acc[q][c] = fma(b[q], y, acc[q][c]);
                         }
@@ -606,15 +734,14 @@ macro_rules! weighted_kernels {
             while g < d {
                 let c = ((d - g) / LANES).min(5);
                 let o = out.map(|o| o.wrapping_add(g));
-                let v = v.wrapping_add(g);
-                // SAFETY: the caller's rows, offset by `g < d`.
+                // SAFETY: the caller's rows, values from `g < d`.
                 unsafe {
                     match c {
-                        1 => weighted_group::<T, Q, 1>(p, v, vs, kt, o),
-                        2 => weighted_group::<T, Q, 2>(p, v, vs, kt, o),
-                        3 => weighted_group::<T, Q, 3>(p, v, vs, kt, o),
-                        4 => weighted_group::<T, Q, 4>(p, v, vs, kt, o),
-                        _ => weighted_group::<T, Q, 5>(p, v, vs, kt, o),
+                        1 => weighted_group::<T, Q, 1>(p, v, vs, g, kt, o),
+                        2 => weighted_group::<T, Q, 2>(p, v, vs, g, kt, o),
+                        3 => weighted_group::<T, Q, 3>(p, v, vs, g, kt, o),
+                        4 => weighted_group::<T, Q, 4>(p, v, vs, g, kt, o),
+                        _ => weighted_group::<T, Q, 5>(p, v, vs, g, kt, o),
                     }
                 }
                 g += LANES * c;
@@ -651,7 +778,7 @@ macro_rules! dot_kernels {
                     let x0 = load(q0.add(c));
                     let x1 = load(q1.add(c));
                     for kk in 0..LANES / 2 {
-                        let y = load_kv(k.add(kk * ks + c));
+                        let y = load_kv(k.add(kk * ks), c);
                         a[kk] = fma(x0, y, a[kk]);
                         a[LANES / 2 + kk] = fma(x1, y, a[LANES / 2 + kk]);
                     }
@@ -691,7 +818,7 @@ macro_rules! dot_kernels {
                     }
                     let x = load(q.add(c));
                     for kk in 0..LANES {
-                        a[kk] = fma(x, load_kv(k.add(kk * ks + c)), a[kk]);
+                        a[kk] = fma(x, load_kv(k.add(kk * ks), c), a[kk]);
                     }
                 }
             }
@@ -876,7 +1003,7 @@ mod avx2 {
         let mut a = _mm256_setzero_ps();
         unsafe {
             for c in (0..d).step_by(8) {
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(k.add(c)), a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(k, c), a);
             }
         }
         // ((a₀ + a₁) + (a₂ + a₃)) + ((a₄ + a₅) + (a₆ + a₇)), as `sum8` adds each lane.
@@ -902,7 +1029,7 @@ mod avx2 {
         let size = std::mem::size_of::<T>();
         let (from, to) = (
             j0 * rows.stride * size,
-            ((j1 - 1) * rows.stride + rows.d) * size,
+            ((j1 - 1) * rows.stride + T::elems(rows.d)) * size,
         );
         let mut off = from & !63;
         while off < to {
@@ -1037,9 +1164,9 @@ mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_kv<T: KvElem>(p: *const T) -> V {
+    unsafe fn load_kv<T: KvElem>(row: *const T, c: usize) -> V {
         // SAFETY: the caller's 8 values.
-        unsafe { T::load8(p) }
+        unsafe { T::load8(row, c) }
     }
 
     // 2 queries at a time in blocks (of the 16 registers: 10 sums, 2 weights, a row's
@@ -1061,11 +1188,7 @@ mod tests {
             let q = &head.queries[i * head.q_stride..][..d];
             let scores: Vec<f32> = (0..=position)
                 .map(|j| {
-                    let s = q
-                        .iter()
-                        .zip(head.keys.row(j))
-                        .map(|(a, b)| a * b.to_f32())
-                        .sum::<f32>()
+                    let s = (0..d).map(|i| q[i] * head.keys.value(j, i)).sum::<f32>()
                         * head.keys.scale(j)
                         * head.scale;
                     s + head.slope.map_or(0.0, |m| -m * (position - j) as f32)
@@ -1075,8 +1198,8 @@ mod tests {
             let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
             let sum: f32 = e.iter().sum();
             for (j, e) in e.iter().enumerate() {
-                for (o, v) in o.iter_mut().zip(head.values.row(j)) {
-                    *o += e / sum * head.values.scale(j) * v.to_f32();
+                for (i, o) in o.iter_mut().enumerate() {
+                    *o += e / sum * head.values.scale(j) * head.values.value(j, i);
                 }
             }
         }
@@ -1130,7 +1253,7 @@ mod tests {
 
     /// Random keys and values of `total` positions (rows `d + 8` apart, inside a larger
     /// cache), `t` queries (inside `[t, 3e]`-like rows, values within `q_amp`), and the same
-    /// cache in f16 and in int8 rows with their scales.
+    /// cache in f16, and in int8 and 4-bit rows with their scales.
     struct HeadData {
         d: usize,
         total: usize,
@@ -1141,6 +1264,7 @@ mod tests {
         queries: Vec<f32>,
         half: [Vec<half::f16>; 2],
         int8: [Vec<u8>; 2],
+        int4: [Vec<Nibbles>; 2],
     }
 
     impl HeadData {
@@ -1150,17 +1274,19 @@ mod tests {
             let values = noise(total * stride, seed + 1000, 1.0);
             let queries = noise(t * q_stride, seed + 2000, q_amp);
             let half = |v: &[f32]| v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            // int8 rows take `d + 4` bytes of the same stride.
-            let int8 = |v: &[f32]| {
+            // int8 and 4-bit rows take `d + 4` bytes or fewer of the same stride.
+            let rows = |v: &[f32], row: fn(&[f32], &mut [u8])| {
                 let mut out = vec![0u8; total * stride];
                 for j in 0..total {
-                    q8_row(&v[j * stride..][..d], &mut out[j * stride..][..d + 4]);
+                    row(&v[j * stride..][..d], &mut out[j * stride..][..d + 4]);
                 }
                 out
             };
+            let int4 = |v: &[f32]| Nibbles::slice(&rows(v, q4_row)).to_vec();
             HeadData {
                 half: [half(&keys), half(&values)],
-                int8: [int8(&keys), int8(&values)],
+                int8: [rows(&keys, q8_row), rows(&values, q8_row)],
+                int4: [int4(&keys), int4(&values)],
                 d,
                 total,
                 stride,
@@ -1199,6 +1325,11 @@ mod tests {
         /// `head` over the int8 cache.
         fn q8<'a>(&'a self, head: &Head<'a>) -> Head<'a, u8> {
             with_cache(head, &self.int8[0], &self.int8[1], self.stride)
+        }
+
+        /// `head` over the 4-bit cache.
+        fn q4<'a>(&'a self, head: &Head<'a>) -> Head<'a, Nibbles> {
+            with_cache(head, &self.int4[0], &self.int4[1], self.stride)
         }
     }
 
@@ -1253,10 +1384,11 @@ mod tests {
                     let data = HeadData::new(d, offset + t, t, seed, 1.5);
                     let head = data.head(t, offset, slope);
                     check(&head, &mut scores, "f32");
-                    // The same cache in f16, and in int8 rows with their scales: the
-                    // kernels must equal the reference on the values stored.
+                    // The same cache in f16, and in int8 and 4-bit rows with their scales:
+                    // the kernels must equal the reference on the values stored.
                     check(&data.f16(&head), &mut scores, "f16");
                     check(&data.q8(&head), &mut scores, "q8");
+                    check(&data.q4(&head), &mut scores, "q4");
                 }
             }
         }
@@ -1341,6 +1473,13 @@ mod tests {
                             &one_by_one,
                             &format!("q8 {case}"),
                         );
+                        same_bits(
+                            &data.q4(&head),
+                            path,
+                            split,
+                            &one_by_one,
+                            &format!("q4 {case}"),
+                        );
                     }
                 }
             }
@@ -1364,9 +1503,9 @@ mod tests {
             let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let s = rows.scale(0);
             assert_eq!(s, max / 127.0);
-            for (v, q) in x.iter().zip(rows.row(0)) {
+            for (i, (v, q)) in x.iter().zip(rows.row(0)).enumerate() {
                 assert!((-127..=127).contains(&(*q as i8)));
-                let back = q.to_f32() * s;
+                let back = rows.value(0, i) * s;
                 assert!(
                     (back - v).abs() <= s * 0.5 * 1.0001,
                     "{v} → {back} (step {s})"
@@ -1383,6 +1522,87 @@ mod tests {
         q8_row(&[0.0; 8], &mut row);
         assert!(row[..8].iter().all(|&b| b == 0));
         assert_eq!(f32::from_le_bytes(row[8..].try_into().unwrap()), 0.0);
+    }
+
+    #[test]
+    fn four_bit_rows_keep_every_value_within_half_a_step() {
+        for d in [8, 12, 16, 80] {
+            for seed in 1..20 {
+                let amp = [1e-3f32, 0.5, 3.0, 700.0][seed as usize % 4];
+                let x = noise(d, seed, amp);
+                let mut bytes = vec![0xffu8; KvLayout::Q4.row_bytes(d)];
+                q4_row(&x, &mut bytes);
+                let rows = HeadRows {
+                    data: Nibbles::slice(&bytes),
+                    stride: bytes.len(),
+                    positions: 1,
+                    d,
+                };
+                let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let s = rows.scale(0);
+                assert_eq!(s, max / 7.0);
+                for (i, v) in x.iter().enumerate() {
+                    let q = rows.value(0, i);
+                    assert!((-7.0..=7.0).contains(&q) && q.fract() == 0.0, "{q}");
+                    let back = q * s;
+                    assert!(
+                        (back - v).abs() <= s * 0.5 * 1.0001,
+                        "d {d}: {v} → {back} (step {s})"
+                    );
+                }
+            }
+        }
+        // The largest magnitude is ±7 steps; NaN is 0; a zero row has scale 0.
+        let mut x = [0f32; 16];
+        (x[0], x[1], x[8], x[9], x[15]) = (-1.4, 0.2, -0.4, f32::NAN, 1.0);
+        let mut row = vec![0u8; 8 + 4];
+        q4_row(&x, &mut row);
+        let s = f32::from_le_bytes(row[8..].try_into().unwrap());
+        assert_eq!(s, 1.4f32 / 7.0);
+        // Bits 4m and 32 + 4m of the word hold values 2m and 2m + 1: value 0 (−7, 0b1001)
+        // at bits 0–3, 8 (−2, 0b1110) at 16–19, 1 (1) at 32–35, 9 (NaN as 0) at 48–51 and
+        // 15 (5) at 60–63.
+        assert_eq!(row[..8], [0x09, 0, 0x0e, 0, 0x01, 0, 0, 0x50]);
+        q4_row(&[0.0; 16], &mut row);
+        assert!(row.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn four_bit_vectors_widen_every_value_as_the_scalar_path_does() {
+        let d = 48;
+        let x = noise(d, 5, 3.0);
+        let mut bytes = vec![0u8; KvLayout::Q4.row_bytes(d)];
+        q4_row(&x, &mut bytes);
+        let row = Nibbles::slice(&bytes);
+        let want: Vec<f32> = (0..d).map(|i| Nibbles::value(row, i)).collect();
+        assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));
+        if avx2_supported() {
+            for c in (0..d).step_by(8) {
+                let mut got = [0f32; 8];
+                // SAFETY: AVX2, FMA and F16C checked; the row holds `d` values.
+                unsafe {
+                    std::arch::x86_64::_mm256_storeu_ps(
+                        got.as_mut_ptr(),
+                        Nibbles::load8(row.as_ptr(), c),
+                    )
+                };
+                assert_eq!(got, want[c..c + 8], "AVX2 values {c}..");
+            }
+        }
+        if avx512_supported() {
+            for c in (0..d).step_by(16) {
+                let mut got = [0f32; 16];
+                // SAFETY: AVX-512 F and BW checked; the row holds `d` values.
+                unsafe {
+                    std::arch::x86_64::_mm512_storeu_ps(
+                        got.as_mut_ptr(),
+                        Nibbles::load16(row.as_ptr(), c),
+                    )
+                };
+                assert_eq!(got, want[c..c + 16], "AVX-512 values {c}..");
+            }
+        }
     }
 
     #[test]
