@@ -185,7 +185,7 @@ pub enum KvLayout {
     Q8,
     /// 4-bit values, two a byte, followed by their f32 scale in 4 bytes (CPU only,
     /// `--btlm.kv_dtype q4`; see `attention::cpu::q4_row`), stored in `u8` tensors of
-    /// [`KvLayout::q4_bytes`]`(head_dim) + 4` columns.
+    /// `head_dim / 2 + 4` columns (a head size not a multiple of 16 padded to one).
     Q4,
 }
 

@@ -42,15 +42,15 @@ pub(crate) enum AttnPath {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F and BW products (the last keys that do not fill a vector one by one, on 16
-    /// lanes too), the AVX2 softmax.
+    /// AVX-512 F products (the last keys that do not fill a vector one by one, on 16 lanes
+    /// too), the AVX2 softmax.
     Avx512,
 }
 
 impl AttnPath {
-    /// AVX-512 on the AVX-512 and AMX kernel paths of a CPU with AVX-512 F and BW (and AVX2,
-    /// FMA, F16C), AVX2 on the others with AVX2, FMA and F16C, scalar when the kernels are
-    /// forced to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
+    /// AVX-512 on the AVX-512 and AMX kernel paths of a CPU with AVX-512 F (and AVX2, FMA,
+    /// F16C), AVX2 on the others with AVX2, FMA and F16C, scalar when the kernels are forced
+    /// to scalar (`BTLM_KERNELS=scalar`) or the CPU lacks them.
     pub(crate) fn for_kernels(path: KernelPath) -> Self {
         match path {
             KernelPath::Amx | KernelPath::Avx512 if avx512_supported() => AttnPath::Avx512,
@@ -61,13 +61,11 @@ impl AttnPath {
     }
 }
 
-/// Whether this CPU has AVX-512 F and BW besides AVX2, FMA and F16C.
+/// Whether this CPU has AVX-512 F besides AVX2, FMA and F16C.
 fn avx512_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && avx2_supported()
+        is_x86_feature_detected!("avx512f") && avx2_supported()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -118,8 +116,7 @@ pub(crate) trait KvElem: Copy + Send + Sync + 'static {
     /// Values `c..c + 16` of the row at `row` as the lanes of an f32 vector.
     ///
     /// # Safety
-    /// AVX-512 F and BW; `c` a multiple of 16; the row's elements up to value `c + 16`
-    /// readable.
+    /// AVX-512 F; `c` a multiple of 16; the row's elements up to value `c + 16` readable.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(row: *const Self, c: usize) -> std::arch::x86_64::__m512;
 }
@@ -140,7 +137,7 @@ impl KvElem for f32 {
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f")]
     unsafe fn load16(row: *const f32, c: usize) -> std::arch::x86_64::__m512 {
         // SAFETY: the caller's promise.
         unsafe { std::arch::x86_64::_mm512_loadu_ps(row.add(c)) }
@@ -164,7 +161,7 @@ impl KvElem for half::f16 {
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f")]
     unsafe fn load16(row: *const half::f16, c: usize) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (16 × 2 bytes).
@@ -197,7 +194,7 @@ impl KvElem for u8 {
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f")]
     unsafe fn load16(row: *const u8, c: usize) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (16 bytes).
@@ -267,7 +264,7 @@ impl KvElem for Nibbles {
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
+    #[target_feature(enable = "avx512f")]
     unsafe fn load16(row: *const Nibbles, c: usize) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (the group's 8 bytes).
@@ -305,12 +302,14 @@ pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
     let s = max / 7.0;
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     let (values, tail) = out.split_at_mut(KvLayout::q4_bytes(x.len()));
-    values.fill(0);
-    for (i, v) in x.iter().enumerate() {
-        // As in `q8_row`: `as` saturates and maps NaN to 0.
-        let q = ((v * inv + ROUND) - ROUND).clamp(-7.0, 7.0) as i8;
-        let (byte, high) = nibble_of(i);
-        values[byte] |= (q as u8 & 0x0f) << if high { 4 } else { 0 };
+    for (group, word) in x.chunks(16).zip(values.chunks_exact_mut(8)) {
+        let mut bits = 0u64;
+        for (j, v) in group.iter().enumerate() {
+            // As in `q8_row`: `as` saturates and maps NaN to 0.
+            let q = ((v * inv + ROUND) - ROUND).clamp(-7.0, 7.0) as i8;
+            bits |= u64::from(q as u8 & 0x0f) << (4 * (j / 2) + 32 * (j % 2));
+        }
+        word.copy_from_slice(&bits.to_le_bytes());
     }
     tail[..4].copy_from_slice(&s.to_le_bytes());
 }
@@ -525,8 +524,8 @@ impl<T: KvElem> Head<'_, T> {
             }
             #[cfg(target_arch = "x86_64")]
             AttnPath::Avx512 => {
-                // SAFETY: `for_head` chose AVX-512 only on a CPU with AVX-512 F and BW, AVX2,
-                // FMA and F16C and `d` a multiple of 16; `attend` checked that the rows exist.
+                // SAFETY: `for_head` chose AVX-512 only on a CPU with AVX-512 F, AVX2, FMA
+                // and F16C and `d` a multiple of 16; `attend` checked that the rows exist.
                 unsafe { avx512::dots(self, q0, qb, k0, kt, scores, stride) }
             }
             _ => {
@@ -1593,7 +1592,7 @@ mod tests {
         if avx512_supported() {
             for c in (0..d).step_by(16) {
                 let mut got = [0f32; 16];
-                // SAFETY: AVX-512 F and BW checked; the row holds `d` values.
+                // SAFETY: AVX-512 F checked; the row holds `d` values.
                 unsafe {
                     std::arch::x86_64::_mm512_storeu_ps(
                         got.as_mut_ptr(),

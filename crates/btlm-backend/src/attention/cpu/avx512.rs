@@ -1,7 +1,7 @@
 //! AVX-512 kernels of [`super::Head`]: the same blocks, tiles and prefetching as the AVX2
 //! ones ([`super::avx2`]) on 16-lane vectors, so a row of BTLM's 80 values is 5 multiplies
-//! instead of 10. Every function needs a CPU with AVX-512 F and BW, AVX2, FMA and F16C, and a
-//! head size that is a multiple of 16. The keys left over after the last whole vector of keys
+//! instead of 10. Every function needs a CPU with AVX-512 F, AVX2, FMA and F16C, and a head
+//! size that is a multiple of 16. The keys left over after the last whole vector of keys
 //! run one by one on 16 lanes too (a key's score is the same bits in every kernel); the
 //! softmax is AVX2's.
 
@@ -65,7 +65,7 @@ fn sum16(a: [__m512; 16]) -> __m512 {
     )
 }
 
-dot_kernels!("avx512f,avx512bw,avx2,fma,f16c", sum16);
+dot_kernels!("avx512f,avx2,fma,f16c", sum16);
 
 /// The upper 8 lanes of `v`.
 #[inline]
@@ -76,7 +76,7 @@ fn upper8(v: __m512) -> __m256 {
 
 /// Stores a [`dots_pair`] result: lanes 0–7 (the first query's) at `r0`, 8–15 at `r1`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn store_pair(r0: *mut f32, r1: *mut f32, v: V) {
     // SAFETY: the caller's 8 floats at each.
     unsafe {
@@ -89,7 +89,7 @@ unsafe fn store_pair(r0: *mut f32, r1: *mut f32, v: V) {
 /// same 16 partial sums, reduced in [`sum16`]'s order (`(w₀ + w₂) + (w₁ + w₃)` where
 /// `wₑ = (aₑ + aₑ₊₈) + (aₑ₊₄ + aₑ₊₁₂)`).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
     let mut a = _mm512_setzero_ps();
     // SAFETY: the caller's rows of `d` values.
@@ -106,7 +106,7 @@ unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
 
 /// A single query's scores of keys `j..end` (fewer than 16) into `r`, one by one.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn single_tail<T: KvElem>(
     x: *const f32,
     kp: *const T,
@@ -128,47 +128,47 @@ const LANES: usize = 16;
 type V = __m512;
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 fn zero() -> V {
     _mm512_setzero_ps()
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn load(p: *const f32) -> V {
     // SAFETY: the caller's 16 floats.
     unsafe { _mm512_loadu_ps(p) }
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn store(p: *mut f32, v: V) {
     // SAFETY: the caller's 16 floats.
     unsafe { _mm512_storeu_ps(p, v) }
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn splat(p: *const f32) -> V {
     // SAFETY: the caller's float.
     _mm512_set1_ps(unsafe { *p })
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 fn fma(a: V, b: V, c: V) -> V {
     _mm512_fmadd_ps(a, b, c)
 }
 
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn load_kv<T: KvElem>(row: *const T, c: usize) -> V {
     // SAFETY: the caller's 16 values.
     unsafe { T::load16(row, c) }
 }
 
 // 4 queries at a time in blocks (25 of the 32 registers).
-weighted_kernels!("avx512f,avx512bw,avx2,fma,f16c", 4);
+weighted_kernels!("avx512f,avx2,fma,f16c", 4);
 
 #[cfg(test)]
 mod tests {
