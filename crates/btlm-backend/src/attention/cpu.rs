@@ -282,11 +282,15 @@ impl KvElem for Nibbles {
     }
 }
 
-/// The byte of a 4-bit row that holds value `i`, and whether in its high nibble (see
-/// [`Nibbles`]: bits `4m` and `32 + 4m` of a group's word hold values `2m` and `2m + 1`).
+/// The first bit of value `j` (< 16) in its group's 64-bit word (see [`Nibbles`]: bits
+/// `4m` and `32 + 4m` hold values `2m` and `2m + 1`).
+fn nibble_bit(j: usize) -> usize {
+    4 * (j / 2) + 32 * (j % 2)
+}
+
+/// The byte of a 4-bit row that holds value `i`, and whether in its high nibble.
 fn nibble_of(i: usize) -> (usize, bool) {
-    let j = i % 16;
-    let bit = 4 * (j / 2) + 32 * (j % 2);
+    let bit = nibble_bit(i % 16);
     ((i / 16) * 8 + bit / 8, bit % 8 == 4)
 }
 
@@ -307,7 +311,7 @@ pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
         for (j, v) in group.iter().enumerate() {
             // As in `q8_row`: `as` saturates and maps NaN to 0.
             let q = ((v * inv + ROUND) - ROUND).clamp(-7.0, 7.0) as i8;
-            bits |= u64::from(q as u8 & 0x0f) << (4 * (j / 2) + 32 * (j % 2));
+            bits |= u64::from(q as u8 & 0x0f) << nibble_bit(j);
         }
         word.copy_from_slice(&bits.to_le_bytes());
     }
