@@ -132,9 +132,7 @@ impl<'a> Loader<'a> {
         } else {
             opts.dtype
         };
-        // The CPU attention path reads f32, f16, int8 or 4-bit caches; the tensor path caches in
-        // `dtype`.
-        let kv_layout = packed.map_or(KvLayout::Dense(dtype), |f| cpu_kv_layout(opts.kv_dtype, f));
+        let kv_layout = kv_layout(opts.kv_dtype, packed, dtype);
         // Only quantization is slow enough to be worth a second copy on disk (repacking
         // f32/bf16/f16 runs at memory speed).
         let cache = packed.filter(|f| f.quantized()).and_then(|format| {
@@ -329,6 +327,27 @@ fn prefill_precision(
     }
 }
 
+/// The key/value cache layout of `asked` (see [`KvDtype`]): the CPU attention path reads
+/// f32, f16, int8 or 4-bit caches of weights in `packed`; the tensor path (a GPU, `packed`
+/// `None`) caches in the weights' `dtype`, so any other `--btlm.kv_dtype` is ignored there
+/// with one warning rather than silently.
+fn kv_layout(asked: KvDtype, packed: Option<WeightFormat>, dtype: DType) -> KvLayout {
+    if let Some(format) = packed {
+        return cpu_kv_layout(asked, format);
+    }
+    let honoured = matches!(
+        (asked, dtype),
+        (KvDtype::Auto, _) | (KvDtype::F32, DType::F32) | (KvDtype::F16, DType::F16)
+    );
+    if !honoured {
+        tracing::warn!(
+            "--btlm.kv_dtype {asked} applies to the CPU path: on a GPU keys and values are \
+             cached in --btlm.dtype ({dtype:?})"
+        );
+    }
+    KvLayout::Dense(dtype)
+}
+
 /// The key/value cache layout of `asked` for CPU weights in `format` (see [`KvDtype`]).
 fn cpu_kv_layout(asked: KvDtype, format: WeightFormat) -> KvLayout {
     match (asked, format) {
@@ -413,5 +432,45 @@ mod tests {
             assert!(!KernelPath::Avx2.prefill_bf16_applies(format));
             assert!(!KernelPath::Scalar.prefill_bf16_applies(format));
         }
+    }
+
+    /// `--btlm.kv_dtype` chooses the cache of CPU weights; a GPU caches in the weights'
+    /// dtype whatever it asks (its tensor path reads no int8 or 4-bit rows).
+    #[test]
+    fn the_cache_dtype_applies_to_cpu_weights_and_gpus_cache_in_theirs() {
+        let asked = [
+            KvDtype::Auto,
+            KvDtype::F32,
+            KvDtype::F16,
+            KvDtype::Q8,
+            KvDtype::Q4,
+        ];
+        for kv in asked {
+            for format in WeightFormat::ALL {
+                assert_eq!(
+                    kv_layout(kv, Some(format), DType::F32),
+                    cpu_kv_layout(kv, format),
+                    "{kv} {format}"
+                );
+            }
+            for dtype in [DType::F32, DType::BF16, DType::F16] {
+                assert_eq!(
+                    kv_layout(kv, None, dtype),
+                    KvLayout::Dense(dtype),
+                    "{kv} {dtype:?}"
+                );
+            }
+        }
+        let q4k = WeightFormat::Q4K;
+        assert_eq!(
+            cpu_kv_layout(KvDtype::Auto, q4k),
+            KvLayout::Dense(DType::F16)
+        );
+        assert_eq!(
+            cpu_kv_layout(KvDtype::Auto, WeightFormat::F32),
+            KvLayout::Dense(DType::F32)
+        );
+        assert_eq!(cpu_kv_layout(KvDtype::Q8, q4k), KvLayout::Q8);
+        assert_eq!(cpu_kv_layout(KvDtype::Q4, q4k), KvLayout::Q4);
     }
 }
