@@ -81,7 +81,7 @@ pub struct BtlmArgs {
     /// position, 84 bytes for f16's 160; `q4` (opt-in, for long contexts) 4-bit integers
     /// with a scale, 44 bytes, further from the reference; `f32` keeps f32 weights' answers
     /// exactly the reference's; `auto`: f16 unless the weights are f32. GPUs cache in
-    /// --btlm.dtype.
+    /// --btlm.dtype (any other value is ignored there, with a warning).
     #[cfg_attr(feature = "cli", arg(long = "btlm.kv_dtype", value_enum, default_value_t = KvDtype::Auto))]
     pub kv_dtype: KvDtype,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).
