@@ -250,7 +250,7 @@ impl KvElem for Nibbles {
     unsafe fn load8(row: *const Nibbles, c: usize) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (the group's 8 bytes).
-        let group = unsafe { row.add((c / 16) * 8).cast::<i64>().read_unaligned() };
+        let group = unsafe { row.add(group_byte(c)).cast::<i64>().read_unaligned() };
         // Values 0–7 of the group (see `Nibbles`) at the bottom of the lanes, or 8–15.
         let shifts = if c.is_multiple_of(16) {
             _mm256_setr_epi64x(0, 4, 8, 12)
@@ -268,7 +268,7 @@ impl KvElem for Nibbles {
     unsafe fn load16(row: *const Nibbles, c: usize) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's promise (the group's 8 bytes).
-        let group = unsafe { row.add(c / 2).cast::<i64>().read_unaligned() };
+        let group = unsafe { row.add(group_byte(c)).cast::<i64>().read_unaligned() };
         // Value `l` in the low 4 bits of lane `l` (see `Nibbles`); `vpermps` reads only
         // those bits of each index and maps them to the nibble's value.
         let v = _mm512_srlv_epi64(
@@ -288,10 +288,16 @@ fn nibble_bit(j: usize) -> usize {
     4 * (j / 2) + 32 * (j % 2)
 }
 
+/// The first byte of the group of 16 values (one 64-bit word) that holds value `i` of a
+/// 4-bit row.
+fn group_byte(i: usize) -> usize {
+    (i / 16) * 8
+}
+
 /// The byte of a 4-bit row that holds value `i`, and whether in its high nibble.
 fn nibble_of(i: usize) -> (usize, bool) {
     let bit = nibble_bit(i % 16);
-    ((i / 16) * 8 + bit / 8, bit % 8 == 4)
+    (group_byte(i) + bit / 8, bit % 8 == 4)
 }
 
 /// `x` as a 4-bit cache row ([`Nibbles`]: [`KvLayout::q4_bytes`] bytes of values, then 4):
@@ -1489,6 +1495,22 @@ mod tests {
         }
     }
 
+    /// Row 0 of `rows` holds `x` rounded to steps of `s = max |x| / levels` (its scale):
+    /// every value read back within half a step.
+    fn assert_within_half_a_step<T: KvElem>(x: &[f32], rows: &HeadRows<'_, T>, levels: f32) {
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = rows.scale(0);
+        assert_eq!(s, max / levels);
+        for (i, v) in x.iter().enumerate() {
+            let back = rows.value(0, i) * s;
+            assert!(
+                (back - v).abs() <= s * 0.5 * 1.0001,
+                "d {}: {v} → {back} (step {s})",
+                x.len()
+            );
+        }
+    }
+
     #[test]
     fn int8_rows_keep_every_value_within_half_a_step() {
         let d = 80;
@@ -1503,17 +1525,12 @@ mod tests {
                 positions: 1,
                 d,
             };
-            let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let s = rows.scale(0);
-            assert_eq!(s, max / 127.0);
-            for (i, (v, q)) in x.iter().zip(rows.row(0)).enumerate() {
-                assert!((-127..=127).contains(&(*q as i8)));
-                let back = rows.value(0, i) * s;
-                assert!(
-                    (back - v).abs() <= s * 0.5 * 1.0001,
-                    "{v} → {back} (step {s})"
-                );
-            }
+            assert!(
+                rows.row(0)
+                    .iter()
+                    .all(|&q| (-127..=127).contains(&(q as i8)))
+            );
+            assert_within_half_a_step(&x, &rows, 127.0);
         }
         // The largest magnitude is stored exactly as ±127 steps; a zero row has scale 0, and
         // a NaN is stored as 0.
@@ -1541,18 +1558,11 @@ mod tests {
                     positions: 1,
                     d,
                 };
-                let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let s = rows.scale(0);
-                assert_eq!(s, max / 7.0);
-                for (i, v) in x.iter().enumerate() {
+                for i in 0..d {
                     let q = rows.value(0, i);
                     assert!((-7.0..=7.0).contains(&q) && q.fract() == 0.0, "{q}");
-                    let back = q * s;
-                    assert!(
-                        (back - v).abs() <= s * 0.5 * 1.0001,
-                        "d {d}: {v} → {back} (step {s})"
-                    );
                 }
+                assert_within_half_a_step(&x, &rows, 7.0);
             }
         }
         // The largest magnitude is ±7 steps; NaN is 0; a zero row has scale 0.
