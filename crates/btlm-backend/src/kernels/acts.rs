@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::aligned::AlignedVec;
 use super::format::{QBLOCK, QK_K, WeightFormat};
 
 /// Rows of activations in a weight format's input form; the input dimension is padded with
@@ -30,12 +31,12 @@ pub enum Acts<'a> {
     /// bf16 bit patterns, `rows × k_pad`.
     Bf16 {
         /// The values.
-        x: Vec<u16>,
+        x: AlignedVec<u16>,
     },
     /// Signed 8-bit blocks of [`QBLOCK`] (for q8_0 weights).
     Q8 {
         /// `rows × k_pad` quants.
-        q: Vec<i8>,
+        q: AlignedVec<i8>,
         /// `rows × k_pad / 32` scales.
         d: Vec<f32>,
         /// `rows × k_pad / 32` sums of the quants of each block.
@@ -44,7 +45,7 @@ pub enum Acts<'a> {
     /// Signed 8-bit super-blocks of [`QK_K`] (for q4k weights): one scale per 256 inputs.
     Q8K {
         /// `rows × k_pad` quants.
-        q: Vec<i8>,
+        q: AlignedVec<i8>,
         /// `rows × k_pad / 256` scales.
         d: Vec<f32>,
         /// `rows × k_pad / 32` sums of the quants of each block of 32 (|sum| ≤ 32 · 127,
@@ -95,7 +96,7 @@ impl<'a> Acts<'a> {
         match format {
             WeightFormat::F32 | WeightFormat::F16 => Acts::F32 { x },
             WeightFormat::Bf16 => {
-                let mut out = vec![0u16; rows * k_pad];
+                let mut out = AlignedVec::<u16>::zeroed(rows * k_pad);
                 let chunks: Vec<Mutex<&mut [u16]>> =
                     out.chunks_mut(k_pad.max(1)).map(Mutex::new).collect();
                 for_each(chunks.len(), &|r| {
@@ -152,9 +153,9 @@ fn quantize_rows_on<S: Copy + Default + Send>(
     block: usize,
     sum_as: impl Fn(i32) -> S + Sync,
     for_each: &ForEach<'_>,
-) -> (Vec<i8>, Vec<f32>, Vec<S>) {
+) -> (AlignedVec<i8>, Vec<f32>, Vec<S>) {
     let (nd, ns) = (k_pad / block, k_pad / QBLOCK);
-    let mut q = vec![0i8; rows * k_pad];
+    let mut q = AlignedVec::<i8>::zeroed(rows * k_pad);
     let mut d = vec![0f32; rows * nd];
     let mut sum = vec![S::default(); rows * ns];
     if rows > 0 && k_pad > 0 {
@@ -294,6 +295,26 @@ fn quantize_block(xs: &[f32], q: &mut [i8]) -> f32 {
 mod tests {
     use super::*;
 
+    /// Every format's values start on a cache line, and q4k's rows too: the AMX-INT8
+    /// kernels load 64 bytes of each row at a time, in place (see `aligned.rs`).
+    #[test]
+    fn values_and_q4k_rows_start_on_cache_lines() {
+        let (rows, k) = (5, 2560 + 40);
+        let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.1).cos()).collect();
+        for f in [WeightFormat::Q4K, WeightFormat::Q8_0, WeightFormat::Bf16] {
+            let k_pad = f.padded_k(k);
+            let start = match Acts::prepare(f, &x, rows, k, k_pad) {
+                Acts::Bf16 { x } => x.as_ptr() as usize,
+                Acts::Q8 { q, .. } | Acts::Q8K { q, .. } => q.as_ptr() as usize,
+                Acts::F32 { .. } => unreachable!("prepared for {f}"),
+            };
+            assert_eq!(start % 64, 0, "{f}");
+            if f == WeightFormat::Q4K {
+                assert_eq!(k_pad % 64, 0, "{k_pad} bytes a row");
+            }
+        }
+    }
+
     #[test]
     fn bf16_rounds_to_nearest_even() {
         assert_eq!(f32_to_bf16(1.0), 0x3f80);
@@ -309,9 +330,9 @@ mod tests {
     /// The quants, scales, block sums (as i32) and inputs per scale of 8-bit activations.
     fn parts(acts: &Acts<'_>) -> (Vec<i8>, Vec<f32>, Vec<i32>, usize) {
         match acts {
-            Acts::Q8 { q, d, sum } => (q.clone(), d.clone(), sum.clone(), QBLOCK),
+            Acts::Q8 { q, d, sum } => (q.to_vec(), d.clone(), sum.clone(), QBLOCK),
             Acts::Q8K { q, d, bsum } => (
-                q.clone(),
+                q.to_vec(),
                 d.clone(),
                 bsum.iter().map(|&s| s as i32).collect(),
                 QK_K,

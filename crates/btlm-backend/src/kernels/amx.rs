@@ -43,6 +43,7 @@ use rayon::prelude::*;
 
 use super::OutPtr;
 use super::acts::f32_to_bf16;
+use super::aligned::AlignedVec;
 use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
 
@@ -336,10 +337,10 @@ unsafe fn block_1x2(a0: *const u8, b: BSteps, c: *mut f32, ahead: &mut Ahead) {
 
 /// Rounds `rows × n_in` activations to bf16 in `A` blocks: `[rows/16][k32/32][16][32]`,
 /// zero padded to whole blocks.
-fn pack_acts(x: &[f32], rows: usize, n_in: usize, k32: usize) -> Vec<u16> {
+fn pack_acts(x: &[f32], rows: usize, n_in: usize, k32: usize) -> AlignedVec<u16> {
     let mblocks = rows.div_ceil(TILE);
     let kcs = k32 / KC;
-    let mut a = vec![0u16; mblocks * kcs * TILE_BYTES / 2];
+    let mut a = AlignedVec::<u16>::zeroed(mblocks * kcs * TILE_BYTES / 2);
     let avx512_bf16 = super::avx512::supported() && super::avx512::has_bf16();
     a.par_chunks_mut(kcs * TILE_BYTES / 2)
         .enumerate()
@@ -568,9 +569,9 @@ pub unsafe fn matmul(
 /// The buffers of one task of [`matmul`]: two weight tiles in the `B` layout, one block of
 /// converted f32 weights, and the 32 × 32 f32 results of one block.
 pub(super) struct Scratch {
-    bbuf: Vec<u16>,
+    bbuf: AlignedVec<u16>,
     f32buf: Vec<f32>,
-    c: Vec<f32>,
+    c: AlignedVec<f32>,
 }
 
 impl Scratch {
@@ -578,16 +579,16 @@ impl Scratch {
     pub(super) fn new(w: &PackedMatrix) -> Scratch {
         let k32 = w.k_pad().div_ceil(KC) * KC;
         Scratch {
-            bbuf: vec![0u16; 2 * k32 * TILE],
+            bbuf: AlignedVec::zeroed(2 * k32 * TILE),
             f32buf: vec![0f32; super::many::KB * TILE],
-            c: vec![0f32; 4 * TILE * TILE],
+            c: AlignedVec::zeroed(4 * TILE * TILE),
         }
     }
 }
 
 /// The activations of `rows × w.n_in()` values `x` in the `A` layout [`pair_product`] reads.
 #[cfg(feature = "emulation")]
-pub(super) fn pack_acts_for(w: &PackedMatrix, x: &[f32], rows: usize) -> Vec<u16> {
+pub(super) fn pack_acts_for(w: &PackedMatrix, x: &[f32], rows: usize) -> AlignedVec<u16> {
     pack_acts(x, rows, w.n_in(), w.k_pad().div_ceil(KC) * KC)
 }
 

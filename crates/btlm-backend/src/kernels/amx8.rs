@@ -25,6 +25,7 @@ use std::arch::x86_64::*;
 
 use super::OutPtr;
 use super::acts::Acts;
+use super::aligned::AlignedVec;
 use super::amx::Tiles;
 use super::avx512::{PREFETCH, pair_mins, q4k_row, q4k_scales_mins};
 use super::format::{Q4K_TILE_BLOCK, QBLOCK, QK_K, TILE, q4k_off};
@@ -63,15 +64,15 @@ pub unsafe fn matmul(
 
 /// The last partial block of 16 activation rows of a product, zero-padded to 16 rows (the
 /// `A` tiles load 16 rows); empty when `rows` is a multiple of 16.
-pub(super) fn padded_tail(acts: &Acts<'_>, rows: usize, k_pad: usize) -> Vec<i8> {
+pub(super) fn padded_tail(acts: &Acts<'_>, rows: usize, k_pad: usize) -> AlignedVec<i8> {
     let Acts::Q8K { q, .. } = acts else {
         unreachable!("the AMX-INT8 kernels take q4k weights and their activations");
     };
     let full = rows / MB;
     if rows.is_multiple_of(MB) {
-        return Vec::new();
+        return AlignedVec::zeroed(0);
     }
-    let mut tail = vec![0i8; MB * k_pad];
+    let mut tail = AlignedVec::zeroed(MB * k_pad);
     tail[..(rows - full * MB) * k_pad].copy_from_slice(&q[full * MB * k_pad..rows * k_pad]);
     tail
 }

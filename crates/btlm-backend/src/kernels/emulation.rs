@@ -8,6 +8,7 @@
 //! (activations, AMX scratch), and they do not consult `std_detect` (which caches the host
 //! CPU's features): the caller vouches for the instruction set.
 
+use super::aligned::AlignedVec;
 use super::amx::{self, Scratch};
 use super::{Acts, KernelPath, OutPtr, PackedMatrix, amx8, avx512, tile_group, tiles_into};
 
@@ -45,7 +46,7 @@ pub unsafe fn tiles_on_this_thread(
 /// The inputs of one AMX product prepared outside the emulator: activations in the `A`
 /// layout and one task's scratch buffers.
 pub struct AmxInputs {
-    a: Vec<u16>,
+    a: AlignedVec<u16>,
     scratch: Scratch,
 }
 
@@ -84,7 +85,7 @@ pub unsafe fn amx_on_this_thread(
 /// The buffers of one AMX-INT8 product prepared outside the emulator: the zero-padded last
 /// block of activation rows and the rows' sums of one tile.
 pub struct Amx8Inputs {
-    tail: Vec<i8>,
+    tail: AlignedVec<i8>,
     acc: Vec<f32>,
 }
 

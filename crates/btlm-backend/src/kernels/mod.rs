@@ -38,6 +38,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub mod acts;
+pub mod aligned;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
