@@ -18,6 +18,7 @@ use bytemuck::{Pod, Zeroable};
 struct Line([u8; 64]);
 
 /// `len` plain values, zero-initialised, the first one 64-byte aligned; a slice otherwise.
+/// `T`'s size divides 64 (any primitive number does; others panic when viewed).
 #[derive(Clone)]
 pub struct AlignedVec<T> {
     lines: Vec<Line>,
