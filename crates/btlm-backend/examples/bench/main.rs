@@ -48,7 +48,7 @@ struct Cli {
     /// Formats to measure.
     #[arg(long, value_delimiter = ',', default_value = "f32,bf16,f16,q8_0,q4k")]
     formats: Vec<String>,
-    /// Where the random checkpoint is written (reused if present).
+    /// The random checkpoint's `.safetensors` file: written there unless present.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Device: cpu, cuda or cuda:N (CUDA needs `--features cuda`; quantized formats are
@@ -207,6 +207,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ckpt = cli.checkpoint.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("btlm-bench-{}l.safetensors", cli.layers))
     });
+    if ckpt.is_dir() {
+        // Else a random checkpoint would be written beside it, only to fail on the rename.
+        return Err(format!(
+            "--checkpoint {} is a folder: name a .safetensors file (in it, or one to write)",
+            ckpt.display()
+        )
+        .into());
+    }
     if cli.matmul_in_cache {
         let path = KernelPath::active()?;
         let formats = cli
