@@ -12,10 +12,11 @@ use std::ops::{Deref, DerefMut};
 
 use bytemuck::{Pod, Zeroable};
 
-/// One cache line.
+/// One cache line (also the unit of `convert512.rs`'s scratch: a pair of inputs of a bf16
+/// tile).
 #[derive(Clone, Copy, Zeroable, Pod)]
 #[repr(C, align(64))]
-struct Line([u8; 64]);
+pub(super) struct Line(pub(super) [u8; 64]);
 
 /// `len` plain values, zero-initialised, the first one 64-byte aligned; a slice otherwise.
 /// `T`'s size divides 64 (any primitive number does; others panic when viewed).

@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 
 use super::OutPtr;
 use super::acts::{Acts, ForEach};
+use super::aligned::Line;
 use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
 use super::wide512::{self, BF16_KC, BF16_TILES, ChunkSource};
@@ -24,11 +25,6 @@ use super::wide512::{self, BF16_KC, BF16_TILES, ChunkSource};
 pub fn takes(format: WeightFormat) -> bool {
     matches!(format, WeightFormat::F32 | WeightFormat::F16)
 }
-
-/// One pair of inputs of a bf16 tile: 16 rows × 2 bf16, a cache line.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
 
 /// `y = acts · Wᵀ (+ bias)` for f32 or f16 `w` in bf16 arithmetic: `acts` are the `rows`
 /// rows prepared for bf16 weights of `w.n_in()` inputs (padded to even); the tasks run by
@@ -79,7 +75,8 @@ struct Converted<'a> {
     w: &'a PackedMatrix,
     t0: usize,
     g: usize,
-    /// `BF16_TILES × BF16_KC` pairs: tile `i`'s chunk from `scratch[i * BF16_KC]`.
+    /// `BF16_TILES × BF16_KC` pairs (16 rows × 2 bf16, a line each): tile `i`'s chunk from
+    /// `scratch[i * BF16_KC]`.
     scratch: &'a mut [Line],
 }
 
