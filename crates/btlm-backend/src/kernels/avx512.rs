@@ -65,8 +65,20 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// prefetches between the arithmetic, one per weight vector: issued five at a time ahead of
 /// each 288-byte share of a super-block they stalled the core (full fill buffers) and one
 /// core streamed 12 GB/s from memory, 17.7 spread out (Xeon, session 16; the tiles 256-byte
-/// aligned, see `pack_cache::ALIGN`).
+/// aligned, see `pack_cache::ALIGN`). Into L1 the stream is prefetched in two hops
+/// instead ([`NEAR`], [`FAR`]); this distance is the L2 level's.
 pub(super) const PREFETCH: usize = 8192;
+
+/// Prefetching into L1, how far ahead the `prefetcht0` of each line goes; a `prefetcht1`
+/// [`FAR`] ahead has brought it into L2 by then. One hint 8 KiB ahead into L1 (the
+/// [`PREFETCH`] distance) left the Xeon's single row short of the memory it can read:
+/// `shapes q4k 1,8 mem`, alternated twice, one row of each matrix 25.7–31.8 GB/s with one
+/// hint against 28.4–33.0 with both (2 KiB and 16 KiB; 1–4 KiB near and 8–32 KiB far all
+/// alike), eight rows ~2% faster; without any prefetch 17.4–19.1 (session 34,
+/// docs/benchmarks.md). Zen 5 had measured both hints no faster than one (session 9).
+const NEAR: usize = 2048;
+/// See [`NEAR`].
+const FAR: usize = 16384;
 
 /// `PF` of a kernel call that reads its tile from cache (not the first over it,
 /// [`Q8Rows::first`]): no prefetches compiled in.
@@ -76,12 +88,29 @@ const TO_L1: u8 = 1;
 /// `PF` of a first call prefetching into L2 only (`prefetcht1`; see [`PrefetchLevel`]).
 const TO_L2: u8 = 2;
 
-/// Prefetches the cache line [`PREFETCH`] bytes after `p` (possibly past the matrix: a
-/// prefetch never faults) into the cache level `PF` names ([`TO_L1`], [`TO_L2`]), or
-/// nothing ([`NO_PREFETCH`]).
+/// Prefetches the cache lines ahead of `p` (possibly past the matrix: a prefetch never
+/// faults) into the cache level `PF` names: into L1 the line [`NEAR`] bytes after `p` and
+/// into L2 the one [`FAR`] after it ([`TO_L1`]), into L2 the one [`PREFETCH`] after it
+/// ([`TO_L2`]), or nothing ([`NO_PREFETCH`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn ahead<const PF: u8>(p: *const u8) {
+    // Hints: they read nothing observable and never fault.
+    if PF == TO_L1 {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR).cast());
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR).cast());
+    } else if PF == TO_L2 {
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH).cast());
+    }
+}
+
+/// [`ahead`] in one hop: the line [`PREFETCH`] bytes after `p` into the level `PF` names.
+/// One q8_0 row prefetches so: its 9 lines a block are nearly all of its work, and the
+/// second hint cost it ~4% (`shapes q8_0 1,8 mem`, session 34) while it gained its 8 rows
+/// 15%.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn ahead_one<const PF: u8>(p: *const u8) {
     // Hints: they read nothing observable and never fault.
     if PF == TO_L1 {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
@@ -315,10 +344,17 @@ unsafe fn q8_0_pass<const R: usize, const PF: u8>(
             let blk = w.add(b * Q8_0_TILE_BLOCK);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut acci = [_mm512_setzero_si512(); R];
-            // The block's 544 bytes, 64 at a time (see `ahead`).
-            ahead::<PF>(blk.add(512));
+            // The block's 544 bytes, 64 at a time (see `ahead`, `ahead_one`).
+            let prefetch = |p: *const u8| {
+                if R == 1 {
+                    ahead_one::<PF>(p)
+                } else {
+                    ahead::<PF>(p)
+                }
+            };
+            prefetch(blk.add(512));
             for g in 0..8 {
-                ahead::<PF>(blk.add(g * 64));
+                prefetch(blk.add(g * 64));
                 let wv = _mm512_loadu_si512(blk.add(2 * TILE + g * 64).cast());
                 for r in 0..R {
                     let ar = a.q.add(r * a.k_pad + b * QBLOCK + g * 4).cast::<u8>();
