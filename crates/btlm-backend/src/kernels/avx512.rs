@@ -75,10 +75,11 @@ pub(super) const PREFETCH: usize = 8192;
 /// `shapes q4k 1,8 mem`, alternated twice, one row of each matrix 25.7–31.8 GB/s with one
 /// hint against 28.4–33.0 with both (2 KiB and 16 KiB; 1–4 KiB near and 8–32 KiB far all
 /// alike), eight rows ~2% faster; without any prefetch 17.4–19.1 (session 34,
-/// docs/benchmarks.md). Zen 5 had measured both hints no faster than one (session 9).
-const NEAR: usize = 2048;
+/// docs/benchmarks.md). Zen 5 had measured both hints no faster than one (session 9). The
+/// AMX-INT8 kernels prefetch the same way (`amx8.rs`).
+pub(super) const NEAR: usize = 2048;
 /// See [`NEAR`].
-const FAR: usize = 16384;
+pub(super) const FAR: usize = 16384;
 
 /// `PF` of a kernel call that reads its tile from cache (not the first over it,
 /// [`Q8Rows::first`]): no prefetches compiled in.
