@@ -72,10 +72,10 @@ pub(super) const PREFETCH: usize = 8192;
 /// Prefetching into L1, how far ahead the `prefetcht0` of each line goes; a `prefetcht1`
 /// [`FAR`] ahead has brought it into L2 by then. One hint 8 KiB ahead into L1 (the
 /// [`PREFETCH`] distance) left the Xeon's single row short of the memory it can read:
-/// `shapes q4k 1,8 mem`, alternated twice, one row of each matrix 25.7–31.8 GB/s with one
-/// hint against 28.4–33.0 with both (2 KiB and 16 KiB; 1–4 KiB near and 8–32 KiB far all
-/// alike), eight rows ~2% faster; without any prefetch 17.4–19.1 (session 34,
-/// docs/benchmarks.md). Zen 5 had measured both hints no faster than one (session 9). The
+/// `shapes q4k 1,8 mem`, alternated, one row of each matrix 24.3–32.3 GB/s with one hint
+/// against 28.4–33.0 with both (2 KiB and 16 KiB; 1–8 KiB near and 8–32 KiB far all
+/// alike), eight rows ~2% faster; without any prefetch 17.4–19.1. At 32 layers f32 decodes
+/// ~1.2× faster and q8_0's eight rows ~1.16× (session 34, docs/benchmarks.md). Zen 5 had measured both hints no faster than one (session 9). The
 /// AMX-INT8 kernels prefetch the same way (`amx8.rs`).
 pub(super) const NEAR: usize = 2048;
 /// See [`NEAR`].

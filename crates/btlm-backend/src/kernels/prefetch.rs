@@ -2,8 +2,7 @@
 //!
 //! The kernels prefetch the weights ahead of the vector being multiplied: into L1 in two
 //! hops (`prefetcht1` 16 KiB ahead, `prefetcht0` 2 KiB ahead, see `avx512::NEAR`; one q8_0
-//! row in one, `avx512::ahead_one`), into L2
-//! `avx512::PREFETCH` bytes ahead. Into L1 (`prefetcht0`) was measured best on Zen 5 (session
+//! row in one, `avx512::ahead_one`), into L2 `avx512::PREFETCH` bytes ahead. Into L1 (`prefetcht0`) was measured best on Zen 5 (session
 //! 9) and is what the Xeon's kernels were tuned with (Sapphire Rapids, sessions 15–17); both
 //! have a 48 KiB L1D. On a 32 KiB L1D (Zen 4, session 18) the 8 KiB ahead share L1 with up
 //! to eight activation rows (20–54 KiB for BTLM's products) and evict them: prefetching
