@@ -27,7 +27,7 @@ use super::OutPtr;
 use super::acts::Acts;
 use super::aligned::AlignedVec;
 use super::amx::Tiles;
-use super::avx512::{FAR, NEAR, pair_mins, q4k_row, q4k_scales_mins};
+use super::avx512::{into_l1, pair_mins, q4k_row, q4k_scales_mins};
 use super::format::{Q4K_TILE_BLOCK, QBLOCK, QK_K, TILE, q4k_off};
 use super::pack::PackedMatrix;
 use std::mem::MaybeUninit;
@@ -294,14 +294,12 @@ unsafe fn unpack(w: *const u8, s: usize, b: *mut u8) {
             let dst = b.add((j / 2) * 2048 + (j % 2) * 512);
             if j < 4 {
                 // The weight stream, one line per vector, in the tile kernels' two hops
-                // (`avx512::NEAR`): 16 and 32 rows 3–12% faster than one hint 8 KiB ahead,
-                // 128 rows level (`shapes q4k 16,32,128 mem`, session 34).
-                _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(NEAR + j * 64).cast());
-                _mm_prefetch::<_MM_HINT_T1>(blk.wrapping_add(FAR + j * 64).cast());
+                // (`avx512::into_l1`): 16 and 32 rows 3–12% faster than one hint 8 KiB
+                // ahead, 128 rows level (`shapes q4k 16,32,128 mem`, session 34).
+                into_l1(blk.wrapping_add(j * 64));
             }
             for v in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(qs.wrapping_add(NEAR + v * 64).cast());
-                _mm_prefetch::<_MM_HINT_T1>(qs.wrapping_add(FAR + v * 64).cast());
+                into_l1(qs.wrapping_add(v * 64));
                 let qv = _mm512_loadu_si512(qs.add(v * 64).cast());
                 let ql = _mm512_and_si512(qv, nib);
                 let qh = _mm512_and_si512(_mm512_srli_epi16::<4>(qv), nib);

@@ -75,11 +75,12 @@ pub(super) const PREFETCH: usize = 8192;
 /// `shapes q4k 1,8 mem`, alternated, one row of each matrix 24.3–32.3 GB/s with one hint
 /// against 28.4–33.0 with both (2 KiB and 16 KiB; 1–8 KiB near and 8–32 KiB far all
 /// alike), eight rows ~2% faster; without any prefetch 17.4–19.1. At 32 layers f32 decodes
-/// ~1.2× faster and q8_0's eight rows ~1.16× (session 34, docs/benchmarks.md). Zen 5 had measured both hints no faster than one (session 9). The
-/// AMX-INT8 kernels prefetch the same way (`amx8.rs`).
-pub(super) const NEAR: usize = 2048;
+/// ~1.2× faster and q8_0's eight rows 1.17–1.24× (session 34, docs/benchmarks.md). Zen 5
+/// had measured both hints no faster than one (session 9). The AMX-INT8 kernels prefetch
+/// the same way ([`into_l1`], `amx8.rs`).
+const NEAR: usize = 2048;
 /// See [`NEAR`].
-pub(super) const FAR: usize = 16384;
+const FAR: usize = 16384;
 
 /// `PF` of a kernel call that reads its tile from cache (not the first over it,
 /// [`Q8Rows::first`]): no prefetches compiled in.
@@ -96,13 +97,22 @@ const TO_L2: u8 = 2;
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn ahead<const PF: u8>(p: *const u8) {
-    // Hints: they read nothing observable and never fault.
     if PF == TO_L1 {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR).cast());
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR).cast());
-    } else if PF == TO_L2 {
-        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH).cast());
+        into_l1(p);
+    } else {
+        ahead_one::<PF>(p);
     }
+}
+
+/// The two hops of the weight stream into L1 for the line at `p`: the line [`NEAR`] bytes
+/// after it into L1, the one [`FAR`] after it into L2 (possibly past the matrix: a prefetch
+/// never faults).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) fn into_l1(p: *const u8) {
+    // Hints: they read nothing observable and never fault.
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(NEAR).cast());
+    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR).cast());
 }
 
 /// [`ahead`] in one hop: the line [`PREFETCH`] bytes after `p` into the level `PF` names.
