@@ -47,6 +47,13 @@ use super::aligned::AlignedVec;
 use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
 
+/// Bytes of the next pair of f32 tiles a pair product prefetches into L2 while the tile
+/// unit multiplies (see [`pair_product`]): 128-row products of one 32-layer-shaped layer
+/// took 26.0 ms without, 22.8–23.6 with 64–128 KiB, 25.8–27.0 with 192 KiB (more pushes
+/// the activations out of L2; `bench --matmul-only --matmul-rows 128 --formats f32
+/// --prefill-precision bf16`, session 35).
+const F32_AHEAD: usize = 96 << 10;
+
 /// Inputs per `A`/`B` tile (16 rows of 64 bytes of bf16).
 const KC: usize = 32;
 /// Bytes of one tile register's worth of data (16 rows × 64 bytes).
@@ -461,6 +468,13 @@ unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut
         }
         return;
     }
+    if w.format() == WeightFormat::F32 {
+        // Straight from the packed tile (`[k_pad][16]` f32), streamed from memory.
+        // SAFETY: forwarded contract; the tile holds k_pad ≥ n_in rows of 16 floats, `out`
+        // every pair below k32 / 2.
+        unsafe { interleave_pairs::<true>(tile.as_ptr().cast(), n_in, out) };
+        return;
+    }
     let mut k0 = 0;
     while k0 < n_in {
         let kn = (n_in - k0).min(super::many::KB);
@@ -469,7 +483,7 @@ unsafe fn pack_weights(w: &PackedMatrix, t: usize, f32buf: &mut [f32], out: &mut
         // every pair below k32 / 2.
         unsafe {
             super::many::convert(w.format(), tile, k0, kn, f32buf);
-            interleave_pairs(&f32buf[..kn * TILE], &mut out[k0 * TILE..]);
+            interleave_pairs::<false>(f32buf.as_ptr(), kn, &mut out[k0 * TILE..]);
         }
         k0 += kn;
     }
@@ -516,30 +530,40 @@ unsafe fn q8_0_to_b(tile: &[u8], nblocks: usize, out: &mut [u16]) {
     }
 }
 
-/// Rounds `[k][16]` f32 weights to bf16 in the `B` layout: pair `p` (inputs `2p`, `2p + 1`)
-/// becomes 32 values, output `j`'s two inputs at `2j`, `2j + 1`; the odd input of an odd
-/// count is zero. Nearest-even rounding (`vcvtne2ps2bf16`, which reads f32 denormals as
-/// zero: dequantized weights have none).
+/// Rounds `kn` rows of 16 f32 weights at `src` (`[k][16]`) to bf16 in the `B` layout: pair
+/// `p` (inputs `2p`, `2p + 1`) becomes 32 values, output `j`'s two inputs at `2j`, `2j + 1`;
+/// the odd input of an odd count is zero. Nearest-even rounding (`vcvtne2ps2bf16`, which
+/// reads f32 denormals as zero: dequantized weights have none). With `STREAM` the rows come
+/// from memory (an f32 tile read in place): each pair asks for its lines
+/// [`super::avx512::NEAR`] bytes ahead into L1, the tile kernels' near hop.
 ///
 /// # Safety
-/// AVX-512 F/BW/BF16; `src.len()` a multiple of 16, `out` holds `src.len()` rounded up to
-/// 32 values.
+/// AVX-512 F/BW/BF16; `src` readable for `kn · 16` floats (unaligned is fine), `out` holds
+/// `kn` rounded up to 2, times 16, values.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn interleave_pairs(src: &[f32], out: &mut [u16]) {
+unsafe fn interleave_pairs<const STREAM: bool>(src: *const f32, kn: usize, out: &mut [u16]) {
     use std::arch::x86_64::*;
-    let kn = src.len() / TILE;
     debug_assert!(out.len() >= kn.div_ceil(2) * 2 * TILE);
     for p in 0..kn.div_ceil(2) {
         // SAFETY: inputs 2p (and 2p + 1 when it exists) are 16 floats of `src`; pair p's
-        // 32 values lie in `out` (the contract).
+        // 32 values lie in `out` (the contract). Prefetches are hints and never fault.
         unsafe {
-            let even = _mm512_loadu_ps(src.as_ptr().add(2 * p * TILE));
+            let even = src.add(2 * p * TILE);
+            if STREAM {
+                let ahead = even.cast::<u8>().wrapping_add(super::avx512::NEAR);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast());
+            }
             let odd = if 2 * p + 1 < kn {
-                _mm512_loadu_ps(src.as_ptr().add((2 * p + 1) * TILE))
+                _mm512_loadu_ps(even.add(TILE))
             } else {
                 _mm512_setzero_ps()
             };
-            store_pair(out.as_mut_ptr().add(2 * p * TILE), even, odd);
+            store_pair(
+                out.as_mut_ptr().add(2 * p * TILE),
+                _mm512_loadu_ps(even),
+                odd,
+            );
         }
     }
 }
@@ -661,16 +685,21 @@ pub(super) unsafe fn pair_product(
             tail1: std::ptr::null(),
         }
     };
-    // The next pair's tiles (this task's likely next), spread over this pair's main steps;
-    // only for q8_0 (q4k measured alike before it moved to `amx8.rs`), whose pairs (87–235
-    // KiB) fit in L2 beside the activations.
-    // Prefetching the next pair of bf16 or f32 tiles (160–885 KiB) measured slower at 128
-    // rows and more (they push the activations out of L2), bf16 also at 64.
+    // The next pair's tiles (this task's likely next), spread over this pair's main steps:
+    // all of a q8_0 pair (87–235 KiB; q4k measured alike before it moved to `amx8.rs`),
+    // which fits in L2 beside the activations, and the first [`F32_AHEAD`] bytes of an f32
+    // pair (327–874 KiB), which its conversion then reads from L2.
+    // Prefetching the next pair of bf16 tiles (160–437 KiB) or a whole f32 pair measured
+    // slower at 128 rows and more (they push the activations out of L2), bf16 also at 64.
     let mut ahead = {
         let next = (t1 + 1).min(w.tiles() - 1);
-        let bytes = w.tile(next).len() * 2.min(w.tiles() - next);
+        let pair_bytes = w.tile(next).len() * 2.min(w.tiles() - next);
         let per_call = mblocks.div_ceil(2) * steps.main;
-        let prefetch = t1 + 1 < w.tiles() && w.format() == WeightFormat::Q8_0;
+        let (prefetch, bytes) = match w.format() {
+            WeightFormat::Q8_0 => (t1 + 1 < w.tiles(), pair_bytes),
+            WeightFormat::F32 => (t1 + 1 < w.tiles(), pair_bytes.min(F32_AHEAD)),
+            _ => (false, 0),
+        };
         Ahead {
             next: w.tile(next).as_ptr(),
             lines: if prefetch {
@@ -717,5 +746,53 @@ pub(super) unsafe fn pair_product(
             }
         }
         mb += mcount;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::kernels::Source;
+    use crate::kernels::tests::random;
+
+    /// f32 tiles rounded to bf16 straight from the packed tile give the `B` layout: pair `p`
+    /// of output `j` at `32·p + 2j` (its odd input zero past `n_in`, whole pairs past it
+    /// zero), each weight rounded to the nearest bf16.
+    #[test]
+    fn f32_tiles_round_in_place_into_the_b_layout() {
+        let usable = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+            && super::super::avx512_bf16();
+        if !usable {
+            eprintln!("no AVX-512 BF16 on this CPU: skipped");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(35);
+        for n_in in [1, 2, 33, 257, 2560, 6826] {
+            let n_out = 2 * TILE + 3;
+            let w = random(n_out * n_in, &mut rng, 0.5);
+            let p =
+                PackedMatrix::pack(WeightFormat::F32, &Source::f32(&w, n_out, n_in)).expect("pack");
+            let k32 = p.k_pad().div_ceil(KC) * KC;
+            let mut f32buf = vec![0f32; super::super::many::KB * TILE];
+            for t in 0..p.tiles() {
+                let mut out = vec![u16::MAX; k32 * TILE];
+                // SAFETY: the features checked above; `out` holds k32 · 16 values.
+                unsafe { pack_weights(&p, t, &mut f32buf, &mut out) };
+                for (i, &got) in out.iter().enumerate() {
+                    let (pair, lane) = (i / (2 * TILE), i % (2 * TILE));
+                    let (k, o) = (2 * pair + lane % 2, t * TILE + lane / 2);
+                    let want = if k < n_in && o < n_out {
+                        f32_to_bf16(w[o * n_in + k])
+                    } else {
+                        0
+                    };
+                    assert_eq!(got, want, "n_in {n_in} tile {t} input {k} output {o}");
+                }
+            }
+        }
     }
 }

@@ -77,8 +77,9 @@ pub(super) const PREFETCH: usize = 8192;
 /// alike), eight rows ~2% faster; without any prefetch 17.4–19.1. At 32 layers f32 decodes
 /// ~1.2× faster and q8_0's eight rows 1.17–1.24× (session 34, docs/benchmarks.md). Zen 5
 /// had measured both hints no faster than one (session 9). The AMX-INT8 kernels prefetch
-/// the same way ([`into_l1`], `amx8.rs`).
-const NEAR: usize = 2048;
+/// the same way ([`into_l1`], `amx8.rs`); the AMX bf16 kernels' f32 tiles read in place
+/// prefetch this far ahead (`amx.rs`).
+pub(super) const NEAR: usize = 2048;
 /// See [`NEAR`].
 const FAR: usize = 16384;
 
