@@ -32,8 +32,8 @@
 //!
 //! bf16 weights are read in place (the packed tile is the `B` layout; a partial last step of
 //! 32 inputs is copied and zero-padded); other formats are converted per pair of tiles into
-//! a scratch `B` buffer (q8_0 dequantized and rounded to bf16 in AVX-512, the others
-//! converted to f32 in AVX2 and rounded in AVX-512).
+//! a scratch `B` buffer (q8_0 dequantized and rounded to bf16 in AVX-512, f32 rounded in
+//! AVX-512 straight from the packed tile, the others converted to f32 in AVX2 first).
 
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};
@@ -48,10 +48,10 @@ use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
 
 /// Bytes of the next pair of f32 tiles a pair product prefetches into L2 while the tile
-/// unit multiplies (see [`pair_product`]): 128-row products of one 32-layer-shaped layer
-/// took 26.0 ms without, 22.8–23.6 with 64–128 KiB, 25.8–27.0 with 192 KiB (more pushes
+/// unit multiplies (see [`pair_product`]): the 128-row products of one BTLM-3B layer took
+/// 24.1–26.2 ms without, 22.3–23.9 with 64–128 KiB, 25.8–27.0 with 192 KiB (more pushes
 /// the activations out of L2; `bench --matmul-only --matmul-rows 128 --formats f32
-/// --prefill-precision bf16`, session 35).
+/// --prefill-precision bf16`, session 35, docs/benchmarks.md).
 const F32_AHEAD: usize = 96 << 10;
 
 /// Inputs per `A`/`B` tile (16 rows of 64 bytes of bf16).
