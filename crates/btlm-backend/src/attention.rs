@@ -288,7 +288,8 @@ impl Heads {
 
     /// Attention of the f32 rows `qkv` (`rows × 3e` values) of the sequences of `parts`
     /// into `out` (`rows × e`): appends every sequence's keys and values to its cache,
-    /// then runs one task per sequence and head on `team`.
+    /// then runs one task per sequence and head on `team`, a sequence's heads claimed in
+    /// runs ([`Team::for_each_in_runs`]).
     pub(crate) fn attend_rows(
         &self,
         qkv: &[f32],
@@ -372,7 +373,7 @@ impl Heads {
                 slots.extend(mine.chunks_mut(part.len * d).map(Mutex::new));
                 rest = tail;
             }
-            team.for_each(slots.len(), &|task| {
+            team.for_each_in_runs(slots.len(), &|task| {
                 let (p, head) = (task / h, task % h);
                 let part = &parts[p];
                 let mut slot = slots[task].lock().unwrap_or_else(|e| e.into_inner());

@@ -136,6 +136,23 @@ impl Team<'_> {
     /// Runs `task(i)` for every `i` in `0..tasks`, each exactly once, on whichever member
     /// claims it first (tasks are claimed in order, one at a time).
     pub(crate) fn for_each(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.claim_runs(tasks, 1, task);
+    }
+
+    /// [`Self::for_each`] with the tasks claimed in runs of consecutive ones, about a
+    /// quarter of a member's share at a time: tasks that read neighbouring memory (the heads
+    /// of one sequence's key/value cache, stored one after the other) stay together on one
+    /// core, whose prefetchers follow the stream from one to the next, and the shared
+    /// counter moves between the cores a few times a section instead of once a task.
+    /// Eight sequences' decode attention took 7–9% less time than claimed one head at a
+    /// time, one sequence's 4–8% (`batch_decode --sections`, session 35).
+    pub(crate) fn for_each_in_runs(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.claim_runs(tasks, (tasks / (4 * self.threads())).max(1), task);
+    }
+
+    /// Runs every task of `0..tasks` once, members claiming `run` consecutive ones at a
+    /// time (the last run may be shorter).
+    fn claim_runs(&self, tasks: usize, run: usize, task: &(dyn Fn(usize) + Sync)) {
         match tasks {
             0 => {}
             1 => task(0),
@@ -143,11 +160,11 @@ impl Team<'_> {
                 let next = AtomicUsize::new(0);
                 self.broadcast(&|_| {
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= tasks {
+                        let first = next.fetch_add(run, Ordering::Relaxed);
+                        if first >= tasks {
                             break;
                         }
-                        task(i);
+                        (first..(first + run).min(tasks)).for_each(task);
                     }
                 });
             }
@@ -263,13 +280,40 @@ mod tests {
                     team.for_each(tasks, &|i| {
                         counts[i].fetch_add(1, Ordering::Relaxed);
                     });
+                    team.for_each_in_runs(tasks, &|i| {
+                        counts[i].fetch_add(1, Ordering::Relaxed);
+                    });
                     assert!(
-                        counts.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                        counts.iter().all(|c| c.load(Ordering::Relaxed) == 2),
                         "{threads} threads, {tasks} tasks"
                     );
                 }
             });
         }
+    }
+
+    #[test]
+    fn tasks_in_runs_run_a_run_on_one_member() {
+        run(2, |team| {
+            for tasks in [8, 64, 256, 1000] {
+                let run = tasks / 8;
+                let ran: Vec<Mutex<Option<thread::ThreadId>>> =
+                    (0..tasks).map(|_| Mutex::new(None)).collect();
+                team.for_each_in_runs(tasks, &|i| {
+                    *ran[i].lock().expect("lock") = Some(thread::current().id());
+                });
+                let ran: Vec<_> = ran
+                    .into_iter()
+                    .map(|m| m.into_inner().expect("lock").expect("ran"))
+                    .collect();
+                for (r, block) in ran.chunks(run).enumerate() {
+                    assert!(
+                        block.iter().all(|id| *id == block[0]),
+                        "{tasks} tasks: run {r} split between members"
+                    );
+                }
+            }
+        });
     }
 
     #[test]
