@@ -144,8 +144,8 @@ impl Team<'_> {
     /// of one sequence's key/value cache, stored one after the other) stay together on one
     /// core, whose prefetchers follow the stream from one to the next, and the shared
     /// counter moves between the cores a few times a section instead of once a task.
-    /// Eight sequences' decode attention took 7–9% less time than claimed one head at a
-    /// time, one sequence's 4–8% (`batch_decode --sections`, session 35).
+    /// Eight sequences' decode attention took 6–10% less time than claimed one head at a
+    /// time, one sequence's 1–6% (`batch_decode --sections`, session 35).
     pub(crate) fn for_each_in_runs(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
         self.claim_runs(tasks, (tasks / (4 * self.threads())).max(1), task);
     }
