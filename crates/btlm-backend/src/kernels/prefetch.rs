@@ -7,9 +7,10 @@
 //! tuned with (Sapphire Rapids, sessions 15–17); both have a 48 KiB L1D. On a 32 KiB L1D
 //! (Zen 4, session 18) the 8 KiB ahead share L1 with up to eight activation rows (20–54 KiB
 //! for BTLM's products) and evict them: prefetching into L2 (`prefetcht1`) made 4- and
-//! 8-row decode steps 8–35% faster there (q4k 8 rows ~10%, q8_0 ~35%; docs/benchmarks.md). So: L2 when the L1D is smaller than
-//! [`L1_FOR_T0`], else L1; `BTLM_PREFETCH=l1|l2` overrides. The CPU attention of a decode
-//! step prefetches its keys and values into the same level (`attention/cpu.rs`).
+//! 8-row decode steps 8–35% faster there (q4k 8 rows ~10%, q8_0 ~35%;
+//! docs/benchmarks.md). So: L2 when the L1D is smaller than [`L1_FOR_T0`], else L1;
+//! `BTLM_PREFETCH=l1|l2` overrides. The CPU attention of a decode step prefetches its keys
+//! and values into the same level (`attention/cpu.rs`).
 
 use std::sync::OnceLock;
 
