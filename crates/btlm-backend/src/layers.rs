@@ -67,9 +67,7 @@ impl LayerNorm {
                 out.len()
             );
         }
-        for (src, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            layer_norm_row(src, weight, bias, self.eps, dst);
-        }
+        layer_norm_rows(x, weight, bias, self.eps, out);
         Ok(())
     }
 
@@ -111,9 +109,7 @@ impl LayerNorm {
             if let Some(y) = add {
                 add_into(h, &y[i * chunk..][..h.len()]);
             }
-            for (src, dst) in h.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-                layer_norm_row(src, weight, bias, self.eps, dst);
-            }
+            layer_norm_rows(h, weight, bias, self.eps, out);
         });
         Ok(())
     }
@@ -132,21 +128,54 @@ impl LayerNorm {
     }
 }
 
-/// `dst = (src − mean) / √(var + eps) · weight + bias` for one row, as candle's CPU
-/// `layer_norm` computes it (f32 sums in order, variance as `E[x²] − mean²`).
-fn layer_norm_row(src: &[f32], weight: &[f32], bias: &[f32], eps: f32, dst: &mut [f32]) {
-    let n = src.len() as f32;
-    let (mut sum, mut sum2) = (0f32, 0f32);
-    for &v in src {
-        sum += v;
-        sum2 += v * v;
+/// Rows whose sums [`layer_norm_rows`] runs side by side.
+const INTERLEAVED_ROWS: usize = 4;
+
+/// `dst = (src − mean) / √(var + eps) · weight + bias` for each row of `src` (rows of
+/// `weight.len()` values), as candle's CPU `layer_norm` computes it (f32 sums in order,
+/// variance as `E[x²] − mean²`). The sums are two chains of dependent adds a row, so up to
+/// [`INTERLEAVED_ROWS`] rows run theirs side by side: each row's sums keep their order (the
+/// same bits as a row alone) while the chains overlap.
+fn layer_norm_rows(src: &[f32], weight: &[f32], bias: &[f32], eps: f32, dst: &mut [f32]) {
+    let n = weight.len();
+    let group = INTERLEAVED_ROWS * n;
+    for (src, dst) in src.chunks(group).zip(dst.chunks_mut(group)) {
+        let (sum, sum2) = match src.len() / n {
+            4 => row_sums::<4>(src, n),
+            3 => row_sums::<3>(src, n),
+            2 => row_sums::<2>(src, n),
+            _ => row_sums::<1>(src, n),
+        };
+        for (r, (src, dst)) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)).enumerate() {
+            let len = n as f32;
+            let mean = sum[r] / len;
+            let var = sum2[r] / len - mean * mean;
+            let inv_std = (var + eps).sqrt().recip();
+            for (((d, &s), &w), &b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
+                *d = (s - mean) * inv_std * w + b;
+            }
+        }
     }
-    let mean = sum / n;
-    let var = sum2 / n - mean * mean;
-    let inv_std = (var + eps).sqrt().recip();
-    for (((d, &s), &w), &b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
-        *d = (s - mean) * inv_std * w + b;
+}
+
+/// The sums of the values and of their squares of the first `R` rows of `n` values in `src`
+/// (zeros past `R`), each in order.
+// Position by position across the rows: the loop is the interleaving.
+#[allow(clippy::needless_range_loop)]
+fn row_sums<const R: usize>(
+    src: &[f32],
+    n: usize,
+) -> ([f32; INTERLEAVED_ROWS], [f32; INTERLEAVED_ROWS]) {
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &src[r * n..(r + 1) * n]);
+    let (mut sum, mut sum2) = ([0f32; INTERLEAVED_ROWS], [0f32; INTERLEAVED_ROWS]);
+    for k in 0..n {
+        for r in 0..R {
+            let v = rows[r][k];
+            sum[r] += v;
+            sum2[r] += v * v;
+        }
     }
+    (sum, sum2)
 }
 
 /// The SwiGLU MLP: `c_proj(c_fc(x) ⊙ silu(c_fc2(x)))`.
@@ -484,6 +513,38 @@ mod tests {
                 assert_eq!(hh, want_h, "{threads} threads");
                 assert!(ln.rows_on(&mut hh, Some(&y[1..]), &mut out, t).is_err());
             });
+        }
+    }
+
+    /// Rows normalised side by side give each row's bits alone, whatever the group's size.
+    #[test]
+    fn interleaved_rows_are_each_row_alone() {
+        let n = 257;
+        let weight: Vec<f32> = (0..n).map(|i| 0.5 + (i as f32 * 0.11).sin()).collect();
+        let bias: Vec<f32> = (0..n).map(|i| (i as f32 * 0.07).cos() * 0.1).collect();
+        for rows in 1..=2 * INTERLEAVED_ROWS + 1 {
+            // Rows of different scales, so that a row's sums mixed into another's show.
+            let x: Vec<f32> = (0..rows * n)
+                .map(|i| (i as f32 * 0.37).sin() * (1.0 + (i / n) as f32) + (i / n) as f32)
+                .collect();
+            let mut together = vec![0f32; rows * n];
+            layer_norm_rows(&x, &weight, &bias, 1e-5, &mut together);
+            for (r, got) in together.chunks_exact(n).enumerate() {
+                let mut alone = vec![0f32; n];
+                layer_norm_rows(&x[r * n..(r + 1) * n], &weight, &bias, 1e-5, &mut alone);
+                let row = &x[r * n..(r + 1) * n];
+                let mean = row.iter().fold(0f32, |s, &v| s + v) / n as f32;
+                let var = row.iter().fold(0f32, |s, &v| s + v * v) / n as f32 - mean * mean;
+                let inv_std = (var + 1e-5f32).sqrt().recip();
+                let want: Vec<f32> = row
+                    .iter()
+                    .zip(&weight)
+                    .zip(&bias)
+                    .map(|((&v, &w), &b)| (v - mean) * inv_std * w + b)
+                    .collect();
+                assert_eq!(got, &alone[..], "row {r} of {rows}");
+                assert_eq!(got, &want[..], "row {r} of {rows}");
+            }
         }
     }
 
