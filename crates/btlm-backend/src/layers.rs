@@ -130,14 +130,19 @@ impl LayerNorm {
 
 /// Rows whose sums [`layer_norm_rows`] runs side by side.
 const INTERLEAVED_ROWS: usize = 4;
+const _: () = assert!(
+    INTERLEAVED_ROWS == 4,
+    "layer_norm_rows matches groups of 1 to 4 rows"
+);
 
 /// `dst = (src − mean) / √(var + eps) · weight + bias` for each row of `src` (rows of
 /// `weight.len()` values), as candle's CPU `layer_norm` computes it (f32 sums in order,
 /// variance as `E[x²] − mean²`). The sums are two chains of dependent adds a row, so up to
 /// [`INTERLEAVED_ROWS`] rows run theirs side by side: each row's sums keep their order (the
-/// same bits as a row alone) while the chains overlap.
+/// same bits as a row alone) while the chains overlap. The callers check the lengths.
 fn layer_norm_rows(src: &[f32], weight: &[f32], bias: &[f32], eps: f32, dst: &mut [f32]) {
     let n = weight.len();
+    debug_assert!(n > 0 && src.len() == dst.len() && src.len().is_multiple_of(n));
     let group = INTERLEAVED_ROWS * n;
     for (src, dst) in src.chunks(group).zip(dst.chunks_mut(group)) {
         let (sum, sum2) = match src.len() / n {
