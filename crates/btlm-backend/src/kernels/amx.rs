@@ -695,14 +695,14 @@ pub(super) unsafe fn pair_product(
         let next = (t1 + 1).min(w.tiles() - 1);
         let pair_bytes = w.tile(next).len() * 2.min(w.tiles() - next);
         let per_call = mblocks.div_ceil(2) * steps.main;
-        let (prefetch, bytes) = match w.format() {
-            WeightFormat::Q8_0 => (t1 + 1 < w.tiles(), pair_bytes),
-            WeightFormat::F32 => (t1 + 1 < w.tiles(), pair_bytes.min(F32_AHEAD)),
-            _ => (false, 0),
+        let bytes = match w.format() {
+            WeightFormat::Q8_0 => pair_bytes,
+            WeightFormat::F32 => pair_bytes.min(F32_AHEAD),
+            _ => 0,
         };
         Ahead {
             next: w.tile(next).as_ptr(),
-            lines: if prefetch {
+            lines: if t1 + 1 < w.tiles() {
                 (bytes / 64).div_ceil(per_call.max(1))
             } else {
                 0
@@ -762,10 +762,7 @@ mod tests {
     /// zero), each weight rounded to the nearest bf16.
     #[test]
     fn f32_tiles_round_in_place_into_the_b_layout() {
-        let usable = std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-            && super::super::avx512_bf16();
+        let usable = super::super::avx2::supported() && super::super::avx512::has_bf16();
         if !usable {
             eprintln!("no AVX-512 BF16 on this CPU: skipped");
             return;
