@@ -22,7 +22,10 @@
 //!
 //! `--sections` adds a table of where the steps' time went: the mean milliseconds a step
 //! per section of the model ([`step_profile`]), and what is outside them ("other": the
-//! embedding, the team's start, copying the logits).
+//! embedding, the team's start, copying the logits); and the rate at which the attention
+//! section read the keys and values (every cached position of every running sequence, each
+//! step, over the section's time, which includes appending the step's own): against the
+//! machine's read bandwidth, whether attention is bound by memory.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -78,17 +81,23 @@ struct Cli {
 fn section_table(format: &str, caches: &str, rows: &[Row], steps: usize) {
     let names: Vec<&str> = Section::ALL.iter().map(|s| s.name()).collect();
     println!(
-        "\n| {format} ({caches}) batch | mean step ms | {} | other |\n| ---: | ---: |{}",
+        "\n| {format} ({caches}) batch | mean step ms | {} | attention GB/s of keys and values | other |\n| ---: | ---: |{}",
         names.join(" | "),
-        " ---: |".repeat(names.len() + 1)
+        " ---: |".repeat(names.len() + 2)
     );
     let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps.max(1) as f64;
     for r in rows {
-        let cells: Vec<String> = r
+        let mut cells: Vec<String> = r
             .sections
             .iter()
             .map(|(_, d)| format!("{:.2}", per_step(d)))
             .collect();
+        let attention_ms = per_step(r.sections.get(Section::Attention));
+        cells.push(if attention_ms > 0.0 {
+            format!("{:.1}", r.kv_bytes / attention_ms / 1e6)
+        } else {
+            "-".into()
+        });
         let mean_ms = r.mean * 1e3;
         println!(
             "| {} | {mean_ms:.1} | {} | {:.2} |",
@@ -123,6 +132,8 @@ struct Row {
     faults: f64,
     /// The sections of all its steps (zero unless recorded).
     sections: SectionTimes,
+    /// Bytes of keys and values a step's attention reads, on average.
+    kv_bytes: f64,
 }
 
 /// Prefills `caches` with `prompts` together, then runs `steps` decode steps for each batch
@@ -150,9 +161,12 @@ fn run_round(
     for &n in batches {
         let token = [42u32];
         let mut times = Vec::with_capacity(steps);
+        // Positions the steps' attention reads: each sequence's cache and its new token.
+        let mut positions = 0usize;
         let faults = minor_faults();
         step_profile::record(sections);
         for _ in 0..steps {
+            positions += caches[..n].iter().map(|c| c.seq_len() + 1).sum::<usize>();
             let mut segments: Vec<Segment<'_>> = caches[..n]
                 .iter_mut()
                 .map(|cache| Segment {
@@ -177,6 +191,7 @@ fn run_round(
             mean,
             faults,
             sections,
+            kv_bytes: (positions * model.kv_bytes_per_token()) as f64 / steps.max(1) as f64,
         });
     }
     Ok(rows)
