@@ -25,7 +25,8 @@
 //! embedding, the team's start, copying the logits); and the rate at which the attention
 //! section read the keys and values (every cached position of every running sequence, each
 //! step, over the section's time, which includes appending the step's own): against the
-//! machine's read bandwidth, whether attention is bound by memory.
+//! machine's read bandwidth, whether attention is bound by memory. It also prints where the
+//! prefill of the contexts (every sequence's in one pass) went.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -136,8 +137,38 @@ struct Row {
     kv_bytes: f64,
 }
 
+/// The prefill of every sequence's context, in one pass.
+struct Prefill {
+    seconds: f64,
+    /// Prompt tokens over all sequences.
+    tokens: usize,
+    /// Its sections (zero unless recorded).
+    sections: SectionTimes,
+}
+
+/// Prints where the prefill's time went (ms per section over the whole pass, and the rest).
+fn prefill_table(format: &str, caches: &str, prefill: &Prefill) {
+    let names: Vec<&str> = Section::ALL.iter().map(|s| s.name()).collect();
+    let cells: Vec<String> = prefill
+        .sections
+        .iter()
+        .map(|(_, d)| format!("{:.1}", d.as_secs_f64() * 1e3))
+        .collect();
+    let ms = prefill.seconds * 1e3;
+    println!(
+        "| {format} ({caches}) prefill tokens | ms | tok/s | {} | other |\n| ---: | ---: | ---: |{}\n| {} | {ms:.1} | {:.1} | {} | {:.1} |\n",
+        names.join(" | "),
+        " ---: |".repeat(names.len() + 1),
+        prefill.tokens,
+        prefill.tokens as f64 / prefill.seconds.max(f64::MIN_POSITIVE),
+        cells.join(" | "),
+        ms - prefill.sections.total().as_secs_f64() * 1e3
+    );
+}
+
 /// Prefills `caches` with `prompts` together, then runs `steps` decode steps for each batch
-/// size (the first `n` caches), recording their sections if `sections`; returns the rows.
+/// size (the first `n` caches), recording the sections of both if `sections`; returns the
+/// prefill and the rows.
 fn run_round(
     model: &Btlm,
     caches: &mut [Cache],
@@ -145,7 +176,7 @@ fn run_round(
     batches: &[usize],
     steps: usize,
     sections: bool,
-) -> anyhow::Result<Vec<Row>> {
+) -> anyhow::Result<(Prefill, Vec<Row>)> {
     let mut segments: Vec<Segment<'_>> = caches
         .iter_mut()
         .zip(prompts)
@@ -155,7 +186,15 @@ fn run_round(
             logits: false,
         })
         .collect();
+    step_profile::record(sections);
+    let t = Instant::now();
     model.forward_batch(&mut segments)?;
+    let prefill = Prefill {
+        seconds: t.elapsed().as_secs_f64(),
+        tokens: prompts.iter().map(Vec::len).sum(),
+        sections: step_profile::take(),
+    };
+    step_profile::record(false);
     drop(segments);
     let mut rows = Vec::new();
     for &n in batches {
@@ -194,7 +233,7 @@ fn run_round(
             kv_bytes: (positions * model.kv_bytes_per_token()) as f64 / steps.max(1) as f64,
         });
     }
-    Ok(rows)
+    Ok((prefill, rows))
 }
 
 /// Caches for `count` sequences of `needed` positions from `pool` (reused or new).
@@ -288,7 +327,7 @@ fn main() -> anyhow::Result<()> {
             recycle: true,
         })?;
         for caches in &cli.caches {
-            let rows = if caches == "fresh" {
+            let (prefill, rows) = if caches == "fresh" {
                 let mut fresh: Vec<Cache> = (0..max_batch)
                     .map(|_| model.new_cache_with_capacity(pool.positions_for(needed)))
                     .collect();
@@ -312,7 +351,7 @@ fn main() -> anyhow::Result<()> {
                     bail!("the timed round did not get the warm-up's caches back");
                 }
                 let (leases, mut timed): (Vec<_>, Vec<_>) = leased.into_iter().unzip();
-                let rows = run_round(
+                let timed_round = run_round(
                     &model,
                     &mut timed,
                     &prompts,
@@ -321,7 +360,7 @@ fn main() -> anyhow::Result<()> {
                     cli.sections,
                 )?;
                 give_back_all(&mut pool, leases.into_iter().zip(timed).collect())?;
-                rows
+                timed_round
             };
             let kv = model.kv_layout();
             let base = rows.first().map_or(1.0, |r| r.batch as f64 / r.median);
@@ -337,6 +376,7 @@ fn main() -> anyhow::Result<()> {
             }
             if cli.sections {
                 section_table(format, caches, &rows, cli.steps);
+                prefill_table(format, caches, &prefill);
             }
         }
     }
