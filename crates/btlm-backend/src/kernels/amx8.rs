@@ -39,6 +39,63 @@ const MB: usize = 16;
 /// low 3 bits of their sub-block's scale (1 KiB), then times the high 3 bits.
 const B_BYTES: usize = 4 * 2 * 1024;
 
+/// Activation rows one pass over the weights takes at most (about: see [`passes`]).
+///
+/// A pass multiplies every tile of the weights by all of its rows, reading the rows'
+/// activations again for each tile, so they must stay in L2: 128 rows of `mlp.c_proj`'s
+/// 6 912 quantized inputs are 885 KB of a 2 MiB L2, where one pass of 1 024 rows read 7 MB
+/// from farther for every tile. Eight 128-token prompts prefilled in one product took
+/// 6.60–6.95 s (147–155 tok/s) in one pass, 4.26–4.47 s (229–240 tok/s) in passes of 128
+/// rows (64 or 192: 4.4 s; a budget of 0.7–2 MB of activations a pass: 4.5–4.8 s); up to
+/// ~264 rows (the engine's default steps) one pass and passes measure alike
+/// (`batch_decode … --batches 2|8 --context 128|33 --sections`, docs/benchmarks.md,
+/// session 37).
+pub const PASS_ROWS: usize = 128;
+
+/// The row ranges of the passes of a product of `rows` rows: `rows.div_ceil(PASS_ROWS)`
+/// passes of nearly equal size (at most `PASS_ROWS + 15` rows), each starting at a multiple
+/// of 16 rows so that only the last pass has a partial block of 16 rows.
+pub fn passes(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let n = rows.div_ceil(PASS_ROWS);
+    let start = move |i: usize| if i == n { rows } else { i * rows / n / MB * MB };
+    (0..n).map(move |i| start(i)..start(i + 1))
+}
+
+/// [`matmul`] of the f32 rows `x` (`rows × w.n_in()`), in [`passes`] of rows: each pass's
+/// activations prepared and multiplied on their own, every row's the same as in one pass.
+///
+/// # Safety
+/// As [`matmul`]'s, for `x` instead of prepared activations.
+pub unsafe fn matmul_in_passes(
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (n_in, n_out) = (w.n_in(), w.n_out());
+    for pass in passes(rows) {
+        let n = pass.len();
+        let acts = Acts::prepare(
+            w.format(),
+            &x[pass.start * n_in..pass.end * n_in],
+            n,
+            n_in,
+            w.k_pad(),
+        );
+        // SAFETY: the forwarded contract, for the pass's rows.
+        unsafe {
+            matmul(
+                w,
+                &acts,
+                n,
+                bias,
+                &mut y[pass.start * n_out..pass.end * n_out],
+            )
+        };
+    }
+}
+
 /// `y = acts · Wᵀ (+ bias)` for `rows` rows of q4k weights, parallel over tiles on rayon's
 /// pool: bit for bit what the AVX-512 tile kernels give (see the module documentation).
 ///

@@ -651,11 +651,10 @@ pub fn matmul_with(
             unsafe { many8::matmul(w, &acts, rows, bias, y) };
             return Ok(());
         }
-        // SAFETY: as above (AMX-INT8 is part of the Amx path); the activations are
-        // prepared here for the weights' format (q4k, the only format routed there).
+        // SAFETY: as above (AMX-INT8 is part of the Amx path); the weights are q4k, the
+        // only format routed there, and `matmul_in_passes` prepares their activations.
         Route::Amx8 => {
-            let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
-            unsafe { amx8::matmul(w, &acts, rows, bias, y) };
+            unsafe { amx8::matmul_in_passes(w, x, rows, bias, y) };
             return Ok(());
         }
         // SAFETY: as above; the Amx path is supported only when AMX is usable.

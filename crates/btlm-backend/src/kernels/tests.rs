@@ -829,6 +829,47 @@ fn assert_rows_as_alone(
     }
 }
 
+/// q4k products of more rows than one AMX-INT8 pass takes (`amx8::PASS_ROWS`) run in
+/// passes of rows, each prepared and multiplied on its own: every row still comes out bit
+/// for bit as alone, whether the rows fill whole blocks of 16 or not.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn q4k_products_of_several_passes_give_each_row_its_bits_alone() {
+    if !KernelPath::Amx.supported() {
+        eprintln!("no AMX here: skipped");
+        return;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(71);
+    for rows in [amx8::PASS_ROWS + 1, 2 * amx8::PASS_ROWS + 40] {
+        assert!(amx8::passes(rows).count() > 1);
+        assert_rows_as_alone(KernelPath::Amx, WeightFormat::Q4K, 40, 300, rows, &mut rng);
+    }
+}
+
+/// The passes of a product cover its rows once, in order, each at most `PASS_ROWS + 15`
+/// rows, every pass but the last a whole number of blocks of 16 rows.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_int8_passes_cover_the_rows_in_blocks() {
+    for rows in 0..2000 {
+        let passes: Vec<_> = amx8::passes(rows).collect();
+        assert_eq!(passes.len(), rows.div_ceil(amx8::PASS_ROWS), "{rows}");
+        let mut next = 0;
+        for (i, pass) in passes.iter().enumerate() {
+            assert_eq!(pass.start, next, "{rows}: {passes:?}");
+            assert!(
+                !pass.is_empty() && pass.len() <= amx8::PASS_ROWS + 15,
+                "{rows}: {passes:?}"
+            );
+            if i + 1 < passes.len() {
+                assert!(pass.len().is_multiple_of(16), "{rows}: {passes:?}");
+            }
+            next = pass.end;
+        }
+        assert_eq!(next, rows);
+    }
+}
+
 /// From the many-rows threshold on, AVX2 multiplies q4k weights with the int8 many-rows
 /// kernels (q8_0 keeps the tile kernels), and a prompt's rows come out bit for bit as when
 /// each row is multiplied alone (the tile kernels): prefill answers do not depend on the
