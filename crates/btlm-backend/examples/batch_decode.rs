@@ -139,6 +139,7 @@ struct Row {
 
 /// The prefill of every sequence's context, in one pass.
 struct Prefill {
+    /// Wall-clock seconds of the pass.
     seconds: f64,
     /// Prompt tokens over all sequences.
     tokens: usize,
