@@ -715,6 +715,9 @@ pub(super) unsafe fn pair_product(
     let mut mb = 0;
     while mb < mblocks {
         let two = mb + 1 < mblocks;
+        // The block's output lines, owned while the tile unit works.
+        let block_rows = mb * TILE..((mb + if two { 2 } else { 1 }) * TILE).min(rows);
+        out.own_lines(n_out, block_rows, t0 * TILE..(t1 + 1) * TILE);
         // SAFETY: A blocks `mb` (and `mb + 1`) hold `kcs` KiB, the steps of `steps` as many
         // (the main ones inside the packed tiles or the buffers); `c` holds 4 KiB.
         unsafe {

@@ -182,8 +182,8 @@ pub(super) unsafe fn tiles_into(
     let _tiles = unsafe { Tiles::configure() };
     for t in range {
         let col = t * TILE;
-        // The rows' output lines, owned before the tile's sums are stored (see `own_lines`).
-        own_lines(out, n_out, rows, col);
+        // The rows' output lines, owned before the tile's sums are stored.
+        out.own_lines(n_out, 0..rows, col..col + TILE);
         // SAFETY: `w.tile(t)` is a whole q4k tile of k_pad / 256 super-blocks; `a` holds
         // `rows` rows (checked above); `acc` rows·16 floats.
         unsafe {
@@ -198,22 +198,6 @@ pub(super) unsafe fn tiles_into(
             // SAFETY: `(r + 1) * n_out <= rows * n_out`, the size of `out` (caller), and
             // columns `col..col + ncols` belong to this run's tiles only.
             unsafe { out.store_row(n_out, r, col, vals, bias) };
-        }
-    }
-}
-
-/// Asks for the lines of output columns `col..col + 16` of `rows` rows (`n_out` columns a
-/// row) in the exclusive state, ahead of the stores that end the tile: rows are `4·n_out`
-/// bytes apart, so those stores would otherwise each wait on a read for ownership from
-/// farther than L2.
-fn own_lines(out: OutPtr, n_out: usize, rows: usize, col: usize) {
-    for r in 0..rows {
-        let first = out.at(r * n_out + col);
-        let last = out.at(r * n_out + (col + TILE).min(n_out) - 1);
-        // SAFETY: a prefetch reads nothing and faults on nothing.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_ET0>(first.cast());
-            _mm_prefetch::<_MM_HINT_ET0>(last.cast());
         }
     }
 }
