@@ -24,7 +24,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 
 use super::OutPtr;
-use super::acts::Acts;
+use super::acts::{Acts, ForEach};
 use super::aligned::AlignedVec;
 use super::amx::Tiles;
 use super::avx512::{into_l1, pair_mins, q4k_row, q4k_scales_mins};
@@ -62,7 +62,8 @@ pub fn passes(rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
 }
 
 /// [`matmul`] of the f32 rows `x` (`rows × w.n_in()`), in [`passes`] of rows: each pass's
-/// activations prepared and multiplied on their own, every row's the same as in one pass.
+/// activations prepared and multiplied on their own, every row's the same as in one pass;
+/// the tasks of both run by `for_each` (rayon's pool, or a step's team).
 ///
 /// # Safety
 /// As [`matmul`]'s, for `x` instead of prepared activations.
@@ -72,16 +73,18 @@ pub unsafe fn matmul_in_passes(
     rows: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    for_each: &ForEach<'_>,
 ) {
     let (n_in, n_out) = (w.n_in(), w.n_out());
     for pass in passes(rows) {
         let n = pass.len();
-        let acts = Acts::prepare(
+        let acts = Acts::prepare_on(
             w.format(),
             &x[pass.start * n_in..pass.end * n_in],
             n,
             n_in,
             w.k_pad(),
+            for_each,
         );
         // SAFETY: the forwarded contract, for the pass's rows.
         unsafe {
@@ -91,13 +94,15 @@ pub unsafe fn matmul_in_passes(
                 n,
                 bias,
                 &mut y[pass.start * n_out..pass.end * n_out],
+                for_each,
             )
         };
     }
 }
 
-/// `y = acts · Wᵀ (+ bias)` for `rows` rows of q4k weights, parallel over tiles on rayon's
-/// pool: bit for bit what the AVX-512 tile kernels give (see the module documentation).
+/// `y = acts · Wᵀ (+ bias)` for `rows` rows of q4k weights, runs of whole tiles run by
+/// `for_each` (each task on one thread): bit for bit what the AVX-512 tile kernels give
+/// (see the module documentation).
 ///
 /// # Safety
 /// AMX-INT8 usable (the AMX path is supported), AVX-512 F/BW/VL/VNNI; `w` q4k; `acts`
@@ -109,11 +114,15 @@ pub unsafe fn matmul(
     rows: usize,
     bias: Option<&[f32]>,
     y: &mut [f32],
+    for_each: &ForEach<'_>,
 ) {
     let tail = padded_tail(acts, rows, w.k_pad());
     let out = OutPtr(y.as_mut_ptr());
-    super::for_each_tile_run(w.tiles(), |range| {
+    let tiles = w.tiles();
+    let per_task = super::many_rows_tiles_per_task(tiles);
+    for_each(tiles.div_ceil(per_task), &|task| {
         let mut acc = vec![0f32; rows * TILE];
+        let range = task * per_task..((task + 1) * per_task).min(tiles);
         // SAFETY: the forwarded contract; tasks write disjoint tiles' columns.
         unsafe { tiles_into(w, acts, &tail, rows, bias, out, range, &mut acc) };
     });

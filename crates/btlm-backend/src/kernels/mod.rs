@@ -677,7 +677,7 @@ pub fn matmul_with(
         // SAFETY: as above (AMX-INT8 is part of the Amx path); the weights are q4k, the
         // only format routed there, and `matmul_in_passes` prepares their activations.
         Route::Amx8 => {
-            unsafe { amx8::matmul_in_passes(w, x, rows, bias, y) };
+            unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, &on_rayon) };
             return Ok(());
         }
         // SAFETY: as above; the Amx path is supported only when AMX is usable.
@@ -714,6 +714,33 @@ pub fn matmul_with(
         tiles_into(tiles, w, &acts, rows, bias, out, first..last, tile_group(w));
     });
     Ok(())
+}
+
+/// [`matmul_with`] with its tasks run by `for_each` where the route takes it (the AMX-INT8
+/// q4k kernels, on a step's team instead of rayon's pool), on rayon's pool otherwise: the
+/// same values. A step's team waits on rayon's pool busy for a while (its helpers spin
+/// before they park), and on two cores that spinning took CPU from the pool's products.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_on(
+    path: KernelPath,
+    prefill: PrefillPrecision,
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    for_each: &acts::ForEach<'_>,
+) -> Result<(), KernelError> {
+    #[cfg(target_arch = "x86_64")]
+    if rows > 0 && path.route_with(w.format(), prefill, rows) == Route::Amx8 {
+        check_operands(path, w, x, rows, bias, y)?;
+        // SAFETY: as in `matmul_with` (the path is supported: checked with the operands).
+        unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, for_each) };
+        return Ok(());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = for_each;
+    matmul_with(path, prefill, w, x, rows, bias, y)
 }
 
 /// [`matmul_with`] for a product that runs on the wide micro-kernels, its activations

@@ -737,7 +737,7 @@ fn amx_int8_kernels_equal_the_tile_kernels() {
         assert_equals_tile_kernels(KernelPath::Avx512, &p, &x, rows, &bias, true, |acts, y| {
             // SAFETY: the AMX path is supported (checked above), which includes AMX-INT8 and
             // AVX-512 VNNI; `acts` prepared for `p`, shapes as `matmul` checks them.
-            unsafe { amx8::matmul(&p, acts, rows, Some(&bias), y) }
+            unsafe { amx8::matmul(&p, acts, rows, Some(&bias), y, &super::on_rayon) }
         });
     }
 }
