@@ -42,7 +42,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::OutPtr;
-use super::acts::f32_to_bf16;
+use super::acts::{ForEach, f32_to_bf16};
 use super::aligned::AlignedVec;
 use super::format::{TILE, WeightFormat};
 use super::pack::PackedMatrix;
@@ -568,7 +568,7 @@ unsafe fn interleave_pairs<const STREAM: bool>(src: *const f32, kn: usize, out: 
     }
 }
 
-/// `y = x · Wᵀ (+ bias)` on the tile unit; shapes checked by the caller.
+/// `y = x · Wᵀ (+ bias)` on the tile unit, on rayon's pool; shapes checked by the caller.
 ///
 /// # Safety
 /// [`supported`] must be true; `x` holds `rows × w.n_in()` values, `y` `rows × w.n_out()`
@@ -580,14 +580,35 @@ pub unsafe fn matmul(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    // SAFETY: the forwarded contract.
+    unsafe { matmul_on(w, x, rows, bias, y, &super::on_rayon) }
+}
+
+/// [`matmul`] with runs of pairs of tiles as the tasks of `for_each` (rayon's pool, or a
+/// step's team), each task with its own [`Scratch`].
+///
+/// # Safety
+/// As [`matmul`]'s.
+pub unsafe fn matmul_on(
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    for_each: &ForEach<'_>,
+) {
     let k32 = w.k_pad().div_ceil(KC) * KC;
     let a = pack_acts(x, rows, w.n_in(), k32);
     let out = OutPtr(y.as_mut_ptr());
-    (0..w.tiles().div_ceil(2)).into_par_iter().for_each_init(
-        || Scratch::new(w),
-        // SAFETY: the caller's contract; pairs write disjoint columns.
-        |scratch, pair| unsafe { pair_product(w, &a, rows, bias, out, pair, scratch) },
-    );
+    let pairs = w.tiles().div_ceil(2);
+    let per_task = super::many_rows_tiles_per_task(pairs);
+    for_each(pairs.div_ceil(per_task), &|task| {
+        let mut scratch = Scratch::new(w);
+        for pair in task * per_task..((task + 1) * per_task).min(pairs) {
+            // SAFETY: the caller's contract; pairs write disjoint columns.
+            unsafe { pair_product(w, &a, rows, bias, out, pair, &mut scratch) };
+        }
+    });
 }
 
 /// The buffers of one task of [`matmul`]: two weight tiles in the `B` layout, one block of

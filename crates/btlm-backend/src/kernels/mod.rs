@@ -716,8 +716,8 @@ pub fn matmul_with(
     Ok(())
 }
 
-/// [`matmul_with`] with its tasks run by `for_each` where the route takes it (the AMX-INT8
-/// q4k kernels, on a step's team instead of rayon's pool), on rayon's pool otherwise: the
+/// [`matmul_with`] with its tasks run by `for_each` where the route takes it (the tile
+/// unit's kernels, on a step's team instead of rayon's pool), on rayon's pool otherwise: the
 /// same values. A step's team waits on rayon's pool busy for a while (its helpers spin
 /// before they park), and on two cores that spinning took CPU from the pool's products.
 #[allow(clippy::too_many_arguments)]
@@ -732,11 +732,23 @@ pub fn matmul_with_on(
     for_each: &acts::ForEach<'_>,
 ) -> Result<(), KernelError> {
     #[cfg(target_arch = "x86_64")]
-    if rows > 0 && path.route_with(w.format(), prefill, rows) == Route::Amx8 {
-        check_operands(path, w, x, rows, bias, y)?;
-        // SAFETY: as in `matmul_with` (the path is supported: checked with the operands).
-        unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, for_each) };
-        return Ok(());
+    if rows > 0 {
+        match path.route_with(w.format(), prefill, rows) {
+            Route::Amx8 => {
+                check_operands(path, w, x, rows, bias, y)?;
+                // SAFETY: as in `matmul_with` (the path is supported: checked with the
+                // operands).
+                unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, for_each) };
+                return Ok(());
+            }
+            Route::Amx => {
+                check_operands(path, w, x, rows, bias, y)?;
+                // SAFETY: as above.
+                unsafe { amx::matmul_on(w, x, rows, bias, y, for_each) };
+                return Ok(());
+            }
+            _ => {}
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = for_each;
