@@ -568,28 +568,14 @@ unsafe fn interleave_pairs<const STREAM: bool>(src: *const f32, kn: usize, out: 
     }
 }
 
-/// `y = x · Wᵀ (+ bias)` on the tile unit, on rayon's pool; shapes checked by the caller.
+/// `y = x · Wᵀ (+ bias)` on the tile unit, runs of pairs of tiles as the tasks of
+/// `for_each` (rayon's pool, or a step's team), each task with its own [`Scratch`]; shapes
+/// checked by the caller.
 ///
 /// # Safety
 /// [`supported`] must be true; `x` holds `rows × w.n_in()` values, `y` `rows × w.n_out()`
 /// and `bias`, if any, `w.n_out()`.
 pub unsafe fn matmul(
-    w: &PackedMatrix,
-    x: &[f32],
-    rows: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    // SAFETY: the forwarded contract.
-    unsafe { matmul_on(w, x, rows, bias, y, &super::on_rayon) }
-}
-
-/// [`matmul`] with runs of pairs of tiles as the tasks of `for_each` (rayon's pool, or a
-/// step's team), each task with its own [`Scratch`].
-///
-/// # Safety
-/// As [`matmul`]'s.
-pub unsafe fn matmul_on(
     w: &PackedMatrix,
     x: &[f32],
     rows: usize,

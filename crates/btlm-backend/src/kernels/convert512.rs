@@ -293,7 +293,16 @@ mod tests {
                         assert_eq!(name, "amx-tiles", "{what}");
                         let mut want = vec![f32::NAN; rows * n_out];
                         // SAFETY: the Amx path is supported (filtered above).
-                        unsafe { super::super::amx::matmul(&p, &x, rows, Some(&bias), &mut want) };
+                        unsafe {
+                            super::super::amx::matmul(
+                                &p,
+                                &x,
+                                rows,
+                                Some(&bias),
+                                &mut want,
+                                &super::super::on_rayon,
+                            )
+                        };
                         assert_bits(&run(PrefillPrecision::Bf16, &p), &want, &what);
                     } else if converted {
                         assert_eq!(name, "avx512-wide-bf16", "{what}");

@@ -653,6 +653,25 @@ pub fn matmul_with(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) -> Result<(), KernelError> {
+    matmul_with_on(path, prefill, w, x, rows, bias, y, &on_rayon)
+}
+
+/// [`matmul_with`] with the tasks of the tile unit's and the wide kernels run by
+/// `for_each` (rayon's pool, or a step's team), the others' on rayon's pool: the same
+/// values either way. A step's team waiting on rayon's pool spins for a while (its helpers
+/// before they park), and on two cores that spinning took CPU from the pool's products
+/// (docs/benchmarks.md, session 38).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_with_on(
+    path: KernelPath,
+    prefill: PrefillPrecision,
+    w: &PackedMatrix,
+    x: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    for_each: &acts::ForEach<'_>,
+) -> Result<(), KernelError> {
     check_operands(path, w, x, rows, bias, y)?;
     let n_in = w.n_in();
     if rows == 0 {
@@ -677,19 +696,19 @@ pub fn matmul_with(
         // SAFETY: as above (AMX-INT8 is part of the Amx path); the weights are q4k, the
         // only format routed there, and `matmul_in_passes` prepares their activations.
         Route::Amx8 => {
-            unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, &on_rayon) };
+            unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, for_each) };
             return Ok(());
         }
         // SAFETY: as above; the Amx path is supported only when AMX is usable.
         Route::Amx => {
-            unsafe { amx::matmul(w, x, rows, bias, y) };
+            unsafe { amx::matmul(w, x, rows, bias, y, for_each) };
             return Ok(());
         }
         // SAFETY: as above; routed only for the formats `wide512` takes (bf16 with
         // AVX512-BF16, f32); the activations are prepared here for the weights' format.
         Route::Wide => {
             let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
-            unsafe { wide512::matmul(w, &acts, rows, bias, y, &on_rayon) };
+            unsafe { wide512::matmul(w, &acts, rows, bias, y, for_each) };
             return Ok(());
         }
         // SAFETY: as above; routed only for f32/f16 weights with AVX512-BF16; the
@@ -697,13 +716,15 @@ pub fn matmul_with(
         Route::Converted => {
             let k_pad = WeightFormat::Bf16.padded_k(n_in);
             let acts = Acts::prepare(WeightFormat::Bf16, x, rows, n_in, k_pad);
-            unsafe { convert512::matmul(w, &acts, rows, bias, y, &on_rayon) };
+            unsafe { convert512::matmul(w, &acts, rows, bias, y, for_each) };
             return Ok(());
         }
     }
     let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
     // Without AVX512-BF16 the AVX-512 paths run bf16 weights on the AVX2 kernel, which the
     // CPU then supports too (`avx512::supported` requires AVX2, FMA and F16C).
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (prefill, for_each);
     let tiles = path.tile_path(w.format(), avx512_bf16());
     let out = OutPtr(y.as_mut_ptr());
     let per_task = tiles_per_task(w.tiles(), rows);
@@ -714,45 +735,6 @@ pub fn matmul_with(
         tiles_into(tiles, w, &acts, rows, bias, out, first..last, tile_group(w));
     });
     Ok(())
-}
-
-/// [`matmul_with`] with its tasks run by `for_each` where the route takes it (the tile
-/// unit's kernels, on a step's team instead of rayon's pool), on rayon's pool otherwise: the
-/// same values. A step's team waits on rayon's pool busy for a while (its helpers spin
-/// before they park), and on two cores that spinning took CPU from the pool's products.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_with_on(
-    path: KernelPath,
-    prefill: PrefillPrecision,
-    w: &PackedMatrix,
-    x: &[f32],
-    rows: usize,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-    for_each: &acts::ForEach<'_>,
-) -> Result<(), KernelError> {
-    #[cfg(target_arch = "x86_64")]
-    if rows > 0 {
-        match path.route_with(w.format(), prefill, rows) {
-            Route::Amx8 => {
-                check_operands(path, w, x, rows, bias, y)?;
-                // SAFETY: as in `matmul_with` (the path is supported: checked with the
-                // operands).
-                unsafe { amx8::matmul_in_passes(w, x, rows, bias, y, for_each) };
-                return Ok(());
-            }
-            Route::Amx => {
-                check_operands(path, w, x, rows, bias, y)?;
-                // SAFETY: as above.
-                unsafe { amx::matmul_on(w, x, rows, bias, y, for_each) };
-                return Ok(());
-            }
-            _ => {}
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = for_each;
-    matmul_with(path, prefill, w, x, rows, bias, y)
 }
 
 /// [`matmul_with`] for a product that runs on the wide micro-kernels, its activations

@@ -316,7 +316,7 @@ fn amx_tiles_compute_the_bf16_product() {
             let x = random(rows * n_in, &mut rng, 2.0);
             let mut y = vec![f32::NAN; rows * n_out];
             // SAFETY: supported (checked above); shapes as `matmul` checks them.
-            unsafe { amx::matmul(&p, &x, rows, Some(&bias), &mut y) };
+            unsafe { amx::matmul(&p, &x, rows, Some(&bias), &mut y, &super::on_rayon) };
             let mags = magnitudes(&p, &x, rows);
             for o in 0..n_out {
                 let wr: Vec<f32> = p.dequantize_row(o).into_iter().map(round).collect();
