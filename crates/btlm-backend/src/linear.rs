@@ -296,7 +296,7 @@ pub(crate) fn packed_into(
                 tiles.push(product);
             }
             // Other kernels than the tile kernels: on this team where they take it (the
-            // AMX-INT8 q4k ones), else parallel on rayon's pool.
+            // tile unit's), else parallel on rayon's pool.
             _ => kernels::matmul_with_on(w.path, w.prefill, &w.matrix, x, rows, bias, y, &for_each)
                 .map_err(kernel_error)?,
         }

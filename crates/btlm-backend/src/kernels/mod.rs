@@ -720,11 +720,11 @@ pub fn matmul_with_on(
             return Ok(());
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (prefill, for_each);
     let acts = Acts::prepare(w.format(), x, rows, n_in, w.k_pad());
     // Without AVX512-BF16 the AVX-512 paths run bf16 weights on the AVX2 kernel, which the
     // CPU then supports too (`avx512::supported` requires AVX2, FMA and F16C).
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (prefill, for_each);
     let tiles = path.tile_path(w.format(), avx512_bf16());
     let out = OutPtr(y.as_mut_ptr());
     let per_task = tiles_per_task(w.tiles(), rows);
