@@ -586,11 +586,9 @@ pub unsafe fn matmul(
     let k32 = w.k_pad().div_ceil(KC) * KC;
     let a = pack_acts(x, rows, w.n_in(), k32);
     let out = OutPtr(y.as_mut_ptr());
-    let pairs = w.tiles().div_ceil(2);
-    let per_task = super::many_rows_tiles_per_task(pairs);
-    for_each(pairs.div_ceil(per_task), &|task| {
+    super::for_each_tile_run(w.tiles().div_ceil(2), for_each, |pairs| {
         let mut scratch = Scratch::new(w);
-        for pair in task * per_task..((task + 1) * per_task).min(pairs) {
+        for pair in pairs {
             // SAFETY: the caller's contract; pairs write disjoint columns.
             unsafe { pair_product(w, &a, rows, bias, out, pair, &mut scratch) };
         }

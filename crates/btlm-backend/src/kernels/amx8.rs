@@ -118,11 +118,8 @@ pub unsafe fn matmul(
 ) {
     let tail = padded_tail(acts, rows, w.k_pad());
     let out = OutPtr(y.as_mut_ptr());
-    let tiles = w.tiles();
-    let per_task = super::many_rows_tiles_per_task(tiles);
-    for_each(tiles.div_ceil(per_task), &|task| {
+    super::for_each_tile_run(w.tiles(), for_each, |range| {
         let mut acc = vec![0f32; rows * TILE];
-        let range = task * per_task..((task + 1) * per_task).min(tiles);
         // SAFETY: the forwarded contract; tasks write disjoint tiles' columns.
         unsafe { tiles_into(w, acts, &tail, rows, bias, out, range, &mut acc) };
     });

@@ -65,7 +65,7 @@ pub unsafe fn matmul(
         x
     };
     let out = OutPtr(y.as_mut_ptr());
-    super::for_each_tile_run(w.tiles(), |range| {
+    super::for_each_tile_run(w.tiles(), &super::on_rayon, |range| {
         let mut wbuf = vec![0f32; KB * TILE];
         let mut acc = vec![0f32; rows * TILE];
         for t in range {

@@ -74,7 +74,7 @@ pub unsafe fn matmul(
     let k_pad = w.k_pad();
     let n_out = w.n_out();
     let out = OutPtr(y.as_mut_ptr());
-    super::for_each_tile_run(w.tiles(), |range| {
+    super::for_each_tile_run(w.tiles(), &super::on_rayon, |range| {
         // SAFETY: the caller's contract (AVX2).
         let mut wbuf = [unsafe { _mm256_setzero_si256() }; Q4K_UNPACKED];
         let mut acc = vec![0f32; rows * TILE];

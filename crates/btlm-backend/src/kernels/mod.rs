@@ -586,15 +586,20 @@ fn many_rows_tiles_per_task(tiles: usize) -> usize {
         .max(1)
 }
 
-/// Runs `task` on rayon's pool once per run of [`many_rows_tiles_per_task`] whole tiles of
-/// `0..tiles` (the last run shorter): the split of the many-rows kernels (`many.rs`,
-/// `many8.rs`, `amx8.rs`).
+/// Runs `task` once per run of [`many_rows_tiles_per_task`] consecutive units of
+/// `0..tiles` (tiles, or pairs of tiles; the last run shorter) as the tasks of `for_each`
+/// (rayon's pool, or a step's team): the split of the many-rows kernels (`many.rs`,
+/// `many8.rs`, `amx8.rs`, `amx.rs`).
 #[cfg(target_arch = "x86_64")]
-fn for_each_tile_run(tiles: usize, task: impl Fn(std::ops::Range<usize>) + Sync + Send) {
+fn for_each_tile_run(
+    tiles: usize,
+    for_each: &acts::ForEach<'_>,
+    task: impl Fn(std::ops::Range<usize>) + Sync,
+) {
     let per_task = many_rows_tiles_per_task(tiles);
-    (0..tiles.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|i| task(i * per_task..((i + 1) * per_task).min(tiles)));
+    for_each(tiles.div_ceil(per_task), &|i| {
+        task(i * per_task..((i + 1) * per_task).min(tiles))
+    });
 }
 
 /// Checks the operands of a product (see [`matmul`]) and that the CPU runs `path`.
