@@ -192,8 +192,10 @@ pub struct BtlmArgs {
     /// Keep higher-priority requests in the batch on time (`true`, the default): hold back
     /// the admission of a lower-priority request, and preempt lower-priority ones (503),
     /// while a higher one would otherwise be projected to finish later than its deadline
-    /// less --btlm.deadline_headroom_ms (half of it for preempting). Projected from the
-    /// step times measured; equal priorities never hold each other back.
+    /// less --btlm.deadline_headroom_ms (half of it for preempting); and end a request
+    /// (503) whose prompt, behind the prompts ahead of it, would leave it less than
+    /// --btlm.answer_time_ms before its deadline. Projected from the step times measured;
+    /// equal priorities never hold each other back.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -212,6 +214,16 @@ pub struct BtlmArgs {
         arg(long = "btlm.deadline_headroom_ms", default_value_t = 3000)
     )]
     pub deadline_headroom_ms: u64,
+    /// Milliseconds a request must be projected to have left before its deadline once its
+    /// prompt has run, behind the prompts ahead of it (a higher priority, or as high and
+    /// older), for its prompt to run (--btlm.deadline_guard). One that would have less is
+    /// ended at once (503): it could not answer in time, and its prompt would take the
+    /// steps of the requests that still can.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.answer_time_ms", default_value_t = 2000)
+    )]
+    pub answer_time_ms: u64,
     /// Where quantized CPU weights (--btlm.quantize q8_0/q4k) are cached so that the next
     /// start maps them instead of quantizing again: `beside` (a `.btlm-cache`
     /// folder beside the checkpoint, in the hub cache for hub downloads), `off`, or a
@@ -262,6 +274,7 @@ impl Default for BtlmArgs {
             prefix_reuse: true,
             deadline_guard: true,
             deadline_headroom_ms: 3000,
+            answer_time_ms: 2000,
             weight_cache: "beside".into(),
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
@@ -305,6 +318,7 @@ impl BtlmArgs {
             deadline_headroom: self
                 .deadline_guard
                 .then(|| Duration::from_millis(self.deadline_headroom_ms)),
+            answer_time: Duration::from_millis(self.answer_time_ms),
         }
     }
 
@@ -635,6 +649,12 @@ mod tests {
         assert!(BtlmArgs::default().engine().prefix_reuse);
         let off = parse(&["--btlm.prefix_reuse", "false"]).expect("off");
         assert!(!off.engine().prefix_reuse);
+        assert_eq!(
+            parse(&[]).expect("defaults").engine().answer_time,
+            Duration::from_secs(2)
+        );
+        let t = parse(&["--btlm.answer_time_ms", "750"]).expect("answer time");
+        assert_eq!(t.engine().answer_time, Duration::from_millis(750));
         let g = a.generation();
         assert_eq!(g.prefill_chunk, 32);
         assert!(g.ignore_eos);

@@ -231,9 +231,10 @@ impl<M: StepModel> Batcher<M> {
             shared_prompt_pass,
             cost: StepCost::default(),
             first_touch,
-            guard: config
-                .deadline_headroom
-                .map(|headroom| DeadlineGuard { headroom }),
+            guard: config.deadline_headroom.map(|headroom| DeadlineGuard {
+                headroom,
+                answer_time: config.answer_time,
+            }),
             model,
             tokenizer,
             config,
@@ -275,6 +276,7 @@ impl<M: StepModel> Batcher<M> {
             self.retire();
             self.admit();
             self.guard_deadlines();
+            self.end_late_prompts(Instant::now());
             if !self.running.is_empty() {
                 self.step();
             }
@@ -466,6 +468,45 @@ impl<M: StepModel> Batcher<M> {
             );
             r.job.sequence.stop(FinishReason::Preempted);
             self.stats.preempted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the prompts the deadline guard (if on) finds could not run in time
+    /// ([`DeadlineGuard::late_prompts`]), taken in the order the steps run them.
+    fn end_late_prompts(&mut self, now: Instant) {
+        let Some(guard) = &self.guard else {
+            return;
+        };
+        let mut prompts = Vec::new();
+        let mut decode_rows = 0;
+        for (i, r) in self.running.iter().enumerate() {
+            let seq = &r.job.sequence;
+            match (seq.finished(), seq.is_prefilling()) {
+                (Some(_), _) => {}
+                (None, true) => prompts.push(i),
+                (None, false) => decode_rows += 1,
+            }
+        }
+        // As `step` orders them: stable, the oldest first among equal priorities.
+        prompts.sort_by(|&a, &b| {
+            let p = |i: usize| self.running[i].job.priority;
+            p(b).total_cmp(&p(a))
+        });
+        let loads: Vec<Load> = prompts
+            .iter()
+            .map(|&i| self.running[i].job.load())
+            .collect();
+        let budget = self.config.prefill_tokens_per_step;
+        for k in guard.late_prompts(&self.cost, &loads, decode_rows, budget, now) {
+            let job = &mut self.running[prompts[k]].job;
+            tracing::debug!(
+                target: "btlm_engine",
+                priority = job.priority,
+                prompt_left = job.sequence.prompt_left(),
+                "btlm request ended: its prompt could not run in time behind the others"
+            );
+            job.sequence.stop(FinishReason::Late);
+            self.stats.late.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -725,8 +766,8 @@ impl<M: StepModel> Batcher<M> {
                     .tokens
                     .fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
                 match g.finish {
-                    // Counted when preempted (`EngineStats::preempted`).
-                    FinishReason::Preempted => {}
+                    // Counted when ended (`EngineStats::preempted`, `EngineStats::late`).
+                    FinishReason::Preempted | FinishReason::Late => {}
                     FinishReason::Cancelled => count(&self.stats.cancelled),
                     FinishReason::Deadline => count(&self.stats.timed_out),
                     FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
@@ -933,6 +974,61 @@ mod tests {
                 Event::Text(..) => continue,
                 Event::Done(result) => return result.expect("no failure"),
             }
+        }
+    }
+
+    #[test]
+    fn prompts_that_could_not_run_in_time_end_before_they_take_the_steps() {
+        // Prompt tokens 10 ms each, 256 a step; 2 s left for an answer (the test's guard).
+        let mut b = batcher_with(Echo::default(), 8, 256, |c| {
+            c.answer_time = Duration::from_secs(2)
+        });
+        let mut rx = Vec::new();
+        // Four 300-token prompts due in 9 s: the first two end by 3 s and 6 s (+ 2 s fit),
+        // the third would end at 9 s. The fourth, behind the second, as well.
+        for first in 1..=4 {
+            let (j, r) = job(1.0, first, 300, 2, 9.0);
+            submit(&mut b, j);
+            rx.push(r);
+        }
+        b.admit();
+        b.end_late_prompts(Instant::now());
+        let late = |b: &Batcher<Echo>| -> Vec<bool> {
+            b.running
+                .iter()
+                .map(|r| r.job.sequence.finished() == Some(FinishReason::Late))
+                .collect()
+        };
+        assert_eq!(late(&b), [false, false, true, true]);
+        assert_eq!(b.stats.late.load(Ordering::Relaxed), 2);
+        run_out(&mut b);
+        let steps = b.model.steps.lock().expect("steps").clone();
+        assert!(
+            steps
+                .iter()
+                .flatten()
+                .all(|&first| first == 1 || first == 2 || first == 500),
+            "the late prompts never ran: {steps:?}"
+        );
+        for (r, want) in rx.iter_mut().zip([true, true, false, false]) {
+            let g = done(r);
+            assert_eq!(g.finish != FinishReason::Late, want, "{:?}", g.finish);
+        }
+        // Without the guard, or before a prompt step was measured, nothing is ended.
+        for guard in [false, true] {
+            let mut b = batcher(8, 256);
+            if guard {
+                b.cost = StepCost::default();
+            } else {
+                b.guard = None;
+            }
+            for first in 1..=4 {
+                let (j, _r) = job(1.0, first, 300, 2, 9.0);
+                submit(&mut b, j);
+            }
+            b.admit();
+            b.end_late_prompts(Instant::now());
+            assert!(late(&b).iter().all(|l| !l), "guard {guard}");
         }
     }
 

@@ -13,7 +13,13 @@
 //! - **preempts lower-priority sequences** (the lowest first, the most recently admitted
 //!   among equals: it has done the least work) while a higher one is projected past its
 //!   deadline less half the headroom; their callers are told at once
-//!   ([`FinishReason::Preempted`](crate::generation::FinishReason::Preempted)).
+//!   ([`FinishReason::Preempted`](crate::generation::FinishReason::Preempted));
+//! - **ends the prompts that could not run in time**: a prompt whose tokens, after those of
+//!   the prompts ahead of it, would leave its request less than the answer time
+//!   (`--btlm.answer_time_ms`) before its deadline
+//!   ([`FinishReason::Late`](crate::generation::FinishReason::Late)). Prompts that arrive
+//!   together and share the steps all end late when they are long: past their deadlines,
+//!   none answered, unless those that cannot make it leave the steps to the others.
 //!
 //! A sequence that could not finish in time even alone with its equals and betters is not
 //! protected: nothing is held back or preempted for it. Equal priorities never hold each
@@ -43,6 +49,9 @@ pub(crate) struct DeadlineGuard {
     /// Time a protected sequence must be projected to finish before its deadline for a
     /// lower one to be admitted; half of it before the lower ones are preempted.
     pub(crate) headroom: Duration,
+    /// Time a request must be projected to have left once its prompt has run, for the
+    /// prompt to run.
+    pub(crate) answer_time: Duration,
 }
 
 impl DeadlineGuard {
@@ -104,6 +113,45 @@ impl DeadlineGuard {
         preempted
     }
 
+    /// The positions in `prompts` (the prefilling sequences, in the order the steps run
+    /// their prompts) of those whose prompt, run after those ahead of it at `budget` tokens
+    /// a step with `decode_rows` decode rows riding along, is projected to leave less than
+    /// the answer time before their deadline. An ended prompt is not ahead of the ones
+    /// behind it. Nothing before a prompt token's cost is measured. (Where prompts share
+    /// every step, each ends later than projected here.)
+    pub(crate) fn late_prompts(
+        &self,
+        cost: &StepCost,
+        prompts: &[Load],
+        decode_rows: usize,
+        budget: usize,
+        now: Instant,
+    ) -> Vec<usize> {
+        let Some(per_token) = cost.prompt_token() else {
+            return Vec::new();
+        };
+        let rows_time = match decode_rows {
+            0 => 0.0,
+            rows => cost.decode_step(rows).unwrap_or(0.0),
+        };
+        let mut ahead = 0;
+        let mut late = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let tokens = ahead + p.prompt_left;
+            let takes =
+                tokens as f64 * per_token + tokens.div_ceil(budget.max(1)) as f64 * rows_time;
+            let needs = takes + self.answer_time.as_secs_f64();
+            if p.deadline
+                .is_some_and(|d| needs > d.saturating_duration_since(now).as_secs_f64())
+            {
+                late.push(i);
+            } else {
+                ahead = tokens;
+            }
+        }
+        late
+    }
+
     /// Whether `s` finishes `margin` before its deadline in `batch` (`s` among them):
     /// `None` when that cannot be told (no deadline, costs unknown) or when `s` is not
     /// protected (it would miss its deadline even with only its equals and betters in the
@@ -163,6 +211,7 @@ mod tests {
     fn guard() -> DeadlineGuard {
         DeadlineGuard {
             headroom: Duration::from_secs(2),
+            answer_time: Duration::from_secs(2),
         }
     }
 
@@ -243,5 +292,36 @@ mod tests {
             load(10.0, now, Some(4.0), 0, 100),
         ];
         assert!(guard().preemptions(&cost(), &batch, now).is_empty());
+    }
+
+    #[test]
+    fn prompts_that_would_leave_no_time_to_answer_are_late_and_not_ahead() {
+        let now = Instant::now();
+        let c = cost();
+        // 10 ms a prompt token, 256 a step, 2 s to answer: four 300-token prompts due in
+        // 9 s end by 3, 6, 9 and (the third ended) 9 s.
+        let p = |prompt: usize, due: Option<f64>| load(1.0, now, due, prompt, 10);
+        let four = [p(300, Some(9.0)); 4];
+        assert_eq!(guard().late_prompts(&c, &four, 0, 256, now), vec![2, 3]);
+        // A shorter fourth fits behind the second: 600 + 100 tokens, 7 s.
+        let mut shorter = four;
+        shorter[3].prompt_left = 100;
+        assert_eq!(guard().late_prompts(&c, &shorter, 0, 256, now), vec![2]);
+        // Without a deadline it is never late, but it is ahead of the others.
+        let timeless = [p(300, None), p(300, Some(9.0)), p(300, Some(9.0))];
+        assert_eq!(guard().late_prompts(&c, &timeless, 0, 256, now), vec![2]);
+        // Eight decode rows (85 ms a step) ride along: 590 tokens in 3 steps take 6.155 s,
+        // past the 6 s an 8 s deadline leaves; alone they fit.
+        let one = [p(590, Some(8.0))];
+        assert_eq!(guard().late_prompts(&c, &one, 8, 256, now), vec![0]);
+        assert!(guard().late_prompts(&c, &one, 0, 256, now).is_empty());
+        // Nothing before a prompt token's cost is measured.
+        let mut unknown = StepCost::default();
+        unknown.record(8, 0, Duration::from_millis(85));
+        assert!(
+            guard()
+                .late_prompts(&unknown, &four, 0, 256, now)
+                .is_empty()
+        );
     }
 }

@@ -109,6 +109,10 @@ pub enum FinishReason {
     /// A higher-priority request needed the batch to itself to finish in time (the
     /// engine's deadline guard, `--btlm.deadline_guard`); the partial text is dropped.
     Preempted,
+    /// Its prompt, after the prompts ahead of it, could not have run before its deadline
+    /// less the time an answer needs (the engine's deadline guard, `--btlm.answer_time_ms`):
+    /// ended before it took more of the steps the others need.
+    Late,
 }
 
 /// The outcome of one completion ([`generate`](crate::sequence::generate) or the engine).

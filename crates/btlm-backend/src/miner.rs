@@ -222,6 +222,11 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             count(&stats.preempted),
         ),
         BackendMetric::counter(
+            "prompting_btlm_deadline_guard_late",
+            "Running requests the deadline guard ended (answered 503) because their prompt, behind the prompts ahead of it, could not have run before their deadline less --btlm.answer_time_ms.",
+            count(&stats.late),
+        ),
+        BackendMetric::counter(
             "prompting_btlm_admitted",
             "Requests the BTLM engine admitted into its batch.",
             count(&stats.admitted),
@@ -447,6 +452,9 @@ impl Miner for BtlmMiner {
                             Err(MinerError::Backend("generation was cancelled".into()))
                         }
                         FinishReason::Preempted => Err(MinerError::Preempted),
+                        FinishReason::Late => Err(MinerError::Overloaded(
+                            "its prompt could not have run in time behind the others".into(),
+                        )),
                         FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
                             record_end(&report, &g);
                             return None;

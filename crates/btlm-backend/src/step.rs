@@ -215,6 +215,12 @@ pub struct EngineConfig {
     /// long before its deadline, and lower ones are preempted while a higher one is
     /// projected later than half of it. `None`: no guard.
     pub deadline_headroom: Option<Duration>,
+    /// With the deadline guard: the time a request must be projected to have left once its
+    /// prompt has run, after the prompts ahead of it (a higher priority, or as high and
+    /// older), for the prompt to run; a request that would have less is ended
+    /// ([`FinishReason::Late`](crate::generation::FinishReason::Late)) rather than take
+    /// the steps of those that can still answer.
+    pub answer_time: Duration,
 }
 
 impl Default for EngineConfig {
@@ -228,6 +234,7 @@ impl Default for EngineConfig {
             kv_pool: true,
             prefix_reuse: true,
             deadline_headroom: Some(Duration::from_secs(3)),
+            answer_time: Duration::from_secs(2),
         }
     }
 }
@@ -318,6 +325,9 @@ pub struct EngineStats {
     pub held_back: AtomicU64,
     /// Running requests the deadline guard preempted for a higher-priority one.
     pub preempted: AtomicU64,
+    /// Running requests the deadline guard ended because their prompt could not have run
+    /// in time ([`EngineConfig::answer_time`]).
+    pub late: AtomicU64,
 }
 
 impl EngineStats {

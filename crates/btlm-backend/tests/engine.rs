@@ -261,6 +261,7 @@ fn engine_config(max_batch: usize) -> EngineConfig {
         // The scripted steps take as long as the test holds them: no step times to
         // project deadlines from (the guard has tests of its own, in the crate).
         deadline_headroom: None,
+        ..EngineConfig::default()
     }
 }
 

@@ -55,6 +55,7 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         ("prompting_btlm_kv_reserved_bytes", "gauge"),
         ("prompting_btlm_deadline_guard_held_back", "counter"),
         ("prompting_btlm_deadline_guard_preempted", "counter"),
+        ("prompting_btlm_deadline_guard_late", "counter"),
     ] {
         assert!(
             before.contains(&format!("# TYPE {name} {kind}\n")),
@@ -116,8 +117,8 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         1.0
     );
     assert_eq!(value(&after, "prompting_btlm_admitted_total"), 1.0);
-    // Alone in the batch: nothing for the deadline guard to hold back or preempt.
-    for guard in ["held_back", "preempted"] {
+    // Alone in the batch: nothing for the deadline guard to hold back, preempt or end.
+    for guard in ["held_back", "preempted", "late"] {
         let name = format!("prompting_btlm_deadline_guard_{guard}_total");
         assert_eq!(value(&after, &name), 0.0, "{name}");
     }
