@@ -172,7 +172,7 @@ summary="$out/summary.md"
 {
   echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, conversation turns $CONVERSATION_TURNS, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
-  echo "| format | validators | answers | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | within ${TIMEOUT} s | peak RSS MiB |"
+  echo "| format | validators | answers / requests | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | all within ${TIMEOUT} s | peak RSS MiB |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 } >"$summary"
 
@@ -199,16 +199,18 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 p = d.get("latency_ok") or {}
 ok = d["statuses"].get("200", 0)
-print(f'{d["throughput_rps"]} {p.get("p50_ms", float("nan"))/1e3:.2f} {p.get("p99_ms", float("nan"))/1e3:.2f} {ok}')
+# Every request answered within the timeout (refused or timed-out ones count against it).
+every = "yes" if ok == d["requests"] and p.get("p99_ms", float("inf")) <= float(sys.argv[2]) * 1e3 else "no"
+print(f'{d["throughput_rps"]} {p.get("p50_ms", float("nan"))/1e3:.2f} {p.get("p99_ms", float("nan"))/1e3:.2f} {ok}/{d["requests"]} {every}')
 EOF
 )"
-    read -r rps p50 p99 ok <<<"$within"
+    read -r rps p50 p99 ok every <<<"$within"
     cut="$(python3 -c "print(int(float('$(metric prompting_pipeline_truncated_answers_total)') - float('$cut_before')))" 2>/dev/null || echo nan)"
     tps="$(python3 -c "print(f'{$rps * $TOKENS:.2f}')")"
     single="${single:-$tps}"
     ratio="$(python3 -c "print(f'{$tps / max($single, 1e-9):.2f}')")"
     capacity[$format]="$rps"
-    rows+=("| $format | $n | $ok | $cut | $p50 | $p99 | $tps | $ratio | $(python3 -c "print('yes' if $p99 <= $TIMEOUT else 'no')") |")
+    rows+=("| $format | $n | $ok | $cut | $p50 | $p99 | $tps | $ratio | $every |")
   done
   kept="$(metric prompting_btlm_prefix_reused_tokens_total)"
   ran="$(metric 'prompting_btlm_rows_total{kind="prompt"}')"
@@ -244,12 +246,13 @@ if [ -n "$FLOOD_FORMAT" ]; then
     --label "$FLOOD_VALIDATORS validator(s) (stake 10000)" --json "$out/flood-validator.json"
   wait "$flood"
   # What the miner itself counted (its /metrics): the queue's preemptions and the BTLM
-  # engine's deadline guard (requests held back, sequences preempted).
+  # engine's deadline guard (requests held back, sequences preempted, prompts ended late).
   counters="$(python3 - "$port" <<'EOF'
 import sys, urllib.request
 names = ("prompting_queue_preemptions_total",
          "prompting_btlm_deadline_guard_held_back_total",
-         "prompting_btlm_deadline_guard_preempted_total")
+         "prompting_btlm_deadline_guard_preempted_total",
+         "prompting_btlm_deadline_guard_late_total")
 try:
     with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10) as r:
         text = r.read().decode()
