@@ -471,27 +471,38 @@ impl<M: StepModel> Batcher<M> {
         }
     }
 
+    /// The positions of the running sequences that have not ended: those decoding, and
+    /// those prefilling in the order the steps run their prompts (the highest priority
+    /// first, the oldest first among equals).
+    fn decoding_and_prompts(&self) -> (Vec<usize>, Vec<usize>) {
+        let (mut decode, mut prompts) = (Vec::new(), Vec::new());
+        for (i, r) in self.running.iter().enumerate() {
+            let seq = &r.job.sequence;
+            if seq.finished().is_some() {
+                continue;
+            }
+            if seq.is_prefilling() {
+                prompts.push(i);
+            } else {
+                decode.push(i);
+            }
+        }
+        // Stable: the oldest first among equal priorities.
+        prompts.sort_by(|&a, &b| {
+            let p = |i: usize| self.running[i].job.priority;
+            p(b).total_cmp(&p(a))
+        });
+        (decode, prompts)
+    }
+
     /// Ends the prompts the deadline guard (if on) finds could not run in time
     /// ([`DeadlineGuard::late_prompts`]), taken in the order the steps run them.
     fn end_late_prompts(&mut self, now: Instant) {
         let Some(guard) = &self.guard else {
             return;
         };
-        let mut prompts = Vec::new();
-        let mut decode_rows = 0;
-        for (i, r) in self.running.iter().enumerate() {
-            let seq = &r.job.sequence;
-            match (seq.finished(), seq.is_prefilling()) {
-                (Some(_), _) => {}
-                (None, true) => prompts.push(i),
-                (None, false) => decode_rows += 1,
-            }
-        }
-        // As `step` orders them: stable, the oldest first among equal priorities.
-        prompts.sort_by(|&a, &b| {
-            let p = |i: usize| self.running[i].job.priority;
-            p(b).total_cmp(&p(a))
-        });
+        let (decode, prompts) = self.decoding_and_prompts();
+        let decode_rows = decode.len();
         let loads: Vec<Load> = prompts
             .iter()
             .map(|&i| self.running[i].job.load())
@@ -513,24 +524,7 @@ impl<M: StepModel> Batcher<M> {
     /// One step: decode rows of every decoding sequence and one prompt piece per prefilling
     /// sequence within the prompt-token budget, the highest priority first.
     fn step(&mut self) {
-        let mut decode = Vec::new();
-        let mut prompts = Vec::new();
-        for (i, r) in self.running.iter().enumerate() {
-            let seq = &r.job.sequence;
-            if seq.finished().is_some() {
-                continue;
-            }
-            if seq.is_prefilling() {
-                prompts.push(i);
-            } else {
-                decode.push(i);
-            }
-        }
-        // Stable: the oldest first among equal priorities.
-        prompts.sort_by(|&a, &b| {
-            let p = |i: usize| self.running[i].job.priority;
-            p(b).total_cmp(&p(a))
-        });
+        let (decode, prompts) = self.decoding_and_prompts();
         let mut prefill = Vec::new();
         let mut prompt_tokens = 0;
         for i in prompts {
@@ -1030,6 +1024,35 @@ mod tests {
             b.end_late_prompts(Instant::now());
             assert!(late(&b).iter().all(|l| !l), "guard {guard}");
         }
+    }
+
+    #[test]
+    fn the_engine_loop_ends_late_prompts_before_its_first_step() {
+        let b = batcher_with(Echo::default(), 8, 256, |c| {
+            c.answer_time = Duration::from_secs(2)
+        });
+        let stats = Arc::clone(&b.stats);
+        let (tx, jobs) = std::sync::mpsc::channel();
+        let mut rx = Vec::new();
+        // As above: of four 300-token prompts due in 9 s, the last two could not run.
+        for first in 1..=4 {
+            let (j, r) = job(1.0, first, 300, 2, 9.0);
+            tx.send(j).expect("send");
+            rx.push(r);
+        }
+        drop(tx);
+        b.run(jobs);
+        let finish: Vec<FinishReason> = rx.iter_mut().map(|r| done(r).finish).collect();
+        assert_eq!(
+            finish,
+            [
+                FinishReason::Length,
+                FinishReason::Length,
+                FinishReason::Late,
+                FinishReason::Late
+            ]
+        );
+        assert_eq!(stats.late.load(Ordering::Relaxed), 2);
     }
 
     #[test]
