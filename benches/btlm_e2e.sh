@@ -8,7 +8,9 @@
 #   2. for each format: starts btlm-miner (--metagraph.file with the load generator's keys,
 #      --btlm.ignore_eos and no stop strings so every answer is exactly $TOKENS tokens), then
 #      for each concurrency N: N validators in a closed loop, $ROUNDS answers each:
-#      p50/p99 time to the full answer and aggregate tokens/s (answers x $TOKENS / time);
+#      p50/p99 time to the full answer and aggregate tokens/s (the tokens the miner
+#      generated meanwhile, from its /metrics, over the run's time: answers cut short or
+#      refused count what they cost, not $TOKENS);
 #   3. the flood: low-stake callers at $FLOOD_X x the miner's measured capacity while
 #      $FLOOD_VALIDATORS high-stake validators (default 1) each ask one question at a time,
 #      all with the validator timeout ($TIMEOUT s); the figures are the validators' success
@@ -192,6 +194,7 @@ for format in $FORMATS; do
   for n in $CONC; do
     json="$out/$format-c$n.json"
     cut_before="$(metric prompting_pipeline_truncated_answers_total)"
+    tokens_before="$(metric prompting_btlm_generated_tokens_total)"
     load --key-offset "$clients_from" --hotkeys "$n" --concurrency "$n" --requests $(( n * ROUNDS )) \
       --timeout "$conc_timeout" --label "$format, $n validators" --json "$json"
     within="$(python3 - "$json" "$TIMEOUT" <<'EOF'
@@ -206,7 +209,15 @@ EOF
 )"
     read -r rps p50 p99 ok every <<<"$within"
     cut="$(python3 -c "print(int(float('$(metric prompting_pipeline_truncated_answers_total)') - float('$cut_before')))" 2>/dev/null || echo nan)"
-    tps="$(python3 -c "print(f'{$rps * $TOKENS:.2f}')")"
+    # A request cut short ends in the engine at its next step: let it count its tokens.
+    sleep 1
+    tokens_after="$(metric prompting_btlm_generated_tokens_total)"
+    tps="$(python3 - "$json" "$tokens_before" "$tokens_after" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(f'{(float(sys.argv[3]) - float(sys.argv[2])) / d["elapsed_s"]:.2f}')
+EOF
+)"
     single="${single:-$tps}"
     ratio="$(python3 -c "print(f'{$tps / max($single, 1e-9):.2f}')")"
     capacity[$format]="$rps"
