@@ -45,7 +45,11 @@ impl LayerKv {
                 } else {
                     needed.div_ceil(GROW_BY) * GROW_BY
                 };
-                // Zeroed allocations are lazily backed by the OS: reserving is cheap.
+                // f32 and int8 zeros are a zeroed allocation, backed by the OS page by page
+                // as positions are written; candle writes f16 and bf16 zeros value by
+                // value, which backs the whole capacity here, before the steps that use it.
+                // (f16 caches backed lazily instead measured no faster end to end on a VM
+                // whose host backs new pages slowly: docs/benchmarks.md, session 40.)
                 let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
                 (zeros()?, zeros()?)
             }
