@@ -45,11 +45,13 @@ impl LayerKv {
                 } else {
                     needed.div_ceil(GROW_BY) * GROW_BY
                 };
-                // f32 and int8 zeros are a zeroed allocation, backed by the OS page by page
-                // as positions are written; candle writes f16 and bf16 zeros value by
-                // value, which backs the whole capacity here, before the steps that use it.
-                // (f16 caches backed lazily instead measured no faster end to end on a VM
-                // whose host backs new pages slowly: docs/benchmarks.md, session 40.)
+                // The OS backs new memory as it is first written. candle writes f16 and
+                // bf16 zeros value by value, and glibc's `calloc` writes the f32 and int8
+                // ones too unless the block is a fresh mapping (one layer's tensor of a few
+                // MB comes from a heap once glibc's mmap threshold has grown past it), so
+                // the capacity is mostly backed here, before the steps that use it: on a VM
+                // whose host backs pages slowly, ~0.1–0.25 s a request (docs/benchmarks.md,
+                // session 40).
                 let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
                 (zeros()?, zeros()?)
             }
