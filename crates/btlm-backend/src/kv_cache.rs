@@ -8,10 +8,36 @@
 //! are not zeroed, since attention reads only the positions written since (views of the
 //! first `len` positions).
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 /// Positions added at a time to a cache that has no reserved capacity.
 pub const GROW_BY: usize = 256;
+
+/// Zeros of `shape` written by every thread of rayon's pool (CPU f32, f16, bf16, u8;
+/// `Tensor::zeros` elsewhere). A new cache is new memory, which the OS backs page by page as
+/// it is first written: candle writes f16 and bf16 zeros value by value, and glibc's
+/// `calloc` writes the f32 and int8 ones too unless the block is a fresh mapping (a layer's
+/// tensor of a few MB comes from a heap once glibc's mmap threshold has grown past it). On
+/// the engine's thread alone, at admission, that took 90–240 ms a request on a VM whose
+/// host backs pages slowly, with no step running (docs/benchmarks.md, session 40).
+pub(crate) fn zeros_on_threads(
+    shape: (usize, usize, usize),
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    fn zeros<T: Copy + Send + Sync>(n: usize, zero: T) -> Vec<T> {
+        (0..n).into_par_iter().map(|_| zero).collect()
+    }
+    let n = shape.0 * shape.1 * shape.2;
+    match (dtype, device) {
+        (DType::F16, Device::Cpu) => Tensor::from_vec(zeros(n, half::f16::ZERO), shape, device),
+        (DType::BF16, Device::Cpu) => Tensor::from_vec(zeros(n, half::bf16::ZERO), shape, device),
+        (DType::F32, Device::Cpu) => Tensor::from_vec(zeros(n, 0f32), shape, device),
+        (DType::U8, Device::Cpu) => Tensor::from_vec(zeros(n, 0u8), shape, device),
+        _ => Tensor::zeros(shape, dtype, device),
+    }
+}
 
 /// One block's keys and values.
 #[derive(Debug, Clone)]
@@ -45,14 +71,7 @@ impl LayerKv {
                 } else {
                     needed.div_ceil(GROW_BY) * GROW_BY
                 };
-                // The OS backs new memory as it is first written. candle writes f16 and
-                // bf16 zeros value by value, and glibc's `calloc` writes the f32 and int8
-                // ones too unless the block is a fresh mapping (one layer's tensor of a few
-                // MB comes from a heap once glibc's mmap threshold has grown past it), so
-                // the capacity is mostly backed here, before the steps that use it: on a VM
-                // whose host backs pages slowly, ~0.1–0.25 s a request (docs/benchmarks.md,
-                // session 40).
-                let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
+                let zeros = || zeros_on_threads((h, cap, d), k.dtype(), k.device());
                 (zeros()?, zeros()?)
             }
             Some((ks, vs)) if ks.dim(1)? < needed => {
@@ -158,7 +177,7 @@ impl Cache {
             };
             let (h, _, d) = k.dims3()?;
             let cap = dst.reserve.max(len);
-            let zeros = || Tensor::zeros((h, cap, d), k.dtype(), k.device());
+            let zeros = || zeros_on_threads((h, cap, d), k.dtype(), k.device());
             let (ks, vs) = (zeros()?, zeros()?);
             ks.slice_set(&k.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
             vs.slice_set(&v.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
@@ -368,6 +387,22 @@ mod tests {
                     .expect("vec");
                 assert_eq!(got, want, "no old position shows");
             }
+        }
+    }
+
+    /// The zeros of every thread are `Tensor::zeros`' in every dtype a cache stores.
+    #[test]
+    fn zeros_on_threads_are_zeros_of_the_shape_and_dtype() {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::U8, DType::U32] {
+            let shape = (3, 70_001, 5); // past rayon's splitting, an odd length
+            let t = zeros_on_threads(shape, dtype, &Device::Cpu).expect("zeros");
+            assert_eq!((t.dims3().expect("dims"), t.dtype()), (shape, dtype));
+            let want = Tensor::zeros(shape, dtype, &Device::Cpu).expect("zeros");
+            let same = t
+                .eq(&want)
+                .and_then(|e| e.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>())
+                .expect("compare");
+            assert_eq!(same as usize, 3 * 70_001 * 5, "{dtype:?}");
         }
     }
 }
