@@ -17,6 +17,7 @@ use clap::Parser;
 use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::kernels::prefetch::{self, PrefetchLevel};
+use prompting_btlm_backend::kernels::q4k_scales::Q4kScales;
 use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
@@ -253,10 +254,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let path = KernelPath::active()?;
     println!(
-        "kernel path: {path} (detected {}; BTLM_KERNELS overrides), weight prefetch into {} (L1D {}; BTLM_PREFETCH overrides)",
+        "kernel path: {path} (detected {}; BTLM_KERNELS overrides), weight prefetch into {} (L1D {}; BTLM_PREFETCH overrides), avx512 q4k sub-block scales in {} (BTLM_Q4K_SCALES overrides)",
         KernelPath::detect(),
         PrefetchLevel::active(),
         prefetch::l1d_bytes().map_or("unknown".to_string(), |b| format!("{} KiB", b >> 10)),
+        Q4kScales::active(),
     );
     if !cli.skip_matmul {
         let formats = cli

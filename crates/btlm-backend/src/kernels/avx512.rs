@@ -21,6 +21,7 @@ use std::arch::x86_64::*;
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
 use super::prefetch::PrefetchLevel;
+use super::q4k_scales::Q4kScales;
 use super::simd::{Q8KRows, Q8Rows};
 
 /// Activation rows per kernel call.
@@ -424,14 +425,16 @@ pub(super) fn pair_mins(mpair: &mut [__m512i; 4], j: usize, m: __m512i) {
 }
 
 /// One q4k tile for `R` activation rows (activations with one scale per super-block): per
-/// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), converted
-/// to f32 and times the 6-bit scale in an FMA, added up over each half of the super-block
-/// (at most 63 · 60 960 · 4 = 15 361 920 < 2²⁴, so every step is exact) and the halves
-/// added once: the same bits as the exact i32 sum converted (one rounding either way),
-/// which is what the AMX-INT8 route computes. (A `vpmulld` here costs two uops on the
-/// port the `vpdpbusd` need, on Intel cores and Zen 4 alike.) The min term is `vpmaddwd` of
-/// two sub-blocks' mins with their activation sums as i16 pairs (|sum| ≤ 32·127); both are
-/// scaled once per super-block, as in the AVX2 kernel.
+/// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), each sum is
+/// multiplied by its 6-bit scale as this CPU does it best ([`Q4kScales::active`]), and the
+/// super-block's `Σ_j sc_j · Σ q·a` comes out as the exact integer rounded once to f32,
+/// which is what the AMX-INT8 route computes. In f32 ([`Q4kScales::F32`]) the sums are
+/// converted and scaled in FMAs, added up over each half of the super-block (at most
+/// 63 · 60 960 · 4 = 15 361 920 < 2²⁴, so every step is exact) and the halves added once:
+/// one rounding, as in i32 ([`Q4kScales::I32`]: `vpmulld`, summed in i32, converted
+/// once). The min term is `vpmaddwd` of two sub-blocks' mins with their activation sums as
+/// i16 pairs (|sum| ≤ 32·127); both are scaled once per super-block, as in the AVX2
+/// kernel.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_rows<const R: usize>(
     w: *const u8,
@@ -440,13 +443,57 @@ unsafe fn q4k_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe { first_pass!(a.first, q4k_pass::<R>(w, nsuper, a, out)) }
+    unsafe { q4k_rows_scaled::<R>(Q4kScales::active(), w, nsuper, a, out) }
 }
 
-/// [`q4k_rows`], prefetching the weight stream as `PF` says (the first call over the tile).
+/// [`q4k_rows`] with the sub-block scales applied as `scales` says.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4k_pass<const R: usize, const PF: u8>(
+unsafe fn q4k_rows_scaled<const R: usize>(
+    scales: Q4kScales,
+    w: *const u8,
+    nsuper: usize,
+    a: &Q8KRows,
+    out: &mut [[f32; TILE]],
+) {
+    // SAFETY (both): the forwarded contract.
+    match scales {
+        Q4kScales::I32 => unsafe { first_pass!(a.first, q4k_pass_i32::<R>(w, nsuper, a, out)) },
+        Q4kScales::F32 => unsafe { first_pass!(a.first, q4k_pass_f32::<R>(w, nsuper, a, out)) },
+    }
+}
+
+/// [`q4k_pass`] scaling in i32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4k_pass_i32<const R: usize, const PF: u8>(
+    w: *const u8,
+    nsuper: usize,
+    a: &Q8KRows,
+    out: &mut [[f32; TILE]],
+) {
+    // SAFETY: the forwarded contract.
+    unsafe { q4k_pass::<R, PF, true>(w, nsuper, a, out) }
+}
+
+/// [`q4k_pass`] scaling in f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4k_pass_f32<const R: usize, const PF: u8>(
+    w: *const u8,
+    nsuper: usize,
+    a: &Q8KRows,
+    out: &mut [[f32; TILE]],
+) {
+    // SAFETY: the forwarded contract.
+    unsafe { q4k_pass::<R, PF, false>(w, nsuper, a, out) }
+}
+
+/// [`q4k_rows`], prefetching the weight stream as `PF` says (the first call over the tile)
+/// and scaling the sub-block sums in i32 if `I32`, else in f32 (see [`Q4kScales`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4k_pass<const R: usize, const PF: u8, const I32: bool>(
     w: *const u8,
     nsuper: usize,
     a: &Q8KRows,
@@ -462,13 +509,14 @@ unsafe fn q4k_pass<const R: usize, const PF: u8>(
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::D).cast()));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(q4k_off::DMIN).cast()));
             let mut hi = _mm512_loadu_si512(blk.add(q4k_off::HI).cast());
-            // The scaled sums of sub-blocks 0–3 and 4–7, each exact in f32.
+            // The scaled sums of sub-blocks 0–3 and 4–7, each exact in f32 (`!I32`).
             let mut halves = [[_mm512_setzero_ps(); R]; 2];
+            // The exact integer sum of all eight (`I32`).
+            let mut total = [_mm512_setzero_si512(); R];
             // Sub-blocks' mins in pairs ([`pair_mins`]).
             let mut mpair = [_mm512_setzero_si512(); 4];
             for j in 0..8 {
                 let (sc, m) = q4k_scales_mins(blk, j, hi);
-                let sc = _mm512_cvtepi32_ps(sc);
                 hi = _mm512_srli_epi32::<2>(hi);
                 pair_mins(&mut mpair, j, m);
                 // The super-block's 256 header bytes, a line in each of the first four
@@ -490,15 +538,26 @@ unsafe fn q4k_pass<const R: usize, const PF: u8>(
                         acci[r] = _mm512_dpbusd_epi32(acci[r], qh, bcast4(ar.add(v * 4 + 16)));
                     }
                 }
-                let half = &mut halves[j / 4];
-                for r in 0..R {
-                    half[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[r]), sc, half[r]);
+                if I32 {
+                    for r in 0..R {
+                        total[r] = _mm512_add_epi32(total[r], _mm512_mullo_epi32(acci[r], sc));
+                    }
+                } else {
+                    let sc = _mm512_cvtepi32_ps(sc);
+                    let half = &mut halves[j / 4];
+                    for r in 0..R {
+                        half[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[r]), sc, half[r]);
+                    }
                 }
             }
             for r in 0..R {
                 let bs = a.bsum.add(r * a.nb + s * (QK_K / QBLOCK)).cast::<u8>();
                 let ad = *a.d.add(r * a.ns + s);
-                let sum = _mm512_add_ps(halves[0][r], halves[1][r]);
+                let sum = if I32 {
+                    _mm512_cvtepi32_ps(total[r])
+                } else {
+                    _mm512_add_ps(halves[0][r], halves[1][r])
+                };
                 accf[r] = q4k_row(sum, &mpair, bs, (d, dmin), ad, accf[r]);
             }
         }
@@ -599,11 +658,11 @@ mod tests {
         })
     }
 
-    /// The AVX-512 q4k kernel sums its sub-blocks' scaled products in f32; this holds it to
-    /// the integer definition bit for bit, for every row count, on random tiles and on the
-    /// largest sums (every nibble 15, every scale 63, activations ±127: 30 723 840 per
-    /// super-block, past f32's exact integers), which is what lets the AMX-INT8 route and
-    /// this kernel share the rows of one pass.
+    /// The AVX-512 q4k kernel sums its sub-blocks' scaled products in f32 or in i32
+    /// ([`Q4kScales`]); this holds both to the integer definition bit for bit, for every
+    /// row count, on random tiles and on the largest sums (every nibble 15, every scale 63,
+    /// activations ±127: 30 723 840 per super-block, past f32's exact integers), which is
+    /// what lets the AMX-INT8 route and this kernel share the rows of one pass.
     #[test]
     fn q4k_scaled_sums_are_the_exact_integer_sums_rounded_once() {
         if !supported() {
@@ -655,7 +714,9 @@ mod tests {
                 .chunks(QBLOCK)
                 .map(|b| b.iter().map(|&x| x as i16).sum())
                 .collect();
-            for r in 1..=MAX_ROWS {
+            for (r, scales) in
+                (1..=MAX_ROWS).flat_map(|r| [(r, Q4kScales::F32), (r, Q4kScales::I32)])
+            {
                 let a = Q8KRows {
                     q: q.as_ptr(),
                     d: d.as_ptr(),
@@ -671,8 +732,8 @@ mod tests {
                 unsafe {
                     call_rows!(
                         r,
-                        q4k_rows,
-                        (tile.as_ptr(), nsuper, &a, &mut out),
+                        q4k_rows_scaled,
+                        (scales, tile.as_ptr(), nsuper, &a, &mut out),
                         [1, 2, 3, 4, 5, 6, 7, 8]
                     )
                 };
@@ -688,7 +749,7 @@ mod tests {
                         assert_eq!(
                             got[c].to_bits(),
                             want[c].to_bits(),
-                            "case {case}, {r} rows, row {row}, output {c}: {} vs {}",
+                            "case {case}, {r} rows, {scales} scales, row {row}, output {c}: {} vs {}",
                             got[c],
                             want[c]
                         );

@@ -52,6 +52,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod convert512;
+pub mod cpuid;
 #[cfg(all(target_arch = "x86_64", feature = "emulation"))]
 #[doc(hidden)]
 pub mod emulation;
@@ -62,6 +63,7 @@ mod many;
 mod many8;
 pub mod pack;
 pub mod prefetch;
+pub mod q4k_scales;
 pub mod quant;
 pub mod scalar;
 pub mod self_check;

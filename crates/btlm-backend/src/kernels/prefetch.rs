@@ -78,8 +78,7 @@ pub fn l1d_bytes() -> Option<usize> {
         use std::arch::x86_64::{__cpuid, __cpuid_count};
         // SAFETY: CPUID is available on every x86-64 CPU.
         let vendor = unsafe { __cpuid(0) };
-        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-        let leaf = if amd {
+        let leaf = if super::cpuid::vendor_is_amd() {
             // SAFETY: as above.
             let max_ext = unsafe { __cpuid(0x8000_0000) }.eax;
             if max_ext < 0x8000_001D {
