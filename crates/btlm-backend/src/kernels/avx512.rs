@@ -135,15 +135,16 @@ fn ahead_one<const PF: u8>(p: *const u8) {
 
 /// `$pass::<R, TO_L1 or TO_L2>(args…)` (prefetching into this process's
 /// [`PrefetchLevel`]) for the first call over a tile, else `$pass::<R, NO_PREFETCH>(args…)`:
-/// each row kernel's entry point.
+/// each row kernel's entry point. A kernel's further const arguments follow `R`'s
+/// (`$pass::<R, true>(…)` calls `$pass::<R, PF, true>`).
 macro_rules! first_pass {
-    ($first:expr, $pass:ident::<$r:ident>($($arg:expr),*)) => {
+    ($first:expr, $pass:ident::<$r:ident $(, $more:tt)*>($($arg:expr),*)) => {
         if !$first {
-            $pass::<$r, NO_PREFETCH>($($arg),*)
+            $pass::<$r, NO_PREFETCH $(, $more)*>($($arg),*)
         } else if PrefetchLevel::active() == PrefetchLevel::L2 {
-            $pass::<$r, TO_L2>($($arg),*)
+            $pass::<$r, TO_L2 $(, $more)*>($($arg),*)
         } else {
-            $pass::<$r, TO_L1>($($arg),*)
+            $pass::<$r, TO_L1 $(, $more)*>($($arg),*)
         }
     };
 }
@@ -458,35 +459,9 @@ unsafe fn q4k_rows_scaled<const R: usize>(
 ) {
     // SAFETY (both): the forwarded contract.
     match scales {
-        Q4kScales::I32 => unsafe { first_pass!(a.first, q4k_pass_i32::<R>(w, nsuper, a, out)) },
-        Q4kScales::F32 => unsafe { first_pass!(a.first, q4k_pass_f32::<R>(w, nsuper, a, out)) },
+        Q4kScales::I32 => unsafe { first_pass!(a.first, q4k_pass::<R, true>(w, nsuper, a, out)) },
+        Q4kScales::F32 => unsafe { first_pass!(a.first, q4k_pass::<R, false>(w, nsuper, a, out)) },
     }
-}
-
-/// [`q4k_pass`] scaling in i32.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4k_pass_i32<const R: usize, const PF: u8>(
-    w: *const u8,
-    nsuper: usize,
-    a: &Q8KRows,
-    out: &mut [[f32; TILE]],
-) {
-    // SAFETY: the forwarded contract.
-    unsafe { q4k_pass::<R, PF, true>(w, nsuper, a, out) }
-}
-
-/// [`q4k_pass`] scaling in f32.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4k_pass_f32<const R: usize, const PF: u8>(
-    w: *const u8,
-    nsuper: usize,
-    a: &Q8KRows,
-    out: &mut [[f32; TILE]],
-) {
-    // SAFETY: the forwarded contract.
-    unsafe { q4k_pass::<R, PF, false>(w, nsuper, a, out) }
 }
 
 /// [`q4k_rows`], prefetching the weight stream as `PF` says (the first call over the tile)
