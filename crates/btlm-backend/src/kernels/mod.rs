@@ -27,6 +27,9 @@
 //! per product, bf16 arithmetic), q4k ones from [`AMX_Q4K_MANY_ROWS`] in int8 (`amx8.rs`:
 //! bit for bit the tile kernels' sums).
 //! `BTLM_MANY_ROWS=N|off` moves or disables the threshold of every format.
+//! The AVX-512 q4k tile kernel scales its sub-block sums in i32 on Zen 5 and later, in f32
+//! elsewhere ([`q4k_scales`]: the same bits, each the faster where chosen);
+//! `BTLM_Q4K_SCALES=f32|i32` overrides.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
