@@ -17,7 +17,7 @@ use clap::Parser;
 use prompting_btlm_backend::args::parse_device;
 use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::kernels::prefetch::{self, PrefetchLevel};
-use prompting_btlm_backend::kernels::q4k_scales::Q4kScales;
+use prompting_btlm_backend::kernels::q4k_scaling::Q4kScaling;
 use prompting_btlm_backend::kernels::{KernelPath, TILE, WeightFormat};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
@@ -258,7 +258,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         KernelPath::detect(),
         PrefetchLevel::active(),
         prefetch::l1d_bytes().map_or("unknown".to_string(), |b| format!("{} KiB", b >> 10)),
-        Q4kScales::active(),
+        Q4kScaling::active(),
     );
     if !cli.skip_matmul {
         let formats = cli

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 use super::acts::Acts;
 use super::format::{Q4K_TILE_BLOCK, Q8_0_TILE_BLOCK, QBLOCK, QK_K, TILE, WeightFormat, q4k_off};
 use super::prefetch::PrefetchLevel;
-use super::q4k_scales::Q4kScales;
+use super::q4k_scaling::Q4kScaling;
 use super::simd::{Q8KRows, Q8Rows};
 
 /// Activation rows per kernel call.
@@ -427,12 +427,12 @@ pub(super) fn pair_mins(mpair: &mut [__m512i; 4], j: usize, m: __m512i) {
 
 /// One q4k tile for `R` activation rows (activations with one scale per super-block): per
 /// sub-block `vpdpbusd` sums the products in i32 (at most 32·15·127 = 60 960), each sum is
-/// multiplied by its 6-bit scale as this CPU does it best ([`Q4kScales::active`]), and the
+/// multiplied by its 6-bit scale as this CPU does it best ([`Q4kScaling::active`]), and the
 /// super-block's `Σ_j sc_j · Σ q·a` comes out as the exact integer rounded once to f32,
-/// which is what the AMX-INT8 route computes. In f32 ([`Q4kScales::F32`]) the sums are
+/// which is what the AMX-INT8 route computes. In f32 ([`Q4kScaling::F32`]) the sums are
 /// converted and scaled in FMAs, added up over each half of the super-block (at most
 /// 63 · 60 960 · 4 = 15 361 920 < 2²⁴, so every step is exact) and the halves added once:
-/// one rounding, as in i32 ([`Q4kScales::I32`]: `vpmulld`, summed in i32, converted
+/// one rounding, as in i32 ([`Q4kScaling::I32`]: `vpmulld`, summed in i32, converted
 /// once). The min term is `vpmaddwd` of two sub-blocks' mins with their activation sums as
 /// i16 pairs (|sum| ≤ 32·127); both are scaled once per super-block, as in the AVX2
 /// kernel.
@@ -444,28 +444,28 @@ unsafe fn q4k_rows<const R: usize>(
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY: the forwarded contract.
-    unsafe { q4k_rows_scaled::<R>(Q4kScales::active(), w, nsuper, a, out) }
+    unsafe { q4k_rows_scaled::<R>(Q4kScaling::active(), w, nsuper, a, out) }
 }
 
-/// [`q4k_rows`] with the sub-block scales applied as `scales` says.
+/// [`q4k_rows`] with the sub-block scales applied as `scaling` says.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_rows_scaled<const R: usize>(
-    scales: Q4kScales,
+    scaling: Q4kScaling,
     w: *const u8,
     nsuper: usize,
     a: &Q8KRows,
     out: &mut [[f32; TILE]],
 ) {
     // SAFETY (both): the forwarded contract.
-    match scales {
-        Q4kScales::I32 => unsafe { first_pass!(a.first, q4k_pass::<R, true>(w, nsuper, a, out)) },
-        Q4kScales::F32 => unsafe { first_pass!(a.first, q4k_pass::<R, false>(w, nsuper, a, out)) },
+    match scaling {
+        Q4kScaling::I32 => unsafe { first_pass!(a.first, q4k_pass::<R, true>(w, nsuper, a, out)) },
+        Q4kScaling::F32 => unsafe { first_pass!(a.first, q4k_pass::<R, false>(w, nsuper, a, out)) },
     }
 }
 
 /// [`q4k_rows`], prefetching the weight stream as `PF` says (the first call over the tile)
-/// and scaling the sub-block sums in i32 if `I32`, else in f32 (see [`Q4kScales`]).
+/// and scaling the sub-block sums in i32 if `I32`, else in f32 (see [`Q4kScaling`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q4k_pass<const R: usize, const PF: u8, const I32: bool>(
@@ -634,7 +634,7 @@ mod tests {
     }
 
     /// The AVX-512 q4k kernel sums its sub-blocks' scaled products in f32 or in i32
-    /// ([`Q4kScales`]); this holds both to the integer definition bit for bit, for every
+    /// ([`Q4kScaling`]); this holds both to the integer definition bit for bit, for every
     /// row count, on random tiles and on the largest sums (every nibble 15, every scale 63,
     /// activations ±127: 30 723 840 per super-block, past f32's exact integers), which is
     /// what lets the AMX-INT8 route and this kernel share the rows of one pass.
@@ -689,8 +689,8 @@ mod tests {
                 .chunks(QBLOCK)
                 .map(|b| b.iter().map(|&x| x as i16).sum())
                 .collect();
-            for (r, scales) in
-                (1..=MAX_ROWS).flat_map(|r| [(r, Q4kScales::F32), (r, Q4kScales::I32)])
+            for (r, scaling) in
+                (1..=MAX_ROWS).flat_map(|r| [(r, Q4kScaling::F32), (r, Q4kScaling::I32)])
             {
                 let a = Q8KRows {
                     q: q.as_ptr(),
@@ -708,7 +708,7 @@ mod tests {
                     call_rows!(
                         r,
                         q4k_rows_scaled,
-                        (scales, tile.as_ptr(), nsuper, &a, &mut out),
+                        (scaling, tile.as_ptr(), nsuper, &a, &mut out),
                         [1, 2, 3, 4, 5, 6, 7, 8]
                     )
                 };
@@ -724,7 +724,7 @@ mod tests {
                         assert_eq!(
                             got[c].to_bits(),
                             want[c].to_bits(),
-                            "case {case}, {r} rows, {scales} scales, row {row}, output {c}: {} vs {}",
+                            "case {case}, {r} rows, scales in {scaling}, row {row}, output {c}: {} vs {}",
                             got[c],
                             want[c]
                         );

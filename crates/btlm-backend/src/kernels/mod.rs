@@ -28,7 +28,7 @@
 //! bit for bit the tile kernels' sums).
 //! `BTLM_MANY_ROWS=N|off` moves or disables the threshold of every format.
 //! The AVX-512 q4k tile kernel scales its sub-block sums in i32 on Zen 5 and later, in f32
-//! elsewhere ([`q4k_scales`]: the same bits, each the faster where chosen);
+//! elsewhere ([`q4k_scaling`]: the same bits, each the faster where chosen);
 //! `BTLM_Q4K_SCALES=f32|i32` overrides.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
@@ -66,7 +66,7 @@ mod many;
 mod many8;
 pub mod pack;
 pub mod prefetch;
-pub mod q4k_scales;
+pub mod q4k_scaling;
 pub mod quant;
 pub mod scalar;
 pub mod self_check;
