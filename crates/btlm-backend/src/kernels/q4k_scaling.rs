@@ -60,15 +60,20 @@ impl Q4kScaling {
         }
     }
 
-    /// The choice of this process: `BTLM_Q4K_SCALES` if it names one, else
-    /// [`Self::for_cpu`] of this CPU; decided once.
+    /// The choice of this process: `BTLM_Q4K_SCALES` if it names one (another value is
+    /// ignored with a warning), else [`Self::for_cpu`] of this CPU; decided once.
     pub fn active() -> Q4kScaling {
         static ACTIVE: OnceLock<Q4kScaling> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            std::env::var("BTLM_Q4K_SCALES")
-                .ok()
-                .and_then(|v| Q4kScaling::parse(&v))
-                .unwrap_or_else(|| Q4kScaling::for_cpu(cpuid::vendor_is_amd(), cpuid::family()))
+            let set = std::env::var("BTLM_Q4K_SCALES").ok();
+            set.as_deref()
+                .and_then(Q4kScaling::parse)
+                .unwrap_or_else(|| {
+                    if let Some(value) = &set {
+                        tracing::warn!(value, "BTLM_Q4K_SCALES is neither f32 nor i32; ignored");
+                    }
+                    Q4kScaling::for_cpu(cpuid::vendor_is_amd(), cpuid::family())
+                })
         })
     }
 }
