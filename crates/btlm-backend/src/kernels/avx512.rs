@@ -68,7 +68,8 @@ simd_tile!(1, 2, 3, 4, 5, 6, 7, 8);
 /// each 288-byte share of a super-block they stalled the core (full fill buffers) and one
 /// core streamed 12 GB/s from memory, 17.7 spread out (Xeon, session 16; the tiles 256-byte
 /// aligned, see `pack_cache::ALIGN`). Into L1 the stream is prefetched in two hops
-/// instead ([`NEAR`], [`FAR`]); this distance is the L2 level's.
+/// instead ([`NEAR`], [`FAR`]) except on Zen 5 ([`PrefetchLevel::L1OneHop`]); this
+/// distance is the L2 level's and the one hop's.
 pub(super) const PREFETCH: usize = 8192;
 
 /// Prefetching into L1, how far ahead the `prefetcht0` of each line goes; a `prefetcht1`
@@ -78,7 +79,9 @@ pub(super) const PREFETCH: usize = 8192;
 /// against 28.4–33.0 with both (2 KiB and 16 KiB; 1–8 KiB near and 8–32 KiB far all
 /// alike), eight rows ~2% faster; without any prefetch 17.4–19.1. At 32 layers f32 decodes
 /// ~1.2× faster and q8_0's eight rows 1.17–1.24× (session 34, docs/benchmarks.md). Zen 5
-/// had measured both hints no faster than one (session 9). The AMX-INT8 kernels prefetch
+/// had measured both hints no faster than one (session 9), and one q4k row on one of its
+/// cores 1.27× faster with one (session 42): there the kernels other than q8_0's rows
+/// take one hop ([`PrefetchLevel::L1OneHop`]). The AMX-INT8 kernels prefetch
 /// the same way ([`into_l1`], `amx8.rs`); the AMX bf16 kernels' f32 tiles read in place
 /// prefetch this far ahead (`amx.rs`).
 pub(super) const NEAR: usize = 2048;
@@ -92,11 +95,14 @@ const NO_PREFETCH: u8 = 0;
 const TO_L1: u8 = 1;
 /// `PF` of a first call prefetching into L2 only (`prefetcht1`; see [`PrefetchLevel`]).
 const TO_L2: u8 = 2;
+/// `PF` of a first call prefetching into L1 in one hop (`prefetcht0` [`PREFETCH`] bytes
+/// ahead; [`PrefetchLevel::L1OneHop`]).
+const TO_L1_ONE_HOP: u8 = 3;
 
 /// Prefetches the cache lines ahead of `p` (possibly past the matrix: a prefetch never
 /// faults) into the cache level `PF` names: into L1 the line [`NEAR`] bytes after `p` and
-/// into L2 the one [`FAR`] after it ([`TO_L1`]), into L2 the one [`PREFETCH`] after it
-/// ([`TO_L2`]), or nothing ([`NO_PREFETCH`]).
+/// into L2 the one [`FAR`] after it ([`TO_L1`]), into L1 or L2 the one [`PREFETCH`] after
+/// it ([`TO_L1_ONE_HOP`], [`TO_L2`]), or nothing ([`NO_PREFETCH`]).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn ahead<const PF: u8>(p: *const u8) {
@@ -118,7 +124,8 @@ pub(super) fn into_l1(p: *const u8) {
     _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(FAR).cast());
 }
 
-/// [`ahead`] in one hop: the line [`PREFETCH`] bytes after `p` into the level `PF` names.
+/// [`ahead`] in one hop: the line [`PREFETCH`] bytes after `p` into the level `PF` names
+/// (L1 for [`TO_L1`] too).
 /// One q8_0 row prefetches so: its 9 lines a block are nearly all of its work, and the
 /// second hint cost it ~4% (`shapes q8_0 1,8 mem`, session 34) while it gained its 8 rows
 /// 15%.
@@ -126,25 +133,27 @@ pub(super) fn into_l1(p: *const u8) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn ahead_one<const PF: u8>(p: *const u8) {
     // Hints: they read nothing observable and never fault.
-    if PF == TO_L1 {
+    if PF == TO_L1 || PF == TO_L1_ONE_HOP {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH).cast());
     } else if PF == TO_L2 {
         _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(PREFETCH).cast());
     }
 }
 
-/// `$pass::<R, TO_L1 or TO_L2>(args…)` (prefetching into this process's
-/// [`PrefetchLevel`]) for the first call over a tile, else `$pass::<R, NO_PREFETCH>(args…)`:
+/// `$pass::<R, TO_L1, TO_L1_ONE_HOP or TO_L2>(args…)` (prefetching as this process's
+/// [`PrefetchLevel`] says) for the first call over a tile, else `$pass::<R, NO_PREFETCH>(args…)`:
 /// each row kernel's entry point. A kernel's further const arguments follow `R`'s
 /// (`$pass::<R, true>(…)` calls `$pass::<R, PF, true>`).
 macro_rules! first_pass {
     ($first:expr, $pass:ident::<$r:ident $(, $more:tt)*>($($arg:expr),*)) => {
         if !$first {
             $pass::<$r, NO_PREFETCH $(, $more)*>($($arg),*)
-        } else if PrefetchLevel::active() == PrefetchLevel::L2 {
-            $pass::<$r, TO_L2 $(, $more)*>($($arg),*)
         } else {
-            $pass::<$r, TO_L1 $(, $more)*>($($arg),*)
+            match PrefetchLevel::active() {
+                PrefetchLevel::L1 => $pass::<$r, TO_L1 $(, $more)*>($($arg),*),
+                PrefetchLevel::L1OneHop => $pass::<$r, TO_L1_ONE_HOP $(, $more)*>($($arg),*),
+                PrefetchLevel::L2 => $pass::<$r, TO_L2 $(, $more)*>($($arg),*),
+            }
         }
     };
 }
@@ -359,10 +368,14 @@ unsafe fn q8_0_pass<const R: usize, const PF: u8>(
             let blk = w.add(b * Q8_0_TILE_BLOCK);
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
             let mut acci = [_mm512_setzero_si512(); R];
-            // The block's 544 bytes, 64 at a time (see `ahead`, `ahead_one`).
+            // The block's 544 bytes, 64 at a time (see `ahead`, `ahead_one`). Several rows
+            // take the two hops into L1 where the others take one: ~10% faster on Zen 5
+            // (`shapes q8_0 8 mem`, one thread, session 42).
             let prefetch = |p: *const u8| {
                 if R == 1 {
                     ahead_one::<PF>(p)
+                } else if PF == TO_L1_ONE_HOP {
+                    into_l1(p)
                 } else {
                     ahead::<PF>(p)
                 }

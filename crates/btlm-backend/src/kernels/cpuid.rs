@@ -1,6 +1,9 @@
 //! What CPUID says about this CPU beyond its features: vendor and family, for the kernel
 //! choices that differ between cores with the same instructions.
 
+/// AMD's CPU family of Zen 5 cores (CPUID leaf 1, [`family`]).
+pub const ZEN5_FAMILY: u32 = 0x1a;
+
 /// Whether this CPU's vendor string (CPUID leaf 0) is AMD's `AuthenticAMD`.
 // `__cpuid` is a safe function in newer Rust releases, unsafe in older ones.
 #[allow(unused_unsafe)]

@@ -1,18 +1,30 @@
-//! Which cache level the AVX-512 tile kernels prefetch the weight stream into.
+//! Which cache level the AVX-512 tile kernels prefetch the weight stream into, and how.
 //!
 //! The kernels prefetch the weights ahead of the vector being multiplied: into L1 in two
 //! hops (`prefetcht1` 16 KiB ahead, `prefetcht0` 2 KiB ahead, see `avx512::into_l1`; one
-//! q8_0 row in one, `avx512::ahead_one`), into L2 `avx512::PREFETCH` bytes ahead. Into L1
-//! (`prefetcht0`) was measured best on Zen 5 (session 9) and is what the Xeon's kernels were
-//! tuned with (Sapphire Rapids, sessions 15–17); both have a 48 KiB L1D. On a 32 KiB L1D
-//! (Zen 4, session 18) the 8 KiB ahead share L1 with up to eight activation rows (20–54 KiB
-//! for BTLM's products) and evict them: prefetching into L2 (`prefetcht1`) made 4- and
-//! 8-row decode steps 8–35% faster there (q4k 8 rows ~10%, q8_0 ~35%;
-//! docs/benchmarks.md). So: L2 when the L1D is smaller than [`L1_FOR_T0`], else L1;
-//! `BTLM_PREFETCH=l1|l2` overrides. The CPU attention of a decode step prefetches its keys
-//! and values into the same level (`attention/cpu.rs`).
+//! q8_0 row in one, `avx512::ahead_one`), into L1 in one hop (`prefetcht0`
+//! `avx512::PREFETCH` bytes ahead), or into L2 that far ahead (`prefetcht1`).
+//!
+//! - [`PrefetchLevel::L1`], two hops: what the Xeon's kernels were tuned with (Sapphire
+//!   Rapids, sessions 15–17 and 34: one row 24.3–32.3 → 28.4–33.0 GB/s against one hop).
+//! - [`PrefetchLevel::L1OneHop`]: on Zen 5 (session 42, docs/benchmarks.md) the second hint
+//!   costs more than it brings: one q4k row on one core streamed 1.27× faster in one hop
+//!   (`shapes q4k 1 mem`, one thread), bf16 and f32 at eight rows 1.12–1.17×, and 32-layer
+//!   q4k decode steps were faster at one and eight rows. q8_0's rows (eight) keep the two
+//!   hops there, ~10% faster with them on Zen 5 too.
+//! - [`PrefetchLevel::L2`]: on a 32 KiB L1D (Zen 4, session 18) the 8 KiB ahead share L1
+//!   with up to eight activation rows (20–54 KiB for BTLM's products) and evict them:
+//!   prefetching into L2 made 4- and 8-row decode steps 8–35% faster there (q4k 8 rows
+//!   ~10%, q8_0 ~35%).
+//!
+//! So: L2 when the L1D is smaller than [`L1_FOR_T0`], else L1 in one hop on AMD family
+//! 0x1A (Zen 5) and later, in two hops on the others; `BTLM_PREFETCH=l1|l1-one-hop|l2`
+//! overrides. The CPU attention of a decode step prefetches its keys and values into the
+//! same level (`attention/cpu.rs`: L2, or L1 for either L1 choice).
 
 use std::sync::OnceLock;
+
+use super::cpuid::{self, ZEN5_FAMILY};
 
 /// The smallest L1 data cache for which the kernels prefetch into L1.
 pub const L1_FOR_T0: usize = 48 << 10;
@@ -20,8 +32,10 @@ pub const L1_FOR_T0: usize = 48 << 10;
 /// Where the tile kernels prefetch the weight stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrefetchLevel {
-    /// `prefetcht0`: into L1 (and L2).
+    /// Into L1 in two hops: `prefetcht1` far ahead, then `prefetcht0` near.
     L1,
+    /// Into L1 in one hop: `prefetcht0` only.
+    L1OneHop,
     /// `prefetcht1`: into L2 only.
     L2,
 }
@@ -30,39 +44,53 @@ impl std::fmt::Display for PrefetchLevel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             PrefetchLevel::L1 => "l1",
+            PrefetchLevel::L1OneHop => "l1-one-hop",
             PrefetchLevel::L2 => "l2",
         })
     }
 }
 
 impl PrefetchLevel {
-    /// The level for an L1 data cache of `l1d` bytes (unknown: L1, the choice measured on
-    /// the most machines).
-    pub fn for_l1d(l1d: Option<usize>) -> PrefetchLevel {
-        match l1d {
-            Some(bytes) if bytes < L1_FOR_T0 => PrefetchLevel::L2,
+    /// The level for an L1 data cache of `l1d` bytes on a CPU of this vendor and family
+    /// ([`cpuid::family`]): L2 below [`L1_FOR_T0`], else L1 in one hop on AMD from family
+    /// 0x1A (Zen 5) on and in two hops elsewhere (an unknown L1D counts as large enough,
+    /// the choice measured on the most machines).
+    pub fn for_cpu(l1d: Option<usize>, amd: bool, family: Option<u32>) -> PrefetchLevel {
+        match (l1d, family) {
+            (Some(bytes), _) if bytes < L1_FOR_T0 => PrefetchLevel::L2,
+            (_, Some(f)) if amd && f >= ZEN5_FAMILY => PrefetchLevel::L1OneHop,
             _ => PrefetchLevel::L1,
         }
     }
 
-    /// `BTLM_PREFETCH`'s value read as a level (`None`: not `l1` or `l2`).
+    /// `BTLM_PREFETCH`'s value read as a level (`None`: not one of `l1`, `l1-one-hop`,
+    /// `l2`).
     pub fn parse(value: &str) -> Option<PrefetchLevel> {
         match value.trim().to_ascii_lowercase().as_str() {
             "l1" | "t0" => Some(PrefetchLevel::L1),
+            "l1-one-hop" => Some(PrefetchLevel::L1OneHop),
             "l2" | "t1" => Some(PrefetchLevel::L2),
             _ => None,
         }
     }
 
-    /// The level of this process: `BTLM_PREFETCH` if it names one, else [`Self::for_l1d`]
-    /// of this CPU's L1D; decided once.
+    /// The level of this process: `BTLM_PREFETCH` if it names one (another value is
+    /// ignored with a warning), else [`Self::for_cpu`] of this CPU; decided once.
     pub fn active() -> PrefetchLevel {
         static ACTIVE: OnceLock<PrefetchLevel> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            std::env::var("BTLM_PREFETCH")
-                .ok()
-                .and_then(|v| PrefetchLevel::parse(&v))
-                .unwrap_or_else(|| PrefetchLevel::for_l1d(l1d_bytes()))
+            let set = std::env::var("BTLM_PREFETCH").ok();
+            set.as_deref()
+                .and_then(PrefetchLevel::parse)
+                .unwrap_or_else(|| {
+                    if let Some(value) = &set {
+                        tracing::warn!(
+                            value,
+                            "BTLM_PREFETCH is none of l1, l1-one-hop, l2; ignored"
+                        );
+                    }
+                    PrefetchLevel::for_cpu(l1d_bytes(), cpuid::vendor_is_amd(), cpuid::family())
+                })
         })
     }
 }
@@ -119,16 +147,73 @@ mod tests {
 
     #[test]
     fn the_level_follows_the_l1d_size() {
-        assert_eq!(PrefetchLevel::for_l1d(Some(32 << 10)), PrefetchLevel::L2);
-        assert_eq!(PrefetchLevel::for_l1d(Some(48 << 10)), PrefetchLevel::L1);
-        assert_eq!(PrefetchLevel::for_l1d(Some(64 << 10)), PrefetchLevel::L1);
-        assert_eq!(PrefetchLevel::for_l1d(None), PrefetchLevel::L1);
+        let intel = (false, Some(6));
+        assert_eq!(
+            PrefetchLevel::for_cpu(Some(32 << 10), intel.0, intel.1),
+            PrefetchLevel::L2
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(Some(48 << 10), intel.0, intel.1),
+            PrefetchLevel::L1
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(Some(64 << 10), intel.0, intel.1),
+            PrefetchLevel::L1
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(None, intel.0, intel.1),
+            PrefetchLevel::L1
+        );
+    }
+
+    #[test]
+    fn zen5_and_later_prefetch_into_l1_in_one_hop() {
+        let l1 = Some(48 << 10);
+        assert_eq!(
+            PrefetchLevel::for_cpu(l1, true, Some(0x1a)),
+            PrefetchLevel::L1OneHop
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(l1, true, Some(0x1b)),
+            PrefetchLevel::L1OneHop
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(None, true, Some(0x1a)),
+            PrefetchLevel::L1OneHop
+        );
+        // Zen 4's 32 KiB L1D prefetches into L2; a Zen 4 with a larger one would keep two hops.
+        assert_eq!(
+            PrefetchLevel::for_cpu(Some(32 << 10), true, Some(0x19)),
+            PrefetchLevel::L2
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(l1, true, Some(0x19)),
+            PrefetchLevel::L1
+        );
+        assert_eq!(PrefetchLevel::for_cpu(l1, true, None), PrefetchLevel::L1);
+        // A small L1D decides first, whatever the family.
+        assert_eq!(
+            PrefetchLevel::for_cpu(Some(32 << 10), true, Some(0x1a)),
+            PrefetchLevel::L2
+        );
+        assert_eq!(
+            PrefetchLevel::for_cpu(l1, false, Some(0x1a)),
+            PrefetchLevel::L1
+        );
     }
 
     #[test]
     fn the_override_names_a_level() {
         assert_eq!(PrefetchLevel::parse("l2"), Some(PrefetchLevel::L2));
         assert_eq!(PrefetchLevel::parse(" L1 "), Some(PrefetchLevel::L1));
+        assert_eq!(
+            PrefetchLevel::parse("l1-one-hop"),
+            Some(PrefetchLevel::L1OneHop)
+        );
+        assert_eq!(
+            PrefetchLevel::parse(&PrefetchLevel::L1OneHop.to_string()),
+            Some(PrefetchLevel::L1OneHop)
+        );
         assert_eq!(PrefetchLevel::parse("t1"), Some(PrefetchLevel::L2));
         assert_eq!(PrefetchLevel::parse("l3"), None);
         assert_eq!(PrefetchLevel::parse(""), None);

@@ -18,10 +18,7 @@
 
 use std::sync::OnceLock;
 
-use super::cpuid;
-
-/// AMD's CPU family of Zen 5 cores.
-const ZEN5_FAMILY: u32 = 0x1a;
+use super::cpuid::{self, ZEN5_FAMILY};
 
 /// Where the q4k tile kernel multiplies its sub-block sums by their 6-bit scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
