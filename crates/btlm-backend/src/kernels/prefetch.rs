@@ -9,7 +9,7 @@
 //!   Rapids, sessions 15–17 and 34: one row 24.3–32.3 → 28.4–33.0 GB/s against one hop).
 //! - [`PrefetchLevel::L1OneHop`]: on Zen 5 (session 42, docs/benchmarks.md) the second hint
 //!   costs more than it brings: one q4k row on one core streamed 1.27× faster in one hop
-//!   (`shapes q4k 1 mem`, one thread), bf16 and f32 at eight rows 1.12–1.17×, and 32-layer
+//!   (`shapes q4k 1 mem`, one thread), bf16 and f32 at eight rows 1.15–1.20×, and 32-layer
 //!   q4k decode steps were faster at one and eight rows. q8_0's rows (eight) keep the two
 //!   hops there, ~10% faster with them on Zen 5 too.
 //! - [`PrefetchLevel::L2`]: on a 32 KiB L1D (Zen 4, session 18) the 8 KiB ahead share L1
@@ -25,6 +25,7 @@
 use std::sync::OnceLock;
 
 use super::cpuid::{self, ZEN5_FAMILY};
+use super::env_choice::env_or;
 
 /// The smallest L1 data cache for which the kernels prefetch into L1.
 pub const L1_FOR_T0: usize = 48 << 10;
@@ -79,18 +80,12 @@ impl PrefetchLevel {
     pub fn active() -> PrefetchLevel {
         static ACTIVE: OnceLock<PrefetchLevel> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            let set = std::env::var("BTLM_PREFETCH").ok();
-            set.as_deref()
-                .and_then(PrefetchLevel::parse)
-                .unwrap_or_else(|| {
-                    if let Some(value) = &set {
-                        tracing::warn!(
-                            value,
-                            "BTLM_PREFETCH is none of l1, l1-one-hop, l2; ignored"
-                        );
-                    }
-                    PrefetchLevel::for_cpu(l1d_bytes(), cpuid::vendor_is_amd(), cpuid::family())
-                })
+            env_or(
+                "BTLM_PREFETCH",
+                "l1, l1-one-hop, l2",
+                PrefetchLevel::parse,
+                || PrefetchLevel::for_cpu(l1d_bytes(), cpuid::vendor_is_amd(), cpuid::family()),
+            )
         })
     }
 }

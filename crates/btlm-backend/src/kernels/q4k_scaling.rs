@@ -19,6 +19,7 @@
 use std::sync::OnceLock;
 
 use super::cpuid::{self, ZEN5_FAMILY};
+use super::env_choice::env_or;
 
 /// Where the q4k tile kernel multiplies its sub-block sums by their 6-bit scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,15 +63,9 @@ impl Q4kScaling {
     pub fn active() -> Q4kScaling {
         static ACTIVE: OnceLock<Q4kScaling> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
-            let set = std::env::var("BTLM_Q4K_SCALES").ok();
-            set.as_deref()
-                .and_then(Q4kScaling::parse)
-                .unwrap_or_else(|| {
-                    if let Some(value) = &set {
-                        tracing::warn!(value, "BTLM_Q4K_SCALES is neither f32 nor i32; ignored");
-                    }
-                    Q4kScaling::for_cpu(cpuid::vendor_is_amd(), cpuid::family())
-                })
+            env_or("BTLM_Q4K_SCALES", "f32, i32", Q4kScaling::parse, || {
+                Q4kScaling::for_cpu(cpuid::vendor_is_amd(), cpuid::family())
+            })
         })
     }
 }
