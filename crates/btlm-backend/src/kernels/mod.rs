@@ -30,6 +30,9 @@
 //! The AVX-512 q4k tile kernel scales its sub-block sums in i32 on Zen 5 and later, in f32
 //! elsewhere ([`q4k_scaling`]: the same bits, each the faster where chosen);
 //! `BTLM_Q4K_SCALES=f32|i32` overrides.
+//! The AVX-512 tile kernels prefetch the weight stream into L1 in two hops, in one on Zen 5
+//! and later, into L2 on a 32 KiB L1D ([`prefetch`]: where each measured faster);
+//! `BTLM_PREFETCH=l1|l1-one-hop|l2` overrides.
 //!
 //! Work is split over output tiles on rayon's global pool (the one candle's own matrix
 //! products use); each tile is read once per call and multiplied with every activation row
