@@ -2,7 +2,13 @@
 //! choices that differ between cores with the same instructions.
 
 /// AMD's CPU family of Zen 5 cores (CPUID leaf 1, [`family`]).
-pub const ZEN5_FAMILY: u32 = 0x1a;
+const ZEN5_FAMILY: u32 = 0x1a;
+
+/// Whether a CPU of this vendor ([`vendor_is_amd`]) and family ([`family`]) is an AMD Zen 5
+/// or later, where the kernels' measured choices differ from the other CPUs'.
+pub fn zen5_or_later(amd: bool, family: Option<u32>) -> bool {
+    amd && family.is_some_and(|f| f >= ZEN5_FAMILY)
+}
 
 /// Whether this CPU's vendor string (CPUID leaf 0) is AMD's `AuthenticAMD`.
 // `__cpuid` is a safe function in newer Rust releases, unsafe in older ones.

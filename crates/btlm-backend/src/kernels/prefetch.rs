@@ -24,7 +24,7 @@
 
 use std::sync::OnceLock;
 
-use super::cpuid::{self, ZEN5_FAMILY};
+use super::cpuid;
 use super::env_choice::env_or;
 
 /// The smallest L1 data cache for which the kernels prefetch into L1.
@@ -57,9 +57,9 @@ impl PrefetchLevel {
     /// 0x1A (Zen 5) on and in two hops elsewhere (an unknown L1D counts as large enough,
     /// the choice measured on the most machines).
     pub fn for_cpu(l1d: Option<usize>, amd: bool, family: Option<u32>) -> PrefetchLevel {
-        match (l1d, family) {
-            (Some(bytes), _) if bytes < L1_FOR_T0 => PrefetchLevel::L2,
-            (_, Some(f)) if amd && f >= ZEN5_FAMILY => PrefetchLevel::L1OneHop,
+        match l1d {
+            Some(bytes) if bytes < L1_FOR_T0 => PrefetchLevel::L2,
+            _ if cpuid::zen5_or_later(amd, family) => PrefetchLevel::L1OneHop,
             _ => PrefetchLevel::L1,
         }
     }

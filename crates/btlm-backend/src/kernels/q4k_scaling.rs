@@ -18,7 +18,7 @@
 
 use std::sync::OnceLock;
 
-use super::cpuid::{self, ZEN5_FAMILY};
+use super::cpuid;
 use super::env_choice::env_or;
 
 /// Where the q4k tile kernel multiplies its sub-block sums by their 6-bit scales.
@@ -43,9 +43,10 @@ impl Q4kScaling {
     /// The choice for a CPU of this vendor and family ([`cpuid::family`]):
     /// [`Q4kScaling::I32`] on AMD from family 0x1A (Zen 5) on, else [`Q4kScaling::F32`].
     pub fn for_cpu(amd: bool, family: Option<u32>) -> Q4kScaling {
-        match family {
-            Some(f) if amd && f >= ZEN5_FAMILY => Q4kScaling::I32,
-            _ => Q4kScaling::F32,
+        if cpuid::zen5_or_later(amd, family) {
+            Q4kScaling::I32
+        } else {
+            Q4kScaling::F32
         }
     }
 
