@@ -69,8 +69,8 @@ struct Cli {
     /// the same caches), or both in turn.
     #[arg(long, value_delimiter = ',', default_value = "fresh")]
     caches: Vec<String>,
-    /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (f16 unless the weights
-    /// are f32), `f32`, `f16`, `q8` or `q4`.
+    /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (q8 for quantized
+    /// weights, f16 for half-precision ones, f32 for f32), `f32`, `f16`, `q8` or `q4`.
     #[arg(long, value_enum, default_value_t = KvDtype::Auto)]
     kv_dtype: KvDtype,
     /// Also print the mean time a step spends in each section of the model.

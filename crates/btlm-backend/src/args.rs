@@ -77,11 +77,12 @@ pub struct BtlmArgs {
     pub prefill_precision: PrefillPrecision,
     /// What the key/value cache stores on CPU: `f16` halves the bytes every decode step reads
     /// per cached position (at long prompts and full batches as many as the weights) and the
-    /// memory a request reserves; `q8` (opt-in) stores int8 with a scale per head and
-    /// position, 84 bytes for f16's 160; `q4` (opt-in, for long contexts) 4-bit integers
-    /// with a scale, 44 bytes, further from the reference; `f32` keeps f32 weights' answers
-    /// exactly the reference's; `auto`: f16 unless the weights are f32. GPUs cache in
-    /// --btlm.dtype (any other value is ignored there, with a warning).
+    /// memory a request reserves; `q8` stores int8 with a scale per head and position, 84
+    /// bytes for f16's 160; `q4` (opt-in, for long contexts) 4-bit integers with a scale, 44
+    /// bytes, further from the reference; `f32` keeps f32 weights' answers exactly the
+    /// reference's; `auto`: q8 for quantized weights (--btlm.quantize q8_0 or q4k, whose own
+    /// rounding moves answers far more), f16 for bf16/f16 weights, f32 for f32 ones. GPUs
+    /// cache in --btlm.dtype (any other value is ignored there, with a warning).
     #[cfg_attr(feature = "cli", arg(long = "btlm.kv_dtype", value_enum, default_value_t = KvDtype::Auto))]
     pub kv_dtype: KvDtype,
     /// Sample among the k most likely tokens (0: no limit; Hugging Face's default is 50).

@@ -352,8 +352,10 @@ fn kv_layout(asked: KvDtype, packed: Option<WeightFormat>, dtype: DType) -> KvLa
 fn cpu_kv_layout(asked: KvDtype, format: WeightFormat) -> KvLayout {
     match (asked, format) {
         (KvDtype::F32, _) | (KvDtype::Auto, WeightFormat::F32) => KvLayout::Dense(DType::F32),
-        (KvDtype::F16, _) | (KvDtype::Auto, _) => KvLayout::Dense(DType::F16),
-        (KvDtype::Q8, _) => KvLayout::Q8,
+        (KvDtype::F16, _) | (KvDtype::Auto, WeightFormat::Bf16 | WeightFormat::F16) => {
+            KvLayout::Dense(DType::F16)
+        }
+        (KvDtype::Q8, _) | (KvDtype::Auto, WeightFormat::Q8_0 | WeightFormat::Q4K) => KvLayout::Q8,
         (KvDtype::Q4, _) => KvLayout::Q4,
     }
 }
@@ -461,16 +463,25 @@ mod tests {
                 );
             }
         }
-        let q4k = WeightFormat::Q4K;
-        assert_eq!(
-            cpu_kv_layout(KvDtype::Auto, q4k),
-            KvLayout::Dense(DType::F16)
-        );
-        assert_eq!(
-            cpu_kv_layout(KvDtype::Auto, WeightFormat::F32),
-            KvLayout::Dense(DType::F32)
-        );
-        assert_eq!(cpu_kv_layout(KvDtype::Q8, q4k), KvLayout::Q8);
-        assert_eq!(cpu_kv_layout(KvDtype::Q4, q4k), KvLayout::Q4);
+        // `auto`: the weights' precision decides; an explicit choice holds for any weights.
+        for (format, auto) in [
+            (WeightFormat::F32, KvLayout::Dense(DType::F32)),
+            (WeightFormat::F16, KvLayout::Dense(DType::F16)),
+            (WeightFormat::Bf16, KvLayout::Dense(DType::F16)),
+            (WeightFormat::Q8_0, KvLayout::Q8),
+            (WeightFormat::Q4K, KvLayout::Q8),
+        ] {
+            assert_eq!(cpu_kv_layout(KvDtype::Auto, format), auto, "{format}");
+            assert_eq!(
+                cpu_kv_layout(KvDtype::F32, format),
+                KvLayout::Dense(DType::F32)
+            );
+            assert_eq!(
+                cpu_kv_layout(KvDtype::F16, format),
+                KvLayout::Dense(DType::F16)
+            );
+            assert_eq!(cpu_kv_layout(KvDtype::Q8, format), KvLayout::Q8);
+            assert_eq!(cpu_kv_layout(KvDtype::Q4, format), KvLayout::Q4);
+        }
     }
 }

@@ -508,8 +508,9 @@ mod tests {
         for (quantization, kv_dtype) in [
             (Quantization::None, KvDtype::Auto),
             (Quantization::Q8_0, KvDtype::Auto),
+            (Quantization::Q8_0, KvDtype::F16),
             (Quantization::Q4k, KvDtype::Auto),
-            (Quantization::Q4k, KvDtype::Q8),
+            (Quantization::Q4k, KvDtype::F16),
             (Quantization::Q4k, KvDtype::Q4),
         ] {
             let opts = LoadOptions {
@@ -560,8 +561,9 @@ mod tests {
             (Quantization::None, DType::BF16, KvDtype::Auto),
             (Quantization::None, DType::F16, KvDtype::Auto),
             (Quantization::Q8_0, DType::F32, KvDtype::Auto),
+            (Quantization::Q8_0, DType::F32, KvDtype::F16),
             (Quantization::Q4k, DType::F32, KvDtype::Auto),
-            (Quantization::Q4k, DType::F32, KvDtype::Q8),
+            (Quantization::Q4k, DType::F32, KvDtype::F16),
             (Quantization::Q4k, DType::F32, KvDtype::Q4),
         ] {
             let opts = LoadOptions {

@@ -131,7 +131,8 @@ impl std::str::FromStr for PrefillPrecision {
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum KvDtype {
-    /// f16 for half-precision and quantized weights, f32 for f32 weights (whose answers
+    /// q8 for quantized weights (q8_0, q4k), whose own rounding moves the logits far more
+    /// than q8's does; f16 for half-precision weights; f32 for f32 weights (whose answers
     /// then stay those of the f32 reference).
     #[default]
     Auto,
@@ -141,8 +142,10 @@ pub enum KvDtype {
     F16,
     /// int8 with an f32 scale per head and position (each head's key or value row rounded
     /// to the nearest of 255 steps of its largest magnitude): 84 bytes a row of 80 values
-    /// where f16 takes 160. Opt-in: answers move further from the f32 reference than
-    /// with f16 (the relative error of a value is up to 1/254 of its row's largest).
+    /// where f16 takes 160. Under f32 weights answers move further from the f32 reference
+    /// than with f16 (the error of a value is up to 1/254 of its row's largest); under
+    /// quantized weights, the default there, no further than f16's (the weights' rounding
+    /// dominates).
     Q8,
     /// 4-bit integers with an f32 scale per head and position (each row rounded to the
     /// nearest of 15 steps of its largest magnitude): 44 bytes a row of 80 values. Opt-in,

@@ -83,8 +83,8 @@ struct Cli {
     /// runs them converted to bf16 on CPUs with AVX512-BF16.
     #[arg(long, value_enum, default_value_t = PrefillPrecision::Exact)]
     prefill_precision: PrefillPrecision,
-    /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (f16 unless the weights
-    /// are f32), `f32`, `f16`, `q8` or `q4`.
+    /// What the key/value cache stores (`--btlm.kv_dtype`): `auto` (q8 for quantized
+    /// weights, f16 for half-precision ones, f32 for f32), `f32`, `f16`, `q8` or `q4`.
     #[arg(long, value_enum, default_value_t = KvDtype::Auto)]
     kv_dtype: KvDtype,
     /// Internal: measure one format and print one result line.
