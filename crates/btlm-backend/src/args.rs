@@ -126,10 +126,12 @@ pub struct BtlmArgs {
     /// --btlm.prefill_chunk tokens at most per prompt; the oldest prompt's piece always
     /// runs): prompts that arrive together are prefilled together, while the pause a step
     /// makes in the decoding sequences' answers stays bounded (about this many tokens at the
-    /// model's prefill speed).
+    /// model's prefill speed). The default, 512, lets every prompt of a full batch at the
+    /// default --btlm.prefill_chunk run its piece in each step, so prompts that arrive
+    /// together also finish together.
     #[cfg_attr(
         feature = "cli",
-        arg(long = "btlm.prefill_step_tokens", default_value_t = 256)
+        arg(long = "btlm.prefill_step_tokens", default_value_t = 512)
     )]
     pub prefill_step_tokens: usize,
     /// Run the step's prompt pieces in the same pass as the decode rows of the batch (one
@@ -269,7 +271,7 @@ impl Default for BtlmArgs {
             max_batch: 8,
             kv_cache_mb: 4096,
             prefill_chunk: 64,
-            prefill_step_tokens: 256,
+            prefill_step_tokens: 512,
             piggyback_prefill: true,
             kv_pool: true,
             prefix_reuse: true,
@@ -467,6 +469,20 @@ mod tests {
     fn clap_defaults_equal_default_and_python() {
         let a = parse(&[]).expect("no args");
         assert_eq!(a, BtlmArgs::default());
+        // The engine's limits from the flags' defaults are the engine's own defaults.
+        let (flags, engine) = (a.engine(), EngineConfig::default());
+        assert_eq!(
+            (
+                flags.max_batch,
+                flags.kv_cache_bytes,
+                flags.prefill_tokens_per_step
+            ),
+            (
+                engine.max_batch,
+                engine.kv_cache_bytes,
+                engine.prefill_tokens_per_step
+            )
+        );
         assert_eq!(a.max_length, 100);
         assert_eq!(a.no_repeat_ngram_size, 2);
         assert!(!a.do_sample && !a.do_prompt_injection);

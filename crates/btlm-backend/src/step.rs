@@ -228,7 +228,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_batch: 8,
             kv_cache_bytes: 4096 << 20,
-            prefill_tokens_per_step: 256,
+            prefill_tokens_per_step: 512,
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,

@@ -540,6 +540,37 @@ fn prompts_arriving_together_are_prefilled_in_one_pass_with_the_decode_rows() {
     );
 }
 
+/// With the default limits, the prompts of a full batch that arrive together each run a
+/// piece in every step (eight pieces of the default 64 tokens fit the default 512 a step),
+/// so they finish prefilling in the same step and answer together.
+#[test]
+fn a_full_batchs_prompts_each_run_a_piece_in_every_step() {
+    let model = Scripted::new();
+    let tok = tokenizer();
+    let defaults = EngineConfig::default();
+    let text = "word ".repeat(30);
+    let later: Vec<String> = (1..defaults.max_batch)
+        .map(|i| format!("{i} {text}"))
+        .collect();
+    let later: Vec<&str> = later.iter().map(String::as_str).collect();
+    let lens: Vec<usize> = later
+        .iter()
+        .map(|p| tok.encode(p).expect("encode").len())
+        .collect();
+    assert!(
+        lens.iter().all(|&n| n > 64 && n <= 128),
+        "two pieces each: {lens:?}"
+    );
+    let (_engine, steps) = prompts_joining_a_running_one(&model, &later);
+    let rows = |s: &[Vec<u32>]| -> Vec<usize> { s.iter().map(Vec::len).collect() };
+    let mut first_pieces = vec![1];
+    first_pieces.extend(lens.iter().map(|_| 64));
+    assert_eq!(rows(&steps[1]), first_pieces, "every prompt's first piece");
+    let mut second_pieces = vec![1];
+    second_pieces.extend(lens.iter().map(|n| n - 64));
+    assert_eq!(rows(&steps[2]), second_pieces, "every prompt's last piece");
+}
+
 /// With the default engine settings: "hello there" runs its first step (held at the gate)
 /// while `later` are submitted, then all run to 3 tokens. Returns the engine and the
 /// segments of every step.
