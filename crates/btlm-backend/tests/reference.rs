@@ -248,10 +248,10 @@ fn an_f16_kv_cache_stays_close() {
     }
 }
 
-/// An int8 key/value cache (`--btlm.kv_dtype q8`, the default for quantized weights, see
-/// `quantized_models_load_and_stay_close`) under f32 weights: about a
-/// quarter of the f32 cache's bytes per token, logits within a tolerance of the reference
-/// wider than f16's, prompt chunks and single tokens alike.
+/// An int8 key/value cache (`--btlm.kv_dtype q8`, the default for quantized weights: see
+/// `quantized_models_load_and_stay_close`) under f32 weights: about a quarter of the f32
+/// cache's bytes per token, logits within a tolerance of the reference wider than f16's,
+/// prompt chunks and single tokens alike.
 #[test]
 fn an_int8_kv_cache_stays_close() {
     let model = f32_weights_caching(KvDtype::Q8);
