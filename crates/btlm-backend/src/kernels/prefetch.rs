@@ -140,61 +140,44 @@ pub fn l1d_bytes() -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// `(L1D bytes, AMD, family, level)` cases of [`PrefetchLevel::for_cpu`].
+    fn check_levels(cases: &[(Option<usize>, bool, Option<u32>, PrefetchLevel)]) {
+        for &(l1d, amd, family, want) in cases {
+            assert_eq!(
+                PrefetchLevel::for_cpu(l1d, amd, family),
+                want,
+                "L1D {l1d:?}, AMD {amd}, family {family:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_level_follows_the_l1d_size() {
-        let intel = (false, Some(6));
-        assert_eq!(
-            PrefetchLevel::for_cpu(Some(32 << 10), intel.0, intel.1),
-            PrefetchLevel::L2
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(Some(48 << 10), intel.0, intel.1),
-            PrefetchLevel::L1
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(Some(64 << 10), intel.0, intel.1),
-            PrefetchLevel::L1
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(None, intel.0, intel.1),
-            PrefetchLevel::L1
-        );
+        let intel = Some(6);
+        check_levels(&[
+            (Some(32 << 10), false, intel, PrefetchLevel::L2),
+            (Some(48 << 10), false, intel, PrefetchLevel::L1),
+            (Some(64 << 10), false, intel, PrefetchLevel::L1),
+            (None, false, intel, PrefetchLevel::L1),
+        ]);
     }
 
     #[test]
     fn zen5_and_later_prefetch_into_l1_in_one_hop() {
         let l1 = Some(48 << 10);
-        assert_eq!(
-            PrefetchLevel::for_cpu(l1, true, Some(0x1a)),
-            PrefetchLevel::L1OneHop
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(l1, true, Some(0x1b)),
-            PrefetchLevel::L1OneHop
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(None, true, Some(0x1a)),
-            PrefetchLevel::L1OneHop
-        );
-        // Zen 4's 32 KiB L1D prefetches into L2; a Zen 4 with a larger one would keep two hops.
-        assert_eq!(
-            PrefetchLevel::for_cpu(Some(32 << 10), true, Some(0x19)),
-            PrefetchLevel::L2
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(l1, true, Some(0x19)),
-            PrefetchLevel::L1
-        );
-        assert_eq!(PrefetchLevel::for_cpu(l1, true, None), PrefetchLevel::L1);
-        // A small L1D decides first, whatever the family.
-        assert_eq!(
-            PrefetchLevel::for_cpu(Some(32 << 10), true, Some(0x1a)),
-            PrefetchLevel::L2
-        );
-        assert_eq!(
-            PrefetchLevel::for_cpu(l1, false, Some(0x1a)),
-            PrefetchLevel::L1
-        );
+        check_levels(&[
+            (l1, true, Some(0x1a), PrefetchLevel::L1OneHop),
+            (l1, true, Some(0x1b), PrefetchLevel::L1OneHop),
+            (None, true, Some(0x1a), PrefetchLevel::L1OneHop),
+            // Zen 4's 32 KiB L1D prefetches into L2; a Zen 4 with a larger one would keep
+            // two hops.
+            (Some(32 << 10), true, Some(0x19), PrefetchLevel::L2),
+            (l1, true, Some(0x19), PrefetchLevel::L1),
+            (l1, true, None, PrefetchLevel::L1),
+            // A small L1D decides first, whatever the family.
+            (Some(32 << 10), true, Some(0x1a), PrefetchLevel::L2),
+            (l1, false, Some(0x1a), PrefetchLevel::L1),
+        ]);
     }
 
     #[test]
