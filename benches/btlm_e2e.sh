@@ -30,7 +30,10 @@
 #   the warm-up: the summary gives the prompt tokens it kept), CONVERSATION_TURNS (0: each
 #   validator's requests continue a conversation, its earlier questions and the miner's
 #   answers before the new question, up to that many earlier turns, then a new one: the
-#   miner's prefix reuse keeps the earlier answers' tokens too), MAX_BATCH (8),
+#   miner's prefix reuse keeps the earlier answers' tokens too), THINK (0: seconds each
+#   validator waits after an answer before its next question, so that validators that
+#   start together ask in rounds with the miner idle between them; the aggregate tok/s
+#   then counts that idle time too), MAX_BATCH (8),
 #   TIMEOUT (12), ANSWER_MARGIN_MS (0: the miner's --miner.answer_margin_ms; at 0 every
 #   answer is whole, so the figures are times to the full answer; the miner's default, 500,
 #   sends the text so far that long before a request's deadline instead: then the
@@ -54,6 +57,7 @@ TOKENS="${TOKENS:-100}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-0}"
 SHARED_CONTEXT_BYTES="${SHARED_CONTEXT_BYTES:-0}"
 CONVERSATION_TURNS="${CONVERSATION_TURNS:-0}"
+THINK="${THINK:-0}"
 MAX_BATCH="${MAX_BATCH:-8}"
 TIMEOUT="${TIMEOUT:-12}"
 ANSWER_MARGIN_MS="${ANSWER_MARGIN_MS:-0}"
@@ -172,7 +176,7 @@ load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey"
 
 summary="$out/summary.md"
 {
-  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, conversation turns $CONVERSATION_TURNS, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, conversation turns $CONVERSATION_TURNS, think $THINK s, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
   echo "| format | validators | answers / requests | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | all within ${TIMEOUT} s | peak RSS MiB |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -196,7 +200,7 @@ for format in $FORMATS; do
     cut_before="$(metric prompting_pipeline_truncated_answers_total)"
     tokens_before="$(metric prompting_btlm_generated_tokens_total)"
     load --key-offset "$clients_from" --hotkeys "$n" --concurrency "$n" --requests $(( n * ROUNDS )) \
-      --timeout "$conc_timeout" --label "$format, $n validators" --json "$json"
+      --think "$THINK" --timeout "$conc_timeout" --label "$format, $n validators" --json "$json"
     within="$(python3 - "$json" "$TIMEOUT" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -35,6 +35,11 @@ struct Args {
     /// Requests per second (open loop).
     #[arg(long)]
     rate: Option<f64>,
+    /// Closed loop: seconds each worker waits after an answer before its next request (a
+    /// validator's time between questions; workers that start together then ask in rounds
+    /// with the server idle between them). 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    think: f64,
     /// Stop after this many requests.
     #[arg(long, default_value_t = 100_000)]
     requests: u64,
@@ -257,6 +262,12 @@ async fn one_call(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.think.is_finite() && args.think >= 0.0) {
+        bail!(
+            "--think must be a number of seconds, 0 or more (got {})",
+            args.think
+        );
+    }
     let keys = hotkeys(args.key_offset + args.hotkeys.max(1));
     let dendrites: Vec<Arc<Client>> = keys[args.key_offset..]
         .iter()
@@ -327,7 +338,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         while tasks.join_next().await.is_some() {}
     } else {
-        mode = format!("closed loop, {} in flight", args.concurrency);
+        mode = if args.think > 0.0 {
+            format!(
+                "closed loop, {} in flight, {} s between an answer and the next request",
+                args.concurrency, args.think
+            )
+        } else {
+            format!("closed loop, {} in flight", args.concurrency)
+        };
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..args.concurrency.max(1) {
             let (dendrites, target, tally, next, talks) = (
@@ -338,8 +356,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 conversations.clone(),
             );
             let (message_bytes, context_bytes) = (args.message_bytes, args.shared_context_bytes);
+            let think = Duration::from_secs_f64(args.think.max(0.0));
             workers.spawn(async move {
+                let mut first = true;
                 while let Some(n) = next() {
+                    if !first && !think.is_zero() {
+                        tokio::time::sleep(think).await;
+                    }
+                    first = false;
                     let key = n as usize % dendrites.len();
                     let ask = Ask {
                         n,
