@@ -169,6 +169,17 @@ pub struct BtlmArgs {
         )
     )]
     pub kv_pool: bool,
+    /// Blank key/value caches to prepare while the engine has nothing to run, at most: one
+    /// the size each of the most recent requests needed, within --btlm.kv_cache_mb beside
+    /// every cache in use and idle (never dropping one), so that the next requests write
+    /// memory the OS backs already rather than new memory (slow on VMs). A request that
+    /// arrives meanwhile waits at most for one block's memory. Needs --btlm.kv_pool; CPU
+    /// only. 0: none.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.kv_spare_caches", default_value_t = 8)
+    )]
+    pub kv_spare_caches: usize,
     /// Let a request keep the keys and values an idle cache (--btlm.kv_pool) holds of its
     /// prompt's start, from an earlier request whose prompt and answer began alike (a
     /// validator asking about the same context twice, a conversation going on), and run
@@ -274,6 +285,7 @@ impl Default for BtlmArgs {
             prefill_step_tokens: 512,
             piggyback_prefill: true,
             kv_pool: true,
+            kv_spare_caches: 8,
             prefix_reuse: true,
             deadline_guard: true,
             deadline_headroom_ms: 3000,
@@ -317,6 +329,7 @@ impl BtlmArgs {
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
             kv_pool: self.kv_pool,
+            spare_caches: self.kv_spare_caches,
             prefix_reuse: self.prefix_reuse,
             deadline_headroom: self
                 .deadline_guard
@@ -469,20 +482,8 @@ mod tests {
     fn clap_defaults_equal_default_and_python() {
         let a = parse(&[]).expect("no args");
         assert_eq!(a, BtlmArgs::default());
-        // The engine's limits from the flags' defaults are the engine's own defaults.
-        let (flags, engine) = (a.engine(), EngineConfig::default());
-        assert_eq!(
-            (
-                flags.max_batch,
-                flags.kv_cache_bytes,
-                flags.prefill_tokens_per_step
-            ),
-            (
-                engine.max_batch,
-                engine.kv_cache_bytes,
-                engine.prefill_tokens_per_step
-            )
-        );
+        // The engine's settings from the flags' defaults are the engine's own defaults.
+        assert_eq!(a.engine(), EngineConfig::default());
         assert_eq!(a.max_length, 100);
         assert_eq!(a.no_repeat_ngram_size, 2);
         assert!(!a.do_sample && !a.do_prompt_injection);

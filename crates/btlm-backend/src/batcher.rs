@@ -42,6 +42,14 @@
 //! price](crate::kv_pool::KvPool::price_copies), from the first-touch speed measured at
 //! start and the learned time of a prompt token).
 //!
+//! **Blank caches** ([`EngineConfig::spare_caches`]). With nothing to run, the engine
+//! writes blank caches into the pool, a block at a time, looking for a request between
+//! blocks: one the size each of the latest admissions needed, within the budget beside
+//! every cache in use and idle. A request that would get new memory takes one instead
+//! (new memory costs its first step the OS backing each page: 15–200 ms a request on a VM,
+//! docs/benchmarks.md). A blank cache half made when a request arrives is dropped, so that
+//! the budget holds while the engine runs.
+//!
 //! A step that fails or panics fails the sequences it ran; the engine keeps serving.
 //!
 //! **Admission order.** The pipeline hands out the batch slots in priority order (the
@@ -166,6 +174,14 @@ pub(crate) struct Batcher<M: StepModel> {
     first_touch: Option<f64>,
     /// The deadline guard, when on ([`EngineConfig::deadline_headroom`]).
     guard: Option<DeadlineGuard>,
+    /// Whether blank caches are made while idle ([`EngineConfig::spare_caches`] above 0, a
+    /// recycling pool, a model that fills caches ahead); cleared if making one fails.
+    spares: bool,
+    /// The positions the most recent admissions needed, the newest last (at most
+    /// [`EngineConfig::spare_caches`]): the blank caches made while idle fit those.
+    recent_needs: VecDeque<usize>,
+    /// The blank cache being made, a part at a time, while idle.
+    blank: Option<M::Cache>,
 }
 
 impl<M: StepModel> Batcher<M> {
@@ -205,6 +221,7 @@ impl<M: StepModel> Batcher<M> {
             }
         }
         let any_split = model.splits_alike();
+        let spares = config.spare_caches > 0 && recycle && model.fills_caches_ahead();
         let first_touch = prefix_reuse.then(first_touch_bytes_per_sec).flatten();
         if prefix_reuse {
             tracing::info!(
@@ -242,6 +259,9 @@ impl<M: StepModel> Batcher<M> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             pool,
+            spares,
+            recent_needs: VecDeque::new(),
+            blank: None,
         })
     }
 
@@ -259,10 +279,26 @@ impl<M: StepModel> Batcher<M> {
                 if !open {
                     break;
                 }
-                match jobs.recv() {
-                    Ok(job) => self.enqueue(job),
-                    Err(_) => break,
-                }
+                // Nothing to run: blank caches for the requests to come, a part at a time,
+                // looking for a request between parts.
+                let job = if self.spare_wanted() {
+                    match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(TryRecvError::Empty) => {
+                            self.make_spare_part();
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => break,
+                    }
+                } else {
+                    match jobs.recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                };
+                // A blank cache half made is memory outside the budget: dropped.
+                self.blank = None;
+                self.enqueue(job);
             }
             while open {
                 match jobs.try_recv() {
@@ -305,6 +341,66 @@ impl<M: StepModel> Batcher<M> {
                 r.job.sequence.stop(reason);
             }
         }
+    }
+
+    /// Whether a blank cache is to be made (or finished) now.
+    fn spare_wanted(&self) -> bool {
+        self.spares && (self.blank.is_some() || self.next_blank().is_some())
+    }
+
+    /// Positions of the next blank cache to make: see [`KvPool::next_blank`].
+    fn next_blank(&self) -> Option<usize> {
+        let needs: Vec<usize> = self.recent_needs.iter().copied().collect();
+        self.pool.next_blank(&needs)
+    }
+
+    /// Makes the next part of a blank cache ([`StepModel::fill_cache_part`]) and hands it to
+    /// the pool once whole.
+    fn make_spare_part(&mut self) {
+        let mut cache = match self.blank.take() {
+            Some(cache) => cache,
+            None => match self.next_blank() {
+                Some(positions) => self.model.new_cache(positions),
+                None => return,
+            },
+        };
+        let failed = match self.model.fill_cache_part(&mut cache) {
+            Ok(false) => {
+                self.blank = Some(cache);
+                return;
+            }
+            Ok(true) => match self.model.recycle_cache(cache) {
+                Some((cache, positions)) => {
+                    let blank = Pooled {
+                        cache,
+                        held: Vec::new(),
+                        piece: None,
+                    };
+                    match self.pool.add_blank(blank, positions) {
+                        Ok(()) => {
+                            self.stats.kv_spares_made.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                target: "btlm_engine",
+                                positions,
+                                "btlm blank key/value cache made"
+                            );
+                            None
+                        }
+                        Err(_) => Some(format!(
+                            "the pool had no room for a blank cache of {positions} positions"
+                        )),
+                    }
+                }
+                None => Some("a blank cache held no memory".into()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            // Not to be tried again and again while idle.
+            tracing::warn!("btlm engine: no more blank key/value caches are made: {why}");
+            self.spares = false;
+        }
+        self.publish_gauges();
     }
 
     /// Whether the model computes a position alike however its sequence is split
@@ -351,6 +447,12 @@ impl<M: StepModel> Batcher<M> {
                 self.waiting.push_front(job);
                 break;
             };
+            if self.spares {
+                self.recent_needs.push_back(job.sequence.max_positions());
+                while self.recent_needs.len() > self.config.spare_caches {
+                    self.recent_needs.pop_front();
+                }
+            }
             self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
             let waited = job.submitted.elapsed();
             self.stats.admitted.fetch_add(1, Ordering::Relaxed);
@@ -368,13 +470,18 @@ impl<M: StepModel> Batcher<M> {
                     cache: Pooled { cache, .. },
                     keep,
                     copy: false,
+                    ..
                 }) => (cache, keep),
                 Some(Handed {
                     cache: source,
                     keep,
                     copy: true,
+                    into,
                 }) => {
-                    let mut cache = self.model.new_cache(lease.positions());
+                    let mut cache = match into {
+                        Some(blank) => blank.cache,
+                        None => self.model.new_cache(lease.positions()),
+                    };
                     let copied = self.model.copy_prefix(&source.cache, &mut cache, keep);
                     // The source goes back idle unless this sequence continues all it holds.
                     if keep < source.held.len() {
@@ -785,6 +892,7 @@ impl<M: StepModel> Batcher<M> {
         s.kv_peak_bytes.store(pool.peak_bytes, Ordering::Release);
         s.kv_reused.store(pool.reused, Ordering::Release);
         s.kv_allocated.store(pool.allocated, Ordering::Release);
+        s.kv_spares_used.store(pool.blank_leases, Ordering::Release);
         s.kv_dropped.store(pool.dropped, Ordering::Release);
         s.prefix_hits.store(pool.prefix_hits, Ordering::Release);
         s.prefix_tokens.store(pool.prefix_tokens, Ordering::Release);
@@ -825,6 +933,9 @@ mod tests {
         shared: Option<(usize, usize)>,
         /// A position is the same however its sequence is split: prefix reuse keeps any.
         splits_alike: bool,
+        /// Parts a cache is made ahead in (0: caches are not made ahead), and the parts made.
+        fill_parts: usize,
+        parts_made: Mutex<usize>,
     }
 
     impl StepModel for Echo {
@@ -852,6 +963,16 @@ mod tests {
 
         fn copy_prefix(&self, _from: &usize, _to: &mut usize, _len: usize) -> Result<()> {
             Ok(())
+        }
+
+        fn fills_caches_ahead(&self) -> bool {
+            self.fill_parts > 0
+        }
+
+        fn fill_cache_part(&self, _cache: &mut usize) -> Result<bool> {
+            let mut made = self.parts_made.lock().expect("parts");
+            *made += 1;
+            Ok(made.is_multiple_of(self.fill_parts))
         }
 
         fn step(&self, segments: &mut [Segment<'_, usize>]) -> Result<Vec<Vec<f32>>> {
@@ -1183,6 +1304,88 @@ mod tests {
         assert_eq!(b.running[1].job.sequence.prompt_left(), 10);
         let s = b.pool.stats();
         assert_eq!((s.allocated, s.reused, s.idle_caches), (4, 0, 1));
+    }
+
+    /// An Echo whose caches are made ahead in three parts.
+    fn filling() -> Echo {
+        Echo {
+            fill_parts: 3,
+            ..Echo::default()
+        }
+    }
+
+    /// While idle, the engine makes a blank cache, a part at a time, for each of the
+    /// positions the latest admissions needed (the longest first), and the next sequence
+    /// that would get new memory takes one.
+    #[test]
+    fn blank_caches_are_made_while_idle_for_the_latest_needs_and_then_taken() {
+        let mut b = batcher_with(filling(), 4, 256, |c| c.spare_caches = 2);
+        assert!(!b.spare_wanted(), "no need seen yet");
+        // Needs 120, 60 and 220 positions: the latest two are 60 and 220.
+        for (first, prompt) in [(1, 100), (2, 40), (3, 200)] {
+            let (j, _rx) = job(1.0, first, prompt, 20, 60.0);
+            submit(&mut b, j);
+        }
+        b.admit();
+        run_out(&mut b);
+        let blanks = |b: &Batcher<Echo>| b.pool.stats().blank_caches;
+        for (part, made) in [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 2)] {
+            assert!(b.spare_wanted(), "part {part}");
+            b.make_spare_part();
+            assert_eq!(blanks(&b), made, "part {part}");
+        }
+        assert!(!b.spare_wanted(), "one for each need");
+        assert_eq!(b.stats.kv_spares_made.load(Ordering::Relaxed), 2);
+        assert_eq!(b.pool.stats().idle_caches, 5);
+        // A prompt no idle cache starts like, needing 210: the blank 256 as it is.
+        let (next, _n) = job(1.0, 9, 190, 20, 60.0);
+        submit(&mut b, next);
+        b.admit();
+        assert_eq!(b.running[0].cache, 256);
+        let s = b.pool.stats();
+        assert_eq!((s.allocated, s.reused, s.blank_leases), (3, 1, 1));
+        assert_eq!(b.stats.kv_spares_used.load(Ordering::Relaxed), 1);
+        // Spares off: none made.
+        let mut b = batcher_with(filling(), 4, 256, |c| c.spare_caches = 0);
+        let (j, _rx) = job(1.0, 1, 100, 20, 60.0);
+        submit(&mut b, j);
+        b.admit();
+        run_out(&mut b);
+        assert!(!b.spare_wanted());
+    }
+
+    /// The engine's loop makes blank caches while it has nothing to run; a request that
+    /// arrives meanwhile is served at the next part.
+    #[test]
+    fn the_engine_makes_blank_caches_between_requests() {
+        let b = batcher_with(filling(), 4, 256, |c| c.spare_caches = 2);
+        let stats = Arc::clone(&b.stats);
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let engine = std::thread::spawn(move || b.run(rx));
+        let ask = |first: u32| {
+            let (j, mut rx) = job(1.0, first, 100, 20, 60.0);
+            stats.waiting.fetch_add(1, Ordering::AcqRel);
+            jobs.send(j).expect("engine");
+            loop {
+                match rx.blocking_recv().expect("an answer") {
+                    Event::Text(..) => continue,
+                    Event::Done(result) => return result.expect("no failure"),
+                }
+            }
+        };
+        assert_eq!(ask(1).tokens.len(), 20);
+        let start = Instant::now();
+        while stats.kv_spares_made.load(Ordering::Relaxed) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no blank cache made"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(ask(2).tokens.len(), 20);
+        assert_eq!(stats.kv_spares_used.load(Ordering::Relaxed), 1);
+        drop(jobs);
+        engine.join().expect("engine thread");
     }
 
     /// Without prefix reuse only an idle cache's memory is worth anything: the next

@@ -144,6 +144,29 @@ impl Cache {
             .unwrap_or(0)
     }
 
+    /// Gives the first block without memory its keys' and values' memory for the reserved
+    /// capacity, `[heads, capacity, columns]` of `dtype` each, written now (on rayon's
+    /// threads, see [`zeros_on_threads`]), as the block's first append would: a cache made
+    /// ahead of its sequence (the engine's blank caches, [`kv_pool`](crate::kv_pool)) that
+    /// the OS backs already. Returns whether every block has its memory.
+    pub(crate) fn fill_next_block(
+        &mut self,
+        heads: usize,
+        columns: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<bool> {
+        if self.reserve == 0 {
+            candle_core::bail!("a cache is filled ahead only for a reserved capacity");
+        }
+        let shape = (heads, self.reserve, columns);
+        if let Some(layer) = self.layers.iter_mut().find(|l| l.data.is_none()) {
+            let zeros = || zeros_on_threads(shape, dtype, device);
+            layer.data = Some((zeros()?, zeros()?));
+        }
+        Ok(self.layers.iter().all(|l| l.data.is_some()))
+    }
+
     /// Forgets every token but keeps the memory (for another sequence; see
     /// [`Cache::capacity`]). The old keys and values stay in place until overwritten.
     pub fn clear(&mut self) {
@@ -163,9 +186,10 @@ impl Cache {
     }
 
     /// Copies the keys and values of the first `len` positions (at most those held) into
-    /// `dst`, an empty cache of the same model, which then holds those positions (in new
-    /// memory of its reserved capacity, or `len` if more): a sequence whose
-    /// prompt starts with those tokens goes on from there in a cache larger than this one.
+    /// `dst`, an empty cache of the same model, which then holds those positions (in its
+    /// memory if every block has room for its reserved capacity, or `len` if more, else in
+    /// new memory of that size): a sequence whose prompt starts with those tokens goes on
+    /// from there in a cache larger than this one.
     pub fn copy_prefix_into(&self, dst: &mut Cache, len: usize) -> candle_core::Result<()> {
         let len = len.min(self.seq_len);
         if dst.seq_len != 0 || dst.layers.len() != self.layers.len() {
@@ -178,7 +202,14 @@ impl Cache {
             let (h, _, d) = k.dims3()?;
             let cap = dst.reserve.max(len);
             let zeros = || zeros_on_threads((h, cap, d), k.dtype(), k.device());
-            let (ks, vs) = (zeros()?, zeros()?);
+            let room = |t: &Tensor| match t.dims3() {
+                Ok((th, tcap, td)) => th == h && td == d && tcap >= cap && t.dtype() == k.dtype(),
+                Err(_) => false,
+            };
+            let (ks, vs) = match to.data.take() {
+                Some((ks, vs)) if room(&ks) && room(&vs) => (ks, vs),
+                _ => (zeros()?, zeros()?),
+            };
             ks.slice_set(&k.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
             vs.slice_set(&v.narrow(1, 0, len)?.contiguous()?, 1, 0)?;
             to.data = Some((ks, vs));
@@ -290,6 +321,49 @@ mod tests {
         assert_eq!(
             layer.data.as_ref().map(|(k, _)| k.dim(1).ok()),
             Some(Some(4 + GROW_BY))
+        );
+    }
+
+    /// A cache filled ahead block by block has the memory its first token would give it,
+    /// and a prefix copied into it stays in that memory; one whose memory is too small for
+    /// the copy gets new memory.
+    #[test]
+    fn a_cache_filled_ahead_keeps_its_memory_for_a_prefix_copied_into_it() {
+        let mut src = Cache::new(2, 4);
+        let a = kv(2, 4, 3, 0.0);
+        for l in &mut src.layers {
+            l.append(&a, &a, 4).expect("append");
+        }
+        src.advance(4);
+        for (reserve, kept) in [(8, true), (2, false)] {
+            let mut dst = Cache::new(2, reserve);
+            let fill = |c: &mut Cache| c.fill_next_block(2, 3, DType::F32, &Device::Cpu);
+            assert!(!fill(&mut dst).expect("block 1"), "one block of two");
+            assert!(fill(&mut dst).expect("block 2"));
+            assert_eq!(dst.capacity(), reserve);
+            let ids = |c: &Cache| -> Vec<_> {
+                c.layers
+                    .iter()
+                    .flat_map(|l| l.data.as_ref().map(|(k, v)| [k.id(), v.id()]))
+                    .flatten()
+                    .collect()
+            };
+            let before = ids(&dst);
+            src.copy_prefix_into(&mut dst, 3).expect("copy");
+            assert_eq!(ids(&dst) == before, kept, "reserve {reserve}");
+            assert_eq!(dst.seq_len(), 3);
+            for l in &dst.layers {
+                let (k, _) = l.data.as_ref().expect("memory");
+                let diff = (k.narrow(1, 0, 3).expect("kept") - a.narrow(1, 0, 3).expect("a"))
+                    .and_then(|d| d.abs()?.sum_all()?.to_scalar::<f32>())
+                    .expect("diff");
+                assert_eq!(diff, 0.0);
+            }
+        }
+        assert!(
+            Cache::new(2, 0)
+                .fill_next_block(2, 3, DType::F32, &Device::Cpu)
+                .is_err()
         );
     }
 

@@ -56,6 +56,16 @@
 //! [`KvPool::price_copies`] sets that price, in kept positions per position needed (the
 //! engine derives it from the first-touch speed and what a prompt token costs it).
 //!
+//! **Blank caches.** While the engine has nothing to run, it can write new memory ahead of
+//! the requests to come ([`KvPool::add_blank`]: caches holding nothing, sized by
+//! [`KvPool::next_blank`] for the positions recent sequences needed), so that their writes
+//! meet memory the OS backs already. A blank cache holds nothing anyone keeps, so it is
+//! worth only its memory: a lease that would get new memory takes a blank one that fits
+//! instead (as it is, or as the memory a copy goes into), blank caches do not count as
+//! idle caches to keep when the pool weighs whether the budget has room, and they are the
+//! first dropped. A blank cache is added only where the budget has room for it beside
+//! every cache in use and idle: it never drops one.
+//!
 //! The pool is generic over the cache type `C`; it never looks inside a cache (the caller's
 //! judgement of what a cache holds does). Whoever gives a cache back says how many
 //! positions its memory holds (for [`Cache`](crate::kv_cache::Cache):
@@ -129,10 +139,13 @@ pub struct Handed<C> {
     pub cache: C,
     /// How many of its first positions the sequence keeps.
     pub keep: usize,
-    /// Whether the lease is new memory of [`Lease::positions`] (allocated by the caller,
-    /// who copies the kept positions into it from `cache` and then drops `cache`) rather
-    /// than `cache` itself.
+    /// Whether the lease is other memory of [`Lease::positions`] (`into`, else new memory
+    /// the caller allocates), into which the caller copies the kept positions from `cache`,
+    /// rather than `cache` itself.
     pub copy: bool,
+    /// For a copy: a blank cache ([`KvPool::add_blank`]) whose memory the copy goes into;
+    /// `None`: new memory.
+    pub into: Option<C>,
 }
 
 impl<C> Handed<C> {
@@ -142,15 +155,24 @@ impl<C> Handed<C> {
             cache,
             keep: 0,
             copy: false,
+            into: None,
         }
     }
 }
 
-/// What a lease takes: idle cache `at` as the source of a copy into new memory, idle cache
-/// `at` as it is, or new memory; `keep`: the positions the sequence keeps.
+/// What a lease takes: idle cache `at` as the source of a copy into blank cache `into` or
+/// new memory, idle cache `at` as it is, or new memory; `keep`: the positions the sequence
+/// keeps.
 enum Choice {
-    Copy { at: usize, keep: usize },
-    Reuse { at: usize, keep: usize },
+    Copy {
+        at: usize,
+        keep: usize,
+        into: Option<usize>,
+    },
+    Reuse {
+        at: usize,
+        keep: usize,
+    },
     New,
 }
 
@@ -176,13 +198,22 @@ pub struct KvPoolStats {
     pub prefix_tokens: u64,
     /// Idle caches dropped to make room (or because they no longer fitted).
     pub dropped: u64,
+    /// Blank caches idle now ([`KvPool::add_blank`]; counted in `idle_caches` too).
+    pub blank_caches: usize,
+    /// Blank caches added.
+    pub blanks_added: u64,
+    /// Leases served with a blank cache, as it is or as the memory of a copy (counted in
+    /// `reused` too).
+    pub blank_leases: u64,
 }
 
-/// An idle cache and the positions its memory holds.
+/// An idle cache, the positions its memory holds, and whether it is blank (holds nothing
+/// anyone keeps: [`KvPool::add_blank`]).
 #[derive(Debug)]
 struct Idle<C> {
     cache: C,
     positions: usize,
+    blank: bool,
 }
 
 /// Cache memory owned by the engine (see the module documentation).
@@ -290,11 +321,12 @@ impl<C> KvPool<C> {
     /// idle caches hold is worth keeping for later sequences too (see the module's
     /// "Prefixes"):
     ///
-    /// - while the budget has room for new memory and every idle cache, the lease is new
-    ///   memory unless one idle cache alone gives the sequence the most and fits (then it
-    ///   is taken as it is); the most kept is copied into the new memory from one of the
-    ///   caches giving it ([`Handed::copy`]), which goes back idle after the copy
-    ///   ([`Self::put_back`]) unless the sequence continues all it holds;
+    /// - while the budget has room for new memory and every idle cache that holds
+    ///   something (or a blank cache fits: [`Self::add_blank`]), the lease is new memory,
+    ///   or that blank cache, unless one idle cache alone gives the sequence the most and
+    ///   fits (then it is taken as it is); the most kept is copied into that memory from
+    ///   one of the caches giving it ([`Handed::copy`]), which goes back idle after the
+    ///   copy ([`Self::put_back`]) unless the sequence continues all it holds;
     /// - otherwise the fitting idle cache it keeps the most of is taken as it is (ties: the
     ///   least recently given back), unless one that does not fit holds more (by the
     ///   [price](Self::price_copies) of a copy) and the caches in use leave room for new
@@ -317,7 +349,39 @@ impl<C> KvPool<C> {
         contents: bool,
     ) -> Option<(Lease, Option<Handed<C>>)> {
         match self.choose(needed, &reusable, contents) {
-            Choice::Copy { at, keep } => {
+            Choice::Copy {
+                at,
+                keep,
+                into: Some(into),
+            } => {
+                // The later index first, so that the other stays where it is.
+                let (source, target) = if into > at {
+                    let target = self.take_idle(into);
+                    (self.take_idle(at), target)
+                } else {
+                    let source = self.take_idle(at);
+                    (source, self.take_idle(into))
+                };
+                let positions = target.positions;
+                let bytes = self.bytes_of(positions);
+                self.stats.in_use_bytes += bytes;
+                self.stats.reused += 1;
+                self.stats.blank_leases += 1;
+                self.stats.prefix_hits += 1;
+                self.stats.prefix_tokens += keep as u64;
+                let handed = Handed {
+                    cache: source.cache,
+                    keep,
+                    copy: true,
+                    into: Some(target.cache),
+                };
+                return Some((Lease { positions, bytes }, Some(handed)));
+            }
+            Choice::Copy {
+                at,
+                keep,
+                into: None,
+            } => {
                 let positions = self.positions_for(needed);
                 let bytes = self.bytes_of(positions);
                 let Idle { cache, .. } = self.take_idle(at);
@@ -331,14 +395,22 @@ impl<C> KvPool<C> {
                     cache,
                     keep,
                     copy: true,
+                    into: None,
                 };
                 return Some((Lease { positions, bytes }, Some(handed)));
             }
             Choice::Reuse { at, keep } => {
-                let Idle { cache, positions } = self.take_idle(at);
+                let Idle {
+                    cache,
+                    positions,
+                    blank,
+                } = self.take_idle(at);
                 let bytes = self.bytes_of(positions);
                 self.stats.in_use_bytes += bytes;
                 self.stats.reused += 1;
+                if blank {
+                    self.stats.blank_leases += 1;
+                }
                 if keep > 0 {
                     self.stats.prefix_hits += 1;
                     self.stats.prefix_tokens += keep as u64;
@@ -347,6 +419,7 @@ impl<C> KvPool<C> {
                     cache,
                     keep,
                     copy: false,
+                    into: None,
                 };
                 return Some((Lease { positions, bytes }, Some(handed)));
             }
@@ -396,13 +469,22 @@ impl<C> KvPool<C> {
                 .saturating_add(self.bytes_of(positions))
                 <= self.config.budget_bytes
         };
-        if contents && after(self.stats.idle_bytes) {
-            // New memory drops no idle cache: every idle cache keeps what it holds for the
-            // sequences it is worth more to, unless it alone gives this one the most (a
-            // conversation's own last turn, which this sequence continues).
+        // The blank cache that fits with the fewest positions: memory written already, worth
+        // nothing else.
+        let blank = (0..self.idle.len())
+            .filter(|&at| self.idle[at].blank && fits(&self.idle[at]))
+            .min_by_key(|&at| self.idle[at].positions);
+        if contents && (blank.is_some() || after(self.stats.idle_bytes - self.blank_bytes())) {
+            // New memory (or a blank cache) drops no idle cache holding something: every
+            // such cache keeps what it holds for the sequences it is worth more to, unless
+            // it alone gives this one the most (a conversation's own last turn, which this
+            // sequence continues).
             let top = kept.iter().copied().max().unwrap_or(0);
             if top == 0 {
-                return Choice::New;
+                return match blank {
+                    Some(at) => Choice::Reuse { at, keep: 0 },
+                    None => Choice::New,
+                };
             }
             let tops: Vec<usize> = (0..kept.len()).filter(|&at| kept[at] == top).collect();
             return match tops[..] {
@@ -412,6 +494,7 @@ impl<C> KvPool<C> {
                 _ => Choice::Copy {
                     at: tops.last().copied().unwrap_or(0),
                     keep: top,
+                    into: blank,
                 },
             };
         }
@@ -437,7 +520,11 @@ impl<C> KvPool<C> {
             .filter(|&at| !fits(&self.idle[at]) && kept[at] >= enough)
             .max_by_key(|&at| kept[at]);
         match (source, best) {
-            (Some(at), _) if after(0) => Choice::Copy { at, keep: kept[at] },
+            (Some(at), _) if after(0) => Choice::Copy {
+                at,
+                keep: kept[at],
+                into: None,
+            },
             (_, Some(at)) => Choice::Reuse { at, keep: kept[at] },
             _ => Choice::New,
         }
@@ -452,7 +539,11 @@ impl<C> KvPool<C> {
         if !self.config.recycle || positions == 0 {
             return;
         }
-        self.idle.push(Idle { cache, positions });
+        self.idle.push(Idle {
+            cache,
+            positions,
+            blank: false,
+        });
         self.stats.idle_bytes = self
             .stats
             .idle_bytes
@@ -490,10 +581,11 @@ impl<C> KvPool<C> {
         self.idle.clear();
         self.stats.idle_bytes = 0;
         self.stats.idle_caches = 0;
+        self.stats.blank_caches = 0;
     }
 
-    /// Drops idle caches, the least recently given back first, until caches in use and
-    /// idle fit the budget.
+    /// Drops idle caches, blank ones first, then the least recently given back first,
+    /// until caches in use and idle fit the budget.
     fn trim(&mut self) {
         while self
             .stats
@@ -502,7 +594,8 @@ impl<C> KvPool<C> {
             > self.config.budget_bytes
             && !self.idle.is_empty()
         {
-            self.take_idle(0);
+            let at = self.idle.iter().position(|i| i.blank).unwrap_or(0);
+            self.take_idle(at);
             self.stats.dropped += 1;
         }
     }
@@ -513,7 +606,87 @@ impl<C> KvPool<C> {
         let idle = self.idle.remove(at);
         self.stats.idle_bytes -= self.bytes_of(idle.positions);
         self.stats.idle_caches -= 1;
+        if idle.blank {
+            self.stats.blank_caches -= 1;
+        }
         idle
+    }
+
+    /// Bytes of the blank idle caches.
+    fn blank_bytes(&self) -> usize {
+        self.idle
+            .iter()
+            .filter(|i| i.blank)
+            .map(|i| self.bytes_of(i.positions))
+            .sum()
+    }
+
+    /// Whether a cache of `positions` positions fits the budget beside every cache in use
+    /// and idle.
+    fn has_room_for(&self, positions: usize) -> bool {
+        self.stats
+            .in_use_bytes
+            .saturating_add(self.stats.idle_bytes)
+            .saturating_add(self.bytes_of(positions))
+            <= self.config.budget_bytes
+    }
+
+    /// Positions of the next blank cache to make ([`Self::add_blank`]) so that sequences
+    /// needing `needs` positions (one each: e.g. the most recent ones, whose like are
+    /// likely to come next) each find a blank cache that fits, the longest first: those a
+    /// blank cache fits already are served. `None` when each has one, when the budget has
+    /// no room for the next beside every cache in use and idle, or without recycling.
+    pub fn next_blank(&self, needs: &[usize]) -> Option<usize> {
+        if !self.config.recycle {
+            return None;
+        }
+        let mut blanks: Vec<usize> = self
+            .idle
+            .iter()
+            .filter(|i| i.blank)
+            .map(|i| i.positions)
+            .collect();
+        blanks.sort_unstable();
+        let mut needs = needs.to_vec();
+        needs.sort_unstable_by(|a, b| b.cmp(a));
+        for needed in needs.into_iter().filter(|&n| n > 0) {
+            let most = self.positions_for(needed).saturating_mul(2);
+            match blanks.iter().position(|&b| b >= needed && b <= most) {
+                Some(at) => {
+                    blanks.remove(at);
+                }
+                None => {
+                    let positions = self.positions_for(needed);
+                    return self.has_room_for(positions).then_some(positions);
+                }
+            }
+        }
+        None
+    }
+
+    /// Adds `cache`, blank (it holds nothing anyone keeps; its memory of `positions`
+    /// positions written already), for later leases (see the module's "Blank caches").
+    /// Refused, the cache given back, when the budget has no room for it beside every cache
+    /// in use and idle, without recycling, or without positions.
+    pub fn add_blank(&mut self, cache: C, positions: usize) -> Result<(), C> {
+        if !self.config.recycle || positions == 0 || !self.has_room_for(positions) {
+            return Err(cache);
+        }
+        // First in line to be dropped.
+        self.idle.insert(
+            0,
+            Idle {
+                cache,
+                positions,
+                blank: true,
+            },
+        );
+        self.stats.idle_bytes += self.bytes_of(positions);
+        self.stats.idle_caches += 1;
+        self.stats.blank_caches += 1;
+        self.stats.blanks_added += 1;
+        self.note_peak();
+        Ok(())
     }
 
     fn note_peak(&mut self) {
@@ -588,6 +761,7 @@ mod tests {
             cache,
             keep,
             copy: false,
+            into: None,
         })
     }
 
@@ -751,6 +925,85 @@ mod tests {
         p.price_copies(f64::INFINITY);
         let (_, handed) = p.lease_reusing(120, keep).expect("room");
         assert_eq!(handed.map(|h| (h.keep, h.copy)), Some((50, true)));
+    }
+
+    #[test]
+    fn blank_caches_are_sized_for_the_needs_given_and_serve_leases_new_memory_would() {
+        let mut p = pool(1000, true);
+        // The longest need first: 100 → 128 positions; then 60 → 64 (128 went to 100).
+        assert_eq!(p.next_blank(&[60, 100]), Some(128));
+        p.add_blank("b128", 128).expect("room");
+        assert_eq!(p.next_blank(&[60, 100]), Some(64));
+        p.add_blank("b64", 64).expect("room");
+        assert_eq!(p.next_blank(&[60, 100]), None, "each need has one");
+        assert_eq!(
+            p.next_blank(&[60, 0]),
+            None,
+            "b64 serves 60, nothing needs 0"
+        );
+        let (lease, _) = p.lease(300).expect("room");
+        p.give_back(lease, Some(("big", 320))).expect("back");
+        let s = p.stats();
+        assert_eq!((s.idle_caches, s.blank_caches, s.blanks_added), (3, 2, 2));
+        // Nothing to keep: the blank cache that fits rather than new memory.
+        assert_eq!(
+            p.lease_reusing(100, |_| 0).expect("room").1,
+            as_is("b128", 0)
+        );
+        // "big" alone gives the most but is over twice the need: copied into "b64".
+        let (lease, handed) = p
+            .lease_reusing(60, |n| usize::from(*n == "big") * 7)
+            .expect("room");
+        assert_eq!(
+            handed,
+            Some(Handed {
+                cache: "big",
+                keep: 7,
+                copy: true,
+                into: Some("b64"),
+            })
+        );
+        assert_eq!((lease.positions(), lease.bytes()), (64, 640));
+        let s = p.stats();
+        assert_eq!(
+            (s.allocated, s.reused, s.blank_leases, s.prefix_hits),
+            (1, 2, 2, 1)
+        );
+        assert_eq!((s.idle_caches, s.blank_caches, s.idle_bytes), (0, 0, 0));
+        assert_eq!(s.in_use_bytes, 1280 + 640);
+        // No blank cache left: new memory again.
+        assert_eq!(p.lease_reusing(100, |_| 0).expect("room").1, None);
+    }
+
+    #[test]
+    fn blank_caches_do_not_count_against_the_room_for_new_memory_and_go_first() {
+        // "a" (128, holding what this lease keeps none of) and a blank 64 too small for
+        // 100: new memory beside "a" fits 300 once the blank is dropped, so "a" stays for
+        // its own conversation rather than be taken as it is.
+        let mut p = pool(300, true);
+        let (lease, _) = p.lease(100).expect("room");
+        p.give_back(lease, Some(("a", 128))).expect("back");
+        p.add_blank("b64", 64).expect("room");
+        assert_eq!(p.lease_reusing(100, |_| 0).expect("room").1, None);
+        let s = p.stats();
+        assert_eq!((s.idle_caches, s.blank_caches, s.dropped), (1, 0, 1));
+        assert_eq!(s.idle_bytes, 1280, "\"a\" stays");
+    }
+
+    #[test]
+    fn blank_caches_never_take_room_from_others() {
+        let mut p = pool(200, true);
+        let (lease, _) = p.lease(100).expect("room");
+        assert_eq!(p.next_blank(&[100]), None, "128 in use + 128 > 200");
+        assert_eq!(p.add_blank("x", 128), Err("x"));
+        assert_eq!(p.add_blank("x", 0), Err("x"));
+        p.add_blank("small", 64).expect("room");
+        assert_eq!(p.stats().peak_bytes, 1920);
+        p.give_back(lease, Some(("a", 128))).expect("back");
+        // Without recycling nothing is kept, blank or not.
+        let mut p = pool(1000, false);
+        assert_eq!(p.next_blank(&[100]), None);
+        assert_eq!(p.add_blank("x", 128), Err("x"));
     }
 
     #[test]

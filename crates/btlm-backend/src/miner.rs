@@ -327,6 +327,16 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             ],
         ),
         BackendMetric::counter(
+            "prompting_btlm_kv_spare_caches_made",
+            "Blank key/value caches made while the engine had nothing to run, for the requests to come (--btlm.kv_spare_caches).",
+            count(&stats.kv_spares_made),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_kv_spare_caches_used",
+            "Caches handed to admitted sequences that were blank ones made while idle (among the reused ones).",
+            count(&stats.kv_spares_used),
+        ),
+        BackendMetric::counter(
             "prompting_btlm_kv_idle_dropped",
             "Idle key/value caches dropped for room in the budget (--btlm.kv_cache_mb), the least recently used first: what they held is lost to later requests.",
             count(&stats.kv_dropped),

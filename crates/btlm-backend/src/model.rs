@@ -170,6 +170,29 @@ impl Btlm {
         Cache::new(self.cfg.n_layer, tokens)
     }
 
+    /// Whether caches can be made ahead of their sequences ([`Self::fill_cache_block`]):
+    /// on the CPU attention path, whose caches are the memory the OS backs on first write.
+    pub fn fills_caches_ahead(&self) -> bool {
+        attends_on_cpu(&self.device, self.dtype)
+    }
+
+    /// Gives the next block of `cache` (made by [`Self::new_cache_with_capacity`], empty)
+    /// the memory of its capacity, written now, as its first token would: the engine
+    /// prepares caches ahead of the requests to come while it has nothing to run. Returns
+    /// whether every block has its memory. Only where [`Self::fills_caches_ahead`].
+    pub fn fill_cache_block(&self, cache: &mut Cache) -> candle_core::Result<bool> {
+        if !self.fills_caches_ahead() {
+            candle_core::bail!("caches are filled ahead only on the CPU attention path");
+        }
+        let heads = self.cfg.n_head;
+        let head_dim = self.cfg.n_embd / heads;
+        let columns = match self.kv_layout {
+            KvLayout::Dense(_) => head_dim,
+            packed => packed.row_bytes(head_dim),
+        };
+        cache.fill_next_block(heads, columns, self.kv_layout.dtype(), &self.device)
+    }
+
     /// Bytes of cache one token of a sequence takes (keys and values of every block).
     pub fn kv_bytes_per_token(&self) -> usize {
         bytes_per_token(

@@ -44,6 +44,22 @@ pub trait StepModel: Send + 'static {
         None
     }
 
+    /// Whether the engine may make caches ahead of their sequences while it has nothing to
+    /// run ([`StepModel::fill_cache_part`]): caches whose memory the OS backs on its first
+    /// write. The default: no.
+    fn fills_caches_ahead(&self) -> bool {
+        false
+    }
+
+    /// Gives the next part of `cache` (new, from [`StepModel::new_cache`]) its memory,
+    /// written now; `Ok(true)` once all of it has memory. The engine calls it part by part
+    /// and looks for requests in between, so that one arriving meanwhile waits at most for
+    /// a part. The default: nothing to write.
+    fn fill_cache_part(&self, cache: &mut Self::Cache) -> Result<bool> {
+        let _ = cache;
+        Ok(true)
+    }
+
     /// Keeps the first `len` positions of a recycled cache and forgets the rest (0:
     /// empties it). Models that recycle caches must implement it; the default does nothing.
     fn truncate_cache(&self, cache: &mut Self::Cache, len: usize) {
@@ -108,6 +124,14 @@ impl StepModel for Btlm {
     fn recycle_cache(&self, cache: Cache) -> Option<(Cache, usize)> {
         let positions = cache.capacity();
         (positions > 0).then_some((cache, positions))
+    }
+
+    fn fills_caches_ahead(&self) -> bool {
+        Btlm::fills_caches_ahead(self)
+    }
+
+    fn fill_cache_part(&self, cache: &mut Cache) -> Result<bool> {
+        Ok(self.fill_cache_block(cache)?)
     }
 
     fn truncate_cache(&self, cache: &mut Cache, len: usize) {
@@ -210,6 +234,13 @@ pub struct EngineConfig {
     /// rounded need, each counted at its real size), rather than free them. Applies to
     /// models that can reuse a cache ([`StepModel::recycles_caches`]).
     pub kv_pool: bool,
+    /// Blank caches the engine prepares while it has nothing to run, at most: one for each
+    /// of the positions the most recent admissions needed, within
+    /// [`kv_cache_bytes`](Self::kv_cache_bytes) beside every cache in use and idle (see
+    /// [`crate::kv_pool`]'s "Blank caches"), so that the next requests write memory the OS
+    /// backs already. Needs [`kv_pool`](Self::kv_pool) and a model that fills caches ahead
+    /// ([`StepModel::fills_caches_ahead`]). 0: none.
+    pub spare_caches: usize,
     /// The deadline guard's headroom (`--btlm.deadline_guard`): a lower-priority request
     /// joins the batch only while every higher-priority one is projected to finish this
     /// long before its deadline, and lower ones are preempted while a higher one is
@@ -232,6 +263,7 @@ impl Default for EngineConfig {
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,
+            spare_caches: 8,
             prefix_reuse: true,
             deadline_headroom: Some(Duration::from_secs(3)),
             answer_time: Duration::from_secs(2),
@@ -292,6 +324,11 @@ pub struct EngineStats {
     pub kv_reused: AtomicU64,
     /// Sequences that got a new cache.
     pub kv_allocated: AtomicU64,
+    /// Blank caches made while the engine had nothing to run
+    /// ([`EngineConfig::spare_caches`]).
+    pub kv_spares_made: AtomicU64,
+    /// Sequences that got a blank cache (among [`kv_reused`](Self::kv_reused)).
+    pub kv_spares_used: AtomicU64,
     /// Idle caches dropped for room in the budget, the least recently used first
     /// ([`EngineConfig::kv_cache_bytes`]): what they held is lost to later sequences.
     pub kv_dropped: AtomicU64,

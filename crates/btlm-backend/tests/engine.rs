@@ -257,6 +257,9 @@ fn engine_config(max_batch: usize) -> EngineConfig {
         queue_size: 16,
         piggyback_prefill: false,
         kv_pool: true,
+        // Blank caches made while idle would change the pool's figures between a test's
+        // requests; `blank_caches_made_while_idle_give_the_answers_of_new_ones` has them.
+        spare_caches: 0,
         prefix_reuse: true,
         // The scripted steps take as long as the test holds them: no step times to
         // project deadlines from (the guard has tests of its own, in the crate).
@@ -1378,6 +1381,79 @@ fn a_prompt_starting_like_an_earlier_one_keeps_its_cache_and_its_answer() {
             (count(&stats.kv_allocated), count(&stats.kv_reused)),
             (2, 1),
             "{label}: the follow-up's cache taken as it is"
+        );
+    }
+}
+
+/// Blank caches made while the engine is idle serve the next requests, as the memory a
+/// prompt start is copied into and as they are; the answers are those of new caches, bit
+/// for bit, in every format (each cache layout: f32, f16, int8, 4-bit). One blank cache at most for the latest request's need (`spare_caches` 1), one
+/// request at a time:
+///
+/// 1. "The quick brown fox" (13 tokens) to 40: a new cache of 64; then a blank 64;
+/// 2. case 0 (28 tokens) to 80, needing 108: the blank is too small, a new 128; then a
+///    blank 128;
+/// 3. the first's follow-up (~61 tokens) to 4, ~65 positions: its own cache is too small,
+///    so its start is copied into the blank 128; then a blank 128 again;
+/// 4. case 3 (57 tokens) to 8, 65 positions, starting like no idle cache: the blank 128.
+#[test]
+fn blank_caches_made_while_idle_give_the_answers_of_new_ones() {
+    let r = reference();
+    let tok = tokenizer();
+    for (label, opts) in every_format() {
+        let model = load("model.safetensors", &opts);
+        let config = EngineConfig {
+            spare_caches: 1,
+            ..engine_config(1)
+        };
+        let engine = Engine::start(model.clone(), tokenizer(), config).expect("engine");
+        let stats = engine.stats();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        assert!(
+            model.fills_caches_ahead(),
+            "{label}: on the CPU attention path"
+        );
+        let made = |n: u64| {
+            let start = Instant::now();
+            while count(&stats.kv_spares_made) < n {
+                assert!(
+                    start.elapsed() < PATIENCE,
+                    "{label}: blank cache {n} not made"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        let fox = &r.cases[2].prompt;
+        let answer = answer_equal_to_a_fresh_one(&engine, &model, fox, &running_to(40, 2), label);
+        made(1);
+        answer_equal_to_a_fresh_one(
+            &engine,
+            &model,
+            &r.cases[0].prompt,
+            &running_to(80, 0),
+            label,
+        );
+        made(2);
+        let follow_up = format!("{fox}{}\nuser: And then?\nassistant:", answer.text);
+        let positions = tok.encode(&follow_up).expect("encode").len() + 4;
+        assert!((65..=128).contains(&positions), "{label}: {positions}");
+        answer_equal_to_a_fresh_one(&engine, &model, &follow_up, &running_to(4, 0), label);
+        let hits = count(&stats.prefix_hits);
+        made(3);
+        answer_equal_to_a_fresh_one(
+            &engine,
+            &model,
+            &r.cases[3].prompt,
+            &running_to(8, 2),
+            label,
+        );
+        let (allocated, reused) = (count(&stats.kv_allocated), count(&stats.kv_reused));
+        assert_eq!(hits, 1, "{label}: the follow-up kept its start");
+        assert_eq!((allocated, reused), (2, 2), "{label}");
+        assert_eq!(count(&stats.kv_spares_used), 2, "{label}");
+        assert!(
+            stats.kv_peak_bytes.load(Ordering::Relaxed) <= 64 << 20,
+            "{label}"
         );
     }
 }

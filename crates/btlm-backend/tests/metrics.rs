@@ -3,7 +3,7 @@
 //! (`Metrics::render`) shows its passes, rows, tokens and gauges.
 
 mod support;
-use support::fixture;
+use support::{fixture, wait_for};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,14 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     assert!(idle > 0.0, "the finished sequence's cache is kept");
     assert_eq!(value(&after, "prompting_btlm_kv_idle_dropped_total"), 0.0);
     assert!(value(&after, "prompting_btlm_kv_peak_bytes") >= idle);
+    // Idle now: a blank cache for the next request of that size (--btlm.kv_spare_caches,
+    // 8 by default), once.
+    let spares = |name: &str| value(&metrics.render(&pipeline), name);
+    wait_for("a blank cache", || {
+        spares("prompting_btlm_kv_spare_caches_made_total") == 1.0
+    })
+    .await;
+    assert_eq!(spares("prompting_btlm_kv_spare_caches_used_total"), 0.0);
     // The pipeline's own figures are still there, and the exposition still ends right.
     assert_eq!(
         value(
@@ -177,6 +185,15 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     };
     assert!(kept >= 8.0, "{prompt_tokens} prompt tokens");
     assert_eq!(value(&last, "prompting_btlm_prefix_hits_total"), 1.0);
+    // Its own idle cache fits it and gives the most: taken rather than the blank one.
+    assert_eq!(
+        value(&last, "prompting_btlm_kv_spare_caches_used_total"),
+        0.0
+    );
+    assert_eq!(
+        value(&last, "prompting_btlm_kv_caches_total{source=\"reused\"}"),
+        1.0
+    );
     assert_eq!(
         value(&last, "prompting_btlm_prefix_reused_tokens_total"),
         kept
