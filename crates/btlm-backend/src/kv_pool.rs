@@ -33,16 +33,17 @@
 //! ([`KvPool::lease_reusing`]) gets the positions its caller says the new sequence can keep
 //! the most of; the caller keeps those and overwrites the rest. Taking an idle cache as it
 //! is loses what else it holds, which is worth keeping for its own conversation's next
-//! turn: so while the budget has room for new memory beside every idle cache, the lease
-//! is new memory unless one idle cache alone gives the sequence the most (its own
-//! conversation's last turn) and fits; once the budget is full (new memory would drop an
-//! idle cache anyway), the fitting idle cache the sequence keeps the most of is taken
-//! (ties: the least recently used). When the lease is new memory and an idle cache gives
-//! positions (one too small for a longer conversation's next turn, or one of those giving
-//! a shared start), it comes with the lease as the source to copy them from
-//! ([`Handed::copy`]): it leaves the pool's count at once, and the caller puts it back
-//! ([`KvPool::put_back`]) unless the sequence continues all it holds, so meanwhile the
-//! process holds up to one cache more than the budget.
+//! turn: so while the budget has room for new memory beside every idle cache (blank ones
+//! aside, see "Blank caches"), the lease is new memory (or a blank cache) unless one idle
+//! cache alone gives the sequence the most (its own conversation's last turn) and fits;
+//! once the budget is full (new memory would drop an idle cache anyway), the fitting idle
+//! cache the sequence keeps the most of is taken (ties: the least recently used). When the
+//! lease is new memory (or a blank cache) and an idle cache gives positions (one too small
+//! for a longer conversation's next turn, or one of those giving a shared start), it comes
+//! with the lease as the source to copy them from ([`Handed::copy`]): it leaves the pool's
+//! count at once, and the caller puts it back ([`KvPool::put_back`]) unless the sequence
+//! continues all it holds, so meanwhile the process holds up to one cache more than the
+//! budget.
 //!
 //! Without prefix reuse ([`KvPool::lease`]) only an idle cache's memory counts: the
 //! smallest that fits is taken as it is.
