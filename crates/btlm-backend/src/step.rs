@@ -238,7 +238,9 @@ pub struct EngineConfig {
     /// of the positions the most recent admissions needed, within
     /// [`kv_cache_bytes`](Self::kv_cache_bytes) beside every cache in use and idle (see
     /// [`crate::kv_pool`]'s "Blank caches"), so that the next requests write memory the OS
-    /// backs already. Needs [`kv_pool`](Self::kv_pool) and a model that fills caches ahead
+    /// backs already. Blank caches that no longer fit the latest needs stay idle until a
+    /// new cache needs their room (they are the first dropped). Needs
+    /// [`kv_pool`](Self::kv_pool) and a model that fills caches ahead
     /// ([`StepModel::fills_caches_ahead`]). 0: none.
     pub spare_caches: usize,
     /// The deadline guard's headroom (`--btlm.deadline_guard`): a lower-priority request

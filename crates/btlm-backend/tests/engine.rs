@@ -1423,30 +1423,21 @@ fn blank_caches_made_while_idle_give_the_answers_of_new_ones() {
                 std::thread::sleep(Duration::from_millis(2));
             }
         };
+        let ask = |prompt: &str, cfg: GenerationConfig| {
+            answer_equal_to_a_fresh_one(&engine, &model, prompt, &cfg, label)
+        };
         let fox = &r.cases[2].prompt;
-        let answer = answer_equal_to_a_fresh_one(&engine, &model, fox, &running_to(40, 2), label);
+        let answer = ask(fox, running_to(40, 2));
         made(1);
-        answer_equal_to_a_fresh_one(
-            &engine,
-            &model,
-            &r.cases[0].prompt,
-            &running_to(80, 0),
-            label,
-        );
+        ask(&r.cases[0].prompt, running_to(80, 0));
         made(2);
         let follow_up = format!("{fox}{}\nuser: And then?\nassistant:", answer.text);
         let positions = tok.encode(&follow_up).expect("encode").len() + 4;
         assert!((65..=128).contains(&positions), "{label}: {positions}");
-        answer_equal_to_a_fresh_one(&engine, &model, &follow_up, &running_to(4, 0), label);
+        ask(&follow_up, running_to(4, 0));
         let hits = count(&stats.prefix_hits);
         made(3);
-        answer_equal_to_a_fresh_one(
-            &engine,
-            &model,
-            &r.cases[3].prompt,
-            &running_to(8, 2),
-            label,
-        );
+        ask(&r.cases[3].prompt, running_to(8, 2));
         let (allocated, reused) = (count(&stats.kv_allocated), count(&stats.kv_reused));
         assert_eq!(hits, 1, "{label}: the follow-up kept its start");
         assert_eq!((allocated, reused), (2, 2), "{label}");
