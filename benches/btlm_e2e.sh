@@ -229,10 +229,11 @@ EOF
   done
   kept="$(metric prompting_btlm_prefix_reused_tokens_total)"
   ran="$(metric 'prompting_btlm_rows_total{kind="prompt"}')"
+  spares="$(metric prompting_btlm_kv_spare_caches_made_total) made, $(metric prompting_btlm_kv_spare_caches_used_total) used"
   stop_miner
   for row in "${rows[@]}"; do echo "$row $rss |" >>"$summary"; done
-  echo "   $format: prompt tokens run $ran, kept from idle caches (prefix reuse) $kept, warm-up included"
-  prefix_lines+=("$format: prompt tokens run $ran, kept from idle caches (prefix reuse) $kept (warm-up included)")
+  echo "   $format: prompt tokens run $ran, kept from idle caches (prefix reuse) $kept; blank caches $spares; warm-up included"
+  prefix_lines+=("$format: prompt tokens run $ran, kept from idle caches (prefix reuse) $kept; blank caches written while idle: $spares (warm-up included)")
 done
 
 if [ "${#prefix_lines[@]}" -gt 0 ]; then
