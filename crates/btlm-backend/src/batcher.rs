@@ -222,6 +222,17 @@ impl<M: StepModel> Batcher<M> {
         }
         let any_split = model.splits_alike();
         let spares = config.spare_caches > 0 && recycle && model.fills_caches_ahead();
+        let per_position = pool.config().bytes_per_token;
+        tracing::info!(
+            kv_bytes_per_position = per_position,
+            kv_budget_positions = config.kv_cache_bytes / per_position,
+            max_batch = config.max_batch,
+            kv_pool = recycle,
+            spare_caches = if spares { config.spare_caches } else { 0 },
+            "btlm engine: the key/value cache budget (--btlm.kv_cache_mb) holds \
+             kv_budget_positions positions (prompt plus answer) of the running sequences' \
+             caches and the idle ones together"
+        );
         let first_touch = prefix_reuse.then(first_touch_bytes_per_sec).flatten();
         if prefix_reuse {
             tracing::info!(
