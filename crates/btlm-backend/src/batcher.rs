@@ -361,8 +361,7 @@ impl<M: StepModel> Batcher<M> {
 
     /// Positions of the next blank cache to make: see [`KvPool::next_blank`].
     fn next_blank(&self) -> Option<usize> {
-        let needs: Vec<usize> = self.recent_needs.iter().copied().collect();
-        self.pool.next_blank(&needs)
+        self.pool.next_blank(self.recent_needs.iter().copied())
     }
 
     /// Makes the next part of a blank cache ([`StepModel::fill_cache_part`]) and hands it to

@@ -350,53 +350,40 @@ impl<C> KvPool<C> {
         contents: bool,
     ) -> Option<(Lease, Option<Handed<C>>)> {
         match self.choose(needed, &reusable, contents) {
-            Choice::Copy {
-                at,
-                keep,
-                into: Some(into),
-            } => {
-                // The later index first, so that the other stays where it is.
-                let (source, target) = if into > at {
-                    let target = self.take_idle(into);
-                    (self.take_idle(at), target)
-                } else {
-                    let source = self.take_idle(at);
-                    (source, self.take_idle(into))
+            Choice::Copy { at, keep, into } => {
+                // Of two, the later index first, so that the other stays where it is.
+                let (source, target) = match into {
+                    Some(into) if into > at => {
+                        let target = self.take_idle(into);
+                        (self.take_idle(at), Some(target))
+                    }
+                    Some(into) => {
+                        let source = self.take_idle(at);
+                        (source, Some(self.take_idle(into)))
+                    }
+                    None => (self.take_idle(at), None),
                 };
-                let positions = target.positions;
+                let positions = target
+                    .as_ref()
+                    .map_or_else(|| self.positions_for(needed), |t| t.positions);
                 let bytes = self.bytes_of(positions);
                 self.stats.in_use_bytes += bytes;
-                self.stats.reused += 1;
-                self.stats.blank_leases += 1;
+                if target.is_some() {
+                    // A blank cache's memory, counted among the idle bytes until now.
+                    self.stats.reused += 1;
+                    self.stats.blank_leases += 1;
+                } else {
+                    self.trim();
+                    self.stats.allocated += 1;
+                    self.note_peak();
+                }
                 self.stats.prefix_hits += 1;
                 self.stats.prefix_tokens += keep as u64;
                 let handed = Handed {
                     cache: source.cache,
                     keep,
                     copy: true,
-                    into: Some(target.cache),
-                };
-                return Some((Lease { positions, bytes }, Some(handed)));
-            }
-            Choice::Copy {
-                at,
-                keep,
-                into: None,
-            } => {
-                let positions = self.positions_for(needed);
-                let bytes = self.bytes_of(positions);
-                let Idle { cache, .. } = self.take_idle(at);
-                self.stats.in_use_bytes += bytes;
-                self.trim();
-                self.stats.allocated += 1;
-                self.stats.prefix_hits += 1;
-                self.stats.prefix_tokens += keep as u64;
-                self.note_peak();
-                let handed = Handed {
-                    cache,
-                    keep,
-                    copy: true,
-                    into: None,
+                    into: target.map(|t| t.cache),
                 };
                 return Some((Lease { positions, bytes }, Some(handed)));
             }
@@ -637,7 +624,7 @@ impl<C> KvPool<C> {
     /// likely to come next) each find a blank cache that fits, the longest first: those a
     /// blank cache fits already are served. `None` when each has one, when the budget has
     /// no room for the next beside every cache in use and idle, or without recycling.
-    pub fn next_blank(&self, needs: &[usize]) -> Option<usize> {
+    pub fn next_blank(&self, needs: impl IntoIterator<Item = usize>) -> Option<usize> {
         if !self.config.recycle {
             return None;
         }
@@ -648,7 +635,7 @@ impl<C> KvPool<C> {
             .map(|i| i.positions)
             .collect();
         blanks.sort_unstable();
-        let mut needs = needs.to_vec();
+        let mut needs: Vec<usize> = needs.into_iter().collect();
         needs.sort_unstable_by(|a, b| b.cmp(a));
         for needed in needs.into_iter().filter(|&n| n > 0) {
             let most = self.positions_for(needed).saturating_mul(2);
@@ -673,15 +660,12 @@ impl<C> KvPool<C> {
         if !self.config.recycle || positions == 0 || !self.has_room_for(positions) {
             return Err(cache);
         }
-        // First in line to be dropped.
-        self.idle.insert(
-            0,
-            Idle {
-                cache,
-                positions,
-                blank: true,
-            },
-        );
+        // Dropped before any other (`trim`).
+        self.idle.push(Idle {
+            cache,
+            positions,
+            blank: true,
+        });
         self.stats.idle_bytes += self.bytes_of(positions);
         self.stats.idle_caches += 1;
         self.stats.blank_caches += 1;
@@ -932,13 +916,13 @@ mod tests {
     fn blank_caches_are_sized_for_the_needs_given_and_serve_leases_new_memory_would() {
         let mut p = pool(1000, true);
         // The longest need first: 100 → 128 positions; then 60 → 64 (128 went to 100).
-        assert_eq!(p.next_blank(&[60, 100]), Some(128));
+        assert_eq!(p.next_blank([60, 100]), Some(128));
         p.add_blank("b128", 128).expect("room");
-        assert_eq!(p.next_blank(&[60, 100]), Some(64));
+        assert_eq!(p.next_blank([60, 100]), Some(64));
         p.add_blank("b64", 64).expect("room");
-        assert_eq!(p.next_blank(&[60, 100]), None, "each need has one");
+        assert_eq!(p.next_blank([60, 100]), None, "each need has one");
         assert_eq!(
-            p.next_blank(&[60, 0]),
+            p.next_blank([60, 0]),
             None,
             "b64 serves 60, nothing needs 0"
         );
@@ -995,7 +979,7 @@ mod tests {
     fn blank_caches_never_take_room_from_others() {
         let mut p = pool(200, true);
         let (lease, _) = p.lease(100).expect("room");
-        assert_eq!(p.next_blank(&[100]), None, "128 in use + 128 > 200");
+        assert_eq!(p.next_blank([100]), None, "128 in use + 128 > 200");
         assert_eq!(p.add_blank("x", 128), Err("x"));
         assert_eq!(p.add_blank("x", 0), Err("x"));
         p.add_blank("small", 64).expect("room");
@@ -1003,7 +987,7 @@ mod tests {
         p.give_back(lease, Some(("a", 128))).expect("back");
         // Without recycling nothing is kept, blank or not.
         let mut p = pool(1000, false);
-        assert_eq!(p.next_blank(&[100]), None);
+        assert_eq!(p.next_blank([100]), None);
         assert_eq!(p.add_blank("x", 128), Err("x"));
     }
 
