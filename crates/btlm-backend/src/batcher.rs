@@ -740,10 +740,18 @@ impl<M: StepModel> Batcher<M> {
             .is_some_and(|r| r.job.sequence.is_prefilling())
     }
 
-    /// Runs the pending tokens of the sequences at `indices` (ascending) in one model pass
-    /// and hands each its logits.
+    /// Runs the pending tokens of the sequences at `indices` in one model pass and hands
+    /// each its logits.
     /// Returns how long the model pass took.
     fn run_pass(&mut self, indices: &[usize]) -> Duration {
+        // The segments go to the model in batch order and their logits come back in it, so
+        // they are handed out in that order too, whatever order `indices` came in (a step
+        // lists its decoding sequences before its prompts: a prompt still prefilling can sit
+        // before a sequence decoding already).
+        let mut order = indices.to_vec();
+        order.sort_unstable();
+        order.dedup();
+        let indices = order.as_slice();
         let model = &self.model;
         let started = Instant::now();
         let running = &mut self.running;

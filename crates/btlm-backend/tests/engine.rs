@@ -296,11 +296,27 @@ fn reference() -> Reference {
     serde_json::from_str(&text).expect("reference")
 }
 
+/// How the prompts of [`check_batched_equals_alone`] share the steps.
+#[derive(Clone, Copy)]
+enum Steps {
+    /// Each prompt in passes of its own, one piece of 8 tokens a step.
+    Apart,
+    /// The pieces in the decode rows' pass, `budget` prompt tokens a step: at 8 one
+    /// prompt's piece, the oldest, until it is done; at 24 three prompts' pieces at once,
+    /// so that a prompt admitted first is still prefilling while a later one decodes
+    /// already, and both want logits in the step of its last piece.
+    Piggyback { budget: usize },
+}
+
 /// Runs the four reference prompts together in one engine (all four join the batch while
 /// the first step is held; prompts of 13–57 tokens are prefilled in pieces of 8 while the
 /// others decode) and alone with [`generate`]; the answers must be identical. Each sequence
 /// has its own settings: greedy with and without the n-gram ban, and a seeded sample.
-fn check_batched_equals_alone(model: Btlm, label: &str, piggyback: bool, exact_reference: bool) {
+fn check_batched_equals_alone(model: Btlm, label: &str, steps: Steps, exact_reference: bool) {
+    let (piggyback, budget) = match steps {
+        Steps::Apart => (false, 8),
+        Steps::Piggyback { budget } => (true, budget),
+    };
     let r = reference();
     let tok = tokenizer();
     let settings: Vec<GenerationConfig> = (0..r.cases.len())
@@ -346,6 +362,7 @@ fn check_batched_equals_alone(model: Btlm, label: &str, piggyback: bool, exact_r
         tok.clone(),
         EngineConfig {
             piggyback_prefill: piggyback,
+            prefill_tokens_per_step: budget,
             ..engine_config(4)
         },
     )
@@ -388,10 +405,13 @@ fn check_batched_equals_alone(model: Btlm, label: &str, piggyback: bool, exact_r
 #[test]
 fn batched_answers_equal_answers_alone_f32() {
     let model = load("model.safetensors", &LoadOptions::default());
-    check_batched_equals_alone(model.clone(), "f32", false, true);
-    check_batched_equals_alone(model, "f32 piggyback", true, true);
+    check_batched_equals_alone(model.clone(), "f32", Steps::Apart, true);
+    for budget in [8, 24] {
+        let label = format!("f32 piggyback {budget}");
+        check_batched_equals_alone(model.clone(), &label, Steps::Piggyback { budget }, true);
+    }
     let bin = load("pytorch_model.bin", &LoadOptions::default());
-    check_batched_equals_alone(bin, "f32 .bin", false, true);
+    check_batched_equals_alone(bin, "f32 .bin", Steps::Apart, true);
 }
 
 /// Every weight format of the tiny checkpoint's safetensors, by name.
@@ -465,8 +485,12 @@ fn batched_answers_equal_answers_alone_when_prompt_pieces_share_a_pass() {
 fn batched_answers_equal_answers_alone_half_and_quantized() {
     for (label, opts) in every_format().into_iter().filter(|(l, _)| *l != "f32") {
         let model = load("model.safetensors", &opts);
-        check_batched_equals_alone(model.clone(), label, false, false);
-        check_batched_equals_alone(model, &format!("{label} piggyback"), true, false);
+        check_batched_equals_alone(model.clone(), label, Steps::Apart, false);
+        for budget in [8, 24] {
+            let steps = Steps::Piggyback { budget };
+            let label = format!("{label} piggyback {budget}");
+            check_batched_equals_alone(model.clone(), &label, steps, false);
+        }
     }
 }
 
