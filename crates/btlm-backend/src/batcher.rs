@@ -475,6 +475,12 @@ impl<M: StepModel> Batcher<M> {
                 running = self.running.len() + 1,
                 "btlm request admitted"
             );
+            let how = match &idle {
+                None => "new",
+                Some(Handed { copy: false, .. }) => "idle as it is",
+                Some(Handed { into: Some(_), .. }) => "copy into a blank",
+                Some(Handed { .. }) => "copy into new",
+            };
             let (mut cache, keep) = match idle {
                 Some(Handed {
                     cache: Pooled { cache, .. },
@@ -521,6 +527,13 @@ impl<M: StepModel> Batcher<M> {
                 }
             };
             self.model.truncate_cache(&mut cache, keep);
+            tracing::debug!(
+                target: "btlm_engine",
+                prompt_tokens = job.sequence.prompt_tokens(),
+                kept = keep,
+                cache = how,
+                "btlm request's cache"
+            );
             self.running.push(Running {
                 job,
                 cache,
