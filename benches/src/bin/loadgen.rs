@@ -235,9 +235,18 @@ async fn one_call(
         Client::Legacy(dendrite) => {
             let synapse = Synapse::new(Prompting::new(roles, messages));
             let response = dendrite.call(target, synapse, timeout).await;
+            // A refusal the axon answered (no call failure) is tallied by its message.
+            let error = match response.failure {
+                Some(failure) => Some(failure.to_string()),
+                None if response.status_code != 200 => Some(format!(
+                    "{} {}",
+                    response.status_code, response.status_message
+                )),
+                None => None,
+            };
             (
                 response.status_code,
-                response.failure.map(|f| f.to_string()),
+                error,
                 response.synapse.body.completion,
             )
         }
