@@ -2,7 +2,10 @@
 //! (key 0 of [`prompting_benches::hotkeys`], the key `loadgen --axon-hotkey` then names) and
 //! a metagraph file (`--metagraph.file`) registering key 0 as the miner, keys 1..=`--validators`
 //! as validators with `--validator-stake` and the following keys up to `--clients` with
-//! `--client-stake`, all with a validator permit. Prints the miner's hotkey.
+//! `--client-stake`, all with a validator permit. Prints the miner's hotkey. With
+//! `--validator-wallet`, key 1 (the first validator) is written too, as wallet `validator`,
+//! hotkey `default`, beside the miner's: what the `dendrite` CLI signs with to ask as that
+//! validator (`--wallet.name validator`).
 
 use std::path::PathBuf;
 
@@ -31,21 +34,44 @@ struct Args {
     /// Stake of the other client keys, τ.
     #[arg(long, default_value_t = 1.0)]
     client_stake: f64,
+    /// Also write key 1 (the first validator) into the wallets folder, as wallet
+    /// `validator`, hotkey `default`.
+    #[arg(long)]
+    validator_wallet: bool,
+}
+
+/// Writes `key` as `wallet`'s hotkey unless it holds that key already.
+fn write_hotkey(wallet: &Wallet, key: &prompting_keys::Keypair, whose: &str) -> anyhow::Result<()> {
+    match wallet.load_hotkey() {
+        Ok(existing) if existing.ss58_address() == key.ss58_address() => Ok(()),
+        _ => {
+            let _ = std::fs::remove_file(wallet.hotkey_path());
+            wallet
+                .write_hotkey(key)
+                .with_context(|| format!("write the {whose}'s hotkey"))
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let keys = hotkeys(args.clients + 1);
     let miner = &keys[0];
-    let wallet = Wallet::new(&args.wallet_path, "default", "default");
-    match wallet.load_hotkey() {
-        Ok(existing) if existing.ss58_address() == miner.ss58_address() => {}
-        _ => {
-            let _ = std::fs::remove_file(wallet.hotkey_path());
-            wallet
-                .write_hotkey(miner)
-                .context("write the miner's hotkey")?;
-        }
+    write_hotkey(
+        &Wallet::new(&args.wallet_path, "default", "default"),
+        miner,
+        "miner",
+    )?;
+    if args.validator_wallet {
+        let validator = keys
+            .get(1)
+            .filter(|_| args.validators >= 1)
+            .context("--validator-wallet needs --clients and --validators of at least 1")?;
+        write_hotkey(
+            &Wallet::new(&args.wallet_path, "validator", "default"),
+            validator,
+            "validator",
+        )?;
     }
     let mut toml = String::from("netuid = 1\nblock = 1\n");
     for (uid, key) in keys.iter().enumerate() {
