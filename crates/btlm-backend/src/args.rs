@@ -156,8 +156,9 @@ pub struct BtlmArgs {
     /// instead of freeing them: new memory is slow to touch the first time (on VMs
     /// especially), reused memory is not. Idle caches count against --btlm.kv_cache_mb
     /// with the running ones and are dropped when a new cache needs their room (the least
-    /// recently used first); the process keeps up to that much memory. Caches are rounded
-    /// up to 64 positions.
+    /// recently used first); the process keeps up to that much memory (plus what glibc's heap
+    /// keeps of the caches it drops: up to about as much again under long mixed traffic,
+    /// docs/benchmarks.md). Caches are rounded up to 64 positions.
     #[cfg_attr(
         feature = "cli",
         arg(
