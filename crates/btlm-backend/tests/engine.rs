@@ -6,7 +6,7 @@
 //! them.
 
 mod support;
-use support::{PATIENCE, fixture, wait_for};
+use support::{PATIENCE, every_format, fixture, load, wait_for};
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -14,30 +14,18 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use candle_core::DType;
-use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::engine::{Engine, EngineConfig, Event, StepModel, SubmitError};
 use prompting_btlm_backend::error::{BtlmError, Result};
 use prompting_btlm_backend::generation::{FinishReason, Generation, GenerationConfig};
 use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::{Btlm, Segment};
-use prompting_btlm_backend::options::{KvDtype, Quantization};
 use prompting_btlm_backend::sequence::generate;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
-use prompting_btlm_backend::weights::Checkpoint;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn tokenizer() -> BtlmTokenizer {
     BtlmTokenizer::from_dir(&fixture()).expect("tiny tokenizer")
-}
-
-fn load(file: &str, opts: &LoadOptions) -> Btlm {
-    let dir = fixture();
-    let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
-        .expect("config");
-    let ckpt = Checkpoint::open(&[dir.join(file)]).expect("checkpoint");
-    Btlm::load(&cfg, &ckpt, opts).expect("model")
 }
 
 /// A permit counter the scripted models wait on before each step (at most [`PATIENCE`]).
@@ -412,57 +400,6 @@ fn batched_answers_equal_answers_alone_f32() {
     }
     let bin = load("pytorch_model.bin", &LoadOptions::default());
     check_batched_equals_alone(bin, "f32 .bin", Steps::Apart, true);
-}
-
-/// Every weight format of the tiny checkpoint's safetensors, by name.
-fn every_format() -> Vec<(&'static str, LoadOptions)> {
-    vec![
-        ("f32", LoadOptions::default()),
-        (
-            "bf16",
-            LoadOptions {
-                dtype: DType::BF16,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "f16",
-            LoadOptions {
-                dtype: DType::F16,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "q8_0",
-            LoadOptions {
-                quantization: Quantization::Q8_0,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "q4k",
-            LoadOptions {
-                quantization: Quantization::Q4k,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "q4k, int8 cache",
-            LoadOptions {
-                quantization: Quantization::Q4k,
-                kv_dtype: KvDtype::Q8,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "q4k, 4-bit cache",
-            LoadOptions {
-                quantization: Quantization::Q4k,
-                kv_dtype: KvDtype::Q4,
-                ..LoadOptions::default()
-            },
-        ),
-    ]
 }
 
 /// Where a product computes rows differently when more rows share it (the AMX tile unit,

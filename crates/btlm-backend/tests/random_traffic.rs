@@ -4,31 +4,19 @@
 //! alone on a new cache, bit for bit (greedy decoding), in every cache layout.
 
 mod support;
-use support::{PATIENCE, fixture};
+use support::{PATIENCE, every_format, fixture, load};
 
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use prompting_btlm_backend::config::Config;
 use prompting_btlm_backend::engine::{Engine, EngineConfig, Event};
 use prompting_btlm_backend::generation::GenerationConfig;
-use prompting_btlm_backend::loader::LoadOptions;
 use prompting_btlm_backend::model::Btlm;
-use prompting_btlm_backend::options::{KvDtype, Quantization};
 use prompting_btlm_backend::sequence::generate;
 use prompting_btlm_backend::tokenizer::BtlmTokenizer;
-use prompting_btlm_backend::weights::Checkpoint;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::mpsc::error::TryRecvError;
-
-fn load(opts: &LoadOptions) -> Btlm {
-    let dir = fixture();
-    let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
-        .expect("config");
-    let ckpt = Checkpoint::open(&[dir.join("model.safetensors")]).expect("checkpoint");
-    Btlm::load(&cfg, &ckpt, opts).expect("model")
-}
 
 /// xorshift64*: the test's choices, the same for a seed.
 struct Rng(u64);
@@ -202,34 +190,13 @@ fn random_traffic(model: &Btlm, label: &str, seed: u64, total: usize) {
 
 #[test]
 fn random_traffic_answers_equal_answers_alone() {
-    let formats: [(&str, LoadOptions); 4] = [
-        ("f32", LoadOptions::default()),
-        (
-            "q4k, int8 cache",
-            LoadOptions {
-                quantization: Quantization::Q4k,
-                kv_dtype: KvDtype::Q8,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "q4k, 4-bit cache",
-            LoadOptions {
-                quantization: Quantization::Q4k,
-                kv_dtype: KvDtype::Q4,
-                ..LoadOptions::default()
-            },
-        ),
-        (
-            "f16",
-            LoadOptions {
-                dtype: candle_core::DType::F16,
-                ..LoadOptions::default()
-            },
-        ),
-    ];
+    // Each cache layout (f32, f16, int8, 4-bit) once.
+    let layouts = ["f32", "f16", "q4k, int8 cache", "q4k, 4-bit cache"];
+    let formats = every_format()
+        .into_iter()
+        .filter(|(label, _)| layouts.contains(label));
     for (label, opts) in formats {
-        let model = load(&opts);
+        let model = load("model.safetensors", &opts);
         for seed in 1u64..=3 {
             random_traffic(&model, label, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 60);
         }

@@ -6,6 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use candle_core::DType;
+use prompting_btlm_backend::config::Config;
+use prompting_btlm_backend::loader::LoadOptions;
+use prompting_btlm_backend::model::Btlm;
+use prompting_btlm_backend::options::{KvDtype, Quantization};
+use prompting_btlm_backend::weights::Checkpoint;
+
 /// How long a test waits for something the engine or pipeline should do promptly.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -43,4 +50,64 @@ pub fn with_many_rows(test: &str, rows: &str) -> bool {
         "{stdout}"
     );
     false
+}
+
+/// The tiny checkpoint's weights file `file`, loaded with `opts`.
+pub fn load(file: &str, opts: &LoadOptions) -> Btlm {
+    let dir = fixture();
+    let cfg = Config::from_json(&std::fs::read_to_string(dir.join("config.json")).expect("cfg"))
+        .expect("config");
+    let ckpt = Checkpoint::open(&[dir.join(file)]).expect("checkpoint");
+    Btlm::load(&cfg, &ckpt, opts).expect("model")
+}
+
+/// Every weight format of the tiny checkpoint's safetensors, by name.
+pub fn every_format() -> Vec<(&'static str, LoadOptions)> {
+    vec![
+        ("f32", LoadOptions::default()),
+        (
+            "bf16",
+            LoadOptions {
+                dtype: DType::BF16,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "f16",
+            LoadOptions {
+                dtype: DType::F16,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q8_0",
+            LoadOptions {
+                quantization: Quantization::Q8_0,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q4k",
+            LoadOptions {
+                quantization: Quantization::Q4k,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q4k, int8 cache",
+            LoadOptions {
+                quantization: Quantization::Q4k,
+                kv_dtype: KvDtype::Q8,
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "q4k, 4-bit cache",
+            LoadOptions {
+                quantization: Quantization::Q4k,
+                kv_dtype: KvDtype::Q4,
+                ..LoadOptions::default()
+            },
+        ),
+    ]
 }
