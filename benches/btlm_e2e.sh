@@ -43,12 +43,15 @@
 #   FLOOD_TOKENS ($TOKENS), FLOOD_SECONDS (120), FLOOD_X (10), FLOOD_VALIDATORS (1),
 #   EXTRA_MINER_ARGS,
 #   OUT (the results folder, default target/bench-results/btlm-e2e),
-#   PREBUILT (a folder holding release builds of btlm-miner, loadgen, bench-identities and
-#   examples/write_random_model: run those instead of building).
+#   PREBUILT (a folder holding release builds of btlm-miner, dendrite, loadgen,
+#   bench-identities and examples/write_random_model: run those instead of building).
+# Shared steps: benches/btlm_bench_lib.sh.
 # Results: $OUT/{summary.md,*.json,*.log}.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+# shellcheck source=benches/btlm_bench_lib.sh
+source "$root/benches/btlm_bench_lib.sh"
 LAYERS="${LAYERS:-32}"
 FORMATS="${FORMATS:-f32 bf16 q8_0 q4k}"
 CONC="${CONC:-1 2 4 8}"
@@ -74,26 +77,10 @@ FLOOD_VALIDATORS="${FLOOD_VALIDATORS:-1}"
 # Keys: 0 the miner, 1..=FLOOD_VALIDATORS the high-stake validators, then low-stake clients.
 clients_from=$(( 1 + FLOOD_VALIDATORS ))
 EXTRA_MINER_ARGS="${EXTRA_MINER_ARGS:-}"
-if [ -z "${BENCH_MODELS:-}" ]; then
-  if [ -d /work/bench-models ] && [ -w /work/bench-models ]; then
-    BENCH_MODELS=/work/bench-models
-  else
-    BENCH_MODELS="$root/target/bench-models"
-  fi
-fi
+bench_models_dir
 out="${OUT:-$root/target/bench-results/btlm-e2e}"
-mkdir -p "$out" "$BENCH_MODELS"
-
-if [ -n "${PREBUILT:-}" ]; then
-  echo "== prebuilt binaries in $PREBUILT (not built here)"
-  bin="$PREBUILT"
-else
-  echo "== build (RUSTFLAGS=${RUSTFLAGS:-none})"
-  cargo build --release --quiet -p prompting-btlm-backend --example write_random_model
-  cargo build --release --quiet -p btlm-miner
-  cargo build --release --quiet -p prompting-benches --bin loadgen --bin bench-identities
-  bin="${CARGO_TARGET_DIR:-$root/target}/release"
-fi
+mkdir -p "$out"
+bench_binaries
 
 model_dir() { echo "$BENCH_MODELS/btlm-random-${1}l"; }
 for layers in $(echo "$LAYERS $FLOOD_LAYERS" | tr ' ' '\n' | sort -u); do
@@ -108,20 +95,9 @@ miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$ou
 pid=""
 cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); v=d
 for k in sys.argv[2].split('.'): v=(v or {}).get(k)
 print(v if v is not None else 'nan')" "$1" "$2"; }
-format_flags() {
-  case "$1" in
-    f32) echo "--btlm.dtype f32" ;;
-    bf16) echo "--btlm.dtype bf16" ;;
-    f16) echo "--btlm.dtype f16" ;;
-    q8_0) echo "--btlm.quantize q8_0" ;;
-    q4k) echo "--btlm.quantize q4k" ;;
-    *) echo "unknown format $1" >&2; exit 2 ;;
-  esac
-}
 
 # start_miner FORMAT LAYERS TOKENS LOG: starts btlm-miner, waits until it listens.
 start_miner() {
@@ -140,12 +116,7 @@ start_miner() {
     $EXTRA_MINER_ARGS >"$log" 2>&1 &
   pid=$!
   local started=$SECONDS
-  # The miner listens once the model is loaded ("serving on"); wait for that line.
-  until grep -q "serving on" "$log" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then echo "btlm-miner exited:" >&2; tail -5 "$log" >&2; exit 1; fi
-    if (( SECONDS - started > 1800 )); then echo "btlm-miner did not start in 30 min" >&2; exit 1; fi
-    sleep 1
-  done
+  wait_serving "$pid" "$log"
   echo "   loaded in $(( SECONDS - started )) s"
 }
 # stop_miner: records the miner's peak RSS (MiB) in $rss and stops it.
@@ -156,19 +127,7 @@ stop_miner() {
   pid=""
 }
 # metric NAME: the sample NAME of the running miner's /metrics, "nan" if unreadable.
-metric() {
-  python3 - "$port" "$1" <<'EOF'
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10) as r:
-        text = r.read().decode()
-except OSError:
-    print("nan")
-    sys.exit(0)
-values = dict(l.split()[:2] for l in text.splitlines() if l and not l.startswith("#"))
-print(values.get(sys.argv[2], "nan"))
-EOF
-}
+metric() { metrics "$port" "$1"; }
 load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
   --message-bytes "$MESSAGE_BYTES" --shared-context-bytes "$SHARED_CONTEXT_BYTES" \
   --conversation-turns "$CONVERSATION_TURNS" \
