@@ -55,6 +55,12 @@ wait_serving() {
   done
 }
 
+# status_mb PID FIELD: a process's /proc status memory field (VmRSS, VmHWM: peak) in MiB,
+# "nan" once it is gone.
+status_mb() {
+  awk -v field="$2:" '$1 == field {printf "%.0f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo nan
+}
+
 # metrics PORT NAME...: the named samples of the miner's /metrics (labels included, e.g.
 # 'prompting_btlm_requests_total{outcome="failed"}'), space-separated, "nan" where missing.
 metrics() {

@@ -121,7 +121,7 @@ start_miner() {
 }
 # stop_miner: records the miner's peak RSS (MiB) in $rss and stops it.
 stop_miner() {
-  rss="$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo nan)"
+  rss="$(status_mb "$pid" VmHWM)"
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   pid=""

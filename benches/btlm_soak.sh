@@ -109,8 +109,7 @@ echo "== $FORMAT, $LAYERS layers: loaded in $(( SECONDS - started )) s; soak of 
 
 failures=()
 fail() { failures+=("$1"); echo "FAIL: $1" >&2; }
-rss_mb() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo nan; }
-hwm_mb() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status" 2>/dev/null || echo nan; }
+rss_mb() { status_mb "$pid" VmRSS; }
 
 # The reference prompts: one per protocol the miner serves, asked as the validator.
 prompts=(
@@ -207,7 +206,7 @@ fi
 grep -q "panicked" "$log" && fail "the miner's log has a panic: $(grep -m1 panicked "$log")"
 failed="$(metrics "$port" 'prompting_btlm_requests_total{outcome="failed"}')"
 [ "$failed" = 0 ] || fail "the engine failed $failed requests (a step that failed or panicked)"
-peak="$(hwm_mb)"
+peak="$(status_mb "$pid" VmHWM)"
 limit=$(( base_rss + KV_MB + RSS_SLACK_MB ))
 [ "$peak" != nan ] && (( peak > limit )) && fail "peak RSS $peak MiB over $limit (after the first answers $base_rss + KV $KV_MB + slack $RSS_SLACK_MB)"
 # Memory may grow until the cache budget is full; from then on it must level off.
