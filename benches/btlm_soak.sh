@@ -166,19 +166,20 @@ load impatient --key-offset 8 --hotkeys 2 --concurrency 1 --think "$THINK" --tim
 load flood --key-offset 12 --hotkeys 40 --rate "$FLOOD_RATE" --timeout 12
 
 samples="$out/samples.tsv"
-echo -e "t_s\trss_mb\trunning\twaiting\tkv_reserved_bytes\tkv_idle_bytes\tcompleted\tcancelled\tfailed" >"$samples"
+echo -e "t_s\trss_mb\trunning\twaiting\tkv_reserved_bytes\tkv_idle_bytes\tcompleted\tcancelled\tfailed\theap_free_bytes\theap_trims" >"$samples"
 soak_start=$SECONDS
 next_check=$(( soak_start + CHECK_EVERY ))
 checks=0
 while (( SECONDS - soak_start < DURATION )); do
   if ! kill -0 "$pid" 2>/dev/null; then fail "the miner exited during the soak"; break; fi
-  read -r running waiting reserved idle completed cancelled failed < <(metrics "$port" \
+  read -r running waiting reserved idle completed cancelled failed heap_free heap_trims < <(metrics "$port" \
     prompting_btlm_running_sequences prompting_btlm_waiting_requests \
     prompting_btlm_kv_reserved_bytes prompting_btlm_kv_idle_bytes \
     'prompting_btlm_requests_total{outcome="completed"}' \
     'prompting_btlm_requests_total{outcome="cancelled"}' \
-    'prompting_btlm_requests_total{outcome="failed"}')
-  echo -e "$(( SECONDS - soak_start ))\t$(rss_mb)\t$running\t$waiting\t$reserved\t$idle\t$completed\t$cancelled\t$failed" >>"$samples"
+    'prompting_btlm_requests_total{outcome="failed"}' \
+    prompting_btlm_heap_free_bytes prompting_btlm_heap_trims_total)
+  echo -e "$(( SECONDS - soak_start ))\t$(rss_mb)\t$running\t$waiting\t$reserved\t$idle\t$completed\t$cancelled\t$failed\t$heap_free\t$heap_trims" >>"$samples"
   if (( SECONDS >= next_check && SECONDS - soak_start < DURATION - 60 )); then
     checks=$(( checks + 1 ))
     ask_refs "load$checks"
@@ -207,6 +208,8 @@ grep -q "panicked" "$log" && fail "the miner's log has a panic: $(grep -m1 panic
 failed="$(metrics "$port" 'prompting_btlm_requests_total{outcome="failed"}')"
 [ "$failed" = 0 ] || fail "the engine failed $failed requests (a step that failed or panicked)"
 peak="$(status_mb "$pid" VmHWM)"
+read -r trims released < <(metrics "$port" prompting_btlm_heap_trims_total \
+  prompting_btlm_heap_released_bytes_total)
 limit=$(( base_rss + KV_MB + RSS_SLACK_MB ))
 [ "$peak" != nan ] && (( peak > limit )) && fail "peak RSS $peak MiB over $limit (after the first answers $base_rss + KV $KV_MB + slack $RSS_SLACK_MB)"
 # Memory may grow until the cache budget is full; from then on it must level off.
@@ -237,10 +240,11 @@ case "$growth" in
 esac
 
 summary="$out/summary.md"
-python3 - "$out" "$FORMAT" "$LAYERS" "$DURATION" "$KV_MB" "$base_rss" "$peak" "$checks" >"$summary" <<'EOF'
+python3 - "$out" "$FORMAT" "$LAYERS" "$DURATION" "$KV_MB" "$base_rss" "$peak" "$checks" \
+  "$trims" "$released" >"$summary" <<'EOF'
 import json, os, re, sys
 from collections import Counter
-out, fmt, layers, duration, kv, base, peak, checks = sys.argv[1:]
+out, fmt, layers, duration, kv, base, peak, checks, trims, released = sys.argv[1:]
 print(f"btlm_soak: {fmt}, {layers} layers, {duration} s, KV budget {kv} MiB, {os.cpu_count()} cores")
 print()
 print("| load | requests | answered | p50 s | p99 s | statuses | errors |")
@@ -264,6 +268,10 @@ for name in ["validators", "conversations", "impatient", "flood"]:
     print(f'| {name} | {r["requests"]} | {ok} | {p50} | {p99} | {statuses} | {errors} |')
 print()
 print(f"RSS after the first answers {base} MiB, peak {peak} MiB; reference prompts asked again {checks} times under load and once after")
+try:
+    print(f"free heap memory given back to the OS {float(trims):.0f} times, {float(released) / 2**20:.0f} MiB in all (--btlm.heap_slack_mb)")
+except ValueError:
+    print("free heap memory given back: not reported (a miner without --btlm.heap_slack_mb)")
 EOF
 cat "$summary"
 

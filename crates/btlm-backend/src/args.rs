@@ -156,9 +156,9 @@ pub struct BtlmArgs {
     /// instead of freeing them: new memory is slow to touch the first time (on VMs
     /// especially), reused memory is not. Idle caches count against --btlm.kv_cache_mb
     /// with the running ones and are dropped when a new cache needs their room (the least
-    /// recently used first); the process keeps up to that much memory (plus what glibc's heap
-    /// keeps of the caches it drops: up to about as much again under long mixed traffic,
-    /// docs/benchmarks.md). Caches are rounded up to 64 positions.
+    /// recently used first); the process keeps up to that much memory (plus what the
+    /// allocator's heaps keep of the caches it drops, up to --btlm.heap_slack_mb).
+    /// Caches are rounded up to 64 positions.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -181,6 +181,17 @@ pub struct BtlmArgs {
         arg(long = "btlm.kv_spare_caches", default_value_t = 8)
     )]
     pub kv_spare_caches: usize,
+    /// Give the allocator's free memory back to the OS once its heaps held this many MB free
+    /// through 30 s (read every second), beyond the least they held since the last time
+    /// (`malloc_trim`, glibc on Linux). The caches --btlm.kv_pool drops go back to the
+    /// heaps, which otherwise keep them resident: up to about --btlm.kv_cache_mb again
+    /// under long mixed traffic. Memory freed after a step and taken again by the next is
+    /// left alone (writing it again costs). 0: never.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.heap_slack_mb", default_value_t = 256)
+    )]
+    pub heap_slack_mb: usize,
     /// Let a request keep the keys and values an idle cache (--btlm.kv_pool) holds of its
     /// prompt's start, from an earlier request whose prompt and answer began alike (a
     /// validator asking about the same context twice, a conversation going on), and run
@@ -287,6 +298,7 @@ impl Default for BtlmArgs {
             piggyback_prefill: true,
             kv_pool: true,
             kv_spare_caches: 8,
+            heap_slack_mb: 256,
             prefix_reuse: true,
             deadline_guard: true,
             deadline_headroom_ms: 3000,
@@ -331,6 +343,8 @@ impl BtlmArgs {
             piggyback_prefill: self.piggyback_prefill,
             kv_pool: self.kv_pool,
             spare_caches: self.kv_spare_caches,
+            heap_slack_bytes: (self.heap_slack_mb > 0)
+                .then(|| self.heap_slack_mb.saturating_mul(1 << 20)),
             prefix_reuse: self.prefix_reuse,
             deadline_headroom: self
                 .deadline_guard

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use crate::batcher::{Batcher, Job};
 use crate::error::{BtlmError, Result};
 use crate::generation::GenerationConfig;
+use crate::heap_keeper::HeapKeeper;
 use crate::sequence::Sequence;
 use crate::tokenizer::BtlmTokenizer;
 
@@ -71,9 +72,14 @@ impl Engine {
                 reason: e.to_string(),
             })?;
         let splits_alike = batcher.splits_alike();
+        let (heap_slack, heap) = (config.heap_slack_bytes, stats.heap.clone());
         std::thread::Builder::new()
             .name("btlm-engine".into())
-            .spawn(move || batcher.run(rx))
+            .spawn(move || {
+                // Stops with the engine.
+                let _keeper = heap_slack.and_then(|slack| HeapKeeper::start(slack, heap));
+                batcher.run(rx)
+            })
             .map_err(|e| BtlmError::Device(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             jobs: tx,

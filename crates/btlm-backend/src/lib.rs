@@ -56,6 +56,7 @@ mod elementwise;
 pub mod engine;
 pub mod error;
 pub mod generation;
+pub mod heap_keeper;
 pub mod hub;
 pub mod kernels;
 pub mod kv_cache;

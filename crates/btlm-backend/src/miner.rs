@@ -351,6 +351,21 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             "Requests that kept part of their prompt's keys and values from an idle cache (--btlm.prefix_reuse).",
             count(&stats.prefix_hits),
         ),
+        BackendMetric::counter(
+            "prompting_btlm_heap_trims",
+            "Times the allocator's free heap memory was given back to the OS (--btlm.heap_slack_mb).",
+            count(&stats.heap.trims),
+        ),
+        BackendMetric::counter(
+            "prompting_btlm_heap_released_bytes",
+            "Resident bytes those trims gave back (the process's RSS before less after, summed).",
+            count(&stats.heap.released_bytes),
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_heap_free_bytes",
+            "Bytes the allocator's heaps held free at the last reading (every second with --btlm.heap_slack_mb), given back to the OS or not.",
+            gauge(&stats.heap.free_bytes),
+        ),
         BackendMetric::gauge(
             "prompting_btlm_kv_budget_bytes",
             "Key/value cache bytes the running sequences may reserve together.",

@@ -2,6 +2,7 @@
 //! private `batcher`) share: the model interface, the events a request receives, the limits
 //! and the counters.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{BtlmError, Result};
 use crate::generation::Generation;
+use crate::heap_keeper::HeapStats;
 use crate::kv_cache::Cache;
 use crate::model::{Btlm, Segment};
 
@@ -243,6 +245,10 @@ pub struct EngineConfig {
     /// [`kv_pool`](Self::kv_pool) and a model that fills caches ahead
     /// ([`StepModel::fills_caches_ahead`]). 0: none.
     pub spare_caches: usize,
+    /// Give the allocator's free memory back to the OS once its heaps held this many bytes
+    /// free through a window of readings, beyond the least since the last time
+    /// ([`crate::heap_keeper`]). `None`: never.
+    pub heap_slack_bytes: Option<usize>,
     /// The deadline guard's headroom (`--btlm.deadline_guard`): a lower-priority request
     /// joins the batch only while every higher-priority one is projected to finish this
     /// long before its deadline, and lower ones are preempted while a higher one is
@@ -266,6 +272,7 @@ impl Default for EngineConfig {
             piggyback_prefill: true,
             kv_pool: true,
             spare_caches: 8,
+            heap_slack_bytes: Some(256 << 20),
             prefix_reuse: true,
             deadline_headroom: Some(Duration::from_secs(3)),
             answer_time: Duration::from_secs(2),
@@ -339,6 +346,8 @@ pub struct EngineStats {
     pub prefix_hits: AtomicU64,
     /// Prompt tokens those sequences did not run again, summed.
     pub prefix_tokens: AtomicU64,
+    /// Free heap memory given back to the OS ([`EngineConfig::heap_slack_bytes`]).
+    pub heap: Arc<HeapStats>,
     /// The most sequences that ran in one step.
     pub peak_batch: AtomicUsize,
     /// Model passes run (one per step with `piggyback_prefill`, else one for the decode rows

@@ -155,6 +155,20 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     })
     .await;
     assert_eq!(spares("prompting_btlm_kv_spare_caches_used_total"), 0.0);
+    // The heap keeper (--btlm.heap_slack_mb, on by default) reads the heaps' free bytes
+    // every second.
+    let now = metrics.render(&pipeline);
+    for name in [
+        "prompting_btlm_heap_trims_total",
+        "prompting_btlm_heap_released_bytes_total",
+    ] {
+        assert!(sample(&now, name).is_some(), "{name} missing from:\n{now}");
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    wait_for("a reading of the heaps' free bytes", || {
+        spares("prompting_btlm_heap_free_bytes") > 0.0
+    })
+    .await;
     // The pipeline's own figures are still there, and the exposition still ends right.
     assert_eq!(
         value(
