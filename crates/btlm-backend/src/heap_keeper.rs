@@ -15,8 +15,8 @@
 //! counted as free, free space smaller than a page cannot be given back, and memory freed
 //! after a step and taken again by the next is not worth giving back. The price: the trim
 //! itself (25–50 ms for 300–400 MB, the heaps locked in turn while it walks them) and the
-//! first write again to each page given back, once reused. Linux with glibc only; elsewhere [`HeapKeeper::start`] starts
-//! nothing.
+//! first write again to each page given back, once reused. Linux with glibc only;
+//! elsewhere [`HeapKeeper::start`] starts nothing.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -173,11 +173,11 @@ fn keep(slack: usize, every: Duration, stats: &HeapStats, stop: &(Mutex<bool>, C
         if !policy.due(free) {
             continue;
         }
-        let before = resident_bytes();
+        let before = allocator::resident_bytes();
         let start = Instant::now();
         allocator::trim();
         let took = start.elapsed();
-        let released = before.saturating_sub(resident_bytes());
+        let released = before.saturating_sub(allocator::resident_bytes());
         let free = allocator::free_bytes();
         policy.trimmed(free);
         stats.trims.fetch_add(1, Ordering::Relaxed);
@@ -197,15 +197,6 @@ fn keep(slack: usize, every: Duration, stats: &HeapStats, stop: &(Mutex<bool>, C
     }
 }
 
-/// The process's resident bytes (`/proc/self/statm`), 0 where unknown.
-fn resident_bytes() -> usize {
-    const PAGE: usize = 4096;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
-        .map_or(0, |pages| pages.saturating_mul(PAGE))
-}
-
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod allocator {
     /// glibc's allocator can give free pages back.
@@ -217,6 +208,16 @@ mod allocator {
         // SAFETY: mallinfo2 takes no argument and only reads the allocator's state under
         // its locks.
         unsafe { libc::mallinfo2() }.fordblks
+    }
+
+    /// The process's resident bytes (`/proc/self/statm`), 0 where unknown.
+    pub fn resident_bytes() -> usize {
+        // SAFETY: sysconf only reads a system setting.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+            .map_or(0, |pages| pages.saturating_mul(page))
     }
 
     /// Gives every whole free page of every heap back to the OS.
@@ -235,6 +236,10 @@ mod allocator {
     pub const CAN_TRIM: bool = false;
 
     pub fn free_bytes() -> usize {
+        0
+    }
+
+    pub fn resident_bytes() -> usize {
         0
     }
 

@@ -361,6 +361,11 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             "Resident bytes those trims gave back (the process's RSS before less after, summed).",
             count(&stats.heap.released_bytes),
         ),
+        BackendMetric::counter(
+            "prompting_btlm_heap_trim_seconds",
+            "Time those trims took, summed.",
+            count(&stats.heap.trim_micros) / 1e6,
+        ),
         BackendMetric::gauge(
             "prompting_btlm_heap_free_bytes",
             "Bytes the allocator's heaps held free at the last reading (every second with --btlm.heap_slack_mb), given back to the OS or not.",

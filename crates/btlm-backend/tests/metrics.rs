@@ -161,6 +161,7 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     for name in [
         "prompting_btlm_heap_trims_total",
         "prompting_btlm_heap_released_bytes_total",
+        "prompting_btlm_heap_trim_seconds_total",
     ] {
         assert!(sample(&now, name).is_some(), "{name} missing from:\n{now}");
     }
