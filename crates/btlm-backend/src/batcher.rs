@@ -435,6 +435,22 @@ impl<M: StepModel> Batcher<M> {
             } else {
                 0
             };
+            if self.late_on_arrival(&job, keep) {
+                // Ended before it takes cache memory: a lease could drop idle caches that
+                // later requests (a conversation's next turn) would keep.
+                self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(
+                    target: "btlm_engine",
+                    priority = job.priority,
+                    prompt_left = job.sequence.prompt_left().saturating_sub(keep),
+                    "btlm request ended before admission: its prompt could not run in time \
+                     behind the others"
+                );
+                job.sequence.stop(FinishReason::Late);
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+                self.finish(job, None);
+                continue;
+            }
             if !self.guard_admits(&job, keep) {
                 if !job.held_back {
                     job.held_back = true;
@@ -578,6 +594,28 @@ impl<M: StepModel> Batcher<M> {
         let mut load = job.load();
         load.prompt_left = load.prompt_left.saturating_sub(keep);
         guard.admits(&self.cost, &batch, &load, Instant::now())
+    }
+
+    /// Whether the deadline guard (if on) would end `job`'s prompt as late once admitted
+    /// ([`Self::end_late_prompts`]), `keep` of its prompt tokens kept from an idle cache:
+    /// behind the running prompts the steps run before it (as high a priority or higher,
+    /// all older than it).
+    fn late_on_arrival(&self, job: &Job, keep: usize) -> bool {
+        let Some(guard) = &self.guard else {
+            return false;
+        };
+        let (decode, prompts) = self.decoding_and_prompts();
+        let mut loads: Vec<Load> = prompts
+            .iter()
+            .map(|&i| self.running[i].job.load())
+            .filter(|l| l.priority >= job.priority)
+            .collect();
+        let mut load = job.load();
+        load.prompt_left = load.prompt_left.saturating_sub(keep);
+        loads.push(load);
+        let budget = self.config.prefill_tokens_per_step;
+        let late = guard.late_prompts(&self.cost, &loads, decode.len(), budget, Instant::now());
+        late.last() == Some(&(loads.len() - 1))
     }
 
     /// Preempts the lower-priority sequences the deadline guard (if on) picks so that the
@@ -1138,6 +1176,10 @@ mod tests {
             rx.push(r);
         }
         b.admit();
+        // The last two end on arrival, before they take cache memory.
+        assert_eq!(b.running.len(), 2);
+        assert_eq!(b.pool.stats().allocated + b.pool.stats().reused, 2);
+        assert_eq!(b.stats.waiting.load(Ordering::Acquire), 0);
         b.end_late_prompts(Instant::now());
         let late = |b: &Batcher<Echo>| -> Vec<bool> {
             b.running
@@ -1145,7 +1187,7 @@ mod tests {
                 .map(|r| r.job.sequence.finished() == Some(FinishReason::Late))
                 .collect()
         };
-        assert_eq!(late(&b), [false, false, true, true]);
+        assert_eq!(late(&b), [false, false]);
         assert_eq!(b.stats.late.load(Ordering::Relaxed), 2);
         run_out(&mut b);
         let steps = b.model.steps.lock().expect("steps").clone();
@@ -1176,6 +1218,37 @@ mod tests {
             b.end_late_prompts(Instant::now());
             assert!(late(&b).iter().all(|l| !l), "guard {guard}");
         }
+    }
+
+    #[test]
+    fn a_running_prompt_a_higher_one_arrives_ahead_of_ends_once_it_could_not_run_in_time() {
+        // Prompt tokens 10 ms each, 256 a step, 2 s left for an answer: two lower 300-token
+        // prompts due in 9 s fit (by ~3 s and ~6 s, + 2 s).
+        let mut b = batcher_with(Echo::default(), 8, 256, |c| {
+            c.answer_time = Duration::from_secs(2)
+        });
+        let (a, _a) = job(1.0, 1, 300, 2, 9.0);
+        let (l, mut l_rx) = job(1.0, 2, 300, 2, 9.0);
+        submit(&mut b, a);
+        submit(&mut b, l);
+        b.admit();
+        b.end_late_prompts(Instant::now());
+        assert_eq!(b.running.len(), 2);
+        assert_eq!(b.stats.late.load(Ordering::Relaxed), 0);
+        // A higher one runs its prompt first: it fits, and the second lower one no longer.
+        let (h, _h) = job(5.0, 3, 300, 2, 9.0);
+        submit(&mut b, h);
+        b.admit();
+        assert_eq!(b.running.len(), 3);
+        b.end_late_prompts(Instant::now());
+        let late: Vec<bool> = b
+            .running
+            .iter()
+            .map(|r| r.job.sequence.finished() == Some(FinishReason::Late))
+            .collect();
+        assert_eq!(late, [false, true, false]);
+        run_out(&mut b);
+        assert_eq!(done(&mut l_rx).finish, FinishReason::Late);
     }
 
     #[test]
