@@ -373,8 +373,9 @@ pub struct EngineStats {
     pub held_back: AtomicU64,
     /// Running requests the deadline guard preempted for a higher-priority one.
     pub preempted: AtomicU64,
-    /// Running requests the deadline guard ended because their prompt could not have run
-    /// in time ([`EngineConfig::answer_time`]).
+    /// Requests the deadline guard ended, running or on admission (before they took cache
+    /// memory), because their prompt could not have run in time
+    /// ([`EngineConfig::answer_time`]).
     pub late: AtomicU64,
 }
 
