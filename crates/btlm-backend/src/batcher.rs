@@ -338,10 +338,8 @@ impl<M: StepModel> Batcher<M> {
         while i < self.waiting.len() {
             match self.waiting[i].interruption(now) {
                 Some(reason) => {
-                    if let Some(mut job) = self.waiting.remove(i) {
-                        self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
-                        job.sequence.stop(reason);
-                        self.finish(job, None);
+                    if let Some(job) = self.waiting.remove(i) {
+                        self.end_waiting(job, reason);
                     }
                 }
                 None => i += 1,
@@ -352,6 +350,13 @@ impl<M: StepModel> Batcher<M> {
                 r.job.sequence.stop(reason);
             }
         }
+    }
+
+    /// Ends `job`, taken out of the waiting line, for `reason`.
+    fn end_waiting(&self, mut job: Job, reason: FinishReason) {
+        self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
+        job.sequence.stop(reason);
+        self.finish(job, None);
     }
 
     /// Whether a blank cache is to be made (or finished) now.
@@ -438,7 +443,6 @@ impl<M: StepModel> Batcher<M> {
             if self.late_on_arrival(&job, keep) {
                 // Ended before it takes cache memory: a lease could drop idle caches that
                 // later requests (a conversation's next turn) would keep.
-                self.stats.waiting.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(
                     target: "btlm_engine",
                     priority = job.priority,
@@ -446,9 +450,8 @@ impl<M: StepModel> Batcher<M> {
                     "btlm request ended before admission: its prompt could not run in time \
                      behind the others"
                 );
-                job.sequence.stop(FinishReason::Late);
                 self.stats.late.fetch_add(1, Ordering::Relaxed);
-                self.finish(job, None);
+                self.end_waiting(job, FinishReason::Late);
                 continue;
             }
             if !self.guard_admits(&job, keep) {
@@ -604,17 +607,13 @@ impl<M: StepModel> Batcher<M> {
         let Some(guard) = &self.guard else {
             return false;
         };
-        let (decode, prompts) = self.decoding_and_prompts();
-        let mut loads: Vec<Load> = prompts
-            .iter()
-            .map(|&i| self.running[i].job.load())
-            .filter(|l| l.priority >= job.priority)
-            .collect();
+        let (_, mut loads, decode_rows) = self.prompt_loads();
+        loads.retain(|l| l.priority >= job.priority);
         let mut load = job.load();
         load.prompt_left = load.prompt_left.saturating_sub(keep);
         loads.push(load);
         let budget = self.config.prefill_tokens_per_step;
-        let late = guard.late_prompts(&self.cost, &loads, decode.len(), budget, Instant::now());
+        let late = guard.late_prompts(&self.cost, &loads, decode_rows, budget, Instant::now());
         late.last() == Some(&(loads.len() - 1))
     }
 
@@ -663,18 +662,24 @@ impl<M: StepModel> Batcher<M> {
         (decode, prompts)
     }
 
+    /// The running prompts in the order the steps run them (positions in the batch), their
+    /// loads, and the decode rows that ride along.
+    fn prompt_loads(&self) -> (Vec<usize>, Vec<Load>, usize) {
+        let (decode, prompts) = self.decoding_and_prompts();
+        let loads = prompts
+            .iter()
+            .map(|&i| self.running[i].job.load())
+            .collect();
+        (prompts, loads, decode.len())
+    }
+
     /// Ends the prompts the deadline guard (if on) finds could not run in time
     /// ([`DeadlineGuard::late_prompts`]), taken in the order the steps run them.
     fn end_late_prompts(&mut self, now: Instant) {
         let Some(guard) = &self.guard else {
             return;
         };
-        let (decode, prompts) = self.decoding_and_prompts();
-        let decode_rows = decode.len();
-        let loads: Vec<Load> = prompts
-            .iter()
-            .map(|&i| self.running[i].job.load())
-            .collect();
+        let (prompts, loads, decode_rows) = self.prompt_loads();
         let budget = self.config.prefill_tokens_per_step;
         for k in guard.late_prompts(&self.cost, &loads, decode_rows, budget, now) {
             let job = &mut self.running[prompts[k]].job;
@@ -1151,6 +1156,14 @@ mod tests {
         b.enqueue(job);
     }
 
+    /// Which running sequences, in batch order, were ended as late.
+    fn late(b: &Batcher<Echo>) -> Vec<bool> {
+        b.running
+            .iter()
+            .map(|r| r.job.sequence.finished() == Some(FinishReason::Late))
+            .collect()
+    }
+
     /// The generation `rx` was answered with.
     fn done(rx: &mut UnboundedReceiver<Event>) -> Generation {
         loop {
@@ -1181,12 +1194,6 @@ mod tests {
         assert_eq!(b.pool.stats().allocated + b.pool.stats().reused, 2);
         assert_eq!(b.stats.waiting.load(Ordering::Acquire), 0);
         b.end_late_prompts(Instant::now());
-        let late = |b: &Batcher<Echo>| -> Vec<bool> {
-            b.running
-                .iter()
-                .map(|r| r.job.sequence.finished() == Some(FinishReason::Late))
-                .collect()
-        };
         assert_eq!(late(&b), [false, false]);
         assert_eq!(b.stats.late.load(Ordering::Relaxed), 2);
         run_out(&mut b);
@@ -1241,12 +1248,7 @@ mod tests {
         b.admit();
         assert_eq!(b.running.len(), 3);
         b.end_late_prompts(Instant::now());
-        let late: Vec<bool> = b
-            .running
-            .iter()
-            .map(|r| r.job.sequence.finished() == Some(FinishReason::Late))
-            .collect();
-        assert_eq!(late, [false, true, false]);
+        assert_eq!(late(&b), [false, true, false]);
         run_out(&mut b);
         assert_eq!(done(&mut l_rx).finish, FinishReason::Late);
     }
