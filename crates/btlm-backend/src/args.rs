@@ -156,9 +156,10 @@ pub struct BtlmArgs {
     /// instead of freeing them: new memory is slow to touch the first time (on VMs
     /// especially), reused memory is not. Idle caches count against --btlm.kv_cache_mb
     /// with the running ones and are dropped when a new cache needs their room (the least
-    /// recently used first); the process keeps up to that much memory (plus what the
-    /// allocator's heaps keep of the caches it drops, up to --btlm.heap_slack_mb).
-    /// Caches are rounded up to 64 positions.
+    /// recently used first); the process keeps up to that much memory. On the CPU each
+    /// cache is one mapping of its own: a dropped cache goes back to the OS at once, and a
+    /// cache's positions take memory only once written. Caches are rounded up to 64
+    /// positions.
     #[cfg_attr(
         feature = "cli",
         arg(
@@ -183,10 +184,10 @@ pub struct BtlmArgs {
     pub kv_spare_caches: usize,
     /// Give the allocator's free memory back to the OS once its heaps held this many MB free
     /// through 30 s (read every second), beyond the least they held since the last time
-    /// (`malloc_trim`, glibc on Linux). The caches --btlm.kv_pool drops go back to the
-    /// heaps, which otherwise keep them resident: up to about --btlm.kv_cache_mb again
-    /// under long mixed traffic. Memory freed after a step and taken again by the next is
-    /// left alone (writing it again costs). 0: never.
+    /// (`malloc_trim`, glibc on Linux): what loading and requests freed, which the heaps
+    /// otherwise keep resident (key/value caches are mappings of their own, not in the
+    /// heaps). Memory freed after a step and taken again by the next is left alone
+    /// (writing it again costs). 0: never.
     #[cfg_attr(
         feature = "cli",
         arg(long = "btlm.heap_slack_mb", default_value_t = 256)

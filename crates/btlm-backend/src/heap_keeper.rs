@@ -2,12 +2,13 @@
 //!
 //! glibc keeps the memory a process frees in its heaps (one per thread that allocates, up
 //! to eight per core) and by itself gives back only a heap's free end. What is freed in the
-//! middle stays resident: the key/value caches the pool drops (blocks of a few MB, served
-//! from a heap once glibc's mmap threshold has grown past their size), a prompt step's
-//! working buffers. Under long mixed traffic that was ~700 MB with a 1 GiB cache budget,
-//! 580 MB of it in the main heap (docs/benchmarks.md, session 46). `malloc_trim(0)` gives
-//! every whole free page of every heap back (`madvise(MADV_DONTNEED)`): the memory stays
-//! the allocator's, and the OS backs a page again on its next write.
+//! middle stays resident: what loading left, a prompt step's working buffers, and (until
+//! session 47 made each cache a mapping of its own, `Cache::allocate`) the key/value
+//! caches the pool dropped. Under long mixed traffic that was ~700 MB with a 1 GiB cache
+//! budget, 580 MB of it in the main heap (docs/benchmarks.md, session 46).
+//! `malloc_trim(0)` gives every whole free page of every heap back
+//! (`madvise(MADV_DONTNEED)`): the memory stays the allocator's, and the OS backs a page
+//! again on its next write.
 //!
 //! The keeper is a thread that reads every [`CHECK_EVERY`] how many bytes the heaps hold
 //! free (`mallinfo2`) and trims once they held `slack` bytes more than the least since its

@@ -3,12 +3,14 @@
 //!
 //! A cache made with a capacity (the tokens reserved for a request: prompt plus new tokens)
 //! allocates it once, on the first token; without one it grows by [`GROW_BY`] positions.
+//! On the CPU attention path the engine gives a reserved cache all its memory in one
+//! allocation (`Cache::allocate`), every block's keys and values views of it.
 //! [`Cache::clear`] forgets the tokens but keeps the memory, so that the engine's pool
 //! ([`kv_pool`](crate::kv_pool)) can hand the cache to another sequence: its old contents
 //! are not zeroed, since attention reads only the positions written since (views of the
 //! first `len` positions).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor};
 use rayon::prelude::*;
 
 /// Positions added at a time to a cache that has no reserved capacity.
@@ -36,6 +38,73 @@ pub(crate) fn zeros_on_threads(
         (DType::F32, Device::Cpu) => Tensor::from_vec(zeros(n, 0f32), shape, device),
         (DType::U8, Device::Cpu) => Tensor::from_vec(zeros(n, 0u8), shape, device),
         _ => Tensor::zeros(shape, dtype, device),
+    }
+}
+
+/// The least a CPU cache allocates: glibc's largest mmap threshold (32 MiB on 64-bit
+/// targets). An allocation of at least this size is always a mapping of its own, whatever
+/// threshold earlier frees have raised it to, and so goes back to the OS when freed.
+pub(crate) const OWN_MAPPING_BYTES: usize = 32 << 20;
+
+/// Zeros of `shape` whose memory nothing has written yet: on the CPU a zeroed allocation
+/// of at least [`OWN_MAPPING_BYTES`] (a fresh mapping, which `calloc` does not write; the
+/// elements past `shape` are never written either, so they take address space only), so
+/// that the OS backs each page when it is first written, by the append that writes it or
+/// by [`Cache::fill_next_block`] ahead of it; `Tensor::zeros` elsewhere and for dtypes a
+/// cache does not store. An allocation the allocator refuses is an error, not an abort.
+fn unwritten_zeros(shape: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn zeroed<T: bytemuck::Zeroable + candle_core::WithDType>(
+        shape: &[usize],
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let n = shape.iter().product::<usize>();
+        let allocated = n.max(OWN_MAPPING_BYTES.div_ceil(std::mem::size_of::<T>()));
+        let values = bytemuck::allocation::try_zeroed_vec::<T>(allocated).map_err(|()| {
+            candle_core::Error::Msg(format!(
+                "no memory for a key/value cache of {} MB",
+                (allocated * std::mem::size_of::<T>()) >> 20
+            ))
+        })?;
+        Tensor::from_vec(values, allocated, device)?
+            .narrow(0, 0, n)?
+            .reshape(shape)
+    }
+    match (dtype, device) {
+        (DType::F32, Device::Cpu) => zeroed::<f32>(shape, device),
+        (DType::F16, Device::Cpu) => zeroed::<half::f16>(shape, device),
+        (DType::BF16, Device::Cpu) => zeroed::<half::bf16>(shape, device),
+        (DType::U8, Device::Cpu) => zeroed::<u8>(shape, device),
+        _ => Tensor::zeros(shape, dtype, device),
+    }
+}
+
+/// Writes zeros over a contiguous CPU tensor's elements in place, on rayon's threads: the
+/// first write of new memory, which the OS backs page by page as it is written.
+struct WriteZeros;
+
+impl InplaceOp1 for WriteZeros {
+    fn name(&self) -> &'static str {
+        "write-zeros"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        use candle_core::backend::BackendStorage;
+        fn fill<T: Copy + Send + Sync>(values: &mut [T], range: (usize, usize), zero: T) {
+            values[range.0..range.1]
+                .par_chunks_mut(1 << 16)
+                .for_each(|chunk| chunk.fill(zero));
+        }
+        let Some(range) = layout.contiguous_offsets() else {
+            candle_core::bail!("zeros are written over a contiguous cache block only");
+        };
+        match storage {
+            CpuStorage::F32(v) => fill(v, range, 0f32),
+            CpuStorage::F16(v) => fill(v, range, half::f16::ZERO),
+            CpuStorage::BF16(v) => fill(v, range, half::bf16::ZERO),
+            CpuStorage::U8(v) => fill(v, range, 0u8),
+            other => candle_core::bail!("no cache stores {:?}", other.dtype()),
+        }
+        Ok(())
     }
 }
 
@@ -101,6 +170,8 @@ pub struct Cache {
     pub(crate) layers: Vec<LayerKv>,
     seq_len: usize,
     reserve: usize,
+    /// Blocks whose memory [`Cache::fill_next_block`] has written ahead.
+    written_ahead: usize,
 }
 
 impl Cache {
@@ -113,6 +184,7 @@ impl Cache {
                 .collect(),
             seq_len: 0,
             reserve: capacity,
+            written_ahead: 0,
         }
     }
 
@@ -144,11 +216,42 @@ impl Cache {
             .unwrap_or(0)
     }
 
-    /// Gives the first block without memory its keys' and values' memory for the reserved
-    /// capacity, `[heads, capacity, columns]` of `dtype` each, written now (on rayon's
-    /// threads, see [`zeros_on_threads`]), as the block's first append would: a cache made
-    /// ahead of its sequence (the engine's blank caches, [`kv_pool`](crate::kv_pool)) that
-    /// the OS backs already. Returns whether every block has its memory.
+    /// Gives every block its keys' and values' memory for the reserved capacity,
+    /// `[heads, capacity, columns]` of `dtype` each, all of it one allocation
+    /// (`[n_layer, 2, heads, capacity, columns]`; every block's keys and values are views of
+    /// it), not written yet ([`unwritten_zeros`]). Nothing to do when nothing is reserved or
+    /// some block has memory already.
+    ///
+    /// One allocation per cache, not two per block, and at least [`OWN_MAPPING_BYTES`]: a
+    /// cache is then a mapping of its own, which goes back to the OS as soon as the cache is
+    /// dropped, and which the OS backs page by page as positions are written (the positions
+    /// a sequence reserves but never reaches take no memory). Two tensors a block, a few MB
+    /// each, came from the engine thread's heap, where the pool's churn of caches of every
+    /// size left holes that caches of other sizes fit badly, and the heap kept what it
+    /// freed (docs/benchmarks.md, session 47).
+    pub(crate) fn allocate(
+        &mut self,
+        heads: usize,
+        columns: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<()> {
+        if self.reserve == 0 || self.layers.iter().any(|l| l.data.is_some()) {
+            return Ok(());
+        }
+        let shape = [self.layers.len(), 2, heads, self.reserve, columns];
+        let memory = unwritten_zeros(&shape, dtype, device)?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let block = memory.get(i)?;
+            layer.data = Some((block.get(0)?, block.get(1)?));
+        }
+        Ok(())
+    }
+
+    /// Gives the cache its memory ([`Cache::allocate`]) and writes zeros over the next block's
+    /// (on rayon's threads), as the block's appends would write it: a cache made ahead of its
+    /// sequence (the engine's blank caches, [`kv_pool`](crate::kv_pool)) whose memory the OS
+    /// backs already. Returns whether every block's memory is written.
     pub(crate) fn fill_next_block(
         &mut self,
         heads: usize,
@@ -159,12 +262,16 @@ impl Cache {
         if self.reserve == 0 {
             candle_core::bail!("a cache is filled ahead only for a reserved capacity");
         }
-        let shape = (heads, self.reserve, columns);
-        if let Some(layer) = self.layers.iter_mut().find(|l| l.data.is_none()) {
-            let zeros = || zeros_on_threads(shape, dtype, device);
-            layer.data = Some((zeros()?, zeros()?));
+        self.allocate(heads, columns, dtype, device)?;
+        if let Some(layer) = self.layers.get(self.written_ahead) {
+            let Some((k, v)) = &layer.data else {
+                candle_core::bail!("a block of a cache filled ahead has no memory");
+            };
+            k.inplace_op1(&WriteZeros)?;
+            v.inplace_op1(&WriteZeros)?;
+            self.written_ahead += 1;
         }
-        Ok(self.layers.iter().all(|l| l.data.is_some()))
+        Ok(self.written_ahead == self.layers.len())
     }
 
     /// Forgets every token but keeps the memory (for another sequence; see
@@ -194,6 +301,13 @@ impl Cache {
         let len = len.min(self.seq_len);
         if dst.seq_len != 0 || dst.layers.len() != self.layers.len() {
             candle_core::bail!("a prefix is copied into an empty cache of the same model");
+        }
+        if let Some((k, _)) = self.layers.first().and_then(|l| l.data.as_ref())
+            && dst.reserve >= len
+            && k.device().is_cpu()
+        {
+            let (h, _, d) = k.dims3()?;
+            dst.allocate(h, d, k.dtype(), k.device())?;
         }
         for (from, to) in self.layers.iter().zip(&mut dst.layers) {
             let Some((k, v)) = &from.data else {
@@ -226,6 +340,7 @@ impl Cache {
             l.len = 0;
         }
         self.seq_len = 0;
+        self.written_ahead = 0;
     }
 }
 
@@ -292,7 +407,7 @@ pub fn bytes_per_token(n_layer: usize, n_embd: usize, n_head: usize, layout: KvL
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::Device;
 
@@ -341,6 +456,7 @@ mod tests {
             assert!(!fill(&mut dst).expect("block 1"), "one block of two");
             assert!(fill(&mut dst).expect("block 2"));
             assert_eq!(dst.capacity(), reserve);
+            assert!(one_allocation(&dst));
             let ids = |c: &Cache| -> Vec<_> {
                 c.layers
                     .iter()
@@ -367,6 +483,90 @@ mod tests {
         );
     }
 
+    /// Whether every block's keys and values are views of one allocation.
+    pub(crate) fn one_allocation(c: &Cache) -> bool {
+        let tensors: Vec<&Tensor> = c
+            .layers
+            .iter()
+            .flat_map(|l| l.data.as_ref().map(|(k, v)| [k, v]))
+            .flatten()
+            .collect();
+        tensors.len() == 2 * c.layers.len() && {
+            let first = tensors[0].storage_and_layout().0;
+            tensors
+                .iter()
+                .all(|t| std::ptr::eq(&*t.storage_and_layout().0, &*first))
+        }
+    }
+
+    /// A reserved cache's memory is one allocation, zeros of its blocks' shape, each block's
+    /// keys and values written into their own place; an unreserved cache or one with memory
+    /// already is left as it is.
+    #[test]
+    fn a_reserved_cache_gets_all_its_memory_in_one_allocation() {
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::U8] {
+            let mut c = Cache::new(3, 5);
+            c.allocate(2, 4, dtype, &Device::Cpu).expect("allocate");
+            assert!(one_allocation(&c), "{dtype:?}");
+            assert_eq!(c.capacity(), 5);
+            for l in &c.layers {
+                let (k, v) = l.data.as_ref().expect("memory");
+                assert_eq!(
+                    (k.dims(), v.dims(), k.dtype()),
+                    (&[2, 5, 4][..], &[2, 5, 4][..], dtype)
+                );
+                let zeros = k
+                    .to_dtype(DType::F32)
+                    .and_then(|k| k.abs()?.sum_all()?.to_scalar::<f32>());
+                assert_eq!(zeros.expect("sum"), 0.0);
+            }
+        }
+        let mut c = Cache::new(3, 5);
+        c.allocate(2, 4, DType::F32, &Device::Cpu)
+            .expect("allocate");
+        for (i, l) in c.layers.iter_mut().enumerate() {
+            let k = kv(2, 2, 4, 10.0 * i as f32);
+            let v = kv(2, 2, 4, -10.0 * i as f32 - 5.0);
+            let (got_k, got_v) = l.append(&k, &v, 5).expect("append");
+            for (got, want) in [(got_k, k), (got_v, v)] {
+                let diff = (got - want).and_then(|d| d.abs()?.sum_all()?.to_scalar::<f32>());
+                assert_eq!(diff.expect("diff"), 0.0, "block {i}");
+            }
+        }
+        assert!(one_allocation(&c), "appends write in place");
+        let ids = |c: &Cache| {
+            c.layers
+                .iter()
+                .map(|l| l.data.as_ref().map(|(k, _)| k.id()))
+                .collect::<Vec<_>>()
+        };
+        let before = ids(&c);
+        c.allocate(2, 4, DType::F32, &Device::Cpu).expect("again");
+        assert_eq!(ids(&c), before, "memory it has is kept");
+        // A small cache still allocates a mapping of its own (its tail is never written).
+        let (storage, _) = c.layers[0]
+            .data
+            .as_ref()
+            .expect("memory")
+            .0
+            .storage_and_layout();
+        let bytes = match &*storage {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => v.len() * 4,
+            _ => 0,
+        };
+        assert!(bytes >= OWN_MAPPING_BYTES, "{bytes} bytes");
+        drop(storage);
+        let mut unreserved = Cache::new(3, 0);
+        unreserved
+            .allocate(2, 4, DType::F32, &Device::Cpu)
+            .expect("allocate");
+        assert_eq!(
+            unreserved.capacity(),
+            0,
+            "nothing reserved, nothing allocated"
+        );
+    }
+
     #[test]
     fn a_prefix_copied_into_a_larger_cache_is_the_same_and_the_rest_is_not_copied() {
         let mut small = Cache::new(2, 4);
@@ -378,6 +578,10 @@ mod tests {
         let mut big = Cache::new(2, 10);
         small.copy_prefix_into(&mut big, 3).expect("copy");
         assert_eq!((big.seq_len(), big.capacity()), (3, 10));
+        assert!(
+            one_allocation(&big),
+            "a copy's new memory is one allocation"
+        );
         let b = kv(2, 1, 3, 100.0);
         for l in &mut big.layers {
             let (k, _) = l.append(&b, &b, big.reserve).expect("append");

@@ -184,13 +184,19 @@ impl Btlm {
         if !self.fills_caches_ahead() {
             candle_core::bail!("caches are filled ahead only on the CPU attention path");
         }
+        let (heads, columns) = self.kv_rows();
+        cache.fill_next_block(heads, columns, self.kv_layout.dtype(), &self.device)
+    }
+
+    /// A CPU cache block's keys (or values): `heads` rows of `columns` elements a position.
+    fn kv_rows(&self) -> (usize, usize) {
         let heads = self.cfg.n_head;
         let head_dim = self.cfg.n_embd / heads;
         let columns = match self.kv_layout {
             KvLayout::Dense(_) => head_dim,
             packed => packed.row_bytes(head_dim),
         };
-        cache.fill_next_block(heads, columns, self.kv_layout.dtype(), &self.device)
+        (heads, columns)
     }
 
     /// Bytes of cache one token of a sequence takes (keys and values of every block).
@@ -271,6 +277,13 @@ impl Btlm {
             }
             if s.logits {
                 last_rows.push((ids.len() - 1) as u32);
+            }
+        }
+        if cpu_attention {
+            let (heads, columns) = self.kv_rows();
+            for s in segments.iter_mut() {
+                let dtype = self.kv_layout.dtype();
+                s.cache.allocate(heads, columns, dtype, &self.device)?;
             }
         }
         let rows = ids.len();
@@ -611,6 +624,7 @@ mod tests {
                     &tokens[start - n..start]
                 });
                 let last = last_logits(&model, &mut cache, pieces);
+                assert!(crate::kv_cache::tests::one_allocation(&cache), "{opts:?}");
                 assert_eq!(start, tokens.len());
                 last
             };
