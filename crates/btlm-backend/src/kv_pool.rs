@@ -42,8 +42,9 @@
 //! for a longer conversation's next turn, or one of those giving a shared start), it comes
 //! with the lease as the source to copy them from ([`Handed::copy`]): it leaves the pool's
 //! count at once, and the caller puts it back ([`KvPool::put_back`]) unless the sequence
-//! continues all it holds, so meanwhile the process holds up to one cache more than the
-//! budget.
+//! continues all it holds, so meanwhile the caches may exceed the budget by one. (The
+//! engine's CPU caches are backed by the OS only as they are written, and the copy writes
+//! only the positions kept, so that excess is mostly address space.)
 //!
 //! Without prefix reuse ([`KvPool::lease`]) only an idle cache's memory counts: the
 //! smallest that fits is taken as it is.
