@@ -55,8 +55,8 @@ pub const WINDOW: usize = 30;
 ///   hundreds of MB step by step. Trimming at the top of a swing gives back memory the
 ///   next step writes again, page by page (a first trim every ~45 s measured ~half the
 ///   validators' answers in the soak, docs/benchmarks.md, session 46). Memory that stays
-///   free through the window (the caches the pool dropped and nothing reused) is what a
-///   trim is for.
+///   free through the window (what loading left, buffers of a larger step than the recent
+///   ones) is what a trim is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrimPolicy {
     slack: usize,

@@ -184,19 +184,20 @@ impl Btlm {
         if !self.fills_caches_ahead() {
             candle_core::bail!("caches are filled ahead only on the CPU attention path");
         }
-        let (heads, columns) = self.kv_rows();
-        cache.fill_next_block(heads, columns, self.kv_layout.dtype(), &self.device)
+        let (heads, columns, dtype) = self.kv_rows();
+        cache.fill_next_block(heads, columns, dtype, &self.device)
     }
 
-    /// A CPU cache block's keys (or values): `heads` rows of `columns` elements a position.
-    fn kv_rows(&self) -> (usize, usize) {
+    /// A CPU cache block's keys (or values): `heads` rows of `columns` elements of `dtype`
+    /// a position.
+    fn kv_rows(&self) -> (usize, usize, DType) {
         let heads = self.cfg.n_head;
         let head_dim = self.cfg.n_embd / heads;
         let columns = match self.kv_layout {
             KvLayout::Dense(_) => head_dim,
             packed => packed.row_bytes(head_dim),
         };
-        (heads, columns)
+        (heads, columns, self.kv_layout.dtype())
     }
 
     /// Bytes of cache one token of a sequence takes (keys and values of every block).
@@ -280,9 +281,8 @@ impl Btlm {
             }
         }
         if cpu_attention {
-            let (heads, columns) = self.kv_rows();
+            let (heads, columns, dtype) = self.kv_rows();
             for s in segments.iter_mut() {
-                let dtype = self.kv_layout.dtype();
                 s.cache.allocate(heads, columns, dtype, &self.device)?;
             }
         }
