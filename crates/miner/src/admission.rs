@@ -21,7 +21,9 @@ pub struct AdmissionConfig {
     pub ignore_deadlines: bool,
 
     /// A waiting request is granted a worker only with more than its expected service time
-    /// × this factor left before its deadline.
+    /// × this factor left before its deadline (with answers cut short at
+    /// --miner.answer_margin_ms: its expected time to first chunk × this factor, plus that
+    /// margin).
     #[cfg_attr(feature = "cli", arg(
         long = "miner.admission.margin",
         default_value_t = DEFAULT_MARGIN
@@ -29,8 +31,9 @@ pub struct AdmissionConfig {
     pub margin: f64,
 
     /// The expected service time of a request is this quantile of the worker-hold times of
-    /// the recent requests of its priority or higher (1 = the slowest of them); none of
-    /// those: no expected service time, nothing refused on it.
+    /// the recent requests of its priority or higher (1 = the slowest of them), and its
+    /// expected time to first chunk the same quantile of theirs; none of those: no
+    /// expected time, nothing refused on it.
     #[cfg_attr(feature = "cli", arg(
         long = "miner.admission.service_quantile",
         default_value_t = DEFAULT_SERVICE_QUANTILE
@@ -116,8 +119,10 @@ impl AdmissionConfig {
             lifo_after: (!self.fifo).then(|| Duration::from_millis(self.lifo_after_ms)),
             service_samples: self.service_samples,
             service_quantile: self.service_quantile,
-            // Set from `--miner.priority.preempt` by the pipeline.
+            // Set by the pipeline: from `--miner.priority.preempt`, and from
+            // `--miner.answer_margin_ms` when its backend streams as it generates.
             preempt: None,
+            answer_margin: None,
         }
     }
 }

@@ -63,12 +63,12 @@ impl BoundedStream {
     }
 
     /// Ends the stream at the cutoff: the backend's work is dropped, the slot given back
-    /// (how long it was held is a lower bound of the service time, as at a deadline) and
-    /// the request counted as served, cut short.
+    /// (how long it was held is how long a truncated answer holds its slot) and the
+    /// request counted as served, cut short.
     fn finish_truncated(&mut self) {
         self.inner = None;
         if let Some(slot) = self.slot.take() {
-            slot.cut_off();
+            slot.truncated();
         }
         if let Some(tracker) = self.tracker.take() {
             tracker.finish_truncated();

@@ -131,8 +131,12 @@ impl Pipeline {
             }
             _ => config.max_concurrent,
         };
+        let answer_margin = Duration::from_millis(config.answer_margin_ms);
         let policy = Policy {
             preempt: p.preempt.then_some(p.preempt_margin),
+            // The answers `Pipeline::cutoff` cuts short.
+            answer_margin: (!answer_margin.is_zero() && miner.streams_as_generated())
+                .then_some(answer_margin),
             ..config.admission.policy()
         };
         let prompt_cache = b.use_prompt_cache.then(|| {
@@ -250,7 +254,10 @@ impl Pipeline {
                 };
                 match result {
                     None => Err(MinerError::Preempted),
-                    Some(Ok(Ok(stream))) => Ok((stream, slot)),
+                    Some(Ok(Ok(stream))) => {
+                        slot.first_chunk_arrived();
+                        Ok((stream, slot))
+                    }
                     Some(Ok(Err(error))) => Err(error),
                     Some(Err(_)) => {
                         slot.cut_off();
@@ -304,6 +311,7 @@ impl Pipeline {
                 .map_or(0, |cache| cache.lock().len()),
             usage: self.inner.counters.usage(),
             service_time: self.inner.scheduler.service_time(),
+            first_chunk_time: self.inner.scheduler.first_chunk_time(),
             service_time_samples: self.inner.scheduler.service_samples(),
             queue_refusals: self.inner.counters.queue_refusals(),
             queue_wait: self.inner.counters.queue_wait(),

@@ -21,6 +21,13 @@
 //! or returns the slot it was just granted. A request that finds a free slot and nobody
 //! waiting always gets it: nothing else would use the slot, and its hold time keeps the
 //! estimate current.
+//!
+//! Answers cut short near their deadline ([`Policy::answer_margin`]): a granted request is
+//! then answered in time when its first chunk comes before the cut, however long its whole
+//! answer would take. A waiter is then judged by the time from grant to first chunk (a high
+//! quantile of recent ones, see [`Slot::first_chunk_arrived`]) plus that margin, and the
+//! hold times (truncated holds included, see [`Slot::truncated`]) only say how fast the
+//! slots turn over for the queue ahead of an arrival.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,6 +85,11 @@ pub struct Policy {
     /// slot of the lowest-priority running request when its priority exceeds that one's by
     /// more than `margin` (see [`crate::preemption`]); `None`: never.
     pub preempt: Option<f64>,
+    /// `Some(m)`: answers are cut short `m` before their deadline once their first chunk
+    /// went out (`--miner.answer_margin_ms` of a backend that streams as it generates), so
+    /// a waiter needs the time to its first chunk × `margin`, plus `m`, left to be granted.
+    /// `None`: it needs its whole service time.
+    pub answer_margin: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -89,6 +101,7 @@ impl Default for Policy {
             service_samples: 50,
             service_quantile: 0.9,
             preempt: None,
+            answer_margin: None,
         }
     }
 }
@@ -124,7 +137,10 @@ struct State {
     waiting: BTreeMap<Rank, Waiter>,
     /// Since when the queue has not been empty.
     backlog_since: Option<Instant>,
+    /// Slot-hold times.
     service: ServiceTimes,
+    /// Times from grant to first chunk.
+    first_chunks: ServiceTimes,
 }
 
 impl State {
@@ -192,6 +208,7 @@ impl Scheduler {
                 waiting: BTreeMap::new(),
                 backlog_since: None,
                 service: ServiceTimes::new(policy.service_samples, policy.service_quantile),
+                first_chunks: ServiceTimes::new(policy.service_samples, policy.service_quantile),
             }),
         })
     }
@@ -220,6 +237,13 @@ impl Scheduler {
     /// request.
     pub fn service_time(&self) -> Option<Duration> {
         self.state.lock().service.estimate()
+    }
+
+    /// The overall estimate of the time from grant to first chunk, from the requests of
+    /// every priority; `None` before the first chunk was measured (or a request was cut off
+    /// at its deadline without one).
+    pub fn first_chunk_time(&self) -> Option<Duration> {
+        self.state.lock().first_chunks.estimate()
     }
 
     /// How many running requests were preempted so far.
@@ -332,13 +356,27 @@ impl Scheduler {
         }
     }
 
-    /// The time a granted request of `priority` needs: the service-time estimate for that
-    /// priority (from the holds at it or higher) × the margin; `None` when deadlines are
-    /// not looked at or no such hold was measured.
+    /// The time a granted request of `priority` needs left before its deadline: the
+    /// service-time estimate for that priority (from the holds at it or higher) × the
+    /// margin, or, when answers are cut short, the estimate of its time to first chunk ×
+    /// the margin plus the answer margin; `None` when deadlines are not looked at or no
+    /// such time was measured.
     fn need(&self, state: &State, priority: f64) -> Option<Duration> {
         if !self.policy.deadline_aware {
             return None;
         }
+        match self.policy.answer_margin {
+            None => self.turnover(state, priority),
+            Some(answer_margin) => {
+                let estimate = state.first_chunks.estimate_for(priority)?;
+                Some(estimate.mul_f64(self.policy.margin) + answer_margin)
+            }
+        }
+    }
+
+    /// How long a granted request of `priority` holds its slot: the service-time estimate
+    /// for that priority × the margin; `None` when no such hold was measured.
+    fn turnover(&self, state: &State, priority: f64) -> Option<Duration> {
         let estimate = state.service.estimate_for(priority)?;
         Some(estimate.mul_f64(self.policy.margin))
     }
@@ -359,6 +397,7 @@ impl Scheduler {
             id: grant.id,
             signal: grant.signal,
             preempted: false,
+            first_chunk: None,
         }
     }
 
@@ -438,7 +477,7 @@ impl Scheduler {
         if let Some(need) = self.need(&state, priority) {
             let left = deadline - now;
             // The waiters served before this one, and the wait for a slot for each of them
-            // and for this one (`workers` slots free up per service time).
+            // and for this one (`workers` slots free up per hold time).
             let ahead = state
                 .waiting
                 .keys()
@@ -448,7 +487,9 @@ impl Scheduler {
             let wait = if self.can_preempt(&state, priority) {
                 Duration::ZERO
             } else {
-                need.mul_f64((ahead + 1) as f64 / self.workers as f64)
+                self.turnover(&state, priority)
+                    .unwrap_or_default()
+                    .mul_f64((ahead + 1) as f64 / self.workers as f64)
             };
             let need = need + wait;
             if left < need {
@@ -547,23 +588,25 @@ impl Scheduler {
         state.note_backlog(now);
     }
 
-    /// Gives a slot back; `held`: how long, and whether that is only a lower bound of the
-    /// service time (`None`: no sample).
-    fn release(&self, id: u64, held: Option<(Duration, bool)>) {
+    /// Gives a slot back; `held` and `first_chunk`: how long it was held and how long its
+    /// first chunk took, each with whether that is only a lower bound (`None`: no sample).
+    fn release(
+        &self,
+        id: u64,
+        held: Option<(Duration, bool)>,
+        first_chunk: Option<(Duration, bool)>,
+    ) {
         let mut state = self.state.lock();
-        let sample = match (held, state.running.priority(id)) {
-            (Some((held, lower_bound)), Some(priority)) => {
-                // A lower bound counts only above the estimate for its own priority.
-                let estimate = state.service.estimate_for(priority);
-                (!lower_bound || estimate.is_none_or(|estimate| held > estimate))
-                    .then_some((held, priority))
+        let grew = match state.running.priority(id) {
+            Some(priority) => {
+                let state = &mut *state;
+                let held = record(&mut state.service, held, priority);
+                let first_chunk = record(&mut state.first_chunks, first_chunk, priority);
+                held || first_chunk
             }
-            _ => None,
+            None => false,
         };
-        if let Some((held, priority)) = sample
-            && state.service.record(held, priority)
-            && self.policy.deadline_aware
-        {
+        if grew && self.policy.deadline_aware {
             // The waiters' give-up times were set by smaller (or no) estimates: those a grown
             // one leaves too little time leave now, not at those times.
             self.drop_hopeless(&mut state, Instant::now());
@@ -577,6 +620,20 @@ impl Scheduler {
         self.dispatch(state, now);
         self.preempt(state, now);
     }
+}
+
+/// Adds `sample` (a time, and whether it is only a lower bound) of a request of `priority`
+/// to `times`; returns whether an estimate grew. A lower bound counts only above the
+/// estimate for its own priority: below it, it says nothing new and would pull it down.
+fn record(times: &mut ServiceTimes, sample: Option<(Duration, bool)>, priority: f64) -> bool {
+    let Some((time, lower_bound)) = sample else {
+        return false;
+    };
+    let counts = !lower_bound
+        || times
+            .estimate_for(priority)
+            .is_none_or(|estimate| time > estimate);
+    counts && times.record(time, priority)
 }
 
 /// The waiter served next: the best priority, oldest first (FIFO) or newest first (LIFO).
@@ -656,6 +713,8 @@ pub struct Slot {
     signal: Arc<Signal>,
     /// Whether this holder acted on a preemption (final).
     preempted: bool,
+    /// How long after the grant the first chunk arrived.
+    first_chunk: Option<Duration>,
 }
 
 /// What a slot's hold time says about the service time.
@@ -683,6 +742,21 @@ impl Slot {
     /// estimate down.
     pub fn cut_off(mut self) {
         self.sample = Sample::LowerBound;
+    }
+
+    /// Gives the slot back after the answer was cut short near its deadline
+    /// ([`Policy::answer_margin`]): how long it was held is how long such a request holds
+    /// its slot, a sample of the hold time the queue ahead of an arrival is judged by.
+    pub fn truncated(mut self) {
+        self.sample = Sample::Exact;
+    }
+
+    /// Notes that the answer's first chunk arrived now: a sample of the time to first
+    /// chunk when the slot is given back (whatever happens after). A slot cut off at its
+    /// deadline before its first chunk counts its hold as a lower bound of that time.
+    pub fn first_chunk_arrived(&mut self) {
+        self.first_chunk
+            .get_or_insert_with(|| self.granted.elapsed());
     }
 }
 
@@ -718,9 +792,15 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let held = (self.sample != Sample::None && !self.preempted)
-            .then(|| (self.granted.elapsed(), self.sample == Sample::LowerBound));
-        self.scheduler.release(self.id, held);
+        let elapsed = self.granted.elapsed();
+        let counted = self.sample != Sample::None && !self.preempted;
+        let lower_bound = self.sample == Sample::LowerBound;
+        let held = counted.then_some((elapsed, lower_bound));
+        let first_chunk = match self.first_chunk {
+            Some(first_chunk) => Some((first_chunk, false)),
+            None => (counted && lower_bound).then_some((elapsed, true)),
+        };
+        self.scheduler.release(self.id, held, first_chunk);
     }
 }
 
@@ -1027,6 +1107,132 @@ mod tests {
         tokio::time::advance(5 * SECOND).await;
         slot.cut_off();
         assert_eq!(s.service_time(), Some(5 * SECOND));
+    }
+
+    /// Answers cut short 0.5 s before their deadline.
+    const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+    /// Holds a slot at [`TOP`], its first chunk `first` after the grant, and gives it back
+    /// truncated after `held`.
+    async fn measure_truncated(s: &Arc<Scheduler>, first: Duration, held: Duration) {
+        let mut slot = s.acquire(TOP, far()).await.expect("slot");
+        tokio::time::advance(first).await;
+        slot.first_chunk_arrived();
+        tokio::time::advance(held - first).await;
+        slot.truncated();
+    }
+
+    /// Four workers, all busy, that learned a truncated hold of 10 s whose first chunk came
+    /// after 1 s.
+    async fn four_busy_after_a_truncated_answer(
+        answer_margin: Option<Duration>,
+    ) -> (Arc<Scheduler>, Vec<Slot>) {
+        let policy = Policy {
+            answer_margin,
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(4, 8, policy);
+        measure_truncated(&s, SECOND, 10 * SECOND).await;
+        assert_eq!(
+            (s.service_time(), s.first_chunk_time()),
+            (Some(10 * SECOND), Some(SECOND))
+        );
+        let mut busy = Vec::new();
+        for _ in 0..4 {
+            busy.push(s.acquire(0.0, far()).await.expect("a free worker"));
+        }
+        (s, busy)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_cut_short_need_their_first_chunk_in_time_not_their_whole_hold() {
+        // Whole answers: 10 s for its answer and 2.5 s for a worker (four free up per
+        // 10 s); 8 s left is not enough.
+        let (s, _busy) = four_busy_after_a_truncated_answer(None).await;
+        let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 8 * SECOND);
+        settle().await;
+        let rejection = rx.try_recv().expect("refused").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishOnArrival { left, need })
+                if left == 8 * SECOND && need == Duration::from_millis(12_500)),
+            "{rejection:?}"
+        );
+
+        // Cut short: 1 s to its first chunk and the 0.5 s margin once granted, and the
+        // same 2.5 s for a worker.
+        let (s, mut busy) = four_busy_after_a_truncated_answer(Some(ANSWER_MARGIN)).await;
+        let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 8 * SECOND);
+        settle().await;
+        assert_eq!(s.load().queued, 1);
+        tokio::time::advance(6 * SECOND).await;
+        settle().await;
+        assert!(rx.try_recv().is_err(), "2 s left, 1.5 s needed: waiting");
+        drop(busy.pop());
+        settle().await;
+        assert!(rx.try_recv().expect("granted").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_leaves_when_its_first_chunk_could_not_come_before_the_margin() {
+        let (s, _busy) = four_busy_after_a_truncated_answer(Some(ANSWER_MARGIN)).await;
+        let (_h, mut rx) = spawn_acquire(&s, 1.0, Instant::now() + 8 * SECOND);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(6400)).await;
+        settle().await;
+        assert!(rx.try_recv().is_err(), "1.6 s left: still waiting");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        settle().await;
+        let rejection = rx.try_recv().expect("left").err();
+        assert!(
+            matches!(rejection, Some(Rejection::CannotFinishWhileWaiting { left, need })
+                if need == Duration::from_millis(1500) && left <= need),
+            "{rejection:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_chunk_times_are_measured_and_bounded_by_cut_offs() {
+        let policy = Policy {
+            answer_margin: Some(ANSWER_MARGIN),
+            ..Policy::default()
+        };
+        let s = Scheduler::with_policy(1, 4, policy);
+        let first_chunks = |s: &Scheduler| s.state.lock().first_chunks.len();
+        // Cut off at its deadline after 3 s without a first chunk: it would have come
+        // after 3 s or later.
+        let slot = s.acquire(TOP, far()).await.expect("slot");
+        tokio::time::advance(3 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(s.first_chunk_time(), Some(3 * SECOND));
+        // Cut off after 2 s: says nothing new (and would pull the estimate down).
+        let slot = s.acquire(TOP, far()).await.expect("slot");
+        tokio::time::advance(2 * SECOND).await;
+        slot.cut_off();
+        assert_eq!(first_chunks(&s), 1);
+        // A first chunk after 4 s counts, however the request ends: here its caller went
+        // away (no hold sample).
+        let mut slot = s.acquire(TOP, far()).await.expect("slot");
+        tokio::time::advance(4 * SECOND).await;
+        slot.first_chunk_arrived();
+        tokio::time::advance(SECOND).await;
+        slot.first_chunk_arrived();
+        drop(slot);
+        assert_eq!(first_chunks(&s), 2);
+        assert_eq!(
+            s.first_chunk_time(),
+            Some(4 * SECOND),
+            "the first call counts"
+        );
+        assert_eq!(
+            s.service_samples(),
+            1,
+            "the 3 s cut-off hold (the 2 s one was below it)"
+        );
+        // Preempted or failed before its first chunk: nothing.
+        let slot = s.acquire(TOP, far()).await.expect("slot");
+        tokio::time::advance(9 * SECOND).await;
+        drop(slot);
+        assert_eq!(first_chunks(&s), 2);
     }
 
     #[tokio::test(start_paused = true)]

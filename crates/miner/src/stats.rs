@@ -182,6 +182,11 @@ pub struct PipelineStats {
     /// judges each waiter by the same quantile of the holds at its priority or higher);
     /// `None` before the first finished request.
     pub service_time: Option<std::time::Duration>,
+    /// How long a granted request is expected to wait for its first chunk, overall: the
+    /// same quantile of the recent grant-to-first-chunk times of every priority (a streamed
+    /// answer cut short near its deadline needs only this and `--miner.answer_margin_ms`
+    /// left); `None` before the first streamed answer.
+    pub first_chunk_time: Option<std::time::Duration>,
     /// How many slot holds the service time is taken from (at most
     /// `--miner.admission.service_samples`).
     pub service_time_samples: usize,

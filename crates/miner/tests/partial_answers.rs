@@ -258,3 +258,47 @@ async fn no_margin_or_a_backend_that_answers_at_once_times_out_as_before() {
         assert_eq!(f.pipeline.stats().outcomes[&Outcome::TimedOut], 2);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_is_judged_by_its_first_chunk_not_by_the_truncated_holds() {
+    // Two workers. A truncated answer held its worker 700 ms, its first chunk after 50 ms.
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let config = MinerConfig {
+        answer_margin_ms: 300,
+        max_concurrent: 2,
+        ..MinerConfig::default()
+    };
+    let miner = Ticker {
+        incremental: true,
+        dropped,
+    };
+    let pipeline =
+        Pipeline::new(config, validators(&[("v", 1000.0)]), Arc::new(miner)).expect("valid config");
+    assert_eq!(pipeline.prompt(ask(50, 100, 50)).await, Ok(chunks(7)));
+    let stats = pipeline.stats();
+    assert_eq!(
+        (stats.service_time, stats.first_chunk_time),
+        (Some(700 * MS), Some(50 * MS))
+    );
+    // Both workers busy until 700 ms; a request arriving at 100 ms waits for one (350 ms
+    // expected: two free up per 700 ms) and needs 50 + 300 ms once granted. Judged by the
+    // whole 700 ms hold it would be refused at once (1050 ms needed, 1000 left).
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move { pipeline.prompt(ask(50, 100, 50)).await })
+        })
+        .collect();
+    tokio::time::sleep(100 * MS).await;
+    let start = Instant::now();
+    let answer = pipeline.prompt(ask(50, 100, 50)).await;
+    // Granted at 600 ms of its 1000, its first chunk at 650, cut at 700.
+    assert_eq!(answer, Ok(chunks(1)));
+    assert_eq!(start.elapsed(), 700 * MS);
+    for answer in busy {
+        assert_eq!(answer.await.expect("joined"), Ok(chunks(7)));
+    }
+    let stats = pipeline.stats();
+    assert_eq!(stats.truncated, 4);
+    assert_eq!(stats.outcomes[&Outcome::Overloaded], 0);
+}

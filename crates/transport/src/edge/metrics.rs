@@ -352,6 +352,14 @@ fn render_admission(out: &mut String, stats: &PipelineStats) {
             service_time.as_secs_f64()
         ));
     }
+    if let Some(first_chunk_time) = stats.first_chunk_time {
+        out.push_str(&format!(
+            "# HELP prompting_queue_first_chunk_seconds Expected time from a worker's grant to a streamed answer's first chunk, the same quantile of all recent ones (with --miner.answer_margin_ms a waiter needs this and the margin left); absent before the first streamed answer.\n\
+             # TYPE prompting_queue_first_chunk_seconds gauge\n\
+             prompting_queue_first_chunk_seconds {}\n",
+            first_chunk_time.as_secs_f64()
+        ));
+    }
     out.push_str(&format!(
         "# HELP prompting_queue_service_time_samples Worker holds the service time is taken from.\n\
          # TYPE prompting_queue_service_time_samples gauge\n\
@@ -629,6 +637,11 @@ mod tests {
             sample(&text, "prompting_queue_service_time_samples"),
             Some(0.0)
         );
+        assert_eq!(
+            sample(&text, "prompting_queue_first_chunk_seconds"),
+            None,
+            "no estimate before the first streamed answer"
+        );
         for reason in prompting_miner::QueueRefusal::ALL {
             let name = format!(
                 "prompting_queue_refusals_total{{reason=\"{}\"}}",
@@ -717,8 +730,31 @@ mod tests {
             sample(&text, "prompting_queue_wait_seconds_bucket{le=\"+Inf\"}"),
             Some(1.0)
         );
+        assert_eq!(
+            sample(&text, "prompting_queue_first_chunk_seconds"),
+            None,
+            "an answer that was not streamed has no first chunk"
+        );
+        let streamed = {
+            let pipeline = pipeline.clone();
+            let request = ask("validator");
+            tokio::spawn(async move { pipeline.prompt_stream(request).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gate.add_permits(1);
+        let mut stream = streamed.await.expect("joined").expect("streaming");
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            chunk.expect("a chunk");
+        }
+        drop(stream);
+        let text = metrics.render(&pipeline);
+        assert_eq!(
+            sample(&text, "prompting_queue_first_chunk_seconds"),
+            Some(0.5)
+        );
         for (name, kind) in [
             ("prompting_queue_service_time_seconds", "gauge"),
+            ("prompting_queue_first_chunk_seconds", "gauge"),
             ("prompting_queue_service_time_samples", "gauge"),
             ("prompting_queue_refusals", "counter"),
             ("prompting_queue_wait_seconds", "histogram"),
