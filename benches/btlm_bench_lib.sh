@@ -1,5 +1,5 @@
-# What the BTLM miner's benchmark scripts share (btlm_e2e.sh, btlm_soak.sh). Sourced, not run;
-# the caller sets `root` (the repository) first.
+# What the BTLM miner's benchmark scripts share (btlm_e2e.sh, btlm_soak.sh,
+# btlm_refusal_cost.sh). Sourced, not run; the caller sets `root` (the repository) first.
 
 # Sets BENCH_MODELS, where the random checkpoints are written once and reused: as given, else
 # /work/bench-models when writable, else target/bench-models.
