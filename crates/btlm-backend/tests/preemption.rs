@@ -1,7 +1,9 @@
 //! Priority preemption end to end on the BTLM engine (tiny checkpoint, one batch slot): a
 //! high-priority request arriving while a long low-priority generation holds the only slot
-//! takes it; the low one is answered `Preempted`, its sequence leaves the engine (cancelled,
-//! its slot and cache room free), and the high one is answered.
+//! takes it; the low one's sequence leaves the engine (cancelled, its slot and cache room
+//! free) and the high one is answered. The low one, which streamed text already, is answered
+//! with that text, cut short (answers are cut short by default, `--miner.answer_margin_ms`),
+//! or `Preempted` when the answer margin is 0.
 
 mod support;
 use support::{PATIENCE, fixture, wait_for};
@@ -44,6 +46,13 @@ fn request(caller: &str, max_tokens: u32) -> PromptRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preempted_generation_frees_its_engine_slot_for_the_high_priority_request() {
+    for answer_margin_ms in [MinerConfig::default().answer_margin_ms, 0] {
+        preempt_a_long_generation(answer_margin_ms).await;
+    }
+}
+
+async fn preempt_a_long_generation(answer_margin_ms: u64) {
+    assert!(MinerConfig::default().answer_margin_ms > 0);
     // One batch slot; no stop strings or n-gram ban, so a generation runs its token limit.
     let args = BtlmArgs {
         model_dir: Some(fixture()),
@@ -60,7 +69,10 @@ async fn a_preempted_generation_frees_its_engine_slot_for_the_high_priority_requ
         vec![validator(0, "low", 1.0), validator(1, "high", 1000.0)],
     )));
     let pipeline = Pipeline::new(
-        MinerConfig::default(),
+        MinerConfig {
+            answer_margin_ms,
+            ..MinerConfig::default()
+        },
         metagraph as Arc<dyn MetagraphView>,
         Arc::clone(&miner) as Arc<dyn Miner>,
     )
@@ -95,12 +107,18 @@ async fn a_preempted_generation_frees_its_engine_slot_for_the_high_priority_requ
     assert!(high.is_ok(), "{high:?}");
 
     let rest = low.await.expect("joined");
-    assert_eq!(
-        rest.last(),
-        Some(&Err(MinerError::Preempted)),
-        "low's stream ends preempted"
-    );
-    assert!(rest[..rest.len() - 1].iter().all(Result::is_ok), "{rest:?}");
+    let cut_short = answer_margin_ms > 0;
+    let text = if cut_short {
+        &rest[..]
+    } else {
+        assert_eq!(
+            rest.last(),
+            Some(&Err(MinerError::Preempted)),
+            "low's stream ends preempted"
+        );
+        &rest[..rest.len() - 1]
+    };
+    assert!(text.iter().all(Result::is_ok), "{rest:?}");
     // The preempted sequence left the engine: cancelled, not run to its limit.
     wait_for("the engine to drop the preempted sequence", || {
         stats.cancelled.load(Ordering::Relaxed) == 1
@@ -116,7 +134,10 @@ async fn a_preempted_generation_frees_its_engine_slot_for_the_high_priority_requ
     );
     let p = pipeline.stats();
     assert_eq!(p.preemptions, 1);
-    assert_eq!(p.outcomes[&Outcome::Preempted], 1);
+    assert_eq!(
+        (p.outcomes[&Outcome::Preempted], p.truncated),
+        if cut_short { (0, 1) } else { (1, 0) }
+    );
     assert_eq!(p.in_flight, 0);
     // The slot serves the next request as usual.
     let next = pipeline.prompt(request("low", 2)).await;

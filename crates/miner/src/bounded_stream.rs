@@ -18,7 +18,9 @@ use crate::traits::{MinerError, TextStream};
 ///
 /// With a cutoff (`--miner.answer_margin_ms` before the deadline), the stream ends there
 /// without error once it has yielded some text: the caller gets a shorter answer in time.
-/// Until the first chunk, the cutoff waits for it (and the deadline still applies).
+/// Until the first chunk, the cutoff waits for it (and the deadline still applies). With a
+/// cutoff, a preemption after some text ends the stream the same way: the caller keeps
+/// the text so far rather than an error.
 pub(crate) struct BoundedStream {
     inner: Option<TextStream>,
     deadline: Pin<Box<Sleep>>,
@@ -95,6 +97,11 @@ impl Stream for BoundedStream {
         if let Some(slot) = this.slot.as_mut()
             && slot.poll_preempted(cx).is_ready()
         {
+            if this.answered && this.cutoff.is_some() {
+                // An answer that may be cut short keeps its text; the slot is gone already.
+                this.finish_truncated();
+                return Poll::Ready(None);
+            }
             this.finish(Outcome::Preempted);
             return Poll::Ready(Some(Err(MinerError::Preempted)));
         }

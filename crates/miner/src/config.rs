@@ -234,8 +234,9 @@ pub struct PriorityConfig {
     /// Priority preemption: when every worker slot is busy, a waiting request whose
     /// priority exceeds that of the lowest-priority running request by more than
     /// `--miner.priority.preempt_margin` takes its slot; the preempted caller is answered
-    /// 503 (a higher-priority request took its slot). `--miner.priority.preempt false` turns
-    /// it off.
+    /// 503 (a higher-priority request took its slot), or, when answers are cut short
+    /// (--miner.answer_margin_ms) and it has text already, that text.
+    /// `--miner.priority.preempt false` turns it off.
     #[cfg_attr(feature = "cli", arg(
         long = "miner.priority.preempt",
         default_value_t = true,

@@ -237,7 +237,8 @@ impl Pipeline {
     /// From `--miner.answer_margin_ms` before the deadline, a backend that streams as it
     /// generates ([`Miner::streams_as_generated`]) is stopped once it has yielded some
     /// text, and the stream ends there without error: the caller gets a shorter answer in
-    /// time rather than none ([`PipelineStats::truncated`] counts them).
+    /// time rather than none ([`PipelineStats::truncated`] counts them). Such a stream
+    /// preempted after some text ends the same way.
     pub async fn prompt_stream(
         &self,
         mut request: PromptRequest,

@@ -302,3 +302,68 @@ async fn a_waiter_is_judged_by_its_first_chunk_not_by_the_truncated_holds() {
     assert_eq!(stats.truncated, 4);
     assert_eq!(stats.outcomes[&Outcome::Overloaded], 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_preempted_answer_with_text_keeps_it_one_without_is_refused() {
+    // One worker; `low` (1 α) and `v` (1000 α), each warmed up so that it ranks by stake.
+    let config = MinerConfig {
+        answer_margin_ms: 300,
+        max_concurrent: 1,
+        blacklist: prompting_miner::BlacklistConfig {
+            min_request_period: 0,
+            ..Default::default()
+        },
+        ..MinerConfig::default()
+    };
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let miner = Ticker {
+        incremental: true,
+        dropped: Arc::clone(&dropped),
+    };
+    let pipeline = Pipeline::new(
+        config,
+        validators(&[("v", 1000.0), ("low", 1.0)]),
+        Arc::new(miner),
+    )
+    .expect("valid config");
+    let asked_by = |caller: &str, first_ms: u64| {
+        PromptRequest::new(
+            vec!["user".into()],
+            vec![format!("{first_ms},100,5")],
+            caller,
+            Protocol::Legacy,
+            TIMEOUT,
+        )
+    };
+    for caller in ["v", "low"] {
+        assert_eq!(pipeline.prompt(asked_by(caller, 10)).await, Ok(chunks(5)));
+    }
+    let run = |caller: &'static str, first_ms: u64| {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move { pipeline.prompt(asked_by(caller, first_ms)).await })
+    };
+
+    // Two chunks (at 10 and 110 ms) out when the validator arrives at 150 ms.
+    let low = run("low", 10);
+    tokio::time::sleep(150 * MS).await;
+    let validator = run("v", 10);
+    assert_eq!(low.await.expect("joined"), Ok(chunks(2)));
+    assert_eq!(validator.await.expect("joined"), Ok(chunks(5)));
+    let stats = pipeline.stats();
+    assert_eq!((stats.preemptions, stats.truncated), (1, 1));
+
+    // No text yet at 150 ms (the first chunk would come at 500): refused as preempted.
+    let low = run("low", 500);
+    tokio::time::sleep(150 * MS).await;
+    let validator = run("v", 10);
+    assert_eq!(low.await.expect("joined"), Err(MinerError::Preempted));
+    assert_eq!(validator.await.expect("joined"), Ok(chunks(5)));
+    let stats = pipeline.stats();
+    assert_eq!((stats.preemptions, stats.truncated), (2, 1));
+    assert_eq!(stats.outcomes[&Outcome::Preempted], 1);
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "both preempted calls stopped"
+    );
+}
