@@ -75,6 +75,9 @@ struct Inner {
     prompt_cache: Option<Mutex<PromptCache>>,
     scheduler: Arc<Scheduler>,
     counters: Arc<Counters>,
+    /// `--miner.answer_margin_ms`, when answers are cut short by it: it is not 0 and the
+    /// backend streams as it generates.
+    answer_margin: Option<Duration>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -131,12 +134,11 @@ impl Pipeline {
             }
             _ => config.max_concurrent,
         };
-        let answer_margin = Duration::from_millis(config.answer_margin_ms);
+        let answer_margin = Some(Duration::from_millis(config.answer_margin_ms))
+            .filter(|margin| !margin.is_zero() && miner.streams_as_generated());
         let policy = Policy {
             preempt: p.preempt.then_some(p.preempt_margin),
-            // The answers `Pipeline::cutoff` cuts short.
-            answer_margin: (!answer_margin.is_zero() && miner.streams_as_generated())
-                .then_some(answer_margin),
+            answer_margin,
             ..config.admission.policy()
         };
         let prompt_cache = b.use_prompt_cache.then(|| {
@@ -153,6 +155,7 @@ impl Pipeline {
                 prompt_cache,
                 scheduler: Scheduler::with_policy(workers, config.max_queue, policy),
                 counters: Arc::new(Counters::default()),
+                answer_margin,
                 config,
                 metagraph,
                 miner,
@@ -287,10 +290,7 @@ impl Pipeline {
     /// (`--miner.answer_margin_ms` before it), if it is: the margin is not 0 and the backend
     /// streams as it generates.
     fn cutoff(&self, deadline: Instant) -> Option<Instant> {
-        let margin = Duration::from_millis(self.inner.config.answer_margin_ms);
-        if margin.is_zero() || !self.inner.miner.streams_as_generated() {
-            return None;
-        }
+        let margin = self.inner.answer_margin?;
         Some(deadline.checked_sub(margin).unwrap_or_else(Instant::now))
     }
 
