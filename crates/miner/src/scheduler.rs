@@ -602,7 +602,12 @@ impl Scheduler {
                 let state = &mut *state;
                 let held = record(&mut state.service, held, priority);
                 let first_chunk = record(&mut state.first_chunks, first_chunk, priority);
-                held || first_chunk
+                // Only the estimate `need` is taken from judges the waiters.
+                if self.policy.answer_margin.is_some() {
+                    first_chunk
+                } else {
+                    held
+                }
             }
             None => false,
         };
