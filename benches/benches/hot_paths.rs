@@ -1,6 +1,7 @@
 //! The hot paths of a legacy request, one by one and whole:
 //! header parse, body hash, sr25519 verify, and one request through the axon router
-//! (parse + verify + hash + pipeline + echo + signed response), in process.
+//! (parse + verify + hash + pipeline + echo + signed response), in process; and one request
+//! from an unregistered hotkey, refused 403 (parse + blacklist + signed refusal).
 //!
 //! `cargo bench -p prompting-benches --bench hot_paths`
 
@@ -84,8 +85,10 @@ fn whole_request(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let keys = hotkeys(2);
+    let keys = hotkeys(3);
     let (miner_key, client_key) = (keys[0].clone(), keys[1].clone());
+    // Not in the metagraph: refused 403.
+    let stranger_key = keys[2].clone();
     let config = MinerConfig {
         // The rate limit would refuse a benchmark's thousands of calls from one hotkey.
         blacklist: prompting_miner::BlacklistConfig {
@@ -94,8 +97,8 @@ fn whole_request(c: &mut Criterion) {
         },
         ..MinerConfig::default()
     };
-    let pipeline = Pipeline::new(config, metagraph_of(&keys, |_| 1000.0), Arc::new(EchoMiner))
-        .expect("pipeline");
+    let metagraph = metagraph_of(&keys[..2], |_| 1000.0);
+    let pipeline = Pipeline::new(config, metagraph, Arc::new(EchoMiner)).expect("pipeline");
     let args = AxonArgs {
         ip: [127, 0, 0, 1].into(),
         ..AxonArgs::default()
@@ -103,35 +106,40 @@ fn whole_request(c: &mut Criterion) {
     let state =
         Arc::new(AxonState::new(Arc::new(miner_key.clone()), pipeline, &args).expect("axon args"));
     let router = axon::router(state);
-    let dendrite = Dendrite::new(client_key).expect("dendrite");
     let target = AxonTarget::new(([127, 0, 0, 1], 8091).into(), miner_key.ss58_address());
-    c.bench_function("axon_request_in_process", |b| {
-        b.to_async(&runtime).iter_batched(
-            || {
-                let mut synapse = Synapse::new(Prompting::new(
-                    vec!["system".into(), "user".into()],
-                    vec![
-                        "You are helpful.".into(),
-                        "What is the capital of France?".into(),
-                    ],
-                ));
-                let prepared = dendrite.prepare(&target, &mut synapse, Duration::from_secs(12));
-                let mut request = http::Request::post("/Prompting");
-                for (name, value) in &prepared.headers {
-                    request = request.header(name, value);
-                }
-                request.body(Body::from(prepared.body)).expect("request")
-            },
-            |request| {
-                let router = router.clone();
-                async move {
-                    let response = router.oneshot(request).await.expect("infallible");
-                    assert_eq!(response.status(), 200);
-                }
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, key, status) in [
+        ("axon_request_in_process", client_key, 200),
+        ("axon_refusal_in_process", stranger_key, 403),
+    ] {
+        let dendrite = Dendrite::new(key).expect("dendrite");
+        c.bench_function(name, |b| {
+            b.to_async(&runtime).iter_batched(
+                || {
+                    let mut synapse = Synapse::new(Prompting::new(
+                        vec!["system".into(), "user".into()],
+                        vec![
+                            "You are helpful.".into(),
+                            "What is the capital of France?".into(),
+                        ],
+                    ));
+                    let prepared = dendrite.prepare(&target, &mut synapse, Duration::from_secs(12));
+                    let mut request = http::Request::post("/Prompting");
+                    for (name, value) in &prepared.headers {
+                        request = request.header(name, value);
+                    }
+                    request.body(Body::from(prepared.body)).expect("request")
+                },
+                |request| {
+                    let router = router.clone();
+                    async move {
+                        let response = router.oneshot(request).await.expect("infallible");
+                        assert_eq!(response.status(), status);
+                    }
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
 }
 
 criterion_group!(benches, pieces, whole_request);

@@ -13,7 +13,7 @@ use crate::config::{ConfigError, MinerConfig};
 use crate::metagraph::MetagraphView;
 use crate::priority::priority;
 use crate::prompt_cache::PromptCache;
-use crate::request::PromptRequest;
+use crate::request::{PromptRequest, Protocol};
 use crate::request_history::RequestHistory;
 use crate::scheduler::{Policy, Rejection, Scheduler, Slot};
 use crate::stats::{Counters, Outcome, PipelineStats, QueueRefusal, RequestTracker};
@@ -178,6 +178,37 @@ impl Pipeline {
         self.inner.identity.is_whitelisted(hotkey)
     }
 
+    /// Blacklist steps 1–5 alone (whitelist, blacklist, registration, validator permit,
+    /// minimum stake): whether `hotkey` is refused whatever it signs. They read only the
+    /// metagraph and the flags, so a transport asks before it verifies the caller's
+    /// signature: a key refused anyway then costs no verification and takes no room in the
+    /// replay tables. A refusal is counted like one from [`Pipeline::prompt`] (outcome
+    /// [`MinerError::Blacklisted`], its [`RefusalKind`](crate::RefusalKind)); a key that
+    /// passes is judged again, with the rate limit and the prompt cache, once verified.
+    pub fn check_identity(&self, hotkey: &str, protocol: Protocol) -> Result<(), MinerError> {
+        let inner = &*self.inner;
+        let caller = inner.metagraph.caller(hotkey);
+        match inner.identity.check(hotkey, caller.as_ref()) {
+            IdentityVerdict::Refused(refusal) => {
+                self.inner.counters.count_outcome(Outcome::Blacklisted);
+                Err(self.refused(hotkey, protocol, &refusal))
+            }
+            IdentityVerdict::Whitelisted | IdentityVerdict::Passed => Ok(()),
+        }
+    }
+
+    /// Logs and counts a blacklist refusal; the error the caller gets.
+    fn refused(&self, hotkey: &str, protocol: Protocol, refusal: &Refusal) -> MinerError {
+        tracing::debug!(
+            caller = %hotkey,
+            protocol = %protocol,
+            reason = %refusal,
+            "request blacklisted"
+        );
+        self.inner.counters.count_refusal(refusal.kind());
+        MinerError::Blacklisted(refusal.to_string())
+    }
+
     /// The settings in force.
     pub fn config(&self) -> &MinerConfig {
         &self.inner.config
@@ -329,16 +360,9 @@ impl Pipeline {
         request: &mut PromptRequest,
         tracker: &RequestTracker,
     ) -> Result<Slot, MinerError> {
-        let priority = self.admit(request).map_err(|refusal| {
-            tracing::debug!(
-                caller = %request.caller,
-                protocol = %request.protocol,
-                reason = %refusal,
-                "request blacklisted"
-            );
-            self.inner.counters.count_refusal(refusal.kind());
-            MinerError::Blacklisted(refusal.to_string())
-        })?;
+        let priority = self
+            .admit(request)
+            .map_err(|refusal| self.refused(&request.caller, request.protocol, &refusal))?;
         tracing::trace!(caller = %request.caller, priority, "request admitted");
         request.priority = Some(priority);
         let queued = Instant::now();
@@ -672,6 +696,34 @@ mod tests {
             f.pipeline.prompt(request("stranger", "hi")).await,
             blacklisted("validator permit required, but hotkey not registered")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identity_alone_refuses_strangers_and_spends_nothing() {
+        let f = fixture(|c| {
+            c.priority.len_request_timestamps = 1;
+            c.blacklist.min_request_period = 1;
+            c.blacklist.whitelist = vec!["wl".into()];
+            c.blacklist.minimum_stake_requirement = 0.5;
+        });
+        assert_eq!(
+            f.pipeline.check_identity("stranger", Protocol::Legacy),
+            Err(MinerError::Blacklisted("hotkey not registered".into()))
+        );
+        // Whitelisted (unregistered) and registered keys pass, as often as they are asked:
+        // the rate limit is not spent, the one request the window allows still runs.
+        for _ in 0..3 {
+            assert_eq!(f.pipeline.check_identity("wl", Protocol::BtAuth), Ok(()));
+            assert_eq!(f.pipeline.check_identity("low", Protocol::Grpc), Ok(()));
+        }
+        f.miner.gate.add_permits(1);
+        assert!(f.pipeline.prompt(request("low", "hi")).await.is_ok());
+        let stats = f.pipeline.stats();
+        assert_eq!(stats.outcomes[&Outcome::Blacklisted], 1);
+        assert_eq!(stats.outcomes[&Outcome::Served], 1);
+        assert_eq!(stats.refusals[&crate::RefusalKind::NotRegistered], 1);
+        assert_eq!(stats.refusals[&crate::RefusalKind::RateLimited], 0);
+        assert_eq!(f.miner.started.lock().len(), 1, "only the one prompt ran");
     }
 
     #[tokio::test(start_paused = true)]

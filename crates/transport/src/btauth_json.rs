@@ -58,7 +58,7 @@ async fn prompting(
     body: Body,
 ) -> Result<Response, Rejection> {
     let start = Instant::now();
-    let auth = authenticate(&state, &method, &uri, &headers, body).await?;
+    let auth = authenticate(&state, Protocol::BtAuth, &method, &uri, &headers, body).await?;
     if let Some(connection) = connection {
         connection.rank_caller(caller_rank(&state.pipeline, &auth.caller));
     }

@@ -27,6 +27,7 @@ pub use sign::{BtAuthKey, BtAuthSignError, BtAuthSigner, sign_request};
 pub use verify::{
     BtAuthConfig, BtAuthConfigError, BtAuthVerifier, DEFAULT_REPLAY_CAPACITY,
     DEFAULT_REPLAY_CAPACITY_PER_KEY, DEFAULT_REPLAY_MAX_KEYS, MAX_WINDOW_S, VerifiedCaller,
+    claimed_sender,
 };
 
 /// The protocol line that starts every payload.

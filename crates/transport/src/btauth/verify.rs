@@ -201,13 +201,7 @@ impl BtAuthVerifier {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<VerifiedCaller, BtAuthError> {
-        let header = |name: &str| {
-            headers
-                .get_all(name)
-                .iter()
-                .next_back()
-                .map(|value| latin1(value.as_bytes()))
-        };
+        let header = |name: &str| last_header(headers, name);
 
         if header(HEADER_VERSION).as_deref() != Some(VERSION) {
             return Err(BtAuthError::UnsupportedVersion);
@@ -305,4 +299,22 @@ impl BtAuthVerifier {
         // within 31 years of the i64 range's ends.
         i64::try_from(nonce).map_err(|_| if nonce < 0 { too_old } else { too_far_ahead })
     }
+}
+
+/// The hotkey a btauth/1 request claims to be signed by (its `X-Bittensor-Hotkey`, the last
+/// one when repeated, as [`BtAuthVerifier::verify`] reads it), SS58 with prefix 42 as the
+/// metagraph lists it; `None` when absent or not an address the verifier accepts. Not
+/// authenticated: only for decisions that any claim of that key gets alike.
+pub fn claimed_sender(headers: &HeaderMap) -> Option<String> {
+    let sender = last_header(headers, HEADER_HOTKEY)?;
+    decode_hotkey(&sender).map(|key| key.to_ss58())
+}
+
+/// A header's last value, each byte a Latin-1 character (as Python's `http` reads it).
+fn last_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .next_back()
+        .map(|value| latin1(value.as_bytes()))
 }

@@ -14,8 +14,10 @@ use tonic::body::Body as TonicBody;
 use tonic::codegen::{BoxFuture, Service, StdError};
 use tonic::server::NamedService;
 
+use prompting_miner::Protocol;
+
 use crate::btauth::VerifiedCaller;
-use crate::edge::auth::{read, verify};
+use crate::edge::auth::{read, refuse_claimed, verify};
 use crate::edge::{AxonState, Rejection};
 
 /// Length of the gRPC message prefix: compression flag and big-endian length.
@@ -108,6 +110,7 @@ where
 {
     let (mut parts, body) = request.into_parts();
     let checked = async {
+        refuse_claimed(state, &parts.headers, Protocol::Grpc)?;
         let bytes = read(state, axum::body::Body::new(body)).await?;
         let message = single_message(&bytes)?;
         let caller: VerifiedCaller =

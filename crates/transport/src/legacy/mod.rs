@@ -1,10 +1,13 @@
 //! The legacy synapse protocol (bittensor 6.x–10.x dendrites): `POST /{SynapseName}`.
 //!
-//! Per request: parse headers → verify (signature, nonce: `verify`) → read body (size and
-//! time limits) → body hash → pipeline (blacklist, priority queue, backend with the deadline)
-//! → answer as a Python axon does (`reply`). Unlike Python, the signature is checked before
-//! the blacklist, so nobody can spend another hotkey's rate limit or queue slot, and the
-//! request's `timeout` is enforced here.
+//! Per request: parse headers → the blacklist's identity steps for the claimed hotkey
+//! (registration, permit, stake: public data) → verify (signature, nonce: `verify`) → read
+//! body (size and time limits) → body hash → pipeline (blacklist, priority queue, backend
+//! with the deadline) → answer as a Python axon does (`reply`). Unlike Python, a key refused
+//! whatever it signs is refused before its signature is checked (a flood of such keys costs
+//! no verification and never reaches the nonce table), the signature is checked before the
+//! rest of the blacklist, so nobody can spend another hotkey's rate limit or queue slot, and
+//! the request's `timeout` is enforced here.
 
 pub mod nonce_table;
 mod reply;
@@ -184,6 +187,17 @@ async fn serve<B: PromptSynapse>(
     reply.synapse.apply_headers(&parsed);
     set_peer(&mut reply.synapse, peer);
 
+    // A key the blacklist refuses whatever it signs is refused before its signature is
+    // checked: it costs no verification and takes no room in the nonce table.
+    if let Some(claimed) = reply
+        .synapse
+        .dendrite
+        .hotkey
+        .as_deref()
+        .filter(|h| !h.is_empty())
+    {
+        state.pipeline.check_identity(claimed, Protocol::Legacy)?;
+    }
     let caller = verify::verify(legacy, &reply.synapse).map_err(Rejection::NotVerified)?;
     if let Some(connection) = connection {
         connection.rank_caller(caller_rank(&state.pipeline, &caller));

@@ -74,7 +74,7 @@ async fn caller(
 ) -> Result<Authenticated, Rejection> {
     let keys = &state.args.openai_api.keys;
     if keys.is_empty() || is_signed(headers) {
-        return authenticate(state, method, uri, headers, body).await;
+        return authenticate(state, Protocol::OpenAi, method, uri, headers, body).await;
     }
     api_key::check(keys, headers)?;
     Ok(Authenticated {

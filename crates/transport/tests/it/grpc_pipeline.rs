@@ -126,6 +126,18 @@ async fn unregistered_hotkeys_are_permission_denied() {
         Err(error) => error,
     };
     assert_eq!(error.code(), Some(Code::PermissionDenied), "{error}");
+
+    // Refused before its signature is checked: a call whose signature does not verify is
+    // still refused as unregistered, not as unauthenticated.
+    let stranger = Keypair::from_mini_secret(&[7u8; 32]);
+    let tampered = signed_as(&stranger, &axon, &request("hi", 5.0), request("pwned", 5.0));
+    let status = raw_client(&axon)
+        .await
+        .prompt(tampered)
+        .await
+        .expect_err("unregistered");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(status.message(), "hotkey not registered");
 }
 
 /// A raw client, to send metadata of our own.
@@ -143,6 +155,16 @@ fn signed(
     signed_body: &PromptRequest,
     sent: PromptRequest,
 ) -> tonic::Request<PromptRequest> {
+    signed_as(&validator_key(), axon, signed_body, sent)
+}
+
+/// A call from `key` whose signature covers `signed_body` and that carries `sent`.
+fn signed_as(
+    key: &Keypair,
+    axon: &GrpcAxon,
+    signed_body: &PromptRequest,
+    sent: PromptRequest,
+) -> tonic::Request<PromptRequest> {
     let nonce = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -151,7 +173,7 @@ fn signed(
     )
     .expect("nonce fits i64");
     let headers = sign_request(
-        &validator_key(),
+        key,
         &Method::POST,
         METHOD_PROMPT,
         &signed_body.encode_to_vec(),

@@ -14,8 +14,9 @@ use std::time::Duration;
 use common::{AxonSetup, axon_args, miner_key, stranger_key, validator_key, with_nonce};
 use http::Method;
 use prompting_keys::Keypair;
+use prompting_miner::RefusalKind;
 use prompting_synapse::{Prompting, Synapse};
-use prompting_transport::btauth::sign_request;
+use prompting_transport::btauth::{HEADER_SIGNATURE, sign_request};
 use prompting_transport::clock::{Clock, ManualClock};
 use prompting_transport::dendrite::legacy::PreparedRequest;
 use prompting_transport::dendrite::{AxonTarget, Dendrite};
@@ -83,11 +84,13 @@ async fn send(
 
 /// Issue 12, D2: an unregistered key fills the legacy nonce table with signed requests whose
 /// nonces are near 2^64 (a new uuid each, `timeout: 300`, a body that is not JSON: all 400).
-/// The validator's endpoints, the old one and a new one, must still be served.
+/// The validator's endpoints, the old one and a new one, must still be served. Unregistered
+/// keys are allowed here: otherwise they are refused before the table (the test below).
 #[tokio::test]
 async fn unregistered_nonce_flood_does_not_lock_out_a_legacy_validator() {
     let validator = validator_key();
     let mut setup = AxonSetup::new(&[&validator.ss58_address()]);
+    setup.config.blacklist.allow_non_registered = true;
     setup.args.nonce_capacity = 100;
     let axon = setup.start().await;
     let target = target(axon.addr);
@@ -118,6 +121,109 @@ async fn unregistered_nonce_flood_does_not_lock_out_a_legacy_validator() {
     );
     let (status, message) = send(&request, &[], &[], None).await;
     assert_eq!(status, 200, "a new dendrite of the validator: {message}");
+}
+
+/// A key the blacklist refuses whatever it signs (here: not registered) is refused before its
+/// signature is checked: a bad signature gets the blacklist's 403, not 401, and its nonce is
+/// never recorded, so the same request is refused the same way again.
+#[tokio::test]
+async fn a_refused_key_is_refused_before_its_signature_is_checked() {
+    let validator = validator_key();
+    let axon = AxonSetup::new(&[&validator.ss58_address()]).start().await;
+    let target = target(axon.addr);
+    let stranger = Dendrite::new(stranger_key()).expect("dendrite");
+    let request = stranger.prepare(&target, &mut prompt("x"), Duration::from_secs(12));
+    let forged = "0x".to_owned() + &"ab".repeat(64);
+    for attempt in 0..2 {
+        let (status, message) = send(
+            &request,
+            &[],
+            &[("bt_header_dendrite_signature", forged.as_str())],
+            None,
+        )
+        .await;
+        assert_eq!(status, 403, "attempt {attempt}: {message}");
+        assert_eq!(
+            message, "Forbidden. Key is blacklisted: hotkey not registered.",
+            "attempt {attempt}"
+        );
+    }
+    // The validator's own request with a forged signature is still checked: 401.
+    let honest = Dendrite::new(validator_key()).expect("dendrite");
+    let request = honest.prepare(&target, &mut prompt("y"), Duration::from_secs(12));
+    let (status, message) = send(
+        &request,
+        &[],
+        &[("bt_header_dendrite_signature", forged.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "{message}");
+    let stats = axon.state.pipeline().stats();
+    assert_eq!(stats.refusals[&RefusalKind::NotRegistered], 2);
+}
+
+/// The same for btauth/1: a refused key's request is refused before its body is read or its
+/// signature checked. A forged signature gets 403, not 401, and a body over the size limit
+/// 403, not 413, on the bittensor 11 route and the OpenAI-compatible one alike; the
+/// validator's forged request is still 401.
+#[tokio::test]
+async fn a_refused_btauth_key_is_refused_before_its_body_is_read() {
+    let validator = validator_key();
+    let mut setup = AxonSetup::new(&[&validator.ss58_address()]);
+    setup.args.max_body_bytes = 1024;
+    let axon = setup.start().await;
+    let receiver = miner_key().ss58_address();
+    let client = reqwest::Client::new();
+    let post = |key: &Keypair, path: &'static str, body: Vec<u8>, forge: bool| {
+        let mut headers = sign_request(
+            key,
+            &Method::POST,
+            path,
+            &body,
+            Some(&receiver),
+            clock_now().now_ns(),
+        )
+        .expect("sign");
+        if forge {
+            let forged = "0x".to_owned() + &"ab".repeat(64);
+            headers.insert(HEADER_SIGNATURE, forged.parse().expect("header value"));
+        }
+        client
+            .post(format!("http://{}{path}", axon.addr))
+            .headers(headers)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let small =
+        || serde_json::to_vec(&json!({"roles": ["user"], "messages": ["hi"]})).expect("json");
+    let large = || vec![b' '; 4096];
+    let stranger = stranger_key();
+    for path in ["/Prompting", "/v1/chat/completions"] {
+        for (what, body) in [("forged", small()), ("too large", large())] {
+            let response = post(&stranger, path, body, what == "forged")
+                .await
+                .expect("send");
+            let status = response.status();
+            let text = response.text().await.expect("body");
+            assert_eq!(status, 403, "{path}, {what}: {text}");
+            assert!(
+                text.contains("hotkey not registered"),
+                "{path}, {what}: {text}"
+            );
+        }
+    }
+    let response = post(&validator, "/Prompting", small(), true)
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 401);
+    let response = post(&validator, "/Prompting", large(), false)
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 413);
+    let stats = axon.state.pipeline().stats();
+    assert_eq!(stats.refusals[&RefusalKind::NotRegistered], 4);
 }
 
 /// Issue 12, D3: a captured request is replayed once its table entry may have expired, with
