@@ -6,11 +6,9 @@
 //! `cargo bench -p prompting-benches --bench hot_paths`
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Body;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use prompting_benches::{EchoMiner, hotkeys, metagraph_of};
+use prompting_benches::{EchoMiner, hotkeys, legacy_prompt_request, metagraph_of};
 use prompting_miner::{MinerConfig, Pipeline};
 use prompting_synapse::{Prompting, Synapse, SynapseHeaders};
 use prompting_transport::axon::{self, AxonArgs, AxonState};
@@ -114,21 +112,7 @@ fn whole_request(c: &mut Criterion) {
         let dendrite = Dendrite::new(key).expect("dendrite");
         c.bench_function(name, |b| {
             b.to_async(&runtime).iter_batched(
-                || {
-                    let mut synapse = Synapse::new(Prompting::new(
-                        vec!["system".into(), "user".into()],
-                        vec![
-                            "You are helpful.".into(),
-                            "What is the capital of France?".into(),
-                        ],
-                    ));
-                    let prepared = dendrite.prepare(&target, &mut synapse, Duration::from_secs(12));
-                    let mut request = http::Request::post("/Prompting");
-                    for (name, value) in &prepared.headers {
-                        request = request.header(name, value);
-                    }
-                    request.body(Body::from(prepared.body)).expect("request")
-                },
+                || legacy_prompt_request(&dendrite, &target).expect("request"),
                 |request| {
                     let router = router.clone();
                     async move {

@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prompting_keys::Keypair;
 use prompting_miner::{Metagraph, Miner, MinerError, NeuronInfo, PromptRequest, SharedMetagraph};
+use prompting_synapse::{Prompting, Synapse};
+use prompting_transport::dendrite::{AxonTarget, Dendrite};
 
 /// Answers `"echo: " + last message` at once: measures everything but a model.
 pub struct EchoMiner;
@@ -23,6 +25,27 @@ impl Miner for EchoMiner {
             .ok_or_else(|| MinerError::BadRequest("no messages".into()))?;
         Ok(format!("echo: {last}"))
     }
+}
+
+/// The legacy `POST /Prompting` request `dendrite` signs for `target`, with the benches' fixed
+/// two-turn prompt, as an in-process axon router takes it.
+pub fn legacy_prompt_request(
+    dendrite: &Dendrite,
+    target: &AxonTarget,
+) -> Result<http::Request<axum::body::Body>, http::Error> {
+    let mut synapse = Synapse::new(Prompting::new(
+        vec!["system".into(), "user".into()],
+        vec![
+            "You are helpful.".into(),
+            "What is the capital of France?".into(),
+        ],
+    ));
+    let prepared = dendrite.prepare(target, &mut synapse, Duration::from_secs(12));
+    let mut request = http::Request::post("/Prompting");
+    for (name, value) in &prepared.headers {
+        request = request.header(name, value);
+    }
+    request.body(axum::body::Body::from(prepared.body))
 }
 
 /// `count` deterministic hotkeys (mini secrets `[i+1; 32]`, with `i` spread over two bytes).

@@ -24,14 +24,12 @@
 //! The difference of the other two / 200 is the same plus the request's drop, from outside.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::body::Body;
 use clap::Parser;
-use prompting_benches::{EchoMiner, hotkeys, metagraph_of};
+use prompting_benches::{EchoMiner, hotkeys, legacy_prompt_request, metagraph_of};
 use prompting_miner::{MinerConfig, Pipeline};
-use prompting_synapse::{Prompting, Synapse};
 use prompting_transport::axon::{self, AxonArgs, AxonState};
 use prompting_transport::dendrite::{AxonTarget, Dendrite};
 use tower::ServiceExt;
@@ -77,19 +75,7 @@ fn main() -> anyhow::Result<()> {
     );
     let router = axon::router(state);
     for _ in 0..args.requests {
-        let mut synapse = Synapse::new(Prompting::new(
-            vec!["system".into(), "user".into()],
-            vec![
-                "You are helpful.".into(),
-                "What is the capital of France?".into(),
-            ],
-        ));
-        let prepared = dendrite.prepare(&target, &mut synapse, Duration::from_secs(12));
-        let mut request = http::Request::post("/Prompting");
-        for (name, value) in &prepared.headers {
-            request = request.header(name, value);
-        }
-        let request = request.body(Body::from(prepared.body))?;
+        let request = legacy_prompt_request(&dendrite, &target)?;
         if args.sign_only {
             drop(request);
             continue;

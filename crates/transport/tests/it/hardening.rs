@@ -134,14 +134,9 @@ async fn a_refused_key_is_refused_before_its_signature_is_checked() {
     let stranger = Dendrite::new(stranger_key()).expect("dendrite");
     let request = stranger.prepare(&target, &mut prompt("x"), Duration::from_secs(12));
     let forged = "0x".to_owned() + &"ab".repeat(64);
+    let forged = [("bt_header_dendrite_signature", forged.as_str())];
     for attempt in 0..2 {
-        let (status, message) = send(
-            &request,
-            &[],
-            &[("bt_header_dendrite_signature", forged.as_str())],
-            None,
-        )
-        .await;
+        let (status, message) = send(&request, &[], &forged, None).await;
         assert_eq!(status, 403, "attempt {attempt}: {message}");
         assert_eq!(
             message, "Forbidden. Key is blacklisted: hotkey not registered.",
@@ -151,13 +146,7 @@ async fn a_refused_key_is_refused_before_its_signature_is_checked() {
     // The validator's own request with a forged signature is still checked: 401.
     let honest = Dendrite::new(validator_key()).expect("dendrite");
     let request = honest.prepare(&target, &mut prompt("y"), Duration::from_secs(12));
-    let (status, message) = send(
-        &request,
-        &[],
-        &[("bt_header_dendrite_signature", forged.as_str())],
-        None,
-    )
-    .await;
+    let (status, message) = send(&request, &[], &forged, None).await;
     assert_eq!(status, 401, "{message}");
     let stats = axon.state.pipeline().stats();
     assert_eq!(stats.refusals[&RefusalKind::NotRegistered], 2);
