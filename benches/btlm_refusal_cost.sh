@@ -19,8 +19,13 @@
 #
 # Not a timed benchmark: its numbers depend on the host, and on the clients sharing it.
 #
+# HAMMER_RATE (requests a second) makes the hammering client an open loop at that rate, as a
+# remote client sends whatever it is answered: its own CPU is then the same whatever a refusal
+# costs the miner, so two miners compare by what is left to the validators.
+#
 # Environment (all optional): LAYERS (32), FORMAT (q4k), DURATION (60 s), VALIDATORS (8),
-# PHASES ("idle-hammer alone hammer hammer-nice"), OUT (target/bench-results/btlm-refusal-cost),
+# HAMMER_RATE (none: closed loop), PHASES ("idle-hammer alone hammer hammer-nice"),
+# OUT (target/bench-results/btlm-refusal-cost),
 # BENCH_MODELS and PREBUILT (as btlm_soak.sh). Shared steps: benches/btlm_bench_lib.sh.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,6 +38,12 @@ FORMAT="${FORMAT:-q4k}"
 DURATION="${DURATION:-60}"
 VALIDATORS="${VALIDATORS:-8}"
 PHASES="${PHASES:-idle-hammer alone hammer hammer-nice}"
+hammer_loop=(--concurrency 1)
+hammer_says="closed loop"
+if [ -n "${HAMMER_RATE:-}" ]; then
+  hammer_loop=(--rate "$HAMMER_RATE")
+  hammer_says="open loop at $HAMMER_RATE/s"
+fi
 bench_models_dir
 out="${OUT:-$root/target/bench-results/btlm-refusal-cost}"
 rm -rf "$out"
@@ -75,7 +86,7 @@ cpu_ticks() {
 }
 hz="$(getconf CLK_TCK)"
 
-echo "btlm_refusal_cost: $FORMAT, $LAYERS layers, $VALIDATORS validators, phases of $DURATION s, $(nproc) cores"
+echo "btlm_refusal_cost: $FORMAT, $LAYERS layers, $VALIDATORS validators, phases of $DURATION s, hammer in a $hammer_says, $(nproc) cores"
 echo
 echo "| phase | validators' answers/s | mean answer bytes | p50 s | hammer requests/s | engine CPU s/s | request threads CPU s/s |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -92,7 +103,7 @@ for phase in $PHASES; do
   [ "$phase" = hammer-nice ] && nice_level=19
   if [ "$phase" != alone ]; then
     nice -n "$nice_level" "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey" \
-      --key-offset 200 --hotkeys 1 --concurrency 1 --timeout 4 --duration "$DURATION" \
+      --key-offset 200 --hotkeys 1 "${hammer_loop[@]}" --timeout 4 --duration "$DURATION" \
       --requests 100000000 --label hammer --json "$out/hammer-$phase.json" \
       >"$out/hammer-$phase.txt" 2>&1 &
     pids+=($!)
