@@ -3,11 +3,11 @@
 //! Per request: parse headers → the blacklist's identity steps for the claimed hotkey
 //! (registration, permit, stake: public data) → verify (signature, nonce: `verify`) → read
 //! body (size and time limits) → body hash → pipeline (blacklist, priority queue, backend
-//! with the deadline) → answer as a Python axon does (`reply`). Unlike Python, a key refused
-//! whatever it signs is refused before its signature is checked (a flood of such keys costs
-//! no verification and never reaches the nonce table), the signature is checked before the
-//! rest of the blacklist, so nobody can spend another hotkey's rate limit or queue slot, and
-//! the request's `timeout` is enforced here.
+//! with the deadline) → answer as a Python axon does (`reply`). Python runs the whole
+//! blacklist before the signature check; here only its identity steps come first (a flood
+//! of keys refused whatever they sign costs no verification and never reaches the nonce
+//! table), and the rest of the blacklist comes after, so nobody can spend another hotkey's
+//! rate limit or queue slot. The request's `timeout` is enforced here.
 
 pub mod nonce_table;
 mod reply;
