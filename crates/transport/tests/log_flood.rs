@@ -66,6 +66,8 @@ async fn a_nonce_table_flood_logs_one_line_per_interval_and_counts_every_evictio
     const CAPACITY: u64 = 100;
     const FLOOD: u64 = 250;
     let mut setup = AxonSetup::new(&[]);
+    // Unregistered keys allowed: otherwise they are refused before the nonce table.
+    setup.config.blacklist.allow_non_registered = true;
     setup.args = axon_args(&[
         "--axon.nonce_capacity",
         "100",
