@@ -190,7 +190,7 @@ impl Pipeline {
         let caller = inner.metagraph.caller(hotkey);
         match inner.identity.check(hotkey, caller.as_ref()) {
             IdentityVerdict::Refused(refusal) => {
-                self.inner.counters.count_outcome(Outcome::Blacklisted);
+                inner.counters.count_outcome(Outcome::Blacklisted);
                 Err(self.refused(hotkey, protocol, &refusal))
             }
             IdentityVerdict::Whitelisted | IdentityVerdict::Passed => Ok(()),
