@@ -937,6 +937,17 @@ impl<M: StepModel> Batcher<M> {
             }
             None => {
                 let g = job.sequence.into_generation();
+                // Where a request's time went, for an answer the caller did not get in time.
+                let now = Instant::now();
+                tracing::debug!(
+                    target: "btlm_engine",
+                    finish = ?g.finish,
+                    prompt_tokens = g.prompt_tokens,
+                    tokens = g.tokens.len(),
+                    ms = now.duration_since(job.submitted).as_secs_f64() * 1e3,
+                    deadline_left_ms = job.deadline.map(|d| signed_ms(now, d)),
+                    "btlm request done"
+                );
                 self.stats
                     .tokens
                     .fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
@@ -970,6 +981,14 @@ impl<M: StepModel> Batcher<M> {
         s.kv_dropped.store(pool.dropped, Ordering::Release);
         s.prefix_hits.store(pool.prefix_hits, Ordering::Release);
         s.prefix_tokens.store(pool.prefix_tokens, Ordering::Release);
+    }
+}
+
+/// Milliseconds from `now` to `deadline`, negative once it passed.
+fn signed_ms(now: Instant, deadline: Instant) -> f64 {
+    match deadline.checked_duration_since(now) {
+        Some(left) => left.as_secs_f64() * 1e3,
+        None => -(now.duration_since(deadline).as_secs_f64() * 1e3),
     }
 }
 
