@@ -220,8 +220,9 @@ pub struct BtlmArgs {
     /// the admission of a lower-priority request, and preempt lower-priority ones (503),
     /// while a higher one would otherwise be projected to finish later than its deadline
     /// less --btlm.deadline_headroom_ms (half of it for preempting); and end a request
-    /// (503) whose prompt, behind the prompts ahead of it, would leave it less than
-    /// --btlm.answer_time_ms before its deadline. Projected from the step times measured;
+    /// (503) whose prompt, in the steps it shares with the prompts ahead of it, would leave
+    /// it or one of those less than --btlm.answer_time_ms before its deadline. Projected
+    /// from the step times measured;
     /// equal priorities never hold each other back.
     #[cfg_attr(
         feature = "cli",
@@ -242,10 +243,11 @@ pub struct BtlmArgs {
     )]
     pub deadline_headroom_ms: u64,
     /// Milliseconds a request must be projected to have left before its deadline once its
-    /// prompt has run, behind the prompts ahead of it (a higher priority, or as high and
-    /// older), for its prompt to run (--btlm.deadline_guard). One that would have less is
-    /// ended at once (503): it could not answer in time, and its prompt would take the
-    /// steps of the requests that still can.
+    /// prompt has run, in the steps it shares with the prompts ahead of it (a higher
+    /// priority, or as high and older), for its prompt to run (--btlm.deadline_guard); nor
+    /// may its pieces leave one of those less. One that would is ended at once (503): it
+    /// could not answer in time, or its prompt would take the steps of the requests that
+    /// still can.
     #[cfg_attr(
         feature = "cli",
         arg(long = "btlm.answer_time_ms", default_value_t = 2000)

@@ -106,6 +106,7 @@ impl Job {
             priority: self.priority,
             deadline: self.deadline,
             prompt_left: self.sequence.prompt_left(),
+            chunk: self.sequence.prefill_chunk(),
             decode_left: self.sequence.decode_left(),
         }
     }

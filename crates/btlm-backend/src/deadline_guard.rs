@@ -14,8 +14,9 @@
 //!   among equals: it has done the least work) while a higher one is projected past its
 //!   deadline less half the headroom; their callers are told at once
 //!   ([`FinishReason::Preempted`](crate::generation::FinishReason::Preempted));
-//! - **ends the prompts that could not run in time**: a prompt whose tokens, after those of
-//!   the prompts ahead of it, would leave its request less than the answer time
+//! - **ends the prompts that could not run in time**: taken in the order the steps run
+//!   them, a prompt that, in the steps it shares with the prompts ahead of it (one piece of
+//!   each a step), would leave its request or one of theirs less than the answer time
 //!   (`--btlm.answer_time_ms`) before its deadline
 //!   ([`FinishReason::Late`](crate::generation::FinishReason::Late)). Prompts that arrive
 //!   together and share the steps all end late when they are long: past their deadlines,
@@ -39,6 +40,8 @@ pub(crate) struct Load {
     pub(crate) deadline: Option<Instant>,
     /// Prompt tokens not run yet.
     pub(crate) prompt_left: usize,
+    /// Most prompt tokens of it a step runs (its `prefill_chunk`).
+    pub(crate) chunk: usize,
     /// Decode steps it may still need (the token limit less the tokens generated).
     pub(crate) decode_left: usize,
 }
@@ -114,11 +117,14 @@ impl DeadlineGuard {
     }
 
     /// The positions in `prompts` (the prefilling sequences, in the order the steps run
-    /// their prompts) of those whose prompt, run after those ahead of it at `budget` tokens
-    /// a step with `decode_rows` decode rows riding along, is projected to leave less than
-    /// the answer time before their deadline. An ended prompt is not ahead of the ones
-    /// behind it. Nothing before a prompt token's cost is measured. (Where prompts share
-    /// every step, each ends later than projected here.)
+    /// their prompts) of those that could not run in time: taken in that order, a prompt is
+    /// late when, with it, it or a prompt ahead of it that is not late is projected to leave
+    /// less than the answer time before its deadline. The projection runs the steps as the
+    /// engine composes them ([`prompt_finishes`]): one piece of every prompt a step, within
+    /// `budget` tokens, with `decode_rows` decode rows riding along (and the prompts done
+    /// by then). So a prompt that would make one ahead of it late by sharing its steps is
+    /// late itself, and a late prompt takes no step from the others. Nothing before a
+    /// prompt token's cost is measured.
     pub(crate) fn late_prompts(
         &self,
         cost: &StepCost,
@@ -127,26 +133,25 @@ impl DeadlineGuard {
         budget: usize,
         now: Instant,
     ) -> Vec<usize> {
-        let Some(per_token) = cost.prompt_token() else {
+        if cost.prompt_token().is_none() {
             return Vec::new();
-        };
-        let rows_time = match decode_rows {
-            0 => 0.0,
-            rows => cost.decode_step(rows).unwrap_or(0.0),
-        };
-        let mut ahead = 0;
+        }
+        let answer = self.answer_time.as_secs_f64();
+        let mut kept: Vec<usize> = Vec::new();
         let mut late = Vec::new();
-        for (i, p) in prompts.iter().enumerate() {
-            let tokens = ahead + p.prompt_left;
-            let takes =
-                tokens as f64 * per_token + tokens.div_ceil(budget.max(1)) as f64 * rows_time;
-            let needs = takes + self.answer_time.as_secs_f64();
-            if p.deadline
-                .is_some_and(|d| needs > d.saturating_duration_since(now).as_secs_f64())
-            {
+        for i in 0..prompts.len() {
+            kept.push(i);
+            let loads: Vec<Load> = kept.iter().map(|&k| prompts[k]).collect();
+            let on_time = prompt_finishes(cost, &loads, decode_rows, budget).is_some_and(|ends| {
+                loads.iter().zip(ends).all(|(p, end)| {
+                    p.deadline.is_none_or(|d| {
+                        end + answer <= d.saturating_duration_since(now).as_secs_f64()
+                    })
+                })
+            });
+            if !on_time {
+                kept.pop();
                 late.push(i);
-            } else {
-                ahead = tokens;
             }
         }
         late
@@ -180,6 +185,50 @@ impl DeadlineGuard {
     }
 }
 
+/// When each of `prompts` (in the order the steps run them) is done with its prompt, in
+/// seconds from now, running the steps as the engine composes them: every step runs the
+/// next piece (at most its `chunk` tokens) of each prompt in order while the step's pieces
+/// stay within `budget` tokens (the first always runs), plus a decode row for each of the
+/// `decode_rows` decoding sequences and each prompt already done. `None` while a cost it
+/// needs is unknown.
+fn prompt_finishes(
+    cost: &StepCost,
+    prompts: &[Load],
+    decode_rows: usize,
+    budget: usize,
+) -> Option<Vec<f64>> {
+    let per_token = cost.prompt_token()?;
+    let mut left: Vec<usize> = prompts.iter().map(|p| p.prompt_left).collect();
+    let mut ends = vec![0.0; prompts.len()];
+    // Prompt tokens run and the decode rows' time so far (kept apart so that a prompt run
+    // alone costs exactly its tokens × the token's cost).
+    let (mut tokens_run, mut rows_time) = (0usize, 0.0);
+    while left.iter().any(|&l| l > 0) {
+        let mut tokens = 0;
+        let mut pieces = Vec::new();
+        for (k, p) in prompts.iter().enumerate() {
+            let n = left[k].min(p.chunk.max(1));
+            if n > 0 && (pieces.is_empty() || tokens + n <= budget) {
+                pieces.push((k, n));
+                tokens += n;
+            }
+        }
+        let done = left.iter().filter(|&&l| l == 0).count();
+        tokens_run += tokens;
+        rows_time += match decode_rows + done {
+            0 => 0.0,
+            rows => cost.decode_step(rows).unwrap_or(0.0),
+        };
+        for (k, n) in pieces {
+            left[k] -= n;
+            if left[k] == 0 {
+                ends[k] = tokens_run as f64 * per_token + rows_time;
+            }
+        }
+    }
+    Some(ends)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +253,7 @@ mod tests {
             priority,
             deadline: deadline_s.map(|s| now + Duration::from_secs_f64(s)),
             prompt_left: prompt,
+            chunk: 256,
             decode_left: decode,
         }
     }
@@ -298,19 +348,23 @@ mod tests {
     fn prompts_that_would_leave_no_time_to_answer_are_late_and_not_ahead() {
         let now = Instant::now();
         let c = cost();
-        // 10 ms a prompt token, 256 a step, 2 s to answer: four 300-token prompts due in
-        // 9 s end by 3, 6, 9 and (the third ended) 9 s.
+        // 10 ms a prompt token, 256 a step (pieces of up to 256), 2 s to answer: four
+        // 300-token prompts due in 9 s end by 3, 6 (and 0.1 s of the first's decode
+        // rows), 9 and (the third ended) 9 s.
         let p = |prompt: usize, due: Option<f64>| load(1.0, now, due, prompt, 10);
         let four = [p(300, Some(9.0)); 4];
         assert_eq!(guard().late_prompts(&c, &four, 0, 256, now), vec![2, 3]);
-        // A shorter fourth fits behind the second: 600 + 100 tokens, 7 s.
+        // A shorter fourth fits: it runs beside the first's last piece, and with 650
+        // tokens and the two done decoding in the second's last two steps (55 ms each),
+        // the second ends by 6.61 s.
         let mut shorter = four;
-        shorter[3].prompt_left = 100;
+        shorter[3].prompt_left = 50;
         assert_eq!(guard().late_prompts(&c, &shorter, 0, 256, now), vec![2]);
         // Without a deadline it is never late, but it is ahead of the others.
         let timeless = [p(300, None), p(300, Some(9.0)), p(300, Some(9.0))];
         assert_eq!(guard().late_prompts(&c, &timeless, 0, 256, now), vec![2]);
-        // Eight decode rows (85 ms a step) ride along: 590 tokens in 3 steps take 6.155 s,
+        // Eight decode rows (85 ms a step) ride along: 590 tokens in 3 steps (pieces of at
+        // most 256) take 6.155 s,
         // past the 6 s an 8 s deadline leaves; alone they fit.
         let one = [p(590, Some(8.0))];
         assert_eq!(guard().late_prompts(&c, &one, 8, 256, now), vec![0]);
@@ -322,6 +376,52 @@ mod tests {
             guard()
                 .late_prompts(&unknown, &four, 0, 256, now)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn prompts_that_share_every_step_are_projected_as_they_run() {
+        let now = Instant::now();
+        let c = cost();
+        // Pieces of at most 64 tokens, 512 a step: two prompts run side by side, 64 tokens
+        // each a step. A 300-token prompt due in 6 s ends by 3 s alone (+ 2 s fits), but
+        // with a second 300-token prompt in its steps only by 6 s: the second is late.
+        let p = |prompt: usize, due: f64| Load {
+            chunk: 64,
+            ..load(1.0, now, Some(due), prompt, 10)
+        };
+        assert!(
+            guard()
+                .late_prompts(&c, &[p(300, 6.0)], 0, 512, now)
+                .is_empty()
+        );
+        assert_eq!(
+            guard().late_prompts(&c, &[p(300, 6.0), p(300, 12.0)], 0, 512, now),
+            vec![1]
+        );
+        // A short second prompt shares only the first step: 340 tokens, 3.4 s.
+        assert!(
+            guard()
+                .late_prompts(&c, &[p(300, 6.0), p(40, 12.0)], 0, 512, now)
+                .is_empty()
+        );
+        // Run one after the other (pieces as large as the budget), both fit.
+        let whole = |prompt: usize, due: f64| Load {
+            chunk: 512,
+            ..load(1.0, now, Some(due), prompt, 10)
+        };
+        assert!(
+            guard()
+                .late_prompts(&c, &[whole(300, 6.0), whole(300, 12.0)], 0, 300, now)
+                .is_empty()
+        );
+        // The prompts done by a step decode in the next ones: after the 40-token prompt
+        // (one step), each of the 300-token one's four remaining steps carries a decode row
+        // (50 ms): 3.4 s + 0.2 s.
+        let ends = prompt_finishes(&c, &[p(300, 6.0), p(40, 12.0)], 0, 512).expect("costs");
+        assert!(
+            (ends[0] - 3.6).abs() < 1e-9 && (ends[1] - 1.04).abs() < 1e-9,
+            "{ends:?}"
         );
     }
 }

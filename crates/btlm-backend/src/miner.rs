@@ -223,7 +223,7 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
         ),
         BackendMetric::counter(
             "prompting_btlm_deadline_guard_late",
-            "Requests the deadline guard ended (answered 503), running or on admission, because their prompt, behind the prompts ahead of it, could not have run before their deadline less --btlm.answer_time_ms.",
+            "Requests the deadline guard ended (answered 503), running or on admission, because their prompt, in the steps it shares with the prompts ahead of it, could not have run (or would have made one of those late) before their deadline less --btlm.answer_time_ms.",
             count(&stats.late),
         ),
         BackendMetric::counter(
