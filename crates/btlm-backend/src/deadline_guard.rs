@@ -133,21 +133,18 @@ impl DeadlineGuard {
         budget: usize,
         now: Instant,
     ) -> Vec<usize> {
-        if cost.prompt_token().is_none() {
+        let Some(per_token) = cost.prompt_token() else {
             return Vec::new();
-        }
+        };
         let answer = self.answer_time.as_secs_f64();
-        let mut kept: Vec<usize> = Vec::new();
+        let mut kept: Vec<Load> = Vec::new();
         let mut late = Vec::new();
-        for i in 0..prompts.len() {
-            kept.push(i);
-            let loads: Vec<Load> = kept.iter().map(|&k| prompts[k]).collect();
-            let on_time = prompt_finishes(cost, &loads, decode_rows, budget).is_some_and(|ends| {
-                loads.iter().zip(ends).all(|(p, end)| {
-                    p.deadline.is_none_or(|d| {
-                        end + answer <= d.saturating_duration_since(now).as_secs_f64()
-                    })
-                })
+        for (i, p) in prompts.iter().enumerate() {
+            kept.push(*p);
+            let ends = prompt_finishes(per_token, cost, &kept, decode_rows, budget);
+            let on_time = kept.iter().zip(ends).all(|(p, end)| {
+                p.deadline
+                    .is_none_or(|d| end + answer <= d.saturating_duration_since(now).as_secs_f64())
             });
             if !on_time {
                 kept.pop();
@@ -188,16 +185,16 @@ impl DeadlineGuard {
 /// When each of `prompts` (in the order the steps run them) is done with its prompt, in
 /// seconds from now, running the steps as the engine composes them: every step runs the
 /// next piece (at most its `chunk` tokens) of each prompt in order while the step's pieces
-/// stay within `budget` tokens (the first always runs), plus a decode row for each of the
-/// `decode_rows` decoding sequences and each prompt already done. `None` while a cost it
-/// needs is unknown.
+/// stay within `budget` tokens (the first always runs), at `per_token` seconds a prompt
+/// token, plus a decode row for each of the `decode_rows` decoding sequences and each
+/// prompt already done (none counted while a decode step's cost is unknown).
 fn prompt_finishes(
+    per_token: f64,
     cost: &StepCost,
     prompts: &[Load],
     decode_rows: usize,
     budget: usize,
-) -> Option<Vec<f64>> {
-    let per_token = cost.prompt_token()?;
+) -> Vec<f64> {
     let mut left: Vec<usize> = prompts.iter().map(|p| p.prompt_left).collect();
     let mut ends = vec![0.0; prompts.len()];
     // Prompt tokens run and the decode rows' time so far (kept apart so that a prompt run
@@ -226,7 +223,7 @@ fn prompt_finishes(
             }
         }
     }
-    Some(ends)
+    ends
 }
 
 #[cfg(test)]
@@ -418,7 +415,8 @@ mod tests {
         // The prompts done by a step decode in the next ones: after the 40-token prompt
         // (one step), each of the 300-token one's four remaining steps carries a decode row
         // (50 ms): 3.4 s + 0.2 s.
-        let ends = prompt_finishes(&c, &[p(300, 6.0), p(40, 12.0)], 0, 512).expect("costs");
+        let per_token = c.prompt_token().expect("costs");
+        let ends = prompt_finishes(per_token, &c, &[p(300, 6.0), p(40, 12.0)], 0, 512);
         assert!(
             (ends[0] - 3.6).abs() < 1e-9 && (ends[1] - 1.04).abs() < 1e-9,
             "{ends:?}"
