@@ -21,6 +21,9 @@ pub const DEFAULT_DEVICE: &str = "cuda";
 /// The default model repository.
 pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
 
+/// The default `--btlm.prefill_step_ms` (0: no time limit on a step's prompt pieces).
+pub const DEFAULT_PREFILL_STEP_MS: u64 = 2000;
+
 /// Settings of the BTLM backend.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
@@ -134,6 +137,17 @@ pub struct BtlmArgs {
         arg(long = "btlm.prefill_step_tokens", default_value_t = 512)
     )]
     pub prefill_step_tokens: usize,
+    /// Milliseconds a step's prompt pieces may take, at the prompt speed the engine
+    /// measures: a step runs fewer than --btlm.prefill_step_tokens prompt tokens where they
+    /// would take longer (one piece always runs), so that on a slow host arriving prompts
+    /// do not pause the answers being generated for seconds at a time (hosts that prefill
+    /// 512 tokens within the default 2 s keep --btlm.prefill_step_tokens). 0: no time
+    /// limit.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.prefill_step_ms", default_value_t = DEFAULT_PREFILL_STEP_MS)
+    )]
+    pub prefill_step_ms: u64,
     /// Run the step's prompt pieces in the same pass as the decode rows of the batch (one
     /// pass over the weights per step; `true`, the default) or each in a pass of its own
     /// (`false`). Applies only where the kernels compute every row alike whatever shares
@@ -298,6 +312,7 @@ impl Default for BtlmArgs {
             kv_cache_mb: 4096,
             prefill_chunk: 64,
             prefill_step_tokens: 512,
+            prefill_step_ms: DEFAULT_PREFILL_STEP_MS,
             piggyback_prefill: true,
             kv_pool: true,
             kv_spare_caches: 8,
@@ -342,6 +357,8 @@ impl BtlmArgs {
             max_batch: self.max_batch,
             kv_cache_bytes: self.kv_cache_mb.saturating_mul(1 << 20),
             prefill_tokens_per_step: self.prefill_step_tokens,
+            prefill_step_time: (self.prefill_step_ms > 0)
+                .then(|| Duration::from_millis(self.prefill_step_ms)),
             queue_size: self.queue_size,
             piggyback_prefill: self.piggyback_prefill,
             kv_pool: self.kv_pool,
@@ -691,6 +708,23 @@ mod tests {
         );
         let t = parse(&["--btlm.answer_time_ms", "750"]).expect("answer time");
         assert_eq!(t.engine().answer_time, Duration::from_millis(750));
+        let defaults = parse(&[]).expect("defaults").engine();
+        assert_eq!(defaults.prefill_step_time, Some(Duration::from_secs(2)));
+        assert_eq!(
+            defaults.prefill_step_time,
+            BtlmArgs::default().engine().prefill_step_time
+        );
+        assert_eq!(
+            defaults.prefill_step_time,
+            EngineConfig::default().prefill_step_time
+        );
+        let t = parse(&["--btlm.prefill_step_ms", "1500"]).expect("step time");
+        assert_eq!(
+            t.engine().prefill_step_time,
+            Some(Duration::from_millis(1500))
+        );
+        let t = parse(&["--btlm.prefill_step_ms", "0"]).expect("no step time");
+        assert_eq!(t.engine().prefill_step_time, None);
         let g = a.generation();
         assert_eq!(g.prefill_chunk, 32);
         assert!(g.ignore_eos);

@@ -613,7 +613,7 @@ impl<M: StepModel> Batcher<M> {
         let mut load = job.load();
         load.prompt_left = load.prompt_left.saturating_sub(keep);
         loads.push(load);
-        let budget = self.config.prefill_tokens_per_step;
+        let budget = self.prompt_budget();
         let late = guard.late_prompts(&self.cost, &loads, decode_rows, budget, Instant::now());
         late.last() == Some(&(loads.len() - 1))
     }
@@ -681,7 +681,7 @@ impl<M: StepModel> Batcher<M> {
             return;
         };
         let (prompts, loads, decode_rows) = self.prompt_loads();
-        let budget = self.config.prefill_tokens_per_step;
+        let budget = self.prompt_budget();
         for k in guard.late_prompts(&self.cost, &loads, decode_rows, budget, now) {
             let job = &mut self.running[prompts[k]].job;
             tracing::debug!(
@@ -695,15 +695,39 @@ impl<M: StepModel> Batcher<M> {
         }
     }
 
+    /// Prompt tokens the next step may run over all prompt pieces
+    /// ([`EngineConfig::prefill_tokens_per_step`]), fewer where that many would take longer
+    /// than [`EngineConfig::prefill_step_time`] at the measured cost of a prompt token. The
+    /// step's first piece runs whatever the budget.
+    fn prompt_budget(&self) -> usize {
+        let tokens = self.config.prefill_tokens_per_step;
+        let (Some(time), Some(per_token)) =
+            (self.config.prefill_step_time, self.cost.prompt_token())
+        else {
+            return tokens;
+        };
+        if per_token <= 0.0 {
+            return tokens;
+        }
+        let fit = (time.as_secs_f64() / per_token).floor();
+        if fit < tokens as f64 {
+            fit as usize
+        } else {
+            tokens
+        }
+    }
+
     /// One step: decode rows of every decoding sequence and one prompt piece per prefilling
-    /// sequence within the prompt-token budget, the highest priority first.
+    /// sequence within the prompt budget ([`Self::prompt_budget`]), the highest priority
+    /// first.
     fn step(&mut self) {
         let (decode, prompts) = self.decoding_and_prompts();
+        let budget = self.prompt_budget();
         let mut prefill = Vec::new();
         let mut prompt_tokens = 0;
         for i in prompts {
             let n = self.running[i].job.sequence.pending().len();
-            if prefill.is_empty() || prompt_tokens + n <= self.config.prefill_tokens_per_step {
+            if prefill.is_empty() || prompt_tokens + n <= budget {
                 prefill.push(i);
                 prompt_tokens += n;
             }
@@ -1116,6 +1140,8 @@ mod tests {
         let mut config = EngineConfig {
             max_batch,
             prefill_tokens_per_step,
+            // The token budget alone unless a test sets a time.
+            prefill_step_time: None,
             deadline_headroom: Some(Duration::from_secs(2)),
             ..EngineConfig::default()
         };
@@ -1244,6 +1270,73 @@ mod tests {
             b.admit();
             b.end_late_prompts(Instant::now());
             assert!(late(&b).iter().all(|l| !l), "guard {guard}");
+        }
+    }
+
+    /// --btlm.prefill_step_ms: a step runs the prompt pieces that fit its time at the
+    /// measured cost of a prompt token (the first piece whatever its length); the token
+    /// limit alone without a time or before that cost is measured.
+    #[test]
+    fn a_step_runs_the_prompt_pieces_that_fit_its_time() {
+        // Prompt tokens 10 ms each; three 20-token prompts.
+        for (ms, measured, pieces) in [
+            (None, true, 3),
+            (Some(10_000), true, 3),
+            (Some(450), true, 2),
+            (Some(250), true, 1),
+            (Some(100), true, 1),
+            (Some(100), false, 3),
+        ] {
+            let mut b = batcher_with(Echo::default(), 8, 512, |c| {
+                c.prefill_step_time = ms.map(Duration::from_millis);
+            });
+            b.guard = None;
+            if !measured {
+                b.cost = StepCost::default();
+            }
+            let mut rx = Vec::new();
+            for first in 1..=3 {
+                let (j, r) = job(1.0, first, 20, 2, 60.0);
+                submit(&mut b, j);
+                rx.push(r);
+            }
+            b.admit();
+            b.step();
+            let steps = b.model.steps.lock().expect("steps").clone();
+            let want: Vec<u32> = (1..=pieces).collect();
+            assert_eq!(steps[0], want, "{ms:?} ms, measured {measured}");
+        }
+    }
+
+    /// The deadline guard projects the prompts in the steps the time limit makes: more of
+    /// them, each with the decode rows of the prompts done by then.
+    #[test]
+    fn late_prompts_are_projected_in_the_steps_the_time_limit_makes() {
+        // Prompt tokens 10 ms each, decode steps 500 ms; 2 s left for an answer. Two
+        // 64-token prompts due in 3.53 s: in one step both are done by 1.28 s (2.25 s
+        // left); one a step (700 ms: 70 tokens), the second runs beside the first's decode
+        // row and is done by 1.78 s (1.75 s left): it could not answer in time.
+        for (ms, late_prompts) in [(None, 0), (Some(700), 1)] {
+            let mut b = batcher_with(Echo::default(), 8, 512, |c| {
+                c.answer_time = Duration::from_secs(2);
+                c.prefill_step_time = ms.map(Duration::from_millis);
+            });
+            b.cost = StepCost::default();
+            b.cost.record(1, 0, Duration::from_millis(500));
+            b.cost.record(0, 100, Duration::from_secs(1));
+            let mut rx = Vec::new();
+            for first in 1..=2 {
+                let (j, r) = job(1.0, first, 64, 2, 3.53);
+                submit(&mut b, j);
+                rx.push(r);
+            }
+            b.admit();
+            b.end_late_prompts(Instant::now());
+            assert_eq!(
+                b.stats.late.load(Ordering::Relaxed),
+                late_prompts,
+                "{ms:?} ms"
+            );
         }
     }
 

@@ -214,6 +214,13 @@ pub struct EngineConfig {
     /// Prompt tokens run per step over all prefilling sequences (one piece each at most;
     /// the first piece always runs, even a longer one).
     pub prefill_tokens_per_step: usize,
+    /// Time a step's prompt pieces may take, at the measured cost of a prompt token: a step
+    /// runs fewer than [`prefill_tokens_per_step`](Self::prefill_tokens_per_step) prompt
+    /// tokens where they would take longer (the first piece always runs), so that on a
+    /// slow host the decoding sequences of the batch are not paused for seconds by the
+    /// prompts arriving. `None`: no time limit (the token limit alone, also until a prompt
+    /// token's cost is measured).
+    pub prefill_step_time: Option<Duration>,
     /// Requests that may wait for a batch slot; more are refused.
     pub queue_size: usize,
     /// Run prompt pieces in the same pass as the decode rows (one pass over the weights per
@@ -268,6 +275,7 @@ impl Default for EngineConfig {
             max_batch: 8,
             kv_cache_bytes: 4096 << 20,
             prefill_tokens_per_step: 512,
+            prefill_step_time: Some(Duration::from_millis(crate::args::DEFAULT_PREFILL_STEP_MS)),
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,
