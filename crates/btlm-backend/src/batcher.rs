@@ -805,6 +805,7 @@ impl<M: StepModel> Batcher<M> {
             target: "btlm_engine",
             decode_rows,
             prompt_rows = prompt_tokens,
+            prompt_budget = budget,
             prompts = prefill_count,
             passes = passes.len(),
             ms = took.as_secs_f64() * 1e3,
