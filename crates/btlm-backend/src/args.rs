@@ -8,7 +8,7 @@ use std::time::Duration;
 use candle_core::Device;
 use serde::Deserialize;
 
-use crate::engine::EngineConfig;
+use crate::engine::{DEFAULT_PREFILL_STEP_MS, EngineConfig};
 use crate::error::{BtlmError, Result};
 use crate::generation::{DEFAULT_STOP, GenerationConfig};
 use crate::options::{KvDtype, ModelDType, PrefillPrecision, Quantization};
@@ -20,9 +20,6 @@ pub const DEFAULT_DEVICE: &str = "cuda";
 
 /// The default model repository.
 pub const DEFAULT_MODEL_ID: &str = "cerebras/btlm-3b-8k-base";
-
-/// The default `--btlm.prefill_step_ms` (0: no time limit on a step's prompt pieces).
-pub const DEFAULT_PREFILL_STEP_MS: u64 = 2000;
 
 /// Settings of the BTLM backend.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -1313,21 +1313,21 @@ mod tests {
     /// them, each with the decode rows of the prompts done by then.
     #[test]
     fn late_prompts_are_projected_in_the_steps_the_time_limit_makes() {
-        // Prompt tokens 10 ms each, decode steps 500 ms; 2 s left for an answer. Two
-        // 64-token prompts due in 3.53 s: in one step both are done by 1.28 s (2.25 s
-        // left); one a step (700 ms: 70 tokens), the second runs beside the first's decode
-        // row and is done by 1.78 s (1.75 s left): it could not answer in time.
+        // Prompt tokens 10 ms each, decode steps 1 s; 2 s left for an answer. Two 64-token
+        // prompts due in 3.78 s: in one step both are done by 1.28 s (2.5 s left); one a
+        // step (700 ms: 70 tokens), the second runs beside the first's decode row and is
+        // done by 2.28 s (1.5 s left): it could not answer in time.
         for (ms, late_prompts) in [(None, 0), (Some(700), 1)] {
             let mut b = batcher_with(Echo::default(), 8, 512, |c| {
                 c.answer_time = Duration::from_secs(2);
                 c.prefill_step_time = ms.map(Duration::from_millis);
             });
             b.cost = StepCost::default();
-            b.cost.record(1, 0, Duration::from_millis(500));
+            b.cost.record(1, 0, Duration::from_secs(1));
             b.cost.record(0, 100, Duration::from_secs(1));
             let mut rx = Vec::new();
             for first in 1..=2 {
-                let (j, r) = job(1.0, first, 64, 2, 3.53);
+                let (j, r) = job(1.0, first, 64, 2, 3.78);
                 submit(&mut b, j);
                 rx.push(r);
             }

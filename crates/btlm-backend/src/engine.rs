@@ -28,7 +28,8 @@ use crate::sequence::Sequence;
 use crate::tokenizer::BtlmTokenizer;
 
 pub use crate::step::{
-    EngineConfig, EngineStats, Event, Spent, StepModel, StepTiming, SubmitError,
+    DEFAULT_PREFILL_STEP_MS, EngineConfig, EngineStats, Event, Spent, StepModel, StepTiming,
+    SubmitError,
 };
 
 /// A handle to the engine thread. Cloning shares the same engine; the thread stops once

@@ -204,6 +204,10 @@ pub enum SubmitError {
     WorkerGone,
 }
 
+/// The default [`EngineConfig::prefill_step_time`] in milliseconds
+/// (`--btlm.prefill_step_ms`).
+pub const DEFAULT_PREFILL_STEP_MS: u64 = 2000;
+
 /// Limits of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -275,7 +279,7 @@ impl Default for EngineConfig {
             max_batch: 8,
             kv_cache_bytes: 4096 << 20,
             prefill_tokens_per_step: 512,
-            prefill_step_time: Some(Duration::from_millis(crate::args::DEFAULT_PREFILL_STEP_MS)),
+            prefill_step_time: Some(Duration::from_millis(DEFAULT_PREFILL_STEP_MS)),
             queue_size: 16,
             piggyback_prefill: true,
             kv_pool: true,
