@@ -78,7 +78,9 @@ use crate::generation::FinishReason;
 use crate::kv_pool::{Handed, KvPool, KvPoolConfig, KvPoolError, Lease, first_touch_bytes_per_sec};
 use crate::model::Segment;
 use crate::sequence::Sequence;
-use crate::step::{EngineConfig, EngineStats, Event, Spent, StepModel, add_nanos, send};
+use crate::step::{
+    EngineConfig, EngineStats, Event, Spent, StepModel, add_nanos, send, step_pieces,
+};
 use crate::step_cost::StepCost;
 use crate::tokenizer::BtlmTokenizer;
 
@@ -701,19 +703,12 @@ impl<M: StepModel> Batcher<M> {
     /// step's first piece runs whatever the budget.
     fn prompt_budget(&self) -> usize {
         let tokens = self.config.prefill_tokens_per_step;
-        let (Some(time), Some(per_token)) =
-            (self.config.prefill_step_time, self.cost.prompt_token())
-        else {
-            return tokens;
-        };
-        if per_token <= 0.0 {
-            return tokens;
-        }
-        let fit = (time.as_secs_f64() / per_token).floor();
-        if fit < tokens as f64 {
-            fit as usize
-        } else {
-            tokens
+        match (self.config.prefill_step_time, self.cost.prompt_token()) {
+            // The cast truncates (a floor here) and saturates.
+            (Some(time), Some(per_token)) if per_token > 0.0 => {
+                tokens.min((time.as_secs_f64() / per_token) as usize)
+            }
+            _ => tokens,
         }
     }
 
@@ -723,15 +718,13 @@ impl<M: StepModel> Batcher<M> {
     fn step(&mut self) {
         let (decode, prompts) = self.decoding_and_prompts();
         let budget = self.prompt_budget();
-        let mut prefill = Vec::new();
-        let mut prompt_tokens = 0;
-        for i in prompts {
-            let n = self.running[i].job.sequence.pending().len();
-            if prefill.is_empty() || prompt_tokens + n <= budget {
-                prefill.push(i);
-                prompt_tokens += n;
-            }
-        }
+        let sizes: Vec<usize> = prompts
+            .iter()
+            .map(|&i| self.running[i].job.sequence.pending().len())
+            .collect();
+        let taken = step_pieces(&sizes, budget);
+        let prompt_tokens: usize = taken.iter().map(|&k| sizes[k]).sum();
+        let mut prefill: Vec<usize> = taken.iter().map(|&k| prompts[k]).collect();
         prefill.sort_unstable();
         let batch = decode.len() + prefill.len();
         if batch == 0 {
@@ -1203,6 +1196,24 @@ mod tests {
         b.enqueue(job);
     }
 
+    /// Submits `count` requests of priority 1 (prompts of `prompt` tokens, all of them
+    /// `1`, `2`, … in turn) and returns their receivers.
+    fn submit_prompts(
+        b: &mut Batcher<Echo>,
+        count: u32,
+        prompt: usize,
+        new: usize,
+        deadline_s: f64,
+    ) -> Vec<UnboundedReceiver<Event>> {
+        (1..=count)
+            .map(|first| {
+                let (j, r) = job(1.0, first, prompt, new, deadline_s);
+                submit(b, j);
+                r
+            })
+            .collect()
+    }
+
     /// Which running sequences, in batch order, were ended as late.
     fn late(b: &Batcher<Echo>) -> Vec<bool> {
         b.running
@@ -1227,14 +1238,9 @@ mod tests {
         let mut b = batcher_with(Echo::default(), 8, 256, |c| {
             c.answer_time = Duration::from_secs(2)
         });
-        let mut rx = Vec::new();
         // Four 300-token prompts due in 9 s: the first two end by 3 s and 6 s (+ 2 s fit),
         // the third would end at 9 s. The fourth, behind the second, as well.
-        for first in 1..=4 {
-            let (j, r) = job(1.0, first, 300, 2, 9.0);
-            submit(&mut b, j);
-            rx.push(r);
-        }
+        let mut rx = submit_prompts(&mut b, 4, 300, 2, 9.0);
         b.admit();
         // The last two end on arrival, before they take cache memory.
         assert_eq!(b.running.len(), 2);
@@ -1295,12 +1301,7 @@ mod tests {
             if !measured {
                 b.cost = StepCost::default();
             }
-            let mut rx = Vec::new();
-            for first in 1..=3 {
-                let (j, r) = job(1.0, first, 20, 2, 60.0);
-                submit(&mut b, j);
-                rx.push(r);
-            }
+            let _rx = submit_prompts(&mut b, 3, 20, 2, 60.0);
             b.admit();
             b.step();
             let steps = b.model.steps.lock().expect("steps").clone();
@@ -1325,12 +1326,7 @@ mod tests {
             b.cost = StepCost::default();
             b.cost.record(1, 0, Duration::from_secs(1));
             b.cost.record(0, 100, Duration::from_secs(1));
-            let mut rx = Vec::new();
-            for first in 1..=2 {
-                let (j, r) = job(1.0, first, 64, 2, 3.78);
-                submit(&mut b, j);
-                rx.push(r);
-            }
+            let _rx = submit_prompts(&mut b, 2, 64, 2, 3.78);
             b.admit();
             b.end_late_prompts(Instant::now());
             assert_eq!(

@@ -29,6 +29,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::step::step_pieces;
 use crate::step_cost::StepCost;
 
 /// What the guard needs to know of a sequence (running, or asking to be admitted).
@@ -201,23 +202,20 @@ fn prompt_finishes(
     // alone costs exactly its tokens × the token's cost).
     let (mut tokens_run, mut rows_time) = (0usize, 0.0);
     while left.iter().any(|&l| l > 0) {
-        let mut tokens = 0;
-        let mut pieces = Vec::new();
-        for (k, p) in prompts.iter().enumerate() {
-            let n = left[k].min(p.chunk.max(1));
-            if n > 0 && (pieces.is_empty() || tokens + n <= budget) {
-                pieces.push((k, n));
-                tokens += n;
-            }
-        }
+        let sizes: Vec<usize> = prompts
+            .iter()
+            .zip(&left)
+            .map(|(p, &l)| l.min(p.chunk.max(1)))
+            .collect();
+        let pieces = step_pieces(&sizes, budget);
         let done = left.iter().filter(|&&l| l == 0).count();
-        tokens_run += tokens;
+        tokens_run += pieces.iter().map(|&k| sizes[k]).sum::<usize>();
         rows_time += match decode_rows + done {
             0 => 0.0,
             rows => cost.decode_step(rows).unwrap_or(0.0),
         };
-        for (k, n) in pieces {
-            left[k] -= n;
+        for k in pieces {
+            left[k] -= sizes[k];
             if left[k] == 0 {
                 ends[k] = tokens_run as f64 * per_token + rows_time;
             }

@@ -204,6 +204,22 @@ pub enum SubmitError {
     WorkerGone,
 }
 
+/// The prompt pieces a step runs, as positions in `sizes` (each prompt's next piece in
+/// tokens, in the order the steps run the prompts; 0: none): each in turn while the step's
+/// pieces stay within `budget` tokens, the first whatever its size. The engine composes its
+/// steps by it and the deadline guard projects them by it.
+pub(crate) fn step_pieces(sizes: &[usize], budget: usize) -> Vec<usize> {
+    let mut tokens = 0;
+    let mut taken = Vec::new();
+    for (k, &n) in sizes.iter().enumerate() {
+        if n > 0 && (taken.is_empty() || tokens + n <= budget) {
+            taken.push(k);
+            tokens += n;
+        }
+    }
+    taken
+}
+
 /// The default [`EngineConfig::prefill_step_time`] in milliseconds
 /// (`--btlm.prefill_step_ms`).
 pub const DEFAULT_PREFILL_STEP_MS: u64 = 2000;
