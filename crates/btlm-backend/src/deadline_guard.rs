@@ -22,9 +22,11 @@
 //!   together and share the steps all end late when they are long: past their deadlines,
 //!   none answered, unless those that cannot make it leave the steps to the others.
 //!
-//! A sequence that could not finish in time even alone with its equals and betters is not
-//! protected: nothing is held back or preempted for it. Equal priorities never hold each
-//! other back. Projections are conservative (the batch keeps its size until the sequence
+//! A sequence that could not finish its token limit in time even alone with its equals and
+//! betters is protected for the tokens it could make by its deadline with them (its answer
+//! is cut there, and every step a lower sequence slows is tokens off that answer): nothing
+//! lower joins or stays while it runs. Only one that could not make a single token in time
+//! is not protected. Equal priorities never hold each other back. Projections are conservative (the batch keeps its size until the sequence
 //! ends, every pending prompt token runs first) and made only once the costs are measured.
 
 use std::time::{Duration, Instant};
@@ -155,10 +157,11 @@ impl DeadlineGuard {
         late
     }
 
-    /// Whether `s` finishes `margin` before its deadline in `batch` (`s` among them):
+    /// Whether `s` makes its goal `margin` before its deadline in `batch` (`s` among them).
+    /// Its goal: its whole token limit when it could finish by its deadline with only its
+    /// equals and betters in the batch, else the tokens it could make by then with them.
     /// `None` when that cannot be told (no deadline, costs unknown) or when `s` is not
-    /// protected (it would miss its deadline even with only its equals and betters in the
-    /// batch).
+    /// protected (not one token in time even with only its equals and betters).
     fn on_time(
         &self,
         cost: &StepCost,
@@ -168,17 +171,25 @@ impl DeadlineGuard {
         margin: Duration,
     ) -> Option<bool> {
         let left = s.deadline?.saturating_duration_since(now).as_secs_f64();
-        let needs = |loads: &mut dyn Iterator<Item = &Load>| {
-            let (rows, prompt) = loads.fold((0, 0), |(rows, prompt), l| {
+        let size = |loads: &mut dyn Iterator<Item = &Load>| {
+            loads.fold((0, 0), |(rows, prompt), l| {
                 (rows + 1, prompt + l.prompt_left)
-            });
-            cost.finish_in(prompt, s.decode_left, rows)
+            })
         };
-        let alone = needs(&mut batch.iter().filter(|l| l.priority >= s.priority))?;
-        if alone > left {
-            return None;
-        }
-        let shared = needs(&mut batch.iter())?;
+        let (rows, prompt) = size(&mut batch.iter().filter(|l| l.priority >= s.priority));
+        let goal = if cost.finish_in(prompt, s.decode_left, rows)? <= left {
+            s.decode_left
+        } else {
+            let after_prompts = left - cost.finish_in(prompt, 0, rows)?;
+            let fits = (after_prompts / cost.decode_step(rows)?).floor();
+            if fits < 1.0 {
+                return None;
+            }
+            // Below the token limit, which did not fit.
+            fits as usize
+        };
+        let (rows, prompt) = size(&mut batch.iter());
+        let shared = cost.finish_in(prompt, goal, rows)?;
         Some(shared <= left - margin.as_secs_f64())
     }
 }
@@ -281,8 +292,8 @@ mod tests {
     fn nothing_is_held_back_for_the_hopeless_the_unknown_or_the_timeless() {
         let now = Instant::now();
         let long = load(1.0, now, Some(12.0), 1000, 100);
-        // 100 steps of 50 ms do not fit in 4 s even alone.
-        let hopeless = [load(10.0, now, Some(4.0), 0, 100)];
+        // A 500-token prompt (5 s) leaves no time for a token before a 4 s deadline.
+        let hopeless = [load(10.0, now, Some(4.0), 500, 100)];
         assert!(guard().admits(&cost(), &hopeless, &long, now));
         let timeless = [load(10.0, now, None, 0, 100)];
         assert!(guard().admits(&cost(), &timeless, &long, now));
@@ -330,13 +341,41 @@ mod tests {
     }
 
     #[test]
-    fn a_validator_that_cannot_make_it_even_alone_preempts_nothing() {
+    fn a_validator_that_cannot_finish_even_alone_is_protected_for_the_tokens_it_can_make() {
         let now = Instant::now();
+        let c = cost();
+        // 100 steps of 50 ms do not fit in 4 s even alone; 80 do, and it is cut there.
+        let validator = load(10.0, now, Some(4.0), 0, 100);
+        // A low one with one token to make would cost it a step's 5 ms a token: held back.
+        let short = load(1.0, now, Some(12.0), 1, 1);
+        assert!(!guard().admits(&c, &[validator], &short, now));
+        assert!(guard().admits(
+            &c,
+            &[validator],
+            &load(10.0, now, Some(12.0), 300, 100),
+            now
+        ));
+        // The low ones in the batch are preempted, the latest first; equals are kept.
         let batch = [
             load(1.0, now, Some(12.0), 0, 50),
-            load(10.0, now, Some(4.0), 0, 100),
+            validator,
+            load(10.0, now, Some(12.0), 0, 50),
+            load(2.0, now, Some(12.0), 0, 50),
         ];
-        assert!(guard().preemptions(&cost(), &batch, now).is_empty());
+        assert_eq!(guard().preemptions(&c, &batch, now), vec![0, 3]);
+        // Not one token in time (its 500-token prompt takes 5 s): it preempts nothing.
+        let hopeless = [
+            load(1.0, now, Some(12.0), 0, 50),
+            load(10.0, now, Some(4.0), 500, 100),
+        ];
+        assert!(guard().preemptions(&c, &hopeless, now).is_empty());
+        // One that finishes in time alone is protected for its whole token limit: 100 ×
+        // 55 ms fits in 7 − 1 s beside a low one.
+        let on_time = [
+            load(1.0, now, Some(12.0), 0, 50),
+            load(10.0, now, Some(7.0), 0, 100),
+        ];
+        assert!(guard().preemptions(&c, &on_time, now).is_empty());
     }
 
     #[test]
