@@ -3,15 +3,23 @@
 //! [deadline guard](crate::deadline_guard) projects from it when running sequences will be
 //! done.
 //!
-//! Both are moving averages (the last few steps weigh most), so a change of speed (another
-//! process on the cores, a longer context) is followed within a few steps. Nothing is
-//! assumed before it is measured: until a step of decode rows and a step with a prompt
-//! have run, [`StepCost::finish_in`] knows nothing.
+//! Both are moving averages (the last few steps weigh most; a step of only a few prompt
+//! tokens weighs less in a token's cost), so a change of speed (another process on the
+//! cores, a longer context) is followed within a few steps. Nothing is assumed before it is
+//! measured: until a step of decode rows and a step with a prompt have run,
+//! [`StepCost::finish_in`] knows nothing.
 
 use std::time::Duration;
 
 /// Weight of the newest step in the moving averages.
 const NEWEST: f64 = 0.25;
+
+/// Prompt tokens a step must hold for its time to weigh fully in a prompt token's cost
+/// (fewer weigh in proportion). A step of a few prompt tokens takes about the time the
+/// weights take to read, whatever their number: 2 tokens in a step of their own came out
+/// at ~7× a token's cost on an AMX host, and the step budgets
+/// (`--btlm.prefill_step_ms`) shrank to a third for the steps after (session 53).
+const FULL_PIECE: usize = 64;
 
 /// The learned costs, in seconds.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +31,13 @@ pub(crate) struct StepCost {
 }
 
 fn blend(old: Option<f64>, new: f64) -> f64 {
+    blend_by(old, new, NEWEST)
+}
+
+/// `old` moved by `weight` towards `new`; `new` when nothing is known yet.
+fn blend_by(old: Option<f64>, new: f64, weight: f64) -> f64 {
     match old {
-        Some(old) => old + NEWEST * (new - old),
+        Some(old) => old + weight * (new - old),
         None => new,
     }
 }
@@ -54,7 +67,8 @@ impl StepCost {
             },
         };
         let per_token = ((took - rows_time) / prompt_tokens as f64).max(0.0);
-        self.prompt_token = Some(blend(self.prompt_token, per_token));
+        let weight = NEWEST * prompt_tokens.min(FULL_PIECE) as f64 / FULL_PIECE as f64;
+        self.prompt_token = Some(blend_by(self.prompt_token, per_token, weight));
     }
 
     /// The time of a step of `rows` decode rows (at least 1): measured at that size, else
@@ -167,6 +181,27 @@ mod tests {
         d.record(4, 10, ms(50));
         assert!(close(d.prompt_token(), 0.0));
         assert!(close(c.finish_in(100, 10, 4), 1.0 + 0.8));
+    }
+
+    #[test]
+    fn a_step_of_a_few_prompt_tokens_barely_moves_their_cost() {
+        let mut c = StepCost::default();
+        c.record(1, 0, ms(55));
+        c.record(0, 128, ms(640));
+        assert!(close(c.prompt_token(), 0.005));
+        // Two prompt tokens in a step of their own take about a step's weight read (67 ms):
+        // 33.5 ms a token says little of a token's cost, and moves it by its share of a
+        // full piece of tokens.
+        c.record(0, 2, ms(67));
+        let moved = c.prompt_token().expect("known") - 0.005;
+        assert!(
+            (moved - NEWEST * 2.0 / FULL_PIECE as f64 * 0.0285).abs() < 1e-9,
+            "{moved}"
+        );
+        // A step of a full piece or more moves it by the whole newest weight.
+        let before = c.prompt_token().expect("known");
+        c.record(0, 64, ms(640));
+        assert!(close(c.prompt_token(), before + NEWEST * (0.01 - before)));
     }
 
     #[test]
