@@ -232,9 +232,9 @@ pub struct BtlmArgs {
     /// while a higher one would otherwise be projected to finish later than its deadline
     /// less --btlm.deadline_headroom_ms (half of it for preempting; one that could not
     /// finish its token limit in time even without the lower ones is protected for the
-    /// tokens it could make by then); and end a request (503) whose prompt, in the steps it shares with the prompts ahead of it, would leave
-    /// it or one of those less than --btlm.answer_time_ms before its deadline. Projected
-    /// from the step times measured;
+    /// tokens it could make by then); and end a request (503) whose prompt, in the steps
+    /// it shares with the prompts ahead of it, would leave it or one of those less than
+    /// --btlm.answer_time_ms before its deadline. Projected from the step times measured;
     /// equal priorities never hold each other back.
     #[cfg_attr(
         feature = "cli",

@@ -26,8 +26,9 @@
 //! betters is protected for the tokens it could make by its deadline with them (its answer
 //! is cut there, and every step a lower sequence slows is tokens off that answer): nothing
 //! lower joins or stays while it runs. Only one that could not make a single token in time
-//! is not protected. Equal priorities never hold each other back. Projections are conservative (the batch keeps its size until the sequence
-//! ends, every pending prompt token runs first) and made only once the costs are measured.
+//! is not protected. Equal priorities never hold each other back. Projections are
+//! conservative (the batch keeps its size until the sequence ends, every pending prompt
+//! token runs first) and made only once the costs are measured.
 
 use std::time::{Duration, Instant};
 
@@ -346,7 +347,7 @@ mod tests {
         let c = cost();
         // 100 steps of 50 ms do not fit in 4 s even alone; 80 do, and it is cut there.
         let validator = load(10.0, now, Some(4.0), 0, 100);
-        // A low one with one token to make would cost it a step's 5 ms a token: held back.
+        // A low one with one token to make would add 5 ms to each of its steps: held back.
         let short = load(1.0, now, Some(12.0), 1, 1);
         assert!(!guard().admits(&c, &[validator], &short, now));
         assert!(guard().admits(

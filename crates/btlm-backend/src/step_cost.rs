@@ -17,8 +17,8 @@ const NEWEST: f64 = 0.25;
 /// Prompt tokens a step must hold for its time to weigh fully in a prompt token's cost
 /// (fewer weigh in proportion). A step of a few prompt tokens takes about the time the
 /// weights take to read, whatever their number: 2 tokens in a step of their own came out
-/// at ~7× a token's cost on an AMX host, and the step budgets
-/// (`--btlm.prefill_step_ms`) shrank to a third for the steps after (session 53).
+/// at ~7× a token's cost on an AMX host, and the step budgets (`--btlm.prefill_step_ms`)
+/// shrank to about a third for the steps after (session 53).
 const FULL_PIECE: usize = 64;
 
 /// The learned costs, in seconds.
