@@ -172,12 +172,7 @@ impl DeadlineGuard {
         margin: Duration,
     ) -> Option<bool> {
         let left = s.deadline?.saturating_duration_since(now).as_secs_f64();
-        let size = |loads: &mut dyn Iterator<Item = &Load>| {
-            loads.fold((0, 0), |(rows, prompt), l| {
-                (rows + 1, prompt + l.prompt_left)
-            })
-        };
-        let (rows, prompt) = size(&mut batch.iter().filter(|l| l.priority >= s.priority));
+        let (rows, prompt) = rows_and_prompt(batch.iter().filter(|l| l.priority >= s.priority));
         let goal = if cost.finish_in(prompt, s.decode_left, rows)? <= left {
             s.decode_left
         } else {
@@ -189,10 +184,17 @@ impl DeadlineGuard {
             // Below the token limit, which did not fit.
             fits as usize
         };
-        let (rows, prompt) = size(&mut batch.iter());
+        let (rows, prompt) = rows_and_prompt(batch);
         let shared = cost.finish_in(prompt, goal, rows)?;
         Some(shared <= left - margin.as_secs_f64())
     }
+}
+
+/// The rows of `loads` and their prompt tokens not run yet.
+fn rows_and_prompt<'a>(loads: impl IntoIterator<Item = &'a Load>) -> (usize, usize) {
+    loads.into_iter().fold((0, 0), |(rows, prompt), l| {
+        (rows + 1, prompt + l.prompt_left)
+    })
 }
 
 /// When each of `prompts` (in the order the steps run them) is done with its prompt, in
