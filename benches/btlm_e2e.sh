@@ -33,7 +33,10 @@
 #   miner's prefix reuse keeps the earlier answers' tokens too), THINK (0: seconds each
 #   validator waits after an answer before its next question, so that validators that
 #   start together ask in rounds with the miner idle between them; the aggregate tok/s
-#   then counts that idle time too), MAX_BATCH (8),
+#   then counts that idle time too), MAX_BATCH (8), CONC_STAKES ("": every validator of
+#   the concurrency runs has stake 1; else their stakes in key order, comma-separated,
+#   e.g. "8,7,6,5,4,3,2,1": validators of several stakes, which the miner ranks by stake
+#   and the engine's deadline guard weighs against each other),
 #   TIMEOUT (12), ANSWER_MARGIN_MS (0: the miner's --miner.answer_margin_ms; at 0 every
 #   answer is whole, so the figures are times to the full answer; the miner's default, 500,
 #   sends the text so far that long before a request's deadline instead: then the
@@ -74,6 +77,7 @@ FLOOD_TOKENS="${FLOOD_TOKENS:-$TOKENS}"
 FLOOD_SECONDS="${FLOOD_SECONDS:-120}"
 FLOOD_X="${FLOOD_X:-10}"
 FLOOD_VALIDATORS="${FLOOD_VALIDATORS:-1}"
+CONC_STAKES="${CONC_STAKES:-}"
 # Keys: 0 the miner, 1..=FLOOD_VALIDATORS the high-stake validators, then low-stake clients.
 clients_from=$(( 1 + FLOOD_VALIDATORS ))
 EXTRA_MINER_ARGS="${EXTRA_MINER_ARGS:-}"
@@ -90,7 +94,7 @@ done
 wallet="$out/wallet"
 miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$out/metagraph.toml" \
   --clients $(( 64 + FLOOD_VALIDATORS )) --validators "$FLOOD_VALIDATORS" \
-  --validator-stake 10000 --client-stake 1)"
+  --validator-stake 10000 --client-stake 1 ${CONC_STAKES:+--client-stakes "$CONC_STAKES"})"
 
 pid=""
 cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; }
@@ -135,7 +139,7 @@ load() { "$bin/loadgen" --target "127.0.0.1:$port" --axon-hotkey "$miner_hotkey"
 
 summary="$out/summary.md"
 {
-  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers, message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, conversation turns $CONVERSATION_TURNS, think $THINK s, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
+  echo "btlm_e2e: $LAYERS layers, $TOKENS-token answers,${CONC_STAKES:+ validator stakes $CONC_STAKES,} message $MESSAGE_BYTES bytes, shared context $SHARED_CONTEXT_BYTES bytes, conversation turns $CONVERSATION_TURNS, think $THINK s, max_batch $MAX_BATCH, answer margin $ANSWER_MARGIN_MS ms, $(nproc) cores, $(date -u +%FT%TZ)"
   echo
   echo "| format | validators | answers / requests | cut short | p50 s | p99 s | aggregate tok/s | x 1 validator | all within ${TIMEOUT} s | peak RSS MiB |"
   echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -2,7 +2,8 @@
 //! (key 0 of [`prompting_benches::hotkeys`], the key `loadgen --axon-hotkey` then names) and
 //! a metagraph file (`--metagraph.file`) registering key 0 as the miner, keys 1..=`--validators`
 //! as validators with `--validator-stake` and the following keys up to `--clients` with
-//! `--client-stake`, all with a validator permit. Prints the miner's hotkey. With
+//! `--client-stake` (the first of them `--client-stakes` instead, one each, when given),
+//! all with a validator permit. Prints the miner's hotkey. With
 //! `--validator-wallet`, key 1 (the first validator) is written too, as wallet `validator`,
 //! hotkey `default`, beside the miner's: what the `dendrite` CLI signs with to ask as that
 //! validator (`--wallet.name validator`).
@@ -34,6 +35,10 @@ struct Args {
     /// Stake of the other client keys, τ.
     #[arg(long, default_value_t = 1.0)]
     client_stake: f64,
+    /// Stakes of the first client keys after the validators, one each in key order
+    /// (comma-separated, τ): clients of several stakes, e.g. validators of a real subnet.
+    #[arg(long, value_delimiter = ',')]
+    client_stakes: Vec<f64>,
     /// Also write key 1 (the first validator) into the wallets folder, as wallet
     /// `validator`, hotkey `default`.
     #[arg(long)]
@@ -78,7 +83,11 @@ fn main() -> anyhow::Result<()> {
         let stake = match uid {
             0 => 0.0,
             v if v <= args.validators => args.validator_stake,
-            _ => args.client_stake,
+            v => args
+                .client_stakes
+                .get(v - args.validators - 1)
+                .copied()
+                .unwrap_or(args.client_stake),
         };
         toml.push_str(&format!(
             "\n[[neurons]]\nuid = {uid}\nhotkey = \"{}\"\nstake = {stake:.1}\nvalidator_permit = {}\n",
