@@ -230,7 +230,7 @@ pub struct BtlmArgs {
     /// Keep higher-priority requests in the batch on time (`true`, the default): hold back
     /// the admission of a lower-priority request, and preempt lower-priority ones (503),
     /// while a higher one would otherwise be projected to finish later than its deadline
-    /// less --btlm.deadline_headroom_ms (half of it for preempting; one that could not
+    /// less a margin (half of it for preempting: see --btlm.deadline_headroom_ms; one that could not
     /// finish its token limit in time even without the lower ones is protected for the
     /// tokens it could make by then); and end a request (503) whose prompt, in the steps
     /// it shares with the prompts ahead of it, would leave it or one of those less than
@@ -247,8 +247,10 @@ pub struct BtlmArgs {
         )
     )]
     pub deadline_guard: bool,
-    /// Milliseconds before its deadline a higher-priority request must be projected to
-    /// finish for a lower one to join the batch (--btlm.deadline_guard).
+    /// The most milliseconds before its deadline a higher-priority request must be
+    /// projected to finish for a lower one to join the batch (--btlm.deadline_guard): the
+    /// margin is 3 × the share by which steps stray from their expected time × the
+    /// projected time, at least 1.5 s, and this much until the steps' stray is measured.
     #[cfg_attr(
         feature = "cli",
         arg(long = "btlm.deadline_headroom_ms", default_value_t = 3000)

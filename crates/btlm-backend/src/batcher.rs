@@ -804,6 +804,8 @@ impl<M: StepModel> Batcher<M> {
             ms = took.as_secs_f64() * 1e3,
             model_ms = model.as_secs_f64() * 1e3,
             prompt_pass_ms = prompt_pass.as_secs_f64() * 1e3,
+            // How far decode steps stray from their expected time (the guard's margin).
+            spread = self.cost.spread().unwrap_or(f64::NAN),
             "btlm step"
         );
     }

@@ -8,11 +8,11 @@
 //! projects when each running sequence will be done, and at every step boundary
 //!
 //! - **holds back an admission** that would push a running sequence of higher priority past
-//!   its deadline less the headroom (`--btlm.deadline_headroom_ms`): the request waits in
-//!   the engine's queue (and ends at its own deadline if it never fits);
+//!   its deadline less the margin ([`DeadlineGuard::margin`]): the request waits in the
+//!   engine's queue (and ends at its own deadline if it never fits);
 //! - **preempts lower-priority sequences** (the lowest first, the most recently admitted
 //!   among equals: it has done the least work) while a higher one is projected past its
-//!   deadline less half the headroom; their callers are told at once
+//!   deadline less half the margin; their callers are told at once
 //!   ([`FinishReason::Preempted`](crate::generation::FinishReason::Preempted));
 //! - **ends the prompts that could not run in time**: taken in the order the steps run
 //!   them, a prompt that, in the steps it shares with the prompts ahead of it (one piece of
@@ -29,6 +29,17 @@
 //! is not protected. Equal priorities never hold each other back. Projections are
 //! conservative (the batch keeps its size until the sequence ends, every pending prompt
 //! token runs first) and made only once the costs are measured.
+//!
+//! The margin covers what the projection cannot know: how much slower the steps will run
+//! than those measured. It is [`SPREADS`] times the share by which steps stray from their
+//! expected time ([`StepCost::spread`]) of the projected time, at least [`MIN_MARGIN`], at
+//! most the headroom (`--btlm.deadline_headroom_ms`, also the margin until the spread is
+//! measured). A fixed 3 s held back the lowest of eight validators of different stakes
+//! asking at once on a host whose steps keep their time (the seven above them projected at
+//! ~9.9 s of their 12): the lowest waited, and its answer was cut short, where all eight
+//! were answered whole in 9.4 s without the guard (docs/benchmarks.md, session 54); on a
+//! VM whose steps strayed by a fifth, 2 s lost validator answers under the flood (session
+//! 12).
 
 use std::time::{Duration, Instant};
 
@@ -50,11 +61,23 @@ pub(crate) struct Load {
     pub(crate) decode_left: usize,
 }
 
+/// How many times the steps' stray ([`StepCost::spread`]) of a projected time the margin
+/// is. The stray of one step is averaged over a projection's many, but a neighbour that
+/// slows a shared host down does so for minutes: the whole projection strays with it.
+pub(crate) const SPREADS: f64 = 3.0;
+
+/// The least margin ([`DeadlineGuard::margin`]): for what the steps' spread does not see
+/// (requests of equal priority joining later, prompts arriving). Half of it, where lower
+/// sequences are preempted, stays before the pipeline's cut of a streamed answer
+/// (`--miner.answer_margin_ms`, 500 ms by default).
+pub(crate) const MIN_MARGIN: Duration = Duration::from_millis(1500);
+
 /// The guard's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DeadlineGuard {
-    /// Time a protected sequence must be projected to finish before its deadline for a
-    /// lower one to be admitted; half of it before the lower ones are preempted.
+    /// The most time a protected sequence must be projected to finish before its deadline
+    /// for a lower one to be admitted (half of it before the lower ones are preempted):
+    /// see [`DeadlineGuard::margin`].
     pub(crate) headroom: Duration,
     /// Time a request must be projected to have left once its prompt has run, for the
     /// prompt to run.
@@ -62,8 +85,23 @@ pub(crate) struct DeadlineGuard {
 }
 
 impl DeadlineGuard {
+    /// The margin before its deadline a sequence projected to be done in `projected`
+    /// seconds must keep for a lower one to be admitted (half of it before lower ones are
+    /// preempted): [`SPREADS`] × the steps' spread × `projected`, at least [`MIN_MARGIN`]
+    /// and at most the headroom; the headroom while the spread is not measured.
+    pub(crate) fn margin(&self, cost: &StepCost, projected: f64) -> Duration {
+        match cost.spread() {
+            Some(spread) => {
+                let strayed = Duration::try_from_secs_f64(SPREADS * spread * projected.max(0.0))
+                    .unwrap_or(self.headroom);
+                strayed.max(MIN_MARGIN).min(self.headroom)
+            }
+            None => self.headroom,
+        }
+    }
+
     /// Whether `candidate` may join `batch` (the running sequences): no sequence of `batch`
-    /// with a higher priority is projected past its deadline less the headroom with it. True
+    /// with a higher priority is projected past its deadline less the margin with it. True
     /// while the costs are not measured.
     pub(crate) fn admits(
         &self,
@@ -77,15 +115,14 @@ impl DeadlineGuard {
         batch
             .iter()
             .filter(|s| s.priority > candidate.priority)
-            .all(|s| self.on_time(cost, &with, s, now, self.headroom) != Some(false))
+            .all(|s| self.on_time(cost, &with, s, now, 1.0) != Some(false))
     }
 
     /// The positions in `batch` of the sequences to preempt so that the higher ones are
-    /// projected to finish before their deadlines less half the headroom, as far as
+    /// projected to finish before their deadlines less half the margin, as far as
     /// preempting lower ones can achieve it. Positions are in admission order (later means
     /// admitted later).
     pub(crate) fn preemptions(&self, cost: &StepCost, batch: &[Load], now: Instant) -> Vec<usize> {
-        let margin = self.headroom / 2;
         let mut kept: Vec<usize> = (0..batch.len()).collect();
         let mut preempted = Vec::new();
         // The highest priorities first: what is preempted for them helps the others too.
@@ -97,7 +134,7 @@ impl DeadlineGuard {
             }
             loop {
                 let loads: Vec<Load> = kept.iter().map(|&i| batch[i]).collect();
-                if self.on_time(cost, &loads, &batch[s], now, margin) != Some(false) {
+                if self.on_time(cost, &loads, &batch[s], now, 0.5) != Some(false) {
                     break;
                 }
                 // The lowest priority below `s`, the most recently admitted among equals.
@@ -158,18 +195,19 @@ impl DeadlineGuard {
         late
     }
 
-    /// Whether `s` makes its goal `margin` before its deadline in `batch` (`s` among them).
-    /// Its goal: its whole token limit when it could finish by its deadline with only its
-    /// equals and betters in the batch, else the tokens it could make by then with them.
-    /// `None` when that cannot be told (no deadline, costs unknown) or when `s` is not
-    /// protected (not one token in time even with only its equals and betters).
+    /// Whether `s` makes its goal `share` of its [margin](Self::margin) before its deadline
+    /// in `batch` (`s` among them). Its goal: its whole token limit when it could finish by
+    /// its deadline with only its equals and betters in the batch, else the tokens it could
+    /// make by then with them. `None` when that cannot be told (no deadline, costs unknown)
+    /// or when `s` is not protected (not one token in time even with only its equals and
+    /// betters).
     fn on_time(
         &self,
         cost: &StepCost,
         batch: &[Load],
         s: &Load,
         now: Instant,
-        margin: Duration,
+        share: f64,
     ) -> Option<bool> {
         let left = s.deadline?.saturating_duration_since(now).as_secs_f64();
         let (rows, prompt) = rows_and_prompt(batch.iter().filter(|l| l.priority >= s.priority));
@@ -186,7 +224,8 @@ impl DeadlineGuard {
         };
         let (rows, prompt) = rows_and_prompt(batch);
         let shared = cost.finish_in(prompt, goal, rows)?;
-        Some(shared <= left - margin.as_secs_f64())
+        let margin = share * self.margin(cost, shared).as_secs_f64();
+        Some(shared <= left - margin)
     }
 }
 
@@ -272,6 +311,76 @@ mod tests {
             headroom: Duration::from_secs(2),
             answer_time: Duration::from_secs(2),
         }
+    }
+
+    #[test]
+    fn the_margin_is_the_steps_spread_of_the_projected_time_within_bounds() {
+        let g = DeadlineGuard {
+            headroom: Duration::from_secs(3),
+            ..guard()
+        };
+        let mut c = cost();
+        assert_eq!(
+            g.margin(&c, 10.0),
+            g.headroom,
+            "spread not measured: the headroom"
+        );
+        c.set_spread(0.0);
+        assert_eq!(g.margin(&c, 10.0), MIN_MARGIN);
+        c.set_spread(0.06);
+        let m = g.margin(&c, 10.0).as_secs_f64();
+        assert!((m - SPREADS * 0.06 * 10.0).abs() < 1e-6, "{m}");
+        assert_eq!(g.margin(&c, 30.0), g.headroom, "at most the headroom");
+        let small = DeadlineGuard {
+            headroom: Duration::from_millis(500),
+            ..guard()
+        };
+        assert_eq!(
+            small.margin(&c, 10.0),
+            small.headroom,
+            "a headroom under the least"
+        );
+    }
+
+    #[test]
+    fn validators_of_different_stakes_share_the_steps_where_steps_keep_their_time() {
+        let now = Instant::now();
+        let g = DeadlineGuard {
+            headroom: Duration::from_secs(3),
+            ..guard()
+        };
+        // Seven validators of stakes 8 down to 2 running, 100 tokens each, due in 10.5 s;
+        // the eighth (stake 1) asks with a 30-token prompt. With it the highest is projected
+        // done in 0.3 s + 100 × 85 ms = 8.8 s, 1.7 s before its deadline.
+        let batch: Vec<Load> = (2..=8)
+            .rev()
+            .map(|p| load(f64::from(p), now, Some(10.5), 0, 100))
+            .collect();
+        let lowest = load(1.0, now, Some(10.5), 30, 100);
+        let mut c = cost();
+        assert!(
+            !g.admits(&c, &batch, &lowest, now),
+            "the headroom: held back"
+        );
+        // Steps that keep their time: the least margin, 1.5 s, and all eight share the
+        // steps.
+        c.set_spread(0.01);
+        assert!(g.admits(&c, &batch, &lowest, now));
+        // Steps that stray by a tenth: 2.64 s of margin, held back.
+        c.set_spread(0.1);
+        assert!(!g.admits(&c, &batch, &lowest, now));
+        // Preemption keeps half the margin: at 0.05 (1.32 s, so the least, 1.5 s: admitted)
+        // the lowest stays while the highest is projected 0.75 s before its deadline, not
+        // later; without the lowest, 8.0 s is.
+        c.set_spread(0.05);
+        assert!(g.admits(&c, &batch, &lowest, now));
+        let mut all = batch.clone();
+        all.push(lowest);
+        assert!(g.preemptions(&c, &all, now).is_empty());
+        for l in &mut all[..7] {
+            l.deadline = Some(now + Duration::from_secs_f64(9.3));
+        }
+        assert_eq!(g.preemptions(&c, &all, now), vec![7]);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! cores, a longer context) is followed within a few steps. Nothing is assumed before it is
 //! measured: until a step of decode rows and a step with a prompt have run,
 //! [`StepCost::finish_in`] knows nothing.
+//!
+//! It also learns how far a step strays from what it expected of it, [`StepCost::spread`]:
+//! the guard's margin for its projections, small on a host whose steps keep their time,
+//! large on one whose neighbours slow it down by turns.
 
 use std::time::Duration;
 
@@ -21,6 +25,14 @@ const NEWEST: f64 = 0.25;
 /// shrank to about a third for the steps after (session 53).
 const FULL_PIECE: usize = 64;
 
+/// Weight of the newest step in the average of the steps' strays ([`StepCost::spread`]):
+/// slower than [`NEWEST`], the spread being a trait of the host more than of the minute.
+/// The first strays are averaged plainly (the n-th weighs 1/n until that is less).
+const SPREAD_NEWEST: f64 = 1.0 / 16.0;
+
+/// Strays measured before [`StepCost::spread`] is told: fewer say little of a host.
+const SPREAD_SAMPLES: u32 = 8;
+
 /// The learned costs, in seconds.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StepCost {
@@ -28,6 +40,11 @@ pub(crate) struct StepCost {
     decode: Vec<Option<f64>>,
     /// Time a prompt token adds to a step.
     prompt_token: Option<f64>,
+    /// Moving average of `|took / expected − 1|` over decode steps of a size measured
+    /// before.
+    spread: Option<f64>,
+    /// Strays in `spread` so far (saturating).
+    strays: u32,
 }
 
 fn blend(old: Option<f64>, new: f64) -> f64 {
@@ -53,6 +70,12 @@ impl StepCost {
             }
             if self.decode.len() <= decode_rows {
                 self.decode.resize(decode_rows + 1, None);
+            }
+            if let Some(expected) = self.decode[decode_rows].filter(|&t| t > 0.0) {
+                let stray = (took / expected - 1.0).abs();
+                self.strays = self.strays.saturating_add(1);
+                let weight = (1.0 / f64::from(self.strays)).max(SPREAD_NEWEST);
+                self.spread = Some(blend_by(self.spread, stray, weight));
             }
             self.decode[decode_rows] = Some(blend(self.decode[decode_rows], took));
             return;
@@ -106,6 +129,21 @@ impl StepCost {
             (None, Some((_, t))) => Some(t),
             (None, None) => None,
         }
+    }
+
+    /// How far a decode step strays from the time expected of it, as a share of that time
+    /// (a moving average of `|took / expected − 1|`, over steps of a size measured before):
+    /// 0.02 where steps keep their time within 2%. `None` before [`SPREAD_SAMPLES`] such
+    /// steps ran.
+    pub(crate) fn spread(&self) -> Option<f64> {
+        self.spread.filter(|_| self.strays >= SPREAD_SAMPLES)
+    }
+
+    /// Sets the spread as if measured (tests of what it steers).
+    #[cfg(test)]
+    pub(crate) fn set_spread(&mut self, spread: f64) {
+        self.spread = Some(spread);
+        self.strays = SPREAD_SAMPLES;
     }
 
     /// The time a prompt token adds to a step; `None` before a step with a prompt ran
@@ -202,6 +240,41 @@ mod tests {
         let before = c.prompt_token().expect("known");
         c.record(0, 64, ms(640));
         assert!(close(c.prompt_token(), before + NEWEST * (0.01 - before)));
+    }
+
+    #[test]
+    fn the_spread_is_how_far_steps_stray_from_their_expected_time() {
+        let mut c = StepCost::default();
+        c.record(8, 0, ms(100));
+        c.record(4, 0, ms(70));
+        assert_eq!(
+            c.spread(),
+            None,
+            "one step of each size: nothing expected yet"
+        );
+        // Steps that keep their time: no spread, told once there are enough of them.
+        for _ in 1..SPREAD_SAMPLES {
+            c.record(8, 0, ms(100));
+        }
+        assert_eq!(c.spread(), None, "too few strays");
+        c.record(4, 0, ms(70));
+        assert!(close(c.spread(), 0.0));
+        // One 20% slower is one of nine; prompts and unmeasured sizes (interpolated, not
+        // expected) do not count.
+        c.record(8, 0, ms(120));
+        assert!(close(c.spread(), 0.2 / 9.0));
+        c.record(8, 300, ms(2000));
+        c.record(6, 0, ms(300));
+        assert!(close(c.spread(), 0.2 / 9.0));
+        // Steps straying 10% either way by turns settle at 0.1.
+        let mut d = StepCost::default();
+        d.record(2, 0, ms(100));
+        for i in 0..400 {
+            let expected = d.decode_step(2).expect("known");
+            let took = expected * if i % 2 == 0 { 1.1 } else { 0.9 };
+            d.record(2, 0, Duration::from_secs_f64(took));
+        }
+        assert!((d.spread().expect("known") - 0.1).abs() < 1e-9);
     }
 
     #[test]
