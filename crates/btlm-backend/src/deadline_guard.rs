@@ -37,9 +37,9 @@
 //! measured). A fixed 3 s held back the lowest of eight validators of different stakes
 //! asking at once on a host whose steps keep their time (the seven above them projected at
 //! ~9.9 s of their 12): the lowest waited, and its answer was cut short, where all eight
-//! were answered whole in 9.4 s without the guard (docs/benchmarks.md, session 54); on a
-//! VM whose steps strayed by a fifth, 2 s lost validator answers under the flood (session
-//! 12).
+//! were answered whole in 9.4–9.6 s without the guard (docs/benchmarks.md, session 54);
+//! on a VM whose steps strayed by a fifth, 2 s lost validator answers under the flood
+//! (session 12).
 
 use std::time::{Duration, Instant};
 
@@ -64,13 +64,13 @@ pub(crate) struct Load {
 /// How many times the steps' stray ([`StepCost::spread`]) of a projected time the margin
 /// is. The stray of one step is averaged over a projection's many, but a neighbour that
 /// slows a shared host down does so for minutes: the whole projection strays with it.
-pub(crate) const SPREADS: f64 = 3.0;
+const SPREADS: f64 = 3.0;
 
 /// The least margin ([`DeadlineGuard::margin`]): for what the steps' spread does not see
 /// (requests of equal priority joining later, prompts arriving). Half of it, where lower
 /// sequences are preempted, stays before the pipeline's cut of a streamed answer
 /// (`--miner.answer_margin_ms`, 500 ms by default).
-pub(crate) const MIN_MARGIN: Duration = Duration::from_millis(1500);
+const MIN_MARGIN: Duration = Duration::from_millis(1500);
 
 /// The guard's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl DeadlineGuard {
     /// seconds must keep for a lower one to be admitted (half of it before lower ones are
     /// preempted): [`SPREADS`] × the steps' spread × `projected`, at least [`MIN_MARGIN`]
     /// and at most the headroom; the headroom while the spread is not measured.
-    pub(crate) fn margin(&self, cost: &StepCost, projected: f64) -> Duration {
+    fn margin(&self, cost: &StepCost, projected: f64) -> Duration {
         match cost.spread() {
             Some(spread) => {
                 let strayed = Duration::try_from_secs_f64(SPREADS * spread * projected.max(0.0))
