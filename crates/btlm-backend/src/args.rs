@@ -230,12 +230,12 @@ pub struct BtlmArgs {
     /// Keep higher-priority requests in the batch on time (`true`, the default): hold back
     /// the admission of a lower-priority request, and preempt lower-priority ones (503),
     /// while a higher one would otherwise be projected to finish later than its deadline
-    /// less a margin (half of it for preempting: see --btlm.deadline_headroom_ms; one that could not
-    /// finish its token limit in time even without the lower ones is protected for the
-    /// tokens it could make by then); and end a request (503) whose prompt, in the steps
-    /// it shares with the prompts ahead of it, would leave it or one of those less than
-    /// --btlm.answer_time_ms before its deadline. Projected from the step times measured;
-    /// equal priorities never hold each other back.
+    /// less a margin (see --btlm.deadline_headroom_ms; half of it for preempting; one that
+    /// could not finish its token limit in time even without the lower ones is protected
+    /// for the tokens it could make by then); and end a request (503) whose prompt, in the
+    /// steps it shares with the prompts ahead of it, would leave it or one of those less
+    /// than --btlm.answer_time_ms before its deadline. Projected from the step times
+    /// measured; equal priorities never hold each other back.
     #[cfg_attr(
         feature = "cli",
         arg(
