@@ -36,7 +36,8 @@
 #   then counts that idle time too), MAX_BATCH (8), CONC_STAKES ("": every validator of
 #   the concurrency runs has stake 1; else their stakes in key order, comma-separated,
 #   e.g. "8,7,6,5,4,3,2,1": validators of several stakes, which the miner ranks by stake
-#   and the engine's deadline guard weighs against each other),
+#   and the engine's deadline guard weighs against each other; the flood's callers are
+#   the same keys, so run it with FLOOD_FORMAT=""),
 #   TIMEOUT (12), ANSWER_MARGIN_MS (0: the miner's --miner.answer_margin_ms; at 0 every
 #   answer is whole, so the figures are times to the full answer; the miner's default, 500,
 #   sends the text so far that long before a request's deadline instead: then the

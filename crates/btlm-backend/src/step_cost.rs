@@ -41,8 +41,8 @@ pub(crate) struct StepCost {
     /// Time a prompt token adds to a step.
     prompt_token: Option<f64>,
     /// Moving average of `|took / expected − 1|` over decode steps of a size measured
-    /// before.
-    spread: Option<f64>,
+    /// before (meaningless while `strays` is 0: the first stray weighs 1).
+    spread: f64,
     /// Strays in `spread` so far (saturating).
     strays: u32,
 }
@@ -75,7 +75,7 @@ impl StepCost {
                 let stray = (took / expected - 1.0).abs();
                 self.strays = self.strays.saturating_add(1);
                 let weight = (1.0 / f64::from(self.strays)).max(SPREAD_NEWEST);
-                self.spread = Some(blend_by(self.spread, stray, weight));
+                self.spread += weight * (stray - self.spread);
             }
             self.decode[decode_rows] = Some(blend(self.decode[decode_rows], took));
             return;
@@ -136,13 +136,13 @@ impl StepCost {
     /// 0.02 where steps keep their time within 2%. `None` before [`SPREAD_SAMPLES`] such
     /// steps ran.
     pub(crate) fn spread(&self) -> Option<f64> {
-        self.spread.filter(|_| self.strays >= SPREAD_SAMPLES)
+        (self.strays >= SPREAD_SAMPLES).then_some(self.spread)
     }
 
     /// Sets the spread as if measured (tests of what it steers).
     #[cfg(test)]
     pub(crate) fn set_spread(&mut self, spread: f64) {
-        self.spread = Some(spread);
+        self.spread = spread;
         self.strays = SPREAD_SAMPLES;
     }
 
