@@ -246,40 +246,40 @@ impl Heads {
     ) -> candle_core::Result<Tensor> {
         let (h, d) = (self.n_head, self.head_dim);
         let (e, e3) = (h * d, 3 * h * d);
-        // Head by head, row by row: each `d` values of `qkv`.
-        let pieces = (0..h).flat_map(|head| {
-            (start..start + t).map(move |row| {
-                let src = row * e3 + i * e + head * d;
-                &qkv[src..src + d]
-            })
-        });
+        // `put(slot, piece)` for each head's `d` values of each row, row by row (a row's
+        // heads are next to each other in `qkv`; head by head, each read strode a whole
+        // row), `slot` = head · t + row: the piece's place in the `[h, t, …]` result.
+        let each = |put: &mut dyn FnMut(usize, &[f32])| {
+            for row in 0..t {
+                let src = &qkv[(start + row) * e3 + i * e..][..e];
+                for (head, piece) in src.chunks_exact(d).enumerate() {
+                    put(head * t + row, piece);
+                }
+            }
+        };
         match self.kv_layout {
             KvLayout::Dense(DType::F32) => {
-                let mut out = Vec::with_capacity(h * t * d);
-                for piece in pieces {
-                    out.extend_from_slice(piece);
-                }
+                let mut out = vec![0f32; h * t * d];
+                each(&mut |slot, piece| out[slot * d..][..d].copy_from_slice(piece));
                 Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
             KvLayout::Dense(DType::F16) => {
                 use half::slice::HalfFloatSliceExt;
                 let mut out = vec![half::f16::ZERO; h * t * d];
-                for (dst, piece) in out.chunks_exact_mut(d).zip(pieces) {
-                    dst.convert_from_f32_slice(piece);
-                }
+                each(&mut |slot, piece| out[slot * d..][..d].convert_from_f32_slice(piece));
                 Tensor::from_vec(out, (h, t, d), &Device::Cpu)
             }
             layout @ (KvLayout::Q8 | KvLayout::Q4) => {
                 let w = layout.row_bytes(d);
-                let row = if layout == KvLayout::Q8 {
-                    cpu::q8_row
-                } else {
-                    cpu::q4_row
-                };
                 let mut out = vec![0u8; h * t * w];
-                for (dst, piece) in out.chunks_exact_mut(w).zip(pieces) {
-                    row(piece, dst);
-                }
+                each(&mut |slot, piece| {
+                    let dst = &mut out[slot * w..][..w];
+                    if layout == KvLayout::Q8 {
+                        cpu::q8_row_on(self.path, piece, dst);
+                    } else {
+                        cpu::q4_row(piece, dst);
+                    }
+                });
                 Tensor::from_vec(out, (h, t, w), &Device::Cpu)
             }
             other => candle_core::bail!("the CPU attention path has no {other} cache"),
@@ -317,31 +317,49 @@ impl Heads {
         if next_row != rows {
             candle_core::bail!("attention parts cover {next_row} of {rows} rows");
         }
-        // Every sequence's new keys and values into its own cache, one task per sequence:
-        // converted and copied on the calling thread alone, the others waiting, they were
-        // most of an eight-sequence decode step's serial work (5.1 → 3.4 ms a step outside
-        // the team's sections, Zen 4, session 19).
-        type Appended = candle_core::Result<(Tensor, Tensor, usize)>;
-        let appends: Vec<Mutex<(&mut AttentionPart<'_>, Option<Appended>)>> = parts
+        // Every sequence's new keys and values into its own cache: its keys and its values
+        // each converted by a task of their own (a lone prompt's on two threads: on one
+        // they were a twelfth of a 1 024-token prompt's time, session 55), appended by the
+        // one of the two that ends last. On the calling thread alone, the others waiting,
+        // they were most of an eight-sequence decode step's serial work (5.1 → 3.4 ms a step
+        // outside the team's sections, Zen 4, session 19).
+        let spans: Vec<(usize, usize)> = parts.iter().map(|p| (p.start, p.len)).collect();
+        let appends: Vec<Mutex<Appending<'_, '_>>> = parts
             .iter_mut()
-            .map(|part| Mutex::new((part, None)))
+            .map(|part| {
+                Mutex::new(Appending {
+                    part,
+                    converted: [None, None],
+                    done: None,
+                })
+            })
             .collect();
-        team.for_each(appends.len(), &|p| {
+        team.for_each(2 * appends.len(), &|task| {
+            let (p, which) = (task / 2, task % 2);
+            let (start, len) = spans[p];
+            let rows = self.heads_of_rows(qkv, start, len, 1 + which);
             let mut slot = appends[p].lock().unwrap_or_else(|e| e.into_inner());
-            let (part, done) = &mut *slot;
-            *done = Some((|| {
-                let k = self.heads_of_rows(qkv, part.start, part.len, 1)?;
-                let v = self.heads_of_rows(qkv, part.start, part.len, 2)?;
-                let (k, v) = part.kv.append(&k, &v, part.reserve)?;
-                let positions = k.dim(1)?;
-                Ok((k, v, positions - part.len))
-            })());
+            let a = &mut *slot;
+            match rows {
+                _ if a.done.is_some() => {}
+                Err(e) => a.done = Some(Err(e)),
+                Ok(rows) => {
+                    a.converted[which] = Some(rows);
+                    if let [Some(k), Some(v)] = &a.converted {
+                        a.done = Some((|| {
+                            let (k, v) = a.part.kv.append(k, v, a.part.reserve)?;
+                            let positions = k.dim(1)?;
+                            Ok((k, v, positions - a.part.len))
+                        })());
+                    }
+                }
+            }
         });
         let cached = appends
             .into_iter()
             .map(|slot| {
-                let (_, done) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-                done.unwrap_or_else(|| {
+                let a = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+                a.done.unwrap_or_else(|| {
                     Err(candle_core::Error::Msg(
                         "a sequence's keys and values were not appended".into(),
                     ))
@@ -469,6 +487,16 @@ pub(crate) struct AttentionPart<'a> {
     pub(crate) kv: &'a mut LayerKv,
     /// Capacity to allocate if the cache is still empty.
     pub(crate) reserve: usize,
+}
+
+/// A sequence's new keys and values on their way into its cache ([`Heads::attend_rows`]):
+/// each converted by a task of its own, both appended by the task that ends last.
+struct Appending<'p, 'a> {
+    part: &'p mut AttentionPart<'a>,
+    /// The keys, then the values, once converted (`[h, t, …]` in the cache's dtype).
+    converted: [Option<Tensor>; 2],
+    /// The cache's keys and values after the append, and the positions before it.
+    done: Option<candle_core::Result<(Tensor, Tensor, usize)>>,
 }
 
 /// The keys and values of one sequence's block cache, in the dtype they are stored in.

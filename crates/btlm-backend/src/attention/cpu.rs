@@ -329,6 +329,26 @@ pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
 /// call without SSE4.1).
 const ROUND: f32 = 12_582_912.0;
 
+/// [`q8_row`] on the vectors of `path` (the same bytes on every path; `int8_rows.rs`).
+///
+/// # Panics
+/// If `out` is shorter than `x.len() + 4` bytes.
+pub(crate) fn q8_row_on(path: AttnPath, x: &[f32], out: &mut [u8]) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        AttnPath::Avx512 if avx512_supported() => {
+            // SAFETY: this CPU has AVX-512 F (checked just above).
+            unsafe { int8_rows::q8_row_avx512(x, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        AttnPath::Avx2 | AttnPath::Avx512 if avx2_supported() => {
+            // SAFETY: this CPU has AVX2 (checked just above).
+            unsafe { int8_rows::q8_row_avx2(x, out) }
+        }
+        _ => q8_row(x, out),
+    }
+}
+
 /// `x` as an int8 cache row (`x.len() + 4` bytes in `out`): each value `x / s` rounded to
 /// the nearest integer (ties to even), in −127..=127 where `s = max |x| / 127`, then `s` as 4 little-endian bytes (an all-zero
 /// row has scale 0; a NaN value is stored as 0).
@@ -929,6 +949,9 @@ macro_rules! dot_kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+
+#[cfg(target_arch = "x86_64")]
+mod int8_rows;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
