@@ -28,6 +28,12 @@ use crate::elementwise::avx2_supported;
 use crate::kernels::KernelPath;
 use crate::kv_cache::KvLayout;
 
+mod cache_rows;
+
+#[cfg(test)]
+use cache_rows::{q4_row, q8_row};
+pub(crate) use cache_rows::{q4_row_on, q8_row_on};
+
 /// Queries of one head attended together (their scores are one buffer of
 /// `QUERY_BLOCK × positions` values).
 pub(crate) const QUERY_BLOCK: usize = 16;
@@ -298,75 +304,6 @@ fn group_byte(i: usize) -> usize {
 fn nibble_of(i: usize) -> (usize, bool) {
     let bit = nibble_bit(i % 16);
     (group_byte(i) + bit / 8, bit % 8 == 4)
-}
-
-/// `x` as a 4-bit cache row ([`Nibbles`]: [`KvLayout::q4_bytes`] bytes of values, then 4):
-/// each value `x / s` rounded to the nearest integer (ties to even), in −7..=7 where
-/// `s = max |x| / 7`, then `s` as 4 little-endian bytes (an all-zero row has scale 0; a NaN
-/// value is stored as 0).
-///
-/// # Panics
-/// If `out` is shorter than the row.
-pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
-    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let s = max / 7.0;
-    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-    let (values, tail) = out.split_at_mut(KvLayout::q4_bytes(x.len()));
-    for (group, word) in x.chunks(16).zip(values.chunks_exact_mut(8)) {
-        let mut bits = 0u64;
-        for (j, v) in group.iter().enumerate() {
-            // As in `q8_row`: `as` saturates and maps NaN to 0.
-            let q = ((v * inv + ROUND) - ROUND).clamp(-7.0, 7.0) as i8;
-            bits |= u64::from(q as u8 & 0x0f) << nibble_bit(j);
-        }
-        word.copy_from_slice(&bits.to_le_bytes());
-    }
-    tail[..4].copy_from_slice(&s.to_le_bytes());
-}
-
-/// Adding and subtracting 1.5·2²³ rounds an f32 below 2²² in magnitude to the nearest
-/// integer (ties to even) in plain SSE2 arithmetic, which vectorizes (`round` is a library
-/// call without SSE4.1).
-const ROUND: f32 = 12_582_912.0;
-
-/// [`q8_row`] on the vectors of `path` (the same bytes on every path; `int8_rows.rs`).
-///
-/// # Panics
-/// If `out` is shorter than `x.len() + 4` bytes.
-pub(crate) fn q8_row_on(path: AttnPath, x: &[f32], out: &mut [u8]) {
-    match path {
-        #[cfg(target_arch = "x86_64")]
-        AttnPath::Avx512 if avx512_supported() => {
-            // SAFETY: this CPU has AVX-512 F (checked just above).
-            unsafe { int8_rows::q8_row_avx512(x, out) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        AttnPath::Avx2 | AttnPath::Avx512 if avx2_supported() => {
-            // SAFETY: this CPU has AVX2 (checked just above).
-            unsafe { int8_rows::q8_row_avx2(x, out) }
-        }
-        _ => q8_row(x, out),
-    }
-}
-
-/// `x` as an int8 cache row (`x.len() + 4` bytes in `out`): each value `x / s` rounded to
-/// the nearest integer (ties to even), in −127..=127 where `s = max |x| / 127`, then `s` as 4 little-endian bytes (an all-zero
-/// row has scale 0; a NaN value is stored as 0).
-///
-/// # Panics
-/// If `out` is shorter than `x.len() + 4` bytes.
-pub(crate) fn q8_row(x: &[f32], out: &mut [u8]) {
-    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let s = max / 127.0;
-    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-    let (values, tail) = out.split_at_mut(x.len());
-    // |v · inv| ≤ 127: within [`ROUND`]'s range.
-    for (o, v) in values.iter_mut().zip(x) {
-        // `as` saturates (and maps NaN to 0); the clamp keeps -128 out.
-        let q = (v * inv + ROUND) - ROUND;
-        *o = (q.clamp(-127.0, 127.0) as i8) as u8;
-    }
-    tail[..4].copy_from_slice(&s.to_le_bytes());
 }
 
 /// `positions` rows of `d` values (and [`KvElem::TAIL`] elements after them), `stride`
@@ -949,9 +886,6 @@ macro_rules! dot_kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-
-#[cfg(target_arch = "x86_64")]
-mod int8_rows;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
