@@ -168,15 +168,9 @@ mod simd {
     /// If `out` is shorter than `x.len() + 4` bytes.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn q8_row_avx512(x: &[f32], out: &mut [u8]) {
-        let n = x.len();
-        assert!(
-            out.len() >= n + 4,
-            "an int8 row of {n} values in {}",
-            out.len()
-        );
-        let whole = n - n % 16;
-        // SAFETY (all below): values `c..c + 16 <= whole <= n` of `x`, bytes `c..c + 16`
-        // of `out` (checked above).
+        let whole = q8_whole(x, out);
+        // SAFETY (all below): values `c..c + 16 <= whole <= x.len()` of `x`, bytes `c..c + 16`
+        // of `out` (checked by `q8_whole`).
         unsafe {
             let (s, inv) = scale_and_inverse(max_magnitude(x, whole), Q8_LEVELS);
             for c in (0..whole).step_by(16) {
@@ -236,16 +230,10 @@ mod simd {
     /// If `out` is shorter than `x.len() + 4` bytes.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn q8_row_avx2(x: &[f32], out: &mut [u8]) {
-        let n = x.len();
-        assert!(
-            out.len() >= n + 4,
-            "an int8 row of {n} values in {}",
-            out.len()
-        );
-        let whole = n - n % 16;
+        let whole = q8_whole(x, out);
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-        // SAFETY (all below): values `c..c + 8 <= whole <= n` of `x`, bytes `c..c + 16`
-        // of `out` (checked above).
+        // SAFETY (all below): values `c..c + 8 <= whole <= x.len()` of `x`, bytes `c..c + 16`
+        // of `out` (checked by `q8_whole`).
         unsafe {
             let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
             let mut m = _mm256_setzero_ps();
@@ -279,6 +267,21 @@ mod simd {
             }
             q8_tail(x, out, whole, inv, s);
         }
+    }
+
+    /// How many of `x`'s values an int8 row of them takes in whole vectors of 16 (the
+    /// rest go one by one, [`q8_tail`]).
+    ///
+    /// # Panics
+    /// If `out` is shorter than `x.len() + 4` bytes.
+    fn q8_whole(x: &[f32], out: &[u8]) -> usize {
+        let n = x.len();
+        assert!(
+            out.len() >= n + 4,
+            "an int8 row of {n} values in {}",
+            out.len()
+        );
+        n - n % 16
     }
 
     /// An int8 row's values from `whole` on, one by one, then its scale `s`.
