@@ -104,7 +104,7 @@ struct Heads {
     /// The code of the CPU path.
     path: AttnPath,
     /// How the CPU path stores cached keys and values: f32, f16, or int8 or 4-bit rows with
-    /// their f32 scale after them ([`cpu::q8_row_on`], [`cpu::q4_row_on`]).
+    /// their f32 scale after them ([`cpu::q8_row`], [`cpu::q4_row`]).
     kv_layout: KvLayout,
 }
 
@@ -275,9 +275,9 @@ impl Heads {
                 each(&mut |slot, piece| {
                     let dst = &mut out[slot * w..][..w];
                     if layout == KvLayout::Q8 {
-                        cpu::q8_row_on(self.path, piece, dst);
+                        cpu::q8_row(self.path, piece, dst);
                     } else {
-                        cpu::q4_row_on(self.path, piece, dst);
+                        cpu::q4_row(self.path, piece, dst);
                     }
                 });
                 Tensor::from_vec(out, (h, t, w), &Device::Cpu)
@@ -503,9 +503,9 @@ struct Appending<'p, 'a> {
 enum CachedPair<'a> {
     F32(CachedHeads<'a, f32>, CachedHeads<'a, f32>),
     F16(CachedHeads<'a, half::f16>, CachedHeads<'a, half::f16>),
-    /// int8 rows with their scales ([`cpu::q8_row_on`]).
+    /// int8 rows with their scales ([`cpu::q8_row`]).
     Q8(CachedHeads<'a, u8>, CachedHeads<'a, u8>),
-    /// 4-bit rows with their scales ([`cpu::q4_row_on`]).
+    /// 4-bit rows with their scales ([`cpu::q4_row`]).
     Q4(CachedHeads<'a, Nibbles>, CachedHeads<'a, Nibbles>),
 }
 

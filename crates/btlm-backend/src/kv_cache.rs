@@ -352,11 +352,11 @@ pub enum KvLayout {
     /// (`--btlm.kv_dtype`), the activation dtype on the tensor path (a GPU's bf16 say).
     Dense(DType),
     /// int8 values followed by their f32 scale in 4 bytes (CPU only, `--btlm.kv_dtype q8`;
-    /// see `attention::cpu::cache_rows::q8_row`), stored in `u8` tensors of `head_dim + 4`
+    /// see `attention::cpu::cache_rows::q8_row_scalar`), stored in `u8` tensors of `head_dim + 4`
     /// columns.
     Q8,
     /// 4-bit values, two a byte, followed by their f32 scale in 4 bytes (CPU only,
-    /// `--btlm.kv_dtype q4`; see `attention::cpu::cache_rows::q4_row`), stored in `u8`
+    /// `--btlm.kv_dtype q4`; see `attention::cpu::cache_rows::q4_row_scalar`), stored in `u8`
     /// tensors of `head_dim / 2 + 4` columns (a head size not a multiple of 16 padded to
     /// one).
     Q4,

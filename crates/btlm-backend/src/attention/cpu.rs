@@ -30,9 +30,9 @@ use crate::kv_cache::KvLayout;
 
 mod cache_rows;
 
+pub(crate) use cache_rows::{q4_row, q8_row};
 #[cfg(test)]
-use cache_rows::{q4_row, q8_row};
-pub(crate) use cache_rows::{q4_row_on, q8_row_on};
+use cache_rows::{q4_row_scalar, q8_row_scalar};
 
 /// Queries of one head attended together (their scores are one buffer of
 /// `QUERY_BLOCK × positions` values).
@@ -929,7 +929,7 @@ mod avx2 {
     /// Maximum of the lanes of `v`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn max1(v: __m256) -> f32 {
+    pub(super) fn max1(v: __m256) -> f32 {
         let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
@@ -1248,10 +1248,10 @@ mod tests {
                 }
                 out
             };
-            let int4 = |v: &[f32]| Nibbles::slice(&rows(v, q4_row)).to_vec();
+            let int4 = |v: &[f32]| Nibbles::slice(&rows(v, q4_row_scalar)).to_vec();
             HeadData {
                 half: [half(&keys), half(&values)],
-                int8: [rows(&keys, q8_row), rows(&values, q8_row)],
+                int8: [rows(&keys, q8_row_scalar), rows(&values, q8_row_scalar)],
                 int4: [int4(&keys), int4(&values)],
                 d,
                 total,
@@ -1475,7 +1475,7 @@ mod tests {
             let amp = [1e-3f32, 0.5, 3.0, 700.0][seed as usize % 4];
             let x = noise(d, seed, amp);
             let mut row = vec![0u8; d + 4];
-            q8_row(&x, &mut row);
+            q8_row_scalar(&x, &mut row);
             let rows = HeadRows {
                 data: &row,
                 stride: d + 4,
@@ -1492,11 +1492,11 @@ mod tests {
         // The largest magnitude is stored exactly as ±127 steps; a zero row has scale 0, and
         // a NaN is stored as 0.
         let mut row = vec![0u8; 8 + 4];
-        q8_row(&[0.0, -2.54, 1.27, f32::NAN, 0.0, 0.0, 2.0, 0.01], &mut row);
+        q8_row_scalar(&[0.0, -2.54, 1.27, f32::NAN, 0.0, 0.0, 2.0, 0.01], &mut row);
         assert_eq!(row[1] as i8, -127);
         assert_eq!(row[2] as i8, 64);
         assert_eq!(row[3] as i8, 0);
-        q8_row(&[0.0; 8], &mut row);
+        q8_row_scalar(&[0.0; 8], &mut row);
         assert!(row[..8].iter().all(|&b| b == 0));
         assert_eq!(f32::from_le_bytes(row[8..].try_into().unwrap()), 0.0);
     }
@@ -1508,7 +1508,7 @@ mod tests {
                 let amp = [1e-3f32, 0.5, 3.0, 700.0][seed as usize % 4];
                 let x = noise(d, seed, amp);
                 let mut bytes = vec![0xffu8; KvLayout::Q4.row_bytes(d)];
-                q4_row(&x, &mut bytes);
+                q4_row_scalar(&x, &mut bytes);
                 let rows = HeadRows {
                     data: Nibbles::slice(&bytes),
                     stride: bytes.len(),
@@ -1526,14 +1526,14 @@ mod tests {
         let mut x = [0f32; 16];
         (x[0], x[1], x[8], x[9], x[15]) = (-1.4, 0.2, -0.4, f32::NAN, 1.0);
         let mut row = vec![0u8; 8 + 4];
-        q4_row(&x, &mut row);
+        q4_row_scalar(&x, &mut row);
         let s = f32::from_le_bytes(row[8..].try_into().unwrap());
         assert_eq!(s, 1.4f32 / 7.0);
         // Bits 4m and 32 + 4m of the word hold values 2m and 2m + 1: value 0 (−7, 0b1001)
         // at bits 0–3, 8 (−2, 0b1110) at 16–19, 1 (1) at 32–35, 9 (NaN as 0) at 48–51 and
         // 15 (5) at 60–63.
         assert_eq!(row[..8], [0x09, 0, 0x0e, 0, 0x01, 0, 0, 0x50]);
-        q4_row(&[0.0; 16], &mut row);
+        q4_row_scalar(&[0.0; 16], &mut row);
         assert!(row.iter().all(|&b| b == 0));
     }
 
@@ -1543,7 +1543,7 @@ mod tests {
         let d = 48;
         let x = noise(d, 5, 3.0);
         let mut bytes = vec![0u8; KvLayout::Q4.row_bytes(d)];
-        q4_row(&x, &mut bytes);
+        q4_row_scalar(&x, &mut bytes);
         let row = Nibbles::slice(&bytes);
         let want: Vec<f32> = (0..d).map(|i| Nibbles::value(row, i)).collect();
         assert!(want.iter().any(|&v| v < 0.0) && want.iter().any(|&v| v > 0.0));

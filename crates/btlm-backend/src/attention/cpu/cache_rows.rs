@@ -1,10 +1,11 @@
-//! The rows the int8 and 4-bit caches store ([`q8_row`], [`q4_row`]), portable and on 16
-//! lanes (AVX-512 F) or 8 (AVX2, int8 only): every value goes through the same operations
-//! on every path — its magnitude into the row's largest (a NaN ignored, as `f32::max`
-//! ignores it), `x · inv` rounded by adding and subtracting [`ROUND`], a NaN stored as 0,
-//! clamped to the steps each side — so a row gets the same bytes on every path. The
-//! portable functions' `max` folds and `clamp` chains did not vectorize: the int8 rows took
-//! ~4 ns a value, a twelfth of a 1 024-token prompt's time (docs/benchmarks.md, session 55).
+//! The rows the int8 and 4-bit caches store ([`q8_row`], [`q4_row`] on the vectors of an
+//! attention path; [`q8_row_scalar`], [`q4_row_scalar`] portable): on 16 lanes (AVX-512 F)
+//! or 8 (AVX2, int8 only) every value goes through the portable functions' operations —
+//! its magnitude into the row's largest (a NaN ignored, as `f32::max` ignores it), `x · inv`
+//! rounded by adding and subtracting [`ROUND`], a NaN stored as 0, clamped to the steps each
+//! side — so a row gets the same bytes on every path. The portable functions' `max` folds
+//! and `clamp` chains did not vectorize: the int8 rows took ~4 ns a value, a twelfth of a
+//! 1 024-token prompt's time (docs/benchmarks.md, session 55).
 
 use super::{AttnPath, nibble_bit};
 use crate::kv_cache::KvLayout;
@@ -48,7 +49,7 @@ fn q4_word(group: &[f32], inv: f32) -> u64 {
 ///
 /// # Panics
 /// If `out` is shorter than `x.len() + 4` bytes.
-pub(crate) fn q8_row(x: &[f32], out: &mut [u8]) {
+pub(crate) fn q8_row_scalar(x: &[f32], out: &mut [u8]) {
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (s, inv) = scale_and_inverse(max, Q8_LEVELS);
     let (values, tail) = out.split_at_mut(x.len());
@@ -65,7 +66,7 @@ pub(crate) fn q8_row(x: &[f32], out: &mut [u8]) {
 ///
 /// # Panics
 /// If `out` is shorter than the row.
-pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
+pub(crate) fn q4_row_scalar(x: &[f32], out: &mut [u8]) {
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (s, inv) = scale_and_inverse(max, Q4_LEVELS);
     let (values, tail) = out.split_at_mut(KvLayout::q4_bytes(x.len()));
@@ -75,11 +76,11 @@ pub(crate) fn q4_row(x: &[f32], out: &mut [u8]) {
     tail[..4].copy_from_slice(&s.to_le_bytes());
 }
 
-/// [`q8_row`] on the vectors of `path` (the same bytes on every path).
+/// [`q8_row_scalar`] on the vectors of `path` (the same bytes on every path).
 ///
 /// # Panics
 /// If `out` is shorter than `x.len() + 4` bytes.
-pub(crate) fn q8_row_on(path: AttnPath, x: &[f32], out: &mut [u8]) {
+pub(crate) fn q8_row(path: AttnPath, x: &[f32], out: &mut [u8]) {
     match path {
         #[cfg(target_arch = "x86_64")]
         AttnPath::Avx512 if super::avx512_supported() => {
@@ -88,26 +89,26 @@ pub(crate) fn q8_row_on(path: AttnPath, x: &[f32], out: &mut [u8]) {
         }
         #[cfg(target_arch = "x86_64")]
         AttnPath::Avx2 | AttnPath::Avx512 if crate::elementwise::avx2_supported() => {
-            // SAFETY: this CPU has AVX2 (checked just above).
+            // SAFETY: this CPU has AVX2 and FMA (checked just above).
             unsafe { simd::q8_row_avx2(x, out) }
         }
-        _ => q8_row(x, out),
+        _ => q8_row_scalar(x, out),
     }
 }
 
-/// [`q4_row`] on the vectors of `path` (16 lanes on AVX-512, else portable; the same
+/// [`q4_row_scalar`] on the vectors of `path` (16 lanes on AVX-512, else portable; the same
 /// bytes on every path).
 ///
 /// # Panics
 /// If `out` is shorter than the row.
-pub(crate) fn q4_row_on(path: AttnPath, x: &[f32], out: &mut [u8]) {
+pub(crate) fn q4_row(path: AttnPath, x: &[f32], out: &mut [u8]) {
     match path {
         #[cfg(target_arch = "x86_64")]
         AttnPath::Avx512 if super::avx512_supported() => {
             // SAFETY: this CPU has AVX-512 F (checked just above).
             unsafe { simd::q4_row_avx512(x, out) }
         }
-        _ => q4_row(x, out),
+        _ => q4_row_scalar(x, out),
     }
 }
 
@@ -117,6 +118,7 @@ mod simd {
 
     use std::arch::x86_64::*;
 
+    use super::super::avx2::max1;
     use super::{Q4_LEVELS, Q8_LEVELS, ROUND, q4_word, scale_and_inverse, steps};
     use crate::kv_cache::KvLayout;
 
@@ -159,7 +161,7 @@ mod simd {
         _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(q, lo), hi))
     }
 
-    /// [`super::q8_row`] on 16 lanes.
+    /// [`super::q8_row_scalar`] on 16 lanes.
     ///
     /// # Safety
     /// AVX-512 F.
@@ -181,7 +183,7 @@ mod simd {
         }
     }
 
-    /// [`super::q4_row`] on 16 lanes: a group of 16 values a vector, each lane's nibble
+    /// [`super::q4_row_scalar`] on 16 lanes: a group of 16 values a vector, each lane's nibble
     /// shifted to its place in the group's 64-bit word (value `2m` at bit `4m` of the low
     /// half, `2m + 1` at bit `4m` of the high one) and the halves gathered with ORs.
     ///
@@ -221,14 +223,14 @@ mod simd {
         }
     }
 
-    /// [`super::q8_row`] on 8 lanes, 16 values a store.
+    /// [`super::q8_row_scalar`] on 8 lanes, 16 values a store.
     ///
     /// # Safety
-    /// AVX2.
+    /// AVX2 and FMA.
     ///
     /// # Panics
     /// If `out` is shorter than `x.len() + 4` bytes.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn q8_row_avx2(x: &[f32], out: &mut [u8]) {
         let whole = q8_whole(x, out);
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
@@ -241,12 +243,7 @@ mod simd {
                 let v = _mm256_and_ps(_mm256_loadu_ps(xp.add(c)), magnitude);
                 m = _mm256_max_ps(v, m);
             }
-            let mut lanes = [0f32; 8];
-            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
-            let max = lanes
-                .iter()
-                .chain(&x[whole..])
-                .fold(0f32, |m, v| m.max(v.abs()));
+            let max = x[whole..].iter().fold(max1(m), |m, v| m.max(v.abs()));
             let (s, inv) = scale_and_inverse(max, Q8_LEVELS);
             let (inv8, round) = (_mm256_set1_ps(inv), _mm256_set1_ps(ROUND));
             let (lo, hi) = (_mm256_set1_ps(-Q8_LEVELS), _mm256_set1_ps(Q8_LEVELS));
@@ -297,7 +294,7 @@ mod simd {
     mod tests {
         use rand::{Rng, SeedableRng};
 
-        use super::super::{q4_row, q8_row};
+        use super::super::{q4_row_scalar, q8_row_scalar};
         use super::*;
 
         /// Rows of every length class (under a vector, whole vectors, a tail) and
@@ -364,17 +361,17 @@ mod simd {
                 eprintln!("skipped: this CPU has no AVX-512 F");
                 return;
             }
-            assert_same_bytes(Q8_LEVELS, q8_bytes, q8_row, q8_row_avx512);
-            assert_same_bytes(Q4_LEVELS, q4_bytes, q4_row, q4_row_avx512);
+            assert_same_bytes(Q8_LEVELS, q8_bytes, q8_row_scalar, q8_row_avx512);
+            assert_same_bytes(Q4_LEVELS, q4_bytes, q4_row_scalar, q4_row_avx512);
         }
 
         #[test]
         fn eight_lane_int8_rows_are_the_portable_rows() {
-            if !is_x86_feature_detected!("avx2") {
-                eprintln!("skipped: this CPU has no AVX2");
+            if !crate::elementwise::avx2_supported() {
+                eprintln!("skipped: this CPU has no AVX2 and FMA");
                 return;
             }
-            assert_same_bytes(Q8_LEVELS, q8_bytes, q8_row, q8_row_avx2);
+            assert_same_bytes(Q8_LEVELS, q8_bytes, q8_row_scalar, q8_row_avx2);
         }
     }
 }
