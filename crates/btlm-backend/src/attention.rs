@@ -14,7 +14,7 @@ use cpu::{AttnPath, Head, HeadRows, KvElem, Nibbles};
 
 use crate::config::{Config, PositionEmbeddingType};
 use crate::error::Result;
-use crate::kv_cache::{KvLayout, LayerKv};
+use crate::kv_cache::{BlockMut, KvLayout, LayerKv, WriteBlock};
 use crate::linear::{Projection, packed_into, with_f32_slice};
 use crate::loader::Loader;
 use crate::step_profile::{Section, timed};
@@ -235,55 +235,59 @@ impl Heads {
         Tensor::from_vec(out, (rows, e3 / 3), &Device::Cpu)
     }
 
-    /// `[h, t, d]` keys (`i` = 1) or values (`i` = 2) of rows `start..start + t` of the
-    /// f32 `qkv` rows (`[rows, 3e]`), as a CPU tensor of the cache's dtype.
-    fn heads_of_rows(
+    /// Writes the keys (`i` = 1) or values (`i` = 2) of rows `start..start + t` of the f32
+    /// `qkv` rows (`[rows, 3e]`) into `block` (a cache block of [`LayerKv::room`], `[h,
+    /// capacity, …]` in the cache's dtype) at positions `at..at + t`, converted in place.
+    fn write_heads(
         &self,
         qkv: &[f32],
-        start: usize,
-        t: usize,
-        i: usize,
-    ) -> candle_core::Result<Tensor> {
+        (start, t, i): (usize, usize, usize),
+        block: &Tensor,
+        at: usize,
+    ) -> candle_core::Result<()> {
         let (h, d) = (self.n_head, self.head_dim);
         let (e, e3) = (h * d, 3 * h * d);
-        // `put(slot, piece)` for each head's `d` values of each row, row by row (a row's
+        let (bh, capacity, w) = block.dims3()?;
+        if bh != h || at + t > capacity || w != self.kv_layout.columns(d) {
+            candle_core::bail!(
+                "{t} rows of {h} heads of {d} at position {at} do not fit a cache block of {:?}",
+                block.dims()
+            );
+        }
+        // `put(place, piece)` for each head's `d` values of each row, row by row (a row's
         // heads are next to each other in `qkv`; head by head, each read strode a whole
-        // row), `slot` = head · t + row: the piece's place in the `[h, t, …]` result.
+        // row), `place` = head · capacity + at + row: the piece's row in the block.
         let each = |put: &mut dyn FnMut(usize, &[f32])| {
             for row in 0..t {
                 let src = &qkv[(start + row) * e3 + i * e..][..e];
                 for (head, piece) in src.chunks_exact(d).enumerate() {
-                    put(head * t + row, piece);
+                    put(head * capacity + at + row, piece);
                 }
             }
         };
-        match self.kv_layout {
-            KvLayout::Dense(DType::F32) => {
-                let mut out = vec![0f32; h * t * d];
-                each(&mut |slot, piece| out[slot * d..][..d].copy_from_slice(piece));
-                Tensor::from_vec(out, (h, t, d), &Device::Cpu)
+        let layout = self.kv_layout;
+        let path = self.path;
+        block.inplace_op1(&WriteBlock(&|values| {
+            match (layout, values) {
+                (KvLayout::Dense(DType::F32), BlockMut::F32(out)) => {
+                    each(&mut |place, piece| out[place * d..][..d].copy_from_slice(piece))
+                }
+                (KvLayout::Dense(DType::F16), BlockMut::F16(out)) => {
+                    use half::slice::HalfFloatSliceExt;
+                    each(&mut |place, piece| out[place * d..][..d].convert_from_f32_slice(piece))
+                }
+                (KvLayout::Q8, BlockMut::U8(out)) => {
+                    each(&mut |place, piece| cpu::q8_row(path, piece, &mut out[place * w..][..w]))
+                }
+                (KvLayout::Q4, BlockMut::U8(out)) => {
+                    each(&mut |place, piece| cpu::q4_row(path, piece, &mut out[place * w..][..w]))
+                }
+                (other, _) => {
+                    candle_core::bail!("the CPU attention path has no {other} cache of this block")
+                }
             }
-            KvLayout::Dense(DType::F16) => {
-                use half::slice::HalfFloatSliceExt;
-                let mut out = vec![half::f16::ZERO; h * t * d];
-                each(&mut |slot, piece| out[slot * d..][..d].convert_from_f32_slice(piece));
-                Tensor::from_vec(out, (h, t, d), &Device::Cpu)
-            }
-            layout @ (KvLayout::Q8 | KvLayout::Q4) => {
-                let w = layout.row_bytes(d);
-                let mut out = vec![0u8; h * t * w];
-                each(&mut |slot, piece| {
-                    let dst = &mut out[slot * w..][..w];
-                    if layout == KvLayout::Q8 {
-                        cpu::q8_row(self.path, piece, dst);
-                    } else {
-                        cpu::q4_row(self.path, piece, dst);
-                    }
-                });
-                Tensor::from_vec(out, (h, t, w), &Device::Cpu)
-            }
-            other => candle_core::bail!("the CPU attention path has no {other} cache"),
-        }
+            Ok(())
+        }))
     }
 
     /// Attention of the f32 rows `qkv` (`rows × 3e` values) of the sequences of `parts`
@@ -318,18 +322,21 @@ impl Heads {
             candle_core::bail!("attention parts cover {next_row} of {rows} rows");
         }
         // Every sequence's new keys and values into its own cache: its keys and its values
-        // each converted by a task of their own (a lone prompt's on two threads: on one
-        // they were a twelfth of a 1 024-token prompt's time, session 55), appended by the
-        // one of the two that ends last. On the calling thread alone, the others waiting,
-        // they were most of an eight-sequence decode step's serial work (5.1 → 3.4 ms a step
+        // each converted by a task of their own, straight into their places (a lone
+        // prompt's on two threads: on one they were a twelfth of a 1 024-token prompt's
+        // time, session 55), the memory made by the first of the two, the positions counted
+        // by the one that ends last. On the calling thread alone, the others waiting, they
+        // were most of an eight-sequence decode step's serial work (5.1 → 3.4 ms a step
         // outside the team's sections, Zen 4, session 19).
         let spans: Vec<(usize, usize)> = parts.iter().map(|p| (p.start, p.len)).collect();
+        let (columns, dtype) = (self.kv_layout.columns(d), self.kv_layout.dtype());
         let appends: Vec<Mutex<Appending<'_, '_>>> = parts
             .iter_mut()
             .map(|part| {
                 Mutex::new(Appending {
                     part,
-                    converted: [None, None],
+                    room: None,
+                    written: 0,
                     done: None,
                 })
             })
@@ -337,20 +344,42 @@ impl Heads {
         team.for_each(2 * appends.len(), &|task| {
             let (p, which) = (task / 2, task % 2);
             let (start, len) = spans[p];
-            let rows = self.heads_of_rows(qkv, start, len, 1 + which);
-            let mut slot = appends[p].lock().unwrap_or_else(|e| e.into_inner());
+            let lock = || appends[p].lock().unwrap_or_else(|e| e.into_inner());
+            let (block, at) = {
+                let mut slot = lock();
+                let a = &mut *slot;
+                if a.done.is_some() {
+                    return;
+                }
+                if a.room.is_none() {
+                    let reserve = a.part.reserve;
+                    match a
+                        .part
+                        .kv
+                        .room((h, len, columns), dtype, &Device::Cpu, reserve)
+                    {
+                        Ok(room) => a.room = Some(room),
+                        Err(e) => {
+                            a.done = Some(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let Some((k, v, at)) = &a.room else {
+                    return;
+                };
+                (if which == 0 { k.clone() } else { v.clone() }, *at)
+            };
+            let written = self.write_heads(qkv, (start, len, 1 + which), &block, at);
+            let mut slot = lock();
             let a = &mut *slot;
-            match rows {
+            match written {
                 _ if a.done.is_some() => {}
                 Err(e) => a.done = Some(Err(e)),
-                Ok(rows) => {
-                    a.converted[which] = Some(rows);
-                    if let [Some(k), Some(v)] = &a.converted {
-                        a.done = Some((|| {
-                            let (k, v) = a.part.kv.append(k, v, a.part.reserve)?;
-                            let positions = k.dim(1)?;
-                            Ok((k, v, positions - a.part.len))
-                        })());
+                Ok(()) => {
+                    a.written += 1;
+                    if a.written == 2 {
+                        a.done = Some(a.part.kv.advance(len).map(|(k, v)| (k, v, at)));
                     }
                 }
             }
@@ -490,11 +519,15 @@ pub(crate) struct AttentionPart<'a> {
 }
 
 /// A sequence's new keys and values on their way into its cache ([`Heads::attend_rows`]):
-/// each converted by a task of its own, both appended by the task that ends last.
+/// each converted into place by a task of its own, the memory made by the first of the two,
+/// the positions counted by the one that ends last.
 struct Appending<'p, 'a> {
     part: &'p mut AttentionPart<'a>,
-    /// The keys, then the values, once converted (`[h, t, …]` in the cache's dtype).
-    converted: [Option<Tensor>; 2],
+    /// The cache block's keys and values with room for the rows, and the position they go
+    /// to ([`LayerKv::room`]).
+    room: Option<(Tensor, Tensor, usize)>,
+    /// How many of the two (keys, values) are written.
+    written: usize,
     /// The cache's keys and values after the append, and the positions before it.
     done: Option<candle_core::Result<(Tensor, Tensor, usize)>>,
 }

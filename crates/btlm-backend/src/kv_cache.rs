@@ -132,6 +132,23 @@ impl LayerKv {
         reserve: usize,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let (h, t, d) = k.dims3()?;
+        let (ks, vs, at) = self.room((h, t, d), k.dtype(), k.device(), reserve)?;
+        ks.slice_set(k, 1, at)?;
+        vs.slice_set(v, 1, at)?;
+        self.advance(t)
+    }
+
+    /// Memory for `t` more positions of `[h, ·, d]` rows of `dtype` (allocated with
+    /// `reserve` positions when empty, grown by [`GROW_BY`] when full): the whole keys and
+    /// values blocks and the position the new rows go to. The rows written there
+    /// ([`WriteBlock`] or `slice_set`), [`Self::advance`] counts them.
+    pub(crate) fn room(
+        &mut self,
+        (h, t, d): (usize, usize, usize),
+        dtype: DType,
+        device: &Device,
+        reserve: usize,
+    ) -> candle_core::Result<(Tensor, Tensor, usize)> {
         let needed = self.len + t;
         let (ks, vs) = match self.data.take() {
             None => {
@@ -140,12 +157,12 @@ impl LayerKv {
                 } else {
                     needed.div_ceil(GROW_BY) * GROW_BY
                 };
-                let zeros = || zeros_on_threads((h, cap, d), k.dtype(), k.device());
+                let zeros = || zeros_on_threads((h, cap, d), dtype, device);
                 (zeros()?, zeros()?)
             }
             Some((ks, vs)) if ks.dim(1)? < needed => {
                 let extra = (needed - ks.dim(1)?).div_ceil(GROW_BY) * GROW_BY;
-                let pad = || Tensor::zeros((h, extra, d), k.dtype(), k.device());
+                let pad = || Tensor::zeros((h, extra, d), dtype, device);
                 (
                     Tensor::cat(&[&ks, &pad()?], 1)?,
                     Tensor::cat(&[&vs, &pad()?], 1)?,
@@ -153,12 +170,66 @@ impl LayerKv {
             }
             Some(kv) => kv,
         };
-        ks.slice_set(k, 1, self.len)?;
-        vs.slice_set(v, 1, self.len)?;
-        self.len = needed;
-        let views = (ks.narrow(1, 0, needed)?, vs.narrow(1, 0, needed)?);
+        if ks.dims3()? != (h, ks.dim(1)?, d) || ks.dtype() != dtype {
+            candle_core::bail!(
+                "rows of {h} × {d} {dtype:?} do not fit a cache of {:?} {:?}",
+                ks.dims(),
+                ks.dtype()
+            );
+        }
+        let blocks = (ks.clone(), vs.clone(), self.len);
         self.data = Some((ks, vs));
-        Ok(views)
+        Ok(blocks)
+    }
+
+    /// Counts `t` positions written after the last ones (into the memory [`Self::room`]
+    /// made) and returns the keys and values of every position so far (`[h, len, d]` views).
+    pub(crate) fn advance(&mut self, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some((ks, vs)) = &self.data else {
+            candle_core::bail!("positions counted in a cache block without memory");
+        };
+        let needed = self.len + t;
+        if needed > ks.dim(1)? {
+            candle_core::bail!("{needed} positions counted in a block of {}", ks.dim(1)?);
+        }
+        self.len = needed;
+        Ok((ks.narrow(1, 0, needed)?, vs.narrow(1, 0, needed)?))
+    }
+}
+
+/// A contiguous CPU cache block's values, as [`WriteBlock`] hands them out to be written.
+pub(crate) enum BlockMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [half::f16]),
+    U8(&'a mut [u8]),
+}
+
+/// Writes into a contiguous CPU cache block (a [`LayerKv::room`] block, `[h, capacity,
+/// d]`) in place: `fill` gets its values, row-major. The new rows go straight to their
+/// places, with no tensor of their own to allocate and copy (a decode step's 8 sequences ×
+/// 32 blocks × keys and values).
+pub(crate) struct WriteBlock<'a>(
+    pub(crate) &'a (dyn Fn(BlockMut<'_>) -> candle_core::Result<()> + Sync),
+);
+
+impl InplaceOp1 for WriteBlock<'_> {
+    fn name(&self) -> &'static str {
+        "write-block"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("rows are written into a contiguous cache block only");
+        };
+        match storage {
+            CpuStorage::F32(v) => (self.0)(BlockMut::F32(&mut v[start..end])),
+            CpuStorage::F16(v) => (self.0)(BlockMut::F16(&mut v[start..end])),
+            CpuStorage::U8(v) => (self.0)(BlockMut::U8(&mut v[start..end])),
+            other => {
+                use candle_core::backend::BackendStorage;
+                candle_core::bail!("no cache rows of {:?} are written in place", other.dtype())
+            }
+        }
     }
 }
 
@@ -217,18 +288,20 @@ impl Cache {
     }
 
     /// Gives every block its keys' and values' memory for the reserved capacity,
-    /// `[heads, capacity, columns]` of `dtype` each, all of it one allocation
-    /// (`[n_layer, 2, heads, capacity, columns]`; every block's keys and values are views of
-    /// it), not written yet ([`unwritten_zeros`]). Nothing to do when nothing is reserved or
+    /// `[heads, capacity, columns]` of `dtype` each, in two allocations (`[n_layer, heads,
+    /// capacity, columns]` of keys and one of values; every block's keys and values are
+    /// views of them), not written yet ([`unwritten_zeros`]). Nothing to do when nothing is reserved or
     /// some block has memory already.
     ///
-    /// One allocation per cache, not two per block, and at least [`OWN_MAPPING_BYTES`]: a
-    /// cache is then a mapping of its own, which goes back to the OS as soon as the cache is
-    /// dropped, and which the OS backs page by page as positions are written (the positions
-    /// a sequence reserves but never reaches take no memory). Two tensors a block, a few MB
-    /// each, came from the engine thread's heap, where the pool's churn of caches of every
-    /// size left holes that caches of other sizes fit badly, and the heap kept what it
-    /// freed (docs/benchmarks.md, session 47).
+    /// Two allocations per cache (every block's keys in one, their values in the other),
+    /// not two per block, each at least [`OWN_MAPPING_BYTES`]: a mapping of its own, which
+    /// goes back to the OS as soon as the cache is dropped, and which the OS backs page by
+    /// page as positions are written (the positions a sequence reserves but never reaches
+    /// take no memory). Two tensors a block, a few MB each, came from the engine thread's
+    /// heap, where the pool's churn of caches of every size left holes that caches of other
+    /// sizes fit badly, and the heap kept what it freed (docs/benchmarks.md, session 47).
+    /// Keys and values apart, each has a lock of its own: a sequence's new keys and its
+    /// new values are written in place by two threads at once ([`WriteBlock`]).
     pub(crate) fn allocate(
         &mut self,
         heads: usize,
@@ -239,11 +312,11 @@ impl Cache {
         if self.reserve == 0 || self.layers.iter().any(|l| l.data.is_some()) {
             return Ok(());
         }
-        let shape = [self.layers.len(), 2, heads, self.reserve, columns];
-        let memory = unwritten_zeros(&shape, dtype, device)?;
+        let shape = [self.layers.len(), heads, self.reserve, columns];
+        let keys = unwritten_zeros(&shape, dtype, device)?;
+        let values = unwritten_zeros(&shape, dtype, device)?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let block = memory.get(i)?;
-            layer.data = Some((block.get(0)?, block.get(1)?));
+            layer.data = Some((keys.get(i)?, values.get(i)?));
         }
         Ok(())
     }
@@ -388,6 +461,15 @@ impl KvLayout {
             KvLayout::Q4 => Self::q4_bytes(head_dim) + Self::SCALE_BYTES,
         }
     }
+
+    /// Elements of [`Self::dtype`] in one head's row of `head_dim` values: the last
+    /// dimension of a cache block.
+    pub fn columns(self, head_dim: usize) -> usize {
+        match self {
+            KvLayout::Dense(_) => head_dim,
+            packed => packed.row_bytes(head_dim),
+        }
+    }
 }
 
 impl std::fmt::Display for KvLayout {
@@ -458,7 +540,7 @@ pub(crate) mod tests {
             assert!(!fill(&mut dst).expect("block 1"), "one block of two");
             assert!(fill(&mut dst).expect("block 2"));
             assert_eq!(dst.capacity(), reserve);
-            assert!(one_allocation(&dst));
+            assert!(two_allocations(&dst));
             let ids = |c: &Cache| -> Vec<_> {
                 c.layers
                     .iter()
@@ -485,31 +567,32 @@ pub(crate) mod tests {
         );
     }
 
-    /// Whether every block's keys and values are views of one allocation.
-    pub(crate) fn one_allocation(c: &Cache) -> bool {
-        let tensors: Vec<&Tensor> = c
+    /// Whether every block's keys are views of one allocation and their values of another.
+    pub(crate) fn two_allocations(c: &Cache) -> bool {
+        let blocks: Vec<(&Tensor, &Tensor)> = c
             .layers
             .iter()
-            .flat_map(|l| l.data.as_ref().map(|(k, v)| [k, v]))
-            .flatten()
+            .filter_map(|l| l.data.as_ref().map(|(k, v)| (k, v)))
             .collect();
-        tensors.len() == 2 * c.layers.len() && {
-            let first = tensors[0].storage_and_layout().0;
-            tensors
+        let same = |a: &Tensor, b: &Tensor| {
+            std::ptr::eq(&*a.storage_and_layout().0, &*b.storage_and_layout().0)
+        };
+        blocks.len() == c.layers.len()
+            && !same(blocks[0].0, blocks[0].1)
+            && blocks
                 .iter()
-                .all(|t| std::ptr::eq(&*t.storage_and_layout().0, &*first))
-        }
+                .all(|(k, v)| same(k, blocks[0].0) && same(v, blocks[0].1))
     }
 
-    /// A reserved cache's memory is one allocation, zeros of its blocks' shape, each block's
-    /// keys and values written into their own place; an unreserved cache or one with memory
-    /// already is left as it is.
+    /// A reserved cache's memory is two allocations (keys, values), zeros of its blocks'
+    /// shape, each block's keys and values written into their own place; an unreserved
+    /// cache or one with memory already is left as it is.
     #[test]
-    fn a_reserved_cache_gets_all_its_memory_in_one_allocation() {
+    fn a_reserved_cache_gets_all_its_memory_in_two_allocations() {
         for dtype in [DType::F32, DType::F16, DType::BF16, DType::U8] {
             let mut c = Cache::new(3, 5);
             c.allocate(2, 4, dtype, &Device::Cpu).expect("allocate");
-            assert!(one_allocation(&c), "{dtype:?}");
+            assert!(two_allocations(&c), "{dtype:?}");
             assert_eq!(c.capacity(), 5);
             for l in &c.layers {
                 let (k, v) = l.data.as_ref().expect("memory");
@@ -535,7 +618,7 @@ pub(crate) mod tests {
                 assert_eq!(diff.expect("diff"), 0.0, "block {i}");
             }
         }
-        assert!(one_allocation(&c), "appends write in place");
+        assert!(two_allocations(&c), "appends write in place");
         let ids = |c: &Cache| {
             c.layers
                 .iter()
@@ -581,8 +664,8 @@ pub(crate) mod tests {
         small.copy_prefix_into(&mut big, 3).expect("copy");
         assert_eq!((big.seq_len(), big.capacity()), (3, 10));
         assert!(
-            one_allocation(&big),
-            "a copy's new memory is one allocation"
+            two_allocations(&big),
+            "a copy's new memory is two allocations"
         );
         let b = kv(2, 1, 3, 100.0);
         for l in &mut big.layers {
