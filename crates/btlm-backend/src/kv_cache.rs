@@ -50,7 +50,8 @@ pub(crate) const OWN_MAPPING_BYTES: usize = 32 << 20;
 /// of at least [`OWN_MAPPING_BYTES`] (a fresh mapping, which `calloc` does not write; the
 /// elements past `shape` are never written either, so they take address space only), so
 /// that the OS backs each page when it is first written, by the append that writes it or
-/// by [`Cache::fill_next_block`] ahead of it; `Tensor::zeros` elsewhere and for dtypes a
+/// by [`Cache::fill_next_block`] ahead of it, in huge pages unless told otherwise
+/// ([`kv_pages`](crate::kv_pages)); `Tensor::zeros` elsewhere and for dtypes a
 /// cache does not store. An allocation the allocator refuses is an error, not an abort.
 fn unwritten_zeros(shape: &[usize], dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
     fn zeroed<T: bytemuck::Zeroable + candle_core::WithDType>(
@@ -65,6 +66,7 @@ fn unwritten_zeros(shape: &[usize], dtype: DType, device: &Device) -> candle_cor
                 (allocated * std::mem::size_of::<T>()) >> 20
             ))
         })?;
+        crate::kv_pages::advise(&values);
         Tensor::from_vec(values, allocated, device)?
             .narrow(0, 0, n)?
             .reshape(shape)
@@ -650,6 +652,34 @@ pub(crate) mod tests {
             0,
             "nothing reserved, nothing allocated"
         );
+    }
+
+    /// Where a CPU tensor's storage starts.
+    fn storage_address(t: &Tensor) -> usize {
+        match &*t.storage_and_layout().0 {
+            candle_core::Storage::Cpu(CpuStorage::U8(v)) => v.as_ptr() as usize,
+            candle_core::Storage::Cpu(CpuStorage::F16(v)) => v.as_ptr() as usize,
+            other => panic!("a cache of {:?}", other.dtype()),
+        }
+    }
+
+    #[test]
+    fn a_reserved_cache_asks_for_huge_pages() {
+        use crate::kv_pages::tests::{eligible_for_huge_pages, huge_pages_offered};
+        use crate::kv_pages::{HUGE_PAGE, KvPages};
+        if KvPages::active() != KvPages::Huge || !huge_pages_offered() {
+            eprintln!("skipped: BTLM_KV_PAGES=small or no transparent huge pages here");
+            return;
+        }
+        for dtype in [DType::U8, DType::F16] {
+            let mut c = Cache::new(2, 4096);
+            c.allocate(32, 84, dtype, &Device::Cpu).expect("allocate");
+            let (k, v) = c.layers[0].data.as_ref().expect("memory");
+            for t in [k, v] {
+                let first_huge_page = storage_address(t).div_ceil(HUGE_PAGE) * HUGE_PAGE;
+                assert!(eligible_for_huge_pages(first_huge_page), "{dtype:?}");
+            }
+        }
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub mod heap_keeper;
 pub mod hub;
 pub mod kernels;
 pub mod kv_cache;
+pub mod kv_pages;
 pub mod kv_pool;
 mod layers;
 pub mod linear;

@@ -62,7 +62,7 @@ pub mod cpuid;
 #[cfg(all(target_arch = "x86_64", feature = "emulation"))]
 #[doc(hidden)]
 pub mod emulation;
-mod env_choice;
+pub(crate) mod env_choice;
 pub mod format;
 #[cfg(target_arch = "x86_64")]
 mod many;
