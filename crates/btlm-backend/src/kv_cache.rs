@@ -172,15 +172,20 @@ impl LayerKv {
             }
             Some(kv) => kv,
         };
-        if ks.dims3()? != (h, ks.dim(1)?, d) || ks.dtype() != dtype {
-            candle_core::bail!(
-                "rows of {h} × {d} {dtype:?} do not fit a cache of {:?} {:?}",
-                ks.dims(),
-                ks.dtype()
-            );
-        }
+        let fits = ks.dims().len() == 3
+            && (ks.dim(0)?, ks.dim(2)?) == (h, d)
+            && ks.dtype() == dtype
+            && vs.dims() == ks.dims()
+            && vs.dtype() == dtype;
         let blocks = (ks.clone(), vs.clone(), self.len);
         self.data = Some((ks, vs));
+        if !fits {
+            candle_core::bail!(
+                "rows of {h} × {d} {dtype:?} do not fit a cache of {:?} {:?}",
+                blocks.0.dims(),
+                blocks.0.dtype()
+            );
+        }
         Ok(blocks)
     }
 
@@ -207,7 +212,7 @@ pub(crate) enum BlockMut<'a> {
 }
 
 /// Writes into a contiguous CPU cache block (a [`LayerKv::room`] block, `[h, capacity,
-/// d]`) in place: `fill` gets its values, row-major. The new rows go straight to their
+/// d]`) in place: the closure gets its values, row-major. The new rows go straight to their
 /// places, with no tensor of their own to allocate and copy (a decode step's 8 sequences ×
 /// 32 blocks × keys and values).
 pub(crate) struct WriteBlock<'a>(
@@ -292,8 +297,8 @@ impl Cache {
     /// Gives every block its keys' and values' memory for the reserved capacity,
     /// `[heads, capacity, columns]` of `dtype` each, in two allocations (`[n_layer, heads,
     /// capacity, columns]` of keys and one of values; every block's keys and values are
-    /// views of them), not written yet ([`unwritten_zeros`]). Nothing to do when nothing is reserved or
-    /// some block has memory already.
+    /// views of them), not written yet ([`unwritten_zeros`]). Nothing to do when nothing
+    /// is reserved or some block has memory already.
     ///
     /// Two allocations per cache (every block's keys in one, their values in the other),
     /// not two per block, each at least [`OWN_MAPPING_BYTES`]: a mapping of its own, which
@@ -525,6 +530,32 @@ pub(crate) mod tests {
         );
     }
 
+    /// Rows of another head size or dtype than the block's are refused, and the block keeps
+    /// its memory and its positions.
+    #[test]
+    fn rows_that_do_not_fit_the_block_are_refused_and_nothing_is_lost() {
+        let mut layer = LayerKv { data: None, len: 0 };
+        let a = kv(2, 3, 4, 0.0);
+        layer.append(&a, &a, 8).expect("append");
+        let cpu = &Device::Cpu;
+        assert!(
+            layer.room((2, 1, 5), DType::F32, cpu, 8).is_err(),
+            "head size"
+        );
+        assert!(layer.room((3, 1, 4), DType::F32, cpu, 8).is_err(), "heads");
+        assert!(layer.room((2, 1, 4), DType::F16, cpu, 8).is_err(), "dtype");
+        assert!(
+            layer
+                .append(&kv(2, 1, 5, 0.0), &kv(2, 1, 5, 0.0), 8)
+                .is_err()
+        );
+        let (k, v) = layer.advance(0).expect("still there");
+        assert_eq!((k.dims(), v.dims()), (&[2, 3, 4][..], &[2, 3, 4][..]));
+        let diff = (k - &a).and_then(|d| d.abs()?.sum_all()?.to_scalar::<f32>());
+        assert_eq!(diff.expect("diff"), 0.0);
+        assert!(layer.advance(6).is_err(), "past the block");
+    }
+
     /// A cache filled ahead block by block has the memory its first token would give it,
     /// and a prefix copied into it stays in that memory; one whose memory is too small for
     /// the copy gets new memory.
@@ -579,7 +610,8 @@ pub(crate) mod tests {
         let same = |a: &Tensor, b: &Tensor| {
             std::ptr::eq(&*a.storage_and_layout().0, &*b.storage_and_layout().0)
         };
-        blocks.len() == c.layers.len()
+        !blocks.is_empty()
+            && blocks.len() == c.layers.len()
             && !same(blocks[0].0, blocks[0].1)
             && blocks
                 .iter()
