@@ -168,9 +168,9 @@ pub struct BtlmArgs {
     /// especially), reused memory is not. Idle caches count against --btlm.kv_cache_mb
     /// with the running ones and are dropped when a new cache needs their room (the least
     /// recently used first); the process keeps up to that much memory. On the CPU each
-    /// cache is one mapping of its own: a dropped cache goes back to the OS at once, and a
-    /// cache's positions take memory only once written. Caches are rounded up to 64
-    /// positions.
+    /// cache is two mappings of its own (keys, values): a dropped cache goes back to the OS
+    /// at once, and a cache's positions take memory only once written. Caches are rounded
+    /// up to 64 positions.
     #[cfg_attr(
         feature = "cli",
         arg(

@@ -3,8 +3,9 @@
 //!
 //! A cache made with a capacity (the tokens reserved for a request: prompt plus new tokens)
 //! allocates it once, on the first token; without one it grows by [`GROW_BY`] positions.
-//! On the CPU attention path the engine gives a reserved cache all its memory in one
-//! allocation (`Cache::allocate`), every block's keys and values views of it.
+//! On the CPU attention path the engine gives a reserved cache all its memory in two
+//! allocations (`Cache::allocate`: every block's keys views of one, its values of the
+//! other), in huge pages unless told otherwise ([`kv_pages`](crate::kv_pages)).
 //! [`Cache::clear`] forgets the tokens but keeps the memory, so that the engine's pool
 //! ([`kv_pool`](crate::kv_pool)) can hand the cache to another sequence: its old contents
 //! are not zeroed, since attention reads only the positions written since (views of the
