@@ -321,79 +321,40 @@ impl Heads {
         if next_row != rows {
             candle_core::bail!("attention parts cover {next_row} of {rows} rows");
         }
-        // Every sequence's new keys and values into its own cache: its keys and its values
-        // each converted by a task of their own, straight into their places (a lone
-        // prompt's on two threads: on one they were a twelfth of a 1 024-token prompt's
-        // time, session 55), the memory made by the first of the two, the positions counted
-        // by the one that ends last. On the calling thread alone, the others waiting, they
-        // were most of an eight-sequence decode step's serial work (5.1 → 3.4 ms a step
-        // outside the team's sections, Zen 4, session 19).
+        // Every sequence's new keys and values into its own cache: room made for them on
+        // this thread (the memory is the cache's already, unless it has none reserved), then
+        // its keys and its values each converted straight into their places by a task of
+        // their own (a lone prompt's on two threads: on one they were a twelfth of a 1
+        // 024-token prompt's time, session 55), then the positions counted. On the calling
+        // thread alone, the others waiting, they were most of an eight-sequence decode
+        // step's serial work (5.1 → 3.4 ms a step outside the team's sections, Zen 4,
+        // session 19).
         let spans: Vec<(usize, usize)> = parts.iter().map(|p| (p.start, p.len)).collect();
         let (columns, dtype) = (self.kv_layout.columns(d), self.kv_layout.dtype());
-        let appends: Vec<Mutex<Appending<'_, '_>>> = parts
+        let rooms = parts
             .iter_mut()
             .map(|part| {
-                Mutex::new(Appending {
-                    part,
-                    room: None,
-                    written: 0,
-                    done: None,
-                })
+                part.kv
+                    .room((h, part.len, columns), dtype, &Device::Cpu, part.reserve)
             })
-            .collect();
-        team.for_each(2 * appends.len(), &|task| {
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let failed = Mutex::new(None);
+        team.for_each(2 * rooms.len(), &|task| {
             let (p, which) = (task / 2, task % 2);
+            let (keys, values, at) = &rooms[p];
+            let block = if which == 0 { keys } else { values };
             let (start, len) = spans[p];
-            let lock = || appends[p].lock().unwrap_or_else(|e| e.into_inner());
-            let (block, at) = {
-                let mut slot = lock();
-                let a = &mut *slot;
-                if a.done.is_some() {
-                    return;
-                }
-                if a.room.is_none() {
-                    let reserve = a.part.reserve;
-                    match a
-                        .part
-                        .kv
-                        .room((h, len, columns), dtype, &Device::Cpu, reserve)
-                    {
-                        Ok(room) => a.room = Some(room),
-                        Err(e) => {
-                            a.done = Some(Err(e));
-                            return;
-                        }
-                    }
-                }
-                let Some((k, v, at)) = &a.room else {
-                    return;
-                };
-                (if which == 0 { k.clone() } else { v.clone() }, *at)
-            };
-            let written = self.write_heads(qkv, (start, len, 1 + which), &block, at);
-            let mut slot = lock();
-            let a = &mut *slot;
-            match written {
-                _ if a.done.is_some() => {}
-                Err(e) => a.done = Some(Err(e)),
-                Ok(()) => {
-                    a.written += 1;
-                    if a.written == 2 {
-                        a.done = Some(a.part.kv.advance(len).map(|(k, v)| (k, v, at)));
-                    }
-                }
+            if let Err(e) = self.write_heads(qkv, (start, len, 1 + which), block, *at) {
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
             }
         });
-        let cached = appends
-            .into_iter()
-            .map(|slot| {
-                let a = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-                a.done.unwrap_or_else(|| {
-                    Err(candle_core::Error::Msg(
-                        "a sequence's keys and values were not appended".into(),
-                    ))
-                })
-            })
+        if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        let cached = parts
+            .iter_mut()
+            .zip(&rooms)
+            .map(|(part, (_, _, at))| part.kv.advance(part.len).map(|(k, v)| (k, v, *at)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let storages: Vec<_> = cached
             .iter()
@@ -516,20 +477,6 @@ pub(crate) struct AttentionPart<'a> {
     pub(crate) kv: &'a mut LayerKv,
     /// Capacity to allocate if the cache is still empty.
     pub(crate) reserve: usize,
-}
-
-/// A sequence's new keys and values on their way into its cache ([`Heads::attend_rows`]):
-/// each converted into place by a task of its own, the memory made by the first of the two,
-/// the positions counted by the one that ends last.
-struct Appending<'p, 'a> {
-    part: &'p mut AttentionPart<'a>,
-    /// The cache block's keys and values with room for the rows, and the position they go
-    /// to ([`LayerKv::room`]).
-    room: Option<(Tensor, Tensor, usize)>,
-    /// How many of the two (keys, values) are written.
-    written: usize,
-    /// The cache's keys and values after the append, and the positions before it.
-    done: Option<candle_core::Result<(Tensor, Tensor, usize)>>,
 }
 
 /// The keys and values of one sequence's block cache, in the dtype they are stored in.
