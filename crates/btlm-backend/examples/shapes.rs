@@ -3,7 +3,7 @@
 //! compute ceiling on one core.
 //!
 //! ```text
-//! shapes [FORMAT] [ROWS,...] [mem|core]
+//! shapes [FORMAT] [ROWS,...] [mem|cached|core]
 //! ```
 //!
 //! - `mem` (default): each matrix copied until the set is four times the L3 cache, every
@@ -13,6 +13,12 @@
 //!   on rayon's pool, as `bench --matmul-only` runs every product. Forking and joining
 //!   rayon's pool for each product understates the tile kernels: 8-row q4k products of
 //!   `mlp.c_fc` streamed 12.6 GB/s that way and 16–18.5 split as here (session 23).
+//! - `cached`: as `mem`, but each matrix alone (one copy), so that every pass after the
+//!   first reads it from the caches (at most the L3's ~11 MB for BTLM-3B's shapes, the
+//!   head's 72 MB in q4k partly): what the products would stream if memory kept up, split
+//!   across the cores as `mem` splits them. On the AMX Xeon of session 57, eight q4k rows
+//!   of a layer's matrices streamed 17–23 GB/s this way against 17.5–19 from memory
+//!   (docs/benchmarks.md).
 //! - `core`: 11 tiles (176 outputs) of 2560 and of 6826 inputs, in L2, multiplied on this
 //!   thread only (no pool, activations prepared once): the best of 300 windows of 20
 //!   products, as GB/s of weights and, for 8-bit weights, billions of 64-product `vpdpbusd`
@@ -54,24 +60,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let path = KernelPath::active()?;
     match args.get(3).map_or("mem", String::as_str) {
-        "mem" => from_memory(path, format, &rows_list),
+        "mem" => split_passes(path, format, &rows_list, Set::FromMemory),
+        "cached" => split_passes(path, format, &rows_list, Set::Cached),
         "core" => one_core(path, format, &rows_list),
-        other => Err(format!("mode {other:?}: expected mem or core").into()),
+        other => Err(format!("mode {other:?}: expected mem, cached or core").into()),
     }
 }
 
-/// Each matrix streamed from memory, split across the cores as a model step splits it
-/// ([`best_pass`]).
-fn from_memory(
+/// Where the passes of [`split_passes`] read each matrix from.
+#[derive(Clone, Copy)]
+enum Set {
+    /// Copies of it until they are four times the L3 ([`min_set_bytes`]): from memory.
+    FromMemory,
+    /// One copy: from the caches after the first pass.
+    Cached,
+}
+
+/// Each matrix streamed from where `set` says, split across the cores as a model step
+/// splits it ([`best_pass`]).
+fn split_passes(
     path: KernelPath,
     format: WeightFormat,
     rows_list: &[usize],
+    from: Set,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let min_set = min_set_bytes();
-    println!(
-        "{format} on {path}, from memory (sets of {} MiB, best of 24 passes)",
-        min_set >> 20
-    );
+    let min_set = match from {
+        Set::FromMemory => min_set_bytes(),
+        Set::Cached => 0,
+    };
+    match from {
+        Set::FromMemory => println!(
+            "{format} on {path}, from memory (sets of {} MiB, best of 24 passes)",
+            min_set >> 20
+        ),
+        Set::Cached => println!("{format} on {path}, each matrix alone (best of 24 passes)"),
+    }
     println!("{:<12} {:>5} {:>9} {:>8}", "matrix", "rows", "µs", "GB/s");
     for (i, (name, n_in, n_out)) in shapes().enumerate() {
         let m = PackedMatrix::pack(
@@ -80,7 +103,7 @@ fn from_memory(
         )?;
         let bytes = m.bytes().len();
         let mut set = Vec::new();
-        for _ in 0..min_set.div_ceil(bytes) {
+        for _ in 0..min_set.div_ceil(bytes).max(1) {
             let src = m.bytes().as_slice();
             let copy = Bytes::owned_with(src.len(), |d| d.copy_from_slice(src))?;
             set.push(PackedMatrix::from_bytes(format, n_out, n_in, copy)?);
