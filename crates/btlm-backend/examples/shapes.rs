@@ -76,7 +76,7 @@ enum Set {
     Cached,
 }
 
-/// Each matrix streamed from where `set` says, split across the cores as a model step
+/// Each matrix streamed from where `from` says, split across the cores as a model step
 /// splits it ([`best_pass`]).
 fn split_passes(
     path: KernelPath,

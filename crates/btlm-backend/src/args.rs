@@ -276,6 +276,15 @@ pub struct BtlmArgs {
         arg(long = "btlm.weight_cache", default_value = "beside")
     )]
     pub weight_cache: String,
+    /// Decode steps of the start-up probe: after loading, a 16-token prompt and this many
+    /// steps of one sequence are timed, and the log says how long a --btlm.max_length answer
+    /// takes here alone (a warning, with what would be faster, when that is more than the 12
+    /// s validators wait by default). The median step counts. 0: no probe.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.speed_probe_steps", default_value_t = 4)
+    )]
+    pub speed_probe_steps: usize,
     /// Benchmarks only: never pick the end-of-text token, so every completion runs to
     /// --btlm.max_length tokens. Not for serving.
     #[cfg_attr(feature = "cli", arg(long = "btlm.ignore_eos"))]
@@ -322,6 +331,7 @@ impl Default for BtlmArgs {
             deadline_headroom_ms: 3000,
             answer_time_ms: 2000,
             weight_cache: "beside".into(),
+            speed_probe_steps: 4,
             ignore_eos: false,
             stop: DEFAULT_STOP.map(String::from).to_vec(),
         }

@@ -72,6 +72,7 @@ pub mod pack_cache;
 pub mod prompt;
 pub mod sampling;
 pub mod sequence;
+pub mod speed_probe;
 mod step;
 mod step_cost;
 pub mod step_profile;

@@ -20,6 +20,7 @@ use crate::hub::{HubOptions, ModelFiles, TokenizerFiles, files_from_hub, files_i
 use crate::loader::LoadOptions;
 use crate::model::Btlm;
 use crate::prompt::PromptFormat;
+use crate::speed_probe;
 use crate::tokenizer::BtlmTokenizer;
 use crate::weights::Checkpoint;
 
@@ -107,6 +108,16 @@ impl BtlmMiner {
             ..LoadOptions::default()
         };
         let (model, tokenizer) = load_model(&files, &opts)?;
+        if args.speed_probe_steps > 0 {
+            let speed = speed_probe::measure(&model, args.speed_probe_steps)?;
+            let on_cpu = model.device().is_cpu();
+            let said = speed_probe::report(&speed, args.max_length, on_cpu, args.quantize);
+            if said.too_slow {
+                tracing::warn!("{}", said.message);
+            } else {
+                tracing::info!("{}", said.message);
+            }
+        }
         let name = match &args.model_dir {
             Some(dir) => dir
                 .file_name()
