@@ -106,6 +106,50 @@ async fn dev_miner_answers_a_python_dendrite_with_the_greedy_completion() {
     assert_eq!(answer["completion"], expected.as_str(), "{answer}");
 }
 
+/// After loading, the miner logs the answer time its start-up probe measured (information
+/// for the tiny checkpoint, far within 12 s); `--btlm.speed_probe_steps 0` skips the probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_speed_probe_is_logged_and_can_be_turned_off() {
+    for steps in ["3", "0"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let args: Vec<String> = [
+            "--dev",
+            "--wallet.path",
+            &dir.path().join("wallets").display().to_string(),
+            "--axon.port",
+            &port.to_string(),
+            "--btlm.model_dir",
+            &tiny_checkpoint().display().to_string(),
+            "--btlm.max_length",
+            "8",
+            "--btlm.device",
+            "cpu",
+            "--btlm.speed_probe_steps",
+            steps,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
+        miner.wait_ready(Duration::from_secs(120)).await;
+        let log = miner.log();
+        let probe = log
+            .lines()
+            .find(|line| line.contains("one validator alone: a prompt of 16 tokens in "));
+        if steps == "0" {
+            assert!(probe.is_none(), "no probe with 0 steps: {log}");
+            continue;
+        }
+        let probe = probe.unwrap_or_else(|| panic!("the probe's line: {log}"));
+        assert!(probe.contains(" INFO "), "{probe}");
+        assert!(
+            probe.contains("an answer of 8 tokens (--btlm.max_length) in ~"),
+            "{probe}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_model_dir_is_one_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().expect("tempdir");

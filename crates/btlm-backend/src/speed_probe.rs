@@ -87,8 +87,9 @@ pub fn report(
 ) -> SpeedReport {
     let answer = speed.answer_time(max_length);
     let measured = format!(
-        "one validator alone: a {PROBE_PROMPT}-token prompt in {} ms, then {:.1} ms a token \
-         ({:.1} tokens/s): a {max_length}-token answer (--btlm.max_length) in ~{:.1} s",
+        "one validator alone: a prompt of {PROBE_PROMPT} tokens in {} ms, then {:.1} ms a \
+         token ({:.1} tokens/s): an answer of {max_length} tokens (--btlm.max_length) in \
+         ~{:.1} s",
         speed.prompt.as_millis(),
         speed.per_token.as_secs_f64() * 1e3,
         1.0 / speed.per_token.as_secs_f64().max(1e-9),
@@ -183,7 +184,11 @@ mod tests {
     fn answers_within_the_timeout_are_information() {
         let r = report(&speed(200, 55), 100, true, Quantization::Q4k);
         assert!(!r.too_slow);
-        assert!(r.message.contains("a 100-token answer"), "{}", r.message);
+        assert!(
+            r.message.contains("an answer of 100 tokens"),
+            "{}",
+            r.message
+        );
         assert!(r.message.contains("~5.7 s"), "{}", r.message);
         assert!(r.message.contains("18.2 tokens/s"), "{}", r.message);
         // Exactly the timeout still fits.
