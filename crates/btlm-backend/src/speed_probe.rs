@@ -27,11 +27,17 @@ pub struct AnswerSpeed {
 }
 
 impl AnswerSpeed {
-    /// Time to answer a short prompt with `tokens` tokens, alone on the engine.
+    /// Time to answer a short prompt with `tokens` tokens, alone on the engine. The prompt
+    /// counts for at most as long as [`PROBE_PROMPT`] decode steps: it is the process's
+    /// first pass, which also pays one-time costs (first touches of memory, a GPU's kernels
+    /// loaded), where a prompt of a few tokens takes about one step's time on a CPU whose
+    /// decoding reads the weights at the memory's speed.
     pub fn answer_time(&self, tokens: usize) -> Duration {
         let steps = u32::try_from(tokens).unwrap_or(u32::MAX);
-        self.prompt
-            .saturating_add(self.per_token.saturating_mul(steps))
+        let prompt = self
+            .prompt
+            .min(self.per_token.saturating_mul(PROBE_PROMPT as u32));
+        prompt.saturating_add(self.per_token.saturating_mul(steps))
     }
 }
 
@@ -172,10 +178,15 @@ mod tests {
             Duration::from_millis(5_700)
         );
         assert_eq!(speed(200, 55).answer_time(0), Duration::from_millis(200));
+        // A first pass slowed by one-time costs counts as 16 steps at most.
+        assert_eq!(
+            speed(5_000, 20).answer_time(100),
+            Duration::from_millis(320 + 2_000)
+        );
         // Absurd lengths saturate instead of overflowing.
         let huge = AnswerSpeed {
             prompt: Duration::MAX,
-            per_token: Duration::from_secs(1),
+            per_token: Duration::MAX,
         };
         assert_eq!(huge.answer_time(usize::MAX), Duration::MAX);
     }
