@@ -21,6 +21,28 @@ fn tiny_checkpoint() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/btlm-backend/tests/fixtures/btlm-tiny")
 }
 
+/// A `--dev` miner's flags on the tiny checkpoint (CPU, 8-token answers), then `extra`.
+fn tiny_dev_args(wallets: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let fixed = [
+        "--dev",
+        "--wallet.path",
+        &wallets.display().to_string(),
+        "--axon.port",
+        &port.to_string(),
+        "--btlm.model_dir",
+        &tiny_checkpoint().display().to_string(),
+        "--btlm.max_length",
+        "8",
+        "--btlm.device",
+        "cpu",
+    ]
+    .map(String::from);
+    fixed
+        .into_iter()
+        .chain(extra.iter().map(|s| s.to_string()))
+        .collect()
+}
+
 /// The reference greedy continuation (24 tokens, `no_repeat_ngram_size` 2) of reference case
 /// 1, "user: Write one sentence about the sea.\nassistant: ".
 fn reference_text() -> String {
@@ -68,22 +90,7 @@ async fn dev_miner_answers_a_python_dendrite_with_the_greedy_completion() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wallets = dir.path().join("wallets");
     let port = free_port();
-    let args: Vec<String> = [
-        "--dev",
-        "--wallet.path",
-        &wallets.display().to_string(),
-        "--axon.port",
-        &port.to_string(),
-        "--btlm.model_dir",
-        &tiny_checkpoint().display().to_string(),
-        "--btlm.max_length",
-        "8",
-        "--btlm.device",
-        "cpu",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = tiny_dev_args(&wallets, port, &[]);
     let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
     miner.wait_ready(Duration::from_secs(120)).await;
     let hotkey = hotkey_under(&wallets);
@@ -113,24 +120,8 @@ async fn the_start_up_speed_probe_is_logged_and_can_be_turned_off() {
     for steps in ["3", "0"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let args: Vec<String> = [
-            "--dev",
-            "--wallet.path",
-            &dir.path().join("wallets").display().to_string(),
-            "--axon.port",
-            &port.to_string(),
-            "--btlm.model_dir",
-            &tiny_checkpoint().display().to_string(),
-            "--btlm.max_length",
-            "8",
-            "--btlm.device",
-            "cpu",
-            "--btlm.speed_probe_steps",
-            steps,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let wallets = dir.path().join("wallets");
+        let args = tiny_dev_args(&wallets, port, &["--btlm.speed_probe_steps", steps]);
         let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
         miner.wait_ready(Duration::from_secs(120)).await;
         let log = miner.log();
