@@ -14,6 +14,7 @@ use crate::generation::{DEFAULT_STOP, GenerationConfig};
 use crate::options::{KvDtype, ModelDType, PrefillPrecision, Quantization};
 use crate::pack_cache::WeightCache;
 use crate::prompt::{DEFAULT_SYSTEM_PROMPT, PromptFormat};
+use crate::speed_probe;
 
 /// The default `--btlm.device`, the Python miner's: the first GPU when there is one.
 pub const DEFAULT_DEVICE: &str = "cuda";
@@ -279,7 +280,7 @@ pub struct BtlmArgs {
     /// Decode steps of the start-up probe: after loading, a 16-token prompt and this many
     /// steps of one sequence are timed, and the log says how long a --btlm.max_length answer
     /// takes here alone (a warning, with what would be faster, when that is more than the 12
-    /// s validators wait by default). The median step counts. 0: no probe.
+    /// s validators wait by default). The median step counts. 0: no probe; at most 64.
     #[cfg_attr(
         feature = "cli",
         arg(long = "btlm.speed_probe_steps", default_value_t = 4)
@@ -411,6 +412,17 @@ impl BtlmArgs {
                 reason: "is empty (or pass --btlm.model_dir)".into(),
             });
         }
+        if self.speed_probe_steps > speed_probe::MAX_STEPS {
+            return Err(BtlmError::InvalidArgument {
+                name: "--btlm.speed_probe_steps",
+                reason: format!(
+                    "{} steps is more than the probe's {} (0 skips it): each step is a \
+                     token's time at start-up",
+                    self.speed_probe_steps,
+                    speed_probe::MAX_STEPS
+                ),
+            });
+        }
         if self.quantize != Quantization::None && self.dtype != ModelDType::F32 {
             return Err(BtlmError::InvalidArgument {
                 name: "--btlm.dtype",
@@ -511,6 +523,25 @@ mod tests {
         BtlmArgs {
             device: "cpu".into(),
             ..BtlmArgs::default()
+        }
+    }
+
+    #[test]
+    fn the_speed_probe_takes_up_to_64_steps() {
+        for steps in [0, 1, 64] {
+            let a = BtlmArgs {
+                speed_probe_steps: steps,
+                ..on_cpu()
+            };
+            a.validate().expect("a valid probe");
+        }
+        let a = parse(&["--btlm.device", "cpu", "--btlm.speed_probe_steps", "65"]).expect("parse");
+        match a.validate() {
+            Err(BtlmError::InvalidArgument { name, reason }) => {
+                assert_eq!(name, "--btlm.speed_probe_steps");
+                assert!(reason.contains("65 steps"), "{reason}");
+            }
+            other => panic!("65 probe steps: {other:?}"),
         }
     }
 

@@ -14,6 +14,10 @@ use crate::options::Quantization;
 /// Prompt tokens the probe runs before its decode steps (about a short validator prompt).
 pub const PROBE_PROMPT: usize = 16;
 
+/// The most decode steps a probe runs (`--btlm.speed_probe_steps`): each is a token's time
+/// at start-up, ~0.4 s with f32 weights on two cores.
+pub const MAX_STEPS: usize = 64;
+
 /// The timeout validators query miners with by default (bittensor's dendrite, 12 s).
 pub const VALIDATOR_TIMEOUT: Duration = Duration::from_secs(12);
 
@@ -49,6 +53,16 @@ pub fn measure(model: &Btlm, steps: usize) -> Result<AnswerSpeed> {
         return Err(BtlmError::InvalidArgument {
             name: "--btlm.speed_probe_steps",
             reason: "a probe needs at least one decode step".into(),
+        });
+    }
+    let context = model.config().n_positions;
+    if PROBE_PROMPT + steps > context {
+        return Err(BtlmError::InvalidArgument {
+            name: "--btlm.speed_probe_steps",
+            reason: format!(
+                "a probe of {PROBE_PROMPT} prompt tokens and {steps} steps does not fit the \
+                 model's context of {context} positions"
+            ),
         });
     }
     let vocab = u32::try_from(model.config().vocab_size.max(1)).unwrap_or(u32::MAX);
@@ -163,11 +177,14 @@ mod tests {
         let speed = measure(&model, 3).expect("probe");
         assert!(speed.prompt > Duration::ZERO && speed.per_token > Duration::ZERO);
         assert_eq!(logits(&model), before);
-        match measure(&model, 0) {
-            Err(BtlmError::InvalidArgument { name, .. }) => {
-                assert_eq!(name, "--btlm.speed_probe_steps")
+        let context = model.config().n_positions;
+        for steps in [0, context - PROBE_PROMPT + 1] {
+            match measure(&model, steps) {
+                Err(BtlmError::InvalidArgument { name, .. }) => {
+                    assert_eq!(name, "--btlm.speed_probe_steps")
+                }
+                other => panic!("a probe of {steps} steps: {other:?}"),
             }
-            other => panic!("a probe of no steps: {other:?}"),
         }
     }
 
