@@ -85,6 +85,19 @@ unsafe fn store_pair(r0: *mut f32, r1: *mut f32, v: V) {
     }
 }
 
+/// Stores a [`dots_quad`] result: lanes `4n..4n + 4` (query `n`'s) at `r[n]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn store_quad(r: [*mut f32; 4], v: V) {
+    // SAFETY: the caller's 4 floats at each.
+    unsafe {
+        _mm_storeu_ps(r[0], _mm512_extractf32x4_ps::<0>(v));
+        _mm_storeu_ps(r[1], _mm512_extractf32x4_ps::<1>(v));
+        _mm_storeu_ps(r[2], _mm512_extractf32x4_ps::<2>(v));
+        _mm_storeu_ps(r[3], _mm512_extractf32x4_ps::<3>(v));
+    }
+}
+
 /// `q · k` for one pair of rows, bit for bit as `dots_single` and `dots_pair` give it: the
 /// same 16 partial sums, reduced in [`sum16`]'s order (`(w₀ + w₂) + (w₁ + w₃)` where
 /// `wₑ = (aₑ + aₑ₊₈) + (aₑ₊₄ + aₑ₊₁₂)`).
