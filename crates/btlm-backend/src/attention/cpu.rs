@@ -12,11 +12,12 @@
 //! does not depend on how the sequence was split into calls (prefill pieces, one token at
 //! a time): prefix reuse keeps positions computed in another split.
 //!
-//! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 2
-//! queries × 4 keys or 1 query × 8 keys per kernel call, reduced with horizontal adds; a
-//! polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Avx512`] runs the
-//! products on 16-lane vectors (2 queries × 8 keys or 1 query × 16 keys per call, reduced by
-//! a tree of shuffles; `cpu/avx512.rs`) and the softmax as AVX2 does; [`AttnPath::Scalar`]
+//! [`AttnPath::Avx2`] runs the products and the softmax with AVX2 + FMA (scores of 4
+//! queries × 2 keys, 2 × 4 or 1 query × 8 keys per kernel call, reduced with horizontal
+//! adds; a polynomial `exp`, see [`crate::elementwise::avx2::exp`]); [`AttnPath::Avx512`]
+//! runs the products on 16-lane vectors (4 queries × 4 keys, 2 × 8 or 1 query × 16 keys per
+//! call, reduced by a tree of shuffles; `cpu/avx512.rs`) and the softmax as AVX2 does;
+//! every score is the same sum whichever kernel makes it; [`AttnPath::Scalar`]
 //! is portable Rust (`f32::exp`).
 //!
 //! Cached keys and values are f32, f16, or int8 or 4-bit rows with a scale ([`KvElem`],
@@ -717,11 +718,13 @@ macro_rules! weighted_kernels {
 }
 
 /// Defines a SIMD module's products of queries with keys, `dots` (see [`Head::dots`]) and
-/// its kernels `dots_pair` (lanes of 2 queries × `LANES / 2` keys: `[q0·k0, …, q1·k0, …]`)
-/// and `dots_single` (1 query × `LANES` keys, prefetching), with the features `$features`,
-/// over the helpers of [`weighted_kernels`], `$reduce` (lane `l` of the result: the sum of
-/// `a[l]`'s lanes) and the module's `store_pair(r0, r1, v)` (a `dots_pair` result's halves
-/// to two score rows), `single_tail(x, kp, ks, d, r, j, end)` (a single query's last keys,
+/// its kernels `dots_quad` (lanes of 4 queries × `LANES / 4` keys), `dots_pair` (lanes of 2
+/// queries × `LANES / 2` keys: `[q0·k0, …, q1·k0, …]`) and `dots_single` (1 query × `LANES`
+/// keys, prefetching), with the features `$features`, over the helpers of
+/// [`weighted_kernels`], `$reduce` (lane `l` of the result: the sum of `a[l]`'s lanes) and
+/// the module's `store_quad(r, v)` and `store_pair(r0, r1, v)` (a `dots_quad` result's
+/// quarters to four score rows, a `dots_pair` result's halves to two),
+/// `single_tail(x, kp, ks, d, r, j, end)` (a single query's last keys,
 /// fewer than `LANES`), `dot1`, `prefetch_rows` and `KEYS_AHEAD`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dot_kernels {
