@@ -17,7 +17,7 @@
 
 use std::sync::OnceLock;
 
-use crate::kernels::env_choice::env_or;
+use crate::kernels::env_choice::{env_or, named};
 
 /// The size of a transparent huge page on x86-64 Linux (and aarch64 with 4 KiB pages).
 pub(crate) const HUGE_PAGE: usize = 2 << 20;
@@ -34,11 +34,7 @@ pub enum KvPages {
 impl KvPages {
     /// `BTLM_KV_PAGES`'s value read as a choice (`None`: not `huge` or `small`).
     pub fn parse(value: &str) -> Option<KvPages> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "huge" => Some(KvPages::Huge),
-            "small" => Some(KvPages::Small),
-            _ => None,
-        }
+        named(value, &[("huge", KvPages::Huge), ("small", KvPages::Small)])
     }
 
     /// The choice of this process: `BTLM_KV_PAGES` if it names one (another value is

@@ -1,5 +1,5 @@
 //! A kernel choice made once per process from this CPU, which an environment variable may
-//! override (`BTLM_PREFETCH`, `BTLM_Q4K_SCALES`).
+//! override (`BTLM_PREFETCH`, `BTLM_Q4K_SCALES`, `BTLM_KV_PAGES`).
 
 /// The choice the environment variable `var` names if `parse` reads its value, else
 /// `detect()`; a value that `parse` does not read is ignored with a warning that lists
@@ -17,6 +17,16 @@ pub(crate) fn env_or<T>(
         parse,
         detect,
     )
+}
+
+/// The choice `value` names in `names` (`(name, choice)` pairs), spaces around it and case
+/// ignored; `None` when it names none: the `parse` of [`env_or`] for a fixed set of names.
+pub(crate) fn named<T: Copy>(value: &str, names: &[(&str, T)]) -> Option<T> {
+    let value = value.trim();
+    names
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(value))
+        .map(|&(_, choice)| choice)
 }
 
 /// [`env_or`] with the variable's value `set` given.
@@ -49,6 +59,15 @@ mod tests {
         assert_eq!(choose(None, "V", "0-9", digit, || 3), 3);
         assert_eq!(choose(Some("12"), "V", "0-9", digit, || 3), 3);
         assert_eq!(choose(Some(""), "V", "0-9", digit, || 3), 3);
+    }
+
+    #[test]
+    fn a_name_is_read_whatever_its_case_and_surrounding_spaces() {
+        let names = [("one", 1), ("two", 2)];
+        assert_eq!(named("one", &names), Some(1));
+        assert_eq!(named(" TWO ", &names), Some(2));
+        assert_eq!(named("three", &names), None);
+        assert_eq!(named("", &names), None);
     }
 
     #[test]

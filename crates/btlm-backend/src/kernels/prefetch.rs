@@ -25,7 +25,7 @@
 use std::sync::OnceLock;
 
 use super::cpuid;
-use super::env_choice::env_or;
+use super::env_choice::{env_or, named};
 
 /// The smallest L1 data cache for which the kernels prefetch into L1.
 pub const L1_FOR_T0: usize = 48 << 10;
@@ -67,12 +67,15 @@ impl PrefetchLevel {
     /// `BTLM_PREFETCH`'s value read as a level (`None`: not one of `l1`, `l1-one-hop`,
     /// `l2`).
     pub fn parse(value: &str) -> Option<PrefetchLevel> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "l1" | "t0" => Some(PrefetchLevel::L1),
-            "l1-one-hop" => Some(PrefetchLevel::L1OneHop),
-            "l2" | "t1" => Some(PrefetchLevel::L2),
-            _ => None,
-        }
+        use PrefetchLevel::{L1, L1OneHop, L2};
+        let names = [
+            ("l1", L1),
+            ("t0", L1),
+            ("l1-one-hop", L1OneHop),
+            ("l2", L2),
+            ("t1", L2),
+        ];
+        named(value, &names)
     }
 
     /// The level of this process: `BTLM_PREFETCH` if it names one (another value is

@@ -19,7 +19,7 @@
 use std::sync::OnceLock;
 
 use super::cpuid;
-use super::env_choice::env_or;
+use super::env_choice::{env_or, named};
 
 /// Where the q4k tile kernel multiplies its sub-block sums by their 6-bit scales.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +52,7 @@ impl Q4kScaling {
 
     /// `BTLM_Q4K_SCALES`'s value read as a choice (`None`: not `f32` or `i32`).
     pub fn parse(value: &str) -> Option<Q4kScaling> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "f32" => Some(Q4kScaling::F32),
-            "i32" => Some(Q4kScaling::I32),
-            _ => None,
-        }
+        named(value, &[("f32", Q4kScaling::F32), ("i32", Q4kScaling::I32)])
     }
 
     /// The choice of this process: `BTLM_Q4K_SCALES` if it names one (another value is
