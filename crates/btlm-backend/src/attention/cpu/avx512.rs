@@ -98,9 +98,9 @@ unsafe fn store_quad(r: [*mut f32; 4], v: V) {
     }
 }
 
-/// `q · k` for one pair of rows, bit for bit as `dots_single` and `dots_pair` give it: the
-/// same 16 partial sums, reduced in [`sum16`]'s order (`(w₀ + w₂) + (w₁ + w₃)` where
-/// `wₑ = (aₑ + aₑ₊₈) + (aₑ₊₄ + aₑ₊₁₂)`).
+/// `q · k` for one pair of rows, bit for bit as `dots_single`, `dots_pair` and `dots_quad`
+/// give it: the same 16 partial sums, reduced in [`sum16`]'s order (`(w₀ + w₂) + (w₁ + w₃)`
+/// where `wₑ = (aₑ + aₑ₊₈) + (aₑ₊₄ + aₑ₊₁₂)`).
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn dot1<T: KvElem>(q: *const f32, k: *const T, d: usize) -> f32 {
