@@ -141,6 +141,30 @@ async fn the_start_up_speed_probe_is_logged_and_can_be_turned_off() {
     }
 }
 
+/// After loading, the miner reads how much of the weights' memory got 2 MiB pages and
+/// logs it at debug level (a warning only for weights of 64 MiB and more, mostly in small
+/// pages: not the tiny checkpoint's 1.5 MB).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_weights_pages_are_read_after_loading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let wallets = dir.path().join("wallets");
+    let args = tiny_dev_args(&wallets, port, &["--logging.debug"]);
+    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
+    miner.wait_ready(Duration::from_secs(120)).await;
+    let log = miner.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("weights' memory in 2 MiB pages"))
+        .unwrap_or_else(|| panic!("the weights' pages: {log}"));
+    assert!(
+        line.contains(" DEBUG ") && line.contains("resident_mib="),
+        "{line}"
+    );
+    assert!(!log.contains("are in 2 MiB pages"), "no warning: {log}");
+}
+
 #[test]
 fn a_missing_model_dir_is_one_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -104,40 +104,24 @@ fn advise_range(_range: std::ops::Range<usize>) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// This machine's transparent huge pages mode (`always`, `madvise` or `never`, the
-    /// bracketed word in sysfs), if it can be read.
-    fn thp_mode() -> Option<String> {
-        let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
-        let (_, rest) = s.split_once('[')?;
-        Some(rest.split_once(']')?.0.to_string())
-    }
+    use crate::huge_pages::{ThpMode, mappings_of_this_process};
 
     /// Whether this machine's kernel gives transparent huge pages to advised memory
     /// (`always` or `madvise`); `false` where the mode cannot be read.
     pub(crate) fn huge_pages_offered() -> bool {
-        matches!(thp_mode().as_deref(), Some("always" | "madvise"))
+        matches!(
+            ThpMode::of_this_host(),
+            Some(ThpMode::Always | ThpMode::Madvise)
+        )
     }
 
     /// Whether the mapping holding `addr` may be backed by huge pages (`THPeligible: 1`
     /// in `/proc/self/smaps`).
     pub(crate) fn eligible_for_huge_pages(addr: usize) -> bool {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'));
-            if let Some((a, b)) = range
-                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-            {
-                inside = (a..b).contains(&addr);
-            } else if inside && let Some(v) = line.strip_prefix("THPeligible:") {
-                return v.trim() == "1";
-            }
-        }
-        false
+        mappings_of_this_process()
+            .expect("smaps")
+            .iter()
+            .any(|m| m.range.contains(&addr) && m.eligible)
     }
 
     #[test]
@@ -149,7 +133,7 @@ pub(crate) mod tests {
         // A mapping of its own, as a cache's memory is (`kv_cache::OWN_MAPPING_BYTES`).
         let values = bytemuck::allocation::try_zeroed_vec::<u8>(32 << 20).expect("memory");
         let inside = huge_interior(values.as_ptr() as usize, values.len());
-        if thp_mode().as_deref() == Some("madvise") {
+        if ThpMode::of_this_host() == Some(ThpMode::Madvise) {
             assert!(!eligible_for_huge_pages(inside.start), "not advised yet");
         }
         assert!(advise(&values));

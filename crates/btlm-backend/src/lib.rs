@@ -58,6 +58,7 @@ pub mod error;
 pub mod generation;
 pub mod heap_keeper;
 pub mod hub;
+pub mod huge_pages;
 pub mod kernels;
 pub mod kv_cache;
 pub mod kv_pages;

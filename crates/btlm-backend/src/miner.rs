@@ -72,6 +72,9 @@ pub fn load_model(files: &ModelFiles, opts: &LoadOptions) -> Result<(Btlm, BtlmT
         seconds = started.elapsed().as_secs_f64(),
         "BTLM loaded"
     );
+    if model.device().is_cpu() {
+        crate::huge_pages::log_weights();
+    }
     Ok((model, tokenizer))
 }
 
