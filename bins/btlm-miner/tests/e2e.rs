@@ -165,6 +165,29 @@ async fn the_weights_pages_are_read_after_loading() {
     assert!(!log.contains("are in 2 MiB pages"), "no warning: {log}");
 }
 
+/// A key/value cache budget past the memory left after loading is warned about at start,
+/// with one that fits (the budget of 95 TiB no host here has).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_budget_past_the_memory_left_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let wallets = dir.path().join("wallets");
+    let args = tiny_dev_args(&wallets, port, &["--btlm.kv_cache_mb", "100000000"]);
+    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
+    miner.wait_ready(Duration::from_secs(120)).await;
+    let log = miner.log();
+    let warning = log
+        .lines()
+        .find(|line| line.contains("(--btlm.kv_cache_mb 100000000)"))
+        .unwrap_or_else(|| panic!("the budget's warning: {log}"));
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains("left after loading") && warning.contains("MiB fits (--btlm.kv_cache_mb "),
+        "{warning}"
+    );
+}
+
 #[test]
 fn a_missing_model_dir_is_one_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().expect("tempdir");

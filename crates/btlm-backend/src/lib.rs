@@ -57,6 +57,7 @@ pub mod engine;
 pub mod error;
 pub mod generation;
 pub mod heap_keeper;
+pub mod host_memory;
 pub mod hub;
 pub mod huge_pages;
 pub mod kernels;

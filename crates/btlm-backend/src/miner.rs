@@ -121,6 +121,9 @@ impl BtlmMiner {
                 tracing::info!("{}", said.message);
             }
         }
+        if model.device().is_cpu() {
+            crate::host_memory::log_kv_budget(args.kv_cache_mb, args.heap_slack_mb);
+        }
         let name = match &args.model_dir {
             Some(dir) => dir
                 .file_name()
