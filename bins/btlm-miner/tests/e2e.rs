@@ -113,18 +113,23 @@ async fn dev_miner_answers_a_python_dendrite_with_the_greedy_completion() {
     assert_eq!(answer["completion"], expected.as_str(), "{answer}");
 }
 
+/// Starts the tiny dev miner with `extra` flags, waits until it serves and returns what it
+/// logged by then (the miner is stopped on return).
+async fn start_up_log(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let args = tiny_dev_args(&dir.path().join("wallets"), port, extra);
+    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
+    miner.wait_ready(Duration::from_secs(120)).await;
+    miner.log()
+}
+
 /// After loading, the miner logs the answer time its start-up probe measured (information
 /// for the tiny checkpoint, far within 12 s); `--btlm.speed_probe_steps 0` skips the probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_speed_probe_is_logged_and_can_be_turned_off() {
     for steps in ["3", "0"] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let wallets = dir.path().join("wallets");
-        let args = tiny_dev_args(&wallets, port, &["--btlm.speed_probe_steps", steps]);
-        let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
-        miner.wait_ready(Duration::from_secs(120)).await;
-        let log = miner.log();
+        let log = start_up_log(&["--btlm.speed_probe_steps", steps]).await;
         let probe = log
             .lines()
             .find(|line| line.contains("one validator alone: a prompt of 16 tokens in "));
@@ -147,13 +152,7 @@ async fn the_start_up_speed_probe_is_logged_and_can_be_turned_off() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_weights_pages_are_read_after_loading() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let wallets = dir.path().join("wallets");
-    let args = tiny_dev_args(&wallets, port, &["--logging.debug"]);
-    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
-    miner.wait_ready(Duration::from_secs(120)).await;
-    let log = miner.log();
+    let log = start_up_log(&["--logging.debug"]).await;
     let line = log
         .lines()
         .find(|line| line.contains("weights' memory in 2 MiB pages"))
@@ -170,13 +169,7 @@ async fn the_weights_pages_are_read_after_loading() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_budget_past_the_memory_left_is_warned_about() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let wallets = dir.path().join("wallets");
-    let args = tiny_dev_args(&wallets, port, &["--btlm.kv_cache_mb", "100000000"]);
-    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
-    miner.wait_ready(Duration::from_secs(120)).await;
-    let log = miner.log();
+    let log = start_up_log(&["--btlm.kv_cache_mb", "100000000"]).await;
     let warning = log
         .lines()
         .find(|line| line.contains("(--btlm.kv_cache_mb 100000000)"))
