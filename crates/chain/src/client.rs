@@ -379,6 +379,28 @@ impl Subtensor {
         .await
     }
 
+    /// The time block `at` was built at, as its author set it (`Timestamp.Now`,
+    /// milliseconds since the Unix epoch).
+    pub async fn block_time(&self, at: H256) -> Result<u64, ChainError> {
+        with_timeout(
+            "reading the block's time",
+            self.call_timeout,
+            self.pallet_storage_uint(at, "Timestamp", "Now", Vec::new()),
+        )
+        .await
+    }
+
+    /// The host's clock against the best block's time: `(skew in ms, block number)` (see
+    /// [`crate::clock::skew_ms`]).
+    pub async fn clock_skew(&self) -> Result<(i128, u64), ChainError> {
+        let best = self.best_block().await?;
+        let chain_ms = self.block_time(best.hash).await?;
+        Ok((
+            crate::clock::skew_ms(std::time::SystemTime::now(), chain_ms),
+            best.number,
+        ))
+    }
+
     /// Reads `SubtensorModule.{entry}(keys)` at `at`, or its default.
     async fn storage_value(
         &self,
@@ -386,17 +408,29 @@ impl Subtensor {
         entry: &'static str,
         keys: Vec<Value>,
     ) -> Result<Value<u32>, ChainError> {
-        let address = dynamic::storage(SUBTENSOR_PALLET, entry, keys);
+        self.pallet_storage_value(at, SUBTENSOR_PALLET, entry, keys)
+            .await
+    }
+
+    /// Reads `{pallet}.{entry}(keys)` at `at`, or its default.
+    async fn pallet_storage_value(
+        &self,
+        at: H256,
+        pallet: &'static str,
+        entry: &'static str,
+        keys: Vec<Value>,
+    ) -> Result<Value<u32>, ChainError> {
+        let address = dynamic::storage(pallet, entry, keys);
         let thunk = self
             .api
             .storage()
             .at(BlockRef::from_hash(at))
             .fetch_or_default(&address)
             .await
-            .map_err(|e| ChainError::rpc("reading storage", format!("{entry}: {e}")))?;
+            .map_err(|e| ChainError::rpc("reading storage", format!("{pallet}.{entry}: {e}")))?;
         thunk.to_value().map_err(|e| ChainError::Decode {
             what: "a storage value",
-            reason: format!("{entry}: {e}"),
+            reason: format!("{pallet}.{entry}: {e}"),
         })
     }
 
@@ -432,11 +466,23 @@ impl Subtensor {
         entry: &'static str,
         keys: Vec<Value>,
     ) -> Result<u64, ChainError> {
-        let value = self.storage_value(at, entry, keys).await?;
+        self.pallet_storage_uint(at, SUBTENSOR_PALLET, entry, keys)
+            .await
+    }
+
+    /// Reads `{pallet}.{entry}(keys)` at `at` as an unsigned integer.
+    async fn pallet_storage_uint(
+        &self,
+        at: H256,
+        pallet: &'static str,
+        entry: &'static str,
+        keys: Vec<Value>,
+    ) -> Result<u64, ChainError> {
+        let value = self.pallet_storage_value(at, pallet, entry, keys).await?;
         crate::neurons::unsigned(&value)
             .and_then(|n| u64::try_from(n).ok())
             .ok_or(ChainError::FieldType {
-                ty: SUBTENSOR_PALLET,
+                ty: pallet,
                 field: entry,
                 expected: "a u64",
             })

@@ -21,6 +21,7 @@
 pub mod args;
 pub mod axon_addr;
 pub mod client;
+pub mod clock;
 pub mod error;
 pub mod legacy_2023;
 pub mod neurons;

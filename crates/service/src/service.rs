@@ -580,6 +580,25 @@ fn load_hotkey(args: &CommonArgs) -> Result<Keypair, ServiceError> {
     })
 }
 
+/// Compares this host's clock with the chain's best block and warns when they are too far
+/// apart for validators' signed requests to pass (`prompting_chain::clock`); a chain whose
+/// time cannot be read is only logged at debug level.
+async fn check_clock(subtensor: &prompting_chain::Subtensor) {
+    match subtensor.clock_skew().await {
+        Ok((skew_ms, block)) => {
+            tracing::debug!(
+                skew_ms = i64::try_from(skew_ms).unwrap_or(i64::MAX),
+                block,
+                "this host's clock against the chain's best block"
+            );
+            if let Some(warning) = prompting_chain::clock::report(skew_ms, block) {
+                tracing::warn!("{warning}");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "the chain's time could not be read"),
+    }
+}
+
 /// Connects to subtensor, reads the metagraph and checks the hotkey is registered.
 async fn chain_source(args: &CommonArgs, keypair: &Keypair) -> Result<Source, ServiceError> {
     let netuid = args.subtensor.netuid;
@@ -600,6 +619,7 @@ async fn chain_source(args: &CommonArgs, keypair: &Keypair) -> Result<Source, Se
         neurons = metagraph.neurons().len(),
         "hotkey registered"
     );
+    check_clock(&subtensor).await;
     Ok(Source::Chain {
         subtensor,
         shared: Arc::new(SharedMetagraph::new(metagraph)),

@@ -1,7 +1,8 @@
 //! The per-epoch status line (the Python miners' `Step:.. | Block:.. | Stake:.. | ...`) and the
 //! same figures on `/metrics`, with the weights-set counter, against the loopback subtensor
-//! node (the chain crate's test node). Its own test binary: the log is captured through a
-//! global subscriber, which the chain duties' task (on any worker thread) writes to.
+//! node (the chain crate's test node), and the start-up warning of a clock far from the
+//! chain's. Its own test binary: the log is captured through a global subscriber, which the
+//! chain duties' task (on any worker thread) writes to.
 
 #[path = "../../chain/tests/it/common/mod.rs"]
 mod common;
@@ -104,6 +105,8 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     // Weights are only set where commit-reveal is off; 20 blocks (0.4 s) between two.
     let mut config = NodeConfig::weights_open(vec![validator, miner]);
     config.rules.weights_rate_limit = 20;
+    // The blocks' author runs two minutes behind this host: the miner warns at start.
+    config.clock_offset_ms = -120_000;
     let node = LoopbackNode::start_with(config).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -151,6 +154,23 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     assert_eq!(sample(&page, "prompting_neuron_emission"), Some(2.5));
     let block = sample(&page, "prompting_metagraph_block").expect("metagraph block");
     assert!(block >= f64::from(common::node::FIRST_HEAD), "{block}");
+
+    // The clock's warning, once, at start.
+    let log = logged();
+    let clock: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("this host's clock reads "))
+        .collect();
+    assert_eq!(clock.len(), 1, "{log}");
+    let seconds: f64 = clock[0]
+        .split("this host's clock reads ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s later than the chain's best block").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the skew in: {}", clock[0]));
+    assert!(clock[0].contains(" WARN "), "{}", clock[0]);
+    // The best block was built a moment before it was read.
+    assert!((120.0..130.0).contains(&seconds), "{}", clock[0]);
 
     // The first epoch's line, Step 0, with the same figures.
     let lines = epoch_lines();

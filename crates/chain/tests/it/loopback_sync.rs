@@ -175,3 +175,30 @@ async fn sync_refreshes_and_keeps_the_last_view_on_failure() {
     );
     task.abort();
 }
+
+/// The host's clock against the best block's `Timestamp.Now`: near zero on a node whose
+/// author's clock is this host's, the node's offset (reversed) on one whose author runs
+/// 90 s behind, and then reported.
+#[tokio::test]
+async fn the_clock_skew_is_read_from_the_best_block() {
+    for offset_ms in [0i64, -90_000] {
+        let node = LoopbackNode::start_with(NodeConfig {
+            block_time: None,
+            clock_offset_ms: offset_ms,
+            ..NodeConfig::new(neurons())
+        })
+        .await;
+        node.state.produce_blocks(3);
+        let subtensor = connect(&node).await;
+        let (skew, block) = subtensor.clock_skew().await.expect("the chain's time");
+        assert_eq!(block, u64::from(FIRST_HEAD) + 3);
+        let expected = -i128::from(offset_ms);
+        // The blocks were built a moment before they were read.
+        assert!(
+            (expected..expected + 10_000).contains(&skew),
+            "offset {offset_ms}: skew {skew} ms"
+        );
+        let report = prompting_chain::clock::report(skew, block);
+        assert_eq!(report.is_some(), offset_ms != 0, "{report:?}");
+    }
+}

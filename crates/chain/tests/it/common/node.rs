@@ -21,7 +21,8 @@
 //!   sets `LastUpdate`), with `ExtrinsicSuccess`/`ExtrinsicFailed` events per extrinsic.
 //! - **storage** the client reads: `ServingRateLimit`, `WeightsSetRateLimit`,
 //!   `CommitRevealWeightsEnabled`, `WeightsVersionKey`, `LastUpdate`, `Uids`, `Axons`,
-//!   `StakeThreshold`, `System.Events`; **runtime APIs** `get_neurons_lite`,
+//!   `StakeThreshold`, `System.Events`, `Timestamp.Now` (the host's time when the block was
+//!   built, plus [`NodeConfig::clock_offset_ms`]); **runtime APIs** `get_neurons_lite`,
 //!   `get_subnet_state`, `AccountNonceApi`.
 //!
 //! The node models one subnet, answered for whatever netuid is asked.
@@ -107,6 +108,9 @@ pub struct NodeConfig {
     pub finality_lag: u32,
     /// Time between produced blocks; `None`: only [`NodeState::produce_block`] makes them.
     pub block_time: Option<Duration>,
+    /// How far the blocks' author's clock is from this host's, in milliseconds (each
+    /// block's `Timestamp.Now` is this host's time when it is built, plus this).
+    pub clock_offset_ms: i64,
 }
 
 impl NodeConfig {
@@ -117,6 +121,7 @@ impl NodeConfig {
             rules: Rules::default(),
             finality_lag: 2,
             block_time: Some(Duration::from_millis(20)),
+            clock_offset_ms: 0,
         }
     }
 
@@ -165,6 +170,8 @@ pub struct Block {
     pub events: Vec<u8>,
     /// The state after this block.
     pub state: Arc<Runtime>,
+    /// `Timestamp.Now`: when its author built it, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
 }
 
 /// A signed call as the node decodes it.
@@ -250,6 +257,8 @@ struct Chain {
 pub struct NodeState {
     pub metadata: subxt::Metadata,
     pub finality_lag: u32,
+    /// [`NodeConfig::clock_offset_ms`].
+    pub clock_offset_ms: i64,
     chain: Mutex<Chain>,
     /// Netuids asked for by `get_neurons_lite`, in order.
     pub netuids_asked: Mutex<Vec<u16>>,
@@ -270,6 +279,15 @@ fn block_hash(number: u32) -> [u8; 32] {
     let mut hash = [0xbb; 32];
     hash[..4].copy_from_slice(&number.to_be_bytes());
     hash
+}
+
+/// This host's time plus `offset_ms`, milliseconds since the Unix epoch (a block's
+/// `Timestamp.Now`).
+fn author_time(offset_ms: i64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    u64::try_from(now + offset_ms).unwrap_or(0)
 }
 
 fn hex0x(bytes: &[u8]) -> String {
@@ -319,6 +337,7 @@ impl NodeState {
             outcomes: Vec::new(),
             events: Vec::new(),
             state: Arc::clone(&state),
+            timestamp_ms: 0,
         };
         let head = Block {
             number: FIRST_HEAD,
@@ -328,10 +347,12 @@ impl NodeState {
             outcomes: Vec::new(),
             events: Vec::new(),
             state,
+            timestamp_ms: author_time(config.clock_offset_ms),
         };
         NodeState {
             metadata: metadata(),
             finality_lag: config.finality_lag,
+            clock_offset_ms: config.clock_offset_ms,
             chain: Mutex::new(Chain {
                 blocks: vec![genesis, head],
                 pool: Vec::new(),
@@ -511,6 +532,9 @@ impl NodeState {
         };
         if key == root("System", "Events") {
             return Ok(Some(block.events.clone()));
+        }
+        if key == root("Timestamp", "Now") {
+            return Ok(Some(block.timestamp_ms.encode()));
         }
         let entry_ty = |entry: &str| -> u32 {
             self.metadata
@@ -876,6 +900,7 @@ impl NodeState {
             outcomes,
             events,
             state: Arc::new(state),
+            timestamp_ms: author_time(self.clock_offset_ms),
         };
         let hash = hex0x(&block.hash);
         chain.blocks.push(block);
