@@ -35,10 +35,10 @@ pub fn report(skew_ms: i128, block: u64) -> Option<String> {
     if skew_ms > AHEAD_LIMIT.as_millis() as i128 {
         Some(format!(
             "this host's clock reads {seconds:.0} s later than the chain's best block \
-             (#{block}), which is at most ~12 s old: validators' requests carry their own \
-             time, and ones that look older than 4 s plus their timeout are refused as stale \
-             (\"Nonce is too old\"); synchronise the clock (e.g. `timedatectl set-ntp true`, \
-             chrony)"
+             (#{block}), which a synced node has from the last ~12 s: validators' requests \
+             carry their own time, and ones that look older than 4 s plus their timeout are \
+             refused as stale (\"Nonce is too old\"); synchronise the clock (e.g. \
+             `timedatectl set-ntp true`, chrony), or check that the node is synced"
         ))
     } else if skew_ms < -(BEHIND_LIMIT.as_millis() as i128) {
         Some(format!(
