@@ -5,7 +5,9 @@
 //!
 //! - **refresh** every epoch (`--miner.blocks_per_epoch` blocks); a failure keeps the last
 //!   good view and is retried with exponential backoff. Each refresh logs one info line with
-//!   the miner's own figures, as the Python miners do at each epoch ([`EpochStatus`]);
+//!   the miner's own figures, as the Python miners do at each epoch ([`EpochStatus`]), and
+//!   compares the host's clock with the best block's time ([`crate::clock`]: one warning
+//!   when it goes out of bounds, one line when it is back);
 //! - **serve** at start and whenever the metagraph shows another address for the hotkey.
 //!   An address subtensor's `ServingRateLimit` does not allow yet is retried at the block it
 //!   allows; any other failure is a warning, retried with backoff. Never fatal: bittensor
@@ -109,6 +111,9 @@ pub struct SyncSnapshot {
     pub weights_skipped: Option<String>,
     /// Successful refreshes so far: the next epoch line's `Step` (the Python miners' count).
     pub epochs: u64,
+    /// This host's clock against the best block's time at the last refresh, in
+    /// milliseconds (`crate::clock::skew_ms`; `None` until it could be read).
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// The miner's own figures at one epoch, read from the refreshed metagraph: what the Python
@@ -220,6 +225,7 @@ pub fn spawn_sync(
         refresh_failures: 0,
         serve_failures: 0,
         commit_reveal_warned: false,
+        clock_warned: false,
     };
     (tokio::spawn(duties.run()), status)
 }
@@ -233,6 +239,9 @@ struct Duties {
     refresh_failures: u32,
     serve_failures: u32,
     commit_reveal_warned: bool,
+    /// Whether the clock's skew was last reported (warned once when it goes out of
+    /// bounds, told once when it is back).
+    clock_warned: bool,
 }
 
 impl Duties {
@@ -304,6 +313,7 @@ impl Duties {
                     s.epochs = s.epochs.saturating_add(1);
                 });
                 tracing::debug!(netuid, block, "metagraph refreshed");
+                self.check_clock().await;
                 Ok(axon_differs)
             }
             Err(e) => {
@@ -324,6 +334,43 @@ impl Duties {
                 Err(delay)
             }
         }
+    }
+
+    /// Compares this host's clock with the best block's time ([`crate::clock`]): warns when
+    /// the skew goes out of bounds (at the first refresh: at start), says so once it is back;
+    /// a time that cannot be read is a debug line.
+    async fn check_clock(&mut self) {
+        let (skew_ms, block) = match self.subtensor.clock_skew().await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(error = %e, "the chain's time could not be read");
+                return;
+            }
+        };
+        let clamped =
+            i64::try_from(skew_ms).unwrap_or(if skew_ms < 0 { i64::MIN } else { i64::MAX });
+        tracing::debug!(
+            skew_ms = clamped,
+            block,
+            "this host's clock against the chain's best block"
+        );
+        match crate::clock::report(skew_ms, block) {
+            Some(warning) if !self.clock_warned => {
+                tracing::warn!("{warning}");
+                self.clock_warned = true;
+            }
+            None if self.clock_warned => {
+                tracing::info!(
+                    skew_ms = clamped,
+                    block,
+                    "this host's clock agrees with the chain's again"
+                );
+                self.clock_warned = false;
+            }
+            _ => {}
+        }
+        // After the log, so that what `/metrics` shows was said first.
+        self.status.update(|s| s.clock_skew_ms = Some(clamped));
     }
 
     /// Publishes the axon if needed; the wait before the next attempt, if one is needed.

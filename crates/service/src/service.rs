@@ -434,6 +434,13 @@ fn register_chain_metrics(
         "Seconds since the metagraph was last refreshed from the chain",
         Arc::new(move || age.snapshot().age().map(|age| age.as_secs_f64())),
     );
+    let clock = Arc::clone(status);
+    metrics.add_gauge_source(
+        "clock_skew_seconds",
+        "This host's clock minus the chain's best block time at the last metagraph refresh \
+         (0-12 s on a synced host; validators' requests are refused as stale past ~16 s)",
+        Arc::new(move || clock.snapshot().clock_skew_ms.map(|ms| ms as f64 / 1e3)),
+    );
     let block = Arc::clone(shared);
     metrics.add_gauge_source(
         "metagraph_block",
@@ -580,25 +587,6 @@ fn load_hotkey(args: &CommonArgs) -> Result<Keypair, ServiceError> {
     })
 }
 
-/// Compares this host's clock with the chain's best block and warns when they are too far
-/// apart for validators' signed requests to pass (`prompting_chain::clock`); a chain whose
-/// time cannot be read is only logged at debug level.
-async fn check_clock(subtensor: &prompting_chain::Subtensor) {
-    match subtensor.clock_skew().await {
-        Ok((skew_ms, block)) => {
-            tracing::debug!(
-                skew_ms = i64::try_from(skew_ms).unwrap_or(i64::MAX),
-                block,
-                "this host's clock against the chain's best block"
-            );
-            if let Some(warning) = prompting_chain::clock::report(skew_ms, block) {
-                tracing::warn!("{warning}");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "the chain's time could not be read"),
-    }
-}
-
 /// Connects to subtensor, reads the metagraph and checks the hotkey is registered.
 async fn chain_source(args: &CommonArgs, keypair: &Keypair) -> Result<Source, ServiceError> {
     let netuid = args.subtensor.netuid;
@@ -619,7 +607,6 @@ async fn chain_source(args: &CommonArgs, keypair: &Keypair) -> Result<Source, Se
         neurons = metagraph.neurons().len(),
         "hotkey registered"
     );
-    check_clock(&subtensor).await;
     Ok(Source::Chain {
         subtensor,
         shared: Arc::new(SharedMetagraph::new(metagraph)),

@@ -44,13 +44,18 @@ fn logged() -> String {
     String::from_utf8_lossy(&LOG.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
 }
 
-/// The epoch lines logged so far.
-fn epoch_lines() -> Vec<String> {
+/// The lines logged so far that contain `text`.
+fn lines_with(text: &str) -> Vec<String> {
     logged()
         .lines()
-        .filter(|line| line.contains("Step:"))
+        .filter(|line| line.contains(text))
         .map(str::to_string)
         .collect()
+}
+
+/// The epoch lines logged so far.
+fn epoch_lines() -> Vec<String> {
+    lines_with("Step:")
 }
 
 async fn metrics(addr: SocketAddr) -> String {
@@ -155,13 +160,9 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     let block = sample(&page, "prompting_metagraph_block").expect("metagraph block");
     assert!(block >= f64::from(common::node::FIRST_HEAD), "{block}");
 
-    // The clock's warning, once, at start.
-    let log = logged();
-    let clock: Vec<&str> = log
-        .lines()
-        .filter(|line| line.contains("this host's clock reads "))
-        .collect();
-    assert_eq!(clock.len(), 1, "{log}");
+    // The clock's warning at the first refresh, and its skew on /metrics.
+    let clock = clock_warnings();
+    assert_eq!(clock.len(), 1, "{clock:?}");
     let seconds: f64 = clock[0]
         .split("this host's clock reads ")
         .nth(1)
@@ -171,6 +172,8 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
     assert!(clock[0].contains(" WARN "), "{}", clock[0]);
     // The best block was built a moment before it was read.
     assert!((120.0..130.0).contains(&seconds), "{}", clock[0]);
+    let skew = sample(&page, "prompting_clock_skew_seconds").expect("clock skew");
+    assert!((120.0..130.0).contains(&skew), "{skew}");
 
     // The first epoch's line, Step 0, with the same figures.
     let lines = epoch_lines();
@@ -219,6 +222,20 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
         "{lines:#?}"
     );
     assert!(steps.len() >= 2);
+    // The clock stayed as far off through every epoch: still the one warning.
+    assert_eq!(clock_warnings().len(), 1, "{:?}", clock_warnings());
+    // The author's clock set right: the next refreshes say so once, and /metrics follows.
+    node.state
+        .clock_offset_ms
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let page = metrics_until(addr, "a clock skew near zero", |page| {
+        sample(page, "prompting_clock_skew_seconds").is_some_and(|s| s.abs() < 10.0)
+    })
+    .await;
+    assert!(sample(&page, "prompting_clock_skew_seconds").is_some());
+    let agreed = lines_with("this host's clock agrees with the chain's again");
+    assert_eq!(agreed.len(), 1, "{}", logged());
+    assert_eq!(clock_warnings().len(), 1);
     let blocks: Vec<u64> = lines.iter().map(|line| first_block(line)).collect();
     assert!(blocks.windows(2).all(|w| w[0] <= w[1]), "{blocks:?}");
     // Each weights-set extrinsic sent is counted once it is in a block, no more: the count
@@ -238,6 +255,11 @@ async fn each_epoch_logs_the_miners_figures_and_metrics_show_them() {
         .expect("stops after the shutdown signal")
         .expect("server task")
         .expect("clean shutdown");
+}
+
+/// The clock's warnings logged so far.
+fn clock_warnings() -> Vec<String> {
+    lines_with("this host's clock reads ")
 }
 
 /// The number after `label` in an epoch line.

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -257,8 +257,9 @@ struct Chain {
 pub struct NodeState {
     pub metadata: subxt::Metadata,
     pub finality_lag: u32,
-    /// [`NodeConfig::clock_offset_ms`].
-    pub clock_offset_ms: i64,
+    /// [`NodeConfig::clock_offset_ms`], for the blocks built from now on (a test may
+    /// change it: the author's clock set right).
+    pub clock_offset_ms: AtomicI64,
     chain: Mutex<Chain>,
     /// Netuids asked for by `get_neurons_lite`, in order.
     pub netuids_asked: Mutex<Vec<u16>>,
@@ -352,7 +353,7 @@ impl NodeState {
         NodeState {
             metadata: metadata(),
             finality_lag: config.finality_lag,
-            clock_offset_ms: config.clock_offset_ms,
+            clock_offset_ms: AtomicI64::new(config.clock_offset_ms),
             chain: Mutex::new(Chain {
                 blocks: vec![genesis, head],
                 pool: Vec::new(),
@@ -900,7 +901,7 @@ impl NodeState {
             outcomes,
             events,
             state: Arc::new(state),
-            timestamp_ms: author_time(self.clock_offset_ms),
+            timestamp_ms: author_time(self.clock_offset_ms.load(Ordering::Relaxed)),
         };
         let hash = hex0x(&block.hash);
         chain.blocks.push(block);
