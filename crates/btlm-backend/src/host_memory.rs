@@ -52,16 +52,10 @@ impl Room {
 
 /// The `Name:   123 kB` field of `/proc/meminfo`, in bytes.
 fn kb_field(meminfo: &str, name: &str) -> Option<u64> {
-    meminfo.lines().find_map(|line| {
-        let kb: u64 = line
-            .strip_prefix(name)?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
-    })
+    meminfo
+        .lines()
+        .find_map(|line| crate::huge_pages::field_kb(line, name))
+        .map(|kb| kb * 1024)
 }
 
 /// The three files of a cgroup's memory controller the room is read from.

@@ -126,8 +126,9 @@ impl Advised {
     }
 }
 
-/// The value of a `Name:   123 kB` line of smaps, if `line` is that field.
-fn field_kb(line: &str, name: &str) -> Option<u64> {
+/// The value of a `Name:   123 kB` line of smaps or `/proc/meminfo`, if `line` is that
+/// field.
+pub(crate) fn field_kb(line: &str, name: &str) -> Option<u64> {
     line.strip_prefix(name)?
         .trim()
         .strip_suffix("kB")?

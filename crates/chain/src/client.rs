@@ -28,6 +28,15 @@ use crate::signer::{ExtrinsicSigner, SubxtSigner};
 
 /// The pallet holding subtensor's calls.
 pub const SUBTENSOR_PALLET: &str = "SubtensorModule";
+
+/// A storage entry: its pallet and name.
+type Entry = (&'static str, &'static str);
+
+/// The `SubtensorModule` entry `name`.
+fn subtensor(name: &'static str) -> Entry {
+    (SUBTENSOR_PALLET, name)
+}
+
 /// `serve_axon`'s `protocol` for an HTTP axon (bittensor's axon protocol 4).
 pub const AXON_PROTOCOL: u8 = 4;
 /// The axon version published by bittensor 6.4.4 (`__version_as_int__`), which the text-prompting
@@ -385,7 +394,7 @@ impl Subtensor {
         with_timeout(
             "reading the block's time",
             self.call_timeout,
-            self.pallet_storage_uint(at, "Timestamp", "Now", Vec::new()),
+            self.storage_uint(at, ("Timestamp", "Now"), Vec::new()),
         )
         .await
     }
@@ -401,89 +410,65 @@ impl Subtensor {
         ))
     }
 
-    /// Reads `SubtensorModule.{entry}(keys)` at `at`, or its default.
+    /// Reads `{pallet}.{name}(keys)` at `at`, or its default.
     async fn storage_value(
         &self,
         at: H256,
-        entry: &'static str,
+        (pallet, name): Entry,
         keys: Vec<Value>,
     ) -> Result<Value<u32>, ChainError> {
-        self.pallet_storage_value(at, SUBTENSOR_PALLET, entry, keys)
-            .await
-    }
-
-    /// Reads `{pallet}.{entry}(keys)` at `at`, or its default.
-    async fn pallet_storage_value(
-        &self,
-        at: H256,
-        pallet: &'static str,
-        entry: &'static str,
-        keys: Vec<Value>,
-    ) -> Result<Value<u32>, ChainError> {
-        let address = dynamic::storage(pallet, entry, keys);
+        let address = dynamic::storage(pallet, name, keys);
         let thunk = self
             .api
             .storage()
             .at(BlockRef::from_hash(at))
             .fetch_or_default(&address)
             .await
-            .map_err(|e| ChainError::rpc("reading storage", format!("{pallet}.{entry}: {e}")))?;
+            .map_err(|e| ChainError::rpc("reading storage", format!("{pallet}.{name}: {e}")))?;
         thunk.to_value().map_err(|e| ChainError::Decode {
             what: "a storage value",
-            reason: format!("{pallet}.{entry}: {e}"),
+            reason: format!("{pallet}.{name}: {e}"),
         })
     }
 
-    /// Reads the optional `SubtensorModule.{entry}(keys)` at `at` (`None`: absent).
+    /// Reads the optional `{pallet}.{name}(keys)` at `at` (`None`: absent).
     async fn storage_option(
         &self,
         at: H256,
-        entry: &'static str,
+        (pallet, name): Entry,
         keys: Vec<Value>,
     ) -> Result<Option<Value<u32>>, ChainError> {
-        let address = dynamic::storage(SUBTENSOR_PALLET, entry, keys);
+        let address = dynamic::storage(pallet, name, keys);
         let thunk = self
             .api
             .storage()
             .at(BlockRef::from_hash(at))
             .fetch(&address)
             .await
-            .map_err(|e| ChainError::rpc("reading storage", format!("{entry}: {e}")))?;
+            .map_err(|e| ChainError::rpc("reading storage", format!("{pallet}.{name}: {e}")))?;
         thunk
             .map(|thunk| {
                 thunk.to_value().map_err(|e| ChainError::Decode {
                     what: "a storage value",
-                    reason: format!("{entry}: {e}"),
+                    reason: format!("{pallet}.{name}: {e}"),
                 })
             })
             .transpose()
     }
 
-    /// Reads `SubtensorModule.{entry}(keys)` at `at` as an unsigned integer.
+    /// Reads `{pallet}.{name}(keys)` at `at` as an unsigned integer.
     async fn storage_uint(
         &self,
         at: H256,
-        entry: &'static str,
+        entry: Entry,
         keys: Vec<Value>,
     ) -> Result<u64, ChainError> {
-        self.pallet_storage_uint(at, SUBTENSOR_PALLET, entry, keys)
-            .await
-    }
-
-    /// Reads `{pallet}.{entry}(keys)` at `at` as an unsigned integer.
-    async fn pallet_storage_uint(
-        &self,
-        at: H256,
-        pallet: &'static str,
-        entry: &'static str,
-        keys: Vec<Value>,
-    ) -> Result<u64, ChainError> {
-        let value = self.pallet_storage_value(at, pallet, entry, keys).await?;
+        let value = self.storage_value(at, entry, keys).await?;
         crate::neurons::unsigned(&value)
             .and_then(|n| u64::try_from(n).ok())
             .ok_or(ChainError::FieldType {
-                ty: pallet,
-                field: entry,
+                ty: entry.0,
+                field: entry.1,
                 expected: "a u64",
             })
     }
@@ -496,7 +481,7 @@ impl Subtensor {
             async {
                 let key = || vec![Value::u128(u128::from(netuid))];
                 let commit_reveal = self
-                    .storage_value(at, "CommitRevealWeightsEnabled", key())
+                    .storage_value(at, subtensor("CommitRevealWeightsEnabled"), key())
                     .await?;
                 let commit_reveal_weights = match commit_reveal.value {
                     ValueDef::Primitive(subxt::ext::scale_value::Primitive::Bool(b)) => b,
@@ -509,10 +494,16 @@ impl Subtensor {
                     }
                 };
                 Ok(SubnetRules {
-                    serving_rate_limit: self.storage_uint(at, "ServingRateLimit", key()).await?,
-                    weights_rate_limit: self.storage_uint(at, "WeightsSetRateLimit", key()).await?,
+                    serving_rate_limit: self
+                        .storage_uint(at, subtensor("ServingRateLimit"), key())
+                        .await?,
+                    weights_rate_limit: self
+                        .storage_uint(at, subtensor("WeightsSetRateLimit"), key())
+                        .await?,
                     commit_reveal_weights,
-                    weights_version_key: self.storage_uint(at, "WeightsVersionKey", key()).await?,
+                    weights_version_key: self
+                        .storage_uint(at, subtensor("WeightsVersionKey"), key())
+                        .await?,
                 })
             },
         )
@@ -529,7 +520,7 @@ impl Subtensor {
     ) -> Result<Option<OwnNeuron>, ChainError> {
         with_timeout("reading the hotkey's neuron", self.call_timeout, async {
             let keys = || vec![Value::u128(u128::from(netuid)), Value::from_bytes(hotkey)];
-            let Some(uid) = self.storage_option(at, "Uids", keys()).await? else {
+            let Some(uid) = self.storage_option(at, subtensor("Uids"), keys()).await? else {
                 return Ok(None);
             };
             let uid = crate::neurons::unsigned(&uid)
@@ -540,7 +531,11 @@ impl Subtensor {
                     expected: "a u16",
                 })?;
             let last_updates = self
-                .storage_value(at, "LastUpdate", vec![Value::u128(u128::from(netuid))])
+                .storage_value(
+                    at,
+                    subtensor("LastUpdate"),
+                    vec![Value::u128(u128::from(netuid))],
+                )
                 .await?;
             let last_update = match &last_updates.value {
                 ValueDef::Composite(items) => items
@@ -557,7 +552,7 @@ impl Subtensor {
                     });
                 }
             };
-            let axon = self.storage_option(at, "Axons", keys()).await?;
+            let axon = self.storage_option(at, subtensor("Axons"), keys()).await?;
             let axon = axon.as_ref().map(axon_on_chain).transpose()?;
             Ok(Some(OwnNeuron {
                 uid,
