@@ -169,7 +169,16 @@ async fn the_weights_pages_are_read_after_loading() {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_budget_past_the_memory_left_is_warned_about() {
-    let log = start_up_log(&["--btlm.kv_cache_mb", "100000000"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let args = tiny_dev_args(
+        &dir.path().join("wallets"),
+        port,
+        &["--btlm.kv_cache_mb", "100000000"],
+    );
+    let mut miner = MinerProcess::spawn(BIN, &args, port, &dir.path().join("miner.log"));
+    miner.wait_ready(Duration::from_secs(120)).await;
+    let log = miner.log();
     let warning = log
         .lines()
         .find(|line| line.contains("(--btlm.kv_cache_mb 100000000)"))
@@ -178,6 +187,31 @@ async fn a_cache_budget_past_the_memory_left_is_warned_about() {
     assert!(
         warning.contains("left after loading") && warning.contains("MiB fits (--btlm.kv_cache_mb "),
         "{warning}"
+    );
+    // The engine then holds its caches to the memory left (read every second), and says so
+    // once.
+    let start = std::time::Instant::now();
+    let held = loop {
+        let log = miner.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|line| line.contains("the key/value caches are held to"))
+            .map(String::from)
+            .collect();
+        if !lines.is_empty() {
+            break lines;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the engine's memory warning: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(
+        held[0].contains(" WARN ") && held[0].contains("of their 100000000 MiB budget"),
+        "{}",
+        held[0]
     );
 }
 

@@ -205,6 +205,17 @@ pub struct BtlmArgs {
         arg(long = "btlm.heap_slack_mb", default_value_t = 256)
     )]
     pub heap_slack_mb: usize,
+    /// Read the memory the host, and the miner's cgroup (a container's limit), has left
+    /// every this many milliseconds while the engine runs, and hold the key/value caches
+    /// to what fits in it beside --btlm.heap_slack_mb and 256 MiB: when other processes
+    /// take memory, idle caches are dropped and requests that need more wait, rather than
+    /// the kernel killing the miner for memory (a warning says so, and a line when the
+    /// whole --btlm.kv_cache_mb fits again). CPU only. 0: never.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "btlm.memory_check_ms", default_value_t = crate::host_memory::DEFAULT_CHECK_MS)
+    )]
+    pub memory_check_ms: u64,
     /// Let a request keep the keys and values an idle cache (--btlm.kv_pool) holds of its
     /// prompt's start, from an earlier request whose prompt and answer began alike (a
     /// validator asking about the same context twice, a conversation going on), and run
@@ -327,6 +338,7 @@ impl Default for BtlmArgs {
             kv_pool: true,
             kv_spare_caches: 8,
             heap_slack_mb: 256,
+            memory_check_ms: crate::host_memory::DEFAULT_CHECK_MS,
             prefix_reuse: true,
             deadline_guard: true,
             deadline_headroom_ms: 3000,
@@ -381,6 +393,8 @@ impl BtlmArgs {
                 .deadline_guard
                 .then(|| Duration::from_millis(self.deadline_headroom_ms)),
             answer_time: Duration::from_millis(self.answer_time_ms),
+            memory_check: (self.memory_check_ms > 0)
+                .then(|| Duration::from_millis(self.memory_check_ms)),
         }
     }
 
@@ -766,6 +780,16 @@ mod tests {
         );
         let t = parse(&["--btlm.prefill_step_ms", "0"]).expect("no step time");
         assert_eq!(t.engine().prefill_step_time, None);
+        assert_eq!(defaults.memory_check, Some(Duration::from_secs(1)));
+        assert_eq!(defaults.memory_check, EngineConfig::default().memory_check);
+        assert_eq!(
+            defaults.memory_check,
+            BtlmArgs::default().engine().memory_check
+        );
+        let t = parse(&["--btlm.memory_check_ms", "250"]).expect("check");
+        assert_eq!(t.engine().memory_check, Some(Duration::from_millis(250)));
+        let t = parse(&["--btlm.memory_check_ms", "0"]).expect("never");
+        assert_eq!(t.engine().memory_check, None);
         let g = a.generation();
         assert_eq!(g.prefill_chunk, 32);
         assert!(g.ignore_eos);

@@ -67,7 +67,7 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -75,6 +75,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::deadline_guard::{DeadlineGuard, Load};
 use crate::error::BtlmError;
 use crate::generation::FinishReason;
+use crate::host_memory::MemoryWatch;
 use crate::kv_pool::{Handed, KvPool, KvPoolConfig, KvPoolError, Lease, first_touch_bytes_per_sec};
 use crate::model::Segment;
 use crate::sequence::Sequence;
@@ -185,6 +186,9 @@ pub(crate) struct Batcher<M: StepModel> {
     recent_needs: VecDeque<usize>,
     /// The blank cache being made, a part at a time, while idle.
     blank: Option<M::Cache>,
+    /// The memory left, read every so often ([`EngineConfig::memory_check`]): the pool's
+    /// limit.
+    memory: Option<MemoryWatch>,
 }
 
 impl<M: StepModel> Batcher<M> {
@@ -255,7 +259,11 @@ impl<M: StepModel> Batcher<M> {
                 }
             );
         }
+        let memory = config
+            .memory_check
+            .map(|every| MemoryWatch::of_this_process(every, config.heap_slack_bytes.unwrap_or(0)));
         Ok(Batcher {
+            memory,
             piggyback,
             prefix_reuse,
             any_split,
@@ -288,7 +296,9 @@ impl<M: StepModel> Batcher<M> {
     /// Serves jobs until every sender is dropped and the last sequence ended.
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
         let mut open = true;
+        self.publish_gauges();
         loop {
+            self.watch_memory(Instant::now());
             if self.running.is_empty() && self.waiting.is_empty() {
                 if !open {
                     break;
@@ -305,9 +315,9 @@ impl<M: StepModel> Batcher<M> {
                         Err(TryRecvError::Disconnected) => break,
                     }
                 } else {
-                    match jobs.recv() {
-                        Ok(job) => job,
-                        Err(_) => break,
+                    match self.wait_for_job(&jobs) {
+                        Some(job) => job,
+                        None => break,
                     }
                 };
                 // A blank cache half made is memory outside the budget: dropped.
@@ -333,6 +343,51 @@ impl<M: StepModel> Batcher<M> {
             self.retire();
         }
         tracing::debug!("btlm engine: all handles dropped, stopping");
+    }
+
+    /// The next job, waited for (the memory left read meanwhile as often as the watch
+    /// says, so that idle caches are dropped when other processes take memory); `None`
+    /// once every sender is dropped.
+    fn wait_for_job(&mut self, jobs: &Receiver<Job>) -> Option<Job> {
+        loop {
+            let Some(every) = self.memory.as_ref().map(MemoryWatch::every) else {
+                return jobs.recv().ok();
+            };
+            match jobs.recv_timeout(every) {
+                Ok(job) => return Some(job),
+                Err(RecvTimeoutError::Timeout) => self.watch_memory(Instant::now()),
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Holds the pool to what the memory left allows when the watch is due
+    /// ([`MemoryWatch::check`]). Counted as written: the idle caches and the positions the
+    /// running sequences have run so far (prompt tokens kept or run, tokens fed back); the rest of
+    /// their leases is memory the OS backs only as they write it, which must fit the room.
+    fn watch_memory(&mut self, now: Instant) {
+        let Some(watch) = &mut self.memory else {
+            return;
+        };
+        let per_position = self.pool.config().bytes_per_token;
+        let unwritten: usize = self
+            .running
+            .iter()
+            .map(|r| {
+                r.lease
+                    .positions()
+                    .saturating_sub(r.job.sequence.fed())
+                    .saturating_mul(per_position)
+            })
+            .sum();
+        let pool = self.pool.stats();
+        let written = (pool.in_use_bytes + pool.idle_bytes).saturating_sub(unwritten);
+        if let Some(limit) = watch.check(now, written, self.pool.config().budget_bytes)
+            && limit != self.pool.limit()
+        {
+            self.pool.set_limit(limit);
+            self.publish_gauges();
+        }
     }
 
     /// Ends waiting and running requests whose caller left or whose deadline passed.
@@ -996,6 +1051,7 @@ impl<M: StepModel> Batcher<M> {
             .store(pool.in_use_bytes, Ordering::Release);
         s.kv_idle_bytes.store(pool.idle_bytes, Ordering::Release);
         s.kv_peak_bytes.store(pool.peak_bytes, Ordering::Release);
+        s.kv_limit_bytes.store(self.pool.limit(), Ordering::Release);
         s.kv_reused.store(pool.reused, Ordering::Release);
         s.kv_allocated.store(pool.allocated, Ordering::Release);
         s.kv_spares_used.store(pool.blank_leases, Ordering::Release);
@@ -1034,6 +1090,7 @@ mod tests {
     use super::*;
     use crate::error::Result;
     use crate::generation::{Generation, GenerationConfig};
+    use crate::host_memory::Room;
     use crate::model::Segment;
 
     /// A model without weights: the next token is always 500; it records the first token of
@@ -1602,6 +1659,135 @@ mod tests {
         }
         assert_eq!(ask(2).tokens.len(), 20);
         assert_eq!(stats.kv_spares_used.load(Ordering::Relaxed), 1);
+        drop(jobs);
+        engine.join().expect("engine thread");
+    }
+
+    /// A memory watch due at every call whose room is `room`'s value (host memory, bytes),
+    /// keeping `reserve` bytes free.
+    fn watch(room: &Arc<std::sync::atomic::AtomicU64>, reserve: u64) -> MemoryWatch {
+        let room = Arc::clone(room);
+        MemoryWatch::new(Duration::ZERO, reserve, move || Room {
+            host: Some(room.load(Ordering::Relaxed)),
+            cgroup: None,
+        })
+    }
+
+    /// The memory left holds the caches back: idle ones are dropped, new memory is not
+    /// lent past it (the request waits), and what the running sequences have yet to write
+    /// counts against the room; once memory is freed the budget is whole again.
+    #[test]
+    fn the_memory_left_holds_the_caches_back_until_it_is_freed() {
+        use std::sync::atomic::AtomicU64;
+        let mut b = batcher_with(Echo::default(), 4, 512, |c| {
+            c.prefix_reuse = false;
+            c.kv_cache_bytes = 10_000;
+        });
+        let room = Arc::new(AtomicU64::new(1 << 40));
+        b.memory = Some(watch(&room, 64));
+        let (first, _f) = job(1.0, 1, 100, 20, 60.0);
+        submit(&mut b, first);
+        b.watch_memory(Instant::now());
+        b.admit();
+        run_out(&mut b);
+        assert_eq!(
+            b.pool.stats().idle_bytes,
+            128,
+            "120 positions, one byte each"
+        );
+        assert_eq!(b.stats.kv_limit_bytes.load(Ordering::Relaxed), 10_000);
+        // Nothing left beyond the reserve: the limit is what is written less the 64 bytes
+        // short, and the idle cache no longer fits it.
+        room.store(0, Ordering::Relaxed);
+        b.watch_memory(Instant::now());
+        assert_eq!(b.pool.limit(), 128 - 64);
+        assert_eq!(b.stats.kv_limit_bytes.load(Ordering::Relaxed), 64);
+        let s = b.pool.stats();
+        assert_eq!((s.idle_caches, s.dropped), (0, 1));
+        // 500 bytes left: a request of 300 positions (a lease of 320) fits; a second one
+        // does not, because the first has yet to write its 320.
+        room.store(500, Ordering::Relaxed);
+        b.watch_memory(Instant::now());
+        assert_eq!(b.pool.limit(), 500 - 64);
+        let (a, _a) = job(1.0, 2, 280, 20, 60.0);
+        let (c, _c) = job(1.0, 3, 280, 20, 60.0);
+        submit(&mut b, a);
+        submit(&mut b, c);
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (1, 1));
+        // The first one's prompt run: its 280 positions are written, taken from the room.
+        while b.running[0].job.sequence.prompt_left() > 0 {
+            b.step();
+        }
+        assert_eq!(b.running[0].job.sequence.fed(), 280);
+        room.store(500 - 280, Ordering::Relaxed);
+        b.watch_memory(Instant::now());
+        assert_eq!(b.pool.limit(), 280 + 220 - 64, "the same limit as before");
+        b.admit();
+        assert_eq!(b.waiting.len(), 1, "still no room for a second lease");
+        // Memory freed elsewhere: the whole budget again, and the second one runs.
+        room.store(1 << 40, Ordering::Relaxed);
+        b.watch_memory(Instant::now());
+        assert_eq!(b.pool.limit(), 10_000);
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (2, 0));
+        run_out(&mut b);
+    }
+
+    /// While the engine has nothing to run it still reads the memory left, and drops its
+    /// idle caches when other processes take that memory.
+    #[test]
+    fn an_idle_engine_drops_its_idle_caches_when_memory_runs_short() {
+        use std::sync::atomic::AtomicU64;
+        let mut b = batcher_with(Echo::default(), 4, 256, |c| c.spare_caches = 0);
+        let room = Arc::new(AtomicU64::new(1 << 40));
+        let r = Arc::clone(&room);
+        b.memory = Some(MemoryWatch::new(Duration::from_millis(5), 64, move || {
+            Room {
+                host: Some(r.load(Ordering::Relaxed)),
+                cgroup: None,
+            }
+        }));
+        let budget = b.config.kv_cache_bytes;
+        let stats = Arc::clone(&b.stats);
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let engine = std::thread::spawn(move || b.run(rx));
+        let ask = |first: u32| {
+            let (j, mut answer) = job(1.0, first, 100, 20, 60.0);
+            stats.waiting.fetch_add(1, Ordering::AcqRel);
+            jobs.send(j).expect("engine");
+            loop {
+                match answer.blocking_recv().expect("an answer") {
+                    Event::Text(..) => continue,
+                    Event::Done(result) => return result.expect("no failure"),
+                }
+            }
+        };
+        assert_eq!(ask(1).tokens.len(), 20);
+        let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+            let start = Instant::now();
+            while !done() {
+                assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        wait_for("the idle cache published", &|| {
+            stats.kv_idle_bytes.load(Ordering::Relaxed) == 128
+        });
+        assert_eq!(stats.kv_limit_bytes.load(Ordering::Relaxed), budget);
+        // Others take all the memory: the idle cache goes, no request in sight.
+        room.store(0, Ordering::Relaxed);
+        wait_for("the idle cache dropped", &|| {
+            stats.kv_idle_bytes.load(Ordering::Relaxed) == 0
+                && stats.kv_dropped.load(Ordering::Relaxed) == 1
+        });
+        assert!(stats.kv_limit_bytes.load(Ordering::Relaxed) < 128);
+        // Freed again: the whole budget, and requests are served.
+        room.store(1 << 40, Ordering::Relaxed);
+        wait_for("the whole budget again", &|| {
+            stats.kv_limit_bytes.load(Ordering::Relaxed) == budget
+        });
+        assert_eq!(ask(2).tokens.len(), 20);
         drop(jobs);
         engine.join().expect("engine thread");
     }

@@ -1,12 +1,20 @@
-//! Whether the key/value cache budget fits the memory left after loading, checked once at
-//! start-up.
+//! Whether the key/value cache budget fits the memory the host has left: checked once at
+//! start-up, then watched while the engine runs.
 //!
 //! The engine never lets its caches outgrow `--btlm.kv_cache_mb`, and under load they grow
 //! to it (idle caches are kept for reuse while the budget has room). A budget larger than
 //! what the host, or the process's cgroup (a container's memory limit), has left after
 //! the weights are loaded is a miner that swaps or is killed for memory hours later, under
 //! load. So the miner reads what is left (`MemAvailable`, and the cgroup's limit less its
-//! usage) and warns with a budget that fits.
+//! usage) and warns with a budget that fits ([`report`]).
+//!
+//! Memory other processes take later (a second miner on the host, a validator, a build)
+//! shrinks that room while the miner runs. [`MemoryWatch`] reads it again every
+//! `--btlm.memory_check_ms`, and the engine holds its caches to what it allows
+//! ([`cache_limit`]): idle caches are dropped and new requests wait, rather than the
+//! kernel killing the miner for memory.
+
+use std::time::{Duration, Instant};
 
 /// Memory the engine needs beside the caches and the allocator's slack (activations and
 /// scratch of a step, the tokenizer, the server), kept free in the budget the warning
@@ -168,6 +176,110 @@ pub fn log_kv_budget(kv_cache_mb: usize, heap_slack_mb: usize) {
     }
 }
 
+/// How often the engine reads the memory left by default (`--btlm.memory_check_ms`).
+pub const DEFAULT_CHECK_MS: u64 = 1000;
+
+/// Bytes the key/value caches may take together when they have `written` bytes in memory
+/// already (what the caches in use have written so far, and the idle ones) and `room`
+/// bytes are left: `written + room − reserve`, none when the room is that far below the
+/// reserve. Caches lent but not yet written are backed by the OS only as they are written,
+/// so they count against the room, not as taken.
+pub fn cache_limit(written: usize, room: u64, reserve: u64) -> usize {
+    let allowed = (written as u128 + room as u128).saturating_sub(reserve as u128);
+    usize::try_from(allowed).unwrap_or(usize::MAX)
+}
+
+/// The memory left, read again every so often while the engine runs (see the module
+/// documentation).
+pub struct MemoryWatch {
+    every: Duration,
+    reserve: u64,
+    next: Option<Instant>,
+    /// Whether the limit was last reported below the budget.
+    cut: bool,
+    read: Box<dyn FnMut() -> Room + Send>,
+}
+
+impl std::fmt::Debug for MemoryWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryWatch")
+            .field("every", &self.every)
+            .field("reserve", &self.reserve)
+            .field("cut", &self.cut)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryWatch {
+    /// A watch reading the room with `read` every `every`, keeping `reserve` bytes free.
+    pub fn new(every: Duration, reserve: u64, read: impl FnMut() -> Room + Send + 'static) -> Self {
+        MemoryWatch {
+            every,
+            reserve,
+            next: None,
+            cut: false,
+            read: Box::new(read),
+        }
+    }
+
+    /// A watch of this process's room ([`Room::of_this_process`]) every `every`, keeping
+    /// the allocator's slack (`--btlm.heap_slack_mb`, which its heaps may hold before they
+    /// give it back) and [`HEADROOM_BYTES`] free.
+    pub fn of_this_process(every: Duration, heap_slack_bytes: usize) -> Self {
+        let reserve = heap_slack_bytes as u64 + HEADROOM_BYTES;
+        MemoryWatch::new(every, reserve, Room::of_this_process)
+    }
+
+    /// How often it reads the room.
+    pub fn every(&self) -> Duration {
+        self.every
+    }
+
+    /// When due (the first call, then every [`Self::every`]): reads the room and returns the
+    /// caches' limit for caches with `written` bytes in memory under a budget of `budget`
+    /// bytes ([`cache_limit`], at most `budget`). `None` when not due or when the room
+    /// cannot be read. Logs a warning when the limit falls below 15/16 of the budget, and
+    /// a line when it is the whole budget again.
+    pub fn check(&mut self, now: Instant, written: usize, budget: usize) -> Option<usize> {
+        if self.next.is_some_and(|next| now < next) {
+            return None;
+        }
+        self.next = Some(now + self.every);
+        let room = (self.read)();
+        let left = room.bytes()?;
+        let limit = cache_limit(written, left, self.reserve).min(budget);
+        let mib = |b: usize| b >> 20;
+        if !self.cut && limit < budget - budget / 16 {
+            self.cut = true;
+            tracing::warn!(
+                limit_mib = mib(limit),
+                budget_mib = mib(budget),
+                written_mib = mib(written),
+                host_mib = room.host.map(|b| b >> 20),
+                cgroup_mib = room.cgroup.map(|b| b >> 20),
+                "btlm engine: only {} MiB of memory are left (host MemAvailable, or the \
+                 cgroup's limit less its usage): the key/value caches are held to {} MiB of \
+                 their {} MiB budget (--btlm.kv_cache_mb) until memory is freed, idle caches \
+                 dropped and requests that need more waiting, rather than the kernel killing \
+                 the miner for memory",
+                left >> 20,
+                mib(limit),
+                mib(budget),
+            );
+        } else if self.cut && limit >= budget {
+            self.cut = false;
+            tracing::info!(
+                budget_mib = mib(budget),
+                "btlm engine: the memory left has room for the whole key/value cache budget \
+                 again"
+            );
+        } else {
+            tracing::trace!(limit_mib = mib(limit), "btlm engine: memory left read");
+        }
+        Some(limit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +360,56 @@ mod tests {
                 && said.contains("no cache budget fits"),
             "{said}"
         );
+    }
+
+    #[test]
+    fn the_cache_limit_is_what_is_written_plus_the_room_less_the_reserve() {
+        assert_eq!(cache_limit(1000, 500, 200), 1300);
+        assert_eq!(cache_limit(1000, 100, 200), 900, "room under the reserve");
+        assert_eq!(cache_limit(100, 0, 200), 0);
+        assert_eq!(cache_limit(usize::MAX, u64::MAX, 0), usize::MAX);
+    }
+
+    #[test]
+    fn the_watch_reads_the_room_when_due_and_caps_the_limit_at_the_budget() {
+        let room = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(10 * GIB));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (r, n) = (room.clone(), reads.clone());
+        let every = Duration::from_secs(1);
+        let mut watch = MemoryWatch::new(every, GIB / 4, move || {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Room {
+                host: Some(r.load(std::sync::atomic::Ordering::Relaxed)),
+                cgroup: None,
+            }
+        });
+        let budget = (4 * GIB) as usize;
+        let t0 = Instant::now();
+        assert_eq!(watch.check(t0, 0, budget), Some(budget), "plenty left");
+        assert!(!watch.cut);
+        // Not due again for a second, whatever happens meanwhile.
+        room.store(GIB, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(watch.check(t0 + every / 2, 0, budget), None);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // 512 MiB written, 1 GiB left, 256 MiB kept free: 1280 MiB.
+        let written = (GIB / 2) as usize;
+        let limit = watch.check(t0 + every, written, budget);
+        assert_eq!(limit, Some((GIB + GIB / 4) as usize));
+        assert!(watch.cut);
+        // Room again: the whole budget.
+        room.store(8 * GIB, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(watch.check(t0 + 2 * every, written, budget), Some(budget));
+        assert!(!watch.cut);
+        // Just under the budget is not reported as a cut (no warning for a few MiB).
+        room.store(4 * GIB, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            watch.check(t0 + 3 * every, 0, budget),
+            Some(budget - (GIB / 4) as usize)
+        );
+        assert!(!watch.cut);
+        // A room that cannot be read changes nothing.
+        let mut blind = MemoryWatch::new(every, 0, Room::default);
+        assert_eq!(blind.check(t0, 0, budget), None);
     }
 
     #[cfg(target_os = "linux")]

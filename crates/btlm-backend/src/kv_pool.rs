@@ -21,6 +21,10 @@
 //!   first) until the budget has room for it; when even the caches in use leave no room,
 //!   the lease is refused and the sequence waits.
 //!
+//! The budget in force may be lower than the configured one ([`KvPool::set_limit`]: the
+//! engine lowers it while the host has less memory left than the budget's room for more
+//! caches, `host_memory::MemoryWatch`); the same rules then hold for the lower figure.
+//!
 //! Least recently used first: the idle cache given back last is the one most likely to be
 //! asked for again (a conversation's next turn comes soon after its answer), and the
 //! largest ones, which were dropped first before, are the longest conversations'.
@@ -222,6 +226,9 @@ struct Idle<C> {
 #[derive(Debug)]
 pub struct KvPool<C> {
     config: KvPoolConfig,
+    /// The budget in force: [`KvPoolConfig::budget_bytes`], or less while the memory the
+    /// host has left says so ([`KvPool::set_limit`]).
+    limit: usize,
     idle: Vec<Idle<C>>,
     stats: KvPoolStats,
     /// Positions a copy must keep beyond a fitting idle cache, per position needed.
@@ -262,6 +269,7 @@ impl<C> KvPool<C> {
         }
         Ok(KvPool {
             config,
+            limit: config.budget_bytes,
             idle: Vec::new(),
             stats: KvPoolStats::default(),
             copy_price: 0.0,
@@ -287,6 +295,22 @@ impl<C> KvPool<C> {
         self.stats
     }
 
+    /// Caps the budget at `bytes` (never above [`KvPoolConfig::budget_bytes`]; the budget
+    /// again from `usize::MAX`): e.g. while the memory the host has left is less than the
+    /// budget's room for more caches. From now on no lease, blank cache or idle cache is
+    /// kept past it; idle caches are dropped at once (blank ones first, then the least
+    /// recently given back) until those in use and idle fit, and when the caches in use
+    /// alone exceed it, leases wait until enough of them are given back.
+    pub fn set_limit(&mut self, bytes: usize) {
+        self.limit = bytes.min(self.config.budget_bytes);
+        self.trim();
+    }
+
+    /// The budget in force ([`Self::set_limit`]).
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Positions a new cache for a sequence of `needed` positions holds: `needed` rounded up
     /// to [`POSITION_GRANULE`] when recycling, but never past the context or the budget
     /// (and never below `needed`).
@@ -300,7 +324,7 @@ impl<C> KvPool<C> {
         let limit = self
             .config
             .max_positions
-            .min(self.config.budget_bytes / self.config.bytes_per_token);
+            .min(self.limit / self.config.bytes_per_token);
         rounded.min(limit).max(needed)
     }
 
@@ -416,7 +440,7 @@ impl<C> KvPool<C> {
         }
         let positions = self.positions_for(needed);
         let bytes = self.bytes_of(positions);
-        if self.stats.in_use_bytes.saturating_add(bytes) > self.config.budget_bytes {
+        if self.stats.in_use_bytes.saturating_add(bytes) > self.limit {
             return None;
         }
         self.stats.in_use_bytes += bytes;
@@ -456,7 +480,7 @@ impl<C> KvPool<C> {
                 .in_use_bytes
                 .saturating_add(idle)
                 .saturating_add(self.bytes_of(positions))
-                <= self.config.budget_bytes
+                <= self.limit
         };
         // The blank cache that fits with the fewest positions: memory written already, worth
         // nothing else.
@@ -580,7 +604,7 @@ impl<C> KvPool<C> {
             .stats
             .in_use_bytes
             .saturating_add(self.stats.idle_bytes)
-            > self.config.budget_bytes
+            > self.limit
             && !self.idle.is_empty()
         {
             let at = self.idle.iter().position(|i| i.blank).unwrap_or(0);
@@ -617,7 +641,7 @@ impl<C> KvPool<C> {
             .in_use_bytes
             .saturating_add(self.stats.idle_bytes)
             .saturating_add(self.bytes_of(positions))
-            <= self.config.budget_bytes
+            <= self.limit
     }
 
     /// Positions of the next blank cache to make ([`Self::add_blank`]) so that sequences
@@ -1084,6 +1108,45 @@ mod tests {
         }
         assert!(p.stats().peak_bytes <= 20_000);
         assert!(p.stats().reused > 0 && p.stats().dropped > 0);
+    }
+
+    #[test]
+    fn a_limit_below_the_budget_drops_idle_caches_and_holds_leases_back() {
+        // Idle "a", "b", "c" (1280 bytes each) and "d" (3200), given back in that order.
+        let mut p = four_idle(2000);
+        assert_eq!(p.limit(), 20_000);
+        let (lease, cache) = p.lease(100).expect("room");
+        assert_eq!((cache, p.stats().in_use_bytes), (Some("a"), 1280));
+        let blank = p.next_blank([100]).expect("room for a blank cache");
+        p.add_blank("blank", blank).expect("added");
+        // Room for the lease and two idle caches: the blank one goes first, then the least
+        // recently given back.
+        p.set_limit(1280 + 3200 + 1280 + 100);
+        assert_eq!(p.limit(), 5860);
+        let s = p.stats();
+        assert_eq!((s.idle_caches, s.blank_caches, s.dropped), (2, 0, 2));
+        let left: Vec<Named> = p.idle.iter().map(|i| i.cache).collect();
+        assert_eq!(left, ["c", "d"]);
+        // No new memory past the limit, no blank cache either; an idle cache that fits is
+        // still lent.
+        assert_eq!(p.next_blank([100]), None);
+        assert!(p.lease(500).is_none());
+        let (reused, cache) = p.lease(100).expect("an idle cache");
+        assert_eq!(cache, Some("c"));
+        // Below what is in use: every idle cache dropped, nothing lent until leases are
+        // given back.
+        p.set_limit(1000);
+        assert_eq!(p.stats().idle_caches, 0);
+        assert!(p.lease(10).is_none());
+        p.give_back(reused, Some(("c", 128))).expect("back");
+        assert_eq!(p.stats().idle_caches, 0, "past the limit: dropped");
+        p.give_back(lease, None).expect("back");
+        let (small, _) = p.lease(60).expect("room under the limit");
+        assert_eq!(small.positions(), 64);
+        // Never above the budget; the budget again from `usize::MAX`.
+        p.set_limit(usize::MAX);
+        assert_eq!(p.limit(), 20_000);
+        assert!(p.lease(1000).is_some());
     }
 
     #[test]

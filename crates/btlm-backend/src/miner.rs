@@ -143,7 +143,12 @@ impl BtlmMiner {
         name: impl Into<String>,
     ) -> Result<Self> {
         args.validate()?;
-        let engine = Engine::start(model, tokenizer, args.engine())?;
+        let mut config = args.engine();
+        if !model.device().is_cpu() {
+            // The caches are in the GPU's memory, not the host's.
+            config.memory_check = None;
+        }
+        let engine = Engine::start(model, tokenizer, config)?;
         Self::with_engine(engine, args, name)
     }
 
@@ -392,6 +397,11 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             "prompting_btlm_kv_budget_bytes",
             "Key/value cache bytes the running sequences may reserve together.",
             config.kv_cache_bytes as f64,
+        ),
+        BackendMetric::gauge(
+            "prompting_btlm_kv_limit_bytes",
+            "The key/value cache budget in force: the whole budget, or less while the memory the host has left holds the caches back (--btlm.memory_check_ms).",
+            gauge(&stats.kv_limit_bytes),
         ),
     ]
 }

@@ -134,6 +134,12 @@ impl Sequence {
         self.prompt_len + self.max_new
     }
 
+    /// Tokens run through the model so far (those kept from an earlier cache included):
+    /// the positions its cache holds.
+    pub fn fed(&self) -> usize {
+        self.fed
+    }
+
     /// Prompt tokens not run yet.
     pub fn prompt_left(&self) -> usize {
         self.prompt_len.saturating_sub(self.fed)

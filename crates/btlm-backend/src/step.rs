@@ -287,6 +287,12 @@ pub struct EngineConfig {
     /// ([`FinishReason::Late`](crate::generation::FinishReason::Late)) rather than take
     /// the steps of those that can still answer.
     pub answer_time: Duration,
+    /// How often the engine reads the memory the host (and its cgroup) has left, holding
+    /// its caches to what that allows beside the allocator's slack and 256 MiB
+    /// ([`crate::host_memory::MemoryWatch`]; `--btlm.memory_check_ms`). `None`: never
+    /// (the caches are then held to [`kv_cache_bytes`](Self::kv_cache_bytes) alone; the
+    /// miner turns it off on GPUs, whose caches are not in the host's memory).
+    pub memory_check: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -304,6 +310,7 @@ impl Default for EngineConfig {
             prefix_reuse: true,
             deadline_headroom: Some(Duration::from_secs(3)),
             answer_time: Duration::from_secs(2),
+            memory_check: Some(Duration::from_millis(crate::host_memory::DEFAULT_CHECK_MS)),
         }
     }
 }
@@ -357,6 +364,9 @@ pub struct EngineStats {
     /// The most bytes of cache reserved and idle together, ever (never above
     /// [`EngineConfig::kv_cache_bytes`]).
     pub kv_peak_bytes: AtomicUsize,
+    /// The cache budget in force now: [`EngineConfig::kv_cache_bytes`], or less while the
+    /// memory left says so ([`EngineConfig::memory_check`]).
+    pub kv_limit_bytes: AtomicUsize,
     /// Sequences that got an idle cache from the pool.
     pub kv_reused: AtomicU64,
     /// Sequences that got a new cache.

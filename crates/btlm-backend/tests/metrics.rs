@@ -72,6 +72,12 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         0.0
     );
     assert_eq!(value(&before, "prompting_btlm_max_batch"), 2.0);
+    wait_for("the budget in force published", || {
+        let now = metrics.render(&pipeline);
+        value(&now, "prompting_btlm_kv_limit_bytes")
+            == value(&now, "prompting_btlm_kv_budget_bytes")
+    })
+    .await;
 
     let request = PromptRequest::new(
         vec!["user".into()],
@@ -147,6 +153,11 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     assert!(idle > 0.0, "the finished sequence's cache is kept");
     assert_eq!(value(&after, "prompting_btlm_kv_idle_dropped_total"), 0.0);
     assert!(value(&after, "prompting_btlm_kv_peak_bytes") >= idle);
+    // The memory left (read every second by default) has room for the whole budget here.
+    assert_eq!(
+        value(&after, "prompting_btlm_kv_limit_bytes"),
+        value(&after, "prompting_btlm_kv_budget_bytes")
+    );
     // Idle now: a blank cache for the next request of that size (--btlm.kv_spare_caches,
     // 8 by default), once.
     let spares = |name: &str| value(&metrics.render(&pipeline), name);
