@@ -188,7 +188,7 @@ async fn a_cache_budget_past_the_memory_left_is_warned_about() {
         warning.contains("left after loading") && warning.contains("MiB fits (--btlm.kv_cache_mb "),
         "{warning}"
     );
-    // The engine then holds its caches to the memory left (read every second), and says so
+    // The engine then holds its caches to the memory left (read every 100 ms), and says so
     // once.
     let start = std::time::Instant::now();
     let held = loop {

@@ -207,7 +207,7 @@ pub struct BtlmArgs {
     pub heap_slack_mb: usize,
     /// Read the memory the host, and the miner's cgroup (a container's limit), has left
     /// every this many milliseconds while the engine runs, and hold the key/value caches
-    /// to what fits in it beside --btlm.heap_slack_mb and 256 MiB: when other processes
+    /// to what fits in it beside 256 MiB for the rest of the engine: when other processes
     /// take memory, idle caches are dropped and requests that need more wait, rather than
     /// the kernel killing the miner for memory (a warning says so, and a line when the
     /// whole --btlm.kv_cache_mb fits again). CPU only. 0: never.
@@ -780,7 +780,7 @@ mod tests {
         );
         let t = parse(&["--btlm.prefill_step_ms", "0"]).expect("no step time");
         assert_eq!(t.engine().prefill_step_time, None);
-        assert_eq!(defaults.memory_check, Some(Duration::from_secs(1)));
+        assert_eq!(defaults.memory_check, Some(Duration::from_millis(100)));
         assert_eq!(defaults.memory_check, EngineConfig::default().memory_check);
         assert_eq!(
             defaults.memory_check,

@@ -259,9 +259,7 @@ impl<M: StepModel> Batcher<M> {
                 }
             );
         }
-        let memory = config
-            .memory_check
-            .map(|every| MemoryWatch::of_this_process(every, config.heap_slack_bytes.unwrap_or(0)));
+        let memory = config.memory_check.map(MemoryWatch::of_this_process);
         Ok(Batcher {
             memory,
             piggyback,
@@ -530,6 +528,22 @@ impl<M: StepModel> Batcher<M> {
                     .map(|(lease, idle)| (lease, idle.map(Handed::as_it_is)))
             };
             let Some((lease, idle)) = granted else {
+                if self.running.is_empty() {
+                    // With nothing running the whole budget has room for any request
+                    // (`Engine::submit_ranked` refuses larger ones), so the memory left
+                    // holds it back, and no running sequence will give memory back.
+                    tracing::debug!(
+                        target: "btlm_engine",
+                        priority = job.priority,
+                        positions = job.sequence.max_positions(),
+                        limit_mib = self.pool.limit() >> 20,
+                        "btlm request ended before admission: the memory left cannot hold its \
+                         cache"
+                    );
+                    self.stats.no_memory.fetch_add(1, Ordering::Relaxed);
+                    self.end_waiting(job, FinishReason::NoMemory);
+                    continue;
+                }
                 // No room yet: it stays first in line.
                 self.waiting.push_front(job);
                 break;
@@ -1029,7 +1043,7 @@ impl<M: StepModel> Batcher<M> {
                     .fetch_add(g.tokens.len() as u64, Ordering::Relaxed);
                 match g.finish {
                     // Counted when ended (`EngineStats::preempted`, `EngineStats::late`).
-                    FinishReason::Preempted | FinishReason::Late => {}
+                    FinishReason::Preempted | FinishReason::Late | FinishReason::NoMemory => {}
                     FinishReason::Cancelled => count(&self.stats.cancelled),
                     FinishReason::Deadline => count(&self.stats.timed_out),
                     FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
@@ -1732,6 +1746,36 @@ mod tests {
         b.admit();
         assert_eq!((b.running.len(), b.waiting.len()), (2, 0));
         run_out(&mut b);
+    }
+
+    /// With nothing running, a request the memory left cannot hold is refused at once (no
+    /// running sequence will give memory back); a smaller one behind it runs.
+    #[test]
+    fn a_request_the_memory_left_cannot_hold_alone_is_refused_at_once() {
+        use std::sync::atomic::AtomicU64;
+        let mut b = batcher_with(Echo::default(), 4, 512, |c| {
+            c.prefix_reuse = false;
+            c.kv_cache_bytes = 10_000;
+        });
+        let room = Arc::new(AtomicU64::new(200));
+        b.memory = Some(watch(&room, 64));
+        b.watch_memory(Instant::now());
+        assert_eq!(b.pool.limit(), 136);
+        let (big, mut big_rx) = job(2.0, 1, 280, 20, 60.0);
+        let (small, _small_rx) = job(1.0, 2, 80, 20, 60.0);
+        submit(&mut b, big);
+        submit(&mut b, small);
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (1, 0));
+        assert_eq!(b.running[0].job.sequence.max_positions(), 100);
+        assert_eq!(done(&mut big_rx).finish, FinishReason::NoMemory);
+        assert_eq!(b.stats.no_memory.load(Ordering::Relaxed), 1);
+        // With one running, a request that does not fit waits for its memory instead.
+        let (next, _next_rx) = job(1.0, 3, 280, 20, 60.0);
+        submit(&mut b, next);
+        b.admit();
+        assert_eq!((b.running.len(), b.waiting.len()), (1, 1));
+        assert_eq!(b.stats.no_memory.load(Ordering::Relaxed), 1);
     }
 
     /// While the engine has nothing to run it still reads the memory left, and drops its

@@ -113,6 +113,11 @@ pub enum FinishReason {
     /// less the time an answer needs (the engine's deadline guard, `--btlm.answer_time_ms`):
     /// ended before it took more of the steps the others need.
     Late,
+    /// The memory the host has left could not hold its key/value cache with no other
+    /// sequence running, whose cache would be given back (the engine's memory watch,
+    /// `--btlm.memory_check_ms`): ended at once rather than left waiting for memory other
+    /// processes hold.
+    NoMemory,
 }
 
 /// The outcome of one completion ([`generate`](crate::sequence::generate) or the engine).

@@ -176,8 +176,11 @@ pub fn log_kv_budget(kv_cache_mb: usize, heap_slack_mb: usize) {
     }
 }
 
-/// How often the engine reads the memory left by default (`--btlm.memory_check_ms`).
-pub const DEFAULT_CHECK_MS: u64 = 1000;
+/// How often the engine reads the memory left by default (`--btlm.memory_check_ms`): a
+/// reading takes ~20–40 µs; in 100 ms another process growing at 2.5 GB/s takes the
+/// [`HEADROOM_BYTES`]. Once a second was too slow for one taking 320 MB/s in a cgroup
+/// (the miner killed for memory, docs/benchmarks.md, session 59).
+pub const DEFAULT_CHECK_MS: u64 = 100;
 
 /// Bytes the key/value caches may take together when they have `written` bytes in memory
 /// already (what the caches in use have written so far, and the idle ones) and `room`
@@ -223,11 +226,11 @@ impl MemoryWatch {
     }
 
     /// A watch of this process's room ([`Room::of_this_process`]) every `every`, keeping
-    /// the allocator's slack (`--btlm.heap_slack_mb`, which its heaps may hold before they
-    /// give it back) and [`HEADROOM_BYTES`] free.
-    pub fn of_this_process(every: Duration, heap_slack_bytes: usize) -> Self {
-        let reserve = heap_slack_bytes as u64 + HEADROOM_BYTES;
-        MemoryWatch::new(every, reserve, Room::of_this_process)
+    /// [`HEADROOM_BYTES`] free for the engine's other memory to grow into (a longer
+    /// prompt's step buffers). Unlike [`report`] at start-up it keeps no room for the
+    /// allocator's slack: what the heaps hold free is resident already, counted as used.
+    pub fn of_this_process(every: Duration) -> Self {
+        MemoryWatch::new(every, HEADROOM_BYTES, Room::of_this_process)
     }
 
     /// How often it reads the room.

@@ -398,6 +398,11 @@ pub fn engine_metrics(engine: &Engine) -> Vec<BackendMetric> {
             "Key/value cache bytes the running sequences may reserve together.",
             config.kv_cache_bytes as f64,
         ),
+        BackendMetric::counter(
+            "prompting_btlm_kv_no_memory",
+            "Requests refused (answered 503) on admission because the memory the host had left could not hold their key/value cache with nothing else running (--btlm.memory_check_ms).",
+            count(&stats.no_memory),
+        ),
         BackendMetric::gauge(
             "prompting_btlm_kv_limit_bytes",
             "The key/value cache budget in force: the whole budget, or less while the memory the host has left holds the caches back (--btlm.memory_check_ms).",
@@ -511,6 +516,9 @@ impl Miner for BtlmMiner {
                         FinishReason::Preempted => Err(MinerError::Preempted),
                         FinishReason::Late => Err(MinerError::Overloaded(
                             "its prompt could not have run in time behind the others".into(),
+                        )),
+                        FinishReason::NoMemory => Err(MinerError::Overloaded(
+                            "the host has too little memory left for its key/value cache".into(),
                         )),
                         FinishReason::Eos | FinishReason::Stop | FinishReason::Length => {
                             record_end(&report, &g);

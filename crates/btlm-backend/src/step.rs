@@ -288,7 +288,7 @@ pub struct EngineConfig {
     /// the steps of those that can still answer.
     pub answer_time: Duration,
     /// How often the engine reads the memory the host (and its cgroup) has left, holding
-    /// its caches to what that allows beside the allocator's slack and 256 MiB
+    /// its caches to what that allows beside 256 MiB for its other memory
     /// ([`crate::host_memory::MemoryWatch`]; `--btlm.memory_check_ms`). `None`: never
     /// (the caches are then held to [`kv_cache_bytes`](Self::kv_cache_bytes) alone; the
     /// miner turns it off on GPUs, whose caches are not in the host's memory).
@@ -415,6 +415,9 @@ pub struct EngineStats {
     /// memory), because their prompt could not have run in time
     /// ([`EngineConfig::answer_time`]).
     pub late: AtomicU64,
+    /// Requests ended on admission because the memory the host had left could not hold
+    /// their cache with nothing else running ([`EngineConfig::memory_check`]).
+    pub no_memory: AtomicU64,
 }
 
 impl EngineStats {

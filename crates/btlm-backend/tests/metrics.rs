@@ -153,7 +153,7 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     assert!(idle > 0.0, "the finished sequence's cache is kept");
     assert_eq!(value(&after, "prompting_btlm_kv_idle_dropped_total"), 0.0);
     assert!(value(&after, "prompting_btlm_kv_peak_bytes") >= idle);
-    // The memory left (read every second by default) has room for the whole budget here.
+    // The memory left (read every 100 ms by default) has room for the whole budget here.
     assert_eq!(
         value(&after, "prompting_btlm_kv_limit_bytes"),
         value(&after, "prompting_btlm_kv_budget_bytes")
