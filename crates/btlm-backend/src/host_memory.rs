@@ -176,6 +176,9 @@ pub fn log_kv_budget(kv_cache_mb: usize, heap_slack_mb: usize) {
     }
 }
 
+/// The least time between two warnings of the caches held back ([`MemoryWatch::check`]).
+pub const WARN_EVERY: Duration = Duration::from_secs(600);
+
 /// How often the engine reads the memory left by default (`--btlm.memory_check_ms`): a
 /// reading takes ~20–40 µs; in 100 ms another process growing at 2.5 GB/s takes the
 /// [`HEADROOM_BYTES`]. Once a second was too slow for one taking 320 MB/s in a cgroup
@@ -200,6 +203,10 @@ pub struct MemoryWatch {
     next: Option<Instant>,
     /// Whether the limit was last reported below the budget.
     cut: bool,
+    /// When the last warning of a cut was logged.
+    warned_at: Option<Instant>,
+    /// Whether the current cut was warned about (its end is then logged too).
+    announced: bool,
     read: Box<dyn FnMut() -> Room + Send>,
 }
 
@@ -221,6 +228,8 @@ impl MemoryWatch {
             reserve,
             next: None,
             cut: false,
+            warned_at: None,
+            announced: false,
             read: Box::new(read),
         }
     }
@@ -241,8 +250,11 @@ impl MemoryWatch {
     /// When due (the first call, then every [`Self::every`]): reads the room and returns the
     /// caches' limit for caches with `written` bytes in memory under a budget of `budget`
     /// bytes ([`cache_limit`], at most `budget`). `None` when not due or when the room
-    /// cannot be read. Logs a warning when the limit falls below 15/16 of the budget, and
-    /// a line when it is the whole budget again.
+    /// cannot be read. Logs a warning when the limit falls below 15/16 of the budget (at
+    /// most once every [`WARN_EVERY`]: in a cgroup at its limit the room read swings by
+    /// hundreds of MB as the kernel moves file pages between its lists, and the limit with
+    /// it; debug level otherwise), and a line when it is the whole budget again after a
+    /// warning.
     pub fn check(&mut self, now: Instant, written: usize, budget: usize) -> Option<usize> {
         if self.next.is_some_and(|next| now < next) {
             return None;
@@ -254,12 +266,7 @@ impl MemoryWatch {
         let mib = |b: usize| b >> 20;
         if !self.cut && limit < budget - budget / 16 {
             self.cut = true;
-            tracing::warn!(
-                limit_mib = mib(limit),
-                budget_mib = mib(budget),
-                written_mib = mib(written),
-                host_mib = room.host.map(|b| b >> 20),
-                cgroup_mib = room.cgroup.map(|b| b >> 20),
+            let message = format!(
                 "btlm engine: only {} MiB of memory are left (host MemAvailable, or the \
                  cgroup's limit less its usage): the key/value caches are held to {} MiB of \
                  their {} MiB budget (--btlm.kv_cache_mb) until memory is freed, idle caches \
@@ -269,13 +276,36 @@ impl MemoryWatch {
                 mib(limit),
                 mib(budget),
             );
+            let (host_mib, cgroup_mib) = (room.host.map(|b| b >> 20), room.cgroup.map(|b| b >> 20));
+            if self
+                .warned_at
+                .is_some_and(|at| now.duration_since(at) < WARN_EVERY)
+            {
+                tracing::debug!(
+                    written_mib = mib(written),
+                    host_mib,
+                    cgroup_mib,
+                    "{message}"
+                );
+            } else {
+                self.warned_at = Some(now);
+                self.announced = true;
+                tracing::warn!(
+                    written_mib = mib(written),
+                    host_mib,
+                    cgroup_mib,
+                    "{message}"
+                );
+            }
         } else if self.cut && limit >= budget {
             self.cut = false;
-            tracing::info!(
-                budget_mib = mib(budget),
-                "btlm engine: the memory left has room for the whole key/value cache budget \
-                 again"
-            );
+            let message = "btlm engine: the memory left has room for the whole key/value \
+                           cache budget again";
+            if std::mem::take(&mut self.announced) {
+                tracing::info!(budget_mib = mib(budget), "{message}");
+            } else {
+                tracing::debug!(budget_mib = mib(budget), "{message}");
+            }
         } else {
             tracing::trace!(limit_mib = mib(limit), "btlm engine: memory left read");
         }
@@ -410,6 +440,21 @@ mod tests {
             Some(budget - (GIB / 4) as usize)
         );
         assert!(!watch.cut);
+        // A second cut soon after is not warned about again, nor its end; after
+        // `WARN_EVERY` it is.
+        let warned = watch.warned_at.expect("the first cut was warned about");
+        assert_eq!(warned, t0 + every);
+        room.store(GIB, std::sync::atomic::Ordering::Relaxed);
+        assert!(watch.check(t0 + 4 * every, written, budget) < Some(budget));
+        assert!(watch.cut && !watch.announced);
+        assert_eq!(watch.warned_at, Some(warned));
+        room.store(8 * GIB, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(watch.check(t0 + 5 * every, written, budget), Some(budget));
+        room.store(GIB, std::sync::atomic::Ordering::Relaxed);
+        let later = warned + WARN_EVERY;
+        assert!(watch.check(later, written, budget) < Some(budget));
+        assert!(watch.cut && watch.announced);
+        assert_eq!(watch.warned_at, Some(later));
         // A room that cannot be read changes nothing.
         let mut blind = MemoryWatch::new(every, 0, Room::default);
         assert_eq!(blind.check(t0, 0, budget), None);
