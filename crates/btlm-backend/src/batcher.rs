@@ -1643,6 +1643,24 @@ mod tests {
         assert!(!b.spare_wanted());
     }
 
+    /// Asks the engine thread fed by `jobs` for 20 tokens after a prompt of 100 `first`
+    /// tokens and waits for the answer.
+    fn ask_engine(
+        stats: &EngineStats,
+        jobs: &std::sync::mpsc::Sender<Job>,
+        first: u32,
+    ) -> Generation {
+        let (j, mut rx) = job(1.0, first, 100, 20, 60.0);
+        stats.waiting.fetch_add(1, Ordering::AcqRel);
+        jobs.send(j).expect("engine");
+        loop {
+            match rx.blocking_recv().expect("an answer") {
+                Event::Text(..) => continue,
+                Event::Done(result) => return result.expect("no failure"),
+            }
+        }
+    }
+
     /// The engine's loop makes blank caches while it has nothing to run; a request that
     /// arrives meanwhile is served at the next part.
     #[test]
@@ -1651,17 +1669,7 @@ mod tests {
         let stats = Arc::clone(&b.stats);
         let (jobs, rx) = std::sync::mpsc::channel();
         let engine = std::thread::spawn(move || b.run(rx));
-        let ask = |first: u32| {
-            let (j, mut rx) = job(1.0, first, 100, 20, 60.0);
-            stats.waiting.fetch_add(1, Ordering::AcqRel);
-            jobs.send(j).expect("engine");
-            loop {
-                match rx.blocking_recv().expect("an answer") {
-                    Event::Text(..) => continue,
-                    Event::Done(result) => return result.expect("no failure"),
-                }
-            }
-        };
+        let ask = |first: u32| ask_engine(&stats, &jobs, first);
         assert_eq!(ask(1).tokens.len(), 20);
         let start = Instant::now();
         while stats.kv_spares_made.load(Ordering::Relaxed) == 0 {
@@ -1680,8 +1688,17 @@ mod tests {
     /// A memory watch due at every call whose room is `room`'s value (host memory, bytes),
     /// keeping `reserve` bytes free.
     fn watch(room: &Arc<std::sync::atomic::AtomicU64>, reserve: u64) -> MemoryWatch {
+        watch_every(room, reserve, Duration::ZERO)
+    }
+
+    /// [`watch`], due every `every`.
+    fn watch_every(
+        room: &Arc<std::sync::atomic::AtomicU64>,
+        reserve: u64,
+        every: Duration,
+    ) -> MemoryWatch {
         let room = Arc::clone(room);
-        MemoryWatch::new(Duration::ZERO, reserve, move || Room {
+        MemoryWatch::new(every, reserve, move || Room {
             host: Some(room.load(Ordering::Relaxed)),
             cgroup: None,
         })
@@ -1785,28 +1802,12 @@ mod tests {
         use std::sync::atomic::AtomicU64;
         let mut b = batcher_with(Echo::default(), 4, 256, |c| c.spare_caches = 0);
         let room = Arc::new(AtomicU64::new(1 << 40));
-        let r = Arc::clone(&room);
-        b.memory = Some(MemoryWatch::new(Duration::from_millis(5), 64, move || {
-            Room {
-                host: Some(r.load(Ordering::Relaxed)),
-                cgroup: None,
-            }
-        }));
+        b.memory = Some(watch_every(&room, 64, Duration::from_millis(5)));
         let budget = b.config.kv_cache_bytes;
         let stats = Arc::clone(&b.stats);
         let (jobs, rx) = std::sync::mpsc::channel();
         let engine = std::thread::spawn(move || b.run(rx));
-        let ask = |first: u32| {
-            let (j, mut answer) = job(1.0, first, 100, 20, 60.0);
-            stats.waiting.fetch_add(1, Ordering::AcqRel);
-            jobs.send(j).expect("engine");
-            loop {
-                match answer.blocking_recv().expect("an answer") {
-                    Event::Text(..) => continue,
-                    Event::Done(result) => return result.expect("no failure"),
-                }
-            }
-        };
+        let ask = |first: u32| ask_engine(&stats, &jobs, first);
         assert_eq!(ask(1).tokens.len(), 20);
         let wait_for = |what: &str, done: &dyn Fn() -> bool| {
             let start = Instant::now();
