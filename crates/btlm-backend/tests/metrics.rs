@@ -8,6 +8,7 @@ use support::{fixture, wait_for};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prompting_btlm_backend::host_memory::Room;
 use prompting_btlm_backend::{BtlmArgs, BtlmMiner};
 use prompting_miner::{DevMetagraph, Miner, MinerConfig, Pipeline, PromptRequest, Protocol};
 use prompting_transport::edge::Metrics;
@@ -72,10 +73,20 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
         0.0
     );
     assert_eq!(value(&before, "prompting_btlm_max_batch"), 2.0);
+    // The budget in force, published from the start: the whole budget where the memory
+    // left has room for it and 1 GiB more (any test host with a few GiB free), never more.
+    let plenty = Room::of_this_process()
+        .bytes()
+        .is_some_and(|left| left > (args.kv_cache_mb as u64 + 1024) << 20);
+    let limit_right = |text: &str| {
+        let (limit, budget) = (
+            value(text, "prompting_btlm_kv_limit_bytes"),
+            value(text, "prompting_btlm_kv_budget_bytes"),
+        );
+        limit == budget || (!plenty && limit > 0.0 && limit < budget)
+    };
     wait_for("the budget in force published", || {
-        let now = metrics.render(&pipeline);
-        value(&now, "prompting_btlm_kv_limit_bytes")
-            == value(&now, "prompting_btlm_kv_budget_bytes")
+        limit_right(&metrics.render(&pipeline))
     })
     .await;
 
@@ -153,11 +164,7 @@ async fn the_engines_figures_move_on_metrics_after_an_answer() {
     assert!(idle > 0.0, "the finished sequence's cache is kept");
     assert_eq!(value(&after, "prompting_btlm_kv_idle_dropped_total"), 0.0);
     assert!(value(&after, "prompting_btlm_kv_peak_bytes") >= idle);
-    // The memory left (read every 100 ms by default) has room for the whole budget here.
-    assert_eq!(
-        value(&after, "prompting_btlm_kv_limit_bytes"),
-        value(&after, "prompting_btlm_kv_budget_bytes")
-    );
+    assert!(limit_right(&after), "{after}");
     // Idle now: a blank cache for the next request of that size (--btlm.kv_spare_caches,
     // 8 by default), once.
     let spares = |name: &str| value(&metrics.render(&pipeline), name);
