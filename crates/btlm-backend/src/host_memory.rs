@@ -181,8 +181,9 @@ pub const WARN_EVERY: Duration = Duration::from_secs(600);
 
 /// How often the engine reads the memory left by default (`--btlm.memory_check_ms`): a
 /// reading takes ~20–40 µs; in 100 ms another process growing at 2.5 GB/s takes the
-/// [`HEADROOM_BYTES`]. Once a second was too slow for one taking 320 MB/s in a cgroup
-/// (the miner killed for memory, docs/benchmarks.md, session 59).
+/// [`HEADROOM_BYTES`]. Measured in a full cgroup (docs/benchmarks.md, session 59): against
+/// a process taking 80 MB/s the miner lived; at 320 MB/s it was killed at 1 s and at
+/// 100 ms alike (its engine thread stalled in the kernel's reclaim).
 pub const DEFAULT_CHECK_MS: u64 = 100;
 
 /// Bytes the key/value caches may take together when they have `written` bytes in memory
