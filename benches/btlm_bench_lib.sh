@@ -30,6 +30,17 @@ bench_binaries() {
   fi
 }
 
+# random_model_and_validators LAYERS VALIDATORS: sets model (the random checkpoint of LAYERS
+# layers, written once in $BENCH_MODELS), wallet ($out/wallet) and miner_hotkey, with keys
+# 1..=VALIDATORS registered as validators of stake 10 000 in $out/metagraph.toml.
+random_model_and_validators() {
+  model="$BENCH_MODELS/btlm-random-${1}l"
+  "$bin/examples/write_random_model" --layers "$1" --out "$model"
+  wallet="$out/wallet"
+  miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$out/metagraph.toml" \
+    --clients "$2" --validators "$2" --validator-stake 10000 --client-stake 1)"
+}
+
 # format_flags FORMAT: btlm-miner's flags for a weight format.
 format_flags() {
   case "$1" in

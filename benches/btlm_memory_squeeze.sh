@@ -61,11 +61,7 @@ else
 fi
 bench_binaries
 
-model="$BENCH_MODELS/btlm-random-${LAYERS}l"
-"$bin/examples/write_random_model" --layers "$LAYERS" --out "$model"
-wallet="$out/wallet"
-miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$out/metagraph.toml" \
-  --clients "$VALIDATORS" --validators "$VALIDATORS" --validator-stake 10000 --client-stake 1)"
+random_model_and_validators "$LAYERS" "$VALIDATORS"
 
 pid=""
 hog=""

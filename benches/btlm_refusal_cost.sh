@@ -50,12 +50,8 @@ rm -rf "$out"
 mkdir -p "$out"
 bench_binaries
 
-model="$BENCH_MODELS/btlm-random-${LAYERS}l"
-"$bin/examples/write_random_model" --layers "$LAYERS" --out "$model"
 # Keys 1..=VALIDATORS registered validators; the hammer's key (200) is not registered.
-wallet="$out/wallet"
-miner_hotkey="$("$bin/bench-identities" --wallet-path "$wallet" --metagraph "$out/metagraph.toml" \
-  --clients "$VALIDATORS" --validators "$VALIDATORS" --validator-stake 10000 --client-stake 1)"
+random_model_and_validators "$LAYERS" "$VALIDATORS"
 
 pid=""
 cleanup() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi; }

@@ -364,7 +364,7 @@ impl<M: StepModel> Batcher<M> {
     /// running sequences have run so far (prompt tokens kept or run, tokens fed back); the rest of
     /// their leases is memory the OS backs only as they write it, which must fit the room.
     fn watch_memory(&mut self, now: Instant) {
-        let Some(watch) = &mut self.memory else {
+        let Some(watch) = self.memory.as_mut().filter(|w| w.due(now)) else {
             return;
         };
         let per_position = self.pool.config().bytes_per_token;

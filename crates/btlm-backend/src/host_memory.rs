@@ -47,15 +47,32 @@ impl Room {
     /// This process's room; both parts `None` where the files cannot be read (not
     /// Linux).
     pub fn of_this_process() -> Room {
-        let read = |p: &str| std::fs::read_to_string(p).ok();
-        let host = read("/proc/meminfo").and_then(|m| kb_field(&m, "MemAvailable:"));
-        let cgroup = read("/proc/self/cgroup").and_then(|list| {
-            cgroup_files(&list)
-                .into_iter()
-                .find_map(|f| cgroup_room(&read(&f.limit)?, &read(&f.usage)?, &read(&f.stat)?))
-        });
-        Room { host, cgroup }
+        Room::reader()()
     }
+
+    /// Reads this process's room as [`Self::of_this_process`] does each time it is
+    /// called, its cgroup's files found once (`/proc/self/cgroup` read now: a process
+    /// stays in its cgroup), for readings taken again and again ([`MemoryWatch`]).
+    pub fn reader() -> impl FnMut() -> Room + Send + 'static {
+        let files = read_file("/proc/self/cgroup")
+            .map(|list| cgroup_files(&list))
+            .unwrap_or_default();
+        move || Room {
+            host: read_file("/proc/meminfo").and_then(|m| kb_field(&m, "MemAvailable:")),
+            cgroup: files.iter().find_map(|f| {
+                cgroup_room(
+                    &read_file(&f.limit)?,
+                    &read_file(&f.usage)?,
+                    &read_file(&f.stat)?,
+                )
+            }),
+        }
+    }
+}
+
+/// The file at `path` as text; `None` if it cannot be read.
+fn read_file(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
 }
 
 /// The `Name:   123 kB` field of `/proc/meminfo`, in bytes.
@@ -240,12 +257,17 @@ impl MemoryWatch {
     /// prompt's step buffers). Unlike [`report`] at start-up it keeps no room for the
     /// allocator's slack: what the heaps hold free is resident already, counted as used.
     pub fn of_this_process(every: Duration) -> Self {
-        MemoryWatch::new(every, HEADROOM_BYTES, Room::of_this_process)
+        MemoryWatch::new(every, HEADROOM_BYTES, Room::reader())
     }
 
     /// How often it reads the room.
     pub fn every(&self) -> Duration {
         self.every
+    }
+
+    /// Whether [`Self::check`] would read the room at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|next| now >= next)
     }
 
     /// When due (the first call, then every [`Self::every`]): reads the room and returns the
@@ -257,7 +279,7 @@ impl MemoryWatch {
     /// it; debug level otherwise), and a line when it is the whole budget again after a
     /// warning.
     pub fn check(&mut self, now: Instant, written: usize, budget: usize) -> Option<usize> {
-        if self.next.is_some_and(|next| now < next) {
+        if !self.due(now) {
             return None;
         }
         self.next = Some(now + self.every);
